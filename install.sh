@@ -1,0 +1,122 @@
+#!/bin/sh
+# install.sh: install snitch on Debian 12 (or later) as root, then start it.
+#
+#   ./install.sh               install everything and start the firewall
+#                              (systemd: enable + start the service; no systemd as PID 1: run
+#                              snitchd in the foreground, Ctrl-C stops it and removes its rules)
+#   ./install.sh --no-start    install everything, start nothing
+#   ./install.sh --uninstall   stop snitch and remove every file it installed
+#                              (add --purge to remove its config and database too)
+#   ./install.sh --deps-only   only the Debian packages (used by test.sh)
+#   ./install.sh --root DIR    place files under DIR (staging; implies --no-start, no apt)
+set -eu
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=""
+START=1 UNINSTALL=0 PURGE=0 DEPS_ONLY=0 APT=1
+PREFIX=/opt/snitch
+
+APT_PACKAGES="python3 python3-venv python3-dev gcc libnetfilter-queue-dev iptables nftables
+conntrack dbus iproute2 curl ca-certificates"
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --no-start) START=0 ;;
+        --uninstall) UNINSTALL=1 ;;
+        --purge) PURGE=1 ;;
+        --deps-only) DEPS_ONLY=1 ;;
+        --root) ROOT=${2:?--root needs a directory}; START=0; APT=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+say() { echo "snitch: $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (it installs packages, a system service and kernel rules)" >&2
+    exit 1
+fi
+
+# Every path this script creates, so that --uninstall removes exactly these.
+FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
+/etc/systemd/system/snitchd.service
+/usr/local/bin/snitchd
+/usr/local/bin/snitchctl"
+
+systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
+
+uninstall() {
+    if systemd_running; then
+        systemctl disable --now snitchd.service 2>/dev/null || true
+    fi
+    for f in $FILES; do rm -f "$ROOT$f"; done
+    rm -rf "$ROOT$PREFIX"
+    if [ "$PURGE" = 1 ]; then
+        rm -rf "$ROOT/etc/snitch" "$ROOT/var/lib/snitch"
+    fi
+    if systemd_running; then systemctl daemon-reload; fi
+    say "uninstalled$( [ "$PURGE" = 1 ] && echo ', config and database removed' || echo ' (config in /etc/snitch and database in /var/lib/snitch kept; --purge removes them)')"
+}
+
+apt_deps() {
+    say "installing Debian packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $APT_PACKAGES "$@" >/dev/null
+}
+
+install_files() {
+    say "creating $ROOT$PREFIX/venv"
+    mkdir -p "$ROOT$PREFIX"
+    python3 -m venv "$ROOT$PREFIX/venv"
+    "$ROOT$PREFIX/venv/bin/pip" install -q --upgrade pip
+    "$ROOT$PREFIX/venv/bin/pip" install -q "$HERE"
+    install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.conf" \
+        "$ROOT/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf"
+    install -D -m 0644 "$HERE/systemd/snitchd.service" "$ROOT/etc/systemd/system/snitchd.service"
+    mkdir -p "$ROOT/usr/local/bin"
+    for cmd in snitchd snitchctl; do
+        ln -sf "$PREFIX/venv/bin/$cmd" "$ROOT/usr/local/bin/$cmd"
+    done
+    if [ ! -e "$ROOT/etc/snitch/snitchd.toml" ]; then
+        install -D -m 0644 "$HERE/systemd/snitchd.toml" "$ROOT/etc/snitch/snitchd.toml"
+    fi
+    mkdir -p -m 0700 "$ROOT/var/lib/snitch"
+    say "installed: snitchd and snitchctl in /usr/local/bin"
+}
+
+ensure_system_bus() {
+    if [ ! -S /run/dbus/system_bus_socket ]; then
+        say "no system bus running: starting dbus-daemon --system"
+        mkdir -p /run/dbus
+        dbus-daemon --system --fork
+    else
+        dbus-send --system --type=method_call --dest=org.freedesktop.DBus / \
+            org.freedesktop.DBus.ReloadConfig 2>/dev/null || true
+    fi
+}
+
+if [ "$UNINSTALL" = 1 ]; then uninstall; exit 0; fi
+if [ "$APT" = 1 ]; then apt_deps; fi
+if [ "$DEPS_ONLY" = 1 ]; then exit 0; fi
+install_files
+
+if [ "$START" = 0 ]; then
+    say "not started (--no-start). Start it with: systemctl start snitchd (or run: snitchd)"
+    exit 0
+fi
+if systemd_running; then
+    systemctl daemon-reload
+    systemctl enable --now snitchd.service
+    say "running as the systemd service snitchd; see: snitchctl status"
+    exit 0
+fi
+ensure_system_bus
+say "systemd is not PID 1 here: running snitchd in the foreground (Ctrl-C stops it)."
+say "in another terminal: snitchctl status, snitchctl list-rules, snitchctl log"
+exec /usr/local/bin/snitchd

@@ -1,0 +1,20 @@
+#!/bin/sh
+# test.sh: install what the tests need, then run the whole suite: ruff, mypy, pytest.
+# As root (integration tests make network namespaces). Extra arguments go to pytest.
+set -eu
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE"
+if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: run as root (the integration tests use network namespaces)" >&2
+    exit 1
+fi
+# iputils-ping: the ICMP tests; util-linux: setpriv for the unprivileged-caller tests.
+./install.sh --deps-only
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    iputils-ping util-linux >/dev/null
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[test]"
+echo "== ruff"; .venv/bin/ruff check daemon tests bench
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"; exec .venv/bin/pytest "$@"
