@@ -1,0 +1,277 @@
+"""The rule language: one text form for a rule, used by config, `snitchctl`, D-Bus and the store.
+
+A rule reads ``ACTION key=value ...`` (grammar in docs/rules.md), and ``parse_rule(str(rule)) ==
+rule`` always holds, so what `list-rules` prints pastes back into `add-rule`. Parsing is the only
+place that validates a rule; everything past it trusts the record. Pure: no I/O except the user
+name look-up in `parse_rule` (names become uids so the stored form never changes meaning).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import pwd
+import re
+import shlex
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network, IPv6Network, ip_network
+
+from snitchd.errors import RuleError
+from snitchd.records import Proto
+
+__all__ = ["Action", "Lifetime", "Rule", "RuleRecord", "parse_duration", "parse_rule"]
+
+IPNetwork = IPv4Network | IPv6Network
+
+
+class Action(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REJECT = "reject"
+
+
+class Lifetime(enum.Enum):
+    """How long a rule lives. ONCE is never stored: it answers one prompt and is gone."""
+
+    ONCE = "once"
+    PROCESS = "process"
+    MINUTES = "minutes"
+    RESTART = "restart"
+    FOREVER = "forever"
+
+
+_HOST_RE = re.compile(
+    r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?"
+)
+_DIGITS = re.compile(r"[0-9]+")
+_DURATION_RE = re.compile(r"^(\d+)m$")
+_KEYS = ("app", "sha256", "user", "to", "port", "proto", "iface", "for", "until", "pid", "start")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Who may (not) reach where, for how long. A field left as None matches anything.
+
+    `host` is an exact name or ``*.domain`` (which also matches the domain itself); `dst` an
+    address or network. At most one of the two is set. `minutes`/`until` belong to
+    Lifetime.MINUTES (`until` is stamped when the rule is added); `pid`/`start` to PROCESS.
+    """
+
+    action: Action
+    exe: str | None = None
+    sha256: str | None = None
+    user: int | None = None
+    dst: IPNetwork | None = None
+    host: str | None = None
+    ports: tuple[int, int] | None = None
+    proto: Proto | None = None
+    iface: str | None = None
+    lifetime: Lifetime = Lifetime.FOREVER
+    minutes: int | None = None
+    until: float | None = None
+    pid: int | None = None
+    start: float | None = None
+
+    def __str__(self) -> str:
+        parts = [self.action.value]
+        if self.exe is not None:
+            parts.append("app=" + shlex.quote(self.exe))
+        if self.sha256 is not None:
+            parts.append("sha256=" + self.sha256)
+        if self.user is not None:
+            parts.append(f"user={self.user}")
+        if self.dst is not None:
+            single = self.dst.prefixlen == self.dst.max_prefixlen
+            parts.append("to=" + (str(self.dst.network_address) if single else str(self.dst)))
+        if self.host is not None:
+            parts.append("to=" + self.host)
+        if self.ports is not None:
+            lo, hi = self.ports
+            parts.append(f"port={lo}" if lo == hi else f"port={lo}-{hi}")
+        if self.proto is not None:
+            parts.append("proto=" + self.proto.value)
+        if self.iface is not None:
+            parts.append("iface=" + shlex.quote(self.iface))
+        if self.lifetime is Lifetime.MINUTES:
+            parts.append(f"for={self.minutes}m")
+            if self.until is not None:
+                parts.append(f"until={self.until!r}")
+        elif self.lifetime is not Lifetime.FOREVER:
+            parts.append("for=" + self.lifetime.value)
+        if self.pid is not None:
+            parts.append(f"pid={self.pid}")
+        if self.start is not None:
+            parts.append(f"start={self.start!r}")
+        return " ".join(parts)
+
+    @property
+    def is_stored(self) -> bool:
+        """Rules the store keeps across restarts; the others live in the daemon's memory."""
+        return self.lifetime in (Lifetime.FOREVER, Lifetime.MINUTES, Lifetime.PROCESS)
+
+    def stamped(self, now: float) -> Rule:
+        """Fix a relative duration to a point in time, once, when the rule is added."""
+        if self.lifetime is Lifetime.MINUTES and self.until is None and self.minutes is not None:
+            return replace(self, until=now + 60.0 * self.minutes)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRecord:
+    """A rule as the store holds it: the rule plus what the daemon learnt about its use."""
+
+    id: int
+    rule: Rule
+    created: float
+    last_hit: float | None = None
+    hits: int = 0
+    origin: str = field(default="")
+
+
+def parse_duration(text: str) -> tuple[Lifetime, int | None]:
+    """`once`, `process`, `Nm` (minutes), `restart` or `forever`."""
+    m = _DURATION_RE.match(text)
+    if m:
+        minutes = int(m.group(1))
+        if not 1 <= minutes <= 525600:
+            raise RuleError(f"invalid duration {text!r}: minutes must be 1..525600")
+        return Lifetime.MINUTES, minutes
+    try:
+        lifetime = Lifetime(text)
+    except ValueError:
+        raise RuleError(
+            f"invalid duration {text!r}: use once, process, Nm (e.g. 15m), restart or forever"
+        ) from None
+    if lifetime is Lifetime.MINUTES:
+        raise RuleError("invalid duration 'minutes': write the number, e.g. 15m")
+    return lifetime, None
+
+
+def _parse_ports(value: str) -> tuple[int, int]:
+    lo_s, sep, hi_s = value.partition("-")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if sep else lo
+    except ValueError:
+        raise RuleError(f"invalid port {value!r}: use N or N-M with 1 <= N <= M <= 65535") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise RuleError(f"invalid port {value!r}: use N or N-M with 1 <= N <= M <= 65535")
+    return lo, hi
+
+
+def _parse_user(value: str) -> int:
+    if _DIGITS.fullmatch(value):
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except (KeyError, ValueError):
+        raise RuleError(f"invalid user {value!r}: no such user") from None
+
+
+def _parse_dest(value: str) -> tuple[IPNetwork | None, str | None]:
+    try:
+        return ip_network(value, strict=True), None
+    except ValueError as exc:
+        if any(c.isdigit() for c in value) and ("/" in value or ":" in value):
+            raise RuleError(f"invalid destination {value!r}: {exc}") from None
+    host = value.lower()
+    if host in ("*", "any"):
+        return None, None
+    if not _HOST_RE.fullmatch(host) or (host.startswith("*.") and host.count(".") < 1):
+        raise RuleError(f"invalid destination {value!r}: not an IP, a network, a host or *.domain")
+    if host.replace(".", "").isdigit():
+        raise RuleError(f"invalid destination {value!r}: not a valid IP address")
+    return None, host.rstrip(".")
+
+
+def _parse_float(key: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise RuleError(f"invalid {key} {value!r}: not a number") from None
+    if not math.isfinite(number):
+        raise RuleError(f"invalid {key} {value!r}: not a finite time")
+    return number
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse the text form; every error names the word that is wrong."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise RuleError(f"invalid rule {text!r}: {exc}") from None
+    if not words:
+        raise RuleError("invalid rule: empty; start with allow, deny or reject")
+    try:
+        action = Action(words[0])
+    except ValueError:
+        raise RuleError(
+            f"invalid rule: starts with {words[0]!r}; start with allow, deny or reject"
+        ) from None
+    fields: dict[str, object] = {}
+    seen: set[str] = set()
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if not sep or key not in _KEYS:
+            raise RuleError(
+                f"invalid rule word {word!r}: expected one of {', '.join(_KEYS)} =VALUE"
+            )
+        if key in seen:
+            raise RuleError(f"invalid rule: {key}= given twice")
+        seen.add(key)
+        if not value:
+            raise RuleError(f"invalid rule word {word!r}: empty value")
+        _apply_word(fields, key, value)
+    rule = Rule(action=action, **fields)  # type: ignore[arg-type]
+    _check_consistent(rule)
+    return rule
+
+
+def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
+    if key == "app":
+        if not value.startswith("/"):
+            raise RuleError(f"invalid app {value!r}: give the absolute path of the executable")
+        fields["exe"] = value
+    elif key == "sha256":
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise RuleError(f"invalid sha256 {value!r}: 64 lowercase hex digits")
+        fields["sha256"] = value
+    elif key == "user":
+        fields["user"] = _parse_user(value)
+    elif key == "to":
+        fields["dst"], fields["host"] = _parse_dest(value)
+    elif key == "port":
+        fields["ports"] = _parse_ports(value)
+    elif key == "proto":
+        try:
+            proto = Proto(value)
+        except ValueError:
+            raise RuleError(f"invalid proto {value!r}: use tcp, udp or icmp") from None
+        if proto is Proto.OTHER:
+            raise RuleError(f"invalid proto {value!r}: use tcp, udp or icmp")
+        fields["proto"] = proto
+    elif key == "iface":
+        if len(value) > 15 or "/" in value:
+            raise RuleError(f"invalid iface {value!r}: an interface name has at most 15 characters")
+        fields["iface"] = value
+    elif key == "for":
+        fields["lifetime"], fields["minutes"] = parse_duration(value)
+    elif key in ("until", "start"):
+        fields[key] = _parse_float(key, value)
+    elif key == "pid":
+        if not _DIGITS.fullmatch(value):
+            raise RuleError(f"invalid pid {value!r}: not a process id")
+        fields["pid"] = int(value)
+
+
+def _check_consistent(rule: Rule) -> None:
+    if rule.ports is not None and rule.proto is Proto.ICMP:
+        raise RuleError("invalid rule: icmp has no ports; drop port= or use proto=tcp|udp")
+    if rule.sha256 is not None and rule.exe is None:
+        raise RuleError("invalid rule: sha256= pins an executable; give app= too")
+    if rule.until is not None and rule.lifetime is not Lifetime.MINUTES:
+        raise RuleError("invalid rule: until= belongs to for=Nm")
+    if (rule.pid is not None or rule.start is not None) and rule.lifetime is not Lifetime.PROCESS:
+        raise RuleError("invalid rule: pid= and start= belong to for=process")
+    if rule.lifetime is Lifetime.PROCESS and rule.exe is None:
+        raise RuleError("invalid rule: for=process needs app=")

@@ -1,0 +1,516 @@
+"""The decision core: the precedence sentence in `decide`'s docstring, one behaviour per test, plus
+properties that tie the fast index (`RuleSet.match`) to the slow path (`explain`)."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import snitchd.decide
+import snitchd.records
+import snitchd.rules
+from snitchd.decide import Ask, RuleSet, Verdict, decide, specificity
+from snitchd.records import Attribution, Flow, Process, Proto
+from snitchd.rules import Action, Lifetime, Rule, parse_rule
+
+CURL = "/usr/bin/curl"
+HASH_A = "a" * 64
+HASH_B = "b" * 64
+NOW = 1000.0
+
+
+def flow(
+    dport: int = 443,
+    proto: Proto = Proto.TCP,
+    dst: str = "93.184.216.34",
+    iface: str = "eth0",
+) -> Flow:
+    addr = ip_address(dst)
+    src: IPv4Address | IPv6Address = (
+        IPv4Address("192.0.2.1") if addr.version == 4 else IPv6Address("2001:db8::2")
+    )
+    if proto is Proto.ICMP:
+        dport = 0
+    return Flow(proto, src, 40000, addr, dport, iface)
+
+
+def proc(exe: str | None = CURL, uid: int | None = 1000, sha256: str | None = HASH_A) -> Process:
+    return Process(Attribution.PROCESS, pid=4242, uid=uid, exe=exe, sha256=sha256)
+
+
+def ruleset(*texts: str) -> RuleSet:
+    """Rules numbered 1, 2, ... in the order given (so a later rule is a newer one)."""
+    return RuleSet((i, parse_rule(t)) for i, t in enumerate(texts, start=1))
+
+
+def winner(
+    rules: RuleSet,
+    f: Flow,
+    p: Process | None = None,
+    names: frozenset[str] = frozenset(),
+    now: float = NOW,
+) -> int | None:
+    """The id of the rule `decide` applies (None: ask), checked against `explain`."""
+    p = proc() if p is None else p
+    verdict = decide(f, p, rules, now, names)
+    slow = rules.explain(f, p, names, now).winner
+    if isinstance(verdict, Ask):
+        assert slow is None
+        return None
+    assert slow is not None and slow[0] == verdict.rule_id
+    return verdict.rule_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Precedence, one step of the sentence at a time. Each pair puts the more specific rule where
+# a naive "first match" or "last match" reading would pick the other one.
+
+
+def test_app_rule_beats_any_app_rule() -> None:
+    """An app's own rule is what the user answered for that app; a broad rule for every app,
+    however narrow its destination, must not override it."""
+    rules = ruleset("allow to=93.184.216.34 port=443 proto=tcp iface=eth0", f"deny app={CURL}")
+    assert winner(rules, flow()) == 2
+    rules = ruleset(f"deny app={CURL}", "allow to=93.184.216.34 port=443 proto=tcp iface=eth0")
+    assert winner(rules, flow()) == 1
+    assert winner(rules, flow(), proc(exe="/usr/bin/wget")) == 2
+
+
+def test_user_rule_beats_destination_rule() -> None:
+    """Naming the user comes before the destination in the sentence."""
+    rules = ruleset("deny user=1000", "allow to=93.184.216.34")
+    assert winner(rules, flow()) == 1
+    assert winner(rules, flow(), proc(uid=0)) == 2
+
+
+def test_narrower_cidr_beats_wider() -> None:
+    """A /16 inside a /8 is the exception the user carved out; a longer prefix wins."""
+    rules = ruleset("allow to=10.1.0.0/16", "deny to=10.0.0.0/8")
+    assert winner(rules, flow(dst="10.1.2.3")) == 1
+    assert winner(rules, flow(dst="10.2.0.1")) == 2
+
+
+def test_single_ip_beats_cidr() -> None:
+    """One address is the narrowest destination, narrower even than a /31 around it."""
+    rules = ruleset("allow to=10.0.0.1", "deny to=10.0.0.0/31", "reject to=10.0.0.0/8")
+    assert winner(rules, flow(dst="10.0.0.1")) == 1
+    assert winner(rules, flow(dst="10.0.0.0")) == 2
+
+
+def test_host_beats_domain_beats_network() -> None:
+    """ "An address or host beats a domain, a domain beats a network", and a longer domain beats
+    a shorter one."""
+    rules = ruleset(
+        "reject to=93.184.216.0/24",
+        "deny to=*.org",
+        "deny to=*.example.org",
+        "allow to=www.example.org",
+    )
+    names = frozenset({"www.example.org"})
+    assert winner(rules, flow(), names=names) == 4
+    assert winner(rules, flow(), names=frozenset({"mail.example.org"})) == 3
+    assert winner(rules, flow(), names=frozenset({"wikipedia.org"})) == 2
+    assert winner(rules, flow()) == 1
+
+
+def test_single_port_beats_range() -> None:
+    """ "Allow 443" inside "deny 1-1024" is the usual carve-out; the narrower range wins."""
+    rules = ruleset("allow port=443", "deny port=1-1024", "reject port=400-500")
+    assert winner(rules, flow(dport=443)) == 1
+    assert winner(rules, flow(dport=450)) == 3
+    assert winner(rules, flow(dport=80)) == 2
+
+
+def test_proto_named_beats_not() -> None:
+    """With equal ports, the rule that names the protocol is the narrower one."""
+    rules = ruleset("allow port=53 proto=udp", "deny port=53")
+    assert winner(rules, flow(dport=53, proto=Proto.UDP)) == 1
+    assert winner(rules, flow(dport=53, proto=Proto.TCP)) == 2
+
+
+def test_iface_rule_beats_rule_without_iface() -> None:
+    """Naming an interface is the last specificity step before the action."""
+    rules = ruleset("allow port=443 iface=tun0", "deny port=443")
+    assert winner(rules, flow(iface="tun0")) == 1
+    assert winner(rules, flow(iface="eth0")) == 2
+
+
+def test_deny_beats_allow_on_tie() -> None:
+    """On a full tie the safer action wins, even when the allow rule is the newer one."""
+    assert winner(ruleset("deny port=443", "allow port=443"), flow()) == 1
+    assert winner(ruleset("allow port=443", "deny port=443"), flow()) == 2
+
+
+def test_reject_beats_deny_on_tie() -> None:
+    """Reject is the strictest answer; it wins a tie against deny whatever the order."""
+    assert winner(ruleset("reject port=443", "deny port=443"), flow()) == 1
+    assert winner(ruleset("deny port=443", "reject port=443"), flow()) == 2
+
+
+def test_newest_wins_full_tie() -> None:
+    """Equal specificity and action: the newest rule wins, so `explain` always names one
+    winner. These two differ only in where their equally wide port ranges sit."""
+    assert winner(ruleset("deny port=1-10", "deny port=2-11"), flow(dport=5)) == 2
+    assert winner(ruleset("deny port=2-11", "deny port=1-10"), flow(dport=5)) == 2
+    explained = ruleset("deny port=2-11", "deny port=1-10").explain(
+        flow(dport=5), proc(), frozenset(), NOW
+    )
+    assert [rule_id for rule_id, _ in explained.matches] == [2, 1]
+
+
+def test_iface_rule_only_matches_its_interface() -> None:
+    """A rule for the VPN interface says nothing about the same traffic on the LAN."""
+    rules = ruleset("allow port=443 iface=tun0")
+    assert winner(rules, flow(iface="tun0")) == 1
+    assert winner(rules, flow(iface="eth0")) is None
+    assert winner(rules, flow(iface="")) is None
+
+
+def test_expired_minutes_rule_does_not_match() -> None:
+    """A 5-minute rule matches for five minutes and not a moment longer, even before the sweeper
+    has deleted it."""
+    rule = parse_rule("allow port=443 for=5m").stamped(NOW)
+    rules = RuleSet([(1, rule)])
+    assert winner(rules, flow(), now=NOW + 299.0) == 1
+    assert winner(rules, flow(), now=NOW + 300.0) is None
+
+
+def test_sha256_mismatch_does_not_match() -> None:
+    """A pinned hash is the point of pinning: a replaced binary at the same path is a stranger."""
+    rules = ruleset(f"allow app={CURL} sha256={HASH_A}")
+    assert winner(rules, flow(), proc(sha256=HASH_A)) == 1
+    assert winner(rules, flow(), proc(sha256=HASH_B)) is None
+    assert winner(rules, flow(), proc(sha256=None)) is None
+
+
+def test_app_rule_does_not_match_unknown_process() -> None:
+    """A flow whose process was not found (uid only, or kernel) must not be mistaken for any app."""
+    rules = ruleset(f"allow app={CURL}")
+    assert winner(rules, flow(), Process.uid_only(1000)) is None
+    assert winner(rules, flow(), Process.kernel()) is None
+
+
+def test_process_description_says_how_sure_we_are() -> None:
+    """Prompts and logs must never present a guessed process: a flow whose socket was found but
+    not its process says so, and kernel flows say "kernel"."""
+    assert proc().describe() == f"{CURL} (pid 4242, uid 1000)"
+    assert Process.uid_only(1000).describe() == "uid 1000 (process not found)"
+    assert Process.kernel().describe() == "kernel"
+
+
+def test_port_rule_never_matches_icmp() -> None:
+    """ICMP has no ports; "port 1-65535" must not quietly cover pings."""
+    rules = ruleset("allow port=1-65535")
+    assert winner(rules, flow(proto=Proto.ICMP)) is None
+    assert winner(rules, flow(proto=Proto.UDP, dport=1)) == 1
+
+
+def test_icmp_rule_matches_icmpv6() -> None:
+    """Users think "ping": proto=icmp covers ICMPv6 as well."""
+    rules = ruleset("allow proto=icmp")
+    assert winner(rules, flow(proto=Proto.ICMP, dst="2001:db8::1")) == 1
+
+
+def test_host_and_domain_rules_match_names() -> None:
+    """`*.example.org` covers the domain itself and its subdomains, but not a name that merely
+    ends in the same letters; an exact host matches only itself."""
+    rules = ruleset("allow to=*.example.org")
+    assert winner(rules, flow(), names=frozenset({"example.org"})) == 1
+    assert winner(rules, flow(), names=frozenset({"a.example.org"})) == 1
+    assert winner(rules, flow(), names=frozenset({"b.a.example.org"})) == 1
+    assert winner(rules, flow(), names=frozenset({"badexample.org"})) is None
+    assert winner(rules, flow(), names=frozenset({"example.org.evil.net"})) is None
+    assert winner(rules, flow()) is None
+    exact = ruleset("allow to=a.example.org")
+    assert winner(exact, flow(), names=frozenset({"a.example.org"})) == 1
+    assert winner(exact, flow(), names=frozenset({"b.a.example.org"})) is None
+    assert winner(exact, flow(), names=frozenset({"x.org", "a.example.org"})) == 1
+
+
+def test_once_rules_are_not_in_a_rule_set() -> None:
+    """A "once" answer covers one prompt; it must not linger and decide later flows."""
+    rules = RuleSet([(1, parse_rule(f"allow app={CURL} for=once"))])
+    assert len(rules) == 0
+    assert winner(rules, flow()) is None
+
+
+def test_verdict_names_the_action_and_rule() -> None:
+    """The connection log and `snitchctl explain` show which rule decided."""
+    verdict = decide(flow(), proc(), ruleset("allow port=80", "reject port=443"), NOW)
+    assert verdict == Verdict(Action.REJECT, 2, "rule 2")
+
+
+def test_explain_lists_every_match_best_first() -> None:
+    """`explain` answers "why was this allowed?": all matches, in the order precedence ranks
+    them, and only matches."""
+    rules = ruleset(
+        "allow", "deny port=443", "allow to=93.184.216.34", f"reject app={CURL}", "allow port=80"
+    )
+    explained = rules.explain(flow(), proc(), frozenset(), NOW)
+    assert [rule_id for rule_id, _ in explained.matches] == [4, 3, 2, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The ufw policy from SEED-filter-outgoing-traffic.md: default deny outgoing, allow out 53, 80,
+# 443. Here as any-app rules with "nothing matches" left to the prompt (Ask).
+
+UFW = ruleset("allow port=53 proto=udp", "allow port=80", "allow port=443 proto=tcp")
+UFW_TUN0 = ruleset(
+    "allow port=53 proto=udp iface=tun0",
+    "allow port=80 iface=tun0",
+    "allow port=443 proto=tcp iface=tun0",
+)
+
+
+@pytest.mark.parametrize(
+    ("proto", "dport", "allowed"),
+    [
+        (Proto.UDP, 53, True),
+        (Proto.TCP, 53, False),
+        (Proto.TCP, 80, True),
+        (Proto.UDP, 80, True),
+        (Proto.TCP, 443, True),
+        (Proto.UDP, 443, False),
+        (Proto.TCP, 8080, False),
+        (Proto.UDP, 8080, False),
+        (Proto.ICMP, 0, False),
+    ],
+)
+def test_ufw_policy_allows_only_what_it_lists(proto: Proto, dport: int, allowed: bool) -> None:
+    """The seed article's policy: what it allows passes for every app, everything else is
+    left to the default (here: ask)."""
+    verdict = decide(flow(dport=dport, proto=proto), proc(), UFW, NOW)
+    if allowed:
+        assert isinstance(verdict, Verdict) and verdict.action is Action.ALLOW
+    else:
+        assert verdict == Ask()
+
+
+@pytest.mark.parametrize(
+    ("proto", "dport"), [(Proto.UDP, 53), (Proto.TCP, 80), (Proto.UDP, 80), (Proto.TCP, 443)]
+)
+def test_ufw_policy_on_tun0_covers_only_tun0(proto: Proto, dport: int) -> None:
+    """The article's "whitelist interfaces (e.g. tun0)" variant: the same ports over the LAN
+    interface are not allowed, they are asked about."""
+    on_tun = decide(flow(dport=dport, proto=proto, iface="tun0"), proc(), UFW_TUN0, NOW)
+    assert isinstance(on_tun, Verdict) and on_tun.action is Action.ALLOW
+    assert decide(flow(dport=dport, proto=proto, iface="eth0"), proc(), UFW_TUN0, NOW) == Ask()
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties over random rule sets drawn from small pools, so that rules overlap and tie.
+
+EXES = [CURL, "/usr/bin/wget"]
+DSTS = ["10.0.0.1", "10.0.1.5", "192.168.1.1", "93.184.216.34", "2001:db8::1", "2001:db8:1::7"]
+NETS = [
+    "10.0.0.1/32",
+    "10.0.0.0/8",
+    "10.0.0.0/16",
+    "10.0.1.0/24",
+    "10.0.0.0/31",
+    "0.0.0.0/0",
+    "192.168.1.1/32",
+    "2001:db8::/32",
+    "2001:db8::1/128",
+    "::/0",
+]
+HOSTS = ["example.org", "a.example.org", "*.example.org", "*.org", "b.example.net", "*.net"]
+NAMES = ["example.org", "a.example.org", "b.example.net", "badexample.org"]
+PORTS = [(53, 53), (80, 80), (443, 443), (1, 1024), (400, 500), (80, 443), (1, 65535), (8080, 8080)]
+IFACES = ["eth0", "tun0"]
+
+
+def _maybe(draw: st.DrawFn, values: list[Any]) -> Any:
+    """A field set one time in three: most random rules then constrain little and match, so
+    the properties compare real winners rather than empty results."""
+    return draw(st.sampled_from(values)) if draw(st.integers(0, 2)) == 0 else None
+
+
+@st.composite
+def decide_rules(draw: st.DrawFn) -> Rule:
+    exe = _maybe(draw, EXES)
+    proto = _maybe(draw, [Proto.TCP, Proto.UDP, Proto.ICMP])
+    net = _maybe(draw, NETS)
+    lifetime = draw(
+        st.sampled_from(
+            [Lifetime.FOREVER, Lifetime.MINUTES, Lifetime.RESTART, Lifetime.ONCE]
+            + ([Lifetime.PROCESS] if exe else [])
+        )
+    )
+    return Rule(
+        action=draw(st.sampled_from(Action)),
+        exe=exe,
+        sha256=_maybe(draw, [HASH_A, HASH_B]) if exe else None,
+        user=_maybe(draw, [0, 1000]),
+        dst=ip_network(net) if net else None,
+        host=None if net else _maybe(draw, HOSTS),
+        ports=_maybe(draw, PORTS) if proto is not Proto.ICMP else None,
+        proto=proto,
+        iface=_maybe(draw, IFACES),
+        lifetime=lifetime,
+        minutes=5 if lifetime is Lifetime.MINUTES else None,
+        until=draw(st.sampled_from([None, 500.0, 1500.0]))
+        if lifetime is Lifetime.MINUTES
+        else None,
+    )
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> tuple[Flow, Process, frozenset[str], float]:
+    proto = draw(st.sampled_from([Proto.TCP, Proto.UDP, Proto.ICMP]))
+    dport = 0 if proto is Proto.ICMP else draw(st.sampled_from([53, 80, 443, 450, 8080, 9999]))
+    f = flow(
+        dport=dport,
+        proto=proto,
+        dst=draw(st.sampled_from(DSTS)),
+        iface=draw(st.sampled_from(["", *IFACES])),
+    )
+    p = Process(
+        Attribution.PROCESS,
+        pid=1,
+        uid=draw(st.sampled_from([0, 1000])),
+        exe=draw(st.none() | st.sampled_from(EXES)),
+        sha256=draw(st.none() | st.sampled_from([HASH_A, HASH_B])),
+    )
+    names = frozenset(draw(st.sets(st.sampled_from(NAMES), max_size=2)))
+    return f, p, names, draw(st.sampled_from([0.0, 1000.0, 2000.0]))
+
+
+@st.composite
+def numbered_rules(draw: st.DrawFn) -> list[tuple[int, Rule]]:
+    """Rules numbered 1..n; some repeated verbatim, so that full ties (decided only by the id)
+    are common rather than a one-in-a-million draw."""
+    base = draw(st.lists(decide_rules(), min_size=1, max_size=20))
+    copies = draw(st.lists(st.sampled_from(base), max_size=8))
+    ordered = draw(st.permutations(base + copies))
+    return list(enumerate(ordered, start=1))
+
+
+@settings(max_examples=300)
+@given(numbered_rules(), situations())
+def test_index_agrees_with_slow_path(
+    rules: list[tuple[int, Rule]], situation: tuple[Flow, Process, frozenset[str], float]
+) -> None:
+    """`match` reads a few buckets for speed; `explain` reads every rule. They must name the
+    same winner, or `snitchctl explain` would lie about what the firewall did."""
+    rule_set = RuleSet(rules)
+    assert rule_set.match(*situation) == rule_set.explain(*situation).winner
+
+
+@settings(max_examples=200)
+@given(st.data(), numbered_rules(), situations())
+def test_winner_does_not_depend_on_rule_order(
+    data: st.DataObject,
+    rules: list[tuple[int, Rule]],
+    situation: tuple[Flow, Process, frozenset[str], float],
+) -> None:
+    """Precedence is a total order on rules, not an accident of the order rows come from the
+    database."""
+    shuffled = data.draw(st.permutations(rules))
+    assert RuleSet(shuffled).match(*situation) == RuleSet(rules).match(*situation)
+
+
+@settings(max_examples=200)
+@given(numbered_rules(), decide_rules(), st.booleans(), situations())
+def test_less_specific_rule_never_changes_the_winner(
+    rules: list[tuple[int, Rule]],
+    extra: Rule,
+    oldest: bool,
+    situation: tuple[Flow, Process, frozenset[str], float],
+) -> None:
+    """Adding a broad rule must not override a narrower one that already decides the flow."""
+    current = RuleSet(rules).match(*situation)
+    if current is None:
+        return
+    extra_id = 0 if oldest else len(rules) + 1
+    if specificity(extra, extra_id) >= specificity(current[1], current[0]):
+        return
+    assert RuleSet([*rules, (extra_id, extra)]).match(*situation) == current
+
+
+def test_specificity_orders_the_precedence_sentence() -> None:
+    """The sort key, read left to right, is the sentence: each rule here beats the next."""
+    ordered = [
+        f"allow app={CURL}",
+        "allow user=0",
+        "allow to=10.0.0.1",
+        "allow to=*.a.example.org",
+        "allow to=*.example.org",
+        "allow to=10.0.0.0/24",
+        "allow to=10.0.0.0/8",
+        "allow port=443",
+        "allow port=1-1024",
+        "allow proto=tcp",
+        "allow iface=eth0",
+        "reject",
+        "deny",
+        "allow",
+    ]
+    keys = [specificity(parse_rule(t)) for t in ordered]
+    assert keys == sorted(keys, reverse=True)
+    assert len(set(keys)) == len(keys)
+
+
+def test_host_and_single_address_are_equally_specific() -> None:
+    """ "An address or host" share the top destination tier; IPv4 /32 and IPv6 /128 alike."""
+    host = specificity(parse_rule("allow to=example.org"))
+    assert specificity(parse_rule("allow to=10.0.0.1")) == host
+    assert specificity(parse_rule("allow to=2001:db8::1")) == host
+    assert specificity(parse_rule("allow to=2001:db8::/127")) < host
+
+
+# ---------------------------------------------------------------------------------------------
+# Purity: the decision core and its records import nothing that can do I/O.
+
+PURE_IMPORTS = {
+    snitchd.decide: {
+        "__future__",
+        "collections.abc",
+        "dataclasses",
+        "snitchd.records",
+        "snitchd.rules",
+    },
+    snitchd.records: {"__future__", "enum", "dataclasses", "ipaddress"},
+    # `math` does no I/O; it is allowed so that a finiteness check may use it.
+    snitchd.rules: {
+        "__future__",
+        "enum",
+        "pwd",
+        "re",
+        "shlex",
+        "dataclasses",
+        "ipaddress",
+        "math",
+        "snitchd.errors",
+        "snitchd.records",
+    },
+}
+IO_BUILTINS = {"open", "print", "input", "exec", "eval", "compile", "__import__", "breakpoint"}
+
+
+@pytest.mark.parametrize("module", list(PURE_IMPORTS), ids=lambda m: m.__name__)
+def test_pure_modules_import_nothing_that_does_io(module: ModuleType) -> None:
+    """decide.py promises "no I/O, no clock": a stray `import time` or `import socket` (anywhere,
+    even inside a function) would break that quietly, so the AST is checked."""
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import"
+            imported.add(node.module or "")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id not in IO_BUILTINS, f"calls {node.func.id}()"
+    assert imported, "found no imports at all: is this the right file?"
+    assert imported <= PURE_IMPORTS[module]
+    assert all(hasattr(builtins, name) for name in IO_BUILTINS)

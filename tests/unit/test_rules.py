@@ -1,0 +1,400 @@
+"""The rule language: what `list-rules` prints must paste back into `add-rule` unchanged, and every
+malformed rule must be refused with a message that points at the wrong word."""
+
+from __future__ import annotations
+
+import shlex
+import string
+from dataclasses import replace
+from ipaddress import IPv4Network, IPv6Network, ip_network
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snitchd.errors import RuleError
+from snitchd.records import Proto
+from snitchd.rules import Action, Lifetime, Rule, parse_duration, parse_rule
+
+HASH = "0123456789abcdef" * 4
+
+# ---------------------------------------------------------------------------------------------
+# Round trips: a table first (readable failures), then a property.
+
+ROUND_TRIP = [
+    "allow",
+    "deny",
+    "reject",
+    "allow app=/usr/bin/curl",
+    f"allow app=/usr/bin/curl sha256={HASH}",
+    "deny user=1000",
+    "allow to=93.184.216.34",
+    "allow to=10.0.0.0/8",
+    "allow to=0.0.0.0/0",
+    "allow to=2001:db8::1",
+    "allow to=2001:db8::/32",
+    "allow to=example.org",
+    "allow to=*.example.org",
+    "allow to=under_score.example.org",
+    "allow port=53",
+    "allow port=1-65535",
+    "allow port=8000-8080 proto=tcp",
+    "allow proto=udp",
+    "allow proto=icmp",
+    "allow iface=tun0",
+    "allow app=/usr/bin/curl for=once",
+    "allow app=/usr/bin/curl for=restart",
+    "allow app=/usr/bin/curl for=15m",
+    "allow app=/usr/bin/curl for=15m until=1700000900.5",
+    "allow app=/usr/bin/curl for=process",
+    "allow app=/usr/bin/curl for=process pid=4242 start=1700000000.25",
+    "reject app=/usr/bin/curl user=0 to=10.1.0.0/16 port=443 proto=tcp iface=eth0 for=525600m",
+    "allow app='/opt/My App/bin/my app'",
+    "allow app='/opt/it'\"'\"'s/bin'",
+    "allow iface='we ird'",
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP)
+def test_printed_rule_parses_back_to_the_same_rule(text: str) -> None:
+    """What `list-rules` prints is pasted into `add-rule`; it must mean exactly the same rule."""
+    rule = parse_rule(text)
+    assert parse_rule(str(rule)) == rule
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP)
+def test_canonical_text_is_printed_unchanged(text: str) -> None:
+    """These texts are already canonical, so printing them must give the same words back
+    (a stable printed form is what makes rules diffable and greppable)."""
+    assert str(parse_rule(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("allow to=10.0.0.1/32", "allow to=10.0.0.1"),
+        ("allow to=2001:db8::1/128", "allow to=2001:db8::1"),
+        ("allow to=Example.ORG.", "allow to=example.org"),
+        ("allow to=any", "allow"),
+        ("allow to=*", "allow"),
+        ("allow for=forever", "allow"),
+        ("allow port=80-80", "allow port=80"),
+        ("allow   proto=tcp    port=443", "allow port=443 proto=tcp"),
+        ("allow user=root", "allow user=0"),
+        ("allow 'app=/usr/bin/curl'", "allow app=/usr/bin/curl"),
+    ],
+)
+def test_equivalent_spellings_print_in_one_canonical_form(text: str, canonical: str) -> None:
+    """Spellings that mean the same rule print the same way, and a user name becomes a uid so the
+    stored form keeps its meaning if the name is reused."""
+    assert str(parse_rule(text)) == canonical
+
+
+def test_app_path_with_spaces_is_quoted_and_round_trips() -> None:
+    """Paths with spaces exist (`/opt/Some App/`): the printed form quotes them as a shell would,
+    so the path is one word again when parsed."""
+    rule = parse_rule("allow app='/opt/Some App/bin/run me' port=443")
+    assert rule.exe == "/opt/Some App/bin/run me"
+    assert "app='/opt/Some App/bin/run me'" in str(rule)
+    assert parse_rule(str(rule)) == rule
+
+
+def test_parsed_fields_have_the_meaning_the_grammar_gives() -> None:
+    """A round trip alone would pass if the parser dropped fields on both sides; pin the fields."""
+    rule = parse_rule(
+        f"reject app=/usr/bin/curl sha256={HASH} user=1000 to=10.1.0.0/16 port=8000-8080 "
+        "proto=tcp iface=eth0 for=15m"
+    )
+    assert rule == Rule(
+        action=Action.REJECT,
+        exe="/usr/bin/curl",
+        sha256=HASH,
+        user=1000,
+        dst=IPv4Network("10.1.0.0/16"),
+        ports=(8000, 8080),
+        proto=Proto.TCP,
+        iface="eth0",
+        lifetime=Lifetime.MINUTES,
+        minutes=15,
+    )
+
+
+# Strategies: only combinations `_check_consistent` accepts.
+
+_LABEL = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,8}[a-z0-9_])?", fullmatch=True)
+
+
+@st.composite
+def hosts(draw: st.DrawFn) -> str:
+    labels = draw(st.lists(_LABEL, min_size=1, max_size=4))
+    host = ".".join(labels)
+    if draw(st.booleans()):
+        host = "*." + host
+    # All digits and dots reads as a (bad) address; "any" means no destination at all.
+    if host.replace(".", "").replace("*", "").isdigit() or host == "any":
+        host = "h" + host if not host.startswith("*.") else "*.h" + host[2:]
+    return host
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> IPv4Network | IPv6Network:
+    if draw(st.booleans()):
+        addr = draw(st.ip_addresses(v=4))
+        prefix = draw(st.integers(0, 32))
+    else:
+        addr = draw(st.ip_addresses(v=6))
+        prefix = draw(st.integers(0, 128))
+    return ip_network((addr, prefix), strict=False)
+
+
+_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def rules(draw: st.DrawFn) -> Rule:
+    exe = draw(st.none() | st.text(min_size=0, max_size=20).map(lambda s: "/" + s))
+    sha256 = draw(st.none() | st.text("0123456789abcdef", min_size=64, max_size=64))
+    if exe is None:
+        sha256 = None
+    dst, host = None, None
+    which = draw(st.sampled_from(["none", "net", "host"]))
+    if which == "net":
+        dst = draw(networks())
+    elif which == "host":
+        host = draw(hosts())
+    proto = draw(st.none() | st.sampled_from([Proto.TCP, Proto.UDP, Proto.ICMP]))
+    ports = None
+    if proto is not Proto.ICMP and draw(st.booleans()):
+        lo = draw(st.integers(1, 65535))
+        ports = (lo, draw(st.integers(lo, 65535)))
+    iface = draw(
+        st.none() | st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=15)
+    )
+    lifetimes = [Lifetime.ONCE, Lifetime.MINUTES, Lifetime.RESTART, Lifetime.FOREVER]
+    if exe is not None:
+        lifetimes.append(Lifetime.PROCESS)
+    lifetime = draw(st.sampled_from(lifetimes))
+    minutes = until = pid = start = None
+    if lifetime is Lifetime.MINUTES:
+        minutes = draw(st.integers(1, 525600))
+        until = draw(st.none() | _FLOATS)
+    elif lifetime is Lifetime.PROCESS:
+        pid = draw(st.none() | st.integers(0, 2**22))
+        start = draw(st.none() | _FLOATS)
+    return Rule(
+        action=draw(st.sampled_from(Action)),
+        exe=exe,
+        sha256=sha256,
+        user=draw(st.none() | st.integers(0, 2**32 - 1)),
+        dst=dst,
+        host=host,
+        ports=ports,
+        proto=proto,
+        iface=iface,
+        lifetime=lifetime,
+        minutes=minutes,
+        until=until,
+        pid=pid,
+        start=start,
+    )
+
+
+@given(rules())
+def test_any_valid_rule_round_trips(rule: Rule) -> None:
+    """The docstring's promise, `parse_rule(str(rule)) == rule`, for every valid rule, including
+    odd paths and interface names that need quoting."""
+    assert parse_rule(str(rule)) == rule
+
+
+_WORD_VALUES = st.text(string.printable + "²٥\x00é*", max_size=12)
+
+
+@given(
+    st.sampled_from(["allow", "deny", "reject", "permit", ""]),
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "app",
+                    "sha256",
+                    "user",
+                    "to",
+                    "port",
+                    "proto",
+                    "iface",
+                    "for",
+                    "until",
+                    "pid",
+                    "start",
+                    "bogus",
+                ]
+            ),
+            _WORD_VALUES,
+        ),
+        max_size=4,
+    ),
+)
+def test_parser_raises_only_rule_error(action: str, words: list[tuple[str, str]]) -> None:
+    """Rule text arrives from D-Bus callers: whatever they send, the answer is a RuleError (an
+    `InvalidRule` reply), never an internal crash."""
+    text = " ".join([action, *(shlex.quote(f"{k}={v}") for k, v in words)])
+    try:
+        rule = parse_rule(text)
+    except RuleError:
+        return
+    assert parse_rule(str(rule)) == rule
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed rules: each is refused, and the message names what is wrong.
+
+MALFORMED = [
+    pytest.param("", "empty", id="empty"),
+    pytest.param("   ", "empty", id="blank"),
+    pytest.param("permit port=80", "'permit'", id="bad-action"),
+    pytest.param("port=80", "'port=80'", id="no-action"),
+    pytest.param("allow colour=red", "'colour=red'", id="unknown-key"),
+    pytest.param("allow port80", "'port80'", id="word-without-equals"),
+    pytest.param("allow port=80 port=81", "port=", id="duplicate-key"),
+    pytest.param("allow port=", "'port='", id="empty-value"),
+    pytest.param("allow port=0", "'0'", id="port-zero"),
+    pytest.param("allow port=9-3", "'9-3'", id="port-range-backwards"),
+    pytest.param("allow port=70000", "'70000'", id="port-too-big"),
+    pytest.param("allow port=http", "'http'", id="port-name"),
+    pytest.param("allow proto=icmp port=5", "icmp", id="icmp-with-port"),
+    pytest.param("allow proto=sctp", "'sctp'", id="unknown-proto"),
+    pytest.param("allow proto=other", "'other'", id="proto-other"),
+    pytest.param("allow to=300.1.1.1", "'300.1.1.1'", id="bad-ipv4"),
+    pytest.param("allow to=10.0.0.1/8", "'10.0.0.1/8'", id="host-bits-set"),
+    pytest.param("allow to=2001:db8::1/32", "'2001:db8::1/32'", id="v6-host-bits-set"),
+    pytest.param("allow to=1.2.3", "'1.2.3'", id="short-ipv4"),
+    pytest.param("allow to=bad..host", "'bad..host'", id="empty-label"),
+    pytest.param("allow to=-bad.example", "'-bad.example'", id="label-starts-with-dash"),
+    pytest.param("allow app=relative", "'relative'", id="relative-app"),
+    pytest.param("allow app=/bin/x sha256=xyz", "'xyz'", id="bad-sha256"),
+    pytest.param(f"allow app=/bin/x sha256={HASH.upper()}", HASH.upper(), id="upper-sha256"),
+    pytest.param(f"allow sha256={HASH}", "sha256=", id="sha256-without-app"),
+    pytest.param("allow user=no-such-user-snitch-test", "'no-such-user-snitch-test'", id="user"),
+    pytest.param("allow iface=a-very-long-iface-name", "'a-very-long-iface-name'", id="iface"),
+    pytest.param("allow iface=eth/0", "'eth/0'", id="iface-slash"),
+    pytest.param("allow for=forever2", "'forever2'", id="bad-duration"),
+    pytest.param("allow for=0m", "'0m'", id="zero-minutes"),
+    pytest.param("allow for=525601m", "'525601m'", id="more-than-a-year"),
+    pytest.param("allow for=minutes", "'minutes'", id="minutes-without-number"),
+    pytest.param("allow until=5", "until=", id="until-without-minutes"),
+    pytest.param("allow for=5m until=soon", "'soon'", id="until-not-a-number"),
+    pytest.param("allow app=/bin/x pid=5", "pid=", id="pid-without-process"),
+    pytest.param("allow for=process", "app=", id="process-without-app"),
+    pytest.param("allow app=/bin/x for=process pid=-1", "'-1'", id="negative-pid"),
+    pytest.param("allow app='/usr/bin/curl", "app='/usr/bin/curl", id="unbalanced-quote"),
+]
+
+
+@pytest.mark.parametrize(("text", "named"), MALFORMED)
+def test_malformed_rule_is_refused_naming_the_bad_word(text: str, named: str) -> None:
+    """A firewall rule that half-parses is worse than none; and "invalid rule" alone does not
+    tell the user what to fix, so the message must quote the offending word."""
+    with pytest.raises(RuleError) as info:
+        parse_rule(text)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["allow user=²", "allow app=/bin/x for=process pid=²"])
+def test_non_ascii_digits_are_refused_not_crashed_on(text: str) -> None:
+    """`str.isdigit` is true for "²" but `int("²")` fails: the parser must answer RuleError
+    (InvalidRule over D-Bus), not leak a ValueError."""
+    with pytest.raises(RuleError, match="²"):
+        parse_rule(text)
+
+
+def test_user_name_with_nul_is_refused_not_crashed_on() -> None:
+    """`pwd.getpwnam` raises ValueError on an embedded NUL; that is a bad user, not a crash."""
+    with pytest.raises(RuleError, match="user"):
+        parse_rule("allow 'user=ro\x00ot'")
+
+
+def test_host_with_trailing_newline_is_refused() -> None:
+    """`$` in a regex also matches before a final newline; a host "example.org\\n" can never match
+    a name, and it prints unquoted so it would not even survive a round trip."""
+    with pytest.raises(RuleError, match=r"example\.org"):
+        parse_rule("allow 'to=example.org\n'")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_until_must_be_a_finite_time(value: str) -> None:
+    """`until=nan` never expires (every comparison with nan is false) and breaks
+    `parse_rule(str(r)) == r`; a point in time is a finite number."""
+    with pytest.raises(RuleError, match=value):
+        parse_rule(f"allow app=/bin/x for=5m until={value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Durations and stamping.
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("once", (Lifetime.ONCE, None)),
+        ("process", (Lifetime.PROCESS, None)),
+        ("1m", (Lifetime.MINUTES, 1)),
+        ("15m", (Lifetime.MINUTES, 15)),
+        ("525600m", (Lifetime.MINUTES, 525600)),
+        ("restart", (Lifetime.RESTART, None)),
+        ("forever", (Lifetime.FOREVER, None)),
+    ],
+)
+def test_parse_duration_accepts_the_documented_forms(
+    text: str, expected: tuple[Lifetime, int | None]
+) -> None:
+    """The prompt's duration menu and `snitchctl --for` both go through this function."""
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0m", "15", "15M", "15 m", "1h", "minutes", "Forever", "-5m"])
+def test_parse_duration_refuses_everything_else(text: str) -> None:
+    """Only the documented forms: a typo like "1h" must not silently mean forever."""
+    with pytest.raises(RuleError):
+        parse_duration(text)
+
+
+def test_stamping_fixes_minutes_to_a_point_in_time() -> None:
+    """A 15-minute rule must expire 15 minutes after it was added, not 15 minutes after each
+    restart: the store keeps `until`, computed once."""
+    rule = parse_rule("allow app=/bin/x for=15m")
+    stamped = rule.stamped(1000.0)
+    assert stamped.until == 1000.0 + 15 * 60
+    assert parse_rule(str(stamped)) == stamped
+    assert stamped.stamped(5000.0) == stamped
+
+
+@pytest.mark.parametrize(
+    "text", ["allow", "allow app=/bin/x for=process", "allow for=restart", "allow for=once"]
+)
+def test_stamping_leaves_other_lifetimes_alone(text: str) -> None:
+    """Only a minutes rule has a clock; stamping anything else must not invent an expiry."""
+    rule = parse_rule(text)
+    assert rule.stamped(1000.0) == rule
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "stored"),
+    [
+        (Lifetime.ONCE, False),
+        (Lifetime.RESTART, False),
+        (Lifetime.PROCESS, True),
+        (Lifetime.MINUTES, True),
+        (Lifetime.FOREVER, True),
+    ],
+)
+def test_only_lasting_rules_are_stored(lifetime: Lifetime, stored: bool) -> None:
+    """ "Until restart" must not survive a restart, so those rules never reach the database."""
+    rule = replace(Rule(Action.ALLOW, exe="/bin/x"), lifetime=lifetime)
+    assert rule.is_stored is stored
+
+
+def test_ipv6_network_round_trips() -> None:
+    """IPv6 destinations are first-class: the printed network parses to the same object type."""
+    rule = parse_rule("deny to=2001:db8:1::/48")
+    assert rule.dst == IPv6Network("2001:db8:1::/48")
+    assert parse_rule(str(rule)) == rule
