@@ -1,0 +1,220 @@
+"""How long `procs.Attributor.lookup` holds a packet, on a machine with many sockets.
+
+500 forked children each hold 10 TCP connections and 10 connected UDP sockets on loopback
+(10,000 sockets); then: the raw sock_diag exact lookup, the same with pyroute2's message classes,
+warm lookups, and the cold paths (a socket never seen: /proc scan; a new process: psutil + sha256).
+Prints figures, asserts nothing. Run as root: PYTHONPATH=daemon python bench/bench_procs.py
+"""
+
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import statistics
+import sys
+import time
+from ipaddress import ip_address
+
+from pyroute2.netlink import NLM_F_REQUEST
+from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
+
+from snitchd import procs
+from snitchd.procs import Attributor
+from snitchd.records import Attribution, Flow, Proto
+
+CHILDREN = 500
+TCP_PER_CHILD = 10
+UDP_PER_CHILD = 10
+LO = "127.0.0.1"
+
+
+def spawn(listeners, udp_sink, pipes):
+    """Fork a child that opens its sockets, reports their 5-tuples and waits for EOF."""
+    release_fd, release_w, report_r, report_fd = pipes
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        os.close(release_w)  # else no child would ever see EOF
+        os.close(report_r)
+        held = []
+        for i in range(TCP_PER_CHILD):
+            held.append(socket.create_connection(listeners[i % len(listeners)].getsockname()))
+        for _ in range(UDP_PER_CHILD):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.connect(udp_sink.getsockname())
+            held.append(s)
+        rows = [[s.type == socket.SOCK_STREAM, s.getsockname(), s.getpeername()] for s in held]
+        os.write(report_fd, (json.dumps(rows) + "\n").encode())
+        os.read(release_fd, 1)  # EOF once the bench closes its end, even if it crashed
+    finally:
+        os._exit(0)
+
+
+def stats(label, samples_ns):
+    us = sorted(x / 1000 for x in samples_ns)
+    p99 = us[min(len(us) - 1, int(len(us) * 0.99))]
+    print(
+        f"{label:52s} n={len(us):6d}  median {statistics.median(us):9.1f} µs"
+        f"  p99 {p99:9.1f} µs  max {us[-1]:9.1f} µs"
+    )
+
+
+def timed(fn, args_list):
+    out = []
+    clock = time.perf_counter_ns
+    for args in args_list:
+        start = clock()
+        fn(*args)
+        out.append(clock() - start)
+    return out
+
+
+def pyroute2_lookup(sock, flow):
+    """The same exact request, encoded and decoded with pyroute2's message classes."""
+    req = inet_diag_req()
+    req["header"]["type"] = SOCK_DIAG_BY_FAMILY
+    req["header"]["flags"] = NLM_F_REQUEST
+    req["header"]["sequence_number"] = 1
+    req["sdiag_family"] = socket.AF_INET
+    req["sdiag_protocol"] = socket.IPPROTO_TCP
+    req["idiag_states"] = 0xFFFFFFFF
+    req["idiag_sport"] = flow.sport
+    req["idiag_dport"] = flow.dport
+    req["idiag_src"] = (int(flow.src), 0, 0, 0)
+    req["idiag_dst"] = (int(flow.dst), 0, 0, 0)
+    req["idiag_if"] = 0
+    req["idiag_cookie"] = 0xFFFFFFFFFFFFFFFF
+    req.encode()
+    sock.send(req.data)
+    msg = inet_diag_msg(sock.recv(8192, socket.MSG_DONTWAIT))
+    msg.decode()
+    return msg["idiag_uid"], msg["idiag_inode"]
+
+
+def main():
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # somaxconn caps one accept queue at 4096: spread the never-accepted connections.
+    listeners = [socket.create_server((LO, 0), backlog=4096) for _ in range(2)]
+    udp_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_sink.bind((LO, 0))
+    release_r, release_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pids = []
+    att = None
+    began = time.monotonic()
+    try:
+        for _ in range(CHILDREN):
+            pids.append(spawn(listeners, udp_sink, (release_r, release_w, report_r, report_w)))
+        os.close(report_w)
+        report_w = -1
+        flows = []  # (flow, pid)
+        with os.fdopen(report_r, "r") as reports:
+            report_r = -1
+            for _ in range(CHILDREN):
+                for is_tcp, local, remote in json.loads(reports.readline()):
+                    proto = Proto.TCP if is_tcp else Proto.UDP
+                    src, dst = ip_address(local[0]), ip_address(remote[0])
+                    flows.append(Flow(proto, src, local[1], dst, remote[1]))
+        print(
+            f"setup: {len(pids)} processes, {len(flows)} sockets in "
+            f"{time.monotonic() - began:.1f} s"
+        )
+        rng = random.Random(7)
+        att = Attributor()
+
+        sample = rng.sample(flows, 2000)
+        tcp = [f for f in sample if f.proto is Proto.TCP]
+        udp = [f for f in sample if f.proto is Proto.UDP]
+        diag_args = [
+            (
+                socket.AF_INET,
+                socket.IPPROTO_TCP if f.proto is Proto.TCP else socket.IPPROTO_UDP,
+                *(
+                    (f.src.packed, f.sport, f.dst.packed, f.dport)
+                    if f.proto is Proto.TCP
+                    else (f.dst.packed, f.dport, f.src.packed, f.sport)
+                ),
+            )
+            for f in sample
+        ]
+        for _ in range(3):
+            raw = timed(att._query, diag_args)
+        stats("sock_diag exact lookup, struct codec", raw)
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, procs.NETLINK_SOCK_DIAG)
+        try:
+            stats(
+                "sock_diag exact lookup, pyroute2 classes",
+                timed(lambda f: pyroute2_lookup(nl, f), [(f,) for f in tcp[:500]]),
+            )
+        finally:
+            nl.close()
+
+        # Cold: a socket nobody has looked up, in a process never seen (full /proc scan).
+        cold = []
+        for f in rng.sample(flows, 20):
+            att._owners.clear()
+            att._recent.clear()
+            att._procs.clear()
+            start = time.perf_counter_ns()
+            got = att.lookup(f)
+            cold.append(time.perf_counter_ns() - start)
+            assert got.attribution is Attribution.PROCESS
+        stats("cold: /proc scan + psutil (exe hash cached)", cold)
+        att._hashes.clear()
+        start = time.perf_counter_ns()
+        att._sha256(os.getpid(), sys.executable)
+        size = os.stat(f"/proc/{os.getpid()}/exe").st_size
+        print(
+            f"sha256 of the python binary once ({size / 1e6:.1f} MB): "
+            f"{(time.perf_counter_ns() - start) / 1e6:.1f} ms"
+        )
+        mru = []
+        for f in rng.sample(flows, 200):
+            att.lookup(f)  # its process becomes the hot one
+            att._owners.clear()
+            start = time.perf_counter_ns()
+            att.lookup(f)
+            mru.append(time.perf_counter_ns() - start)
+        stats("new socket of the last-seen process (hot-pid scan)", mru)
+
+        icmp = Flow(Proto.ICMP, ip_address(LO), 0, ip_address(LO), 0)
+        stats("ICMP: /proc/net/{icmp,raw} read, no candidate", timed(att.lookup, [(icmp,)] * 500))
+
+        for f in flows:  # warm every entry
+            att.lookup(f)
+        print(f"caches: {len(att._owners)} inodes, {len(att._procs)} processes")
+        for _ in range(2):
+            warm_tcp = timed(att.lookup, [(f,) for f in tcp])
+            warm_udp = timed(att.lookup, [(f,) for f in udp])
+        stats("warm lookup, TCP", warm_tcp)
+        stats("warm lookup, UDP", warm_udp)
+        stats("warm lookup, all", warm_tcp + warm_udp)
+        wrong = sum(att.lookup(f).pid is None for f in sample)
+        print(f"unattributed in sample: {wrong}")
+    finally:
+        if att is not None:
+            att.close()
+        for fd in (release_w, release_r, report_r, report_w):
+            if fd >= 0:
+                os.close(fd)
+        deadline = time.monotonic() + 5
+        for pid in pids:
+            while True:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+            if not done:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        for s in (*listeners, udp_sink):
+            s.close()
+        print(f"total {time.monotonic() - began:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
