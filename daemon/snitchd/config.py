@@ -1,0 +1,118 @@
+"""`/etc/snitch/snitchd.toml` → `Config`, validated once at the edge.
+
+Every error names the key and the file. An unknown key is an error too: a typo in a firewall's
+config must not silently fall back to a default. A missing file means all defaults. No key is
+read anywhere else: the rest of the daemon gets the `Config` record.
+"""
+
+from __future__ import annotations
+
+import grp
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from snitchd.errors import ConfigError
+from snitchd.rules import Action
+
+__all__ = ["DEFAULT_PATH", "Config", "FailMode", "load_config", "parse_config"]
+
+DEFAULT_PATH = Path("/etc/snitch/snitchd.toml")
+
+FailMode = str  # "open" | "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Defaults watch and allow: a fresh install must not cut a machine off before it has rules.
+
+    `default_action` applies to a flow that no rule covers when no agent answers; `fail_mode`
+    says what the kernel does with new flows while snitchd is not reading its queue.
+    """
+
+    default_action: Action = Action.ALLOW
+    fail_mode: FailMode = "open"
+    queue: int = 4242
+    database: str = "/var/lib/snitch/snitch.db"
+    admin_group: str = "sudo"
+    prompt_timeout: float = 30.0
+    max_prompts: int = 64
+    intercept_loopback: bool = False
+    stay_closed_when_stopped: bool = False
+    queue_max_len: int = 4096
+    log_level: str = "info"
+
+
+_CHOICES = {
+    "fail_mode": ("open", "closed"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+_RANGES: dict[str, tuple[float, float]] = {
+    "queue": (0, 65535),
+    "prompt_timeout": (1, 3600),
+    "max_prompts": (1, 10000),
+    "queue_max_len": (16, 1_000_000),
+}
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    known = {f.name: f for f in fields(Config)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
+        values[key] = _check(key, value, source)
+    return Config(**values)
+
+
+def _check(key: str, value: Any, source: str) -> Any:
+    default = getattr(Config(), key)
+    if isinstance(default, Action):
+        try:
+            return Action(value)
+        except ValueError:
+            raise ConfigError(f"{source}: {key} = {value!r}: use allow, deny or reject") from None
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} = {value!r}: use true or false")
+        return value
+    if isinstance(default, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: {key} = {value!r}: expected a number")
+        if isinstance(default, int) and not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} = {value!r}: expected a whole number")
+        lo, hi = _RANGES[key]
+        if not lo <= value <= hi:
+            raise ConfigError(f"{source}: {key} = {value!r}: must be between {lo:g} and {hi:g}")
+        return value
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"{source}: {key} = {value!r}: use {' or '.join(_CHOICES[key])}")
+    if key == "admin_group":
+        try:
+            grp.getgrnam(value)
+        except (KeyError, ValueError):
+            raise ConfigError(f"{source}: admin_group = {value!r}: no such group") from None
+    return value
+
+
+def load_config(path: Path | None) -> Config:
+    """Read the file; the default path may be absent (all defaults), a given one may not."""
+    target = path or DEFAULT_PATH
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if path is None:
+            return Config()
+        raise ConfigError(f"cannot read config {target}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {target}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{target}: not valid UTF-8: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{target}: not valid TOML: {exc}") from None
+    return parse_config(data, str(target))

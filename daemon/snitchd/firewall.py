@@ -1,0 +1,168 @@
+"""The packet path in one place: queued packet → Flow → Process → decide → verdict, logged.
+
+`on_packet` runs on the event loop for every new outbound flow. It never blocks and never raises:
+any failure on one packet is logged, counted, and that packet gets the fail-mode verdict (accept
+when fail_mode is open, drop when closed), and the loop carries on. Rule changes rebuild the
+`RuleSet` whole and swap it in, so a lookup never sees half an update; the next new flow already
+sees a rule added a moment ago.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+
+from netfilterqueue import Packet
+
+from snitchd.config import Config
+from snitchd.decide import Explanation, RuleSet, Verdict, decide
+from snitchd.events import EventLog
+from snitchd.netfilter import REJECT_MARK
+from snitchd.packet import decode
+from snitchd.procs import Attributor, process_alive
+from snitchd.prompts import Broker
+from snitchd.records import Attribution, Flow, Process, Proto
+from snitchd.rules import Action, Rule, RuleRecord
+from snitchd.store import Decision, Store, keep_unexpired
+
+__all__ = ["Counters", "Firewall"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Counters:
+    """What `snitchctl status` shows about the queue since start."""
+
+    seen: int = 0
+    accepted: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    errors: int = 0
+    by_default: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class Firewall:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        attributor: Attributor,
+        events: EventLog,
+        broker: Broker,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.attributor = attributor
+        self.events = events
+        self.broker = broker
+        self.clock = clock
+        self.counters = Counters()
+        self.rules = RuleSet()
+        self._ifnames: dict[int, str] = {}
+        self.reload_rules()
+
+    def reload_rules(self) -> None:
+        self.rules = RuleSet((r.id, r.rule) for r in self.store.rules())
+        log.debug("rules loaded count=%d", len(self.rules))
+
+    def _ifname(self, index: int) -> str:
+        name = self._ifnames.get(index)
+        if name is None:
+            try:
+                name = socket.if_indextoname(index) if index else ""
+            except OSError:
+                return ""
+            self._ifnames[index] = name
+        return name
+
+    def on_packet(self, pkt: Packet) -> None:
+        self.counters.seen += 1
+        try:
+            flow = decode(pkt.get_payload(), self._ifname(pkt.outdev))
+            proc = self.attributor.lookup(flow)
+            now = self.clock()
+            outcome = decide(flow, proc, self.rules, now)
+            if isinstance(outcome, Verdict):
+                self.apply(pkt, outcome, flow, proc, now)
+            else:
+                self.broker.ask(pkt, flow, proc, now)
+        except Exception:
+            self.counters.errors += 1
+            log.exception(
+                "packet handling failed; fail-mode verdict fail_mode=%s", self.config.fail_mode
+            )
+            try:
+                if self.config.fail_mode == "open":
+                    pkt.accept()
+                else:
+                    pkt.drop()
+            except Exception:
+                log.exception("cannot give the fail-mode verdict")
+
+    def apply(self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process, now: float) -> None:
+        """Give the kernel the verdict, then log it (the log never delays the packet)."""
+        action = verdict.action
+        if action is Action.ALLOW:
+            pkt.accept()
+            self.counters.accepted += 1
+        elif action is Action.DENY:
+            pkt.drop()
+            self.counters.dropped += 1
+        else:
+            pkt.set_mark(REJECT_MARK)
+            pkt.accept()
+            self.counters.rejected += 1
+        if verdict.rule_id is None:
+            self.counters.by_default += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "verdict %s %s from %s: %s", action.value, flow, proc.describe(), verdict.reason
+            )
+        self.events.record(Decision(now, flow, proc, action.value, verdict.rule_id, verdict.reason))
+
+    def default_verdict(self, reason: str) -> Verdict:
+        return Verdict(self.config.default_action, None, reason)
+
+    def add_rule(self, rule: Rule, origin: str) -> RuleRecord:
+        record = self.store.add_rule(rule, self.clock(), origin)
+        self.reload_rules()
+        log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
+        return record
+
+    def add_answer_rule(self, rule: Rule, origin: str) -> int:
+        return self.add_rule(rule, origin).id
+
+    def delete_rule(self, rule_id: int, origin: str) -> RuleRecord:
+        record = self.store.delete_rule(rule_id)
+        self.reload_rules()
+        log.info("rule deleted id=%d origin=%s: %s", rule_id, origin, record.rule)
+        return record
+
+    def expire_rules(self) -> None:
+        gone = self.store.delete_where(keep_unexpired(self.clock(), process_alive))
+        if gone:
+            self.reload_rules()
+            for record in gone:
+                log.info("rule expired id=%d: %s", record.id, record.rule)
+
+    def explain(
+        self,
+        exe: str | None,
+        dst: str,
+        port: int,
+        proto: Proto,
+        iface: str = "",
+        uid: int | None = None,
+    ) -> Explanation:
+        flow = Flow(proto, ip_address("0.0.0.0"), 0, ip_address(dst), port, iface)
+        if flow.dst.version == 6:
+            flow = Flow(proto, ip_address("::"), 0, flow.dst, port, iface)
+        proc = Process(Attribution.PROCESS, exe=exe, uid=uid)
+        return self.rules.explain(flow, proc, frozenset(), self.clock())

@@ -1,0 +1,184 @@
+"""`snitchd`: start-up, the event loop, and an orderly stop.
+
+Order matters for a firewall: the queue is bound before the kernel rules divert anything to it,
+and on the way out the rules go before the queue (unless the admin asked the firewall to stay
+closed while stopped). Everything that can be checked is checked before the kernel is touched, so
+a bad config, a missing kernel feature or a locked store stop start-up with one clear line and
+change nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from snitchd import __version__
+from snitchd.access import is_admin
+from snitchd.api import serve
+from snitchd.config import DEFAULT_PATH, Config, load_config
+from snitchd.errors import SnitchError
+from snitchd.events import EventLog
+from snitchd.firewall import Firewall
+from snitchd.netfilter import Backend, NetSpec, select_backend
+from snitchd.procs import Attributor
+from snitchd.prompts import Broker
+from snitchd.queue import QueueReader
+from snitchd.store import Store
+
+__all__ = ["main"]
+
+log = logging.getLogger("snitchd")
+
+SWEEP_INTERVAL = 1.0
+
+
+def _notify(state: str) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd gave one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("sd_notify failed state=%s: %s", state, exc)
+
+
+class _Daemon:
+    def __init__(self, config: Config, config_path: Path | None, backend: Backend) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.backend = backend
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        config = self.config
+        store = Store(config.database)
+        events = EventLog(store)
+        broker = Broker(
+            clock=time.time,
+            timeout=config.prompt_timeout,
+            max_open=config.max_prompts,
+            is_admin=lambda uid: is_admin(uid, config.admin_group),
+        )
+        attributor = Attributor()
+        firewall = Firewall(config, store, attributor, events, broker)
+        broker.attach(firewall)
+        loop = asyncio.get_running_loop()
+        reader = QueueReader(config.queue, firewall.on_packet, config.queue_max_len)
+        spec = NetSpec(config.queue, config.fail_mode == "open", config.intercept_loopback)
+        bus = None
+        installed = False
+        try:
+            reader.start(loop)
+            installed = True
+            self.backend.apply(self.backend.plan_install(spec))
+            log.info(
+                "kernel rules installed backend=%s queue=%d fail_mode=%s",
+                self.backend.name,
+                config.queue,
+                config.fail_mode,
+            )
+            bus = await serve(firewall)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop.set)
+            _notify("READY=1\nSTATUS=filtering new outbound flows")
+            log.info(
+                "snitchd %s running default_action=%s rules=%d database=%s",
+                __version__,
+                config.default_action.value,
+                len(firewall.rules),
+                store.path,
+            )
+            async with asyncio.TaskGroup() as tasks:
+                flusher = tasks.create_task(events.run(), name="event-log")
+                sweeper = tasks.create_task(self._sweep(firewall), name="rule-sweeper")
+                await self.stop.wait()
+                flusher.cancel()
+                sweeper.cancel()
+        finally:
+            _notify("STOPPING=1")
+            broker.release_all("default: snitchd stopping")
+            keep_closed = config.fail_mode == "closed" and config.stay_closed_when_stopped
+            if not installed:
+                pass
+            elif keep_closed:
+                log.warning("kernel rules left in place: fail-closed while stopped")
+            else:
+                try:
+                    self.backend.apply(self.backend.plan_remove())
+                    log.info("kernel rules removed")
+                except SnitchError as exc:
+                    log.error("cannot remove kernel rules: %s", exc)
+            reader.close()
+            if bus is not None:
+                bus.disconnect()
+            await events.flush()
+            attributor.close()
+            store.close()
+            log.info("snitchd stopped")
+
+    async def _sweep(self, firewall: Firewall) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                firewall.expire_rules()
+            except SnitchError as exc:
+                log.warning("rule sweep failed: %s", exc)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="snitchd",
+        description="snitch daemon: holds each new outbound flow until a rule or a person decides.",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help=f"config file (default {DEFAULT_PATH})"
+    )
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--debug", action="store_true", help="log every decision")
+    parser.add_argument("--version", action="version", version=f"snitchd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if os.geteuid() != 0 and not args.check_config:
+            raise SnitchError(
+                "snitchd must run as root: it installs kernel rules and reads every process's "
+                "sockets (try: sudo snitchd)"
+            )
+        config = load_config(args.config)
+        logging.getLogger().setLevel(logging.DEBUG if args.debug else config.log_level.upper())
+        if args.check_config:
+            print(f"snitchd: config {args.config or DEFAULT_PATH} is valid")
+            return 0
+        backend = select_backend()
+        Store(config.database).close()
+        asyncio.run(_Daemon(config, args.config, backend).run())
+    except SnitchError as exc:
+        print(f"snitchd: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

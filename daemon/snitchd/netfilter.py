@@ -1,0 +1,224 @@
+"""Kernel rules that divert new outbound flows to our queue: the first step of the packet path.
+
+A backend builds its commands as data (`Plan`) and applies them in one atomic batch. We own our
+chains only: we add one jump to each, replace our chains whole, and remove exactly what we added
+(including the stale jumps of a crashed run). Never flush anything else.
+
+The queue rule sits in the *mangle* table: a queued packet we accept continues to the next table
+(filter), so the admin's own OUTPUT rules still apply after ours. "Reject" cannot happen in mangle,
+so the verdict marks the packet and a rule of ours in *filter* rejects marked packets (TCP RST,
+ICMP port unreachable) — the program fails fast instead of timing out.
+
+This kernel has xt NFQUEUE but not nft `queue` (DESIGN.md), so iptables is the first backend; a
+native nftables backend fits the same `Backend` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from snitchd.errors import BackendFailed, BackendUnavailable
+
+__all__ = [
+    "REJECT_MARK",
+    "REJECT_MASK",
+    "Backend",
+    "IptablesBackend",
+    "NetSpec",
+    "Plan",
+    "Step",
+    "select_backend",
+]
+
+log = logging.getLogger(__name__)
+
+REJECT_MARK = 0x5A1E0000
+REJECT_MASK = 0xFFFF0000
+COMMENT = "snitch"
+QUEUE_CHAIN = "SNITCH_QUEUE"
+REJECT_CHAIN = "SNITCH_REJECT"
+
+
+@dataclass(frozen=True, slots=True)
+class NetSpec:
+    queue: int
+    fail_open: bool
+    intercept_loopback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    argv: tuple[str, ...]
+    stdin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[Step, ...]
+
+
+class Backend(Protocol):
+    name: str
+
+    def probe(self) -> None: ...
+    def plan_install(self, spec: NetSpec) -> Plan: ...
+    def plan_remove(self) -> Plan: ...
+    def apply(self, plan: Plan) -> None: ...
+    def installed(self) -> bool: ...
+
+
+def _run(argv: tuple[str, ...], stdin: str = "") -> str:
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C"}
+    try:
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, env=env, timeout=30, check=False
+        )
+    except OSError as exc:
+        raise BackendFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise BackendFailed(f"{argv[0]} did not finish in 30 s (xtables lock held?)") from None
+    if done.returncode != 0:
+        raise BackendFailed(f"{' '.join(argv)} failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def _explain_kernel_error(message: str) -> str:
+    if "NFQUEUE" in message:
+        return (
+            "the kernel lacks the NFQUEUE target (xt_NFQUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE): "
+            "try `modprobe xt_NFQUEUE nfnetlink_queue`, or install a kernel with netfilter queue "
+            "support"
+        )
+    if "conntrack" in message:
+        return "the kernel lacks conntrack matching: try `modprobe xt_conntrack`"
+    if "REJECT" in message:
+        return "the kernel lacks the REJECT target: try `modprobe ipt_REJECT ip6t_REJECT`"
+    return message
+
+
+class IptablesBackend:
+    """iptables / ip6tables (nft or legacy flavour, whichever `iptables` is)."""
+
+    name = "iptables"
+
+    def __init__(self, families: tuple[str, ...] | None = None) -> None:
+        if families is None:
+            v6 = Path("/proc/net/if_inet6").exists()
+            families = ("iptables", "ip6tables") if v6 else ("iptables",)
+        self.families = families
+
+    def probe(self) -> None:
+        for tool in self.families:
+            for suffix in ("-save", "-restore"):
+                if shutil.which(tool + suffix) is None:
+                    raise BackendUnavailable(
+                        f"{tool}{suffix} not found: install the iptables package "
+                        "(apt-get install iptables)"
+                    )
+            try:
+                _run((tool + "-save", "-t", "mangle"))
+            except BackendFailed as exc:
+                raise BackendUnavailable(
+                    f"{tool} cannot read the mangle table ({exc}); is snitchd root, and does the "
+                    "kernel have iptable_mangle / nft_compat?"
+                ) from None
+        version = _run((self.families[0], "--version")).strip()
+        log.info("backend probed name=%s version=%r", self.name, version)
+
+    def _own_jumps(self, tool: str, table: str, chain: str) -> tuple[list[str], bool]:
+        """Our jump rules as `-D` lines, and whether our chain exists (from a previous run)."""
+        saved = _run((tool + "-save", "-t", table))
+        jumps = [
+            "-D" + line[2:]
+            for line in saved.splitlines()
+            if line.startswith("-A OUTPUT ") and line.endswith(f"-j {chain}")
+        ]
+        exists = any(line.startswith(f":{chain} ") for line in saved.splitlines())
+        return jumps, exists
+
+    def _remove_lines(self, tool: str, *, chains: bool) -> dict[str, list[str]]:
+        """Lines that undo a previous run; its chains are kept when about to be redeclared
+        (a `:CHAIN` line of iptables-restore empties an existing chain)."""
+        lines: dict[str, list[str]] = {}
+        for table, chain in (("mangle", QUEUE_CHAIN), ("filter", REJECT_CHAIN)):
+            jumps, exists = self._own_jumps(tool, table, chain)
+            lines[table] = jumps + ([f"-F {chain}", f"-X {chain}"] if exists and chains else [])
+        return lines
+
+    def plan_install(self, spec: NetSpec) -> Plan:
+        steps = []
+        for tool in self.families:
+            old = self._remove_lines(tool, chains=False)
+            unreach = "icmp6-port-unreachable" if tool == "ip6tables" else "icmp-port-unreachable"
+            bypass = " --queue-bypass" if spec.fail_open else ""
+            mark = f"-m mark --mark {REJECT_MARK:#x}/{REJECT_MASK:#x}"
+            queue = [f":{QUEUE_CHAIN} - [0:0]"]
+            if not spec.intercept_loopback:
+                queue.append(f"-A {QUEUE_CHAIN} -o lo -j RETURN")
+            queue += [
+                f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW "
+                f"-j NFQUEUE --queue-num {spec.queue}{bypass}",
+                f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {QUEUE_CHAIN}",
+            ]
+            reject = [
+                f":{REJECT_CHAIN} - [0:0]",
+                f"-A {REJECT_CHAIN} -p tcp {mark} -j REJECT --reject-with tcp-reset",
+                f"-A {REJECT_CHAIN} {mark} -j REJECT --reject-with {unreach}",
+                f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}",
+            ]
+            text = _restore_text(
+                {"mangle": old["mangle"] + queue, "filter": old["filter"] + reject}
+            )
+            steps.append(Step((tool + "-restore", "--noflush", "-w", "5"), text))
+        return Plan(tuple(steps))
+
+    def plan_remove(self) -> Plan:
+        steps = []
+        for tool in self.families:
+            lines = self._remove_lines(tool, chains=True)
+            if any(lines.values()):
+                steps.append(
+                    Step((tool + "-restore", "--noflush", "-w", "5"), _restore_text(lines))
+                )
+        return Plan(tuple(steps))
+
+    def apply(self, plan: Plan) -> None:
+        for step in plan.steps:
+            try:
+                _run(step.argv, step.stdin)
+            except BackendFailed as exc:
+                raise BackendFailed(_explain_kernel_error(str(exc))) from None
+
+    def installed(self) -> bool:
+        return any(self._own_jumps(tool, "mangle", QUEUE_CHAIN)[0] for tool in self.families)
+
+
+def _restore_text(tables: dict[str, list[str]]) -> str:
+    out: list[str] = []
+    for table, lines in tables.items():
+        if lines:
+            out += [f"*{table}", *lines, "COMMIT"]
+    return "\n".join(out) + "\n"
+
+
+def select_backend(preferred: str = "auto") -> Backend:
+    """Probe backends in a fixed order; the first that works is used and logged once."""
+    candidates: list[Backend] = [IptablesBackend()]
+    errors: list[str] = []
+    for backend in candidates:
+        if preferred not in ("auto", backend.name):
+            continue
+        try:
+            backend.probe()
+        except BackendUnavailable as exc:
+            errors.append(f"{backend.name}: {exc}")
+            continue
+        log.info("backend selected name=%s", backend.name)
+        return backend
+    raise BackendUnavailable("no firewall backend works: " + "; ".join(errors))

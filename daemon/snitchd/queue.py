@@ -1,0 +1,63 @@
+"""The queue reader: NetfilterQueue's netlink socket on the asyncio loop.
+
+The kernel holds each new outbound flow's first packet in our queue; this module hands it to the
+firewall and does nothing else. The socket is read without blocking (`run(block=False)` drains
+what is ready) whenever the loop sees it readable, so the loop never waits on the kernel and the
+kernel never waits on a person: a packet may be kept (`retain`) and given its verdict later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from netfilterqueue import NetfilterQueue, Packet
+
+from snitchd.errors import BackendUnavailable
+
+__all__ = ["COPY_RANGE", "QueueReader"]
+
+log = logging.getLogger(__name__)
+
+# Headers only: IPv6 with a few extension headers plus TCP fits; the payload is never needed
+# for a verdict, and copying less makes each packet cheaper.
+COPY_RANGE = 256
+
+
+class QueueReader:
+    def __init__(self, number: int, handler: Callable[[Packet], None], max_len: int) -> None:
+        self.number = number
+        self._handler = handler
+        self._max_len = max_len
+        self._nfq: NetfilterQueue | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        nfq = NetfilterQueue()
+        try:
+            nfq.bind(self.number, self._handler, max_len=self._max_len, range=COPY_RANGE)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot bind netfilter queue {self.number}: {exc} (is another program using "
+                "this queue number? is the kernel module nfnetlink_queue available? "
+                "try: modprobe nfnetlink_queue)"
+            ) from None
+        loop.add_reader(nfq.get_fd(), self._drain)
+        self._nfq, self._loop = nfq, loop
+        log.info("queue bound number=%d max_len=%d", self.number, self._max_len)
+
+    def _drain(self) -> None:
+        if self._nfq is not None:
+            try:
+                self._nfq.run(block=False)
+            except OSError as exc:
+                log.warning("queue read failed number=%d: %s", self.number, exc)
+
+    def close(self) -> None:
+        if self._nfq is None or self._loop is None:
+            return
+        self._loop.remove_reader(self._nfq.get_fd())
+        self._nfq.unbind()
+        self._nfq = None
+        log.info("queue unbound number=%d", self.number)

@@ -1,0 +1,278 @@
+"""The SQLite store (through sqlite-utils): rules, the connection log, and schema migrations.
+
+A side path of the packet path: the queue reader never waits for it. Rules are read once at start
+and on change; the connection log is written in batches from a worker thread (`events`). Every
+SQLite failure becomes a `StoreError` that names the file and says what to do; a schema newer than
+this code stops start-up rather than being guessed at. Rules that live "until restart" are kept in
+memory only, but draw their ids from the same sequence so an id never means two rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from snitchd.errors import RuleError, RuleNotFound, StoreError
+from snitchd.records import Flow, Process
+from snitchd.rules import Lifetime, Rule, RuleRecord, parse_rule
+
+__all__ = ["SCHEMA_VERSION", "Decision", "LogQuery", "Store", "keep_unexpired"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One row of the connection log: what snitch did with a new flow, and why."""
+
+    time: float
+    flow: Flow
+    proc: Process
+    action: str
+    rule_id: int | None
+    reason: str
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    since: float | None = None
+    exe: str | None = None
+    action: str | None = None
+    limit: int = 100
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    # AUTOINCREMENT (which sqlite-utils cannot ask for) so that a deleted rule's id is never
+    # given to another rule: ids are what people type into delete-rule.
+    db.execute(
+        "CREATE TABLE rules (id INTEGER PRIMARY KEY AUTOINCREMENT, text TEXT NOT NULL, "
+        "created FLOAT, last_hit FLOAT, hits INTEGER DEFAULT 0, origin TEXT)"
+    )
+    db.table("connections").create(
+        {
+            "id": int,
+            "time": float,
+            "pid": int,
+            "exe": str,
+            "uid": int,
+            "attribution": str,
+            "proto": str,
+            "src": str,
+            "sport": int,
+            "dst": str,
+            "dport": int,
+            "iface": str,
+            "host": str,
+            "action": str,
+            "rule_id": int,
+            "reason": str,
+        },
+        pk="id",
+    )
+    db.table("connections").create_index(["time"])
+    db.table("connections").create_index(["exe", "time"])
+
+
+# Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
+_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1,)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._memory: dict[int, RuleRecord] = {}
+        with self._errors("open"):
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+            except BaseException:
+                conn.close()
+                raise
+        if self.path != ":memory:":
+            os.chmod(self.path, 0o600)
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            hint = {
+                "database is locked": "is another snitchd running? try: snitchctl status",
+                "file is not a database": "the file is corrupt: move it away and restart snitchd",
+                "readonly database": "check the permissions of the file and its folder",
+            }
+            advice = next((v for k, v in hint.items() if k in str(exc)), "see the daemon log")
+            raise StoreError(f"cannot {doing} rule store {self.path}: {exc} ({advice})") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot {doing} rule store {self.path}: {exc.strerror}") from exc
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"cannot open rule store {self.path}: schema version {version} is newer than this "
+                f"snitch ({SCHEMA_VERSION}); upgrade snitch or restore a backup"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            with self.db.atomic():
+                _MIGRATIONS[step](self.db)
+                self.db.execute(f"PRAGMA user_version = {step + 1}")
+            log.info("rule store migrated path=%s version=%d", self.path, step + 1)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def _record(self, row: dict[str, Any]) -> RuleRecord:
+        return RuleRecord(
+            id=row["id"],
+            rule=parse_rule(row["text"]),
+            created=row["created"],
+            last_hit=row["last_hit"],
+            hits=row["hits"] or 0,
+            origin=row["origin"] or "",
+        )
+
+    def rules(self) -> list[RuleRecord]:
+        """Stored rules then in-memory ones; a stored row that no longer parses is skipped and
+        logged, so one bad row cannot take the whole rule set down."""
+        out: list[RuleRecord] = []
+        with self._lock, self._errors("read"):
+            rows = list(self.db.table("rules").rows_where(order_by="id"))
+        for row in rows:
+            try:
+                out.append(self._record(row))
+            except Exception as exc:
+                log.warning("stored rule skipped id=%s: %s", row.get("id"), exc)
+        out.extend(sorted(self._memory.values(), key=lambda r: r.id))
+        return out
+
+    def add_rule(self, rule: Rule, now: float, origin: str = "") -> RuleRecord:
+        if rule.lifetime is Lifetime.ONCE:
+            raise RuleError("a for=once rule is never stored: it answers one prompt")
+        rule = rule.stamped(now)
+        with self._lock, self._errors("write"):
+            if rule.is_stored:
+                table = self.db.table("rules")
+                table.insert({"text": str(rule), "created": now, "hits": 0, "origin": origin})
+                rule_id = int(table.last_pk or 0)
+                return RuleRecord(rule_id, rule, now, None, 0, origin)
+            rule_id = self._reserve_id()
+        record = RuleRecord(rule_id, rule, now, None, 0, origin)
+        self._memory[rule_id] = record
+        return record
+
+    def _reserve_id(self) -> int:
+        """The next id of the rules table, taken without a row (for rules kept in memory)."""
+        with self.db.atomic():
+            rule_id = int(self.db.execute("INSERT INTO rules (text) VALUES ('')").lastrowid or 0)
+            self.db.execute("DELETE FROM rules WHERE id = ?", [rule_id])
+        return rule_id
+
+    def delete_rule(self, rule_id: int) -> RuleRecord:
+        if rule_id in self._memory:
+            return self._memory.pop(rule_id)
+        with self._lock, self._errors("write"):
+            rows = list(self.db.table("rules").rows_where("id = ?", [rule_id]))
+            if not rows:
+                raise RuleNotFound(f"no rule with id {rule_id} (see: snitchctl list-rules)")
+            self.db.table("rules").delete(rule_id)
+        return self._record(rows[0])
+
+    def delete_where(self, keep: Callable[[RuleRecord], bool]) -> list[RuleRecord]:
+        """Remove every rule `keep` refuses (expired ones); returns what went."""
+        gone = [r for r in self.rules() if not keep(r)]
+        for record in gone:
+            self.delete_rule(record.id)
+        return gone
+
+    def record_hits(self, hits: dict[int, tuple[int, float]]) -> None:
+        with self._lock, self._errors("write"), self.db.atomic():
+            for rule_id, (count, last) in hits.items():
+                if rule_id in self._memory:
+                    m = self._memory[rule_id]
+                    self._memory[rule_id] = RuleRecord(
+                        m.id, m.rule, m.created, last, m.hits + count, m.origin
+                    )
+                    continue
+                self.db.execute(
+                    "UPDATE rules SET hits = coalesce(hits, 0) + ?, last_hit = ? WHERE id = ?",
+                    [count, last, rule_id],
+                )
+
+    def log_decisions(self, decisions: Iterable[Decision]) -> None:
+        rows = [
+            {
+                "time": d.time,
+                "pid": d.proc.pid,
+                "exe": d.proc.exe,
+                "uid": d.proc.uid,
+                "attribution": d.proc.attribution.value,
+                "proto": d.flow.proto.value,
+                "src": str(d.flow.src),
+                "sport": d.flow.sport,
+                "dst": str(d.flow.dst),
+                "dport": d.flow.dport,
+                "iface": d.flow.iface,
+                "host": d.host,
+                "action": d.action,
+                "rule_id": d.rule_id,
+                "reason": d.reason,
+            }
+            for d in decisions
+        ]
+        with self._lock, self._errors("write to"):
+            self.db.table("connections").insert_all(rows)
+
+    def connections(self, query: LogQuery) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[object] = []
+        if query.since is not None:
+            where.append("time >= ?")
+            args.append(query.since)
+        if query.exe is not None:
+            where.append("exe = ?")
+            args.append(query.exe)
+        if query.action is not None:
+            where.append("action = ?")
+            args.append(query.action)
+        with self._lock, self._errors("read"):
+            rows = self.db.table("connections").rows_where(
+                " AND ".join(where) or None, args, order_by="id desc", limit=query.limit
+            )
+            return list(rows)[::-1]
+
+    def count_rules(self) -> int:
+        with self._lock, self._errors("read"):
+            return int(self.db.table("rules").count) + len(self._memory)
+
+
+def keep_unexpired(now: float, alive: Callable[[int, float], bool]) -> Callable[[RuleRecord], bool]:
+    """The test `delete_where` uses to sweep rules whose time or process is up."""
+
+    def keep(record: RuleRecord) -> bool:
+        rule = record.rule
+        if rule.until is not None and rule.until <= now:
+            return False
+        if rule.lifetime is Lifetime.PROCESS and rule.pid is not None and rule.start is not None:
+            return alive(rule.pid, rule.start)
+        return True
+
+    return keep

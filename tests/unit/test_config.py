@@ -1,0 +1,179 @@
+"""`snitchd.toml` → Config: defaults that do not cut a machine off, and errors that name the key
+(and the file), because a typo in a firewall's config must never fall back silently."""
+
+from __future__ import annotations
+
+import grp
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snitchd.config import DEFAULT_PATH, Config, load_config, parse_config
+from snitchd.errors import ConfigError
+from snitchd.rules import Action
+
+
+def _my_group() -> str:
+    return grp.getgrgid(os.getgid()).gr_name
+
+
+def test_empty_config_is_all_defaults() -> None:
+    """No keys at all is a valid config: everything takes its default."""
+    assert parse_config({}) == Config()
+
+
+def test_defaults_watch_and_allow() -> None:
+    """A fresh install must not cut the machine off before it has rules: unknown flows are
+    allowed when nobody answers, and a stopped daemon lets traffic through."""
+    config = Config()
+    assert config.default_action is Action.ALLOW
+    assert config.fail_mode == "open"
+    assert config.stay_closed_when_stopped is False
+    assert config.intercept_loopback is False
+
+
+def test_every_key_can_be_set() -> None:
+    """Each documented key is accepted with a valid value and lands in its field."""
+    data: dict[str, Any] = {
+        "default_action": "deny",
+        "fail_mode": "closed",
+        "queue": 0,
+        "database": "/tmp/snitch-test.db",
+        "admin_group": _my_group(),
+        "prompt_timeout": 2.5,
+        "max_prompts": 10000,
+        "intercept_loopback": True,
+        "stay_closed_when_stopped": True,
+        "queue_max_len": 16,
+        "log_level": "debug",
+    }
+    assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
+    config = parse_config(data)
+    assert config.default_action is Action.DENY
+    assert {k: getattr(config, k) for k in data if k != "default_action"} == {
+        k: v for k, v in data.items() if k != "default_action"
+    }
+
+
+def test_whole_seconds_are_fine_for_a_float_key() -> None:
+    """TOML `prompt_timeout = 30` is an integer; that is still a valid number of seconds."""
+    assert parse_config({"prompt_timeout": 30}).prompt_timeout == 30
+
+
+BAD_VALUES = [
+    ("default_action", "drop"),
+    ("default_action", ["allow"]),
+    ("default_action", 1),
+    ("fail_mode", "half"),
+    ("fail_mode", ""),
+    ("fail_mode", True),
+    ("queue", -1),
+    ("queue", 65536),
+    ("queue", 1.5),
+    ("queue", "4242"),
+    ("queue", True),
+    ("database", ""),
+    ("database", 5),
+    ("admin_group", "no-such-group-snitch-test"),
+    ("admin_group", ""),
+    ("prompt_timeout", 0),
+    ("prompt_timeout", 3601),
+    ("prompt_timeout", "30"),
+    ("prompt_timeout", float("nan")),
+    ("prompt_timeout", float("inf")),
+    ("max_prompts", 0),
+    ("max_prompts", 10001),
+    ("max_prompts", 2.0),
+    ("intercept_loopback", "yes"),
+    ("intercept_loopback", 1),
+    ("stay_closed_when_stopped", "false"),
+    ("queue_max_len", 15),
+    ("queue_max_len", 1_000_001),
+    ("log_level", "verbose"),
+    ("log_level", "INFO"),
+    ("log_level", None),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES, ids=[f"{k}={v!r}" for k, v in BAD_VALUES])
+def test_bad_value_is_an_error_naming_the_key(key: str, value: object) -> None:
+    """The admin must see which line to fix; falling back to a default would change what the
+    firewall does without telling anyone."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({key: value}, "/etc/snitch/snitchd.toml")
+    assert key in str(info.value)
+    assert "/etc/snitch/snitchd.toml" in str(info.value)
+
+
+def test_group_name_with_nul_is_an_error_naming_the_key() -> None:
+    """TOML strings may contain "\\u0000"; `grp.getgrnam` then raises ValueError, which must
+    become a ConfigError like any other bad group, not a crash at start-up."""
+    with pytest.raises(ConfigError, match="admin_group"):
+        parse_config({"admin_group": "su\x00do"})
+
+
+def test_unknown_key_is_an_error_naming_it() -> None:
+    """`queu = 5` is a typo, not a request for the default queue."""
+    with pytest.raises(ConfigError, match="'queu'") as info:
+        parse_config({"queu": 5})
+    assert "queue" in str(info.value), "the message lists the known keys"
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    """The file is TOML with top-level keys."""
+    path = tmp_path / "snitchd.toml"
+    path.write_text('default_action = "reject"\nqueue = 7\n# a comment\n', encoding="utf-8")
+    assert load_config(path) == Config(default_action=Action.REJECT, queue=7)
+
+
+def test_bad_value_in_a_file_names_the_file_and_key(tmp_path: Path) -> None:
+    """With several config files around, the error must say which one."""
+    path = tmp_path / "snitchd.toml"
+    path.write_text('fail_mode = "sometimes"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="fail_mode") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_toml_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    """A syntax error is reported as such, with the file, not as a traceback."""
+    path = tmp_path / "snitchd.toml"
+    path.write_text("queue = = 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """TOML is UTF-8; a Latin-1 comment must give ConfigError naming the file, not a
+    UnicodeDecodeError traceback at start-up."""
+    path = tmp_path / "snitchd.toml"
+    path.write_bytes(b"queue = 5 # caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    """`snitchd --config typo.toml` must fail, not run with defaults the admin did not choose."""
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError, match="no such file") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_unreadable_path_is_a_config_error(tmp_path: Path) -> None:
+    """A directory where the file should be is an OSError; it must read as a config error."""
+    with pytest.raises(ConfigError, match=re.escape(str(tmp_path))):
+        load_config(tmp_path)
+
+
+def test_missing_default_file_means_defaults() -> None:
+    """A package may ship no config at all: the default path being absent is not an error."""
+    if DEFAULT_PATH.exists():
+        pytest.skip(f"{DEFAULT_PATH} exists on this machine")
+    assert load_config(None) == Config()

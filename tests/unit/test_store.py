@@ -1,0 +1,388 @@
+"""The SQLite store on a real file in tmp_path: rules, ids, lifetimes, the connection log, and the
+failures an admin can meet (newer schema, corrupt file, locked database)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import stat
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from snitchd.errors import RuleNotFound, StoreError
+from snitchd.records import Attribution, Flow, Process, Proto
+from snitchd.rules import Lifetime, parse_rule
+from snitchd.store import SCHEMA_VERSION, Decision, LogQuery, Store, keep_unexpired
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "snitch.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store(db_path)
+    yield s
+    s.close()
+
+
+def reopen(db_path: Path) -> Store:
+    """A new Store on the same file: what the daemon sees after a restart."""
+    return Store(db_path)
+
+
+def ids(store: Store) -> list[int]:
+    return [r.id for r in store.rules()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+
+
+def test_added_rule_is_listed_with_what_was_learnt(store: Store) -> None:
+    """`list-rules` shows the rule as added, when and by whom."""
+    rule = parse_rule("allow app=/usr/bin/curl port=443 proto=tcp")
+    record = store.add_rule(rule, NOW, origin="prompt:uid=1000")
+    assert record.id >= 1
+    (listed,) = store.rules()
+    assert listed == record
+    assert (listed.rule, listed.created, listed.hits, listed.last_hit, listed.origin) == (
+        rule,
+        NOW,
+        0,
+        None,
+        "prompt:uid=1000",
+    )
+
+
+def test_store_creates_its_folder_and_keeps_the_file_private(store: Store, db_path: Path) -> None:
+    """The log reveals who talked to whom: only root may read it."""
+    assert db_path.exists()
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+
+
+def test_stored_rules_survive_a_restart(store: Store, db_path: Path) -> None:
+    """Forever, minutes and process rules are on disk; a new Store reads them back equal."""
+    texts = [
+        "deny to=10.0.0.0/8",
+        "allow app=/usr/bin/curl for=15m",
+        "allow app=/usr/bin/curl for=process pid=4242 start=1699999999.5",
+        "allow app='/opt/My App/bin/app' to=*.example.org",
+    ]
+    added = [store.add_rule(parse_rule(t), NOW) for t in texts]
+    store.close()
+    again = reopen(db_path)
+    try:
+        assert again.rules() == added
+    finally:
+        again.close()
+
+
+def test_minutes_rule_is_stamped_when_added(store: Store) -> None:
+    """ "For 15 minutes" counts from the moment of adding, so the stored rule carries `until`."""
+    record = store.add_rule(parse_rule("allow app=/usr/bin/curl for=15m"), NOW)
+    assert record.rule.until == NOW + 15 * 60
+    assert store.rules()[0].rule.until == NOW + 15 * 60
+
+
+def test_restart_rule_is_kept_in_memory_only(store: Store, db_path: Path) -> None:
+    """ "Until restart" means exactly that: the next daemon must not see it."""
+    kept = store.add_rule(parse_rule("allow app=/usr/bin/curl"), NOW)
+    temporary = store.add_rule(parse_rule("allow app=/usr/bin/wget for=restart"), NOW)
+    assert ids(store) == [kept.id, temporary.id]
+    assert store.count_rules() == 2
+    with sqlite3.connect(db_path) as raw:
+        texts = [row[0] for row in raw.execute("SELECT text FROM rules")]
+    raw.close()
+    assert texts == ["allow app=/usr/bin/curl"]
+    store.close()
+    again = reopen(db_path)
+    try:
+        assert ids(again) == [kept.id]
+    finally:
+        again.close()
+
+
+def test_deleted_id_is_never_reused(store: Store, db_path: Path) -> None:
+    """Ids are what people type into delete-rule; a reused id could delete the wrong rule from a
+    script written yesterday (hence AUTOINCREMENT), even across a restart."""
+    first = [store.add_rule(parse_rule(f"allow port={p}"), NOW).id for p in (1, 2, 3)]
+    store.delete_rule(first[-1])
+    fourth = store.add_rule(parse_rule("allow port=4"), NOW).id
+    assert fourth > first[-1]
+    store.delete_rule(fourth)
+    store.close()
+    again = reopen(db_path)
+    try:
+        assert again.add_rule(parse_rule("allow port=5"), NOW).id > fourth
+    finally:
+        again.close()
+
+
+def test_memory_rules_draw_ids_from_the_same_sequence(store: Store, db_path: Path) -> None:
+    """A restart rule's id must never later name a stored rule, or `delete-rule` of a remembered
+    id would hit something else after the restart."""
+    a = store.add_rule(parse_rule("allow port=1"), NOW).id
+    b = store.add_rule(parse_rule("allow port=2 for=restart"), NOW).id
+    c = store.add_rule(parse_rule("allow port=3"), NOW).id
+    assert a < b < c, "one increasing sequence for stored and in-memory rules"
+    store.close()
+    again = reopen(db_path)
+    try:
+        d = again.add_rule(parse_rule("allow port=4"), NOW).id
+        assert d not in (a, b, c)
+    finally:
+        again.close()
+
+
+def test_delete_rule_returns_what_went(store: Store) -> None:
+    """`delete-rule` echoes the deleted rule, stored or in memory, and it is gone from the list."""
+    stored = store.add_rule(parse_rule("deny port=25"), NOW)
+    memory = store.add_rule(parse_rule("deny port=26 for=restart"), NOW)
+    assert store.delete_rule(stored.id) == stored
+    assert store.delete_rule(memory.id) == memory
+    assert store.rules() == []
+    assert store.count_rules() == 0
+
+
+def test_deleting_a_missing_rule_says_so(store: Store) -> None:
+    """A typo in an id must be an error (RuleNotFound), not a silent success."""
+    record = store.add_rule(parse_rule("deny port=25"), NOW)
+    store.delete_rule(record.id)
+    with pytest.raises(RuleNotFound, match=str(record.id)):
+        store.delete_rule(record.id)
+    with pytest.raises(RuleNotFound):
+        store.delete_rule(999)
+
+
+def test_record_hits_accumulates_for_stored_and_memory_rules(store: Store, db_path: Path) -> None:
+    """Hit counts tell the user which rules are dead weight; they add up across batches and
+    survive a restart for stored rules."""
+    stored = store.add_rule(parse_rule("allow port=443"), NOW)
+    memory = store.add_rule(parse_rule("allow port=80 for=restart"), NOW)
+    store.record_hits({stored.id: (3, NOW + 1), memory.id: (1, NOW + 2)})
+    store.record_hits({stored.id: (2, NOW + 5), 9999: (1, NOW)})
+    by_id = {r.id: r for r in store.rules()}
+    assert (by_id[stored.id].hits, by_id[stored.id].last_hit) == (5, NOW + 5)
+    assert (by_id[memory.id].hits, by_id[memory.id].last_hit) == (1, NOW + 2)
+    store.close()
+    again = reopen(db_path)
+    try:
+        (record,) = again.rules()
+        assert (record.hits, record.last_hit) == (5, NOW + 5)
+    finally:
+        again.close()
+
+
+def test_unparsable_stored_row_is_skipped_and_logged(
+    store: Store, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One bad row (hand-edited, or written by a future version) must not take the whole rule
+    set down; the others still load, and the log says which row was skipped."""
+    good = store.add_rule(parse_rule("deny port=25"), NOW)
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("INSERT INTO rules (text, created) VALUES ('allow port=0', 1.0)")
+    raw.close()
+    with caplog.at_level(logging.WARNING, logger="snitchd.store"):
+        assert store.rules() == [good]
+    assert "stored rule skipped" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Expiry sweep
+
+
+def test_keep_unexpired_drops_minutes_rules_whose_time_is_up(store: Store) -> None:
+    """The sweeper deletes what `decide` already ignores, so the list matches reality."""
+    short = store.add_rule(parse_rule("allow app=/bin/a for=5m"), NOW)
+    long = store.add_rule(parse_rule("allow app=/bin/b for=60m"), NOW)
+    forever = store.add_rule(parse_rule("allow app=/bin/c"), NOW)
+    gone = store.delete_where(keep_unexpired(NOW + 300, lambda pid, start: True))
+    assert gone == [short]
+    assert store.rules() == [long, forever]
+
+
+def test_keep_unexpired_asks_whether_the_process_still_lives(store: Store) -> None:
+    """A "for this process" rule lives as long as that exact process (pid and start time, so a
+    reused pid does not keep it alive)."""
+    seen: list[tuple[int, float]] = []
+
+    def alive(pid: int, start: float) -> bool:
+        seen.append((pid, start))
+        return pid == 100
+
+    living = store.add_rule(parse_rule("allow app=/bin/a for=process pid=100 start=5.0"), NOW)
+    dead = store.add_rule(parse_rule("allow app=/bin/a for=process pid=200 start=6.0"), NOW)
+    unpinned = store.add_rule(parse_rule("allow app=/bin/a for=process"), NOW)
+    gone = store.delete_where(keep_unexpired(NOW, alive))
+    assert gone == [dead]
+    assert store.rules() == [living, unpinned]
+    assert sorted(seen) == [(100, 5.0), (200, 6.0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection log
+
+
+def decision(t: float, exe: str | None, action: str, dport: int = 443) -> Decision:
+    proc = (
+        Process(Attribution.PROCESS, pid=7, uid=1000, exe=exe)
+        if exe is not None
+        else Process.kernel()
+    )
+    flow = Flow(
+        Proto.TCP, IPv4Address("192.0.2.1"), 40000, IPv4Address("93.184.216.34"), dport, "eth0", 6
+    )
+    return Decision(
+        t, flow, proc, action, None if action == "ask" else 1, "rule 1", host="example.org"
+    )
+
+
+def test_logged_decision_reads_back_with_its_fields(store: Store) -> None:
+    """The log is what `snitchctl log` and the notifier show: every field must come back."""
+    store.log_decisions([decision(NOW, "/usr/bin/curl", "allow")])
+    (row,) = store.connections(LogQuery())
+    assert {
+        k: row[k]
+        for k in (
+            "time",
+            "pid",
+            "exe",
+            "uid",
+            "attribution",
+            "proto",
+            "src",
+            "sport",
+            "dst",
+            "dport",
+            "iface",
+            "host",
+            "action",
+            "rule_id",
+            "reason",
+        )
+    } == {
+        "time": NOW,
+        "pid": 7,
+        "exe": "/usr/bin/curl",
+        "uid": 1000,
+        "attribution": "process",
+        "proto": "tcp",
+        "src": "192.0.2.1",
+        "sport": 40000,
+        "dst": "93.184.216.34",
+        "dport": 443,
+        "iface": "eth0",
+        "host": "example.org",
+        "action": "allow",
+        "rule_id": 1,
+        "reason": "rule 1",
+    }
+
+
+def test_kernel_flows_are_logged_without_a_process(store: Store) -> None:
+    """Kernel flows have no pid/exe/uid; the log stores NULLs, not made-up values."""
+    store.log_decisions([decision(NOW, None, "allow")])
+    (row,) = store.connections(LogQuery())
+    assert (row["pid"], row["exe"], row["uid"], row["attribution"]) == (None, None, None, "kernel")
+
+
+def test_log_query_filters(store: Store) -> None:
+    """`snitchctl log --since/--app/--action/--limit` narrow the log; the last N come back in
+    time order."""
+    store.log_decisions(
+        [
+            decision(NOW + 0, "/usr/bin/curl", "allow", 1),
+            decision(NOW + 1, "/usr/bin/wget", "deny", 2),
+            decision(NOW + 2, "/usr/bin/curl", "deny", 3),
+            decision(NOW + 3, "/usr/bin/curl", "allow", 4),
+        ]
+    )
+    store.log_decisions([])
+
+    def ports(query: LogQuery) -> list[int]:
+        return [row["dport"] for row in store.connections(query)]
+
+    assert ports(LogQuery()) == [1, 2, 3, 4]
+    assert ports(LogQuery(since=NOW + 2)) == [3, 4]
+    assert ports(LogQuery(exe="/usr/bin/curl")) == [1, 3, 4]
+    assert ports(LogQuery(action="deny")) == [2, 3]
+    assert ports(LogQuery(exe="/usr/bin/curl", action="deny")) == [3]
+    assert ports(LogQuery(limit=2)) == [3, 4]
+    assert ports(LogQuery(exe="/usr/bin/nope")) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema and failures
+
+
+def test_new_file_is_migrated_to_the_current_schema(store: Store, db_path: Path) -> None:
+    """The schema version is recorded so the next start-up knows which migrations ran."""
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    raw.close()
+
+
+def test_reopening_does_not_migrate_twice(store: Store, db_path: Path) -> None:
+    """Migrations run once; a second start-up on a current file changes nothing."""
+    record = store.add_rule(parse_rule("deny port=25"), NOW)
+    store.close()
+    again = reopen(db_path)
+    try:
+        assert again.rules() == [record]
+    finally:
+        again.close()
+
+
+def test_newer_schema_stops_start_up(db_path: Path) -> None:
+    """A database written by a newer snitch must not be guessed at (or "migrated" backwards)."""
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match="newer") as info:
+        Store(db_path)
+    assert str(db_path) in str(info.value)
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    raw.close()
+
+
+def test_corrupt_file_is_a_clear_store_error(db_path: Path) -> None:
+    """Random bytes where the database should be: the admin is told the file is corrupt and what
+    to do, instead of a sqlite3 traceback."""
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(random.Random(1).randbytes(8192))
+    with pytest.raises(StoreError) as info:
+        Store(db_path)
+    message = str(info.value)
+    assert str(db_path) in message
+    assert "corrupt" in message
+    assert "not a database" in message
+
+
+def test_locked_database_is_a_store_error_mentioning_the_lock(db_path: Path) -> None:
+    """Another process holding the database (a second snitchd) must give a clear "locked" error
+    after the busy timeout, not hang or crash. Takes the store's 5 s busy timeout."""
+    db_path.parent.mkdir(parents=True)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match="locked") as info:
+            Store(db_path)
+        assert "another snitchd" in str(info.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_lifetime_enum_values_are_what_the_store_writes() -> None:
+    """Stored text uses `for=process`/`for=Nm`; renaming an enum value would orphan rows."""
+    assert [lt.value for lt in Lifetime] == ["once", "process", "minutes", "restart", "forever"]
