@@ -1,0 +1,245 @@
+"""`snitchctl`: the command line of snitch; it talks only to snitchd over D-Bus.
+
+Exit codes: 0 ok · 1 failed, or a query answered "no" · 2 usage · 3 daemon unreachable ·
+4 not authorized. With --json, results are JSON with stable keys (docs/cli.md) and errors are
+`{"error": {"code": ..., "message": ...}}` on stderr; without it, errors are one line,
+`snitchctl: error: ...`. Tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dbus_fast import Variant
+
+from snitchd.client import Client
+from snitchd.errors import RuleError, SnitchError
+from snitchd.rules import parse_duration, parse_rule
+from snitchd.termagent import run_agent
+
+__all__ = ["main"]
+
+EPILOG = """exit codes: 0 ok, 1 failed or answered "no", 2 usage, 3 snitchd unreachable,
+4 not authorized"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="snitchctl", description="Control snitchd.", epilog=EPILOG)
+    p.add_argument("--json", action="store_true", help="print JSON (stable keys)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list-rules", help="print rules as ID: RULE (pastes back into add-rule)")
+
+    add = sub.add_parser(
+        "add-rule",
+        help="add a rule, from flags or from its text form",
+        description="Add a rule. Either give its text (as list-rules prints it), or flags.",
+    )
+    add.add_argument("text", nargs="?", help="rule text, e.g. 'allow app=/usr/bin/curl port=443'")
+    who = add.add_mutually_exclusive_group()
+    who.add_argument("--exe", metavar="PATH", help="the executable the rule is for")
+    who.add_argument("--any-app", action="store_true", help="the rule holds for every app")
+    add.add_argument("--sha256", help="pin the executable's sha256")
+    add.add_argument("--user", help="only this user's processes (name or uid)")
+    add.add_argument("--dst", metavar="IP|CIDR", help="destination address or network")
+    add.add_argument("--host", metavar="NAME|*.DOMAIN", help="destination host or domain")
+    add.add_argument("--port", metavar="N[-M]", help="destination port or range")
+    add.add_argument("--proto", choices=("tcp", "udp", "icmp"))
+    add.add_argument("--iface", metavar="NAME", help="outgoing interface")
+    add.add_argument("--action", choices=("allow", "deny", "reject"))
+    add.add_argument(
+        "--duration", default="forever", help="once, process, Nm (minutes), restart, forever"
+    )
+
+    delete = sub.add_parser("delete-rule", help="delete a rule by id")
+    delete.add_argument("id", type=int)
+
+    ex = sub.add_parser("explain", help="which rule wins for a flow, and why")
+    ex.add_argument("--exe", metavar="PATH")
+    ex.add_argument("--dst", required=True, metavar="IP")
+    ex.add_argument("--port", type=int, default=0)
+    ex.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    ex.add_argument("--iface", default="")
+    ex.add_argument("--uid", type=int)
+
+    lg = sub.add_parser("log", help="the connection log: every decision")
+    lg.add_argument("--app", metavar="EXE")
+    lg.add_argument("--verdict", choices=("allow", "deny", "reject"))
+    lg.add_argument("--since", metavar="N[smhd]", help="e.g. 10m, 1h, 2d")
+    lg.add_argument("--limit", type=int, default=50)
+
+    sub.add_parser("status", help="is snitchd running, and what is it doing")
+    sub.add_parser("agent", help="answer prompts in this terminal (for SSH and headless use)")
+    return p
+
+
+def _rule_text_from_flags(args: argparse.Namespace) -> str:
+    """Turn add-rule flags into the rule's text form, so both ways meet in `parse_rule`."""
+    if args.text:
+        flags = ("exe", "sha256", "user", "dst", "host", "port", "proto", "iface", "action")
+        if any(getattr(args, f) for f in flags) or args.any_app:
+            raise RuleError("give either the rule text or flags, not both")
+        return str(parse_rule(args.text))
+    if not args.action:
+        raise RuleError("add-rule needs --action allow|deny|reject (or the rule's text)")
+    if not args.exe and not args.any_app:
+        raise RuleError(
+            "add-rule needs --exe PATH, or --any-app for a rule that holds for every app"
+        )
+    if args.dst and args.host:
+        raise RuleError("give --dst or --host, not both")
+    parse_duration(args.duration)
+    words = [args.action]
+    pairs = (
+        ("app", args.exe),
+        ("sha256", args.sha256),
+        ("user", args.user),
+        ("to", args.dst or args.host),
+        ("port", args.port),
+        ("proto", args.proto),
+        ("iface", args.iface),
+    )
+    words += [f"{key}={value}" for key, value in pairs if value]
+    if args.duration != "forever":
+        words.append(f"for={args.duration}")
+    return str(parse_rule(" ".join(shlex.quote(w) for w in words)))
+
+
+def _since(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise RuleError(f"invalid --since {text!r}: use N followed by s, m, h or d (e.g. 1h)")
+    return time.time() - int(text[:-1]) * units[text[-1]]
+
+
+def _out(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text())
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "add-rule":
+        rule_text = _rule_text_from_flags(args)
+    client = await Client.connect()
+    try:
+        handlers: dict[str, Callable[[], Awaitable[int]]] = {
+            "list-rules": lambda: _list_rules(client, args),
+            "add-rule": lambda: _add_rule(client, args, rule_text),
+            "delete-rule": lambda: _delete_rule(client, args),
+            "explain": lambda: _explain(client, args),
+            "log": lambda: _log(client, args),
+            "status": lambda: _status(client, args),
+            "agent": lambda: run_agent(client),
+        }
+        return await handlers[args.command]()
+    finally:
+        client.close()
+
+
+async def _list_rules(client: Client, args: argparse.Namespace) -> int:
+    rules = await client.list_rules()
+    _out(args, rules, lambda: "\n".join(f"{r['id']}: {r['text']}" for r in rules) or "(no rules)")
+    return 0
+
+
+async def _add_rule(client: Client, args: argparse.Namespace, text: str) -> int:
+    record = await client.add_rule(text)
+    _out(args, record, lambda: f"{record['id']}: {record['text']}")
+    return 0
+
+
+async def _delete_rule(client: Client, args: argparse.Namespace) -> int:
+    record = await client.delete_rule(args.id)
+    _out(args, record, lambda: f"deleted {record['id']}: {record['text']}")
+    return 0
+
+
+async def _explain(client: Client, args: argparse.Namespace) -> int:
+    query = {
+        "dst": Variant("s", args.dst),
+        "port": Variant("x", args.port),
+        "proto": Variant("s", args.proto),
+        "iface": Variant("s", args.iface),
+    }
+    if args.exe:
+        query["exe"] = Variant("s", args.exe)
+    if args.uid is not None:
+        query["uid"] = Variant("x", args.uid)
+    result = await client.explain(query)
+
+    def text() -> str:
+        matches = result["matches"]
+        if result["winner"] >= 0:
+            head = f"verdict: {result['verdict']} (rule {result['winner']} wins)"
+        else:
+            head = (
+                f"verdict: {result['verdict']} (no rule matches: the default action, or a prompt)"
+            )
+        lines = [head, "matching rules, best first:" if matches else "matching rules: none"]
+        lines += [f"  {rule_id}: {rule_text}" for rule_id, rule_text in matches]
+        lines.append(f"precedence: {result['precedence']}")
+        return "\n".join(lines)
+
+    _out(args, result, text)
+    return 0
+
+
+async def _log(client: Client, args: argparse.Namespace) -> int:
+    query: dict[str, Variant] = {"limit": Variant("x", args.limit)}
+    if args.app:
+        query["exe"] = Variant("s", args.app)
+    if args.verdict:
+        query["action"] = Variant("s", args.verdict)
+    if args.since:
+        query["since"] = Variant("d", _since(args.since))
+    rows = await client.log(query)
+
+    def text() -> str:
+        out = []
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+            who = r.get("exe") or (f"uid {r['uid']}" if "uid" in r else "kernel")
+            port = f":{r['dport']}" if r["proto"] in ("tcp", "udp") else ""
+            rule = f"rule {r['rule_id']}" if "rule_id" in r else r["reason"]
+            out.append(
+                f"{when} {r['action']:<6} {who} (pid {r.get('pid', '-')}) -> "
+                f"{r['proto']} {r['dst']}{port} [{rule}]"
+            )
+        return "\n".join(out) or "(no connections logged)"
+
+    _out(args, rows, text)
+    return 0
+
+
+async def _status(client: Client, args: argparse.Namespace) -> int:
+    status = await client.status()
+    _out(args, status, lambda: "\n".join(f"{k}: {v}" for k, v in sorted(status.items())))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except SnitchError as exc:
+        if args.debug:
+            raise
+        if args.json:
+            err = {"error": {"code": exc.code, "message": exc.message}}
+            print(json.dumps(err), file=sys.stderr)
+        else:
+            print(f"snitchctl: error: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
