@@ -1,0 +1,296 @@
+"""The prompt broker: flows that no rule covers wait here for a person, or get the default.
+
+The queue reader hands a packet over and returns at once; the kernel keeps the packet until we
+give its verdict by id, so nothing here ever blocks the loop or waits for a person (OpenSnitch
+blocks an RPC thread per prompt; we keep a record and a timer). Packets of the same app to the
+same destination join the open prompt and all get its answer: one popup, not a storm. A prompt
+goes to an agent of the user who owns the socket — for root and system users, to an agent of an
+admin — and only that agent may answer it. No agent, too many prompts, or no answer in time: the
+default action applies, and the log says which. Time comes from the injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_network
+from typing import Protocol
+
+from netfilterqueue import Packet
+
+from snitchd.decide import Verdict
+from snitchd.errors import NotAuthorized, PromptError
+from snitchd.records import Flow, Process, Proto
+from snitchd.rules import Action, Lifetime, Rule, parse_duration
+
+__all__ = [
+    "SYSTEM_UID_MAX",
+    "Agent",
+    "Answer",
+    "Applier",
+    "Broker",
+    "Prompt",
+    "Scope",
+    "Transport",
+    "parse_answer",
+    "rule_for_answer",
+]
+
+log = logging.getLogger(__name__)
+
+SYSTEM_UID_MAX = 999
+
+
+class Scope(enum.Enum):
+    """What a prompt's answer covers, from the app's point of view."""
+
+    EXACT = "exact"  # this destination, this port and protocol
+    HOST = "host"  # this destination, any port
+    DOMAIN = "domain"  # any host of this domain (needs a name)
+    PORT = "port"  # any destination on this port and protocol
+    APP = "app"  # anything this app does
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    action: Action
+    lifetime: Lifetime
+    minutes: int | None = None
+    scope: Scope = Scope.EXACT
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A registered agent: a connection on the bus that speaks for one user."""
+
+    name: str
+    path: str
+    uid: int
+    admin: bool
+
+
+@dataclass(slots=True)
+class Prompt:
+    id: int
+    key: tuple[object, ...]
+    flow: Flow
+    proc: Process
+    created: float
+    deadline: float
+    host: str | None = None
+    agent: Agent | None = None
+    packets: list[Packet] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class Applier(Protocol):
+    def apply(
+        self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process, now: float
+    ) -> None: ...
+    def default_verdict(self, reason: str) -> Verdict: ...
+    def add_answer_rule(self, rule: Rule, origin: str) -> int: ...
+
+
+class Transport(Protocol):
+    """How prompts reach agents (D-Bus in the daemon, a list in unit tests)."""
+
+    def send_prompt(self, agent: Agent, prompt: Prompt) -> None: ...
+    def send_cancel(self, agent: Agent, prompt: Prompt, reason: str) -> None: ...
+
+
+def parse_answer(action: str, duration: str, scope: str) -> Answer:
+    try:
+        act = Action(action)
+    except ValueError:
+        raise PromptError(f"invalid answer action {action!r}: use allow, deny or reject") from None
+    try:
+        lifetime, minutes = parse_duration(duration)
+    except Exception as exc:
+        raise PromptError(str(exc)) from None
+    try:
+        sc = Scope(scope)
+    except ValueError:
+        choices = ", ".join(s.value for s in Scope)
+        raise PromptError(f"invalid answer scope {scope!r}: use {choices}") from None
+    return Answer(act, lifetime, minutes, sc)
+
+
+def rule_for_answer(prompt: Prompt, answer: Answer, answered_by: Agent) -> Rule:
+    """The rule an answer means. A rule made by a non-admin is limited to that user's own
+    processes, so one user's answer can never open or close anything for another."""
+    flow, proc = prompt.flow, prompt.proc
+    ported = flow.proto in (Proto.TCP, Proto.UDP)
+    proto = flow.proto if flow.proto is not Proto.OTHER else None
+    dst = None
+    host = None
+    ports = None
+    if answer.scope is Scope.DOMAIN:
+        if prompt.host is None or "." not in prompt.host:
+            raise PromptError("scope 'domain' needs a host name, and this destination has none")
+        host = (
+            "*." + prompt.host.split(".", 1)[1]
+            if prompt.host.count(".") > 1
+            else "*." + prompt.host
+        )
+    if answer.scope in (Scope.EXACT, Scope.HOST):
+        if prompt.host is not None:
+            host = prompt.host
+        else:
+            dst = ip_network(flow.dst)
+    if answer.scope in (Scope.EXACT, Scope.PORT) and ported:
+        ports = (flow.dport, flow.dport)
+    if answer.scope in (Scope.HOST, Scope.DOMAIN, Scope.APP):
+        proto = None
+    if answer.scope is Scope.PORT and not ported:
+        raise PromptError(f"scope 'port' needs TCP or UDP, not {flow.proto.value}")
+    user = None if answered_by.admin else proc.uid
+    return Rule(
+        action=answer.action,
+        exe=proc.exe,
+        user=user,
+        dst=dst,
+        host=host,
+        ports=ports,
+        proto=proto,
+        lifetime=answer.lifetime,
+        minutes=answer.minutes,
+        pid=proc.pid if answer.lifetime is Lifetime.PROCESS else None,
+        start=proc.start_time if answer.lifetime is Lifetime.PROCESS else None,
+    )
+
+
+class Broker:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        timeout: float,
+        max_open: int,
+        is_admin: Callable[[int], bool],
+    ) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._max_open = max_open
+        self._is_admin = is_admin
+        self._ids = itertools.count(1)
+        self._firewall: Applier | None = None
+        self.transport: Transport | None = None
+        self.agents: dict[str, Agent] = {}
+        self.open: dict[int, Prompt] = {}
+        self._by_key: dict[tuple[object, ...], Prompt] = {}
+        self.asked = 0
+        self.timed_out = 0
+
+    def attach(self, firewall: Applier) -> None:
+        self._firewall = firewall
+
+    # -- agents -------------------------------------------------------------------------------
+    def register(self, name: str, path: str, uid: int) -> Agent:
+        agent = Agent(name, path, uid, self._is_admin(uid))
+        self.agents[name] = agent
+        log.info("agent registered name=%s uid=%d admin=%s", name, uid, agent.admin)
+        return agent
+
+    def unregister(self, name: str) -> None:
+        agent = self.agents.pop(name, None)
+        if agent is None:
+            return
+        log.info("agent gone name=%s uid=%d", name, agent.uid)
+        for prompt in [p for p in self.open.values() if p.agent == agent]:
+            prompt.agent = self._route(prompt.proc)
+            if prompt.agent is None:
+                self._finish(prompt, self._fw.default_verdict("default: agent left"))
+            elif self.transport is not None:
+                self.transport.send_prompt(prompt.agent, prompt)
+
+    def _route(self, proc: Process) -> Agent | None:
+        """The user's own agent; for root, system users and unattributed flows, an admin's."""
+        uid = proc.uid
+        if uid is not None and uid > SYSTEM_UID_MAX:
+            own = [a for a in self.agents.values() if a.uid == uid]
+            if own:
+                return own[-1]
+        admins = [a for a in self.agents.values() if a.admin]
+        return admins[-1] if admins else None
+
+    @property
+    def _fw(self) -> Applier:
+        assert self._firewall is not None, "broker used before attach()"
+        return self._firewall
+
+    # -- prompts ------------------------------------------------------------------------------
+    def ask(self, pkt: Packet, flow: Flow, proc: Process, now: float) -> None:
+        key = (proc.exe or proc.uid, flow.proto, flow.dst, flow.dport)
+        prompt = self._by_key.get(key)
+        if prompt is not None:
+            prompt.packets.append(pkt)
+            return
+        if len(self.open) >= self._max_open:
+            log.warning("too many open prompts (%d): default action for %s", len(self.open), flow)
+            self._fw.apply(
+                pkt, self._fw.default_verdict("default: too many prompts"), flow, proc, now
+            )
+            return
+        agent = self._route(proc)
+        if agent is None:
+            self._fw.apply(pkt, self._fw.default_verdict("default: no agent"), flow, proc, now)
+            return
+        prompt = Prompt(next(self._ids), key, flow, proc, now, now + self._timeout, agent=agent)
+        prompt.packets.append(pkt)
+        self.open[prompt.id] = prompt
+        self._by_key[key] = prompt
+        self.asked += 1
+        loop = asyncio.get_running_loop()
+        prompt.timer = loop.call_later(self._timeout, self._expire, prompt.id)
+        if self.transport is not None:
+            self.transport.send_prompt(agent, prompt)
+
+    def _expire(self, prompt_id: int) -> None:
+        prompt = self.open.get(prompt_id)
+        if prompt is not None:
+            self.timed_out += 1
+            self._finish(prompt, self._fw.default_verdict("default: timed out"))
+
+    def visible_to(self, name: str) -> list[Prompt]:
+        agent = self.agents.get(name)
+        return [p for p in self.open.values() if agent is not None and p.agent == agent]
+
+    def answer(self, prompt_id: int, answer: Answer, name: str) -> int | None:
+        """Apply an agent's answer; returns the id of the rule it made (None for once)."""
+        prompt = self.open.get(prompt_id)
+        agent = self.agents.get(name)
+        if prompt is None or agent is None or prompt.agent != agent:
+            # The same message whether it does not exist or is someone else's: an agent
+            # learns nothing about other users' prompts.
+            raise NotAuthorized(f"no open prompt {prompt_id} for this agent")
+        rule_id = None
+        if answer.lifetime is not Lifetime.ONCE:
+            rule = rule_for_answer(prompt, answer, agent)
+            rule_id = self._fw.add_answer_rule(rule, f"prompt by uid {agent.uid}")
+            reason = f"rule {rule_id} (answered)"
+        else:
+            reason = "answered once"
+        self._finish(prompt, Verdict(answer.action, rule_id, reason), notify=False)
+        return rule_id
+
+    def _finish(self, prompt: Prompt, verdict: Verdict, notify: bool = True) -> None:
+        self.open.pop(prompt.id, None)
+        self._by_key.pop(prompt.key, None)
+        if prompt.timer is not None:
+            prompt.timer.cancel()
+        now = self._clock()
+        for pkt in prompt.packets:
+            try:
+                self._fw.apply(pkt, verdict, prompt.flow, prompt.proc, now)
+            except Exception:
+                log.exception("verdict for a held packet failed prompt=%d", prompt.id)
+        if notify and prompt.agent is not None and self.transport is not None:
+            self.transport.send_cancel(prompt.agent, prompt, verdict.reason)
+
+    def release_all(self, reason: str) -> None:
+        """At shutdown: every held packet gets the default verdict."""
+        for prompt in list(self.open.values()):
+            self._finish(prompt, self._fw.default_verdict(reason))

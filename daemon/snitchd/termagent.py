@@ -1,0 +1,136 @@
+"""`snitchctl agent`: answer prompts at a terminal (SSH sessions, headless machines).
+
+Shows the same details and choices as the popup, one prompt at a time with a count of those
+waiting, and reads one line per answer: an action letter, then optionally a duration and a scope
+(`a`, `d forever`, `a 15m host`). The line is parsed here and sent as-is; the daemon checks it.
+"""
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from snitchd.agent import AgentService, PromptView, register
+from snitchd.client import Client
+from snitchd.errors import SnitchError
+
+__all__ = ["HELP", "parse_reply", "render", "run_agent"]
+
+ACTIONS = {
+    "a": "allow",
+    "allow": "allow",
+    "d": "deny",
+    "deny": "deny",
+    "r": "reject",
+    "reject": "reject",
+}
+DURATIONS = ("once", "process", "5m", "15m", "60m", "restart", "forever")
+SCOPES = ("exact", "host", "domain", "port", "app")
+HELP = (
+    "answer: a(llow) | d(eny) | r(eject)  [once|process|5m|15m|60m|restart|forever]  "
+    "[exact|host|domain|port|app]\n"
+    "        defaults: forever, exact (this host, port and protocol)   e.g.  a 15m host"
+)
+
+
+def parse_reply(line: str) -> tuple[str, str, str]:
+    """`a 15m host` → ("allow", "15m", "host"); raises ValueError with what is wrong."""
+    words = line.lower().split()
+    if not words or words[0] not in ACTIONS:
+        raise ValueError("start with a (allow), d (deny) or r (reject)")
+    action, duration, scope = ACTIONS[words[0]], "forever", "exact"
+    for word in words[1:]:
+        if word in DURATIONS or (word.endswith("m") and word[:-1].isdigit()):
+            duration = word
+        elif word in SCOPES:
+            scope = word
+        else:
+            raise ValueError(f"unknown word {word!r}")
+    return action, duration, scope
+
+
+def render(prompt: PromptView, waiting: int, now: float) -> str:
+    left = max(0, int(prompt.deadline - now))
+    lines = [
+        "── snitch: a new connection waits for you " + "─" * 20,
+        f"  app       {prompt.who}",
+        f"  process   pid {prompt.pid}, user {prompt.user or prompt.uid}",
+    ]
+    if prompt.cmdline:
+        lines.append(f"  command   {' '.join(prompt.cmdline)[:200]}")
+    if prompt.parents:
+        lines.append("  parents   " + " ← ".join(f"{e} ({p})" for p, e in prompt.parents[:4]))
+    lines.append(
+        f"  to        {prompt.destination}" + (f" via {prompt.iface}" if prompt.iface else "")
+    )
+    if prompt.sha256:
+        lines.append(f"  sha256    {prompt.sha256}")
+    lines.append(f"  default   {prompt.default_action} in {left} s")
+    if waiting:
+        lines.append(f"  ({waiting} more waiting)")
+    lines.append(HELP)
+    return "\n".join(lines)
+
+
+class _TerminalAgent:
+    def __init__(self, client: Client, out: TextIO, clock: Callable[[], float]) -> None:
+        self.client = client
+        self.out = out
+        self.clock = clock
+        self.queue: list[PromptView] = []
+
+    def show(self) -> None:
+        if self.queue:
+            print(render(self.queue[0], len(self.queue) - 1, self.clock()), file=self.out)
+            print("answer> ", end="", file=self.out, flush=True)
+
+    def on_prompt(self, prompt: PromptView) -> None:
+        self.queue.append(prompt)
+        if len(self.queue) == 1:
+            self.show()
+
+    def on_cancel(self, prompt_id: int, reason: str) -> None:
+        was_current = bool(self.queue) and self.queue[0].id == prompt_id
+        self.queue = [p for p in self.queue if p.id != prompt_id]
+        if was_current:
+            print(f"\nprompt {prompt_id} closed: {reason}", file=self.out)
+            self.show()
+
+    async def on_line(self, line: str) -> None:
+        if not self.queue:
+            return
+        try:
+            action, duration, scope = parse_reply(line)
+        except ValueError as exc:
+            print(f"{exc}\n{HELP}\nanswer> ", end="", file=self.out, flush=True)
+            return
+        prompt = self.queue.pop(0)
+        try:
+            rule_id = await self.client.answer_prompt(prompt.id, action, duration, scope)
+        except SnitchError as exc:
+            print(f"not answered: {exc.message}", file=self.out)
+        else:
+            made = f"rule {rule_id}" if rule_id >= 0 else "once, no rule"
+            print(f"{action} {prompt.destination}: {made}", file=self.out, flush=True)
+        self.show()
+
+
+async def run_agent(client: Client, out: TextIO = sys.stdout) -> int:
+    agent = _TerminalAgent(client, out, time.time)
+    uid = await register(client, AgentService(agent.on_prompt, agent.on_cancel))
+    print(f"snitch agent for uid {uid}: waiting for prompts (Ctrl-C to stop)", file=out, flush=True)
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def readable() -> None:
+        line = sys.stdin.readline()
+        lines.put_nowait(line if line else None)
+
+    loop.add_reader(sys.stdin.fileno(), readable)
+    try:
+        while (line := await lines.get()) is not None:
+            await agent.on_line(line)
+    finally:
+        loop.remove_reader(sys.stdin.fileno())
+    return 0
