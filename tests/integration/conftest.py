@@ -1,0 +1,363 @@
+"""The lab: two network namespaces over veth pairs, a private system bus, and a real snitchd.
+
+Topology (documentation addresses only; nothing leaves the machine)::
+
+    client netns (snitchd runs here)            server netns (netserver.py)
+      veth0 192.0.2.1/24  2001:db8:1::1/64  <->  192.0.2.2/24  2001:db8:1::2/64
+      veth1 198.51.100.1/24                 <->  198.51.100.2/24
+      route 203.0.113.0/24 via 198.51.100.2      203.0.113.7/32 on lo
+
+Every namespace, daemon, bus and temp dir is removed afterwards, even when a test fails; only
+processes this fixture started are ended, by pid. Queue rules exist only inside the client
+namespace. The daemon log is checked for tracebacks at the end of each test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+TCP_PORTS = "22,53,80,443,8080,9000"
+UDP_PORTS = "53,9000"
+
+if os.geteuid() != 0:
+    pytest.skip("integration tests need root (network namespaces)", allow_module_level=True)
+
+
+def run(*argv: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60, **kw)
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Bus:
+    """A private "system" bus: the distro's system.conf, listening on a temp socket, with only
+    the project's own policy file included (not whatever the machine has installed)."""
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp dir: an unprivileged test caller must reach the socket.
+        self.dir = Path(tempfile.mkdtemp(prefix="snitch-bus-"))
+        policy = self.dir / "policy"
+        policy.mkdir(parents=True)
+        shutil.copy(ROOT / "systemd" / "org.snitch.Firewall1.conf", policy)
+        text = Path("/usr/share/dbus-1/system.conf").read_text()
+        for tag in ("user", "pidfile", "listen", "includedir"):
+            text = re.sub(rf"\s*<{tag}>.*?</{tag}>", "", text, flags=re.S)
+        text = re.sub(r"\s*<fork\s*/>", "", text)
+        text = re.sub(r"\s*<include [^>]*>.*?</include>", "", text, flags=re.S)
+        self.socket = self.dir / "system_bus_socket"
+        extra = f"<listen>unix:path={self.socket}</listen>\n<includedir>{policy}</includedir>\n"
+        text = text.replace("</busconfig>", extra + "</busconfig>")
+        conf = self.dir / "system.conf"
+        conf.write_text(text)
+        self.address = f"unix:path={self.socket}"
+        with open(self.dir / "dbus.log", "w") as err:
+            self.proc = subprocess.Popen(
+                ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nosyslog"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        os.chmod(self.dir, 0o755)
+        _wait_for(self.socket.exists, 10, "the private bus socket")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Lab:
+    def __init__(self, tmp: Path) -> None:
+        tag = secrets.token_hex(3)
+        self.tmp = tmp
+        self.client = f"snt-{tag}-c"
+        self.server = f"snt-{tag}-s"
+        self.bus: Bus | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon_log = tmp / "snitchd.log"
+        self.server_proc: subprocess.Popen[str] | None = None
+        self.db = tmp / "snitch.db"
+        self.config_path = tmp / "snitchd.toml"
+        self.expect_errors = False
+        self.notify: socket.socket | None = None
+
+    # -- set-up -------------------------------------------------------------------------------
+    def build(self) -> None:
+        c, s = self.client, self.server
+        run("ip", "netns", "add", c)
+        run("ip", "netns", "add", s)
+        for i, (cv4, sv4) in enumerate(
+            (("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2"))
+        ):
+            run(
+                "ip",
+                "link",
+                "add",
+                f"veth{i}",
+                "netns",
+                c,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"veth{i}",
+                "netns",
+                s,
+            )
+            self.ns(c, "ip", "addr", "add", f"{cv4}/24", "dev", f"veth{i}")
+            self.ns(s, "ip", "addr", "add", f"{sv4}/24", "dev", f"veth{i}")
+            for ns in (c, s):
+                self.ns(ns, "ip", "link", "set", f"veth{i}", "up")
+        self.ns(c, "ip", "-6", "addr", "add", "2001:db8:1::1/64", "dev", "veth0", "nodad")
+        self.ns(s, "ip", "-6", "addr", "add", "2001:db8:1::2/64", "dev", "veth0", "nodad")
+        for ns in (c, s):
+            self.ns(ns, "ip", "link", "set", "lo", "up")
+        self.ns(s, "ip", "addr", "add", "203.0.113.7/32", "dev", "lo")
+        self.ns(c, "ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.2")
+        self.server_proc = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                s,
+                PYTHON,
+                str(HERE / "netserver.py"),
+                "--tcp",
+                TCP_PORTS,
+                "--udp",
+                UDP_PORTS,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.server_proc.stdout is not None
+        line = self.server_proc.stdout.readline()
+        assert line.strip() == "ready", f"server did not start: {line!r}"
+        self.bus = Bus()
+
+    def ns(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run("ip", "netns", "exec", ns, *argv, check=check)
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.bus is not None
+        return {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address}
+
+    def write_config(self, **values: Any) -> Path:
+        conf = {
+            "database": str(self.db),
+            "default_action": "deny",
+            "queue": 4242,
+            "prompt_timeout": 5,
+        } | values
+        lines = []
+        for key, value in conf.items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, str):
+                lines.append(f'{key} = "{value}"')
+            else:
+                lines.append(f"{key} = {value}")
+        self.config_path.write_text("\n".join(lines) + "\n")
+        return self.config_path
+
+    def start_daemon(self, **config: Any) -> None:
+        """Start snitchd in the client namespace and wait for READY=1 on a notify socket."""
+        self.write_config(**config)
+        notify_path = self.tmp / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify = notify
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        env = self.env | {"NOTIFY_SOCKET": str(notify_path)}
+        with open(self.daemon_log, "a") as err:
+            self.daemon = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.client,
+                    str(VENV_BIN / "snitchd"),
+                    "--config",
+                    str(self.config_path),
+                    "--debug",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+            )
+        try:
+            while True:
+                try:
+                    msg = notify.recv(4096).decode()
+                except TimeoutError:
+                    raise AssertionError(
+                        "snitchd did not send READY=1:\n" + self.log_text()
+                    ) from None
+                if "READY=1" in msg:
+                    break
+        except BaseException:
+            notify.close()
+            raise
+
+    def stop_daemon(self) -> int | None:
+        if self.daemon is None:
+            return None
+        self.daemon.send_signal(signal.SIGTERM)
+        try:
+            rc = self.daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            rc = self.daemon.wait()
+        self.daemon = None
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+        return rc
+
+    def log_text(self) -> str:
+        return self.daemon_log.read_text() if self.daemon_log.exists() else ""
+
+    # -- acting -------------------------------------------------------------------------------
+    def client_run(self, *argv: str, timeout: float = 30) -> str:
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.client, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return done.stdout.strip() or done.stderr.strip()
+
+    def py(self, mode: str, host: str, port: int, *extra: str) -> str:
+        return self.client_run(PYTHON, str(HERE / "netclient.py"), mode, host, str(port), *extra)
+
+    def curl(self, url: str) -> str:
+        """What curl saw: connected, refused or timeout (by its exit status)."""
+        done = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.client,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--connect-timeout",
+                "2",
+                "-g",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return {0: "connected", 7: "refused", 28: "timeout"}.get(
+            done.returncode, f"curl:{done.returncode}"
+        )
+
+    def ctl(self, *argv: str, uid: int | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [str(VENV_BIN / "snitchctl"), *argv]
+        if uid is not None:
+            cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, env=self.env, timeout=30, check=False
+        )
+
+    def ctl_json(self, *argv: str) -> Any:
+        done = self.ctl("--json", *argv)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def add_rule(self, text: str) -> int:
+        return int(self.ctl_json("add-rule", text)["id"])
+
+    def log_rows(self, **query: str) -> list[dict[str, Any]]:
+        args = ["log", "--limit", "1000"]
+        for key, value in query.items():
+            args += [f"--{key}", value]
+        rows: list[dict[str, Any]] = self.ctl_json(*args)
+        return rows
+
+    def iptables_save(self) -> str:
+        return (
+            self.ns(self.client, "iptables-save").stdout
+            + self.ns(self.client, "ip6tables-save").stdout
+        )
+
+    # -- tear-down ----------------------------------------------------------------------------
+    def destroy(self) -> None:
+        try:
+            self.stop_daemon()
+        finally:
+            if self.server_proc is not None:
+                self.server_proc.kill()
+                self.server_proc.wait()
+                if self.server_proc.stdout is not None:
+                    self.server_proc.stdout.close()
+            if self.bus is not None:
+                self.bus.stop()
+            for ns in (self.client, self.server):
+                run("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path)
+    try:
+        lab.build()
+        yield lab
+        log = lab.log_text()
+        if not lab.expect_errors:
+            assert "Traceback" not in log, log
+    finally:
+        lab.destroy()
+
+
+@pytest.fixture
+def running(lab: Lab) -> Lab:
+    lab.start_daemon()
+    return lab
+
+
+def python_exe() -> str:
+    return os.path.realpath(PYTHON)
+
+
+def curl_exe() -> str:
+    found = shutil.which("curl")
+    assert found is not None
+    return os.path.realpath(found)
