@@ -43,6 +43,7 @@ fi
 
 # Every path this script creates, so that --uninstall removes exactly these.
 FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
+/usr/share/dbus-1/system-services/org.snitch.Firewall1.service
 /etc/systemd/system/snitchd.service
 /usr/local/bin/snitchd
 /usr/local/bin/snitchctl"
@@ -78,6 +79,8 @@ install_files() {
     "$ROOT$PREFIX/venv/bin/pip" install -q "$HERE"
     install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.conf" \
         "$ROOT/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf"
+    install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.service" \
+        "$ROOT/usr/share/dbus-1/system-services/org.snitch.Firewall1.service"
     install -D -m 0644 "$HERE/systemd/snitchd.service" "$ROOT/etc/systemd/system/snitchd.service"
     mkdir -p "$ROOT/usr/local/bin"
     for cmd in snitchd snitchctl; do

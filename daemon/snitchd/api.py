@@ -32,6 +32,7 @@ from snitchd.decide import PRECEDENCE
 from snitchd.errors import DBUS_ERROR_PREFIX, NotAuthorized, RuleError, SnitchError
 from snitchd.firewall import Firewall
 from snitchd.prompts import Agent, Prompt, parse_answer
+from snitchd.queue import kernel_stats
 from snitchd.records import Proto
 from snitchd.rules import RuleRecord, parse_rule
 from snitchd.store import LogQuery
@@ -184,10 +185,11 @@ class DBusTransport:
 
 
 class FirewallService(ServiceInterface):
-    def __init__(self, firewall: Firewall, bus: MessageBus) -> None:
+    def __init__(self, firewall: Firewall, bus: MessageBus, backend: str) -> None:
         super().__init__(INTERFACE)
         self.firewall = firewall
         self.bus = bus
+        self.backend = backend
         self._uids: dict[str, int] = {}
 
     def name_lost(self, name: str) -> None:
@@ -303,6 +305,11 @@ class FirewallService(ServiceInterface):
                 {
                     "version": __version__,
                     "running": True,
+                    "backend": self.backend,
+                    "agents": len(fw.broker.agents),
+                    "prompts_open": len(fw.broker.open),
+                    "prompts_asked": fw.broker.asked,
+                    "prompts_timed_out": fw.broker.timed_out,
                     "fail_mode": fw.config.fail_mode,
                     "default_action": fw.config.default_action.value,
                     "queue": fw.config.queue,
@@ -317,6 +324,7 @@ class FirewallService(ServiceInterface):
                     "started": c.started,
                     "database": fw.store.path,
                 }
+                | {f"kernel_{k}": v for k, v in kernel_stats(fw.config.queue).items()}
             )
 
         return await self._guard(run)
@@ -381,7 +389,7 @@ class FirewallService(ServiceInterface):
         return await self._guard(run)
 
 
-async def serve(firewall: Firewall) -> MessageBus:
+async def serve(firewall: Firewall, backend: str) -> MessageBus:
     """Connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS when set), export, own the name."""
     try:
         bus = await CallerAwareBus(bus_type=BusType.SYSTEM).connect()
@@ -389,7 +397,7 @@ async def serve(firewall: Firewall) -> MessageBus:
         raise SnitchError(
             f"cannot connect to the system bus: {exc} (is dbus running? apt-get install dbus)"
         ) from None
-    service = FirewallService(firewall, bus)
+    service = FirewallService(firewall, bus, backend)
     bus.export(OBJECT_PATH, service)
     firewall.broker.transport = DBusTransport(bus, firewall.config.default_action.value)
 

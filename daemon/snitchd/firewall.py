@@ -68,6 +68,10 @@ class Firewall:
         self._ifnames: dict[int, str] = {}
         self.reload_rules()
 
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.broker.reconfigure(config.prompt_timeout, config.max_prompts)
+
     def reload_rules(self) -> None:
         self.rules = RuleSet((r.id, r.rule) for r in self.store.rules())
         log.debug("rules loaded count=%d", len(self.rules))

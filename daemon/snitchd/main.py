@@ -23,7 +23,7 @@ from snitchd import __version__
 from snitchd.access import is_admin
 from snitchd.api import serve
 from snitchd.config import DEFAULT_PATH, Config, load_config
-from snitchd.errors import SnitchError
+from snitchd.errors import ConfigError, SnitchError
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall
 from snitchd.netfilter import Backend, NetSpec, select_backend
@@ -60,6 +60,11 @@ class _Daemon:
         self.config_path = config_path
         self.backend = backend
         self.stop = asyncio.Event()
+        self.firewall: Firewall | None = None
+        self.reloads = 0
+
+    def _spec(self, config: Config) -> NetSpec:
+        return NetSpec(config.queue, config.fail_mode == "open", config.intercept_loopback)
 
     async def run(self) -> None:
         config = self.config
@@ -69,29 +74,29 @@ class _Daemon:
             clock=time.time,
             timeout=config.prompt_timeout,
             max_open=config.max_prompts,
-            is_admin=lambda uid: is_admin(uid, config.admin_group),
+            is_admin=lambda uid: is_admin(uid, self.config.admin_group),
         )
         attributor = Attributor()
-        firewall = Firewall(config, store, attributor, events, broker)
+        firewall = self.firewall = Firewall(config, store, attributor, events, broker)
         broker.attach(firewall)
         loop = asyncio.get_running_loop()
         reader = QueueReader(config.queue, firewall.on_packet, config.queue_max_len)
-        spec = NetSpec(config.queue, config.fail_mode == "open", config.intercept_loopback)
         bus = None
         installed = False
         try:
             reader.start(loop)
             installed = True
-            self.backend.apply(self.backend.plan_install(spec))
+            self.backend.apply(self.backend.plan_install(self._spec(config)))
             log.info(
                 "kernel rules installed backend=%s queue=%d fail_mode=%s",
                 self.backend.name,
                 config.queue,
                 config.fail_mode,
             )
-            bus = await serve(firewall)
+            bus = await serve(firewall, self.backend.name)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
             _notify("READY=1\nSTATUS=filtering new outbound flows")
             log.info(
                 "snitchd %s running default_action=%s rules=%d database=%s",
@@ -101,25 +106,18 @@ class _Daemon:
                 store.path,
             )
             async with asyncio.TaskGroup() as tasks:
-                flusher = tasks.create_task(events.run(), name="event-log")
-                sweeper = tasks.create_task(self._sweep(firewall), name="rule-sweeper")
+                background = [
+                    tasks.create_task(events.run(), name="event-log"),
+                    tasks.create_task(self._sweep(firewall), name="rule-sweeper"),
+                    tasks.create_task(self._watchdog(), name="watchdog"),
+                ]
                 await self.stop.wait()
-                flusher.cancel()
-                sweeper.cancel()
+                for task in background:
+                    task.cancel()
         finally:
             _notify("STOPPING=1")
             broker.release_all("default: snitchd stopping")
-            keep_closed = config.fail_mode == "closed" and config.stay_closed_when_stopped
-            if not installed:
-                pass
-            elif keep_closed:
-                log.warning("kernel rules left in place: fail-closed while stopped")
-            else:
-                try:
-                    self.backend.apply(self.backend.plan_remove())
-                    log.info("kernel rules removed")
-                except SnitchError as exc:
-                    log.error("cannot remove kernel rules: %s", exc)
+            self._remove_rules(installed)
             reader.close()
             if bus is not None:
                 bus.disconnect()
@@ -127,6 +125,53 @@ class _Daemon:
             attributor.close()
             store.close()
             log.info("snitchd stopped")
+
+    def _remove_rules(self, installed: bool) -> None:
+        if not installed:
+            return
+        if self.config.fail_mode == "closed" and self.config.stay_closed_when_stopped:
+            log.warning("kernel rules left in place: fail-closed while stopped")
+            return
+        try:
+            self.backend.apply(self.backend.plan_remove())
+            log.info("kernel rules removed")
+        except SnitchError as exc:
+            log.error("cannot remove kernel rules: %s", exc)
+
+    def reload(self) -> None:
+        """SIGHUP: read and check the config again; a bad one is refused and the running one
+        stays. The queue keeps running throughout, so no flow is lost."""
+        assert self.firewall is not None
+        _notify("RELOADING=1")
+        try:
+            new = load_config(self.config_path)
+            fixed = [k for k in ("queue", "database") if getattr(new, k) != getattr(self.config, k)]
+            if fixed:
+                raise ConfigError(f"{', '.join(fixed)} cannot change on reload: restart snitchd")
+            if self._spec(new) != self._spec(self.config):
+                self.backend.apply(self.backend.plan_install(self._spec(new)))
+        except SnitchError as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+        else:
+            self.config = new
+            self.firewall.reconfigure(new)
+            logging.getLogger().setLevel(new.log_level.upper())
+            self.reloads += 1
+            log.info(
+                "config reloaded default_action=%s fail_mode=%s",
+                new.default_action.value,
+                new.fail_mode,
+            )
+        _notify("READY=1")
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the loop itself: if the loop is stuck, systemd restarts us."""
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while True:
+            _notify("WATCHDOG=1")
+            await asyncio.sleep(usec / 2e6)
 
     async def _sweep(self, firewall: Firewall) -> None:
         while True:

@@ -184,6 +184,11 @@ class Broker:
         self.asked = 0
         self.timed_out = 0
 
+    def reconfigure(self, timeout: float, max_open: int) -> None:
+        """New limits apply to prompts opened from now on; open ones keep their deadline."""
+        self._timeout = timeout
+        self._max_open = max_open
+
     def attach(self, firewall: Applier) -> None:
         self._firewall = firewall
 
@@ -291,6 +296,7 @@ class Broker:
             self.transport.send_cancel(prompt.agent, prompt, verdict.reason)
 
     def release_all(self, reason: str) -> None:
-        """At shutdown: every held packet gets the default verdict."""
+        """At shutdown: every held packet gets the default verdict. Agents are not told: the
+        daemon's bus name vanishing says it for every prompt at once."""
         for prompt in list(self.open.values()):
-            self._finish(prompt, self._fw.default_verdict(reason))
+            self._finish(prompt, self._fw.default_verdict(reason), notify=False)

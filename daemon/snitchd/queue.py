@@ -16,7 +16,7 @@ from netfilterqueue import NetfilterQueue, Packet
 
 from snitchd.errors import BackendUnavailable
 
-__all__ = ["COPY_RANGE", "QueueReader"]
+__all__ = ["COPY_RANGE", "QueueReader", "kernel_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +61,23 @@ class QueueReader:
         self._nfq.unbind()
         self._nfq = None
         log.info("queue unbound number=%d", self.number)
+
+
+def kernel_stats(number: int) -> dict[str, int]:
+    """The kernel's own counters for our queue (this network namespace's
+    /proc/net/netfilter/nfnetlink_queue): packets held right now, and those it dropped because
+    the queue was full or could not reach us."""
+    try:
+        with open("/proc/net/netfilter/nfnetlink_queue", encoding="ascii") as f:
+            for line in f:
+                fields = [int(x) for x in line.split()]
+                if fields and fields[0] == number:
+                    return {
+                        "held": fields[2],
+                        "queue_dropped": fields[5],
+                        "user_dropped": fields[6],
+                        "queued_total": fields[7],
+                    }
+    except (OSError, ValueError):
+        pass
+    return {}

@@ -231,10 +231,11 @@ class Lab:
             notify.close()
             raise
 
-    def stop_daemon(self) -> int | None:
+    def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop snitchd with `sig` (SIGKILL stands for a crash) and wait for it."""
         if self.daemon is None:
             return None
-        self.daemon.send_signal(signal.SIGTERM)
+        self.daemon.send_signal(sig)
         try:
             rc = self.daemon.wait(15)
         except subprocess.TimeoutExpired:
