@@ -17,7 +17,7 @@ START=1 UNINSTALL=0 PURGE=0 DEPS_ONLY=0 APT=1
 PREFIX=/opt/snitch
 
 APT_PACKAGES="python3 python3-venv python3-dev gcc libnetfilter-queue-dev iptables nftables
-conntrack dbus iproute2 curl ca-certificates"
+conntrack dbus iproute2 curl ca-certificates procps"
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 

@@ -158,6 +158,27 @@ def _start_time(ticks: int) -> float:
     return _BOOT_TIME + ticks / _CLK_TCK
 
 
+def _as_seen_here(pid: int, exe: str) -> str:
+    """The executable's path as rules name it. A process in another mount namespace (`ip
+    netns exec` makes one, so do containers) may show its binary with a prefix outside our own
+    root (seen in a chroot: /var/tmp/x/usr/bin/curl); the tail that names the same file here
+    (same device and inode) is the path. Costs one stat when the path is already right."""
+    try:
+        target = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return exe
+    parts = exe.split("/")
+    for i in range(1, len(parts)):
+        candidate = "/" + "/".join(parts[i:])
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            return candidate
+    return exe
+
+
 def process_alive(pid: int, start_time: float) -> bool:
     """Whether the process a rule was made for still runs: same pid *and* same start time, so
     a reused pid ends an "until the process quits" rule instead of inheriting it. Zombies quit."""
@@ -374,7 +395,7 @@ class Attributor:
             attribution=Attribution.PROCESS,
             pid=pid,
             uid=uid,
-            exe=exe or None,
+            exe=_as_seen_here(pid, exe) if exe else None,
             cmdline=cmdline,
             user=self._user(uid),
             ppid=stat[1],
