@@ -82,10 +82,12 @@ class AgentService(ServiceInterface):
         self,
         on_prompt: Callable[[PromptView], None],
         on_cancel: Callable[[int, str], None],
+        on_alert: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__(AGENT_INTERFACE)
         self._on_prompt = on_prompt
         self._on_cancel = on_cancel
+        self._on_alert = on_alert
 
     @dbus_method()
     def Prompt(self, prompt: VarDict) -> None:
@@ -94,6 +96,12 @@ class AgentService(ServiceInterface):
     @dbus_method()
     def Cancel(self, prompt_id: DBusUInt64, reason: DBusStr) -> None:
         self._on_cancel(prompt_id, reason)
+
+    @dbus_method()
+    def Alert(self, alert: VarDict) -> None:
+        """kind (new-app, exe-changed, rules-changed), message, time, uid, exe."""
+        if self._on_alert is not None:
+            self._on_alert(plain(alert))
 
 
 async def register(client: Client, service: AgentService) -> int:

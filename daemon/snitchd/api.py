@@ -30,12 +30,13 @@ from snitchd import __version__
 from snitchd.access import is_admin
 from snitchd.decide import PRECEDENCE
 from snitchd.errors import DBUS_ERROR_PREFIX, NotAuthorized, RuleError, SnitchError
+from snitchd.events import Alert
 from snitchd.firewall import Firewall
 from snitchd.prompts import Agent, Prompt, parse_answer
 from snitchd.queue import kernel_stats
 from snitchd.records import Proto
 from snitchd.rules import RuleRecord, parse_rule
-from snitchd.store import LogQuery
+from snitchd.store import Decision, LogQuery, decision_row
 
 __all__ = [
     "AGENT_INTERFACE",
@@ -183,6 +184,16 @@ class DBusTransport:
     def send_cancel(self, agent: Agent, prompt: Prompt, reason: str) -> None:
         self._call(agent, "Cancel", "ts", [prompt.id, reason])
 
+    def send_alert(self, agent: Agent, alert: Alert) -> None:
+        fields = {
+            "kind": alert.kind,
+            "message": alert.message,
+            "time": alert.time,
+            "uid": alert.uid,
+            "exe": alert.exe,
+        }
+        self._call(agent, "Alert", "a{sv}", [_variants(fields)])
+
 
 class FirewallService(ServiceInterface):
     def __init__(self, firewall: Firewall, bus: MessageBus, backend: str) -> None:
@@ -191,10 +202,12 @@ class FirewallService(ServiceInterface):
         self.bus = bus
         self.backend = backend
         self._uids: dict[str, int] = {}
+        self._monitors: dict[str, int | None] = {}
 
     def name_lost(self, name: str) -> None:
-        """A connection left the bus: forget its uid and release its prompts."""
+        """A connection left the bus: forget its uid, monitor and prompts."""
         self._uids.pop(name, None)
+        self._monitors.pop(name, None)
         self.firewall.broker.unregister(name)
 
     async def caller_uid(self) -> int:
@@ -319,6 +332,9 @@ class FirewallService(ServiceInterface):
                     "rejected": c.rejected,
                     "errors": c.errors,
                     "by_default": c.by_default,
+                    "dns_answers": c.dns_answers,
+                    "dns_skipped": c.dns_skipped,
+                    "names_known": len(fw.names),
                     "rules": len(fw.rules),
                     "log_rows_written": fw.events.written,
                     "started": c.started,
@@ -374,6 +390,8 @@ class FirewallService(ServiceInterface):
 
     @dbus_method()
     async def Log(self, query: VarDict) -> VarDicts:
+        """The connection log; a user who is not an admin sees only their own flows."""
+
         async def run() -> list[dict[str, Variant]]:
             await self.firewall.events.flush()
             rows = self.firewall.store.connections(
@@ -381,12 +399,57 @@ class FirewallService(ServiceInterface):
                     since=_arg(query, "since", float),
                     exe=_arg(query, "exe", str),
                     action=_arg(query, "action", str),
+                    host=_arg(query, "host", str),
+                    uid=await self._own_only(),
                     limit=_arg(query, "limit", int) or 100,
                 )
             )
             return [_variants(row) for row in rows]
 
         return await self._guard(run)
+
+    @dbus_method()
+    async def Top(self, query: VarDict) -> VarDicts:
+        """Per-app connections and bytes since a time (0: all of the log)."""
+
+        async def run() -> list[dict[str, Variant]]:
+            await self.firewall.events.flush()
+            rows = self.firewall.store.top(_arg(query, "since", float), await self._own_only())
+            return [_variants(row) for row in rows]
+
+        return await self._guard(run)
+
+    @dbus_method()
+    async def Monitor(self) -> None:
+        """Subscribe the caller to `Decision` signals, sent to it alone, as they happen (its
+        own flows only unless it is an admin); ends when the caller leaves the bus."""
+
+        async def run() -> None:
+            self._monitors[_sender.get()] = await self._own_only()
+
+        await self._guard(run)
+
+    async def _own_only(self) -> int | None:
+        uid = await self.caller_uid()
+        return None if is_admin(uid, self.firewall.config.admin_group) else uid
+
+    def on_decision(self, decision: Decision) -> None:
+        if not self._monitors:
+            return
+        body = [_variants(decision_row(decision))]
+        for name, uid in list(self._monitors.items()):
+            if uid is None or uid == decision.proc.uid:
+                self.bus.send(
+                    Message(
+                        message_type=MessageType.SIGNAL,
+                        destination=name,
+                        path=OBJECT_PATH,
+                        interface=INTERFACE,
+                        member="Decision",
+                        signature="a{sv}",
+                        body=body,
+                    )
+                )
 
 
 async def serve(firewall: Firewall, backend: str) -> MessageBus:
@@ -399,6 +462,7 @@ async def serve(firewall: Firewall, backend: str) -> MessageBus:
         ) from None
     service = FirewallService(firewall, bus, backend)
     bus.export(OBJECT_PATH, service)
+    firewall.events.listeners.append(service.on_decision)
     firewall.broker.transport = DBusTransport(bus, firewall.config.default_action.value)
 
     def on_signal(msg: Message) -> None:

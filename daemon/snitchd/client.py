@@ -7,6 +7,7 @@ address comes from DBUS_SYSTEM_BUS_ADDRESS when set (tests run a private bus).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -104,6 +105,21 @@ class Client:
 
     async def list_prompts(self) -> list[dict[str, Any]]:
         return [plain(p) for p in await self.call("ListPrompts")]
+
+    async def top(self, query: dict[str, Variant]) -> list[dict[str, Any]]:
+        return [plain(r) for r in await self.call("Top", "a{sv}", [query])]
+
+    async def monitor(self, on_decision: Callable[[dict[str, Any]], None]) -> None:
+        """Subscribe; `on_decision` gets each decision as it happens until the client closes."""
+
+        def handler(msg: Message) -> bool:
+            if msg.message_type is MessageType.SIGNAL and msg.member == "Decision":
+                on_decision(plain(msg.body[0]))
+                return True
+            return False
+
+        self.bus.add_message_handler(handler)
+        await self.call("Monitor")
 
     async def log(self, query: dict[str, Variant]) -> list[dict[str, Any]]:
         return [plain(r) for r in await self.call("Log", "a{sv}", [query])]

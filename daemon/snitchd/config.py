@@ -42,6 +42,11 @@ class Config:
     stay_closed_when_stopped: bool = False
     queue_max_len: int = 4096
     log_level: str = "info"
+    snoop_dns: bool = True
+    dns_queue: int = 4243
+    dns_grace: float = 60.0
+    log_max_days: float = 30.0
+    log_max_rows: int = 1_000_000
 
 
 _CHOICES = {
@@ -53,6 +58,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "prompt_timeout": (1, 3600),
     "max_prompts": (1, 10000),
     "queue_max_len": (16, 1_000_000),
+    "dns_queue": (0, 65535),
+    "dns_grace": (0, 86400),
+    "log_max_days": (0.01, 36500),
+    "log_max_rows": (100, 1_000_000_000),
 }
 
 
@@ -63,7 +72,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         if key not in known:
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
         values[key] = _check(key, value, source)
-    return Config(**values)
+    config = Config(**values)
+    if config.snoop_dns and config.dns_queue == config.queue:
+        raise ConfigError(f"{source}: dns_queue = {config.dns_queue}: must differ from queue")
+    return config
 
 
 def _check(key: str, value: Any, source: str) -> Any:

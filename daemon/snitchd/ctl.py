@@ -72,10 +72,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     lg = sub.add_parser("log", help="the connection log: every decision")
     lg.add_argument("--app", metavar="EXE")
+    lg.add_argument("--host", metavar="NAME|*.DOMAIN", help="only flows to this host or domain")
     lg.add_argument("--verdict", choices=("allow", "deny", "reject"))
     lg.add_argument("--since", metavar="N[smhd]", help="e.g. 10m, 1h, 2d")
     lg.add_argument("--limit", type=int, default=50)
 
+    top = sub.add_parser("top", help="per-app connections and bytes, most traffic first")
+    top.add_argument("--since", metavar="N[smhd]", help="e.g. 10m, 1h, 2d (default: all)")
+    sub.add_parser("monitor", help="live: every decision as it happens (--json: JSON lines)")
     sub.add_parser("status", help="is snitchd running, and what is it doing")
     sub.add_parser("agent", help="answer prompts in this terminal (for SSH and headless use)")
     return p
@@ -136,6 +140,8 @@ async def _run(args: argparse.Namespace) -> int:
             "explain": lambda: _explain(client, args),
             "log": lambda: _log(client, args),
             "status": lambda: _status(client, args),
+            "top": lambda: _top(client, args),
+            "monitor": lambda: _monitor(client, args),
             "agent": lambda: run_agent(client),
         }
         return await handlers[args.command]()
@@ -197,24 +203,69 @@ async def _log(client: Client, args: argparse.Namespace) -> int:
         query["exe"] = Variant("s", args.app)
     if args.verdict:
         query["action"] = Variant("s", args.verdict)
+    if args.host:
+        query["host"] = Variant("s", args.host)
     if args.since:
         query["since"] = Variant("d", _since(args.since))
     rows = await client.log(query)
 
     def text() -> str:
-        out = []
-        for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
-            who = r.get("exe") or (f"uid {r['uid']}" if "uid" in r else "kernel")
-            port = f":{r['dport']}" if r["proto"] in ("tcp", "udp") else ""
-            rule = f"rule {r['rule_id']}" if "rule_id" in r else r["reason"]
-            out.append(
-                f"{when} {r['action']:<6} {who} (pid {r.get('pid', '-')}) -> "
-                f"{r['proto']} {r['dst']}{port} [{rule}]"
-            )
-        return "\n".join(out) or "(no connections logged)"
+        return "\n".join(_log_line(r) for r in rows) or "(no connections logged)"
 
     _out(args, rows, text)
+    return 0
+
+
+def _log_line(r: dict[str, Any]) -> str:
+    """One decision as a person reads it: when, verdict, who, where, why."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+    who = r.get("exe") or (f"uid {r['uid']}" if "uid" in r else "kernel")
+    port = f":{r['dport']}" if r["proto"] in ("tcp", "udp") else ""
+    where = f"{r['host']} ({r['dst']}{port})" if r.get("host") else f"{r['dst']}{port}"
+    why = f"rule {r['rule_id']}" if "rule_id" in r else r["reason"]
+    traffic = ""
+    if "bytes_out" in r:
+        traffic = f" {_size(r['bytes_out'])} out, {_size(r['bytes_in'])} in"
+    return (
+        f"{when} {r['action']:<6} {who} (pid {r.get('pid', '-')}) -> {r['proto']} {where} "
+        f"[{why}]{traffic}"
+    )
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+async def _top(client: Client, args: argparse.Namespace) -> int:
+    query = {"since": Variant("d", _since(args.since) if args.since else 0.0)}
+    rows = await client.top(query)
+
+    def text() -> str:
+        head = f"{'SENT':>10} {'RECEIVED':>10} {'CONNS':>6} {'BLOCKED':>7}  APP"
+        lines = [
+            f"{_size(r['bytes_out']):>10} {_size(r['bytes_in']):>10} {r['connections']:>6} "
+            f"{r['blocked']:>7}  {r['app']}"
+            for r in rows
+        ]
+        return "\n".join([head, *lines])
+
+    _out(args, rows, text)
+    return 0
+
+
+async def _monitor(client: Client, args: argparse.Namespace) -> int:
+    def show(row: dict[str, Any]) -> None:
+        print(json.dumps(row, sort_keys=True) if args.json else _log_line(row), flush=True)
+
+    await client.monitor(show)
+    if not args.json:
+        print("monitoring new connections (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    await client.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
     return 0
 
 

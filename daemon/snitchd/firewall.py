@@ -20,14 +20,17 @@ from netfilterqueue import Packet
 
 from snitchd.config import Config
 from snitchd.decide import Explanation, RuleSet, Verdict, decide
-from snitchd.events import EventLog
+from snitchd.dns import NameCache, parse_dns_packet
+from snitchd.errors import PacketError
+from snitchd.events import Alert, EventLog
 from snitchd.netfilter import REJECT_MARK
 from snitchd.packet import decode
 from snitchd.procs import Attributor, process_alive
 from snitchd.prompts import Broker
 from snitchd.records import Attribution, Flow, Process, Proto
 from snitchd.rules import Action, Rule, RuleRecord
-from snitchd.store import Decision, Store, keep_unexpired
+from snitchd.store import Decision, FlowBytes, Store, keep_unexpired
+from snitchd.traffic import FlowEnd
 
 __all__ = ["Counters", "Firewall"]
 
@@ -44,6 +47,8 @@ class Counters:
     rejected: int = 0
     errors: int = 0
     by_default: int = 0
+    dns_answers: int = 0
+    dns_skipped: int = 0
     started: float = field(default_factory=time.time)
 
 
@@ -65,6 +70,11 @@ class Firewall:
         self.clock = clock
         self.counters = Counters()
         self.rules = RuleSet()
+        self.names = NameCache(grace=config.dns_grace)
+        self.known_apps: dict[str, str | None] = store.known_apps()
+        self._pinned: dict[str, frozenset[str]] = {}
+        self._rule_texts: list[tuple[int, Rule]] = []
+        self._changed_seen: set[tuple[str, str | None]] = set()
         self._ifnames: dict[int, str] = {}
         self.reload_rules()
 
@@ -72,8 +82,34 @@ class Firewall:
         self.config = config
         self.broker.reconfigure(config.prompt_timeout, config.max_prompts)
 
+    def check_outside_change(self, now: float) -> None:
+        """Another process wrote the store. If the rules differ from what we hold, someone
+        changed them without snitch (sqlite3 by hand, or malware): alert, then follow the
+        store, which stays the one source of truth."""
+        before = {(r, str(rule)) for r, rule in self._rule_texts}
+        self.reload_rules()
+        after = {(r, str(rule)) for r, rule in self._rule_texts}
+        if before != after:
+            added = len(after - before)
+            removed = len(before - after)
+            self.alert(
+                Alert(
+                    "rules-changed",
+                    f"rules were changed outside snitch: {added} added or changed, "
+                    f"{removed} removed (see: snitchctl list-rules)",
+                    now,
+                )
+            )
+
     def reload_rules(self) -> None:
-        self.rules = RuleSet((r.id, r.rule) for r in self.store.rules())
+        records = self.store.rules()
+        self._rule_texts = [(r.id, r.rule) for r in records]
+        self.rules = RuleSet(self._rule_texts)
+        pinned: dict[str, set[str]] = {}
+        for r in records:
+            if r.rule.exe is not None and r.rule.sha256 is not None:
+                pinned.setdefault(r.rule.exe, set()).add(r.rule.sha256)
+        self._pinned = {exe: frozenset(hashes) for exe, hashes in pinned.items()}
         log.debug("rules loaded count=%d", len(self.rules))
 
     def _ifname(self, index: int) -> str:
@@ -92,11 +128,18 @@ class Firewall:
             flow = decode(pkt.get_payload(), self._ifname(pkt.outdev))
             proc = self.attributor.lookup(flow)
             now = self.clock()
-            outcome = decide(flow, proc, self.rules, now)
+            names = self.names.names(flow.dst, now)
+            host = self.names.best(flow.dst, now) if names else None
+            if proc.exe is not None and proc.exe not in self.known_apps:
+                self._new_app(proc, flow, host, now)
+            pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
+            if pinned and proc.sha256 not in pinned:
+                self._exe_changed(proc, pinned, now)
+            outcome = decide(flow, proc, self.rules, now, names)
             if isinstance(outcome, Verdict):
-                self.apply(pkt, outcome, flow, proc, now)
+                self.apply(pkt, outcome, flow, proc, now, host)
             else:
-                self.broker.ask(pkt, flow, proc, now)
+                self.broker.ask(pkt, flow, proc, now, host)
         except Exception:
             self.counters.errors += 1
             log.exception(
@@ -110,7 +153,82 @@ class Firewall:
             except Exception:
                 log.exception("cannot give the fail-mode verdict")
 
-    def apply(self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process, now: float) -> None:
+    def on_dns_packet(self, pkt: Packet) -> None:
+        """A DNS answer on its way in: learn its names, and always let it pass."""
+        try:
+            self.names.learn(parse_dns_packet(pkt.get_payload()), self.clock())
+            self.counters.dns_answers += 1
+        except PacketError as exc:
+            self.counters.dns_skipped += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("dns answer skipped: %s", exc)
+        except Exception:
+            self.counters.dns_skipped += 1
+            log.exception("dns answer handling failed")
+        finally:
+            pkt.accept()
+
+    def on_flow_end(self, end: FlowEnd) -> None:
+        """conntrack's counters for a finished flow: joined to its log row in the next batch."""
+        self.events.flow_ended(
+            FlowBytes(
+                end.proto.value,
+                str(end.src),
+                end.sport,
+                str(end.dst),
+                end.dport,
+                end.bytes_out,
+                end.bytes_in,
+                self.clock(),
+            )
+        )
+
+    def _new_app(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
+        assert proc.exe is not None
+        self.known_apps[proc.exe] = proc.sha256
+        self.events.note_app(proc.exe, now, proc.sha256)
+        where = f"{host} ({flow.dst})" if host else str(flow.dst)
+        self.alert(
+            Alert(
+                "new-app",
+                f"{proc.exe} connects for the first time, to {where}",
+                now,
+                proc.uid,
+                proc.exe,
+            )
+        )
+
+    def _exe_changed(self, proc: Process, pinned: frozenset[str], now: float) -> None:
+        assert proc.exe is not None
+        key = (proc.exe, proc.sha256)
+        if key in self._changed_seen:
+            return
+        self._changed_seen.add(key)
+        self.alert(
+            Alert(
+                "exe-changed",
+                f"{proc.exe} changed: sha256 {proc.sha256} is not the one its rules pin "
+                f"({', '.join(sorted(pinned))}); those rules no longer match it",
+                now,
+                proc.uid,
+                proc.exe,
+            )
+        )
+
+    def alert(self, alert: Alert) -> None:
+        """To the journal, and to the agents of the user concerned (admins for the system)."""
+        log.warning("alert %s: %s", alert.kind, alert.message)
+        self.broker.alert(alert)
+
+    def apply(
+        self,
+        pkt: Packet,
+        verdict: Verdict,
+        flow: Flow,
+        proc: Process,
+        now: float,
+        host: str | None = None,
+    ) -> None:
         """Give the kernel the verdict, then log it (the log never delays the packet)."""
         action = verdict.action
         if action is Action.ALLOW:
@@ -129,7 +247,9 @@ class Firewall:
             log.debug(
                 "verdict %s %s from %s: %s", action.value, flow, proc.describe(), verdict.reason
             )
-        self.events.record(Decision(now, flow, proc, action.value, verdict.rule_id, verdict.reason))
+        self.events.record(
+            Decision(now, flow, proc, action.value, verdict.rule_id, verdict.reason, host)
+        )
 
     def default_verdict(self, reason: str) -> Verdict:
         return Verdict(self.config.default_action, None, reason)

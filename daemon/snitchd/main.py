@@ -31,12 +31,14 @@ from snitchd.procs import Attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.store import Store
+from snitchd.traffic import FlowEnds, enable_accounting
 
 __all__ = ["main"]
 
 log = logging.getLogger("snitchd")
 
 SWEEP_INTERVAL = 1.0
+PRUNE_INTERVAL = 300.0
 
 
 def _notify(state: str) -> None:
@@ -64,7 +66,10 @@ class _Daemon:
         self.reloads = 0
 
     def _spec(self, config: Config) -> NetSpec:
-        return NetSpec(config.queue, config.fail_mode == "open", config.intercept_loopback)
+        dns_queue = config.dns_queue if config.snoop_dns else None
+        return NetSpec(
+            config.queue, config.fail_mode == "open", config.intercept_loopback, dns_queue
+        )
 
     async def run(self) -> None:
         config = self.config
@@ -81,10 +86,21 @@ class _Daemon:
         broker.attach(firewall)
         loop = asyncio.get_running_loop()
         reader = QueueReader(config.queue, firewall.on_packet, config.queue_max_len)
+        # DNS answers are copied whole (a name is deep inside), and never held for long.
+        dns_reader = QueueReader(config.dns_queue, firewall.on_dns_packet, 1024, 65535)
+        flow_ends = FlowEnds(firewall.on_flow_end)
         bus = None
         installed = False
         try:
+            # Byte accounting first: flows that start before it are never counted.
+            try:
+                flow_ends.start(loop)
+                enable_accounting()
+            except SnitchError as exc:
+                log.warning("per-app byte accounting is off: %s", exc)
             reader.start(loop)
+            if config.snoop_dns:
+                dns_reader.start(loop)
             installed = True
             self.backend.apply(self.backend.plan_install(self._spec(config)))
             log.info(
@@ -119,6 +135,8 @@ class _Daemon:
             broker.release_all("default: snitchd stopping")
             self._remove_rules(installed)
             reader.close()
+            dns_reader.close()
+            flow_ends.close()
             if bus is not None:
                 bus.disconnect()
             await events.flush()
@@ -174,12 +192,30 @@ class _Daemon:
             await asyncio.sleep(usec / 2e6)
 
     async def _sweep(self, firewall: Firewall) -> None:
+        """Once a second: expire rules, notice rules changed behind our back; now and then,
+        prune the connection log to its limits (in a worker thread: it may take a while)."""
+        store = firewall.store
+        version = store.data_version()
+        last_prune = 0.0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 firewall.expire_rules()
+                now = time.time()
+                current = store.data_version()
+                if current != version:
+                    version = current
+                    firewall.check_outside_change(now)
+                if now - last_prune >= PRUNE_INTERVAL:
+                    last_prune = now
+                    config = self.config
+                    removed = await asyncio.to_thread(
+                        store.prune, now, config.log_max_days * 86400, config.log_max_rows
+                    )
+                    if removed:
+                        log.info("connection log pruned rows=%d", removed)
             except SnitchError as exc:
-                log.warning("rule sweep failed: %s", exc)
+                log.warning("sweep failed: %s", exc)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

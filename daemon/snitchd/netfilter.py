@@ -43,13 +43,23 @@ REJECT_MASK = 0xFFFF0000
 COMMENT = "snitch"
 QUEUE_CHAIN = "SNITCH_QUEUE"
 REJECT_CHAIN = "SNITCH_REJECT"
+DNS_CHAIN = "SNITCH_DNS"
+_OWN = (
+    ("mangle", "OUTPUT", QUEUE_CHAIN),
+    ("filter", "OUTPUT", REJECT_CHAIN),
+    ("mangle", "INPUT", DNS_CHAIN),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class NetSpec:
+    """`dns_queue`: where DNS answers (source port 53, any interface) are copied for name
+    snooping; they always bypass when nobody reads, since they decide nothing."""
+
     queue: int
     fail_open: bool
     intercept_loopback: bool = False
+    dns_queue: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,30 +141,37 @@ class IptablesBackend:
         version = _run((self.families[0], "--version")).strip()
         log.info("backend probed name=%s version=%r", self.name, version)
 
-    def _own_jumps(self, tool: str, table: str, chain: str) -> tuple[list[str], bool]:
+    def _own_jumps(
+        self, tool: str, table: str, chain: str, hook: str = "OUTPUT"
+    ) -> tuple[list[str], bool]:
         """Our jump rules as `-D` lines, and whether our chain exists (from a previous run)."""
         saved = _run((tool + "-save", "-t", table))
         jumps = [
             "-D" + line[2:]
             for line in saved.splitlines()
-            if line.startswith("-A OUTPUT ") and line.endswith(f"-j {chain}")
+            if line.startswith(f"-A {hook} ") and line.endswith(f"-j {chain}")
         ]
         exists = any(line.startswith(f":{chain} ") for line in saved.splitlines())
         return jumps, exists
 
-    def _remove_lines(self, tool: str, *, chains: bool) -> dict[str, list[str]]:
-        """Lines that undo a previous run; its chains are kept when about to be redeclared
-        (a `:CHAIN` line of iptables-restore empties an existing chain)."""
-        lines: dict[str, list[str]] = {}
-        for table, chain in (("mangle", QUEUE_CHAIN), ("filter", REJECT_CHAIN)):
-            jumps, exists = self._own_jumps(tool, table, chain)
-            lines[table] = jumps + ([f"-F {chain}", f"-X {chain}"] if exists and chains else [])
+    def _remove_lines(self, tool: str, keep: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+        """Lines that undo a previous run; chains in `keep` stay because they are about to be
+        redeclared (a `:CHAIN` line of iptables-restore empties an existing chain)."""
+        lines: dict[str, list[str]] = {"mangle": [], "filter": []}
+        for table, hook, chain in _OWN:
+            jumps, exists = self._own_jumps(tool, table, chain, hook)
+            lines[table] += jumps
+            if exists and chain not in keep:
+                lines[table] += [f"-F {chain}", f"-X {chain}"]
         return lines
 
     def plan_install(self, spec: NetSpec) -> Plan:
         steps = []
         for tool in self.families:
-            old = self._remove_lines(tool, chains=False)
+            redeclared = {QUEUE_CHAIN, REJECT_CHAIN} | (
+                {DNS_CHAIN} if spec.dns_queue is not None else set()
+            )
+            old = self._remove_lines(tool, frozenset(redeclared))
             unreach = "icmp6-port-unreachable" if tool == "ip6tables" else "icmp-port-unreachable"
             bypass = " --queue-bypass" if spec.fail_open else ""
             mark = f"-m mark --mark {REJECT_MARK:#x}/{REJECT_MASK:#x}"
@@ -172,6 +189,14 @@ class IptablesBackend:
                 f"-A {REJECT_CHAIN} {mark} -j REJECT --reject-with {unreach}",
                 f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}",
             ]
+            if spec.dns_queue is not None:
+                dns = f"-j NFQUEUE --queue-num {spec.dns_queue} --queue-bypass"
+                queue += [
+                    f":{DNS_CHAIN} - [0:0]",
+                    f"-A {DNS_CHAIN} -p udp --sport 53 {dns}",
+                    f"-A {DNS_CHAIN} -p tcp --sport 53 {dns}",
+                    f"-I INPUT 1 -m comment --comment {COMMENT} -j {DNS_CHAIN}",
+                ]
             text = _restore_text(
                 {"mangle": old["mangle"] + queue, "filter": old["filter"] + reject}
             )
@@ -181,7 +206,7 @@ class IptablesBackend:
     def plan_remove(self) -> Plan:
         steps = []
         for tool in self.families:
-            lines = self._remove_lines(tool, chains=True)
+            lines = self._remove_lines(tool)
             if any(lines.values()):
                 steps.append(
                     Step((tool + "-restore", "--noflush", "-w", "5"), _restore_text(lines))

@@ -24,6 +24,7 @@ from netfilterqueue import Packet
 
 from snitchd.decide import Verdict
 from snitchd.errors import NotAuthorized, PromptError
+from snitchd.events import Alert
 from snitchd.records import Flow, Process, Proto
 from snitchd.rules import Action, Lifetime, Rule, parse_duration
 
@@ -89,7 +90,13 @@ class Prompt:
 
 class Applier(Protocol):
     def apply(
-        self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process, now: float
+        self,
+        pkt: Packet,
+        verdict: Verdict,
+        flow: Flow,
+        proc: Process,
+        now: float,
+        host: str | None = None,
     ) -> None: ...
     def default_verdict(self, reason: str) -> Verdict: ...
     def add_answer_rule(self, rule: Rule, origin: str) -> int: ...
@@ -100,6 +107,7 @@ class Transport(Protocol):
 
     def send_prompt(self, agent: Agent, prompt: Prompt) -> None: ...
     def send_cancel(self, agent: Agent, prompt: Prompt, reason: str) -> None: ...
+    def send_alert(self, agent: Agent, alert: Alert) -> None: ...
 
 
 def parse_answer(action: str, duration: str, scope: str) -> Answer:
@@ -227,7 +235,19 @@ class Broker:
         return self._firewall
 
     # -- prompts ------------------------------------------------------------------------------
-    def ask(self, pkt: Packet, flow: Flow, proc: Process, now: float) -> None:
+    def alert(self, alert: Alert) -> None:
+        """An alert goes to every agent of its user, or of the admins for system flows."""
+        if self.transport is None:
+            return
+        uid = alert.uid
+        personal = uid is not None and uid > SYSTEM_UID_MAX
+        for agent in list(self.agents.values()):
+            if (agent.uid == uid) if personal else agent.admin:
+                self.transport.send_alert(agent, alert)
+
+    def ask(
+        self, pkt: Packet, flow: Flow, proc: Process, now: float, host: str | None = None
+    ) -> None:
         key = (proc.exe or proc.uid, flow.proto, flow.dst, flow.dport)
         prompt = self._by_key.get(key)
         if prompt is not None:
@@ -241,9 +261,13 @@ class Broker:
             return
         agent = self._route(proc)
         if agent is None:
-            self._fw.apply(pkt, self._fw.default_verdict("default: no agent"), flow, proc, now)
+            self._fw.apply(
+                pkt, self._fw.default_verdict("default: no agent"), flow, proc, now, host
+            )
             return
-        prompt = Prompt(next(self._ids), key, flow, proc, now, now + self._timeout, agent=agent)
+        prompt = Prompt(
+            next(self._ids), key, flow, proc, now, now + self._timeout, host=host, agent=agent
+        )
         prompt.packets.append(pkt)
         self.open[prompt.id] = prompt
         self._by_key[key] = prompt
@@ -289,7 +313,7 @@ class Broker:
         now = self._clock()
         for pkt in prompt.packets:
             try:
-                self._fw.apply(pkt, verdict, prompt.flow, prompt.proc, now)
+                self._fw.apply(pkt, verdict, prompt.flow, prompt.proc, now, prompt.host)
             except Exception:
                 log.exception("verdict for a held packet failed prompt=%d", prompt.id)
         if notify and prompt.agent is not None and self.transport is not None:

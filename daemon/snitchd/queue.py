@@ -26,17 +26,24 @@ COPY_RANGE = 256
 
 
 class QueueReader:
-    def __init__(self, number: int, handler: Callable[[Packet], None], max_len: int) -> None:
+    def __init__(
+        self,
+        number: int,
+        handler: Callable[[Packet], None],
+        max_len: int,
+        copy_range: int = COPY_RANGE,
+    ) -> None:
         self.number = number
         self._handler = handler
         self._max_len = max_len
+        self._copy_range = copy_range
         self._nfq: NetfilterQueue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         nfq = NetfilterQueue()
         try:
-            nfq.bind(self.number, self._handler, max_len=self._max_len, range=COPY_RANGE)
+            nfq.bind(self.number, self._handler, max_len=self._max_len, range=self._copy_range)
         except OSError as exc:
             raise BackendUnavailable(
                 f"cannot bind netfilter queue {self.number}: {exc} (is another program using "

@@ -25,7 +25,15 @@ from snitchd.errors import RuleError, RuleNotFound, StoreError
 from snitchd.records import Flow, Process
 from snitchd.rules import Lifetime, Rule, RuleRecord, parse_rule
 
-__all__ = ["SCHEMA_VERSION", "Decision", "LogQuery", "Store", "keep_unexpired"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Decision",
+    "FlowBytes",
+    "LogQuery",
+    "Store",
+    "decision_row",
+    "keep_unexpired",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +53,28 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class LogQuery:
+    """Filters of `snitchctl log`; `host` is a name or `*.domain`."""
+
     since: float | None = None
     exe: str | None = None
     action: str | None = None
+    host: str | None = None
+    uid: int | None = None
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class FlowBytes:
+    """What conntrack counted for a flow when it ended, keyed by its original 5-tuple."""
+
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    bytes_out: int
+    bytes_in: int
+    ended: float
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -83,8 +109,19 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db.table("connections").create_index(["exe", "time"])
 
 
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    """Byte accounting per flow (joined when conntrack reports its end), and the apps seen
+    so far (for the first-connection alert)."""
+    conns = db.table("connections")
+    for column in ("bytes_out", "bytes_in"):
+        conns.add_column(column, int)
+    conns.add_column("ended", float)
+    conns.create_index(["dst", "dport", "sport"])
+    db.table("apps").create({"exe": str, "first_seen": float, "sha256": str}, pk="exe")
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
-_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1,)
+_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1, _migrate_2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -218,26 +255,7 @@ class Store:
                 )
 
     def log_decisions(self, decisions: Iterable[Decision]) -> None:
-        rows = [
-            {
-                "time": d.time,
-                "pid": d.proc.pid,
-                "exe": d.proc.exe,
-                "uid": d.proc.uid,
-                "attribution": d.proc.attribution.value,
-                "proto": d.flow.proto.value,
-                "src": str(d.flow.src),
-                "sport": d.flow.sport,
-                "dst": str(d.flow.dst),
-                "dport": d.flow.dport,
-                "iface": d.flow.iface,
-                "host": d.host,
-                "action": d.action,
-                "rule_id": d.rule_id,
-                "reason": d.reason,
-            }
-            for d in decisions
-        ]
+        rows = [decision_row(d) for d in decisions]
         with self._lock, self._errors("write to"):
             self.db.table("connections").insert_all(rows)
 
@@ -253,15 +271,116 @@ class Store:
         if query.action is not None:
             where.append("action = ?")
             args.append(query.action)
+        if query.uid is not None:
+            where.append("uid = ?")
+            args.append(query.uid)
+        if query.host is not None:
+            if query.host.startswith("*."):
+                where.append("(host = ? OR host LIKE ?)")
+                args += [query.host[2:], "%." + query.host[2:]]
+            else:
+                where.append("host = ?")
+                args.append(query.host)
         with self._lock, self._errors("read"):
             rows = self.db.table("connections").rows_where(
                 " AND ".join(where) or None, args, order_by="id desc", limit=query.limit
             )
             return list(rows)[::-1]
 
+    def record_flow_ends(self, ends: Iterable[FlowBytes]) -> int:
+        """Join counters to the newest log row of the same flow; returns the rows updated."""
+        updated = 0
+        with self._lock, self._errors("write to"), self.db.atomic():
+            for end in ends:
+                cur = self.db.execute(
+                    "UPDATE connections SET bytes_out = ?, bytes_in = ?, ended = ? WHERE id = "
+                    "(SELECT id FROM connections WHERE dst = ? AND dport = ? AND sport = ? "
+                    "AND src = ? AND proto = ? ORDER BY id DESC LIMIT 1)",
+                    [
+                        end.bytes_out,
+                        end.bytes_in,
+                        end.ended,
+                        end.dst,
+                        end.dport,
+                        end.sport,
+                        end.src,
+                        end.proto,
+                    ],
+                )
+                updated += cur.rowcount
+        return updated
+
+    def top(self, since: float | None, uid: int | None = None) -> list[dict[str, Any]]:
+        """Per app: connections, blocked ones, and bytes of the flows that have ended."""
+        mine = "" if uid is None else " AND uid = ?"
+        sql = (
+            "SELECT coalesce(exe, CASE WHEN uid IS NULL THEN 'kernel' ELSE 'uid ' || uid END) "
+            "AS app, count(*) AS connections, sum(action != 'allow') AS blocked, "
+            "coalesce(sum(bytes_out), 0) AS bytes_out, coalesce(sum(bytes_in), 0) AS bytes_in, "
+            f"max(time) AS last FROM connections WHERE time >= ?{mine} GROUP BY app "
+            "ORDER BY bytes_out + bytes_in DESC, connections DESC"
+        )
+        with self._lock, self._errors("read"):
+            args: list[object] = [since or 0.0]
+            if uid is not None:
+                args.append(uid)
+            return [dict(row) for row in self.db.query(sql, args)]
+
+    def known_apps(self) -> dict[str, str | None]:
+        with self._lock, self._errors("read"):
+            return {row["exe"]: row["sha256"] for row in self.db.table("apps").rows}
+
+    def note_apps(self, apps: dict[str, tuple[float, str | None]]) -> None:
+        with self._lock, self._errors("write to"):
+            self.db.table("apps").upsert_all(
+                [{"exe": exe, "first_seen": t, "sha256": h} for exe, (t, h) in apps.items()],
+                pk="exe",
+            )
+
+    def prune(self, now: float, max_age: float, max_rows: int) -> int:
+        """Keep the log within its age and size limits; returns the rows removed."""
+        with self._lock, self._errors("prune"), self.db.atomic():
+            gone = self.db.execute("DELETE FROM connections WHERE time < ?", [now - max_age])
+            removed = gone.rowcount
+            (count,) = self.db.execute("SELECT count(*) FROM connections").fetchone()
+            if count > max_rows:
+                extra = self.db.execute(
+                    "DELETE FROM connections WHERE id IN "
+                    "(SELECT id FROM connections ORDER BY id LIMIT ?)",
+                    [count - max_rows],
+                )
+                removed += extra.rowcount
+        return int(removed)
+
+    def data_version(self) -> int:
+        """Changes when another connection (another process) commits to the file."""
+        with self._lock, self._errors("read"):
+            return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     def count_rules(self) -> int:
         with self._lock, self._errors("read"):
             return int(self.db.table("rules").count) + len(self._memory)
+
+
+def decision_row(d: Decision) -> dict[str, Any]:
+    """A decision as a connection-log row (and as the monitor's signal shows it)."""
+    return {
+        "time": d.time,
+        "pid": d.proc.pid,
+        "exe": d.proc.exe,
+        "uid": d.proc.uid,
+        "attribution": d.proc.attribution.value,
+        "proto": d.flow.proto.value,
+        "src": str(d.flow.src),
+        "sport": d.flow.sport,
+        "dst": str(d.flow.dst),
+        "dport": d.flow.dport,
+        "iface": d.flow.iface,
+        "host": d.host,
+        "action": d.action,
+        "rule_id": d.rule_id,
+        "reason": d.reason,
+    }
 
 
 def keep_unexpired(now: float, alive: Callable[[int, float], bool]) -> Callable[[RuleRecord], bool]:

@@ -90,6 +90,10 @@ class _TerminalAgent:
         if len(self.queue) == 1:
             self.show()
 
+    def on_alert(self, alert: dict[str, object]) -> None:
+        print(f"\n!! snitch alert ({alert.get('kind')}): {alert.get('message')}", file=self.out)
+        self.show()
+
     def on_cancel(self, prompt_id: int, reason: str) -> None:
         was_current = bool(self.queue) and self.queue[0].id == prompt_id
         self.queue = [p for p in self.queue if p.id != prompt_id]
@@ -118,7 +122,7 @@ class _TerminalAgent:
 
 async def run_agent(client: Client, out: TextIO = sys.stdout) -> int:
     agent = _TerminalAgent(client, out, time.time)
-    uid = await register(client, AgentService(agent.on_prompt, agent.on_cancel))
+    uid = await register(client, AgentService(agent.on_prompt, agent.on_cancel, agent.on_alert))
     print(f"snitch agent for uid {uid}: waiting for prompts (Ctrl-C to stop)", file=out, flush=True)
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()

@@ -5,7 +5,8 @@ Topology (documentation addresses only; nothing leaves the machine)::
     client netns (snitchd runs here)            server netns (netserver.py)
       veth0 192.0.2.1/24  2001:db8:1::1/64  <->  192.0.2.2/24  2001:db8:1::2/64
       veth1 198.51.100.1/24                 <->  198.51.100.2/24
-      route 203.0.113.0/24 via 198.51.100.2      203.0.113.7/32 on lo
+      route 203.0.113.0/24 via 198.51.100.2      203.0.113.7-9/32 on lo
+                                                 dnsserver.py on UDP 53 (example.org zone)
 
 Every namespace, daemon, bus and temp dir is removed afterwards, even when a test fails; only
 processes this fixture started are ended, by pid. Queue rules exist only inside the client
@@ -36,7 +37,7 @@ VENV_BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 TCP_PORTS = "22,53,80,443,8080,9000"
-UDP_PORTS = "53,9000"
+UDP_PORTS = "9000"
 
 if os.geteuid() != 0:
     pytest.skip("integration tests need root (network namespaces)", allow_module_level=True)
@@ -105,6 +106,7 @@ class Lab:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.daemon_log = tmp / "snitchd.log"
         self.server_proc: subprocess.Popen[str] | None = None
+        self.dns_proc: subprocess.Popen[str] | None = None
         self.db = tmp / "snitch.db"
         self.config_path = tmp / "snitchd.toml"
         self.expect_errors = False
@@ -141,7 +143,8 @@ class Lab:
         self.ns(s, "ip", "-6", "addr", "add", "2001:db8:1::2/64", "dev", "veth0", "nodad")
         for ns in (c, s):
             self.ns(ns, "ip", "link", "set", "lo", "up")
-        self.ns(s, "ip", "addr", "add", "203.0.113.7/32", "dev", "lo")
+        for last in (7, 8, 9):
+            self.ns(s, "ip", "addr", "add", f"203.0.113.{last}/32", "dev", "lo")
         self.ns(c, "ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.2")
         self.server_proc = subprocess.Popen(
             [
@@ -160,9 +163,16 @@ class Lab:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        assert self.server_proc.stdout is not None
-        line = self.server_proc.stdout.readline()
-        assert line.strip() == "ready", f"server did not start: {line!r}"
+        self.dns_proc = subprocess.Popen(
+            ["ip", "netns", "exec", s, PYTHON, str(HERE / "dnsserver.py")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for proc in (self.server_proc, self.dns_proc):
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.strip() == "ready", f"server did not start: {line!r}"
         self.bus = Bus()
 
     def ns(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -324,11 +334,12 @@ class Lab:
         try:
             self.stop_daemon()
         finally:
-            if self.server_proc is not None:
-                self.server_proc.kill()
-                self.server_proc.wait()
-                if self.server_proc.stdout is not None:
-                    self.server_proc.stdout.close()
+            for proc in (self.server_proc, self.dns_proc):
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
+                    if proc.stdout is not None:
+                        proc.stdout.close()
             if self.bus is not None:
                 self.bus.stop()
             for ns in (self.client, self.server):

@@ -64,8 +64,24 @@ async def agent(running: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         a.stop()
 
 
+_SPAWNED: list[asyncio.subprocess.Process] = []
+
+
+@pytest.fixture(autouse=True)
+async def _end_clients() -> AsyncIterator[None]:
+    """Clients a failed test left running are ended (by pid) and reaped."""
+    try:
+        yield
+    finally:
+        while _SPAWNED:
+            proc = _SPAWNED.pop()
+            if proc.returncode is None:
+                proc.kill()
+            await proc.communicate()
+
+
 async def client(lab: Lab, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         "ip",
         "netns",
         "exec",
@@ -75,6 +91,8 @@ async def client(lab: Lab, *args: str) -> asyncio.subprocess.Process:
         *args,
         stdout=asyncio.subprocess.PIPE,
     )
+    _SPAWNED.append(proc)
+    return proc
 
 
 async def outcome(proc: asyncio.subprocess.Process) -> str:
@@ -190,6 +208,7 @@ async def test_twenty_parallel_connections_one_prompt(running: Lab, agent: TestA
         script,
         stdout=asyncio.subprocess.PIPE,
     )
+    _SPAWNED.append(proc)
     prompt = await agent.next_prompt()
     await asyncio.sleep(0.5)
     await agent.answer(prompt, "allow", "once")

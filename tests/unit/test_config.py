@@ -50,6 +50,11 @@ def test_every_key_can_be_set() -> None:
         "stay_closed_when_stopped": True,
         "queue_max_len": 16,
         "log_level": "debug",
+        "snoop_dns": False,
+        "dns_queue": 7,
+        "dns_grace": 0,
+        "log_max_days": 0.5,
+        "log_max_rows": 100,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     config = parse_config(data)
