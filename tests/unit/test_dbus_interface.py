@@ -1,0 +1,61 @@
+"""The D-Bus interfaces are an API: docs/org.snitch.Firewall1.xml pins them.
+
+A change to a method's name or signature must be a deliberate change of that file (clients,
+agents and the notifier depend on it), so this test compares the introspection of the real
+service classes with the committed document.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from snitchd.agent import AgentService
+from snitchd.api import FirewallService
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "org.snitch.Firewall1.xml"
+HEADER = (
+    "<!-- snitch's D-Bus API, generated from the service classes and pinned by\n"
+    "     tests/unit/test_dbus_interface.py. org.snitch.Firewall1 is served by snitchd at\n"
+    "     /org/snitch/Firewall1 on the system bus; org.snitch.Agent1 is served by each agent\n"
+    "     (snitchctl agent, snitch-notifier) at /org/snitch/Agent1 on its own connection.\n"
+    "     Monitor() subscribes the caller to the signal Decision(a{sv}), sent to it alone. -->\n"
+)
+
+
+def current_xml() -> str:
+    node = ET.Element("node")
+    firewall = FirewallService(None, None, "")  # type: ignore[arg-type]
+    agent = AgentService(lambda p: None, lambda i, r: None)
+    for service in (firewall, agent):
+        node.append(service.introspect().to_xml())
+    ET.indent(node)
+    return HEADER + ET.tostring(node, encoding="unicode") + "\n"
+
+
+def test_interfaces_match_the_committed_document() -> None:
+    assert DOC.read_text() == current_xml(), (
+        "the D-Bus API changed; if that is intended, write current_xml() to " + str(DOC)
+    )
+
+
+def test_the_members_clients_use_exist() -> None:
+    """snitchctl, the terminal agent and the notifier call these by name."""
+    xml = current_xml()
+    for member in (
+        "AddRule",
+        "DeleteRule",
+        "ListRules",
+        "Explain",
+        "Status",
+        "Log",
+        "Top",
+        "Monitor",
+        "RegisterAgent",
+        "AnswerPrompt",
+        "ListPrompts",
+        "Prompt",
+        "Cancel",
+        "Alert",
+    ):
+        assert f'name="{member}"' in xml
