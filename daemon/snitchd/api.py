@@ -28,6 +28,7 @@ from dbus_fast.service import ServiceInterface, dbus_method
 
 from snitchd import __version__
 from snitchd.access import is_admin
+from snitchd.client import call_bus_daemon
 from snitchd.decide import PRECEDENCE
 from snitchd.errors import DBUS_ERROR_PREFIX, NotAuthorized, RuleError, SnitchError
 from snitchd.events import Alert
@@ -216,16 +217,7 @@ class FirewallService(ServiceInterface):
         sender = _sender.get()
         uid = self._uids.get(sender)
         if uid is None:
-            reply = await self.bus.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="GetConnectionUnixUser",
-                    signature="s",
-                    body=[sender],
-                )
-            )
+            reply = await call_bus_daemon(self.bus, "GetConnectionUnixUser", "s", [sender])
             if reply.message_type is not MessageType.METHOD_RETURN:
                 raise NotAuthorized(f"cannot identify caller {sender}")
             uid = int(reply.body[0])
@@ -475,16 +467,8 @@ async def serve(firewall: Firewall, backend: str) -> MessageBus:
             service.name_lost(msg.body[0])
 
     bus.add_message_handler(on_signal)
-    await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=["type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"],
-        )
-    )
+    owner_changes = "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"
+    await call_bus_daemon(bus, "AddMatch", "s", [owner_changes])
     try:
         reply = await bus.request_name(BUS_NAME)
     except DBusError as exc:

@@ -21,7 +21,7 @@ from snitchd.errors import (
     error_for_code,
 )
 
-__all__ = ["Client", "plain"]
+__all__ = ["Client", "call_bus_daemon", "plain"]
 
 BUS_NAME = "org.snitch.Firewall1"
 OBJECT_PATH = "/org/snitch/Firewall1"
@@ -33,6 +33,22 @@ _UNREACHABLE = (
     "org.freedesktop.DBus.Error.NoReply",
     "org.freedesktop.DBus.Error.Disconnected",
 )
+
+
+async def call_bus_daemon(bus: MessageBus, member: str, signature: str, body: list[Any]) -> Message:
+    """A call to the bus itself (org.freedesktop.DBus): caller identity, match rules."""
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member=member,
+            signature=signature,
+            body=body,
+        )
+    )
+    assert reply is not None
+    return reply
 
 
 def plain(value: Any) -> Any:

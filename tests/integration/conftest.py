@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -94,6 +96,35 @@ class Bus:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Terminal:
+    """A program on a pseudo-terminal, read the way a person reads the screen."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
+        )
+        os.close(slave)
+        self.screen = b""
+
+    def read_until(self, marker: bytes, timeout: float = 10) -> str:
+        end = time.monotonic() + timeout
+        while marker not in self.screen and time.monotonic() < end:
+            if select.select([self.master], [], [], 0.2)[0]:
+                self.screen += os.read(self.master, 4096)
+        text = self.screen.decode(errors="replace")
+        assert marker in self.screen, text
+        return text
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        os.close(self.master)
 
 
 class Lab:
@@ -273,6 +304,14 @@ class Lab:
 
     def py(self, mode: str, host: str, port: int, *extra: str) -> str:
         return self.client_run(PYTHON, str(HERE / "netclient.py"), mode, host, str(port), *extra)
+
+    def spawn_client(self, *args: str) -> subprocess.Popen[str]:
+        """netclient.py in the background (the caller reads its stdout and reaps it)."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.client, PYTHON, str(HERE / "netclient.py"), *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def curl(self, url: str) -> str:
         """What curl saw: connected, refused or timeout (by its exit status)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HERE, PYTHON, ROOT, VENV_BIN, Lab
+from conftest import PYTHON, ROOT, VENV_BIN, Lab
 
 JUMPS = "-A OUTPUT -m comment --comment snitch"
 
@@ -138,23 +138,7 @@ def test_sigterm_with_packets_held_gives_them_the_default(running: Lab) -> None:
         assert agent.stdout is not None
         try:
             assert agent.stdout.readline().strip() == "ready"
-            with subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    running.client,
-                    PYTHON,
-                    str(HERE / "netclient.py"),
-                    "tcp",
-                    "192.0.2.2",
-                    "80",
-                    "--timeout",
-                    "20",
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            ) as client:
+            with running.spawn_client("tcp", "192.0.2.2", "80", "--timeout", "20") as client:
                 assert agent.stdout.readline().strip() == "prompt"
                 start = time.monotonic()
                 assert running.stop_daemon() == 0

@@ -7,9 +7,6 @@ documentation addresses; clients resolve, then connect, as real programs do.
 from __future__ import annotations
 
 import asyncio
-import os
-import pty
-import select
 import subprocess
 import time
 from typing import Any
@@ -18,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PYTHON, VENV_BIN, Lab, python_exe
+from conftest import PYTHON, VENV_BIN, Lab, Terminal, python_exe
 from snitchd.agent import AgentService, register
 from snitchd.client import Client
 
@@ -161,36 +158,15 @@ def test_rules_changed_outside_snitch_raise_an_alert(running: Lab) -> None:
 
 def test_monitor_in_a_terminal_shows_live_connections(running: Lab) -> None:
     running.add_rule("allow port=80")
-    master, slave = pty.openpty()
-    monitor = subprocess.Popen(
-        [str(VENV_BIN / "snitchctl"), "monitor"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=running.env,
-        close_fds=True,
-    )
-    os.close(slave)
-    screen = b""
-
-    def read_until(marker: bytes, timeout: float = 10) -> None:
-        nonlocal screen
-        end = time.monotonic() + timeout
-        while marker not in screen and time.monotonic() < end:
-            if select.select([master], [], [], 0.2)[0]:
-                screen += os.read(master, 4096)
-        assert marker in screen, screen.decode(errors="replace")
-
+    terminal = Terminal([str(VENV_BIN / "snitchctl"), "monitor"], running.env)
     try:
-        read_until(b"monitoring new connections")
+        terminal.read_until(b"monitoring new connections")
         assert running.py("tcp", "192.0.2.2", 80) == "connected"
-        read_until(b"192.0.2.2:80")
-        line = next(ln for ln in screen.decode().splitlines() if "192.0.2.2:80" in ln)
+        text = terminal.read_until(b"192.0.2.2:80")
+        line = next(ln for ln in text.splitlines() if "192.0.2.2:80" in ln)
         assert "allow" in line and python_exe() in line and "[rule " in line
     finally:
-        monitor.terminate()
-        monitor.wait(10)
-        os.close(master)
+        terminal.close()
 
 
 def test_top_shows_the_bytes_a_client_really_moved(running: Lab) -> None:

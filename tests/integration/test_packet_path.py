@@ -6,10 +6,9 @@ Each test asserts what the client saw (connected, refused, timed out) and what s
 
 from __future__ import annotations
 
-import subprocess
 import time
 
-from conftest import HERE, PYTHON, Lab, curl_exe, python_exe
+from conftest import Lab, curl_exe, python_exe
 
 
 def _rows_for(lab: Lab, dport: int, dst: str) -> list[dict[str, object]]:
@@ -100,34 +99,15 @@ def test_rule_added_while_running_applies_and_open_connection_survives(running: 
     """A new rule applies to the next new flow; an established connection is not cut, because
     only conntrack-NEW packets ever reach the queue."""
     running.add_rule("allow port=80")
-    holder = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            running.client,
-            PYTHON,
-            str(HERE / "netclient.py"),
-            "tcp",
-            "192.0.2.2",
-            "80",
-            "--hold",
-            "2.5",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with running.spawn_client("tcp", "192.0.2.2", "80", "--hold", "2.5") as holder:
         assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "connected"
-        running.add_rule("deny port=80 proto=tcp")
-        assert running.py("tcp", "192.0.2.2", 80, "--timeout", "1") == "timeout"
-        assert holder.stdout.readline().strip() == "held"
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
+        try:
+            assert holder.stdout.readline().strip() == "connected"
+            running.add_rule("deny port=80 proto=tcp")
+            assert running.py("tcp", "192.0.2.2", 80, "--timeout", "1") == "timeout"
+            assert holder.stdout.readline().strip() == "held"
+        finally:
+            holder.kill()
 
 
 def test_ufw_policy_expressed_as_rules(running: Lab) -> None:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import pty
-import select
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab, python_exe
+from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal, python_exe
 from snitchd.agent import AgentService, PromptView, register
 from snitchd.client import Client
 
@@ -281,55 +278,17 @@ async def test_other_user_cannot_answer_or_see_a_prompt(running: Lab, agent: Tes
 
 def test_snitchctl_agent_answers_in_a_terminal(running: Lab) -> None:
     """`snitchctl agent` in a pseudo-terminal shows the prompt and takes a typed answer."""
-    master, slave = pty.openpty()
-    agent = subprocess.Popen(
-        [str(VENV_BIN / "snitchctl"), "agent"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=running.env,
-        close_fds=True,
-    )
-    os.close(slave)
-    screen = b""
-
-    def read_until(marker: bytes, timeout: float = 10) -> None:
-        nonlocal screen
-        end = time.monotonic() + timeout
-        while marker not in screen and time.monotonic() < end:
-            if select.select([master], [], [], 0.2)[0]:
-                screen += os.read(master, 4096)
-        assert marker in screen, screen.decode(errors="replace")
-
+    terminal = Terminal([str(VENV_BIN / "snitchctl"), "agent"], running.env)
     try:
-        read_until(b"waiting for prompts")
-        proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                running.client,
-                PYTHON,
-                str(HERE / "netclient.py"),
-                "tcp",
-                "192.0.2.2",
-                "443",
-                "--timeout",
-                "10",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        read_until(b"answer> ")
-        text = screen.decode()
-        assert "192.0.2.2 port 443/tcp" in text and python_exe() in text
-        os.write(master, b"a 15m host\n")
-        read_until(b"rule ")
-        out, _ = proc.communicate(timeout=20)
+        terminal.read_until(b"waiting for prompts")
+        with running.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "10") as proc:
+            text = terminal.read_until(b"answer> ")
+            assert "192.0.2.2 port 443/tcp" in text and python_exe() in text
+            terminal.type("a 15m host\n")
+            terminal.read_until(b"rule ")
+            out, _ = proc.communicate(timeout=20)
         assert out.strip() == "connected"
         rules = running.ctl_json("list-rules")
         assert rules[0]["text"].startswith(f"allow app={python_exe()} to=192.0.2.2 for=15m")
     finally:
-        agent.terminate()
-        agent.wait(10)
-        os.close(master)
+        terminal.close()
