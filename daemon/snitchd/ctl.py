@@ -271,7 +271,13 @@ async def _monitor(client: Client, args: argparse.Namespace) -> int:
 
 async def _status(client: Client, args: argparse.Namespace) -> int:
     status = await client.status()
-    _out(args, status, lambda: "\n".join(f"{k}: {v}" for k, v in sorted(status.items())))
+
+    def text() -> str:
+        shown = dict(status)
+        shown["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
+        return "\n".join(f"{k}: {v}" for k, v in sorted(shown.items()))
+
+    _out(args, status, text)
     return 0
 
 

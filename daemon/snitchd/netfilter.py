@@ -80,7 +80,6 @@ class Backend(Protocol):
     def plan_install(self, spec: NetSpec) -> Plan: ...
     def plan_remove(self) -> Plan: ...
     def apply(self, plan: Plan) -> None: ...
-    def installed(self) -> bool: ...
 
 
 def _run(argv: tuple[str, ...], stdin: str = "") -> str:
@@ -219,9 +218,6 @@ class IptablesBackend:
                 _run(step.argv, step.stdin)
             except BackendFailed as exc:
                 raise BackendFailed(_explain_kernel_error(str(exc))) from None
-
-    def installed(self) -> bool:
-        return any(self._own_jumps(tool, "mangle", QUEUE_CHAIN)[0] for tool in self.families)
 
 
 def _restore_text(tables: dict[str, list[str]]) -> str:

@@ -357,10 +357,6 @@ class Store:
         with self._lock, self._errors("read"):
             return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
-    def count_rules(self) -> int:
-        with self._lock, self._errors("read"):
-            return int(self.db.table("rules").count) + len(self._memory)
-
 
 def decision_row(d: Decision) -> dict[str, Any]:
     """A decision as a connection-log row (and as the monitor's signal shows it)."""
