@@ -1,0 +1,238 @@
+"""The agent's bus side: dbus-fast on its own asyncio loop in a worker thread, talking to Qt
+through signals.
+
+Why a thread and not one loop: `PySide6.QtAsyncio` (the Qt-driven asyncio loop) is not part of
+PySide6-Essentials 6.12 — `import PySide6.QtAsyncio` raises ModuleNotFoundError in our venv —
+and it is a technical preview whose loop must also serve dbus-fast's `loop.add_reader` socket
+I/O. A plain asyncio loop in one thread and Qt's loop in the GUI thread need no third-party
+glue, and a slow or blocked bus call can never freeze the window. The crossing is explicit:
+GUI → worker with `asyncio.run_coroutine_threadsafe`, worker → GUI by emitting this QObject's
+signals, which Qt delivers as queued calls in the receiver's (GUI) thread — connect them with
+`Qt.ConnectionType.QueuedConnection` to say so. Records only cross, never dicts or Variants.
+
+The bridge stays registered (`registration.stay_registered`: waits for snitchd, registers
+again after it restarts) and reconnects when the bus itself goes away. It decides nothing and
+holds no prompt state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_fast import Variant
+from PySide6.QtCore import QObject, Signal
+
+from snitch_notifier.choices import Answer
+from snitch_notifier.registration import Listener, stay_registered
+from snitchd.agent import AgentService
+from snitchd.client import Client
+from snitchd.errors import DaemonUnreachable, SnitchError
+
+__all__ = ["AgentBridge", "LogRow", "RuleRow"]
+
+log = logging.getLogger(__name__)
+
+_MAX_RETRY = 60.0  # seconds between attempts to reach a bus that keeps failing
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRow:
+    id: int
+    text: str
+    hits: int
+    last_hit: float | None
+    origin: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RuleRow:
+        return cls(
+            int(d["id"]),
+            str(d["text"]),
+            int(d.get("hits", 0)),
+            d.get("last_hit"),
+            str(d.get("origin", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """One decision of the connection log, as the "recent connections" window shows it."""
+
+    time: float
+    exe: str | None
+    pid: int | None
+    proto: str
+    dst: str
+    dport: int | None
+    action: str
+    reason: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LogRow:
+        return cls(
+            float(d["time"]),
+            d.get("exe"),
+            d.get("pid"),
+            str(d.get("proto", "")),
+            str(d.get("dst", "")),
+            d.get("dport"),
+            str(d.get("action", "")),
+            str(d.get("reason", "")),
+        )
+
+
+class AgentBridge(QObject):
+    """Owns the worker thread; every public method may be called from the GUI thread."""
+
+    registered = Signal(int)  # the uid snitchd routes prompts of
+    prompt_arrived = Signal(object)  # PromptView
+    prompt_cancelled = Signal(object, str)  # prompt id, reason
+    alert_arrived = Signal(object)  # dict: kind, message, time, uid, exe
+    daemon_gone = Signal(str)  # why every shown prompt is void
+    answered = Signal(object, object)  # Answer, rule id (-1: once)
+    answer_failed = Signal(object, str)  # Answer, why snitchd did not take it
+    rules_listed = Signal(object)  # list[RuleRow]
+    rule_deleted = Signal(object)  # rule id
+    log_listed = Signal(object)  # list[LogRow]
+    failed = Signal(str, str)  # request ("connect", "answer", "rules", …), message people read
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Client]] = Client.connect,
+        retry_seconds: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self._connect = connect
+        self._retry = retry_seconds
+        self._thread = threading.Thread(target=self._run, name="snitch-bus", daemon=True)
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._client: Client | None = None
+
+    # -- life cycle (GUI thread) ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(10)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Leave the bus (snitchd then gives this agent's prompts to another, or the default)."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and self._thread.is_alive():
+            loop.call_soon_threadsafe(stop.set)
+            self._thread.join(timeout)
+
+    # -- requests (GUI thread) ------------------------------------------------------------------
+    def answer(self, answer: Answer) -> None:
+        self._submit("answer", self._answer(answer))
+
+    def list_rules(self) -> None:
+        self._submit("rules", self._list_rules())
+
+    def delete_rule(self, rule_id: int) -> None:
+        self._submit("delete", self._delete_rule(rule_id))
+
+    def recent_log(self, limit: int = 200) -> None:
+        self._submit("log", self._recent_log(limit))
+
+    def _submit(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
+        loop = self._loop
+        if loop is None or not self._thread.is_alive():
+            coro.close()
+            self.failed.emit(what, "the notifier is not connected to the system bus")
+            return
+        asyncio.run_coroutine_threadsafe(self._guard(what, coro), loop)
+
+    async def _guard(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except SnitchError as exc:
+            log.warning("request failed what=%s: %s", what, exc.message)
+            self.failed.emit(what, exc.message)
+        except Exception:
+            log.exception("request failed unexpectedly what=%s", what)
+            self.failed.emit(what, "internal error: see the notifier's log")
+
+    def _need_client(self) -> Client:
+        if self._client is None:
+            raise DaemonUnreachable("not connected to snitchd (is it running?)")
+        return self._client
+
+    async def _answer(self, answer: Answer) -> None:
+        try:
+            rule_id = await self._need_client().answer_prompt(
+                answer.prompt_id, answer.action.value, answer.duration, answer.scope
+            )
+        except SnitchError as exc:
+            self.answer_failed.emit(answer, exc.message)
+            raise
+        log.info(
+            "answered prompt=%d action=%s duration=%s scope=%s rule=%d",
+            answer.prompt_id,
+            answer.action.value,
+            answer.duration,
+            answer.scope,
+            rule_id,
+        )
+        self.answered.emit(answer, rule_id)
+
+    async def _list_rules(self) -> None:
+        rows = await self._need_client().list_rules()
+        self.rules_listed.emit([RuleRow.from_dict(r) for r in rows])
+
+    async def _delete_rule(self, rule_id: int) -> None:
+        await self._need_client().delete_rule(rule_id)
+        log.info("rule deleted id=%d", rule_id)
+        self.rule_deleted.emit(rule_id)
+
+    async def _recent_log(self, limit: int) -> None:
+        rows = await self._need_client().log({"limit": Variant("x", limit)})
+        self.log_listed.emit([LogRow.from_dict(r) for r in rows])
+
+    # -- the worker thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        delay = self._retry
+        while not self._stop.is_set():
+            try:
+                client = await self._connect()
+                delay = self._retry
+                try:
+                    await self._session(client)
+                finally:
+                    self._client = None
+                    client.close()
+            except SnitchError as exc:
+                log.warning("no bus connection: %s (again in %.0f s)", exc.message, delay)
+                self.failed.emit("connect", exc.message)
+            except Exception:
+                log.exception("bus connection failed unexpectedly (again in %.0f s)", delay)
+                self.failed.emit("connect", "internal error: see the notifier's log")
+            if not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, _MAX_RETRY)
+
+    async def _session(self, client: Client) -> None:
+        assert self._stop is not None
+        self._client = client
+        service = AgentService(
+            self.prompt_arrived.emit, self.prompt_cancelled.emit, self.alert_arrived.emit
+        )
+        listener = Listener(
+            registered=self.registered.emit,
+            failed=lambda message: self.failed.emit("register", message),
+            daemon_gone=self.daemon_gone.emit,
+        )
+        await stay_registered(client, service, listener, self._stop)

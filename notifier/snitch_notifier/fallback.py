@@ -1,0 +1,240 @@
+"""Asking without a window: desktop notifications with Allow and Deny buttons.
+
+When Qt cannot start (no display, a broken display, PySide6 not installed) the notifier still
+registers as the user's agent and shows each prompt through `org.freedesktop.Notifications` on
+the session bus (the Desktop Notifications spec: `Notify` with an actions list, the
+`ActionInvoked` and `NotificationClosed` signals). A notification has room for two buttons, so
+an answer has the popup's default duration and scope (forever, this host and port) and the body
+says so; anything finer is for the popup or `snitchctl agent`. A notification closed without a
+button leaves the prompt to snitchd's timeout and default. Everything runs on one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from snitch_notifier.choices import DEFAULT_DURATION, DEFAULT_SCOPE, Action, Answer
+from snitch_notifier.identity import GENERIC_ICON, AppIdentity, desktop_identity
+from snitch_notifier.registration import Listener, disconnected, stay_registered
+from snitchd.agent import AgentService, PromptView
+from snitchd.client import Client
+from snitchd.errors import SnitchError
+
+__all__ = ["ACTIONS", "NotificationPrompter", "run_notifications"]
+
+log = logging.getLogger(__name__)
+
+NOTIFICATIONS = "org.freedesktop.Notifications"
+NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
+ACTIONS = ["allow", "Allow", "deny", "Deny"]  # key, label pairs, as the spec lays them out
+_URGENT = 2
+_SIGNALS = ("ActionInvoked", "NotificationClosed")
+
+
+class NotificationPrompter:
+    """Prompts → notifications, button presses → answers.
+
+    Args:
+        answer: sends an answer to snitchd (`Client.answer_prompt` in the real agent).
+    """
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        answer: Callable[[Answer], Awaitable[None]],
+        clock: Callable[[], float] = time.time,
+        identify: Callable[[str | None], AppIdentity] = desktop_identity,
+    ) -> None:
+        self.bus = bus
+        self._answer = answer
+        self._clock = clock
+        self._identify = identify
+        self.shown: dict[int, int] = {}  # notification id → prompt id
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen for the server's button and close signals (they are broadcast)."""
+        self.bus.add_message_handler(self._on_message)
+        for member in _SIGNALS:
+            await self._call_bus(
+                "AddMatch", f"type='signal',interface='{NOTIFICATIONS}',member='{member}'"
+            )
+
+    def on_prompt(self, prompt: PromptView) -> None:
+        self._spawn(self._notify(prompt), f"notify-{prompt.id}")
+
+    def on_cancel(self, prompt_id: int, reason: str) -> None:
+        for notification, shown in list(self.shown.items()):
+            if shown == prompt_id:
+                del self.shown[notification]
+                self._spawn(self._close(notification), f"close-{notification}")
+
+    def forget_all(self) -> None:
+        """snitchd left: its prompts are void, so their notifications go."""
+        for notification in list(self.shown):
+            del self.shown[notification]
+            self._spawn(self._close(notification), f"close-{notification}")
+
+    async def drain(self) -> None:
+        """Wait for notifications and answers in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("notification %s failed: %s", task.get_name(), task.exception())
+
+    async def _notify(self, prompt: PromptView) -> None:
+        app = self._identify(prompt.exe)
+        left = max(1, round(prompt.deadline - self._clock()))
+        body = "\n".join(
+            [
+                f"{prompt.who}  (pid {prompt.pid}, user {prompt.user or prompt.uid})",
+                f"→ {prompt.destination}",
+                "Allow or Deny makes a rule for this host and port, forever.",
+                f"No answer in {left} s: {prompt.default_action}.",
+            ]
+        )
+        reply = await self.bus.call(
+            Message(
+                destination=NOTIFICATIONS,
+                path=NOTIFICATIONS_PATH,
+                interface=NOTIFICATIONS,
+                member="Notify",
+                signature="susssasa{sv}i",
+                body=[
+                    "snitch",
+                    0,
+                    app.icon if app.icon != GENERIC_ICON else "security-high",
+                    f"{app.name} wants to connect to {prompt.host or prompt.dst}",
+                    body,
+                    ACTIONS,
+                    {
+                        "urgency": Variant("y", _URGENT),
+                        "desktop-entry": Variant("s", "snitch-notifier"),
+                    },
+                    left * 1000,
+                ],
+            )
+        )
+        _check(reply, "Notify")
+        assert reply is not None
+        self.shown[int(reply.body[0])] = prompt.id
+        log.info("prompt shown as notification prompt=%d id=%d", prompt.id, reply.body[0])
+
+    async def _close(self, notification: int) -> None:
+        reply = await self.bus.call(
+            Message(
+                destination=NOTIFICATIONS,
+                path=NOTIFICATIONS_PATH,
+                interface=NOTIFICATIONS,
+                member="CloseNotification",
+                signature="u",
+                body=[notification],
+            )
+        )
+        _check(reply, "CloseNotification")
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type is not MessageType.SIGNAL or msg.interface != NOTIFICATIONS:
+            return
+        notification = int(msg.body[0])
+        prompt_id = self.shown.pop(notification, None)
+        if prompt_id is None or msg.member != "ActionInvoked":
+            return
+        key = str(msg.body[1])
+        if key not in ("allow", "deny"):
+            log.warning("unknown notification action %r: leaving prompt=%d", key, prompt_id)
+            return
+        answer = Answer(prompt_id, Action(key), DEFAULT_DURATION, DEFAULT_SCOPE)
+        self._spawn(self._answer(answer), f"answer-{prompt_id}")
+
+    async def _call_bus(self, member: str, arg: str) -> None:
+        reply = await self.bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member=member,
+                signature="s",
+                body=[arg],
+            )
+        )
+        _check(reply, member)
+
+
+def _check(reply: Message | None, what: str) -> None:
+    if reply is None or reply.message_type is MessageType.ERROR:
+        detail: Any = reply.body if reply is not None else "no reply"
+        raise SnitchError(f"notification server: {what} failed: {detail}")
+
+
+async def run_notifications() -> int:
+    """The whole agent without a window: system bus to snitchd, session bus to notifications."""
+    try:
+        session = await MessageBus(bus_type=BusType.SESSION).connect()
+    except Exception as exc:  # dbus-fast raises anything from KeyError to AuthError here
+        log.error(
+            "no session bus for notifications either (DBUS_SESSION_BUS_ADDRESS=%s, %s: %s): "
+            "nothing can show prompts here; use `snitchctl agent` in a terminal",
+            os.environ.get("DBUS_SESSION_BUS_ADDRESS", "unset"),
+            type(exc).__name__,
+            exc,
+        )
+        return 1
+    try:
+        client = await Client.connect()
+    except SnitchError as exc:
+        session.disconnect()
+        log.error("%s: cannot ask about connections", exc.message)
+        return 1
+
+    async def send(answer: Answer) -> None:
+        try:
+            rule_id = await client.answer_prompt(
+                answer.prompt_id, answer.action.value, answer.duration, answer.scope
+            )
+        except SnitchError as exc:
+            log.warning("not answered prompt=%d: %s", answer.prompt_id, exc.message)
+        else:
+            log.info(
+                "answered prompt=%d action=%s rule=%d",
+                answer.prompt_id,
+                answer.action.value,
+                rule_id,
+            )
+
+    prompter = NotificationPrompter(session, send)
+    await prompter.start()
+    service = AgentService(prompter.on_prompt, prompter.on_cancel)
+    listener = Listener(
+        registered=lambda uid: log.info("prompts of uid=%d go to desktop notifications", uid),
+        failed=lambda message: None,  # already logged; we wait for snitchd
+        daemon_gone=lambda reason: prompter.forget_all(),
+    )
+    stop = asyncio.Event()
+    session_gone = disconnected(session)
+    session_gone.add_done_callback(lambda _: stop.set())
+    try:
+        await stay_registered(client, service, listener, stop)
+    finally:
+        session_gone.cancel()
+        client.close()
+        session.disconnect()
+    log.warning("a bus went away: stopping (the service manager restarts the notifier)")
+    return 1

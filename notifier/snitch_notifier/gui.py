@@ -1,0 +1,83 @@
+"""The popup application: one QApplication, the prompt window, the tray, the bus bridge.
+
+`wire` is the whole contract between the bus side and the window, and tests use it as is.
+Bridge → window connections are queued (the bridge emits from its worker thread); window →
+bridge calls are direct, since the bridge's methods only hand work to its loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+
+from PySide6.QtCore import QSocketNotifier, Qt
+from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+
+from snitch_notifier.bridge import AgentBridge
+from snitch_notifier.icons import snitch_icon, use_desktop_icon_theme
+from snitch_notifier.popup import PromptWindow
+from snitch_notifier.tray import Tray
+from snitchd.agent import PromptView
+
+__all__ = ["run_popup", "wire"]
+
+log = logging.getLogger(__name__)
+
+
+def wire(bridge: AgentBridge, window: PromptWindow) -> None:
+    queued = Qt.ConnectionType.QueuedConnection
+    bridge.prompt_arrived.connect(window.add_prompt, queued)
+    bridge.prompt_cancelled.connect(window.cancel_prompt, queued)
+    bridge.daemon_gone.connect(window.clear, queued)
+    bridge.answer_failed.connect(window.answer_failed, queued)
+    window.answered.connect(bridge.answer)
+    window.expired.connect(_log_expired)
+
+
+def _log_expired(prompt: PromptView) -> None:
+    log.info(
+        "prompt=%d not answered in time: snitchd applies the default (%s)",
+        prompt.id,
+        prompt.default_action,
+    )
+
+
+def run_popup() -> int:
+    app = QApplication(sys.argv[:1])
+    app.setApplicationName("snitch-notifier")
+    app.setDesktopFileName("snitch-notifier")
+    app.setQuitOnLastWindowClosed(False)  # the popup hides between prompts
+    use_desktop_icon_theme()
+    app.setWindowIcon(snitch_icon())
+    window = PromptWindow()
+    bridge = AgentBridge()
+    wire(bridge, window)
+    if QSystemTrayIcon.isSystemTrayAvailable():
+        tray = Tray(bridge, window)  # lives as long as this frame, i.e. the app
+        tray.icon.show()
+    else:
+        log.info("no system tray here: the popup still appears for each prompt")
+    wakeup = _quit_on_signals(app)
+    bridge.start()
+    try:
+        return app.exec()
+    finally:
+        bridge.stop()
+        for sock in wakeup:
+            sock.close()
+
+
+def _quit_on_signals(app: QApplication) -> tuple[socket.socket, socket.socket]:
+    """Quit on SIGINT/SIGTERM (Ctrl-C, systemd stop). Python runs signal handlers only when
+    the interpreter has control, and Qt's loop is C++: the wake-up fd makes Qt call us."""
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno())
+    notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read, app)
+    notifier.activated.connect(lambda: reader.recv(64))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: app.quit())
+    return reader, writer

@@ -1,0 +1,407 @@
+"""The popup: one small always-on-top window that asks about one connection at a time.
+
+Prompts queue in the one window ("2 more waiting") instead of stacking windows, so a burst of
+new connections never buries the desktop. The window shows itself without taking the keyboard
+(`WA_ShowWithoutActivating`): a prompt that appears while someone types must not swallow their
+Enter. Once they click or switch to it: Enter allows with the shown choices, Esc denies, Alt+A /
+Alt+D / Alt+R (or More → Reject) pick the action, Alt+F and Alt+S reach the duration and scope.
+Not every window system honours "show without activating" (Qt's offscreen plugin activates
+every window it shows; so may some Wayland compositors), so a new prompt also ignores keys and
+clicks for its first `ARM_DELAY` seconds, as browsers do for their security dialogs: a
+keystroke meant for another window cannot answer it.
+
+The countdown shows when snitchd will apply its default. At the deadline the prompt leaves the
+window without an answer: snitchd's own timer applies the default and logs it as
+"default: timed out" — an answer from here would be logged as a person's choice. Time comes from
+the injected clock; `tick()` is what the timer calls, so tests drive it without sleeping.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import (
+    QCloseEvent,
+    QFont,
+    QGuiApplication,
+    QKeySequence,
+    QPalette,
+    QShortcut,
+    QStandardItemModel,
+)
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QStyle,
+    QVBoxLayout,
+    QWidget,
+)
+
+from snitch_notifier.choices import (
+    DEFAULT_DURATION,
+    DURATIONS,
+    Action,
+    Answer,
+    scope_options,
+)
+from snitch_notifier.icons import app_icon
+from snitch_notifier.identity import AppIdentity, desktop_identity
+from snitchd.agent import PromptView
+
+__all__ = ["ARM_DELAY", "PromptWindow"]
+
+log = logging.getLogger(__name__)
+
+_WIDTH = 500
+_VALUE_WIDTH = 370  # room for a detail's value next to its label, for eliding
+_ICON = 48
+ARM_DELAY = 0.8  # seconds a new prompt ignores keys and clicks (see the module docstring)
+_REMEMBERED = 64  # answers whose destination a late refusal can still name
+_DETAILS = ("To", "Port", "Process", "Parent", "Command", "SHA-256")
+
+
+class PromptWindow(QDialog):
+    answered = Signal(object)  # Answer
+    expired = Signal(object)  # PromptView whose deadline passed: snitchd applies the default
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        identify: Callable[[str | None], AppIdentity] = desktop_identity,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._clock = clock
+        self._identify = identify
+        self._identities: dict[str | None, AppIdentity] = {}
+        self._queue: list[PromptView] = []
+        self._spans: dict[int, float] = {}  # prompt id → seconds it had left when it arrived
+        self._shown_id: int | None = None
+        self._answered: dict[int, str] = {}  # recent answers' destinations, for error messages
+        self._placed = False
+        self._timer = QTimer(self)
+        self._timer.setInterval(250)
+        self._armed_at = 0.0
+        self._timer.timeout.connect(self.tick)
+        self.setWindowTitle("snitch — new connection")
+        self.setWindowFlag(Qt.WindowType.WindowStaysOnTopHint)
+        self.setAttribute(Qt.WidgetAttribute.WA_ShowWithoutActivating)
+        self.setFixedWidth(_WIDTH)
+        self._build()
+
+    # -- the queue ------------------------------------------------------------------------------
+    @property
+    def current(self) -> PromptView | None:
+        return self._queue[0] if self._queue else None
+
+    @property
+    def waiting(self) -> int:
+        """Prompts queued behind the one shown."""
+        return max(0, len(self._queue) - 1)
+
+    def add_prompt(self, prompt: PromptView) -> None:
+        if any(p.id == prompt.id for p in self._queue):
+            return
+        self._queue.append(prompt)
+        self._spans[prompt.id] = max(1.0, prompt.deadline - self._clock())
+        if not self._timer.isActive():
+            self._timer.start()
+        self._update()
+
+    def cancel_prompt(self, prompt_id: int, reason: str) -> None:
+        """snitchd closed a prompt without us (timeout, shutdown): drop it quietly."""
+        self._drop(prompt_id)
+        self._update()
+
+    def clear(self, reason: str) -> None:
+        """Every prompt is void (snitchd stopped and gave them its default on the way out)."""
+        if self._queue:
+            log.info("prompts dropped count=%d: %s", len(self._queue), reason)
+        self._queue.clear()
+        self._spans.clear()
+        self._update()
+
+    def tick(self) -> None:
+        now = self._clock()
+        for prompt in [p for p in self._queue if p.deadline <= now]:
+            self._drop(prompt.id)
+            self.expired.emit(prompt)
+        self._update()
+
+    def _drop(self, prompt_id: int) -> None:
+        self._queue = [p for p in self._queue if p.id != prompt_id]
+        self._spans.pop(prompt_id, None)
+
+    # -- answering ------------------------------------------------------------------------------
+    def allow(self) -> None:
+        self.answer(Action.ALLOW)
+
+    def deny(self) -> None:
+        self.answer(Action.DENY)
+
+    def reject_connection(self) -> None:
+        self.answer(Action.REJECT)
+
+    def answer(self, action: Action) -> None:
+        """Answer the shown prompt with `action` and the shown duration and scope."""
+        prompt = self.current
+        if prompt is None or self._clock() < self._armed_at:
+            return
+        answer = Answer(
+            prompt.id, action, str(self._duration.currentData()), str(self._scope.currentData())
+        )
+        self._drop(prompt.id)
+        self._answered[prompt.id] = prompt.host or prompt.dst
+        if len(self._answered) > _REMEMBERED:
+            del self._answered[next(iter(self._answered))]
+        self.answered.emit(answer)
+        self._update()
+
+    def reject(self) -> None:
+        """Esc (QDialog's reject) means deny; the dialog itself stays for the next prompt."""
+        self.deny()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """Closing the window only hides it: the prompts keep their deadlines, and the tray
+        brings the window back."""
+        event.ignore()
+        self.hide()
+
+    def answer_failed(self, answer: Answer, message: str) -> None:
+        """snitchd did not take an answer (most often: the prompt had just timed out)."""
+        where = self._answered.pop(answer.prompt_id, f"prompt {answer.prompt_id}")
+        self.show_status(f"Your {answer.action.value} for {where} was not applied: {message}")
+        if self.current is not None and not self.isVisible():
+            self._present()
+
+    def show_status(self, text: str) -> None:
+        """A line for what went wrong (an answer snitchd refused, snitchd gone)."""
+        self._status.setText(text)
+        self._status.setVisible(bool(text))
+
+    # -- view -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        root.setContentsMargins(16, 14, 16, 14)
+        root.setSpacing(10)
+        root.addLayout(self._build_header())
+        root.addWidget(_line())
+        root.addLayout(self._build_details())
+        root.addWidget(_line())
+        root.addLayout(self._build_choices())
+        root.addLayout(self._build_countdown())
+        root.addLayout(self._build_buttons())
+        self._status = QLabel()
+        self._status.setWordWrap(True)
+        self._status.setStyleSheet("color: #b3261e;")
+        self._status.hide()
+        root.addWidget(self._status)
+
+    def _build_header(self) -> QHBoxLayout:
+        header = QHBoxLayout()
+        header.setSpacing(12)
+        self._icon = QLabel()
+        self._icon.setFixedSize(_ICON, _ICON)
+        header.addWidget(self._icon, 0, Qt.AlignmentFlag.AlignTop)
+        titles = QVBoxLayout()
+        titles.setSpacing(2)
+        self._title = QLabel()
+        self._title.setTextFormat(Qt.TextFormat.RichText)
+        title_font = self._title.font()
+        title_font.setPointSizeF(title_font.pointSizeF() * 1.3)
+        self._title.setFont(title_font)
+        self._path = QLabel()
+        _dim(self._path)
+        titles.addWidget(self._title)
+        titles.addWidget(self._path)
+        header.addLayout(titles, 1)
+        return header
+
+    def _build_details(self) -> QFormLayout:
+        self._details = QFormLayout()
+        self._details.setHorizontalSpacing(14)
+        self._details.setVerticalSpacing(4)
+        self._rows: dict[str, QLabel] = {}
+        for key in _DETAILS:
+            value = QLabel()
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            name = QLabel(key)
+            _dim(name)
+            self._details.addRow(name, value)
+            self._rows[key] = value
+        bold = self._rows["To"].font()
+        bold.setWeight(QFont.Weight.Bold)
+        self._rows["To"].setFont(bold)
+        return self._details
+
+    def _build_choices(self) -> QFormLayout:
+        choices = QFormLayout()
+        choices.setHorizontalSpacing(14)
+        self._duration = QComboBox()
+        for value, text in DURATIONS:
+            self._duration.addItem(text, value)
+        self._scope = QComboBox()
+        for mnemonic, combo in (("&For", self._duration), ("&Scope", self._scope)):
+            label = QLabel(mnemonic)
+            label.setBuddy(combo)
+            choices.addRow(label, combo)
+        return choices
+
+    def _build_countdown(self) -> QVBoxLayout:
+        box = QVBoxLayout()
+        box.setSpacing(4)
+        self._bar = QProgressBar()
+        self._bar.setTextVisible(False)
+        self._bar.setFixedHeight(6)
+        box.addWidget(self._bar)
+        line = QHBoxLayout()
+        self._countdown = QLabel()
+        self._more_waiting = QLabel()
+        waiting_font = self._more_waiting.font()
+        waiting_font.setWeight(QFont.Weight.DemiBold)
+        self._more_waiting.setFont(waiting_font)
+        line.addWidget(self._countdown)
+        line.addStretch(1)
+        line.addWidget(self._more_waiting)
+        box.addLayout(line)
+        return box
+
+    def _build_buttons(self) -> QHBoxLayout:
+        buttons = QHBoxLayout()
+        self._more = QPushButton("&More")
+        self._more.setAutoDefault(False)
+        menu = QMenu(self._more)
+        menu.addAction("&Reject — refuse at once, the app fails fast", self.reject_connection)
+        self._more.setMenu(menu)
+        self._deny = QPushButton("&Deny")
+        self._deny.setAutoDefault(False)
+        self._deny.clicked.connect(self.deny)
+        self._allow = QPushButton("&Allow")
+        self._allow.setDefault(True)
+        self._allow.clicked.connect(self.allow)
+        for button in (self._deny, self._allow):
+            button.setMinimumWidth(96)
+        strong = self._allow.font()
+        strong.setWeight(QFont.Weight.Bold)
+        self._allow.setFont(strong)
+        buttons.addWidget(self._more)
+        buttons.addStretch(1)
+        buttons.addWidget(self._deny)
+        buttons.addWidget(self._allow)
+        self._reject_key = QShortcut(QKeySequence("Alt+R"), self, self.reject_connection)
+        return buttons
+
+    def _update(self) -> None:
+        prompt = self.current
+        if prompt is None:
+            self._timer.stop()
+            self._shown_id = None
+            self.hide()
+            return
+        if prompt.id != self._shown_id:
+            self._shown_id = prompt.id
+            self._fill(prompt)
+            self._armed_at = self._clock() + ARM_DELAY
+        now = self._clock()
+        armed = now >= self._armed_at
+        for control in (self._allow, self._deny, self._more, self._reject_key):
+            control.setEnabled(armed)
+        left = max(0, round(prompt.deadline - now))
+        span = self._spans.get(prompt.id, 1.0)
+        self._bar.setRange(0, round(span * 10))
+        self._bar.setValue(min(round(span * 10), round(max(0.0, prompt.deadline - now) * 10)))
+        self._countdown.setText(f"No answer: {prompt.default_action} in {left} s")
+        self._more_waiting.setText(f"{self.waiting} more waiting" if self.waiting else "")
+        layout = self.layout()
+        if layout is not None:
+            layout.activate()  # sizes now, not at the next event loop turn (and in screenshots)
+        if not self.isVisible():
+            self._present()
+
+    def _fill(self, prompt: PromptView) -> None:
+        """Show a new current prompt, with the default choices (never the last prompt's)."""
+        identity = self._identities.get(prompt.exe)
+        if identity is None:
+            identity = self._identities[prompt.exe] = self._identify(prompt.exe)
+        fallback = self.style().standardIcon(QStyle.StandardPixmap.SP_DesktopIcon)
+        self._icon.setPixmap(app_icon(identity, fallback).pixmap(_ICON, _ICON))
+        self._title.setText(f"<b>{html.escape(identity.name)}</b> wants to connect")
+        _set_elided(self._path, prompt.who, _WIDTH - _ICON - 44)
+
+        where = f"{prompt.host}  ({prompt.dst})" if prompt.host else prompt.dst
+        ported = prompt.proto in ("tcp", "udp")
+        port = f"{prompt.port} / {prompt.proto.upper()}" if ported else prompt.proto.upper()
+        via = f"  ·  via {prompt.iface}" if prompt.iface else ""
+        user = prompt.user or (f"uid {prompt.uid}" if prompt.uid is not None else "unknown")
+        pid = f"pid {prompt.pid}" if prompt.pid is not None else "no process"
+        parents = "  ←  ".join(f"{os.path.basename(e)} ({p})" for p, e in prompt.parents[:3])
+        values = {
+            "To": where,
+            "Port": port + via,
+            "Process": f"{pid}  ·  user {user}",
+            "Parent": parents,
+            "Command": " ".join(prompt.cmdline),
+            "SHA-256": prompt.sha256 or "",
+        }
+        for key, text in values.items():
+            _set_elided(self._rows[key], text, _VALUE_WIDTH)
+            self._details.setRowVisible(self._rows[key], bool(text))
+        if prompt.parents:
+            self._rows["Parent"].setToolTip("\n".join(f"{p}  {e}" for p, e in prompt.parents))
+
+        self._duration.setCurrentIndex(self._duration.findData(DEFAULT_DURATION))
+        self._scope.clear()
+        model = self._scope.model()
+        assert isinstance(model, QStandardItemModel)
+        for i, option in enumerate(scope_options(prompt, identity.name)):
+            self._scope.addItem(option.label, option.scope)
+            if option.why_not is not None:
+                item = model.item(i)
+                item.setEnabled(False)
+                item.setToolTip(option.why_not)
+        self._scope.setCurrentIndex(0)
+        self._allow.setFocus()
+        self.show_status("")
+
+    def _present(self) -> None:
+        """Show on top, near the top-right corner the first time, without taking focus."""
+        self.adjustSize()
+        if not self._placed:
+            screen = QGuiApplication.primaryScreen()
+            if screen is not None:
+                area = screen.availableGeometry()
+                self.move(area.right() - self.width() - 24, area.top() + 48)
+            self._placed = True
+        self.show()
+        self.raise_()
+
+
+def _line() -> QFrame:
+    line = QFrame()
+    line.setFrameShape(QFrame.Shape.HLine)
+    line.setFrameShadow(QFrame.Shadow.Sunken)
+    return line
+
+
+def _dim(label: QLabel) -> None:
+    """Secondary text (labels, the path) in the palette's placeholder colour."""
+    label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+
+
+def _set_elided(label: QLabel, text: str, width: int) -> None:
+    """Long paths and command lines are cut in the middle; the tooltip keeps the full text."""
+    shown = label.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, width)
+    label.setText(shown)
+    label.setToolTip(text if shown != text else "")

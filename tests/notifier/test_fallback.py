@@ -1,0 +1,126 @@
+"""The notifications fallback against a real dbus-daemon (a private session bus started here)
+and a small org.freedesktop.Notifications server (`notifyfake.py`) that records Notify and
+CloseNotification calls and emits ActionInvoked as a person's click would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from dbus_fast.aio import MessageBus
+
+from snitch_notifier.choices import Action, Answer
+from snitch_notifier.fallback import ACTIONS, NotificationPrompter
+from snitch_notifier.identity import AppIdentity
+
+from .notifyfake import FakeNotifications, SessionBus
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def session_bus() -> Iterator[str]:
+    bus = SessionBus()
+    try:
+        yield bus.address
+    finally:
+        bus.stop()
+
+
+@pytest.fixture
+async def server(session_bus: str) -> AsyncIterator[FakeNotifications]:
+    bus = await MessageBus(bus_address=session_bus).connect()
+    fake = FakeNotifications()
+    bus.export("/org/freedesktop/Notifications", fake)
+    await bus.request_name("org.freedesktop.Notifications")
+    try:
+        yield fake
+    finally:
+        bus.disconnect()
+
+
+@pytest.fixture
+async def prompter(session_bus: str, server: FakeNotifications) -> AsyncIterator[Any]:
+    bus = await MessageBus(bus_address=session_bus).connect()
+    answers: list[Answer] = []
+    got = asyncio.Event()
+
+    async def answer(a: Answer) -> None:
+        answers.append(a)
+        got.set()
+
+    identify = lambda exe: AppIdentity("Sync tool", "/usr/share/icons/sync.png")  # noqa: E731
+    p = NotificationPrompter(bus, answer, clock=lambda: NOW, identify=identify)
+    p.answers, p.got = answers, got  # type: ignore[attr-defined]
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.drain()
+        bus.disconnect()
+
+
+async def _until(predicate: Any, timeout: float = 5) -> None:
+    async def wait() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), timeout)
+
+
+async def test_a_prompt_becomes_a_notification_with_allow_and_deny(
+    prompter, server, prompt_factory
+) -> None:
+    prompter.on_prompt(prompt_factory(7, deadline=NOW + 25))
+    await prompter.drain()
+    [shown] = server.notified
+    assert shown["actions"] == ACTIONS == ["allow", "Allow", "deny", "Deny"]
+    assert shown["summary"] == "Sync tool wants to connect to updates.example.org"
+    assert shown["icon"] == "/usr/share/icons/sync.png"
+    assert shown["body"].splitlines() == [
+        "/usr/bin/python3.11  (pid 4242, user alice)",
+        "→ updates.example.org (203.0.113.7) port 443/tcp",
+        "Allow or Deny makes a rule for this host and port, forever.",
+        "No answer in 25 s: deny.",
+    ]
+    assert shown["timeout"] == 25_000
+    assert shown["hints"] == {"urgency": 2, "desktop-entry": "snitch-notifier"}
+    assert prompter.shown == {101: 7}
+
+
+@pytest.mark.parametrize(("key", "action"), [("allow", Action.ALLOW), ("deny", Action.DENY)])
+async def test_a_button_answers_the_prompt(prompter, server, prompt_factory, key, action) -> None:
+    prompter.on_prompt(prompt_factory(7))
+    await prompter.drain()
+    server.ActionInvoked(101, key)
+    await asyncio.wait_for(prompter.got.wait(), 5)
+    await prompter.drain()
+    assert prompter.answers == [Answer(7, action, "forever", "exact")]
+    assert prompter.shown == {}
+
+
+async def test_snitchd_cancel_closes_the_notification(prompter, server, prompt_factory) -> None:
+    for i in (1, 2):
+        prompter.on_prompt(prompt_factory(i, host=f"h{i}.example.org"))
+        await prompter.drain()
+    prompter.on_cancel(2, "default: timed out")
+    await prompter.drain()
+    assert server.closed == [102]
+    assert prompter.shown == {101: 1}
+
+
+async def test_closing_without_a_button_and_foreign_actions_answer_nothing(
+    prompter, server, prompt_factory
+) -> None:
+    """Dismissed: snitchd's timeout decides. Another app's notification ids are not ours."""
+    prompter.on_prompt(prompt_factory(1))
+    await prompter.drain()
+    server.ActionInvoked(999, "allow")
+    server.NotificationClosed(101, 2)
+    await _until(lambda: not prompter.shown)
+    server.ActionInvoked(101, "allow")
+    await asyncio.sleep(0.2)
+    await prompter.drain()
+    assert prompter.answers == []
