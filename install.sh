@@ -17,7 +17,11 @@ START=1 UNINSTALL=0 PURGE=0 DEPS_ONLY=0 APT=1
 PREFIX=/opt/snitch
 
 APT_PACKAGES="python3 python3-venv python3-dev gcc libnetfilter-queue-dev iptables nftables
-conntrack dbus iproute2 curl ca-certificates procps"
+conntrack dbus iproute2 curl ca-certificates procps
+libglib2.0-0 libegl1 libgl1 libfontconfig1 libxkbcommon0 libxkbcommon-x11-0 libx11-xcb1
+libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0
+libxcb-image0 libxcb-xkb1 libwayland-client0 libwayland-cursor0 libwayland-egl1 libdbus-1-3
+fonts-dejavu-core"
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -46,13 +50,19 @@ FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
 /usr/share/dbus-1/system-services/org.snitch.Firewall1.service
 /etc/systemd/system/snitchd.service
 /usr/local/bin/snitchd
-/usr/local/bin/snitchctl"
+/usr/local/bin/snitchctl
+/usr/local/bin/snitch-notifier
+/etc/systemd/user/snitch-notifier.service
+/etc/xdg/autostart/snitch-notifier.desktop"
 
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
 
 uninstall() {
     if systemd_running; then
         systemctl disable --now snitchd.service 2>/dev/null || true
+    fi
+    if command -v systemctl >/dev/null; then
+        systemctl --root="${ROOT:-/}" --global disable snitch-notifier.service 2>/dev/null || true
     fi
     for f in $FILES; do rm -f "$ROOT$f"; done
     rm -rf "$ROOT$PREFIX"
@@ -76,21 +86,28 @@ install_files() {
     mkdir -p "$ROOT$PREFIX"
     python3 -m venv "$ROOT$PREFIX/venv"
     "$ROOT$PREFIX/venv/bin/pip" install -q --upgrade pip
-    "$ROOT$PREFIX/venv/bin/pip" install -q "$HERE"
+    "$ROOT$PREFIX/venv/bin/pip" install -q "$HERE[gui]"
     install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.conf" \
         "$ROOT/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf"
     install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.service" \
         "$ROOT/usr/share/dbus-1/system-services/org.snitch.Firewall1.service"
     install -D -m 0644 "$HERE/systemd/snitchd.service" "$ROOT/etc/systemd/system/snitchd.service"
     mkdir -p "$ROOT/usr/local/bin"
-    for cmd in snitchd snitchctl; do
+    install -D -m 0644 "$HERE/systemd/snitch-notifier.service" \
+        "$ROOT/etc/systemd/user/snitch-notifier.service"
+    install -D -m 0644 "$HERE/systemd/snitch-notifier.desktop" \
+        "$ROOT/etc/xdg/autostart/snitch-notifier.desktop"
+    if command -v systemctl >/dev/null; then
+        systemctl --root="${ROOT:-/}" --global enable snitch-notifier.service
+    fi
+    for cmd in snitchd snitchctl snitch-notifier; do
         ln -sf "$PREFIX/venv/bin/$cmd" "$ROOT/usr/local/bin/$cmd"
     done
     if [ ! -e "$ROOT/etc/snitch/snitchd.toml" ]; then
         install -D -m 0644 "$HERE/systemd/snitchd.toml" "$ROOT/etc/snitch/snitchd.toml"
     fi
     mkdir -p -m 0700 "$ROOT/var/lib/snitch"
-    say "installed: snitchd and snitchctl in /usr/local/bin"
+    say "installed: snitchd, snitchctl and snitch-notifier in /usr/local/bin"
 }
 
 ensure_system_bus() {

@@ -8,16 +8,15 @@ if [ "$(id -u)" != 0 ]; then
     echo "test.sh: run as root (the integration tests use network namespaces)" >&2
     exit 1
 fi
+# install.sh --deps-only brings snitch's own packages (the Qt libraries included); then
 # iputils-ping: the ICMP tests; util-linux: setpriv for the unprivileged-caller tests;
-# systemd: systemd-analyze for the unit checks; the libraries Qt (PySide6) loads, offscreen.
+# systemd: systemd-analyze for the unit checks.
 ./install.sh --deps-only
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    iputils-ping util-linux systemd \
-    libglib2.0-0 libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3 fonts-dejavu-core \
-    >/dev/null
+    iputils-ping util-linux systemd >/dev/null
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[test]"
-echo "== ruff"; .venv/bin/ruff check daemon tests bench
+echo "== ruff"; .venv/bin/ruff check daemon notifier tests bench
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; exec .venv/bin/pytest "$@"
