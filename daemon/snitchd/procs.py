@@ -216,6 +216,7 @@ class Attributor:
         self._owners: dict[int, tuple[int, int]] = {}  # socket inode -> (pid, fd)
         self._orphans: dict[int, float] = {}  # inode -> monotonic time no process held it
         self._recent: dict[int, int] = {}  # pid -> uid of the pids that last owned a socket
+        self._last_fds: dict[int, list[int]] = {}  # pid -> fds of its latest new sockets
         self._procs: dict[tuple[int, int, bytes, int], Process] = {}
         self._labels: dict[tuple[int, int, bytes], str] = {}
         self._hashes: dict[tuple[str, int, int, int, int], str] = {}
@@ -305,6 +306,14 @@ class Attributor:
         """Find who holds `inode`, caching every socket seen: likeliest processes first."""
         started = time.perf_counter()
         hot = [pid for pid, owner in reversed(self._recent.items()) if owner == uid]
+        # A program that closes a socket and opens the next gets the same fd number back (the
+        # lowest free one): one readlink of the fds where the hot pids' last sockets were.
+        for pid in hot[:2]:
+            for fd in self._last_fds.get(pid, ()):
+                if _holds(pid, fd, inode):
+                    self._owners[inode] = (pid, fd)
+                    self._touch(pid, uid)
+                    return pid
         found = next((pid for pid in hot if self._scan_fds(pid, inode)), None)
         scanned = len(hot)
         if found is None:  # only now pay for listing and stat()ing every process
@@ -328,6 +337,12 @@ class Attributor:
             _trim(self._orphans, _PROCS_MAX)
         else:
             self._touch(found, uid)
+            fds = self._last_fds.setdefault(found, [])
+            fd = self._owners[inode][1]
+            if fd not in fds:
+                fds.insert(0, fd)
+                del fds[4:]
+            _trim(self._last_fds, _RECENT_MAX)
         log.debug(
             "owner scan inode=%d uid=%d pid=%s processes=%d ms=%.2f",
             inode,
