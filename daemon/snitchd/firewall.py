@@ -28,7 +28,7 @@ from snitchd.packet import decode
 from snitchd.procs import Attributor, process_alive
 from snitchd.prompts import Broker
 from snitchd.records import Attribution, Flow, Process, Proto
-from snitchd.rules import Action, Rule, RuleRecord
+from snitchd.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.store import Decision, FlowBytes, Store, keep_unexpired
 from snitchd.traffic import FlowEnd
 
@@ -103,6 +103,9 @@ class Firewall:
 
     def reload_rules(self) -> None:
         records = self.store.rules()
+        self._expirable = [
+            r for r in records if r.rule.until is not None or r.rule.lifetime is Lifetime.PROCESS
+        ]
         self._rule_texts = [(r.id, r.rule) for r in records]
         self.rules = RuleSet(self._rule_texts)
         pinned: dict[str, set[str]] = {}
@@ -270,7 +273,10 @@ class Firewall:
         return record
 
     def expire_rules(self) -> None:
-        gone = self.store.delete_where(keep_unexpired(self.clock(), process_alive))
+        keep = keep_unexpired(self.clock(), process_alive)
+        gone = [r for r in self._expirable if not keep(r)]
+        for record in gone:
+            self.store.delete_rule(record.id)
         if gone:
             self.reload_rules()
             for record in gone:

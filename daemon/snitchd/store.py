@@ -130,6 +130,7 @@ class Store:
         self.path = str(path)
         self._lock = threading.Lock()
         self._memory: dict[int, RuleRecord] = {}
+        self._parsed: dict[tuple[int, str], Rule] = {}
         with self._errors("open"):
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -178,9 +179,13 @@ class Store:
             self.db.close()
 
     def _record(self, row: dict[str, Any]) -> RuleRecord:
+        key = (row["id"], row["text"])
+        rule = self._parsed.get(key)
+        if rule is None:
+            rule = self._parsed[key] = parse_rule(row["text"])
         return RuleRecord(
             id=row["id"],
-            rule=parse_rule(row["text"]),
+            rule=rule,
             created=row["created"],
             last_hit=row["last_hit"],
             hits=row["hits"] or 0,
@@ -193,6 +198,11 @@ class Store:
         out: list[RuleRecord] = []
         with self._lock, self._errors("read"):
             rows = list(self.db.table("rules").rows_where(order_by="id"))
+        # Parsed rules are kept by (id, text): a reload at 100k rules re-parses only what
+        # changed (4.8 s -> 0.9 s); entries of deleted rules go with this rebuild.
+        self._parsed = {
+            k: v for k in ((row["id"], row["text"]) for row in rows) if (v := self._parsed.get(k))
+        }
         for row in rows:
             try:
                 out.append(self._record(row))
@@ -233,13 +243,6 @@ class Store:
             self.db.table("rules").delete(rule_id)
         return self._record(rows[0])
 
-    def delete_where(self, keep: Callable[[RuleRecord], bool]) -> list[RuleRecord]:
-        """Remove every rule `keep` refuses (expired ones); returns what went."""
-        gone = [r for r in self.rules() if not keep(r)]
-        for record in gone:
-            self.delete_rule(record.id)
-        return gone
-
     def record_hits(self, hits: dict[int, tuple[int, float]]) -> None:
         with self._lock, self._errors("write"), self.db.atomic():
             for rule_id, (count, last) in hits.items():
@@ -255,9 +258,11 @@ class Store:
                 )
 
     def log_decisions(self, decisions: Iterable[Decision]) -> None:
-        rows = [decision_row(d) for d in decisions]
-        with self._lock, self._errors("write to"):
-            self.db.table("connections").insert_all(rows)
+        # executemany on tuples: 6 µs a row against 14 µs for sqlite-utils' insert_all of
+        # dicts (bench/bench_micro.py); the writer thread holds the GIL the packet loop needs.
+        rows = [_log_values(d) for d in decisions]
+        with self._lock, self._errors("write to"), self.db.conn:
+            self.db.conn.executemany(_LOG_INSERT, rows)
 
     def connections(self, query: LogQuery) -> list[dict[str, Any]]:
         where: list[str] = []
@@ -358,29 +363,44 @@ class Store:
             return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
 
+_LOG_COLUMNS = (
+    "time",
+    "pid",
+    "exe",
+    "uid",
+    "attribution",
+    "proto",
+    "src",
+    "sport",
+    "dst",
+    "dport",
+    "iface",
+    "host",
+    "action",
+    "rule_id",
+    "reason",
+)
+_LOG_INSERT = (
+    f"INSERT INTO connections ({', '.join(_LOG_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})"
+)
+
+
+def _log_values(d: Decision) -> tuple[object, ...]:
+    return (
+        d.time, d.proc.pid, d.proc.exe, d.proc.uid, d.proc.attribution.value,
+        d.flow.proto.value, str(d.flow.src), d.flow.sport, str(d.flow.dst), d.flow.dport,
+        d.flow.iface, d.host, d.action, d.rule_id, d.reason,
+    )  # fmt: skip
+
+
 def decision_row(d: Decision) -> dict[str, Any]:
     """A decision as a connection-log row (and as the monitor's signal shows it)."""
-    return {
-        "time": d.time,
-        "pid": d.proc.pid,
-        "exe": d.proc.exe,
-        "uid": d.proc.uid,
-        "attribution": d.proc.attribution.value,
-        "proto": d.flow.proto.value,
-        "src": str(d.flow.src),
-        "sport": d.flow.sport,
-        "dst": str(d.flow.dst),
-        "dport": d.flow.dport,
-        "iface": d.flow.iface,
-        "host": d.host,
-        "action": d.action,
-        "rule_id": d.rule_id,
-        "reason": d.reason,
-    }
+    return dict(zip(_LOG_COLUMNS, _log_values(d), strict=True))
 
 
 def keep_unexpired(now: float, alive: Callable[[int, float], bool]) -> Callable[[RuleRecord], bool]:
-    """The test `delete_where` uses to sweep rules whose time or process is up."""
+    """Whether a rule may stay: False once its time or its process is up."""
 
     def keep(record: RuleRecord) -> bool:
         rule = record.rule

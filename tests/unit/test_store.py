@@ -7,7 +7,7 @@ import logging
 import random
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import pytest
 
 from snitchd.errors import RuleNotFound, StoreError
 from snitchd.records import Attribution, Flow, Process, Proto
-from snitchd.rules import Lifetime, parse_rule
+from snitchd.rules import Lifetime, RuleRecord, parse_rule
 from snitchd.store import SCHEMA_VERSION, Decision, LogQuery, Store, keep_unexpired
 
 NOW = 1_700_000_000.0
@@ -199,12 +199,20 @@ def test_unparsable_stored_row_is_skipped_and_logged(
 # Expiry sweep
 
 
+def sweep(store: Store, keep: Callable[[RuleRecord], bool]) -> list[RuleRecord]:
+    """What the daemon's sweeper does with the test: delete every rule it refuses."""
+    gone = [r for r in store.rules() if not keep(r)]
+    for record in gone:
+        store.delete_rule(record.id)
+    return gone
+
+
 def test_keep_unexpired_drops_minutes_rules_whose_time_is_up(store: Store) -> None:
     """The sweeper deletes what `decide` already ignores, so the list matches reality."""
     short = store.add_rule(parse_rule("allow app=/bin/a for=5m"), NOW)
     long = store.add_rule(parse_rule("allow app=/bin/b for=60m"), NOW)
     forever = store.add_rule(parse_rule("allow app=/bin/c"), NOW)
-    gone = store.delete_where(keep_unexpired(NOW + 300, lambda pid, start: True))
+    gone = sweep(store, keep_unexpired(NOW + 300, lambda pid, start: True))
     assert gone == [short]
     assert store.rules() == [long, forever]
 
@@ -221,7 +229,7 @@ def test_keep_unexpired_asks_whether_the_process_still_lives(store: Store) -> No
     living = store.add_rule(parse_rule("allow app=/bin/a for=process pid=100 start=5.0"), NOW)
     dead = store.add_rule(parse_rule("allow app=/bin/a for=process pid=200 start=6.0"), NOW)
     unpinned = store.add_rule(parse_rule("allow app=/bin/a for=process"), NOW)
-    gone = store.delete_where(keep_unexpired(NOW, alive))
+    gone = sweep(store, keep_unexpired(NOW, alive))
     assert gone == [dead]
     assert store.rules() == [living, unpinned]
     assert sorted(seen) == [(100, 5.0), (200, 6.0)]
