@@ -3,9 +3,11 @@
 500 forked children each hold 10 TCP connections and 10 connected UDP sockets on loopback
 (10,000 sockets); then: the raw sock_diag exact lookup, the same with pyroute2's message classes,
 warm lookups, and the cold paths (a socket never seen: /proc scan; a new process: psutil + sha256).
-Prints figures, asserts nothing. Run as root: PYTHONPATH=daemon python bench/bench_procs.py
+Prints figures, asserts nothing; `--json PATH` also writes them (bench/connbench.py reads them).
+Run as root: PYTHONPATH=daemon python bench/bench_procs.py
 """
 
+import argparse
 import json
 import os
 import random
@@ -16,6 +18,7 @@ import statistics
 import sys
 import time
 from ipaddress import ip_address
+from pathlib import Path
 
 from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
@@ -24,6 +27,7 @@ from snitchd import procs
 from snitchd.procs import Attributor
 from snitchd.records import Attribution, Flow, Proto
 
+FIGURES: dict[str, dict[str, float]] = {}
 CHILDREN = 500
 TCP_PER_CHILD = 10
 UDP_PER_CHILD = 10
@@ -56,6 +60,12 @@ def spawn(listeners, udp_sink, pipes):
 def stats(label, samples_ns):
     us = sorted(x / 1000 for x in samples_ns)
     p99 = us[min(len(us) - 1, int(len(us) * 0.99))]
+    FIGURES[label] = {
+        "n": len(us),
+        "median_us": round(statistics.median(us), 2),
+        "p99_us": round(p99, 2),
+        "max_us": round(us[-1], 2),
+    }
     print(
         f"{label:52s} n={len(us):6d}  median {statistics.median(us):9.1f} µs"
         f"  p99 {p99:9.1f} µs  max {us[-1]:9.1f} µs"
@@ -95,6 +105,9 @@ def pyroute2_lookup(sock, flow):
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # somaxconn caps one accept queue at 4096: spread the never-accepted connections.
@@ -195,6 +208,9 @@ def main():
         stats("warm lookup, all", warm_tcp + warm_udp)
         wrong = sum(att.lookup(f).pid is None for f in sample)
         print(f"unattributed in sample: {wrong}")
+        FIGURES["unattributed in sample"] = {"count": wrong, "of": len(sample)}
+        if args.json is not None:
+            args.json.write_text(json.dumps(FIGURES, indent=1))
     finally:
         if att is not None:
             att.close()

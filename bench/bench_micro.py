@@ -1,0 +1,470 @@
+"""Micro-benchmarks of the packet path's steps, in-process, without the kernel queue.
+
+- rule lookup: `RuleSet.match` with 100k rules (bench/manyrules.py), best and worst cases, and
+  what a rule change costs at that size (`Firewall.reload_rules`: read, parse, index);
+- decode: `packet.decode` of IPv4 and IPv6 TCP SYNs and a UDP datagram;
+- log: `EventLog.record` per decision, and `Store.log_decisions` rows/s (batches of 2,000);
+- the whole `Firewall.on_packet` with a stand-in packet (payload, outdev, accept) for a real TCP
+  socket of this process, step by step: warm (the same socket every time) and as under the
+  connect()+close() load (a new socket every time, so the owner cache misses and the last-seen
+  process's fds are scanned).
+
+Prints figures, asserts nothing; `--json PATH` writes them. Run as root (sock_diag of every
+socket): PYTHONPATH=daemon python bench/bench_micro.py
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+import manyrules
+
+from snitchd.config import Config
+from snitchd.decide import RuleSet, decide
+from snitchd.events import EventLog
+from snitchd.firewall import Firewall
+from snitchd.packet import decode
+from snitchd.procs import Attributor
+from snitchd.prompts import Broker
+from snitchd.records import Attribution, Flow, Process, Proto
+from snitchd.rules import Action, parse_rule
+from snitchd.store import Decision, Store
+
+CLIENT_EXE = "/opt/bench/connload"
+FIGURES: dict[str, dict[str, float]] = {}
+
+
+def stats(label, samples_ns, key=None):
+    us = sorted(x / 1000 for x in samples_ns)
+    p99 = us[min(len(us) - 1, int(len(us) * 0.99))]
+    med = statistics.median(us)
+    FIGURES[key or label] = {"n": len(us), "median_us": round(med, 2), "p99_us": round(p99, 2)}
+    print(f"{label:58s} n={len(us):6d}  median {med:8.2f} µs  p99 {p99:8.2f} µs")
+    return med
+
+
+def timed(fn, args_list, repeat=1):
+    clock = time.perf_counter_ns
+    out = []
+    for _ in range(repeat):
+        out = []
+        for args in args_list:
+            start = clock()
+            fn(*args)
+            out.append(clock() - start)
+    return out
+
+
+def ipv4_packet(proto, src, sport, dst, dport):
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0x4000, 64, proto, 0, src, dst)
+    if proto == socket.IPPROTO_TCP:
+        return ip + struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x02, 64240, 0, 0)
+    return ip + struct.pack("!HHHH", sport, dport, 9, 0)
+
+
+def ipv6_syn(src, sport, dst, dport):
+    ip = struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64, src, dst)
+    return ip + struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x02, 64240, 0, 0)
+
+
+def bench_rules():
+    print("-- rule lookup: RuleSet.match, 100k rules")
+    texts = manyrules.rule_texts(100_000, CLIENT_EXE)
+    started = time.perf_counter()
+    parsed = [parse_rule(t) for t in texts]
+    parse_s = time.perf_counter() - started
+    started = time.perf_counter()
+    rules = RuleSet(enumerate(parsed, 1))
+    index_s = time.perf_counter() - started
+    print(
+        f"parse 100k rule texts: {parse_s:.2f} s ({parse_s * 10:.1f} µs each); "
+        f"build the index: {index_s:.2f} s"
+    )
+    FIGURES["rules_parse_100k"] = {"seconds": round(parse_s, 3)}
+    FIGURES["rules_index_100k"] = {"seconds": round(index_s, 3)}
+    src, dst = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2")
+    client = Process(Attribution.PROCESS, pid=4242, uid=0, exe=CLIENT_EXE)
+    other = Process(Attribution.PROCESS, pid=4243, uid=1000, exe=manyrules.other_app(77))
+    stranger = Process(Attribution.PROCESS, pid=4244, uid=1000, exe="/usr/bin/unknown")
+    kernel = Process.kernel()
+    now = time.time()
+    cases = [
+        ("client app, flow to the load server (its allow rule)", client, Proto.TCP, dst, 9000),
+        (
+            "other app, its exact address+port rule",
+            other,
+            Proto.TCP,
+            IPv4Address("203.0.113.77"),
+            443,
+        ),
+        (
+            "app without rules, any-app address rule",
+            stranger,
+            Proto.TCP,
+            IPv4Address("203.0.113.5"),
+            1,
+        ),
+        (
+            "app without rules, no rule matches (walks any-app list)",
+            stranger,
+            Proto.TCP,
+            IPv4Address("198.51.100.9"),
+            9,
+        ),
+        ("kernel (no process), no rule matches", kernel, Proto.UDP, dst, 9000),
+    ]
+    worst = 0.0
+    for i, (label, proc, proto, to, port) in enumerate(cases):
+        flow = Flow(proto, src, 40000, to, port, "veth0", 6 if proto is Proto.TCP else 17)
+        hit = rules.match(flow, proc, frozenset(), now)
+        med = stats(
+            f"match: {label}",
+            timed(rules.match, [(flow, proc, frozenset(), now)] * 5000, repeat=2),
+            key=f"rule_match_{i}",
+        )
+        FIGURES[f"rule_match_{i}"]["hit"] = hit[0] if hit else -1
+        worst = max(worst, med)
+    FIGURES["rule_match_worst_median_us"] = {"median_us": round(worst, 2)}
+    return texts
+
+
+def bench_reload(texts, tmp):
+    """What every add-rule / delete-rule / expiry costs at 100k rules (the loop stalls for it)."""
+    store = Store(tmp / "reload.db")
+    try:
+        now = time.time()
+        store.db.conn.executemany(
+            "INSERT INTO rules (text, created, hits, origin) VALUES (?, ?, 0, 'bench')",
+            [(t, now) for t in texts],
+        )
+        store.db.conn.commit()
+        fw = Firewall(Config(database=str(tmp / "reload.db")), store, None, None, None)
+        started = time.perf_counter()
+        fw.reload_rules()
+        total = time.perf_counter() - started
+        started = time.perf_counter()
+        records = store.rules()
+        read_parse = time.perf_counter() - started
+        print(
+            f"reload_rules at 100k rules (each rule change): {total:.2f} s, of which "
+            f"Store.rules() read + parse {read_parse:.2f} s"
+        )
+        FIGURES["reload_rules_100k"] = {"seconds": round(total, 3)}
+        FIGURES["store_rules_100k"] = {"seconds": round(read_parse, 3), "rows": len(records)}
+    finally:
+        store.close()
+
+
+def bench_decode():
+    print("-- decode: packet.decode")
+    v4 = ipv4_packet(6, bytes([192, 0, 2, 1]), 40000, bytes([192, 0, 2, 2]), 9000)
+    udp = ipv4_packet(17, bytes([192, 0, 2, 1]), 40000, bytes([192, 0, 2, 2]), 9000)
+    v6 = ipv6_syn(IPv6Address("2001:db8::1").packed, 40000, IPv6Address("2001:db8::2").packed, 80)
+    for key, label, data in (
+        ("decode_v4_tcp", "IPv4 TCP SYN", v4),
+        ("decode_v4_udp", "IPv4 UDP", udp),
+        ("decode_v6_tcp", "IPv6 TCP SYN", v6),
+    ):
+        assert decode(data, "veth0").dport in (9000, 80)
+        stats(f"decode {label}", timed(decode, [(data, "veth0")] * 20000, repeat=2), key=key)
+
+
+def _destroy_event():
+    """A conntrack DESTROY event as the kernel sends it for a TCP flow with counters."""
+    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK  # noqa: PLC0415
+    from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_DELETE, nfct_msg  # noqa: PLC0415
+
+    def tup(a, b, sport, dport):
+        ip = [("CTA_IP_V4_SRC", a), ("CTA_IP_V4_DST", b)]
+        ports = [("CTA_PROTO_NUM", 6), ("CTA_PROTO_SRC_PORT", sport), ("CTA_PROTO_DST_PORT", dport)]
+        return {"attrs": [("CTA_TUPLE_IP", {"attrs": ip}), ("CTA_TUPLE_PROTO", {"attrs": ports})]}
+
+    def counters(packets, size):
+        return {"attrs": [("CTA_COUNTERS_PACKETS", packets), ("CTA_COUNTERS_BYTES", size)]}
+
+    msg = nfct_msg()
+    msg["header"]["type"] = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+    msg["nfgen_family"] = socket.AF_INET
+    msg["attrs"] = [
+        ("CTA_TUPLE_ORIG", tup("192.0.2.1", "192.0.2.2", 40000, 9000)),
+        ("CTA_TUPLE_REPLY", tup("192.0.2.2", "192.0.2.1", 9000, 40000)),
+        ("CTA_STATUS", 0x18E),
+        ("CTA_COUNTERS_ORIG", counters(3, 180)),
+        ("CTA_COUNTERS_REPLY", counters(2, 120)),
+        ("CTA_ID", 12345),
+        ("CTA_MARK", 0),
+        ("CTA_USE", 1),
+    ]
+    msg.encode()
+    return bytes(msg.data)
+
+
+def bench_flow_end_decode():
+    """traffic.decode_ends: one conntrack DESTROY event per finished flow, on the event loop."""
+    try:
+        from snitchd.traffic import decode_ends  # noqa: PLC0415 (newer trees only)
+    except ImportError:
+        return
+    data = _destroy_event()
+    assert decode_ends(data)[0].dport == 9000
+    stats(
+        "traffic.decode_ends, one DESTROY event (per flow, on the loop)",
+        timed(decode_ends, [(data,)] * 2000, repeat=2),
+        key="flow_end_decode",
+    )
+
+
+def _decision(i):
+    flow = Flow(
+        Proto.TCP,
+        IPv4Address("192.0.2.1"),
+        1024 + i % 60000,
+        IPv4Address("192.0.2.2"),
+        9000,
+        "veth0",
+        6,
+    )
+    proc = Process(
+        Attribution.PROCESS, pid=4242, uid=0, exe=CLIENT_EXE, cmdline=(CLIENT_EXE,), sha256="0" * 64
+    )
+    return Decision(time.time(), flow, proc, "allow", 1, "rule 1")
+
+
+def bench_log(tmp):
+    print("-- connection log: EventLog.record, Store.log_decisions")
+    store = Store(tmp / "log.db")
+    try:
+        events = EventLog(store)
+        decisions = [_decision(i) for i in range(20000)]
+        stats(
+            "EventLog.record (append; per decision)",
+            timed(events.record, [(d,) for d in decisions]),
+            key="log_record",
+        )
+        batch = 2000
+        started = time.perf_counter()
+        for i in range(0, len(decisions), batch):
+            store.log_decisions(decisions[i : i + batch])
+        elapsed = time.perf_counter() - started
+        rate = len(decisions) / elapsed
+        print(
+            f"Store.log_decisions, batches of {batch}: {rate:,.0f} rows/s "
+            f"({elapsed / len(decisions) * 1e6:.1f} µs a row, on the writer thread)"
+        )
+        FIGURES["log_write"] = {"rows_per_s": round(rate), "us_per_row": elapsed / len(decisions)}
+        bench_flow_ends(store, decisions)
+        started = time.perf_counter()
+        asyncio.run(events.flush())
+        elapsed = time.perf_counter() - started
+        print(f"EventLog.flush of 20,000 pending rows (+ hit counts): {elapsed:.2f} s")
+        FIGURES["log_flush_20k"] = {"seconds": round(elapsed, 3)}
+    finally:
+        store.close()
+
+
+def bench_flow_ends(store, decisions):
+    """Byte counters joined to their log rows (one UPDATE per ended flow), if the tree has it."""
+    try:
+        from snitchd.store import FlowBytes  # noqa: PLC0415 (newer trees only)
+    except ImportError:
+        return
+    ends = [
+        FlowBytes(
+            "tcp", str(d.flow.src), d.flow.sport, str(d.flow.dst), d.flow.dport, 120, 60, d.time + 1
+        )
+        for d in decisions[:4000]
+    ]
+    started = time.perf_counter()
+    for i in range(0, len(ends), 2000):
+        store.record_flow_ends(ends[i : i + 2000])
+    elapsed = time.perf_counter() - started
+    rate = len(ends) / elapsed
+    print(
+        f"Store.record_flow_ends, batches of 2000: {rate:,.0f} rows/s "
+        f"({elapsed / len(ends) * 1e6:.1f} µs a flow end, on the writer thread)"
+    )
+    FIGURES["flow_ends_write"] = {"rows_per_s": round(rate), "us_per_row": elapsed / len(ends)}
+
+
+class StandInPacket:
+    """What Firewall.on_packet uses of a netfilterqueue.Packet."""
+
+    __slots__ = ("outdev", "payload", "verdict")
+
+    def __init__(self, payload, outdev):
+        self.payload = payload
+        self.outdev = outdev
+        self.verdict = None
+
+    def get_payload(self):
+        return self.payload
+
+    def accept(self):
+        self.verdict = "accept"
+
+    def drop(self):
+        self.verdict = "drop"
+
+    def set_mark(self, mark):
+        pass
+
+
+def _syn_of(sock):
+    (src, sport), (dst, dport) = sock.getsockname(), sock.getpeername()
+    return ipv4_packet(6, socket.inet_aton(src), sport, socket.inet_aton(dst), dport)
+
+
+def bench_on_packet(tmp):
+    print("-- Firewall.on_packet, stand-in packet, a real TCP socket of this process")
+    exe = os.path.realpath(sys.executable)
+    store = Store(tmp / "path.db")
+    attributor = Attributor()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    held = []
+    try:
+        store.add_rule(parse_rule(f"allow app={exe}"), time.time(), "bench")
+        events = EventLog(store)
+        broker = Broker(time.time, 30, 64, lambda uid: True)
+        fw = Firewall(
+            Config(default_action=Action.DENY, database=str(tmp / "path.db")),
+            store,
+            attributor,
+            events,
+            broker,
+        )
+        broker.attach(fw)
+        lo = socket.if_nametoindex("lo")
+        warm_sock = socket.create_connection(listener.getsockname())
+        held.append(warm_sock)
+        warm = StandInPacket(_syn_of(warm_sock), lo)
+        fw.on_packet(warm)  # first sight of this process: /proc scan, psutil, sha256
+        assert warm.verdict == "accept", warm.verdict
+        n = 5000
+        stats(
+            "on_packet, same socket (warm owner cache)",
+            timed(fw.on_packet, [(warm,)] * n, repeat=2),
+            key="on_packet_warm",
+        )
+        new_ns = []
+        flows = []
+        for _ in range(n):
+            s = socket.create_connection(listener.getsockname())
+            pkt = StandInPacket(_syn_of(s), lo)
+            start = time.perf_counter_ns()
+            fw.on_packet(pkt)
+            new_ns.append(time.perf_counter_ns() - start)
+            flows.append(decode(pkt.payload, "lo"))
+            assert pkt.verdict == "accept"
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+            _drain(listener)
+        stats(
+            "on_packet, new socket each time (as under connect+close)",
+            new_ns,
+            key="on_packet_new_socket",
+        )
+        # The steps on their own, as on_packet runs them.
+        payload = warm.payload
+        flow = decode(payload, "lo")
+        stats("  step: decode", timed(decode, [(payload, "lo")] * n, repeat=2), key="step_decode")
+        stats(
+            "  step: Attributor.lookup, warm",
+            timed(attributor.lookup, [(flow,)] * n, repeat=2),
+            key="step_lookup_warm",
+        )
+        lookup_new = []
+        for _ in range(2000):
+            s = socket.create_connection(listener.getsockname())
+            f = decode(_syn_of(s), "lo")
+            start = time.perf_counter_ns()
+            attributor.lookup(f)
+            lookup_new.append(time.perf_counter_ns() - start)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+            _drain(listener)
+        stats(
+            "  step: Attributor.lookup, new socket (hot-pid fd scan)",
+            lookup_new,
+            key="step_lookup_new_socket",
+        )
+        proc = attributor.lookup(flow)
+        now = time.time()
+        stats(
+            "  step: decide (1 rule)",
+            timed(decide, [(flow, proc, fw.rules, now)] * n, repeat=2),
+            key="step_decide",
+        )
+        stats(
+            "  step: Decision + EventLog.record",
+            timed(
+                lambda: events.record(Decision(now, flow, proc, "allow", 1, "rule 1")),
+                [()] * n,
+                repeat=2,
+            ),
+            key="step_record",
+        )
+        stats(
+            "  step: read /proc/self/stat (procs._read_stat)",
+            timed(_read_stat_self, [()] * n, repeat=2),
+            key="step_read_stat",
+        )
+        fds = len(os.listdir("/proc/self/fd"))
+        print(f"  (this process holds {fds} fds; the hot-pid scan reads each one's link)")
+        FIGURES["bench_process_fds"] = {"fds": fds}
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
+        attributor.close()
+        store.close()
+
+
+def _read_stat_self():
+    fd = os.open("/proc/self/stat", os.O_RDONLY)
+    try:
+        os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _drain(listener):
+    listener.setblocking(False)
+    try:
+        while True:
+            conn, _ = listener.accept()
+            conn.close()
+    except BlockingIOError:
+        pass
+
+
+def main():
+    logging.getLogger("snitchd").setLevel(logging.ERROR)  # the first-connection alert, etc.
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="snitch-micro-") as tmp:
+        texts = bench_rules()
+        bench_reload(texts, Path(tmp))
+        bench_decode()
+        bench_flow_end_decode()
+        bench_log(Path(tmp))
+        if os.geteuid() == 0:
+            bench_on_packet(Path(tmp))
+        else:
+            print("-- on_packet skipped: needs root (sock_diag, /proc/<pid>/fd)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(FIGURES, indent=1))
+
+
+if __name__ == "__main__":
+    main()
