@@ -272,6 +272,30 @@ class Lab:
             notify.close()
             raise
 
+    def run_snitchd(
+        self, *, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """snitchd in the client namespace (run through `prefix`, e.g. setpriv), expected to
+        stop by itself: a start-up error."""
+        ip = shutil.which("ip") or "/usr/sbin/ip"
+        return subprocess.run(
+            [
+                ip,
+                "netns",
+                "exec",
+                self.client,
+                *prefix,
+                str(VENV_BIN / "snitchd"),
+                "--config",
+                str(self.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=env or self.env,
+        )
+
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
         """Stop snitchd with `sig` (SIGKILL stands for a crash) and wait for it."""
         if self.daemon is None:

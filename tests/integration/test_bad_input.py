@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 
-from conftest import PYTHON, VENV_BIN, Lab
+from conftest import PYTHON, Lab
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 
@@ -54,13 +53,7 @@ def test_daemon_unreachable_exit_code(lab: Lab) -> None:
 
 def test_bad_config_key_stops_start_up(lab: Lab) -> None:
     lab.config_path.write_text('default_action = "maybe"\n')
-    done = subprocess.run(
-        [str(VENV_BIN / "snitchd"), "--config", str(lab.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = lab.run_snitchd()
     assert done.returncode == 1
     assert "default_action = 'maybe': use allow, deny or reject" in done.stderr
     assert "snitch" not in lab.iptables_save().lower()
@@ -68,21 +61,7 @@ def test_bad_config_key_stops_start_up(lab: Lab) -> None:
 
 def test_snitchd_without_root_says_so(lab: Lab) -> None:
     lab.write_config()
-    done = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            str(VENV_BIN / "snitchd"),
-            "--config",
-            str(lab.config_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = lab.run_snitchd(prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
     assert done.returncode == 1
     assert "snitchd must run as root" in done.stderr
 
@@ -91,22 +70,7 @@ def test_missing_iptables_names_the_package(lab: Lab) -> None:
     """A machine without iptables: the error says which package to install."""
     lab.write_config()
     env = {**os.environ, "PATH": "/nonexistent"}
-    done = subprocess.run(
-        [
-            IP,
-            "netns",
-            "exec",
-            lab.client,
-            str(VENV_BIN / "snitchd"),
-            "--config",
-            str(lab.config_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env=env,
-    )
+    done = lab.run_snitchd(env=env)
     assert done.returncode == 1
     assert "apt-get install iptables" in done.stderr
 
@@ -114,22 +78,7 @@ def test_missing_iptables_names_the_package(lab: Lab) -> None:
 def test_queue_in_use_is_reported(running: Lab) -> None:
     """A second snitchd on the same queue fails at start with a clear line, and the first one
     keeps its kernel rules."""
-    done = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            running.client,
-            str(VENV_BIN / "snitchd"),
-            "--config",
-            str(running.config_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env=running.env,
-    )
+    done = running.run_snitchd()
     assert done.returncode == 1
     assert "queue 4242" in done.stderr or "org.snitch.Firewall1" in done.stderr
     assert "NFQUEUE" in running.iptables_save()
