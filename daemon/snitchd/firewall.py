@@ -74,6 +74,7 @@ class Firewall:
         self.known_apps: dict[str, str | None] = store.known_apps()
         self._pinned: dict[str, frozenset[str]] = {}
         self._rule_texts: list[tuple[int, Rule]] = []
+        self._expirable: list[RuleRecord] = []
         self._changed_seen: set[tuple[str, str | None]] = set()
         self._ifnames: dict[int, str] = {}
         self.reload_rules()
