@@ -329,6 +329,9 @@ class FirewallService(ServiceInterface):
                     "names_known": len(fw.names),
                     "rules": len(fw.rules),
                     "log_rows_written": fw.events.written,
+                    "log_rows_dropped": fw.events.dropped,
+                    "log_writer_pid": fw.events.writer_pid or 0,
+                    "log_writer_starts": fw.events.writer_starts,
                     "started": c.started,
                     "database": fw.store.path,
                 }

@@ -1,28 +1,33 @@
-"""The connection log writer: decisions go to the store in batches, off the packet path.
+"""The connection log, snitchd's side: decisions are batched and handed to the log writer.
 
-`record` is called per decision on the hot path and only appends to a list; `run` flushes every
-`interval` seconds (or sooner when a batch is full) through a worker thread, so SQLite never
-blocks the queue reader. Listeners (the live monitor over D-Bus) get each decision at once.
-A failed write is logged and the batch kept for the next try, up to a bound: losing log rows
-under a broken disk is better than growing without end.
+`record` is called per decision on the hot path and only appends to a list; `run` hands the
+batch every `interval` seconds (or sooner when it is full) to the writer process (`recorder`)
+from a worker thread, which waits for the answer with the GIL released: SQLite never blocks the
+queue reader, and never competes with it for the GIL. Listeners (the live monitor over D-Bus)
+get each decision at once. A failed write is logged and the batch kept for the next try, up to a
+bound: losing log rows under a broken disk is better than growing without end. A writer that
+died is started again by the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from snitchd.errors import StoreError
-from snitchd.store import Decision, FlowBytes, Store
+from snitchd.recorder import Batch, Done, Recorder
+from snitchd.store import Decision, Store, log_row
 
 __all__ = ["Alert", "EventLog"]
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 100_000
+ANSWER_TIMEOUT = 60.0  # a locked database makes each write wait up to 5 s; 60 s means stuck
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +44,23 @@ class Alert:
 
 
 class EventLog:
-    def __init__(self, store: Store, interval: float = 0.5, batch: int = 2000) -> None:
+    def __init__(
+        self, store: Store, recorder: Recorder, interval: float = 0.5, batch: int = 2000
+    ) -> None:
         self._store = store
+        self._recorder = recorder
         self._interval = interval
         self._batch = batch
         self._pending: list[Decision] = []
         self._hits: dict[int, tuple[int, float]] = {}
         self._apps: dict[str, tuple[float, str | None]] = {}
-        self._ends: list[FlowBytes] = []
+        self._seq = itertools.count(1)
+        self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.listeners: list[Callable[[Decision], None]] = []
         self.written = 0
         self.dropped = 0
+        self.pruned = 0
 
     def record(self, decision: Decision) -> None:
         self._pending.append(decision)
@@ -62,53 +72,56 @@ class EventLog:
         if len(self._pending) >= self._batch:
             self._wake.set()
 
+    @property
+    def writer_pid(self) -> int | None:
+        return self._recorder.pid
+
+    @property
+    def writer_starts(self) -> int:
+        return self._recorder.starts
+
     def note_app(self, exe: str, first_seen: float, sha256: str | None) -> None:
         self._apps[exe] = (first_seen, sha256)
 
-    def flow_ended(self, end: FlowBytes) -> None:
-        """Counters of a finished flow, joined to its log row with the next batch (after the
-        row itself is written)."""
-        self._ends.append(end)
-
-    async def flush(self) -> None:
-        batch, self._pending = self._pending, []
-        hits, self._hits = self._hits, {}
-        apps, self._apps = self._apps, {}
-        ends, self._ends = self._ends, []
-        if not batch and not hits and not apps and not ends:
-            return
-        try:
-            await asyncio.to_thread(self._write, batch, hits, apps, ends)
-        except StoreError as exc:
-            log.error("connection log write failed rows=%d: %s", len(batch), exc)
-            self._pending[:0] = batch
-            self._apps.update(apps)
-            self._ends[:0] = ends
-            overflow = len(self._pending) - MAX_PENDING
-            if overflow > 0:
-                del self._pending[:overflow]
-                self.dropped += overflow
-            return
-        self.written += len(batch)
+    async def flush(self, prune: tuple[float, float, int] | None = None) -> None:
+        """Hand over what is pending and wait until it is written; also the way to prune the
+        log (`prune`: now, max_age seconds, max_rows), as only the writer writes the log."""
+        async with self._lock:  # batches reach the writer in the order they were taken
+            batch, self._pending = self._pending, []
+            hits, self._hits = self._hits, {}
+            apps, self._apps = self._apps, {}
+            self._store.record_memory_hits(hits)
+            try:
+                done = await asyncio.to_thread(self._write, batch, hits, apps, prune)
+            except StoreError as exc:
+                log.error("connection log write failed rows=%d: %s", len(batch), exc)
+                self._pending[:0] = batch
+                self._apps.update(apps)
+                overflow = len(self._pending) - MAX_PENDING
+                if overflow > 0:
+                    del self._pending[:overflow]
+                    self.dropped += overflow
+                return
+            self.written += done.written
+            self.pruned += done.pruned
 
     def _write(
         self,
-        batch: list[Decision],
+        decisions: list[Decision],
         hits: dict[int, tuple[int, float]],
         apps: dict[str, tuple[float, str | None]],
-        ends: list[FlowBytes],
-    ) -> None:
-        if batch:
-            self._store.log_decisions(batch)
-        if ends:
-            self._store.record_flow_ends(ends)
-        if hits:
-            self._store.record_hits(hits)
-        if apps:
-            self._store.note_apps(apps)
+        prune: tuple[float, float, int] | None,
+    ) -> Done:
+        batch = Batch(next(self._seq), [log_row(d) for d in decisions], hits, apps, prune)
+        done = self._recorder.write(batch, ANSWER_TIMEOUT)
+        if done.error is not None:
+            raise StoreError(done.error)
+        return done
 
     async def run(self) -> None:
-        """Flush until cancelled; the final flush happens in `flush` called at shutdown."""
+        """Hand over a batch every interval, even an empty one: the writer joins a flow's end
+        to its row one batch later (see `recorder`), so its clock must tick. The final flush
+        happens in `flush` called at shutdown."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)

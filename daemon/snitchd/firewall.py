@@ -29,8 +29,7 @@ from snitchd.procs import Attributor, process_alive
 from snitchd.prompts import Broker
 from snitchd.records import Attribution, Flow, Process, Proto
 from snitchd.rules import Action, Lifetime, Rule, RuleRecord
-from snitchd.store import Decision, FlowBytes, Store, keep_unexpired
-from snitchd.traffic import FlowEnd
+from snitchd.store import Decision, Store, keep_unexpired
 
 __all__ = ["Counters", "Firewall"]
 
@@ -171,21 +170,6 @@ class Firewall:
             log.exception("dns answer handling failed")
         finally:
             pkt.accept()
-
-    def on_flow_end(self, end: FlowEnd) -> None:
-        """conntrack's counters for a finished flow: joined to its log row in the next batch."""
-        self.events.flow_ended(
-            FlowBytes(
-                end.proto.value,
-                str(end.src),
-                end.sport,
-                str(end.dst),
-                end.dport,
-                end.bytes_out,
-                end.bytes_in,
-                self.clock(),
-            )
-        )
 
     def _new_app(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
         assert proc.exe is not None

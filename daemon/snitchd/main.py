@@ -30,8 +30,8 @@ from snitchd.netfilter import Backend, NetSpec, select_backend
 from snitchd.procs import Attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
+from snitchd.recorder import Recorder
 from snitchd.store import Store
-from snitchd.traffic import FlowEnds, enable_accounting
 
 __all__ = ["main"]
 
@@ -74,7 +74,8 @@ class _Daemon:
     async def run(self) -> None:
         config = self.config
         store = Store(config.database)
-        events = EventLog(store)
+        recorder = Recorder(str(config.database))
+        events = EventLog(store, recorder)
         broker = Broker(
             clock=time.time,
             timeout=config.prompt_timeout,
@@ -88,16 +89,12 @@ class _Daemon:
         reader = QueueReader(config.queue, firewall.on_packet, config.queue_max_len)
         # DNS answers are copied whole (a name is deep inside), and never held for long.
         dns_reader = QueueReader(config.dns_queue, firewall.on_dns_packet, 1024, 65535)
-        flow_ends = FlowEnds(firewall.on_flow_end)
         bus = None
         installed = False
         try:
-            # Byte accounting first: flows that start before it are never counted.
-            try:
-                flow_ends.start(loop)
-                enable_accounting()
-            except SnitchError as exc:
-                log.warning("per-app byte accounting is off: %s", exc)
+            # The log writer first: it turns byte accounting on, and flows that start before
+            # that are never counted.
+            await asyncio.to_thread(recorder.start)
             reader.start(loop)
             if config.snoop_dns:
                 dns_reader.start(loop)
@@ -136,10 +133,10 @@ class _Daemon:
             self._remove_rules(installed)
             reader.close()
             dns_reader.close()
-            flow_ends.close()
             if bus is not None:
                 bus.disconnect()
             await events.flush()
+            await asyncio.to_thread(recorder.close)
             attributor.close()
             store.close()
             log.info("snitchd stopped")
@@ -195,25 +192,26 @@ class _Daemon:
         """Once a second: expire rules, notice rules changed behind our back; now and then,
         prune the connection log to its limits (in a worker thread: it may take a while)."""
         store = firewall.store
-        version = store.data_version()
+        version = store.rules_version()
         last_prune = 0.0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 firewall.expire_rules()
                 now = time.time()
-                current = store.data_version()
+                current = store.rules_version()
                 if current != version:
                     version = current
                     firewall.check_outside_change(now)
                 if now - last_prune >= PRUNE_INTERVAL:
                     last_prune = now
                     config = self.config
-                    removed = await asyncio.to_thread(
-                        store.prune, now, config.log_max_days * 86400, config.log_max_rows
+                    before = firewall.events.pruned
+                    await firewall.events.flush(
+                        (now, config.log_max_days * 86400, config.log_max_rows)
                     )
-                    if removed:
-                        log.info("connection log pruned rows=%d", removed)
+                    if firewall.events.pruned > before:
+                        log.info("connection log pruned rows=%d", firewall.events.pruned - before)
             except SnitchError as exc:
                 log.warning("sweep failed: %s", exc)
 

@@ -33,6 +33,7 @@ __all__ = [
     "Store",
     "decision_row",
     "keep_unexpired",
+    "log_row",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,24 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     db.table("apps").create({"exe": str, "first_seen": float, "sha256": str}, pk="exe")
 
 
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    """A counter of rule changes kept by triggers, whoever makes them: snitchd notices rules
+    changed behind its back without mistaking the log writer's commits for them (PRAGMA
+    data_version counts every commit of another connection)."""
+    db.execute("CREATE TABLE changes (what TEXT PRIMARY KEY, count INTEGER NOT NULL)")
+    db.execute("INSERT INTO changes VALUES ('rules', 0)")
+    bump = "BEGIN UPDATE changes SET count = count + 1 WHERE what = 'rules'; END"
+    db.execute(f"CREATE TRIGGER rules_inserted AFTER INSERT ON rules {bump}")
+    db.execute(f"CREATE TRIGGER rules_deleted AFTER DELETE ON rules {bump}")
+    db.execute(f"CREATE TRIGGER rules_edited AFTER UPDATE OF text ON rules {bump}")
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
-_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_1, _migrate_2)
+_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -243,14 +260,20 @@ class Store:
             self.db.table("rules").delete(rule_id)
         return self._record(rows[0])
 
+    def record_memory_hits(self, hits: dict[int, tuple[int, float]]) -> None:
+        """Hit counts of the rules kept in memory (the log writer counts the stored ones)."""
+        for rule_id, (count, last) in hits.items():
+            m = self._memory.get(rule_id)
+            if m is not None:
+                self._memory[rule_id] = RuleRecord(
+                    m.id, m.rule, m.created, last, m.hits + count, m.origin
+                )
+
     def record_hits(self, hits: dict[int, tuple[int, float]]) -> None:
+        self.record_memory_hits(hits)
         with self._lock, self._errors("write"), self.db.atomic():
             for rule_id, (count, last) in hits.items():
                 if rule_id in self._memory:
-                    m = self._memory[rule_id]
-                    self._memory[rule_id] = RuleRecord(
-                        m.id, m.rule, m.created, last, m.hits + count, m.origin
-                    )
                     continue
                 self.db.execute(
                     "UPDATE rules SET hits = coalesce(hits, 0) + ?, last_hit = ? WHERE id = ?",
@@ -258,9 +281,11 @@ class Store:
                 )
 
     def log_decisions(self, decisions: Iterable[Decision]) -> None:
-        # executemany on tuples: 6 µs a row against 14 µs for sqlite-utils' insert_all of
-        # dicts (bench/bench_micro.py); the writer thread holds the GIL the packet loop needs.
-        rows = [_log_values(d) for d in decisions]
+        self.log_rows([log_row(d) for d in decisions])
+
+    def log_rows(self, rows: list[tuple[object, ...]]) -> None:
+        """Rows made by `log_row`. executemany on tuples: 6 µs a row against 14 µs for
+        sqlite-utils' insert_all of dicts (bench/bench_micro.py)."""
         with self._lock, self._errors("write to"), self.db.conn:
             self.db.conn.executemany(_LOG_INSERT, rows)
 
@@ -357,10 +382,12 @@ class Store:
                 removed += extra.rowcount
         return int(removed)
 
-    def data_version(self) -> int:
-        """Changes when another connection (another process) commits to the file."""
+    def rules_version(self) -> int:
+        """Grows with every change to the stored rules, by any process."""
         with self._lock, self._errors("read"):
-            return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+            return int(
+                self.db.execute("SELECT count FROM changes WHERE what = 'rules'").fetchone()[0]
+            )
 
 
 _LOG_COLUMNS = (
@@ -386,7 +413,7 @@ _LOG_INSERT = (
 )
 
 
-def _log_values(d: Decision) -> tuple[object, ...]:
+def log_row(d: Decision) -> tuple[object, ...]:
     return (
         d.time, d.proc.pid, d.proc.exe, d.proc.uid, d.proc.attribution.value,
         d.flow.proto.value, str(d.flow.src), d.flow.sport, str(d.flow.dst), d.flow.dport,
@@ -396,7 +423,7 @@ def _log_values(d: Decision) -> tuple[object, ...]:
 
 def decision_row(d: Decision) -> dict[str, Any]:
     """A decision as a connection-log row (and as the monitor's signal shows it)."""
-    return dict(zip(_LOG_COLUMNS, _log_values(d), strict=True))
+    return dict(zip(_LOG_COLUMNS, log_row(d), strict=True))
 
 
 def keep_unexpired(now: float, alive: Callable[[int, float], bool]) -> Callable[[RuleRecord], bool]:

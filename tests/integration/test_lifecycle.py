@@ -77,7 +77,9 @@ def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str) -> None:
     assert lab.py("tcp", "192.0.2.2", 80) == "connected"
     assert lab.py("tcp", "192.0.2.2", 9000, "--timeout", "1") == "timeout"
     logged = len(lab.log_rows())
+    writer = lab.ctl_json("status")["log_writer_pid"]
     assert lab.stop_daemon(signal.SIGKILL) == -signal.SIGKILL
+    wait_gone(writer)  # the log writer goes with snitchd: it reads end-of-file
     assert lab.iptables_save().count(JUMPS) == 4, "the kernel rules went with the process"
     if mode == "open":
         assert lab.py("tcp", "192.0.2.2", 9000, "--timeout", "2") == "connected"
@@ -89,6 +91,44 @@ def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str) -> None:
     assert len(lab.log_rows()) >= logged
     assert lab.py("tcp", "192.0.2.2", 80) == "connected"
     assert lab.py("tcp", "192.0.2.2", 9000, "--timeout", "1") == "timeout"
+
+
+def wait_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                    return
+        except FileNotFoundError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} still there"
+        time.sleep(0.05)
+
+
+def test_killed_log_writer_is_replaced_and_no_decision_is_lost(running: Lab) -> None:
+    """The connection log is written by a child process; if it dies, snitchd keeps deciding,
+    keeps the rows it could not hand over, and starts a new writer."""
+    running.add_rule("allow port=80")
+    assert running.py("tcp", "192.0.2.2", 80) == "connected"
+    status = running.ctl_json("status")
+    first = status["log_writer_pid"]
+    assert first > 0 and running.daemon is not None and first != running.daemon.pid
+    assert status["log_writer_starts"] == 1
+    os.kill(first, signal.SIGKILL)
+    wait_gone(first)
+    for _ in range(3):
+        assert running.py("tcp", "192.0.2.2", 80) == "connected"
+    assert running.py("tcp", "192.0.2.2", 9000, "--timeout", "1") == "timeout"
+    rows = [(r["dport"], r["action"]) for r in running.log_rows()]
+    assert rows[:4] == [(80, "allow")] * 4
+    assert rows[4:] and set(rows[4:]) == {(9000, "deny")}  # the SYN may be sent twice
+    status = running.ctl_json("status")
+    assert status["log_writer_starts"] == 2 and status["log_writer_pid"] not in (0, first)
+    assert status["log_rows_written"] == len(rows) and status["log_rows_dropped"] == 0
+    log = running.log_text()
+    assert "connection log writer lost" in log
+    assert "rules were changed outside snitch" not in log
 
 
 def test_reload_takes_a_good_config_and_refuses_a_bad_one(running: Lab) -> None:

@@ -162,6 +162,24 @@ def test_deleting_a_missing_rule_says_so(store: Store) -> None:
         store.delete_rule(999)
 
 
+def test_rules_version_counts_rule_changes_by_any_process_and_nothing_else(
+    store: Store, db_path: Path
+) -> None:
+    """snitchd alerts on rules changed behind its back; the log writer's commits (rows, hit
+    counts, apps) must not look like such a change."""
+    before = store.rules_version()
+    record = store.add_rule(parse_rule("allow port=443"), NOW)
+    store.record_hits({record.id: (1, NOW)})
+    store.log_decisions([decision(NOW, "/usr/bin/curl", "allow")])
+    store.note_apps({"/usr/bin/curl": (NOW, None)})
+    assert store.rules_version() == before + 1
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("UPDATE rules SET text = 'deny port=443' WHERE id = ?", [record.id])
+    assert store.rules_version() == before + 2
+    store.delete_rule(record.id)
+    assert store.rules_version() == before + 3
+
+
 def test_record_hits_accumulates_for_stored_and_memory_rules(store: Store, db_path: Path) -> None:
     """Hit counts tell the user which rules are dead weight; they add up across batches and
     survive a restart for stored rules."""

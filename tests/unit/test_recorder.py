@@ -1,0 +1,91 @@
+"""The log writer's side of `recorder` on a real store file: rows, hit counts, pruning, and
+flow ends joined to their rows one batch late (the race it exists for)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from multiprocessing import Pipe
+from pathlib import Path
+
+import pytest
+
+from snitchd.logwriter import LogWriter
+from snitchd.recorder import Batch, Done
+from snitchd.records import Attribution, Flow, Process, Proto
+from snitchd.rules import parse_rule
+from snitchd.store import Decision, LogQuery, Store, log_row
+from snitchd.traffic import FlowEnd
+
+NOW = 1_700_000_000.0
+CLIENT, SERVER = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2")
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[LogWriter]:
+    ours, _theirs = Pipe()
+    store = Store(tmp_path / "snitch.db")
+    try:
+        yield LogWriter(ours, store)
+    finally:
+        store.close()
+
+
+def row(sport: int, t: float = NOW) -> tuple[object, ...]:
+    flow = Flow(Proto.TCP, CLIENT, sport, SERVER, 80, "veth0")
+    proc = Process(Attribution.PROCESS, pid=7, uid=1000, exe="/usr/bin/curl")
+    return log_row(Decision(t, flow, proc, "allow", None, "default"))
+
+
+def end(sport: int, sent: int) -> FlowEnd:
+    return FlowEnd(Proto.TCP, CLIENT, sport, SERVER, 80, sent, 41, 3, 2)
+
+
+def logged(writer: LogWriter) -> dict[int, tuple[int | None, int | None]]:
+    rows = writer.store.connections(LogQuery(limit=1000))
+    return {r["sport"]: (r["bytes_out"], r["bytes_in"]) for r in rows}
+
+
+def test_a_batch_is_written_and_answered_with_its_sequence_number(writer: LogWriter) -> None:
+    assert writer.handle(Batch(5, [row(40000), row(40001)])) == Done(5, written=2)
+    assert set(logged(writer)) == {40000, 40001}
+
+
+def test_an_end_that_overtakes_its_row_is_joined_once_the_row_is_written(
+    writer: LogWriter,
+) -> None:
+    """snitchd took its batch just before deciding the flow; the flow ended and its DESTROY
+    event reached the writer before that batch did. Joining at once would miss the row (or
+    hit an older flow with the same ports), so an end waits for the batch after the one that
+    was on its way, which holds the row: snitchd takes it only once that one was answered."""
+    writer.on_end(end(40000, 1000))
+    assert writer.handle(Batch(1, [])).ends == 0  # on its way: the row is not in it
+    assert writer.handle(Batch(2, [row(40000)])).ends == 1
+    assert logged(writer) == {40000: (1000, 41)}
+
+
+def test_an_end_joins_the_newest_row_of_its_five_tuple(writer: LogWriter) -> None:
+    """A source port comes back: the counters belong to the flow that just ended."""
+    writer.handle(Batch(1, [row(40000, NOW)]))
+    writer.handle(Batch(2, [row(40000, NOW + 60)]))
+    writer.on_end(end(40000, 500))
+    writer.handle(Batch(3, []))
+    writer.handle(Batch(4, []))
+    rows = writer.store.connections(LogQuery())
+    assert [(r["time"], r["bytes_out"]) for r in rows] == [(NOW, None), (NOW + 60, 500)]
+
+
+def test_hit_counts_and_new_apps_reach_the_store(writer: LogWriter) -> None:
+    record = writer.store.add_rule(parse_rule("allow port=80"), NOW)
+    writer.handle(Batch(1, hits={record.id: (3, NOW + 1)}, apps={"/usr/bin/curl": (NOW, "ab")}))
+    (listed,) = writer.store.rules()
+    assert (listed.hits, listed.last_hit) == (3, NOW + 1)
+    assert writer.store.known_apps() == {"/usr/bin/curl": "ab"}
+
+
+def test_prune_keeps_the_log_within_its_limits(writer: LogWriter) -> None:
+    """Only the writer writes the log, so snitchd prunes by asking it."""
+    writer.handle(Batch(1, [row(1, NOW - 7200), row(2, NOW - 10), row(3, NOW - 5), row(4, NOW)]))
+    done = writer.handle(Batch(2, prune=(NOW, 3600.0, 2)))
+    assert done.pruned == 2
+    assert set(logged(writer)) == {3, 4}
