@@ -57,10 +57,13 @@ def _notify(state: str) -> None:
 
 
 class _Daemon:
-    def __init__(self, config: Config, config_path: Path | None, backend: Backend) -> None:
+    def __init__(
+        self, config: Config, config_path: Path | None, backend: Backend, recorder: Recorder
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.backend = backend
+        self.recorder = recorder
         self.stop = asyncio.Event()
         self.firewall: Firewall | None = None
         self.reloads = 0
@@ -74,7 +77,7 @@ class _Daemon:
     async def run(self) -> None:
         config = self.config
         store = Store(config.database)
-        recorder = Recorder(str(config.database))
+        recorder = self.recorder
         events = EventLog(store, recorder)
         broker = Broker(
             clock=time.time,
@@ -92,9 +95,6 @@ class _Daemon:
         bus = None
         installed = False
         try:
-            # The log writer first: it turns byte accounting on, and flows that start before
-            # that are never counted.
-            await asyncio.to_thread(recorder.start)
             reader.start(loop)
             if config.snoop_dns:
                 dns_reader.start(loop)
@@ -250,7 +250,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         backend = select_backend()
         Store(config.database).close()
-        asyncio.run(_Daemon(config, args.config, backend).run())
+        # The log writer before anything else: it is forked while there is no thread yet, and
+        # it turns byte accounting on (flows that start before that are never counted).
+        recorder = Recorder(str(config.database))
+        recorder.start()
+        try:
+            asyncio.run(_Daemon(config, args.config, backend, recorder).run())
+        finally:
+            recorder.close()
     except SnitchError as exc:
         print(f"snitchd: error: {exc}", file=sys.stderr)
         return exc.exit_status
