@@ -155,6 +155,19 @@ def rss_mb(pid, key="VmRSS"):
     return total
 
 
+def pss_mb(pid):
+    """Proportional set size summed over the tree: pages shared by snitchd and its writer (the
+    interpreter, libraries) count once in the sum, where RSS counts them in each process."""
+    total = 0.0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next((int(ln.split()[1]) / 1024 for ln in f if ln.startswith("Pss:")), 0.0)
+        except OSError:
+            continue
+    return total
+
+
 def queue_counters(pid):
     """(packets queued so far, dropped because full, dropped by the peer) for our queue, in the
     network namespace of `pid`."""
@@ -359,6 +372,7 @@ def rounds(lab, args, connload, stores, env):
                 if running.pid is not None:
                     time.sleep(0.5)  # let start-up work (first flush, GC) settle
                     running.info["rss_idle_mb"] = round(rss_mb(running.pid), 1)
+                    running.info["pss_idle_mb"] = round(pss_mb(running.pid), 1)
                 running.info["startup_s"] = round(running.startup_s, 2)
                 line = [f"round {rnd + 1}/{args.rounds} {key}"]
                 cpu_before = cpu_seconds(running.pid) if running.pid else 0.0
