@@ -9,10 +9,12 @@ name look-up in `parse_rule` (names become uids so the stored form never changes
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import pwd
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
@@ -45,6 +47,14 @@ _HOST_RE = re.compile(
 )
 _DIGITS = re.compile(r"[0-9]+")
 _DURATION_RE = re.compile(r"^(\d+)m$")
+# What shlex.split treats specially besides its whitespace, " \t\r\n" (comments are off).
+_SHLEX_SPECIAL = re.compile(r"['\"\\]")
+_SHLEX_WORD = re.compile(r"[^ \t\r\n]+")
+# Equal values are shared between rules: at 100k rules (bench/manyrules.py) the same apps,
+# networks and ports recur thousands of times, and one object for each halved what the parsed
+# rules cost (61 -> 28 MB). Strings are interned (they go with their last rule); networks and
+# port ranges come from caches of this many recent texts, so the caches stay small.
+_SHARED_TEXTS = 1024
 _KEYS = ("app", "sha256", "user", "to", "port", "proto", "iface", "for", "until", "pid", "start")
 
 
@@ -147,6 +157,7 @@ def parse_duration(text: str) -> tuple[Lifetime, int | None]:
     return lifetime, None
 
 
+@functools.lru_cache(maxsize=_SHARED_TEXTS)
 def _parse_ports(value: str) -> tuple[int, int]:
     lo_s, sep, hi_s = value.partition("-")
     try:
@@ -168,6 +179,7 @@ def _parse_user(value: str) -> int:
         raise RuleError(f"invalid user {value!r}: no such user") from None
 
 
+@functools.lru_cache(maxsize=_SHARED_TEXTS)
 def _parse_dest(value: str) -> tuple[IPNetwork | None, str | None]:
     try:
         return ip_network(value, strict=True), None
@@ -181,7 +193,7 @@ def _parse_dest(value: str) -> tuple[IPNetwork | None, str | None]:
         raise RuleError(f"invalid destination {value!r}: not an IP, a network, a host or *.domain")
     if host.replace(".", "").isdigit():
         raise RuleError(f"invalid destination {value!r}: not a valid IP address")
-    return None, host.rstrip(".")
+    return None, sys.intern(host.rstrip("."))
 
 
 def _parse_float(key: str, value: str) -> float:
@@ -196,10 +208,7 @@ def _parse_float(key: str, value: str) -> float:
 
 def parse_rule(text: str) -> Rule:
     """Parse the text form; every error names the word that is wrong."""
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise RuleError(f"invalid rule {text!r}: {exc}") from None
+    words = _split(text)
     if not words:
         raise RuleError("invalid rule: empty; start with allow, deny or reject")
     try:
@@ -227,15 +236,26 @@ def parse_rule(text: str) -> Rule:
     return rule
 
 
+def _split(text: str) -> list[str]:
+    """The words of `text` as shlex.split finds them. Without quotes or backslashes that is a
+    split at its whitespace, 20 times faster (3 of the 3.5 s that parsing 100k rules took)."""
+    if _SHLEX_SPECIAL.search(text) is None:
+        return _SHLEX_WORD.findall(text)
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise RuleError(f"invalid rule {text!r}: {exc}") from None
+
+
 def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
     if key == "app":
         if not value.startswith("/"):
             raise RuleError(f"invalid app {value!r}: give the absolute path of the executable")
-        fields["exe"] = value
+        fields["exe"] = sys.intern(value)
     elif key == "sha256":
         if not re.fullmatch(r"[0-9a-f]{64}", value):
             raise RuleError(f"invalid sha256 {value!r}: 64 lowercase hex digits")
-        fields["sha256"] = value
+        fields["sha256"] = sys.intern(value)
     elif key == "user":
         fields["user"] = _parse_user(value)
     elif key == "to":
@@ -253,7 +273,7 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
     elif key == "iface":
         if len(value) > 15 or "/" in value:
             raise RuleError(f"invalid iface {value!r}: an interface name has at most 15 characters")
-        fields["iface"] = value
+        fields["iface"] = sys.intern(value)
     elif key == "for":
         fields["lifetime"], fields["minutes"] = parse_duration(value)
     elif key in ("until", "start"):

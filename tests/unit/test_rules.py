@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import snitchd.rules
 from snitchd.errors import RuleError
 from snitchd.records import Proto
 from snitchd.rules import Action, Lifetime, Rule, parse_duration, parse_rule
@@ -204,6 +205,30 @@ def test_any_valid_rule_round_trips(rule: Rule) -> None:
     """The docstring's promise, `parse_rule(str(rule)) == rule`, for every valid rule, including
     odd paths and interface names that need quoting."""
     assert parse_rule(str(rule)) == rule
+
+
+@given(st.text(" \t\r\n\x0b\x0c\x1c\x85\xa0\u2003'\"\\#=a/é", max_size=16))
+def test_words_are_split_as_shlex_splits_them(text: str) -> None:
+    """The parser splits text without quotes or backslashes itself, 20 times faster than shlex
+    (3 of the 3.5 s that parsing 100k rules took); a word split any other way would be another
+    rule, or one that prints as something else."""
+    try:
+        expected = shlex.split(text)
+    except ValueError:
+        with pytest.raises(RuleError):
+            snitchd.rules._split(text)
+        return
+    assert snitchd.rules._split(text) == expected
+
+
+def test_rules_share_equal_values() -> None:
+    """At 100k rules the same apps, networks and ports recur thousands of times; one object
+    for each halved what the parsed rules cost (bench/manyrules.py: 61 -> 28 MB)."""
+    a = parse_rule("allow app=/usr/bin/curl to=10.0.0.0/8 port=443 iface=tun0")
+    b = parse_rule("deny app=/usr/bin/curl to=10.0.0.0/8 port=443 iface=tun0 for=restart")
+    assert a.exe is b.exe and a.dst is b.dst and a.ports is b.ports and a.iface is b.iface
+    c = parse_rule("allow to=*.example.org")
+    assert c.host is parse_rule("deny to=*.Example.org.").host
 
 
 _WORD_VALUES = st.text(string.printable + "²٥\x00é*", max_size=12)
