@@ -283,7 +283,7 @@ def test_snitchctl_agent_answers_in_a_terminal(running: Lab) -> None:
         terminal.read_until(b"waiting for prompts")
         with running.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "10") as proc:
             text = terminal.read_until(b"answer> ")
-            assert "192.0.2.2 port 443/tcp" in text and python_exe() in text
+            assert "192.0.2.2 port 443/tcp" in text and python_exe() in text, text
             terminal.type("a 15m host\n")
             terminal.read_until(b"rule ")
             out, _ = proc.communicate(timeout=20)
