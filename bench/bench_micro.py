@@ -219,7 +219,7 @@ def bench_flow_end_decode():
     data = _destroy_event()
     assert decode_ends(data)[0].dport == 9000
     stats(
-        "traffic.decode_ends, one DESTROY event (per flow, on the loop)",
+        "traffic.decode_ends, one DESTROY event (per flow, in the log writer)",
         timed(decode_ends, [(data,)] * 2000, repeat=2),
         key="flow_end_decode",
     )
