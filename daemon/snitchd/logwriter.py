@@ -24,6 +24,8 @@ __all__ = ["LogWriter", "main"]
 
 log = logging.getLogger(__name__)
 
+MAX_ENDS = 100_000  # flow ends kept while the database refuses writes; the oldest go first
+
 
 class LogWriter:
     """The child's side: one store, and the flow ends waiting for their rows."""
@@ -53,11 +55,9 @@ class LogWriter:
 
     def on_readable(self) -> None:
         try:
-            batch = self.conn.recv()
-        except (EOFError, OSError):
+            self.conn.send(self.handle(self.conn.recv()))
+        except (EOFError, OSError):  # snitchd is gone
             self.stopped.set()
-            return
-        self.conn.send(self.handle(batch))
 
     def handle(self, batch: Batch) -> Done:
         due, self._ends_due, self._ends_new = self._ends_due, self._ends_new, []
@@ -72,6 +72,7 @@ class LogWriter:
             pruned = self.store.prune(*batch.prune) if batch.prune is not None else 0
         except StoreError as exc:
             self._ends_due[:0] = due
+            del self._ends_due[:-MAX_ENDS]
             return Done(batch.seq, error=str(exc))
         return Done(batch.seq, len(batch.rows), pruned, ends)
 

@@ -3,6 +3,7 @@ flow ends joined to their rows one batch late (the race it exists for)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from multiprocessing import Pipe
@@ -89,3 +90,23 @@ def test_prune_keeps_the_log_within_its_limits(writer: LogWriter) -> None:
     done = writer.handle(Batch(2, prune=(NOW, 3600.0, 2)))
     assert done.pruned == 2
     assert set(logged(writer)) == {3, 4}
+
+
+def test_a_locked_database_is_answered_with_an_error_and_nothing_is_lost(
+    writer: LogWriter, tmp_path: Path
+) -> None:
+    """Another process holds the write lock past the busy timeout (5 s): the batch is refused
+    with a clear error (snitchd keeps its rows and sends them again) and the flow ends wait."""
+    writer.on_end(end(40000, 700))
+    writer.handle(Batch(1, [row(40000)]))  # the end is due with the next batch
+    holder = sqlite3.connect(tmp_path / "snitch.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        done = writer.handle(Batch(2, [row(40001)]))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert done.seq == 2 and done.written == 0
+    assert done.error is not None and "locked" in done.error
+    assert writer.handle(Batch(3, [row(40001)])).ends == 1  # snitchd's retry
+    assert logged(writer) == {40000: (700, 41), 40001: (None, None)}
