@@ -1,12 +1,13 @@
 """The connection log, snitchd's side: decisions are batched and handed to the log writer.
 
-`record` is called per decision on the hot path and only appends to a list; `run` hands the
-batch every `interval` seconds (or sooner when it is full) to the writer process (`recorder`)
-from a worker thread, which waits for the answer with the GIL released: SQLite never blocks the
-queue reader, and never competes with it for the GIL. Listeners (the live monitor over D-Bus)
-get each decision at once. A failed write is logged and the batch kept for the next try, up to a
-bound: losing log rows under a broken disk is better than growing without end. A writer that
-died is started again by the next batch.
+`record` is called per decision on the hot path and only makes its row and appends it; `run`
+hands the batch every `interval` seconds (or sooner when it is full) to the writer process
+(`recorder`) from a worker thread, which waits for the answer with the GIL released: SQLite
+never blocks the queue reader, and never competes with it for the GIL. Listeners (the live
+monitor over D-Bus) get each decision at once. A failed write is said once in the journal and
+the batch kept for the next try, up to a bound: losing log rows under a broken disk is better
+than growing without end. A writer that died is started again by the next batch (one that
+could not start, after a pause).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class EventLog:
         self.written = 0
         self.dropped = 0
         self.pruned = 0
+        self._failing = False  # said once in the journal, not at every retry
 
     def record(self, decision: Decision) -> None:
         self._pending.append(log_row(decision))
@@ -97,7 +99,13 @@ class EventLog:
             try:
                 done = await asyncio.to_thread(self._write, batch, hits, apps, prune)
             except StoreError as exc:
-                log.error("connection log write failed rows=%d: %s", len(batch), exc)
+                log.log(
+                    logging.DEBUG if self._failing else logging.ERROR,
+                    "connection log write failed, rows kept for the next try rows=%d: %s",
+                    len(batch),
+                    exc,
+                )
+                self._failing = True
                 self._pending[:0] = batch
                 self._apps.update(apps)
                 overflow = len(self._pending) - MAX_PENDING
@@ -105,6 +113,9 @@ class EventLog:
                     del self._pending[:overflow]
                     self.dropped += overflow
                 return
+            if self._failing:
+                self._failing = False
+                log.info("connection log written again rows=%d", done.written)
             self.written += done.written
             self.pruned += done.pruned
 

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # Not `-m snitchd.logwriter`: its classes would then be __main__'s, and pickles name them.
 _CHILD = "import sys; from snitchd.logwriter import main; sys.exit(main())"
 READY_TIMEOUT = 30.0  # the child imports sqlite-utils and opens the store: ~0.3 s, measured
+RETRY_DELAY = 5.0  # after a writer that could not start (a corrupt database), not twice a second
 
 
 class RecorderGone(StoreError):
@@ -80,6 +81,7 @@ class Recorder:
         self._proc: subprocess.Popen[bytes] | None = None  # a spawned writer; None if forked
         self._status: int | None = None  # a forked writer's exit status, once reaped
         self._conn: Connection | None = None
+        self._retry_at = 0.0
 
     def start(self) -> None:
         """Start the child and wait until it reads conntrack events, so that every flow let out
@@ -113,7 +115,13 @@ class Recorder:
         """Send `batch` and wait for its answer. A child that died or hangs is ended and
         RecorderGone raised; the next call starts a new one."""
         if self._conn is None:
-            self.start()
+            if time.monotonic() < self._retry_at:
+                raise RecorderGone("connection log writer could not start; trying again soon")
+            try:
+                self.start()
+            except StoreError:
+                self._retry_at = time.monotonic() + RETRY_DELAY
+                raise
         assert self._conn is not None
         try:
             self._conn.send(batch)

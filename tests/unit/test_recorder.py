@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from snitchd.errors import StoreError
 from snitchd.logwriter import LogWriter
-from snitchd.recorder import Batch, Done
+from snitchd.recorder import Batch, Done, Recorder, RecorderGone
 from snitchd.records import Attribution, Flow, Process, Proto
 from snitchd.rules import parse_rule
 from snitchd.store import Decision, LogQuery, Store, log_row
@@ -110,3 +111,18 @@ def test_a_locked_database_is_answered_with_an_error_and_nothing_is_lost(
     assert done.error is not None and "locked" in done.error
     assert writer.handle(Batch(3, [row(40001)])).ends == 1  # snitchd's retry
     assert logged(writer) == {40000: (700, 41), 40001: (None, None)}
+
+
+def test_a_writer_that_cannot_start_is_not_started_again_at_once(tmp_path: Path) -> None:
+    """A database the writer cannot open (here: its folder is a file) fails each start; snitchd
+    must not start a process twice a second for as long as that lasts."""
+    (tmp_path / "file").write_text("")
+    recorder = Recorder(str(tmp_path / "file" / "snitch.db"))
+    try:
+        with pytest.raises(StoreError, match="cannot open"):
+            recorder.write(Batch(1), timeout=30)
+        with pytest.raises(RecorderGone, match="trying again soon"):
+            recorder.write(Batch(2), timeout=30)
+        assert recorder.starts == 1 and recorder.pid is None
+    finally:
+        recorder.close()
