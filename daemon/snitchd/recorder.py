@@ -101,6 +101,9 @@ class Recorder:
                     stdin=subprocess.DEVNULL,
                 )
                 self.pid = self._proc.pid
+        except OSError as exc:  # out of processes or fds, the interpreter gone in an upgrade
+            ours.close()
+            raise RecorderGone(f"cannot start the connection log writer: {exc}") from exc
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())

@@ -4,6 +4,7 @@ flow ends joined to their rows one batch late (the race it exists for)."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from multiprocessing import Pipe
@@ -126,3 +127,16 @@ def test_a_writer_that_cannot_start_is_not_started_again_at_once(tmp_path: Path)
         assert recorder.starts == 1 and recorder.pid is None
     finally:
         recorder.close()
+
+
+def test_a_writer_that_cannot_even_be_spawned_is_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a package upgrade the interpreter path may be gone: the event log must get the
+    error it handles (rows kept, retried later), not an OSError that would end snitchd."""
+    recorder = Recorder(str(tmp_path / "snitch.db"))
+    recorder.starts = 1  # not the first writer: spawned, not forked
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "gone" / "python3"))
+    with pytest.raises(RecorderGone, match="cannot start the connection log writer"):
+        recorder.write(Batch(1), timeout=30)
+    assert recorder.pid is None
