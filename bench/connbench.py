@@ -141,12 +141,12 @@ def cpu_seconds(pid):
     return total
 
 
-def rss_mb(pid, key="VmRSS"):
-    """Summed over the process tree (VmHWM: the sum of each one's peak)."""
+def _tree_mb(pid, name, key):
+    """The `key:` field (kB) of /proc/<p>/<name>, in MB, summed over the process tree."""
     total = 0.0
     for p in tree(pid):
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/{name}") as f:
                 total += next(
                     (int(ln.split()[1]) / 1024 for ln in f if ln.startswith(key + ":")), 0.0
                 )
@@ -155,17 +155,15 @@ def rss_mb(pid, key="VmRSS"):
     return total
 
 
+def rss_mb(pid, key="VmRSS"):
+    """Summed over the process tree (VmHWM: the sum of each one's peak)."""
+    return _tree_mb(pid, "status", key)
+
+
 def pss_mb(pid):
     """Proportional set size summed over the tree: pages shared by snitchd and its writer (the
     interpreter, libraries) count once in the sum, where RSS counts them in each process."""
-    total = 0.0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                total += next((int(ln.split()[1]) / 1024 for ln in f if ln.startswith("Pss:")), 0.0)
-        except OSError:
-            continue
-    return total
+    return _tree_mb(pid, "smaps_rollup", "Pss")
 
 
 def queue_counters(pid):

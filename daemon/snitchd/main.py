@@ -77,8 +77,7 @@ class _Daemon:
     async def run(self) -> None:
         config = self.config
         store = Store(config.database)
-        recorder = self.recorder
-        events = EventLog(store, recorder)
+        events = EventLog(store, self.recorder)
         broker = Broker(
             clock=time.time,
             timeout=config.prompt_timeout,
@@ -135,8 +134,7 @@ class _Daemon:
             dns_reader.close()
             if bus is not None:
                 bus.disconnect()
-            await events.flush()
-            await asyncio.to_thread(recorder.close)
+            await events.flush()  # the last rows; main() then ends the writer
             attributor.close()
             store.close()
             log.info("snitchd stopped")
@@ -190,7 +188,7 @@ class _Daemon:
 
     async def _sweep(self, firewall: Firewall) -> None:
         """Once a second: expire rules, notice rules changed behind our back; now and then,
-        prune the connection log to its limits (in a worker thread: it may take a while)."""
+        prune the connection log to its limits (the log writer does it: it may take a while)."""
         store = firewall.store
         version = store.rules_version()
         last_prune = 0.0
