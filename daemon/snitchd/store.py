@@ -293,18 +293,15 @@ class Store:
     def connections(self, query: LogQuery) -> list[dict[str, Any]]:
         where: list[str] = []
         args: list[object] = []
-        if query.since is not None:
-            where.append("time >= ?")
-            args.append(query.since)
-        if query.exe is not None:
-            where.append("exe = ?")
-            args.append(query.exe)
-        if query.action is not None:
-            where.append("action = ?")
-            args.append(query.action)
-        if query.uid is not None:
-            where.append("uid = ?")
-            args.append(query.uid)
+        for condition, value in (
+            ("time >= ?", query.since),
+            ("exe = ?", query.exe),
+            ("action = ?", query.action),
+            ("uid = ?", query.uid),
+        ):
+            if value is not None:
+                where.append(condition)
+                args.append(value)
         if query.host is not None:
             if query.host.startswith("*."):
                 where.append("(host = ? OR host LIKE ?)")
