@@ -404,7 +404,12 @@ class Attributor:
         except psutil.Error as exc:  # NoSuchProcess, ZombieProcess, AccessDenied
             log.debug("process details unavailable pid=%d: %s", pid, exc)
             return None
-        if _read_stat(pid) != stat:  # exited, reused or exec'd while we read: not our process
+        again = _read_stat(pid)
+        # Exited, reused or exec'd while we read: not our process (start time and comm say who
+        # it is). The state letter and the parent are left out: a live process goes from running
+        # to sleeping, or is reparented, between two reads (the state letter alone dropped 77
+        # lookups in 300 of a live process to uid-only, issue 14).
+        if again is None or again[2:] != stat[2:] or again[0] in ("Z", "X"):
             return None
         return Process(
             attribution=Attribution.PROCESS,
