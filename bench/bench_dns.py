@@ -1,38 +1,29 @@
 """What DNS snooping costs: `parse_dns_packet` per answer, `NameCache` lookups per packet.
 
 Answers are real DNS messages made by dnspython behind hand-built IPv4/UDP and IPv4/TCP headers.
-Prints figures, asserts nothing. No root needed: PYTHONPATH=daemon python bench/bench_dns.py
+Prints figures, asserts nothing. No root needed: python -m bench.bench_dns
 """
 
 import statistics
-import struct
 import timeit
 from ipaddress import IPv4Address
 
 import dns.message
 import dns.rrset
 
-from snitchd.dns import NameCache, Resolution, parse_dns_packet
+from snitchd.dnssnoop import NameCache, Resolution, parse_dns_packet
+from tests.support import packets
+from tests.support.packets import framed, ipv4
 
 ADDR = IPv4Address("203.0.113.7")
 
 
-def ipv4(proto, payload):
-    return (
-        struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0, bytes(4), bytes(4)
-        )
-        + payload
-    )
-
-
 def udp(payload):
-    return struct.pack("!HHHH", 53, 41000, 8 + len(payload), 0) + payload
+    return packets.udp(53, 41000, payload)
 
 
 def tcp(payload):
-    framed = struct.pack("!H", len(payload)) + payload
-    return struct.pack("!HHIIBBHHH", 53, 41000, 1, 1, 5 << 4, 0x18, 65535, 0, 0) + framed
+    return packets.tcp(53, 41000, payload, flags=0x18)
 
 
 def response(qname, records, rdtype="A"):
@@ -74,7 +65,10 @@ def main():
 
     print("parse_dns_packet, µs per answer (best of 5 / median of 5):")
     for label, wire in answers.items():
-        for transport, packet in (("udp", ipv4(17, udp(wire))), ("tcp", ipv4(6, tcp(wire)))):
+        for transport, packet in (
+            ("udp", ipv4(17, udp(wire))),
+            ("tcp", ipv4(6, tcp(framed(wire)))),
+        ):
             best, median = per_call_us(lambda p=packet: parse_dns_packet(p), 2000)
             print(f"  {label:28} {transport} {len(packet):4} B  {best:6.1f} / {median:6.1f}")
         best, median = per_call_us(lambda w=wire: dns.message.from_wire(w, keyring=False), 2000)

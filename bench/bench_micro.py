@@ -10,7 +10,7 @@
   process's fds are scanned).
 
 Prints figures, asserts nothing; `--json PATH` writes them. Run as root (sock_diag of every
-socket): PYTHONPATH=daemon python bench/bench_micro.py
+socket): python -m bench.bench_micro
 """
 
 import argparse
@@ -24,22 +24,23 @@ import struct
 import sys
 import tempfile
 import time
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from pathlib import Path
 
-import manyrules
-
+from bench import manyrules
+from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rules import Action, parse_rule
 from snitchd.config import Config
 from snitchd.decide import RuleSet, decide
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall
+from snitchd.logwriter.parent import Recorder
+from snitchd.logwriter.protocol import Batch
 from snitchd.packet import decode
 from snitchd.procs import Attributor
 from snitchd.prompts import Broker
-from snitchd.recorder import Batch, Recorder
-from snitchd.records import Attribution, Flow, Process, Proto
-from snitchd.rules import Action, parse_rule
 from snitchd.store import Decision, FlowBytes, Store, log_row
+from tests.support import packets
 
 CLIENT_EXE = "/opt/bench/connload"
 FIGURES: dict[str, dict[str, float]] = {}
@@ -64,18 +65,6 @@ def timed(fn, args_list, repeat=1):
             fn(*args)
             out.append(clock() - start)
     return out
-
-
-def ipv4_packet(proto, src, sport, dst, dport):
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0x4000, 64, proto, 0, src, dst)
-    if proto == socket.IPPROTO_TCP:
-        return ip + struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x02, 64240, 0, 0)
-    return ip + struct.pack("!HHHH", sport, dport, 9, 0)
-
-
-def ipv6_syn(src, sport, dst, dport):
-    ip = struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64, src, dst)
-    return ip + struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x02, 64240, 0, 0)
 
 
 def bench_rules():
@@ -168,9 +157,9 @@ def bench_reload(texts, tmp):
 
 def bench_decode():
     print("-- decode: packet.decode")
-    v4 = ipv4_packet(6, bytes([192, 0, 2, 1]), 40000, bytes([192, 0, 2, 2]), 9000)
-    udp = ipv4_packet(17, bytes([192, 0, 2, 1]), 40000, bytes([192, 0, 2, 2]), 9000)
-    v6 = ipv6_syn(IPv6Address("2001:db8::1").packed, 40000, IPv6Address("2001:db8::2").packed, 80)
+    v4 = packets.ipv4(6, packets.tcp(40000, 9000), frag=0x4000)
+    udp = packets.ipv4(17, packets.udp(40000, 9000, b"x"), frag=0x4000)
+    v6 = packets.ipv6(6, packets.tcp(40000, 80))
     for key, label, data in (
         ("decode_v4_tcp", "IPv4 TCP SYN", v4),
         ("decode_v4_udp", "IPv4 UDP", udp),
@@ -213,7 +202,7 @@ def _destroy_event():
 def bench_flow_end_decode():
     """traffic.decode_ends: one conntrack DESTROY event per finished flow, on the event loop."""
     try:
-        from snitchd.traffic import decode_ends  # noqa: PLC0415 (newer trees only)
+        from snitchd.logwriter.conntrack import decode_ends  # noqa: PLC0415 (newer trees only)
     except ImportError:
         return
     data = _destroy_event()
@@ -322,7 +311,7 @@ class StandInPacket:
 
 def _syn_of(sock):
     (src, sport), (dst, dport) = sock.getsockname(), sock.getpeername()
-    return ipv4_packet(6, socket.inet_aton(src), sport, socket.inet_aton(dst), dport)
+    return packets.ipv4(6, packets.tcp(sport, dport), src=IPv4Address(src), dst=IPv4Address(dst))
 
 
 def bench_on_packet(tmp):

@@ -4,7 +4,7 @@
 (10,000 sockets); then: the raw sock_diag exact lookup, the same with pyroute2's message classes,
 warm lookups, and the cold paths (a socket never seen: /proc scan; a new process: psutil + sha256).
 Prints figures, asserts nothing; `--json PATH` also writes them (bench/connbench.py reads them).
-Run as root: PYTHONPATH=daemon python bench/bench_procs.py
+Run as root: python -m bench.bench_procs
 """
 
 import argparse
@@ -23,9 +23,9 @@ from pathlib import Path
 from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
 
+from snitch_common.records import Attribution, Flow, Proto
 from snitchd import procs
 from snitchd.procs import Attributor
-from snitchd.records import Attribution, Flow, Proto
 
 FIGURES: dict[str, dict[str, float]] = {}
 CHILDREN = 500

@@ -1,7 +1,7 @@
 """snitch's benchmark: new connections per second through the firewall, against no firewall and
 against the ceiling of its design, in one run, in network namespaces it creates and removes.
 
-    sudo .venv/bin/python bench/connbench.py          # ~4-5 minutes; --help for options
+    sudo .venv/bin/python -m bench.connbench          # ~4-5 minutes; --help for options
 
 Configurations, interleaved in rounds (the order rotates each round) so that noise from the rest
 of the machine hits all alike:
@@ -37,13 +37,11 @@ import sys
 import time
 from pathlib import Path
 
-import hotpath
-import manyrules
-import report
-from netlab import PORT, SERVER_ADDR, NetLab, stop_process
-
-from snitchd.rules import parse_rule
+from bench import hotpath, manyrules, report
+from bench.netlab import PORT, SERVER_ADDR, NetLab
+from snitch_common.rules import parse_rule
 from snitchd.store import Store
+from tests.support.lab import stop_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -117,7 +115,7 @@ def make_stores(tmp, client_exe, n_rules):
 
 # -- reading the kernel's and the processes' counters ------------------------------------------
 def tree(pid):
-    """`pid` and its descendants: snitchd's figures include its log writer (snitchd.recorder)."""
+    """`pid` and its descendants: snitchd's figures include its log writer (snitchd.logwriter)."""
     pids = [pid]
     for p in pids:
         try:
@@ -403,9 +401,10 @@ def run_micro(lab, env, out_dir):
         done = lab.ns(
             lab.client,
             "env",
-            f"PYTHONPATH={env['PYTHONPATH']}",
+            f"PYTHONPATH={env['PYTHONPATH']}:{ROOT}",
             sys.executable,
-            str(HERE / name),
+            "-m",
+            f"bench.{name.removesuffix('.py')}",
             "--json",
             str(out),
             check=False,

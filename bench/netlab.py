@@ -1,5 +1,6 @@
 """The bench's lab: a client and a server network namespace over one veth pair, a private
 system bus, and the processes started in them, all removed by `close()` even after a failure.
+Built from the tests' own lab pieces (`tests.support.lab`).
 
     client netns (load client, firewall)       server netns (connload server)
       veth0 192.0.2.1/24                  <->    veth0 192.0.2.2/24
@@ -10,16 +11,14 @@ module started are ended, by their Popen handle.
 """
 
 import os
-import re
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.lab import Bus, add_veth, run, stop_process
+
 CLIENT_ADDR = "192.0.2.1"
 SERVER_ADDR = "192.0.2.2"
 PORT = 9000
@@ -38,31 +37,6 @@ CLIENT_SYSCTLS = {
 SERVER_SYSCTLS = {"net.core.somaxconn": "65535"}
 
 
-def run(*argv, check=True, timeout=60, **kw):
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout, **kw)
-
-
-def wait_for(predicate, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-
-
-def stop_process(proc, timeout=15.0):
-    """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 class NetLab:
     def __init__(self):
         tag = secrets.token_hex(3)
@@ -71,6 +45,7 @@ class NetLab:
         self.tmp = Path(tempfile.mkdtemp(prefix="snitch-bench-"))
         os.chmod(self.tmp, 0o755)
         self.bus_address = ""
+        self._bus: Bus | None = None
         self._made: list[str] = []
         self._procs: list[subprocess.Popen] = []
         self.sysctl_missing: list[str] = []
@@ -82,11 +57,8 @@ class NetLab:
         for ns in (c, s):
             run("ip", "netns", "add", ns)
             self._made.append(ns)
-        veth = ("veth0", "netns", c, "type", "veth", "peer", "name", "veth0", "netns", s)
-        run("ip", "link", "add", *veth)
-        for ns, addr in ((c, CLIENT_ADDR), (s, SERVER_ADDR)):
-            self.ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", "veth0")
-            self.ns(ns, "ip", "link", "set", "veth0", "up")
+        add_veth(c, s, "veth0", CLIENT_ADDR, SERVER_ADDR)
+        for ns in (c, s):
             self.ns(ns, "ip", "link", "set", "lo", "up")
         self.set_sysctls()
         for key, value in SERVER_SYSCTLS.items():
@@ -96,7 +68,8 @@ class NetLab:
         line = server.stdout.readline().strip()
         if line != "ready":
             raise RuntimeError(f"load server did not start: {line!r}")
-        self._start_bus()
+        self._bus = Bus()
+        self.bus_address = self._bus.address
 
     def set_sysctls(self):
         """Conntrack's sysctls exist once nf_conntrack is loaded (the first firewall loads it):
@@ -106,31 +79,6 @@ class NetLab:
             done = self.ns(self.client, "sysctl", "-q", "-w", f"{key}={value}", check=False)
             if done.returncode != 0:
                 self.sysctl_missing.append(key)
-
-    def _start_bus(self):
-        """A private "system" bus with only the project's policy file (as tests/integration)."""
-        bus = self.tmp / "bus"
-        policy = bus / "policy"
-        policy.mkdir(parents=True)
-        shutil.copy(ROOT / "systemd" / "org.snitch.Firewall1.conf", policy)
-        text = Path("/usr/share/dbus-1/system.conf").read_text()
-        for tag in ("user", "pidfile", "listen", "includedir"):
-            text = re.sub(rf"\s*<{tag}>.*?</{tag}>", "", text, flags=re.S)
-        text = re.sub(r"\s*<fork\s*/>", "", text)
-        text = re.sub(r"\s*<include [^>]*>.*?</include>", "", text, flags=re.S)
-        sock = bus / "system_bus_socket"
-        extra = f"<listen>unix:path={sock}</listen>\n<includedir>{policy}</includedir>\n"
-        conf = bus / "system.conf"
-        conf.write_text(text.replace("</busconfig>", extra + "</busconfig>"))
-        self._procs.append(
-            subprocess.Popen(
-                ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nosyslog"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_for(sock.exists, 10, "the private bus socket")
-        self.bus_address = f"unix:path={sock}"
 
     # -- acting -------------------------------------------------------------------------------
     def ns(self, ns, *argv, check=True, timeout=60):
@@ -163,6 +111,8 @@ class NetLab:
                     proc.stdout.close()
             except Exception as exc:
                 errors.append(f"pid {proc.pid}: {exc}")
+        if self._bus is not None:
+            self._bus.stop()
         for ns in self._made:
             done = run("ip", "netns", "del", ns, check=False)
             if done.returncode != 0:

@@ -1,3 +1,5 @@
-"""snitch: a per-application, interactive outbound firewall for Linux (the daemon side)."""
+"""snitchd, the root daemon: it holds every new outbound flow, finds its process and decides.
 
-__version__ = "0.1.0"
+Only the daemon and its log-writer child import this package; the CLI and the notifier speak to
+it over D-Bus through `snitch_common`.
+"""

@@ -26,24 +26,21 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import ServiceInterface, dbus_method
 
-from snitchd import __version__
+from snitch_common import __version__
+from snitch_common.answers import parse_answer
+from snitch_common.bus import AGENT_INTERFACE, BUS_NAME, INTERFACE, OBJECT_PATH, call_bus_daemon
+from snitch_common.errors import DBUS_ERROR_PREFIX, NotAuthorized, RuleError, SnitchError
+from snitch_common.records import Proto
+from snitch_common.rules import RuleRecord, parse_rule
 from snitchd.access import is_admin
-from snitchd.client import call_bus_daemon
 from snitchd.decide import PRECEDENCE
-from snitchd.errors import DBUS_ERROR_PREFIX, NotAuthorized, RuleError, SnitchError
 from snitchd.events import Alert
 from snitchd.firewall import Firewall
-from snitchd.prompts import Agent, Prompt, parse_answer
+from snitchd.prompts import Agent, Prompt
 from snitchd.queue import kernel_stats
-from snitchd.records import Proto
-from snitchd.rules import RuleRecord, parse_rule
 from snitchd.store import Decision, LogQuery, decision_row
 
 __all__ = [
-    "AGENT_INTERFACE",
-    "BUS_NAME",
-    "INTERFACE",
-    "OBJECT_PATH",
     "CallerAwareBus",
     "DBusTransport",
     "FirewallService",
@@ -52,11 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-BUS_NAME = "org.snitch.Firewall1"
-INTERFACE = "org.snitch.Firewall1"
-OBJECT_PATH = "/org/snitch/Firewall1"
-AGENT_INTERFACE = "org.snitch.Agent1"
 
 VarDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 VarDicts = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
@@ -374,11 +366,12 @@ class FirewallService(ServiceInterface):
 
         async def run() -> int:
             parsed = parse_answer(
+                prompt_id,
                 _arg(answer, "action", str) or "",
                 _arg(answer, "duration", str) or "once",
                 _arg(answer, "scope", str) or "exact",
             )
-            rule_id = self.firewall.broker.answer(prompt_id, parsed, _sender.get())
+            rule_id = self.firewall.broker.answer(parsed, _sender.get())
             return -1 if rule_id is None else rule_id
 
         return await self._guard(run)

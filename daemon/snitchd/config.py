@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from snitchd.errors import ConfigError
-from snitchd.rules import Action
+from snitch_common.errors import ConfigError
+from snitch_common.rules import Action
 
 __all__ = ["DEFAULT_PATH", "Config", "FailMode", "load_config", "parse_config"]
 

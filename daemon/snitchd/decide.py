@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from snitchd.records import Flow, Process, Proto
-from snitchd.rules import Action, Lifetime, Rule
+from snitch_common.records import Flow, Process, Proto
+from snitch_common.rules import Action, Lifetime, Rule
 
 __all__ = ["PRECEDENCE", "Ask", "Explanation", "RuleSet", "Verdict", "decide", "specificity"]
 

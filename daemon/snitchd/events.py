@@ -2,7 +2,7 @@
 
 `record` is called per decision on the hot path and only makes its row and appends it; `run`
 hands the batch every `interval` seconds (or sooner when it is full) to the writer process
-(`recorder`) from a worker thread, which waits for the answer with the GIL released: SQLite
+(`logwriter.parent`) from a worker thread, which waits for the answer with the GIL released: SQLite
 never blocks the queue reader, and never competes with it for the GIL. Listeners (the live
 monitor over D-Bus) get each decision at once. A failed write is said once in the journal and
 the batch kept for the next try, up to a bound: losing log rows under a broken disk is better
@@ -19,8 +19,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from snitchd.errors import StoreError
-from snitchd.recorder import Batch, Done, Recorder
+from snitch_common.errors import StoreError
+from snitchd.logwriter.parent import Recorder
+from snitchd.logwriter.protocol import Batch, Done
 from snitchd.store import Decision, Store, log_row
 
 __all__ = ["Alert", "EventLog"]
@@ -134,7 +135,7 @@ class EventLog:
 
     async def run(self) -> None:
         """Hand over a batch every interval, even an empty one: the writer joins a flow's end
-        to its row one batch later (see `recorder`), so its clock must tick. The final flush
+        to its row one batch later (see `logwriter.parent`), so its clock must tick. The final flush
         happens in `flush` called at shutdown."""
         while True:
             with contextlib.suppress(TimeoutError):

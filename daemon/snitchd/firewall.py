@@ -18,17 +18,17 @@ from ipaddress import ip_address
 
 from netfilterqueue import Packet
 
+from snitch_common.errors import PacketError
+from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.config import Config
 from snitchd.decide import Explanation, RuleSet, Verdict, decide
-from snitchd.dns import NameCache, parse_dns_packet
-from snitchd.errors import PacketError
+from snitchd.dnssnoop import NameCache, parse_dns_packet
 from snitchd.events import Alert, EventLog
 from snitchd.netfilter import REJECT_MARK
 from snitchd.packet import decode
 from snitchd.procs import Attributor, process_alive
 from snitchd.prompts import Broker
-from snitchd.records import Attribution, Flow, Process, Proto
-from snitchd.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.store import Decision, Store, keep_unexpired
 
 __all__ = ["Counters", "Firewall"]

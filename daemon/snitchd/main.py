@@ -19,18 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-from snitchd import __version__
+from snitch_common import __version__
+from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.api import serve
 from snitchd.config import DEFAULT_PATH, Config, load_config
-from snitchd.errors import ConfigError, SnitchError
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall
+from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
 from snitchd.procs import Attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
-from snitchd.recorder import Recorder
 from snitchd.store import Store
 
 __all__ = ["main"]

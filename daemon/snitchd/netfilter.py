@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from snitchd.errors import BackendFailed, BackendUnavailable
+from snitch_common.errors import BackendFailed, BackendUnavailable
 
 __all__ = [
     "REJECT_MARK",

@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import psutil
 
-from snitchd.records import Attribution, Flow, Process, Proto
+from snitch_common.records import Attribution, Flow, Process, Proto
 
 __all__ = ["Attributor", "process_alive"]
 

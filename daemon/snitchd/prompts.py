@@ -12,56 +12,26 @@ default action applies, and the log says which. Time comes from the injected clo
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_network
 from typing import Protocol
 
 from netfilterqueue import Packet
 
+from snitch_common.answers import Answer, rule_for_answer
+from snitch_common.errors import NotAuthorized
+from snitch_common.records import Flow, Process
+from snitch_common.rules import Lifetime, Rule
 from snitchd.decide import Verdict
-from snitchd.errors import NotAuthorized, PromptError
 from snitchd.events import Alert
-from snitchd.records import Flow, Process, Proto
-from snitchd.rules import Action, Lifetime, Rule, parse_duration
 
-__all__ = [
-    "SYSTEM_UID_MAX",
-    "Agent",
-    "Answer",
-    "Applier",
-    "Broker",
-    "Prompt",
-    "Scope",
-    "Transport",
-    "parse_answer",
-    "rule_for_answer",
-]
+__all__ = ["SYSTEM_UID_MAX", "Agent", "Applier", "Broker", "Prompt", "Transport"]
 
 log = logging.getLogger(__name__)
 
 SYSTEM_UID_MAX = 999
-
-
-class Scope(enum.Enum):
-    """What a prompt's answer covers, from the app's point of view."""
-
-    EXACT = "exact"  # this destination, this port and protocol
-    HOST = "host"  # this destination, any port
-    DOMAIN = "domain"  # any host of this domain (needs a name)
-    PORT = "port"  # any destination on this port and protocol
-    APP = "app"  # anything this app does
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    action: Action
-    lifetime: Lifetime
-    minutes: int | None = None
-    scope: Scope = Scope.EXACT
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,67 +78,6 @@ class Transport(Protocol):
     def send_prompt(self, agent: Agent, prompt: Prompt) -> None: ...
     def send_cancel(self, agent: Agent, prompt: Prompt, reason: str) -> None: ...
     def send_alert(self, agent: Agent, alert: Alert) -> None: ...
-
-
-def parse_answer(action: str, duration: str, scope: str) -> Answer:
-    try:
-        act = Action(action)
-    except ValueError:
-        raise PromptError(f"invalid answer action {action!r}: use allow, deny or reject") from None
-    try:
-        lifetime, minutes = parse_duration(duration)
-    except Exception as exc:
-        raise PromptError(str(exc)) from None
-    try:
-        sc = Scope(scope)
-    except ValueError:
-        choices = ", ".join(s.value for s in Scope)
-        raise PromptError(f"invalid answer scope {scope!r}: use {choices}") from None
-    return Answer(act, lifetime, minutes, sc)
-
-
-def rule_for_answer(prompt: Prompt, answer: Answer, answered_by: Agent) -> Rule:
-    """The rule an answer means. A rule made by a non-admin is limited to that user's own
-    processes, so one user's answer can never open or close anything for another."""
-    flow, proc = prompt.flow, prompt.proc
-    ported = flow.proto in (Proto.TCP, Proto.UDP)
-    proto = flow.proto if flow.proto is not Proto.OTHER else None
-    dst = None
-    host = None
-    ports = None
-    if answer.scope is Scope.DOMAIN:
-        if prompt.host is None or "." not in prompt.host:
-            raise PromptError("scope 'domain' needs a host name, and this destination has none")
-        host = (
-            "*." + prompt.host.split(".", 1)[1]
-            if prompt.host.count(".") > 1
-            else "*." + prompt.host
-        )
-    if answer.scope in (Scope.EXACT, Scope.HOST):
-        if prompt.host is not None:
-            host = prompt.host
-        else:
-            dst = ip_network(flow.dst)
-    if answer.scope in (Scope.EXACT, Scope.PORT) and ported:
-        ports = (flow.dport, flow.dport)
-    if answer.scope in (Scope.HOST, Scope.DOMAIN, Scope.APP):
-        proto = None
-    if answer.scope is Scope.PORT and not ported:
-        raise PromptError(f"scope 'port' needs TCP or UDP, not {flow.proto.value}")
-    user = None if answered_by.admin else proc.uid
-    return Rule(
-        action=answer.action,
-        exe=proc.exe,
-        user=user,
-        dst=dst,
-        host=host,
-        ports=ports,
-        proto=proto,
-        lifetime=answer.lifetime,
-        minutes=answer.minutes,
-        pid=proc.pid if answer.lifetime is Lifetime.PROCESS else None,
-        start=proc.start_time if answer.lifetime is Lifetime.PROCESS else None,
-    )
 
 
 class Broker:
@@ -287,8 +196,9 @@ class Broker:
         agent = self.agents.get(name)
         return [p for p in self.open.values() if agent is not None and p.agent == agent]
 
-    def answer(self, prompt_id: int, answer: Answer, name: str) -> int | None:
+    def answer(self, answer: Answer, name: str) -> int | None:
         """Apply an agent's answer; returns the id of the rule it made (None for once)."""
+        prompt_id = answer.prompt_id
         prompt = self.open.get(prompt_id)
         agent = self.agents.get(name)
         if prompt is None or agent is None or prompt.agent != agent:
@@ -296,8 +206,8 @@ class Broker:
             # learns nothing about other users' prompts.
             raise NotAuthorized(f"no open prompt {prompt_id} for this agent")
         rule_id = None
-        if answer.lifetime is not Lifetime.ONCE:
-            rule = rule_for_answer(prompt, answer, agent)
+        if answer.lifetime[0] is not Lifetime.ONCE:
+            rule = rule_for_answer(prompt.flow, prompt.proc, prompt.host, answer, admin=agent.admin)
             rule_id = self._fw.add_answer_rule(rule, f"prompt by uid {agent.uid}")
             reason = f"rule {rule_id} (answered)"
         else:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from netfilterqueue import NetfilterQueue, Packet
 
-from snitchd.errors import BackendUnavailable
+from snitch_common.errors import BackendUnavailable
 
 __all__ = ["COPY_RANGE", "QueueReader", "kernel_stats"]
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import sqlite_utils
 
-from snitchd.errors import RuleError, RuleNotFound, StoreError
-from snitchd.records import Flow, Process
-from snitchd.rules import Lifetime, Rule, RuleRecord, parse_rule
+from snitch_common.errors import RuleError, RuleNotFound, StoreError
+from snitch_common.records import Flow, Process
+from snitch_common.rules import Lifetime, Rule, RuleRecord, parse_rule
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -28,11 +28,11 @@ from typing import Any
 from dbus_fast import Variant
 from PySide6.QtCore import QObject, Signal
 
-from snitch_notifier.choices import Answer
+from snitch_common.agent import AgentService
+from snitch_common.answers import Answer
+from snitch_common.client import Client
+from snitch_common.errors import DaemonUnreachable, SnitchError
 from snitch_notifier.registration import Listener, stay_registered
-from snitchd.agent import AgentService
-from snitchd.client import Client
-from snitchd.errors import DaemonUnreachable, SnitchError
 
 __all__ = ["AgentBridge", "LogRow", "RuleRow"]
 
@@ -166,9 +166,7 @@ class AgentBridge(QObject):
 
     async def _answer(self, answer: Answer) -> None:
         try:
-            rule_id = await self._need_client().answer_prompt(
-                answer.prompt_id, answer.action.value, answer.duration, answer.scope
-            )
+            rule_id = await self._need_client().answer_prompt(answer)
         except SnitchError as exc:
             self.answer_failed.emit(answer, exc.message)
             raise
@@ -177,7 +175,7 @@ class AgentBridge(QObject):
             answer.prompt_id,
             answer.action.value,
             answer.duration,
-            answer.scope,
+            answer.scope.value,
             rule_id,
         )
         self.answered.emit(answer, rule_id)

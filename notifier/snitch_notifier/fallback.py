@@ -21,12 +21,13 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from snitch_notifier.choices import DEFAULT_DURATION, DEFAULT_SCOPE, Action, Answer
+from snitch_common.agent import AgentService
+from snitch_common.answers import Action, Answer
+from snitch_common.bus import PromptView
+from snitch_common.client import Client
+from snitch_common.errors import SnitchError
 from snitch_notifier.identity import GENERIC_ICON, AppIdentity, desktop_identity
 from snitch_notifier.registration import Listener, disconnected, stay_registered
-from snitchd.agent import AgentService, PromptView
-from snitchd.client import Client
-from snitchd.errors import SnitchError
 
 __all__ = ["ACTIONS", "NotificationPrompter", "run_notifications"]
 
@@ -161,7 +162,7 @@ class NotificationPrompter:
         if key not in ("allow", "deny"):
             log.warning("unknown notification action %r: leaving prompt=%d", key, prompt_id)
             return
-        answer = Answer(prompt_id, Action(key), DEFAULT_DURATION, DEFAULT_SCOPE)
+        answer = Answer(prompt_id, Action(key))
         self._spawn(self._answer(answer), f"answer-{prompt_id}")
 
     async def _call_bus(self, member: str, arg: str) -> None:
@@ -206,9 +207,7 @@ async def run_notifications() -> int:
 
     async def send(answer: Answer) -> None:
         try:
-            rule_id = await client.answer_prompt(
-                answer.prompt_id, answer.action.value, answer.duration, answer.scope
-            )
+            rule_id = await client.answer_prompt(answer)
         except SnitchError as exc:
             log.warning("not answered prompt=%d: %s", answer.prompt_id, exc.message)
         else:

@@ -15,11 +15,11 @@ import sys
 from PySide6.QtCore import QSocketNotifier, Qt
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
+from snitch_common.bus import PromptView
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.icons import snitch_icon, use_desktop_icon_theme
 from snitch_notifier.popup import PromptWindow
 from snitch_notifier.tray import Tray
-from snitchd.agent import PromptView
 
 __all__ = ["run_popup", "wire"]
 

@@ -49,16 +49,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from snitch_notifier.choices import (
-    DEFAULT_DURATION,
-    DURATIONS,
-    Action,
-    Answer,
-    scope_options,
-)
+from snitch_common.answers import DEFAULT_DURATION, DURATIONS, Action, Answer, Scope
+from snitch_common.bus import PromptView
+from snitch_notifier.choices import scope_options
 from snitch_notifier.icons import app_icon
 from snitch_notifier.identity import AppIdentity, desktop_identity
-from snitchd.agent import PromptView
 
 __all__ = ["ARM_DELAY", "PromptWindow"]
 
@@ -160,7 +155,10 @@ class PromptWindow(QDialog):
         if prompt is None or self._clock() < self._armed_at:
             return
         answer = Answer(
-            prompt.id, action, str(self._duration.currentData()), str(self._scope.currentData())
+            prompt.id,
+            action,
+            str(self._duration.currentData()),
+            Scope(self._scope.currentData()),
         )
         self._drop(prompt.id)
         self._answered[prompt.id] = prompt.host or prompt.dst
@@ -366,7 +364,7 @@ class PromptWindow(QDialog):
         model = self._scope.model()
         assert isinstance(model, QStandardItemModel)
         for i, option in enumerate(scope_options(prompt, identity.name)):
-            self._scope.addItem(option.label, option.scope)
+            self._scope.addItem(option.label, option.scope.value)
             if option.why_not is not None:
                 item = model.item(i)
                 item.setEnabled(False)

@@ -18,9 +18,10 @@ from typing import Any
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from snitchd.agent import AGENT_PATH, AgentService, register
-from snitchd.client import BUS_NAME, Client
-from snitchd.errors import DaemonUnreachable, SnitchError
+from snitch_common.agent import AgentService, register
+from snitch_common.bus import AGENT_PATH, BUS_NAME
+from snitch_common.client import Client
+from snitch_common.errors import DaemonUnreachable, SnitchError
 
 __all__ = ["Listener", "disconnected", "stay_registered"]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import re
 import secrets
 import select
 import shutil
@@ -26,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +32,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.lab import Bus, add_veth, run
+
 VENV_BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -43,59 +42,6 @@ UDP_PORTS = "9000"
 
 if os.geteuid() != 0:
     pytest.skip("integration tests need root (network namespaces)", allow_module_level=True)
-
-
-def run(*argv: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60, **kw)
-
-
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Bus:
-    """A private "system" bus: the distro's system.conf, listening on a temp socket, with only
-    the project's own policy file included (not whatever the machine has installed)."""
-
-    def __init__(self) -> None:
-        # Not under pytest's tmp dir: an unprivileged test caller must reach the socket.
-        self.dir = Path(tempfile.mkdtemp(prefix="snitch-bus-"))
-        policy = self.dir / "policy"
-        policy.mkdir(parents=True)
-        shutil.copy(ROOT / "systemd" / "org.snitch.Firewall1.conf", policy)
-        text = Path("/usr/share/dbus-1/system.conf").read_text()
-        for tag in ("user", "pidfile", "listen", "includedir"):
-            text = re.sub(rf"\s*<{tag}>.*?</{tag}>", "", text, flags=re.S)
-        text = re.sub(r"\s*<fork\s*/>", "", text)
-        text = re.sub(r"\s*<include [^>]*>.*?</include>", "", text, flags=re.S)
-        self.socket = self.dir / "system_bus_socket"
-        extra = f"<listen>unix:path={self.socket}</listen>\n<includedir>{policy}</includedir>\n"
-        text = text.replace("</busconfig>", extra + "</busconfig>")
-        conf = self.dir / "system.conf"
-        conf.write_text(text)
-        self.address = f"unix:path={self.socket}"
-        with open(self.dir / "dbus.log", "w") as err:
-            self.proc = subprocess.Popen(
-                ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nosyslog"],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        os.chmod(self.dir, 0o755)
-        _wait_for(self.socket.exists, 10, "the private bus socket")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Terminal:
@@ -148,28 +94,8 @@ class Lab:
         c, s = self.client, self.server
         run("ip", "netns", "add", c)
         run("ip", "netns", "add", s)
-        for i, (cv4, sv4) in enumerate(
-            (("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2"))
-        ):
-            run(
-                "ip",
-                "link",
-                "add",
-                f"veth{i}",
-                "netns",
-                c,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                f"veth{i}",
-                "netns",
-                s,
-            )
-            self.ns(c, "ip", "addr", "add", f"{cv4}/24", "dev", f"veth{i}")
-            self.ns(s, "ip", "addr", "add", f"{sv4}/24", "dev", f"veth{i}")
-            for ns in (c, s):
-                self.ns(ns, "ip", "link", "set", f"veth{i}", "up")
+        add_veth(c, s, "veth0", "192.0.2.1", "192.0.2.2")
+        add_veth(c, s, "veth1", "198.51.100.1", "198.51.100.2")
         self.ns(c, "ip", "-6", "addr", "add", "2001:db8:1::1/64", "dev", "veth0", "nodad")
         self.ns(s, "ip", "-6", "addr", "add", "2001:db8:1::2/64", "dev", "veth0", "nodad")
         for ns in (c, s):

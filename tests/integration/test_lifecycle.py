@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, VENV_BIN, Lab
+from conftest import PYTHON, VENV_BIN, Lab
+from tests.support.lab import ROOT
 
 JUMPS = "-A OUTPUT -m comment --comment snitch"
 
@@ -162,8 +163,8 @@ def test_sigterm_with_packets_held_gives_them_the_default(running: Lab) -> None:
     running.start_daemon(default_action="reject", prompt_timeout=60)
     code = (
         "import asyncio\n"
-        "from snitchd.agent import AgentService, register\n"
-        "from snitchd.client import Client\n"
+        "from snitch_common.agent import AgentService, register\n"
+        "from snitch_common.client import Client\n"
         "async def main():\n"
         "    c = await Client.connect()\n"
         "    await register(c, AgentService(lambda p: print('prompt', flush=True),"

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PYTHON, VENV_BIN, Lab, Terminal, python_exe
-from snitchd.agent import AgentService, register
-from snitchd.client import Client
+from snitch_common.agent import AgentService, register
+from snitch_common.client import Client
 
 DNS_RULE = "allow port=53 proto=udp"
 

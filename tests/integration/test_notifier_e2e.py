@@ -20,12 +20,13 @@ import pytest
 from dbus_fast.aio import MessageBus
 from PySide6.QtCore import Qt
 
-from conftest import HERE, PYTHON, ROOT, Lab, python_exe
+from conftest import HERE, PYTHON, Lab, python_exe
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.gui import wire
 from snitch_notifier.identity import desktop_identity
 from snitch_notifier.lists import ConnectionsWindow, RulesWindow
 from snitch_notifier.popup import PromptWindow
+from tests.support.lab import ROOT
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from snitch_common.records import Attribution, Flow, Process, Proto
 from snitchd import procs
 from snitchd.procs import Attributor, process_alive
-from snitchd.records import Attribution, Flow, Process, Proto
 
 pytestmark = [
     pytest.mark.root,
@@ -403,7 +403,7 @@ PING_IN_NETNS = """
 import json, os, socket, subprocess, sys
 from ipaddress import ip_address
 from snitchd.procs import Attributor
-from snitchd.records import Flow, Proto
+from snitch_common.records import Flow, Proto
 try:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:

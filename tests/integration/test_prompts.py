@@ -1,7 +1,7 @@
 """Asking the user: held flows, one prompt per app and destination, answers that become rules.
 
-The agent here is the real agent code (`snitchd.agent`) on the private bus, driven by the test;
-clients are real programs in the client namespace.
+The agent here is the real agent code (`snitch_common.agent`) on the private bus, driven by the
+test; clients are real programs in the client namespace.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal, python_exe
-from snitchd.agent import AgentService, PromptView, register
-from snitchd.client import Client
+from snitch_common.agent import AgentService, register
+from snitch_common.answers import parse_answer
+from snitch_common.bus import PromptView
+from snitch_common.client import Client
 
 
 class TestAgent:
@@ -42,7 +44,8 @@ class TestAgent:
         self, prompt: PromptView, action: str, duration: str = "forever", scope: str = "exact"
     ) -> int:
         assert self.client is not None
-        return await self.client.answer_prompt(prompt.id, action, duration, scope)
+        answer = parse_answer(prompt.id, action, duration, scope)
+        return await self.client.answer_prompt(answer)
 
     def stop(self) -> None:
         if self.client is not None:
@@ -248,12 +251,13 @@ async def test_other_user_cannot_answer_or_see_a_prompt(running: Lab, agent: Tes
     prompt = await agent.next_prompt()
     code = (
         "import asyncio, sys\n"
-        "from snitchd.client import Client\n"
+        "from snitch_common.answers import parse_answer\n"
+        "from snitch_common.client import Client\n"
         "async def main():\n"
         "    c = await Client.connect()\n"
-        "    print(len(await c.list_prompts()))\n"
+        "    print(len(await c.call('ListPrompts')))\n"
         "    try:\n"
-        f"        await c.answer_prompt({prompt.id}, 'allow', 'forever', 'app')\n"
+        f"        await c.answer_prompt(parse_answer({prompt.id}, 'allow', 'forever', 'app'))\n"
         "    except Exception as e:\n"
         "        print(type(e).__name__, e)\n"
         "asyncio.run(main())\n"

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from snitchd import traffic
+from snitchd.logwriter import conntrack as traffic
 
 pytestmark = [
     pytest.mark.root,
@@ -47,7 +47,7 @@ pytestmark = [
 ]
 
 PYTHON = sys.executable
-DAEMON_DIR = str(Path(traffic.__file__).resolve().parents[1])
+DAEMON_DIR = str(Path(traffic.__file__).resolve().parents[2])
 CLIENT_IP, SERVER_IP = "192.0.2.1", "192.0.2.2"
 PORT = 9000
 TCP_REPLY = 30_000  # bytes the server sends back on every TCP connection
@@ -85,7 +85,7 @@ import sys; sys.stdin.read()
 
 READER = """
 import asyncio, dataclasses, json, sys, time
-from snitchd.traffic import FlowEnds, enable_accounting
+from snitchd.logwriter.conntrack import FlowEnds, enable_accounting
 
 def show(end):
     row = dataclasses.asdict(end)

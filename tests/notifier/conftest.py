@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from snitch_notifier.choices import Answer
+from snitch_common.answers import Answer
+from snitch_common.bus import PromptView
 from snitch_notifier.icons import use_desktop_icon_theme
 from snitch_notifier.identity import AppIdentity
 from snitch_notifier.popup import ARM_DELAY, PromptWindow
-from snitchd.agent import PromptView
 
 # Before pytest-qt makes the QApplication (lazily, in the first test that needs it).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

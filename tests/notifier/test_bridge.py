@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from snitch_common.answers import Action, Answer
 from snitch_notifier.bridge import AgentBridge, LogRow, RuleRow
-from snitch_notifier.choices import Action, Answer
 
 
 def test_requests_before_start_fail_with_a_reason(qtbot) -> None:

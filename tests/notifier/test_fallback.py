@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from dbus_fast.aio import MessageBus
 
-from snitch_notifier.choices import Action, Answer
+from snitch_common.answers import Action, Answer, Scope
 from snitch_notifier.fallback import ACTIONS, NotificationPrompter
 from snitch_notifier.identity import AppIdentity
 
@@ -97,7 +97,7 @@ async def test_a_button_answers_the_prompt(prompter, server, prompt_factory, key
     server.ActionInvoked(101, key)
     await asyncio.wait_for(prompter.got.wait(), 5)
     await prompter.drain()
-    assert prompter.answers == [Answer(7, action, "forever", "exact")]
+    assert prompter.answers == [Answer(7, action, "forever", Scope("exact"))]
     assert prompter.shown == {}
 
 

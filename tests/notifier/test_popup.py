@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-from snitch_notifier.choices import Action, Answer
+from snitch_common.answers import Action, Answer, Scope
 
 
 def _texts(window: Any) -> dict[str, str]:
@@ -86,7 +86,7 @@ def test_each_choice_answers_with_it(popup, prompt_factory, action, duration, sc
         buttons[action].click()
     else:
         popup.window._more.menu().actions()[0].trigger()
-    assert popup.answers == [Answer(7, action, duration, scope)]
+    assert popup.answers == [Answer(7, action, duration, Scope(scope))]
     assert popup.window.current is None and not popup.window.isVisible()
 
 
@@ -203,7 +203,7 @@ def test_enter_allows_with_the_shown_choices(popup, prompt_factory, qtbot) -> No
     _choose(popup.window, "15m", "domain")
     popup.shot("before-enter")
     qtbot.keyClick(popup.window, Qt.Key.Key_Return)
-    assert popup.answers == [Answer(3, Action.ALLOW, "15m", "domain")]
+    assert popup.answers == [Answer(3, Action.ALLOW, "15m", Scope("domain"))]
 
 
 def test_enter_allows_even_with_the_deny_button_focused(popup, prompt_factory, qtbot) -> None:
@@ -220,7 +220,7 @@ def test_escape_denies(popup, prompt_factory, qtbot) -> None:
     popup.arm()
     _activate(qtbot, popup.window)
     qtbot.keyClick(popup.window, Qt.Key.Key_Escape)
-    assert popup.answers == [Answer(4, Action.DENY, "forever", "exact")]
+    assert popup.answers == [Answer(4, Action.DENY, "forever", Scope("exact"))]
 
 
 @pytest.mark.parametrize(
@@ -233,7 +233,7 @@ def test_mnemonic_keys_answer(popup, prompt_factory, qtbot, key, action) -> None
     qtbot.keyClick(popup.window, key, Qt.KeyboardModifier.AltModifier)
     # A button's mnemonic "animates" the press: the click comes ~100 ms later.
     qtbot.waitUntil(lambda: bool(popup.answers), timeout=2000)
-    assert popup.answers == [Answer(5, action, "forever", "exact")]
+    assert popup.answers == [Answer(5, action, "forever", Scope("exact"))]
 
 
 def test_mnemonics_reach_duration_and_scope(popup, prompt_factory, qtbot) -> None:
@@ -249,7 +249,7 @@ def test_mnemonics_reach_duration_and_scope(popup, prompt_factory, qtbot) -> Non
     qtbot.keyClick(popup.window._scope, Qt.Key.Key_Down)
     popup.shot("keyboard-choices")
     qtbot.keyClick(popup.window, Qt.Key.Key_Return)
-    assert popup.answers == [Answer(6, Action.ALLOW, "once", "host")]
+    assert popup.answers == [Answer(6, Action.ALLOW, "once", Scope("host"))]
 
 
 def test_the_window_asks_to_be_shown_on_top_without_activation(popup, prompt_factory) -> None:

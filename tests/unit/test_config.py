@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from snitch_common.errors import ConfigError
+from snitch_common.rules import Action
 from snitchd.config import DEFAULT_PATH, Config, load_config, parse_config
-from snitchd.errors import ConfigError
-from snitchd.rules import Action
 
 
 def _my_group() -> str:

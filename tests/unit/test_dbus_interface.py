@@ -10,7 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from snitchd.agent import AgentService
+from snitch_common.agent import AgentService
 from snitchd.api import FirewallService
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "org.snitch.Firewall1.xml"

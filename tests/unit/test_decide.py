@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import snitch_common.records
+import snitch_common.rules
 import snitchd.decide
-import snitchd.records
-import snitchd.rules
+from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rules import Action, Lifetime, Rule, parse_rule
 from snitchd.decide import Ask, RuleSet, Verdict, decide, specificity
-from snitchd.records import Attribution, Flow, Process, Proto
-from snitchd.rules import Action, Lifetime, Rule, parse_rule
 
 CURL = "/usr/bin/curl"
 HASH_A = "a" * 64
@@ -604,13 +604,13 @@ PURE_IMPORTS = {
         "__future__",
         "collections.abc",
         "dataclasses",
-        "snitchd.records",
-        "snitchd.rules",
+        "snitch_common.records",
+        "snitch_common.rules",
     },
-    snitchd.records: {"__future__", "enum", "dataclasses", "ipaddress"},
+    snitch_common.records: {"__future__", "enum", "dataclasses", "ipaddress"},
     # `math` does no I/O; it is allowed so that a finiteness check may use it. Nor do `sys` and
     # `functools`, there for `sys.intern` and `functools.lru_cache`.
-    snitchd.rules: {
+    snitch_common.rules: {
         "__future__",
         "enum",
         "functools",
@@ -621,8 +621,8 @@ PURE_IMPORTS = {
         "dataclasses",
         "ipaddress",
         "math",
-        "snitchd.errors",
-        "snitchd.records",
+        "snitch_common.errors",
+        "snitch_common.records",
     },
 }
 IO_BUILTINS = {"open", "print", "input", "exec", "eval", "compile", "__import__", "breakpoint"}

@@ -16,8 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snitchd.dns import NameCache, Resolution, parse_dns_packet
-from snitchd.errors import PacketError
+from snitch_common.errors import PacketError
+from snitchd.dnssnoop import NameCache, Resolution, parse_dns_packet
+from tests.support import packets
+from tests.support.packets import framed
 
 RESOLVER4, CLIENT4 = IPv4Address("127.0.0.53"), IPv4Address("127.0.0.1")
 RESOLVER6, CLIENT6 = IPv6Address("2001:db8::53"), IPv6Address("2001:db8::2")
@@ -30,43 +32,20 @@ UDP, TCP = 17, 6
 
 
 def ipv4(proto: int, payload: bytes, frag: int = 0) -> bytes:
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(payload),
-        0x1234,
-        frag,
-        64,
-        proto,
-        0,
-        RESOLVER4.packed,
-        CLIENT4.packed,
-    )
-    return header + payload
+    return packets.ipv4(proto, payload, src=RESOLVER4, dst=CLIENT4, frag=frag)
 
 
 def ipv6(next_header: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(
-            "!IHBB16s16s", 6 << 28, len(payload), next_header, 64, RESOLVER6.packed, CLIENT6.packed
-        )
-        + payload
-    )
+    return packets.ipv6(next_header, payload, src=RESOLVER6, dst=CLIENT6)
 
 
 def udp(payload: bytes, sport: int = 53, dport: int = 41000) -> bytes:
-    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return packets.udp(sport, dport, payload)
 
 
 def tcp(payload: bytes, sport: int = 53, dport: int = 41000, flags: int = 0x18) -> bytes:
     """A 20-byte TCP header (PSH|ACK by default) in front of `payload`."""
-    return struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 5 << 4, flags, 65535, 0, 0) + payload
-
-
-def framed(wire: bytes) -> bytes:
-    """DNS over TCP: the message behind its 2-byte length."""
-    return struct.pack("!H", len(wire)) + wire
+    return packets.tcp(sport, dport, payload, flags)
 
 
 # -- DNS builders ---------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from snitchd import errors
-from snitchd.errors import (
+from snitch_common import errors
+from snitch_common.errors import (
     DBUS_ERROR_PREFIX,
     DaemonUnreachable,
     NotAuthorized,
@@ -24,8 +24,8 @@ def _tree(cls: type[SnitchError]) -> list[type[SnitchError]]:
     return out
 
 
-# Only the tree defined in snitchd.errors: other modules' subclasses depend on import order.
-ERRORS = [cls for cls in _tree(SnitchError) if cls.__module__ == "snitchd.errors"]
+# Only the tree defined in snitch_common.errors: other modules' subclasses depend on import order.
+ERRORS = [cls for cls in _tree(SnitchError) if cls.__module__ == "snitch_common.errors"]
 
 
 def test_the_tree_is_the_documented_one() -> None:

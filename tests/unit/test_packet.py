@@ -11,66 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snitchd.errors import PacketError
+from snitch_common.errors import PacketError
+from snitch_common.records import Flow, Proto
 from snitchd.packet import decode
-from snitchd.records import Flow, Proto
+from tests.support.packets import icmp_echo, ipv4, ipv6, tcp, udp
 
-SRC4, DST4 = IPv4Address("192.0.2.1"), IPv4Address("93.184.216.34")
-SRC6, DST6 = IPv6Address("2001:db8::2"), IPv6Address("2001:db8:1::7")
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ipv4(proto: int, payload: bytes, options: bytes = b"", frag: int = 0) -> bytes:
-    """An IPv4 header (with a correct checksum) in front of `payload`; `frag` is the
-    flags+fragment-offset word."""
-    assert len(options) % 4 == 0
-    ihl = 5 + len(options) // 4
-    header = (
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            (4 << 4) | ihl,
-            0,
-            ihl * 4 + len(payload),
-            0x1234,
-            frag,
-            64,
-            proto,
-            0,
-            SRC4.packed,
-            DST4.packed,
-        )
-        + options
-    )
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
-    return header + payload
-
-
-def ipv6(next_header: int, payload: bytes) -> bytes:
-    return (
-        struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, 64, SRC6.packed, DST6.packed)
-        + payload
-    )
-
-
-def tcp_syn(sport: int, dport: int) -> bytes:
-    # data offset 5 words, SYN flag, window 64240; checksum left 0 (decode never reads it).
-    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
-
-
-def udp(sport: int, dport: int, body: bytes = b"hello") -> bytes:
-    return struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body
-
-
-def icmp_echo(kind: int, ident: int, seq: int = 1) -> bytes:
-    return struct.pack("!BBHHH", kind, 0, 0, ident, seq) + b"pingpong"
+SRC4, DST4 = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2")
+SRC6, DST6 = IPv6Address("2001:db8::1"), IPv6Address("2001:db8::2")
 
 
 def hop_by_hop(next_header: int) -> bytes:
@@ -89,7 +36,7 @@ def auth_header(next_header: int) -> bytes:
 
 GOOD = [
     pytest.param(
-        ipv4(6, tcp_syn(40000, 443)),
+        ipv4(6, tcp(40000, 443)),
         Flow(Proto.TCP, SRC4, 40000, DST4, 443, "eth0", 6),
         id="ipv4-tcp",
     ),
@@ -99,7 +46,7 @@ GOOD = [
         id="ipv4-udp",
     ),
     pytest.param(
-        ipv4(6, tcp_syn(40001, 80), options=bytes([1, 1, 1, 0])),  # NOP NOP NOP EOL
+        ipv4(6, tcp(40001, 80), options=bytes([1, 1, 1, 0])),  # NOP NOP NOP EOL
         Flow(Proto.TCP, SRC4, 40001, DST4, 80, "eth0", 6),
         id="ipv4-options-tcp",
     ),
@@ -109,7 +56,7 @@ GOOD = [
         id="ipv4-icmp-echo",
     ),
     pytest.param(
-        ipv6(6, tcp_syn(40002, 443)),
+        ipv6(6, tcp(40002, 443)),
         Flow(Proto.TCP, SRC6, 40002, DST6, 443, "eth0", 6),
         id="ipv6-tcp",
     ),
@@ -119,7 +66,7 @@ GOOD = [
         id="ipv6-hop-by-hop-udp",
     ),
     pytest.param(
-        ipv6(60, hop_by_hop(51) + auth_header(6) + tcp_syn(40003, 22)),
+        ipv6(60, hop_by_hop(51) + auth_header(6) + tcp(40003, 22)),
         Flow(Proto.TCP, SRC6, 40003, DST6, 22, "eth0", 6),
         id="ipv6-destopts-ah-tcp",
     ),
@@ -170,7 +117,7 @@ def test_truncated_packet_never_decodes_to_a_different_flow(data: bytes, expecte
 
 def test_transport_ports_need_the_whole_port_fields() -> None:
     """Ports cut in half must not be read as zeros or garbage."""
-    full = ipv4(6, tcp_syn(40000, 443))
+    full = ipv4(6, tcp(40000, 443))
     for n in range(20, 24):
         with pytest.raises(PacketError, match="tcp"):
             decode(full[:n])
@@ -183,9 +130,9 @@ def test_transport_ports_need_the_whole_port_fields() -> None:
         pytest.param(b"", id="empty"),
         pytest.param(b"\x00" * 40, id="version-0"),
         pytest.param(b"\x50" + bytes(39), id="version-5"),
-        pytest.param(bytes([0x44]) + ipv4(6, tcp_syn(1, 2))[1:], id="ipv4-ihl-too-small"),
-        pytest.param(bytes([0x4F]) + ipv4(6, tcp_syn(1, 2))[1:], id="ipv4-ihl-past-end"),
-        pytest.param(ipv4(6, tcp_syn(1, 2), frag=185), id="ipv4-later-fragment-tcp"),
+        pytest.param(bytes([0x44]) + ipv4(6, tcp(1, 2))[1:], id="ipv4-ihl-too-small"),
+        pytest.param(bytes([0x4F]) + ipv4(6, tcp(1, 2))[1:], id="ipv4-ihl-past-end"),
+        pytest.param(ipv4(6, tcp(1, 2), frag=185), id="ipv4-later-fragment-tcp"),
         pytest.param(
             ipv6(44, fragment_header(17, 185, more=False) + b"\0" * 8), id="ipv6-later-fragment-udp"
         ),
@@ -217,10 +164,9 @@ def test_icmp_other_than_echo_has_no_identifier() -> None:
 
 def test_flow_prints_for_people() -> None:
     """Flows appear in prompts and logs; IPv6 addresses are bracketed before a port."""
-    assert str(decode(ipv4(6, tcp_syn(40000, 443)), "eth0")) == "tcp 93.184.216.34:443 via eth0"
-    assert str(decode(ipv6(17, udp(1, 53)))) == "udp [2001:db8:1::7]:53"
-    assert str(decode(ipv4(1, icmp_echo(8, 1)))) == "icmp 93.184.216.34"
-    assert decode(ipv6(6, tcp_syn(1, 2))).family == 6
+    assert str(decode(ipv4(6, tcp(40000, 443)), "eth0")) == "tcp 192.0.2.2:443 via eth0"
+    assert str(decode(ipv6(17, udp(1, 53)))) == "udp [2001:db8::2]:53"
+    assert str(decode(ipv4(1, icmp_echo(8, 1)))) == "icmp 192.0.2.2"
 
 
 @settings(max_examples=500)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from snitchd.errors import StoreError
-from snitchd.logwriter import LogWriter
-from snitchd.recorder import Batch, Done, Recorder, RecorderGone
-from snitchd.records import Attribution, Flow, Process, Proto
-from snitchd.rules import parse_rule
+from snitch_common.errors import StoreError
+from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rules import parse_rule
+from snitchd.logwriter.child import LogWriter
+from snitchd.logwriter.conntrack import FlowEnd
+from snitchd.logwriter.parent import Recorder, RecorderGone
+from snitchd.logwriter.protocol import Batch, Done
 from snitchd.store import Decision, LogQuery, Store, log_row
-from snitchd.traffic import FlowEnd
 
 NOW = 1_700_000_000.0
 CLIENT, SERVER = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2")

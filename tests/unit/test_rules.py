@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import snitchd.rules
-from snitchd.errors import RuleError
-from snitchd.records import Proto
-from snitchd.rules import Action, Lifetime, Rule, parse_duration, parse_rule
+import snitch_common.rules
+from snitch_common.errors import RuleError
+from snitch_common.records import Proto
+from snitch_common.rules import Action, Lifetime, Rule, parse_duration, parse_rule
 
 HASH = "0123456789abcdef" * 4
 
@@ -216,9 +216,9 @@ def test_words_are_split_as_shlex_splits_them(text: str) -> None:
         expected = shlex.split(text)
     except ValueError:
         with pytest.raises(RuleError):
-            snitchd.rules._split(text)
+            snitch_common.rules._split(text)
         return
-    assert snitchd.rules._split(text) == expected
+    assert snitch_common.rules._split(text) == expected
 
 
 def test_rules_share_equal_values() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from snitchd.errors import RuleNotFound, StoreError
-from snitchd.records import Attribution, Flow, Process, Proto
-from snitchd.rules import Lifetime, RuleRecord, parse_rule
+from snitch_common.errors import RuleNotFound, StoreError
+from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rules import Lifetime, RuleRecord, parse_rule
 from snitchd.store import SCHEMA_VERSION, Decision, LogQuery, Store, keep_unexpired
 
 NOW = 1_700_000_000.0

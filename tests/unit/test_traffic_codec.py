@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
+from snitch_common.records import Proto
+from snitchd.logwriter.conntrack import FlowEnd, decode_ends
 from snitchd.packet import decode
-from snitchd.records import Proto
-from snitchd.traffic import FlowEnd, decode_ends
+from tests.support.packets import icmp_echo, ipv4, ipv6
 
 DESTROY, NEW = 0x102, 0x100
 V4 = (IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"))
@@ -148,54 +149,24 @@ def _tcp_udp(sport: int, dport: int) -> bytes:
     return struct.pack("!HH", sport, dport) + bytes(16)
 
 
-def _ipv4(proto: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            20 + len(payload),
-            1,
-            0,
-            64,
-            proto,
-            0,
-            V4[0].packed,
-            V4[1].packed,
-        )
-        + payload
-    )
-
-
-def _ipv6(proto: int, payload: bytes) -> bytes:
-    return (
-        struct.pack("!IHBB16s16s", 6 << 28, len(payload), proto, 64, V6[0].packed, V6[1].packed)
-        + payload
-    )
-
-
-def _echo(kind: int, ident: int) -> bytes:
-    return struct.pack("!BBHHH", kind, 0, 0, ident, 1) + bytes(8)
-
-
 # (first packet as NFQUEUE hands it over, the same flow's DESTROY event)
 JOIN_CASES = {
-    "tcp": (_ipv4(6, _tcp_udp(40000, 443)), event(ports(6, 40000, 443))),
+    "tcp": (ipv4(6, _tcp_udp(40000, 443)), event(ports(6, 40000, 443))),
     "udp6": (
-        _ipv6(17, _tcp_udp(5353, 53)),
+        ipv6(17, _tcp_udp(5353, 53)),
         event(ports(17, 5353, 53), family=socket.AF_INET6, addrs=V6),
     ),
-    "ping": (_ipv4(1, _echo(8, 777)), event(icmp(1, 8, 777))),
+    "ping": (ipv4(1, icmp_echo(8, 777)), event(icmp(1, 8, 777))),
     "ping6": (
-        _ipv6(58, _echo(128, 778)),
+        ipv6(58, icmp_echo(128, 778)),
         event(icmp(58, 128, 778), family=socket.AF_INET6, addrs=V6),
     ),
-    "icmp-timestamp": (_ipv4(1, _echo(13, 779)), event(icmp(1, 13, 779))),
+    "icmp-timestamp": (ipv4(1, icmp_echo(13, 779)), event(icmp(1, 13, 779))),
     "sctp-has-ports-but-is-other": (
-        _ipv4(132, _tcp_udp(2905, 2905)),
+        ipv4(132, _tcp_udp(2905, 2905)),
         event(ports(132, 2905, 2905)),
     ),
-    "gre": (_ipv4(47, bytes(8)), event([["CTA_PROTO_NUM", 47]])),
+    "gre": (ipv4(47, bytes(8)), event([["CTA_PROTO_NUM", 47]])),
 }
 
 

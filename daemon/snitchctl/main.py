@@ -19,10 +19,10 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from snitchd.client import Client
-from snitchd.errors import RuleError, SnitchError
-from snitchd.rules import parse_duration, parse_rule
-from snitchd.termagent import run_agent
+from snitch_common.client import Client
+from snitch_common.errors import RuleError, SnitchError
+from snitch_common.rules import parse_duration, parse_rule
+from snitchctl.termagent import run_agent
 
 __all__ = ["main"]
 

@@ -9,45 +9,50 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TextIO
 
-from snitchd.agent import AgentService, PromptView, register
-from snitchd.client import Client
-from snitchd.errors import SnitchError
+from snitch_common.agent import AgentService, register
+from snitch_common.answers import (
+    ACTION_WORDS,
+    DEFAULT_DURATION,
+    DEFAULT_SCOPE,
+    DURATIONS,
+    Answer,
+    Scope,
+)
+from snitch_common.bus import PromptView
+from snitch_common.client import Client
+from snitch_common.errors import RuleError, SnitchError
+from snitch_common.rules import parse_duration
 
 __all__ = ["HELP", "parse_reply", "render", "run_agent"]
 
-ACTIONS = {
-    "a": "allow",
-    "allow": "allow",
-    "d": "deny",
-    "deny": "deny",
-    "r": "reject",
-    "reject": "reject",
-}
-DURATIONS = ("once", "process", "5m", "15m", "60m", "restart", "forever")
-SCOPES = ("exact", "host", "domain", "port", "app")
+_SCOPES = {s.value: s for s in Scope}
 HELP = (
-    "answer: a(llow) | d(eny) | r(eject)  [once|process|5m|15m|60m|restart|forever]  "
-    "[exact|host|domain|port|app]\n"
-    "        defaults: forever, exact (this host, port and protocol)   e.g.  a 15m host"
+    f"answer: a(llow) | d(eny) | r(eject)  [{'|'.join(d for d, _ in DURATIONS)}]  "
+    f"[{'|'.join(_SCOPES)}]\n"
+    f"        defaults: {DEFAULT_DURATION}, {DEFAULT_SCOPE.value} (this host, port and protocol)"
+    "   e.g.  a 15m host"
 )
 
 
-def parse_reply(line: str) -> tuple[str, str, str]:
-    """`a 15m host` → ("allow", "15m", "host"); raises ValueError with what is wrong."""
+def parse_reply(prompt_id: int, line: str) -> Answer:
+    """`a 15m host` → Answer(allow, 15m, host); raises ValueError with what is wrong."""
     words = line.lower().split()
-    if not words or words[0] not in ACTIONS:
+    if not words or words[0] not in ACTION_WORDS:
         raise ValueError("start with a (allow), d (deny) or r (reject)")
-    action, duration, scope = ACTIONS[words[0]], "forever", "exact"
+    answer = Answer(prompt_id, ACTION_WORDS[words[0]])
     for word in words[1:]:
-        if word in DURATIONS or (word.endswith("m") and word[:-1].isdigit()):
-            duration = word
-        elif word in SCOPES:
-            scope = word
-        else:
-            raise ValueError(f"unknown word {word!r}")
-    return action, duration, scope
+        if word in _SCOPES:
+            answer = replace(answer, scope=_SCOPES[word])
+            continue
+        try:
+            parse_duration(word)
+        except RuleError:
+            raise ValueError(f"unknown word {word!r}") from None
+        answer = replace(answer, duration=word)
+    return answer
 
 
 def render(prompt: PromptView, waiting: int, now: float) -> str:
@@ -105,18 +110,18 @@ class _TerminalAgent:
         if not self.queue:
             return
         try:
-            action, duration, scope = parse_reply(line)
+            answer = parse_reply(self.queue[0].id, line)
         except ValueError as exc:
             print(f"{exc}\n{HELP}\nanswer> ", end="", file=self.out, flush=True)
             return
         prompt = self.queue.pop(0)
         try:
-            rule_id = await self.client.answer_prompt(prompt.id, action, duration, scope)
+            rule_id = await self.client.answer_prompt(answer)
         except SnitchError as exc:
             print(f"not answered: {exc.message}", file=self.out)
         else:
             made = f"rule {rule_id}" if rule_id >= 0 else "once, no rule"
-            print(f"{action} {prompt.destination}: {made}", file=self.out, flush=True)
+            print(f"{answer.action.value} {prompt.destination}: {made}", file=self.out, flush=True)
         self.show()
 
 

@@ -13,7 +13,9 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from snitchd.errors import (
+from snitch_common.answers import Answer
+from snitch_common.bus import BUS_NAME, INTERFACE, OBJECT_PATH, plain
+from snitch_common.errors import (
     DBUS_ERROR_PREFIX,
     DaemonUnreachable,
     NotAuthorized,
@@ -21,11 +23,7 @@ from snitchd.errors import (
     error_for_code,
 )
 
-__all__ = ["Client", "call_bus_daemon", "plain"]
-
-BUS_NAME = "org.snitch.Firewall1"
-OBJECT_PATH = "/org/snitch/Firewall1"
-INTERFACE = "org.snitch.Firewall1"
+__all__ = ["Client"]
 
 _UNREACHABLE = (
     "org.freedesktop.DBus.Error.ServiceUnknown",
@@ -33,33 +31,6 @@ _UNREACHABLE = (
     "org.freedesktop.DBus.Error.NoReply",
     "org.freedesktop.DBus.Error.Disconnected",
 )
-
-
-async def call_bus_daemon(bus: MessageBus, member: str, signature: str, body: list[Any]) -> Message:
-    """A call to the bus itself (org.freedesktop.DBus): caller identity, match rules."""
-    reply = await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member=member,
-            signature=signature,
-            body=body,
-        )
-    )
-    assert reply is not None
-    return reply
-
-
-def plain(value: Any) -> Any:
-    """Variants (and containers of them) → plain Python values, for printing and JSON."""
-    if isinstance(value, Variant):
-        return plain(value.value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
 
 
 class Client:
@@ -110,17 +81,14 @@ class Client:
     async def status(self) -> dict[str, Any]:
         return dict(plain(await self.call("Status")))
 
-    async def answer_prompt(self, prompt_id: int, action: str, duration: str, scope: str) -> int:
+    async def answer_prompt(self, answer: Answer) -> int:
         """Returns the id of the rule the answer made, or -1 for an answer given once."""
-        answer = {
-            "action": Variant("s", action),
-            "duration": Variant("s", duration),
-            "scope": Variant("s", scope),
+        words = {
+            "action": Variant("s", answer.action.value),
+            "duration": Variant("s", answer.duration),
+            "scope": Variant("s", answer.scope.value),
         }
-        return int(await self.call("AnswerPrompt", "ta{sv}", [prompt_id, answer]))
-
-    async def list_prompts(self) -> list[dict[str, Any]]:
-        return [plain(p) for p in await self.call("ListPrompts")]
+        return int(await self.call("AnswerPrompt", "ta{sv}", [answer.prompt_id, words]))
 
     async def top(self, query: dict[str, Variant]) -> list[dict[str, Any]]:
         return [plain(r) for r in await self.call("Top", "a{sv}", [query])]

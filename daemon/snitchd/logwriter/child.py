@@ -1,6 +1,6 @@
-"""The log writer: the child process behind `recorder`, which owns every write to the log.
+"""The log writer: the child process behind `parent`, which owns every write to the log.
 
-It writes snitchd's batches to SQLite, reads conntrack's DESTROY events (`traffic.FlowEnds`)
+It writes snitchd's batches to SQLite, reads conntrack's DESTROY events (`conntrack.FlowEnds`)
 and joins each flow's byte counters to its row, and prunes the log. A module of its own so that
 snitchd never imports what only the child needs (the conntrack reader).
 """
@@ -15,10 +15,10 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
-from snitchd.errors import SnitchError, StoreError
-from snitchd.recorder import Batch, Done
+from snitch_common.errors import SnitchError, StoreError
+from snitchd.logwriter.conntrack import FlowEnd, FlowEnds, enable_accounting
+from snitchd.logwriter.protocol import Batch, Done
 from snitchd.store import FlowBytes, Store
-from snitchd.traffic import FlowEnd, FlowEnds, enable_accounting
 
 __all__ = ["LogWriter", "main"]
 

@@ -67,8 +67,8 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (
     nfct_stats,
 )
 
-from snitchd.errors import BackendUnavailable
-from snitchd.records import IPAddress, Proto
+from snitch_common.errors import BackendUnavailable
+from snitch_common.records import IPAddress, Proto
 
 __all__ = ["FlowEnd", "FlowEnds", "decode_ends", "enable_accounting"]
 

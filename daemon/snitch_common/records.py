@@ -40,10 +40,6 @@ class Flow:
     iface: str = ""
     ipproto: int = 0
 
-    @property
-    def family(self) -> int:
-        return self.dst.version
-
     def __str__(self) -> str:
         dst = f"[{self.dst}]" if self.dst.version == 6 else str(self.dst)
         port = f":{self.dport}" if self.proto in (Proto.TCP, Proto.UDP) else ""

@@ -5,11 +5,11 @@ snitchd queues every DNS answer the machine receives (UDP or TCP from port 53, o
 with the whole payload. `parse_dns_packet` turns one such packet into `Resolution`s, and
 `NameCache` keeps them until their TTL (plus a grace period) runs out, so that a rule can say
 `to=api.example.org` or `to=*.example.org` and the log can show `api.example.org (203.0.113.7)`.
-The IP, UDP and TCP headers are read with `struct` as in `packet`; the DNS message itself by
-dnspython. Nothing here does I/O or reads the clock (`now` is passed in), and `parse_dns_packet`
-raises nothing but `PacketError`, whatever the bytes: the answers come from the network. The
-queue reader should accept an answer only after `learn`, so no program can connect to an address
-before its names are known.
+The IP header is read by `ipwire` as in `packet`, UDP and TCP with `struct`, the DNS message
+itself by dnspython. Nothing here does I/O or reads the clock (`now` is passed in), and
+`parse_dns_packet` raises nothing but `PacketError`, whatever the bytes: the answers come from
+the network. The queue reader should accept an answer only after `learn`, so no program can
+connect to an address before its names are known.
 
 What cannot be seen, and what snitch then shows: names resolved over DNS over HTTPS or TLS
 (browsers' built-in DoH, port 443/853), inside a VPN or tunnel whose answers never cross this
@@ -46,16 +46,13 @@ import dns.rdtypes.ANY.CNAME
 import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 
-from snitchd.errors import PacketError
+from snitch_common.errors import PacketError
+from snitchd.ipwire import read_ip
 
 __all__ = ["NameCache", "Resolution", "parse_dns_packet"]
 
 _DNS_PORT = 53
 _UDP, _TCP = 17, 6
-# IPv6 extension headers that may precede the transport header (RFC 8200 §4); 44 is Fragment.
-_V6_EXT = frozenset((0, 43, 60, 51, 135, 139, 140))
-_V6_FRAGMENT = 44
-_IPV4_FRAGMENT_BITS = 0x3FFF  # MF flag + fragment offset
 _HEADER = struct.Struct("!HH")
 _UDP_HEADER = struct.Struct("!HHH")
 _LENGTH = struct.Struct("!H")
@@ -99,44 +96,13 @@ def parse_dns_packet(packet: bytes) -> list[Resolution]:
 
 
 def _transport_payload(data: bytes) -> tuple[int, bytes]:
-    if not data:
-        raise PacketError("empty packet")
-    version = data[0] >> 4
-    if version == 4:
-        ihl = (data[0] & 0x0F) * 4
-        if ihl < 20 or len(data) < ihl:
-            raise PacketError(f"truncated IPv4 header: {len(data)} bytes, header length {ihl}")
-        total, frag = _HEADER.unpack_from(data, 2)[0], _HEADER.unpack_from(data, 4)[1]
-        if total < ihl or total > len(data):
-            raise PacketError(f"truncated IPv4 packet: {len(data)} bytes, total length {total}")
-        if frag & _IPV4_FRAGMENT_BITS:
-            raise PacketError("IPv4 fragment: DNS answers are read whole")
-        return _transport(data, ihl, total, data[9])
-    if version == 6:
-        if len(data) < 40:
-            raise PacketError(f"truncated IPv6 header: {len(data)} bytes")
-        end = 40 + _LENGTH.unpack_from(data, 4)[0]
-        if end > len(data):
-            raise PacketError(f"truncated IPv6 packet: {len(data)} bytes, length {end}")
-        nxt, off = data[6], 40
-        for _ in range(8):
-            if nxt == _V6_FRAGMENT:
-                if off + 8 > end:
-                    raise PacketError("truncated IPv6 fragment header")
-                if _LENGTH.unpack_from(data, off + 2)[0] & 0xFFF9:  # offset or M flag
-                    raise PacketError("IPv6 fragment: DNS answers are read whole")
-                nxt, off = data[off], off + 8
-            elif nxt in _V6_EXT:
-                if off + 2 > end:
-                    raise PacketError("truncated IPv6 extension header")
-                step = (data[off + 1] + 2) * 4 if nxt == 51 else (data[off + 1] + 1) * 8
-                nxt, off = data[off], off + step
-            else:
-                break
-        else:
-            raise PacketError("too many IPv6 extension headers")
-        return _transport(data, off, end, nxt)
-    raise PacketError(f"not an IP packet: version {version}")
+    ip = read_ip(data)
+    if ip.length < ip.offset or ip.length > len(data):
+        raise PacketError(f"truncated IP packet: {len(data)} bytes, length {ip.length}")
+    if ip.fragmented:
+        v = ip.dst.version
+        raise PacketError(f"IPv{v} fragment: DNS answers are read whole")
+    return _transport(data, ip.offset, ip.length, ip.ipproto)
 
 
 def _transport(data: bytes, off: int, end: int, ipproto: int) -> tuple[int, bytes]:

@@ -7,74 +7,18 @@ when a prompt ends without this agent (timeout, another agent, shutdown). Answer
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from dbus_fast import Variant
 from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt64
 from dbus_fast.service import ServiceInterface, dbus_method
 
-from snitchd.client import Client, plain
+from snitch_common.bus import AGENT_INTERFACE, AGENT_PATH, PromptView, plain
+from snitch_common.client import Client
 
-__all__ = ["AGENT_INTERFACE", "AGENT_PATH", "AgentService", "PromptView", "register"]
-
-AGENT_INTERFACE = "org.snitch.Agent1"
-AGENT_PATH = "/org/snitch/Agent1"
+__all__ = ["AgentService", "register"]
 
 VarDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
-
-
-@dataclass(frozen=True, slots=True)
-class PromptView:
-    """A prompt as an agent shows it; built from the daemon's a{sv}, unknown keys ignored."""
-
-    id: int
-    exe: str | None
-    pid: int | None
-    uid: int | None
-    user: str | None
-    cmdline: tuple[str, ...]
-    parents: tuple[tuple[int, str], ...]
-    sha256: str | None
-    proto: str
-    dst: str
-    port: int
-    iface: str
-    host: str | None
-    deadline: float
-    default_action: str
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PromptView":
-        return cls(
-            id=int(d["id"]),
-            exe=d.get("exe"),
-            pid=d.get("pid"),
-            uid=d.get("uid"),
-            user=d.get("user"),
-            cmdline=tuple(d.get("cmdline", ())),
-            parents=tuple((int(p), str(e)) for p, e in d.get("parents", ())),
-            sha256=d.get("sha256"),
-            proto=str(d.get("proto", "")),
-            dst=str(d.get("dst", "")),
-            port=int(d.get("port", 0)),
-            iface=str(d.get("iface", "")),
-            host=d.get("host"),
-            deadline=float(d.get("deadline", 0.0)),
-            default_action=str(d.get("default_action", "deny")),
-        )
-
-    @property
-    def destination(self) -> str:
-        where = f"{self.host} ({self.dst})" if self.host else self.dst
-        port = f" port {self.port}" if self.proto in ("tcp", "udp") else ""
-        return f"{where}{port}/{self.proto}"
-
-    @property
-    def who(self) -> str:
-        if self.exe is None:
-            return "kernel" if self.uid is None else f"uid {self.uid} (process not found)"
-        return self.exe
 
 
 class AgentService(ServiceInterface):

@@ -1,4 +1,4 @@
-"""snitchd's handle on its log writer, a child process (`logwriter`) that owns every write to
+"""snitchd's handle on its log writer, a child process (`child`) that owns every write to
 the connection log.
 
 snitchd sends it batches of decided flows (`Batch`); the writer stores them, joins conntrack's
@@ -27,47 +27,23 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import NoReturn
 
-from snitchd.errors import StoreError
+from snitch_common.errors import StoreError
+from snitchd.logwriter.protocol import Batch, Done
 
-__all__ = ["Batch", "Done", "Recorder", "RecorderGone"]
+__all__ = ["Recorder", "RecorderGone"]
 
 log = logging.getLogger(__name__)
 
-# Not `-m snitchd.logwriter`: its classes would then be __main__'s, and pickles name them.
-_CHILD = "import sys; from snitchd.logwriter import main; sys.exit(main())"
+_CHILD = "import sys; from snitchd.logwriter.child import main; sys.exit(main())"
 READY_TIMEOUT = 30.0  # the child imports sqlite-utils and opens the store: ~0.3 s, measured
 RETRY_DELAY = 5.0  # after a writer that could not start (a corrupt database), not twice a second
 
 
 class RecorderGone(StoreError):
     """The child is not there or did not answer: snitchd keeps the rows and starts a new one."""
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Log rows (`store.log_row` tuples), rule hit counts, newly seen apps; and on demand a
-    pruning of the log to (now, max_age seconds, max_rows)."""
-
-    seq: int
-    rows: list[tuple[object, ...]] = field(default_factory=list)
-    hits: dict[int, tuple[int, float]] = field(default_factory=dict)
-    apps: dict[str, tuple[float, str | None]] = field(default_factory=dict)
-    prune: tuple[float, float, int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """The answer to batch `seq`: nothing of it was written when `error` is set."""
-
-    seq: int
-    written: int = 0
-    pruned: int = 0
-    ends: int = 0
-    error: str | None = None
 
 
 class Recorder:
@@ -153,7 +129,7 @@ class Recorder:
         try:
             ours.close()
             # Imported here, in the child only: snitchd itself never needs the conntrack reader.
-            from snitchd.logwriter import main  # noqa: PLC0415
+            from snitchd.logwriter.child import main  # noqa: PLC0415
 
             code = main([str(theirs.fileno()), self.database])
         except BaseException:

@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
-from snitchd.errors import RuleError
-from snitchd.records import Proto
+from snitch_common.errors import RuleError
+from snitch_common.records import Proto
 
 __all__ = ["Action", "Lifetime", "Rule", "RuleRecord", "parse_duration", "parse_rule"]
 

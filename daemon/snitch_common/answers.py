@@ -1,0 +1,140 @@
+"""The one answer vocabulary: what a person can say to a prompt, and the rule each answer means.
+
+The popup, the terminal agent and the daemon all speak these words (`allow`, `15m`, `host` …):
+the agents offer them, `AnswerPrompt` carries them, and snitchd turns them into a rule with
+`rule_for_answer`. Living here once, they cannot drift apart. Which scopes make sense depends on
+the prompt (a domain needs a host name, a port needs TCP or UDP); `rule_for_answer` refuses the
+others with the reason, and the popup greys them out with the same reason. No I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from ipaddress import ip_network
+
+from snitch_common.errors import PromptError
+from snitch_common.records import Flow, Process, Proto
+from snitch_common.rules import Action, Lifetime, Rule, parse_duration
+
+__all__ = [
+    "ACTION_WORDS",
+    "DEFAULT_DURATION",
+    "DEFAULT_SCOPE",
+    "DURATIONS",
+    "Action",
+    "Answer",
+    "Scope",
+    "domain_of",
+    "parse_answer",
+    "rule_for_answer",
+]
+
+
+class Scope(enum.Enum):
+    """What an answer covers, from the app's point of view."""
+
+    EXACT = "exact"  # this destination, this port and protocol
+    HOST = "host"  # this destination, any port
+    DOMAIN = "domain"  # any host of this domain (needs a name)
+    PORT = "port"  # any destination on this port and protocol
+    APP = "app"  # anything this app does
+
+
+# The durations agents offer, with the label the popup shows; any `Nm` is accepted too.
+DURATIONS: tuple[tuple[str, str], ...] = (
+    ("once", "once"),
+    ("process", "until the app quits"),
+    ("5m", "for 5 minutes"),
+    ("15m", "for 15 minutes"),
+    ("60m", "for 1 hour"),
+    ("restart", "until restart"),
+    ("forever", "forever"),
+)
+DEFAULT_DURATION = "forever"
+DEFAULT_SCOPE = Scope.EXACT
+# What a person may type for an action: the word or its first letter.
+ACTION_WORDS: dict[str, Action] = {
+    **{a.value: a for a in Action},
+    **{a.value[0]: a for a in Action},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One person's answer to one prompt, in the words that travel over D-Bus."""
+
+    prompt_id: int
+    action: Action
+    duration: str = DEFAULT_DURATION
+    scope: Scope = DEFAULT_SCOPE
+
+    @property
+    def lifetime(self) -> tuple[Lifetime, int | None]:
+        """(lifetime, minutes) of the rule this answer makes."""
+        return parse_duration(self.duration)
+
+
+def parse_answer(prompt_id: int, action: str, duration: str, scope: str) -> Answer:
+    """Check the three words of an answer; `PromptError` names the one that is wrong."""
+    try:
+        act = Action(action)
+    except ValueError:
+        raise PromptError(f"invalid answer action {action!r}: use allow, deny or reject") from None
+    try:
+        parse_duration(duration)
+    except Exception as exc:
+        raise PromptError(str(exc)) from None
+    try:
+        sc = Scope(scope)
+    except ValueError:
+        choices = ", ".join(s.value for s in Scope)
+        raise PromptError(f"invalid answer scope {scope!r}: use {choices}") from None
+    return Answer(prompt_id, act, duration, sc)
+
+
+def domain_of(host: str) -> str:
+    """The domain a `domain` answer covers: `a.example.org` → `*.example.org`."""
+    return "*." + (host.split(".", 1)[1] if host.count(".") > 1 else host)
+
+
+def rule_for_answer(
+    flow: Flow, proc: Process, host: str | None, answer: Answer, *, admin: bool
+) -> Rule:
+    """The rule an answer means. A rule made by a non-admin is limited to that user's own
+    processes, so one user's answer can never open or close anything for another."""
+    ported = flow.proto in (Proto.TCP, Proto.UDP)
+    proto = flow.proto if flow.proto is not Proto.OTHER else None
+    dst = None
+    rule_host = None
+    ports = None
+    if answer.scope is Scope.DOMAIN:
+        if host is None or "." not in host:
+            raise PromptError("scope 'domain' needs a host name, and this destination has none")
+        rule_host = domain_of(host)
+    if answer.scope in (Scope.EXACT, Scope.HOST):
+        if host is not None:
+            rule_host = host
+        else:
+            dst = ip_network(flow.dst)
+    if answer.scope in (Scope.EXACT, Scope.PORT) and ported:
+        ports = (flow.dport, flow.dport)
+    if answer.scope in (Scope.HOST, Scope.DOMAIN, Scope.APP):
+        proto = None
+    if answer.scope is Scope.PORT and not ported:
+        raise PromptError(f"scope 'port' needs TCP or UDP, not {flow.proto.value}")
+    lifetime, minutes = answer.lifetime
+    per_process = lifetime is Lifetime.PROCESS
+    return Rule(
+        action=answer.action,
+        exe=proc.exe,
+        user=None if admin else proc.uid,
+        dst=dst,
+        host=rule_host,
+        ports=ports,
+        proto=proto,
+        lifetime=lifetime,
+        minutes=minutes,
+        pid=proc.pid if per_process else None,
+        start=proc.start_time if per_process else None,
+    )

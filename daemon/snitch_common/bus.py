@@ -1,0 +1,111 @@
+"""The bus vocabulary both sides of snitch's D-Bus API speak: names, paths, and the a{sv} codecs.
+
+snitchd exports `org.snitch.Firewall1`; an agent (the notifier, `snitchctl agent`) exports
+`org.snitch.Agent1` and registers it. Records travel as `a{sv}` so that fields can be added
+without breaking old peers; this module turns them back into records. It imports dbus-fast only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_fast import Message, Variant
+from dbus_fast.aio import MessageBus
+
+__all__ = [
+    "AGENT_INTERFACE",
+    "AGENT_PATH",
+    "BUS_NAME",
+    "INTERFACE",
+    "OBJECT_PATH",
+    "PromptView",
+    "call_bus_daemon",
+    "plain",
+]
+
+BUS_NAME = "org.snitch.Firewall1"
+OBJECT_PATH = "/org/snitch/Firewall1"
+INTERFACE = "org.snitch.Firewall1"
+AGENT_INTERFACE = "org.snitch.Agent1"
+AGENT_PATH = "/org/snitch/Agent1"
+
+
+async def call_bus_daemon(bus: MessageBus, member: str, signature: str, body: list[Any]) -> Message:
+    """A call to the bus itself (org.freedesktop.DBus): caller identity, match rules."""
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member=member,
+            signature=signature,
+            body=body,
+        )
+    )
+    assert reply is not None
+    return reply
+
+
+def plain(value: Any) -> Any:
+    """Variants (and containers of them) → plain Python values, for printing and JSON."""
+    if isinstance(value, Variant):
+        return plain(value.value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PromptView:
+    """A prompt as an agent shows it; built from the daemon's a{sv}, unknown keys ignored."""
+
+    id: int
+    exe: str | None
+    pid: int | None
+    uid: int | None
+    user: str | None
+    cmdline: tuple[str, ...]
+    parents: tuple[tuple[int, str], ...]
+    sha256: str | None
+    proto: str
+    dst: str
+    port: int
+    iface: str
+    host: str | None
+    deadline: float
+    default_action: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromptView:
+        return cls(
+            id=int(d["id"]),
+            exe=d.get("exe"),
+            pid=d.get("pid"),
+            uid=d.get("uid"),
+            user=d.get("user"),
+            cmdline=tuple(d.get("cmdline", ())),
+            parents=tuple((int(p), str(e)) for p, e in d.get("parents", ())),
+            sha256=d.get("sha256"),
+            proto=str(d.get("proto", "")),
+            dst=str(d.get("dst", "")),
+            port=int(d.get("port", 0)),
+            iface=str(d.get("iface", "")),
+            host=d.get("host"),
+            deadline=float(d.get("deadline", 0.0)),
+            default_action=str(d.get("default_action", "deny")),
+        )
+
+    @property
+    def destination(self) -> str:
+        where = f"{self.host} ({self.dst})" if self.host else self.dst
+        port = f" port {self.port}" if self.proto in ("tcp", "udp") else ""
+        return f"{where}{port}/{self.proto}"
+
+    @property
+    def who(self) -> str:
+        if self.exe is None:
+            return "kernel" if self.uid is None else f"uid {self.uid} (process not found)"
+        return self.exe

@@ -1,0 +1,35 @@
+"""What snitchd and its log writer say to each other over their socket pair: two messages.
+
+A module of its own so that neither side imports the other (`parent` starts the child, `child`
+is the child); both pickle these records through `multiprocessing.connection`, and a pickle
+names a record by its module, so they must live where both can import them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Batch", "Done"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Log rows (`store.log_row` tuples), rule hit counts, newly seen apps; and on demand a
+    pruning of the log to (now, max_age seconds, max_rows)."""
+
+    seq: int
+    rows: list[tuple[object, ...]] = field(default_factory=list)
+    hits: dict[int, tuple[int, float]] = field(default_factory=dict)
+    apps: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    prune: tuple[float, float, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The answer to batch `seq`: nothing of it was written when `error` is set."""
+
+    seq: int
+    written: int = 0
+    pruned: int = 0
+    ends: int = 0
+    error: str | None = None

@@ -1,0 +1,95 @@
+"""The pieces of a lab that tests and benchmarks share: commands with a time limit, waiting for
+something to appear, ending a process we started, a veth pair between two namespaces, and a
+private "system" bus that carries only the project's own policy.
+
+Documentation addresses only; nothing here touches the machine's own network namespace. Every
+process is ended by its own handle (its pid), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ROOT", "Bus", "add_veth", "run", "stop_process", "wait_for"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(
+    *argv: str, check: bool = True, timeout: float = 60, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout, **kw)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def add_veth(client: str, server: str, name: str, client_addr: str, server_addr: str) -> None:
+    """A veth pair `name` between two namespaces, both ends up with a /24 address each."""
+    run("ip", "link", "add", name, "netns", client, "type", "veth", "peer", "name", name,
+        "netns", server)  # fmt: skip
+    for ns, addr in ((client, client_addr), (server, server_addr)):
+        run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{addr}/24", "dev", name)
+        run("ip", "netns", "exec", ns, "ip", "link", "set", name, "up")
+
+
+class Bus:
+    """A private "system" bus: the distro's system.conf, listening on a temp socket, with only
+    the project's own policy file included (not whatever the machine has installed)."""
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp dir: an unprivileged test caller must reach the socket.
+        self.dir = Path(tempfile.mkdtemp(prefix="snitch-bus-"))
+        policy = self.dir / "policy"
+        policy.mkdir(parents=True)
+        shutil.copy(ROOT / "systemd" / "org.snitch.Firewall1.conf", policy)
+        text = Path("/usr/share/dbus-1/system.conf").read_text()
+        for tag in ("user", "pidfile", "listen", "includedir"):
+            text = re.sub(rf"\s*<{tag}>.*?</{tag}>", "", text, flags=re.S)
+        text = re.sub(r"\s*<fork\s*/>", "", text)
+        text = re.sub(r"\s*<include [^>]*>.*?</include>", "", text, flags=re.S)
+        self.socket = self.dir / "system_bus_socket"
+        extra = f"<listen>unix:path={self.socket}</listen>\n<includedir>{policy}</includedir>\n"
+        text = text.replace("</busconfig>", extra + "</busconfig>")
+        conf = self.dir / "system.conf"
+        conf.write_text(text)
+        self.address = f"unix:path={self.socket}"
+        with open(self.dir / "dbus.log", "w") as err:
+            self.proc = subprocess.Popen(
+                ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nosyslog"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        os.chmod(self.dir, 0o755)
+        wait_for(self.socket.exists, 10, "the private bus socket")
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""The answer vocabulary: the words every agent offers, and the rule each answer makes."""
+
+from __future__ import annotations
+
+import ipaddress
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from snitch_common.answers import (
+    DEFAULT_DURATION,
+    DEFAULT_SCOPE,
+    DURATIONS,
+    Action,
+    Answer,
+    Scope,
+    domain_of,
+    parse_answer,
+    rule_for_answer,
+)
+from snitch_common.errors import PromptError
+from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rules import Lifetime
+from snitchctl.termagent import parse_reply
+
+
+def proc(uid: int = 1000, exe: str = "/usr/bin/curl", pid: int = 4242) -> Process:
+    return Process(Attribution.PROCESS, pid=pid, uid=uid, exe=exe, start_time=100.0)
+
+
+def flow(dst: str = "203.0.113.7", dport: int = 443, sport: int = 40000) -> Flow:
+    return Flow(Proto.TCP, ip_address("192.0.2.1"), sport, ip_address(dst), dport, "eth0")
+
+
+def test_every_offered_word_parses() -> None:
+    for action in Action:
+        for duration, _ in DURATIONS:
+            for scope in Scope:
+                parse_answer(1, action.value, duration, scope.value)
+
+
+def test_a_non_admins_answer_is_limited_to_their_own_processes() -> None:
+    rule = rule_for_answer(flow(), proc(uid=1000), None, Answer(1, Action.ALLOW), admin=False)
+    assert rule.user == 1000
+    assert rule_for_answer(flow(), proc(), None, Answer(1, Action.ALLOW), admin=True).user is None
+
+
+@pytest.mark.parametrize(
+    "host", ["example.org", "updates.example.org", "a.b.example.co.uk", "localhost.lan"]
+)
+def test_the_domain_scope_covers_domain_of_the_host(host: str) -> None:
+    answer = Answer(1, Action.ALLOW, scope=Scope.DOMAIN)
+    rule = rule_for_answer(flow(), proc(), host, answer, admin=False)
+    assert rule.host == domain_of(host)
+    assert ipaddress.ip_address("203.0.113.7") not in (rule.dst or ip_network("192.0.2.0/24"))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("a", Answer(7, Action.ALLOW, DEFAULT_DURATION, DEFAULT_SCOPE)),
+        ("d forever", Answer(7, Action.DENY, "forever")),
+        ("reject 15m host", Answer(7, Action.REJECT, "15m", Scope.HOST)),
+        ("A 90m app", Answer(7, Action.ALLOW, "90m", Scope.APP)),
+    ],
+)
+def test_the_terminal_agent_reads_the_same_words(line: str, expected: Answer) -> None:
+    assert parse_reply(7, line) == expected
+
+
+@pytest.mark.parametrize("line", ["", "x", "a soon", "a 0m", "allow host everywhere"])
+def test_the_terminal_agent_refuses_other_words(line: str) -> None:
+    with pytest.raises(ValueError):
+        parse_reply(7, line)
+
+
+@pytest.mark.parametrize(
+    ("scope", "host", "text"),
+    [
+        (Scope.EXACT, None, "deny app=/usr/bin/curl to=203.0.113.7 port=443 proto=tcp"),
+        (Scope.HOST, None, "deny app=/usr/bin/curl to=203.0.113.7"),
+        (Scope.HOST, "api.example.org", "deny app=/usr/bin/curl to=api.example.org"),
+        (Scope.DOMAIN, "api.example.org", "deny app=/usr/bin/curl to=*.example.org"),
+        (Scope.PORT, None, "deny app=/usr/bin/curl port=443 proto=tcp"),
+        (Scope.APP, None, "deny app=/usr/bin/curl"),
+    ],
+)
+def test_each_scope_makes_the_rule_it_says(scope: Scope, host: str | None, text: str) -> None:
+    rule = rule_for_answer(flow(), proc(), host, Answer(1, Action.DENY, scope=scope), admin=True)
+    assert str(rule) == text
+    assert rule.dst in (None, ip_network("203.0.113.7/32"))
+
+
+def test_until_the_process_quits_pins_the_process() -> None:
+    answer = Answer(1, Action.ALLOW, "process", Scope.APP)
+    rule = rule_for_answer(flow(), proc(pid=77), None, answer, admin=True)
+    assert str(rule) == "allow app=/usr/bin/curl for=process pid=77 start=100.0"
+
+
+def test_domain_scope_needs_a_name() -> None:
+    with pytest.raises(PromptError, match="needs a host name"):
+        rule_for_answer(
+            flow(), proc(), None, Answer(1, Action.ALLOW, scope=Scope.DOMAIN), admin=True
+        )
+
+
+def test_parse_answer_errors_name_the_field() -> None:
+    answer = parse_answer(3, "allow", "15m", "host")
+    assert answer == Answer(3, Action.ALLOW, "15m", Scope.HOST)
+    assert answer.lifetime == (Lifetime.MINUTES, 15)
+    with pytest.raises(PromptError, match="action 'permit'"):
+        parse_answer(1, "permit", "once", "exact")
+    with pytest.raises(PromptError, match="duration"):
+        parse_answer(1, "allow", "soon", "exact")
+    with pytest.raises(PromptError, match="scope 'everything'"):
+        parse_answer(1, "allow", "once", "everything")
