@@ -13,7 +13,8 @@ order is total and `explain` can always name one winner.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from snitch_common.records import Flow, Process, Proto
@@ -33,8 +34,6 @@ _Key = tuple[int, ...]
 # Buckets of up to this many rules are walked, not indexed. Measured on bench/manyrules.py (10k
 # apps of 10 rules): indexing them too cost 28 MB, for 3.4 -> 1.2 µs when none of 10 matches.
 _INDEX_ABOVE = 16
-_NO_NAMES: Mapping[str, list[int]] = {}
-_NO_PORTS: Mapping[int, list[int]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,89 +114,193 @@ def _host_matches(pattern: str, names: frozenset[str]) -> bool:
     return any(name == domain or name.endswith(suffix) for name in names)
 
 
-class _Bucket:
-    """Rules of one app (or of every app), best first, filed so that a lookup reads few of them.
+class _Walked:
+    """A bucket of a few rules (most apps' own), best first, walked: where an index would cost
+    more memory than its rules. Adding one is a binary search in a few entries."""
 
-    A rule is known by its rank, its place in `entries`: a smaller rank is a better rule. Each
-    rank is filed under one thing the rule needs in order to match: its destination (one dict per
-    prefix length, keyed by the masked address, so an address costs one look-up per prefix length
-    in use), else its host or domain, else its single port, else the `rest` list. A rule that
-    matches a flow is thus in one of the lists the flow's address, names and port select, and as
-    each list is in rank order, the first match in a list is that list's best.
+    __slots__ = ("entries",)
 
-    A bucket of a few rules (most apps' own) is not indexed: all its ranks are `rest`, walked
-    in a few µs, where its dicts would cost more memory than its rules.
+    def __init__(self, entries: list[tuple[int, Rule]]) -> None:
+        self.entries = entries  # best first
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entry: tuple[int, Rule]) -> None:
+        insort(self.entries, entry, key=_entry_key)
+
+    def remove(self, entry: tuple[int, Rule]) -> None:
+        for i, held in enumerate(self.entries):
+            if held is entry:
+                del self.entries[i]
+                return
+
+    def best(
+        self, flow: Flow, proc: Process, names: frozenset[str], now: float
+    ) -> tuple[int, Rule] | None:
+        for entry in self.entries:
+            if _matches(entry[1], flow, proc, names, now):
+                return entry
+        return None
+
+
+class _Indexed:
+    """A bucket of many rules, filed so that a lookup reads few of them.
+
+    A rule is filed by its key (`_key`: its precedence rank, negated, so that a smaller key is a
+    better rule, with the rule's id in its low bits) under one thing the rule needs in order to
+    match: its destination (one dict per prefix length, keyed by the masked address, so an
+    address costs one look-up per prefix length in use), else its host or domain, else its single
+    port, else the `rest` list. A rule that matches a flow is thus in one of the lists the flow's
+    address, names and port select, and as each list is sorted, the first match in a list is that
+    list's best. Adding or removing a rule is a binary search in its one list (and a memmove of
+    it), never a re-sort of the bucket: the bucket of every app may hold 100k rules.
     """
 
-    __slots__ = ("domains", "entries", "hosts", "nets4", "nets6", "ports", "rest")
+    __slots__ = ("count", "domains", "hosts", "ids", "nets", "nets4", "nets6", "ports", "rest")
 
-    def __init__(self, entries: list[tuple[int, Rule]], index_above: int) -> None:
-        entries.sort(key=lambda e: specificity(e[1], e[0]), reverse=True)
-        self.entries = entries
+    def __init__(
+        self, ids: Mapping[int, tuple[int, Rule]], entries: list[tuple[int, Rule]]
+    ) -> None:
+        self.ids = ids  # the rule set's own id -> entry map: a key names its rule by id
+        self.count = 0
+        self.nets: dict[tuple[int, int], dict[int, list[int]]] = {}
         self.nets4: tuple[tuple[int, dict[int, list[int]]], ...] = ()
         self.nets6: tuple[tuple[int, dict[int, list[int]]], ...] = ()
-        self.hosts: Mapping[str, list[int]] = _NO_NAMES
-        self.domains: Mapping[str, list[int]] = _NO_NAMES
-        self.ports: Mapping[int, list[int]] = _NO_PORTS
-        self.rest: Sequence[int] = range(len(entries))
-        if len(entries) > index_above:
-            self._file()
+        self.hosts: dict[str, list[int]] = {}
+        self.domains: dict[str, list[int]] = {}
+        self.ports: dict[int, list[int]] = {}
+        self.rest: list[int] = []
+        # Best first, so that appending keeps every list sorted.
+        for key, rule in sorted((_key(e[1], e[0]), e[1]) for e in entries):
+            self._list_for(rule).append(key)
+        self.count = len(entries)
+        self._order_nets()
 
-    def _file(self) -> None:
-        nets: dict[tuple[int, int], dict[int, list[int]]] = {}
-        hosts: dict[str, list[int]] = {}
-        domains: dict[str, list[int]] = {}
-        ports: dict[int, list[int]] = {}
-        rest: list[int] = []
-        for rank, (_, rule) in enumerate(self.entries):
-            if rule.dst is not None:
-                table = nets.setdefault((rule.dst.version, rule.dst.prefixlen), {})
-                table.setdefault(int(rule.dst.network_address), []).append(rank)
-            elif rule.host is not None and rule.host.startswith("*."):
-                domains.setdefault(rule.host[2:], []).append(rank)
-            elif rule.host is not None:
-                hosts.setdefault(rule.host, []).append(rank)
-            elif rule.ports is not None and rule.ports[0] == rule.ports[1]:
-                ports.setdefault(rule.ports[0], []).append(rank)
-            else:
-                rest.append(rank)
+    def __len__(self) -> int:
+        return self.count
+
+    def _list_for(self, rule: Rule) -> list[int]:
+        if rule.dst is not None:
+            table = self.nets.setdefault((rule.dst.version, rule.dst.prefixlen), {})
+            return table.setdefault(int(rule.dst.network_address), [])
+        if rule.host is not None and rule.host.startswith("*."):
+            return self.domains.setdefault(rule.host[2:], [])
+        if rule.host is not None:
+            return self.hosts.setdefault(rule.host, [])
+        if rule.ports is not None and rule.ports[0] == rule.ports[1]:
+            return self.ports.setdefault(rule.ports[0], [])
+        return self.rest
+
+    def _order_nets(self) -> None:
         # Longest prefix first: its rules rank higher, so the later lists are cut short sooner.
-        by_length = sorted(nets.items(), reverse=True)
+        by_length = sorted(self.nets.items(), reverse=True)
         self.nets4 = tuple((_mask(32, n), table) for (v, n), table in by_length if v == 4)
         self.nets6 = tuple((_mask(128, n), table) for (v, n), table in by_length if v == 6)
-        self.hosts, self.domains, self.ports, self.rest = hosts, domains, ports, rest
+
+    def add(self, entry: tuple[int, Rule]) -> None:
+        rule = entry[1]
+        lengths = len(self.nets)
+        insort(self._list_for(rule), _key(rule, entry[0]))
+        self.count += 1
+        if len(self.nets) != lengths:
+            self._order_nets()
+
+    def remove(self, entry: tuple[int, Rule]) -> None:
+        rule = entry[1]
+        key = _key(rule, entry[0])
+        keys = self._list_for(rule)
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            del keys[i]
+            self.count -= 1
+        if keys or keys is self.rest:
+            return
+        # An empty list goes, so that a bucket that shrinks does not keep every key it held.
+        if rule.dst is not None:
+            length = (rule.dst.version, rule.dst.prefixlen)
+            table = self.nets[length]
+            del table[int(rule.dst.network_address)]
+            if not table:
+                del self.nets[length]
+                self._order_nets()
+        elif rule.host is not None and rule.host.startswith("*."):
+            del self.domains[rule.host[2:]]
+        elif rule.host is not None:
+            del self.hosts[rule.host]
+        else:
+            assert rule.ports is not None
+            del self.ports[rule.ports[0]]
+
+    def entries(self) -> list[tuple[int, Rule]]:
+        """Every rule, best first (to turn back into a walked bucket)."""
+        keys = [*self.rest]
+        for tables in (self.hosts, self.domains, self.ports):
+            for filed in tables.values():
+                keys += filed
+        for table in self.nets.values():
+            for filed in table.values():
+                keys += filed
+        keys.sort()
+        return [self.ids[-key & _ID_MASK] for key in keys]
 
     def best(
         self, flow: Flow, proc: Process, names: frozenset[str], now: float
     ) -> tuple[int, Rule] | None:
         """This bucket's best rule that matches, or None."""
-        lists: list[Sequence[int]] = []
+        lists: list[list[int]] = []
         nets = self.nets4 if flow.dst.version == 4 else self.nets6
         if nets:
             addr = int(flow.dst)
             for mask, table in nets:
-                if (ranks := table.get(addr & mask)) is not None:
-                    lists.append(ranks)
+                if (keys := table.get(addr & mask)) is not None:
+                    lists.append(keys)
         if self.hosts or self.domains:
             for name in names:
-                if (ranks := self.hosts.get(name)) is not None:
-                    lists.append(ranks)
+                if (keys := self.hosts.get(name)) is not None:
+                    lists.append(keys)
                 for domain in _domains_of(name):
-                    if (ranks := self.domains.get(domain)) is not None:
-                        lists.append(ranks)
-        if (ranks := self.ports.get(flow.dport)) is not None:
-            lists.append(ranks)
+                    if (keys := self.domains.get(domain)) is not None:
+                        lists.append(keys)
+        if (keys := self.ports.get(flow.dport)) is not None:
+            lists.append(keys)
         lists.append(self.rest)
-        entries = self.entries
-        best = len(entries)
+        ids = self.ids
+        best = 1  # above every key (keys are <= 0)
+        hit = None
         for candidates in lists:
-            for rank in candidates:
-                if rank >= best:
+            for key in candidates:
+                if key >= best:
                     break
-                if _matches(entries[rank][1], flow, proc, names, now):
-                    best = rank
+                entry = ids[-key & _ID_MASK]
+                if _matches(entry[1], flow, proc, names, now):
+                    best, hit = key, entry
                     break
-        return entries[best] if best < len(entries) else None
+        return hit
+
+
+_ID_MASK = (1 << 64) - 1
+
+
+def _rank(rule: Rule, rule_id: int) -> int:
+    """`specificity` packed into one int, larger is better: an index keeps one int per rule
+    (a tuple of nine would cost ~130 bytes more each) and compares ints. The fields keep their
+    order; a domain of more than 65535 labels (no real name) would rank as one of 65535."""
+    exe, user, tier, sub, span, proto, iface, action, _ = specificity(rule, rule_id)
+    if not 0 <= rule_id <= _ID_MASK:
+        raise ValueError(f"rule id {rule_id} out of range")
+    rank = ((exe << 1 | user) << 2 | tier) << 16 | min(sub, 0xFFFF)
+    rank = ((rank << 17 | (65536 + span)) << 1 | proto) << 1 | iface
+    return (rank << 2 | action) << 64 | rule_id
+
+
+def _key(rule: Rule, rule_id: int) -> int:
+    """The index's sort key: the rank negated, so that sorted lists hold the best rule first."""
+    return -_rank(rule, rule_id)
+
+
+def _entry_key(entry: tuple[int, Rule]) -> int:
+    return _key(entry[1], entry[0])
 
 
 def _mask(width: int, prefix: int) -> int:
@@ -213,32 +316,100 @@ def _domains_of(name: str) -> Iterator[str]:
         dot = name.find(".", dot + 1)
 
 
+_Bucket = _Walked | _Indexed
+
+
 class RuleSet:
-    """An immutable, indexed set of rules, rebuilt whole when rules change (rare) so that a
-    lookup (per new flow) never takes a lock or sees half an update.
+    """An indexed set of rules, updated one rule at a time.
+
+    Built whole at start and when the store changed behind snitchd's back; otherwise `add` and
+    `remove` change only the bucket (the rules of one app, or of every app) of the rule they are
+    given, in O(log n) comparisons, so a rule change at 100k rules costs µs, not a rebuild. The
+    packet loop is single-threaded and each update is done on it between two packets, so a lookup
+    never sees half an update.
 
     It keeps the `(id, rule)` pairs it is given, not entries of its own: at 100k rules, every
-    object the index adds per rule costs MBs (a tuple: 6 MB). Buckets (the rules of one app, or
-    of every app) of more than `index_above` rules are indexed, the others walked; the tests set
-    it to 0 so that small rule sets, which fail with readable examples, reach the index too.
+    object the index adds per rule costs MBs (a tuple: 6 MB). Buckets of more than
+    `index_above` rules are indexed, the others walked; the tests set it to 0 so that small rule
+    sets, which fail with readable examples, reach the index too.
     """
+
+    __slots__ = ("_any_app", "_by_exe", "_ids", "_index_above")
 
     def __init__(
         self, rules: Iterable[tuple[int, Rule]] = (), *, index_above: int = _INDEX_ABOVE
     ) -> None:
+        self._index_above = index_above
+        self._ids: dict[int, tuple[int, Rule]] = {}
+        for entry in rules:
+            if entry[1].lifetime is not Lifetime.ONCE:
+                self._ids[entry[0]] = entry
         any_app: list[tuple[int, Rule]] = []
         by_exe: dict[str, list[tuple[int, Rule]]] = {}
-        for entry in rules:
-            rule = entry[1]
-            if rule.lifetime is Lifetime.ONCE:
-                continue
-            (any_app if rule.exe is None else by_exe.setdefault(rule.exe, [])).append(entry)
-        self._count = len(any_app) + sum(len(e) for e in by_exe.values())
-        self._any_app = _Bucket(any_app, index_above)
-        self._by_exe = {exe: _Bucket(entries, index_above) for exe, entries in by_exe.items()}
+        for entry in self._ids.values():
+            exe = entry[1].exe
+            (any_app if exe is None else by_exe.setdefault(exe, [])).append(entry)
+        self._any_app = self._bucket(any_app)
+        self._by_exe = {exe: self._bucket(entries) for exe, entries in by_exe.items()}
+
+    def _bucket(self, entries: list[tuple[int, Rule]]) -> _Bucket:
+        if len(entries) > self._index_above:
+            return _Indexed(self._ids, entries)
+        entries.sort(key=_entry_key)
+        return _Walked(entries)
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._ids)
+
+    def __contains__(self, rule_id: int) -> bool:
+        return rule_id in self._ids
+
+    def get(self, rule_id: int) -> tuple[int, Rule] | None:
+        return self._ids.get(rule_id)
+
+    def snapshot(self) -> dict[int, tuple[int, Rule]]:
+        """Every rule by id, copied in one step (a C-level dict copy, which another thread
+        cannot interleave with an update)."""
+        return self._ids.copy()
+
+    def add(self, entry: tuple[int, Rule]) -> None:
+        """Add one rule, or replace the rule of the same id. A for=once rule is never held."""
+        rule_id, rule = entry
+        self.remove(rule_id)
+        if rule.lifetime is Lifetime.ONCE:
+            return
+        self._ids[rule_id] = entry
+        if rule.exe is None:
+            bucket = self._any_app
+        elif (found := self._by_exe.get(rule.exe)) is not None:
+            bucket = found
+        else:
+            self._by_exe[rule.exe] = self._bucket([entry])
+            return
+        bucket.add(entry)
+        if isinstance(bucket, _Walked) and len(bucket) > self._index_above:
+            self._set_bucket(rule.exe, _Indexed(self._ids, bucket.entries))
+
+    def remove(self, rule_id: int) -> tuple[int, Rule] | None:
+        """Take out the rule of this id; returns it, or None if there was none."""
+        entry = self._ids.get(rule_id)
+        if entry is None:
+            return None
+        exe = entry[1].exe
+        bucket = self._any_app if exe is None else self._by_exe[exe]
+        bucket.remove(entry)
+        del self._ids[rule_id]
+        if exe is not None and not len(bucket):
+            del self._by_exe[exe]
+        elif isinstance(bucket, _Indexed) and len(bucket) <= self._index_above // 2:
+            self._set_bucket(exe, _Walked(bucket.entries()))
+        return entry
+
+    def _set_bucket(self, exe: str | None, bucket: _Bucket) -> None:
+        if exe is None:
+            self._any_app = bucket
+        else:
+            self._by_exe[exe] = bucket
 
     def match(
         self, flow: Flow, proc: Process, names: frozenset[str], now: float
@@ -252,13 +423,8 @@ class RuleSet:
 
     def explain(self, flow: Flow, proc: Process, names: frozenset[str], now: float) -> Explanation:
         """All matching rules in precedence order (slow path: for `snitchctl explain`)."""
-        found = [
-            entry
-            for bucket in (*self._by_exe.values(), self._any_app)
-            for entry in bucket.entries
-            if _matches(entry[1], flow, proc, names, now)
-        ]
-        found.sort(key=lambda e: specificity(e[1], e[0]), reverse=True)
+        found = [e for e in self._ids.values() if _matches(e[1], flow, proc, names, now)]
+        found.sort(key=_entry_key)
         return Explanation(tuple(found))
 
 

@@ -565,6 +565,115 @@ def test_less_specific_rule_never_changes_the_winner(
     assert RuleSet([*rules, (extra_id, extra)]).match(*situation) == current
 
 
+# ---------------------------------------------------------------------------------------------
+# Updates: a rule change updates one bucket in place; the result must be the set built whole.
+
+Edit = tuple[str, tuple[int, Rule]]
+
+
+@st.composite
+def edit_scripts(
+    draw: st.DrawFn,
+) -> tuple[list[tuple[int, Rule]], list[tuple[int, Rule]], list[Edit]]:
+    """A rule set built whole, a target set, and a random order of adds and removes from the
+    one to the other: rules of the target added (some first as another rule of the same id,
+    then replaced), rules not in it removed, some added and removed on the way."""
+    target = draw(numbered_rules())
+    extra = draw(st.lists(decide_rules(), max_size=8))
+    others = [(len(target) + 1 + i, rule) for i, rule in enumerate(extra)]
+    initial = [e for e in [*target, *others] if draw(st.booleans())]
+    held = {e[0] for e in initial}
+    steps: list[list[Edit]] = []
+    for entry in target:
+        if entry[0] in held and draw(st.booleans()):
+            continue  # already there, as it is
+        if draw(st.integers(0, 3)) == 0:
+            steps.append([("add", (entry[0], draw(decide_rules()))), ("add", entry)])
+        else:
+            steps.append([("add", entry)])
+    for entry in others:
+        steps.append(([] if entry[0] in held else [("add", entry)]) + [("remove", entry)])
+    # Interleave the steps, each keeping its own order.
+    edits: list[Edit] = []
+    while steps:
+        step = steps[draw(st.integers(0, len(steps) - 1))]
+        edits.append(step.pop(0))
+        steps = [s for s in steps if s]
+    return initial, target, edits
+
+
+def _edited(initial: list[tuple[int, Rule]], edits: list[Edit], index_above: int) -> RuleSet:
+    rules = RuleSet(initial, index_above=index_above)
+    for kind, entry in edits:
+        if kind == "add":
+            rules.add(entry)
+        else:
+            rules.remove(entry[0])
+    return rules
+
+
+@settings(max_examples=300)
+@given(
+    edit_scripts(),
+    st.sampled_from([0, 2, 16]),
+    st.lists(situations(), min_size=1, max_size=5),
+    st.data(),
+)
+def test_rule_set_updated_rule_by_rule_matches_the_one_built_whole(
+    script: tuple[list[tuple[int, Rule]], list[tuple[int, Rule]], list[Edit]],
+    index_above: int,
+    random_situations: list[tuple[Flow, Process, frozenset[str], float]],
+    data: st.DataObject,
+) -> None:
+    """A rule change updates the rule's bucket in place (and turns a walked bucket into an
+    indexed one, and back, as it grows and shrinks); whatever the order of the changes, every
+    flow must get the winner the set built whole gives it, or a rule added over D-Bus would
+    decide differently from the same rule after a restart."""
+    initial, target, edits = script
+    edited = _edited(initial, edits, index_above)
+    whole = RuleSet(target, index_above=index_above)
+    aimed = [data.draw(situations_for(data.draw(st.sampled_from(target))[1])) for _ in range(3)]
+    assert len(edited) == len(whole)
+    for situation in [*random_situations, *aimed]:
+        assert edited.match(*situation) == whole.match(*situation)
+        assert edited.explain(*situation) == whole.explain(*situation)
+
+
+@settings(max_examples=100)
+@given(numbered_rules(), st.data())
+def test_removing_every_rule_one_by_one_leaves_the_next_best(
+    rules: list[tuple[int, Rule]], data: st.DataObject
+) -> None:
+    """Take the rules out of an indexed set in a random order: after each removal, `match`
+    names what a set built whole from the rest names (emptied lists must not hide rules)."""
+    situation = data.draw(situations_for(data.draw(st.sampled_from(rules))[1]))
+    edited = RuleSet(rules, index_above=0)
+    left = dict(rules)
+    for rule_id in data.draw(st.permutations([i for i, _ in rules])):
+        assert edited.remove(rule_id) is not None or left[rule_id].lifetime is Lifetime.ONCE
+        del left[rule_id]
+        whole = RuleSet(left.items(), index_above=0)
+        assert edited.match(*situation) == whole.match(*situation)
+    assert len(edited) == 0 and edited.remove(1) is None
+
+
+def test_replacing_a_rule_takes_the_old_one_out() -> None:
+    """Adding a rule under an id already held replaces it (an edit of the stored text): the old
+    rule must no longer decide."""
+    rules = ruleset("allow port=443", "deny port=80")
+    rules.add((1, parse_rule("deny port=443")))
+    assert winner(rules, flow(dport=443)) == 1
+    assert decide(flow(dport=443), proc(), rules, NOW) == Verdict(Action.DENY, 1, "rule 1")
+    assert len(rules) == 2
+
+
+def test_a_once_rule_added_to_a_set_is_not_held() -> None:
+    """for=once answers one prompt and is never a rule of the set, added whole or one by one."""
+    rules = RuleSet()
+    rules.add((1, parse_rule("allow port=443 for=once")))
+    assert len(rules) == 0 and winner(rules, flow()) is None
+
+
 def test_specificity_orders_the_precedence_sentence() -> None:
     """The sort key, read left to right, is the sentence: each rule here beats the next."""
     ordered = [
@@ -602,6 +711,7 @@ def test_host_and_single_address_are_equally_specific() -> None:
 PURE_IMPORTS = {
     snitchd.decide: {
         "__future__",
+        "bisect",
         "collections.abc",
         "dataclasses",
         "snitch_common.records",
