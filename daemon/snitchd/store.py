@@ -1,10 +1,17 @@
 """The SQLite store (through sqlite-utils): rules, the connection log, and schema migrations.
 
 A side path of the packet path: the queue reader never waits for it. Rules are read once at start
-and on change; the connection log is written in batches from a worker thread (`events`). Every
-SQLite failure becomes a `StoreError` that names the file and says what to do; a schema newer than
-this code stops start-up rather than being guessed at. Rules that live "until restart" are kept in
-memory only, but draw their ids from the same sequence so an id never means two rules.
+and when another process changed them; rule writes are made from a worker thread, on a connection
+of their own, so that one waiting for a lock held by another process holds up nothing else. The
+connection log is written by the log writer. Every SQLite failure becomes a `StoreError` that names
+the file and says what to do; a schema newer than this code stops start-up rather than being
+guessed at. Rules that live "until restart" are kept in memory only, but draw their ids from the
+same sequence so an id never means two rules.
+
+Whose change is it: the rule-change counter (schema 3) grows with every change by anyone. The
+store remembers the count that the rules snitchd holds correspond to (`adopt_version`), and moves
+it along with each of its own writes when that write started from it; any other change leaves a
+gap that `changed_outside` reports.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ __all__ = [
     "Decision",
     "FlowBytes",
     "LogQuery",
+    "RuleLoad",
     "Store",
     "decision_row",
     "keep_unexpired",
@@ -76,6 +84,14 @@ class FlowBytes:
     bytes_out: int
     bytes_in: int
     ended: float
+
+
+@dataclass(frozen=True, slots=True)
+class RuleLoad:
+    """Every rule, and the rule-change count they were read at (one read transaction)."""
+
+    version: int
+    records: list[RuleRecord]
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -145,8 +161,13 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the main connection
+        self._write_lock = threading.Lock()  # the rule writer's connection, opened on first use
+        self._writer: sqlite3.Connection | None = None
+        self._memory_lock = threading.Lock()  # `_memory`: held for dict steps only
         self._memory: dict[int, RuleRecord] = {}
+        self._version_lock = threading.Lock()
+        self._expected: int | None = None  # the change count the held rules correspond to
         self._parsed: dict[int, tuple[str, Rule]] = {}  # id -> (its text, parsed)
         with self._errors("open"):
             if self.path != ":memory:":
@@ -168,8 +189,9 @@ class Store:
         try:
             yield
         except sqlite3.Error as exc:
+            if "database is locked" in str(exc):
+                raise StoreError(self._locked_message(doing)) from exc
             hint = {
-                "database is locked": "is another snitchd running? try: snitchctl status",
                 "file is not a database": "the file is corrupt: move it away and restart snitchd",
                 "readonly database": "check the permissions of the file and its folder",
             }
@@ -177,6 +199,18 @@ class Store:
             raise StoreError(f"cannot {doing} rule store {self.path}: {exc} ({advice})") from exc
         except OSError as exc:
             raise StoreError(f"cannot {doing} rule store {self.path}: {exc.strerror}") from exc
+
+    def _locked_message(self, doing: str) -> str:
+        """Who holds the lock, if the kernel says (a write lock on the file, or on its -shm
+        file in WAL mode), and what to do."""
+        holders = ", ".join(f"pid {pid} {_comm(pid)}".rstrip() for pid in _lock_holders(self.path))
+        who = f"held by {holders}; " if holders else ""
+        if doing == "open":
+            advice = f"{who}is another snitchd running? try: snitchctl status"
+        else:
+            advice = f"{who}try again; `fuser {self.path}` shows who has it open"
+        reason = "database is locked by another process"
+        return f"cannot {doing} rule store {self.path}: {reason} ({advice})"
 
     def _migrate(self) -> None:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -194,6 +228,10 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self.db.close()
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
     def _record(
         self, row: tuple[Any, ...], parsed: dict[int, tuple[str, Rule]] | None = None
@@ -211,64 +249,126 @@ class Store:
     def rules(self) -> list[RuleRecord]:
         """Stored rules then in-memory ones; a stored row that no longer parses is skipped and
         logged, so one bad row cannot take the whole rule set down."""
+        with self._lock, self._errors("read"):
+            out = self._stored_rules()
+        return out + self._memory_rules()
+
+    def load_rules(self) -> RuleLoad:
+        """Every rule and the change count they were read at, in one read transaction (for a
+        worker thread: at 100k rules this reads and parses for about a second)."""
+        with self._lock, self._errors("read"):
+            conn = self.db.conn
+            conn.execute("BEGIN")
+            try:
+                version = _count(conn)
+                stored = self._stored_rules()
+            finally:
+                conn.execute("COMMIT")
+        return RuleLoad(version, stored + self._memory_rules())
+
+    def _stored_rules(self) -> list[RuleRecord]:
         out: list[RuleRecord] = []
         # Parsed rules are kept with their text: a reload at 100k rules re-parses only what
         # changed (4.8 s -> 0.9 s), and entries of deleted rules go with this rebuild. Rows are
         # streamed as tuples, not read whole as sqlite-utils' dicts: those peaked at 67 MB
         # (tracemalloc) at 100k rules, a high-water mark the daemon's RSS then kept.
         parsed: dict[int, tuple[str, Rule]] = {}
-        with self._lock, self._errors("read"):
-            for row in self.db.execute(f"SELECT {_RULE_COLUMNS} FROM rules ORDER BY id"):
-                try:
-                    out.append(self._record(row, parsed))
-                except Exception as exc:
-                    log.warning("stored rule skipped id=%s: %s", row[0], exc)
+        for row in self.db.execute(f"SELECT {_RULE_COLUMNS} FROM rules ORDER BY id"):
+            try:
+                out.append(self._record(row, parsed))
+            except Exception as exc:
+                log.warning("stored rule skipped id=%s: %s", row[0], exc)
         self._parsed = parsed
-        out.extend(sorted(self._memory.values(), key=lambda r: r.id))
         return out
+
+    def _memory_rules(self) -> list[RuleRecord]:
+        with self._memory_lock:
+            memory = list(self._memory.values())
+        return sorted(memory, key=lambda r: r.id)
+
+    # -- rule writes: from a worker thread, never the packet loop ------------------------------
+
+    @contextmanager
+    def _rule_write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the rule writer's own connection. Waiting for another
+        process's lock (up to the busy timeout) holds only this lock, not the main connection
+        that `rules()` and the log queries use. The change count is read before and after: a
+        write that starts from the count snitchd's rules correspond to moves it along, so that
+        snitchd's own changes are never taken for someone else's."""
+        with self._write_lock, self._errors("write"):
+            if self._writer is None:
+                self._writer = sqlite3.connect(
+                    self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+                )
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = _count(conn)
+                yield conn
+                after = _count(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            with self._version_lock:
+                if self._expected == before:
+                    self._expected = after
 
     def add_rule(self, rule: Rule, now: float, origin: str = "") -> RuleRecord:
         if rule.lifetime is Lifetime.ONCE:
             raise RuleError("a for=once rule is never stored: it answers one prompt")
         rule = rule.stamped(now)
-        with self._lock, self._errors("write"):
+        with self._rule_write() as conn:
             if rule.is_stored:
-                table = self.db.table("rules")
-                table.insert({"text": str(rule), "created": now, "hits": 0, "origin": origin})
-                rule_id = int(table.last_pk or 0)
-                return RuleRecord(rule_id, rule, now, None, 0, origin)
-            rule_id = self._reserve_id()
+                cur = conn.execute(
+                    "INSERT INTO rules (text, created, hits, origin) VALUES (?, ?, 0, ?)",
+                    [str(rule), now, origin],
+                )
+                return RuleRecord(int(cur.lastrowid or 0), rule, now, None, 0, origin)
+            # The next id of the rules table, taken without a row (for rules kept in memory).
+            rule_id = int(conn.execute("INSERT INTO rules (text) VALUES ('')").lastrowid or 0)
+            conn.execute("DELETE FROM rules WHERE id = ?", [rule_id])
         record = RuleRecord(rule_id, rule, now, None, 0, origin)
-        self._memory[rule_id] = record
+        with self._memory_lock:
+            self._memory[rule_id] = record
         return record
 
-    def _reserve_id(self) -> int:
-        """The next id of the rules table, taken without a row (for rules kept in memory)."""
-        with self.db.atomic():
-            rule_id = int(self.db.execute("INSERT INTO rules (text) VALUES ('')").lastrowid or 0)
-            self.db.execute("DELETE FROM rules WHERE id = ?", [rule_id])
-        return rule_id
-
     def delete_rule(self, rule_id: int) -> RuleRecord:
-        if rule_id in self._memory:
-            return self._memory.pop(rule_id)
-        with self._lock, self._errors("write"):
-            rows = self.db.execute(
+        with self._memory_lock:
+            memory = self._memory.pop(rule_id, None)
+        if memory is not None:
+            return memory
+        with self._rule_write() as conn:
+            row = conn.execute(
                 f"SELECT {_RULE_COLUMNS} FROM rules WHERE id = ?", [rule_id]
-            ).fetchall()
-            if not rows:
+            ).fetchone()
+            if row is None:
                 raise RuleNotFound(f"no rule with id {rule_id} (see: snitchctl list-rules)")
-            self.db.table("rules").delete(rule_id)
-        return self._record(rows[0])
+            conn.execute("DELETE FROM rules WHERE id = ?", [rule_id])
+        return self._record(row)
+
+    def adopt_version(self, version: int) -> None:
+        """The rules snitchd holds now are those of change count `version`."""
+        with self._version_lock:
+            self._expected = version
+
+    def changed_outside(self) -> bool:
+        """Whether the stored rules changed since `adopt_version` other than by this store's
+        own writes (sqlite3 by hand, another program)."""
+        current = self.rules_version()
+        with self._version_lock:
+            return current != self._expected
 
     def record_memory_hits(self, hits: dict[int, tuple[int, float]]) -> None:
         """Hit counts of the rules kept in memory (the log writer counts the stored ones)."""
-        for rule_id, (count, last) in hits.items():
-            m = self._memory.get(rule_id)
-            if m is not None:
-                self._memory[rule_id] = RuleRecord(
-                    m.id, m.rule, m.created, last, m.hits + count, m.origin
-                )
+        with self._memory_lock:
+            for rule_id, (count, last) in hits.items():
+                m = self._memory.get(rule_id)
+                if m is not None:
+                    self._memory[rule_id] = RuleRecord(
+                        m.id, m.rule, m.created, last, m.hits + count, m.origin
+                    )
 
     def record_hits(self, hits: dict[int, tuple[int, float]]) -> None:
         self.record_memory_hits(hits)
@@ -383,9 +483,7 @@ class Store:
     def rules_version(self) -> int:
         """Grows with every change to the stored rules, by any process."""
         with self._lock, self._errors("read"):
-            return int(
-                self.db.execute("SELECT count FROM changes WHERE what = 'rules'").fetchone()[0]
-            )
+            return _count(self.db.conn)
 
 
 _RULE_COLUMNS = "id, text, created, last_hit, hits, origin"
@@ -410,6 +508,46 @@ _LOG_INSERT = (
     f"INSERT INTO connections ({', '.join(_LOG_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})"
 )
+
+
+def _count(conn: sqlite3.Connection) -> int:
+    """The rule-change counter the triggers of schema 3 keep."""
+    return int(conn.execute("SELECT count FROM changes WHERE what = 'rules'").fetchone()[0])
+
+
+def _lock_holders(path: str) -> list[int]:
+    """Other processes holding a write lock on the database or its WAL index (-shm), from
+    /proc/locks (sqlite takes POSIX locks: a writer in WAL mode holds byte 120 of -shm; in
+    rollback mode, bytes of the database file itself). Empty when unknown."""
+    inodes = set()
+    for name in (path, path + "-shm"):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        inodes.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+    pids: list[int] = []
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: POSIX  ADVISORY  WRITE 25588 fe:00:2151646 120 120"; blocked waiters
+                # ("1: -> POSIX ...") are not holders.
+                if len(fields) >= 6 and fields[1] == "POSIX" and fields[3] == "WRITE":
+                    pid, where = int(fields[4]), fields[5]
+                    if where in inodes and pid != os.getpid() and pid not in pids:
+                        pids.append(pid)
+    except (OSError, ValueError):
+        return []
+    return pids
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
 
 
 def log_row(d: Decision) -> tuple[object, ...]:
