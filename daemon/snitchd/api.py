@@ -247,7 +247,7 @@ class FirewallService(ServiceInterface):
     async def AddRule(self, text: DBusStr) -> VarDict:
         async def run() -> dict[str, Variant]:
             uid = await self.require_admin("add rules")
-            record = self.firewall.add_rule(parse_rule(text), origin=f"uid {uid}")
+            record = await self.firewall.add_rule(parse_rule(text), origin=f"uid {uid}")
             return _record_dict(record)
 
         return await self._guard(run)
@@ -256,7 +256,7 @@ class FirewallService(ServiceInterface):
     async def DeleteRule(self, rule_id: DBusUInt64) -> VarDict:
         async def run() -> dict[str, Variant]:
             uid = await self.require_admin("delete rules")
-            return _record_dict(self.firewall.delete_rule(rule_id, origin=f"uid {uid}"))
+            return _record_dict(await self.firewall.delete_rule(rule_id, origin=f"uid {uid}"))
 
         return await self._guard(run)
 

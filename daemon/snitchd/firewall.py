@@ -2,23 +2,29 @@
 
 `on_packet` runs on the event loop for every new outbound flow. It never blocks and never raises:
 any failure on one packet is logged, counted, and that packet gets the fail-mode verdict (accept
-when fail_mode is open, drop when closed), and the loop carries on. Rule changes rebuild the
-`RuleSet` whole and swap it in, so a lookup never sees half an update; the next new flow already
-sees a rule added a moment ago.
+when fail_mode is open, drop when closed), and the loop carries on.
+
+Rule changes never make the loop wait: the store is written from a worker thread, then the one
+rule is added to or taken from the `RuleSet` on the loop, between two packets (µs, whatever the
+number of rules); the next new flow already sees it. Only a change made outside snitchd (sqlite3
+by hand) reads the rules whole, in a worker thread, and swaps the new set in. Rule changes are
+serialised by one asyncio lock, so the D-Bus caller waits for a slow store, and packets do not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from typing import TypeVar
 
 from netfilterqueue import Packet
 
-from snitch_common.errors import PacketError
+from snitch_common.errors import PacketError, RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.config import Config
@@ -29,11 +35,13 @@ from snitchd.netfilter import REJECT_MARK
 from snitchd.packet import decode
 from snitchd.procs import Attributor, process_alive
 from snitchd.prompts import Broker
-from snitchd.store import Decision, Store, keep_unexpired
+from snitchd.store import Decision, RuleLoad, Store, keep_unexpired
 
 __all__ = ["Counters", "Firewall"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -72,53 +80,118 @@ class Firewall:
         self.names = NameCache(grace=config.dns_grace)
         self.known_apps: dict[str, str | None] = store.known_apps()
         self._pinned: dict[str, frozenset[str]] = {}
-        self._rule_texts: list[tuple[int, Rule]] = []
-        self._expirable: list[RuleRecord] = []
+        self._pins: dict[str, dict[str, int]] = {}  # exe -> sha256 -> rules pinning it
+        self._expirable: dict[int, RuleRecord] = {}
         self._changed_seen: set[tuple[str, str | None]] = set()
         self._ifnames: dict[int, str] = {}
+        self._changing = asyncio.Lock()  # one rule change (or outside reload) at a time
+        self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
+        self._tasks: set[asyncio.Task[object]] = set()
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self.broker.reconfigure(config.prompt_timeout, config.max_prompts)
 
-    def check_outside_change(self, now: float) -> None:
-        """Another process wrote the store. If the rules differ from what we hold, someone
-        changed them without snitch (sqlite3 by hand, or malware): alert, then follow the
-        store, which stays the one source of truth."""
-        before = {(r, str(rule)) for r, rule in self._rule_texts}
-        self.reload_rules()
-        after = {(r, str(rule)) for r, rule in self._rule_texts}
-        if before != after:
-            added = len(after - before)
-            removed = len(before - after)
+    async def check_outside_change(self, now: float) -> None:
+        """Another process may have written the rules (sqlite3 by hand, or malware): if so,
+        alert, then follow the store, which stays the one source of truth. snitchd's own
+        writes are not news (the store tells them apart). The rules are read, parsed and
+        indexed in a worker thread; the loop only swaps the new set in."""
+        async with self._changing:
+            if not await asyncio.to_thread(self.store.changed_outside):
+                return
+            replay: list[RuleRecord | int] = []
+            self._replay = replay
+            try:
+                loaded = await asyncio.to_thread(self._load, self.rules)
+            finally:
+                self._replay = None
+            load, rules, (expirable, pins), added, removed = loaded
+            self.rules, self._expirable, self._pins = rules, expirable, pins
+            self._pinned = {exe: frozenset(hashes) for exe, hashes in pins.items()}
+            # Prompt answers (which do not wait for the lock) made while the rules were read:
+            # whichever side of the read they fell, the held set ends as the store is.
+            for change in replay:
+                if isinstance(change, RuleRecord):
+                    added.discard(change.id)
+                    if change.id not in self.rules:
+                        self._hold(change)
+                else:
+                    removed.discard(change)
+                    if change in self.rules:
+                        self._release(change)
+            self.store.adopt_version(load.version)
+            log.info("rules reloaded from the store count=%d", len(self.rules))
+        if added or removed:
             self.alert(
                 Alert(
                     "rules-changed",
-                    f"rules were changed outside snitch: {added} added or changed, "
-                    f"{removed} removed (see: snitchctl list-rules)",
+                    f"rules were changed outside snitch: {len(added)} added or changed, "
+                    f"{len(removed)} removed (see: snitchctl list-rules)",
                     now,
                 )
             )
 
+    def _load(self, held: RuleSet) -> tuple[RuleLoad, RuleSet, _Tracking, set[int], set[int]]:
+        """In a worker thread: the store's rules, indexed and tracked, and which ids differ
+        from `held`."""
+        before = held.snapshot()
+        load = self.store.load_rules()
+        rules = RuleSet((r.id, r.rule) for r in load.records)
+        added: set[int] = set()
+        for r in load.records:
+            old = before.pop(r.id, None)
+            if old is None or (old[1] is not r.rule and old[1] != r.rule):
+                added.add(r.id)
+        # A for=once rule is never held, so it is no news either.
+        added = {i for i in added if i in rules}
+        return load, rules, _tracking(load.records), added, set(before)
+
     def reload_rules(self) -> None:
-        """Runs on the loop, as does every packet: no lookup sees the rules while they are
-        rebuilt, so the old set goes first and the two are never held at once (at 100k rules
-        RSS stayed ~40 MB higher after each reload otherwise)."""
-        self.rules = RuleSet()
-        self._rule_texts = []
-        records = self.store.rules()
-        self._expirable = [
-            r for r in records if r.rule.until is not None or r.rule.lifetime is Lifetime.PROCESS
-        ]
-        self._rule_texts = [(r.id, r.rule) for r in records]
-        self.rules = RuleSet(self._rule_texts)
-        pinned: dict[str, set[str]] = {}
-        for r in records:
-            if r.rule.exe is not None and r.rule.sha256 is not None:
-                pinned.setdefault(r.rule.exe, set()).add(r.rule.sha256)
-        self._pinned = {exe: frozenset(hashes) for exe, hashes in pinned.items()}
+        """Read every rule and index them, on the calling thread: at start, before the loop
+        runs packets (afterwards, `check_outside_change` does it in a worker thread)."""
+        load = self.store.load_rules()
+        self.rules = RuleSet((r.id, r.rule) for r in load.records)
+        self._expirable, self._pins = _tracking(load.records)
+        self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
+        self.store.adopt_version(load.version)
         log.debug("rules loaded count=%d", len(self.rules))
+
+    def _hold(self, record: RuleRecord) -> None:
+        """Put one rule in the held set (on the loop, between packets)."""
+        self._release(record.id)
+        rule = record.rule
+        self.rules.add((record.id, rule))
+        if record.id not in self.rules:
+            return  # for=once: never held
+        if _expires(rule):
+            self._expirable[record.id] = record
+        if rule.exe is not None and rule.sha256 is not None:
+            hashes = self._pins.setdefault(rule.exe, {})
+            hashes[rule.sha256] = hashes.get(rule.sha256, 0) + 1
+            self._pinned[rule.exe] = frozenset(hashes)
+        if self._replay is not None:
+            self._replay.append(record)
+
+    def _release(self, rule_id: int) -> None:
+        """Take one rule out of the held set (on the loop, between packets)."""
+        entry = self.rules.remove(rule_id)
+        if entry is None:
+            return
+        self._expirable.pop(rule_id, None)
+        rule = entry[1]
+        if rule.exe is not None and rule.sha256 is not None:
+            hashes = self._pins[rule.exe]
+            hashes[rule.sha256] -= 1
+            if not hashes[rule.sha256]:
+                del hashes[rule.sha256]
+            if hashes:
+                self._pinned[rule.exe] = frozenset(hashes)
+            else:
+                del self._pins[rule.exe], self._pinned[rule.exe]
+        if self._replay is not None:
+            self._replay.append(rule_id)
 
     def _ifname(self, index: int) -> str:
         name = self._ifnames.get(index)
@@ -247,30 +320,78 @@ class Firewall:
     def default_verdict(self, reason: str) -> Verdict:
         return Verdict(self.config.default_action, None, reason)
 
-    def add_rule(self, rule: Rule, origin: str) -> RuleRecord:
-        record = self.store.add_rule(rule, self.clock(), origin)
-        self.reload_rules()
-        log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
-        return record
+    async def add_rule(self, rule: Rule, origin: str) -> RuleRecord:
+        """Store the rule (in a worker thread: a locked store delays only this caller), then
+        hold it. Raises StoreError (store locked, unwritable) or RuleError."""
+
+        async def change() -> RuleRecord:
+            async with self._changing:
+                record = await asyncio.to_thread(self.store.add_rule, rule, self.clock(), origin)
+                self._hold(record)
+            log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
+            return record
+
+        return await self._finish(change())
 
     def add_answer_rule(self, rule: Rule, origin: str) -> int:
-        return self.add_rule(rule, origin).id
+        """The rule a prompt's answer makes. The broker's answer path is synchronous, so this
+        store write is made on the loop (a follow-up of issue 12: make `Applier` async)."""
+        record = self.store.add_rule(rule, self.clock(), origin)
+        self._hold(record)
+        log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
+        return record.id
 
-    def delete_rule(self, rule_id: int, origin: str) -> RuleRecord:
-        record = self.store.delete_rule(rule_id)
-        self.reload_rules()
-        log.info("rule deleted id=%d origin=%s: %s", rule_id, origin, record.rule)
-        return record
+    async def delete_rule(self, rule_id: int, origin: str) -> RuleRecord:
+        """Delete the rule from the store (in a worker thread), then stop holding it. Raises
+        RuleNotFound or StoreError."""
 
-    def expire_rules(self) -> None:
-        keep = keep_unexpired(self.clock(), process_alive)
-        gone = [r for r in self._expirable if not keep(r)]
-        for record in gone:
-            self.store.delete_rule(record.id)
-        if gone:
-            self.reload_rules()
+        async def change() -> RuleRecord:
+            async with self._changing:
+                record = await asyncio.to_thread(self.store.delete_rule, rule_id)
+                self._release(rule_id)
+            log.info("rule deleted id=%d origin=%s: %s", rule_id, origin, record.rule)
+            return record
+
+        return await self._finish(change())
+
+    async def _finish(self, change: Awaitable[T]) -> T:
+        """Run a rule change to its end even if its caller goes (a D-Bus call cancelled at
+        shutdown): a rule written to the store must also be held, or the two would differ
+        without anything telling."""
+        task: asyncio.Task[T] = asyncio.ensure_future(change)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def expire_rules(self) -> None:
+        """Delete the rules whose time or process is up: the check (which reads /proc for
+        per-process rules) and the deletes in a worker thread, then each is taken out."""
+        async with self._changing:
+            if not self._expirable:
+                return
+            candidates = list(self._expirable.values())
+            gone = await asyncio.to_thread(self._expire, candidates, self.clock())
             for record in gone:
+                self._release(record.id)
                 log.info("rule expired id=%d: %s", record.id, record.rule)
+
+    def _expire(self, candidates: list[RuleRecord], now: float) -> list[RuleRecord]:
+        """In a worker thread. A store that fails (locked) stops the round; the rest are
+        tried again at the next sweep."""
+        keep = keep_unexpired(now, process_alive)
+        gone: list[RuleRecord] = []
+        for record in candidates:
+            if keep(record):
+                continue
+            try:
+                self.store.delete_rule(record.id)
+            except RuleNotFound:
+                pass  # deleted meanwhile by someone else: gone all the same
+            except StoreError as exc:
+                log.warning("rule expiry postponed id=%d: %s", record.id, exc)
+                break
+            gone.append(record)
+        return gone
 
     def explain(
         self,
@@ -286,3 +407,24 @@ class Firewall:
             flow = Flow(proto, ip_address("::"), 0, flow.dst, port, iface)
         proc = Process(Attribution.PROCESS, exe=exe, uid=uid)
         return self.rules.explain(flow, proc, frozenset(), self.clock())
+
+
+def _expires(rule: Rule) -> bool:
+    return rule.until is not None or rule.lifetime is Lifetime.PROCESS
+
+
+_Tracking = tuple[dict[int, RuleRecord], dict[str, dict[str, int]]]
+
+
+def _tracking(records: list[RuleRecord]) -> _Tracking:
+    """The rules that may expire, and the hashes each app's rules pin (with how many pin
+    each), for a rule set read whole."""
+    expirable = {
+        r.id: r for r in records if _expires(r.rule) and r.rule.lifetime is not Lifetime.ONCE
+    }
+    pins: dict[str, dict[str, int]] = {}
+    for r in records:
+        if r.rule.exe is not None and r.rule.sha256 is not None:
+            hashes = pins.setdefault(r.rule.exe, {})
+            hashes[r.rule.sha256] = hashes.get(r.rule.sha256, 0) + 1
+    return expirable, pins

@@ -187,20 +187,16 @@ class _Daemon:
             await asyncio.sleep(usec / 2e6)
 
     async def _sweep(self, firewall: Firewall) -> None:
-        """Once a second: expire rules, notice rules changed behind our back; now and then,
-        prune the connection log to its limits (the log writer does it: it may take a while)."""
-        store = firewall.store
-        version = store.rules_version()
+        """Once a second: expire rules, notice rules changed behind our back (both do their
+        store work in worker threads); now and then, prune the connection log to its limits
+        (the log writer does it: it may take a while)."""
         last_prune = 0.0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
-                firewall.expire_rules()
+                await firewall.expire_rules()
                 now = time.time()
-                current = store.rules_version()
-                if current != version:
-                    version = current
-                    firewall.check_outside_change(now)
+                await firewall.check_outside_change(now)
                 if now - last_prune >= PRUNE_INTERVAL:
                     last_prune = now
                     config = self.config
