@@ -1,7 +1,8 @@
 """Micro-benchmarks of the packet path's steps, in-process, without the kernel queue.
 
 - rule lookup: `RuleSet.match` with 100k rules (bench/manyrules.py), best and worst cases, and
-  what a rule change costs at that size (`Firewall.reload_rules`: read, parse, index);
+  what a rule change costs at that size (one rule in or out of the held set; the store write;
+  the longest loop stall meanwhile), and a change made outside snitchd (read whole in a worker);
 - decode: `packet.decode` of IPv4 and IPv6 TCP SYNs and a UDP datagram;
 - log: `EventLog.record` per decision, and `Store.log_decisions` rows/s (batches of 2,000);
 - the whole `Firewall.on_packet` with a stand-in packet (payload, outdev, accept) for a real TCP
@@ -14,11 +15,13 @@ socket): python -m bench.bench_micro
 """
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import pickle
 import socket
+import sqlite3
 import statistics
 import struct
 import sys
@@ -128,9 +131,14 @@ def bench_rules():
     return texts
 
 
-def bench_reload(texts, tmp):
-    """What every add-rule / delete-rule / expiry costs at 100k rules (the loop stalls for it)."""
-    store = Store(tmp / "reload.db")
+def bench_rule_change(texts, tmp):
+    """What a rule change costs at 100k rules: on the loop (the one rule in or out of its
+    bucket), for the D-Bus caller (plus the store write in a worker thread), and the longest
+    the loop went without running meanwhile; and the same for a change made outside snitchd
+    (read, parse and index whole in a worker thread, swap on the loop)."""
+    print("-- rule change at 100k rules")
+    path = tmp / "rules.db"
+    store = Store(path)
     try:
         now = time.time()
         store.db.conn.executemany(
@@ -138,21 +146,67 @@ def bench_reload(texts, tmp):
             [(t, now) for t in texts],
         )
         store.db.conn.commit()
-        fw = Firewall(Config(database=str(tmp / "reload.db")), store, None, None, None)
+        broker = Broker(time.time, 5, 10, lambda uid: uid == 0)
         started = time.perf_counter()
-        fw.reload_rules()
-        total = time.perf_counter() - started
-        started = time.perf_counter()
-        records = store.rules()
-        read_parse = time.perf_counter() - started
-        print(
-            f"reload_rules at 100k rules (each rule change): {total:.2f} s, of which "
-            f"Store.rules() read + parse {read_parse:.2f} s"
-        )
-        FIGURES["reload_rules_100k"] = {"seconds": round(total, 3)}
-        FIGURES["store_rules_100k"] = {"seconds": round(read_parse, 3), "rows": len(records)}
+        fw = Firewall(Config(database=str(path)), store, None, None, broker)
+        read_all = time.perf_counter() - started
+        print(f"read, parse and index 100k rules whole (at start): {read_all:.2f} s")
+        FIGURES["rules_read_whole_100k"] = {"seconds": round(read_all, 3)}
+        asyncio.run(_rule_changes(fw, path))
     finally:
         store.close()
+
+
+async def _rule_changes(fw, path):
+    # The loop part alone: one any-app rule (the bucket of 2,700 rules) in, then out.
+    rules = fw.rules
+    entries = [
+        (10_000_000 + i, parse_rule(f"deny to=192.0.2.{i % 250} port={i + 1}")) for i in range(1000)
+    ]
+    adds = timed(rules.add, [(e,) for e in entries])
+    removes = timed(rules.remove, [(e[0],) for e in entries])
+    stats("RuleSet.add, one any-app rule", adds, key="ruleset_add_100k")
+    stats("RuleSet.remove, one any-app rule", removes, key="ruleset_remove_100k")
+    gaps = []
+    ticker = asyncio.create_task(_loop_gaps(gaps))
+    await asyncio.sleep(0.05)
+    totals = []
+    for i in range(20):
+        started = time.perf_counter()
+        record = await fw.add_rule(parse_rule(f"allow to=192.0.2.{i} port=9{i:03d}"), "bench")
+        await fw.delete_rule(record.id, "bench")
+        totals.append(time.perf_counter() - started)
+    med = statistics.median(totals) * 1e3
+    print(f"add-rule + delete-rule for the caller (store writes included): {med:.1f} ms median")
+    worst_gap = max(gaps) * 1e3
+    print(f"  longest the loop went without running meanwhile: {worst_gap:.1f} ms")
+    FIGURES["rule_change_100k"] = {"caller_ms": round(med, 2), "loop_gap_ms": round(worst_gap, 2)}
+    gaps.clear()
+    raw = sqlite3.connect(path)
+    raw.execute("INSERT INTO rules (text, created, hits) VALUES ('deny port=4444', 0, 0)")
+    raw.commit()
+    raw.close()
+    started = time.perf_counter()
+    await fw.check_outside_change(time.time())
+    total = time.perf_counter() - started
+    worst_gap = max(gaps) * 1e3
+    print(
+        f"a change made outside snitchd (read whole in a worker): {total:.2f} s; "
+        f"longest the loop went without running: {worst_gap:.1f} ms"
+    )
+    FIGURES["outside_change_100k"] = {
+        "seconds": round(total, 3),
+        "loop_gap_ms": round(worst_gap, 2),
+    }
+    ticker.cancel()
+
+
+async def _loop_gaps(gaps):
+    """How late a 1 ms sleep wakes up: the loop's longest stall, as a packet would see it."""
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(0.001)
+        gaps.append(time.perf_counter() - started - 0.001)
 
 
 def bench_decode():
@@ -444,7 +498,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="snitch-micro-") as tmp:
         texts = bench_rules()
-        bench_reload(texts, Path(tmp))
+        bench_rule_change(texts, Path(tmp))
         bench_decode()
         bench_flow_end_decode()
         bench_log(Path(tmp))
