@@ -1,7 +1,8 @@
 """The SQLite store (through sqlite-utils): rules, the connection log, and schema migrations.
 
 A side path of the packet path: the queue reader never waits for it. Rules are read once at start
-and on change; the connection log is written in batches from a worker thread (`events`). Every
+and on change; the connection log is written in batches by the log writer, a child process
+(`logwriter`), never by snitchd's own loop. Every
 SQLite failure becomes a `StoreError` that names the file and says what to do; a schema newer than
 this code stops start-up rather than being guessed at. Rules that live "until restart" are kept in
 memory only, but draw their ids from the same sequence so an id never means two rules.
