@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from snitch_common.answers import Answer
@@ -59,6 +59,9 @@ class Client:
                 member=member,
                 signature=signature,
                 body=body or [],
+                # Never start snitchd by calling it: a stopped firewall stays stopped until
+                # systemd or an admin starts it (any user could otherwise restart it).
+                flags=MessageFlag.NO_AUTOSTART,
             )
         )
         assert reply is not None
