@@ -58,7 +58,9 @@ def test_request_is_one_nlmsg_with_inet_diag_req_v2_layout():
 
 def test_request_has_no_dump_flag():
     """NLM_F_DUMP would turn the exact lookup into a walk of every socket."""
-    data = sockdiag._encode_request(1, socket.AF_INET6, socket.IPPROTO_UDP, bytes(16), 1, bytes(16), 2)
+    data = sockdiag._encode_request(
+        1, socket.AF_INET6, socket.IPPROTO_UDP, bytes(16), 1, bytes(16), 2
+    )
     flags = struct.unpack_from("=IHH", data)[2]
     assert flags & 0x300 == 0
 
