@@ -243,7 +243,8 @@ class Attributor:
         if isinstance(got, Hashing):
             return proc, got
         proc = dataclasses.replace(proc, sha256=got)
-        self._remember(key, proc)
+        if got is not None:  # unreadable, or this user's hashes queue is full: ask again later
+            self._remember(key, proc)
         return proc, None
 
     def _submit(self, line: Hashable, job: Job, done: Any) -> None:
