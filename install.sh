@@ -47,13 +47,14 @@ fi
 
 # Every path this script creates, so that --uninstall removes exactly these.
 FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
-/usr/share/dbus-1/system-services/org.snitch.Firewall1.service
 /etc/systemd/system/snitchd.service
 /usr/local/bin/snitchd
 /usr/local/bin/snitchctl
 /usr/local/bin/snitch-notifier
 /etc/systemd/user/snitch-notifier.service
 /etc/xdg/autostart/snitch-notifier.desktop"
+
+OLD_ACTIVATION=/usr/share/dbus-1/system-services/org.snitch.Firewall1.service
 
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
 
@@ -64,7 +65,7 @@ uninstall() {
     if command -v systemctl >/dev/null; then
         systemctl --root="${ROOT:-/}" --global disable snitch-notifier.service 2>/dev/null || true
     fi
-    for f in $FILES; do rm -f "$ROOT$f"; done
+    for f in $FILES $OLD_ACTIVATION; do rm -f "$ROOT$f"; done
     rm -rf "$ROOT$PREFIX"
     if [ "$PURGE" = 1 ]; then
         rm -rf "$ROOT/etc/snitch" "$ROOT/var/lib/snitch"
@@ -89,8 +90,9 @@ install_files() {
     "$ROOT$PREFIX/venv/bin/pip" install -q "$HERE[gui]"
     install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.conf" \
         "$ROOT/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf"
-    install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.service" \
-        "$ROOT/usr/share/dbus-1/system-services/org.snitch.Firewall1.service"
+    # No D-Bus activation file: a call to snitchd must never start it (a stopped firewall
+    # stays stopped until systemd or an admin starts it). Earlier versions installed one.
+    rm -f "$ROOT$OLD_ACTIVATION"
     install -D -m 0644 "$HERE/systemd/snitchd.service" "$ROOT/etc/systemd/system/snitchd.service"
     mkdir -p "$ROOT/usr/local/bin"
     install -D -m 0644 "$HERE/systemd/snitch-notifier.service" \

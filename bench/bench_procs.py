@@ -3,11 +3,15 @@
 500 forked children each hold 10 TCP connections and 10 connected UDP sockets on loopback
 (10,000 sockets); then: the raw sock_diag exact lookup, the same with pyroute2's message classes,
 warm lookups, and the cold paths (a socket never seen: /proc scan; a new process: psutil + sha256).
+Then issue 12: what a miss costs the packet loop when the lookup is done inline (as before) and
+when it is handed to the worker (`Attributor.begin`), and how late a 1 ms timer on the loop runs
+while a socket is looked for behind 20 more processes of 3,000 fds each.
 Prints figures, asserts nothing; `--json PATH` also writes them (bench/connbench.py reads them).
 Run as root: python -m bench.bench_procs
 """
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -24,8 +28,7 @@ from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
 
 from snitch_common.records import Attribution, Flow, Proto
-from snitchd import procs
-from snitchd.procs import Attributor
+from snitchd.procs import Attributor, Limits, Lookup, sockdiag
 
 FIGURES: dict[str, dict[str, float]] = {}
 CHILDREN = 500
@@ -104,6 +107,103 @@ def pyroute2_lookup(sock, flow):
     return msg["idiag_uid"], msg["idiag_inode"]
 
 
+async def on_the_loop(att, flows):
+    """The loop's share of a lookup: `begin` on a hit, and on a miss (hand-off only), against
+    the whole lookup inline, as on_packet ran it before."""
+    limits = Limits()
+    for f in flows:
+        att.lookup(f)
+    stats(
+        "loop: begin(), hit (cached socket and process)",
+        timed(att.begin, [(f, limits) for f in flows]),
+    )
+    inline, handed = [], []
+    for f in flows[:50]:
+        att.forget()
+        start = time.perf_counter_ns()
+        att.lookup(f)
+        inline.append(time.perf_counter_ns() - start)
+        att.forget()
+        start = time.perf_counter_ns()
+        got = att.begin(f, limits)
+        handed.append(time.perf_counter_ns() - start)
+        if isinstance(got, Lookup):
+            await got.future
+    stats("loop: miss, whole lookup inline (before)", inline)
+    stats("loop: miss, begin() hands off (after)", handed)
+
+
+async def _lag_while(work):
+    """Max lateness of a 1 ms timer on this loop while `work()` runs (a coroutine)."""
+    lags = []
+    stop = asyncio.Event()
+
+    async def ticker():
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            due = loop.time() + 0.001
+            await asyncio.sleep(0.001)
+            lags.append(loop.time() - due)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    start = time.perf_counter()
+    await work()
+    took = time.perf_counter() - start
+    stop.set()
+    await task
+    return max(lags) * 1e3, took * 1e3
+
+
+def heavy_user(att):
+    """20 processes of 3,000 fds forked after this one: a socket of ours is scanned for last."""
+    release_r, release_w = os.pipe()
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(3000)]
+    kids = []
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                os.close(release_w)
+                os.read(release_r, 1)
+                os._exit(0)
+            kids.append(pid)
+        for fd in held:
+            os.close(fd)
+        held = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((LO, 9))
+            f = Flow(Proto.UDP, ip_address(LO), s.getsockname()[1], ip_address(LO), 9)
+
+            async def inline():
+                att.forget()
+                att.lookup(f)
+
+            async def handed():
+                att.forget()
+                got = att.begin(f, Limits(timeout=30))
+                if isinstance(got, Lookup):
+                    await got.future
+
+            for label, work in (("inline (before)", inline), ("worker (after)", handed)):
+                lag, took = asyncio.run(_lag_while(work))
+                FIGURES[f"heavy user, {label}"] = {
+                    "max_lag_ms": round(lag, 2),
+                    "ms": round(took, 1),
+                }
+                print(
+                    f"{'20x3000 fds, lookup ' + label:52s} took {took:7.1f} ms,"
+                    f" loop max lag {lag:7.1f} ms"
+                )
+    finally:
+        for fd in held:
+            os.close(fd)
+        os.close(release_w)
+        os.close(release_r)
+        for pid in kids:
+            os.waitpid(pid, 0)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -155,9 +255,9 @@ def main():
             for f in sample
         ]
         for _ in range(3):
-            raw = timed(att._query, diag_args)
+            raw = timed(att._diag.query, diag_args)
         stats("sock_diag exact lookup, struct codec", raw)
-        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, procs.NETLINK_SOCK_DIAG)
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, sockdiag.NETLINK_SOCK_DIAG)
         try:
             stats(
                 "sock_diag exact lookup, pyroute2 classes",
@@ -169,17 +269,15 @@ def main():
         # Cold: a socket nobody has looked up, in a process never seen (full /proc scan).
         cold = []
         for f in rng.sample(flows, 20):
-            att._owners.clear()
-            att._recent.clear()
-            att._procs.clear()
+            att.forget()
             start = time.perf_counter_ns()
             got = att.lookup(f)
             cold.append(time.perf_counter_ns() - start)
             assert got.attribution is Attribution.PROCESS
         stats("cold: /proc scan + psutil (exe hash cached)", cold)
-        att._hashes.clear()
+        att.forget()
         start = time.perf_counter_ns()
-        att._sha256(os.getpid(), sys.executable)
+        att._hashes.digest_now(os.getpid())
         size = os.stat(f"/proc/{os.getpid()}/exe").st_size
         print(
             f"sha256 of the python binary once ({size / 1e6:.1f} MB): "
@@ -188,7 +286,8 @@ def main():
         mru = []
         for f in rng.sample(flows, 200):
             att.lookup(f)  # its process becomes the hot one
-            att._owners.clear()
+            with att._owners._lock:
+                att._owners._owners.clear()
             start = time.perf_counter_ns()
             att.lookup(f)
             mru.append(time.perf_counter_ns() - start)
@@ -199,7 +298,7 @@ def main():
 
         for f in flows:  # warm every entry
             att.lookup(f)
-        print(f"caches: {len(att._owners)} inodes, {len(att._procs)} processes")
+        print(f"caches: {len(att._owners._owners)} inodes, {len(att._procs)} processes")
         for _ in range(2):
             warm_tcp = timed(att.lookup, [(f,) for f in tcp])
             warm_udp = timed(att.lookup, [(f,) for f in udp])
@@ -209,6 +308,8 @@ def main():
         wrong = sum(att.lookup(f).pid is None for f in sample)
         print(f"unattributed in sample: {wrong}")
         FIGURES["unattributed in sample"] = {"count": wrong, "of": len(sample)}
+        asyncio.run(on_the_loop(att, flows[:200]))
+        heavy_user(att)
         if args.json is not None:
             args.json.write_text(json.dumps(FIGURES, indent=1))
     finally:

@@ -10,11 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from snitch_common.answers import Answer
-from snitch_common.bus import BUS_NAME, INTERFACE, OBJECT_PATH, plain
+from snitch_common.bus import (
+    BUS_NAME,
+    INTERFACE,
+    MAX_LOG_ROWS,
+    MAX_RULES_PAGE,
+    OBJECT_PATH,
+    plain,
+)
 from snitch_common.errors import (
     DBUS_ERROR_PREFIX,
     DaemonUnreachable,
@@ -31,6 +38,10 @@ _UNREACHABLE = (
     "org.freedesktop.DBus.Error.NoReply",
     "org.freedesktop.DBus.Error.Disconnected",
 )
+
+
+# A bound on any paging loop: 100,000 pages of 1,000 rules is far more than a machine holds.
+_MAX_PAGES = 100_000
 
 
 class Client:
@@ -59,6 +70,9 @@ class Client:
                 member=member,
                 signature=signature,
                 body=body or [],
+                # Never start snitchd by calling it: a stopped firewall stays stopped until
+                # systemd or an admin starts it (any user could otherwise restart it).
+                flags=MessageFlag.NO_AUTOSTART,
             )
         )
         assert reply is not None
@@ -67,7 +81,16 @@ class Client:
         return reply.body[0] if reply.body else None
 
     async def list_rules(self) -> list[dict[str, Any]]:
-        return [plain(r) for r in await self.call("ListRules")]
+        """Every rule, a page at a time (snitchd answers at most MAX_RULES_PAGE a call). Rules
+        changed between two pages may be missed or seen twice: the list is a view, not a lock."""
+        rules: list[dict[str, Any]] = []
+        for _ in range(_MAX_PAGES):
+            query = {"offset": Variant("t", len(rules)), "limit": Variant("t", MAX_RULES_PAGE)}
+            page = await self.call("ListRules", "a{sv}", [query])
+            rules += (plain(r) for r in page)
+            if len(page) < MAX_RULES_PAGE:
+                break
+        return rules
 
     async def add_rule(self, text: str) -> dict[str, Any]:
         return dict(plain(await self.call("AddRule", "s", [text])))
@@ -106,7 +129,23 @@ class Client:
         await self.call("Monitor")
 
     async def log(self, query: dict[str, Variant]) -> list[dict[str, Any]]:
-        return [plain(r) for r in await self.call("Log", "a{sv}", [query])]
+        """The newest `query["limit"]` rows (100 if absent) that pass its filters, oldest
+        first; fetched back in time a page at a time (snitchd answers at most MAX_LOG_ROWS a
+        call, whatever the limit)."""
+        limit = int(query["limit"].value) if "limit" in query else 100
+        pages: list[list[dict[str, Any]]] = []
+        got = 0
+        while got < limit:
+            want = min(limit - got, MAX_LOG_ROWS)
+            paged = query | {"limit": Variant("t", want)}
+            if pages:
+                paged["before"] = Variant("t", pages[-1][0]["id"])
+            page = [plain(r) for r in await self.call("Log", "a{sv}", [paged])]
+            pages.append(page)
+            got += len(page)
+            if len(page) < want:
+                break
+        return [row for page in reversed(pages) for row in page]
 
 
 def _error(reply: Message) -> SnitchError:

@@ -12,7 +12,8 @@ Tree::
     ├── NotAuthorized           code "NotAuthorized"   exit 4
     ├── DaemonUnreachable       code "Unreachable"     exit 3
     ├── PromptError             code "InvalidAnswer"   exit 1   unknown prompt or bad answer
-    └── PacketError             code "BadPacket"       exit 1   truncated or malformed packet
+    ├── PacketError             code "BadPacket"       exit 1   truncated or malformed packet
+    └── Busy                    code "Busy"            exit 1   a query refused or cut short
 
 `code` is stable: it names the D-Bus error (`org.snitch.Firewall1.Error.<code>`) and lets
 `snitchctl` pick its exit status.
@@ -24,6 +25,7 @@ __all__ = [
     "DBUS_ERROR_PREFIX",
     "BackendFailed",
     "BackendUnavailable",
+    "Busy",
     "ConfigError",
     "DaemonUnreachable",
     "NotAuthorized",
@@ -90,6 +92,13 @@ class PacketError(SnitchError):
     code = "BadPacket"
 
 
+class Busy(SnitchError):
+    """The daemon will not run this query now: the caller already has one running, or it ran
+    past its time limit. Narrowing or waiting helps; nothing is wrong with the daemon."""
+
+    code = "Busy"
+
+
 _BY_CODE: dict[str, type[SnitchError]] = {
     cls.code: cls
     for cls in (
@@ -104,6 +113,7 @@ _BY_CODE: dict[str, type[SnitchError]] = {
         DaemonUnreachable,
         PromptError,
         PacketError,
+        Busy,
     )
 }
 

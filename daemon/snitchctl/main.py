@@ -1,9 +1,9 @@
 """`snitchctl`: the command line of snitch; it talks only to snitchd over D-Bus.
 
 Exit codes: 0 ok · 1 failed, or a query answered "no" · 2 usage · 3 daemon unreachable ·
-4 not authorized. With --json, results are JSON with stable keys (docs/cli.md) and errors are
-`{"error": {"code": ..., "message": ...}}` on stderr; without it, errors are one line,
-`snitchctl: error: ...`. Tracebacks only with --debug.
+4 not authorized. With --json, results are JSON with stable keys (README, "The command line")
+and errors are `{"error": {"code": ..., "message": ...}}` on stderr; without it, errors are one
+line, `snitchctl: error: ...`. Tracebacks only with --debug.
 """
 
 from __future__ import annotations

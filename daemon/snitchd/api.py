@@ -1,17 +1,20 @@
 """The D-Bus service `org.snitch.Firewall1` on the system bus: a translator, not a decider.
 
-Each method checks the caller, turns D-Bus values into records, calls the firewall, and turns the
-result (or a `SnitchError`) back into D-Bus values. The policy file in `systemd/` is the first
-gate; this module checks again by the caller's uid (root or the admin group may change rules),
-because a policy file can be edited or missing. Rules travel as their text form, records as
-`a{sv}` so fields can be added without breaking clients. An unexpected exception is logged with
-its traceback and returned as a generic error, never the traceback.
+Each method has one shape (`caller.handled`): check the caller, turn D-Bus values into records,
+call the firewall, turn the result (or a `SnitchError`) back into D-Bus values. The policy file
+in `systemd/` is the first gate; the daemon checks again by the caller's uid (root or the admin
+group may change rules), because a policy file can be edited or missing. Rules travel as their
+text form, records as `a{sv}` so fields can be added without breaking clients.
+
+Any user may read the log (their own flows) and the rules, in amounts they choose: those reads
+run in worker threads (`queries`), never on the packet loop, one at a time per caller, and a
+reply holds at most MAX_LOG_ROWS / MAX_RULES_PAGE / MAX_TOP_APPS records (clients page).
 """
 
 import asyncio
-import contextvars
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+import sqlite3
 from typing import Annotated, Any, TypeVar
 
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
@@ -26,53 +29,46 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import ServiceInterface, dbus_method
 
-from snitch_common import __version__
 from snitch_common.answers import parse_answer
-from snitch_common.bus import AGENT_INTERFACE, BUS_NAME, INTERFACE, OBJECT_PATH, call_bus_daemon
-from snitch_common.errors import DBUS_ERROR_PREFIX, NotAuthorized, RuleError, SnitchError
+from snitch_common.bus import (
+    AGENT_INTERFACE,
+    BUS_NAME,
+    INTERFACE,
+    MAX_LOG_ROWS,
+    MAX_RULES_PAGE,
+    MAX_TOP_APPS,
+    OBJECT_PATH,
+    call_bus_daemon,
+)
+from snitch_common.errors import NotAuthorized, RuleError, SnitchError
 from snitch_common.records import Proto
-from snitch_common.rules import RuleRecord, parse_rule
+from snitch_common.rules import Rule, RuleRecord, parse_rule
 from snitchd.access import is_admin
-from snitchd.decide import PRECEDENCE
+from snitchd.caller import Caller, CallerAwareBus, current_caller, handled, sender
+from snitchd.decide import PRECEDENCE, Explanation
 from snitchd.events import Alert
 from snitchd.firewall import Firewall
 from snitchd.prompts import Agent, Prompt
-from snitchd.queue import kernel_stats
-from snitchd.store import Decision, LogQuery, decision_row
+from snitchd.queries import (
+    LogQuery,
+    QueryGate,
+    Reader,
+    RuleStats,
+    read_connections,
+    read_rule_stats,
+    read_top,
+)
+from snitchd.status import Status, status_of
+from snitchd.store import Decision, Store, decision_row
 
-__all__ = [
-    "CallerAwareBus",
-    "DBusTransport",
-    "FirewallService",
-    "prompt_dict",
-    "serve",
-]
+__all__ = ["DBusTransport", "FirewallService", "prompt_dict", "serve"]
 
 log = logging.getLogger(__name__)
 
 VarDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 VarDicts = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 
-_sender: contextvars.ContextVar[str] = contextvars.ContextVar("snitch_dbus_sender")
 T = TypeVar("T")
-
-
-class CallerAwareBus(MessageBus):
-    """dbus-fast hides the message from exported methods; we need its sender to check the
-    caller. The handler is wrapped so the sender sits in a context variable, which the method's
-    task inherits (asyncio copies the context when it creates the task)."""
-
-    def _make_method_handler(self, interface: Any, method: Any) -> Any:
-        inner = super()._make_method_handler(interface, method)
-
-        def handler(msg: Message, send_reply: Any) -> None:
-            token = _sender.set(msg.sender or "")
-            try:
-                inner(msg, send_reply)
-            finally:
-                _sender.reset(token)
-
-        return handler
 
 
 def _record_dict(record: RuleRecord) -> dict[str, Variant]:
@@ -110,6 +106,20 @@ def _arg(query: dict[str, Variant], key: str, kind: type[T]) -> T | None:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise RuleError(f"argument {key!r}: expected {kind.__name__}")
     return value
+
+
+def _count(query: dict[str, Variant], key: str, default: int) -> int:
+    value = _arg(query, key, int)
+    if value is None:
+        return default
+    if value < 0:
+        raise RuleError(f"argument {key!r}: must be 0 or more, not {value}")
+    return value
+
+
+def _limit(query: dict[str, Variant], most: int, default: int | None = None) -> int:
+    """The `limit` argument, clamped to `most` (documented per method): a caller pages for more."""
+    return min(_count(query, "limit", most if default is None else default), most)
 
 
 def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
@@ -189,13 +199,27 @@ class DBusTransport:
 
 
 class FirewallService(ServiceInterface):
-    def __init__(self, firewall: Firewall, bus: MessageBus, backend: str) -> None:
+    def __init__(
+        self, firewall: Firewall, bus: MessageBus, backend: str, reader: Reader | None = None
+    ) -> None:
         super().__init__(INTERFACE)
         self.firewall = firewall
         self.bus = bus
         self.backend = backend
+        self.gate = QueryGate()
+        self._reader = reader
         self._uids: dict[str, int] = {}
         self._monitors: dict[str, int | None] = {}
+
+    @property
+    def admin_group(self) -> str:
+        return self.firewall.config.admin_group
+
+    @property
+    def reader(self) -> Reader:
+        if self._reader is None:
+            raise SnitchError("cannot read the store: snitchd was started without a reader")
+        return self._reader
 
     def name_lost(self, name: str) -> None:
         """A connection left the bus: forget its uid, monitor and prompts."""
@@ -203,223 +227,143 @@ class FirewallService(ServiceInterface):
         self._monitors.pop(name, None)
         self.firewall.broker.unregister(name)
 
-    async def caller_uid(self) -> int:
-        """The uid behind the calling connection, asked of the bus (cached per unique name:
-        a unique name is never reused on a bus)."""
-        sender = _sender.get()
-        uid = self._uids.get(sender)
+    async def identify(self) -> Caller:
+        """The caller, by the uid the bus reports for its connection (cached per unique name:
+        a unique name is never reused on a bus). No sender, no rights."""
+        name = sender()
+        if not name:
+            raise NotAuthorized("cannot identify the caller: the bus gave no sender")
+        uid = self._uids.get(name)
         if uid is None:
-            reply = await call_bus_daemon(self.bus, "GetConnectionUnixUser", "s", [sender])
+            reply = await call_bus_daemon(self.bus, "GetConnectionUnixUser", "s", [name])
             if reply.message_type is not MessageType.METHOD_RETURN:
-                raise NotAuthorized(f"cannot identify caller {sender}")
+                raise NotAuthorized(f"cannot identify caller {name}")
             uid = int(reply.body[0])
-            self._uids[sender] = uid
-        return uid
-
-    async def require_admin(self, doing: str) -> int:
-        uid = await self.caller_uid()
-        if not is_admin(uid, self.firewall.config.admin_group):
-            raise NotAuthorized(
-                f"not authorized to {doing}: uid {uid} is neither root nor in group "
-                f"{self.firewall.config.admin_group!r} (try: sudo snitchctl ...)"
-            )
-        return uid
-
-    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await call()
-        except SnitchError as exc:
-            raise DBusError(DBUS_ERROR_PREFIX + exc.code, exc.message) from None
-        except Exception:
-            log.exception("D-Bus method failed unexpectedly")
-            raise DBusError(
-                DBUS_ERROR_PREFIX + "Failed", "internal error: see the snitchd log"
-            ) from None
+            self._uids[name] = uid
+        return Caller(name, uid, is_admin(uid, self.admin_group))
 
     @dbus_method()
-    async def ListRules(self) -> VarDicts:
-        async def run() -> list[dict[str, Variant]]:
-            return [_record_dict(r) for r in self.firewall.store.rules()]
-
-        return await self._guard(run)
+    @handled(query=True)
+    async def ListRules(self, query: VarDict) -> VarDicts:
+        """A page of the rules as the firewall holds them: `offset` (0), `limit` (at most
+        MAX_RULES_PAGE). Texts and counters are made in a worker: at 100k rules, one call
+        walking all of them froze the packet loop 2-5 s."""
+        offset = _count(query, "offset", 0)
+        page = self.firewall.rule_entries()[offset : offset + _limit(query, MAX_RULES_PAGE)]
+        store = self.firewall.store
+        return await self.reader.run(lambda conn: _rules_page(conn, page, store))
 
     @dbus_method()
+    @handled(admin="add rules")
     async def AddRule(self, text: DBusStr) -> VarDict:
-        async def run() -> dict[str, Variant]:
-            uid = await self.require_admin("add rules")
-            record = await self.firewall.add_rule(parse_rule(text), origin=f"uid {uid}")
-            return _record_dict(record)
-
-        return await self._guard(run)
+        origin = f"uid {current_caller().uid}"
+        return _record_dict(await self.firewall.add_rule(parse_rule(text), origin=origin))
 
     @dbus_method()
+    @handled(admin="delete rules")
     async def DeleteRule(self, rule_id: DBusUInt64) -> VarDict:
-        async def run() -> dict[str, Variant]:
-            uid = await self.require_admin("delete rules")
-            return _record_dict(await self.firewall.delete_rule(rule_id, origin=f"uid {uid}"))
-
-        return await self._guard(run)
+        origin = f"uid {current_caller().uid}"
+        return _record_dict(await self.firewall.delete_rule(rule_id, origin=origin))
 
     @dbus_method()
+    @handled()
     async def Explain(self, query: VarDict) -> VarDict:
-        async def run() -> dict[str, Variant]:
-            dst = _arg(query, "dst", str)
-            if dst is None:
-                raise RuleError("explain needs dst")
-            try:
-                proto = Proto(_arg(query, "proto", str) or "tcp")
-            except ValueError:
-                raise RuleError("explain: proto must be tcp, udp or icmp") from None
-            try:
-                explanation = self.firewall.explain(
-                    _arg(query, "exe", str),
-                    dst,
-                    _arg(query, "port", int) or 0,
-                    proto,
-                    _arg(query, "iface", str) or "",
-                    _arg(query, "uid", int),
-                )
-            except ValueError as exc:
-                raise RuleError(f"explain: {exc}") from None
-            default = self.firewall.config.default_action.value
-            winner = explanation.winner
-            return {
-                "verdict": Variant("s", winner[1].action.value if winner else default),
-                "winner": Variant("x", winner[0] if winner else -1),
-                "matches": Variant("a(ts)", [(i, str(r)) for i, r in explanation.matches]),
-                "default_action": Variant("s", default),
-                "precedence": Variant("s", PRECEDENCE),
-            }
-
-        return await self._guard(run)
-
-    @dbus_method()
-    async def Status(self) -> VarDict:
-        async def run() -> dict[str, Variant]:
-            fw = self.firewall
-            c = fw.counters
-            return _variants(
-                {
-                    "version": __version__,
-                    "running": True,
-                    "backend": self.backend,
-                    "agents": len(fw.broker.agents),
-                    "prompts_open": len(fw.broker.open),
-                    "prompts_asked": fw.broker.asked,
-                    "prompts_timed_out": fw.broker.timed_out,
-                    "fail_mode": fw.config.fail_mode,
-                    "default_action": fw.config.default_action.value,
-                    "queue": fw.config.queue,
-                    "seen": c.seen,
-                    "accepted": c.accepted,
-                    "dropped": c.dropped,
-                    "rejected": c.rejected,
-                    "errors": c.errors,
-                    "by_default": c.by_default,
-                    "dns_answers": c.dns_answers,
-                    "dns_skipped": c.dns_skipped,
-                    "names_known": len(fw.names),
-                    "rules": len(fw.rules),
-                    "log_rows_written": fw.events.written,
-                    "log_rows_dropped": fw.events.dropped,
-                    "log_writer_pid": fw.events.writer_pid or 0,
-                    "log_writer_starts": fw.events.writer_starts,
-                    "started": c.started,
-                    "database": fw.store.path,
-                }
-                | {f"kernel_{k}": v for k, v in kernel_stats(fw.config.queue).items()}
+        dst = _arg(query, "dst", str)
+        if dst is None:
+            raise RuleError("explain needs dst")
+        try:
+            proto = Proto(_arg(query, "proto", str) or "tcp")
+        except ValueError:
+            raise RuleError("explain: proto must be tcp, udp or icmp") from None
+        try:
+            explanation = self.firewall.explain(
+                _arg(query, "exe", str),
+                dst,
+                _arg(query, "port", int) or 0,
+                proto,
+                _arg(query, "iface", str) or "",
+                _arg(query, "uid", int),
             )
-
-        return await self._guard(run)
+        except ValueError as exc:
+            raise RuleError(f"explain: {exc}") from None
+        return _explanation_dict(explanation, self.firewall.config.default_action.value)
 
     @dbus_method()
+    @handled()
+    async def Status(self) -> VarDict:
+        return _status_dict(status_of(self.firewall, self.backend))
+
+    @dbus_method()
+    @handled()
     async def RegisterAgent(self, path: DBusObjectPath) -> DBusUInt32:
         """Register the caller as the agent of its own user; prompts come to `path`."""
-
-        async def run() -> int:
-            uid = await self.caller_uid()
-            self.firewall.broker.register(_sender.get(), path, uid)
-            return uid
-
-        return await self._guard(run)
+        who = current_caller()
+        self.firewall.broker.register(who.name, path, who.uid)
+        return who.uid
 
     @dbus_method()
+    @handled()
     async def UnregisterAgent(self) -> None:
-        async def run() -> None:
-            self.firewall.broker.unregister(_sender.get())
-
-        await self._guard(run)
+        self.firewall.broker.unregister(current_caller().name)
 
     @dbus_method()
+    @handled()
     async def ListPrompts(self) -> VarDicts:
         """The caller's open prompts only: an agent never sees another user's."""
-
-        async def run() -> list[dict[str, Variant]]:
-            default = self.firewall.config.default_action.value
-            return [prompt_dict(p, default) for p in self.firewall.broker.visible_to(_sender.get())]
-
-        return await self._guard(run)
+        default = self.firewall.config.default_action.value
+        prompts = self.firewall.broker.visible_to(current_caller().name)
+        return [prompt_dict(p, default) for p in prompts]
 
     @dbus_method()
+    @handled()
     async def AnswerPrompt(self, prompt_id: DBusUInt64, answer: VarDict) -> DBusInt64:
         """Answer one of the caller's prompts; returns the new rule's id, or -1 for once."""
-
-        async def run() -> int:
-            parsed = parse_answer(
-                prompt_id,
-                _arg(answer, "action", str) or "",
-                _arg(answer, "duration", str) or "once",
-                _arg(answer, "scope", str) or "exact",
-            )
-            rule_id = self.firewall.broker.answer(parsed, _sender.get())
-            return -1 if rule_id is None else rule_id
-
-        return await self._guard(run)
+        parsed = parse_answer(
+            prompt_id,
+            _arg(answer, "action", str) or "",
+            _arg(answer, "duration", str) or "once",
+            _arg(answer, "scope", str) or "exact",
+        )
+        rule_id = self.firewall.broker.answer(parsed, current_caller().name)
+        return -1 if rule_id is None else rule_id
 
     @dbus_method()
+    @handled(query=True)
     async def Log(self, query: VarDict) -> VarDicts:
-        """The connection log; a user who is not an admin sees only their own flows."""
-
-        async def run() -> list[dict[str, Variant]]:
-            await self.firewall.events.flush()
-            rows = self.firewall.store.connections(
-                LogQuery(
-                    since=_arg(query, "since", float),
-                    exe=_arg(query, "exe", str),
-                    action=_arg(query, "action", str),
-                    host=_arg(query, "host", str),
-                    uid=await self._own_only(),
-                    limit=_arg(query, "limit", int) or 100,
-                )
-            )
-            return [_variants(row) for row in rows]
-
-        return await self._guard(run)
+        """The newest `limit` rows (100; at most MAX_LOG_ROWS) older than row `before`, oldest
+        first; a user who is not an admin sees only their own flows."""
+        wanted = LogQuery(
+            since=_arg(query, "since", float),
+            exe=_arg(query, "exe", str),
+            action=_arg(query, "action", str),
+            host=_arg(query, "host", str),
+            uid=current_caller().own_only,
+            before=_arg(query, "before", int),
+            limit=_limit(query, MAX_LOG_ROWS, 100),
+        )
+        await self.firewall.events.flush()  # what was decided before the call is in the log
+        return await self.reader.run(
+            lambda conn: [_variants(row) for row in read_connections(conn, wanted)]
+        )
 
     @dbus_method()
+    @handled(query=True)
     async def Top(self, query: VarDict) -> VarDicts:
-        """Per-app connections and bytes since a time (0: all of the log)."""
-
-        async def run() -> list[dict[str, Variant]]:
-            await self.firewall.events.flush()
-            rows = self.firewall.store.top(_arg(query, "since", float), await self._own_only())
-            return [_variants(row) for row in rows]
-
-        return await self._guard(run)
+        """Per-app connections and bytes since a time (0: all of the log), the MAX_TOP_APPS
+        apps with the most traffic."""
+        since, uid = _arg(query, "since", float), current_caller().own_only
+        await self.firewall.events.flush()
+        return await self.reader.run(
+            lambda conn: [_variants(row) for row in read_top(conn, since, uid, MAX_TOP_APPS)]
+        )
 
     @dbus_method()
+    @handled()
     async def Monitor(self) -> None:
         """Subscribe the caller to `Decision` signals, sent to it alone, as they happen (its
         own flows only unless it is an admin); ends when the caller leaves the bus."""
-
-        async def run() -> None:
-            self._monitors[_sender.get()] = await self._own_only()
-
-        await self._guard(run)
-
-    async def _own_only(self) -> int | None:
-        uid = await self.caller_uid()
-        return None if is_admin(uid, self.firewall.config.admin_group) else uid
+        who = current_caller()
+        self._monitors[who.name] = who.own_only
 
     def on_decision(self, decision: Decision) -> None:
         if not self._monitors:
@@ -440,6 +384,40 @@ class FirewallService(ServiceInterface):
                 )
 
 
+def _rules_page(
+    conn: sqlite3.Connection, page: list[tuple[int, Rule]], store: Store
+) -> list[dict[str, Variant]]:
+    """In a worker: each rule's text, and its counters (from the store, or from memory for a
+    rule kept until restart)."""
+    stats = read_rule_stats(conn, [rule_id for rule_id, _ in page])
+    out = []
+    for rule_id, rule in page:
+        record = store.memory_record(rule_id)
+        if record is None:
+            s = stats.get(rule_id, RuleStats(0.0, None, 0, ""))
+            record = RuleRecord(rule_id, rule, s.created, s.last_hit, s.hits, s.origin)
+        out.append(_record_dict(record))
+    return out
+
+
+def _explanation_dict(explanation: Explanation, default: str) -> dict[str, Variant]:
+    winner = explanation.winner
+    return {
+        "verdict": Variant("s", winner[1].action.value if winner else default),
+        "winner": Variant("x", winner[0] if winner else -1),
+        "matches": Variant("a(ts)", [(i, str(r)) for i, r in explanation.matches]),
+        "default_action": Variant("s", default),
+        "precedence": Variant("s", PRECEDENCE),
+    }
+
+
+def _status_dict(status: Status) -> dict[str, Variant]:
+    """The one place a `Status` becomes a{sv}: its fields by name, the kernel's as kernel_*."""
+    fields = {f.name: getattr(status, f.name) for f in dataclasses.fields(status)}
+    kernel = fields.pop("kernel")
+    return _variants(fields | {f"kernel_{key}": value for key, value in kernel})
+
+
 async def serve(firewall: Firewall, backend: str) -> MessageBus:
     """Connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS when set), export, own the name."""
     try:
@@ -448,7 +426,7 @@ async def serve(firewall: Firewall, backend: str) -> MessageBus:
         raise SnitchError(
             f"cannot connect to the system bus: {exc} (is dbus running? apt-get install dbus)"
         ) from None
-    service = FirewallService(firewall, bus, backend)
+    service = FirewallService(firewall, bus, backend, Reader(firewall.store.path))
     bus.export(OBJECT_PATH, service)
     firewall.events.listeners.append(service.on_decision)
     firewall.broker.transport = DBusTransport(bus, firewall.config.default_action.value)

@@ -29,6 +29,10 @@ class Config:
 
     `default_action` applies to a flow that no rule covers when no agent answers; `fail_mode`
     says what the kernel does with new flows while snitchd is not reading its queue.
+    `attribution_timeout` bounds how long a packet waits for its sender to be found (then it
+    is decided by uid, never more leniently than the sender's app rules would have); an
+    executable larger than `max_hash_bytes` is still hashed, but its packet waits `hash_wait`
+    seconds at most, then no rule pinning a digest matches it (procs/hashes.py).
     """
 
     default_action: Action = Action.ALLOW
@@ -47,6 +51,9 @@ class Config:
     dns_grace: float = 60.0
     log_max_days: float = 30.0
     log_max_rows: int = 1_000_000
+    attribution_timeout: float = 2.0
+    max_hash_bytes: int = 256 << 20
+    hash_wait: float = 1.0
 
 
 _CHOICES = {
@@ -62,6 +69,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "dns_grace": (0, 86400),
     "log_max_days": (0.01, 36500),
     "log_max_rows": (100, 1_000_000_000),
+    "attribution_timeout": (0.05, 60),
+    "max_hash_bytes": (0, 1 << 50),
+    "hash_wait": (0, 60),
 }
 
 

@@ -334,12 +334,13 @@ class RuleSet:
     sets, which fail with readable examples, reach the index too.
     """
 
-    __slots__ = ("_any_app", "_by_exe", "_ids", "_index_above")
+    __slots__ = ("_any_app", "_by_exe", "_ids", "_index_above", "version")
 
     def __init__(
         self, rules: Iterable[tuple[int, Rule]] = (), *, index_above: int = _INDEX_ABOVE
     ) -> None:
         self._index_above = index_above
+        self.version = 0  # grows with every add and remove: what caches of this set key on
         self._ids: dict[int, tuple[int, Rule]] = {}
         for entry in rules:
             if entry[1].lifetime is not Lifetime.ONCE:
@@ -376,6 +377,7 @@ class RuleSet:
         """Add one rule, or replace the rule of the same id. A for=once rule is never held."""
         rule_id, rule = entry
         self.remove(rule_id)
+        self.version += 1
         if rule.lifetime is Lifetime.ONCE:
             return
         self._ids[rule_id] = entry
@@ -399,6 +401,7 @@ class RuleSet:
         bucket = self._any_app if exe is None else self._by_exe[exe]
         bucket.remove(entry)
         del self._ids[rule_id]
+        self.version += 1
         if exe is not None and not len(bucket):
             del self._by_exe[exe]
         elif isinstance(bucket, _Indexed) and len(bucket) <= self._index_above // 2:

@@ -14,6 +14,7 @@ serialised by one asyncio lock, so the D-Bus caller waits for a slow store, and 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -28,12 +29,12 @@ from snitch_common.errors import PacketError, RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.config import Config
-from snitchd.decide import Explanation, RuleSet, Verdict, decide
+from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
 from snitchd.dnssnoop import NameCache, parse_dns_packet
 from snitchd.events import Alert, EventLog
 from snitchd.netfilter import REJECT_MARK
 from snitchd.packet import decode
-from snitchd.procs import Attributor, process_alive
+from snitchd.procs import Attributor, Limits, Lookup, process_alive
 from snitchd.prompts import Broker
 from snitchd.store import Decision, RuleLoad, Store, keep_unexpired
 
@@ -87,6 +88,9 @@ class Firewall:
         self._changing = asyncio.Lock()  # one rule change (or outside reload) at a time
         self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
         self._tasks: set[asyncio.Task[object]] = set()
+        self._limits: tuple[Config | None, Limits] = (None, Limits())
+        self._blocking: tuple[object, dict[bool, RuleSet]] = (None, {})
+        self._entries: tuple[object, list[tuple[int, Rule]]] = (None, [])
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
@@ -204,35 +208,131 @@ class Firewall:
         return name
 
     def on_packet(self, pkt: Packet) -> None:
+        """Decide now when attribution answers from memory; else hold the packet until the
+        worker's answer (or the lookup's deadline), and return at once (issue 12)."""
         self.counters.seen += 1
         try:
             flow = decode(pkt.get_payload(), self._ifname(pkt.outdev))
-            proc = self.attributor.lookup(flow)
-            now = self.clock()
-            names = self.names.names(flow.dst, now)
-            host = self.names.best(flow.dst, now) if names else None
-            if proc.exe is not None and proc.exe not in self.known_apps:
-                self._new_app(proc, flow, host, now)
-            pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
-            if pinned and proc.sha256 not in pinned:
-                self._exe_changed(proc, pinned, now)
-            outcome = decide(flow, proc, self.rules, now, names)
-            if isinstance(outcome, Verdict):
-                self.apply(pkt, outcome, flow, proc, now, host)
+            found = self.attributor.begin(flow, self._lookup_limits())
+            if isinstance(found, Lookup):
+                found.future.add_done_callback(lambda _: self._resume(pkt, flow, found))
             else:
-                self.broker.ask(pkt, flow, proc, now, host)
+                self._decide(pkt, flow, found)
         except Exception:
-            self.counters.errors += 1
-            log.exception(
-                "packet handling failed; fail-mode verdict fail_mode=%s", self.config.fail_mode
-            )
-            try:
-                if self.config.fail_mode == "open":
-                    pkt.accept()
-                else:
-                    pkt.drop()
-            except Exception:
-                log.exception("cannot give the fail-mode verdict")
+            self._fail(pkt)
+
+    def _lookup_limits(self) -> Limits:
+        config = self.config
+        if self._limits[0] is not config:
+            limits = Limits(config.attribution_timeout, config.max_hash_bytes, config.hash_wait)
+            self._limits = (config, limits)
+        return self._limits[1]
+
+    def _resume(self, pkt: Packet, flow: Flow, lookup: Lookup) -> None:
+        """A held packet whose lookup has ended."""
+        try:
+            self._decide(pkt, flow, lookup.future.result(), lookup)
+        except Exception:
+            self._fail(pkt)
+
+    def _fail(self, pkt: Packet) -> None:
+        self.counters.errors += 1
+        log.exception(
+            "packet handling failed; fail-mode verdict fail_mode=%s", self.config.fail_mode
+        )
+        try:
+            if self.config.fail_mode == "open":
+                pkt.accept()
+            else:
+                pkt.drop()
+        except Exception:
+            log.exception("cannot give the fail-mode verdict")
+
+    def _decide(self, pkt: Packet, flow: Flow, proc: Process, lookup: Lookup | None = None) -> None:
+        now = self.clock()
+        names = self.names.names(flow.dst, now)
+        host = self.names.best(flow.dst, now) if names else None
+        if proc.exe is not None and proc.exe not in self.known_apps:
+            self._new_app(proc, flow, host, now)
+        pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
+        if pinned and proc.sha256 not in pinned:
+            self._exe_changed(proc, pinned, now)
+        outcome = decide(flow, proc, self.rules, now, names)
+        if lookup is not None and (lookup.late or lookup.hash_late):
+            outcome = self._no_laxer(outcome, flow, proc, lookup, names, now)
+        if isinstance(outcome, Verdict):
+            self.apply(pkt, outcome, flow, proc, now, host)
+        else:
+            self.broker.ask(pkt, flow, proc, now, host)
+
+    def _no_laxer(
+        self,
+        outcome: Verdict | Ask,
+        flow: Flow,
+        proc: Process,
+        lookup: Lookup,
+        names: frozenset[str],
+        now: float,
+    ) -> Verdict | Ask:
+        """A lookup that ran out of time must not decide more leniently than its owner would
+        have been decided: uid-only must not escape an app rule that blocks (the sender may be
+        that app), nor an unknown digest a pinned rule that blocks (it may be that digest)."""
+        if lookup.late:
+            why = f"owner not found in {time.monotonic() - lookup.started:.1f} s: uid-only"
+        else:
+            why = "sha256 unknown: not hashed in time, rules pinning a digest do not match"
+        if isinstance(outcome, Verdict) and outcome.action is not Action.ALLOW:
+            return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
+        blocking = self._blocking_rules(strip_exe=lookup.late)
+        hit = blocking.match(flow, proc, names, now)
+        if hit is None:
+            if isinstance(outcome, Verdict):
+                return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
+            return outcome
+        rule_id, rule = hit
+        return Verdict(
+            rule.action,
+            rule_id,
+            f"rule {rule_id} ({why}; it {rule.action.value}s a flow like this one of an app "
+            "it could be, and the stricter outcome applies)",
+        )
+
+    def _rules_key(self) -> tuple[RuleSet, int]:
+        """Names the rule set as it is now: caches built from it compare this."""
+        return (self.rules, self.rules.version)
+
+    def rule_entries(self) -> list[tuple[int, Rule]]:
+        """The rules held, by id, as one list made once per rule change: a slice of it is a
+        consistent page for `ListRules`, and no caller walks the index."""
+        source, entries = self._entries
+        if source != self._rules_key():
+            entries = sorted(self.rules.snapshot().values(), key=lambda e: e[0])
+            self._entries = (self._rules_key(), entries)
+        return entries
+
+    def _blocking_rules(self, *, strip_exe: bool) -> RuleSet:
+        """The rules that deny or reject and name an app (`strip_exe`: any app; else with their
+        sha256 pin left out), built once per rule change, when a lookup first runs late."""
+        source, sets = self._blocking
+        if source != self._rules_key():
+            sets = {}
+            self._blocking = (self._rules_key(), sets)
+        found = sets.get(strip_exe)
+        if found is None:
+            entries = [
+                (
+                    rule_id,
+                    dataclasses.replace(rule, exe=None, sha256=None)
+                    if strip_exe
+                    else dataclasses.replace(rule, sha256=None),
+                )
+                for rule_id, rule in self.rule_entries()
+                if rule.action is not Action.ALLOW
+                and rule.exe is not None
+                and (strip_exe or rule.sha256 is not None)
+            ]
+            found = sets[strip_exe] = RuleSet(entries)
+        return found
 
     def on_dns_packet(self, pkt: Packet) -> None:
         """A DNS answer on its way in: learn its names, and always let it pass."""
@@ -270,11 +370,14 @@ class Firewall:
         if key in self._changed_seen:
             return
         self._changed_seen.add(key)
+        if proc.sha256 is None:
+            what = f"{proc.exe} could not be hashed in time (or at all)"
+        else:
+            what = f"{proc.exe} changed: sha256 {proc.sha256} is not the one its rules pin"
         self.alert(
             Alert(
                 "exe-changed",
-                f"{proc.exe} changed: sha256 {proc.sha256} is not the one its rules pin "
-                f"({', '.join(sorted(pinned))}); those rules no longer match it",
+                f"{what} ({', '.join(sorted(pinned))}); those rules do not match it",
                 now,
                 proc.uid,
                 proc.exe,

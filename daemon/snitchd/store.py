@@ -3,8 +3,8 @@
 A side path of the packet path: the queue reader never waits for it. Rules are read once at start
 and when another process changed them; rule writes are made from a worker thread, on a connection
 of their own, so that one waiting for a lock held by another process holds up nothing else. The
-connection log is written by the log writer. Every SQLite failure becomes a `StoreError` that names
-the file and says what to do; a schema newer than this code stops start-up rather than being
+connection log is written by the log writer, a child process (`logwriter`). Every SQLite failure
+becomes a `StoreError` that names the file and says what to do; a schema newer than this code stops start-up rather than being
 guessed at. Rules that live "until restart" are kept in memory only, but draw their ids from the
 same sequence so an id never means two rules.
 
@@ -31,6 +31,7 @@ import sqlite_utils
 from snitch_common.errors import RuleError, RuleNotFound, StoreError
 from snitch_common.records import Flow, Process
 from snitch_common.rules import Lifetime, Rule, RuleRecord, parse_rule
+from snitchd.queries import LogQuery, read_connections, read_top
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -58,18 +59,6 @@ class Decision:
     rule_id: int | None
     reason: str
     host: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LogQuery:
-    """Filters of `snitchctl log`; `host` is a name or `*.domain`."""
-
-    since: float | None = None
-    exe: str | None = None
-    action: str | None = None
-    host: str | None = None
-    uid: int | None = None
-    limit: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,29 +380,10 @@ class Store:
             self.db.conn.executemany(_LOG_INSERT, rows)
 
     def connections(self, query: LogQuery) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[object] = []
-        for condition, value in (
-            ("time >= ?", query.since),
-            ("exe = ?", query.exe),
-            ("action = ?", query.action),
-            ("uid = ?", query.uid),
-        ):
-            if value is not None:
-                where.append(condition)
-                args.append(value)
-        if query.host is not None:
-            if query.host.startswith("*."):
-                where.append("(host = ? OR host LIKE ?)")
-                args += [query.host[2:], "%." + query.host[2:]]
-            else:
-                where.append("host = ?")
-                args.append(query.host)
+        """The log on this connection, for tools and tests; D-Bus callers go through
+        `queries.Reader`, off the packet loop."""
         with self._lock, self._errors("read"):
-            rows = self.db.table("connections").rows_where(
-                " AND ".join(where) or None, args, order_by="id desc", limit=query.limit
-            )
-            return list(rows)[::-1]
+            return read_connections(self.db.conn, query)
 
     def record_flow_ends(self, ends: Iterable[FlowBytes]) -> int:
         """Join counters to the newest log row of the same flow; returns the rows updated."""
@@ -439,20 +409,13 @@ class Store:
         return updated
 
     def top(self, since: float | None, uid: int | None = None) -> list[dict[str, Any]]:
-        """Per app: connections, blocked ones, and bytes of the flows that have ended."""
-        mine = "" if uid is None else " AND uid = ?"
-        sql = (
-            "SELECT coalesce(exe, CASE WHEN uid IS NULL THEN 'kernel' ELSE 'uid ' || uid END) "
-            "AS app, count(*) AS connections, sum(action != 'allow') AS blocked, "
-            "coalesce(sum(bytes_out), 0) AS bytes_out, coalesce(sum(bytes_in), 0) AS bytes_in, "
-            f"max(time) AS last FROM connections WHERE time >= ?{mine} GROUP BY app "
-            "ORDER BY bytes_out + bytes_in DESC, connections DESC"
-        )
+        """Per app: connections, blocked ones, and bytes (see `queries.read_top`)."""
         with self._lock, self._errors("read"):
-            args: list[object] = [since or 0.0]
-            if uid is not None:
-                args.append(uid)
-            return [dict(row) for row in self.db.query(sql, args)]
+            return read_top(self.db.conn, since, uid, -1)
+
+    def memory_record(self, rule_id: int) -> RuleRecord | None:
+        """A rule kept in memory only (until restart), with its hits; None for a stored one."""
+        return self._memory.get(rule_id)
 
     def known_apps(self) -> dict[str, str | None]:
         with self._lock, self._errors("read"):

@@ -115,6 +115,7 @@ def test_malformed_dns_answers_do_not_hurt_snitchd(running: Lab, payloads: list[
 async def test_alerts_reach_the_agent(running: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """An app's first connection, and an executable that no longer has the sha256 its rule
     pins, each raise an alert at the user's agent."""
+    running.expect_log(r"alert exe-changed: ")
     assert running.bus is not None
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
     alerts: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -136,6 +137,7 @@ async def test_alerts_reach_the_agent(running: Lab, monkeypatch: pytest.MonkeyPa
 
 
 def test_rules_changed_outside_snitch_raise_an_alert(running: Lab) -> None:
+    running.expect_log(r"alert rules-changed: ")
     running.add_rule("allow port=80")
     subprocess.run(
         [

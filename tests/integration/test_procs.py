@@ -22,14 +22,15 @@ import pytest
 
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitchd import procs
-from snitchd.procs import Attributor, process_alive
+from snitchd.procs import Attributor, process_alive, sockdiag
+from snitchd.procs.owners import holds
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="reads every /proc/<pid>/fd: needs root"),
 ]
 
-DAEMON_DIR = str(Path(procs.__file__).resolve().parents[1])  # where snitchd was imported from
+DAEMON_DIR = str(Path(procs.__file__).resolve().parents[2])  # where snitchd was imported from
 PYTHON = os.path.realpath(sys.executable)
 
 
@@ -346,10 +347,10 @@ def test_cached_owner_that_no_longer_holds_the_socket_is_not_used(attributor, ud
         inode = os.fstat(s.fileno()).st_ino
         code = "import json, os; print(json.dumps(os.getpid()))"
         with child(code) as (other, _):
-            attributor._owners[inode] = (other.pid, 0)
-            assert not procs._holds(other.pid, 0, inode)
+            attributor._owners._owners[inode] = (other.pid, 0)
+            assert not holds(other.pid, 0, inode)
             got = attributor.lookup(flow(Proto.UDP, s.getsockname(), udp_server.getsockname()))
-        assert attributor._owners[inode] == (os.getpid(), s.fileno())
+        assert attributor._owners._owners[inode] == (os.getpid(), s.fileno())
     assert got.pid == os.getpid()
 
 
@@ -376,7 +377,7 @@ def test_process_alive_is_false_for_a_zombie():
 
 
 def raw_icmp_sockets():
-    return [r for r in procs._proc_net("raw") if r[1] in (1, 255)]
+    return [r for r in sockdiag._proc_net("raw") if r[1] in (1, 255)]
 
 
 def test_raw_icmp_socket_of_this_process(attributor):
@@ -454,3 +455,40 @@ def test_warm_lookup_is_fast(attributor, tcp_listener):
             attributor.lookup(f)
         per_call = (time.perf_counter() - start) / 1000
     assert per_call < 200e-6
+
+
+def test_a_process_that_sleeps_between_reads_is_attributed(attributor, tcp_listener):
+    """Issue 14: a live process that went from running to sleeping between the two reads of its
+    /proc/PID/stat was dropped to uid-only (77 lookups in 300). This child flips between the two
+    states all the time; its details are read afresh each round (the caches are dropped)."""
+    code = """
+        import json, socket, sys, time
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+        print(json.dumps(s.getsockname()), flush=True)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:  # running, then sleeping, a few thousand times a second
+            t = time.perf_counter() + 0.0002
+            while time.perf_counter() < t:
+                pass
+            time.sleep(0.0002)
+    """
+    script = textwrap.dedent(code)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tcp_listener.getsockname()[1])],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        local = tuple(json.loads(proc.stdout.readline()))
+        f = flow(Proto.TCP, local, tcp_listener.getsockname())
+        misses = []
+        for _ in range(50):
+            attributor.forget()
+            got = attributor.lookup(f)
+            if got.pid != proc.pid:
+                misses.append(got.describe())
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert misses == []

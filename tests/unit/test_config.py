@@ -55,6 +55,9 @@ def test_every_key_can_be_set() -> None:
         "dns_grace": 0,
         "log_max_days": 0.5,
         "log_max_rows": 100,
+        "attribution_timeout": 0.5,
+        "max_hash_bytes": 1 << 30,
+        "hash_wait": 0,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     config = parse_config(data)

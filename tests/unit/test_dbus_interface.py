@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from snitch_common.agent import AgentService
+from snitch_common.bus import MAX_LOG_ROWS, MAX_RULES_PAGE, MAX_TOP_APPS
 from snitchd.api import FirewallService
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "org.snitch.Firewall1.xml"
@@ -19,7 +20,11 @@ HEADER = (
     "     tests/unit/test_dbus_interface.py. org.snitch.Firewall1 is served by snitchd at\n"
     "     /org/snitch/Firewall1 on the system bus; org.snitch.Agent1 is served by each agent\n"
     "     (snitchctl agent, snitch-notifier) at /org/snitch/Agent1 on its own connection.\n"
-    "     Monitor() subscribes the caller to the signal Decision(a{sv}), sent to it alone. -->\n"
+    "     Monitor() subscribes the caller to the signal Decision(a{sv}), sent to it alone.\n"
+    "     Replies are capped (snitch_common/bus.py): Log gives at most 1000 rows a call (page\n"
+    "     back with before=<oldest id>), ListRules at most 1000 rules (page with offset and\n"
+    "     limit), Top the 1000 apps with the most traffic. Log, Top and ListRules run one at a\n"
+    "     time per caller (connection and uid): a second is refused with Error.Busy. -->\n"
 )
 
 
@@ -37,6 +42,11 @@ def test_interfaces_match_the_committed_document() -> None:
     assert DOC.read_text() == current_xml(), (
         "the D-Bus API changed; if that is intended, write current_xml() to " + str(DOC)
     )
+
+
+def test_the_documented_caps_are_the_code_s() -> None:
+    """The header above states the caps in words; they must be the ones snitchd applies."""
+    assert MAX_LOG_ROWS == MAX_RULES_PAGE == MAX_TOP_APPS == 1000
 
 
 def test_the_members_clients_use_exist() -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snitchd import procs
+from snitchd.procs import sockdiag
 
 INET_DIAG_REQ_V2_SIZE = 56  # family, protocol, ext, pad, states, inet_diag_sockid (48)
 INET_DIAG_MSG_SIZE = 72  # family, state, timer, retrans, sockid (48), expires..inode (20)
@@ -41,7 +41,7 @@ def crafted_error(code, seq=1):
 
 def test_request_is_one_nlmsg_with_inet_diag_req_v2_layout():
     src, dst = ip_address("192.0.2.1").packed, ip_address("198.51.100.2").packed
-    data = procs._encode_request(7, socket.AF_INET, socket.IPPROTO_TCP, src, 1234, dst, 443, 3)
+    data = sockdiag._encode_request(7, socket.AF_INET, socket.IPPROTO_TCP, src, 1234, dst, 443, 3)
 
     assert len(data) == 16 + INET_DIAG_REQ_V2_SIZE
     length, kind, flags, seq, port_id = struct.unpack_from("=IHHII", data)
@@ -58,7 +58,9 @@ def test_request_is_one_nlmsg_with_inet_diag_req_v2_layout():
 
 def test_request_has_no_dump_flag():
     """NLM_F_DUMP would turn the exact lookup into a walk of every socket."""
-    data = procs._encode_request(1, socket.AF_INET6, socket.IPPROTO_UDP, bytes(16), 1, bytes(16), 2)
+    data = sockdiag._encode_request(
+        1, socket.AF_INET6, socket.IPPROTO_UDP, bytes(16), 1, bytes(16), 2
+    )
     flags = struct.unpack_from("=IHH", data)[2]
     assert flags & 0x300 == 0
 
@@ -74,25 +76,25 @@ def test_request_round_trips_every_port_and_address(family, sport, dport, seq, d
     size = 4 if family == socket.AF_INET else 16
     src = data.draw(st.binary(min_size=size, max_size=size))
     dst = data.draw(st.binary(min_size=size, max_size=size))
-    raw = procs._encode_request(seq, family, socket.IPPROTO_UDP, src, sport, dst, dport)
+    raw = sockdiag._encode_request(seq, family, socket.IPPROTO_UDP, src, sport, dst, dport)
     got = struct.unpack("!HH16s16s", raw[24:60])
     assert got == (sport, dport, src.ljust(16, b"\0"), dst.ljust(16, b"\0"))
     assert struct.unpack_from("=I", raw, 8)[0] == seq
 
 
 def test_reply_gives_state_uid_and_inode():
-    assert procs._decode_reply(crafted_msg(state=2, uid=1000, inode=424242)) == (2, 1000, 424242)
+    assert sockdiag._decode_reply(crafted_msg(state=2, uid=1000, inode=424242)) == (2, 1000, 424242)
 
 
 def test_reply_with_trailing_attributes_still_parses():
     trailer = struct.pack("=HH", 8, 4) + b"\0\0\0\0"  # an rtattr the kernel may append
-    got = procs._decode_reply(crafted_msg(state=1, uid=0, inode=7, trailer=trailer))
+    got = sockdiag._decode_reply(crafted_msg(state=1, uid=0, inode=7, trailer=trailer))
     assert got == (1, 0, 7)
 
 
 @given(uid=st.integers(0, 2**32 - 1), inode=st.integers(0, 2**32 - 1), state=st.integers(0, 255))
 def test_reply_round_trips_any_uid_and_inode(uid, inode, state):
-    assert procs._decode_reply(crafted_msg(state=state, uid=uid, inode=inode)) == (
+    assert sockdiag._decode_reply(crafted_msg(state=state, uid=uid, inode=inode)) == (
         state,
         uid,
         inode,
@@ -100,23 +102,23 @@ def test_reply_round_trips_any_uid_and_inode(uid, inode, state):
 
 
 def test_enoent_means_no_such_socket():
-    assert procs._decode_reply(crafted_error(errno.ENOENT)) is None
+    assert sockdiag._decode_reply(crafted_error(errno.ENOENT)) is None
 
 
 def test_other_netlink_errors_are_raised_with_their_errno():
     with pytest.raises(OSError) as caught:
-        procs._decode_reply(crafted_error(errno.EPERM))
+        sockdiag._decode_reply(crafted_error(errno.EPERM))
     assert caught.value.errno == errno.EPERM
 
 
 def test_truncated_or_foreign_messages_are_refused():
     with pytest.raises(OSError) as caught:
-        procs._decode_reply(crafted_msg(state=1, uid=0, inode=1)[:60])
+        sockdiag._decode_reply(crafted_msg(state=1, uid=0, inode=1)[:60])
     assert caught.value.errno == errno.EPROTO
     foreign = bytearray(crafted_msg(state=1, uid=0, inode=1))
     foreign[4:6] = struct.pack("=H", 3)  # NLMSG_DONE
     with pytest.raises(OSError):
-        procs._decode_reply(bytes(foreign))
+        sockdiag._decode_reply(bytes(foreign))
 
 
 def proc_net_hex(address):
@@ -137,7 +139,7 @@ def test_proc_net_rows_give_packed_addresses_port_uid_inode():
         f"  58: {proc_net_hex('2001:db8::1')}:0001 {proc_net_hex('2001:db8::2')}:0000 07 "
         "00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0\n"
     )
-    rows = procs._parse_proc_net((header + line4 + line6).encode())
+    rows = sockdiag._parse_proc_net((header + line4 + line6).encode())
     assert rows == [
         (ip_address("192.0.2.5").packed, 1, bytes(4), 1000, 31337),
         (ip_address("2001:db8::1").packed, 1, ip_address("2001:db8::2").packed, 0, 4242),
@@ -145,4 +147,4 @@ def test_proc_net_rows_give_packed_addresses_port_uid_inode():
 
 
 def test_proc_net_header_only_gives_no_rows():
-    assert procs._parse_proc_net(b"  sl  local_address rem_address\n") == []
+    assert sockdiag._parse_proc_net(b"  sl  local_address rem_address\n") == []

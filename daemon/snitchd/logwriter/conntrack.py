@@ -3,8 +3,9 @@
 snitchd logs each new outbound flow with its process; when conntrack forgets the flow it sends a
 DESTROY event carrying the flow's packet and byte counters, and `FlowEnds` turns each event into a
 `FlowEnd` keyed by the flow's original 5-tuple, the one `packet.decode` gave its first packet, so
-the caller can join the counters to the flow's log row. It decides nothing and must never block
-or raise on the asyncio loop it shares with the packet path.
+the caller can join the counters to the flow's log row. It decides nothing and runs in the log
+writer (a child process, so it never holds the packet loop's GIL); it must never block or raise
+on the writer's loop, which also takes snitchd's batches.
 
 Kernel facts behind it (measured on 6.18 in fresh network namespaces):
 
@@ -37,7 +38,7 @@ pyroute2's `nfct_msg` costs 150-200 µs per event against 5-8 µs for a struct w
 bytes (2-vCPU VM), so events are decoded with struct (`decode_ends`); a burst waits in the socket
 buffer (4 MiB holds ~6.5k events: 20k flushed at once while the loop was busy gave 6553 ends and
 one overrun).
-Each reader call decodes at most `_BATCH` events (~3 ms) before the loop serves the packet queue.
+Each reader call decodes at most `_BATCH` events (~3 ms) before the loop serves snitchd's batches.
 """
 
 from __future__ import annotations

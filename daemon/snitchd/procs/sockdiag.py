@@ -1,0 +1,224 @@
+"""Which socket sent a flow: one NETLINK_SOCK_DIAG *exact* request (no NLM_F_DUMP) → uid, inode.
+
+This is the part of attribution that always runs on the packet loop: one request and one reply,
+~4 µs, whatever the machine holds. It must never dump (a dump reads every socket of the system,
+as `psutil.net_connections()` does: 5 ms per call).
+
+Codec: struct on a plain netlink socket, ~2.3 µs median per exact lookup against ~40 µs with
+pyroute2's `inet_diag_req`/`inet_diag_msg` classes on the same socket (bench/bench_procs.py,
+10k sockets in 500 processes, Python 3.11); its DiagSocket only dumps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import struct
+import sys
+from ipaddress import IPv4Address
+
+from snitch_common.records import Flow, Proto
+
+__all__ = ["NETLINK_SOCK_DIAG", "SockDiag", "find_raw"]
+
+log = logging.getLogger(__name__)
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
+TCP_TIME_WAIT = 6
+TCP_LISTEN = 10
+_ALL_STATES = 0xFFFFFFFF
+_NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE: skip the kernel's cookie check
+
+# nlmsghdr + inet_diag_req_v2; ports are packed as htons() values so "=H" lays them out big-endian.
+_HDR = struct.Struct("=IHHII")
+_REQ = struct.Struct("=IHHII BBBxI HH16s16sI8s")
+# nlmsghdr + inet_diag_msg: ... state ... uid inode (the answer; attributes are never requested).
+_MSG = struct.Struct("=IHHII BBBB HH16s16sI8s IIIII")
+_ERR = struct.Struct("=i")
+
+_Row = tuple[bytes, int, bytes, int, int]  # local addr, local port, remote addr, uid, inode
+
+
+def _encode_request(
+    seq: int,
+    family: int,
+    protocol: int,
+    src: bytes,
+    sport: int,
+    dst: bytes,
+    dport: int,
+    ifindex: int = 0,
+) -> bytes:
+    """One exact SOCK_DIAG_BY_FAMILY request. `src`/`sport` are the socket's own side for TCP
+    and the peer's for UDP (see `SockDiag.find`)."""
+    return _REQ.pack(
+        _REQ.size,
+        SOCK_DIAG_BY_FAMILY,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        family,
+        protocol,
+        0,
+        _ALL_STATES,
+        socket.htons(sport),
+        socket.htons(dport),
+        src,
+        dst,
+        ifindex,
+        _NO_COOKIE,
+    )
+
+
+def _decode_reply(data: bytes) -> tuple[int, int, int] | None:
+    """(tcp state, uid, inode) of the one socket found, or None when the kernel says ENOENT."""
+    kind = _HDR.unpack_from(data)[1]
+    if kind == NLMSG_ERROR:
+        code = -_ERR.unpack_from(data, _HDR.size)[0]
+        if code == errno.ENOENT:
+            return None
+        raise OSError(code, f"sock_diag exact lookup failed: {os.strerror(code)}")
+    if kind != SOCK_DIAG_BY_FAMILY or len(data) < _MSG.size:
+        raise OSError(errno.EPROTO, f"sock_diag sent message type {kind}, {len(data)} bytes")
+    fields = _MSG.unpack_from(data)
+    return fields[6], fields[18], fields[19]
+
+
+def _parse_proc_net(text: bytes) -> list[_Row]:
+    """Rows of /proc/net/{icmp,raw}{,6}: (local address, local port, remote address, uid, inode).
+
+    Addresses are printed as host-order 32-bit words; converting each back gives packed bytes that
+    compare with `IPv4Address.packed` / `IPv6Address.packed`.
+    """
+    rows: list[_Row] = []
+    for line in text.splitlines()[1:]:
+        cols = line.split()
+        local, _, port = cols[1].partition(b":")
+        remote = cols[2].partition(b":")[0]
+        rows.append((_unhex(local), int(port, 16), _unhex(remote), int(cols[7]), int(cols[9])))
+    return rows
+
+
+def _unhex(text: bytes) -> bytes:
+    return b"".join(
+        int(text[i : i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(text), 8)
+    )
+
+
+class SockDiag:
+    """A netlink socket kept open for exact lookups. Used from the packet loop only."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+        self._seq = 0
+        self._probe_udp()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def query(
+        self,
+        family: int,
+        protocol: int,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        ifindex: int = 0,
+    ) -> tuple[int, int, int] | None:
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
+        self._sock.send(_encode_request(seq, family, protocol, src, sport, dst, dport, ifindex))
+        while True:
+            try:
+                # The kernel answers inside send(): waiting could only hang on a request it
+                # dropped silently (a bad nlmsg_len gets no reply at all, measured).
+                data = self._sock.recv(8192, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                raise OSError(errno.EIO, "sock_diag sent no reply to an exact lookup") from None
+            if _HDR.unpack_from(data)[3] == seq:  # skip a reply a crashed call left queued
+                return _decode_reply(data)
+
+    def find(self, flow: Flow) -> tuple[int, int] | None:
+        """(uid, inode) of the sending socket; inode 0 when the socket has no file any more."""
+        if flow.proto not in (Proto.TCP, Proto.UDP):
+            return find_raw(flow)
+        family = socket.AF_INET if isinstance(flow.dst, IPv4Address) else socket.AF_INET6
+        if flow.proto is Proto.TCP:
+            tup = (flow.src.packed, flow.sport, flow.dst.packed, flow.dport)
+            protocol = flow.ipproto or socket.IPPROTO_TCP
+        else:
+            # udp_diag hands the fields to __udp4_lib_lookup in *receive* orientation ("src and
+            # dst are swapped for historical reasons", net/ipv4/udp_diag.c), so it scores sockets
+            # as for a reply: a connected socket wins, else the unconnected one bound to the port
+            # (wildcard peer, maybe wildcard address) matches. Dual-stack AF_INET6 sockets sending
+            # to IPv4 are found by the AF_INET lookup too (verified, 6.18), as TCP's are. Limit:
+            # in an SO_REUSEPORT group the kernel picks one member by hash, maybe not the sender.
+            tup = (flow.dst.packed, flow.dport, flow.src.packed, flow.sport)
+            protocol = flow.ipproto or socket.IPPROTO_UDP
+        found = self.query(family, protocol, *tup)
+        if found is None and flow.iface:
+            # SO_BINDTODEVICE sockets only match a lookup that names their device.
+            with contextlib.suppress(OSError):
+                found = self.query(family, protocol, *tup, socket.if_nametoindex(flow.iface))
+        if found is None:
+            return None
+        state, uid, inode = found
+        if flow.proto is Proto.TCP and state in (TCP_TIME_WAIT, TCP_LISTEN):
+            return None  # a listener never opens a flow; a TIME_WAIT ack comes from the kernel
+        return uid, inode
+
+    def _probe_udp(self) -> None:
+        """A kernel without udp_diag answers ENOENT like a missing socket: say so once, loudly,
+        rather than call every UDP flow kernel-generated in silence."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", 0))
+            except OSError:
+                return  # no loopback address in this namespace: nothing to probe with
+            port = probe.getsockname()[1]
+            found = self.query(
+                socket.AF_INET, socket.IPPROTO_UDP, bytes(4), 0, socket.inet_aton("127.0.0.1"), port
+            )
+            if found is None or found[2] != os.fstat(probe.fileno()).st_ino:
+                log.warning(
+                    "sock_diag cannot see UDP sockets (kernel without CONFIG_INET_UDP_DIAG?): "
+                    "UDP flows will be attributed to the kernel"
+                )
+
+
+def find_raw(flow: Flow) -> tuple[int, int] | None:
+    """ICMP and other port-less flows: no sock_diag module for ping sockets, and raw_diag is often
+    not built (not here), so read the small /proc/net tables (~14 µs median; such flows are rare).
+
+    For ICMP a non-zero `flow.sport` is taken as the echo identifier, which a ping socket owns.
+    Only a single candidate socket is trusted; several of one uid give uid-only, else none.
+    """
+    v6 = flow.dst.version == 6
+    src, dst = flow.src.packed, flow.dst.packed
+    wild = bytes(len(dst))
+    rows: list[_Row] = []
+    if flow.proto is Proto.ICMP:
+        rows = [r for r in _proc_net("icmp6" if v6 else "icmp") if flow.sport in (0, r[1])]
+        protocols = {58 if v6 else 1, socket.IPPROTO_RAW}
+    else:
+        protocols = {flow.ipproto, socket.IPPROTO_RAW}
+    rows += [r for r in _proc_net("raw6" if v6 else "raw") if r[1] in protocols]
+    rows = [r for r in rows if r[0] in (src, wild) and r[2] in (dst, wild)]
+    if len({r[4] for r in rows}) == 1:
+        return rows[0][3], rows[0][4]
+    uids = {r[3] for r in rows}
+    return (uids.pop(), 0) if len(uids) == 1 else None
+
+
+def _proc_net(name: str) -> list[_Row]:
+    try:
+        with open(f"/proc/net/{name}", "rb") as f:
+            return _parse_proc_net(f.read())
+    except OSError:
+        return []
