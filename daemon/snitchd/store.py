@@ -1,12 +1,12 @@
 """The SQLite store (through sqlite-utils): rules, the connection log, and schema migrations.
 
 A side path of the packet path: the queue reader never waits for it. Rules are read once at start
-and when another process changed them; rule writes are made from a worker thread, on a connection
-of their own, so that one waiting for a lock held by another process holds up nothing else. The
+and when another process changed them; rule writes are made from a worker thread, on a connection of
+their own, so that one waiting for a lock held by another process holds up nothing else. The
 connection log is written by the log writer, a child process (`logwriter`). Every SQLite failure
-becomes a `StoreError` that names the file and says what to do; a schema newer than this code stops start-up rather than being
-guessed at. Rules that live "until restart" are kept in memory only, but draw their ids from the
-same sequence so an id never means two rules.
+becomes a `StoreError` that names the file and says what to do; a schema newer than this code stops
+start-up rather than being guessed at. Rules that live "until restart" are kept in memory only, but
+draw their ids from the same sequence so an id never means two rules.
 
 Whose change is it: the rule-change counter (schema 3) grows with every change by anyone. The
 store remembers the count that the rules snitchd holds correspond to (`adopt_version`), and moves

@@ -110,6 +110,7 @@ def test_a_huge_executable_is_hashed_while_other_flows_are_decided(lab: Lab, tmp
     client connects steadily. Its hash takes the worker ~1 s or more; meanwhile the root client's
     connections are decided (before the fix the loop hashed it: not one was, until it ended). Its
     own flow is decided by the pin: the rule pins another digest, so it does not match."""
+    lab.expect_log(r"alert exe-changed: ")
     cc = shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler")
