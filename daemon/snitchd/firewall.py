@@ -9,6 +9,13 @@ rule is added to or taken from the `RuleSet` on the loop, between two packets (Â
 number of rules); the next new flow already sees it. Only a change made outside snitchd (sqlite3
 by hand) reads the rules whole, in a worker thread, and swaps the new set in. Rule changes are
 serialised by one asyncio lock, so the D-Bus caller waits for a slow store, and packets do not.
+
+A verdict is also kept on the flow's conntrack entry (`connmark`), so the kernel decides the
+flow's later packets itself and they never come back (issue 12). Packets of the flow that were
+queued before that (a burst sent faster than we decide) still arrive: they get the flow's verdict
+as long as they come from the same process or from a socket that is gone (a program that sent a
+burst and exited is no longer found, and would otherwise fall to the default), and are not
+logged again: the log gets one row per flow and verdict, not one per packet.
 """
 
 from __future__ import annotations
@@ -29,10 +36,11 @@ from snitch_common.errors import PacketError, RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.config import Config
+from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
 from snitchd.dnssnoop import NameCache, parse_dns_packet
 from snitchd.events import Alert, EventLog
-from snitchd.netfilter import REJECT_MARK
+from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
 from snitchd.prompts import Broker
@@ -43,6 +51,27 @@ __all__ = ["Counters", "Firewall"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A row is skipped for a packet whose flow got the same verdict, from the same rule, for the same
+# process, less than this many seconds before (sliding): the packets queued before the kernel
+# took the flow over arrive within milliseconds, or all at once when a prompt ends; 30 s is
+# nf_conntrack_udp_timeout, the life of a one-way UDP flow the kernel could not keep.
+_REPEAT_SECONDS = 30.0
+_REPEATS_MAX = 4096  # flows remembered for that; the oldest go first
+# A packet of a flow whose verdict the kernel keeps was queued before the mark was set: such
+# packets drain in well under a second at the queue's rate. Short, because a TCP entry may end
+# 10 s after a reset (nf_conntrack_tcp_timeout_close), and a new connection on the same ports
+# is a new flow to decide.
+_IN_FLIGHT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A verdict the kernel keeps for a flow, and for whom it was given."""
+
+    verdict: Verdict
+    proc: Process
+    host: str | None
+    at: float
 
 
 @dataclass(slots=True)
@@ -57,6 +86,8 @@ class Counters:
     by_default: int = 0
     dns_answers: int = 0
     dns_skipped: int = 0
+    repeats: int = 0  # packets of a flow already logged with the same verdict: no new row
+    unmarked: int = 0  # verdicts the kernel could not keep: those flows come back to the queue
     started: float = field(default_factory=time.time)
 
 
@@ -69,14 +100,20 @@ class Firewall:
         events: EventLog,
         broker: Broker,
         clock: Callable[[], float] = time.time,
+        marks: ConnMarks | None = None,
     ) -> None:
+        """`marks`: where verdicts are kept in the kernel; None keeps none (every packet of a
+        flow that stays conntrack NEW is then queued and decided again)."""
         self.config = config
         self.store = store
         self.attributor = attributor
         self.events = events
         self.broker = broker
         self.clock = clock
+        self.marks = marks
         self.counters = Counters()
+        self._logged: dict[tuple[object, ...], float] = {}
+        self._kept: dict[Flow, _Kept] = {}
         self.rules = RuleSet()
         self.names = NameCache(grace=config.dns_grace)
         self.known_apps: dict[str, str | None] = store.known_apps()
@@ -250,6 +287,11 @@ class Firewall:
 
     def _decide(self, pkt: Packet, flow: Flow, proc: Process, lookup: Lookup | None = None) -> None:
         now = self.clock()
+        kept = self._in_flight(flow, proc, now)
+        if kept is not None:
+            self._give(pkt, kept.verdict, flow, proc)
+            self._log(kept.verdict, flow, kept.proc, now, kept.host)
+            return
         names = self.names.names(flow.dst, now)
         host = self.names.best(flow.dst, now) if names else None
         if proc.exe is not None and proc.exe not in self.known_apps:
@@ -398,7 +440,17 @@ class Firewall:
         now: float,
         host: str | None = None,
     ) -> None:
-        """Give the kernel the verdict, then log it (the log never delays the packet)."""
+        """Give the kernel the verdict, keep it on the flow's conntrack entry, then log it (the
+        log never delays the packet; the verdict comes first, so nothing after it can lose it)."""
+        self._give(pkt, verdict, flow, proc)
+        if self._keep(flow, verdict.action):
+            self._kept.pop(flow, None)
+            self._kept[flow] = _Kept(verdict, proc, host, now)
+            if len(self._kept) > _REPEATS_MAX:
+                del self._kept[next(iter(self._kept))]
+        self._log(verdict, flow, proc, now, host)
+
+    def _give(self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process) -> None:
         action = verdict.action
         if action is Action.ALLOW:
             pkt.accept()
@@ -407,7 +459,7 @@ class Firewall:
             pkt.drop()
             self.counters.dropped += 1
         else:
-            pkt.set_mark(REJECT_MARK)
+            pkt.set_mark((pkt.get_mark() & ~MARK_MASK) | REJECT_MARK)
             pkt.accept()
             self.counters.rejected += 1
         if verdict.rule_id is None:
@@ -416,9 +468,56 @@ class Firewall:
             log.debug(
                 "verdict %s %s from %s: %s", action.value, flow, proc.describe(), verdict.reason
             )
+
+    def _log(
+        self, verdict: Verdict, flow: Flow, proc: Process, now: float, host: str | None
+    ) -> None:
+        if self._repeat((flow, verdict.action, verdict.rule_id, proc.pid, proc.uid, proc.exe), now):
+            self.counters.repeats += 1
+            return
         self.events.record(
-            Decision(now, flow, proc, action.value, verdict.rule_id, verdict.reason, host)
+            Decision(now, flow, proc, verdict.action.value, verdict.rule_id, verdict.reason, host)
         )
+
+    def _keep(self, flow: Flow, action: Action) -> bool:
+        """Mark the flow's conntrack entry with the verdict. An allowed packet has just been
+        sent, so its entry exists and is updated; a dropped or rejected one left none, so it is
+        created (see `connmark`). A failure costs only speed: the flow is queued again."""
+        if self.marks is None:
+            return False
+        try:
+            return self.marks.mark(
+                flow, verdict_mark(action), MARK_MASK, create=action is not Action.ALLOW
+            )
+        except OSError as exc:
+            self.counters.unmarked += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("verdict not kept in conntrack for %s: %s", flow, exc.strerror)
+            return False
+
+    def _in_flight(self, flow: Flow, proc: Process, now: float) -> _Kept | None:
+        """The kept verdict of `flow` if this packet was queued before the kernel took the flow
+        over (see `_IN_FLIGHT_SECONDS`) and nobody else sent it: the same process, or a socket
+        that is gone (no socket: the sender exited; its uid only: its process is gone). Another
+        process on the same ports is decided afresh: it never borrows someone's verdict."""
+        kept = self._kept.get(flow)
+        if kept is None or not 0 <= now - kept.at < _IN_FLIGHT_SECONDS:
+            return None
+        if (
+            proc == kept.proc
+            or proc.attribution is Attribution.KERNEL
+            or (proc.attribution is Attribution.UID_ONLY and proc.uid == kept.proc.uid)
+        ):
+            return kept
+        return None
+
+    def _repeat(self, key: tuple[object, ...], now: float) -> bool:
+        """Whether a row for `key` was written less than `_REPEAT_SECONDS` ago; remembers now."""
+        last = self._logged.pop(key, None)
+        self._logged[key] = now
+        if len(self._logged) > _REPEATS_MAX:
+            del self._logged[next(iter(self._logged))]
+        return last is not None and 0 <= now - last < _REPEAT_SECONDS
 
     def default_verdict(self, reason: str) -> Verdict:
         return Verdict(self.config.default_action, None, reason)

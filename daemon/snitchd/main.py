@@ -24,6 +24,7 @@ from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.api import serve
 from snitchd.config import DEFAULT_PATH, Config, load_config
+from snitchd.connmark import ConnMarks
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall
 from snitchd.logwriter.parent import Recorder
@@ -85,7 +86,8 @@ class _Daemon:
             is_admin=lambda uid: is_admin(uid, self.config.admin_group),
         )
         attributor = Attributor()
-        firewall = self.firewall = Firewall(config, store, attributor, events, broker)
+        marks = ConnMarks()
+        firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
         broker.attach(firewall)
         loop = asyncio.get_running_loop()
         reader = QueueReader(config.queue, firewall.on_packet, config.queue_max_len)
@@ -136,6 +138,7 @@ class _Daemon:
                 bus.disconnect()
             await events.flush()  # the last rows; main() then ends the writer
             attributor.close()
+            marks.close()
             store.close()
             log.info("snitchd stopped")
 

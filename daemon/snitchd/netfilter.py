@@ -9,6 +9,20 @@ The queue rule sits in the *mangle* table: a queued packet we accept continues t
 so the verdict marks the packet and a rule of ours in *filter* rejects marked packets (TCP RST,
 ICMP port unreachable) — the program fails fast instead of timing out.
 
+A decided flow is never queued again (issue 12): the verdict is kept on the flow's conntrack
+entry (its connmark, set by `connmark.ConnMarks`), and rules before the queue rule act on it for
+every later packet, whatever its conntrack state: allowed → RETURN (on to the admin's rules,
+never to us), denied → DROP, rejected → on to filter, which rejects it. Without this a one-way
+UDP flow, conntrack NEW until a reply, sent each datagram through Python and the log.
+
+Mark layout, the same in the packet mark and the connmark: snitch owns the bits of `MARK_MASK`
+(the high 16) and leaves the low 16 to others; every match and write is masked. Our bits hold
+one of three values: `ALLOW_MARK`, `DENY_MARK`, `REJECT_MARK` (0x5A1 and a letter: A, D, E).
+A whole 16-bit pattern, not one bit per verdict, so another program's use of those bits is
+unlikely to read as a verdict of ours. Only `REJECT_MARK` is ever put on a packet (the first
+packet of a rejected flow, for the filter rule); the others live on conntrack entries only,
+because a changed packet mark sends the packet through routing again (policy routing by fwmark).
+
 This kernel has xt NFQUEUE but not nft `queue` (DESIGN.md), so iptables is the first backend; a
 native nftables backend fits the same `Backend` protocol.
 """
@@ -24,22 +38,31 @@ from pathlib import Path
 from typing import Protocol
 
 from snitch_common.errors import BackendFailed, BackendUnavailable
+from snitch_common.rules import Action
 
 __all__ = [
+    "ALLOW_MARK",
+    "DENY_MARK",
+    "MARK_MASK",
     "REJECT_MARK",
-    "REJECT_MASK",
     "Backend",
+    "Chains",
     "IptablesBackend",
     "NetSpec",
     "Plan",
     "Step",
+    "install_lines",
     "select_backend",
+    "verdict_mark",
 ]
 
 log = logging.getLogger(__name__)
 
+MARK_MASK = 0xFFFF0000
+ALLOW_MARK = 0x5A1A0000
+DENY_MARK = 0x5A1D0000
 REJECT_MARK = 0x5A1E0000
-REJECT_MASK = 0xFFFF0000
+_VERDICT_MARKS = {Action.ALLOW: ALLOW_MARK, Action.DENY: DENY_MARK, Action.REJECT: REJECT_MARK}
 COMMENT = "snitch"
 QUEUE_CHAIN = "SNITCH_QUEUE"
 REJECT_CHAIN = "SNITCH_REJECT"
@@ -51,6 +74,11 @@ _OWN = (
 )
 
 
+def verdict_mark(action: Action) -> int:
+    """Our bits of the mark for a verdict (see the layout above)."""
+    return _VERDICT_MARKS[action]
+
+
 @dataclass(frozen=True, slots=True)
 class NetSpec:
     """`dns_queue`: where DNS answers (source port 53, any interface) are copied for name
@@ -60,6 +88,14 @@ class NetSpec:
     fail_open: bool
     intercept_loopback: bool = False
     dns_queue: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chains:
+    """Our chains and jumps for one tool, as iptables-restore lines, by table."""
+
+    mangle: tuple[str, ...]
+    filter: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +140,8 @@ def _explain_kernel_error(message: str) -> str:
             "try `modprobe xt_NFQUEUE nfnetlink_queue`, or install a kernel with netfilter queue "
             "support"
         )
+    if "connmark" in message:
+        return "the kernel lacks connmark matching: try `modprobe xt_connmark`"
     if "conntrack" in message:
         return "the kernel lacks conntrack matching: try `modprobe xt_conntrack`"
     if "REJECT" in message:
@@ -171,33 +209,9 @@ class IptablesBackend:
                 {DNS_CHAIN} if spec.dns_queue is not None else set()
             )
             old = self._remove_lines(tool, frozenset(redeclared))
-            unreach = "icmp6-port-unreachable" if tool == "ip6tables" else "icmp-port-unreachable"
-            bypass = " --queue-bypass" if spec.fail_open else ""
-            mark = f"-m mark --mark {REJECT_MARK:#x}/{REJECT_MASK:#x}"
-            queue = [f":{QUEUE_CHAIN} - [0:0]"]
-            if not spec.intercept_loopback:
-                queue.append(f"-A {QUEUE_CHAIN} -o lo -j RETURN")
-            queue += [
-                f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW "
-                f"-j NFQUEUE --queue-num {spec.queue}{bypass}",
-                f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {QUEUE_CHAIN}",
-            ]
-            reject = [
-                f":{REJECT_CHAIN} - [0:0]",
-                f"-A {REJECT_CHAIN} -p tcp {mark} -j REJECT --reject-with tcp-reset",
-                f"-A {REJECT_CHAIN} {mark} -j REJECT --reject-with {unreach}",
-                f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}",
-            ]
-            if spec.dns_queue is not None:
-                dns = f"-j NFQUEUE --queue-num {spec.dns_queue} --queue-bypass"
-                queue += [
-                    f":{DNS_CHAIN} - [0:0]",
-                    f"-A {DNS_CHAIN} -p udp --sport 53 {dns}",
-                    f"-A {DNS_CHAIN} -p tcp --sport 53 {dns}",
-                    f"-I INPUT 1 -m comment --comment {COMMENT} -j {DNS_CHAIN}",
-                ]
+            new = install_lines(tool, spec)
             text = _restore_text(
-                {"mangle": old["mangle"] + queue, "filter": old["filter"] + reject}
+                {"mangle": old["mangle"] + [*new.mangle], "filter": old["filter"] + [*new.filter]}
             )
             steps.append(Step((tool + "-restore", "--noflush", "-w", "5"), text))
         return Plan(tuple(steps))
@@ -218,6 +232,45 @@ class IptablesBackend:
                 _run(step.argv, step.stdin)
             except BackendFailed as exc:
                 raise BackendFailed(_explain_kernel_error(str(exc))) from None
+
+
+def install_lines(tool: str, spec: NetSpec) -> Chains:
+    """Our chains and jumps for `tool` ("iptables" or "ip6tables"): pure, so unit tests read the
+    rules without a kernel."""
+    unreach = "icmp6-port-unreachable" if tool == "ip6tables" else "icmp-port-unreachable"
+    bypass = " --queue-bypass" if spec.fail_open else ""
+    marked = f"-m mark --mark {REJECT_MARK:#x}/{MARK_MASK:#x}"
+    ct_allowed, ct_denied, ct_rejected = (
+        f"-m connmark --mark {mark:#x}/{MARK_MASK:#x}"
+        for mark in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
+    )
+    queue = [f":{QUEUE_CHAIN} - [0:0]"]
+    if not spec.intercept_loopback:
+        queue.append(f"-A {QUEUE_CHAIN} -o lo -j RETURN")
+    queue += [
+        # Decided flows first, whatever their conntrack state: a one-way UDP flow stays NEW.
+        f"-A {QUEUE_CHAIN} {ct_allowed} -j RETURN",
+        f"-A {QUEUE_CHAIN} {ct_denied} -j DROP",
+        f"-A {QUEUE_CHAIN} {ct_rejected} -j RETURN",
+        f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {spec.queue}{bypass}",
+        f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {QUEUE_CHAIN}",
+    ]
+    reject = [f":{REJECT_CHAIN} - [0:0]"]
+    for match in (marked, ct_rejected):  # the decided packet, then the rest of its flow
+        reject += [
+            f"-A {REJECT_CHAIN} -p tcp {match} -j REJECT --reject-with tcp-reset",
+            f"-A {REJECT_CHAIN} {match} -j REJECT --reject-with {unreach}",
+        ]
+    reject.append(f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}")
+    if spec.dns_queue is not None:
+        dns = f"-j NFQUEUE --queue-num {spec.dns_queue} --queue-bypass"
+        queue += [
+            f":{DNS_CHAIN} - [0:0]",
+            f"-A {DNS_CHAIN} -p udp --sport 53 {dns}",
+            f"-A {DNS_CHAIN} -p tcp --sport 53 {dns}",
+            f"-I INPUT 1 -m comment --comment {COMMENT} -j {DNS_CHAIN}",
+        ]
+    return Chains(tuple(queue), tuple(reject))
 
 
 def _restore_text(tables: dict[str, list[str]]) -> str:

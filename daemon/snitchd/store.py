@@ -386,14 +386,16 @@ class Store:
             return read_connections(self.db.conn, query)
 
     def record_flow_ends(self, ends: Iterable[FlowBytes]) -> int:
-        """Join counters to the newest log row of the same flow; returns the rows updated."""
+        """Join counters to the newest log row of the same flow, if that flow was let out;
+        returns the rows updated. A blocked flow's entry (kept to hold its verdict, see
+        `snitchd.connmark`) counts the packets the kernel dropped: they were never sent."""
         updated = 0
         with self._lock, self._errors("write to"), self.db.atomic():
             for end in ends:
                 cur = self.db.execute(
                     "UPDATE connections SET bytes_out = ?, bytes_in = ?, ended = ? WHERE id = "
                     "(SELECT id FROM connections WHERE dst = ? AND dport = ? AND sport = ? "
-                    "AND src = ? AND proto = ? ORDER BY id DESC LIMIT 1)",
+                    "AND src = ? AND proto = ? ORDER BY id DESC LIMIT 1) AND action = 'allow'",
                     [
                         end.bytes_out,
                         end.bytes_in,

@@ -1,0 +1,234 @@
+"""A decided flow is never queued again (issue 12): its verdict lives on its conntrack entry.
+
+A one-way UDP flow stays conntrack NEW until a reply comes, and a dropped SYN never gets one, so
+before this every datagram and every retransmitted SYN went through the queue, Python and the
+log. These tests flood one flow and count three things: the rows `snitchctl log` shows, the
+datagrams the server's kernel received (its `NoPorts` counter: the port is closed, so nothing
+answers and the flow stays one-way), and the packets snitchd was handed (`status.seen`). The
+kernel is read with `iptables-save -c` in the client namespace, once per iptables flavour.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, Lab, python_exe
+from tests.support.lab import wait_for
+
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+SINK = 9999  # nothing listens here in the server namespace: the flow stays one-way
+DATAGRAMS = 1000
+
+# One unconnected socket, so one flow. With "wait" it sends its first datagram, then waits for a
+# line on stdin before the rest. EPERM is the kernel dropping a datagram on the spot.
+_FLOOD = """
+import socket, sys
+host, port, count, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "wait"
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("::" if ":" in host else "0.0.0.0", 0))
+sent = refused = 0
+for i in range(count):
+    try:
+        s.sendto(b"%d" % i, (host, port))
+        sent += 1
+    except PermissionError:
+        refused += 1
+    if i == 0 and wait:
+        print(s.getsockname()[1], flush=True)
+        sys.stdin.readline()
+print(s.getsockname()[1], sent, refused, flush=True)
+"""
+
+
+def _no_ports(lab: Lab, v6: bool) -> int:
+    """UDP datagrams the server's kernel received for a closed port (per namespace)."""
+    if v6:
+        text = lab.ns(lab.server, "cat", "/proc/net/snmp6").stdout
+        return int(re.search(r"^Udp6NoPorts\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+    lines = [ln.split() for ln in lab.ns(lab.server, "cat", "/proc/net/snmp").stdout.splitlines()]
+    names, values = [ln for ln in lines if ln[0] == "Udp:"][:2]
+    return int(values[names.index("NoPorts")])
+
+
+def _settled(lab: Lab) -> dict[str, int]:
+    """Status once the kernel holds no packet for snitchd: every verdict given, rows recorded."""
+    status: dict[str, int] = {}
+
+    def idle() -> bool:
+        status.update(lab.ctl_json("status"))
+        return status.get("kernel_held", 0) == 0
+
+    wait_for(idle, 20, "the queue to drain")
+    return status
+
+
+def _flood(lab: Lab, host: str, *, user: tuple[str, ...] = ()) -> int:
+    """Send a thousand datagrams of one flow at once; returns its source port."""
+    out = lab.client_run(*user, PYTHON, "-c", _FLOOD, host, str(SINK), str(DATAGRAMS), "go")
+    return int(out.split()[0])
+
+
+def _rows(lab: Lab, sport: int) -> list[dict[str, object]]:
+    return [r for r in lab.log_rows() if r["sport"] == sport and r["dport"] == SINK]
+
+
+@pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
+@pytest.mark.parametrize(("action", "delivered"), [("allow", DATAGRAMS), ("reject", 0)])
+def test_udp_flood_of_one_flow_is_one_row(
+    running: Lab, host: str, action: str, delivered: int
+) -> None:
+    """A thousand datagrams of one unanswered flow: one log row, and the verdict held for all of
+    them (all delivered when allowed, none when rejected)."""
+    running.add_rule(f"{action} app={python_exe()} port={SINK} proto=udp")
+    v6 = ":" in host
+    before = _no_ports(running, v6)
+    sport = _flood(running, host)
+    _settled(running)
+    rows = _rows(running, sport)
+    assert [r["action"] for r in rows] == [action]
+    assert _no_ports(running, v6) - before == delivered
+
+
+@pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
+def test_denied_udp_flood_is_one_row_and_never_reaches_the_server(running: Lab, host: str) -> None:
+    """An unprivileged sender's flow, denied by default: one row, and not one of its thousand
+    datagrams reaches the server, before or after its verdict is kept by the kernel."""
+    v6 = ":" in host
+    before = _no_ports(running, v6)
+    sport = _flood(running, host, user=NOBODY)
+    _settled(running)
+    assert [r["action"] for r in _rows(running, sport)] == ["deny"]
+    assert _no_ports(running, v6) - before == 0
+
+
+def test_denied_tcp_connect_with_retransmitted_syns_is_one_row(running: Lab) -> None:
+    """A dropped SYN is sent again after 1 s and 3 s (Linux's initial RTO): one row, not three,
+    the retransmissions never reach snitchd (the kernel drops them), and the connect still
+    times out."""
+    seen = _settled(running)["seen"]
+    assert running.py("tcp", "192.0.2.2", 9000, "--timeout", "3.5") == "timeout"
+    assert _settled(running)["seen"] == seen + 1
+    rows = [r for r in running.log_rows() if r["dport"] == 9000 and r["proto"] == "tcp"]
+    assert [r["action"] for r in rows] == ["deny"]
+
+
+def test_denied_ping_is_one_row(running: Lab) -> None:
+    """Echo requests of one ping share a conntrack entry (its identifier): the first is decided,
+    the kernel drops the rest."""
+    seen = _settled(running)["seen"]
+    out = running.client_run("ping", "-c", "3", "-i", "0.3", "-W", "1", "192.0.2.2")
+    assert "0 received" in out, out
+    assert _settled(running)["seen"] == seen + 1
+    rows = [r for r in running.log_rows() if r["proto"] == "icmp"]
+    assert [r["action"] for r in rows] == ["deny"]
+
+
+def _flavour_path(tmp: Path, flavour: str) -> str:
+    """A PATH whose iptables tools are the given flavour (xtables picks it by argv[0])."""
+    bin_dir = tmp / f"iptables-{flavour}"
+    bin_dir.mkdir()
+    for family in ("iptables", "ip6tables"):
+        for suffix in ("", "-save", "-restore"):
+            target = f"/usr/sbin/{family}-{flavour}{suffix}"
+            if not os.path.exists(target):
+                pytest.skip(f"{target} not installed")
+            (bin_dir / f"{family}{suffix}").symlink_to(target)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+@pytest.fixture(params=["nft", "legacy"])
+def flavoured(
+    request: pytest.FixtureRequest, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Lab]:
+    """The lab's snitchd with `iptables` of one flavour; `lab.iptables_save` reads the same."""
+    monkeypatch.setenv("PATH", _flavour_path(lab.tmp, request.param))
+    lab.start_daemon()
+    version = lab.client_run("iptables", "--version")
+    assert f"({request.param if request.param == 'legacy' else 'nf_tables'})" in version
+    yield lab
+
+
+_RULE_COUNTS = re.compile(
+    r"^\[(\d+):\d+\] -A SNITCH_QUEUE .*-m connmark --mark (0x[0-9a-f]+/0x[0-9a-f]+) -j (\w+)"
+)
+
+
+def _kernel_skips(lab: Lab) -> dict[str, int]:
+    """Packets that each connmark rule of our queue chain took, by target, v4 and v6 summed."""
+    counts: dict[str, int] = {}
+    for tool in ("iptables-save", "ip6tables-save"):
+        for line in lab.ns(lab.client, tool, "-c", "-t", "mangle").stdout.splitlines():
+            m = _RULE_COUNTS.match(line)
+            if m:
+                counts[m.group(3)] = counts.get(m.group(3), 0) + int(m.group(1))
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("host", "user", "target"),
+    [
+        ("192.0.2.2", (), "RETURN"),  # allowed by the rule below: accepted by the kernel
+        ("198.51.100.2", NOBODY, "DROP"),  # denied by default: dropped by the kernel
+    ],
+)
+def test_decided_flow_skips_the_queue_in_the_kernel(
+    flavoured: Lab, host: str, user: tuple[str, ...], target: str
+) -> None:
+    """Once a flow's first datagram is decided, the rest never reach snitchd: the kernel accepts
+    an allowed flow's and drops a denied flow's by their conntrack mark (the rule counters say
+    so), the client sees them sent or refused, and the server gets all or none."""
+    lab = flavoured
+    saved = lab.iptables_save()
+    for rule in ("0x5a1a0000/0xffff0000 -j RETURN", "0x5a1d0000/0xffff0000 -j DROP"):
+        assert saved.count(f"-m connmark --mark {rule}") == 2, saved  # v4 and v6
+    lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port={SINK} proto=udp")
+    before = _no_ports(lab, False)
+    argv = ["ip", "netns", "exec", lab.client, *user, PYTHON, "-c", _FLOOD]
+    with subprocess.Popen(
+        [*argv, host, str(SINK), str(DATAGRAMS), "wait"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as flood:
+        assert flood.stdin is not None and flood.stdout is not None
+        try:
+            sport = int(flood.stdout.readline())
+            wait_for(lambda: _rows(lab, sport), 10, "the first datagram's row")
+            seen = _settled(lab)["seen"]
+            skipped = _kernel_skips(lab).get(target, 0)
+            flood.stdin.write("go\n")
+            flood.stdin.flush()
+            _, sent, refused = map(int, flood.stdout.readline().split())
+        finally:
+            flood.kill()
+    assert _settled(lab)["seen"] == seen
+    assert _kernel_skips(lab).get(target, 0) - skipped == DATAGRAMS - 1
+    assert len(_rows(lab, sport)) == 1
+    if target == "RETURN":
+        assert (sent, refused) == (DATAGRAMS, 0)
+        assert _no_ports(lab, False) - before == DATAGRAMS
+    else:
+        assert (sent, refused) == (1, DATAGRAMS - 1)
+        assert _no_ports(lab, False) - before == 0
+
+
+def test_blocked_flow_row_never_shows_bytes(running: Lab) -> None:
+    """The kernel counts a denied flow's packets on the entry that keeps its verdict, though
+    none left: when that entry ends, its row must not get those bytes as if they were sent. An
+    allowed flow ended at the same moment is the witness that the counters were joined."""
+    running.add_rule(f"allow app={python_exe()} to=192.0.2.2 port={SINK} proto=udp")
+    allowed = _flood(running, "192.0.2.2")
+    denied = _flood(running, "198.51.100.2", user=NOBODY)
+    _settled(running)
+    for sport in (denied, allowed):  # the denied end first: joined no later than the witness
+        out = running.ns(running.client, "conntrack", "-D", "-p", "udp", "--sport", str(sport))
+        assert "1 flow entries have been deleted" in out.stderr, out.stderr
+    wait_for(lambda: _rows(running, allowed)[0].get("bytes_out"), 15, "the allowed flow's bytes")
+    (row,) = _rows(running, denied)
+    assert row["action"] == "deny" and "bytes_out" not in row, row

@@ -1,0 +1,84 @@
+"""The kernel rules as data (`install_lines`) and the mark layout they share with `connmark`.
+
+The kernel reads them in tests/integration/test_connmark.py; here, what must hold whatever the
+kernel: a decided flow is matched before the queue rule, a denied one is dropped, every mark is
+masked, and the three verdicts cannot be mistaken for each other.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from snitch_common.rules import Action
+from snitchd.netfilter import (
+    ALLOW_MARK,
+    DENY_MARK,
+    MARK_MASK,
+    REJECT_MARK,
+    NetSpec,
+    install_lines,
+    verdict_mark,
+)
+
+TOOLS = ("iptables", "ip6tables")
+
+
+def _queue_chain(tool: str, spec: NetSpec) -> list[str]:
+    return [ln for ln in install_lines(tool, spec).mangle if ln.startswith("-A SNITCH_QUEUE ")]
+
+
+def test_marks_are_distinct_and_inside_our_mask() -> None:
+    marks = [verdict_mark(action) for action in Action]
+    assert len(set(marks)) == len(Action)
+    assert all(mark & ~MARK_MASK == 0 and mark != 0 for mark in marks)
+    assert MARK_MASK == 0xFFFF0000, "the low 16 bits stay for other programs (documented)"
+    assert (verdict_mark(Action.ALLOW), verdict_mark(Action.DENY)) == (ALLOW_MARK, DENY_MARK)
+    assert verdict_mark(Action.REJECT) == REJECT_MARK
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("loopback", [False, True])
+def test_decided_flows_are_matched_before_the_queue_rule(tool: str, loopback: bool) -> None:
+    """Whatever their conntrack state (a one-way UDP flow stays NEW), decided flows never reach
+    the NFQUEUE rule: allowed and rejected ones return, denied ones are dropped."""
+    chain = _queue_chain(tool, NetSpec(4242, fail_open=True, intercept_loopback=loopback))
+    mask = f"/{MARK_MASK:#x}"
+    assert chain[-1].endswith("-j NFQUEUE --queue-num 4242 --queue-bypass")
+    assert "--ctstate NEW" in chain[-1]
+    decided = {ln.split("--mark ")[1] for ln in chain[:-1] if "-m connmark" in ln}
+    assert decided == {
+        f"{ALLOW_MARK:#x}{mask} -j RETURN",
+        f"{DENY_MARK:#x}{mask} -j DROP",
+        f"{REJECT_MARK:#x}{mask} -j RETURN",
+    }
+    assert ("-A SNITCH_QUEUE -o lo -j RETURN" in chain) is not loopback
+    assert not any("-j ACCEPT" in ln for ln in chain), "ACCEPT would skip the admin's rules"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_rejected_flows_are_rejected_by_packet_mark_and_by_connmark(tool: str) -> None:
+    """The decided packet carries the reject mark; its flow's later packets carry it on their
+    conntrack entry. Both get a TCP reset or an ICMP port unreachable of the right family."""
+    rules = install_lines(tool, NetSpec(1, fail_open=False)).filter
+    unreach = "icmp6-port-unreachable" if tool == "ip6tables" else "icmp-port-unreachable"
+    expected = []
+    for match in ("-m mark", "-m connmark"):
+        expected += [
+            f"-A SNITCH_REJECT -p tcp {match} --mark {REJECT_MARK:#x}/{MARK_MASK:#x} "
+            "-j REJECT --reject-with tcp-reset",
+            f"-A SNITCH_REJECT {match} --mark {REJECT_MARK:#x}/{MARK_MASK:#x} "
+            f"-j REJECT --reject-with {unreach}",
+        ]
+    assert [ln for ln in rules if ln.startswith("-A SNITCH_REJECT")] == expected
+
+
+def test_fail_closed_queue_rule_has_no_bypass() -> None:
+    assert not _queue_chain("iptables", NetSpec(7, fail_open=False))[-1].endswith("bypass")
+
+
+def test_every_mark_match_is_masked() -> None:
+    """A mark match without our mask would read other programs' bits as a verdict."""
+    chains = install_lines("iptables", NetSpec(1, fail_open=True, dns_queue=2))
+    for line in (*chains.mangle, *chains.filter):
+        if "--mark" in line:
+            assert line.split("--mark ")[1].split()[0].endswith(f"/{MARK_MASK:#x}"), line
