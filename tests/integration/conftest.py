@@ -336,6 +336,15 @@ class Lab:
         rows: list[dict[str, Any]] = self.ctl_json(*args)
         return rows
 
+    def insert_rule_by_hand(self, text: str) -> None:
+        """What sqlite3 by hand (or malware) would do: a rule row snitchd did not write."""
+        code = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("
+            "'INSERT INTO rules (text, created, hits) VALUES (?, 0, 0)', (sys.argv[2],)); "
+            "c.commit()"
+        )
+        run(PYTHON, "-c", code, str(self.db), text, timeout=30)
+
     def iptables_save(self) -> str:
         return (
             self.ns(self.client, "iptables-save").stdout

@@ -139,18 +139,7 @@ async def test_alerts_reach_the_agent(running: Lab, monkeypatch: pytest.MonkeyPa
 def test_rules_changed_outside_snitch_raise_an_alert(running: Lab) -> None:
     running.expect_log(r"alert rules-changed: ")
     running.add_rule("allow port=80")
-    subprocess.run(
-        [
-            "python3",
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("
-            "\"INSERT INTO rules (text, created, hits) VALUES ('allow port=4444', 0, 0)\"); "
-            "c.commit()",
-            str(running.db),
-        ],
-        check=True,
-        timeout=30,
-    )
+    running.insert_rule_by_hand("allow port=4444")
     deadline = time.monotonic() + 10
     while "rules were changed outside snitch: 1 added" not in running.log_text():
         assert time.monotonic() < deadline, running.log_text()

@@ -84,18 +84,7 @@ def test_own_rule_changes_are_not_outside_changes_but_hand_edits_are(running: La
     gone = running.add_rule("allow port=443")
     assert running.ctl("delete-rule", str(gone)).returncode == 0
     time.sleep(2.5)  # two sweeps (1 s apart) see the own changes; nothing must come of them
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("
-            "\"INSERT INTO rules (text, created, hits) VALUES ('allow port=4444', 0, 0)\"); "
-            "c.commit()",
-            str(running.db),
-        ],
-        check=True,
-        timeout=30,
-    )
+    running.insert_rule_by_hand("allow port=4444")
     deadline = time.monotonic() + 10
     while "rules were changed outside snitch" not in running.log_text():
         assert time.monotonic() < deadline, running.log_text()
