@@ -37,6 +37,7 @@ def test_locked_store_delays_only_the_rule_change_not_other_flows(running: Lab) 
     flow for the 5 s busy timeout (the write ran on the packet loop), and the error blamed
     another snitchd. Now a steady client keeps connecting while the add-rule call waits, and
     the call's error says the store is locked by another process, and by which."""
+    running.expect_log(r"ERROR snitchd.events: connection log write failed")
     running.add_rule("allow port=80")
     holder = _hold_lock(running.db)
     adding: subprocess.Popen[str] | None = None
@@ -80,6 +81,7 @@ def test_own_rule_changes_are_not_outside_changes_but_hand_edits_are(running: La
     """Issue 12: the sweep counted snitchd's own writes as outside changes and read every rule
     again after each (twice the cost of a change). Now own changes update the held rules in
     place and the sweep leaves them be; a hand edit with sqlite3 is still read and alerted."""
+    running.expect_log(r"alert rules-changed: ")
     running.add_rule("allow port=80")
     gone = running.add_rule("allow port=443")
     assert running.ctl("delete-rule", str(gone)).returncode == 0
