@@ -13,6 +13,16 @@
  * Clients run for WARMUP + SECONDS; only connections started after WARMUP are timed and counted.
  * They print one JSON object: count, rate, errors and latency percentiles (µs).
  *
+ *   connload paced ADDR PORT RATE SECONDS
+ *       the steady client of bench/disturb.py: one TCP connect (as above) every 1/RATE s on a
+ *       fixed schedule, for SECONDS or until killed; a line per connect as it ends:
+ *       "START_NS LATENCY_NS ERRNO" (CLOCK_MONOTONIC, the clock of every process here; ERRNO 0:
+ *       connected). A slot that comes while a connect still waits is skipped, so a stall shows
+ *       as one long connect, not as a burst of quick ones after it.
+ *   connload once ADDR PORT
+ *       one such connect and its line: a new process that connects (disturb.py runs it, and
+ *       padded copies of it, as another user). Exit status 0 when it connected.
+ *
  * Why SO_LINGER 0: close() then sends RST, so the client keeps no TIME_WAIT socket and ~95k
  * connections/s never run out of ephemeral ports; conntrack treats a SYN on a tuple whose entry
  * saw our RST as a new connection (ctstate NEW), so every connect is queued (connbench checks
@@ -245,6 +255,35 @@ static int run_clients(int nthreads)
     return 0;
 }
 
+/* One timed connect, printed as a line of the paced mode; returns its errno (0: connected). */
+static int one_line(void)
+{
+    struct worker w = {0};
+    uint64_t started = now_ns(), ns = 0;
+    int err = one_tcp(&w, &ns);
+    printf("%llu %llu %d\n", (unsigned long long)started, (unsigned long long)ns, err);
+    fflush(stdout);
+    return err;
+}
+
+static int run_paced(double rate, double seconds)
+{
+    uint64_t period = (uint64_t)(1e9 / rate);
+    uint64_t next = now_ns();
+    uint64_t end = next + (uint64_t)(seconds * 1e9);
+    while (next < end) {
+        struct timespec at = {(time_t)(next / 1000000000ull), (long)(next % 1000000000ull)};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, NULL) == EINTR)
+            ;
+        one_line();
+        uint64_t now = now_ns();
+        next += period;
+        if (next <= now) /* skip the slots a slow connect took */
+            next += ((now - next) / period + 1) * period;
+    }
+    return 0;
+}
+
 static int tcp_listener;
 
 static void *accept_thread(void *arg)
@@ -306,9 +345,11 @@ static int run_server(int nthreads)
 
 int main(int argc, char **argv)
 {
-    if (argc < 5) {
+    if (argc < 4 || (argc < 5 && strcmp(argv[1], "once") != 0)) {
         fprintf(stderr, "usage: connload server ADDR PORT THREADS\n"
-                        "       connload tcp|udp ADDR PORT THREADS SECONDS WARMUP\n");
+                        "       connload tcp|udp ADDR PORT THREADS SECONDS WARMUP\n"
+                        "       connload paced ADDR PORT RATE SECONDS\n"
+                        "       connload once ADDR PORT\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -317,6 +358,16 @@ int main(int argc, char **argv)
     if (inet_pton(AF_INET, argv[2], &target.sin_addr) != 1) {
         fprintf(stderr, "connload: bad IPv4 address %s\n", argv[2]);
         return 2;
+    }
+    if (strcmp(argv[1], "once") == 0)
+        return one_line() == 0 ? 0 : 1;
+    if (strcmp(argv[1], "paced") == 0) {
+        double rate = argc > 5 ? atof(argv[4]) : 0, seconds = argc > 5 ? atof(argv[5]) : 0;
+        if (rate <= 0 || rate > 10000 || seconds <= 0 || seconds > 86400) {
+            fprintf(stderr, "connload: paced RATE must be in (0, 10000], SECONDS in (0, 86400]\n");
+            return 2;
+        }
+        return run_paced(rate, seconds);
     }
     int nthreads = atoi(argv[4]);
     if (nthreads < 1 || nthreads > 64) {
