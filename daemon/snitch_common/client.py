@@ -7,6 +7,7 @@ address comes from DBUS_SYSTEM_BUS_ADDRESS when set (tests run a private bus).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -86,8 +87,8 @@ class Client:
         rules: list[dict[str, Any]] = []
         for _ in range(_MAX_PAGES):
             query = {"offset": Variant("t", len(rules)), "limit": Variant("t", MAX_RULES_PAGE)}
-            page = await self.call("ListRules", "a{sv}", [query])
-            rules += (plain(r) for r in page)
+            page = json.loads(await self.call("ListRules", "a{sv}", [query]))
+            rules += page
             if len(page) < MAX_RULES_PAGE:
                 break
         return rules
@@ -114,7 +115,8 @@ class Client:
         return int(await self.call("AnswerPrompt", "ta{sv}", [answer.prompt_id, words]))
 
     async def top(self, query: dict[str, Variant]) -> list[dict[str, Any]]:
-        return [plain(r) for r in await self.call("Top", "a{sv}", [query])]
+        rows: list[dict[str, Any]] = json.loads(await self.call("Top", "a{sv}", [query]))
+        return rows
 
     async def monitor(self, on_decision: Callable[[dict[str, Any]], None]) -> None:
         """Subscribe; `on_decision` gets each decision as it happens until the client closes."""
@@ -140,7 +142,7 @@ class Client:
             paged = query | {"limit": Variant("t", want)}
             if pages:
                 paged["before"] = Variant("t", pages[-1][0]["id"])
-            page = [plain(r) for r in await self.call("Log", "a{sv}", [paged])]
+            page: list[dict[str, Any]] = json.loads(await self.call("Log", "a{sv}", [paged]))
             pages.append(page)
             got += len(page)
             if len(page) < want:

@@ -43,12 +43,13 @@ def test_issue_12_log_answers_at_most_the_cap_whatever_the_limit(lab: Lab) -> No
     _seed_log(lab, MAX_LOG_ROWS + 500)
     lab.start_daemon()
     code = (
-        "import asyncio\n"
+        "import asyncio, json\n"
         "from dbus_fast import Variant\n"
         "from snitch_common.client import Client\n"
         "async def main():\n"
         "    client = await Client.connect()\n"
-        "    rows = await client.call('Log', 'a{sv}', [{'limit': Variant('t', 10_000_000)}])\n"
+        "    reply = await client.call('Log', 'a{sv}', [{'limit': Variant('t', 10_000_000)}])\n"
+        "    rows = json.loads(reply)\n"
         "    print(len(rows))\n"
         "    client.close()\n"
         "asyncio.run(main())\n"

@@ -24,7 +24,9 @@ HEADER = (
     "     Replies are capped (snitch_common/bus.py): Log gives at most 1000 rows a call (page\n"
     "     back with before=<oldest id>), ListRules at most 1000 rules (page with offset and\n"
     "     limit), Top the 1000 apps with the most traffic. Log, Top and ListRules run one at a\n"
-    "     time per caller (connection and uid): a second is refused with Error.Busy. -->\n"
+    "     time per caller (connection and uid): a second is refused with Error.Busy. They answer\n"
+    "     a JSON array of objects (one string), not aa{sv}: marshalling 1000 a{sv} rows cost\n"
+    "     the packet loop ~7 ms idle and ~100 ms under load. -->\n"
 )
 
 
