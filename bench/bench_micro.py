@@ -281,7 +281,7 @@ def _decision(i):
     proc = Process(
         Attribution.PROCESS, pid=4242, uid=0, exe=CLIENT_EXE, cmdline=(CLIENT_EXE,), sha256="0" * 64
     )
-    return Decision(time.time(), flow, proc, "allow", 1, "rule 1")
+    return Decision(time.time(), flow, proc, Action.ALLOW, 1, "rule 1")
 
 
 def bench_log(tmp):
@@ -454,7 +454,7 @@ def bench_on_packet(tmp):
         stats(
             "  step: Decision + EventLog.record",
             timed(
-                lambda: events.record(Decision(now, flow, proc, "allow", 1, "rule 1")),
+                lambda: events.record(Decision(now, flow, proc, Action.ALLOW, 1, "rule 1")),
                 [()] * n,
                 repeat=2,
             ),

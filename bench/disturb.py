@@ -48,7 +48,7 @@ from pathlib import Path
 from bench import connbench
 from bench.netlab import PORT, SERVER_ADDR, NetLab
 from snitch_common.records import Attribution, Flow, Process, Proto
-from snitch_common.rules import parse_rule
+from snitch_common.rules import Action, parse_rule
 from snitchd.store import Decision, Store
 from tests.support.lab import stop_process
 
@@ -474,7 +474,7 @@ def make_store(tmp: Path, connload: Path, n_rules: int, n_rows: int) -> Path:
                         uid=NOBODY,
                         exe=f"/usr/lib/bench/app{i % 500}",
                     ),
-                    "allow" if i % 4 else "deny",
+                    Action.ALLOW if i % 4 else Action.DENY,
                     None,
                     "default",
                 )

@@ -7,6 +7,7 @@ read anywhere else: the rest of the daemon gets the `Config` record.
 
 from __future__ import annotations
 
+import enum
 import grp
 import tomllib
 from dataclasses import dataclass, fields
@@ -16,11 +17,22 @@ from typing import Any
 from snitch_common.errors import ConfigError
 from snitch_common.rules import Action
 
-__all__ = ["DEFAULT_PATH", "Config", "FailMode", "load_config", "parse_config"]
+__all__ = ["DEFAULT_PATH", "Config", "FailMode", "LogLevel", "load_config", "parse_config"]
 
 DEFAULT_PATH = Path("/etc/snitch/snitchd.toml")
 
-FailMode = str  # "open" | "closed"
+class FailMode(enum.Enum):
+    """What the kernel does with new flows while snitchd is not reading its queue."""
+
+    OPEN = "open"  # they pass unfiltered (--queue-bypass)
+    CLOSED = "closed"  # they wait, and are dropped
+
+
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +48,7 @@ class Config:
     """
 
     default_action: Action = Action.ALLOW
-    fail_mode: FailMode = "open"
+    fail_mode: FailMode = FailMode.OPEN
     queue: int = 4242
     database: str = "/var/lib/snitch/snitch.db"
     admin_group: str = "sudo"
@@ -45,7 +57,7 @@ class Config:
     intercept_loopback: bool = False
     stay_closed_when_stopped: bool = False
     queue_max_len: int = 4096
-    log_level: str = "info"
+    log_level: LogLevel = LogLevel.INFO
     snoop_dns: bool = True
     dns_queue: int = 4243
     dns_grace: float = 60.0
@@ -56,10 +68,6 @@ class Config:
     hash_wait: float = 1.0
 
 
-_CHOICES = {
-    "fail_mode": ("open", "closed"),
-    "log_level": ("debug", "info", "warning", "error"),
-}
 _RANGES: dict[str, tuple[float, float]] = {
     "queue": (0, 65535),
     "prompt_timeout": (1, 3600),
@@ -90,11 +98,14 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
 def _check(key: str, value: Any, source: str) -> Any:
     default = getattr(Config(), key)
-    if isinstance(default, Action):
+    if isinstance(default, enum.Enum):
+        kind = type(default)
         try:
-            return Action(value)
+            return kind(value)
         except ValueError:
-            raise ConfigError(f"{source}: {key} = {value!r}: use allow, deny or reject") from None
+            words = [m.value for m in kind]
+            use = ", ".join(words[:-1]) + " or " + words[-1]
+            raise ConfigError(f"{source}: {key} = {value!r}: use {use}") from None
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} = {value!r}: use true or false")
@@ -110,8 +121,6 @@ def _check(key: str, value: Any, source: str) -> Any:
         return value
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ConfigError(f"{source}: {key} = {value!r}: use {' or '.join(_CHOICES[key])}")
     if key == "admin_group":
         try:
             grp.getgrnam(value)

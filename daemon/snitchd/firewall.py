@@ -36,7 +36,7 @@ from netfilterqueue import Packet
 from snitch_common.errors import PacketError, RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
-from snitchd.config import Config
+from snitchd.config import Config, FailMode
 from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
 from snitchd.dnssnoop import NameCache, parse_dns_packet
@@ -277,10 +277,10 @@ class Firewall:
     def _fail(self, pkt: Packet) -> None:
         self.counters.errors += 1
         log.exception(
-            "packet handling failed; fail-mode verdict fail_mode=%s", self.config.fail_mode
+            "packet handling failed; fail-mode verdict fail_mode=%s", self.config.fail_mode.value
         )
         try:
-            if self.config.fail_mode == "open":
+            if self.config.fail_mode is FailMode.OPEN:
                 pkt.accept()
             else:
                 pkt.drop()
@@ -481,7 +481,7 @@ class Firewall:
             self.counters.repeats += 1
             return
         self.events.record(
-            Decision(now, flow, proc, verdict.action.value, verdict.rule_id, verdict.reason, host)
+            Decision(now, flow, proc, verdict.action, verdict.rule_id, verdict.reason, host)
         )
 
     def _keep(self, flow: Flow, action: Action) -> bool:

@@ -24,7 +24,7 @@ from snitch_common import __version__
 from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.api import serve
-from snitchd.config import DEFAULT_PATH, Config, load_config
+from snitchd.config import DEFAULT_PATH, Config, FailMode, load_config
 from snitchd.connmark import ConnMarks
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall
@@ -73,7 +73,7 @@ class _Daemon:
     def _spec(self, config: Config) -> NetSpec:
         dns_queue = config.dns_queue if config.snoop_dns else None
         return NetSpec(
-            config.queue, config.fail_mode == "open", config.intercept_loopback, dns_queue
+            config.queue, config.fail_mode is FailMode.OPEN, config.intercept_loopback, dns_queue
         )
 
     async def run(self) -> None:
@@ -110,7 +110,7 @@ class _Daemon:
                 "kernel rules installed backend=%s queue=%d fail_mode=%s",
                 self.backend.name,
                 config.queue,
-                config.fail_mode,
+                config.fail_mode.value,
             )
             bus = await serve(firewall, self.backend.name)
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,7 +150,7 @@ class _Daemon:
     def _remove_rules(self, installed: bool) -> None:
         if not installed:
             return
-        if self.config.fail_mode == "closed" and self.config.stay_closed_when_stopped:
+        if self.config.fail_mode is FailMode.CLOSED and self.config.stay_closed_when_stopped:
             log.warning("kernel rules left in place: fail-closed while stopped")
             return
         try:
@@ -176,12 +176,12 @@ class _Daemon:
         else:
             self.config = new
             self.firewall.reconfigure(new)
-            logging.getLogger().setLevel(new.log_level.upper())
+            logging.getLogger().setLevel(new.log_level.value.upper())
             self.reloads += 1
             log.info(
                 "config reloaded default_action=%s fail_mode=%s",
                 new.default_action.value,
-                new.fail_mode,
+                new.fail_mode.value,
             )
         _notify("READY=1")
 
@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                 "sockets (try: sudo snitchd)"
             )
         config = load_config(args.config)
-        logging.getLogger().setLevel(logging.DEBUG if args.debug else config.log_level.upper())
+        logging.getLogger().setLevel(
+            logging.DEBUG if args.debug else config.log_level.value.upper()
+        )
         if args.check_config:
             print(f"snitchd: config {args.config or DEFAULT_PATH} is valid")
             return 0

@@ -55,7 +55,7 @@ def status_of(firewall: Firewall, backend: str) -> Status:
     return Status(
         version=__version__,
         backend=backend,
-        fail_mode=fw.config.fail_mode,
+        fail_mode=fw.config.fail_mode.value,
         default_action=fw.config.default_action.value,
         queue=fw.config.queue,
         database=fw.store.path,

@@ -30,7 +30,7 @@ import sqlite_utils
 
 from snitch_common.errors import RuleError, RuleNotFound, StoreError
 from snitch_common.records import Flow, Process
-from snitch_common.rules import Lifetime, Rule, RuleRecord, parse_rule
+from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.queries import LogQuery, read_connections, read_top
 
 __all__ = [
@@ -55,7 +55,7 @@ class Decision:
     time: float
     flow: Flow
     proc: Process
-    action: str
+    action: Action
     rule_id: int | None
     reason: str
     host: str | None = None
@@ -519,7 +519,7 @@ def log_row(d: Decision) -> tuple[object, ...]:
     return (
         d.time, d.proc.pid, d.proc.exe, d.proc.uid, d.proc.attribution.value,
         d.flow.proto.value, str(d.flow.src), d.flow.sport, str(d.flow.dst), d.flow.dport,
-        d.flow.iface, d.host, d.action, d.rule_id, d.reason,
+        d.flow.iface, d.host, d.action.value, d.rule_id, d.reason,
     )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import grp
 import os
 import re
@@ -14,7 +15,7 @@ import pytest
 
 from snitch_common.errors import ConfigError
 from snitch_common.rules import Action
-from snitchd.config import DEFAULT_PATH, Config, load_config, parse_config
+from snitchd.config import DEFAULT_PATH, Config, FailMode, load_config, parse_config
 
 
 def _my_group() -> str:
@@ -31,7 +32,7 @@ def test_defaults_watch_and_allow() -> None:
     allowed when nobody answers, and a stopped daemon lets traffic through."""
     config = Config()
     assert config.default_action is Action.ALLOW
-    assert config.fail_mode == "open"
+    assert config.fail_mode is FailMode.OPEN
     assert config.stay_closed_when_stopped is False
     assert config.intercept_loopback is False
 
@@ -62,9 +63,8 @@ def test_every_key_can_be_set() -> None:
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     config = parse_config(data)
     assert config.default_action is Action.DENY
-    assert {k: getattr(config, k) for k in data if k != "default_action"} == {
-        k: v for k, v in data.items() if k != "default_action"
-    }
+    got = {k: getattr(config, k) for k in data}
+    assert {k: v.value if isinstance(v, enum.Enum) else v for k, v in got.items()} == data
 
 
 def test_whole_seconds_are_fine_for_a_float_key() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from snitch_common.errors import StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
-from snitch_common.rules import parse_rule
+from snitch_common.rules import Action, parse_rule
 from snitchd.logwriter.child import LogWriter
 from snitchd.logwriter.conntrack import FlowEnd
 from snitchd.logwriter.parent import Recorder, RecorderGone
@@ -38,7 +38,7 @@ def writer(tmp_path: Path) -> Iterator[LogWriter]:
 def row(sport: int, t: float = NOW) -> tuple[object, ...]:
     flow = Flow(Proto.TCP, CLIENT, sport, SERVER, 80, "veth0")
     proc = Process(Attribution.PROCESS, pid=7, uid=1000, exe="/usr/bin/curl")
-    return log_row(Decision(t, flow, proc, "allow", None, "default"))
+    return log_row(Decision(t, flow, proc, Action.ALLOW, None, "default"))
 
 
 def end(sport: int, sent: int) -> FlowEnd:

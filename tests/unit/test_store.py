@@ -16,7 +16,7 @@ import pytest
 
 from snitch_common.errors import RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
-from snitch_common.rules import Lifetime, RuleRecord, parse_rule
+from snitch_common.rules import Action, Lifetime, RuleRecord, parse_rule
 from snitchd.store import SCHEMA_VERSION, Decision, LogQuery, Store, keep_unexpired
 
 NOW = 1_700_000_000.0
@@ -335,9 +335,7 @@ def decision(t: float, exe: str | None, action: str, dport: int = 443) -> Decisi
     flow = Flow(
         Proto.TCP, IPv4Address("192.0.2.1"), 40000, IPv4Address("93.184.216.34"), dport, "eth0", 6
     )
-    return Decision(
-        t, flow, proc, action, None if action == "ask" else 1, "rule 1", host="example.org"
-    )
+    return Decision(t, flow, proc, Action(action), 1, "rule 1", host="example.org")
 
 
 def test_logged_decision_reads_back_with_its_fields(store: Store) -> None:
