@@ -11,7 +11,8 @@ from ipaddress import IPv4Address
 import dns.message
 import dns.rrset
 
-from snitchd.dnssnoop import NameCache, Resolution, parse_dns_packet
+from snitchd.dnssnoop import Resolution, parse_dns_packet
+from snitchd.names import NameCache
 from tests.support import packets
 from tests.support.packets import framed, ipv4
 

@@ -11,6 +11,7 @@ import enum
 import grp
 import tomllib
 from dataclasses import dataclass, fields
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ class Config:
     is decided by uid, never more leniently than the sender's app rules would have); an
     executable larger than `max_hash_bytes` is still hashed, but its packet waits `hash_wait`
     seconds at most, then no rule pinning a digest matches it (procs/hashes.py).
+    `dns_resolvers` lists the servers whose answers may name addresses: addresses, and
+    "system" for the machine's own (`resolv_conf`, systemd-resolved, NetworkManager, local
+    stubs; see `resolvers`); `dns_cache_bytes` bounds the names kept (`names`).
     """
 
     default_action: Action = Action.ALLOW
@@ -61,6 +65,9 @@ class Config:
     snoop_dns: bool = True
     dns_queue: int = 4243
     dns_grace: float = 60.0
+    dns_resolvers: tuple[str, ...] = ("system",)
+    resolv_conf: str = "/etc/resolv.conf"
+    dns_cache_bytes: int = 32 << 20
     log_max_days: float = 30.0
     log_max_rows: int = 1_000_000
     attribution_timeout: float = 2.0
@@ -75,6 +82,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "queue_max_len": (16, 1_000_000),
     "dns_queue": (0, 65535),
     "dns_grace": (0, 86400),
+    "dns_cache_bytes": (1 << 16, 1 << 34),
     "log_max_days": (0.01, 36500),
     "log_max_rows": (100, 1_000_000_000),
     "attribution_timeout": (0.05, 60),
@@ -106,6 +114,8 @@ def _check(key: str, value: Any, source: str) -> Any:
             words = [m.value for m in kind]
             use = ", ".join(words[:-1]) + " or " + words[-1]
             raise ConfigError(f"{source}: {key} = {value!r}: use {use}") from None
+    if isinstance(default, tuple):
+        return _check_resolvers(key, value, source)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} = {value!r}: use true or false")
@@ -121,12 +131,37 @@ def _check(key: str, value: Any, source: str) -> Any:
         return value
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")
+    if key == "resolv_conf" and not value.startswith("/"):
+        raise ConfigError(f"{source}: resolv_conf = {value!r}: expected an absolute path")
     if key == "admin_group":
         try:
             grp.getgrnam(value)
         except (KeyError, ValueError):
             raise ConfigError(f"{source}: admin_group = {value!r}: no such group") from None
     return value
+
+
+def _check_resolvers(key: str, value: Any, source: str) -> tuple[str, ...]:
+    """`dns_resolvers`: a list of "system" and IP addresses, kept as their canonical text."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f"{source}: {key} = {value!r}: expected a non-empty list such as "
+            '["system"] or ["system", "192.0.2.53"]'
+        )
+    found: list[str] = []
+    for item in value:
+        if item == "system":
+            found.append(item)
+            continue
+        try:
+            if not isinstance(item, str):
+                raise ValueError(item)
+            found.append(str(ip_address(item)))
+        except ValueError:
+            raise ConfigError(
+                f'{source}: {key}: {item!r} is neither "system" nor an IP address'
+            ) from None
+    return tuple(dict.fromkeys(found))
 
 
 def load_config(path: Path | None) -> Config:

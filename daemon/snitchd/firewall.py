@@ -33,13 +33,13 @@ from typing import TypeVar
 
 from netfilterqueue import Packet
 
-from snitch_common.errors import PacketError, RuleNotFound, StoreError
+from snitch_common.errors import RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.config import Config, FailMode
 from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
-from snitchd.dnssnoop import NameCache, parse_dns_packet
+from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
 from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
@@ -85,8 +85,6 @@ class Counters:
     rejected: int = 0
     errors: int = 0
     by_default: int = 0
-    dns_answers: int = 0
-    dns_skipped: int = 0
     repeats: int = 0  # packets of a flow already logged with the same verdict: no new row
     unmarked: int = 0  # verdicts the kernel could not keep: those flows come back to the queue
     started: float = field(default_factory=time.time)
@@ -116,7 +114,7 @@ class Firewall:
         self._logged: dict[tuple[object, ...], float] = {}
         self._kept: dict[Flow, _Kept] = {}
         self.rules = RuleSet()
-        self.names = NameCache(grace=config.dns_grace)
+        self.dns = DnsWatch(config, attributor, self.alert, clock, self._lookup_limits)
         self.known_apps: dict[str, str | None] = store.known_apps()
         self._pinned: dict[str, frozenset[str]] = {}
         self._pins: dict[str, dict[str, int]] = {}  # exe -> sha256 -> rules pinning it
@@ -134,6 +132,7 @@ class Firewall:
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self.broker.reconfigure(config.prompt_timeout, config.max_prompts)
+        self.dns.reconfigure(config)
 
     async def check_outside_change(self, now: float) -> None:
         """Another process may have written the rules (sqlite3 by hand, or malware): if so,
@@ -294,8 +293,8 @@ class Firewall:
             self._give(pkt, kept.verdict, flow, proc)
             self._log(kept.verdict, flow, kept.proc, now, kept.host)
             return
-        names = self.names.names(flow.dst, now)
-        host = self.names.best(flow.dst, now) if names else None
+        # Only names this flow's own process (or user, or a system service) resolved.
+        names, host = self.dns.names_for(flow.dst, proc, now)
         if proc.exe is not None and proc.exe not in self.known_apps:
             self._new_app(proc, flow, host, now)
         pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
@@ -382,19 +381,9 @@ class Firewall:
         return found
 
     def on_dns_packet(self, pkt: Packet) -> None:
-        """A DNS answer on its way in: learn its names, and always let it pass."""
-        try:
-            self.names.learn(parse_dns_packet(pkt.get_payload()), self.clock())
-            self.counters.dns_answers += 1
-        except PacketError as exc:
-            self.counters.dns_skipped += 1
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("dns answer skipped: %s", exc)
-        except Exception:
-            self.counters.dns_skipped += 1
-            log.exception("dns answer handling failed")
-        finally:
-            pkt.accept()
+        """A DNS query leaving or an answer arriving: `dnswatch` records, judges, learns; the
+        packet always passes."""
+        self.dns.on_packet(pkt)
 
     def _new_app(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
         assert proc.exe is not None

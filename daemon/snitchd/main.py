@@ -96,7 +96,8 @@ class _Daemon:
         gc.freeze()
         loop = asyncio.get_running_loop()
         reader = QueueReader(config.queue, firewall.on_packet, config.queue_max_len)
-        # DNS answers are copied whole (a name is deep inside), and never held for long.
+        # DNS queries and answers are copied whole (a name is deep inside); an answer is held
+        # only while its query's sender is looked up.
         dns_reader = QueueReader(config.dns_queue, firewall.on_dns_packet, 1024, 65535)
         bus = None
         installed = False
@@ -129,6 +130,7 @@ class _Daemon:
                     tasks.create_task(events.run(), name="event-log"),
                     tasks.create_task(self._sweep(firewall), name="rule-sweeper"),
                     tasks.create_task(self._watchdog(), name="watchdog"),
+                    tasks.create_task(firewall.dns.resolvers.follow(), name="dns-resolvers"),
                 ]
                 await self.stop.wait()
                 for task in background:

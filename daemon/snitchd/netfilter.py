@@ -45,6 +45,7 @@ __all__ = [
     "DENY_MARK",
     "MARK_MASK",
     "REJECT_MARK",
+    "UNASKED_MARK",
     "Backend",
     "Chains",
     "IptablesBackend",
@@ -62,15 +63,21 @@ MARK_MASK = 0xFFFF0000
 ALLOW_MARK = 0x5A1A0000
 DENY_MARK = 0x5A1D0000
 REJECT_MARK = 0x5A1E0000
+UNASKED_MARK = 0x5A150000  # an incoming DNS answer of no conntrack reply flow (dnswatch)
+# Unasked answers looked at, at most, per second: enough to count and alert, while a flood of
+# forged answers costs the packet loop nothing (the rest pass unseen).
+UNASKED_LIMIT = "--limit 50/second --limit-burst 100"
 _VERDICT_MARKS = {Action.ALLOW: ALLOW_MARK, Action.DENY: DENY_MARK, Action.REJECT: REJECT_MARK}
 COMMENT = "snitch"
 QUEUE_CHAIN = "SNITCH_QUEUE"
 REJECT_CHAIN = "SNITCH_REJECT"
 DNS_CHAIN = "SNITCH_DNS"
+DNS_QUERY_CHAIN = "SNITCH_DNSQ"
 _OWN = (
     ("mangle", "OUTPUT", QUEUE_CHAIN),
     ("filter", "OUTPUT", REJECT_CHAIN),
     ("mangle", "INPUT", DNS_CHAIN),
+    ("mangle", "POSTROUTING", DNS_QUERY_CHAIN),
 )
 
 
@@ -81,8 +88,11 @@ def verdict_mark(action: Action) -> int:
 
 @dataclass(frozen=True, slots=True)
 class NetSpec:
-    """`dns_queue`: where DNS answers (source port 53, any interface) are copied for name
-    snooping; they always bypass when nobody reads, since they decide nothing."""
+    """`dns_queue`: where DNS is copied for name snooping (`dnswatch`): the queries leaving
+    (to port 53, in POSTROUTING, so only queries every filter let out) and the answers
+    arriving (from port 53, any interface): those of a conntrack reply flow, and at most
+    `UNASKED_LIMIT` others, marked `UNASKED_MARK`. They always bypass when nobody reads, since
+    they decide nothing."""
 
     queue: int
     fail_open: bool
@@ -206,7 +216,7 @@ class IptablesBackend:
         steps = []
         for tool in self.families:
             redeclared = {QUEUE_CHAIN, REJECT_CHAIN} | (
-                {DNS_CHAIN} if spec.dns_queue is not None else set()
+                {DNS_CHAIN, DNS_QUERY_CHAIN} if spec.dns_queue is not None else set()
             )
             old = self._remove_lines(tool, frozenset(redeclared))
             new = install_lines(tool, spec)
@@ -263,14 +273,32 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
         ]
     reject.append(f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}")
     if spec.dns_queue is not None:
-        dns = f"-j NFQUEUE --queue-num {spec.dns_queue} --queue-bypass"
-        queue += [
-            f":{DNS_CHAIN} - [0:0]",
-            f"-A {DNS_CHAIN} -p udp --sport 53 {dns}",
-            f"-A {DNS_CHAIN} -p tcp --sport 53 {dns}",
-            f"-I INPUT 1 -m comment --comment {COMMENT} -j {DNS_CHAIN}",
-        ]
+        queue += _dns_lines(spec.dns_queue)
     return Chains(tuple(queue), tuple(reject))
+
+
+def _dns_lines(number: int) -> list[str]:
+    """The DNS chains (see `NetSpec`). Answers: a reply of a flow conntrack saw leave (our
+    query) is queued as asked; any other UDP answer is marked unasked, rate-limited, and queued
+    for counting only (a forged TCP answer cannot get past the handshake). Queries: in
+    POSTROUTING, because a queued packet we accept leaves its table at once (NF_ACCEPT), so a
+    recorder in mangle OUTPUT would skip the decision rules after it; appended, so the admin's
+    own mangle POSTROUTING rules run first."""
+    dns = f"-j NFQUEUE --queue-num {number} --queue-bypass"
+    reply = "-m conntrack --ctstate ESTABLISHED --ctdir REPLY"
+    unasked = f"{UNASKED_MARK:#x}/{MARK_MASK:#x}"
+    return [
+        f":{DNS_CHAIN} - [0:0]",
+        f"-A {DNS_CHAIN} -p udp --sport 53 {reply} {dns}",
+        f"-A {DNS_CHAIN} -p tcp --sport 53 {reply} {dns}",
+        f"-A {DNS_CHAIN} -p udp --sport 53 -m limit {UNASKED_LIMIT} -j MARK --set-xmark {unasked}",
+        f"-A {DNS_CHAIN} -p udp --sport 53 -m mark --mark {unasked} {dns}",
+        f"-I INPUT 1 -m comment --comment {COMMENT} -j {DNS_CHAIN}",
+        f":{DNS_QUERY_CHAIN} - [0:0]",
+        f"-A {DNS_QUERY_CHAIN} -p udp --dport 53 {dns}",
+        f"-A {DNS_QUERY_CHAIN} -p tcp --dport 53 -m conntrack --ctstate ESTABLISHED {dns}",
+        f"-A POSTROUTING -m comment --comment {COMMENT} -j {DNS_QUERY_CHAIN}",
+    ]
 
 
 def _restore_text(tables: dict[str, list[str]]) -> str:

@@ -19,7 +19,11 @@ __all__ = ["Status", "status_of"]
 @dataclass(frozen=True, slots=True)
 class Status:
     """The daemon at one moment. `kernel` holds the queue's counters as the kernel reports
-    them (held, queue_dropped, user_dropped, queued_total), empty when it cannot be read."""
+    them (held, queue_dropped, user_dropped, queued_total), empty when it cannot be read.
+    DNS (`dnswatch`): answers believed, skipped (not DNS), unasked (replying to no query of
+    ours: forged, or very late), untrusted (from a server that is not a resolver), duplicates,
+    unowned (the asking socket was gone); queries seen leaving, and those pushed out unanswered
+    by the bounds; the resolvers known now; the name cache's estimated bytes and its bound."""
 
     version: str
     backend: str
@@ -42,6 +46,15 @@ class Status:
     by_default: int
     dns_answers: int
     dns_skipped: int
+    dns_unasked: int
+    dns_untrusted: int
+    dns_duplicates: int
+    dns_unowned: int
+    dns_queries: int
+    dns_queries_pushed_out: int
+    dns_resolvers: int
+    names_bytes: int
+    names_max_bytes: int
     log_rows_written: int
     log_rows_dropped: int
     log_writer_pid: int
@@ -51,7 +64,7 @@ class Status:
 
 
 def status_of(firewall: Firewall, backend: str) -> Status:
-    fw, c = firewall, firewall.counters
+    fw, c, d = firewall, firewall.counters, firewall.dns.counters
     return Status(
         version=__version__,
         backend=backend,
@@ -61,7 +74,7 @@ def status_of(firewall: Firewall, backend: str) -> Status:
         database=fw.store.path,
         started=c.started,
         rules=len(fw.rules),
-        names_known=len(fw.names),
+        names_known=len(fw.dns.names),
         agents=len(fw.broker.agents),
         prompts_open=len(fw.broker.open),
         prompts_asked=fw.broker.asked,
@@ -72,8 +85,17 @@ def status_of(firewall: Firewall, backend: str) -> Status:
         rejected=c.rejected,
         errors=c.errors,
         by_default=c.by_default,
-        dns_answers=c.dns_answers,
-        dns_skipped=c.dns_skipped,
+        dns_answers=d.answers,
+        dns_skipped=d.skipped,
+        dns_unasked=d.unasked,
+        dns_untrusted=d.untrusted,
+        dns_duplicates=d.duplicates,
+        dns_unowned=d.unowned,
+        dns_queries=d.queries,
+        dns_queries_pushed_out=fw.dns.asked.pushed_out,
+        dns_resolvers=len(fw.dns.resolvers.addresses),
+        names_bytes=fw.dns.names.bytes,
+        names_max_bytes=fw.dns.names.max_bytes,
         log_rows_written=fw.events.written,
         log_rows_dropped=fw.events.dropped,
         log_writer_pid=fw.events.writer_pid or 0,

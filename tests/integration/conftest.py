@@ -91,6 +91,9 @@ class Lab:
         self.dns_proc: subprocess.Popen[str] | None = None
         self.db = tmp / "snitch.db"
         self.config_path = tmp / "snitchd.toml"
+        # The client's resolv.conf, as snitchd reads it (`resolv_conf`): the lab's DNS server.
+        self.resolv_conf = tmp / "resolv.conf"
+        self.resolv_conf.write_text("nameserver 192.0.2.2\n")
         # Log lines at WARNING or above that this test provokes on purpose (regexes); any other
         # fails the test, as firewalld's testsuite fails on ERROR or WARNING in its log.
         self.expected_log: list[re.Pattern[str]] = list(AMBIENT_WARNINGS)
@@ -153,6 +156,7 @@ class Lab:
             "default_action": "deny",
             "queue": 4242,
             "prompt_timeout": 5,
+            "resolv_conf": str(self.resolv_conf),
         } | values
         lines = []
         for key, value in conf.items():
@@ -160,6 +164,8 @@ class Lab:
                 lines.append(f"{key} = {'true' if value else 'false'}")
             elif isinstance(value, str):
                 lines.append(f'{key} = "{value}"')
+            elif isinstance(value, list | tuple):
+                lines.append(f"{key} = {json.dumps(list(value))}")
             else:
                 lines.append(f"{key} = {value}")
         self.config_path.write_text("\n".join(lines) + "\n")

@@ -6,6 +6,7 @@ Zone (documentation addresses only):
   cdn.example.net      A     203.0.113.8
   brief.example.org    A     203.0.113.9   (TTL 1)
   v6.example.org       AAAA  2001:db8:1::2
+  other.example.net    A     203.0.113.7   (a second name of api.example.org's address)
 Anything that is not a DNS query is echoed back, so plain UDP tests can use port 53 too.
 Prints "ready" once it listens.
 """
@@ -22,6 +23,7 @@ ZONE = {
     ("www.example.org.", "A"): [("CNAME", "cdn.example.net.", 300), ("A", "203.0.113.8", 300)],
     ("brief.example.org.", "A"): [("A", "203.0.113.9", 1)],
     ("v6.example.org.", "AAAA"): [("AAAA", "2001:db8:1::2", 300)],
+    ("other.example.net.", "A"): [("A", "203.0.113.7", 300)],
 }
 
 

@@ -4,6 +4,8 @@
   netclient.py udp HOST PORT                    reply | refused | timeout   (connected socket)
   netclient.py sendto HOST PORT                 reply | timeout             (never connect())
   netclient.py resolve NAME PORT                as tcp, after an A query to 192.0.2.2
+                                                (--server ADDR: another server; --pause: print
+                                                "resolved", wait for a line on stdin, connect)
 
 With --time the word is followed by the seconds the attempt took (connect or exchange only,
 not the program's start-up). With --hold the TCP connection is kept open and an ECHO is
@@ -29,6 +31,8 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=0.0)
     parser.add_argument("--time", action="store_true")
     parser.add_argument("--send", type=int, default=0, help="tcp: send N bytes, then close")
+    parser.add_argument("--server", default="192.0.2.2", help="resolve: the DNS server to ask")
+    parser.add_argument("--pause", action="store_true", help="resolve: wait for stdin first")
     args = parser.parse_args()
     start = time.monotonic()
     word = attempt(args)
@@ -41,7 +45,7 @@ def attempt(args: argparse.Namespace) -> str:
         # Ask the lab's DNS server (192.0.2.2) for the name, then connect to the answer.
         try:
             answer = dns.query.udp(
-                dns.message.make_query(args.host, "A"), "192.0.2.2", timeout=args.timeout
+                dns.message.make_query(args.host, "A"), args.server, timeout=args.timeout
             )
         except TimeoutError:
             return "dns-timeout"
@@ -49,6 +53,9 @@ def attempt(args: argparse.Namespace) -> str:
         if not addresses:
             return "nxdomain"
         args.mode, args.host = "tcp", addresses[0]
+        if args.pause:
+            print("resolved", flush=True)
+            sys.stdin.readline()
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     kind = socket.SOCK_STREAM if args.mode == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(family, kind)

@@ -54,6 +54,9 @@ def test_every_key_can_be_set() -> None:
         "snoop_dns": False,
         "dns_queue": 7,
         "dns_grace": 0,
+        "dns_resolvers": ("system", "192.0.2.53", "2001:db8::53"),
+        "resolv_conf": "/run/snitch-test/resolv.conf",
+        "dns_cache_bytes": 1 << 20,
         "log_max_days": 0.5,
         "log_max_rows": 100,
         "attribution_timeout": 0.5,
@@ -61,7 +64,7 @@ def test_every_key_can_be_set() -> None:
         "hash_wait": 0,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
-    config = parse_config(data)
+    config = parse_config(data | {"dns_resolvers": list(data["dns_resolvers"])})
     assert config.default_action is Action.DENY
     got = {k: getattr(config, k) for k in data}
     assert {k: v.value if isinstance(v, enum.Enum) else v for k, v in got.items()} == data
@@ -104,7 +107,23 @@ BAD_VALUES = [
     ("log_level", "verbose"),
     ("log_level", "INFO"),
     ("log_level", None),
+    ("dns_resolvers", "system"),
+    ("dns_resolvers", []),
+    ("dns_resolvers", ["system", "resolver.example.org"]),
+    ("dns_resolvers", ["192.0.2.300"]),
+    ("dns_resolvers", [5]),
+    ("resolv_conf", "resolv.conf"),
+    ("dns_cache_bytes", 1000),
+    ("dns_cache_bytes", 1.5),
 ]
+
+
+def test_dns_resolvers_are_kept_as_canonical_addresses_once_each() -> None:
+    """The daemon compares answers' sources with these: one spelling per address."""
+    config = parse_config({"dns_resolvers": ["2001:DB8::0:53", "system", "2001:db8::53"]})
+    assert config.dns_resolvers == ("2001:db8::53", "system")
+    assert Config().dns_resolvers == ("system",)
+    assert Config().dns_cache_bytes == 32 << 20
 
 
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES, ids=[f"{k}={v!r}" for k, v in BAD_VALUES])

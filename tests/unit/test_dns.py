@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snitch_common.errors import PacketError
-from snitchd.dnssnoop import NameCache, Resolution, parse_dns_packet
+from snitchd.dnssnoop import Resolution, parse_dns_packet
+from snitchd.names import NameCache
 from tests.support import packets
 from tests.support.packets import framed
 

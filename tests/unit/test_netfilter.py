@@ -15,6 +15,7 @@ from snitchd.netfilter import (
     DENY_MARK,
     MARK_MASK,
     REJECT_MARK,
+    UNASKED_MARK,
     NetSpec,
     install_lines,
     verdict_mark,
@@ -82,3 +83,40 @@ def test_every_mark_match_is_masked() -> None:
     for line in (*chains.mangle, *chains.filter):
         if "--mark" in line:
             assert line.split("--mark ")[1].split()[0].endswith(f"/{MARK_MASK:#x}"), line
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_dns_answers_are_queued_as_asked_only_in_a_reply_flow(tool: str) -> None:
+    """Issue 13: an answer counts as asked only if conntrack saw our query leave (ESTABLISHED,
+    reply direction); any other UDP answer is marked unasked, rate-limited, before the queue
+    sees it, so a flood of forged answers never reaches Python whole."""
+    mangle = install_lines(tool, NetSpec(1, fail_open=True, dns_queue=2)).mangle
+    dns = [ln for ln in mangle if ln.startswith("-A SNITCH_DNS ")]
+    reply = "-m conntrack --ctstate ESTABLISHED --ctdir REPLY"
+    queue = "-j NFQUEUE --queue-num 2 --queue-bypass"
+    assert dns[:2] == [
+        f"-A SNITCH_DNS -p udp --sport 53 {reply} {queue}",
+        f"-A SNITCH_DNS -p tcp --sport 53 {reply} {queue}",
+    ]
+    unasked = f"{UNASKED_MARK:#x}/{MARK_MASK:#x}"
+    assert dns[2].startswith("-A SNITCH_DNS -p udp --sport 53 -m limit --limit ")
+    assert dns[2].endswith(f"-j MARK --set-xmark {unasked}")
+    assert dns[3] == f"-A SNITCH_DNS -p udp --sport 53 -m mark --mark {unasked} {queue}"
+    assert len(dns) == 4, "no other answer is queued"
+    assert UNASKED_MARK & ~MARK_MASK == 0
+    assert UNASKED_MARK not in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_dns_queries_are_recorded_after_every_filter(tool: str) -> None:
+    """The query recorder sits in POSTROUTING, appended: a queued packet we accept leaves its
+    table at once, so in mangle OUTPUT it would skip the decision rules after it."""
+    mangle = install_lines(tool, NetSpec(1, fail_open=True, dns_queue=2)).mangle
+    assert "-A POSTROUTING -m comment --comment snitch -j SNITCH_DNSQ" in mangle
+    assert not any("OUTPUT" in ln and "DNSQ" in ln for ln in mangle)
+    queue = "-j NFQUEUE --queue-num 2 --queue-bypass"
+    assert [ln for ln in mangle if ln.startswith("-A SNITCH_DNSQ ")] == [
+        f"-A SNITCH_DNSQ -p udp --dport 53 {queue}",
+        f"-A SNITCH_DNSQ -p tcp --dport 53 -m conntrack --ctstate ESTABLISHED {queue}",
+    ]
+    assert not any("DNS" in ln for ln in install_lines(tool, NetSpec(1, fail_open=True)).mangle)
