@@ -353,8 +353,8 @@ class Firewall:
         return entries
 
     def _blocking_rules(self, *, strip_exe: bool) -> RuleSet:
-        """The rules that deny or reject and name an app (`strip_exe`: any app; else with their
-        sha256 pin left out), built once per rule change, when a lookup first runs late."""
+        """The rules that deny or reject and name an app or a parent (`strip_exe`: any app, any
+        parent; else those pinning a digest, with their pin left out), built once per rule change, when a lookup first runs late."""
         source, sets = self._blocking
         if source != self._rules_key():
             sets = {}
@@ -364,14 +364,18 @@ class Firewall:
             entries = [
                 (
                     rule_id,
-                    dataclasses.replace(rule, exe=None, sha256=None)
+                    dataclasses.replace(
+                        rule, exe=None, sha256=None, script=None, parent=None, parent1=None
+                    )
                     if strip_exe
                     else dataclasses.replace(rule, sha256=None),
                 )
                 for rule_id, rule in self.rule_entries()
                 if rule.action is not Action.ALLOW
-                and rule.exe is not None
-                and (strip_exe or rule.sha256 is not None)
+                and (
+                    (strip_exe and (rule.exe or rule.parent or rule.parent1))
+                    or (rule.exe is not None and rule.sha256 is not None)
+                )
             ]
             found = sets[strip_exe] = RuleSet(entries)
         return found
