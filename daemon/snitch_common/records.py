@@ -65,8 +65,9 @@ class Process:
     bind-mount anything over `/usr/bin/curl`): no rule naming an app matches it then.
     `interpreted`: `exe` is an interpreter (config `interpreters`), and `script` the file it runs
     (None: inline code, `-c`, stdin or a module), resolved against the process's cwd;
-    `script_env` names the variables set that load other code into that interpreter
-    (PYTHONPATH, BASH_ENV, ...): a rule naming the script does not match then. `preload`: the
+    `script_doubts` says why that name is not to be trusted ("PYTHONPATH set": a variable that
+    loads other code into the interpreter; "its path unverified"): a rule naming the script
+    does not match then. `preload`: the
     LD_PRELOAD/LD_AUDIT libraries its memory maps; `tracer`: the pid that ptrace-attached it.
     `user_writable`: someone other than root can change the executable (its answers are always
     pinned to its sha256). Parents' labels are verified paths, else `[comm]` or `?path`.
@@ -85,7 +86,7 @@ class Process:
     verified: bool = True
     interpreted: bool = False
     script: str | None = None
-    script_env: tuple[str, ...] = ()
+    script_doubts: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
     tracer: int | None = None
     user_writable: bool = False
@@ -113,8 +114,8 @@ class Process:
             notes.append("unverified executable")
         if self.interpreted:
             notes.append(f"script {self.script}" if self.script is not None else "inline code")
-        if self.script_env:
-            notes.append("script not trusted: " + ", ".join(self.script_env) + " set")
+        if self.script_doubts:
+            notes.append("script not trusted: " + ", ".join(self.script_doubts))
         notes.extend(f"preloaded {lib}" for lib in self.preload)
         if self.tracer is not None:
             notes.append(f"traced by pid {self.tracer}")

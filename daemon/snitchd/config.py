@@ -16,9 +16,35 @@ from typing import Any
 from snitch_common.errors import ConfigError
 from snitch_common.rules import Action
 
-__all__ = ["DEFAULT_PATH", "Config", "FailMode", "load_config", "parse_config"]
+__all__ = [
+    "DEFAULT_INTERPRETERS",
+    "DEFAULT_PATH",
+    "Config",
+    "FailMode",
+    "load_config",
+    "parse_config",
+]
 
 DEFAULT_PATH = Path("/etc/snitch/snitchd.toml")
+# Executables whose identity includes the script they run (`script=` rules); a version suffix
+# is allowed (python3.11, lua5.4). How each one's command line is read: snitchd/procs/scripts.py.
+DEFAULT_INTERPRETERS = (
+    "python",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "php",
+    "lua",
+    "luajit",
+    "bash",
+    "sh",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "java",
+)
 
 FailMode = str  # "open" | "closed"
 
@@ -33,6 +59,10 @@ class Config:
     is decided by uid, never more leniently than the sender's app rules would have); an
     executable larger than `max_hash_bytes` is still hashed, but its packet waits `hash_wait`
     seconds at most, then no rule pinning a digest matches it (procs/hashes.py).
+    `interpreters`: the executables whose script is part of who they are (read at start).
+    `pin_answers`: a rule made by answering a prompt pins the executable's sha256 — for every
+    executable ("always"), or only for those someone other than root can change
+    ("user-writable": root-owned apps then keep their rules across package upgrades).
     """
 
     default_action: Action = Action.ALLOW
@@ -54,11 +84,14 @@ class Config:
     attribution_timeout: float = 2.0
     max_hash_bytes: int = 256 << 20
     hash_wait: float = 1.0
+    interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS
+    pin_answers: str = "always"
 
 
 _CHOICES = {
     "fail_mode": ("open", "closed"),
     "log_level": ("debug", "info", "warning", "error"),
+    "pin_answers": ("always", "user-writable"),
 }
 _RANGES: dict[str, tuple[float, float]] = {
     "queue": (0, 65535),
@@ -108,6 +141,15 @@ def _check(key: str, value: Any, source: str) -> Any:
         if not lo <= value <= hi:
             raise ConfigError(f"{source}: {key} = {value!r}: must be between {lo:g} and {hi:g}")
         return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and v and "/" not in v for v in value
+        ):
+            raise ConfigError(
+                f"{source}: {key} = {value!r}: expected a list of executable names, "
+                'e.g. ["python", "bash"]'
+            )
+        return tuple(value)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")
     if key in _CHOICES and value not in _CHOICES[key]:

@@ -102,7 +102,7 @@ def _matches(rule: Rule, flow: Flow, proc: Process, names: frozenset[str], now: 
         rule.exe != proc.exe
         or not proc.verified
         or (rule.sha256 is not None and rule.sha256 != proc.sha256)
-        or (rule.script is not None and (rule.script != proc.script or proc.script_env))
+        or (rule.script is not None and (rule.script != proc.script or proc.script_doubts))
     ):
         return False
     if rule.parent1 is not None and (not proc.parents or proc.parents[0][1] != rule.parent1):

@@ -354,7 +354,8 @@ class Firewall:
 
     def _blocking_rules(self, *, strip_exe: bool) -> RuleSet:
         """The rules that deny or reject and name an app or a parent (`strip_exe`: any app, any
-        parent; else those pinning a digest, with their pin left out), built once per rule change, when a lookup first runs late."""
+        parent; else those pinning a digest, with their pin left out), built once per rule
+        change, when a lookup first runs late."""
         source, sets = self._blocking
         if source != self._rules_key():
             sets = {}

@@ -85,7 +85,7 @@ class _Daemon:
             max_open=config.max_prompts,
             is_admin=lambda uid: is_admin(uid, self.config.admin_group),
         )
-        attributor = Attributor()
+        attributor = Attributor(interpreters=config.interpreters)
         marks = ConnMarks()
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
         broker.attach(firewall)
@@ -161,7 +161,11 @@ class _Daemon:
         _notify("RELOADING=1")
         try:
             new = load_config(self.config_path)
-            fixed = [k for k in ("queue", "database") if getattr(new, k) != getattr(self.config, k)]
+            fixed = [
+                k
+                for k in ("queue", "database", "interpreters")
+                if getattr(new, k) != getattr(self.config, k)
+            ]
             if fixed:
                 raise ConfigError(f"{', '.join(fixed)} cannot change on reload: restart snitchd")
             if self._spec(new) != self._spec(self.config):

@@ -58,9 +58,11 @@ def test_every_key_can_be_set() -> None:
         "attribution_timeout": 0.5,
         "max_hash_bytes": 1 << 30,
         "hash_wait": 0,
+        "interpreters": ("python", "tclsh"),
+        "pin_answers": "user-writable",
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
-    config = parse_config(data)
+    config = parse_config({**data, "interpreters": list(data["interpreters"])})  # TOML: a list
     assert config.default_action is Action.DENY
     assert {k: getattr(config, k) for k in data if k != "default_action"} == {
         k: v for k, v in data.items() if k != "default_action"
@@ -104,6 +106,11 @@ BAD_VALUES = [
     ("log_level", "verbose"),
     ("log_level", "INFO"),
     ("log_level", None),
+    ("pin_answers", "never"),
+    ("interpreters", "python"),
+    ("interpreters", ["/usr/bin/python3"]),
+    ("interpreters", [""]),
+    ("interpreters", [3]),
 ]
 
 

@@ -264,7 +264,7 @@ def test_script_rule_matches_only_its_script() -> None:
     assert winner(rules, flow(), py()) == 1
     assert winner(rules, flow(), py("/home/u/bad.py")) is None
     assert winner(rules, flow(), py(None)) is None
-    assert winner(rules, flow(), py(script_env=("PYTHONPATH",))) is None
+    assert winner(rules, flow(), py(script_doubts=("PYTHONPATH",))) is None
 
 
 def test_script_rule_beats_the_interpreter_rule() -> None:
@@ -541,7 +541,7 @@ def _identity(draw: st.DrawFn) -> dict[str, Any]:
         "verified": draw(st.integers(0, 3)) > 0,
         "interpreted": True,
         "script": draw(st.none() | st.sampled_from(SCRIPTS)),
-        "script_env": draw(st.sampled_from([(), ("PYTHONPATH",)])),
+        "script_doubts": draw(st.sampled_from([(), ("PYTHONPATH",)])),
         "preload": draw(st.sampled_from([(), (), ("/tmp/x.so",)])),
         "tracer": draw(st.sampled_from([None, None, 7])),
         "parents": draw(
@@ -615,7 +615,7 @@ def _identity_for(draw: st.DrawFn, rule: Rule) -> dict[str, Any]:
     return {
         "verified": True,
         "script": rule.script,
-        "script_env": (),
+        "script_doubts": (),
         "preload": (),
         "tracer": None,
         "parents": tuple(parents),
