@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import os
 import pwd
 import re
 import shlex
@@ -21,7 +22,16 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from snitch_common.errors import RuleError
 from snitch_common.records import Proto
 
-__all__ = ["Action", "Lifetime", "Rule", "RuleRecord", "parse_duration", "parse_rule"]
+__all__ = [
+    "DEFAULT_INTERPRETERS",
+    "Action",
+    "Lifetime",
+    "Rule",
+    "RuleRecord",
+    "interpreter_name",
+    "parse_duration",
+    "parse_rule",
+]
 
 IPNetwork = IPv4Network | IPv6Network
 
@@ -71,6 +81,39 @@ _KEYS = (
     "pid",
     "start",
 )
+
+
+# Executables whose identity includes the script they run (`script=`), as snitchd's config
+# `interpreters` lists them by default; how each one's command line is read:
+# snitchd/procs/scripts.py.
+DEFAULT_INTERPRETERS = (
+    "python",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "php",
+    "lua",
+    "luajit",
+    "bash",
+    "sh",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "java",
+)
+_VERSION_SUFFIX = re.compile(r"(.*?)[0-9][0-9.]*")
+
+
+def interpreter_name(exe: str, names: tuple[str, ...] | frozenset[str]) -> str | None:
+    """The name of `names` that `exe` is, maybe with a version suffix (realpath makes
+    /usr/bin/python3 /usr/bin/python3.11), or None when it is no interpreter."""
+    base = os.path.basename(exe)
+    if base in names:
+        return base
+    m = _VERSION_SUFFIX.fullmatch(base)
+    return m.group(1) if m is not None and m.group(1) in names else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +182,15 @@ class Rule:
         if self.start is not None:
             parts.append(f"start={self.start!r}")
         return " ".join(parts)
+
+    def covers_every_script(self, interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS) -> bool:
+        """Whether this rule names an interpreter but no script: it then holds for every script
+        that interpreter runs (`list-rules` says so)."""
+        return (
+            self.exe is not None
+            and self.script is None
+            and interpreter_name(self.exe, interpreters) is not None
+        )
 
     @property
     def is_stored(self) -> bool:

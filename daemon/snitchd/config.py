@@ -14,37 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from snitch_common.errors import ConfigError
-from snitch_common.rules import Action
+from snitch_common.rules import DEFAULT_INTERPRETERS, Action
 
-__all__ = [
-    "DEFAULT_INTERPRETERS",
-    "DEFAULT_PATH",
-    "Config",
-    "FailMode",
-    "load_config",
-    "parse_config",
-]
+__all__ = ["DEFAULT_PATH", "Config", "FailMode", "load_config", "parse_config"]
 
 DEFAULT_PATH = Path("/etc/snitch/snitchd.toml")
-# Executables whose identity includes the script they run (`script=` rules); a version suffix
-# is allowed (python3.11, lua5.4). How each one's command line is read: snitchd/procs/scripts.py.
-DEFAULT_INTERPRETERS = (
-    "python",
-    "perl",
-    "ruby",
-    "node",
-    "nodejs",
-    "php",
-    "lua",
-    "luajit",
-    "bash",
-    "sh",
-    "dash",
-    "zsh",
-    "ksh",
-    "mksh",
-    "java",
-)
 
 FailMode = str  # "open" | "closed"
 

@@ -132,7 +132,9 @@ class Firewall:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
-        self.broker.reconfigure(config.prompt_timeout, config.max_prompts)
+        self.broker.reconfigure(
+            config.prompt_timeout, config.max_prompts, config.pin_answers == "always"
+        )
 
     async def check_outside_change(self, now: float) -> None:
         """Another process may have written the rules (sqlite3 by hand, or malware): if so,
@@ -480,8 +482,11 @@ class Firewall:
         if self._repeat((flow, verdict.action, verdict.rule_id, proc.pid, proc.uid, proc.exe), now):
             self.counters.repeats += 1
             return
+        reason = verdict.reason
+        if notes := proc.notes():  # unverified, script, preloaded, traced (issue 14)
+            reason = f"{reason} [{'; '.join(notes)}]"
         self.events.record(
-            Decision(now, flow, proc, verdict.action.value, verdict.rule_id, verdict.reason, host)
+            Decision(now, flow, proc, verdict.action.value, verdict.rule_id, reason, host)
         )
 
     def _keep(self, flow: Flow, action: Action) -> bool:

@@ -84,6 +84,7 @@ class _Daemon:
             timeout=config.prompt_timeout,
             max_open=config.max_prompts,
             is_admin=lambda uid: is_admin(uid, self.config.admin_group),
+            pin_root=config.pin_answers == "always",
         )
         attributor = Attributor(interpreters=config.interpreters)
         marks = ConnMarks()

@@ -16,6 +16,7 @@ import snitch_common.rules
 from snitch_common.errors import RuleError
 from snitch_common.records import Proto
 from snitch_common.rules import Action, Lifetime, Rule, parse_duration, parse_rule
+from snitchctl.main import rule_warnings
 
 HASH = "0123456789abcdef" * 4
 
@@ -441,3 +442,25 @@ def test_ipv6_network_round_trips() -> None:
     rule = parse_rule("deny to=2001:db8:1::/48")
     assert rule.dst == IPv6Network("2001:db8:1::/48")
     assert parse_rule(str(rule)) == rule
+
+
+@pytest.mark.parametrize(
+    ("text", "warned"),
+    [
+        ("allow app=/usr/bin/python3.11", True),
+        ("allow app=/usr/bin/bash to=example.org", True),
+        ("deny app=/usr/bin/perl", True),
+        ("allow app=/usr/bin/python3 script=/home/u/ok.py", False),
+        ("allow app=/usr/bin/curl", False),
+        ("allow app=/usr/bin/pythonista", False),
+        ("allow port=443", False),
+    ],
+)
+def test_list_rules_warns_that_an_interpreter_rule_without_script_covers_every_script(
+    text: str, warned: bool
+) -> None:
+    """`allow app=/usr/bin/python3` lets every Python program through (issue 14): list-rules
+    says so, so nobody mistakes it for a rule about one script."""
+    warnings = rule_warnings(text)
+    assert bool(warnings) is warned
+    assert all("every script" in w for w in warnings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from snitchd.config import DEFAULT_INTERPRETERS
+from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.procs.scripts import Interpreters, script_of
 
 

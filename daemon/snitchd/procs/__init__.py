@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snitch_common.records import Flow, Process
-from snitchd.config import DEFAULT_INTERPRETERS
+from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.procs.details import Details, Stat, process_alive, read_stat
 from snitchd.procs.hashes import Hashes, Hashing
 from snitchd.procs.owners import NEED_SCAN, Owners

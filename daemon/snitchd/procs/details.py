@@ -20,7 +20,7 @@ import threading
 import psutil
 
 from snitch_common.records import Attribution, Process
-from snitchd.config import DEFAULT_INTERPRETERS
+from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.procs.identity import (
     preloaded,
     read_environ,

@@ -13,13 +13,11 @@ rule naming the script does not match it. Pure: no I/O.
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 
-__all__ = ["CODE_ENV", "Interpreters", "family_of", "script_of"]
+from snitch_common.rules import interpreter_name
 
-_VERSION = re.compile(r"[0-9][0-9.]*")
+__all__ = ["CODE_ENV", "Interpreters", "family_of", "script_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +86,8 @@ class Interpreters:
     def family(self, exe: str) -> str | None:
         """The family of `exe` ("python", "sh", ... or "" for a configured name we have no
         reading for), or None when it is not an interpreter."""
-        base = os.path.basename(exe)
-        name = base
-        if base not in self.names:
-            m = re.match(r"(.*?)" + _VERSION.pattern + "$", base)
-            if m is None or m.group(1) not in self.names:
-                return None
-            name = m.group(1)
-        return family_of(name)
+        name = interpreter_name(exe, self.names)
+        return None if name is None else family_of(name)
 
 
 def family_of(name: str) -> str:
