@@ -121,6 +121,7 @@ class Firewall:
         self._pins: dict[str, dict[str, int]] = {}  # exe -> sha256 -> rules pinning it
         self._expirable: dict[int, RuleRecord] = {}
         self._changed_seen: set[tuple[str, str | None]] = set()
+        self._doubted: dict[tuple[str, str], None] = {}  # (exe, kind) alerted, oldest first
         self._ifnames: dict[int, str] = {}
         self._changing = asyncio.Lock()  # one rule change (or outside reload) at a time
         self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
@@ -298,6 +299,8 @@ class Firewall:
         host = self.names.best(flow.dst, now) if names else None
         if proc.exe is not None and proc.exe not in self.known_apps:
             self._new_app(proc, flow, host, now)
+        if proc.exe is not None and (proc.tampered or not proc.verified):
+            self._identity_doubted(proc, now)
         pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
         if pinned and proc.sha256 not in pinned:
             self._exe_changed(proc, pinned, now)
@@ -427,6 +430,28 @@ class Firewall:
             Alert(
                 "exe-changed",
                 f"{what} ({', '.join(sorted(pinned))}); those rules do not match it",
+                now,
+                proc.uid,
+                proc.exe,
+            )
+        )
+
+    def _identity_doubted(self, proc: Process, now: float) -> None:
+        """Alert once per executable and doubt: an unverified path, or injected code (issue 14)."""
+        assert proc.exe is not None
+        kind = "unverified-exe" if not proc.verified else "injected-code"
+        key = (proc.exe, kind)
+        if key in self._doubted:
+            return
+        self._doubted[key] = None
+        if len(self._doubted) > _REPEATS_MAX:
+            del self._doubted[next(iter(self._doubted))]
+        what = ", ".join(n for n in proc.notes() if not n.startswith(("script ", "inline code")))
+        self.alert(
+            Alert(
+                kind,
+                f"{proc.exe} (pid {proc.pid}): {what}; rules naming it "
+                + ("do not match it" if kind == "unverified-exe" else "do not allow it"),
                 now,
                 proc.uid,
                 proc.exe,
