@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import functools
 import math
-import os
 import pwd
 import re
 import shlex
@@ -109,7 +108,7 @@ _VERSION_SUFFIX = re.compile(r"(.*?)[0-9][0-9.]*")
 def interpreter_name(exe: str, names: tuple[str, ...] | frozenset[str]) -> str | None:
     """The name of `names` that `exe` is, maybe with a version suffix (realpath makes
     /usr/bin/python3 /usr/bin/python3.11), or None when it is no interpreter."""
-    base = os.path.basename(exe)
+    base = exe.rpartition("/")[2]
     if base in names:
         return base
     m = _VERSION_SUFFIX.fullmatch(base)
