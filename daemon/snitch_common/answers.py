@@ -25,6 +25,7 @@ __all__ = [
     "Action",
     "Answer",
     "Scope",
+    "default_duration",
     "domain_of",
     "parse_answer",
     "rule_for_answer",
@@ -38,7 +39,9 @@ class Scope(enum.Enum):
     HOST = "host"  # this destination, any port
     DOMAIN = "domain"  # any host of this domain (needs a name)
     PORT = "port"  # any destination on this port and protocol
-    APP = "app"  # anything this app does
+    APP = "app"  # anything this app does (an interpreter: whatever script it runs)
+    SCRIPT = "script"  # anything this script does (needs a script)
+    PARENT = "parent"  # anything this app does when started by its direct parent
 
 
 # The durations agents offer, with the label the popup shows; any `Nm` is accepted too.
@@ -93,16 +96,36 @@ def parse_answer(prompt_id: int, action: str, duration: str, scope: str) -> Answ
     return Answer(prompt_id, act, duration, sc)
 
 
+def default_duration(verified: bool, tampered: bool) -> str:
+    """The duration an agent preselects: `once` for an unverified executable or one running
+    injected code, for which `rule_for_answer` makes no lasting rule (or no allow rule)."""
+    return DEFAULT_DURATION if verified and not tampered else "once"
+
+
 def domain_of(host: str) -> str:
     """The domain a `domain` answer covers: `a.example.org` → `*.example.org`."""
     return "*." + (host.split(".", 1)[1] if host.count(".") > 1 else host)
 
 
 def rule_for_answer(
-    flow: Flow, proc: Process, host: str | None, answer: Answer, *, admin: bool
+    flow: Flow,
+    proc: Process,
+    host: str | None,
+    answer: Answer,
+    *,
+    admin: bool,
+    pin_root: bool = True,
 ) -> Rule:
     """The rule an answer means. A rule made by a non-admin is limited to that user's own
-    processes, so one user's answer can never open or close anything for another."""
+    processes, so one user's answer can never open or close anything for another.
+
+    Who it names is who asked, as far as it could be checked (issue 14): the executable pinned
+    to its sha256 when someone other than root can change it, and when `pin_root` (config
+    `pin_answers = "always"`, the default) root-owned ones too; an interpreter's script, except
+    for `app` (whatever it runs); the direct parent for `parent`. An unverified executable only
+    gets a once answer (a rule would name another file's path), and so does an allow for a
+    process running injected code (its app's rule would not match it)."""
+    _check_identity(proc, answer)
     ported = flow.proto in (Proto.TCP, Proto.UDP)
     proto = flow.proto if flow.proto is not Proto.OTHER else None
     dst = None
@@ -119,15 +142,27 @@ def rule_for_answer(
             dst = ip_network(flow.dst)
     if answer.scope in (Scope.EXACT, Scope.PORT) and ported:
         ports = (flow.dport, flow.dport)
-    if answer.scope in (Scope.HOST, Scope.DOMAIN, Scope.APP):
+    if answer.scope in (Scope.HOST, Scope.DOMAIN, Scope.APP, Scope.SCRIPT, Scope.PARENT):
         proto = None
+    script = proc.script if answer.scope is not Scope.APP and not proc.script_doubts else None
+    if answer.scope is Scope.SCRIPT and script is None:
+        raise PromptError(f"scope 'script' needs a script: {_no_script(proc)}")
+    parent1 = None
+    if answer.scope is Scope.PARENT:
+        parent1 = proc.parents[0][1] if proc.parents else None
+        if parent1 is None or not parent1.startswith("/"):
+            raise PromptError("scope 'parent' needs a parent whose executable was verified")
     if answer.scope is Scope.PORT and not ported:
         raise PromptError(f"scope 'port' needs TCP or UDP, not {flow.proto.value}")
     lifetime, minutes = answer.lifetime
     per_process = lifetime is Lifetime.PROCESS
+    pinned = proc.exe is not None and (pin_root or proc.user_writable)
     return Rule(
         action=answer.action,
         exe=proc.exe,
+        sha256=proc.sha256 if pinned else None,
+        script=script,
+        parent1=parent1,
         user=None if admin else proc.uid,
         dst=dst,
         host=rule_host,
@@ -138,3 +173,27 @@ def rule_for_answer(
         pid=proc.pid if per_process else None,
         start=proc.start_time if per_process else None,
     )
+
+
+def _check_identity(proc: Process, answer: Answer) -> None:
+    if answer.lifetime[0] is Lifetime.ONCE or proc.exe is None:
+        return
+    if not proc.verified:
+        raise PromptError(
+            f"cannot make a rule for {proc.exe}: the executable is unverified (no file at that "
+            "path here is the one it runs); answer once, or write a rule without app="
+        )
+    if proc.tampered and answer.action is Action.ALLOW:
+        raise PromptError(
+            f"cannot make an allow rule for {proc.exe}: it runs code not of its executable "
+            f"({', '.join(n for n in proc.notes() if n.startswith(('preloaded', 'traced')))}) "
+            "and its app's allow rules do not match it; answer once"
+        )
+
+
+def _no_script(proc: Process) -> str:
+    if not proc.interpreted:
+        return f"{proc.exe or 'this process'} is not an interpreter"
+    if proc.script is None:
+        return "this is inline code"
+    return "this script cannot be trusted (" + ", ".join(proc.script_doubts) + ")"

@@ -87,6 +87,10 @@ class PromptView:
     host: str | None
     deadline: float
     default_action: str
+    verified: bool = True
+    tampered: bool = False
+    script: str | None = None  # the script's path, "inline code", or None (no interpreter)
+    notes: tuple[str, ...] = ()  # what was checked of who it is, as the log says it
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptView:
@@ -106,6 +110,10 @@ class PromptView:
             host=d.get("host"),
             deadline=float(d.get("deadline", 0.0)),
             default_action=str(d.get("default_action", "deny")),
+            verified=bool(d.get("verified", True)),
+            tampered=bool(d.get("tampered", False)),
+            script=d.get("script"),
+            notes=tuple(str(n) for n in d.get("notes", ())),
         )
 
     @property

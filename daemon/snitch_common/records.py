@@ -58,7 +58,20 @@ class Attribution(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Process:
     """Who sent a flow. `pid` and `exe` are None when the socket was found but not its process
-    (it exited, or it is not visible), and `uid` too when there was no socket at all (kernel)."""
+    (it exited, or it is not visible), and `uid` too when there was no socket at all (kernel).
+
+    What Linux lets us check of who it is (issue 14): `verified` is False when no path in
+    snitchd's own mount namespace has the executable's device and inode (a user namespace can
+    bind-mount anything over `/usr/bin/curl`): no rule naming an app matches it then.
+    `interpreted`: `exe` is an interpreter (config `interpreters`), and `script` the file it runs
+    (None: inline code, `-c`, stdin or a module), resolved against the process's cwd;
+    `script_doubts` says why that name is not to be trusted ("PYTHONPATH set": a variable that
+    loads other code into the interpreter; "its path unverified"): a rule naming the script
+    does not match then. `preload`: the
+    LD_PRELOAD/LD_AUDIT libraries its memory maps; `tracer`: the pid that ptrace-attached it.
+    `user_writable`: someone other than root can change the executable (its answers are always
+    pinned to its sha256). Parents' labels are verified paths, else `[comm]` or `?path`.
+    """
 
     attribution: Attribution
     pid: int | None = None
@@ -70,6 +83,43 @@ class Process:
     start_time: float | None = None
     sha256: str | None = None
     parents: tuple[tuple[int, str], ...] = ()
+    verified: bool = True
+    interpreted: bool = False
+    script: str | None = None
+    script_doubts: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
+    tracer: int | None = None
+    user_writable: bool = False
+
+    @property
+    def tampered(self) -> bool:
+        """Code not of its executable may run in it (a preloaded library, a tracer): it does
+        not pass for its app, so no allow rule that names who it is matches it."""
+        return bool(self.preload) or self.tracer is not None
+
+    @property
+    def script_label(self) -> str | None:
+        """The script as people read it: its path, "inline code", or None (not interpreted)."""
+        if not self.interpreted:
+            return None
+        return self.script if self.script is not None else "inline code"
+
+    def notes(self) -> tuple[str, ...]:
+        """What the log and the prompt say about this identity besides the path, each a short
+        phrase: "unverified", "script /x.py", "LD_PRELOAD /tmp/x.so", "traced by pid 7"."""
+        if self.exe is None:
+            return ()
+        notes: list[str] = []
+        if not self.verified:
+            notes.append("unverified executable")
+        if self.interpreted:
+            notes.append(f"script {self.script}" if self.script is not None else "inline code")
+        if self.script_doubts:
+            notes.append("script not trusted: " + ", ".join(self.script_doubts))
+        notes.extend(f"preloaded {lib}" for lib in self.preload)
+        if self.tracer is not None:
+            notes.append(f"traced by pid {self.tracer}")
+        return tuple(notes)
 
     @classmethod
     def kernel(cls) -> Process:
@@ -84,4 +134,5 @@ class Process:
             return "kernel"
         if self.exe is None:
             return f"uid {self.uid} (process not found)"
-        return f"{self.exe} (pid {self.pid}, uid {self.uid})"
+        notes = "".join(f", {note}" for note in self.notes())
+        return f"{self.exe} (pid {self.pid}, uid {self.uid}{notes})"

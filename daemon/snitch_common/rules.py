@@ -21,7 +21,16 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from snitch_common.errors import RuleError
 from snitch_common.records import Proto
 
-__all__ = ["Action", "Lifetime", "Rule", "RuleRecord", "parse_duration", "parse_rule"]
+__all__ = [
+    "DEFAULT_INTERPRETERS",
+    "Action",
+    "Lifetime",
+    "Rule",
+    "RuleRecord",
+    "interpreter_name",
+    "parse_duration",
+    "parse_rule",
+]
 
 IPNetwork = IPv4Network | IPv6Network
 
@@ -55,7 +64,55 @@ _SHLEX_WORD = re.compile(r"[^ \t\r\n]+")
 # rules cost (61 -> 28 MB). Strings are interned (they go with their last rule); networks and
 # port ranges come from caches of this many recent texts, so the caches stay small.
 _SHARED_TEXTS = 1024
-_KEYS = ("app", "sha256", "user", "to", "port", "proto", "iface", "for", "until", "pid", "start")
+_KEYS = (
+    "app",
+    "sha256",
+    "script",
+    "parent1",
+    "parent",
+    "user",
+    "to",
+    "port",
+    "proto",
+    "iface",
+    "for",
+    "until",
+    "pid",
+    "start",
+)
+
+
+# Executables whose identity includes the script they run (`script=`), as snitchd's config
+# `interpreters` lists them by default; how each one's command line is read:
+# snitchd/procs/scripts.py.
+DEFAULT_INTERPRETERS = (
+    "python",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "php",
+    "lua",
+    "luajit",
+    "bash",
+    "sh",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "java",
+)
+_VERSION_SUFFIX = re.compile(r"(.*?)[0-9][0-9.]*")
+
+
+def interpreter_name(exe: str, names: tuple[str, ...] | frozenset[str]) -> str | None:
+    """The name of `names` that `exe` is, maybe with a version suffix (realpath makes
+    /usr/bin/python3 /usr/bin/python3.11), or None when it is no interpreter."""
+    base = exe.rpartition("/")[2]
+    if base in names:
+        return base
+    m = _VERSION_SUFFIX.fullmatch(base)
+    return m.group(1) if m is not None and m.group(1) in names else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +122,8 @@ class Rule:
     `host` is an exact name or ``*.domain`` (which also matches the domain itself); `dst` an
     address or network. At most one of the two is set. `minutes`/`until` belong to
     Lifetime.MINUTES (`until` is stamped when the rule is added); `pid`/`start` to PROCESS.
+    `script` is the file an interpreter runs (needs `exe`); `parent` the executable of any
+    ancestor, `parent1` of the direct parent.
     """
 
     action: Action
@@ -81,6 +140,9 @@ class Rule:
     until: float | None = None
     pid: int | None = None
     start: float | None = None
+    script: str | None = None
+    parent: str | None = None
+    parent1: str | None = None
 
     def __str__(self) -> str:
         parts = [self.action.value]
@@ -88,6 +150,12 @@ class Rule:
             parts.append("app=" + shlex.quote(self.exe))
         if self.sha256 is not None:
             parts.append("sha256=" + self.sha256)
+        if self.script is not None:
+            parts.append("script=" + shlex.quote(self.script))
+        if self.parent1 is not None:
+            parts.append("parent1=" + shlex.quote(self.parent1))
+        if self.parent is not None:
+            parts.append("parent=" + shlex.quote(self.parent))
         if self.user is not None:
             parts.append(f"user={self.user}")
         if self.dst is not None:
@@ -113,6 +181,15 @@ class Rule:
         if self.start is not None:
             parts.append(f"start={self.start!r}")
         return " ".join(parts)
+
+    def covers_every_script(self, interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS) -> bool:
+        """Whether this rule names an interpreter but no script: it then holds for every script
+        that interpreter runs (`list-rules` says so)."""
+        return (
+            self.exe is not None
+            and self.script is None
+            and interpreter_name(self.exe, interpreters) is not None
+        )
 
     @property
     def is_stored(self) -> bool:
@@ -248,10 +325,11 @@ def _split(text: str) -> list[str]:
 
 
 def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
-    if key == "app":
+    if key in ("app", "script", "parent", "parent1"):
         if not value.startswith("/"):
-            raise RuleError(f"invalid app {value!r}: give the absolute path of the executable")
-        fields["exe"] = sys.intern(value)
+            what = "script" if key == "script" else "executable"
+            raise RuleError(f"invalid {key} {value!r}: give the absolute path of the {what}")
+        fields["exe" if key == "app" else key] = sys.intern(value)
     elif key == "sha256":
         if not re.fullmatch(r"[0-9a-f]{64}", value):
             raise RuleError(f"invalid sha256 {value!r}: 64 lowercase hex digits")
@@ -289,6 +367,8 @@ def _check_consistent(rule: Rule) -> None:
         raise RuleError("invalid rule: icmp has no ports; drop port= or use proto=tcp|udp")
     if rule.sha256 is not None and rule.exe is None:
         raise RuleError("invalid rule: sha256= pins an executable; give app= too")
+    if rule.script is not None and rule.exe is None:
+        raise RuleError("invalid rule: script= names what an interpreter runs; give app= too")
     if rule.until is not None and rule.lifetime is not Lifetime.MINUTES:
         raise RuleError("invalid rule: until= belongs to for=Nm")
     if (rule.pid is not None or rule.start is not None) and rule.lifetime is not Lifetime.PROCESS:

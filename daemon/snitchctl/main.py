@@ -24,7 +24,7 @@ from snitch_common.errors import RuleError, SnitchError
 from snitch_common.rules import parse_duration, parse_rule
 from snitchctl.termagent import run_agent
 
-__all__ = ["main"]
+__all__ = ["main", "rule_warnings"]
 
 EPILOG = """exit codes: 0 ok, 1 failed or answered "no", 2 usage, 3 snitchd unreachable,
 4 not authorized"""
@@ -152,7 +152,25 @@ async def _run(args: argparse.Namespace) -> int:
 async def _list_rules(client: Client, args: argparse.Namespace) -> int:
     rules = await client.list_rules()
     _out(args, rules, lambda: "\n".join(f"{r['id']}: {r['text']}" for r in rules) or "(no rules)")
+    if not args.json:
+        for r in rules:  # to stderr: what is printed on stdout still pastes into add-rule
+            for warning in rule_warnings(str(r["text"])):
+                print(f"snitchctl: note: rule {r['id']}: {warning}", file=sys.stderr)
     return 0
+
+
+def rule_warnings(text: str) -> list[str]:
+    """What a person should know about a rule before trusting it."""
+    try:
+        rule = parse_rule(text)
+    except RuleError:
+        return []
+    if rule.covers_every_script():
+        return [
+            f"{rule.exe} is an interpreter and the rule names no script=: "
+            "it covers every script it runs, a one-line reverse shell included"
+        ]
+    return []
 
 
 async def _add_rule(client: Client, args: argparse.Namespace, text: str) -> int:

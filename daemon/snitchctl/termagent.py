@@ -20,6 +20,7 @@ from snitch_common.answers import (
     DURATIONS,
     Answer,
     Scope,
+    default_duration,
 )
 from snitch_common.bus import PromptView
 from snitch_common.client import Client
@@ -37,12 +38,13 @@ HELP = (
 )
 
 
-def parse_reply(prompt_id: int, line: str) -> Answer:
-    """`a 15m host` → Answer(allow, 15m, host); raises ValueError with what is wrong."""
+def parse_reply(prompt_id: int, line: str, duration: str = DEFAULT_DURATION) -> Answer:
+    """`a 15m host` → Answer(allow, 15m, host); raises ValueError with what is wrong.
+    `duration`: the one a reply that names none gets."""
     words = line.lower().split()
     if not words or words[0] not in ACTION_WORDS:
         raise ValueError("start with a (allow), d (deny) or r (reject)")
-    answer = Answer(prompt_id, ACTION_WORDS[words[0]])
+    answer = Answer(prompt_id, ACTION_WORDS[words[0]], duration)
     for word in words[1:]:
         if word in _SCOPES:
             answer = replace(answer, scope=_SCOPES[word])
@@ -62,6 +64,8 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
         f"  app       {prompt.who}",
         f"  process   pid {prompt.pid}, user {prompt.user or prompt.uid}",
     ]
+    if prompt.script is not None:
+        lines.append(f"  script    {prompt.script}")
     if prompt.cmdline:
         lines.append(f"  command   {' '.join(prompt.cmdline)[:200]}")
     if prompt.parents:
@@ -71,6 +75,13 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
     )
     if prompt.sha256:
         lines.append(f"  sha256    {prompt.sha256}")
+    for note in prompt.notes:
+        if not note.startswith(("script ", "inline code")):
+            lines.append(f"  WARNING   {note}")
+    if not prompt.verified:
+        lines.append("            (its path names another file here: rules for it do not apply)")
+    if prompt.tampered:
+        lines.append("            (code not of its executable runs in it: its allow rules do not)")
     lines.append(f"  default   {prompt.default_action} in {left} s")
     if waiting:
         lines.append(f"  ({waiting} more waiting)")
@@ -110,7 +121,10 @@ class _TerminalAgent:
         if not self.queue:
             return
         try:
-            answer = parse_reply(self.queue[0].id, line)
+            current = self.queue[0]
+            answer = parse_reply(
+                current.id, line, default_duration(current.verified, current.tampered)
+            )
         except ValueError as exc:
             print(f"{exc}\n{HELP}\nanswer> ", end="", file=self.out, flush=True)
             return

@@ -139,6 +139,9 @@ def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
         "user": proc.user,
         "ppid": proc.ppid,
         "sha256": proc.sha256,
+        "verified": proc.verified,
+        "tampered": proc.tampered,
+        "script": proc.script_label,
         "proto": flow.proto.value,
         "dst": str(flow.dst),
         "port": flow.dport,
@@ -151,6 +154,7 @@ def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
     out = _variants(fields)
     out["cmdline"] = Variant("as", list(proc.cmdline))
     out["parents"] = Variant("a(xs)", [[pid, exe] for pid, exe in proc.parents])
+    out["notes"] = Variant("as", list(proc.notes()))
     return out
 
 

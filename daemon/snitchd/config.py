@@ -16,17 +16,33 @@ from pathlib import Path
 from typing import Any
 
 from snitch_common.errors import ConfigError
-from snitch_common.rules import Action
+from snitch_common.rules import DEFAULT_INTERPRETERS, Action
 
-__all__ = ["DEFAULT_PATH", "Config", "FailMode", "LogLevel", "load_config", "parse_config"]
+__all__ = [
+    "DEFAULT_PATH",
+    "Config",
+    "FailMode",
+    "LogLevel",
+    "PinAnswers",
+    "load_config",
+    "parse_config",
+]
 
 DEFAULT_PATH = Path("/etc/snitch/snitchd.toml")
+
 
 class FailMode(enum.Enum):
     """What the kernel does with new flows while snitchd is not reading its queue."""
 
     OPEN = "open"  # they pass unfiltered (--queue-bypass)
     CLOSED = "closed"  # they wait, and are dropped
+
+
+class PinAnswers(enum.Enum):
+    """Which executables a rule made by answering a prompt pins by sha256."""
+
+    ALWAYS = "always"
+    USER_WRITABLE = "user-writable"  # root-owned apps keep their rules across upgrades
 
 
 class LogLevel(enum.Enum):
@@ -49,6 +65,10 @@ class Config:
     `dns_resolvers` lists the servers whose answers may name addresses: addresses, and
     "system" for the machine's own (`resolv_conf`, systemd-resolved, NetworkManager, local
     stubs; see `resolvers`); `dns_cache_bytes` bounds the names kept (`names`).
+    `interpreters`: the executables whose script is part of who they are (read at start).
+    `pin_answers`: a rule made by answering a prompt pins the executable's sha256 — for every
+    executable ("always"), or only for those someone other than root can change
+    ("user-writable": root-owned apps then keep their rules across package upgrades).
     """
 
     default_action: Action = Action.ALLOW
@@ -73,6 +93,8 @@ class Config:
     attribution_timeout: float = 2.0
     max_hash_bytes: int = 256 << 20
     hash_wait: float = 1.0
+    interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS
+    pin_answers: PinAnswers = PinAnswers.ALWAYS
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -114,7 +136,7 @@ def _check(key: str, value: Any, source: str) -> Any:
             words = [m.value for m in kind]
             use = ", ".join(words[:-1]) + " or " + words[-1]
             raise ConfigError(f"{source}: {key} = {value!r}: use {use}") from None
-    if isinstance(default, tuple):
+    if key == "dns_resolvers":
         return _check_resolvers(key, value, source)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -129,6 +151,15 @@ def _check(key: str, value: Any, source: str) -> Any:
         if not lo <= value <= hi:
             raise ConfigError(f"{source}: {key} = {value!r}: must be between {lo:g} and {hi:g}")
         return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and v and "/" not in v for v in value
+        ):
+            raise ConfigError(
+                f"{source}: {key} = {value!r}: expected a list of executable names, "
+                'e.g. ["python", "bash"]'
+            )
+        return tuple(value)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")
     if key == "resolv_conf" and not value.startswith("/"):

@@ -4,11 +4,18 @@ Pure: no I/O, no clock, no root; the time comes in as `now`. A test checks that 
 imports nothing that could do I/O.
 
 Precedence, in one sentence (README and docs/rules.md say the same): **the most specific rule
-wins — one naming the app beats one that does not, then one naming the user, then the narrowest
+wins — one naming the app beats one that does not, then one naming the script, then the direct
+parent, then any parent, then one naming the user, then the narrowest
 destination (an address or host beats a domain, a domain beats a network, a longer prefix beats a
 shorter one), then the narrowest port range, then naming a protocol, then an interface — and on a
 full tie reject beats deny beats allow.** Between otherwise equal rules the newest wins, so the
 order is total and `explain` can always name one winner.
+
+Who a process is, as far as a rule may trust it (issue 14): an executable snitchd could not find
+at its path (`Process.verified` False) matches no rule naming an app; a process running code not
+of its executable (`Process.tampered`: a preloaded library, a tracer) matches no *allow* rule that
+names who it is (app, script or parent) — deny and reject rules still match it; a script whose
+interpreter was handed code through its environment matches no rule naming the script.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from snitch_common.rules import Action, Lifetime, Rule
 __all__ = ["PRECEDENCE", "Ask", "Explanation", "RuleSet", "Verdict", "decide", "specificity"]
 
 PRECEDENCE = (
-    "the most specific rule wins: naming the app beats not naming it, then naming the user, "
+    "the most specific rule wins: naming the app beats not naming it, then naming the script, "
+    "then the direct parent, then any parent, then naming the user, "
     "then the narrowest destination (address or host > domain > network, longer prefix first), "
     "then the narrowest port range, then naming a protocol, then an interface; "
     "on a full tie reject beats deny beats allow, and then the newest rule"
@@ -73,6 +81,9 @@ def specificity(rule: Rule, rule_id: int = 0) -> _Key:
     span = 65536 if rule.ports is None else rule.ports[1] - rule.ports[0] + 1
     return (
         int(rule.exe is not None),
+        int(rule.script is not None),
+        int(rule.parent1 is not None),
+        int(rule.parent is not None),
         int(rule.user is not None),
         dst_tier,
         dst_sub,
@@ -88,7 +99,20 @@ def _matches(rule: Rule, flow: Flow, proc: Process, names: frozenset[str], now: 
     if rule.until is not None and rule.until <= now:
         return False
     if rule.exe is not None and (
-        rule.exe != proc.exe or (rule.sha256 is not None and rule.sha256 != proc.sha256)
+        rule.exe != proc.exe
+        or not proc.verified
+        or (rule.sha256 is not None and rule.sha256 != proc.sha256)
+        or (rule.script is not None and (rule.script != proc.script or proc.script_doubts))
+    ):
+        return False
+    if rule.parent1 is not None and (not proc.parents or proc.parents[0][1] != rule.parent1):
+        return False
+    if rule.parent is not None and all(label != rule.parent for _, label in proc.parents):
+        return False
+    if (
+        proc.tampered
+        and rule.action is Action.ALLOW
+        and (rule.exe is not None or rule.parent is not None or rule.parent1 is not None)
     ):
         return False
     if rule.user is not None and rule.user != proc.uid:
@@ -284,12 +308,15 @@ _ID_MASK = (1 << 64) - 1
 
 def _rank(rule: Rule, rule_id: int) -> int:
     """`specificity` packed into one int, larger is better: an index keeps one int per rule
-    (a tuple of nine would cost ~130 bytes more each) and compares ints. The fields keep their
+    (a tuple of twelve would cost ~130 bytes more each) and compares ints. The fields keep their
     order; a domain of more than 65535 labels (no real name) would rank as one of 65535."""
-    exe, user, tier, sub, span, proto, iface, action, _ = specificity(rule, rule_id)
+    exe, script, parent1, parent, user, tier, sub, span, proto, iface, action, _ = specificity(
+        rule, rule_id
+    )
     if not 0 <= rule_id <= _ID_MASK:
         raise ValueError(f"rule id {rule_id} out of range")
-    rank = ((exe << 1 | user) << 2 | tier) << 16 | min(sub, 0xFFFF)
+    who = exe << 4 | script << 3 | parent1 << 2 | parent << 1 | user
+    rank = (who << 2 | tier) << 16 | min(sub, 0xFFFF)
     rank = ((rank << 17 | (65536 + span)) << 1 | proto) << 1 | iface
     return (rank << 2 | action) << 64 | rule_id
 
@@ -417,8 +444,13 @@ class RuleSet:
     def match(
         self, flow: Flow, proc: Process, names: frozenset[str], now: float
     ) -> tuple[int, Rule] | None:
-        """The winning rule, or None. An app's own rules always beat rules for every app."""
-        if proc.exe is not None and (own := self._by_exe.get(proc.exe)) is not None:
+        """The winning rule, or None. An app's own rules always beat rules for every app; an
+        unverified executable has no own rules."""
+        if (
+            proc.exe is not None
+            and proc.verified
+            and (own := self._by_exe.get(proc.exe)) is not None
+        ):
             hit = own.best(flow, proc, names, now)
             if hit is not None:
                 return hit

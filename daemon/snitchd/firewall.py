@@ -36,7 +36,7 @@ from netfilterqueue import Packet
 from snitch_common.errors import RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
-from snitchd.config import Config, FailMode
+from snitchd.config import Config, FailMode, PinAnswers
 from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
 from snitchd.dnswatch import DnsWatch
@@ -120,6 +120,7 @@ class Firewall:
         self._pins: dict[str, dict[str, int]] = {}  # exe -> sha256 -> rules pinning it
         self._expirable: dict[int, RuleRecord] = {}
         self._changed_seen: set[tuple[str, str | None]] = set()
+        self._doubted: dict[tuple[str, str], None] = {}  # (exe, kind) alerted, oldest first
         self._ifnames: dict[int, str] = {}
         self._changing = asyncio.Lock()  # one rule change (or outside reload) at a time
         self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
@@ -131,7 +132,9 @@ class Firewall:
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
-        self.broker.reconfigure(config.prompt_timeout, config.max_prompts)
+        self.broker.reconfigure(
+            config.prompt_timeout, config.max_prompts, config.pin_answers is PinAnswers.ALWAYS
+        )
         self.dns.reconfigure(config)
 
     async def check_outside_change(self, now: float) -> None:
@@ -297,6 +300,8 @@ class Firewall:
         names, host = self.dns.names_for(flow.dst, proc, now)
         if proc.exe is not None and proc.exe not in self.known_apps:
             self._new_app(proc, flow, host, now)
+        if proc.exe is not None and (proc.tampered or not proc.verified):
+            self._identity_doubted(proc, now)
         pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
         if pinned and proc.sha256 not in pinned:
             self._exe_changed(proc, pinned, now)
@@ -357,8 +362,9 @@ class Firewall:
         return entries
 
     def _blocking_rules(self, *, strip_exe: bool) -> RuleSet:
-        """The rules that deny or reject and name an app (`strip_exe`: any app; else with their
-        sha256 pin left out), built once per rule change, when a lookup first runs late."""
+        """The rules that deny or reject and name an app or a parent (`strip_exe`: any app, any
+        parent; else those pinning a digest, with their pin left out), built once per rule
+        change, when a lookup first runs late."""
         source, sets = self._blocking
         if source != self._rules_key():
             sets = {}
@@ -368,14 +374,18 @@ class Firewall:
             entries = [
                 (
                     rule_id,
-                    dataclasses.replace(rule, exe=None, sha256=None)
+                    dataclasses.replace(
+                        rule, exe=None, sha256=None, script=None, parent=None, parent1=None
+                    )
                     if strip_exe
                     else dataclasses.replace(rule, sha256=None),
                 )
                 for rule_id, rule in self.rules.snapshot().values()
                 if rule.action is not Action.ALLOW
-                and rule.exe is not None
-                and (strip_exe or rule.sha256 is not None)
+                and (
+                    (strip_exe and (rule.exe or rule.parent or rule.parent1))
+                    or (rule.exe is not None and rule.sha256 is not None)
+                )
             ]
             found = sets[strip_exe] = RuleSet(entries)
         return found
@@ -414,6 +424,28 @@ class Firewall:
             Alert(
                 "exe-changed",
                 f"{what} ({', '.join(sorted(pinned))}); those rules do not match it",
+                now,
+                proc.uid,
+                proc.exe,
+            )
+        )
+
+    def _identity_doubted(self, proc: Process, now: float) -> None:
+        """Alert once per executable and doubt: an unverified path, or injected code (issue 14)."""
+        assert proc.exe is not None
+        kind = "unverified-exe" if not proc.verified else "injected-code"
+        key = (proc.exe, kind)
+        if key in self._doubted:
+            return
+        self._doubted[key] = None
+        if len(self._doubted) > _REPEATS_MAX:
+            del self._doubted[next(iter(self._doubted))]
+        what = ", ".join(n for n in proc.notes() if not n.startswith(("script ", "inline code")))
+        self.alert(
+            Alert(
+                kind,
+                f"{proc.exe} (pid {proc.pid}): {what}; rules naming it "
+                + ("do not match it" if kind == "unverified-exe" else "do not allow it"),
                 now,
                 proc.uid,
                 proc.exe,
@@ -469,8 +501,11 @@ class Firewall:
         if self._repeat((flow, verdict.action, verdict.rule_id, proc.pid, proc.uid, proc.exe), now):
             self.counters.repeats += 1
             return
+        reason = verdict.reason
+        if notes := proc.notes():  # unverified, script, preloaded, traced (issue 14)
+            reason = f"{reason} [{'; '.join(notes)}]"
         self.events.record(
-            Decision(now, flow, proc, verdict.action, verdict.rule_id, verdict.reason, host)
+            Decision(now, flow, proc, verdict.action, verdict.rule_id, reason, host)
         )
 
     def _keep(self, flow: Flow, action: Action) -> bool:

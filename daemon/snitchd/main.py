@@ -24,7 +24,7 @@ from snitch_common import __version__
 from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.api import serve
-from snitchd.config import DEFAULT_PATH, Config, FailMode, load_config
+from snitchd.config import DEFAULT_PATH, Config, FailMode, PinAnswers, load_config
 from snitchd.connmark import ConnMarks
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall
@@ -85,8 +85,9 @@ class _Daemon:
             timeout=config.prompt_timeout,
             max_open=config.max_prompts,
             is_admin=lambda uid: is_admin(uid, self.config.admin_group),
+            pin_root=config.pin_answers is PinAnswers.ALWAYS,
         )
-        attributor = Attributor()
+        attributor = Attributor(interpreters=config.interpreters)
         marks = ConnMarks()
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
         broker.attach(firewall)
@@ -168,7 +169,11 @@ class _Daemon:
         _notify("RELOADING=1")
         try:
             new = load_config(self.config_path)
-            fixed = [k for k in ("queue", "database") if getattr(new, k) != getattr(self.config, k)]
+            fixed = [
+                k
+                for k in ("queue", "database", "interpreters")
+                if getattr(new, k) != getattr(self.config, k)
+            ]
             if fixed:
                 raise ConfigError(f"{', '.join(fixed)} cannot change on reload: restart snitchd")
             if self._spec(new) != self._spec(self.config):

@@ -87,8 +87,10 @@ class Broker:
         timeout: float,
         max_open: int,
         is_admin: Callable[[int], bool],
+        pin_root: bool = True,
     ) -> None:
         self._clock = clock
+        self._pin_root = pin_root
         self._timeout = timeout
         self._max_open = max_open
         self._is_admin = is_admin
@@ -101,10 +103,12 @@ class Broker:
         self.asked = 0
         self.timed_out = 0
 
-    def reconfigure(self, timeout: float, max_open: int) -> None:
-        """New limits apply to prompts opened from now on; open ones keep their deadline."""
+    def reconfigure(self, timeout: float, max_open: int, pin_root: bool = True) -> None:
+        """New limits apply to prompts opened from now on; open ones keep their deadline.
+        `pin_root`: answers pin root-owned executables' digests too (config `pin_answers`)."""
         self._timeout = timeout
         self._max_open = max_open
+        self._pin_root = pin_root
 
     def attach(self, firewall: Applier) -> None:
         self._firewall = firewall
@@ -157,7 +161,10 @@ class Broker:
     def ask(
         self, pkt: Packet, flow: Flow, proc: Process, now: float, host: str | None = None
     ) -> None:
-        key = (proc.exe or proc.uid, flow.proto, flow.dst, flow.dport)
+        # Who asks is the whole identity: two scripts of one interpreter, or an impostor and
+        # the app whose path it shows, never share one prompt (and one answer).
+        who = (proc.exe, proc.script_label, proc.verified, proc.tampered) if proc.exe else proc.uid
+        key = (who, flow.proto, flow.dst, flow.dport)
         prompt = self._by_key.get(key)
         if prompt is not None:
             prompt.packets.append(pkt)
@@ -207,7 +214,14 @@ class Broker:
             raise NotAuthorized(f"no open prompt {prompt_id} for this agent")
         rule_id = None
         if answer.lifetime[0] is not Lifetime.ONCE:
-            rule = rule_for_answer(prompt.flow, prompt.proc, prompt.host, answer, admin=agent.admin)
+            rule = rule_for_answer(
+                prompt.flow,
+                prompt.proc,
+                prompt.host,
+                answer,
+                admin=agent.admin,
+                pin_root=self._pin_root,
+            )
             rule_id = self._fw.add_answer_rule(rule, f"prompt by uid {agent.uid}")
             reason = f"rule {rule_id} (answered)"
         else:

@@ -7,6 +7,7 @@ UDP); the daemon refuses the others, and the popup greys them out with the reaso
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from snitch_common.answers import Scope, domain_of
@@ -25,11 +26,16 @@ class ScopeOption:
 
 
 def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
-    """The five scopes in the daemon's order, labelled with this prompt's own host and port."""
+    """The scopes in the daemon's order, labelled with this prompt's own host, port, script and
+    parent."""
     where = prompt.host or prompt.dst
     ported = prompt.proto in ("tcp", "udp")
     port = f"{prompt.port}/{prompt.proto}" if ported else prompt.proto
     named = prompt.host is not None and "." in prompt.host
+    script = _trusted_script(prompt)
+    parent = prompt.parents[0][1] if prompt.parents else None
+    if parent is not None and not parent.startswith("/"):
+        parent = None
     return [
         ScopeOption(Scope.EXACT, f"only {where} on port {port}" if ported else f"only {where}"),
         ScopeOption(Scope.HOST, f"{where}, any port"),
@@ -43,5 +49,36 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
             f"any host on port {port}" if ported else "this port",
             None if ported else f"{prompt.proto or 'this protocol'} has no ports",
         ),
-        ScopeOption(Scope.APP, f"anything {app} connects to"),
+        ScopeOption(
+            Scope.APP,
+            f"anything {app} connects to" + (", whatever script it runs" if prompt.script else ""),
+        ),
+        ScopeOption(
+            Scope.SCRIPT,
+            f"anything {os.path.basename(script)} connects to" if script else "this script",
+            None if script else _no_script(prompt),
+        ),
+        ScopeOption(
+            Scope.PARENT,
+            f"anything {app} connects to when started by {os.path.basename(parent)}"
+            if parent
+            else "this app when started by its parent",
+            None if parent else "its parent's executable could not be verified",
+        ),
     ]
+
+
+def _trusted_script(prompt: PromptView) -> str | None:
+    if prompt.script in (None, "inline code"):
+        return None
+    if any(n.startswith("script not trusted") for n in prompt.notes):
+        return None
+    return prompt.script
+
+
+def _no_script(prompt: PromptView) -> str:
+    if prompt.script is None:
+        return f"{os.path.basename(prompt.exe or '') or 'this app'} runs no script"
+    if prompt.script == "inline code":
+        return "inline code has no script to name"
+    return next(n for n in prompt.notes if n.startswith("script not trusted"))

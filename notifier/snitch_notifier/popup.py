@@ -49,7 +49,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from snitch_common.answers import DEFAULT_DURATION, DURATIONS, Action, Answer, Scope
+from snitch_common.answers import DURATIONS, Action, Answer, Scope, default_duration
 from snitch_common.bus import PromptView
 from snitch_notifier.choices import scope_options
 from snitch_notifier.icons import app_icon
@@ -64,7 +64,7 @@ _VALUE_WIDTH = 370  # room for a detail's value next to its label, for eliding
 _ICON = 48
 ARM_DELAY = 0.8  # seconds a new prompt ignores keys and clicks (see the module docstring)
 _REMEMBERED = 64  # answers whose destination a late refusal can still name
-_DETAILS = ("To", "Port", "Process", "Parent", "Command", "SHA-256")
+_DETAILS = ("Warning", "To", "Port", "Process", "Script", "Parent", "Command", "SHA-256")
 
 
 class PromptWindow(QDialog):
@@ -242,6 +242,7 @@ class PromptWindow(QDialog):
         bold = self._rows["To"].font()
         bold.setWeight(QFont.Weight.Bold)
         self._rows["To"].setFont(bold)
+        self._rows["Warning"].setStyleSheet("color: #c0392b; font-weight: bold")
         return self._details
 
     def _build_choices(self) -> QFormLayout:
@@ -345,11 +346,18 @@ class PromptWindow(QDialog):
         user = prompt.user or (f"uid {prompt.uid}" if prompt.uid is not None else "unknown")
         pid = f"pid {prompt.pid}" if prompt.pid is not None else "no process"
         parents = "  ←  ".join(f"{os.path.basename(e)} ({p})" for p, e in prompt.parents[:3])
+        warnings = [n for n in prompt.notes if not n.startswith(("script ", "inline code"))]
+        if not prompt.verified:
+            warnings.append("its rules do not apply: the path names another file here")
+        elif prompt.tampered:
+            warnings.append("its allow rules do not apply")
         values = {
+            "Warning": "; ".join(warnings),
             "To": where,
             "Port": port + via,
             "Process": f"{pid}  ·  user {user}",
             "Parent": parents,
+            "Script": prompt.script or "",
             "Command": " ".join(prompt.cmdline),
             "SHA-256": prompt.sha256 or "",
         }
@@ -359,7 +367,8 @@ class PromptWindow(QDialog):
         if prompt.parents:
             self._rows["Parent"].setToolTip("\n".join(f"{p}  {e}" for p, e in prompt.parents))
 
-        self._duration.setCurrentIndex(self._duration.findData(DEFAULT_DURATION))
+        duration = default_duration(prompt.verified, prompt.tampered)
+        self._duration.setCurrentIndex(self._duration.findData(duration))
         self._scope.clear()
         model = self._scope.model()
         assert isinstance(model, QStandardItemModel)

@@ -15,6 +15,7 @@ namespace. The daemon log is checked for tracebacks at the end of each test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -394,6 +395,19 @@ def running(lab: Lab) -> Lab:
 
 def python_exe() -> str:
     return os.path.realpath(PYTHON)
+
+
+def netclient_who() -> str:
+    """How a rule made by answering netclient.py's prompt names it (issue 14): the interpreter,
+    pinned to its digest, and the script."""
+    with open(python_exe(), "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return f"app={python_exe()} sha256={digest} script={HERE / 'netclient.py'}"
+
+
+def bare_reason(row: dict[str, Any]) -> str:
+    """A log row's reason without the notes on who sent it (" [script …]", issue 14)."""
+    return str(row["reason"]).split(" [", 1)[0]
 
 
 def curl_exe() -> str:

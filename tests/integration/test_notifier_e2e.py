@@ -20,7 +20,7 @@ import pytest
 from dbus_fast.aio import MessageBus
 from PySide6.QtCore import Qt
 
-from conftest import HERE, PYTHON, Lab, python_exe
+from conftest import HERE, PYTHON, Lab, netclient_who, python_exe
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.gui import wire
 from snitch_notifier.identity import desktop_identity
@@ -106,7 +106,7 @@ def test_allow_forever_this_host_in_the_popup_makes_the_rule(
     assert _outcome(proc) == "connected"
     rules = running.ctl_json("list-rules")
     assert [r["text"] for r in rules if r["id"] == rule_id] == [
-        f"allow app={python_exe()} to=192.0.2.2"
+        f"allow {netclient_who()} to=192.0.2.2"
     ]
     assert _outcome(_client(running, 9000)) == "connected", "any port: no second prompt"
     assert window.current is None
@@ -190,7 +190,7 @@ async def test_without_a_display_notifications_ask_and_answer(lab: Lab, tmp_path
         server.ActionInvoked(server.notified[0]["id"], "allow")
         assert await asyncio.to_thread(_outcome, proc) == "connected"
         assert [r["text"] for r in lab.ctl_json("list-rules")] == [
-            f"allow app={python_exe()} user=65534 to=192.0.2.2 port=80 proto=tcp"
+            f"allow {netclient_who()} user=65534 to=192.0.2.2 port=80 proto=tcp"
         ]
     finally:
         for child in (agent, proc):

@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal, python_exe
+from conftest import (
+    HERE,
+    PYTHON,
+    VENV_BIN,
+    Lab,
+    Terminal,
+    bare_reason,
+    netclient_who,
+    python_exe,
+)
 from snitch_common.agent import AgentService, register
 from snitch_common.answers import parse_answer
 from snitch_common.bus import PromptView
@@ -115,7 +124,7 @@ async def test_flow_is_held_until_allow_then_rule_listed(running: Lab, agent: Te
     assert time.monotonic() - start >= 1.5
     rules = running.ctl_json("list-rules")
     assert [r["text"] for r in rules if r["id"] == rule_id] == [
-        f"allow app={python_exe()} to=192.0.2.2 port=80 proto=tcp"
+        f"allow {netclient_who()} to=192.0.2.2 port=80 proto=tcp"
     ]
     assert await outcome(await client(running, "tcp", "192.0.2.2", "80")) == "connected"
     assert agent.prompts.empty()
@@ -145,7 +154,7 @@ async def test_retransmitted_syn_joins_the_open_prompt(running: Lab, agent: Test
     assert await outcome(proc) == "connected"
     assert agent.prompts.empty()
     rows = [r for r in running.log_rows() if r["dport"] == 80]
-    assert {r["reason"] for r in rows} == {"answered once"}
+    assert {bare_reason(r) for r in rows} == {"answered once"}
     held_retransmits = _spurious_rtx_host_queues(running) - before
     assert len(rows) >= 2 or held_retransmits >= 1, "TCP never tried to resend the held SYN"
 
@@ -174,7 +183,7 @@ async def test_no_answer_gives_default_after_timeout(lab: Lab, monkeypatch: Any)
         assert await outcome(proc) == "refused"
         assert 0.9 <= time.monotonic() - start < 5
         rows = [r for r in lab.log_rows() if r["dport"] == 9000]
-        assert rows[-1]["reason"] == "default: timed out" and rows[-1]["action"] == "reject"
+        assert bare_reason(rows[-1]) == "default: timed out" and rows[-1]["action"] == "reject"
         await asyncio.sleep(0.2)
         assert (prompt.id, "default: timed out") in agent.cancelled
     finally:
@@ -243,7 +252,7 @@ async def test_agent_leaving_releases_its_prompts(lab: Lab, monkeypatch: Any) ->
     agent.stop()
     assert await outcome(proc) == "refused"
     assert time.monotonic() - start < 10
-    assert lab.log_rows()[-1]["reason"] == "default: agent left"
+    assert bare_reason(lab.log_rows()[-1]) == "default: agent left"
 
 
 async def test_other_user_cannot_answer_or_see_a_prompt(running: Lab, agent: TestAgent) -> None:
@@ -293,6 +302,6 @@ def test_snitchctl_agent_answers_in_a_terminal(running: Lab) -> None:
             out, _ = proc.communicate(timeout=20)
         assert out.strip() == "connected"
         rules = running.ctl_json("list-rules")
-        assert rules[0]["text"].startswith(f"allow app={python_exe()} to=192.0.2.2 for=15m")
+        assert rules[0]["text"].startswith(f"allow {netclient_who()} to=192.0.2.2 for=15m")
     finally:
         terminal.close()

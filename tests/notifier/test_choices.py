@@ -16,8 +16,31 @@ def test_scope_labels_name_this_prompts_host_and_port(prompt_factory) -> None:
         "any host in *.example.org",
         "any host on port 443/tcp",
         "anything Firefox connects to",
+        "this script",
+        "anything Firefox connects to when started by bash",
     ]
-    assert all(o.why_not is None for o in options)
+    assert [o.why_not for o in options] == [None] * 5 + ["python3.11 runs no script", None]
+
+
+def test_an_interpreters_prompt_offers_this_script_and_this_parent(prompt_factory) -> None:
+    """Issue 14: "this script" rather than every script of the interpreter, and "this app when
+    started by X"; a parent not verified, or inline code, cannot be named."""
+    prompt = prompt_factory(script="/home/alice/sync.py")
+    options = {o.scope: o for o in scope_options(prompt, "Python")}
+    assert options[Scope.APP].label == "anything Python connects to, whatever script it runs"
+    assert options[Scope.SCRIPT].label == "anything sync.py connects to"
+    assert options[Scope.SCRIPT].why_not is None
+    inline = {o.scope: o for o in scope_options(prompt_factory(script="inline code"), "P")}
+    assert inline[Scope.SCRIPT].why_not == "inline code has no script to name"
+    doubted = prompt_factory(
+        script="/x.py", notes=("script /x.py", "script not trusted: PYTHONPATH set")
+    )
+    assert "PYTHONPATH" in str(
+        {o.scope: o for o in scope_options(doubted, "P")}[Scope.SCRIPT].why_not
+    )
+    unverified = prompt_factory(parents=((5, "?/usr/bin/make"),))
+    parent = {o.scope: o for o in scope_options(unverified, "P")}[Scope.PARENT]
+    assert parent.why_not == "its parent's executable could not be verified"
 
 
 def test_scopes_snitchd_would_refuse_say_why(prompt_factory) -> None:

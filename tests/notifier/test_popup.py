@@ -49,6 +49,30 @@ def test_shows_every_detail_it_was_given(popup, prompt_factory) -> None:
     assert popup.window.isVisible()
 
 
+def test_an_unverified_or_injected_process_is_shown_with_a_warning(popup, prompt_factory) -> None:
+    """Issue 14: an executable whose path names another file here, or one running preloaded
+    code, is said so in red, and the answer preselected is once (no lasting rule fits it)."""
+    popup.window.add_prompt(
+        prompt_factory(
+            verified=False,
+            script="/home/alice/sync.py",
+            notes=("unverified executable", "script /home/alice/sync.py"),
+        )
+    )
+    popup.shot("unverified")
+    shown = _texts(popup.window)
+    warning = popup.window._rows["Warning"]
+    assert (warning.toolTip() or warning.text()) == (
+        "unverified executable; its rules do not apply: the path names another file here"
+    )
+    assert shown["Script"] == "/home/alice/sync.py"
+    assert popup.window._duration.currentData() == "once"
+    popup.window.add_prompt(prompt_factory(2, tampered=True, notes=("preloaded /tmp/x.so",)))
+    popup.window.cancel_prompt(1, "answered")  # the first goes; the second is shown
+    assert _texts(popup.window)["Warning"] == "preloaded /tmp/x.so; its allow rules do not apply"
+    assert popup.window._duration.currentData() == "once"
+
+
 def test_missing_details_hide_their_rows(popup, prompt_factory) -> None:
     """An address without a name, ICMP, and a flow with no process: no empty rows, no
     'port 0'."""

@@ -114,3 +114,100 @@ def test_parse_answer_errors_name_the_field() -> None:
         parse_answer(1, "allow", "soon", "exact")
     with pytest.raises(PromptError, match="scope 'everything'"):
         parse_answer(1, "allow", "once", "everything")
+
+
+# ---------------------------------------------------------------------------------------------
+# Who an answer names (issue 14): pinned digests, scripts, parents, unverified executables.
+
+HASH = "c" * 64
+
+
+def who(**fields: object) -> Process:
+    base: dict[str, object] = {"pid": 7, "uid": 1000, "exe": "/usr/bin/curl", "sha256": HASH}
+    return Process(Attribution.PROCESS, **{**base, **fields})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("user_writable", "pin_root", "pinned"),
+    [(False, True, True), (False, False, False), (True, True, True), (True, False, True)],
+)
+def test_answers_pin_the_digest_of_root_owned_by_default_and_user_writable_always(
+    user_writable: bool, pin_root: bool, pinned: bool
+) -> None:
+    """A rule made by a click must not outlive the program it was made for: an executable the
+    user (or malware running as the user) can rewrite is always pinned; a root-owned one unless
+    the admin chose `pin_answers = "user-writable"` (its rules then survive package upgrades)."""
+    p = who(user_writable=user_writable)
+    rule = rule_for_answer(flow(), p, None, Answer(1, Action.ALLOW), admin=False, pin_root=pin_root)
+    assert rule.sha256 == (HASH if pinned else None)
+    assert rule.exe == "/usr/bin/curl"
+
+
+def test_an_unknown_digest_makes_an_unpinned_rule() -> None:
+    rule = rule_for_answer(flow(), who(sha256=None), None, Answer(1, Action.DENY), admin=False)
+    assert rule.sha256 is None
+
+
+def test_an_interpreters_answer_names_its_script_except_for_the_app_scope() -> None:
+    """The identity of `python3 ok.py` includes ok.py: allowing it must not allow every script;
+    `app` is the explicit choice of every script, and `script` is anything ok.py does."""
+    p = who(exe="/usr/bin/python3.11", interpreted=True, script="/home/u/ok.py")
+    exact = rule_for_answer(flow(), p, None, Answer(1, Action.ALLOW), admin=False)
+    assert exact.script == "/home/u/ok.py" and exact.ports == (443, 443)
+    anything = rule_for_answer(
+        flow(), p, None, Answer(1, Action.ALLOW, scope=Scope.APP), admin=True
+    )
+    assert anything.script is None
+    script = rule_for_answer(
+        flow(), p, None, Answer(1, Action.ALLOW, scope=Scope.SCRIPT), admin=True
+    )
+    assert (script.script, script.dst, script.ports, script.proto) == ("/home/u/ok.py",) + (
+        None,
+    ) * 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"interpreted": True, "script": None}, "inline code"),
+        ({"interpreted": False}, "not an interpreter"),
+        (
+            {"interpreted": True, "script": "/x.py", "script_doubts": ("PYTHONPATH set",)},
+            "PYTHONPATH",
+        ),
+    ],
+)
+def test_the_script_scope_needs_a_script_it_can_trust(fields: dict[str, object], why: str) -> None:
+    with pytest.raises(PromptError, match=why):
+        rule_for_answer(
+            flow(), who(**fields), None, Answer(1, Action.ALLOW, scope=Scope.SCRIPT), admin=True
+        )
+
+
+def test_the_parent_scope_names_the_verified_direct_parent() -> None:
+    p = who(parents=((5, "/usr/bin/make"), (1, "/sbin/init")))
+    rule = rule_for_answer(flow(), p, None, Answer(1, Action.ALLOW, scope=Scope.PARENT), admin=True)
+    assert (rule.parent1, rule.parent, rule.dst, rule.ports) == ("/usr/bin/make", None, None, None)
+    for label in ("?/usr/bin/make", "[make]"):
+        with pytest.raises(PromptError, match="verified"):
+            rule_for_answer(
+                flow(), who(parents=((5, label),)), None,
+                Answer(1, Action.ALLOW, scope=Scope.PARENT), admin=True,
+            )  # fmt: skip
+
+
+@pytest.mark.parametrize("action", list(Action))
+def test_an_unverified_executable_gets_only_once_answers(action: Action) -> None:
+    """A rule would name the path it shows, which is another file's here: an answer for the
+    impostor would open (or close) the real /usr/bin/curl."""
+    p = who(verified=False)
+    with pytest.raises(PromptError, match="unverified"):
+        rule_for_answer(flow(), p, None, Answer(1, action), admin=True)
+    rule_for_answer(flow(), p, None, Answer(1, action, duration="once"), admin=True)
+
+
+def test_a_tampered_process_gets_no_allow_rule_but_may_be_denied() -> None:
+    p = who(preload=("/tmp/evil.so",))
+    with pytest.raises(PromptError, match=r"preloaded /tmp/evil\.so"):
+        rule_for_answer(flow(), p, None, Answer(1, Action.ALLOW), admin=True)
+    assert rule_for_answer(flow(), p, None, Answer(1, Action.DENY), admin=True).exe == p.exe

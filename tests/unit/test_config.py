@@ -62,9 +62,12 @@ def test_every_key_can_be_set() -> None:
         "attribution_timeout": 0.5,
         "max_hash_bytes": 1 << 30,
         "hash_wait": 0,
+        "interpreters": ("python", "tclsh"),
+        "pin_answers": "user-writable",
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
-    config = parse_config(data | {"dns_resolvers": list(data["dns_resolvers"])})
+    lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters")}  # TOML gives lists
+    config = parse_config(data | lists)
     assert config.default_action is Action.DENY
     got = {k: getattr(config, k) for k in data}
     assert {k: v.value if isinstance(v, enum.Enum) else v for k, v in got.items()} == data
@@ -115,6 +118,11 @@ BAD_VALUES = [
     ("resolv_conf", "resolv.conf"),
     ("dns_cache_bytes", 1000),
     ("dns_cache_bytes", 1.5),
+    ("pin_answers", "never"),
+    ("interpreters", "python"),
+    ("interpreters", ["/usr/bin/python3"]),
+    ("interpreters", [""]),
+    ("interpreters", [3]),
 ]
 
 

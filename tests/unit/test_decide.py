@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from types import ModuleType
@@ -206,6 +207,107 @@ def test_process_description_says_how_sure_we_are() -> None:
     assert Process.kernel().describe() == "kernel"
 
 
+# ---------------------------------------------------------------------------------------------
+# Who it is (issue 14): what a rule naming an app, a script or a parent may trust.
+
+PY = "/usr/bin/python3"
+OK_PY = "/home/u/ok.py"
+
+
+def py(script: str | None = OK_PY, **fields: Any) -> Process:
+    return Process(Attribution.PROCESS, pid=7, uid=1000, exe=PY, interpreted=True, script=script,
+                   **fields)  # fmt: skip
+
+
+def test_unverified_executable_matches_no_app_rule() -> None:
+    """An executable snitchd could not find at its path (bind-mounted over /usr/bin/curl in a
+    user namespace) is a stranger wearing curl's name: curl's rules, allow or deny, are not its
+    own; rules for every app still hold."""
+    rules = ruleset(f"allow app={CURL}", "deny port=443")
+    assert winner(rules, flow(), proc()) == 1
+    assert winner(rules, flow(), Process(Attribution.PROCESS, pid=1, uid=1000, exe=CURL,
+                                         verified=False)) == 2  # fmt: skip
+    assert winner(ruleset(f"allow app={CURL}"), flow(), replace(proc(), verified=False)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "matches"),
+    [
+        (f"allow app={CURL}", False),
+        (f"allow app={CURL} parent=/usr/bin/bash", False),
+        ("allow parent=/usr/bin/bash", False),
+        ("allow parent1=/usr/bin/bash", False),
+        (f"deny app={CURL}", True),
+        (f"reject app={CURL} parent=/usr/bin/bash", True),
+        ("allow port=443", True),
+        ("allow user=1000", True),
+    ],
+)
+@pytest.mark.parametrize(
+    "tamper", [{"preload": ("/tmp/evil.so",)}, {"tracer": 99}], ids=["preload", "ptrace"]
+)
+def test_tampered_process_matches_no_allow_rule_naming_who_it_is(
+    text: str, matches: bool, tamper: dict[str, Any]
+) -> None:
+    """Code injected into curl (LD_PRELOAD, ptrace) is not curl: allowing it as curl is what
+    malware wants. Deny rules still hold it, and rules that do not name who it is are unchanged."""
+    p = replace(proc(), parents=((1, "/usr/bin/bash"),), **tamper)
+    assert p.tampered
+    assert (winner(ruleset(text), flow(), p) == 1) is matches
+    assert winner(ruleset(text), flow(), replace(p, preload=(), tracer=None)) == 1
+
+
+def test_script_rule_matches_only_its_script() -> None:
+    """`allow app=python3 script=ok.py` is for ok.py: not another script, not `python3 -c`
+    (inline code), not ok.py run with PYTHONPATH pointing at someone else's modules."""
+    rules = ruleset(f"allow app={PY} script={OK_PY}")
+    assert winner(rules, flow(), py()) == 1
+    assert winner(rules, flow(), py("/home/u/bad.py")) is None
+    assert winner(rules, flow(), py(None)) is None
+    assert winner(rules, flow(), py(script_doubts=("PYTHONPATH",))) is None
+
+
+def test_script_rule_beats_the_interpreter_rule() -> None:
+    """Naming the script is more specific than naming only the interpreter."""
+    rules = ruleset(f"deny app={PY} script={OK_PY}", f"allow app={PY}")
+    assert winner(rules, flow(), py()) == 1
+    assert winner(rules, flow(), py(None)) == 2
+
+
+def test_parent_rules_match_ancestors_and_parent1_the_direct_parent() -> None:
+    """`parent=` is any ancestor, `parent1=` the direct parent; a parent whose path could not be
+    verified (labelled `?path`) or only known by its comm (`[comm]`) is not named by either."""
+    chain = ((10, "/usr/bin/make"), (9, "/usr/bin/bash"), (1, "/sbin/init"))
+    p = replace(proc(), parents=chain)
+    assert winner(ruleset("allow parent=/usr/bin/bash"), flow(), p) == 1
+    assert winner(ruleset("allow parent1=/usr/bin/make"), flow(), p) == 1
+    assert winner(ruleset("allow parent1=/usr/bin/bash"), flow(), p) is None
+    assert winner(ruleset("allow parent=/usr/bin/ssh"), flow(), p) is None
+    fake = replace(proc(), parents=((10, "?/usr/bin/make"), (9, "[/usr/bin/bash]")))
+    assert winner(ruleset("allow parent=/usr/bin/make", "allow parent=/usr/bin/bash"), flow(),
+                  fake) is None  # fmt: skip
+
+
+def test_parent_rule_beats_app_rule_without_parent() -> None:
+    """ "This app when started by X" narrows "this app": it wins over it."""
+    p = replace(proc(), parents=((2, "/usr/bin/make"),))
+    rules = ruleset(f"allow app={CURL} parent=/usr/bin/make", f"deny app={CURL}")
+    assert winner(rules, flow(), p) == 1
+    assert winner(rules, flow(), proc()) == 2
+
+
+def test_identity_notes_say_what_was_found() -> None:
+    """The log and the prompt show what a rule could not see in the path alone."""
+    p = replace(py(None), verified=False, preload=("/tmp/x.so",), tracer=5)
+    assert p.notes() == (
+        "unverified executable",
+        "inline code",
+        "preloaded /tmp/x.so",
+        "traced by pid 5",
+    )
+    assert "script /home/u/ok.py" in py().describe()
+
+
 def test_port_rule_never_matches_icmp() -> None:
     """ICMP has no ports; "port 1-65535" must not quietly cover pings."""
     rules = ruleset("allow port=1-65535")
@@ -350,6 +452,8 @@ def test_ufw_policy_on_tun0_covers_only_tun0(proto: Proto, dport: int) -> None:
 # Properties over random rule sets drawn from small pools, so that rules overlap and tie.
 
 EXES = [CURL, "/usr/bin/wget"]
+SCRIPTS = ["/home/u/ok.py", "/home/u/bad.py"]
+PARENTS = ["/usr/bin/bash", "/usr/bin/make"]
 # "::a00:1" is the same number as 10.0.0.1: an index keyed by the address's integer value must
 # still keep IPv4 and IPv6 apart.
 DSTS = [
@@ -425,7 +529,27 @@ def decide_rules(draw: st.DrawFn) -> Rule:
         until=draw(st.sampled_from([None, 500.0, 1500.0]))
         if lifetime is Lifetime.MINUTES
         else None,
+        script=_maybe(draw, SCRIPTS) if exe else None,
+        parent=_maybe(draw, PARENTS),
+        parent1=_maybe(draw, PARENTS),
     )
+
+
+def _identity(draw: st.DrawFn) -> dict[str, Any]:
+    """The Process fields that say who it is (issue 14), drawn so that each check is hit."""
+    return {
+        "verified": draw(st.integers(0, 3)) > 0,
+        "interpreted": True,
+        "script": draw(st.none() | st.sampled_from(SCRIPTS)),
+        "script_doubts": draw(st.sampled_from([(), ("PYTHONPATH",)])),
+        "preload": draw(st.sampled_from([(), (), ("/tmp/x.so",)])),
+        "tracer": draw(st.sampled_from([None, None, 7])),
+        "parents": draw(
+            st.sampled_from(
+                [(), ((2, PARENTS[0]),), ((2, PARENTS[1]), (1, PARENTS[0])), ((2, "?/x"),)]
+            )
+        ),
+    }
 
 
 @st.composite
@@ -444,6 +568,7 @@ def situations(draw: st.DrawFn) -> tuple[Flow, Process, frozenset[str], float]:
         uid=draw(st.sampled_from([0, 1000])),
         exe=draw(st.none() | st.sampled_from(EXES)),
         sha256=draw(st.none() | st.sampled_from([HASH_A, HASH_B])),
+        **_identity(draw),
     )
     names = frozenset(draw(st.sets(st.sampled_from(NAMES), max_size=2)))
     return f, p, names, draw(st.sampled_from([0.0, 1000.0, 2000.0]))
@@ -477,8 +602,24 @@ def situations_for(draw: st.DrawFn, rule: Rule) -> tuple[Flow, Process, frozense
         uid=rule.user if rule.user is not None else draw(st.sampled_from([0, 1000])),
         exe=rule.exe or draw(st.none() | st.sampled_from(EXES)),
         sha256=rule.sha256 or draw(st.sampled_from([HASH_A, HASH_B])),
+        **{**_identity(draw), **_identity_for(draw, rule)},
     )
     return f, p, frozenset(names), draw(st.sampled_from([0.0, 1000.0]))
+
+
+def _identity_for(draw: st.DrawFn, rule: Rule) -> dict[str, Any]:
+    """Mostly an identity `rule` accepts: a clean, verified process of its script and parents."""
+    if draw(st.integers(0, 3)) == 0:
+        return {}
+    parents = [(3, rule.parent1 or PARENTS[1])] + ([(2, rule.parent)] if rule.parent else [])
+    return {
+        "verified": True,
+        "script": rule.script,
+        "script_doubts": (),
+        "preload": (),
+        "tracer": None,
+        "parents": tuple(parents),
+    }
 
 
 @st.composite
@@ -677,7 +818,18 @@ def test_a_once_rule_added_to_a_set_is_not_held() -> None:
 def test_specificity_orders_the_precedence_sentence() -> None:
     """The sort key, read left to right, is the sentence: each rule here beats the next."""
     ordered = [
+        "allow app=/usr/bin/python3 script=/x.py parent1=/bin/sh parent=/bin/init",
+        "allow app=/usr/bin/python3 script=/x.py parent1=/bin/sh",
+        "allow app=/usr/bin/python3 script=/x.py parent=/bin/sh",
+        "allow app=/usr/bin/python3 script=/x.py",
+        "allow app=/usr/bin/python3 parent1=/bin/sh",
+        "allow app=/usr/bin/python3 parent=/bin/sh user=0",
+        "allow app=/usr/bin/python3 parent=/bin/sh",
+        "allow app=/usr/bin/python3 user=0 to=10.0.0.1 port=1 proto=tcp iface=eth0",
         f"allow app={CURL}",
+        "allow parent1=/bin/sh",
+        "allow parent=/bin/sh user=0",
+        "allow parent=/bin/sh",
         "allow user=0",
         "allow to=10.0.0.1",
         "allow to=*.a.example.org",

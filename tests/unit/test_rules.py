@@ -16,6 +16,7 @@ import snitch_common.rules
 from snitch_common.errors import RuleError
 from snitch_common.records import Proto
 from snitch_common.rules import Action, Lifetime, Rule, parse_duration, parse_rule
+from snitchctl.main import rule_warnings
 
 HASH = "0123456789abcdef" * 4
 
@@ -53,6 +54,11 @@ ROUND_TRIP = [
     "allow app='/opt/My App/bin/my app'",
     "allow app='/opt/it'\"'\"'s/bin'",
     "allow iface='we ird'",
+    "allow app=/usr/bin/python3 script=/home/u/ok.py",
+    f"allow app=/usr/bin/python3 sha256={HASH} script=/home/u/ok.py parent1=/usr/bin/bash",
+    "deny parent=/usr/bin/evolution",
+    "allow app=/usr/bin/curl parent1=/usr/bin/make parent=/usr/bin/ssh to=example.org",
+    "allow app=/usr/bin/bash script='/home/u/my scripts/x.sh'",
 ]
 
 
@@ -171,6 +177,8 @@ def rules(draw: st.DrawFn) -> Rule:
     iface = draw(
         st.none() | st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=15)
     )
+    paths = st.text(min_size=0, max_size=12).map(lambda s: "/" + s)
+    script = draw(st.none() | paths) if exe is not None else None
     lifetimes = [Lifetime.ONCE, Lifetime.MINUTES, Lifetime.RESTART, Lifetime.FOREVER]
     if exe is not None:
         lifetimes.append(Lifetime.PROCESS)
@@ -197,6 +205,9 @@ def rules(draw: st.DrawFn) -> Rule:
         until=until,
         pid=pid,
         start=start,
+        script=script,
+        parent=draw(st.none() | paths),
+        parent1=draw(st.none() | paths),
     )
 
 
@@ -242,6 +253,9 @@ _WORD_VALUES = st.text(string.printable + "²٥\x00é*", max_size=12)
                 [
                     "app",
                     "sha256",
+                    "script",
+                    "parent",
+                    "parent1",
                     "user",
                     "to",
                     "port",
@@ -299,6 +313,11 @@ MALFORMED = [
     pytest.param("allow app=/bin/x sha256=xyz", "'xyz'", id="bad-sha256"),
     pytest.param(f"allow app=/bin/x sha256={HASH.upper()}", HASH.upper(), id="upper-sha256"),
     pytest.param(f"allow sha256={HASH}", "sha256=", id="sha256-without-app"),
+    pytest.param("allow app=/bin/sh script=x.sh", "'x.sh'", id="relative-script"),
+    pytest.param("allow script=/x.sh", "script=", id="script-without-app"),
+    pytest.param("allow parent=bash", "'bash'", id="relative-parent"),
+    pytest.param("allow parent1=./make", "'./make'", id="relative-parent1"),
+    pytest.param("allow parent=/a parent=/b", "parent=", id="two-parents"),
     pytest.param("allow user=no-such-user-snitch-test", "'no-such-user-snitch-test'", id="user"),
     pytest.param("allow iface=a-very-long-iface-name", "'a-very-long-iface-name'", id="iface"),
     pytest.param("allow iface=eth/0", "'eth/0'", id="iface-slash"),
@@ -423,3 +442,25 @@ def test_ipv6_network_round_trips() -> None:
     rule = parse_rule("deny to=2001:db8:1::/48")
     assert rule.dst == IPv6Network("2001:db8:1::/48")
     assert parse_rule(str(rule)) == rule
+
+
+@pytest.mark.parametrize(
+    ("text", "warned"),
+    [
+        ("allow app=/usr/bin/python3.11", True),
+        ("allow app=/usr/bin/bash to=example.org", True),
+        ("deny app=/usr/bin/perl", True),
+        ("allow app=/usr/bin/python3 script=/home/u/ok.py", False),
+        ("allow app=/usr/bin/curl", False),
+        ("allow app=/usr/bin/pythonista", False),
+        ("allow port=443", False),
+    ],
+)
+def test_list_rules_warns_that_an_interpreter_rule_without_script_covers_every_script(
+    text: str, warned: bool
+) -> None:
+    """`allow app=/usr/bin/python3` lets every Python program through (issue 14): list-rules
+    says so, so nobody mistakes it for a rule about one script."""
+    warnings = rule_warnings(text)
+    assert bool(warnings) is warned
+    assert all("every script" in w for w in warnings)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snitch_common.records import Flow, Process
+from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.procs.details import Details, Stat, process_alive, read_stat
 from snitchd.procs.hashes import Hashes, Hashing
 from snitchd.procs.owners import NEED_SCAN, Owners
@@ -80,11 +81,17 @@ class Lookup:
 class Attributor:
     """Answers `begin(flow)` on the loop, and `lookup(flow)` whole, from caches it bounds."""
 
-    def __init__(self, *, hash_exe: bool = True, threads: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        hash_exe: bool = True,
+        threads: int = 2,
+        interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS,
+    ) -> None:
         self._hash_exe = hash_exe
         self._diag = SockDiag()
         self._owners = Owners()
-        self._details = Details()
+        self._details = Details(interpreters)
         self._hashes = Hashes()
         self._worker = Worker(threads)
         self._lock = threading.Lock()

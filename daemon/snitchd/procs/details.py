@@ -2,13 +2,15 @@
 
 `read_stat` is the loop's check that a cached process is still the one cached (one read of ~2 µs:
 pid, start ticks and comm say who it is, so a reused pid or an exec never inherits an old
-answer). `Details.describe` (psutil: exe, cmdline, parents; NSS for the user name, maybe LDAP)
-runs in the attribution worker only: it is a first sight, and its cost is not ours to bound.
+answer). `Details.describe` (psutil: exe, cmdline, parents; NSS for the user name, maybe LDAP;
+the identity checks of `identity` and the script of `scripts`) runs in the attribution worker
+only: it is a first sight, and its cost is not ours to bound.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -18,6 +20,16 @@ import threading
 import psutil
 
 from snitch_common.records import Attribution, Process
+from snitch_common.rules import DEFAULT_INTERPRETERS
+from snitchd.procs.identity import (
+    preloaded,
+    read_environ,
+    tracer_of,
+    user_writable,
+    verify_path,
+    verify_script,
+)
+from snitchd.procs.scripts import CODE_ENV, Interpreters, script_of
 
 __all__ = ["Details", "Stat", "process_alive", "read_stat", "start_time"]
 
@@ -25,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _LABELS_MAX = 4096
 _MAX_PARENTS = 8
+_PRELOAD_ENV = frozenset({"LD_PRELOAD", "LD_AUDIT"})
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _BOOT_TIME = psutil.boot_time()  # read once: start times then agree with each other and psutil
 
@@ -60,31 +73,11 @@ def process_alive(pid: int, start: float) -> bool:
     return abs(start_time(stat[2]) - start) < 0.5 / _CLK_TCK
 
 
-def _as_seen_here(pid: int, exe: str) -> str:
-    """The executable's path as rules name it. A process in another mount namespace (`ip
-    netns exec` makes one, so do containers) may show its binary with a prefix outside our own
-    root (seen in a chroot: /var/tmp/x/usr/bin/curl); the tail that names the same file here
-    (same device and inode) is the path. Costs one stat when the path is already right."""
-    try:
-        target = os.stat(f"/proc/{pid}/exe")
-    except OSError:
-        return exe
-    parts = exe.split("/")
-    for i in range(1, len(parts)):
-        candidate = "/" + "/".join(parts[i:])
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-            return candidate
-    return exe
-
-
 class Details:
     """psutil and NSS reads, with the small caches that spare them (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS) -> None:
+        self._interpreters = Interpreters(interpreters)
         self._lock = threading.Lock()
         self._labels: dict[tuple[int, int, bytes], str] = {}
         self._users: dict[int, str | None] = {}
@@ -107,16 +100,50 @@ class Details:
         # lookups in 300 of a live process to uid-only, issue 14).
         if again is None or again[2:] != stat[2:] or again[0] in ("Z", "X"):
             return None
-        return Process(
+        proc = Process(
             attribution=Attribution.PROCESS,
             pid=pid,
             uid=uid,
-            exe=_as_seen_here(pid, exe) if exe else None,
+            exe=exe or None,
             cmdline=cmdline,
             user=self._user(uid),
             ppid=stat[1],
             start_time=start_time(stat[2]),
             parents=self._parents(stat[1]),
+        )
+        return self._identify(proc) if exe else proc
+
+    def _identify(self, proc: Process) -> Process:
+        """What can be checked of who it is: the path, the script, injected code (issue 14)."""
+        assert proc.pid is not None and proc.exe is not None
+        pid = proc.pid
+        try:
+            target = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            return dataclasses.replace(proc, verified=False)
+        exe, verified = verify_path(pid, proc.exe, target)
+        family = self._interpreters.family(exe)
+        names = _PRELOAD_ENV | frozenset(CODE_ENV.get(family or "", ()))
+        env = read_environ(pid, names)
+        script = None
+        doubts: tuple[str, ...] = ()
+        if family is not None:
+            argument = script_of(family, proc.cmdline)
+            if argument is not None:
+                script, seen = verify_script(pid, argument)
+                doubts = tuple(f"{n} set" for n in sorted(env) if n not in _PRELOAD_ENV)
+                if not seen:
+                    doubts += ("its path unverified",)
+        return dataclasses.replace(
+            proc,
+            exe=exe,
+            verified=verified,
+            interpreted=family is not None,
+            script=script,
+            script_doubts=doubts,
+            preload=preloaded(pid, env),
+            tracer=tracer_of(pid),
+            user_writable=user_writable(exe, target),
         )
 
     def _parents(self, pid: int) -> tuple[tuple[int, str], ...]:
@@ -129,10 +156,7 @@ class Details:
             with self._lock:
                 label = self._labels.get(key)
             if label is None:
-                try:
-                    label = psutil.Process(pid).exe() or stat[3].decode(errors="replace")
-                except psutil.Error:
-                    label = stat[3].decode(errors="replace")
+                label = _parent_label(pid, stat[3])
                 with self._lock:
                     self._labels[key] = label
                     extra = max(0, len(self._labels) - _LABELS_MAX)
@@ -152,3 +176,17 @@ class Details:
         with self._lock:
             self._users[uid] = name
         return name
+
+
+def _parent_label(pid: int, comm: bytes) -> str:
+    """A parent as `parent=` rules see it: its verified path; else `?path` (the path it shows,
+    not found here) or `[comm]` (its name, which the process itself sets): neither begins with
+    "/", so no rule names them."""
+    try:
+        exe = psutil.Process(pid).exe()
+    except psutil.Error:
+        exe = ""
+    if not exe:
+        return "[" + comm.decode(errors="replace") + "]"
+    path, verified = verify_path(pid, exe)
+    return path if verified else "?" + path

@@ -3,8 +3,10 @@
 A user chooses how big their executable is: a 1 GiB sparse file took the loop 4.6 s to hash, 4 GiB
 more than 16 s (issue 12). So hashing is a worker job, read in slices of `_STEP` bytes and taken
 in turn with other users' work, and each file is hashed once: the digest is cached by the file's
-identity (dev, inode, size, mtime_ns, ctime_ns) — ctime too, because a pinned executable edited
-in place with its mtime put back must not keep its old digest, and nobody can set ctime back.
+identity (dev, inode, size, mtime_ns, ctime_ns, inode generation) — ctime too, because a pinned
+executable edited in place with its mtime put back must not keep its old digest, and nobody can
+set ctime back; and the inode's generation where the file system keeps one (FS_IOC_GETVERSION:
+ext4, xfs, btrfs; 0 elsewhere), so an inode number freed and reused is another file.
 The cache is bounded in entries; a hash in progress is joined by every process of the same file.
 
 How long a packet waits for a digest is the caller's (`Attributor`): up to the lookup's deadline
@@ -15,6 +17,8 @@ so the next flow of that file is decided by its digest.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -32,7 +36,8 @@ __all__ = ["FileKey", "Hashes", "Hashing"]
 
 log = logging.getLogger(__name__)
 
-FileKey = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns
+FileKey = tuple[int, int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns, generation
+_FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long), on 64-bit Linux
 
 _CHUNK = 1 << 20
 _STEP = 8 << 20  # bytes hashed per slice: ~10 ms at ~0.8 GB/s (sha256 here)
@@ -78,7 +83,14 @@ class Hashes:
             return None
         try:
             st = os.fstat(f.fileno())
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            key = (
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                _generation(f.fileno()),
+            )
             with self._lock:
                 known = self._done.get(key) or self._running.get(key)
                 if known is None and self._queued.get(uid, 0) >= _QUEUED_MAX:
@@ -146,3 +158,13 @@ class Hashes:
                 for old in list(itertools.islice(self._done, max(0, len(self._done) - self._max))):
                     del self._done[old]
         hashing.future.set_result(digest)
+
+
+def _generation(fd: int) -> int:
+    """The inode's generation number, or 0 where the file system has none (tmpfs, overlayfs)."""
+    buf = array.array("l", [0])
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETVERSION, buf)
+    except OSError:
+        return 0
+    return buf[0]
