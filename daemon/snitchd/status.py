@@ -19,7 +19,10 @@ __all__ = ["Status", "status_of"]
 @dataclass(frozen=True, slots=True)
 class Status:
     """The daemon at one moment. `kernel` holds the queue's counters as the kernel reports
-    them (held, queue_dropped, user_dropped, queued_total), empty when it cannot be read."""
+    them (held, queue_dropped, user_dropped, queued_total), empty when it cannot be read.
+    `rules_error` says why the rules in use are the last good set and not the store's (a rule
+    changed outside snitch does not parse), `log_error` why the connection log is not being
+    written (a corrupt page, a full disk); both "" when all is well."""
 
     version: str
     backend: str
@@ -31,9 +34,14 @@ class Status:
     rules: int
     names_known: int
     agents: int
+    agents_refused: int
     prompts_open: int
     prompts_asked: int
     prompts_timed_out: int
+    prompts_over_quota: int
+    prompt_packets_held: int
+    prompt_packets_dropped: int
+    rules_error: str
     seen: int
     accepted: int
     dropped: int
@@ -46,11 +54,12 @@ class Status:
     log_rows_dropped: int
     log_writer_pid: int
     log_writer_starts: int
+    log_error: str
     kernel: tuple[tuple[str, int], ...] = ()
     running: bool = True
 
 
-def status_of(firewall: Firewall, backend: str) -> Status:
+def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
     fw, c = firewall, firewall.counters
     return Status(
         version=__version__,
@@ -63,9 +72,14 @@ def status_of(firewall: Firewall, backend: str) -> Status:
         rules=len(fw.rules),
         names_known=len(fw.names),
         agents=len(fw.broker.agents),
+        agents_refused=agents_refused,
         prompts_open=len(fw.broker.open),
         prompts_asked=fw.broker.asked,
         prompts_timed_out=fw.broker.timed_out,
+        prompts_over_quota=fw.broker.over_quota,
+        prompt_packets_held=fw.broker.held,
+        prompt_packets_dropped=fw.broker.packets_dropped,
+        rules_error=fw.rules_error,
         seen=c.seen,
         accepted=c.accepted,
         dropped=c.dropped,
@@ -78,5 +92,6 @@ def status_of(firewall: Firewall, backend: str) -> Status:
         log_rows_dropped=fw.events.dropped,
         log_writer_pid=fw.events.writer_pid or 0,
         log_writer_starts=fw.events.writer_starts,
+        log_error=fw.events.last_error,
         kernel=tuple(kernel_stats(fw.config.queue).items()),
     )

@@ -46,6 +46,10 @@ def test_every_key_can_be_set() -> None:
         "admin_group": _my_group(),
         "prompt_timeout": 2.5,
         "max_prompts": 10000,
+        "max_prompts_total": 10000,
+        "max_prompt_packets": 1,
+        "agent_programs": ["/usr/lib/snitch/agent"],
+        "answers_need_auth": True,
         "intercept_loopback": True,
         "stay_closed_when_stopped": True,
         "queue_max_len": 16,
@@ -63,8 +67,13 @@ def test_every_key_can_be_set() -> None:
     config = parse_config(data)
     assert config.default_action is Action.DENY
     assert {k: getattr(config, k) for k in data if k != "default_action"} == {
-        k: v for k, v in data.items() if k != "default_action"
+        k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "default_action"
     }
+
+
+def test_a_user_s_prompt_share_cannot_exceed_everyone_s() -> None:
+    with pytest.raises(ConfigError, match="max_prompts = 65: must not exceed max_prompts_total"):
+        parse_config({"max_prompts": 65, "max_prompts_total": 64})
 
 
 def test_whole_seconds_are_fine_for_a_float_key() -> None:
@@ -96,6 +105,13 @@ BAD_VALUES = [
     ("max_prompts", 0),
     ("max_prompts", 10001),
     ("max_prompts", 2.0),
+    ("max_prompts_total", 0),
+    ("max_prompt_packets", 0),
+    ("agent_programs", []),
+    ("agent_programs", "/opt/snitch/venv/bin/snitchctl"),
+    ("agent_programs", ["bin/snitchctl"]),
+    ("agent_programs", ["/opt/../tmp/x"]),
+    ("answers_need_auth", "yes"),
     ("intercept_loopback", "yes"),
     ("intercept_loopback", 1),
     ("stay_closed_when_stopped", "false"),
