@@ -15,8 +15,9 @@ bus reports for the connection:
 - every file and directory on the way to the script and the interpreter, symlinks followed, is
   owned by root and writable by no one else (the script's venv must be too: install.sh puts
   it under /opt/snitch, root-owned);
-- `/proc/PID/exe` is that interpreter; the process is in the mount and user namespaces of
-  pid 1 (inside its own, a user can bind-mount anything over the venv);
+- `/proc/PID/exe` is that interpreter; the files are checked as the process sees them
+  (through /proc/PID/root: its mount namespace, its root directory), and it must be in
+  snitchd's user namespace (inside one of its own, a user can mount anything anywhere);
 - its environment holds no variable that loads code: LD_*, PYTHON* beyond a short list of
   harmless ones, Qt/GTK/GIO/glibc module paths (`INJECTING`, `SAFE_PYTHON_VARIABLES`);
 - it is not traced (`TracerPid: 0`) and not dumpable: the agents call `prctl(PR_SET_DUMPABLE,
@@ -123,16 +124,17 @@ def _read(path: str) -> bytes:
         return f.read(_MAX_PROC_FILE)
 
 
-def trusted_path(path: str) -> str:
+def trusted_path(path: str, root: str = "") -> str:
     """The real path of `path` if every file, directory and symlink on the way (and at the
     end) is owned by root and writable by no one else; raises ValueError naming the first that
-    is not. Symlinks are followed by hand, so each hop is checked too."""
+    is not. Symlinks are followed by hand, so each hop is checked too. `root`: look as a
+    process sees its files (`/proc/PID/root`: its mount namespace and root directory)."""
     if not path.startswith("/"):
         raise ValueError(f"{path}: not an absolute path")
     done = "/"
     todo = [p for p in path.split("/") if p]
     hops = 0
-    _check_inode("/", os.lstat("/"))
+    _check_inode("/", os.lstat(root + "/"))
     while todo:
         part = todo.pop(0)
         if part == ".":
@@ -141,13 +143,13 @@ def trusted_path(path: str) -> str:
             done = os.path.dirname(done.rstrip("/")) or "/"
             continue
         here = os.path.join(done, part)
-        st = os.lstat(here)
+        st = os.lstat(root + here)
         _check_inode(here, st)
         if stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > _MAX_HOPS:
                 raise ValueError(f"{path}: too many symlinks")
-            target = os.readlink(here)
+            target = os.readlink(root + here)
             if target.startswith("/"):
                 done = "/"
             todo = [p for p in target.split("/") if p] + todo
@@ -233,9 +235,13 @@ def _inspect(pid: int, uid: int, programs: tuple[str, ...]) -> AgentProcess:
     script = next((a for a in argv[1:3] if a in programs), None)
     if script is None:
         raise _refuse(pid, f"runs {shown!r}, not an agent program")
+    # In a user namespace of its own, a user may mount anything anywhere (and seem root).
+    if os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino:
+        raise _refuse(pid, "runs in a user namespace of its own")
+    seen = f"/proc/{pid}/root"  # its files as it sees them: its mounts, its root directory
     try:
-        trusted_path(script)
-        expected = [*_shebang(trusted_path(script)), script]
+        real = trusted_path(script, seen)
+        expected = [*_shebang(seen + real), script]
     except (OSError, ValueError) as exc:
         raise _refuse(pid, f"runs {script}, which is not installed safely: {exc}") from None
     if argv[: len(expected)] != expected:
@@ -243,15 +249,12 @@ def _inspect(pid: int, uid: int, programs: tuple[str, ...]) -> AgentProcess:
             pid, f"runs {shown!r}, not {script} as its #! line starts it ({' '.join(expected)})"
         )
     try:
-        interpreter = trusted_path(expected[0])
+        interpreter = trusted_path(expected[0], seen)
     except (OSError, ValueError) as exc:
         raise _refuse(pid, f"runs an interpreter that is not installed safely: {exc}") from None
     exe = os.readlink(f"/proc/{pid}/exe")
     if exe != interpreter:
         raise _refuse(pid, f"runs {exe}, not {interpreter} (the #! interpreter of {script})")
-    for ns in ("mnt", "user"):
-        if os.stat(f"/proc/{pid}/ns/{ns}").st_ino != os.stat(f"/proc/1/ns/{ns}").st_ino:
-            raise _refuse(pid, f"runs in a {ns} namespace of its own")
     bad = sorted(_injecting(_read(f"/proc/{pid}/environ")))
     if bad:
         raise _refuse(pid, f"has {', '.join(bad)} in its environment (they load other code)")

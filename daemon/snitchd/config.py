@@ -66,7 +66,7 @@ class Config:
     prompt_timeout: float = 30.0
     max_prompts: int = 64
     max_prompts_total: int = 1024
-    max_prompt_packets: int = 16
+    max_prompt_packets: int = 64
     intercept_loopback: bool = False
     stay_closed_when_stopped: bool = False
     queue_max_len: int = 4096

@@ -66,7 +66,7 @@ class Quotas:
 
     per_uid: int = 64
     total: int = 1024
-    packets: int = 16
+    packets: int = 64
     held: int = 2048
 
 
