@@ -79,7 +79,8 @@ class AgentService(ServiceInterface):
 
     @dbus_method()
     def Alert(self, alert: VarDict) -> None:
-        """kind (new-app, exe-changed, rules-changed), message, time, uid, exe."""
+        """kind (new-app, exe-changed, rules-changed, rules-unreadable, agent-registered,
+        agent-refused), message, time, uid, exe."""
         if self._on_alert is not None:
             self._on_alert(plain(alert))
 
