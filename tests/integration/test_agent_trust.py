@@ -257,7 +257,9 @@ async def test_6000_datagrams_joining_one_prompt_do_not_stop_roots_allowed_conne
             assert await asyncio.to_thread(lab.py, "tcp", "192.0.2.2", 80) == "connected"
         status = lab.ctl_json("status")
         assert status["prompts_open"] == 1 and status["prompt_packets_held"] == 64, status
-        assert status["prompt_packets_dropped"] >= 5000, status
+        # Past its share; the kernel itself drops what comes faster than snitchd reads.
+        dropped = status["prompt_packets_dropped"] + status.get("kernel_queue_dropped", 0)
+        assert status["prompt_packets_dropped"] > 1000 and dropped >= 5000, status
         assert status["kernel_held"] <= 64, status
     finally:
         _end(sender)
