@@ -47,6 +47,7 @@ fi
 
 # Every path this script creates, so that --uninstall removes exactly these.
 FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
+/usr/share/polkit-1/actions/org.snitch.policy
 /etc/systemd/system/snitchd.service
 /usr/local/bin/snitchd
 /usr/local/bin/snitchctl
@@ -88,8 +89,14 @@ install_files() {
     python3 -m venv "$ROOT$PREFIX/venv"
     "$ROOT$PREFIX/venv/bin/pip" install -q --upgrade pip
     "$ROOT$PREFIX/venv/bin/pip" install -q "$HERE[gui]"
+    # snitchd accepts an agent only from a root-owned venv nobody else can write (agent_programs).
+    chown -R root:root "$ROOT$PREFIX"
+    chmod -R go-w "$ROOT$PREFIX"
     install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.conf" \
         "$ROOT/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf"
+    # The polkit action snitchd asks for when answers_need_auth = true (auth_admin_keep).
+    install -D -m 0644 "$HERE/systemd/org.snitch.policy" \
+        "$ROOT/usr/share/polkit-1/actions/org.snitch.policy"
     # No D-Bus activation file: a call to snitchd must never start it (a stopped firewall
     # stays stopped until systemd or an admin starts it). Earlier versions installed one.
     rm -f "$ROOT$OLD_ACTIVATION"

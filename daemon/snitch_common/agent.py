@@ -4,8 +4,17 @@ An agent exports `org.snitch.Agent1` on its own bus connection and registers it 
 snitchd then calls `Prompt(a{sv})` for each flow that waits for this user, and `Cancel(t, s)`
 when a prompt ends without this agent (timeout, another agent, shutdown). Answers go back with
 `Firewall1.AnswerPrompt`. Nothing here decides: it carries prompts to a person and back.
+
+snitchd accepts an agent only from an installed agent program that the user's other processes
+cannot reach into (snitchd/agents.py): each agent program calls `make_undumpable` first thing,
+and answers snitchd's `Prove(nonce)` while it registers by naming its thread after the nonce,
+which ties the bus connection to this very process. Only root may call Agent1 methods (the bus
+policy), so no other process can make this one prove anything for it.
 """
 
+import ctypes
+import ctypes.util
+import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -16,9 +25,35 @@ from dbus_fast.service import ServiceInterface, dbus_method
 from snitch_common.bus import AGENT_INTERFACE, AGENT_PATH, PromptView, plain
 from snitch_common.client import Client
 
-__all__ = ["AgentService", "register"]
+__all__ = ["AgentService", "make_undumpable", "register"]
 
 VarDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
+
+_PR_SET_NAME = 15
+_PR_SET_DUMPABLE = 4
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def make_undumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): from now on a process of the same user can neither ptrace
+    this one nor read or write its memory (/proc/PID/mem), and snitchd sees that it did this
+    (its /proc files turn root's). Call it before anything else: a tracer attached earlier
+    stays attached (snitchd refuses a traced agent). Raises OSError if the kernel refuses."""
+    if _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(err)}")
+
+
+def _thread_name() -> bytes:
+    try:
+        with open("/proc/thread-self/comm", "rb") as f:
+            return f.read().strip()
+    except OSError:
+        return b"python3"
+
+
+def _set_thread_name(name: bytes) -> None:
+    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
 class AgentService(ServiceInterface):
@@ -32,6 +67,7 @@ class AgentService(ServiceInterface):
         self._on_prompt = on_prompt
         self._on_cancel = on_cancel
         self._on_alert = on_alert
+        self._name_before: bytes | None = None
 
     @dbus_method()
     def Prompt(self, prompt: VarDict) -> None:
@@ -43,12 +79,31 @@ class AgentService(ServiceInterface):
 
     @dbus_method()
     def Alert(self, alert: VarDict) -> None:
-        """kind (new-app, exe-changed, rules-changed), message, time, uid, exe."""
+        """kind (new-app, exe-changed, rules-changed, rules-unreadable, agent-registered,
+        agent-refused), message, time, uid, exe."""
         if self._on_alert is not None:
             self._on_alert(plain(alert))
+
+    @dbus_method()
+    def Prove(self, nonce: DBusStr) -> None:
+        """snitchd, while we register: name this thread `nonce` so that it can see the process
+        behind this connection is this one (see the module docstring); `register` puts the
+        name back."""
+        if self._name_before is None:
+            self._name_before = _thread_name()
+        _set_thread_name(nonce.encode("ascii", "replace"))
+
+    def proved(self) -> None:
+        """Registration is over: this thread gets its own name back."""
+        if self._name_before is not None:
+            _set_thread_name(self._name_before)
+            self._name_before = None
 
 
 async def register(client: Client, service: AgentService) -> int:
     """Export the agent and register it; returns the uid snitchd will route prompts of."""
     client.bus.export(AGENT_PATH, service)
-    return int(await client.call("RegisterAgent", "o", [AGENT_PATH]))
+    try:
+        return int(await client.call("RegisterAgent", "o", [AGENT_PATH]))
+    finally:
+        service.proved()

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from typing import Any
 
 from dbus_fast import Variant
 
+from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
 from snitch_common.errors import RuleError, SnitchError
 from snitch_common.rules import parse_duration, parse_rule
@@ -82,6 +84,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_parser("monitor", help="live: every decision as it happens (--json: JSON lines)")
     sub.add_parser("status", help="is snitchd running, and what is it doing")
     sub.add_parser("agent", help="answer prompts in this terminal (for SSH and headless use)")
+    doc = sub.add_parser(
+        "doctor",
+        help="check snitch's database (as root; works while snitchd is stopped)",
+        description="Check the database: PRAGMA quick_check and integrity_check, the schema "
+        "version, and that every rule parses; say what to do. Exit 1 if something is wrong.",
+    )
+    doc.add_argument("--config", metavar="PATH", help="snitchd's config (for its database)")
+    doc.add_argument("--database", metavar="PATH", help="check this database instead")
     return p
 
 
@@ -299,8 +309,24 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """The checks are snitchd's (it owns the schema): run in a process of their own, so that
+    this CLI never loads SQLite or the daemon."""
+    argv = [sys.executable, "-m", "snitchd.doctor"]
+    argv += ["--config", args.config] if args.config else []
+    argv += ["--database", args.database] if args.database else []
+    argv += ["--json"] if args.json else []
+    return subprocess.run(argv, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "agent":
+        # First thing: from here on no process of this user can trace it or change its memory,
+        # which snitchd checks before it accepts this agent (snitchd/agents.py).
+        make_undumpable()
+    if args.command == "doctor":
+        return _doctor(args)
     try:
         return asyncio.run(_run(args))
     except SnitchError as exc:

@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import secrets
 import sqlite3
 from typing import Annotated, Any, TypeVar
 
@@ -43,12 +44,14 @@ from snitch_common.bus import (
 )
 from snitch_common.errors import NotAuthorized, RuleError, SnitchError
 from snitch_common.records import Proto
-from snitch_common.rules import Rule, RuleRecord, parse_rule
+from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.access import is_admin
+from snitchd.agents import AgentProcess, inspect_agent, session_of, thread_names
 from snitchd.caller import Caller, CallerAwareBus, current_caller, handled, sender
 from snitchd.decide import PRECEDENCE, Explanation
 from snitchd.events import Alert
 from snitchd.firewall import Firewall
+from snitchd.polkit import ANSWER_ALLOW_FOREVER, check_authorization
 from snitchd.prompts import Agent, Prompt
 from snitchd.queries import (
     LogQuery,
@@ -70,6 +73,8 @@ VarDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 VarDicts = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 
 T = TypeVar("T")
+
+PROVE_TIMEOUT = 5.0  # an agent answers Prove from its bus loop at once
 
 
 def _record_plain(record: RuleRecord) -> dict[str, object]:
@@ -219,6 +224,7 @@ class FirewallService(ServiceInterface):
         self._reader = reader
         self._uids: dict[str, int] = {}
         self._monitors: dict[str, int | None] = {}
+        self.agents_refused = 0
 
     @property
     def admin_group(self) -> str:
@@ -301,15 +307,65 @@ class FirewallService(ServiceInterface):
     @dbus_method()
     @handled()
     async def Status(self) -> VarDict:
-        return _status_dict(status_of(self.firewall, self.backend))
+        return _status_dict(status_of(self.firewall, self.backend, self.agents_refused))
 
     @dbus_method()
     @handled()
     async def RegisterAgent(self, path: DBusObjectPath) -> DBusUInt32:
-        """Register the caller as the agent of its own user; prompts come to `path`."""
+        """Register the caller as the agent of its own user; prompts come to `path`. Only an
+        installed agent program is accepted (`snitchd.agents`); the user's agents hear of a
+        refusal, and of a second agent."""
         who = current_caller()
-        self.firewall.broker.register(who.name, path, who.uid)
+        broker = self.firewall.broker
+        if who.uid == 0:  # root can change every file the checks rely on: nothing to check
+            broker.register(who.name, path, who.uid, program="(root)")
+            return who.uid
+        try:
+            found = await self._verify_agent(who, path)
+        except NotAuthorized as exc:
+            self.agents_refused += 1
+            broker.refused(who.uid, f"an agent of uid {who.uid} was refused: {exc.message}")
+            raise
+        session = await asyncio.to_thread(session_of, found.pid, who.uid)
+        broker.register(who.name, path, who.uid, found.pid, session, found.program)
         return who.uid
+
+    async def _verify_agent(self, who: Caller, path: str) -> AgentProcess:
+        """The process behind the caller's connection, if it runs an agent program and is
+        this connection's own (it proves it by naming a thread after a nonce we send)."""
+        reply = await call_bus_daemon(self.bus, "GetConnectionUnixProcessID", "s", [who.name])
+        if reply.message_type is not MessageType.METHOD_RETURN:
+            raise NotAuthorized(f"cannot register as an agent: the bus knows no pid for {who.name}")
+        pid = int(reply.body[0])
+        programs = self.firewall.config.agent_programs
+        found = await asyncio.to_thread(inspect_agent, pid, who.uid, programs)
+        nonce = "snt" + secrets.token_hex(6)
+        proof = Message(
+            destination=who.name,
+            path=path,
+            interface=AGENT_INTERFACE,
+            member="Prove",
+            signature="s",
+            body=[nonce],
+        )
+        try:
+            answer = await asyncio.wait_for(self.bus.call(proof), PROVE_TIMEOUT)
+        except TimeoutError:
+            answer = None
+        if answer is None or answer.message_type is not MessageType.METHOD_RETURN:
+            raise NotAuthorized(
+                f"cannot register as an agent: pid {pid} did not answer Prove on {path} "
+                "(an agent program older than snitchd? update both)"
+            )
+        if nonce not in await asyncio.to_thread(thread_names, pid):
+            raise NotAuthorized(
+                f"cannot register as an agent: the process behind {who.name} is not pid {pid}, "
+                "the agent program the bus names (its connection was handed on)"
+            )
+        again = await asyncio.to_thread(inspect_agent, pid, who.uid, programs)
+        if again.start != found.start:
+            raise NotAuthorized(f"cannot register as an agent: pid {pid} changed")
+        return found
 
     @dbus_method()
     @handled()
@@ -334,7 +390,14 @@ class FirewallService(ServiceInterface):
             _arg(answer, "duration", str) or "once",
             _arg(answer, "scope", str) or "exact",
         )
-        rule_id = self.firewall.broker.answer(parsed, current_caller().name)
+        name, broker = current_caller().name, self.firewall.broker
+        broker.prompt_for(parsed, name)
+        permanent = parsed.lifetime[0] is Lifetime.FOREVER and parsed.action is Action.ALLOW
+        if permanent and self.firewall.config.answers_need_auth:
+            # Waits for the person to authenticate; the prompt may end meanwhile (answer()
+            # then refuses, as for any prompt that is no longer open).
+            await check_authorization(self.bus, name, ANSWER_ALLOW_FOREVER)
+        rule_id = broker.answer(parsed, name)
         return -1 if rule_id is None else rule_id
 
     @dbus_method()

@@ -19,6 +19,7 @@ from snitch_common.errors import ConfigError
 from snitch_common.rules import DEFAULT_INTERPRETERS, Action
 
 __all__ = [
+    "DEFAULT_AGENT_PROGRAMS",
     "DEFAULT_PATH",
     "Config",
     "FailMode",
@@ -51,6 +52,15 @@ class LogLevel(enum.Enum):
     WARNING = "warning"
     ERROR = "error"
 
+# What install.sh installs, and the links in /usr/local/bin through which a shell runs them (a
+# script's path reaches the interpreter as it was typed: snitchd.agents checks that path).
+DEFAULT_AGENT_PROGRAMS = (
+    "/opt/snitch/venv/bin/snitch-notifier",
+    "/opt/snitch/venv/bin/snitchctl",
+    "/usr/local/bin/snitch-notifier",
+    "/usr/local/bin/snitchctl",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -69,6 +79,13 @@ class Config:
     `pin_answers`: a rule made by answering a prompt pins the executable's sha256 — for every
     executable ("always"), or only for those someone other than root can change
     ("user-writable": root-owned apps then keep their rules across package upgrades).
+
+    Prompts are rationed per user: `max_prompts` open prompts per uid (the flow's owner) and
+    `max_prompts_total` for everyone, so one user whose agent never answers cannot push
+    another's flows to the default; a prompt holds at most `max_prompt_packets` packets (the
+    rest of the flow's packets are dropped while it waits) so held packets never fill the
+    kernel queue. `agent_programs` are the only programs accepted as agents (snitchd.agents);
+    with `answers_need_auth`, an answer that makes a permanent allow rule needs polkit.
     """
 
     default_action: Action = Action.ALLOW
@@ -78,6 +95,8 @@ class Config:
     admin_group: str = "sudo"
     prompt_timeout: float = 30.0
     max_prompts: int = 64
+    max_prompts_total: int = 1024
+    max_prompt_packets: int = 64
     intercept_loopback: bool = False
     stay_closed_when_stopped: bool = False
     queue_max_len: int = 4096
@@ -95,12 +114,16 @@ class Config:
     hash_wait: float = 1.0
     interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS
     pin_answers: PinAnswers = PinAnswers.ALWAYS
+    agent_programs: tuple[str, ...] = DEFAULT_AGENT_PROGRAMS
+    answers_need_auth: bool = False
 
 
 _RANGES: dict[str, tuple[float, float]] = {
     "queue": (0, 65535),
     "prompt_timeout": (1, 3600),
     "max_prompts": (1, 10000),
+    "max_prompts_total": (1, 100000),
+    "max_prompt_packets": (1, 4096),
     "queue_max_len": (16, 1_000_000),
     "dns_queue": (0, 65535),
     "dns_grace": (0, 86400),
@@ -121,6 +144,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
         values[key] = _check(key, value, source)
     config = Config(**values)
+    if config.max_prompts > config.max_prompts_total:
+        raise ConfigError(
+            f"{source}: max_prompts = {config.max_prompts}: must not exceed max_prompts_total "
+            f"({config.max_prompts_total})"
+        )
     if config.snoop_dns and config.dns_queue == config.queue:
         raise ConfigError(f"{source}: dns_queue = {config.dns_queue}: must differ from queue")
     return config
@@ -138,6 +166,8 @@ def _check(key: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{source}: {key} = {value!r}: use {use}") from None
     if key == "dns_resolvers":
         return _check_resolvers(key, value, source)
+    if key == "agent_programs":
+        return _paths(key, value, source)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} = {value!r}: use true or false")
@@ -193,6 +223,14 @@ def _check_resolvers(key: str, value: Any, source: str) -> tuple[str, ...]:
                 f'{source}: {key}: {item!r} is neither "system" nor an IP address'
             ) from None
     return tuple(dict.fromkeys(found))
+def _paths(key: str, value: Any, source: str) -> tuple[str, ...]:
+    """A list of absolute paths (agent_programs): compared as typed, so no `..` either."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty list of paths")
+    for item in value:
+        if not isinstance(item, str) or not item.startswith("/") or "/../" in item + "/":
+            raise ConfigError(f"{source}: {key}: {item!r} is not an absolute path")
+    return tuple(value)
 
 
 def load_config(path: Path | None) -> Config:

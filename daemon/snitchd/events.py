@@ -67,6 +67,7 @@ class EventLog:
         self.dropped = 0
         self.pruned = 0
         self._failing = False  # said once in the journal, not at every retry
+        self.last_error = ""  # why the log is not written now (snitchctl status), "" if it is
 
     def record(self, decision: Decision) -> None:
         self._pending.append(log_row(decision))
@@ -107,6 +108,7 @@ class EventLog:
                     exc,
                 )
                 self._failing = True
+                self.last_error = str(exc)
                 self._pending[:0] = batch
                 self._apps.update(apps)
                 overflow = len(self._pending) - MAX_PENDING
@@ -116,6 +118,7 @@ class EventLog:
                 return
             if self._failing:
                 self._failing = False
+                self.last_error = ""
                 log.info("connection log written again rows=%d", done.written)
             self.written += done.written
             self.pruned += done.pruned

@@ -44,10 +44,10 @@ from snitchd.events import Alert, EventLog
 from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
-from snitchd.prompts import Broker
-from snitchd.store import Decision, RuleLoad, Store, keep_unexpired
+from snitchd.prompts import Broker, Quotas
+from snitchd.store import Decision, RuleLoad, Store, UnparsableRule, keep_unexpired
 
-__all__ = ["Counters", "Firewall"]
+__all__ = ["Counters", "Firewall", "quotas_of"]
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,16 @@ class Firewall:
         self._limits: tuple[Config | None, Limits] = (None, Limits())
         self._blocking: tuple[object, dict[bool, RuleSet]] = (None, {})
         self._entries: tuple[object, list[tuple[int, Rule]]] = (None, [])
+        self.rules_error = ""  # why the held rules are not the store's (status), "" if they are
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
         self.broker.reconfigure(
-            config.prompt_timeout, config.max_prompts, config.pin_answers is PinAnswers.ALWAYS
+            config.prompt_timeout,
+            config.max_prompts,
+            quotas_of(config),
+            pin_root=config.pin_answers is PinAnswers.ALWAYS,
         )
         self.dns.reconfigure(config)
 
@@ -149,8 +153,17 @@ class Firewall:
             self._replay = replay
             try:
                 loaded = await asyncio.to_thread(self._load, self.rules)
+            except UnparsableRule as exc:
+                # Fail closed: the rules held stay (a deny that no longer parses still
+                # denies); the next change to the store is read again.
+                self.store.adopt_version(exc.version)
+                self.rules_error = exc.message
+                self.alert(Alert("rules-unreadable", f"{exc.message}; the last good rules "
+                                 "stay in force", now))  # fmt: skip
+                return
             finally:
                 self._replay = None
+            self.rules_error = ""
             load, rules, (expirable, pins), added, removed = loaded
             self.rules, self._expirable, self._pins = rules, expirable, pins
             gc.freeze()  # long-lived, as at start (main): out of the collector's full passes
@@ -638,6 +651,17 @@ class Firewall:
             flow = Flow(proto, ip_address("::"), 0, flow.dst, port, iface)
         proc = Process(Attribution.PROCESS, exe=exe, uid=uid)
         return self.rules.explain(flow, proc, frozenset(), self.clock())
+
+
+def quotas_of(config: Config) -> Quotas:
+    """The prompt shares a config gives: held packets at most half the kernel queue, so that
+    flows being decided always find room in it."""
+    return Quotas(
+        config.max_prompts,
+        config.max_prompts_total,
+        config.max_prompt_packets,
+        config.queue_max_len // 2,
+    )
 
 
 def _expires(rule: Rule) -> bool:

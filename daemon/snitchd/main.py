@@ -23,11 +23,12 @@ from pathlib import Path
 from snitch_common import __version__
 from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
+from snitchd.agents import session_active
 from snitchd.api import serve
 from snitchd.config import DEFAULT_PATH, Config, FailMode, PinAnswers, load_config
 from snitchd.connmark import ConnMarks
 from snitchd.events import EventLog
-from snitchd.firewall import Firewall
+from snitchd.firewall import Firewall, quotas_of
 from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
 from snitchd.procs import Attributor
@@ -86,6 +87,8 @@ class _Daemon:
             max_open=config.max_prompts,
             is_admin=lambda uid: is_admin(uid, self.config.admin_group),
             pin_root=config.pin_answers is PinAnswers.ALWAYS,
+            quotas=quotas_of(config),
+            session_active=session_active,
         )
         attributor = Attributor(interpreters=config.interpreters)
         marks = ConnMarks()

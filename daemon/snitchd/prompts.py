@@ -7,11 +7,23 @@ same destination join the open prompt and all get its answer: one popup, not a s
 goes to an agent of the user who owns the socket — for root and system users, to an agent of an
 admin — and only that agent may answer it. No agent, too many prompts, or no answer in time: the
 default action applies, and the log says which. Time comes from the injected clock.
+
+A user has several agents (a notifier per session, `snitchctl agent` over SSH): their prompts go
+to the one in the active graphical session, else to the oldest — never simply to the newest,
+which is what malware that registers would be. When another agent of a user registers, or one is
+refused (snitchd/agents.py), every agent of that user is told.
+
+Fair shares (issue 13): a user has at most `Quotas.per_uid` prompts open, everyone together
+`Quotas.total`; a prompt holds at most `Quotas.packets` packets and all prompts `Quotas.held`
+(half the kernel queue), a user's joined packets at most a quarter of that: the packets past
+those are dropped and counted, so a flood joining one prompt never fills the kernel's queue, and
+a user whose agent never answers uses up only their own share, never root's or another user's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -27,7 +39,7 @@ from snitch_common.rules import Lifetime, Rule
 from snitchd.decide import Verdict
 from snitchd.events import Alert
 
-__all__ = ["SYSTEM_UID_MAX", "Agent", "Applier", "Broker", "Prompt", "Transport"]
+__all__ = ["SYSTEM_UID_MAX", "Agent", "Applier", "Broker", "Prompt", "Quotas", "Transport"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,20 @@ class Agent:
     path: str
     uid: int
     admin: bool
+    seq: int = 0  # registration order: the oldest agent of a user is asked first
+    pid: int | None = None
+    session: str | None = None  # logind session id, where the pid sits in one
+    program: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """How much of the prompt machinery one user, and everyone, may hold (see module doc)."""
+
+    per_uid: int = 64
+    total: int = 1024
+    packets: int = 64
+    held: int = 2048
 
 
 @dataclass(slots=True)
@@ -88,12 +114,23 @@ class Broker:
         max_open: int,
         is_admin: Callable[[int], bool],
         pin_root: bool = True,
+        quotas: Quotas | None = None,
+        session_active: Callable[[str], bool] = lambda session: False,
     ) -> None:
+        """`max_open`: prompts open per uid (`Quotas.per_uid`); `session_active`: whether a
+        logind session is the active graphical one (reads /run: agents.session_active)."""
         self._clock = clock
         self._pin_root = pin_root
         self._timeout = timeout
-        self._max_open = max_open
+        self._quotas = dataclasses.replace(quotas or Quotas(), per_uid=max_open)
         self._is_admin = is_admin
+        self._session_active = session_active
+        self._seq = itertools.count(1)
+        self._open_by_uid: dict[int | None, int] = {}
+        self._held_by_uid: dict[int | None, int] = {}
+        self.held = 0  # packets held by all prompts
+        self.over_quota = 0  # flows that got the default because a share was used up
+        self.packets_dropped = 0  # packets that joined a prompt past its share
         self._ids = itertools.count(1)
         self._firewall: Applier | None = None
         self.transport: Transport | None = None
@@ -103,22 +140,67 @@ class Broker:
         self.asked = 0
         self.timed_out = 0
 
-    def reconfigure(self, timeout: float, max_open: int, pin_root: bool = True) -> None:
+    def reconfigure(
+        self, timeout: float, max_open: int, quotas: Quotas | None = None, pin_root: bool = True
+    ) -> None:
         """New limits apply to prompts opened from now on; open ones keep their deadline.
         `pin_root`: answers pin root-owned executables' digests too (config `pin_answers`)."""
         self._timeout = timeout
-        self._max_open = max_open
+        self._quotas = dataclasses.replace(quotas or self._quotas, per_uid=max_open)
         self._pin_root = pin_root
+
+    @property
+    def quotas(self) -> Quotas:
+        return self._quotas
 
     def attach(self, firewall: Applier) -> None:
         self._firewall = firewall
 
     # -- agents -------------------------------------------------------------------------------
-    def register(self, name: str, path: str, uid: int) -> Agent:
-        agent = Agent(name, path, uid, self._is_admin(uid))
+    def register(
+        self,
+        name: str,
+        path: str,
+        uid: int,
+        pid: int | None = None,
+        session: str | None = None,
+        program: str = "",
+    ) -> Agent:
+        """Add a verified agent; the user's other agents hear of it (malware that got past the
+        checks still cannot take a user's prompts silently)."""
+        others = [a for a in self.agents.values() if a.uid == uid and a.name != name]
+        agent = Agent(name, path, uid, self._is_admin(uid), next(self._seq), pid, session, program)
         self.agents[name] = agent
-        log.info("agent registered name=%s uid=%d admin=%s", name, uid, agent.admin)
+        log.info(
+            "agent registered name=%s uid=%d pid=%s session=%s admin=%s program=%s",
+            name, uid, pid, session, agent.admin, program or "-",
+        )  # fmt: skip
+        if others:
+            self._tell(
+                others,
+                Alert(
+                    "agent-registered",
+                    f"another agent registered for uid {uid}: pid {pid} ({program or 'unknown'})"
+                    f", bus name {name}; {len(others) + 1} agents now. If you did not start it, "
+                    "stop it and check what runs as you",
+                    self._clock(),
+                    uid,
+                    program or None,
+                ),
+            )
         return agent
+
+    def refused(self, uid: int, message: str) -> None:
+        """An agent of `uid` was refused: that user's agents hear of it (it is malware, or a
+        notifier started in a way snitchd cannot trust)."""
+        agents = [a for a in self.agents.values() if a.uid == uid]
+        self._tell(agents, Alert("agent-refused", message, self._clock(), uid))
+
+    def _tell(self, agents: list[Agent], alert: Alert) -> None:
+        log.warning("alert %s: %s", alert.kind, alert.message)
+        if self.transport is not None:
+            for agent in agents:
+                self.transport.send_alert(agent, alert)
 
     def unregister(self, name: str) -> None:
         agent = self.agents.pop(name, None)
@@ -138,9 +220,18 @@ class Broker:
         if uid is not None and uid > SYSTEM_UID_MAX:
             own = [a for a in self.agents.values() if a.uid == uid]
             if own:
-                return own[-1]
+                return self._pick(own)
         admins = [a for a in self.agents.values() if a.admin]
-        return admins[-1] if admins else None
+        return self._pick(admins) if admins else None
+
+    def _pick(self, agents: list[Agent]) -> Agent:
+        """The agent in the active graphical session, else the oldest (not the newest: the
+        newest is whoever registered last, which malware can always be)."""
+        if len(agents) > 1:
+            active = [a for a in agents if a.session and self._session_active(a.session)]
+            if active:
+                agents = active
+        return min(agents, key=lambda a: a.seq)
 
     @property
     def _fw(self) -> Applier:
@@ -163,17 +254,38 @@ class Broker:
     ) -> None:
         # Who asks is the whole identity: two scripts of one interpreter, or an impostor and
         # the app whose path it shows, never share one prompt (and one answer).
-        who = (proc.exe, proc.script_label, proc.verified, proc.tampered) if proc.exe else proc.uid
-        key = (who, flow.proto, flow.dst, flow.dport)
+        # The uid is part of it too: two users' copies of one app are two prompts, each for its
+        # own user's agent (one user never answers for another's flow).
+        who = (proc.exe, proc.script_label, proc.verified, proc.tampered) if proc.exe else None
+        key = (who, proc.uid, flow.proto, flow.dst, flow.dport)
         prompt = self._by_key.get(key)
+        uid, q = proc.uid, self._quotas
         if prompt is not None:
+            held = self._held_by_uid.get(uid, 0)
+            if len(prompt.packets) >= q.packets or self.held >= q.held or held >= q.held // 4:
+                # Past the share: the packet goes (a retransmit or a datagram of a flow that
+                # waits anyway); holding it would let one flow fill the kernel's queue.
+                self.packets_dropped += 1
+                try:
+                    pkt.drop()
+                except Exception:
+                    log.exception("cannot drop a packet past its prompt's share")
+                return
             prompt.packets.append(pkt)
+            self._held_by_uid[uid] = held + 1
+            self.held += 1
             return
-        if len(self.open) >= self._max_open:
-            log.warning("too many open prompts (%d): default action for %s", len(self.open), flow)
-            self._fw.apply(
-                pkt, self._fw.default_verdict("default: too many prompts"), flow, proc, now
-            )
+        why = None
+        if self._open_by_uid.get(uid, 0) >= q.per_uid:
+            why = f"default: too many prompts of uid {uid}"
+        elif len(self.open) >= q.total or self.held >= q.held:
+            why = "default: too many prompts"
+        if why is not None:
+            self.over_quota += 1
+            if self.over_quota & (self.over_quota - 1) == 0:  # 1, 2, 4, 8…: no log flood
+                log.warning("%s (%d open, %d held): default action for %s", why,
+                            len(self.open), self.held, flow)  # fmt: skip
+            self._fw.apply(pkt, self._fw.default_verdict(why), flow, proc, now, host)
             return
         agent = self._route(proc)
         if agent is None:
@@ -187,6 +299,9 @@ class Broker:
         prompt.packets.append(pkt)
         self.open[prompt.id] = prompt
         self._by_key[key] = prompt
+        self._open_by_uid[uid] = self._open_by_uid.get(uid, 0) + 1
+        self._held_by_uid[uid] = self._held_by_uid.get(uid, 0) + 1
+        self.held += 1
         self.asked += 1
         loop = asyncio.get_running_loop()
         prompt.timer = loop.call_later(self._timeout, self._expire, prompt.id)
@@ -203,15 +318,20 @@ class Broker:
         agent = self.agents.get(name)
         return [p for p in self.open.values() if agent is not None and p.agent == agent]
 
-    def answer(self, answer: Answer, name: str) -> int | None:
-        """Apply an agent's answer; returns the id of the rule it made (None for once)."""
-        prompt_id = answer.prompt_id
-        prompt = self.open.get(prompt_id)
+    def prompt_for(self, answer: Answer, name: str) -> Prompt:
+        """The open prompt `answer` is for, if the agent `name` was asked it."""
+        prompt = self.open.get(answer.prompt_id)
         agent = self.agents.get(name)
         if prompt is None or agent is None or prompt.agent != agent:
             # The same message whether it does not exist or is someone else's: an agent
             # learns nothing about other users' prompts.
-            raise NotAuthorized(f"no open prompt {prompt_id} for this agent")
+            raise NotAuthorized(f"no open prompt {answer.prompt_id} for this agent")
+        return prompt
+
+    def answer(self, answer: Answer, name: str) -> int | None:
+        """Apply an agent's answer; returns the id of the rule it made (None for once)."""
+        prompt = self.prompt_for(answer, name)
+        agent = self.agents[name]
         rule_id = None
         if answer.lifetime[0] is not Lifetime.ONCE:
             rule = rule_for_answer(
@@ -230,8 +350,13 @@ class Broker:
         return rule_id
 
     def _finish(self, prompt: Prompt, verdict: Verdict, notify: bool = True) -> None:
-        self.open.pop(prompt.id, None)
+        if self.open.pop(prompt.id, None) is None:
+            return
         self._by_key.pop(prompt.key, None)
+        uid = prompt.proc.uid
+        _less(self._open_by_uid, uid, 1)
+        _less(self._held_by_uid, uid, len(prompt.packets))
+        self.held -= len(prompt.packets)
         if prompt.timer is not None:
             prompt.timer.cancel()
         now = self._clock()
@@ -248,3 +373,11 @@ class Broker:
         daemon's bus name vanishing says it for every prompt at once."""
         for prompt in list(self.open.values()):
             self._finish(prompt, self._fw.default_verdict(reason), notify=False)
+
+
+def _less(counts: dict[int | None, int], uid: int | None, n: int) -> None:
+    left = counts.get(uid, 0) - n
+    if left > 0:
+        counts[uid] = left
+    else:
+        counts.pop(uid, None)

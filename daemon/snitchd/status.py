@@ -23,7 +23,10 @@ class Status:
     DNS (`dnswatch`): answers believed, skipped (not DNS), unasked (replying to no query of
     ours: forged, or very late), untrusted (from a server that is not a resolver), duplicates,
     unowned (the asking socket was gone); queries seen leaving, and those pushed out unanswered
-    by the bounds; the resolvers known now; the name cache's estimated bytes and its bound."""
+    by the bounds; the resolvers known now; the name cache's estimated bytes and its bound.
+    `rules_error` says why the rules in use are the last good set and not the store's (a rule
+    changed outside snitch does not parse), `log_error` why the connection log is not being
+    written (a corrupt page, a full disk); both "" when all is well."""
 
     version: str
     backend: str
@@ -35,9 +38,14 @@ class Status:
     rules: int
     names_known: int
     agents: int
+    agents_refused: int
     prompts_open: int
     prompts_asked: int
     prompts_timed_out: int
+    prompts_over_quota: int
+    prompt_packets_held: int
+    prompt_packets_dropped: int
+    rules_error: str
     seen: int
     accepted: int
     dropped: int
@@ -59,11 +67,12 @@ class Status:
     log_rows_dropped: int
     log_writer_pid: int
     log_writer_starts: int
+    log_error: str
     kernel: tuple[tuple[str, int], ...] = ()
     running: bool = True
 
 
-def status_of(firewall: Firewall, backend: str) -> Status:
+def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
     fw, c, d = firewall, firewall.counters, firewall.dns.counters
     return Status(
         version=__version__,
@@ -76,9 +85,14 @@ def status_of(firewall: Firewall, backend: str) -> Status:
         rules=len(fw.rules),
         names_known=len(fw.dns.names),
         agents=len(fw.broker.agents),
+        agents_refused=agents_refused,
         prompts_open=len(fw.broker.open),
         prompts_asked=fw.broker.asked,
         prompts_timed_out=fw.broker.timed_out,
+        prompts_over_quota=fw.broker.over_quota,
+        prompt_packets_held=fw.broker.held,
+        prompt_packets_dropped=fw.broker.packets_dropped,
+        rules_error=fw.rules_error,
         seen=c.seen,
         accepted=c.accepted,
         dropped=c.dropped,
@@ -100,5 +114,6 @@ def status_of(firewall: Firewall, backend: str) -> Status:
         log_rows_dropped=fw.events.dropped,
         log_writer_pid=fw.events.writer_pid or 0,
         log_writer_starts=fw.events.writer_starts,
+        log_error=fw.events.last_error,
         kernel=tuple(kernel_stats(fw.config.queue).items()),
     )

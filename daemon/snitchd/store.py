@@ -36,10 +36,13 @@ from snitchd.queries import LogQuery, read_connections, read_top
 __all__ = [
     "SCHEMA_VERSION",
     "Decision",
+    "Finding",
     "FlowBytes",
     "LogQuery",
     "RuleLoad",
     "Store",
+    "UnparsableRule",
+    "check_store",
     "decision_row",
     "keep_unexpired",
     "log_row",
@@ -81,6 +84,21 @@ class RuleLoad:
 
     version: int
     records: list[RuleRecord]
+
+
+class UnparsableRule(StoreError):
+    """A stored rule's text does not parse (edited by hand, a bad disk, a newer snitch). The
+    rule set is not loaded without it: what it denied would pass. `version` is the rule-change
+    count it was read at (-1: unknown), so a running snitchd can wait for the next change."""
+
+    def __init__(self, path: str, rule_id: int, text: object, reason: str, version: int) -> None:
+        super().__init__(
+            f"cannot load the rules of {path}: rule {rule_id} does not parse: {text!r}: "
+            f"{reason} (fix its text, or delete it, with sqlite3 as root: sqlite3 {path} "
+            f'"DELETE FROM rules WHERE id = {rule_id}"; see: snitchctl doctor)'
+        )
+        self.rule_id = rule_id
+        self.version = version
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -236,8 +254,8 @@ class Store:
         return RuleRecord(rule_id, known[1], created, last_hit, hits or 0, origin or "")
 
     def rules(self) -> list[RuleRecord]:
-        """Stored rules then in-memory ones; a stored row that no longer parses is skipped and
-        logged, so one bad row cannot take the whole rule set down."""
+        """Stored rules then in-memory ones. A stored row that no longer parses raises
+        `UnparsableRule`: skipping it would drop what it denied (issue 13: fail closed)."""
         with self._lock, self._errors("read"):
             out = self._stored_rules()
         return out + self._memory_rules()
@@ -250,12 +268,12 @@ class Store:
             conn.execute("BEGIN")
             try:
                 version = _count(conn)
-                stored = self._stored_rules()
+                stored = self._stored_rules(version)
             finally:
                 conn.execute("COMMIT")
         return RuleLoad(version, stored + self._memory_rules())
 
-    def _stored_rules(self) -> list[RuleRecord]:
+    def _stored_rules(self, version: int = -1) -> list[RuleRecord]:
         out: list[RuleRecord] = []
         # Parsed rules are kept with their text: a reload at 100k rules re-parses only what
         # changed (4.8 s -> 0.9 s), and entries of deleted rules go with this rebuild. Rows are
@@ -265,8 +283,8 @@ class Store:
         for row in self.db.execute(f"SELECT {_RULE_COLUMNS} FROM rules ORDER BY id"):
             try:
                 out.append(self._record(row, parsed))
-            except Exception as exc:
-                log.warning("stored rule skipped id=%s: %s", row[0], exc)
+            except Exception as exc:  # any failure to parse: RuleError, or a NULL text
+                raise UnparsableRule(self.path, row[0], row[1], str(exc), version) from None
         self._parsed = parsed
         return out
 
@@ -473,6 +491,77 @@ _LOG_INSERT = (
     f"INSERT INTO connections ({', '.join(_LOG_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One result of `check_store`: what was checked, whether it is a problem, what to do."""
+
+    problem: bool
+    what: str
+    advice: str = ""
+
+
+def check_store(path: str) -> list[Finding]:
+    """`snitchctl doctor`: is the database whole, of a schema this snitch knows, and does
+    every rule parse? Opens it read-only and changes nothing (no migration either)."""
+    if not Path(path).exists():
+        return [Finding(True, f"{path}: no such file", "snitchd creates it on its first start")]
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        return [Finding(True, f"{path}: cannot open: {exc}", "check the path and its permissions")]
+    restore = (
+        f"stop snitchd, keep a copy, then try: sqlite3 {path} .recover | sqlite3 new.db "
+        "(or move the file away: snitchd starts with an empty one)"
+    )
+    try:
+        out: list[Finding] = []
+        for pragma in ("quick_check", "integrity_check"):
+            rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}").fetchmany(20)]
+            if rows != ["ok"]:
+                out.append(Finding(True, f"PRAGMA {pragma}: {'; '.join(rows)}", restore))
+                return out
+            out.append(Finding(False, f"PRAGMA {pragma}: ok"))
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            out.append(
+                Finding(
+                    True,
+                    f"schema version {version} is newer than this snitch's ({SCHEMA_VERSION})",
+                    "upgrade snitch or restore a backup",
+                )
+            )
+        elif version < SCHEMA_VERSION:
+            out.append(
+                Finding(
+                    False,
+                    f"schema version {version}: snitchd migrates it to "
+                    f"{SCHEMA_VERSION} when it starts",
+                )
+            )
+        else:
+            out.append(Finding(False, f"schema version {version}: current"))
+        if version >= 1:
+            bad = 0
+            count = 0
+            for rule_id, text in conn.execute("SELECT id, text FROM rules ORDER BY id"):
+                count += 1
+                try:
+                    parse_rule(text)
+                except Exception as exc:
+                    bad += 1
+                    out.append(Finding(True, f"rule {rule_id} does not parse: {text!r}: {exc}",
+                        f"fix its text or delete it: sqlite3 {path} "
+                        f"\"DELETE FROM rules WHERE id = {rule_id}\" (snitchd refuses to "
+                        "start while it is there)"))  # fmt: skip
+            if not bad:
+                out.append(Finding(False, f"rules: all {count} parse"))
+        return out
+    except sqlite3.Error as exc:
+        return [Finding(True, f"{path}: {exc}", restore)]
+    finally:
+        conn.close()
 
 
 def _count(conn: sqlite3.Connection) -> int:

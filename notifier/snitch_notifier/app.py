@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+from snitch_common.agent import make_undumpable
 from snitch_notifier.fallback import run_notifications
 
 __all__ = ["main", "qt_unavailable"]
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First thing: no process of this user may trace this one or change its memory; snitchd
+    # accepts the notifier as an agent only when it is so (snitchd/agents.py).
+    make_undumpable()
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,

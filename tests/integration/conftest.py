@@ -158,10 +158,15 @@ class Lab:
             "queue": 4242,
             "prompt_timeout": 5,
             "resolv_conf": str(self.resolv_conf),
+            # This venv's console scripts are the agent programs here (root-owned, like
+            # /opt/snitch/venv; snitchd.agents checks that).
+            "agent_programs": [str(VENV_BIN / "snitchctl"), str(VENV_BIN / "snitch-notifier")],
         } | values
         lines = []
         for key, value in conf.items():
-            if isinstance(value, bool):
+            if isinstance(value, list | tuple):
+                lines.append(f"{key} = [{', '.join(json.dumps(v) for v in value)}]")
+            elif isinstance(value, bool):
                 lines.append(f"{key} = {'true' if value else 'false'}")
             elif isinstance(value, str):
                 lines.append(f'{key} = "{value}"')

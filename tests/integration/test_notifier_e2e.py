@@ -20,7 +20,7 @@ import pytest
 from dbus_fast.aio import MessageBus
 from PySide6.QtCore import Qt
 
-from conftest import HERE, PYTHON, Lab, netclient_who, python_exe
+from conftest import HERE, PYTHON, VENV_BIN, Lab, netclient_who, python_exe
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.gui import wire
 from snitch_notifier.identity import desktop_identity
@@ -178,7 +178,7 @@ async def test_without_a_display_notifications_ask_and_answer(lab: Lab, tmp_path
     log_path = tmp_path / "notifier.log"
     with open(log_path, "w") as log:
         agent = subprocess.Popen(
-            [*AS_NOBODY, PYTHON, "-m", "snitch_notifier.app"], env=env, stderr=log, stdout=log
+            [*AS_NOBODY, str(VENV_BIN / "snitch-notifier")], env=env, stderr=log, stdout=log
         )
     proc: subprocess.Popen[str] | None = None
     try:

@@ -17,7 +17,7 @@ from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Rule
 from snitchd.decide import Verdict
 from snitchd.events import Alert
-from snitchd.prompts import Agent, Broker, Prompt
+from snitchd.prompts import Agent, Broker, Prompt, Quotas
 
 ALICE = 1000
 BOB = 1001
@@ -55,6 +55,17 @@ class FakeTransport:
         self.alerts.append((agent.name, alert.kind))
 
 
+class Pkt:
+    """A queued packet as the broker sees it: it may be dropped outright (past a share)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dropped = False
+
+    def drop(self) -> None:
+        self.dropped = True
+
+
 def proc(uid: int = ALICE, exe: str = "/usr/bin/curl", pid: int = 4242) -> Process:
     return Process(Attribution.PROCESS, pid=pid, uid=uid, exe=exe, start_time=100.0)
 
@@ -63,8 +74,20 @@ def flow(dst: str = "203.0.113.7", dport: int = 443, sport: int = 40000) -> Flow
     return Flow(Proto.TCP, ip_address("192.0.2.1"), sport, ip_address(dst), dport, "eth0")
 
 
-def make(timeout: float = 30, max_open: int = 8) -> tuple[Broker, FakeFirewall, FakeTransport]:
-    broker = Broker(lambda: 0.0, timeout, max_open, is_admin=lambda uid: uid == 0)
+def make(
+    timeout: float = 30,
+    max_open: int = 8,
+    quotas: Quotas | None = None,
+    active: frozenset[str] = frozenset(),
+) -> tuple[Broker, FakeFirewall, FakeTransport]:
+    broker = Broker(
+        lambda: 0.0,
+        timeout,
+        max_open,
+        is_admin=lambda uid: uid == 0,
+        quotas=quotas,
+        session_active=active.__contains__,
+    )
     fw, transport = FakeFirewall(), FakeTransport()
     broker.attach(fw)
     broker.transport = transport
@@ -79,7 +102,7 @@ async def test_no_agent_means_the_default_at_once() -> None:
 
 async def test_same_app_and_destination_join_one_prompt() -> None:
     """Twenty SYNs of one app to one place: one prompt, twenty verdicts from one answer."""
-    broker, fw, transport = make()
+    broker, fw, transport = make(quotas=Quotas(packets=20))
     broker.register(":1.5", "/a", ALICE)
     for i in range(20):
         broker.ask(f"pkt{i}", flow(sport=40000 + i), proc(), 0.0)
@@ -118,7 +141,8 @@ async def test_too_many_open_prompts_get_the_default() -> None:
     for port in (1, 2, 3):
         broker.ask(f"pkt{port}", flow(dport=port), proc(), 0.0)
     assert len(broker.open) == 2
-    assert fw.verdicts == [("pkt3", Verdict(Action.DENY, None, "default: too many prompts"), None)]
+    why = f"default: too many prompts of uid {ALICE}"
+    assert fw.verdicts == [("pkt3", Verdict(Action.DENY, None, why), None)]
 
 
 async def test_timeout_applies_the_default_and_tells_the_agent() -> None:
@@ -138,10 +162,10 @@ async def test_an_agent_leaving_hands_its_prompts_on_or_to_the_default() -> None
     broker.register(":1.5", "/a", ALICE)
     broker.register(":1.8", "/b", ALICE)
     broker.ask("pkt", flow(), proc(), 0.0)
-    assert transport.prompts[-1][0] == ":1.8"
-    broker.unregister(":1.8")
-    assert transport.prompts[-1][0] == ":1.5" and fw.verdicts == []
+    assert transport.prompts[-1][0] == ":1.5"
     broker.unregister(":1.5")
+    assert transport.prompts[-1][0] == ":1.8" and fw.verdicts == []
+    broker.unregister(":1.8")
     assert fw.verdicts[0][1].reason == "default: agent left"
 
 
@@ -165,3 +189,58 @@ async def test_alerts_reach_the_users_agents_or_the_admins() -> None:
     broker.alert(Alert("new-app", "x", 0.0, ALICE, "/usr/bin/curl"))
     broker.alert(Alert("rules-changed", "y", 0.0))
     assert transport.alerts == [(":1.5", "new-app"), (":1.7", "rules-changed")]
+
+
+async def test_prompts_go_to_the_oldest_agent_not_the_newest() -> None:
+    """Issue 13: the newest agent took a user's prompts, and malware can always register last.
+    The oldest is asked; an agent in the active graphical session goes before it."""
+    broker, _, transport = make(active=frozenset({"7"}))
+    broker.register(":1.5", "/a", ALICE, pid=10)
+    broker.register(":1.6", "/a", ALICE, pid=11)
+    broker.ask("pkt", flow(), proc(), 0.0)
+    broker.register(":1.7", "/a", ALICE, pid=12, session="7")
+    broker.ask("pkt2", flow(dport=80), proc(), 0.0)
+    assert [name for name, _ in transport.prompts] == [":1.5", ":1.7"]
+
+
+async def test_a_second_agent_is_told_to_the_first() -> None:
+    broker, _, transport = make()
+    broker.register(":1.5", "/a", ALICE, pid=10)
+    assert transport.alerts == []
+    broker.register(":1.6", "/a", ALICE, pid=11, program="/opt/snitch/venv/bin/snitchctl")
+    broker.refused(ALICE, "an agent of uid 1000 was refused: ...")
+    assert transport.alerts == [
+        (":1.5", "agent-registered"),
+        (":1.5", "agent-refused"),
+        (":1.6", "agent-refused"),
+    ]
+
+
+async def test_a_user_s_full_quota_leaves_others_their_prompts() -> None:
+    """Issue 13: one user's unanswered prompts used up the one limit for everyone."""
+    broker, fw, transport = make(max_open=2, quotas=Quotas(total=10))
+    broker.register(":1.5", "/a", ALICE)
+    broker.register(":1.6", "/a", BOB)
+    for port in (1, 2, 3):
+        broker.ask(f"pkt{port}", flow(dport=port), proc(), 0.0)
+    broker.ask("bob", flow(dport=1), proc(uid=BOB), 0.0)
+    assert [name for name, _ in transport.prompts] == [":1.5", ":1.5", ":1.6"]
+    assert [reason for _, v, _ in fw.verdicts for reason in [v.reason]] == [
+        f"default: too many prompts of uid {ALICE}"
+    ]
+    assert broker.over_quota == 1
+
+
+async def test_packets_joining_a_prompt_past_its_share_are_dropped() -> None:
+    """Issue 13: 6,000 datagrams joined one prompt and filled the kernel queue. A prompt holds
+    `packets`, a user a quarter of `held`; the rest are dropped, counted, never held."""
+    broker, fw, _ = make(quotas=Quotas(packets=4, held=12))
+    broker.register(":1.5", "/a", ALICE)
+    pkts = [Pkt(f"p{i}") for i in range(6)]
+    for pkt in pkts:
+        broker.ask(pkt, flow(), proc(), 0.0)
+    assert [p.dropped for p in pkts] == [False, False, False, True, True, True]
+    assert broker.held == 3 and broker.packets_dropped == 3
+    (prompt_id,) = broker.open
+    broker.answer(Answer(prompt_id, Action.ALLOW, "once"), ":1.5")
+    assert len(fw.verdicts) == 3 and broker.held == 0

@@ -47,6 +47,10 @@ def test_every_key_can_be_set() -> None:
         "admin_group": _my_group(),
         "prompt_timeout": 2.5,
         "max_prompts": 10000,
+        "max_prompts_total": 10000,
+        "max_prompt_packets": 1,
+        "agent_programs": ("/usr/lib/snitch/agent",),
+        "answers_need_auth": True,
         "intercept_loopback": True,
         "stay_closed_when_stopped": True,
         "queue_max_len": 16,
@@ -66,11 +70,16 @@ def test_every_key_can_be_set() -> None:
         "pin_answers": "user-writable",
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
-    lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters")}  # TOML gives lists
+    lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}
     config = parse_config(data | lists)
     assert config.default_action is Action.DENY
     got = {k: getattr(config, k) for k in data}
     assert {k: v.value if isinstance(v, enum.Enum) else v for k, v in got.items()} == data
+
+
+def test_a_user_s_prompt_share_cannot_exceed_everyone_s() -> None:
+    with pytest.raises(ConfigError, match="max_prompts = 65: must not exceed max_prompts_total"):
+        parse_config({"max_prompts": 65, "max_prompts_total": 64})
 
 
 def test_whole_seconds_are_fine_for_a_float_key() -> None:
@@ -102,6 +111,13 @@ BAD_VALUES = [
     ("max_prompts", 0),
     ("max_prompts", 10001),
     ("max_prompts", 2.0),
+    ("max_prompts_total", 0),
+    ("max_prompt_packets", 0),
+    ("agent_programs", []),
+    ("agent_programs", "/opt/snitch/venv/bin/snitchctl"),
+    ("agent_programs", ["bin/snitchctl"]),
+    ("agent_programs", ["/opt/../tmp/x"]),
+    ("answers_need_auth", "yes"),
     ("intercept_loopback", "yes"),
     ("intercept_loopback", 1),
     ("stay_closed_when_stopped", "false"),

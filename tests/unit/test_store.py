@@ -3,7 +3,6 @@ failures an admin can meet (newer schema, corrupt file, locked database)."""
 
 from __future__ import annotations
 
-import logging
 import random
 import sqlite3
 import stat
@@ -17,7 +16,15 @@ import pytest
 from snitch_common.errors import RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, RuleRecord, parse_rule
-from snitchd.store import SCHEMA_VERSION, Decision, LogQuery, Store, keep_unexpired
+from snitchd.store import (
+    SCHEMA_VERSION,
+    Decision,
+    LogQuery,
+    Store,
+    UnparsableRule,
+    check_store,
+    keep_unexpired,
+)
 
 NOW = 1_700_000_000.0
 
@@ -268,18 +275,50 @@ def test_record_hits_accumulates_for_stored_and_memory_rules(store: Store, db_pa
         again.close()
 
 
-def test_unparsable_stored_row_is_skipped_and_logged(
-    store: Store, db_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """One bad row (hand-edited, or written by a future version) must not take the whole rule
-    set down; the others still load, and the log says which row was skipped."""
-    good = store.add_rule(parse_rule("deny port=25"), NOW)
+def test_unparsable_stored_row_stops_the_load_naming_it(store: Store, db_path: Path) -> None:
+    """Issue 13: a bad row was skipped with a warning, so a deny whose text broke let its
+    flows through. Now the load fails, naming the row and its text, and what to do."""
+    store.add_rule(parse_rule("deny port=25"), NOW)
     with sqlite3.connect(db_path) as raw:
-        raw.execute("INSERT INTO rules (text, created) VALUES ('allow port=0', 1.0)")
+        raw.execute("INSERT INTO rules (text, created) VALUES ('deny port=0', 1.0)")
     raw.close()
-    with caplog.at_level(logging.WARNING, logger="snitchd.store"):
-        assert store.rules() == [good]
-    assert "stored rule skipped" in caplog.text
+    with pytest.raises(UnparsableRule) as caught:
+        store.rules()
+    with pytest.raises(UnparsableRule, match=r"rule 2 does not parse: 'deny port=0'") as loaded:
+        store.load_rules()
+    assert caught.value.rule_id == 2 and loaded.value.version == 2
+    assert "DELETE FROM rules WHERE id = 2" in loaded.value.message
+
+
+def test_check_store_names_what_is_wrong_and_what_to_do(store: Store, db_path: Path) -> None:
+    """`snitchctl doctor`'s checks: a sound store is all ok; a rule that does not parse and a
+    newer schema are problems, each with advice."""
+    store.add_rule(parse_rule("deny port=25"), NOW)
+    assert not any(f.problem for f in check_store(str(db_path)))
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("INSERT INTO rules (text, created) VALUES ('nonsense', 1.0)")
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    problems = [f for f in check_store(str(db_path)) if f.problem]
+    assert [f.what.split(":")[0] for f in problems] == [
+        f"schema version {SCHEMA_VERSION + 1} is newer than this snitch's ({SCHEMA_VERSION})",
+        "rule 2 does not parse",
+    ]
+    assert all(f.advice for f in problems)
+
+
+def test_check_store_finds_a_corrupt_page(tmp_path: Path) -> None:
+    """A page overwritten on disk: integrity checks say so, and how to recover."""
+    path = tmp_path / "bad.db"
+    s = Store(path)
+    s.log_rows([(float(i), 1, "/x", 0, "process", "tcp", "192.0.2.1", 1, "192.0.2.2", 80, "",
+                 None, "allow", None, "r") for i in range(3000)])  # fmt: skip
+    s.close()
+    data = bytearray(path.read_bytes())
+    data[4096 * 3 : 4096 * 3 + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    problems = [f for f in check_store(str(path)) if f.problem]
+    assert problems and ".recover" in problems[0].advice
 
 
 # ---------------------------------------------------------------------------------------------

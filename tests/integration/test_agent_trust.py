@@ -1,0 +1,295 @@
+"""Issue 13: answers you can trust. Only an installed agent program may answer a user's prompts;
+permanent allow answers can require polkit; a rule that stops parsing never stops denying; one
+user's prompts and packets never push root's or another user's flows to the default.
+
+Attackers run as uid 65534 (setpriv), as malware of the desktop user would; the agents are the
+real programs (`snitchctl agent` on a pseudo-terminal) or the real agent code in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from test_prompts import TestAgent, client, outcome
+
+from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal
+from snitch_common.errors import NotAuthorized
+from tests.integration import polkitfake
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+FAKE_AGENT = """
+import asyncio
+from snitch_common.agent import AgentService, register
+from snitch_common.client import Client
+
+async def main():
+    c = await Client.connect()
+    try:
+        uid = await register(c, AgentService(print, print))
+        print("registered", uid)
+    except Exception as e:
+        print(type(e).__name__, e)
+
+asyncio.run(main())
+"""
+
+
+def _nobody_agent(lab: Lab) -> Terminal:
+    """The real `snitchctl agent` of uid 65534, on a pseudo-terminal."""
+    terminal = Terminal([*AS_NOBODY, str(VENV_BIN / "snitchctl"), "agent"], lab.env)
+    terminal.read_until(b"waiting for prompts")
+    return terminal
+
+
+def test_a_script_registering_as_agent_is_refused_and_the_real_agent_is_told(
+    running: Lab,
+) -> None:
+    """Before: any process of the user registered, and the newest agent got the prompts. Now
+    `snitchctl agent` is accepted; `python -c` using the agent library is refused with a clear
+    NotAuthorized, so is the real script with PYTHONPATH set; the user's agent hears of each,
+    and of a second genuine agent; prompts stay with the oldest agent."""
+    running.expect_log(r"alert agent-refused: ", r"alert agent-registered: ")
+    first = _nobody_agent(running)
+    second: Terminal | None = None
+    try:
+        fake = subprocess.run(
+            [*AS_NOBODY, PYTHON, "-c", FAKE_AGENT],
+            capture_output=True, text=True, env=running.env, timeout=30, check=False,
+        )  # fmt: skip
+        assert fake.stdout.startswith("NotAuthorized cannot register as an agent: pid "), fake
+        assert "not an agent program" in fake.stdout and "-c" in fake.stdout, fake.stdout
+        first.read_until(b"agent-refused")
+
+        injected = subprocess.run(
+            [*AS_NOBODY, str(VENV_BIN / "snitchctl"), "agent"],
+            capture_output=True, text=True, env=running.env | {"PYTHONPATH": "/tmp"},
+            timeout=30, check=False,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert injected.returncode == 4, injected
+        assert "has PYTHONPATH in its environment" in injected.stderr, injected.stderr
+
+        second = _nobody_agent(running)
+        first.read_until(b"agent-registered")
+        status = running.ctl_json("status")
+        assert status["agents"] == 2 and status["agents_refused"] == 2, status
+
+        # A flow of uid 65534 is asked of the oldest of its agents, not the newest.
+        nobody = subprocess.Popen(
+            ["ip", "netns", "exec", running.client, *AS_NOBODY, PYTHON,
+             str(HERE / "netclient.py"), "tcp", "192.0.2.2", "80", "--timeout", "10"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            first.read_until(b"answer> ")
+            first.type("a once\n")
+            out, _ = nobody.communicate(timeout=20)
+            assert out.strip() == "connected"
+            assert "answer> " not in second.screen.decode(errors="replace")
+        finally:
+            if nobody.poll() is None:
+                nobody.kill()
+                nobody.communicate()
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+@pytest.fixture
+async def root_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestAgent]:
+    """An admin's agent (root, in this process) for a lab whose daemon the test starts."""
+    assert lab.bus is not None
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
+    agent = TestAgent()
+    yield agent
+    agent.stop()
+
+
+async def test_allow_forever_waits_for_polkit_and_is_refused_when_it_says_no(
+    lab: Lab, root_agent: TestAgent
+) -> None:
+    """answers_need_auth: before, an allow-forever answer made its rule at once. Now it waits
+    for polkit (a fake PolicyKit1 on the lab's bus); "no" refuses it and the prompt stays open
+    for another answer; "yes" makes the rule."""
+    assert lab.bus is not None
+    conn, authority = await polkitfake.serve(lab.bus)
+    try:
+        lab.start_daemon(answers_need_auth=True, prompt_timeout=30)
+        await root_agent.start()
+        proc = await client(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
+        prompt = await root_agent.next_prompt()
+        answering = asyncio.ensure_future(root_agent.answer(prompt, "allow", "forever"))
+        await asyncio.wait_for(authority.asked.wait(), 10)
+        ((name, action, flags),) = authority.calls
+        assert action == "org.snitch.answer-allow-forever" and flags == 1
+        assert name == root_agent.client.bus.unique_name  # type: ignore[union-attr]
+        await asyncio.sleep(0.5)
+        assert not answering.done() and proc.returncode is None
+        authority.decide(False)
+        with pytest.raises(NotAuthorized, match="authentication failed or was cancelled"):
+            await answering
+        assert lab.ctl_json("list-rules") == [] and proc.returncode is None
+        authority.asked.clear()
+        answering = asyncio.ensure_future(root_agent.answer(prompt, "allow", "forever"))
+        await asyncio.wait_for(authority.asked.wait(), 10)
+        authority.decide(True)
+        rule_id = await answering
+        assert await outcome(proc) == "connected"
+        assert [r["id"] for r in lab.ctl_json("list-rules")] == [rule_id]
+        # An answer that makes no permanent allow rule needs no authentication.
+        proc = await client(lab, "tcp", "192.0.2.2", "443", "--timeout", "20")
+        assert await root_agent.answer(await root_agent.next_prompt(), "allow", "15m") > 0
+        assert await outcome(proc) == "connected" and len(authority.calls) == 2
+    finally:
+        conn.disconnect()
+
+
+def _corrupt(lab: Lab, rule_id: int, text: str) -> None:
+    """A rule row's text broken by hand (a bad disk, a bad edit): sqlite3 as root would."""
+    with sqlite3.connect(lab.db) as raw:
+        raw.execute("UPDATE rules SET text = ? WHERE id = ?", (text, rule_id))
+    raw.close()
+
+
+def test_a_corrupted_deny_rule_keeps_denying_and_stops_the_next_start(lab: Lab) -> None:
+    """Before: a stored rule that no longer parsed was skipped with a warning, and the flow it
+    denied connected. Now a running snitchd keeps its last good rules (and alerts, and says so
+    in status); a new start fails naming the row; `snitchctl doctor` names it too."""
+    lab.expect_log(r"alert rules-unreadable: ")
+    lab.start_daemon(default_action="allow")
+    rule_id = lab.add_rule("reject to=192.0.2.2 port=80")
+    assert lab.py("tcp", "192.0.2.2", 80) == "refused"
+    broken = "reject to=192.0.2.2 port=80 oops=1"
+    _corrupt(lab, rule_id, broken)
+    deadline = time.monotonic() + 10
+    while "alert rules-" not in lab.log_text():  # the sweep (once a second) has read it
+        assert time.monotonic() < deadline, lab.log_text()
+        time.sleep(0.1)
+    assert lab.py("tcp", "192.0.2.2", 80) == "refused"
+    assert "alert rules-unreadable" in lab.log_text()
+    status = lab.ctl_json("status")
+    assert f"rule {rule_id} does not parse: {broken!r}" in status["rules_error"], status
+    assert lab.stop_daemon() == 0
+
+    done = lab.run_snitchd()
+    assert done.returncode == 1, done
+    assert f"rule {rule_id} does not parse: {broken!r}" in done.stderr, done.stderr
+    assert f"DELETE FROM rules WHERE id = {rule_id}" in done.stderr
+    assert "filtering" not in done.stderr and lab.iptables_save().count("NFQUEUE") == 0
+
+    doctor = lab.ctl("doctor", "--config", str(lab.config_path))
+    assert doctor.returncode == 1, doctor
+    assert "ok: PRAGMA integrity_check: ok" in doctor.stdout
+    assert f"problem: rule {rule_id} does not parse: {broken!r}" in doctor.stdout, doctor.stdout
+    _corrupt(lab, rule_id, "reject to=192.0.2.2 port=80")
+    fixed = lab.ctl("doctor", "--config", str(lab.config_path))
+    assert fixed.returncode == 0, fixed.stdout
+
+
+def _nobody_sender(lab: Lab, code: str) -> subprocess.Popen[str]:
+    """uid 65534 runs `code`, says "sent", then keeps its socket open (so that snitchd still
+    finds the sender of each packet) until the test ends it."""
+    script = code + "print('sent', flush=True)\nimport time\ntime.sleep(120)\n"
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "sent"
+    return proc
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.communicate()
+
+
+def _held(lab: Lab) -> int:
+    return int(lab.ctl_json("status").get("kernel_held", 0))
+
+
+# The agent leaves at the end with prompts it never took up: calls to it fail then.
+_AGENT_GONE = r"WARNING snitchd.api: agent :\S+ (Prompt|Cancel) failed: "
+
+
+async def test_6000_datagrams_joining_one_prompt_do_not_stop_roots_allowed_connections(
+    lab: Lab, root_agent: TestAgent
+) -> None:
+    """Before: every datagram of a flow that waited for a person was held, until the kernel's
+    queue (4096) was full and it dropped every new flow, root's allowed ones too. Now a prompt
+    holds max_prompt_packets (64); the rest are dropped and counted."""
+    lab.expect_log(_AGENT_GONE)
+    lab.start_daemon(prompt_timeout=60)
+    lab.add_rule("allow user=0 to=192.0.2.2 port=80")
+    await root_agent.start()  # an admin's agent that never answers: nobody's prompt stays
+    # 100 sockets, 60 datagrams each (a socket's send buffer holds a few hundred held ones):
+    # one app, one destination, so all of them join one prompt.
+    flood = (
+        "import socket\n"
+        "socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(100)]\n"
+        "for s in socks:\n"
+        "    s.setblocking(False)\n"
+        "for _ in range(60):\n"
+        "    for s in socks:\n"
+        "        try:\n"
+        "            s.sendto(b'x', ('192.0.2.2', 9000))\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    sender = await asyncio.to_thread(_nobody_sender, lab, flood)
+    try:
+        prompt = await root_agent.next_prompt()
+        assert prompt.uid == 65534 and prompt.port == 9000
+        settled, last = time.monotonic() + 10, -1
+        while time.monotonic() < settled and (held := _held(lab)) != last:  # queue drains
+            last = held
+            await asyncio.sleep(0.3)
+        for _ in range(3):
+            assert await asyncio.to_thread(lab.py, "tcp", "192.0.2.2", 80) == "connected"
+        status = lab.ctl_json("status")
+        assert status["prompts_open"] == 1 and status["prompt_packets_held"] == 64, status
+        # Past its share; the kernel itself drops what comes faster than snitchd reads.
+        dropped = status["prompt_packets_dropped"] + status.get("kernel_queue_dropped", 0)
+        assert status["prompt_packets_dropped"] > 1000 and dropped >= 5000, status
+        assert status["kernel_held"] <= 64, status
+    finally:
+        _end(sender)
+
+
+async def test_64_prompts_of_one_user_do_not_push_anothers_flow_to_the_default(
+    lab: Lab, root_agent: TestAgent
+) -> None:
+    """Before: max_prompts (64) was one limit for all users: a user whose agent never answers
+    held 64 prompts, and root's next flow got the default at once. Now it is per user."""
+    lab.expect_log(_AGENT_GONE)
+    lab.start_daemon(prompt_timeout=60)
+    await root_agent.start()
+    ports = ", ".join(str(p) for p in range(10000, 10064))
+    opener = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for port in ({ports}):\n"
+        "    s.sendto(b'x', ('192.0.2.2', port))\n"
+    )
+    sender = await asyncio.to_thread(_nobody_sender, lab, opener)
+    try:
+        for _ in range(64):
+            assert (await root_agent.next_prompt()).uid == 65534
+        proc = await client(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
+        mine = await root_agent.next_prompt()
+        assert mine.uid == 0 and mine.port == 80
+        await root_agent.answer(mine, "allow", "once")
+        assert await outcome(proc) == "connected"
+        status: dict[str, Any] = lab.ctl_json("status")
+        assert status["prompts_open"] == 64 and status["prompts_over_quota"] == 0, status
+    finally:
+        _end(sender)

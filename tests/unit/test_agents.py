@@ -1,0 +1,75 @@
+"""Which processes snitchd takes for agents (issue 13): the checks on files and processes that
+need no bus. The registration itself, with the proof over the bus, is in
+tests/integration/test_agent_trust.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from snitch_common.errors import NotAuthorized
+from snitchd.agents import inspect_agent, session_active, session_of, thread_names, trusted_path
+
+
+def test_a_system_file_is_trusted_through_its_symlinks() -> None:
+    """/usr/bin/python3 is a symlink chain to a root-owned interpreter: each hop is checked and
+    the real path comes back."""
+    real = trusted_path("/usr/bin/python3")
+    assert real == os.path.realpath("/usr/bin/python3")
+
+
+def test_a_file_below_a_world_writable_directory_is_not(tmp_path: Path) -> None:
+    """/tmp is writable by everyone: what is below it could be swapped by any user."""
+    target = Path("/tmp") / f"snitch-agents-test-{os.getpid()}"
+    target.write_text("#!/bin/sh\n")
+    try:
+        with pytest.raises(ValueError, match="/tmp is writable by others"):
+            trusted_path(str(target))
+    finally:
+        target.unlink()
+
+
+def test_a_file_in_a_users_directory_is_not(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        os.chown(tmp_path, 65534, 65534)
+    with pytest.raises(ValueError, match=r"not root|writable by others"):
+        trusted_path(str(tmp_path / "x"))
+
+
+def test_python_c_is_not_an_agent_program() -> None:
+    """What malware would run: the interpreter with -c and the agent library."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(NotAuthorized, match=r"runs .* -c .*not an agent program"):
+            inspect_agent(child.pid, os.getuid(), ("/opt/snitch/venv/bin/snitchctl",))
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_gone_process_is_refused() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with pytest.raises(NotAuthorized, match="is gone"):
+        inspect_agent(child.pid, os.getuid(), ())
+
+
+def test_thread_names_are_read_per_thread() -> None:
+    assert thread_names(os.getpid())
+
+
+def test_session_comes_only_from_logind_s_place_in_the_cgroup_tree(tmp_path: Path) -> None:
+    """A user can make cgroups below user@UID.service, named session-X.scope too: only the
+    place logind uses counts, and only a session file saying active and graphical."""
+    assert session_of(os.getpid(), os.getuid()) is None  # no logind session here
+    (tmp_path / "3").write_text("ACTIVE=1\nTYPE=wayland\nSTATE=active\n")
+    (tmp_path / "4").write_text("ACTIVE=0\nTYPE=x11\n")
+    (tmp_path / "5").write_text("ACTIVE=1\nTYPE=tty\n")
+    assert session_active("3", str(tmp_path))
+    assert not session_active("4", str(tmp_path))
+    assert not session_active("5", str(tmp_path))
+    assert not session_active("../3", str(tmp_path))
