@@ -397,7 +397,7 @@ class FirewallService(ServiceInterface):
             # Waits for the person to authenticate; the prompt may end meanwhile (answer()
             # then refuses, as for any prompt that is no longer open).
             await check_authorization(self.bus, name, ANSWER_ALLOW_FOREVER)
-        rule_id = broker.answer(parsed, name)
+        rule_id = await broker.answer(parsed, name)
         return -1 if rule_id is None else rule_id
 
     @dbus_method()

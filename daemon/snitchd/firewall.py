@@ -577,14 +577,6 @@ class Firewall:
 
         return await self._finish(change())
 
-    def add_answer_rule(self, rule: Rule, origin: str) -> int:
-        """The rule a prompt's answer makes. The broker's answer path is synchronous, so this
-        store write is made on the loop (a follow-up of issue 12: make `Applier` async)."""
-        record = self.store.add_rule(rule, self.clock(), origin)
-        self._hold(record)
-        log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
-        return record.id
-
     async def delete_rule(self, rule_id: int, origin: str) -> RuleRecord:
         """Delete the rule from the store (in a worker thread), then stop holding it. Raises
         RuleNotFound or StoreError."""

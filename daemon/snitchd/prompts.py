@@ -35,7 +35,7 @@ from netfilterqueue import Packet
 from snitch_common.answers import Answer, rule_for_answer
 from snitch_common.errors import NotAuthorized
 from snitch_common.records import Flow, Process
-from snitch_common.rules import Lifetime, Rule
+from snitch_common.rules import Lifetime, Rule, RuleRecord
 from snitchd.decide import Verdict
 from snitchd.events import Alert
 
@@ -95,7 +95,7 @@ class Applier(Protocol):
         host: str | None = None,
     ) -> None: ...
     def default_verdict(self, reason: str) -> Verdict: ...
-    def add_answer_rule(self, rule: Rule, origin: str) -> int: ...
+    async def add_rule(self, rule: Rule, origin: str) -> RuleRecord: ...
 
 
 class Transport(Protocol):
@@ -132,6 +132,7 @@ class Broker:
         self.over_quota = 0  # flows that got the default because a share was used up
         self.packets_dropped = 0  # packets that joined a prompt past its share
         self._ids = itertools.count(1)
+        self._answering: set[int] = set()  # prompts whose answer's rule is being written
         self._firewall: Applier | None = None
         self.transport: Transport | None = None
         self.agents: dict[str, Agent] = {}
@@ -328,9 +329,16 @@ class Broker:
             raise NotAuthorized(f"no open prompt {answer.prompt_id} for this agent")
         return prompt
 
-    def answer(self, answer: Answer, name: str) -> int | None:
-        """Apply an agent's answer; returns the id of the rule it made (None for once)."""
+    async def answer(self, answer: Answer, name: str) -> int | None:
+        """Apply an agent's answer; returns the id of the rule it made (None for once).
+
+        The rule is written through the firewall's own rule path: the store write runs in a
+        worker, so a locked store delays this answer only, never the packet loop (issue 12).
+        Meanwhile the prompt stays open; if it times out first, the rule still stands for the
+        flows to come. A second answer to a prompt being answered is refused."""
         prompt = self.prompt_for(answer, name)
+        if prompt.id in self._answering:
+            raise NotAuthorized(f"prompt {prompt.id} is being answered already")
         agent = self.agents[name]
         rule_id = None
         if answer.lifetime[0] is not Lifetime.ONCE:
@@ -342,7 +350,12 @@ class Broker:
                 admin=agent.admin,
                 pin_root=self._pin_root,
             )
-            rule_id = self._fw.add_answer_rule(rule, f"prompt by uid {agent.uid}")
+            self._answering.add(prompt.id)
+            try:
+                record = await self._fw.add_rule(rule, f"prompt by uid {agent.uid}")
+            finally:
+                self._answering.discard(prompt.id)
+            rule_id = record.id
             reason = f"rule {rule_id} (answered)"
         else:
             reason = "answered once"

@@ -70,6 +70,12 @@ class Terminal:
         assert marker in self.screen, text
         return text
 
+    def shows(self, marker: bytes) -> bool:
+        """Whether `marker` is on the screen now (reads what is there, waits for nothing)."""
+        while select.select([self.master], [], [], 0)[0]:
+            self.screen += os.read(self.master, 4096)
+        return marker in self.screen
+
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.conftest import VENV_BIN, Lab
+from conftest import VENV_BIN, Lab, Terminal
 
 HOLD_LOCK = """
 import sqlite3, sys, time
@@ -75,6 +75,44 @@ def test_locked_store_delays_only_the_rule_change_not_other_flows(running: Lab) 
     running.add_rule("allow port=443")
     texts = [r["text"] for r in running.ctl_json("list-rules")]
     assert texts == ["allow port=80", "allow port=443"]
+
+
+def test_an_answer_while_the_store_is_locked_delays_no_other_flow(running: Lab) -> None:
+    """Issue 12: a prompt's answer wrote its rule to the store on the packet loop, so an answer
+    given while another process held the store's lock stalled every new flow for the 5 s busy
+    timeout. Now the write waits in a worker: a steady client keeps connecting meanwhile, and
+    the agent is told why its answer was not taken."""
+    running.expect_log(r"ERROR snitchd.events: connection log write failed")
+    running.add_rule("allow port=80")
+    terminal = Terminal([str(VENV_BIN / "snitchctl"), "agent"], running.env)
+    asking: subprocess.Popen[str] | None = None
+    holder: subprocess.Popen[str] | None = None
+    try:
+        terminal.read_until(b"waiting for prompts")
+        asking = running.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "20")
+        terminal.read_until(b"answer> ")
+        holder = _hold_lock(running.db)
+        terminal.type("a forever\n")
+        while_waiting: list[str] = []
+        deadline = time.monotonic() + 20
+        while not terminal.shows(b"not answered") and time.monotonic() < deadline:
+            seen = running.py("tcp", "192.0.2.2", 80)
+            if not terminal.shows(b"not answered"):
+                while_waiting.append(seen)
+        assert terminal.shows(b"database is locked by another process"), terminal.screen
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+            if holder.stdout is not None:
+                holder.stdout.close()
+        terminal.close()
+        if asking is not None:
+            asking.kill()
+            asking.communicate()
+    # Before the fix the loop waited with the answer, so not one connection completed meanwhile.
+    assert len(while_waiting) >= 3, while_waiting
+    assert set(while_waiting) == {"connected"}, while_waiting
 
 
 def test_own_rule_changes_are_not_outside_changes_but_hand_edits_are(running: Lab) -> None:

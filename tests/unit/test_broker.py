@@ -14,7 +14,7 @@ import pytest
 from snitch_common.answers import Answer
 from snitch_common.errors import NotAuthorized
 from snitch_common.records import Attribution, Flow, Process, Proto
-from snitch_common.rules import Action, Rule
+from snitch_common.rules import Action, Rule, RuleRecord
 from snitchd.decide import Verdict
 from snitchd.events import Alert
 from snitchd.prompts import Agent, Broker, Prompt, Quotas
@@ -34,9 +34,9 @@ class FakeFirewall:
     def default_verdict(self, reason: str) -> Verdict:
         return Verdict(Action.DENY, None, reason)
 
-    def add_answer_rule(self, rule: Rule, origin: str) -> int:
+    async def add_rule(self, rule: Rule, origin: str) -> RuleRecord:
         self.rules.append(rule)
-        return len(self.rules)
+        return RuleRecord(len(self.rules), rule, 0.0, None, 0, origin)
 
 
 class FakeTransport:
@@ -108,7 +108,7 @@ async def test_same_app_and_destination_join_one_prompt() -> None:
         broker.ask(f"pkt{i}", flow(sport=40000 + i), proc(), 0.0)
     assert len(transport.prompts) == 1 and fw.verdicts == []
     (prompt_id,) = broker.open
-    broker.answer(Answer(prompt_id, Action.ALLOW, "once"), ":1.5")
+    await broker.answer(Answer(prompt_id, Action.ALLOW, "once"), ":1.5")
     assert [v.action for _, v, _ in fw.verdicts] == [Action.ALLOW] * 20
     assert fw.rules == [] and broker.open == {}
 
@@ -121,7 +121,7 @@ async def test_a_prompt_goes_to_the_socket_owners_agent_only() -> None:
     assert [name for name, _ in transport.prompts] == [":1.6"]
     (prompt_id,) = broker.open
     with pytest.raises(NotAuthorized):
-        broker.answer(Answer(prompt_id, Action.ALLOW), ":1.5")
+        await broker.answer(Answer(prompt_id, Action.ALLOW), ":1.5")
     assert broker.visible_to(":1.5") == [] and len(broker.visible_to(":1.6")) == 1
 
 
@@ -174,7 +174,7 @@ async def test_answers_of_a_user_make_rules_for_that_user_only() -> None:
     broker.register(":1.5", "/a", ALICE)
     broker.ask("pkt", flow(), proc(), 0.0)
     (prompt_id,) = broker.open
-    rule_id = broker.answer(Answer(prompt_id, Action.ALLOW), ":1.5")
+    rule_id = await broker.answer(Answer(prompt_id, Action.ALLOW), ":1.5")
     assert rule_id == 1
     assert str(fw.rules[0]) == (
         f"allow app=/usr/bin/curl user={ALICE} to=203.0.113.7 port=443 proto=tcp"
@@ -242,5 +242,5 @@ async def test_packets_joining_a_prompt_past_its_share_are_dropped() -> None:
     assert [p.dropped for p in pkts] == [False, False, False, True, True, True]
     assert broker.held == 3 and broker.packets_dropped == 3
     (prompt_id,) = broker.open
-    broker.answer(Answer(prompt_id, Action.ALLOW, "once"), ":1.5")
+    await broker.answer(Answer(prompt_id, Action.ALLOW, "once"), ":1.5")
     assert len(fw.verdicts) == 3 and broker.held == 0

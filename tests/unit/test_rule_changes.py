@@ -102,7 +102,7 @@ async def test_own_changes_are_not_taken_for_outside_ones(
     await firewall.add_rule(parse_rule("allow port=443"), "test")
     record = await firewall.add_rule(parse_rule("allow port=80"), "test")
     await firewall.delete_rule(record.id, "test")
-    firewall.add_answer_rule(parse_rule(f"allow app={CURL} port=22"), "prompt")
+    await firewall.add_rule(parse_rule(f"allow app={CURL} port=22"), "prompt")
     before = firewall.rules
     with caplog.at_level(logging.INFO):
         await firewall.check_outside_change(NOW)
