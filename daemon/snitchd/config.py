@@ -21,6 +21,7 @@ __all__ = ["DEFAULT_PATH", "Config", "FailMode", "LogLevel", "load_config", "par
 
 DEFAULT_PATH = Path("/etc/snitch/snitchd.toml")
 
+
 class FailMode(enum.Enum):
     """What the kernel does with new flows while snitchd is not reading its queue."""
 

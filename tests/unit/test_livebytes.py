@@ -23,6 +23,15 @@ from snitchd.store import Store, TrafficMinute
 
 NOW = 1_700_000_040.0  # on a minute boundary
 NLMSG = struct.Struct("=IHHII")
+# A real kernel message (from test_traffic_codec): 192.0.2.1:34598 -> 192.0.2.2:8000, 330/266 B.
+KERNEL_TCP_END = bytes.fromhex(
+    "d40000000201000000000000cc70000002000000340001801400018008000100c000020108000200c0000202"
+    "1c00028005000100060000000600020087260000060003001f4000003400028014000180080001"
+    "00c000020208000200c00002011c0002800500010006000000060002001f4000000600030087260000"
+    "08000c00b83d644f080003000000020e1c0009800c00010000000000000000060c000200000000000000"
+    "014a1c000a800c00010000000000000000040c000200000000000000010a100004800c00018005000100"
+    "07000000"
+)
 
 
 def row(
@@ -62,8 +71,6 @@ def test_dump_request_asks_the_kernel_to_filter_by_our_allow_mark() -> None:
 
 
 def test_dump_answer_is_decoded_until_done_and_other_sequences_are_skipped() -> None:
-    from tests.unit.test_traffic_codec import KERNEL_TCP_END  # a real kernel message
-
     entry = bytearray(KERNEL_TCP_END)
     struct.pack_into("=HHI", entry, 4, 0x100, 2, 9)  # a dump entry (CT_NEW, multi) of seq 9
     other = bytearray(entry)
@@ -120,15 +127,33 @@ def test_rates_are_the_bytes_of_the_window_and_the_totals_grow() -> None:
     acc.tick(NOW)
     acc.on_dump([counts(A, 2000, 0), counts(B, 100, 0)], NOW + 1)
     first = acc.tick(NOW + 2)
+    acc.take_rates()
     assert [(r.app, r.bytes_out, r.seconds, r.flows) for r in first] == [
         ("/usr/bin/app", 2000, 2.0, 1),
         ("/usr/bin/other", 100, 2.0, 1),
     ]
     acc.on_dump([counts(A, 2500, 0), counts(B, 100, 0)], NOW + 3)
     second = {r.app: r for r in acc.tick(NOW + 4)}
+    acc.take_rates()
     assert second["/usr/bin/app"].bytes_out == 500
     assert second["/usr/bin/app"].total_out == 2500
     assert second["/usr/bin/other"].bytes_out == 0
+
+
+def test_a_window_not_handed_over_grows_until_it_is() -> None:
+    """Ticks come every second, batches every half second, but a slow batch can let two
+    ticks pass: the first window's bytes must not vanish from the rates."""
+    acc = Accounting()
+    acc.learn([row(A)])
+    acc.tick(NOW)
+    acc.on_dump([counts(A, 1000, 0)], NOW + 0.5)
+    (first,) = acc.tick(NOW + 1)
+    acc.on_dump([counts(A, 1500, 0)], NOW + 1.5)
+    assert acc.tick(NOW + 2) == (first,)  # not taken yet: the window stays open
+    acc.take_rates()
+    acc.on_dump([counts(A, 1600, 0)], NOW + 2.5)
+    (second,) = acc.tick(NOW + 3)
+    assert (first.bytes_out, second.bytes_out, second.seconds) == (1000, 600, 2.0)
 
 
 def test_a_reused_tuple_is_a_new_flow() -> None:

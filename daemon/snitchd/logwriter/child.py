@@ -122,9 +122,8 @@ class LogWriter:
             self.accounting.give_back(rollup)
 
     def _done(self, done: Done) -> Done:
-        return dataclasses.replace(
-            done, rates=self.accounting.rates, rates_seq=self.accounting.rates_seq
-        )
+        rates, seq = self.accounting.take_rates()
+        return dataclasses.replace(done, rates=rates, rates_seq=seq)
 
 
 async def _serve(conn: Connection, database: str) -> None:

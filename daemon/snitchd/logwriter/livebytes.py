@@ -188,6 +188,7 @@ class Accounting:
         self.unknown = 0  # counted flows whose row never came
         self.rates: tuple[AppRate, ...] = ()
         self.rates_seq = 0
+        self._taken = True
 
     def learn(self, rows: Iterable[Sequence[object]]) -> None:
         """Log rows as `store.log_row` makes them: each counts as an attempt of its app, and
@@ -253,11 +254,17 @@ class Accounting:
         return self._minutes.setdefault((int(when // 60), owner.app, owner.uid), [0, 0, 0, 0])
 
     def tick(self, now: float) -> tuple[AppRate, ...]:
-        """Close the rates window: each app's bytes since the last tick and their rate."""
-        start, self._window_start = self._window_start, now
-        window, self._window = self._window, {}
-        if start is None or now <= start:
+        """Close the rates window: each app's bytes since the last tick and their rate. A
+        window whose rates were not taken yet (`take_rates`: no batch went by) stays open and
+        grows, so every byte is in exactly one snapshot that reaches snitchd."""
+        start = self._window_start
+        if start is None:
+            self._window_start = now
             return self.rates
+        if not self._taken or now <= start:
+            return self.rates
+        self._window_start = now
+        window, self._window = self._window, {}
         seconds = now - start
         open_flows: dict[_Owner, int] = {}
         for key in self._seen:
@@ -283,7 +290,13 @@ class Accounting:
         rates.sort(key=lambda r: (-(r.bytes_out + r.bytes_in), -r.flows, r.app))
         self.rates = tuple(rates[:MAX_RATES])
         self.rates_seq += 1
+        self._taken = False
         return self.rates
+
+    def take_rates(self) -> tuple[tuple[AppRate, ...], int]:
+        """The latest snapshot and its number, for a `Done` on its way to snitchd."""
+        self._taken = True
+        return self.rates, self.rates_seq
 
     def take_rollup(self) -> list[TrafficMinute]:
         """What to add to the per-minute rollups since the last take."""
