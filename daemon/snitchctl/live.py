@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from snitch_common.client import Client
 
-__all__ = ["SORTS", "AppLine", "LiveTop", "human", "run_live"]
+__all__ = ["SORTS", "AppLine", "HostsScreen", "LiveTop", "human", "run_live"]
 
 SORTS = ("rate", "total", "connections", "blocked", "name")
 TOTALS_EVERY = 3.0  # seconds between two Apps reads
