@@ -118,6 +118,31 @@ class Client:
         rows: list[dict[str, Any]] = json.loads(await self.call("Top", "a{sv}", [query]))
         return rows
 
+    async def traffic(self, query: dict[str, Variant]) -> dict[str, Any]:
+        """Traffic over query["period"] (1h, 24h, 7d, 30d): `total` and the busiest `apps`,
+        each with `points` of [bucket start, bytes out, bytes in, blocked]."""
+        report: dict[str, Any] = json.loads(await self.call("Traffic", "a{sv}", [query]))
+        return report
+
+    async def apps(self, query: dict[str, Variant]) -> list[dict[str, Any]]:
+        """Per app over query["period"] (24h by default): bytes, attempts, blocked, first seen."""
+        rows: list[dict[str, Any]] = json.loads(await self.call("Apps", "a{sv}", [query]))
+        return rows
+
+    async def monitor_rates(self, on_rates: Callable[[dict[str, Any]], None]) -> None:
+        """Subscribe; `on_rates` gets each second's per-app rates (`apps`, each with out/in
+        bytes of the window, rate_out/rate_in per second, flows, totals) until the client
+        closes."""
+
+        def handler(msg: Message) -> bool:
+            if msg.message_type is MessageType.SIGNAL and msg.member == "Rates":
+                on_rates(json.loads(msg.body[0]))
+                return True
+            return False
+
+        self.bus.add_message_handler(handler)
+        await self.call("MonitorRates")
+
     async def monitor(self, on_decision: Callable[[dict[str, Any]], None]) -> None:
         """Subscribe; `on_decision` gets each decision as it happens until the client closes."""
 

@@ -81,6 +81,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     top = sub.add_parser("top", help="per-app connections and bytes, most traffic first")
     top.add_argument("--since", metavar="N[smhd]", help="e.g. 10m, 1h, 2d (default: all)")
+    top.add_argument(
+        "--live",
+        action="store_true",
+        help="full screen, live rates per app (keys: s sort, / filter, enter hosts, q quit)",
+    )
     sub.add_parser("monitor", help="live: every decision as it happens (--json: JSON lines)")
     sub.add_parser("status", help="is snitchd running, and what is it doing")
     sub.add_parser("agent", help="answer prompts in this terminal (for SSH and headless use)")
@@ -271,7 +276,8 @@ def _size(n: int) -> str:
 
 async def _top(client: Client, args: argparse.Namespace) -> int:
     query = {"since": Variant("d", _since(args.since) if args.since else 0.0)}
-    rows = await client.top(query)
+    # By the app's total bytes (snitchd sorts so too; this keeps the table's promise).
+    rows = sorted(await client.top(query), key=lambda r: -(r["bytes_out"] + r["bytes_in"]))
 
     def text() -> str:
         head = f"{'SENT':>10} {'RECEIVED':>10} {'CONNS':>6} {'BLOCKED':>7}  APP"
@@ -328,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return _doctor(args)
     try:
+        if args.command == "top" and args.live:
+            from snitchctl.live import run_live  # noqa: PLC0415 - Textual only when asked for
+
+            return run_live()
         return asyncio.run(_run(args))
     except SnitchError as exc:
         if args.debug:

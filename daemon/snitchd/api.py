@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import sqlite3
+import time
 from typing import Annotated, Any, TypeVar
 
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
@@ -51,16 +52,20 @@ from snitchd.caller import Caller, CallerAwareBus, current_caller, handled, send
 from snitchd.decide import PRECEDENCE, Explanation
 from snitchd.events import Alert
 from snitchd.firewall import Firewall
+from snitchd.logwriter.protocol import AppRate
 from snitchd.polkit import ANSWER_ALLOW_FOREVER, check_authorization
 from snitchd.prompts import Agent, Prompt
 from snitchd.queries import (
     LogQuery,
+    Period,
     QueryGate,
     Reader,
     RuleStats,
+    read_apps,
     read_connections,
     read_rule_stats,
     read_top,
+    read_traffic,
 )
 from snitchd.status import Status, status_of
 from snitchd.store import Decision, Store, decision_row
@@ -225,6 +230,7 @@ class FirewallService(ServiceInterface):
         self._uids: dict[str, int] = {}
         self._monitors: dict[str, int | None] = {}
         self.agents_refused = 0
+        self._rate_watchers: dict[str, int | None] = {}
 
     @property
     def admin_group(self) -> str:
@@ -240,6 +246,7 @@ class FirewallService(ServiceInterface):
         """A connection left the bus: forget its uid, monitor and prompts."""
         self._uids.pop(name, None)
         self._monitors.pop(name, None)
+        self._rate_watchers.pop(name, None)
         self.firewall.broker.unregister(name)
 
     async def identify(self) -> Caller:
@@ -452,6 +459,97 @@ class FirewallService(ServiceInterface):
                     )
                 )
 
+    @dbus_method()
+    @handled(query=True)
+    async def Traffic(self, query: VarDict) -> DBusStr:
+        """Traffic over `period` (1h, 24h, 7d, 30d) from the per-app rollups, at most 180
+        points a series: the total and the MAX_SERIES_APPS busiest apps (only `app` if given);
+        a user who is not an admin sees only their own flows."""
+        period, app = _period(query), _arg(query, "app", str)
+        uid, now = current_caller().own_only, time.time()
+        await self.firewall.events.flush()
+        return await self.reader.run(
+            lambda conn: json.dumps(dataclasses.asdict(read_traffic(conn, period, now, uid, app)))
+        )
+
+    @dbus_method()
+    @handled(query=True)
+    async def Apps(self, query: VarDict) -> DBusStr:
+        """Per app over `period` (24h unless given): bytes, attempts, blocked ones, first seen;
+        the `limit` (at most MAX_TOP_APPS) apps with the most bytes."""
+        period, limit = _period(query, Period.DAY), _limit(query, MAX_TOP_APPS)
+        uid, now = current_caller().own_only, time.time()
+        await self.firewall.events.flush()
+        return await self.reader.run(
+            lambda conn: json.dumps(
+                [dataclasses.asdict(a) for a in read_apps(conn, period, now, uid, limit)]
+            )
+        )
+
+    @dbus_method()
+    @handled()
+    async def MonitorRates(self) -> None:
+        """Subscribe the caller to `Rates` signals (JSON text, about once a second, its own
+        apps only unless it is an admin), sent to it alone; ends when it leaves the bus."""
+        who = current_caller()
+        self._rate_watchers[who.name] = who.own_only
+
+    def on_rates(self, rates: tuple[AppRate, ...]) -> None:
+        """The log writer's new rates window: one JSON text per audience (all apps for admins,
+        a user's own otherwise), at most protocol-bounded (200 apps) each."""
+        if not self._rate_watchers:
+            return
+        now = time.time()
+        texts: dict[int | None, str] = {}
+        for name, uid in list(self._rate_watchers.items()):
+            text = texts.get(uid)
+            if text is None:
+                text = texts[uid] = _rates_json(rates, uid, now)
+            self.bus.send(
+                Message(
+                    message_type=MessageType.SIGNAL,
+                    destination=name,
+                    path=OBJECT_PATH,
+                    interface=INTERFACE,
+                    member="Rates",
+                    signature="s",
+                    body=[text],
+                )
+            )
+
+
+def _period(query: dict[str, Variant], default: Period = Period.HOUR) -> Period:
+    text = _arg(query, "period", str)
+    if text is None:
+        return default
+    try:
+        return Period(text)
+    except ValueError:
+        choices = ", ".join(p.value for p in Period)
+        raise RuleError(f"argument 'period': {text!r} is not one of {choices}") from None
+
+
+def _rates_json(rates: tuple[AppRate, ...], uid: int | None, now: float) -> str:
+    apps = [
+        {
+            "app": r.app,
+            "uid": r.uid,
+            "out": r.bytes_out,
+            "in": r.bytes_in,
+            "rate_out": r.bytes_out / r.seconds,
+            "rate_in": r.bytes_in / r.seconds,
+            "flows": r.flows,
+            "total_out": r.total_out,
+            "total_in": r.total_in,
+            "attempts": r.attempts,
+            "blocked": r.blocked,
+        }
+        for r in rates
+        if (uid is None or r.uid == uid) and r.seconds > 0
+    ]
+    seconds = rates[0].seconds if rates else 0.0
+    return json.dumps({"time": now, "seconds": seconds, "apps": apps})
+
 
 def _rules_page(
     conn: sqlite3.Connection, page: list[tuple[int, Rule]], store: Store
@@ -506,6 +604,7 @@ async def serve(firewall: Firewall, backend: str) -> MessageBus:
     service = FirewallService(firewall, bus, backend, Reader(firewall.store.path))
     bus.export(OBJECT_PATH, service)
     firewall.events.listeners.append(service.on_decision)
+    firewall.events.rate_listeners.append(service.on_rates)
     firewall.broker.transport = DBusTransport(bus, firewall.config.default_action.value)
 
     def on_signal(msg: Message) -> None:

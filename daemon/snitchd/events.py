@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from snitch_common.errors import StoreError
 from snitchd.logwriter.parent import Recorder
-from snitchd.logwriter.protocol import Batch, Done
+from snitchd.logwriter.protocol import AppRate, Batch, Done
 from snitchd.store import Decision, Store, log_row
 
 __all__ = ["Alert", "EventLog"]
@@ -63,6 +63,9 @@ class EventLog:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.listeners: list[Callable[[Decision], None]] = []
+        # The writer's per-app rates (issue 19), passed on once per new window (about 1 Hz).
+        self.rate_listeners: list[Callable[[tuple[AppRate, ...]], None]] = []
+        self._rates_seq = 0
         self.written = 0
         self.dropped = 0
         self.pruned = 0
@@ -122,6 +125,10 @@ class EventLog:
                 log.info("connection log written again rows=%d", done.written)
             self.written += done.written
             self.pruned += done.pruned
+            if done.rates_seq != self._rates_seq:
+                self._rates_seq = done.rates_seq
+                for on_rates in self.rate_listeners:
+                    on_rates(done.rates)
 
     def _write(
         self,

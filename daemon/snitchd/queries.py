@@ -15,6 +15,7 @@ It must never write: the log writer process owns every write to the log (`logwri
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import sqlite3
 import time
@@ -28,14 +29,22 @@ from typing import Any, TypeVar
 from snitch_common.errors import Busy, StoreError
 
 __all__ = [
+    "MAX_SERIES_APPS",
+    "MINUTES_KEPT",
     "QUERY_TIME_LIMIT",
+    "AppTotals",
     "LogQuery",
+    "Period",
     "QueryGate",
     "Reader",
     "RuleStats",
+    "Series",
+    "TrafficReport",
+    "read_apps",
     "read_connections",
     "read_rule_stats",
     "read_top",
+    "read_traffic",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,6 +56,70 @@ QUERY_WORKERS = 2
 # SQLite calls the progress handler every this many virtual-machine steps (~1 ms here): each call
 # takes the GIL from the packet loop for a moment, so not much more often than needed.
 _PROGRESS_STEPS = 100_000
+MINUTES_KEPT = 2 * 86400.0  # seconds of per-minute traffic rollups; the hourly ones live as the log
+MAX_SERIES_APPS = 20  # apps with a series of their own in a traffic report, the busiest first
+
+
+class Period(enum.Enum):
+    """The periods a traffic chart shows: each reads one rollup table in buckets that keep a
+    series at most 180 points long, whatever the period."""
+
+    HOUR = "1h"
+    DAY = "24h"
+    WEEK = "7d"
+    MONTH = "30d"
+
+    @property
+    def seconds(self) -> int:
+        return {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}[self.value]
+
+    @property
+    def bucket(self) -> int:
+        """Seconds per point: 60 points, 144, 168, 180."""
+        return {"1h": 60, "24h": 600, "7d": 3600, "30d": 4 * 3600}[self.value]
+
+    @property
+    def table(self) -> tuple[str, str, int]:
+        """The rollup table, its time column and that column's unit in seconds."""
+        if self.seconds <= MINUTES_KEPT:
+            return "traffic_minute", "minute", 60
+        return "traffic_hour", "hour", 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One app's traffic over a period: (start of the bucket, bytes out, bytes in, blocked
+    attempts) per bucket with any; `uid` -1 for no user, the machine's total has app ``."""
+
+    app: str
+    uid: int
+    bytes_out: int
+    bytes_in: int
+    points: list[tuple[float, int, int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficReport:
+    """`Traffic`'s answer: the machine's total (as the caller may see it) and the busiest apps."""
+
+    period: str
+    start: float
+    bucket: int
+    total: Series
+    apps: list[Series]
+
+
+@dataclass(frozen=True, slots=True)
+class AppTotals:
+    """`Apps`'s row: an app's IP-layer bytes, attempts and blocked ones in a period."""
+
+    app: str
+    uid: int
+    bytes_out: int
+    bytes_in: int
+    connections: int
+    blocked: int
+    first_seen: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +188,10 @@ def read_top(
         "AS app, count(*) AS connections, sum(action != 'allow') AS blocked, "
         "coalesce(sum(bytes_out), 0) AS bytes_out, coalesce(sum(bytes_in), 0) AS bytes_in, "
         f"max(time) AS last FROM connections WHERE time >= ?{mine} GROUP BY app "
-        "ORDER BY bytes_out + bytes_in DESC, connections DESC LIMIT ?"
+        # By the app's total: `bytes_out + bytes_in` alone names the table's columns, so
+        # SQLite sorted by one row's bytes (issue 19).
+        "ORDER BY coalesce(sum(bytes_out), 0) + coalesce(sum(bytes_in), 0) DESC, "
+        "connections DESC, app LIMIT ?"
     )
     args: list[object] = [since or 0.0]
     if uid is not None:
@@ -123,6 +199,84 @@ def read_top(
     cursor = conn.execute(sql, [*args, limit])
     columns = [d[0] for d in cursor.description]
     return [dict(zip(columns, row, strict=True)) for row in cursor]
+
+
+def read_traffic(
+    conn: sqlite3.Connection,
+    period: Period,
+    now: float,
+    uid: int | None,
+    app: str | None = None,
+    most: int = MAX_SERIES_APPS,
+) -> TrafficReport:
+    """Traffic per bucket of `period` up to `now`: the total, and the `most` apps with the
+    most bytes (only `app` when given); `uid` narrows to one user's flows."""
+    table, unit, size = period.table
+    bucket = period.bucket
+    start = (now - period.seconds) // bucket * bucket
+    where, args = _traffic_where(unit, size, start, uid, app)
+    sql = (
+        f"SELECT app, uid, ({unit} * {size} - ?) / {bucket} AS slot, sum(bytes_out), "
+        f"sum(bytes_in), sum(blocked) FROM {table} WHERE {where} GROUP BY app, uid, slot"
+    )
+    by_app: dict[tuple[str, int], list[tuple[float, int, int, int]]] = {}
+    total: dict[int, list[int]] = {}
+    for name, who, slot, out, into, blocked in conn.execute(sql, [start, *args]):
+        by_app.setdefault((name, who), []).append((start + slot * bucket, out, into, blocked))
+        acc = total.setdefault(slot, [0, 0, 0])
+        acc[0] += out
+        acc[1] += into
+        acc[2] += blocked
+    series = [_series(name, who, points) for (name, who), points in by_app.items()]
+    series.sort(key=lambda s: (-(s.bytes_out + s.bytes_in), s.app))
+    whole = [(start + k * bucket, v[0], v[1], v[2]) for k, v in total.items()]
+    return TrafficReport(
+        period.value, start, bucket, _series("", -1 if uid is None else uid, whole), series[:most]
+    )
+
+
+def read_apps(
+    conn: sqlite3.Connection, period: Period, now: float, uid: int | None, limit: int
+) -> list[AppTotals]:
+    """Per app in `period`: bytes, attempts, blocked ones and when snitch first saw it; the
+    `limit` apps with the most bytes, then the most attempts."""
+    table, unit, size = period.table
+    where, args = _traffic_where(unit, size, now - period.seconds, uid, None)
+    sql = (
+        "SELECT app, uid, sum(bytes_out) AS o, sum(bytes_in) AS i, sum(connections) AS c, "
+        f"sum(blocked) FROM {table} WHERE {where} GROUP BY app, uid "
+        "ORDER BY o + i DESC, c DESC, app LIMIT ?"
+    )
+    rows = conn.execute(sql, [*args, limit]).fetchall()
+    names = sorted({row[0] for row in rows})
+    seen: dict[str, float] = {}
+    for chunk in range(0, len(names), 500):
+        part = names[chunk : chunk + 500]
+        marks = ", ".join("?" * len(part))
+        for exe, first in conn.execute(
+            f"SELECT exe, first_seen FROM apps WHERE exe IN ({marks})", part
+        ):
+            seen[exe] = first
+    return [AppTotals(a, u, o, i, c, b, seen.get(a)) for a, u, o, i, c, b in rows]
+
+
+def _traffic_where(
+    unit: str, size: int, start: float, uid: int | None, app: str | None
+) -> tuple[str, list[object]]:
+    where: list[str] = [f"{unit} >= ?"]
+    args: list[object] = [int(start // size)]
+    if uid is not None:
+        where.append("uid = ?")
+        args.append(uid)
+    if app is not None:
+        where.append("app = ?")
+        args.append(app)
+    return " AND ".join(where), args
+
+
+def _series(app: str, uid: int, points: list[tuple[float, int, int, int]]) -> Series:
+    points.sort()
+    return Series(app, uid, sum(p[1] for p in points), sum(p[2] for p in points), points)
 
 
 def read_rule_stats(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, RuleStats]:

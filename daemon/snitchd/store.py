@@ -31,7 +31,7 @@ import sqlite_utils
 from snitch_common.errors import RuleError, RuleNotFound, StoreError
 from snitch_common.records import Flow, Process
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
-from snitchd.queries import LogQuery, read_connections, read_top
+from snitchd.queries import MINUTES_KEPT, LogQuery, read_connections, read_top
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -41,6 +41,7 @@ __all__ = [
     "LogQuery",
     "RuleLoad",
     "Store",
+    "TrafficMinute",
     "UnparsableRule",
     "check_store",
     "decision_row",
@@ -76,6 +77,20 @@ class FlowBytes:
     bytes_out: int
     bytes_in: int
     ended: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficMinute:
+    """What to add to one app's rollup of one minute (`minute` = unix time // 60): IP-layer
+    bytes, attempts and blocked attempts. `uid` is -1 for flows of no user."""
+
+    minute: int
+    app: str
+    uid: int
+    bytes_out: int
+    bytes_in: int
+    connections: int
+    blocked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +171,26 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE TRIGGER rules_edited AFTER UPDATE OF text ON rules {bump}")
 
 
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    """Per-app traffic rollups, per minute (kept `MINUTES_KEPT`) and per hour (kept as long as
+    the log): a 30-day chart reads at most 720 rows an app, not the log. Written by the log
+    writer only (`logwriter.livebytes`); uid -1 stands for no user (a key cannot be NULL)."""
+    for table, unit in (("traffic_minute", "minute"), ("traffic_hour", "hour")):
+        db.execute(
+            f"CREATE TABLE {table} ({unit} INTEGER NOT NULL, app TEXT NOT NULL, "
+            "uid INTEGER NOT NULL, bytes_out INTEGER NOT NULL DEFAULT 0, "
+            "bytes_in INTEGER NOT NULL DEFAULT 0, connections INTEGER NOT NULL DEFAULT 0, "
+            f"blocked INTEGER NOT NULL DEFAULT 0, PRIMARY KEY ({unit}, app, uid)) WITHOUT ROWID"
+        )
+        db.execute(f"CREATE INDEX {table}_app ON {table} (app, {unit})")
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_2,
     _migrate_3,
+    _migrate_4,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -448,9 +478,29 @@ class Store:
                 pk="exe",
             )
 
+    def add_traffic(self, rollup: Iterable[TrafficMinute]) -> None:
+        """Add to the per-minute and per-hour rollups, in one transaction."""
+        rows = [
+            (m.minute, m.app, m.uid, m.bytes_out, m.bytes_in, m.connections, m.blocked)
+            for m in rollup
+        ]
+        if not rows:
+            return
+        hours = [(r[0] // 60, *r[1:]) for r in rows]
+        with self._lock, self._errors("write to"), self.db.conn:
+            self.db.conn.executemany(_TRAFFIC_ADD.format("traffic_minute", "minute"), rows)
+            self.db.conn.executemany(_TRAFFIC_ADD.format("traffic_hour", "hour"), hours)
+
     def prune(self, now: float, max_age: float, max_rows: int) -> int:
-        """Keep the log within its age and size limits; returns the rows removed."""
+        """Keep the log within its age and size limits (and the rollups: minutes for
+        MINUTES_KEPT, hours as long as the log); returns the log rows removed."""
         with self._lock, self._errors("prune"), self.db.atomic():
+            self.db.execute(
+                "DELETE FROM traffic_minute WHERE minute < ?", [int((now - MINUTES_KEPT) // 60)]
+            )
+            self.db.execute(
+                "DELETE FROM traffic_hour WHERE hour < ?", [int((now - max_age) // 3600)]
+            )
             gone = self.db.execute("DELETE FROM connections WHERE time < ?", [now - max_age])
             removed = gone.rowcount
             (count,) = self.db.execute("SELECT count(*) FROM connections").fetchone()
@@ -490,6 +540,13 @@ _LOG_COLUMNS = (
 _LOG_INSERT = (
     f"INSERT INTO connections ({', '.join(_LOG_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})"
+)
+
+_TRAFFIC_ADD = (
+    "INSERT INTO {0} ({1}, app, uid, bytes_out, bytes_in, connections, blocked) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({1}, app, uid) DO UPDATE SET "
+    "bytes_out = bytes_out + excluded.bytes_out, bytes_in = bytes_in + excluded.bytes_in, "
+    "connections = connections + excluded.connections, blocked = blocked + excluded.blocked"
 )
 
 

@@ -20,12 +20,15 @@ HEADER = (
     "     tests/unit/test_dbus_interface.py. org.snitch.Firewall1 is served by snitchd at\n"
     "     /org/snitch/Firewall1 on the system bus; org.snitch.Agent1 is served by each agent\n"
     "     (snitchctl agent, snitch-notifier) at /org/snitch/Agent1 on its own connection.\n"
-    "     Monitor() subscribes the caller to the signal Decision(a{sv}), sent to it alone.\n"
+    "     Monitor() subscribes the caller to the signal Decision(a{sv}), sent to it alone;\n"
+    "     MonitorRates() to Rates(s), per-app rates as JSON about once a second. Traffic and\n"
+    "     Apps read the per-app rollups (period 1h, 24h, 7d or 30d; at most 180 points a\n"
+    "     series, the 20 busiest apps, 1000 apps) and answer JSON as Log does.\n"
     "     Replies are capped (snitch_common/bus.py): Log gives at most 1000 rows a call (page\n"
     "     back with before=<oldest id>), ListRules at most 1000 rules (page with offset and\n"
-    "     limit), Top the 1000 apps with the most traffic. Log, Top and ListRules run one at a\n"
-    "     time per caller (connection and uid): a second is refused with Error.Busy. They answer\n"
-    "     a JSON array of objects (one string), not aa{sv}: marshalling 1000 a{sv} rows cost\n"
+    "     limit), Top the 1000 apps with the most traffic. Log, Top, ListRules, Traffic and Apps\n"
+    "     run one at a time per caller (connection and uid): a second is refused with\n"
+    "     Error.Busy. They answer JSON (one string), not aa{sv}: marshalling 1000 a{sv} rows cost\n"
     "     the packet loop ~7 ms idle and ~100 ms under load. -->\n"
 )
 
@@ -55,6 +58,9 @@ def test_the_members_clients_use_exist() -> None:
     """snitchctl, the terminal agent and the notifier call these by name."""
     xml = current_xml()
     for member in (
+        "Apps",
+        "MonitorRates",
+        "Traffic",
         "AddRule",
         "DeleteRule",
         "ListRules",

@@ -1,7 +1,8 @@
 """The log writer: the child process behind `parent`, which owns every write to the log.
 
 It writes snitchd's batches to SQLite, reads conntrack's DESTROY events (`conntrack.FlowEnds`)
-and joins each flow's byte counters to its row, and prunes the log. A module of its own so that
+and joins each flow's byte counters to its row, dumps the counters of open flows every second
+(`livebytes`) into per-app rollups and rates, and prunes the log. A module of its own so that
 snitchd never imports what only the child needs (the conntrack reader).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -17,6 +19,7 @@ from multiprocessing.connection import Connection
 
 from snitch_common.errors import SnitchError, StoreError
 from snitchd.logwriter.conntrack import FlowEnd, FlowEnds, enable_accounting
+from snitchd.logwriter.livebytes import DUMP_INTERVAL, Accounting, LiveDump
 from snitchd.logwriter.protocol import Batch, Done
 from snitchd.store import FlowBytes, Store
 
@@ -37,9 +40,16 @@ class LogWriter:
         # came: its row (decided before it ended) is in that batch or the one after.
         self._ends_new: list[FlowBytes] = []
         self._ends_due: list[FlowBytes] = []
+        self._live_new: list[FlowEnd] = []
+        self._live_due: list[FlowEnd] = []
+        self.accounting = Accounting()
+        self.live: LiveDump | None = None
+        self._live_failing = False
         self.stopped = asyncio.Event()
 
     def on_end(self, end: FlowEnd) -> None:
+        self._live_new.append(end)
+        del self._live_new[:-MAX_ENDS]
         self._ends_new.append(
             FlowBytes(
                 end.proto.value,
@@ -59,8 +69,25 @@ class LogWriter:
         except (EOFError, OSError):  # snitchd is gone
             self.stopped.set()
 
+    def on_tick(self) -> None:
+        """Every DUMP_INTERVAL: read the open flows' counters, close the rates window. A dump
+        that fails is said once and skipped: the flows' bytes count at the next one."""
+        now = time.time()
+        if self.live is not None:
+            try:
+                entries = self.live.dump()
+            except OSError as exc:
+                if not self._live_failing:
+                    log.warning("live byte counts skipped: %s", exc)
+                self._live_failing = True
+            else:
+                self._live_failing = False
+                self.accounting.on_dump(entries, now)
+        self.accounting.tick(now)
+
     def handle(self, batch: Batch) -> Done:
         due, self._ends_due, self._ends_new = self._ends_due, self._ends_new, []
+        live_due, self._live_due, self._live_new = self._live_due, self._live_new, []
         try:
             if batch.rows:
                 self.store.log_rows(batch.rows)
@@ -73,8 +100,30 @@ class LogWriter:
         except StoreError as exc:
             self._ends_due[:0] = due
             del self._ends_due[:-MAX_ENDS]
-            return Done(batch.seq, error=str(exc))
-        return Done(batch.seq, len(batch.rows), pruned, ends)
+            self._live_due[:0] = live_due  # the rows come again: so do their ends
+            del self._live_due[:-MAX_ENDS]
+            return self._done(Done(batch.seq, error=str(exc)))
+        self._account(batch.rows, live_due)
+        return self._done(Done(batch.seq, len(batch.rows), pruned, ends))
+
+    def _account(self, rows: list[tuple[object, ...]], live_due: list[FlowEnd]) -> None:
+        """The accounting learns the batch's flows before it takes the ends that were due: a
+        flow's row comes in the batch on its way when it ended, or the next (see above). Only
+        rows that were written count, so a batch sent again is not counted twice."""
+        self.accounting.learn(rows)
+        now = time.time()
+        for end in live_due:
+            self.accounting.on_end(end, now)
+        rollup = self.accounting.take_rollup()
+        try:
+            self.store.add_traffic(rollup)
+        except StoreError as exc:
+            log.debug("traffic rollup kept for the next batch: %s", exc)
+            self.accounting.give_back(rollup)
+
+    def _done(self, done: Done) -> Done:
+        rates, seq = self.accounting.take_rates()
+        return dataclasses.replace(done, rates=rates, rates_seq=seq)
 
 
 async def _serve(conn: Connection, database: str) -> None:
@@ -93,14 +142,31 @@ async def _serve(conn: Connection, database: str) -> None:
             enable_accounting()
         except SnitchError as exc:
             log.warning("per-app byte accounting is off: %s", exc)
+        try:
+            writer.live = LiveDump()
+        except SnitchError as exc:
+            log.warning("live byte counts are off: %s", exc)
         conn.send(Done(0))
         loop.add_reader(conn.fileno(), writer.on_readable)
+        ticker = asyncio.create_task(_tick(writer), name="live-bytes")
         await writer.stopped.wait()
+        ticker.cancel()
     finally:
+        if writer.live is not None:
+            writer.live.close()
         with contextlib.suppress(Exception):
             loop.remove_reader(conn.fileno())
         ends.close()
         store.close()
+
+
+async def _tick(writer: LogWriter) -> None:
+    while True:
+        await asyncio.sleep(DUMP_INTERVAL)
+        try:
+            writer.on_tick()
+        except Exception:  # a bug here must not stop the log: the rows matter more
+            log.exception("live byte accounting failed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (
 from snitch_common.errors import BackendUnavailable
 from snitch_common.records import IPAddress, Proto
 
-__all__ = ["FlowEnd", "FlowEnds", "decode_ends", "enable_accounting"]
+__all__ = ["FlowEnd", "FlowEnds", "decode_ends", "decode_entry", "enable_accounting"]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,9 @@ def _need(
     return span
 
 
-def _fast_end(data: bytes, off: int, end: int, family: int) -> FlowEnd | None:
+def decode_entry(data: bytes, off: int, end: int, family: int) -> FlowEnd | None:
+    """One conntrack message at data[off:end] (a DESTROY event or an entry of a dump): its
+    original tuple and counters, None without counters; ValueError when malformed."""
     top = _attrs(data, off + _NFGEN, end)
     tup = _attrs(data, *_need(top, 1, "CTA_TUPLE_ORIG"))
     ips = _attrs(data, *_need(tup, 1, "CTA_TUPLE_IP"))
@@ -196,7 +198,7 @@ def decode_ends(data: bytes) -> list[FlowEnd | None]:
         family = data[off + 16]
         if family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"conntrack event for address family {family}")
-        ends.append(_fast_end(data, off, off + length, family))
+        ends.append(decode_entry(data, off, off + length, family))
         off += (length + 3) & ~3
     if not ends:
         raise ValueError(f"no netlink message in {len(data)} bytes")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Batch", "Done"]
+__all__ = ["AppRate", "Batch", "Done"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,25 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class AppRate:
+    """One app's traffic in the last rates window of `seconds` (`livebytes.Accounting.tick`):
+    IP-layer bytes out and in, its open flows, its attempts and blocked ones in the window,
+    and its byte totals since the writer started.
+    `uid` is -1 for flows of no user (the kernel's)."""
+
+    app: str
+    uid: int
+    bytes_out: int
+    bytes_in: int
+    seconds: float
+    flows: int
+    total_out: int
+    total_in: int
+    attempts: int = 0
+    blocked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The answer to batch `seq`: nothing of it was written when `error` is set."""
 
@@ -33,3 +52,5 @@ class Done:
     pruned: int = 0
     ends: int = 0
     error: str | None = None
+    rates: tuple[AppRate, ...] = ()
+    rates_seq: int = 0  # grows with each new rates window; 0: none yet

@@ -1,0 +1,194 @@
+"""Bytes while they flow (issue 19), in the lab: three apps move known byte counts to the server.
+
+While their connections are still open, the live rates (`Rates` signals) and the per-app
+totals (`Apps`, from the rollups the log writer keeps) must match what each app sent, within
+10 %: conntrack counts IP-layer bytes, so headers add a little. After the flows close and
+conntrack forgets them (`conntrack -D`, as a natural end waits out TIME_WAIT), `snitchctl top`
+and the rollups must agree. Waits are bounded polls; nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import HERE, PYTHON, Lab, python_exe
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: needs root"),
+    pytest.mark.skipif(not shutil.which("conntrack"), reason="needs conntrack (conntrack-tools)"),
+]
+
+SIZES = {"big": 1_000_000, "mid": 200_000, "small": 10_000}
+SETPRIV = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+SENDER = """
+import socket, sys
+s = socket.create_connection(("192.0.2.2", 9000), timeout=10)
+s.sendall(b"x" * int(sys.argv[1]))
+print("sent", flush=True)
+sys.stdin.read()
+s.close()
+print("closed", flush=True)
+"""
+
+
+class Lines:
+    """A child's stdout as JSON lines, read by a thread so the test can wait with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.queue.put(line)
+        self.queue.put("")
+
+    def next(self, timeout: float) -> Any:
+        try:
+            line = self.queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            raise AssertionError(f"no line from the child within {timeout:.1f} s") from None
+        assert line, f"child exited (status {self.proc.poll()})"
+        return json.loads(line) if line.startswith(("{", "[")) else line.strip()
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def monitor(lab: Lab, *args: str, nobody: bool = False) -> Any:
+    done = subprocess.run(
+        [*(SETPRIV if nobody else []), PYTHON, str(HERE / "monitorclient.py"), *args],
+        capture_output=True,
+        text=True,
+        env=lab.env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def apps_by_name(lab: Lab, nobody: bool = False) -> dict[str, dict[str, Any]]:
+    return {row["app"]: row for row in monitor(lab, "apps", "1h", nobody=nobody)}
+
+
+def within(counted: int, sent: int) -> bool:
+    return sent <= counted <= sent * 1.10
+
+
+def test_live_rates_and_totals_match_what_three_apps_sent_and_top_agrees_after(
+    lab: Lab, tmp_path: Path
+) -> None:
+    lab.start_daemon()
+    exes = {}
+    for name in SIZES:
+        exe = tmp_path / f"app-{name}"
+        shutil.copy(python_exe(), exe)
+        exes[name] = str(exe)
+        lab.add_rule(f"allow app={exe} port=9000")
+    watcher = subprocess.Popen(
+        [PYTHON, str(HERE / "monitorclient.py"), "rates"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=lab.env,
+    )
+    senders: dict[str, subprocess.Popen[str]] = {}
+    try:
+        rates = Lines(watcher)
+        assert rates.next(20) == {"subscribed": True}
+        for name, size in SIZES.items():
+            senders[name] = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client, exes[name], "-c", SENDER, str(size)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        said = {name: Lines(proc) for name, proc in senders.items()}
+        for name, lines in said.items():
+            assert lines.next(20) == "sent", name
+
+        # Live: the Rates signals until each app's total reached what it sent.
+        windows: dict[str, int] = dict.fromkeys(exes.values(), 0)
+        totals: dict[str, int] = dict.fromkeys(exes.values(), 0)
+        moving: set[str] = set()
+        deadline = time.monotonic() + 30
+        while any(totals[exes[n]] < size for n, size in SIZES.items()):
+            signal = rates.next(deadline - time.monotonic())
+            for app in signal["apps"]:
+                if app["app"] in totals:
+                    windows[app["app"]] += app["out"]
+                    totals[app["app"]] = app["total_out"]
+                    assert app["rate_out"] == pytest.approx(app["out"] / signal["seconds"])
+                    if app["rate_out"] > 0:
+                        moving.add(app["app"])
+                    assert app["flows"] == 1, app  # still open
+        for name, size in SIZES.items():
+            exe = exes[name]
+            assert within(totals[exe], size), (name, totals[exe], size)
+            assert windows[exe] == totals[exe], "the windows add up to the total"
+        assert moving == set(exes.values())
+
+        # Still open: the per-app totals from the rollups.
+        live = apps_by_name(lab)
+        for name, size in SIZES.items():
+            row = live[exes[name]]
+            assert within(row["bytes_out"], size), (name, row, size)
+            assert (row["connections"], row["blocked"]) == (1, 0)
+        assert not set(apps_by_name(lab, nobody=True)) & set(exes.values()), (
+            "a user who is not an admin sees only their own traffic"
+        )
+
+        for name, proc in senders.items():
+            assert proc.stdin is not None
+            proc.stdin.close()
+            assert said[name].next(20) == "closed"
+    finally:
+        for proc in senders.values():
+            stop(proc)
+        stop(watcher)
+
+    # Closed and forgotten: top (the log rows' bytes, from the DESTROY events) and the rollups.
+    lab.ns(lab.client, "conntrack", "-D", "-p", "tcp", "--dport", "9000", check=False)
+    deadline = time.monotonic() + 30
+    while True:
+        top = {row["app"]: row for row in lab.ctl_json("top")}
+        if all(top.get(exe, {}).get("bytes_out") for exe in exes.values()):
+            break
+        assert time.monotonic() < deadline, f"flow ends never reached the log: {top}"
+        time.sleep(0.5)
+    rolled = apps_by_name(lab)
+    order = [row["app"] for row in lab.ctl_json("top") if row["app"] in exes.values()]
+    assert order == [exes["big"], exes["mid"], exes["small"]]
+    for name, size in SIZES.items():
+        exe = exes[name]
+        assert within(top[exe]["bytes_out"], size), (name, top[exe], size)
+        assert (rolled[exe]["bytes_out"], rolled[exe]["bytes_in"]) == (
+            top[exe]["bytes_out"],
+            top[exe]["bytes_in"],
+        ), name
+    series = monitor(lab, "traffic", "1h", exes["big"])
+    assert [s["app"] for s in series["apps"]] == [exes["big"]]
+    assert series["apps"][0]["bytes_out"] == top[exes["big"]]["bytes_out"]
