@@ -29,6 +29,7 @@ from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_
 
 from snitch_common.records import Attribution, Flow, Proto
 from snitchd.procs import Attributor, Limits, Lookup, sockdiag
+from tests.support.fdhog import hidden_behind
 
 FIGURES: dict[str, dict[str, float]] = {}
 CHILDREN = 500
@@ -157,51 +158,27 @@ async def _lag_while(work):
 
 def heavy_user(att):
     """20 processes of 3,000 fds forked after this one: a socket of ours is scanned for last."""
-    release_r, release_w = os.pipe()
-    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(3000)]
-    kids = []
-    try:
-        for _ in range(20):
-            pid = os.fork()
-            if pid == 0:
-                os.close(release_w)
-                os.read(release_r, 1)
-                os._exit(0)
-            kids.append(pid)
-        for fd in held:
-            os.close(fd)
-        held = []
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((LO, 9))
-            f = Flow(Proto.UDP, ip_address(LO), s.getsockname()[1], ip_address(LO), 9)
+    with hidden_behind(20, 3000), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((LO, 9))
+        f = Flow(Proto.UDP, ip_address(LO), s.getsockname()[1], ip_address(LO), 9)
 
-            async def inline():
-                att.forget()
-                att.lookup(f)
+        async def inline():
+            att.forget()
+            att.lookup(f)
 
-            async def handed():
-                att.forget()
-                got = att.begin(f, Limits(timeout=30))
-                if isinstance(got, Lookup):
-                    await got.future
+        async def handed():
+            att.forget()
+            got = att.begin(f, Limits(timeout=30))
+            if isinstance(got, Lookup):
+                await got.future
 
-            for label, work in (("inline (before)", inline), ("worker (after)", handed)):
-                lag, took = asyncio.run(_lag_while(work))
-                FIGURES[f"heavy user, {label}"] = {
-                    "max_lag_ms": round(lag, 2),
-                    "ms": round(took, 1),
-                }
-                print(
-                    f"{'20x3000 fds, lookup ' + label:52s} took {took:7.1f} ms,"
-                    f" loop max lag {lag:7.1f} ms"
-                )
-    finally:
-        for fd in held:
-            os.close(fd)
-        os.close(release_w)
-        os.close(release_r)
-        for pid in kids:
-            os.waitpid(pid, 0)
+        for label, work in (("inline (before)", inline), ("worker (after)", handed)):
+            lag, took = asyncio.run(_lag_while(work))
+            FIGURES[f"heavy user, {label}"] = {"max_lag_ms": round(lag, 2), "ms": round(took, 1)}
+            print(
+                f"{'20x3000 fds, lookup ' + label:52s} took {took:7.1f} ms,"
+                f" loop max lag {lag:7.1f} ms"
+            )
 
 
 def main():

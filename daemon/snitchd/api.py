@@ -447,17 +447,7 @@ class FirewallService(ServiceInterface):
         body = [_variants(decision_row(decision))]
         for name, uid in list(self._monitors.items()):
             if uid is None or uid == decision.proc.uid:
-                self.bus.send(
-                    Message(
-                        message_type=MessageType.SIGNAL,
-                        destination=name,
-                        path=OBJECT_PATH,
-                        interface=INTERFACE,
-                        member="Decision",
-                        signature="a{sv}",
-                        body=body,
-                    )
-                )
+                self._signal(name, "Decision", "a{sv}", body)
 
     @dbus_method()
     @handled(query=True)
@@ -505,17 +495,21 @@ class FirewallService(ServiceInterface):
             text = texts.get(uid)
             if text is None:
                 text = texts[uid] = _rates_json(rates, uid, now)
-            self.bus.send(
-                Message(
-                    message_type=MessageType.SIGNAL,
-                    destination=name,
-                    path=OBJECT_PATH,
-                    interface=INTERFACE,
-                    member="Rates",
-                    signature="s",
-                    body=[text],
-                )
+            self._signal(name, "Rates", "s", [text])
+
+    def _signal(self, destination: str, member: str, signature: str, body: list[Any]) -> None:
+        """A signal to one subscriber only (unicast: others' flows never reach it)."""
+        self.bus.send(
+            Message(
+                message_type=MessageType.SIGNAL,
+                destination=destination,
+                path=OBJECT_PATH,
+                interface=INTERFACE,
+                member=member,
+                signature=signature,
+                body=body,
             )
+        )
 
 
 def _period(query: dict[str, Variant], default: Period = Period.HOUR) -> Period:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PYTHON, Lab, python_exe
+from conftest import PYTHON, Lab, python_exe
+from tests.support.lab import ROOT
 
 pytestmark = pytest.mark.root
 
@@ -244,49 +245,20 @@ def test_a_user_holding_many_fds_does_not_delay_roots_flows(lab: Lab):
     assert any(r.get("exe") == attacker_exe for r in nobody)
 
 
-# Run as uid 65534: hold FDS fds, fork HOLDERS children that keep them (newer pids, scanned
-# first), then connect from the parent, the oldest: its socket is found last.
-HIDDEN = """
-import os, resource, socket, sys
-holders, fds = int(sys.argv[1]), int(sys.argv[2])
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (fds + 64, hard))
-held = [os.open("/dev/null", os.O_RDONLY) for _ in range(fds)]
-go_r, go_w = os.pipe()
-kids = []
-for _ in range(holders):
-    pid = os.fork()
-    if pid == 0:
-        os.close(go_w)
-        os.read(go_r, 1)
-        os._exit(0)
-    kids.append(pid)
-s = socket.socket()
-s.settimeout(3)
-try:
-    s.connect(("192.0.2.2", 80))
-    print("connected", flush=True)
-except OSError as exc:
-    print("timeout" if isinstance(exc, TimeoutError) else exc, flush=True)
-os.close(go_w)
-for pid in kids:
-    os.waitpid(pid, 0)
-"""
-
-
 def test_a_late_lookup_is_never_more_lenient_than_the_apps_rule(lab: Lab):
     """When the owner is not found in time the flow is decided by uid, but an app rule that
     denies this destination could have been the sender's: it applies, and the log says why.
     (By default this flow would be allowed; found in time, the app rule denies it too.)"""
     lab.start_daemon(default_action="allow", attribution_timeout=0.05)
     rule_id = lab.add_rule(f"deny app={python_exe()} to=192.0.2.2 port=80")
-    script = textwrap.dedent(HIDDEN)
+    hog = ("-m", "tests.support.fdhog", "20", "3000", "192.0.2.2", "80")
     done = subprocess.run(
-        ["ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, "-c", script, "20", "3000"],
+        ["ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, *hog],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        cwd=ROOT,
     )
     assert done.stdout.strip() == "timeout", done.stderr
     rows = [r for r in lab.log_rows() if r.get("uid") == 65534]

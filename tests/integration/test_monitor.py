@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import HERE, PYTHON, Lab, python_exe
+from tests.support.lab import Lines
 
 pytestmark = [
     pytest.mark.root,
@@ -40,29 +39,6 @@ sys.stdin.read()
 s.close()
 print("closed", flush=True)
 """
-
-
-class Lines:
-    """A child's stdout as JSON lines, read by a thread so the test can wait with a deadline."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.queue.put(line)
-        self.queue.put("")
-
-    def next(self, timeout: float) -> Any:
-        try:
-            line = self.queue.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            raise AssertionError(f"no line from the child within {timeout:.1f} s") from None
-        assert line, f"child exited (status {self.proc.poll()})"
-        return json.loads(line) if line.startswith(("{", "[")) else line.strip()
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

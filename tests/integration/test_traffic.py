@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import secrets
 import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any
 import pytest
 
 from snitchd.logwriter import conntrack as traffic
+from tests.support.lab import Lines
 
 pytestmark = [
     pytest.mark.root,
@@ -114,49 +113,6 @@ asyncio.run(main())
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
-
-
-class Lines:
-    """A child's stdout as JSON lines, read by a thread so a test can wait with a deadline."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.queue.put(line)
-        self.queue.put("")
-
-    def next(self, timeout: float) -> dict[str, Any]:
-        try:
-            line = self.queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line from the child within {timeout:.1f} s") from None
-        assert line, f"child exited (status {self.proc.poll()})"
-        row: dict[str, Any] = json.loads(line)
-        return row
-
-    def drain(self, quiet: float) -> int:
-        """Skip lines until none came for `quiet` seconds; how many were skipped."""
-        skipped = 0
-        while True:
-            try:
-                line = self.queue.get(timeout=quiet)
-            except queue.Empty:
-                return skipped
-            assert line, f"child exited (status {self.proc.poll()})"
-            skipped += 1
-
-    def until(self, match: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """The first line whose fields include `match`, skipping others (other flows' ends)."""
-        end = time.monotonic() + timeout
-        while True:
-            row = self.next(max(0.0, end - time.monotonic()))
-            if match.items() <= row.items():
-                return row
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

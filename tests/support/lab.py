@@ -8,18 +8,21 @@ process is ended by its own handle (its pid), never by name.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "Bus", "add_veth", "run", "stop_process", "wait_for"]
+__all__ = ["ROOT", "Bus", "Lines", "add_veth", "run", "stop_process", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +96,45 @@ class Bus:
     def stop(self) -> None:
         stop_process(self.proc, 5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Lines:
+    """A child's stdout as JSON lines, read by a thread so the test can wait with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.queue.put(line)
+        self.queue.put("")
+
+    def next(self, timeout: float) -> Any:
+        try:
+            line = self.queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            raise AssertionError(f"no line from the child within {timeout:.1f} s") from None
+        assert line, f"child exited (status {self.proc.poll()})"
+        return json.loads(line) if line.startswith(("{", "[")) else line.strip()
+
+    def drain(self, quiet: float) -> int:
+        """Skip lines until none came for `quiet` seconds; how many were skipped."""
+        skipped = 0
+        while True:
+            try:
+                line = self.queue.get(timeout=quiet)
+            except queue.Empty:
+                return skipped
+            assert line, f"child exited (status {self.proc.poll()})"
+            skipped += 1
+
+    def until(self, match: dict[str, Any], timeout: float) -> Any:
+        """The first line whose fields include `match`, skipping others (other flows' ends)."""
+        end = time.monotonic() + timeout
+        while True:
+            row = self.next(max(0.0, end - time.monotonic()))
+            if match.items() <= row.items():
+                return row
