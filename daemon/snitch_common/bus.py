@@ -87,6 +87,7 @@ class PromptView:
     host: str | None
     deadline: float
     default_action: str
+    source: str = ""  # how the owner was found: bpf, sock_diag, uid-only, kernel
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptView:
@@ -106,6 +107,7 @@ class PromptView:
             host=d.get("host"),
             deadline=float(d.get("deadline", 0.0)),
             default_action=str(d.get("default_action", "deny")),
+            source=str(d.get("source", "")),
         )
 
     @property

@@ -60,7 +60,8 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
     lines = [
         "── snitch: a new connection waits for you " + "─" * 20,
         f"  app       {prompt.who}",
-        f"  process   pid {prompt.pid}, user {prompt.user or prompt.uid}",
+        f"  process   pid {prompt.pid}, user {prompt.user or prompt.uid}"
+        + (f" (found by {prompt.source})" if prompt.source else ""),
     ]
     if prompt.cmdline:
         lines.append(f"  command   {' '.join(prompt.cmdline)[:200]}")
