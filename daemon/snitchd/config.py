@@ -33,6 +33,11 @@ class Config:
     is decided by uid, never more leniently than the sender's app rules would have); an
     executable larger than `max_hash_bytes` is still hashed, but its packet waits `hash_wait`
     seconds at most, then no rule pinning a digest matches it (procs/hashes.py).
+
+    `attribution`: "bpf" records who connects when they connect (cgroup BPF hooks attached to
+    `bpf_cgroup`, "" meaning the cgroup v2 root: the whole machine), and falls back to "proc"
+    (sock_diag + /proc when the packet is read, the proc connector for exec-after-connect)
+    where the kernel or our rights do not allow BPF; "proc" never loads BPF (procs/bpf.py).
     """
 
     default_action: Action = Action.ALLOW
@@ -54,11 +59,14 @@ class Config:
     attribution_timeout: float = 2.0
     max_hash_bytes: int = 256 << 20
     hash_wait: float = 1.0
+    attribution: str = "bpf"
+    bpf_cgroup: str = ""
 
 
 _CHOICES = {
     "fail_mode": ("open", "closed"),
     "log_level": ("debug", "info", "warning", "error"),
+    "attribution": ("bpf", "proc"),
 }
 _RANGES: dict[str, tuple[float, float]] = {
     "queue": (0, 65535),
@@ -107,6 +115,13 @@ def _check(key: str, value: Any, source: str) -> Any:
         lo, hi = _RANGES[key]
         if not lo <= value <= hi:
             raise ConfigError(f"{source}: {key} = {value!r}: must be between {lo:g} and {hi:g}")
+        return value
+    if key == "bpf_cgroup":
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            raise ConfigError(
+                f"{source}: bpf_cgroup = {value!r}: expected an absolute path to a cgroup v2 "
+                'directory, or "" for the cgroup v2 root'
+            )
         return value
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")

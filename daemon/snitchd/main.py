@@ -29,7 +29,7 @@ from snitchd.events import EventLog
 from snitchd.firewall import Firewall
 from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
-from snitchd.procs import Attributor
+from snitchd.procs import start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.store import Store
@@ -85,7 +85,9 @@ class _Daemon:
             max_open=config.max_prompts,
             is_admin=lambda uid: is_admin(uid, self.config.admin_group),
         )
-        attributor = Attributor()
+        attributor = start_attributor(
+            config.attribution, config.bpf_cgroup, Path(config.database).parent
+        )
         marks = ConnMarks()
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
         broker.attach(firewall)
@@ -161,7 +163,11 @@ class _Daemon:
         _notify("RELOADING=1")
         try:
             new = load_config(self.config_path)
-            fixed = [k for k in ("queue", "database") if getattr(new, k) != getattr(self.config, k)]
+            fixed = [
+                k
+                for k in ("queue", "database", "attribution", "bpf_cgroup")
+                if getattr(new, k) != getattr(self.config, k)
+            ]
             if fixed:
                 raise ConfigError(f"{', '.join(fixed)} cannot change on reload: restart snitchd")
             if self._spec(new) != self._spec(self.config):

@@ -48,6 +48,7 @@ class Status:
     log_writer_starts: int
     kernel: tuple[tuple[str, int], ...] = ()
     running: bool = True
+    attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
 
 
 def status_of(firewall: Firewall, backend: str) -> Status:
@@ -78,5 +79,6 @@ def status_of(firewall: Firewall, backend: str) -> Status:
         log_rows_dropped=fw.events.dropped,
         log_writer_pid=fw.events.writer_pid or 0,
         log_writer_starts=fw.events.writer_starts,
+        attribution=fw.attributor.path,
         kernel=tuple(kernel_stats(fw.config.queue).items()),
     )

@@ -58,6 +58,8 @@ def test_every_key_can_be_set() -> None:
         "attribution_timeout": 0.5,
         "max_hash_bytes": 1 << 30,
         "hash_wait": 0,
+        "attribution": "proc",
+        "bpf_cgroup": "/sys/fs/cgroup/snitch-test",
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     config = parse_config(data)
@@ -104,6 +106,10 @@ BAD_VALUES = [
     ("log_level", "verbose"),
     ("log_level", "INFO"),
     ("log_level", None),
+    ("attribution", "ebpf"),
+    ("attribution", ""),
+    ("bpf_cgroup", "relative/path"),
+    ("bpf_cgroup", 3),
 ]
 
 
