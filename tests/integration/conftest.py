@@ -153,6 +153,9 @@ class Lab:
             "default_action": "deny",
             "queue": 4242,
             "prompt_timeout": 5,
+            # Never hook the machine's own cgroup root from a test: the BPF path runs where a
+            # test asks for it, on a cgroup of its own (test_connect_time.py).
+            "attribution": "proc",
         } | values
         lines = []
         for key, value in conf.items():
