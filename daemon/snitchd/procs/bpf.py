@@ -221,7 +221,10 @@ def _print(level: int, fmt: bytes, args: int) -> int:
     return 0
 
 
-_libbpf_print = _PRINT(_print)  # kept referenced: libbpf calls it for as long as we run
+try:  # kept referenced: libbpf calls it for as long as we run
+    _libbpf_print: Any = _PRINT(_print)
+except MemoryError:  # no writable+executable page for a ctypes closure: libbpf prints to stderr
+    _libbpf_print = None
 
 
 class Recorder:
@@ -237,7 +240,8 @@ class Recorder:
             )
         self.cgroup = cgroup
         self._lib = lib = _LibBpf()
-        lib.set_print(ctypes.cast(_libbpf_print, ctypes.c_void_p))
+        if _libbpf_print is not None:
+            lib.set_print(ctypes.cast(_libbpf_print, ctypes.c_void_p))
         self._links: list[int] = []
         self._obj: int | None = None
         self._cgroup_fd = -1
