@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from snitchd.procs.bpf import HOOKS as HOOK_NAMES
 from snitchd.procs.bpf import cgroup2_root
 from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe
 from tests.support.lab import wait_for
@@ -262,3 +264,22 @@ def test_udplite_sender_is_attributed(lab_on: Lab, mode: str, cgroup: Path) -> N
     rows = rows_for(lab_on, 1, sport=sport, dport=9000)
     assert [(r["exe"], r["proto"]) for r in rows] == [(python_exe(), "other")], rows
     assert rows[0]["source"] == ("bpf" if mode == "bpf" else "sock_diag")
+
+
+def attached(cgroup: Path) -> list[str]:
+    """The BPF programs attached to `cgroup`, as the kernel lists them (bpftool)."""
+    done = subprocess.run(
+        ["bpftool", "-j", "cgroup", "show", str(cgroup)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return [str(p.get("name", "")) for p in json.loads(done.stdout.strip() or "[]")]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_recorder_is_detached_when_snitchd_stops_or_dies(lab: Lab, cgroup: Path, sig: str) -> None:
+    """The programs live as long as snitchd's bpf_link fds: a clean stop detaches them, and so
+    does a crash (SIGKILL), with nothing left hooked on the cgroup."""
+    lab.start_daemon(attribution="bpf", bpf_cgroup=f"/proc/2/root{cgroup}")
+    assert sorted(attached(cgroup)) == sorted(HOOK_NAMES)
+    lab.stop_daemon(getattr(signal, sig))
+    wait_for(lambda: attached(cgroup) == [], 10, "the programs to be detached")
