@@ -285,7 +285,12 @@ def with_and_without_bpf(children=50, per_child=20):
         for pid in pids:
             os.waitpid(pid, 0)
         listener.close()
-        cgroup.rmdir()
+        for _ in range(50):  # a reaped child leaves its cgroup a moment later
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 def main():
