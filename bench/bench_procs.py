@@ -209,12 +209,16 @@ def heavy_user(att):
             os.waitpid(pid, 0)
 
 
-def _held_in(cgroup, count, report_fd, release_fd, listener):
-    """A child in `cgroup` holding `count` TCP connections; reports their 5-tuples."""
+def _held_in(cgroup, count, pipes, listener):
+    """A child in `cgroup` holding `count` TCP connections; reports their 5-tuples, then waits
+    for EOF on the release pipe."""
+    release_fd, release_w, report_r, report_fd = pipes
     pid = os.fork()
     if pid:
         return pid
     try:
+        os.close(release_w)  # else no child would ever see EOF
+        os.close(report_r)
         (cgroup / "cgroup.procs").write_text(str(os.getpid()))
         held = [socket.create_connection(listener.getsockname()) for _ in range(count)]
         rows = [[s.getsockname(), s.getpeername()] for s in held]
@@ -242,7 +246,8 @@ def with_and_without_bpf(children=50, per_child=20):
             recorded = Attributor(recorder=recorder)
             plain = Attributor()
             for _ in range(children):
-                pids.append(_held_in(cgroup, per_child, report_w, release_r, listener))
+                pipes = (release_r, release_w, report_r, report_w)
+                pids.append(_held_in(cgroup, per_child, pipes, listener))
             flows = []
             with os.fdopen(os.dup(report_r), "r") as reports:
                 for _ in range(children):
