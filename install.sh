@@ -18,6 +18,7 @@ PREFIX=/opt/snitch
 
 APT_PACKAGES="python3 python3-venv python3-dev gcc libnetfilter-queue-dev iptables nftables
 conntrack dbus iproute2 curl ca-certificates procps
+clang libbpf-dev libbpf1
 libglib2.0-0 libegl1 libgl1 libfontconfig1 libxkbcommon0 libxkbcommon-x11-0 libx11-xcb1
 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0
 libxcb-image0 libxcb-xkb1 libwayland-client0 libwayland-cursor0 libwayland-egl1 libdbus-1-3
@@ -116,6 +117,13 @@ install_files() {
         install -D -m 0644 "$HERE/systemd/snitchd.toml" "$ROOT/etc/snitch/snitchd.toml"
     fi
     mkdir -p -m 0700 "$ROOT/var/lib/snitch"
+    # The connect-time recorder (cgroup BPF, issue 14), compiled once here by clang; snitchd
+    # builds it at start if it is missing, and falls back to sock_diag + /proc if it cannot.
+    if "$ROOT$PREFIX/venv/bin/python" -m snitchd.procs.bpf build "$ROOT/var/lib/snitch" >/dev/null; then
+        say "BPF recorder built in $ROOT/var/lib/snitch/bpf"
+    else
+        say "BPF recorder not built: snitchd will attribute flows with sock_diag and /proc"
+    fi
     say "installed: snitchd, snitchctl and snitch-notifier in /usr/local/bin"
 }
 

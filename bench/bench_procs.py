@@ -6,6 +6,10 @@ warm lookups, and the cold paths (a socket never seen: /proc scan; a new process
 Then issue 12: what a miss costs the packet loop when the lookup is done inline (as before) and
 when it is handed to the worker (`Attributor.begin`), and how late a 1 ms timer on the loop runs
 while a socket is looked for behind 20 more processes of 3,000 fds each.
+Issue 14 (`--attribution` runs only this part): the cost per flow of attribution with the BPF
+recorder and without it, the same warm flows in one run: `begin()` on the loop (sock_diag, then
+the recorder's map, or the inode cache and /proc stat), and the recorder's map read alone. The
+recorder is attached to a cgroup made for the run (removed after), which the children join.
 Prints figures, asserts nothing; `--json PATH` also writes them (bench/connbench.py reads them).
 Run as root: python -m bench.bench_procs
 """
@@ -20,6 +24,7 @@ import signal
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from ipaddress import ip_address
 from pathlib import Path
@@ -28,7 +33,7 @@ from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, inet_diag_msg, inet_diag_req
 
 from snitch_common.records import Attribution, Flow, Proto
-from snitchd.procs import Attributor, Limits, Lookup, sockdiag
+from snitchd.procs import Attributor, Limits, Lookup, bpf, sockdiag
 from tests.support.fdhog import hidden_behind
 
 FIGURES: dict[str, dict[str, float]] = {}
@@ -181,10 +186,107 @@ def heavy_user(att):
             )
 
 
+def _held_in(cgroup, count, pipes, listener):
+    """A child in `cgroup` holding `count` TCP connections; reports their 5-tuples, then waits
+    for EOF on the release pipe."""
+    release_fd, release_w, report_r, report_fd = pipes
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        os.close(release_w)  # else no child would ever see EOF
+        os.close(report_r)
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        held = [socket.create_connection(listener.getsockname()) for _ in range(count)]
+        rows = [[s.getsockname(), s.getpeername()] for s in held]
+        os.write(report_fd, (json.dumps(rows) + "\n").encode())
+        os.read(release_fd, 1)
+    finally:
+        os._exit(0)
+
+
+def with_and_without_bpf(children=50, per_child=20):
+    """Issue 14: warm `begin()` per flow through the recorder and through /proc, same flows."""
+    root = bpf.cgroup2_root()
+    if root is None:
+        print("no cgroup v2 mounted: BPF figures skipped")
+        return
+    cgroup = Path(root) / f"snitch-bench-{os.getpid()}"
+    cgroup.mkdir()
+    listener = socket.create_server((LO, 0), backlog=4096)
+    release_r, release_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pids, plain, recorded = [], None, None
+    try:
+        with tempfile.TemporaryDirectory() as state:
+            recorder = bpf.Recorder(str(cgroup), bpf.build_object(Path(state)))
+            recorded = Attributor(recorder=recorder)
+            plain = Attributor()
+            for _ in range(children):
+                pipes = (release_r, release_w, report_r, report_w)
+                pids.append(_held_in(cgroup, per_child, pipes, listener))
+            flows = []
+            with os.fdopen(os.dup(report_r), "r") as reports:
+                for _ in range(children):
+                    for local, remote in json.loads(reports.readline()):
+                        src, dst = ip_address(local[0]), ip_address(remote[0])
+                        flows.append(Flow(Proto.TCP, src, local[1], dst, remote[1]))
+
+            async def measure():
+                limits = Limits()
+                for att in (plain, recorded):
+                    for f in flows:  # warm: owners found, processes described and hashed
+                        got = att.begin(f, limits)
+                        if isinstance(got, Lookup):
+                            await got.future
+                for _ in range(2):
+                    without = timed(plain.begin, [(f, limits) for f in flows])
+                    with_bpf = timed(recorded.begin, [(f, limits) for f in flows])
+                stats("issue 14: begin() per flow, warm, proc path", without)
+                stats("issue 14: begin() per flow, warm, bpf path", with_bpf)
+                sources = {recorded.begin(f, limits).source for f in flows}
+                print(f"  bpf path sources: {sorted(str(s.value) for s in sources)}")
+
+            asyncio.run(measure())
+            found = plain._diag.find(flows[0])
+            cookie = found[2] if found else 0
+            stats(
+                "issue 14: recorder map read alone (ctypes)",
+                timed(recorder.find, [(cookie, flows[0])] * 2000),
+            )
+            stats(
+                "issue 14: sock_diag exact lookup alone",
+                timed(plain._diag.find, [(f,) for f in flows]),
+            )
+    finally:
+        for att in (plain, recorded):
+            if att is not None:
+                att.close()  # detaches the recorder
+        for fd in (release_w, report_w, release_r, report_r):
+            os.close(fd)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        listener.close()
+        for _ in range(50):  # a reaped child leaves its cgroup a moment later
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--attribution", action="store_true", help="only the with/without BPF comparison"
+    )
     args = parser.parse_args()
+    if args.attribution:
+        with_and_without_bpf()
+        if args.json is not None:
+            args.json.write_text(json.dumps(FIGURES, indent=1))
+        return
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # somaxconn caps one accept queue at 4096: spread the never-accepted connections.
@@ -287,6 +389,7 @@ def main():
         FIGURES["unattributed in sample"] = {"count": wrong, "of": len(sample)}
         asyncio.run(on_the_loop(att, flows[:200]))
         heavy_user(att)
+        with_and_without_bpf()
         if args.json is not None:
             args.json.write_text(json.dumps(FIGURES, indent=1))
     finally:

@@ -91,6 +91,7 @@ class PromptView:
     tampered: bool = False
     script: str | None = None  # the script's path, "inline code", or None (no interpreter)
     notes: tuple[str, ...] = ()  # what was checked of who it is, as the log says it
+    source: str = ""  # how the owner was found: bpf, sock_diag, uid-only, kernel
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptView:
@@ -114,6 +115,7 @@ class PromptView:
             tampered=bool(d.get("tampered", False)),
             script=d.get("script"),
             notes=tuple(str(n) for n in d.get("notes", ())),
+            source=str(d.get("source", "")),
         )
 
     @property

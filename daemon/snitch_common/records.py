@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-__all__ = ["Attribution", "Flow", "IPAddress", "Process", "Proto"]
+__all__ = ["Attribution", "Flow", "IPAddress", "Process", "Proto", "Source"]
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -55,6 +55,21 @@ class Attribution(enum.Enum):
     KERNEL = "kernel"
 
 
+class Source(enum.Enum):
+    """How the owner of a flow was found, shown in the log and the prompt (issue 14).
+
+    `bpf`: recorded by the cgroup BPF hooks when the socket connected or sent (who it was *then*);
+    `sock_diag`: the socket's inode from sock_diag, its holder from /proc *when the packet was
+    read* (a process that exec'd or passed the socket on since is not seen); `uid-only`: the
+    socket's uid, no process; `kernel`: no socket at all.
+    """
+
+    BPF = "bpf"
+    SOCK_DIAG = "sock_diag"
+    UID_ONLY = "uid-only"
+    KERNEL = "kernel"
+
+
 @dataclass(frozen=True, slots=True)
 class Process:
     """Who sent a flow. `pid` and `exe` are None when the socket was found but not its process
@@ -83,6 +98,7 @@ class Process:
     start_time: float | None = None
     sha256: str | None = None
     parents: tuple[tuple[int, str], ...] = ()
+    source: Source | None = None  # None: not from attribution (a rule explained, a test)
     verified: bool = True
     interpreted: bool = False
     script: str | None = None
@@ -123,11 +139,11 @@ class Process:
 
     @classmethod
     def kernel(cls) -> Process:
-        return cls(attribution=Attribution.KERNEL)
+        return cls(attribution=Attribution.KERNEL, source=Source.KERNEL)
 
     @classmethod
     def uid_only(cls, uid: int) -> Process:
-        return cls(attribution=Attribution.UID_ONLY, uid=uid)
+        return cls(attribution=Attribution.UID_ONLY, uid=uid, source=Source.UID_ONLY)
 
     def describe(self) -> str:
         if self.attribution is Attribution.KERNEL:

@@ -259,8 +259,9 @@ def _log_line(r: dict[str, Any]) -> str:
     traffic = ""
     if "bytes_out" in r:
         traffic = f" {_size(r['bytes_out'])} out, {_size(r['bytes_in'])} in"
+    found = f", {r['source']}" if r.get("source") else ""  # how the owner was found
     return (
-        f"{when} {r['action']:<6} {who} (pid {r.get('pid', '-')}) -> {r['proto']} {where} "
+        f"{when} {r['action']:<6} {who} (pid {r.get('pid', '-')}{found}) -> {r['proto']} {where} "
         f"[{why}]{traffic}"
     )
 

@@ -62,7 +62,8 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
     lines = [
         "── snitch: a new connection waits for you " + "─" * 20,
         f"  app       {prompt.who}",
-        f"  process   pid {prompt.pid}, user {prompt.user or prompt.uid}",
+        f"  process   pid {prompt.pid}, user {prompt.user or prompt.uid}"
+        + (f" (found by {prompt.source})" if prompt.source else ""),
     ]
     if prompt.script is not None:
         lines.append(f"  script    {prompt.script}")

@@ -143,6 +143,7 @@ def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
     fields: dict[str, Any] = {
         "id": prompt.id,
         "attribution": proc.attribution.value,
+        "source": proc.source.value if proc.source is not None else "",
         "exe": proc.exe,
         "pid": proc.pid,
         "uid": proc.uid,

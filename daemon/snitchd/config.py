@@ -21,6 +21,7 @@ from snitch_common.rules import DEFAULT_INTERPRETERS, Action
 __all__ = [
     "DEFAULT_AGENT_PROGRAMS",
     "DEFAULT_PATH",
+    "AttributionPath",
     "Config",
     "FailMode",
     "LogLevel",
@@ -46,11 +47,19 @@ class PinAnswers(enum.Enum):
     USER_WRITABLE = "user-writable"  # root-owned apps keep their rules across upgrades
 
 
+class AttributionPath(enum.Enum):
+    """How the owner of a flow is found: recorded at connect time, or looked up when read."""
+
+    BPF = "bpf"  # cgroup BPF hooks record who connects (falls back to PROC where unavailable)
+    PROC = "proc"  # sock_diag + /proc when the packet is read; the proc connector for execs
+
+
 class LogLevel(enum.Enum):
     DEBUG = "debug"
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
 
 # What install.sh installs, and the links in /usr/local/bin through which a shell runs them (a
 # script's path reaches the interpreter as it was typed: snitchd.agents checks that path).
@@ -86,6 +95,11 @@ class Config:
     rest of the flow's packets are dropped while it waits) so held packets never fill the
     kernel queue. `agent_programs` are the only programs accepted as agents (snitchd.agents);
     with `answers_need_auth`, an answer that makes a permanent allow rule needs polkit.
+
+    `attribution`: "bpf" records who connects when they connect (cgroup BPF hooks attached to
+    `bpf_cgroup`, "" meaning the cgroup v2 root: the whole machine), and falls back to "proc"
+    (sock_diag + /proc when the packet is read, the proc connector for exec-after-connect)
+    where the kernel or our rights do not allow BPF; "proc" never loads BPF (procs/bpf.py).
     """
 
     default_action: Action = Action.ALLOW
@@ -116,6 +130,9 @@ class Config:
     pin_answers: PinAnswers = PinAnswers.ALWAYS
     agent_programs: tuple[str, ...] = DEFAULT_AGENT_PROGRAMS
     answers_need_auth: bool = False
+
+    attribution: AttributionPath = AttributionPath.BPF
+    bpf_cgroup: str = ""
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -190,6 +207,13 @@ def _check(key: str, value: Any, source: str) -> Any:
                 'e.g. ["python", "bash"]'
             )
         return tuple(value)
+    if key == "bpf_cgroup":
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            raise ConfigError(
+                f"{source}: bpf_cgroup = {value!r}: expected an absolute path to a cgroup v2 "
+                'directory, or "" for the cgroup v2 root'
+            )
+        return value
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")
     if key == "resolv_conf" and not value.startswith("/"):
@@ -223,6 +247,8 @@ def _check_resolvers(key: str, value: Any, source: str) -> tuple[str, ...]:
                 f'{source}: {key}: {item!r} is neither "system" nor an IP address'
             ) from None
     return tuple(dict.fromkeys(found))
+
+
 def _paths(key: str, value: Any, source: str) -> tuple[str, ...]:
     """A list of absolute paths (agent_programs): compared as typed, so no `..` either."""
     if not isinstance(value, list) or not value:

@@ -321,6 +321,8 @@ class Firewall:
         outcome = decide(flow, proc, self.rules, now, names)
         if lookup is not None and (lookup.late or lookup.hash_late):
             outcome = self._no_laxer(outcome, flow, proc, lookup, names, now)
+        if lookup is not None and lookup.note is not None:
+            outcome = self._by_both(outcome, flow, lookup, names, now)
         if isinstance(outcome, Verdict):
             self.apply(pkt, outcome, flow, proc, now, host)
         else:
@@ -357,6 +359,35 @@ class Firewall:
             f"rule {rule_id} ({why}; it {rule.action.value}s a flow like this one of an app "
             "it could be, and the stricter outcome applies)",
         )
+
+    def _by_both(
+        self,
+        outcome: Verdict | Ask,
+        flow: Flow,
+        lookup: Lookup,
+        names: frozenset[str],
+        now: float,
+    ) -> Verdict | Ask:
+        """A process that exec'd around its connect (issue 14): a deny or reject of its other
+        identities (`lookup.also`, digest unknown, so pinned rules match them pin or no pin) win
+        over an allow of this one; the log says why. Otherwise this identity's outcome stands:
+        an Ask of the other would prompt for every program a shell starts."""
+        why = lookup.note or ""
+        if lookup.also:
+            why += f"; the stricter of this and {', '.join(str(p.exe) for p in lookup.also)}"
+        if isinstance(outcome, Verdict) and outcome.action is not Action.ALLOW:
+            return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
+        for other in lookup.also:
+            theirs = decide(flow, other, self.rules, now, names)
+            if isinstance(theirs, Verdict) and theirs.action is not Action.ALLOW:
+                return Verdict(theirs.action, theirs.rule_id, f"{theirs.reason} ({why})")
+            hit = self._blocking_rules(strip_exe=False).match(flow, other, names, now)
+            if hit is not None:
+                rule_id, rule = hit
+                return Verdict(rule.action, rule_id, f"rule {rule_id} ({why}, pin or no pin)")
+        if isinstance(outcome, Verdict):
+            return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
+        return outcome
 
     def _rules_key(self) -> tuple[RuleSet, int]:
         """Names the rule set as it is now: caches built from it compare this."""
@@ -517,9 +548,7 @@ class Firewall:
         reason = verdict.reason
         if notes := proc.notes():  # unverified, script, preloaded, traced (issue 14)
             reason = f"{reason} [{'; '.join(notes)}]"
-        self.events.record(
-            Decision(now, flow, proc, verdict.action, verdict.rule_id, reason, host)
-        )
+        self.events.record(Decision(now, flow, proc, verdict.action, verdict.rule_id, reason, host))
 
     def _keep(self, flow: Flow, action: Action) -> bool:
         """Mark the flow's conntrack entry with the verdict. An allowed packet has just been

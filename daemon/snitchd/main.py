@@ -31,7 +31,7 @@ from snitchd.events import EventLog
 from snitchd.firewall import Firewall, quotas_of
 from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
-from snitchd.procs import Attributor
+from snitchd.procs import start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.store import Store
@@ -90,7 +90,12 @@ class _Daemon:
             quotas=quotas_of(config),
             session_active=session_active,
         )
-        attributor = Attributor(interpreters=config.interpreters)
+        attributor = start_attributor(
+            config.attribution.value,
+            config.bpf_cgroup,
+            Path(config.database).parent,
+            config.interpreters,
+        )
         marks = ConnMarks()
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
         broker.attach(firewall)
@@ -174,7 +179,7 @@ class _Daemon:
             new = load_config(self.config_path)
             fixed = [
                 k
-                for k in ("queue", "database", "interpreters")
+                for k in ("queue", "database", "interpreters", "attribution", "bpf_cgroup")
                 if getattr(new, k) != getattr(self.config, k)
             ]
             if fixed:

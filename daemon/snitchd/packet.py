@@ -18,6 +18,7 @@ __all__ = ["decode"]
 _IPPROTO = {6: Proto.TCP, 17: Proto.UDP, 1: Proto.ICMP, 58: Proto.ICMP}
 _PORTS = struct.Struct("!HH")
 _ECHO_REQUEST = frozenset((8, 128))
+_UDPLITE = 136  # ports where UDP has them; rules see it as proto "other" (issue 14)
 
 
 def decode(data: bytes, iface: str = "") -> Flow:
@@ -26,7 +27,7 @@ def decode(data: bytes, iface: str = "") -> Flow:
     proto = _IPPROTO.get(ip.ipproto, Proto.OTHER)
     off = ip.offset
     sport = dport = 0
-    if proto in (Proto.TCP, Proto.UDP):
+    if proto in (Proto.TCP, Proto.UDP) or ip.ipproto == _UDPLITE:
         if ip.later_fragment:
             raise PacketError(f"{proto.value} fragment without its header")
         if len(data) < off + 4:

@@ -70,6 +70,7 @@ class Status:
     log_error: str
     kernel: tuple[tuple[str, int], ...] = ()
     running: bool = True
+    attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -115,5 +116,6 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         log_writer_pid=fw.events.writer_pid or 0,
         log_writer_starts=fw.events.writer_starts,
         log_error=fw.events.last_error,
+        attribution=fw.attributor.path,
         kernel=tuple(kernel_stats(fw.config.queue).items()),
     )

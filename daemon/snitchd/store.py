@@ -185,12 +185,19 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE INDEX {table}_app ON {table} (app, {unit})")
 
 
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    """How each flow's owner was found (`Source`: bpf, sock_diag, uid-only, kernel; issue 14).
+    Rows logged before are left NULL: nobody knows any more."""
+    db.table("connections").add_column("source", str)
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_2,
     _migrate_3,
     _migrate_4,
+    _migrate_5,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -536,6 +543,7 @@ _LOG_COLUMNS = (
     "action",
     "rule_id",
     "reason",
+    "source",
 )
 _LOG_INSERT = (
     f"INSERT INTO connections ({', '.join(_LOG_COLUMNS)}) "
@@ -666,6 +674,7 @@ def log_row(d: Decision) -> tuple[object, ...]:
         d.time, d.proc.pid, d.proc.exe, d.proc.uid, d.proc.attribution.value,
         d.flow.proto.value, str(d.flow.src), d.flow.sport, str(d.flow.dst), d.flow.dport,
         d.flow.iface, d.host, d.action.value, d.rule_id, d.reason,
+        d.proc.source.value if d.proc.source is not None else None,
     )  # fmt: skip
 
 

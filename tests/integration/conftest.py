@@ -167,6 +167,9 @@ class Lab:
             # This venv's console scripts are the agent programs here (root-owned, like
             # /opt/snitch/venv; snitchd.agents checks that).
             "agent_programs": [str(VENV_BIN / "snitchctl"), str(VENV_BIN / "snitch-notifier")],
+            # Never hook the machine's own cgroup root from a test: the BPF path runs where a
+            # test asks for it, on a cgroup of its own (test_connect_time.py).
+            "attribution": "proc",
         } | values
         lines = []
         for key, value in conf.items():

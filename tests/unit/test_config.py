@@ -68,6 +68,8 @@ def test_every_key_can_be_set() -> None:
         "hash_wait": 0,
         "interpreters": ("python", "tclsh"),
         "pin_answers": "user-writable",
+        "attribution": "proc",
+        "bpf_cgroup": "/sys/fs/cgroup/snitch-test",
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}
@@ -139,6 +141,10 @@ BAD_VALUES = [
     ("interpreters", ["/usr/bin/python3"]),
     ("interpreters", [""]),
     ("interpreters", [3]),
+    ("attribution", "ebpf"),
+    ("attribution", ""),
+    ("bpf_cgroup", "relative/path"),
+    ("bpf_cgroup", 3),
 ]
 
 

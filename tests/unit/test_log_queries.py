@@ -21,7 +21,9 @@ ROW = (NOW, 1, "/usr/bin/curl", 1000, "process", "tcp", "192.0.2.1", 40000, "192
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "snitch.db")
-    s.log_rows([(*ROW, port, "veth0", None, "allow", None, "default") for port in range(1, 26)])
+    s.log_rows(
+        [(*ROW, port, "veth0", None, "allow", None, "default", "bpf") for port in range(1, 26)]
+    )
     yield s
     s.close()
 

@@ -21,13 +21,16 @@ INET_DIAG_REQ_V2_SIZE = 56  # family, protocol, ext, pad, states, inet_diag_sock
 INET_DIAG_MSG_SIZE = 72  # family, state, timer, retrans, sockid (48), expires..inode (20)
 
 
-def crafted_msg(*, state, uid, inode, seq=1, family=socket.AF_INET, trailer=b""):
+COOKIE = b"\x01" * 8
+
+
+def crafted_msg(*, state, uid, inode, seq=1, family=socket.AF_INET, trailer=b"", cookie=COOKIE):
     """An inet_diag_msg as the kernel writes it, field by field, with optional attributes."""
     body = bytes([family, state, 0, 0])
     body += (40000).to_bytes(2, "big") + (443).to_bytes(2, "big")
     body += ip_address("192.0.2.10").packed.ljust(16, b"\0")
     body += ip_address("198.51.100.7").packed.ljust(16, b"\0")
-    body += struct.pack("=I", 0) + b"\x01" * 8  # if, cookie
+    body += struct.pack("=I", 0) + cookie  # if, cookie (two host-order u32, low word first)
     body += struct.pack("=IIIII", 0, 0, 0, uid, inode)
     assert len(body) == INET_DIAG_MSG_SIZE
     header = struct.pack("=IHHII", 16 + len(body) + len(trailer), 20, 0, seq, 0)
@@ -82,14 +85,27 @@ def test_request_round_trips_every_port_and_address(family, sport, dport, seq, d
     assert struct.unpack_from("=I", raw, 8)[0] == seq
 
 
-def test_reply_gives_state_uid_and_inode():
-    assert sockdiag._decode_reply(crafted_msg(state=2, uid=1000, inode=424242)) == (2, 1000, 424242)
+ONES = 0x0101010101010101
+
+
+def test_reply_gives_state_uid_inode_and_cookie():
+    got = sockdiag._decode_reply(crafted_msg(state=2, uid=1000, inode=424242))
+    assert got == (2, 1000, 424242, ONES)
+
+
+def test_cookie_is_two_u32_low_word_first():
+    """sock_diag_save_cookie writes cookie[0] = low 32 bits, cookie[1] = high: the BPF
+    recorder's bpf_get_socket_cookie() must compare equal to what we decode."""
+    raw = struct.pack("=II", 0x89ABCDEF, 0x01234567)
+    got = sockdiag._decode_reply(crafted_msg(state=1, uid=0, inode=1, cookie=raw))
+    assert got is not None
+    assert got[3] == 0x0123456789ABCDEF
 
 
 def test_reply_with_trailing_attributes_still_parses():
     trailer = struct.pack("=HH", 8, 4) + b"\0\0\0\0"  # an rtattr the kernel may append
     got = sockdiag._decode_reply(crafted_msg(state=1, uid=0, inode=7, trailer=trailer))
-    assert got == (1, 0, 7)
+    assert got == (1, 0, 7, ONES)
 
 
 @given(uid=st.integers(0, 2**32 - 1), inode=st.integers(0, 2**32 - 1), state=st.integers(0, 255))
@@ -98,6 +114,7 @@ def test_reply_round_trips_any_uid_and_inode(uid, inode, state):
         state,
         uid,
         inode,
+        ONES,
     )
 
 

@@ -10,6 +10,13 @@ so a user with 300k fds slows their own lookups only. A lookup that takes longer
 deadline is answered uid-only (`Lookup.late`; the firewall then decides as strictly as the owner
 could have been), and a digest that is not ready in time is left unknown (`Lookup.hash_late`).
 
+Two ways to the owner (`Source`, in the log and the prompt): with the BPF recorder (`bpf`, where
+the kernel has cgroup BPF and BTF), sock_diag's socket cookie finds who created, connected or
+sent on the socket *when they did*, so a process that exec'd, exited or passed the socket on
+since is still named right; without it (`sock_diag`), the socket's holder is read from /proc now,
+and the proc connector (`execs`) tells when that holder exec'd since the packet could have been
+sent: the firewall then decides by the stricter of the old and the new identity.
+
 It must never guess: a socket we cannot tie to a process yields `uid-only`, no socket at all
 yields `kernel`, never somebody else's name. It must never call `psutil.net_connections()` (5 ms
 per call: it reads every socket of the system).
@@ -24,28 +31,37 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from snitch_common.records import Flow, Process
+from snitch_common.errors import BackendUnavailable
+from snitch_common.records import Attribution, Flow, Process, Proto, Source
 from snitch_common.rules import DEFAULT_INTERPRETERS
-from snitchd.procs.details import Details, Stat, process_alive, read_stat
+from snitchd.procs.bpf import Owner, Recorder, build_object, cgroup2_root
+from snitchd.procs.details import Details, Stat, exe_id, process_alive, read_stat
+from snitchd.procs.execs import ExecWatch
 from snitchd.procs.hashes import Hashes, Hashing
 from snitchd.procs.owners import NEED_SCAN, Owners
 from snitchd.procs.sockdiag import SockDiag
 from snitchd.procs.worker import Job, Worker
 
-__all__ = ["Attributor", "Limits", "Lookup", "process_alive"]
+__all__ = ["Attributor", "Limits", "Lookup", "process_alive", "start_attributor"]
 
 log = logging.getLogger(__name__)
 
 _PROCS_MAX = 4096
 _PENDING_PER_UID = 256  # lookups one user may have waiting; beyond, answered late at once
 
-_ProcKey = tuple[int, int, bytes, int]  # pid, start ticks, comm, uid
+# An exec this long before the packet was read may still have followed the connect (the packet
+# waited in the queue or for the worker): the flow is then decided by the stricter identity.
+_EXEC_WINDOW_NS = 250_000_000
+
+_ProcKey = tuple[object, ...]  # pid, start ticks, comm, uid; or "bpf", pid, start, dev, ino, uid
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +79,9 @@ class Lookup:
     """A lookup handed to the worker. The packets of its flow wait for `future` (on the loop).
 
     `late`: the owner was not found in time and the answer is uid-only; `hash_late`: the process
-    is known but its executable's digest was not ready in time (sha256 None).
+    is known but its executable's digest was not ready in time (sha256 None). `also`: another
+    identity of the same process (it exec'd around the connect) that the flow must not be
+    decided more leniently than; `note` says why, for the log.
     """
 
     uid: int
@@ -76,6 +94,11 @@ class Lookup:
     partial: Process | None = None
     key: _ProcKey | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    read_ns: int = 0
+    owner: Owner | None = None
+    also: tuple[Process, ...] = ()
+    note: str | None = None
+    counted: bool = False  # in its user's count of pending lookups
 
 
 class Attributor:
@@ -87,8 +110,17 @@ class Attributor:
         hash_exe: bool = True,
         threads: int = 2,
         interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS,
+        recorder: Recorder | None = None,
+        execs: ExecWatch | None = None,
     ) -> None:
+        """`recorder`: the BPF recorder (the `bpf` path); `execs`: the proc connector, for the
+        `sock_diag` path's exec-after-connect check. Both are closed by `close`."""
         self._hash_exe = hash_exe
+        self.recorder = recorder
+        self.execs = execs
+        self.path = "bpf" if recorder is not None else "proc"
+        if recorder is not None:
+            self.path = f"bpf (cgroup {recorder.cgroup})"
         self._diag = SockDiag()
         self._owners = Owners()
         self._details = Details(interpreters)
@@ -102,6 +134,10 @@ class Attributor:
     def close(self) -> None:
         self._worker.close()
         self._diag.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.execs is not None:
+            self.execs.close()
 
     def forget(self) -> None:
         """Drop every cache (the benchmark's cold runs)."""
@@ -115,10 +151,19 @@ class Attributor:
         """Who sent `flow`, if the loop can tell at once; else the `Lookup` to wait for. Raises
         OSError only when sock_diag itself fails (the packet loop then applies the fail mode):
         a missing socket is an answer, not an error."""
+        read_ns = time.monotonic_ns()
         found = self._diag.find(flow)
         if found is None:
+            if self.recorder is not None and flow.proto is not Proto.TCP:
+                gone = self.recorder.find_released(flow)
+                if gone is not None:  # sent its datagram and exited (or closed the socket)
+                    return self._begin_recorded(gone.uid, 0, gone, limits)
             return Process.kernel()
-        uid, inode = found
+        uid, inode, cookie = found
+        if self.recorder is not None and cookie:
+            owner = self.recorder.find(cookie, flow)
+            if owner is not None:
+                return self._begin_recorded(uid, inode, owner, limits)
         if inode == 0:  # closed by its process, or an fd-less kernel socket
             return Process.uid_only(uid)
         pending = self._pending.get((uid, inode))
@@ -135,28 +180,93 @@ class Attributor:
             with self._lock:
                 proc = self._procs.get((pid, stat[2], stat[3], uid))
             if proc is not None:
-                return proc
-        return self._hand_off(uid, inode, None if pid == NEED_SCAN else pid, stat, limits)
+                return self._exec_checked(proc, read_ns)
+        lookup = self._hand_off(uid, inode, None if pid == NEED_SCAN else pid, stat, limits)
+        lookup.read_ns = read_ns
+        return lookup
+
+    def _begin_recorded(
+        self, uid: int, inode: int, owner: Owner, limits: Limits
+    ) -> Process | Lookup:
+        """The recorder saw who connected: the process is that pid, start time and executable,
+        whatever it runs now. Known ones answer from memory, with no /proc read at all."""
+        key = ("bpf", owner.tgid, owner.start_ticks, owner.dev, owner.ino, uid)
+        with self._lock:
+            proc = self._procs.get(key)
+        if proc is not None:
+            return proc
+        pending = self._pending.get((uid, inode)) if inode else None
+        if pending is not None:
+            return pending
+        return self._hand_off(uid, inode, owner.tgid, None, limits, owner, key)
+
+    def _exec_checked(self, proc: Process, read_ns: int) -> Process | Lookup:
+        """A process found on the sock_diag path, checked against the proc connector. One that
+        exec'd after the packet was read is named for what it ran then (it connected as that);
+        every identity it had in the `_EXEC_WINDOW_NS` before goes with it (`Lookup.also`), for
+        the firewall to apply the stricter. Such a result is a done `Lookup`."""
+        if self.execs is None or proc.pid is None:
+            return proc
+        execs = self.execs.since(proc.pid, read_ns - _EXEC_WINDOW_NS)
+        if not execs:
+            return proc
+        after = [ex.before for ex in execs if ex.when_ns >= read_ns and ex.before]
+        at_read = after[0] if after else proc.exe
+        names = [ex.before for ex in execs if ex.before] + [proc.exe]
+        others = tuple(dict.fromkeys(n for n in names if n and n != at_read))
+        if not others:
+            return proc
+        chosen = proc
+        if at_read != proc.exe:
+            chosen = dataclasses.replace(proc, exe=at_read, cmdline=(), sha256=None)
+        loop = asyncio.get_running_loop()
+        lookup = Lookup(proc.uid or 0, 0, loop.create_future(), time.monotonic(), read_ns=read_ns)
+        lookup.also = tuple(
+            proc if exe == proc.exe else dataclasses.replace(proc, exe=exe, cmdline=(), sha256=None)
+            for exe in others
+        )
+        if chosen is not proc:
+            lookup.note = f"connected as {at_read}, then exec'd {proc.exe}"
+        else:
+            lookup.note = f"exec'd from {', '.join(others)} around its connect"
+        log.info(
+            "exec around connect pid=%s at_read=%s others=%s: the stricter applies",
+            proc.pid,
+            at_read,
+            ",".join(others),
+        )
+        lookup.future.set_result(chosen)
+        return lookup
 
     def _hand_off(
-        self, uid: int, inode: int, pid: int | None, stat: Stat | None, limits: Limits
+        self,
+        uid: int,
+        inode: int,
+        pid: int | None,
+        stat: Stat | None,
+        limits: Limits,
+        owner: Owner | None = None,
+        key: _ProcKey | None = None,
     ) -> Lookup:
         loop = asyncio.get_running_loop()
-        lookup = Lookup(uid, inode, loop.create_future(), time.monotonic())
+        lookup = Lookup(uid, inode, loop.create_future(), time.monotonic(), owner=owner, key=key)
         if self._per_uid.get(uid, 0) >= _PENDING_PER_UID:
             log.warning("too many lookups pending uid=%d: answered uid-only", uid)
             lookup.late = True
             lookup.future.set_result(Process.uid_only(uid))
             return lookup
-        self._pending[(uid, inode)] = lookup
+        if inode:  # a released socket's record (inode 0) is nobody else's to join
+            self._pending[(uid, inode)] = lookup
         self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        lookup.counted = True
         lookup.timers.append(loop.call_later(limits.timeout, self._give_up, lookup))
 
         def done(result: Any, error: BaseException | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: snitchd is stopping
                 loop.call_soon_threadsafe(self._resolved, lookup, limits, result, error)
 
-        self._worker.submit(uid, self._resolve(lookup, pid, stat), done)
+        job = self._resolve(lookup, pid, stat) if owner is None else self._recorded(lookup, owner)
+        self._worker.submit(uid, job, done)
         return lookup
 
     def _resolved(
@@ -170,6 +280,12 @@ class Attributor:
             self._finish(lookup, Process.uid_only(lookup.uid))
             return
         proc, hashing = result
+        if lookup.owner is None and lookup.read_ns and proc.pid is not None:
+            checked = self._exec_checked(proc, lookup.read_ns)
+            if isinstance(checked, Lookup):  # exec'd around the connect: its two identities
+                lookup.also, lookup.note = checked.also, checked.note
+                if checked.future.result() is not proc:  # the old image connected
+                    proc, hashing = checked.future.result(), None  # (that digest is the new one's)
         if hashing is None:
             self._finish(lookup, proc)
             return
@@ -215,6 +331,8 @@ class Attributor:
             timer.cancel()
         if self._pending.get((lookup.uid, lookup.inode)) is lookup:
             del self._pending[(lookup.uid, lookup.inode)]
+        if lookup.counted:
+            lookup.counted = False
             left = self._per_uid.get(lookup.uid, 1) - 1
             if left > 0:
                 self._per_uid[lookup.uid] = left
@@ -254,6 +372,47 @@ class Attributor:
             self._remember(key, proc)
         return proc, None
 
+    def _recorded(self, lookup: Lookup, owner: Owner) -> Job:
+        """The BPF path's worker job: the process as it connected. While it still runs the
+        executable it connected with, its details come from /proc (cmdline, parents); once it
+        exec'd or exited, from the record (the path the recorder walked, checked by stat)."""
+        yield  # a generator like every job; the first slice starts here
+        if lookup.given_up or self.recorder is None:
+            return None
+        pid, uid = owner.tgid, lookup.uid
+        want = (owner.dev, owner.ino)
+        stat = read_stat(pid)
+        if stat is not None and stat[2] != owner.start_ticks:
+            stat = None  # the pid was reused: nothing of it is ours
+        proc = None
+        if stat is not None and exe_id(pid) == want:
+            proc = self._details.describe(pid, uid, stat, Source.BPF)
+            if proc is not None and exe_id(pid) != want:
+                proc = None  # exec'd while we read it
+        path = None
+        if proc is None:
+            path = self.recorder.exe_path(owner)
+            proc = self._details.recorded(pid, uid, path, owner.start_ticks, stat)
+            if stat is not None and path is not None:
+                log.info(
+                    "flow attributed as connected pid=%d exe=%s (it exec'd since: %s)",
+                    pid,
+                    path,
+                    _readlink(f"/proc/{pid}/exe"),
+                )
+                lookup.note = f"connected as {path}, exec'd since"
+        assert lookup.key is not None
+        if not self._hash_exe or proc.attribution is not Attribution.PROCESS:
+            self._remember(lookup.key, proc)
+            return proc, None
+        got = self._hashes.start(pid, uid, self._submit, want, path)
+        if isinstance(got, Hashing):
+            return proc, got
+        proc = dataclasses.replace(proc, sha256=got)
+        if got is not None:
+            self._remember(lookup.key, proc)
+        return proc, None
+
     def _submit(self, line: Hashable, job: Job, done: Any) -> None:
         self._worker.submit(line, job, done)
 
@@ -270,7 +429,7 @@ class Attributor:
         found = self._diag.find(flow)
         if found is None:
             return Process.kernel()
-        uid, inode = found
+        uid, inode, _cookie = found
         if inode == 0:
             return Process.uid_only(uid)
         pid = self._owners.find_now(inode, uid)
@@ -293,6 +452,43 @@ class Attributor:
             proc = dataclasses.replace(proc, sha256=self._hashes.digest_now(pid))
         self._remember(key, proc)
         return proc
+
+
+def start_attributor(
+    mode: str, cgroup: str, state_dir: Path, interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS
+) -> Attributor:
+    """The attributor the config asks for. `mode` "bpf": the BPF recorder on `cgroup` ("" is the
+    cgroup v2 root), or, where it cannot load, the proc path with a warning saying why; "proc":
+    sock_diag + /proc with the proc connector. `Attributor.path` says which one runs."""
+    recorder = None
+    why = "attribution = proc in the config"
+    if mode == "bpf":
+        try:
+            where = cgroup or cgroup2_root()
+            if where is None:
+                raise BackendUnavailable("no cgroup v2 hierarchy is mounted (mount -t cgroup2)")
+            recorder = Recorder(where, build_object(state_dir))
+        except BackendUnavailable as exc:
+            why = str(exc)
+            log.warning("BPF attribution unavailable, using sock_diag and /proc: %s", exc)
+    execs = None
+    if recorder is None:
+        try:
+            execs = ExecWatch()
+        except BackendUnavailable as exc:
+            log.warning("%s", exc)
+    attributor = Attributor(interpreters=interpreters, recorder=recorder, execs=execs)
+    if recorder is None:
+        attributor.path = f"proc ({why}; exec watch {'on' if execs else 'off'})"
+    log.info("attribution path=%s", attributor.path)
+    return attributor
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def _run(job: Job) -> Any:

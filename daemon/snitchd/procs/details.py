@@ -19,7 +19,7 @@ import threading
 
 import psutil
 
-from snitch_common.records import Attribution, Process
+from snitch_common.records import Attribution, Process, Source
 from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.procs.identity import (
     preloaded,
@@ -31,7 +31,7 @@ from snitchd.procs.identity import (
 )
 from snitchd.procs.scripts import CODE_ENV, Interpreters, script_of
 
-__all__ = ["Details", "Stat", "process_alive", "read_stat", "start_time"]
+__all__ = ["Details", "Stat", "exe_id", "process_alive", "read_stat", "start_time"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ def read_stat(pid: int) -> Stat | None:
     return fields[0].decode(), int(fields[1]), int(fields[19]), head.partition(b"(")[2]
 
 
+def exe_id(pid: int) -> tuple[int, int] | None:
+    """(device, inode) of what `pid` runs now (one stat, ~2 µs), None once it is gone."""
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def start_time(ticks: int) -> float:
     """Seconds since the epoch, as psutil's create_time() computes it."""
     return _BOOT_TIME + ticks / _CLK_TCK
@@ -82,7 +91,9 @@ class Details:
         self._labels: dict[tuple[int, int, bytes], str] = {}
         self._users: dict[int, str | None] = {}
 
-    def describe(self, pid: int, uid: int, stat: Stat) -> Process | None:
+    def describe(
+        self, pid: int, uid: int, stat: Stat, source: Source = Source.SOCK_DIAG
+    ) -> Process | None:
         """Details of a process seen for the first time, without its sha256 (see `hashes`);
         None when it vanished or hides."""
         try:
@@ -110,8 +121,27 @@ class Details:
             ppid=stat[1],
             start_time=start_time(stat[2]),
             parents=self._parents(stat[1]),
+            source=source,
         )
         return self._identify(proc) if exe else proc
+
+    def recorded(
+        self, pid: int, uid: int, exe: str | None, ticks: int, stat: Stat | None
+    ) -> Process:
+        """A process as the BPF recorder saw it when it connected: it has exec'd or exited
+        since, so nothing of it is read from /proc but its parents (`stat`, when the same
+        process still runs). Without a verified executable path it is uid-only."""
+        return Process(
+            attribution=Attribution.PROCESS if exe else Attribution.UID_ONLY,
+            pid=pid,
+            uid=uid,
+            exe=exe,
+            user=self._user(uid),
+            ppid=stat[1] if stat else None,
+            start_time=start_time(ticks),
+            parents=self._parents(stat[1]) if stat else (),
+            source=Source.BPF,
+        )
 
     def _identify(self, proc: Process) -> Process:
         """What can be checked of who it is: the path, the script, injected code (issue 14)."""

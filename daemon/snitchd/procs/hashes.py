@@ -72,17 +72,29 @@ class Hashes:
         with self._lock:
             self._done.clear()
 
-    def start(self, pid: int, uid: int, submit: Submit) -> str | Hashing | None:
+    def start(
+        self,
+        pid: int,
+        uid: int,
+        submit: Submit,
+        expect: tuple[int, int] | None = None,
+        path: str | None = None,
+    ) -> str | Hashing | None:
         """The digest of /proc/<pid>/exe (it survives the binary's deletion or replacement) if
         known, else the hash under way for it, started if need be; None when it cannot be read
-        (or too many of this user's hashes wait already)."""
+        (or too many of this user's hashes wait already). `path` hashes that file instead (a
+        process the BPF recorder saw, gone since); `expect` (device, inode) refuses any other
+        file (the process exec'd, or the path was replaced, since it was named)."""
         try:
-            f = open(f"/proc/{pid}/exe", "rb", buffering=0)  # noqa: SIM115 - the job closes it
+            f = open(path or f"/proc/{pid}/exe", "rb", buffering=0)  # noqa: SIM115 - job closes it
         except OSError as exc:
             log.debug("cannot hash executable pid=%d: %s", pid, exc)
             return None
         try:
             st = os.fstat(f.fileno())
+            if expect is not None and (st.st_dev, st.st_ino) != expect:
+                f.close()
+                return None
             key = (
                 st.st_dev,
                 st.st_ino,

@@ -22,7 +22,7 @@ from ipaddress import IPv4Address
 
 from snitch_common.records import Flow, Proto
 
-__all__ = ["NETLINK_SOCK_DIAG", "SockDiag", "find_raw"]
+__all__ = ["IPPROTO_UDPLITE", "NETLINK_SOCK_DIAG", "Found", "SockDiag", "find_raw"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 1
+IPPROTO_UDPLITE = 136
 TCP_TIME_WAIT = 6
 TCP_LISTEN = 10
 _ALL_STATES = 0xFFFFFFFF
@@ -38,11 +39,13 @@ _NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE: skip the kernel's cookie check
 # nlmsghdr + inet_diag_req_v2; ports are packed as htons() values so "=H" lays them out big-endian.
 _HDR = struct.Struct("=IHHII")
 _REQ = struct.Struct("=IHHII BBBxI HH16s16sI8s")
-# nlmsghdr + inet_diag_msg: ... state ... uid inode (the answer; attributes are never requested).
-_MSG = struct.Struct("=IHHII BBBB HH16s16sI8s IIIII")
+# nlmsghdr + inet_diag_msg: ... state ... cookie ... uid inode (the answer; attributes are never
+# requested). The cookie is two host-order u32, low word first (sock_diag_save_cookie).
+_MSG = struct.Struct("=IHHII BBBB HH16s16sIII IIIII")
 _ERR = struct.Struct("=i")
 
 _Row = tuple[bytes, int, bytes, int, int]  # local addr, local port, remote addr, uid, inode
+Found = tuple[int, int, int]  # uid, inode, cookie of a socket
 
 
 def _encode_request(
@@ -76,8 +79,9 @@ def _encode_request(
     )
 
 
-def _decode_reply(data: bytes) -> tuple[int, int, int] | None:
-    """(tcp state, uid, inode) of the one socket found, or None when the kernel says ENOENT."""
+def _decode_reply(data: bytes) -> tuple[int, int, int, int] | None:
+    """(tcp state, uid, inode, cookie) of the one socket found, or None when the kernel says
+    ENOENT. The cookie names the socket for the BPF recorder (`procs.bpf`)."""
     kind = _HDR.unpack_from(data)[1]
     if kind == NLMSG_ERROR:
         code = -_ERR.unpack_from(data, _HDR.size)[0]
@@ -87,7 +91,7 @@ def _decode_reply(data: bytes) -> tuple[int, int, int] | None:
     if kind != SOCK_DIAG_BY_FAMILY or len(data) < _MSG.size:
         raise OSError(errno.EPROTO, f"sock_diag sent message type {kind}, {len(data)} bytes")
     fields = _MSG.unpack_from(data)
-    return fields[6], fields[18], fields[19]
+    return fields[6], fields[19], fields[20], fields[14] | fields[15] << 32
 
 
 def _parse_proc_net(text: bytes) -> list[_Row]:
@@ -131,7 +135,7 @@ class SockDiag:
         dst: bytes,
         dport: int,
         ifindex: int = 0,
-    ) -> tuple[int, int, int] | None:
+    ) -> tuple[int, int, int, int] | None:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         self._sock.send(_encode_request(seq, family, protocol, src, sport, dst, dport, ifindex))
         while True:
@@ -144,23 +148,30 @@ class SockDiag:
             if _HDR.unpack_from(data)[3] == seq:  # skip a reply a crashed call left queued
                 return _decode_reply(data)
 
-    def find(self, flow: Flow) -> tuple[int, int] | None:
-        """(uid, inode) of the sending socket; inode 0 when the socket has no file any more."""
-        if flow.proto not in (Proto.TCP, Proto.UDP):
-            return find_raw(flow)
-        family = socket.AF_INET if isinstance(flow.dst, IPv4Address) else socket.AF_INET6
-        if flow.proto is Proto.TCP:
-            tup = (flow.src.packed, flow.sport, flow.dst.packed, flow.dport)
+    def find(self, flow: Flow) -> Found | None:
+        """(uid, inode, cookie) of the sending socket; inode 0 when the socket has no file any
+        more; cookie 0 when the socket was found in /proc/net (ICMP, raw), not by sock_diag."""
+        if flow.ipproto == IPPROTO_UDPLITE:
+            protocol = IPPROTO_UDPLITE  # udp_diag answers for UDP-Lite too, the same way
+        elif flow.proto is Proto.TCP:
             protocol = flow.ipproto or socket.IPPROTO_TCP
+        elif flow.proto is Proto.UDP:
+            protocol = flow.ipproto or socket.IPPROTO_UDP
+        else:
+            raw = find_raw(flow)
+            return None if raw is None else (raw[0], raw[1], 0)
+        family = socket.AF_INET if isinstance(flow.dst, IPv4Address) else socket.AF_INET6
+        if protocol == socket.IPPROTO_TCP:
+            tup = (flow.src.packed, flow.sport, flow.dst.packed, flow.dport)
         else:
             # udp_diag hands the fields to __udp4_lib_lookup in *receive* orientation ("src and
             # dst are swapped for historical reasons", net/ipv4/udp_diag.c), so it scores sockets
             # as for a reply: a connected socket wins, else the unconnected one bound to the port
             # (wildcard peer, maybe wildcard address) matches. Dual-stack AF_INET6 sockets sending
             # to IPv4 are found by the AF_INET lookup too (verified, 6.18), as TCP's are. Limit:
-            # in an SO_REUSEPORT group the kernel picks one member by hash, maybe not the sender.
+            # in an SO_REUSEPORT group the kernel picks one member by hash, maybe not the sender
+            # (the BPF recorder names the sender: it keys by socket cookie *and* destination).
             tup = (flow.dst.packed, flow.dport, flow.src.packed, flow.sport)
-            protocol = flow.ipproto or socket.IPPROTO_UDP
         found = self.query(family, protocol, *tup)
         if found is None and flow.iface:
             # SO_BINDTODEVICE sockets only match a lookup that names their device.
@@ -168,10 +179,10 @@ class SockDiag:
                 found = self.query(family, protocol, *tup, socket.if_nametoindex(flow.iface))
         if found is None:
             return None
-        state, uid, inode = found
-        if flow.proto is Proto.TCP and state in (TCP_TIME_WAIT, TCP_LISTEN):
+        state, uid, inode, cookie = found
+        if protocol == socket.IPPROTO_TCP and state in (TCP_TIME_WAIT, TCP_LISTEN):
             return None  # a listener never opens a flow; a TIME_WAIT ack comes from the kernel
-        return uid, inode
+        return uid, inode, cookie
 
     def _probe_udp(self) -> None:
         """A kernel without udp_diag answers ENOENT like a missing socket: say so once, loudly,

@@ -1,0 +1,347 @@
+// SPDX-License-Identifier: GPL-2.0
+// attrib.bpf.c: who connects, recorded when they connect (snitch issue 14).
+//
+// Cgroup hooks on socket creation, connect() and UDP sendmsg() record, per socket cookie and
+// destination, the task that did it: tgid, tid, uid, comm, the start time of its process, and
+// the device + inode of its executable at that moment (plus the executable's path, once per
+// inode). snitchd joins this with the cookie sock_diag returns for a queued packet, so a program
+// that connects and then execve()s another binary, a child that connects on its parent's socket,
+// an io_uring fixed-file socket and a process that sent one datagram and exited are all named
+// for what they were when they connected.
+//
+// Every program returns 1 (allow): they record only, and never decide. A failed map update loses
+// a record (snitchd then falls back to sock_diag + /proc); it never refuses a connection.
+//
+// Built with clang -target bpf against libbpf's headers. The kernel structures below are
+// declared locally with preserve_access_index (CO-RE): libbpf relocates their field offsets
+// against the running kernel's BTF (/sys/kernel/btf/vmlinux) at load time, so the object needs
+// no vmlinux.h and is not tied to the kernel it was compiled on.
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+
+#define PATH_BYTES 512 // leaf-first NUL-separated components; the reader reverses them
+#define NAME_MAX_READ 256
+#define PATH_DEPTH 24
+
+#define HOOK_SOCK_CREATE 1
+#define HOOK_CONNECT 2
+#define HOOK_SENDMSG 3
+
+// -- kernel structures, only the fields read (CO-RE relocates them) -------------------------
+struct qstr {
+	union {
+		struct {
+			unsigned int hash;
+			unsigned int len;
+		};
+		unsigned long long hash_len;
+	};
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+} __attribute__((preserve_access_index));
+
+struct vfsmount {
+	struct dentry *mnt_root;
+} __attribute__((preserve_access_index));
+
+struct mount {
+	struct mount *mnt_parent;
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
+struct super_block {
+	unsigned int s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct path f_path;
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct mm_struct {
+	struct file *exe_file;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct mm_struct *mm;
+	struct task_struct *group_leader;
+	unsigned long long start_boottime;
+} __attribute__((preserve_access_index));
+
+// -- maps --------------------------------------------------------------------------------------
+// The key of a record. Two kinds, told apart by `kind`:
+//   KEY_SOCKET  cookie = the socket's cookie; addr/port = where it connected or sent to (all
+//               zero: its latest user, or its creator);
+//   KEY_PORT    cookie = the netns cookie; addr/port = destination; `sport` = the socket's
+//               bound port: the sender among SO_REUSEPORT siblings, which sock_diag cannot tell,
+//               and the sender of a datagram whose socket is gone (its process exited). UDP
+//               sendmsg() binds an unbound socket (inet_send_prepare) before this hook runs.
+// IPv4 (and IPv4-mapped IPv6) addresses are kept as family AF_INET in addr[0].
+struct flow_key {
+	__u64 cookie;
+	__u32 addr[4];
+	__u16 port; // network byte order, as the hook sees it
+	__u16 family;
+	__u16 sport; // host byte order
+	__u16 kind;
+};
+
+#define KEY_SOCKET 0
+#define KEY_PORT 1
+
+struct owner {
+	__u32 tgid;
+	__u32 tid;
+	__u32 uid;
+	__u32 gid;
+	__u64 start_ns; // the process's (group leader's) start, CLOCK_BOOTTIME ns: /proc stat field 22
+	__u64 ino;      // the executable's inode, 0 when unknown (a kernel thread)
+	__u32 dev;      // its device, kernel encoding (major << 20 | minor)
+	__u32 hook;     // HOOK_*
+	__u64 when_ns;  // bpf_ktime_get_ns() at the hook
+	char comm[16];
+};
+
+struct exe_key {
+	__u64 ino;
+	__u32 dev;
+	__u32 pad;
+};
+
+struct exe_path {
+	__u32 len;   // bytes used in path
+	__u32 depth; // components read; PATH_DEPTH means the walk was cut short
+	char path[PATH_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct owner);
+} owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct exe_key);
+	__type(value, struct exe_path);
+} exes SEC(".maps");
+
+// A scratch value per CPU: struct exe_path is too large for the 512-byte BPF stack.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exe_path);
+} scratch SEC(".maps");
+
+// -- helpers -----------------------------------------------------------------------------------
+struct walk {
+	struct dentry *dentry;
+	struct mount *mnt;
+	struct exe_path *out;
+	__u32 off;
+	__u32 depth;
+};
+
+// One step up the path, as a bpf_loop() callback: the verifier checks it once, where an
+// unrolled loop of PATH_DEPTH steps took it ~770k instructions (near its 1M limit).
+static long walk_step(__u32 i, void *data)
+{
+	struct walk *w = data;
+	// Plain locals: BPF_CORE_READ(w->mnt, ...) would ask CO-RE to relocate struct walk too.
+	struct mount *mnt = w->mnt;
+	struct dentry *dentry = w->dentry;
+	struct dentry *root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	if (dentry == root) {
+		struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+		if (parent == mnt)
+			return 1; // the root of the mount tree
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = parent;
+		return 0;
+	}
+	struct dentry *up = BPF_CORE_READ(dentry, d_parent);
+	if (up == dentry)
+		return 1;
+	const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
+	__u32 off = w->off;
+	if (off >= PATH_BYTES / 2)
+		return 1; // a longer path is left cut short; snitchd checks what it gets by stat
+	long n = bpf_probe_read_kernel_str(&w->out->path[off & (PATH_BYTES / 2 - 1)],
+					   NAME_MAX_READ, name);
+	if (n <= 0)
+		return 1;
+	w->off = off + n;
+	w->depth++;
+	w->dentry = up;
+	return 0;
+}
+
+static __always_inline void remember_path(struct file *exe, struct exe_key *key)
+{
+	if (bpf_map_lookup_elem(&exes, key))
+		return; // known inode: the walk runs once per executable, not per connect
+	__u32 zero = 0;
+	struct exe_path *out = bpf_map_lookup_elem(&scratch, &zero);
+	if (!out)
+		return;
+	struct vfsmount *vfs = BPF_CORE_READ(exe, f_path.mnt);
+	struct walk w = {
+		.dentry = BPF_CORE_READ(exe, f_path.dentry),
+		.mnt = (struct mount *)((char *)vfs - bpf_core_field_offset(struct mount, mnt)),
+		.out = out,
+	};
+	bpf_loop(PATH_DEPTH * 2, walk_step, &w, 0);
+	out->len = w.off;
+	out->depth = w.depth;
+	bpf_map_update_elem(&exes, key, out, BPF_NOEXIST);
+}
+
+static __always_inline void record(struct flow_key *key, __u32 hook)
+{
+	struct owner o = {};
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	o.tgid = pid_tgid >> 32;
+	o.tid = (__u32)pid_tgid;
+	o.uid = (__u32)uid_gid;
+	o.gid = uid_gid >> 32;
+	o.hook = hook;
+	o.when_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+
+	struct task_struct *task = bpf_get_current_task_btf();
+	o.start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	if (exe) {
+		struct exe_key ek = {};
+		ek.ino = BPF_CORE_READ(exe, f_inode, i_ino);
+		ek.dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
+		o.ino = ek.ino;
+		o.dev = ek.dev;
+		remember_path(exe, &ek);
+	}
+	bpf_map_update_elem(&owners, key, &o, BPF_ANY);
+	if (hook != HOOK_SOCK_CREATE) {
+		// The socket's latest user, whatever the destination: found when the packet's
+		// destination differs from the one given to connect() (DNAT in OUTPUT).
+		struct flow_key any = {.cookie = key->cookie};
+		bpf_map_update_elem(&owners, &any, &o, BPF_ANY);
+	}
+}
+
+// Also under KEY_PORT, for a socket already bound to a port (SO_REUSEPORT siblings are).
+static __always_inline void record_port(struct bpf_sock_addr *ctx, struct flow_key *key)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return;
+	__u16 sport = (__u16)sk->src_port;
+	if (!sport)
+		return;
+	struct owner *o = bpf_map_lookup_elem(&owners, key);
+	if (!o)
+		return;
+	struct flow_key by_port = *key;
+	by_port.cookie = bpf_get_netns_cookie(ctx);
+	by_port.sport = sport;
+	by_port.kind = KEY_PORT;
+	bpf_map_update_elem(&owners, &by_port, o, BPF_ANY);
+}
+
+static __always_inline void record_addr4(struct bpf_sock_addr *ctx, __u32 hook)
+{
+	struct flow_key key = {};
+	key.cookie = bpf_get_socket_cookie(ctx);
+	key.port = (__u16)ctx->user_port;
+	key.family = AF_INET;
+	key.addr[0] = ctx->user_ip4;
+	record(&key, hook);
+	record_port(ctx, &key);
+}
+
+static __always_inline void record_addr6(struct bpf_sock_addr *ctx, __u32 hook)
+{
+	struct flow_key key = {};
+	key.cookie = bpf_get_socket_cookie(ctx);
+	key.port = (__u16)ctx->user_port;
+	__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
+	__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+	if (a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff)) {
+		key.family = AF_INET; // ::ffff:a.b.c.d leaves as IPv4
+		key.addr[0] = a3;
+	} else {
+		key.family = AF_INET6;
+		key.addr[0] = a0;
+		key.addr[1] = a1;
+		key.addr[2] = a2;
+		key.addr[3] = a3;
+	}
+	record(&key, hook);
+	record_port(ctx, &key);
+}
+
+// -- the hooks: every one returns 1 (allow) ----------------------------------------------------
+SEC("cgroup/sock_create")
+int snitch_sock_create(struct bpf_sock *sk)
+{
+	struct flow_key key = {};
+	key.cookie = bpf_get_socket_cookie(sk);
+	// Only the first (the creator): a later connect() or sendmsg() writes its own records.
+	if (!bpf_map_lookup_elem(&owners, &key))
+		record(&key, HOOK_SOCK_CREATE);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int snitch_connect4(struct bpf_sock_addr *ctx)
+{
+	record_addr4(ctx, HOOK_CONNECT);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int snitch_connect6(struct bpf_sock_addr *ctx)
+{
+	record_addr6(ctx, HOOK_CONNECT);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int snitch_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	record_addr4(ctx, HOOK_SENDMSG);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int snitch_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	record_addr6(ctx, HOOK_SENDMSG);
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,376 @@
+"""Who connected, as the kernel saw it at connect time: the cgroup BPF recorder and its maps.
+
+`bpf/attrib.bpf.c` hangs on the cgroup hooks `sock_create`, `connect4/6` and `sendmsg4/6` and
+records, per socket cookie and destination, the task that created, connected or sent (tgid, tid,
+uid, comm, its process's start time, its executable's device + inode and path). `Recorder.find`
+reads the record for the cookie sock_diag returned (`idiag_cookie`), so the packet loop learns
+who connected even when that process has since exec'd, exited, or handed the socket on. The
+programs only record: they return 1 (allow) whatever happens.
+
+Loading: libbpf itself (Debian's libbpf1, security-supported with the distribution) through
+ctypes, eight functions. Compared: BCC (python3-bpfcc) compiles C with its own LLVM at every
+start and needs kernel headers; pylibbpf (PyPI 0.0.6, pre-1.0) ships its own libbpf in a wheel
+(no Debian updates); bpfmaps only reads maps. A map read through ctypes costs ~1-2 µs
+(bench/bench_procs.py), no more than sock_diag's request.
+
+The object is compiled from the shipped C source by Debian's clang, once per source version,
+into `<state dir>/bpf/attrib-<sha256 prefix>.o` (install.sh builds it; snitchd builds it at start
+when it is missing): the object is CO-RE (fields relocated against /sys/kernel/btf/vmlinux at
+load), so compiling on the machine that runs it costs ~0.2 s once and spares us shipping a
+binary blob; an upgrade of the source builds a new object by itself.
+
+Attached with bpf_link (BPF_LINK_CREATE): the links live as long as snitchd's fds, so a crash
+detaches the programs when the kernel closes them. Nothing here runs a user-controlled amount
+of work on the loop: one map read per flow, and the executable's path once per inode.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from snitch_common.errors import BackendUnavailable
+from snitch_common.records import Flow, Proto
+
+__all__ = [
+    "HOOKS",
+    "Owner",
+    "Recorder",
+    "build_object",
+    "cgroup2_root",
+    "object_path",
+]
+
+log = logging.getLogger(__name__)
+
+HOOKS = (
+    "snitch_sock_create",
+    "snitch_connect4",
+    "snitch_connect6",
+    "snitch_sendmsg4",
+    "snitch_sendmsg6",
+)
+_HOOK_NAMES = {1: "sock_create", 2: "connect", 3: "sendmsg"}
+_SOURCE = "attrib.bpf.c"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# struct flow_key / struct owner / struct exe_key / struct exe_path of attrib.bpf.c.
+_KEY = struct.Struct("=Q16sHHHH")
+_KEY_SOCKET, _KEY_PORT = 0, 1
+_SO_NETNS_COOKIE = 71
+_GONE_MAX_AGE_NS = 30_000_000_000  # a gone socket's record, for a datagram still queued
+_OWNER = struct.Struct("=IIIIQQIIQ16s")
+_EXE_KEY = struct.Struct("=QII")
+_PATH_BYTES = 512
+_EXE_PATH = struct.Struct(f"=II{_PATH_BYTES}s")
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A task as the hook saw it. `dev` is in userspace encoding (comparable with st_dev);
+    `start_ticks` compares with field 22 of /proc/<pid>/stat; `ino` is 0 without an mm."""
+
+    tgid: int
+    tid: int
+    uid: int
+    start_ticks: int
+    dev: int
+    ino: int
+    hook: str
+    comm: bytes
+    when_ns: int
+
+
+def _owner(raw: bytes) -> Owner:
+    tgid, tid, uid, _gid, start_ns, ino, kdev, hook, when, comm = _OWNER.unpack(raw)
+    # Kernel dev_t is major << 20 | minor; stat's is glibc's encoding: os.makedev builds it.
+    dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
+    # /proc/<pid>/stat prints nsec_to_clock_t(start_boottime): whole ticks, rounded down.
+    ticks = start_ns // (1_000_000_000 // _CLK_TCK)
+    name = _HOOK_NAMES.get(hook, "?")
+    return Owner(tgid, tid, uid, ticks, dev, ino, name, comm.split(b"\0")[0], when)
+
+
+def cgroup2_root() -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on a hybrid
+    layout), from /proc/self/mountinfo; None without one."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                before, _, after = line.partition(" - ")
+                if after.split(" ", 1)[0] == "cgroup2":
+                    return before.split()[4].replace("\\040", " ")
+    except OSError:
+        return None
+    return None
+
+
+def _source_text() -> bytes:
+    return resources.files("snitchd").joinpath("bpf", _SOURCE).read_bytes()
+
+
+def object_path(state_dir: Path) -> Path:
+    """The object for this version of the source (a new source builds a new object)."""
+    digest = hashlib.sha256(_source_text()).hexdigest()[:16]
+    return state_dir / "bpf" / f"attrib-{digest}.o"
+
+
+def build_object(state_dir: Path) -> Path:
+    """Compile the recorder with clang unless this source's object exists; returns its path.
+    Raises BackendUnavailable naming what is missing."""
+    target = object_path(state_dir)
+    if target.exists():
+        return target
+    clang = shutil.which("clang") or shutil.which("clang-14")
+    if clang is None:
+        raise BackendUnavailable(
+            f"cannot build the BPF recorder {target}: clang not found "
+            "(install the Debian packages clang and libbpf-dev: ./install.sh --deps-only)"
+        )
+    if not Path("/usr/include/bpf/bpf_helpers.h").exists():
+        raise BackendUnavailable(
+            f"cannot build the BPF recorder {target}: libbpf headers not found "
+            "(install the Debian package libbpf-dev)"
+        )
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    arch = (
+        subprocess.run(
+            ["gcc", "-dumpmachine"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or f"{os.uname().machine}-linux-gnu"
+    )
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / _SOURCE
+        src.write_bytes(_source_text())
+        out = Path(tmp) / "attrib.o"
+        argv = [clang, "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}", "-c", str(src)]
+        done = subprocess.run(
+            [*argv, "-o", str(out)], capture_output=True, text=True, timeout=120, check=False
+        )
+        if done.returncode != 0:
+            raise BackendUnavailable(
+                f"cannot build the BPF recorder {target}: clang failed: "
+                f"{done.stderr.strip()[-500:]} (is libbpf-dev installed?)"
+            )
+        os.replace(out, target)
+    log.info("BPF recorder built path=%s", target)
+    return target
+
+
+class _LibBpf:
+    """The few libbpf calls we make, typed once."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot load libbpf: {exc} (install the Debian package libbpf1)"
+            ) from None
+        vp, cp, ci = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        self.open_file = _typed(lib.bpf_object__open_file, vp, cp, vp)
+        self.load = _typed(lib.bpf_object__load, ci, vp)
+        self.close = _typed(lib.bpf_object__close, None, vp)
+        self.find_program = _typed(lib.bpf_object__find_program_by_name, vp, vp, cp)
+        self.attach_cgroup = _typed(lib.bpf_program__attach_cgroup, vp, vp, ci)
+        self.link_destroy = _typed(lib.bpf_link__destroy, ci, vp)
+        self.map_fd = _typed(lib.bpf_object__find_map_fd_by_name, ci, vp, cp)
+        self.lookup = _typed(lib.bpf_map_lookup_elem, ci, ci, vp, vp)
+        self.set_print = _typed(lib.libbpf_set_print, vp, vp)
+
+
+def _typed(fn: Any, restype: object, *argtypes: object) -> Any:
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+_PRINT_MAX = 1 << 20
+_PRINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_libc = ctypes.CDLL(None)
+_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+
+def _print(level: int, fmt: bytes, args: int) -> int:
+    """libbpf's messages (the verifier's log among them) into our log at DEBUG; level 0 (warn)
+    at INFO: the caller raises with a summary if the load fails. va_list is an array type on
+    x86-64 and arm64, passed as a pointer: vsnprintf takes it as is."""
+    buf = ctypes.create_string_buffer(_PRINT_MAX)
+    _libc.vsnprintf(buf, len(buf), fmt, args)
+    text = buf.value.decode(errors="replace").rstrip()
+    if len(text) >= _PRINT_MAX - 1:  # a verifier log: its reason is at the end
+        text = "… " + text[-2000:]
+    log.log(logging.INFO if level == 0 else logging.DEBUG, "libbpf: %s", text)
+    return 0
+
+
+try:  # kept referenced: libbpf calls it for as long as we run
+    _libbpf_print: Any = _PRINT(_print)
+except MemoryError:  # no writable+executable page for a ctypes closure: libbpf prints to stderr
+    _libbpf_print = None
+
+
+class Recorder:
+    """The loaded recorder, attached to one cgroup (and so to every cgroup below it)."""
+
+    def __init__(self, cgroup: str, obj_path: Path) -> None:
+        """Load and attach; raises BackendUnavailable naming the cause (no CAP_BPF, no BTF,
+        no cgroup, a verifier refusal), with nothing left attached."""
+        if not Path("/sys/kernel/btf/vmlinux").exists():
+            raise BackendUnavailable(
+                "cannot load the BPF recorder: the kernel has no BTF (/sys/kernel/btf/vmlinux; "
+                "CONFIG_DEBUG_INFO_BTF): attribution stays with sock_diag and /proc"
+            )
+        self.cgroup = cgroup
+        self._lib = lib = _LibBpf()
+        if _libbpf_print is not None:
+            lib.set_print(ctypes.cast(_libbpf_print, ctypes.c_void_p))
+        self._links: list[int] = []
+        self._obj: int | None = None
+        self._cgroup_fd = -1
+        try:
+            self._cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot attach the BPF recorder to cgroup {cgroup}: {exc.strerror} "
+                "(set bpf_cgroup to a cgroup v2 directory)"
+            ) from None
+        try:
+            self._load(obj_path)
+        except BaseException:
+            self.close()
+            raise
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            # The network namespace the queued packets come from (ours): KEY_PORT and
+            # records are kept per namespace.
+            self._netns = int.from_bytes(
+                probe.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8), sys.byteorder
+            )
+        self._key = ctypes.create_string_buffer(_KEY.size)
+        self._val = ctypes.create_string_buffer(_OWNER.size)
+
+    def _load(self, obj_path: Path) -> None:
+        lib = self._lib
+        obj = lib.open_file(str(obj_path).encode(), None)
+        if not obj:
+            raise self._failed(f"open {obj_path}")
+        self._obj = obj
+        if lib.load(obj) != 0:
+            raise self._failed(f"load {obj_path}")
+        for name in HOOKS:
+            prog = lib.find_program(obj, name.encode())
+            if not prog:
+                raise BackendUnavailable(f"BPF recorder {obj_path}: no program {name}")
+            link = lib.attach_cgroup(prog, self._cgroup_fd)
+            if not link:
+                raise self._failed(f"attach {name} to cgroup {self.cgroup}")
+            self._links.append(link)
+        self._owners_fd = lib.map_fd(obj, b"owners")
+        self._exes_fd = lib.map_fd(obj, b"exes")
+        if self._owners_fd < 0 or self._exes_fd < 0:
+            raise BackendUnavailable(f"BPF recorder {obj_path}: its maps are missing")
+
+    @staticmethod
+    def _failed(what: str) -> BackendUnavailable:
+        code = ctypes.get_errno()
+        hint = {
+            errno.EPERM: "needs root with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+            errno.EACCES: "the verifier refused it (snitchd --debug logs its reasons)",
+            errno.EINVAL: "the kernel lacks cgroup BPF (CONFIG_CGROUP_BPF) or a hook",
+        }.get(code, "see the libbpf lines in the log")
+        return BackendUnavailable(
+            f"cannot {what}: {os.strerror(code) if code else 'failed'} ({hint}); "
+            "attribution stays with sock_diag and /proc"
+        )
+
+    def close(self) -> None:
+        """Detach every program and free the object (idempotent)."""
+        for link in self._links:
+            self._lib.link_destroy(link)
+        self._links.clear()
+        if self._obj is not None:
+            self._lib.close(self._obj)
+            self._obj = None
+        if self._cgroup_fd >= 0:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = -1
+
+    def find(self, cookie: int, flow: Flow) -> Owner | None:
+        """Who last connected or sent the socket `cookie` to `flow`'s destination; for UDP,
+        else who sent there from `flow`'s port (the sender among SO_REUSEPORT siblings, when
+        sock_diag named another); else the socket's latest user or its creator. None when the
+        recorder never saw the socket (made before the programs were attached, or outside the
+        cgroup). Loop only: it reuses one buffer."""
+        family = 2 if isinstance(flow.dst, IPv4Address) else 10
+        port = int.from_bytes(flow.dport.to_bytes(2, "big"), sys.byteorder)
+        dst = flow.dst.packed
+        if self._get(cookie, dst, port, family, 0, _KEY_SOCKET):
+            return _owner(self._val.raw)
+        if flow.proto is not Proto.TCP and self._get(
+            self._netns, dst, port, family, flow.sport, _KEY_PORT
+        ):
+            return _owner(self._val.raw)
+        if self._get(cookie, b"", 0, 0, 0, _KEY_SOCKET):
+            return _owner(self._val.raw)
+        return None
+
+    def find_released(self, flow: Flow) -> Owner | None:
+        """Who sent UDP (or UDP-Lite) from `flow`'s source port to its destination in the last
+        30 s, for a flow whose socket sock_diag no longer finds: the datagram of a process that
+        has exited (its socket with it). Connected UDP sockets are not covered: connect() binds
+        the port after the hook runs."""
+        family = 2 if isinstance(flow.dst, IPv4Address) else 10
+        port = int.from_bytes(flow.dport.to_bytes(2, "big"), sys.byteorder)
+        if not self._get(self._netns, flow.dst.packed, port, family, flow.sport, _KEY_PORT):
+            return None
+        owner = _owner(self._val.raw)
+        return owner if time.monotonic_ns() - owner.when_ns < _GONE_MAX_AGE_NS else None
+
+    def _get(self, cookie: int, addr: bytes, port: int, family: int, sport: int, kind: int) -> bool:
+        _KEY.pack_into(self._key, 0, cookie, addr, port, family, sport, kind)
+        return bool(self._lib.lookup(self._owners_fd, self._key, self._val) == 0)
+
+    def exe_path(self, owner: Owner) -> str | None:
+        """The executable's path as the recorder walked it (dentries up through the mounts),
+        if it still names that very file from here (same device and inode); else None."""
+        kdev = (os.major(owner.dev) << 20) | os.minor(owner.dev)
+        key = ctypes.create_string_buffer(_EXE_KEY.pack(owner.ino, kdev, 0), _EXE_KEY.size)
+        val = ctypes.create_string_buffer(_EXE_PATH.size)  # own buffers: called by the worker
+        if self._lib.lookup(self._exes_fd, key, val) != 0:
+            return None
+        used, _depth, raw = _EXE_PATH.unpack(val.raw)
+        parts = raw[:used].split(b"\0")
+        path = "/" + "/".join(p.decode(errors="surrogateescape") for p in reversed(parts) if p)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return path if (st.st_dev, st.st_ino) == (owner.dev, owner.ino) else None
+
+
+if __name__ == "__main__":  # install.sh: python -m snitchd.procs.bpf build [STATE_DIR]
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1] != "build":
+        sys.exit("usage: python -m snitchd.procs.bpf build [STATE_DIR]")
+    try:
+        print(build_object(Path(sys.argv[2] if len(sys.argv) > 2 else "/var/lib/snitch")))
+    except BackendUnavailable as exc:
+        sys.exit(f"snitch: {exc}")
