@@ -161,8 +161,11 @@ def trusted_path(path: str, root: str = "") -> str:
 def _check_inode(where: str, st: os.stat_result) -> None:
     if st.st_uid != 0:
         raise ValueError(f"{where} is owned by uid {st.st_uid}, not root")
-    # A directory writable by root's group only is still root's; anything else writable by
-    # a group or by everyone is not.
+    # A directory writable by root's group only is still root's, and so is a sticky one (like
+    # /tmp): others may add entries there but never rename or remove root's. Anything else
+    # writable by a group or by everyone is not.
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+        return
     roots_group_dir = stat.S_ISDIR(st.st_mode) and st.st_gid == 0
     writable = st.st_mode & (stat.S_IWOTH if roots_group_dir else stat.S_IWGRP | stat.S_IWOTH)
     if not stat.S_ISLNK(st.st_mode) and writable:

@@ -23,14 +23,25 @@ def test_a_system_file_is_trusted_through_its_symlinks() -> None:
 
 
 def test_a_file_below_a_world_writable_directory_is_not(tmp_path: Path) -> None:
-    """/tmp is writable by everyone: what is below it could be swapped by any user."""
-    target = Path("/tmp") / f"snitch-agents-test-{os.getpid()}"
-    target.write_text("#!/bin/sh\n")
-    try:
-        with pytest.raises(ValueError, match="/tmp is writable by others"):
-            trusted_path(str(target))
-    finally:
-        target.unlink()
+    """A directory anyone may write: what is below it could be swapped by any user."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "agent").write_text("#!/bin/sh\n")
+    with pytest.raises(ValueError, match="shared is writable by others"):
+        trusted_path(str(shared / "agent"))
+
+
+def test_a_sticky_directory_keeps_roots_files_roots(tmp_path: Path) -> None:
+    """Like /tmp (mode 1777): others may add names there, but never rename or remove root's,
+    so a root-owned agent below it cannot be swapped (a CI checkout under /tmp is fine)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "agent").write_text("#!/bin/sh\n")
+    if os.geteuid() != 0:
+        pytest.skip("needs root-owned files")
+    assert trusted_path(str(shared / "agent")) == str(shared / "agent")
 
 
 def test_a_file_in_a_users_directory_is_not(tmp_path: Path) -> None:
