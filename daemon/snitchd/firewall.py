@@ -368,19 +368,23 @@ class Firewall:
         names: frozenset[str],
         now: float,
     ) -> Verdict | Ask:
-        """A process that exec'd around its connect (issue 14): a deny or reject of its other
-        identities (`lookup.also`, digest unknown, so pinned rules match them pin or no pin) win
-        over an allow of this one; the log says why. Otherwise this identity's outcome stands:
-        an Ask of the other would prompt for every program a shell starts."""
+        """A process that exec'd around its connect (issue 14): a deny or reject *of its other
+        identity's app* (`lookup.also`: a rule naming that app; digest unknown, so pinned rules
+        match it pin or no pin) wins over an allow of this one; the log says why. Otherwise this
+        identity's outcome stands: rules for every app, an Ask or the default of the other would
+        judge every program a shell or `ip netns exec` starts by its starter (`deny
+        to=*.example.org` beside `allow app=X to=api.example.org` denied X in its first 250 ms)."""
         why = lookup.note or ""
         if lookup.also:
             why += f"; the stricter of this and {', '.join(str(p.exe) for p in lookup.also)}"
         if isinstance(outcome, Verdict) and outcome.action is not Action.ALLOW:
             return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
         for other in lookup.also:
-            theirs = decide(flow, other, self.rules, now, names)
-            if isinstance(theirs, Verdict) and theirs.action is not Action.ALLOW:
-                return Verdict(theirs.action, theirs.rule_id, f"{theirs.reason} ({why})")
+            theirs = self.rules.match(flow, other, names, now)
+            if theirs is not None and theirs[1].exe is not None:
+                rule_id, rule = theirs
+                if rule.action is not Action.ALLOW:
+                    return Verdict(rule.action, rule_id, f"rule {rule_id} ({why})")
             hit = self._blocking_rules(strip_exe=False).match(flow, other, names, now)
             if hit is not None:
                 rule_id, rule = hit
