@@ -88,3 +88,12 @@ def test_light_programs_load_no_heavy_module(package: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.split() == []
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest (rootdir, prepend import mode) cannot collect two test modules of one basename:
+    the whole run stops at collection. Two branches merged unit and integration tests of one
+    name three times."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) > 50
+    assert sorted({n for n in names if names.count(n) > 1}) == []
