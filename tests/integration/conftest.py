@@ -65,7 +65,10 @@ class Terminal:
         end = time.monotonic() + timeout
         while marker not in self.screen and time.monotonic() < end:
             if select.select([self.master], [], [], 0.2)[0]:
-                self.screen += os.read(self.master, 4096)
+                try:
+                    self.screen += os.read(self.master, 4096)
+                except OSError:  # EIO: the program ended; show what it said
+                    break
         text = self.screen.decode(errors="replace")
         assert marker in self.screen, text
         return text
