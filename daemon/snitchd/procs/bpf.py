@@ -227,6 +227,24 @@ except MemoryError:  # no writable+executable page for a ctypes closure: libbpf 
     _libbpf_print = None
 
 
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+def _missing_capabilities() -> list[str]:
+    """The capabilities the recorder needs that this process lacks in its effective set
+    (CAP_SYS_ADMIN stands for both on any kernel)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("CapEff:"))
+    except (OSError, StopIteration):
+        return []
+    caps = int(line.split()[1], 16)
+    if caps >> _CAP_SYS_ADMIN & 1:
+        return []
+    return [name for bit, name in ((_CAP_BPF, "CAP_BPF"), (_CAP_PERFMON, "CAP_PERFMON"))
+            if not caps >> bit & 1]  # fmt: skip
+
+
 class Recorder:
     """The loaded recorder, attached to one cgroup (and so to every cgroup below it)."""
 
@@ -237,6 +255,15 @@ class Recorder:
             raise BackendUnavailable(
                 "cannot load the BPF recorder: the kernel has no BTF (/sys/kernel/btf/vmlinux; "
                 "CONFIG_DEBUG_INFO_BTF): attribution stays with sock_diag and /proc"
+            )
+        missing = _missing_capabilities()
+        if missing:
+            # Checked before loading: the verifier would refuse the helpers it needs with a
+            # bare EINVAL (seen in systemd-nspawn, which withholds CAP_PERFMON).
+            raise BackendUnavailable(
+                f"cannot load the BPF recorder: snitchd lacks {' and '.join(missing)} (a "
+                "container or unit that withholds them?): attribution stays with sock_diag "
+                "and /proc"
             )
         self.cgroup = cgroup
         self._lib = lib = _LibBpf()
@@ -293,7 +320,7 @@ class Recorder:
         hint = {
             errno.EPERM: "needs root with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
             errno.EACCES: "the verifier refused it (snitchd --debug logs its reasons)",
-            errno.EINVAL: "the kernel lacks cgroup BPF (CONFIG_CGROUP_BPF) or a hook",
+            errno.EINVAL: "the kernel lacks cgroup BPF (CONFIG_CGROUP_BPF), a hook or a helper",
         }.get(code, "see the libbpf lines in the log")
         return BackendUnavailable(
             f"cannot {what}: {os.strerror(code) if code else 'failed'} ({hint}); "
