@@ -14,6 +14,7 @@ import pytest
 
 from conftest import Lab, python_exe
 from snitchctl.live import HostsScreen, LiveTop
+from tests.support.lab import end_child
 
 pytestmark = [
     pytest.mark.root,
@@ -91,12 +92,4 @@ async def test_live_view_lists_sorts_filters_drills_down_and_quits(
         assert (tmp_path / "live-hosts.svg").read_text().count("192.0.2.2") >= 1
     finally:
         for proc in senders:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            end_child(proc)

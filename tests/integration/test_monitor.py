@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import HERE, PYTHON, Lab, python_exe
-from tests.support.lab import Lines
+from tests.support.lab import Lines, end_child
 
 pytestmark = [
     pytest.mark.root,
@@ -39,18 +39,6 @@ sys.stdin.read()
 s.close()
 print("closed", flush=True)
 """
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin is not None and not proc.stdin.closed:
-        proc.stdin.close()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def monitor(lab: Lab, *args: str, nobody: bool = False) -> Any:
@@ -143,8 +131,8 @@ def test_live_rates_and_totals_match_what_three_apps_sent_and_top_agrees_after(
             assert said[name].next(20) == "closed"
     finally:
         for proc in senders.values():
-            stop(proc)
-        stop(watcher)
+            end_child(proc)
+        end_child(watcher)
 
     # Closed and forgotten: top (the log rows' bytes, from the DESTROY events) and the rollups.
     lab.ns(lab.client, "conntrack", "-D", "-p", "tcp", "--dport", "9000", check=False)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "Bus", "Lines", "add_veth", "run", "stop_process", "wait_for"]
+__all__ = ["ROOT", "Bus", "Lines", "add_veth", "end_child", "run", "stop_process", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,20 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def end_child(proc: subprocess.Popen[str]) -> None:
+    """A child that stops when its stdin closes: close it, wait (kill after 10 s), close its
+    stdout."""
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def add_veth(client: str, server: str, name: str, client_addr: str, server_addr: str) -> None:
