@@ -137,3 +137,20 @@ def test_issue_12_list_rules_pages_through_every_rule(lab: Lab) -> None:
     as_json = json.loads(lab.ctl("--json", "list-rules", uid=NOBODY).stdout)
     assert [r["id"] for r in as_json] == [r.id for r in added]
     assert {r["created"] for r in as_json} == {NOW}
+
+
+def test_issue_20_a_closed_pipe_ends_log_quietly(lab: Lab) -> None:
+    """`snitchctl log | head` ended in a BrokenPipeError traceback: the reader went away while
+    snitchctl still wrote. Now it stops quietly, as ls or cat do."""
+    _seed_log(lab, 1500)  # ~150 kB of text: more than a pipe holds
+    lab.start_daemon()
+    done = subprocess.run(
+        ["sh", "-c", f"{VENV_BIN / 'snitchctl'} log --limit 1500 | head -n 1"],
+        capture_output=True,
+        text=True,
+        env=lab.env,
+        timeout=60,
+        check=False,
+    )
+    assert len(done.stdout.splitlines()) == 1, done.stdout
+    assert done.stderr == "", done.stderr
