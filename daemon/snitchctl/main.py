@@ -46,7 +46,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="add a rule, from flags or from its text form",
         description="Add a rule. Either give its text (as list-rules prints it), or flags.",
     )
-    add.add_argument("text", nargs="?", help="rule text, e.g. 'allow app=/usr/bin/curl port=443'")
+    add.add_argument(
+        "text",
+        nargs="*",
+        help="rule text, quoted or not, e.g. allow app=/usr/bin/curl port=443",
+    )
     who = add.add_mutually_exclusive_group()
     who.add_argument("--exe", metavar="PATH", help="the executable the rule is for")
     who.add_argument("--any-app", action="store_true", help="the rule holds for every app")
@@ -107,7 +111,10 @@ def _rule_text_from_flags(args: argparse.Namespace) -> str:
         flags = ("exe", "sha256", "user", "dst", "host", "port", "proto", "iface", "action")
         if any(getattr(args, f) for f in flags) or args.any_app:
             raise RuleError("give either the rule text or flags, not both")
-        return str(parse_rule(args.text))
+        # One quoted argument is the text as list-rules prints it; several are its words, as
+        # a shell split them (`add-rule allow port=443` said "unrecognized arguments").
+        words: list[str] = args.text
+        return str(parse_rule(words[0] if len(words) == 1 else shlex.join(words)))
     if not args.action:
         raise RuleError("add-rule needs --action allow|deny|reject (or the rule's text)")
     if not args.exe and not args.any_app:

@@ -1,0 +1,28 @@
+"""snitchctl's arguments: rule text quoted or not means the same rule (issue 20)."""
+
+from __future__ import annotations
+
+import pytest
+
+from snitch_common.errors import RuleError
+from snitchctl.main import _build_parser, _rule_text_from_flags
+
+
+def rule_of(*argv: str) -> str:
+    return _rule_text_from_flags(_build_parser().parse_args(["add-rule", *argv]))
+
+
+def test_unquoted_rule_words_are_the_rule() -> None:
+    """`snitchctl add-rule allow port=443` said "unrecognized arguments"."""
+    assert rule_of("allow", "port=443") == rule_of("allow port=443") == "allow port=443"
+
+
+def test_a_word_with_a_space_keeps_it() -> None:
+    """The shell already split the words: one with a space is quoted again for the parser."""
+    quoted = rule_of("allow 'app=/opt/my app/bin/x'")
+    assert rule_of("allow", "app=/opt/my app/bin/x") == quoted
+
+
+def test_text_and_flags_together_are_refused() -> None:
+    with pytest.raises(RuleError, match="not both"):
+        rule_of("allow", "port=443", "--action", "deny")
