@@ -78,7 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--uid", type=int)
 
     lg = sub.add_parser("log", help="the connection log: every decision")
-    lg.add_argument("--app", metavar="EXE")
+    lg.add_argument("--app", metavar="NAME|PATH", help="an app by its path, or every app of a name")
     lg.add_argument("--host", metavar="NAME|*.DOMAIN", help="only flows to this host or domain")
     lg.add_argument("--verdict", choices=("allow", "deny", "reject"))
     lg.add_argument("--since", metavar="N[smhd]", help="e.g. 10m, 1h, 2d")

@@ -150,9 +150,14 @@ def read_connections(conn: sqlite3.Connection, query: LogQuery) -> list[dict[str
     """The newest `query.limit` rows that pass the filters, oldest first."""
     where: list[str] = []
     args: list[object] = []
+    by_name = query.exe is not None and "/" not in query.exe
+    if query.exe is not None and by_name:
+        # A name, not a path: every app of that name (`log --app curl`, issue 20).
+        where.append("(exe = ? OR substr(exe, -?) = ?)")
+        args += [query.exe, len(query.exe) + 1, "/" + query.exe]
     for condition, value in (
         ("time >= ?", query.since),
-        ("exe = ?", query.exe),
+        ("exe = ?", None if by_name else query.exe),
         ("action = ?", query.action),
         ("uid = ?", query.uid),
         ("id < ?", query.before),

@@ -88,3 +88,19 @@ def test_the_gate_holds_one_query_per_uid_and_per_connection() -> None:
             pass
     with gate.enter(":1.2", 1000):
         pass
+
+
+async def test_an_app_is_found_by_its_name_or_its_path(store: Store, reader: Reader) -> None:
+    """`log --app curl` found nothing: it needed the full path (issue 20). A name matches every
+    app of that name, and only the whole last part of the path."""
+    store.log_rows([(NOW, 2, "/opt/mycurl", 1000, "process", "tcp", "192.0.2.1", 40001,
+                     "192.0.2.2", 80, "veth0", None, "allow", None, "default", "bpf")])  # fmt: skip
+
+    async def count(app: str) -> int:
+        query = LogQuery(exe=app, limit=1000)
+        return len(await reader.run(lambda conn: read_connections(conn, query)))
+
+    assert await count("curl") == 25
+    assert await count("/usr/bin/curl") == 25
+    assert await count("mycurl") == 1
+    assert await count("url") == 0
