@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from snitchd.logwriter import conntrack as traffic
-from tests.support.lab import Lines
+from tests.support.lab import Lines, end_child
 
 pytestmark = [
     pytest.mark.root,
@@ -113,19 +113,6 @@ asyncio.run(main())
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    """End a child this test started: close its stdin (it exits), else kill it by pid."""
-    if proc.stdin is not None:
-        proc.stdin.close()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 class Pair:
@@ -222,7 +209,7 @@ class Pair:
     def destroy(self) -> None:
         try:
             for proc in self.procs:
-                stop(proc)
+                end_child(proc)
         finally:
             for ns in (self.client, self.server):
                 run("ip", "netns", "del", ns, check=False)
@@ -245,7 +232,7 @@ def reader(pair: Pair) -> Iterator[Lines]:
         assert lines.next(10) == {"listening": True}
         yield lines
     finally:
-        stop(lines.proc)
+        end_child(lines.proc)
         pair.procs.remove(lines.proc)
 
 
@@ -361,7 +348,7 @@ def test_flow_begun_without_accounting_is_counted_not_reported(pair: Pair) -> No
         assert final == {"events": 0, "errors": 0, "unaccounted": 1}
     finally:
         pair.sysctl("net.netfilter.nf_conntrack_acct", "1")
-        stop(lines.proc)
+        end_child(lines.proc)
         pair.procs.remove(lines.proc)
 
 
@@ -388,7 +375,7 @@ def test_on_end_raising_is_counted_and_later_ends_still_arrive(pair: Pair) -> No
         assert final == {"events": 2, "errors": 2, "unaccounted": 0}
         assert lines.proc.wait(5) == 0
     finally:
-        stop(lines.proc)
+        end_child(lines.proc)
         pair.procs.remove(lines.proc)
 
 
@@ -430,5 +417,5 @@ def test_event_storm_overrun_is_counted_and_reader_goes_on(pair: Pair) -> None:
         assert final["errors"] >= 1, final
         assert final["events"] == drained + 1, final
     finally:
-        stop(lines.proc)
+        end_child(lines.proc)
         pair.procs.remove(lines.proc)
