@@ -292,3 +292,36 @@ def test_recorder_is_detached_when_snitchd_stops_or_dies(lab: Lab, cgroup: Path,
     assert sorted(attached(cgroup)) == sorted(HOOK_NAMES)
     lab.stop_daemon(getattr(signal, sig))
     wait_for(lambda: attached(cgroup) == [], 10, "the programs to be detached")
+
+
+def exec_watchers(daemon_pid: int) -> list[int]:
+    """The pids of snitchd's exec watcher children (the proc path's proc connector reader)."""
+    found = []
+    children = set()  # each thread's children are listed under its task
+    for task in Path(f"/proc/{daemon_pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children.update((task / "children").read_text().split())
+    for child in children:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if any(arg.endswith(b"/procs/execs.py") for arg in argv):
+                found.append(int(child))
+    return found
+
+
+def test_exec_watcher_is_a_child_process_and_comes_back(lab: Lab) -> None:
+    """The proc connector reports every fork of the machine: read in a thread of snitchd, a
+    fork storm by any user held the packet loop's GIL (issue 12). It is read by a child, which
+    snitchd starts again when it dies, and ends when snitchd stops."""
+    lab.start_daemon(attribution="proc")
+    assert lab.daemon is not None
+    daemon = lab.daemon.pid
+    wait_for(lambda: len(exec_watchers(daemon)) == 1, 10, "one exec watcher child")
+    (first,) = exec_watchers(daemon)
+    lab.expect_log(r"exec watcher exited")
+    os.kill(first, signal.SIGKILL)  # ours: snitchd, which we started, started it
+    wait_for(lambda: exec_watchers(daemon) not in ([], [first]), 20, "a new exec watcher")
+    (second,) = exec_watchers(daemon)
+    wait_for(lambda: "exec watcher started again" in lab.log_text(), 10, "the restart logged")
+    lab.stop_daemon()
+    wait_for(lambda: not Path(f"/proc/{second}").exists(), 10, "the watcher to end with snitchd")
