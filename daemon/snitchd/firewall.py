@@ -21,7 +21,6 @@ logged again: the log gets one row per flow and verdict, not one per packet.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import socket
@@ -38,7 +37,7 @@ from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.config import Config, FailMode, PinAnswers
 from snitchd.connmark import ConnMarks
-from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
+from snitchd.decide import Ask, Explanation, RuleSet, StricterRules, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
 from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
@@ -126,7 +125,7 @@ class Firewall:
         self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
         self._tasks: set[asyncio.Task[object]] = set()
         self._limits: tuple[Config | None, Limits] = (None, Limits())
-        self._blocking: tuple[object, dict[bool, RuleSet]] = (None, {})
+        self._stricter = StricterRules()
         self._entries: tuple[object, list[tuple[int, Rule]]] = (None, [])
         self.rules_error = ""  # why the held rules are not the store's (status), "" if they are
         self.reload_rules()
@@ -164,8 +163,9 @@ class Firewall:
             finally:
                 self._replay = None
             self.rules_error = ""
-            load, rules, (expirable, pins), added, removed = loaded
-            self.rules, self._expirable, self._pins = rules, expirable, pins
+            load, rules, stricter, (expirable, pins), added, removed = loaded
+            self.rules, self._stricter = rules, stricter
+            self._expirable, self._pins = expirable, pins
             gc.freeze()  # long-lived, as at start (main): out of the collector's full passes
             self._pinned = {exe: frozenset(hashes) for exe, hashes in pins.items()}
             # Prompt answers (which do not wait for the lock) made while the rules were read:
@@ -191,7 +191,9 @@ class Firewall:
                 )
             )
 
-    def _load(self, held: RuleSet) -> tuple[RuleLoad, RuleSet, _Tracking, set[int], set[int]]:
+    def _load(
+        self, held: RuleSet
+    ) -> tuple[RuleLoad, RuleSet, StricterRules, _Tracking, set[int], set[int]]:
         """In a worker thread: the store's rules, indexed and tracked, and which ids differ
         from `held`."""
         before = held.snapshot()
@@ -204,13 +206,15 @@ class Firewall:
                 added.add(r.id)
         # A for=once rule is never held, so it is no news either.
         added = {i for i in added if i in rules}
-        return load, rules, _tracking(load.records), added, set(before)
+        stricter = StricterRules((r.id, r.rule) for r in load.records if r.id in rules)
+        return load, rules, stricter, _tracking(load.records), added, set(before)
 
     def reload_rules(self) -> None:
         """Read every rule and index them, on the calling thread: at start, before the loop
         runs packets (afterwards, `check_outside_change` does it in a worker thread)."""
         load = self.store.load_rules()
         self.rules = RuleSet((r.id, r.rule) for r in load.records)
+        self._stricter = StricterRules((r.id, r.rule) for r in load.records if r.id in self.rules)
         self._expirable, self._pins = _tracking(load.records)
         self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
         self.store.adopt_version(load.version)
@@ -223,6 +227,7 @@ class Firewall:
         self.rules.add((record.id, rule))
         if record.id not in self.rules:
             return  # for=once: never held
+        self._stricter.add(record.id, rule)
         if _expires(rule):
             self._expirable[record.id] = record
         if rule.exe is not None and rule.sha256 is not None:
@@ -237,6 +242,7 @@ class Firewall:
         entry = self.rules.remove(rule_id)
         if entry is None:
             return
+        self._stricter.remove(rule_id)
         self._expirable.pop(rule_id, None)
         rule = entry[1]
         if rule.exe is not None and rule.sha256 is not None:
@@ -346,7 +352,7 @@ class Firewall:
             why = "sha256 unknown: not hashed in time, rules pinning a digest do not match"
         if isinstance(outcome, Verdict) and outcome.action is not Action.ALLOW:
             return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
-        blocking = self._blocking_rules(strip_exe=lookup.late)
+        blocking = self._stricter.any_app if lookup.late else self._stricter.pins_open
         hit = blocking.match(flow, proc, names, now)
         if hit is None:
             if isinstance(outcome, Verdict):
@@ -385,7 +391,7 @@ class Firewall:
                 rule_id, rule = theirs
                 if rule.action is not Action.ALLOW:
                     return Verdict(rule.action, rule_id, f"rule {rule_id} ({why})")
-            hit = self._blocking_rules(strip_exe=False).match(flow, other, names, now)
+            hit = self._stricter.pins_open.match(flow, other, names, now)
             if hit is not None:
                 rule_id, rule = hit
                 return Verdict(rule.action, rule_id, f"rule {rule_id} ({why}, pin or no pin)")
@@ -408,35 +414,6 @@ class Firewall:
             entries = await asyncio.to_thread(_by_id, snapshot)
             self._entries = (key, entries)
         return entries
-
-    def _blocking_rules(self, *, strip_exe: bool) -> RuleSet:
-        """The rules that deny or reject and name an app or a parent (`strip_exe`: any app, any
-        parent; else those pinning a digest, with their pin left out), built once per rule
-        change, when a lookup first runs late."""
-        source, sets = self._blocking
-        if source != self._rules_key():
-            sets = {}
-            self._blocking = (self._rules_key(), sets)
-        found = sets.get(strip_exe)
-        if found is None:
-            entries = [
-                (
-                    rule_id,
-                    dataclasses.replace(
-                        rule, exe=None, sha256=None, script=None, parent=None, parent1=None
-                    )
-                    if strip_exe
-                    else dataclasses.replace(rule, sha256=None),
-                )
-                for rule_id, rule in self.rules.snapshot().values()
-                if rule.action is not Action.ALLOW
-                and (
-                    (strip_exe and (rule.exe or rule.parent or rule.parent1))
-                    or (rule.exe is not None and rule.sha256 is not None)
-                )
-            ]
-            found = sets[strip_exe] = RuleSet(entries)
-        return found
 
     def on_dns_packet(self, pkt: Packet) -> None:
         """A DNS query leaving or an answer arriving: `dnswatch` records, judges, learns; the
