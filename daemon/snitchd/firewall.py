@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from pathlib import Path
 from typing import TypeVar
 
 from netfilterqueue import Packet
@@ -41,8 +42,10 @@ from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
+from snitchd.lists import Lists
 from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
+from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
 from snitchd.prompts import Broker, Quotas
 from snitchd.store import Decision, RuleLoad, Store, UnparsableRule, keep_unexpired
@@ -113,7 +116,15 @@ class Firewall:
         self.counters = Counters()
         self._logged: dict[tuple[object, ...], float] = {}
         self._kept: dict[Flow, _Kept] = {}
-        self.rules = RuleSet()
+        self.places = Places()  # classes and lists (to=lan, to=list:NAME), swapped in whole
+        self.rules = RuleSet(places=self.places)
+        self.lists = Lists(
+            Path(config.database).parent / "lists.json",
+            Path(config.lists_dir),
+            self.places,
+            self.alert,
+            clock,
+        )
         self.dns = DnsWatch(config, attributor, self.alert, clock, self._lookup_limits)
         self.known_apps: dict[str, str | None] = store.known_apps()
         self._pinned: dict[str, frozenset[str]] = {}
@@ -196,7 +207,7 @@ class Firewall:
         from `held`."""
         before = held.snapshot()
         load = self.store.load_rules()
-        rules = RuleSet((r.id, r.rule) for r in load.records)
+        rules = RuleSet(((r.id, r.rule) for r in load.records), places=self.places)
         added: set[int] = set()
         for r in load.records:
             old = before.pop(r.id, None)
@@ -210,7 +221,7 @@ class Firewall:
         """Read every rule and index them, on the calling thread: at start, before the loop
         runs packets (afterwards, `check_outside_change` does it in a worker thread)."""
         load = self.store.load_rules()
-        self.rules = RuleSet((r.id, r.rule) for r in load.records)
+        self.rules = RuleSet(((r.id, r.rule) for r in load.records), places=self.places)
         self._expirable, self._pins = _tracking(load.records)
         self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
         self.store.adopt_version(load.version)
@@ -435,7 +446,7 @@ class Firewall:
                     or (rule.exe is not None and rule.sha256 is not None)
                 )
             ]
-            found = sets[strip_exe] = RuleSet(entries)
+            found = sets[strip_exe] = RuleSet(entries, places=self.places)
         return found
 
     def on_dns_packet(self, pkt: Packet) -> None:
