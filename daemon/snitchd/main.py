@@ -113,7 +113,7 @@ class _Daemon:
         installed = False
         netwatch = NetWatch(firewall.places)  # to=lan: the connected subnets, followed
         try:
-            netwatch.start(loop)
+            await netwatch.start()
             reader.start(loop)
             if config.snoop_dns:
                 dns_reader.start(loop)

@@ -71,8 +71,11 @@ class NetWatch:
         self._thread: threading.Thread | None = None
         self._last: Subnets | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._set(loop, _dump())  # at start, before any flow is decided: one dump, ~1 ms
+    async def start(self) -> None:
+        """One dump before any flow is decided, then the thread. pyroute2's IPRoute runs an
+        event loop of its own: it cannot be made in the thread that runs ours."""
+        loop = asyncio.get_running_loop()
+        self._set(loop, await asyncio.to_thread(_dump))
         self._thread = threading.Thread(
             target=self._run, args=(loop,), name="snitchd-netwatch", daemon=True
         )

@@ -59,7 +59,7 @@ class DomainSet:
         bits = max(1, min(24, len(hashes).bit_length()))
         self._shift = 64 - bits
         # _index[b] is where hashes whose top `bits` bits (as unsigned) are b start.
-        index = array("l", bytes(8 * ((1 << bits) + 1)))
+        index = array("I", bytes(4 * ((1 << bits) + 1)))
         bucket = 0
         for i, h in enumerate(hashes):
             b = (h + _SIGN) >> self._shift
