@@ -14,7 +14,7 @@ import enum
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from ipaddress import ip_network
 from pathlib import Path
@@ -28,6 +28,7 @@ __all__ = [
     "ListStatus",
     "ParsedList",
     "check_list_name",
+    "iter_parsed",
     "parse_source",
     "read_parsed",
     "read_status",
@@ -200,25 +201,33 @@ def write_parsed(path: Path, parsed: ParsedList) -> None:
     os.replace(tmp, path)
 
 
-def read_parsed(path: Path) -> ParsedList:
-    """Read a parsed file and check each line again: snitchd trusts only what it checked."""
+def iter_parsed(path: Path) -> Iterator[tuple[bool, str]]:
+    """The entries of a parsed file, each checked again, as (is a domain, entry): snitchd
+    trusts only what it checked, and a caller that hashes the names as they come never holds
+    1M of them at once. A line that is no entry raises ListError (the whole copy is refused)."""
     try:
         with open(path, encoding="ascii") as f:
             header = f.readline().rstrip("\n")
             if header != _HEADER:
                 raise ListError(f"cannot read list {path}: not a parsed snitch list")
-            domains: list[str] = []
-            networks: list[str] = []
             for number, line in enumerate(f, start=2):
                 entry = line.rstrip("\n")
                 if _DOMAIN_RE.fullmatch(entry) and not entry.replace(".", "").isdigit():
-                    domains.append(entry)
+                    yield True, entry
                 elif (net := _network(entry)) is not None:
-                    networks.append(net)
+                    yield False, net
                 else:
                     raise ListError(f"cannot read list {path}: line {number} is no entry")
     except (OSError, UnicodeDecodeError) as exc:
         raise ListError(f"cannot read list {path}: {exc}") from None
+
+
+def read_parsed(path: Path) -> ParsedList:
+    """A parsed file, whole (see `iter_parsed`)."""
+    domains: list[str] = []
+    networks: list[str] = []
+    for is_domain, entry in iter_parsed(path):
+        (domains if is_domain else networks).append(entry)
     return ParsedList(tuple(domains), tuple(networks))
 
 

@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from snitch_common.blocklists import (
     ListSpec,
     ListStatus,
     check_list_name,
-    read_parsed,
+    iter_parsed,
     read_status,
     specs_from_json,
     specs_json,
@@ -238,8 +238,16 @@ def _safe(path: Path) -> None:
 def _load(name: str, path: Path, updated: float, clock: Callable[[], float]) -> LoadedList:
     """Worker thread: read, check and index one parsed list (~1 s for 1M names)."""
     _safe(path)
-    parsed = read_parsed(path)
-    domains = DomainSet(parsed.domains)
-    networks = NetworkSet(parsed.networks)
+    networks_text: list[str] = []
+
+    def names() -> Iterator[str]:
+        for is_domain, entry in iter_parsed(path):
+            if is_domain:
+                yield entry
+            else:
+                networks_text.append(entry)
+
+    domains = DomainSet(names())
+    networks = NetworkSet(networks_text)
     info = ListInfo(len(domains), len(networks), clock(), updated, domains.bytes_used())
     return LoadedList(name, domains, networks, info)
