@@ -95,7 +95,8 @@ def measure_structure(label, build, lookup, hits, misses):
     miss_med, miss_p99 = timed(lambda n: lookup(held, n), misses)
     print(
         f"{label:<34} build {build_s:5.1f} s  held {kept / 1e6:6.1f} MB  build peak "
-        f"{peak / 1e6:6.1f} MB  (RSS growth {rss_peak:6.1f} MB)  lookup hit {hit_med:4.2f} / "
+        f"{peak / 1e6:6.1f} MB  (RSS peak growth, tracemalloc's own included: "
+        f"{rss_peak:6.1f} MB)  lookup hit {hit_med:4.2f} / "
         f"{hit_p99:4.2f} µs, miss {miss_med:4.2f} / {miss_p99:4.2f} µs (median / p99)"
     )
     return held, {

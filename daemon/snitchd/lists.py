@@ -78,6 +78,9 @@ class Lists:
         self._failed: dict[str, float] = {}  # name -> `checked` of the failure last alerted
         self._lock = asyncio.Lock()
         self._again = False
+        # Called on the loop after a new copy was swapped in (the firewall cuts the open flows
+        # it now denies).
+        self.on_loaded: Callable[[str], None] | None = None
         self.load_registry()
 
     def load_registry(self) -> None:
@@ -198,6 +201,8 @@ class Lists:
             return
         self._seen[name] = stamp
         self.places.put_list(loaded)
+        if self.on_loaded is not None:
+            self.on_loaded(name)
         info = loaded.info
         log.info("list loaded name=%s domains=%d networks=%d", name, info.domains, info.networks)
 

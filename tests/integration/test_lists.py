@@ -122,15 +122,27 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     assert lab.py("tcp", "203.0.113.9", 80, "--timeout", "1") == "timeout"  # listed network
     assert resolve(lab, "www.example.org") == "connected"  # not listed: cdn.example.net, .8
     rows = [r for r in lab.log_rows() if r["dport"] == 80]
-    assert rows[-3]["host"] == "api.example.org" and rows[-3]["action"] == "deny"
+    assert rows[-3]["host"] == "api.example.org" and rows[-3]["action"] == "deny"  # by name
     assert rows[-2]["dst"] == "203.0.113.9" and rows[-2]["action"] == "deny"
     assert rows[-1]["action"] == "allow"
 
-    # An update that adds a name starts blocking it.
-    (web / "hosts.txt").write_text(HOSTS_V2)
-    done = update(lab, shared_dir, "ads")
-    assert done.returncode == 0, done.stderr
-    wait_loaded(lab, "ads", 2)
+    # An update that adds a name starts blocking it, and cuts its open connection (a held
+    # connection to www.example.org, i.e. cdn.example.net, exchanging an echo every 0.2 s).
+    held = lab.spawn_client("resolve", "www.example.org", "80", "--hold", "8", "--timeout", "1")
+    try:
+        assert held.stdout is not None and held.stdout.readline().strip() == "connected"
+        (web / "hosts.txt").write_text(HOSTS_V2)
+        done = update(lab, shared_dir, "ads")
+        assert done.returncode == 0, done.stderr
+        wait_loaded(lab, "ads", 2)
+        assert held.stdout.readline().strip() in ("cut", "timeout")
+    finally:
+        held.kill()
+        held.wait()
+        if held.stdout is not None:
+            held.stdout.close()
+    cut = [r for r in lab.log_rows() if "cut: list ads updated" in r["reason"]]
+    assert cut and cut[-1]["dst"] == "203.0.113.8" and cut[-1]["action"] == "deny"
     assert resolve(lab, "www.example.org") == "timeout"
     assert shown(lab, "ads")["ok"] is True
 
