@@ -52,6 +52,7 @@ FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
 /etc/systemd/system/snitchd.service
 /etc/systemd/system/snitch-lists.service
 /etc/systemd/system/snitch-lists.timer
+/etc/systemd/system/snitch-lists@.service
 /usr/local/bin/snitch-lists
 /usr/local/bin/snitchd
 /usr/local/bin/snitchctl
@@ -106,7 +107,7 @@ install_files() {
     rm -f "$ROOT$OLD_ACTIVATION"
     install -D -m 0644 "$HERE/systemd/snitchd.service" "$ROOT/etc/systemd/system/snitchd.service"
     # Block lists (issue 18): an unprivileged updater and its daily timer.
-    for unit in snitch-lists.service snitch-lists.timer; do
+    for unit in snitch-lists.service snitch-lists@.service snitch-lists.timer; do
         install -D -m 0644 "$HERE/systemd/$unit" "$ROOT/etc/systemd/system/$unit"
     done
     mkdir -p "$ROOT/usr/local/bin"

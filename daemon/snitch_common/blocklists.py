@@ -23,6 +23,7 @@ from snitch_common.errors import ListError
 
 __all__ = [
     "LIST_NAME_RE",
+    "MAX_ENTRIES",
     "ListFormat",
     "ListSpec",
     "ListStatus",
@@ -63,6 +64,9 @@ _HOSTS_SELF = frozenset(
     }
 )
 _HEADER = "# snitch-list 1"
+# Entries a list may have: 5x the largest lists in use (~1M names). A compromised list server
+# must not make snitchd hold what it likes (each name costs ~60 bytes while a copy loads).
+MAX_ENTRIES = 5_000_000
 
 
 class ListFormat(enum.Enum):
@@ -179,6 +183,8 @@ def parse_source(text: str, fmt: ListFormat, *, what: str = "list") -> ParsedLis
             domains[name] = None
     if not domains and not networks:
         raise ListError(f"cannot use {what}: no entry in it (is it a {fmt.value} list?)")
+    if len(domains) + len(networks) > MAX_ENTRIES:
+        raise ListError(f"cannot use {what}: more than {MAX_ENTRIES} entries")
     if bad > _BAD_SHARE * lines:
         raise ListError(
             f"cannot use {what}: {bad} of {lines} lines are not {fmt.value} entries "
@@ -211,6 +217,8 @@ def iter_parsed(path: Path) -> Iterator[tuple[bool, str]]:
             if header != _HEADER:
                 raise ListError(f"cannot read list {path}: not a parsed snitch list")
             for number, line in enumerate(f, start=2):
+                if number > MAX_ENTRIES + 1:
+                    raise ListError(f"cannot read list {path}: more than {MAX_ENTRIES} entries")
                 entry = line.rstrip("\n")
                 if _DOMAIN_RE.fullmatch(entry) and not entry.replace(".", "").isdigit():
                     yield True, entry

@@ -98,7 +98,7 @@ async def run_lists(client: Client, args: argparse.Namespace) -> int:
     elif verb == "update":
         await client.update_lists(args.name)
         row = {"started": True}
-        text = "updater started (snitch-lists.service); see: snitchctl lists show NAME"
+        text = "updater started (snitch-lists); see: snitchctl lists show " + (args.name or "NAME")
     elif verb == "show":
         found = [r for r in await client.lists() if r["name"] == args.name]
         if not found:

@@ -532,7 +532,7 @@ class FirewallService(ServiceInterface):
         """Run the updater now (through systemd); `name` "" for every list."""
         if name and name not in self.firewall.lists.specs:
             raise ListError(f"cannot update list {name!r}: no such list (see: snitchctl lists)")
-        await self.firewall.lists.start_update()
+        await self.firewall.lists.start_update(name)
 
     @dbus_method()
     @handled()

@@ -206,8 +206,10 @@ class Lists:
         info = loaded.info
         log.info("list loaded name=%s domains=%d networks=%d", name, info.domains, info.networks)
 
-    async def start_update(self) -> None:
-        """Ask systemd to run the updater now (the timer runs it on its schedule)."""
+    async def start_update(self, name: str = "") -> None:
+        """Ask systemd to run the updater now, for every list or for `name` (the timer runs it
+        for every list on its schedule)."""
+        unit = f"snitch-lists@{check_list_name(name)}.service" if name else UPDATER_UNIT
         systemctl = shutil.which("systemctl")
         if not os.path.isdir("/run/systemd/system") or systemctl is None:
             raise ListError(
@@ -219,14 +221,14 @@ class Lists:
             systemctl,
             "start",
             "--no-block",
-            UPDATER_UNIT,
+            unit,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         if proc.returncode != 0:
             raise ListError(
-                f"cannot start {UPDATER_UNIT}: {err.decode(errors='replace').strip()} "
+                f"cannot start {unit}: {err.decode(errors='replace').strip()} "
                 "(is it installed? see: ./install.sh)"
             )
 
