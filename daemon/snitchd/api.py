@@ -502,13 +502,14 @@ class FirewallService(ServiceInterface):
             self._signal(name, "Rates", "s", [text])
 
     @dbus_method()
-    @handled()
+    @handled(query=True)
     async def Lists(self) -> DBusStr:
         """Every registered list (JSON): name, source, format, what snitchd holds of it
         (domains, networks, loaded, updated, bytes) and the updater's last try (ok, checked,
         error). Anyone may read it: the updater, an unprivileged DynamicUser, reads its
-        sources here."""
-        return json.dumps([_list_view(v) for v in self.firewall.lists.views()], sort_keys=True)
+        sources here. The status notes are files: read in a worker thread."""
+        views = await asyncio.to_thread(self.firewall.lists.views)
+        return json.dumps([_list_view(v) for v in views], sort_keys=True)
 
     @dbus_method()
     @handled(admin="add lists")

@@ -163,12 +163,8 @@ class Lists:
             await asyncio.sleep(_RESCAN)
 
     async def _refresh_one(self, name: str) -> None:
-        status_path = self.directory / f"{name}.status"
         list_path = self.directory / f"{name}.list"
-        try:
-            status = await asyncio.to_thread(read_status, status_path)
-        except ListError:
-            status = None
+        status, stamp = await asyncio.to_thread(self._look, name)
         if status is not None and not status.ok and self._failed.get(name) != status.checked:
             self._failed[name] = status.checked
             self.alert(
@@ -178,15 +174,7 @@ class Lists:
                     self.clock(),
                 )
             )
-        try:
-            st = list_path.stat()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.warning("cannot read list %s: %s", list_path, exc)
-            return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if self._seen.get(name) == stamp:
+        if stamp is None or self._seen.get(name) == stamp:
             return
         try:
             loaded = await asyncio.to_thread(
@@ -205,6 +193,23 @@ class Lists:
             self.on_loaded(name)
         info = loaded.info
         log.info("list loaded name=%s domains=%d networks=%d", name, info.domains, info.networks)
+
+    def _look(self, name: str) -> tuple[ListStatus | None, tuple[int, int] | None]:
+        """Worker thread: the updater's note on `name`, and the (mtime, size) of its parsed
+        copy (None: there is none)."""
+        try:
+            status: ListStatus | None = read_status(self.directory / f"{name}.status")
+        except ListError:
+            status = None
+        list_path = self.directory / f"{name}.list"
+        try:
+            st = list_path.stat()
+        except FileNotFoundError:
+            return status, None
+        except OSError as exc:
+            log.warning("cannot read list %s: %s", list_path, exc)
+            return status, None
+        return status, (st.st_mtime_ns, st.st_size)
 
     async def start_update(self, name: str = "") -> None:
         """Ask systemd to run the updater now, for every list or for `name` (the timer runs it
