@@ -50,6 +50,10 @@ fi
 FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
 /usr/share/polkit-1/actions/org.snitch.policy
 /etc/systemd/system/snitchd.service
+/etc/systemd/system/snitch-lists.service
+/etc/systemd/system/snitch-lists.timer
+/etc/systemd/system/snitch-lists@.service
+/usr/local/bin/snitch-lists
 /usr/local/bin/snitchd
 /usr/local/bin/snitchctl
 /usr/local/bin/snitch-notifier
@@ -62,7 +66,7 @@ systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
 
 uninstall() {
     if systemd_running; then
-        systemctl disable --now snitchd.service 2>/dev/null || true
+        systemctl disable --now snitchd.service snitch-lists.timer 2>/dev/null || true
     fi
     if command -v systemctl >/dev/null; then
         systemctl --root="${ROOT:-/}" --global disable snitch-notifier.service 2>/dev/null || true
@@ -102,6 +106,10 @@ install_files() {
     # stays stopped until systemd or an admin starts it). Earlier versions installed one.
     rm -f "$ROOT$OLD_ACTIVATION"
     install -D -m 0644 "$HERE/systemd/snitchd.service" "$ROOT/etc/systemd/system/snitchd.service"
+    # Block lists (issue 18): an unprivileged updater and its daily timer.
+    for unit in snitch-lists.service snitch-lists@.service snitch-lists.timer; do
+        install -D -m 0644 "$HERE/systemd/$unit" "$ROOT/etc/systemd/system/$unit"
+    done
     mkdir -p "$ROOT/usr/local/bin"
     install -D -m 0644 "$HERE/systemd/snitch-notifier.service" \
         "$ROOT/etc/systemd/user/snitch-notifier.service"
@@ -110,7 +118,7 @@ install_files() {
     if command -v systemctl >/dev/null; then
         systemctl --root="${ROOT:-/}" --global enable snitch-notifier.service
     fi
-    for cmd in snitchd snitchctl snitch-notifier; do
+    for cmd in snitchd snitchctl snitch-notifier snitch-lists; do
         ln -sf "$PREFIX/venv/bin/$cmd" "$ROOT/usr/local/bin/$cmd"
     done
     if [ ! -e "$ROOT/etc/snitch/snitchd.toml" ]; then
@@ -150,6 +158,7 @@ fi
 if systemd_running; then
     systemctl daemon-reload
     systemctl enable --now snitchd.service
+    systemctl enable --now snitch-lists.timer
     say "running as the systemd service snitchd; see: snitchctl status"
     exit 0
 fi

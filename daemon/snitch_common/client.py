@@ -174,6 +174,22 @@ class Client:
                 break
         return [row for page in reversed(pages) for row in page]
 
+    async def lists(self) -> list[dict[str, Any]]:
+        """Every block list: its source and format, what snitchd holds, the last update."""
+        rows: list[dict[str, Any]] = json.loads(await self.call("Lists"))
+        return rows
+
+    async def add_list(self, name: str, source: str, fmt: str) -> dict[str, Any]:
+        row: dict[str, Any] = json.loads(await self.call("AddList", "sss", [name, source, fmt]))
+        return row
+
+    async def remove_list(self, name: str) -> dict[str, Any]:
+        row: dict[str, Any] = json.loads(await self.call("RemoveList", "s", [name]))
+        return row
+
+    async def update_lists(self, name: str = "") -> None:
+        await self.call("UpdateLists", "s", [name])
+
 
 def _error(reply: Message) -> SnitchError:
     name = reply.error_name or ""

@@ -13,7 +13,8 @@ Tree::
     ├── DaemonUnreachable       code "Unreachable"     exit 3
     ├── PromptError             code "InvalidAnswer"   exit 1   unknown prompt or bad answer
     ├── PacketError             code "BadPacket"       exit 1   truncated or malformed packet
-    └── Busy                    code "Busy"            exit 1   a query refused or cut short
+    ├── Busy                    code "Busy"            exit 1   a query refused or cut short
+    └── ListError               code "ListFailed"      exit 1   a block list: name, download, parse
 
 `code` is stable: it names the D-Bus error (`org.snitch.Firewall1.Error.<code>`) and lets
 `snitchctl` pick its exit status.
@@ -28,6 +29,7 @@ __all__ = [
     "Busy",
     "ConfigError",
     "DaemonUnreachable",
+    "ListError",
     "NotAuthorized",
     "PacketError",
     "PromptError",
@@ -99,6 +101,12 @@ class Busy(SnitchError):
     code = "Busy"
 
 
+class ListError(SnitchError):
+    """A block list cannot be added, found, downloaded or parsed; the last good copy stays."""
+
+    code = "ListFailed"
+
+
 _BY_CODE: dict[str, type[SnitchError]] = {
     cls.code: cls
     for cls in (
@@ -114,6 +122,7 @@ _BY_CODE: dict[str, type[SnitchError]] = {
         PromptError,
         PacketError,
         Busy,
+        ListError,
     )
 }
 

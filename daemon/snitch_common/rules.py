@@ -22,12 +22,14 @@ from snitch_common.errors import RuleError
 from snitch_common.records import Proto
 
 __all__ = [
+    "CLASSES",
     "DEFAULT_INTERPRETERS",
     "Action",
     "Lifetime",
     "Rule",
     "RuleRecord",
     "interpreter_name",
+    "list_place",
     "parse_duration",
     "parse_rule",
 ]
@@ -64,6 +66,11 @@ _SHLEX_WORD = re.compile(r"[^ \t\r\n]+")
 # rules cost (61 -> 28 MB). Strings are interned (they go with their last rule); networks and
 # port ranges come from caches of this many recent texts, so the caches stay small.
 _SHARED_TEXTS = 1024
+# Destination classes (`to=lan`...) and lists (`to=list:NAME`): a set of networks and names that
+# snitchd holds (snitchd/places.py). In a rule they are a `place`; they rank as a network.
+CLASSES = ("lan", "localhost", "multicast", "broadcast")
+_LIST_PREFIX = "list:"
+_LIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _KEYS = (
     "app",
     "sha256",
@@ -143,6 +150,7 @@ class Rule:
     script: str | None = None
     parent: str | None = None
     parent1: str | None = None
+    place: str | None = None  # a class (`lan`) or a list (`list:ads`), instead of dst/host
 
     def __str__(self) -> str:
         parts = [self.action.value]
@@ -163,6 +171,8 @@ class Rule:
             parts.append("to=" + (str(self.dst.network_address) if single else str(self.dst)))
         if self.host is not None:
             parts.append("to=" + self.host)
+        if self.place is not None:
+            parts.append("to=" + self.place)
         if self.ports is not None:
             lo, hi = self.ports
             parts.append(f"port={lo}" if lo == hi else f"port={lo}-{hi}")
@@ -273,6 +283,27 @@ def _parse_dest(value: str) -> tuple[IPNetwork | None, str | None]:
     return None, sys.intern(host.rstrip("."))
 
 
+def list_place(name: str) -> str:
+    """The `place` of the list called `name`."""
+    return _LIST_PREFIX + name
+
+
+def _parse_place(value: str) -> str | None:
+    """A class or a list, or None for any other destination. The class words are taken before
+    host names: `to=lan` is the local network, never a host called "lan"."""
+    lowered = value.lower()
+    if lowered in CLASSES:
+        return sys.intern(lowered)
+    if lowered.startswith(_LIST_PREFIX):
+        if not _LIST_NAME.fullmatch(value[len(_LIST_PREFIX) :]):
+            raise RuleError(
+                f"invalid destination {value!r}: a list name is 1-63 lowercase letters, "
+                "digits, - or _ (see: snitchctl lists)"
+            )
+        return sys.intern(value)
+    return None
+
+
 def _parse_float(key: str, value: str) -> float:
     try:
         number = float(value)
@@ -337,7 +368,11 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
     elif key == "user":
         fields["user"] = _parse_user(value)
     elif key == "to":
-        fields["dst"], fields["host"] = _parse_dest(value)
+        place = _parse_place(value)
+        if place is not None:
+            fields["place"] = place
+        else:
+            fields["dst"], fields["host"] = _parse_dest(value)
     elif key == "port":
         fields["ports"] = _parse_ports(value)
     elif key == "proto":

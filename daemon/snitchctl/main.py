@@ -25,6 +25,7 @@ from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
 from snitch_common.errors import RuleError, SnitchError
 from snitch_common.rules import parse_duration, parse_rule
+from snitchctl.lists import add_lists_parser, run_lists
 from snitchctl.termagent import run_agent
 
 __all__ = ["main", "rule_warnings"]
@@ -102,6 +103,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument("--config", metavar="PATH", help="snitchd's config (for its database)")
     doc.add_argument("--database", metavar="PATH", help="check this database instead")
+    add_lists_parser(sub)
     return p
 
 
@@ -166,6 +168,7 @@ async def _run(args: argparse.Namespace) -> int:
             "top": lambda: _top(client, args),
             "monitor": lambda: _monitor(client, args),
             "agent": lambda: run_agent(client),
+            "lists": lambda: run_lists(client, args),
         }
         return await handlers[args.command]()
     finally:

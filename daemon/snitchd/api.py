@@ -33,6 +33,7 @@ from dbus_fast.annotations import (
 from dbus_fast.service import ServiceInterface, dbus_method
 
 from snitch_common.answers import parse_answer
+from snitch_common.blocklists import ListFormat
 from snitch_common.bus import (
     AGENT_INTERFACE,
     BUS_NAME,
@@ -43,7 +44,7 @@ from snitch_common.bus import (
     OBJECT_PATH,
     call_bus_daemon,
 )
-from snitch_common.errors import NotAuthorized, RuleError, SnitchError
+from snitch_common.errors import ListError, NotAuthorized, RuleError, SnitchError
 from snitch_common.records import Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.access import is_admin
@@ -52,6 +53,7 @@ from snitchd.caller import Caller, CallerAwareBus, current_caller, handled, send
 from snitchd.decide import PRECEDENCE, Explanation
 from snitchd.events import Alert
 from snitchd.firewall import Firewall
+from snitchd.lists import ListView
 from snitchd.logwriter.protocol import AppRate
 from snitchd.polkit import ANSWER_ALLOW_FOREVER, check_authorization
 from snitchd.prompts import Agent, Prompt
@@ -232,6 +234,7 @@ class FirewallService(ServiceInterface):
         self._monitors: dict[str, int | None] = {}
         self.agents_refused = 0
         self._rate_watchers: dict[str, int | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def admin_group(self) -> str:
@@ -498,6 +501,49 @@ class FirewallService(ServiceInterface):
                 text = texts[uid] = _rates_json(rates, uid, now)
             self._signal(name, "Rates", "s", [text])
 
+    @dbus_method()
+    @handled(query=True)
+    async def Lists(self) -> DBusStr:
+        """Every registered list (JSON): name, source, format, what snitchd holds of it
+        (domains, networks, loaded, updated, bytes) and the updater's last try (ok, checked,
+        error). Anyone may read it: the updater, an unprivileged DynamicUser, reads its
+        sources here. The status notes are files: read in a worker thread."""
+        views = await asyncio.to_thread(self.firewall.lists.views)
+        return json.dumps([_list_view(v) for v in views], sort_keys=True)
+
+    @dbus_method()
+    @handled(admin="add lists")
+    async def AddList(self, name: DBusStr, source: DBusStr, format: DBusStr) -> DBusStr:
+        try:
+            fmt = ListFormat(format)
+        except ValueError:
+            raise ListError(f"invalid list format {format!r}: use hosts, domains or ips") from None
+        spec = await self.firewall.lists.add(name, source, fmt)
+        return json.dumps(_list_view(ListView(spec, None, None)), sort_keys=True)
+
+    @dbus_method()
+    @handled(admin="remove lists")
+    async def RemoveList(self, name: DBusStr) -> DBusStr:
+        spec = await self.firewall.lists.remove(name)
+        return json.dumps(_list_view(ListView(spec, None, None)), sort_keys=True)
+
+    @dbus_method()
+    @handled(admin="update lists")
+    async def UpdateLists(self, name: DBusStr) -> None:
+        """Run the updater now (through systemd); `name` "" for every list."""
+        if name and name not in self.firewall.lists.specs:
+            raise ListError(f"cannot update list {name!r}: no such list (see: snitchctl lists)")
+        await self.firewall.lists.start_update(name)
+
+    @dbus_method()
+    @handled()
+    async def ListsChanged(self) -> None:
+        """The updater's poke: new copies may be in lists_dir. It carries nothing, so anyone
+        may send it; snitchd reads only what changed there, one refresh at a time."""
+        task = asyncio.create_task(self.firewall.lists.refresh(), name="lists-refresh")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _signal(self, destination: str, member: str, signature: str, body: list[Any]) -> None:
         """A signal to one subscriber only (unicast: others' flows never reach it)."""
         self.bus.send(
@@ -511,6 +557,27 @@ class FirewallService(ServiceInterface):
                 body=body,
             )
         )
+
+
+def _list_view(view: ListView) -> dict[str, Any]:
+    spec, held, status = view.spec, view.held, view.status
+    row: dict[str, Any] = {
+        "name": spec.name,
+        "source": spec.source,
+        "format": spec.format.value,
+        "added": spec.added,
+    }
+    if held is not None:
+        row |= {
+            "domains": held.domains,
+            "networks": held.networks,
+            "loaded": held.loaded,
+            "updated": held.updated,
+            "bytes": held.bytes,
+        }
+    if status is not None:
+        row |= {"ok": status.ok, "checked": status.checked, "error": status.error}
+    return row
 
 
 def _period(query: dict[str, Variant], default: Period = Period.HOUR) -> Period:

@@ -133,6 +133,9 @@ class Config:
 
     attribution: AttributionPath = AttributionPath.BPF
     bpf_cgroup: str = ""
+    # Where snitch-lists (the unprivileged updater) writes parsed lists for snitchd to read:
+    # its systemd StateDirectory (snitchd/lists.py).
+    lists_dir: str = "/var/lib/snitch-lists"
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -218,6 +221,8 @@ def _check(key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")
     if key == "resolv_conf" and not value.startswith("/"):
         raise ConfigError(f"{source}: resolv_conf = {value!r}: expected an absolute path")
+    if key == "lists_dir" and not value.startswith("/"):
+        raise ConfigError(f"{source}: lists_dir = {value!r}: expected an absolute path")
     if key == "admin_group":
         try:
             grp.getgrnam(value)

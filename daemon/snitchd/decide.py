@@ -7,9 +7,10 @@ Precedence, in one sentence (README and docs/rules.md say the same): **the most 
 wins — one naming the app beats one that does not, then one naming the script, then the direct
 parent, then any parent, then one naming the user, then the narrowest
 destination (an address or host beats a domain, a domain beats a network, a longer prefix beats a
-shorter one), then the narrowest port range, then naming a protocol, then an interface — and on a
-full tie reject beats deny beats allow.** Between otherwise equal rules the newest wins, so the
-order is total and `explain` can always name one winner.
+shorter one, and a class or list is the widest network), then the narrowest port range, then
+naming a protocol, then an interface — and on a full tie reject beats deny beats allow.** Between
+otherwise equal rules the newest wins, so the order is total and `explain` can always name one
+winner.
 
 Who a process is, as far as a rule may trust it (issue 14): an executable snitchd could not find
 at its path (`Process.verified` False) matches no rule naming an app; a process running code not
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 from snitch_common.records import Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule
+from snitchd.places import Places
 
 __all__ = [
     "PRECEDENCE",
@@ -42,7 +44,8 @@ __all__ = [
 PRECEDENCE = (
     "the most specific rule wins: naming the app beats not naming it, then naming the script, "
     "then the direct parent, then any parent, then naming the user, "
-    "then the narrowest destination (address or host > domain > network, longer prefix first), "
+    "then the narrowest destination (address or host > domain > network, longer prefix first, "
+    "a class or list such as lan or list:ads being the widest network), "
     "then the narrowest port range, then naming a protocol, then an interface; "
     "on a full tie reject beats deny beats allow, and then the newest rule"
 )
@@ -85,7 +88,11 @@ def specificity(rule: Rule, rule_id: int = 0) -> _Key:
         dst_tier, dst_sub = (3, 0) if not rule.host.startswith("*.") else (2, rule.host.count("."))
     elif rule.dst is not None:
         prefix = rule.dst.prefixlen + (96 if rule.dst.version == 4 else 0)
-        dst_tier, dst_sub = (3, 0) if prefix == 128 else (1, prefix)
+        # + 1: a class or list (below) ranks under every network written out, ::/0 included.
+        dst_tier, dst_sub = (3, 0) if prefix == 128 else (1, prefix + 1)
+    elif rule.place is not None:
+        # A class or a list is a network, the widest one: any network written out beats it.
+        dst_tier, dst_sub = 1, 0
     else:
         dst_tier, dst_sub = 0, 0
     span = 65536 if rule.ports is None else rule.ports[1] - rule.ports[0] + 1
@@ -105,7 +112,9 @@ def specificity(rule: Rule, rule_id: int = 0) -> _Key:
     )
 
 
-def _matches(rule: Rule, flow: Flow, proc: Process, names: frozenset[str], now: float) -> bool:
+def _matches(
+    rule: Rule, flow: Flow, proc: Process, names: frozenset[str], now: float, places: Places
+) -> bool:
     if rule.until is not None and rule.until <= now:
         return False
     if rule.exe is not None and (
@@ -136,6 +145,8 @@ def _matches(rule: Rule, flow: Flow, proc: Process, names: frozenset[str], now: 
     if rule.iface is not None and rule.iface != flow.iface:
         return False
     if rule.dst is not None and flow.dst not in rule.dst:
+        return False
+    if rule.place is not None and not places.contains(rule.place, flow.dst, names):
         return False
     return rule.host is None or _host_matches(rule.host, names)
 
@@ -170,10 +181,10 @@ class _Walked:
                 return
 
     def best(
-        self, flow: Flow, proc: Process, names: frozenset[str], now: float
+        self, flow: Flow, proc: Process, names: frozenset[str], now: float, places: Places
     ) -> tuple[int, Rule] | None:
         for entry in self.entries:
-            if _matches(entry[1], flow, proc, names, now):
+            if _matches(entry[1], flow, proc, names, now, places):
                 return entry
         return None
 
@@ -279,7 +290,7 @@ class _Indexed:
         return [self.ids[-key & _ID_MASK] for key in keys]
 
     def best(
-        self, flow: Flow, proc: Process, names: frozenset[str], now: float
+        self, flow: Flow, proc: Process, names: frozenset[str], now: float, places: Places
     ) -> tuple[int, Rule] | None:
         """This bucket's best rule that matches, or None."""
         lists: list[list[int]] = []
@@ -307,7 +318,7 @@ class _Indexed:
                 if key >= best:
                     break
                 entry = ids[-key & _ID_MASK]
-                if _matches(entry[1], flow, proc, names, now):
+                if _matches(entry[1], flow, proc, names, now, places):
                     best, hit = key, entry
                     break
         return hit
@@ -371,11 +382,18 @@ class RuleSet:
     sets, which fail with readable examples, reach the index too.
     """
 
-    __slots__ = ("_any_app", "_by_exe", "_ids", "_index_above", "version")
+    __slots__ = ("_any_app", "_by_exe", "_ids", "_index_above", "places", "version")
 
     def __init__(
-        self, rules: Iterable[tuple[int, Rule]] = (), *, index_above: int = _INDEX_ABOVE
+        self,
+        rules: Iterable[tuple[int, Rule]] = (),
+        *,
+        index_above: int = _INDEX_ABOVE,
+        places: Places | None = None,
     ) -> None:
+        """`places`: the classes and lists `to=lan`, `to=list:NAME` name (the firewall's
+        one `Places`, shared by every set it builds); None holds only the classes."""
+        self.places = Places() if places is None else places
         self._index_above = index_above
         self.version = 0  # grows with every add and remove: what caches of this set key on
         self._ids: dict[int, tuple[int, Rule]] = {}
@@ -461,14 +479,15 @@ class RuleSet:
             and proc.verified
             and (own := self._by_exe.get(proc.exe)) is not None
         ):
-            hit = own.best(flow, proc, names, now)
+            hit = own.best(flow, proc, names, now, self.places)
             if hit is not None:
                 return hit
-        return self._any_app.best(flow, proc, names, now)
+        return self._any_app.best(flow, proc, names, now, self.places)
 
     def explain(self, flow: Flow, proc: Process, names: frozenset[str], now: float) -> Explanation:
         """All matching rules in precedence order (slow path: for `snitchctl explain`)."""
-        found = [e for e in self._ids.values() if _matches(e[1], flow, proc, names, now)]
+        places = self.places
+        found = [e for e in self._ids.values() if _matches(e[1], flow, proc, names, now, places)]
         found.sort(key=_entry_key)
         return Explanation(tuple(found))
 
@@ -485,9 +504,11 @@ class StricterRules:
 
     __slots__ = ("any_app", "pins_open")
 
-    def __init__(self, rules: Iterable[tuple[int, Rule]] = ()) -> None:
-        self.any_app = RuleSet()
-        self.pins_open = RuleSet()
+    def __init__(
+        self, rules: Iterable[tuple[int, Rule]] = (), *, places: Places | None = None
+    ) -> None:
+        self.any_app = RuleSet(places=places)
+        self.pins_open = RuleSet(places=places)
         for rule_id, rule in rules:
             self.add(rule_id, rule)
 

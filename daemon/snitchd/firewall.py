@@ -28,20 +28,25 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from pathlib import Path
 from typing import TypeVar
 
 from netfilterqueue import Packet
 
-from snitch_common.errors import RuleNotFound, StoreError
+from snitch_common.errors import RuleNotFound, SnitchError, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
-from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
+from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, list_place
 from snitchd.config import Config, FailMode, PinAnswers
 from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, StricterRules, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
+from snitchd.lists import Lists
+from snitchd.logwriter.conntrack import FlowEnd
+from snitchd.logwriter.livebytes import LiveDump
 from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
+from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
 from snitchd.prompts import Broker, Quotas
 from snitchd.store import Decision, RuleLoad, Store, UnparsableRule, keep_unexpired
@@ -112,7 +117,16 @@ class Firewall:
         self.counters = Counters()
         self._logged: dict[tuple[object, ...], float] = {}
         self._kept: dict[Flow, _Kept] = {}
-        self.rules = RuleSet()
+        self.places = Places()  # classes and lists (to=lan, to=list:NAME), swapped in whole
+        self.rules = RuleSet(places=self.places)
+        self.lists = Lists(
+            Path(config.database).parent / "lists.json",
+            Path(config.lists_dir),
+            self.places,
+            self.alert,
+            clock,
+        )
+        self.lists.on_loaded = self._list_loaded
         self.dns = DnsWatch(config, attributor, self.alert, clock, self._lookup_limits)
         self.known_apps: dict[str, str | None] = store.known_apps()
         self._pinned: dict[str, frozenset[str]] = {}
@@ -125,7 +139,7 @@ class Firewall:
         self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
         self._tasks: set[asyncio.Task[object]] = set()
         self._limits: tuple[Config | None, Limits] = (None, Limits())
-        self._stricter = StricterRules()
+        self._stricter = StricterRules(places=self.places)
         self._entries: tuple[object, list[tuple[int, Rule]]] = (None, [])
         self.rules_error = ""  # why the held rules are not the store's (status), "" if they are
         self.reload_rules()
@@ -198,7 +212,7 @@ class Firewall:
         from `held`."""
         before = held.snapshot()
         load = self.store.load_rules()
-        rules = RuleSet((r.id, r.rule) for r in load.records)
+        rules = RuleSet(((r.id, r.rule) for r in load.records), places=self.places)
         added: set[int] = set()
         for r in load.records:
             old = before.pop(r.id, None)
@@ -206,15 +220,19 @@ class Firewall:
                 added.add(r.id)
         # A for=once rule is never held, so it is no news either.
         added = {i for i in added if i in rules}
-        stricter = StricterRules((r.id, r.rule) for r in load.records if r.id in rules)
+        stricter = StricterRules(
+            ((r.id, r.rule) for r in load.records if r.id in rules), places=self.places
+        )
         return load, rules, stricter, _tracking(load.records), added, set(before)
 
     def reload_rules(self) -> None:
         """Read every rule and index them, on the calling thread: at start, before the loop
         runs packets (afterwards, `check_outside_change` does it in a worker thread)."""
         load = self.store.load_rules()
-        self.rules = RuleSet((r.id, r.rule) for r in load.records)
-        self._stricter = StricterRules((r.id, r.rule) for r in load.records if r.id in self.rules)
+        self.rules = RuleSet(((r.id, r.rule) for r in load.records), places=self.places)
+        self._stricter = StricterRules(
+            ((r.id, r.rule) for r in load.records if r.id in self.rules), places=self.places
+        )
         self._expirable, self._pins = _tracking(load.records)
         self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
         self.store.adopt_version(load.version)
@@ -639,6 +657,64 @@ class Firewall:
             gone.append(record)
         return gone
 
+    def _list_loaded(self, name: str) -> None:
+        task = asyncio.create_task(self.cut_listed(name), name=f"cut-list-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cut_listed(self, name: str) -> int:
+        """A new copy of list `name` was swapped in: cut the open flows snitch had allowed that
+        a rule naming the list now denies or rejects (issue 18), by deleting their conntrack
+        entries, so that their next packet is NEW, queued, and decided by the rules as they are.
+
+        The one cut this branch has (rule changes will cut too; see issue 18): the allowed flows
+        are read from conntrack in a worker thread (by snitch's allow mark), the ones the new
+        copy covers (by address, or by a name anyone resolved for it) are attributed as a new
+        packet would be, and cut only if `decide` now picks a deny or reject rule naming the
+        list. The log gets a row for each cut."""
+        held = self.places.lists.get(name)
+        if held is None or self.marks is None:
+            return 0
+        try:
+            entries = await asyncio.to_thread(_allowed_flows)
+        except (OSError, SnitchError) as exc:
+            log.warning("cannot read the open flows list %s may cut: %s", name, exc)
+            return 0
+        place = list_place(name)
+        cut = 0
+        for entry in entries:
+            now = self.clock()
+            if not held.contains(entry.dst, self.dns.names.every_name(entry.dst, now)):
+                continue
+            flow = Flow(entry.proto, entry.src, entry.sport, entry.dst, entry.dport)
+            found = self.attributor.begin(flow, self._lookup_limits())
+            proc = await found.future if isinstance(found, Lookup) else found
+            names, host = self.dns.names_for(flow.dst, proc, now)
+            outcome = decide(flow, proc, self.rules, now, names)
+            if not isinstance(outcome, Verdict) or outcome.action is Action.ALLOW:
+                continue
+            won = self.rules.get(outcome.rule_id) if outcome.rule_id is not None else None
+            if won is None or won[1].place != place:
+                continue
+            try:
+                self.marks.delete(flow)
+            except OSError as exc:
+                log.debug("cannot cut flow %s: %s", flow, exc)
+                continue
+            tuple_of = (flow.proto, flow.src, flow.sport, flow.dst, flow.dport)
+            for kept in [
+                k for k in self._kept if (k.proto, k.src, k.sport, k.dst, k.dport) == tuple_of
+            ]:
+                del self._kept[kept]  # its next packet is decided afresh, not as in flight
+            cut += 1
+            verdict = Verdict(
+                outcome.action, outcome.rule_id, f"{outcome.reason} (cut: list {name} updated)"
+            )
+            self._log(verdict, flow, proc, now, host)
+        if cut:
+            log.info("open flows cut list=%s count=%d", name, cut)
+        return cut
+
     def explain(
         self,
         exe: str | None,
@@ -653,6 +729,15 @@ class Firewall:
             flow = Flow(proto, ip_address("::"), 0, flow.dst, port, iface)
         proc = Process(Attribution.PROCESS, exe=exe, uid=uid)
         return self.rules.explain(flow, proc, frozenset(), self.clock())
+
+
+def _allowed_flows() -> list[FlowEnd]:
+    """The flows snitch allowed that conntrack still tracks (worker thread)."""
+    dump = LiveDump()
+    try:
+        return dump.dump()
+    finally:
+        dump.close()
 
 
 def quotas_of(config: Config) -> Quotas:

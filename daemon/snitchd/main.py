@@ -31,6 +31,7 @@ from snitchd.events import EventLog
 from snitchd.firewall import Firewall, quotas_of
 from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
+from snitchd.netwatch import NetWatch
 from snitchd.procs import start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
@@ -110,7 +111,9 @@ class _Daemon:
         dns_reader = QueueReader(config.dns_queue, firewall.on_dns_packet, 1024, 65535)
         bus = None
         installed = False
+        netwatch = NetWatch(firewall.places)  # to=lan: the connected subnets, followed
         try:
+            await netwatch.start()
             reader.start(loop)
             if config.snoop_dns:
                 dns_reader.start(loop)
@@ -140,6 +143,7 @@ class _Daemon:
                     tasks.create_task(self._sweep(firewall), name="rule-sweeper"),
                     tasks.create_task(self._watchdog(), name="watchdog"),
                     tasks.create_task(firewall.dns.resolvers.follow(), name="dns-resolvers"),
+                    tasks.create_task(firewall.lists.follow(), name="lists"),
                 ]
                 await self.stop.wait()
                 for task in background:
@@ -150,6 +154,7 @@ class _Daemon:
             self._remove_rules(installed)
             reader.close()
             dns_reader.close()
+            netwatch.close()
             if bus is not None:
                 bus.disconnect()
             await events.flush()  # the last rows; main() then ends the writer

@@ -207,6 +207,19 @@ class NameCache:
             found = frozen if not found else found | frozen
         return found
 
+    def every_name(self, address: IPAddress, now: float) -> frozenset[str]:
+        """Every unexpired name of `address`, whoever learnt it: to find the flows a new block
+        list may cover (issue 18), never to decide one (that takes `names`)."""
+        slot = self._slots.get(address)
+        if slot is None:
+            return _EMPTY
+        return frozenset(
+            name
+            for entry in slot.entries.values()
+            for name, expires in entry.names.items()
+            if expires > now
+        )
+
     def best(self, address: IPAddress, now: float, proc: Process | None = None) -> str | None:
         """The name to show for `address` to `proc`: the queried name (not a CNAME target) most
         recently learnt by its own process, else its uid, else shared; None if none."""

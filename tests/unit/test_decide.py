@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import snitch_common.records
 import snitch_common.rules
 import snitchd.decide
+import snitchd.places
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, parse_rule
 from snitchd.decide import Ask, RuleSet, StricterRules, Verdict, decide, specificity
@@ -915,6 +916,16 @@ PURE_IMPORTS = {
         "dataclasses",
         "snitch_common.records",
         "snitch_common.rules",
+        "snitchd.places",
+    },
+    # The classes and lists decide reads (issue 18): pure as well.
+    snitchd.places: {
+        "__future__",
+        "array",
+        "bisect",
+        "collections.abc",
+        "dataclasses",
+        "ipaddress",
     },
     snitch_common.records: {"__future__", "enum", "dataclasses", "ipaddress"},
     # `math` does no I/O; it is allowed so that a finiteness check may use it. Nor do `sys` and

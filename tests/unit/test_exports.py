@@ -12,10 +12,11 @@ from types import ModuleType
 import pytest
 
 import snitch_common
+import snitch_lists
 import snitchctl
 import snitchd
 
-PACKAGES = (snitch_common, snitchd, snitchctl)
+PACKAGES = (snitch_common, snitchd, snitchctl, snitch_lists)
 MODULES = sorted(
     m.name
     for package in PACKAGES

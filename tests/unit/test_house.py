@@ -21,6 +21,7 @@ SOURCES = {
     "snitchd": ROOT / "daemon" / "snitchd",
     "snitchctl": ROOT / "daemon" / "snitchctl",
     "snitch_notifier": ROOT / "notifier" / "snitch_notifier",
+    "snitch_lists": ROOT / "daemon" / "snitch_lists",
 }
 HEAVY = ("netfilterqueue", "psutil", "sqlite3", "sqlite_utils", "pyroute2", "snitchd")
 
@@ -67,14 +68,16 @@ def test_no_import_circle() -> None:
         visit(name, ())
 
 
-@pytest.mark.parametrize("package", ["snitch_common", "snitchctl", "snitch_notifier"])
+@pytest.mark.parametrize(
+    "package", ["snitch_common", "snitchctl", "snitch_notifier", "snitch_lists"]
+)
 def test_light_programs_never_import_the_daemon(package: str) -> None:
     graph = _imports()
     reached = {m for name in graph if name.startswith(package) for m in graph[name]}
     assert {m for m in reached if m.startswith("snitchd")} == set()
 
 
-@pytest.mark.parametrize("package", ["snitch_common", "snitchctl"])
+@pytest.mark.parametrize("package", ["snitch_common", "snitchctl", "snitch_lists"])
 def test_light_programs_load_no_heavy_module(package: str) -> None:
     """Checked in a fresh interpreter: what importing every module of `package` loads."""
     code = (

@@ -46,7 +46,7 @@ from typing import IO
 
 from snitch_common.errors import BackendUnavailable
 
-__all__ = ["Exec", "ExecWatch"]
+__all__ = ["Exec", "ExecWatch", "main"]
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,296 @@
+"""Lists and destination classes (issue 18): the formats people download, the parsed form, the
+lookup structures, and where `to=lan` / `to=list:NAME` stand in the precedence sentence."""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snitch_common.blocklists import (
+    ListFormat,
+    ListSpec,
+    ListStatus,
+    ParsedList,
+    check_list_name,
+    parse_source,
+    read_parsed,
+    read_status,
+    specs_from_json,
+    specs_json,
+    write_parsed,
+    write_status,
+)
+from snitch_common.errors import ListError, RuleError
+from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rules import parse_rule
+from snitchd.connmark import encode_delete, encode_request
+from snitchd.decide import RuleSet, Verdict, decide, specificity
+from snitchd.netwatch import subnets_of
+from snitchd.places import DomainSet, ListInfo, LoadedList, NetworkSet, Places
+
+HOSTS = """\
+# StevenBlack style
+127.0.0.1 localhost
+0.0.0.0 0.0.0.0
+0.0.0.0 ads.example.org   # a comment
+0.0.0.0 Tracker.Example.NET trk2.example.net
+::1 ip6-localhost
+"""
+
+
+def test_hosts_format_takes_names_and_skips_the_machine_s_own() -> None:
+    parsed = parse_source(HOSTS, ListFormat.HOSTS)
+    assert parsed.domains == ("ads.example.org", "tracker.example.net", "trk2.example.net")
+    assert parsed.networks == () and parsed.skipped == 0
+
+
+def test_domain_format_takes_star_dot_and_comments() -> None:
+    text = "! adblock comment\n; another\n*.ads.example.org\nexample.com.\n\n# end\n"
+    assert parse_source(text, ListFormat.DOMAINS).domains == ("ads.example.org", "example.com")
+
+
+def test_ip_format_takes_addresses_and_networks_firehol_style() -> None:
+    text = "# firehol_level1\n203.0.113.0/24\n198.51.100.7\n2001:db8::/32\n192.0.2.9/24\n"
+    parsed = parse_source(text, ListFormat.IPS)
+    assert parsed.networks == (
+        "203.0.113.0/24",
+        "198.51.100.7/32",
+        "2001:db8::/32",
+        "192.0.2.0/24",
+    )
+
+
+def test_an_error_page_is_refused_whole() -> None:
+    page = "<html>\n<body>captive portal</body>\n</html>\n" + "0.0.0.0 a.example.org\n" * 5
+    with pytest.raises(ListError, match="3 of 8 lines are not hosts entries"):
+        parse_source(page, ListFormat.HOSTS)
+    with pytest.raises(ListError, match="no entry"):
+        parse_source("# nothing\n", ListFormat.DOMAINS)
+
+
+def test_a_few_odd_lines_in_a_large_list_are_skipped() -> None:
+    text = "".join(f"0.0.0.0 h{i}.example.org\n" for i in range(200)) + "0.0.0.0 bad!name\n"
+    parsed = parse_source(text, ListFormat.HOSTS)
+    assert len(parsed) == 200 and parsed.skipped == 1
+
+
+def test_parsed_form_round_trips_and_is_checked_again(tmp_path: Path) -> None:
+    parsed = ParsedList(("a.example.org", "example.net"), ("203.0.113.0/24",))
+    path = tmp_path / "x.list"
+    write_parsed(path, parsed)
+    assert read_parsed(path) == parsed
+    path.write_text(path.read_text() + "evil name\n")
+    with pytest.raises(ListError, match="line 5 is no entry"):
+        read_parsed(path)
+    path.write_text("0.0.0.0 a.example.org\n")
+    with pytest.raises(ListError, match="not a parsed snitch list"):
+        read_parsed(path)
+
+
+def test_status_and_registry_round_trip(tmp_path: Path) -> None:
+    status = ListStatus("ads", False, 10.0, 5.0, 3, "HTTP 500", '"e1"', "Mon", "http://x/")
+    write_status(tmp_path / "ads.status", status)
+    assert read_status(tmp_path / "ads.status") == status
+    specs = [ListSpec("ads", "https://example.org/h", ListFormat.HOSTS, 1.5)]
+    assert specs_from_json(specs_json(specs)) == specs
+    with pytest.raises(ListError):
+        specs_from_json('[{"name": "../etc", "source": "/x", "format": "hosts"}]')
+
+
+@pytest.mark.parametrize("name", ["Ads", "../x", "", "a b", "a" * 64])
+def test_list_names_are_file_names_we_choose(name: str) -> None:
+    with pytest.raises(ListError):
+        check_list_name(name)
+
+
+# -- the rule language ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "deny to=list:ads",
+        "allow app=/usr/bin/apt to=list:debian-mirrors port=443",
+        "allow to=lan",
+        "deny to=localhost proto=udp",
+        "allow to=multicast",
+        "reject to=broadcast port=67",
+    ],
+)
+def test_places_round_trip(text: str) -> None:
+    rule = parse_rule(text)
+    assert str(rule) == text and parse_rule(str(rule)) == rule
+    assert rule.dst is None and rule.host is None and rule.place is not None
+
+
+@pytest.mark.parametrize("text", ["deny to=list:", "deny to=list:Bad", "deny to=list:a/b"])
+def test_bad_list_names_in_rules_are_refused(text: str) -> None:
+    with pytest.raises(RuleError, match="list name"):
+        parse_rule(text)
+
+
+# -- lookup structures ----------------------------------------------------------------------
+
+
+def test_domain_set_covers_subdomains_not_siblings() -> None:
+    domains = DomainSet(["example.org", "ads.example.net"])
+    assert domains.covers("example.org") and domains.covers("a.b.example.org")
+    assert domains.covers("ads.example.net") and domains.covers("x.ads.example.net")
+    assert not domains.covers("example.net") and not domains.covers("badexample.org")
+    assert not domains.covers("org") and not DomainSet([]).covers("example.org")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.sets(st.from_regex(r"[a-z]{1,6}(\.[a-z]{1,6}){0,2}", fullmatch=True), max_size=300),
+    st.lists(st.from_regex(r"[a-z]{1,6}(\.[a-z]{1,6}){0,3}", fullmatch=True), max_size=30),
+)
+def test_domain_set_agrees_with_a_plain_set(listed: set[str], asked: list[str]) -> None:
+    domains = DomainSet(listed)
+    for name in [*asked, *listed]:
+        labels = name.split(".")
+        expected = any(".".join(labels[i:]) in listed for i in range(len(labels)))
+        assert domains.covers(name) == expected
+
+
+def test_network_set_finds_the_covering_prefix() -> None:
+    nets = NetworkSet(["203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32", "0.0.0.0/0"])
+    assert len(nets) == 4
+    assert nets.has(ip_address("203.0.113.200")) and nets.has(ip_address("2001:db8::1"))
+    nets = NetworkSet(["203.0.113.0/24", "2001:db8::/32"])
+    assert not nets.has(ip_address("203.0.114.1")) and not nets.has(ip_address("2001:db9::1"))
+
+
+def test_classes() -> None:
+    places = Places()
+    places.set_connected(["192.0.2.0/24"], [IPv4Address("192.0.2.255")])
+    for addr, place in [
+        ("10.1.2.3", "lan"),
+        ("172.31.0.1", "lan"),
+        ("192.168.1.1", "lan"),
+        ("100.64.0.1", "lan"),
+        ("169.254.1.1", "lan"),
+        ("fe80::1", "lan"),
+        ("fd00::1", "lan"),
+        ("192.0.2.77", "lan"),
+        ("127.0.0.1", "localhost"),
+        ("::1", "localhost"),
+        ("224.0.0.251", "multicast"),
+        ("ff02::fb", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("192.0.2.255", "broadcast"),
+    ]:
+        assert places.contains(place, ip_address(addr), frozenset()), (addr, place)
+    for addr in ("203.0.113.7", "8.8.8.8", "2001:db8::1", "172.32.0.1"):
+        assert not places.contains("lan", ip_address(addr), frozenset()), addr
+    assert not places.contains("broadcast", ip_address("192.0.2.254"), frozenset())
+    assert not places.contains("list:missing", ip_address("10.0.0.1"), frozenset({"a"}))
+
+
+def test_connected_subnets_leave_out_loopback_and_host_addresses() -> None:
+    nets, broadcasts = subnets_of(
+        [
+            ("127.0.0.1", 8, None),
+            ("192.0.2.1", 24, "192.0.2.255"),
+            ("198.51.100.1", 24, None),
+            ("2001:db8:1::1", 64, None),
+            ("::1", 128, None),
+            ("203.0.113.5", 32, None),
+        ]
+    )
+    assert nets == ("192.0.2.0/24", "198.51.100.0/24", "2001:db8:1::/64")
+    assert [str(b) for b in broadcasts] == ["192.0.2.255", "198.51.100.255"]
+
+
+# -- decide ---------------------------------------------------------------------------------
+
+
+def _flow(dst: str, dport: int = 443) -> Flow:
+    return Flow(Proto.TCP, IPv4Address("192.0.2.1"), 40000, ip_address(dst), dport, "eth0")
+
+
+def _proc(exe: str = "/usr/bin/curl") -> Process:
+    return Process(Attribution.PROCESS, pid=42, uid=1000, exe=exe, sha256=None)
+
+
+def _places() -> Places:
+    places = Places()
+    info = ListInfo(1, 1, 0.0, 0.0, 0)
+    places.put_list(
+        LoadedList("ads", DomainSet(["ads.example.org"]), NetworkSet(["203.0.113.0/24"]), info)
+    )
+    return places
+
+
+def _winner(rules: RuleSet, dst: str, names: frozenset[str] = frozenset(), **kw: str) -> int:
+    outcome = decide(_flow(dst), _proc(**kw), rules, 0.0, names)
+    assert isinstance(outcome, Verdict) and outcome.rule_id is not None
+    return outcome.rule_id
+
+
+@pytest.mark.parametrize("index_above", [0, 16])
+def test_list_rule_matches_listed_names_and_networks(index_above: int) -> None:
+    texts = ["allow", "deny to=list:ads"]
+    rules = RuleSet(
+        ((i, parse_rule(t)) for i, t in enumerate(texts, 1)),
+        places=_places(),
+        index_above=index_above,
+    )
+    assert _winner(rules, "198.51.100.9", frozenset({"x.ads.example.org"})) == 2
+    assert _winner(rules, "203.0.113.7") == 2
+    assert _winner(rules, "198.51.100.9", frozenset({"example.org"})) == 1
+    assert _winner(rules, "198.51.100.9") == 1
+
+
+def test_a_list_is_the_widest_network_in_the_precedence() -> None:
+    """A class or list counts as a network wider than any written out: an address, a host, a
+    domain or a CIDR beats it; an app's own rule beats it whatever its destination."""
+    rules = RuleSet(
+        (
+            (1, parse_rule("deny to=list:ads")),
+            (2, parse_rule("allow to=203.0.113.0/25")),
+            (3, parse_rule("allow to=*.example.org")),
+            (4, parse_rule("allow app=/usr/bin/apt")),
+            (5, parse_rule("allow port=443")),
+            (6, parse_rule("allow to=0.0.0.0/0")),
+        ),
+        places=_places(),
+    )
+    assert _winner(rules, "203.0.113.7") == 2
+    assert _winner(rules, "203.0.113.200") == 6  # 0.0.0.0/0 is written out: it beats the list
+    assert _winner(rules, "198.51.100.9", frozenset({"ads.example.org"})) == 3
+    assert _winner(rules, "203.0.113.200", exe="/usr/bin/apt") == 4
+    lan = specificity(parse_rule("allow to=lan"))
+    assert specificity(parse_rule("allow to=::/0")) > lan > specificity(parse_rule("allow"))
+    assert specificity(parse_rule("deny to=list:x")) > specificity(parse_rule("deny port=443"))
+    assert lan == specificity(parse_rule("allow to=list:x"))
+
+
+def test_a_list_swapped_in_takes_effect_on_the_next_flow() -> None:
+    places = Places()
+    rules = RuleSet(((1, parse_rule("allow")), (2, parse_rule("deny to=list:ads"))), places=places)
+    assert _winner(rules, "203.0.113.7") == 1
+    places.put_list(LoadedList("ads", DomainSet([]), NetworkSet(["203.0.113.7/32"]),
+                               ListInfo(0, 1, 0.0, 0.0, 0)))  # fmt: skip
+    assert _winner(rules, "203.0.113.7") == 2
+    places.drop_list("ads")
+    assert _winner(rules, "203.0.113.7") == 1
+
+
+def test_the_cut_deletes_the_entry_by_its_original_tuple() -> None:
+    """A list update cuts an open flow by deleting its conntrack entry (IPCTNL_MSG_CT_DELETE,
+    with an ack), named by the same original tuple the mark requests use."""
+    f = _flow("203.0.113.8", 80)
+    msg = encode_delete(7, f)
+    assert msg is not None
+    size, kind, flags, seq, _ = struct.unpack_from("=IHHII", msg)
+    assert (size, kind, flags, seq) == (len(msg), (1 << 8) | 2, 0x1 | 0x4, 7)
+    marked = encode_request(7, f, 1, 3, create=False)
+    assert marked is not None and msg[20:] in marked
+    other = Flow(Proto.OTHER, IPv4Address("192.0.2.1"), 0, ip_address("203.0.113.8"), 0)
+    assert encode_delete(1, other) is None
