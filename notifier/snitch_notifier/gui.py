@@ -15,9 +15,9 @@ import sys
 from PySide6.QtCore import QSocketNotifier, Qt
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
-from snitch_common.bus import PromptView
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.icons import snitch_icon, use_desktop_icon_theme
+from snitch_notifier.pending import Expired
 from snitch_notifier.popup import PromptWindow
 from snitch_notifier.tray import Tray
 
@@ -32,16 +32,15 @@ def wire(bridge: AgentBridge, window: PromptWindow) -> None:
     bridge.prompt_cancelled.connect(window.cancel_prompt, queued)
     bridge.daemon_gone.connect(window.clear, queued)
     bridge.answer_failed.connect(window.answer_failed, queued)
+    bridge.deferred.connect(window.held, queued)
+    bridge.defer_failed.connect(lambda prompt_id, _: window.hold_failed(prompt_id), queued)
     window.answered.connect(bridge.answer)
+    window.defer_wanted.connect(bridge.defer)
     window.expired.connect(_log_expired)
 
 
-def _log_expired(prompt: PromptView) -> None:
-    log.info(
-        "prompt=%d not answered in time: snitchd applies the default (%s)",
-        prompt.id,
-        prompt.default_action,
-    )
+def _log_expired(gone: Expired) -> None:
+    log.info("prompt=%d not answered in time: %s", gone.prompt.id, gone.reason)
 
 
 def run_popup() -> int:
@@ -54,11 +53,11 @@ def run_popup() -> int:
     window = PromptWindow()
     bridge = AgentBridge()
     wire(bridge, window)
-    if QSystemTrayIcon.isSystemTrayAvailable():
-        tray = Tray(bridge, window)  # lives as long as this frame, i.e. the app
-        tray.icon.show()
-    else:
-        log.info("no system tray here: the popup still appears for each prompt")
+    has_tray = QSystemTrayIcon.isSystemTrayAvailable()
+    if not has_tray:
+        log.info("no system tray here: a small window shows the waiting list instead")
+    tray = Tray(bridge, window, has_tray, notify=bridge.notify)  # lives as long as the app
+    tray.start()
     wakeup = _quit_on_signals(app)
     bridge.start()
     try:

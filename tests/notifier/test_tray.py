@@ -16,6 +16,7 @@ def test_pause_is_shown_disabled_and_says_why(popup) -> None:
     actions = _actions(tray)
     assert list(actions) == [
         "Show &prompt",
+        "&Waiting prompts…",
         "Pa&use prompts",
         "&Rules…",
         "Recent &connections…",
