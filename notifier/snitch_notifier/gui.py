@@ -70,7 +70,12 @@ def run_popup() -> int:
 
 def _quit_on_signals(app: QApplication) -> tuple[socket.socket, socket.socket]:
     """Quit on SIGINT/SIGTERM (Ctrl-C, systemd stop). Python runs signal handlers only when
-    the interpreter has control, and Qt's loop is C++: the wake-up fd makes Qt call us."""
+    the interpreter has control, and Qt's loop is C++: the wake-up fd makes Qt call us.
+
+    `exit`, not `quit`: in Qt 6 `quit()` is a request that first sends every window a close
+    event, and the popup (which hides instead of closing) refused it, so SIGTERM with a
+    prompt showing was ignored (issue 15). Pending prompts get no answer from us: snitchd
+    sees us leave the bus and gives them to another agent or the default."""
     reader, writer = socket.socketpair()
     reader.setblocking(False)
     writer.setblocking(False)
@@ -78,5 +83,5 @@ def _quit_on_signals(app: QApplication) -> tuple[socket.socket, socket.socket]:
     notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read, app)
     notifier.activated.connect(lambda: reader.recv(64))
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: app.quit())
+        signal.signal(sig, lambda *_: app.exit(0))
     return reader, writer

@@ -31,11 +31,17 @@ from snitch_notifier.pending import Expired
 from snitch_notifier.popup import PromptWindow
 from snitch_notifier.waiting import WaitingWindow
 
-__all__ = ["PAUSE_UNSUPPORTED", "Tray"]
+__all__ = ["PAUSE_UNSUPPORTED", "Tray", "quit_now"]
 
 PAUSE_UNSUPPORTED = "snitchd cannot pause prompting yet: every new connection is still asked"
 
 _QUEUED = Qt.ConnectionType.QueuedConnection
+
+
+def quit_now() -> None:
+    """Leave at once: `QApplication.quit` would first ask each window to close, and the popup
+    and the waiting list refuse (they hide instead), which would cancel the quit."""
+    QApplication.exit(0)
 
 
 class Tray(QObject):
@@ -68,7 +74,7 @@ class Tray(QObject):
         self.menu.addAction("&Rules…", lambda: self._open(self.rules))
         self.menu.addAction("Recent &connections…", lambda: self._open(self.connections))
         self.menu.addSeparator()
-        self.menu.addAction("&Quit", QApplication.quit)
+        self.menu.addAction("&Quit", quit_now)
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
         if not has_tray:
@@ -178,7 +184,7 @@ class Tray(QObject):
         for text, act in (
             ("&Rules…", lambda: self._open(self.rules)),
             ("Recent &connections…", lambda: self._open(self.connections)),
-            ("&Quit", QApplication.quit),
+            ("&Quit", quit_now),
         ):
             button = QPushButton(text)
             button.setAutoDefault(False)
