@@ -426,7 +426,10 @@ class PromptWindow(QDialog):
                 self._timer.stop()
             self.hide()
             return
+        if not self._timer.isActive():
+            self._timer.start()
         if fresh is not None:
+            log.info("prompt shown id=%d to=%s", prompt.id, prompt.destination)
             self._fill(prompt)
             self._armed_at = self._clock() + ARM_DELAY
         now = self._clock()
