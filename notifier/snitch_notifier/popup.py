@@ -440,6 +440,7 @@ class PromptWindow(QDialog):
         left = p.seconds_left()
         span = p.spans.get(prompt.id, 1.0)
         self._bar.setVisible(not late)
+        self._bar.setEnabled(not (prompt.id in p.held and p.interacting))  # grey: paused
         self._bar.setRange(0, round(span * 10))
         self._bar.setValue(min(round(span * 10), round(left * 10)))
         self._countdown.setText(self._countdown_text(prompt, left, late))
