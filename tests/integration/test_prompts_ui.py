@@ -6,6 +6,7 @@ snitchd's default.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -22,7 +23,9 @@ from snitch_common.client import Client
 from snitch_common.errors import NotAuthorized
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.gui import wire
+from snitch_notifier.icons import Shield
 from snitch_notifier.popup import PromptWindow
+from snitch_notifier.tray import Tray
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -95,8 +98,6 @@ def test_a_deferred_prompt_holds_its_flow_and_the_answer_releases_it(
     assert proc.poll() is None, "the flow got the default while the prompt was deferred"
     assert window.pending.trace == [] and lab.log_rows() == []
     # Only the agent the prompt was sent to may hold it.
-    import asyncio  # noqa: PLC0415
-
     with pytest.raises(NotAuthorized, match=f"no open prompt {prompt_id} for this agent"):
         asyncio.run(_defer_as(lab, prompt_id))
     window.bring_back(prompt_id)
@@ -176,3 +177,19 @@ def _wait_for(log_path: Path, text: str, app: subprocess.Popen[bytes]) -> None:
         assert time.monotonic() < deadline, log_path.read_text()
         assert app.poll() is None, log_path.read_text()
         time.sleep(0.05)
+
+
+def test_the_tray_shows_when_snitchd_is_gone(
+    lab: Lab, notifier: tuple[PromptWindow, AgentBridge], qtbot: Any
+) -> None:
+    """The shield turns daemon-down when snitchd's bus name goes, and back when it returns
+    and the notifier registered again."""
+    window, bridge = notifier
+    tray = Tray(bridge, window)
+    bridge.registered.emit(0)  # the registration happened before the tray was made
+    qtbot.waitUntil(lambda: tray.state is Shield.WATCHING, timeout=5_000)
+    lab.stop_daemon()
+    qtbot.waitUntil(lambda: tray.state is Shield.DAEMON_DOWN, timeout=20_000)
+    assert "snitchd stopped" in tray.icon.toolTip()
+    lab.start_daemon(prompt_timeout=TIMEOUT, prompt_hold_max=HOLD_MAX)
+    qtbot.waitUntil(lambda: tray.state is Shield.WATCHING, timeout=20_000)
