@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.icons import snitch_icon, use_desktop_icon_theme
+from snitch_notifier.instance import Instance, ask_running, instance_path
 from snitch_notifier.pending import Expired
 from snitch_notifier.popup import PromptWindow
 from snitch_notifier.tray import Tray
@@ -43,8 +44,14 @@ def _log_expired(gone: Expired) -> None:
     log.info("prompt=%d not answered in time: %s", gone.prompt.id, gone.reason)
 
 
-def run_popup() -> int:
+def run_popup(show: bool = False) -> int:
+    """The popup agent; `show`: open the waiting list at once (the launcher's start). When a
+    copy already runs in this session, it is asked to show its window instead."""
     app = QApplication(sys.argv[:1])
+    path = instance_path()
+    if ask_running(path):
+        log.info("snitch-notifier already runs here: it shows its waiting list")
+        return 0
     app.setApplicationName("snitch-notifier")
     app.setDesktopFileName("snitch-notifier")
     app.setQuitOnLastWindowClosed(False)  # the popup hides between prompts
@@ -58,11 +65,15 @@ def run_popup() -> int:
         log.info("no system tray here: a small window shows the waiting list instead")
     tray = Tray(bridge, window, has_tray, notify=bridge.notify)  # lives as long as the app
     tray.start()
+    if show:
+        tray.open_waiting()
+    instance = Instance(path, tray.open_waiting)
     wakeup = _quit_on_signals(app)
     bridge.start()
     try:
         return app.exec()
     finally:
+        instance.close()
         bridge.stop()
         for sock in wakeup:
             sock.close()

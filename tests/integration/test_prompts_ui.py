@@ -142,7 +142,7 @@ def test_sigterm_with_a_prompt_showing_ends_the_notifier_at_once(
     """`systemctl --user stop` must not wait 90 s: the real snitch-notifier, with a prompt on
     screen, exits within 2 s of SIGTERM; it does not answer, so snitchd gives the prompt its
     default ("agent left")."""
-    env = running.env | {"QT_QPA_PLATFORM": "offscreen"}
+    env = running.env | {"QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
     log_path = tmp_path / "notifier.log"
     with open(log_path, "w") as log:
         app = subprocess.Popen(
