@@ -64,6 +64,7 @@ class Pending:
     trace: list[Expired] = field(default_factory=list)  # newest first
     held: set[int] = field(default_factory=set)  # snitchd holds these up to prompt_hold_max
     asked: set[int] = field(default_factory=set)  # DeferPrompt sent, no reply yet
+    refused: set[int] = field(default_factory=set)  # snitchd would not hold these: not again
     late: set[int] = field(default_factory=set)  # expired ones brought back to make a rule
     spans: dict[int, float] = field(default_factory=dict)  # seconds each had when it arrived
     shown_id: int | None = None
@@ -113,6 +114,7 @@ class Pending:
             self.spans.pop(prompt_id, None)
             self.held.discard(prompt_id)
             self.asked.discard(prompt_id)
+            self.refused.discard(prompt_id)
         self.late.discard(prompt_id)
         return found
 
@@ -122,6 +124,7 @@ class Pending:
         self.aside.clear()
         self.held.clear()
         self.asked.clear()
+        self.refused.clear()
         self.late.clear()
         return n
 
@@ -144,13 +147,13 @@ class Pending:
 
     def to_hold(self) -> list[int]:
         """The popup's prompts snitchd should hold now that a person is there; marks them asked."""
-        ids = [
-            p.id
-            for p in self.queue
-            if p.id not in self.held and p.id not in self.asked and p.id not in self.late
-        ]
+        ids = [p.id for p in self.queue if self.may_hold(p.id)]
         self.asked.update(ids)
         return ids
+
+    def may_hold(self, prompt_id: int) -> bool:
+        """Not held yet, not asked, not refused before, and not an expired one."""
+        return prompt_id not in self.held | self.asked | self.refused | self.late
 
     def mark_held(self, prompt_id: int, seconds_left: float) -> None:
         """snitchd holds the prompt's flow for `seconds_left` more seconds."""
@@ -165,7 +168,10 @@ class Pending:
                     self.held.add(prompt_id)
 
     def hold_failed(self, prompt_id: int) -> None:
+        """snitchd refused (an older snitchd, or the prompt just ended): its countdown keeps
+        running to the default, and we do not ask again at every click."""
         self.asked.discard(prompt_id)
+        self.refused.add(prompt_id)
 
     def put_aside(self, prompt_id: int) -> PromptView | None:
         """To the waiting list (a late one back to the trace); returns it if it moved."""

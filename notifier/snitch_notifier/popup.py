@@ -210,9 +210,8 @@ class PromptWindow(QDialog):
             self.defer_wanted.emit(prompt_id)
 
     def _hold_one(self, prompt_id: int) -> None:
-        p = self.pending
-        if prompt_id not in p.held and prompt_id not in p.asked and prompt_id not in p.late:
-            p.asked.add(prompt_id)
+        if self.pending.may_hold(prompt_id):
+            self.pending.asked.add(prompt_id)
             self.defer_wanted.emit(prompt_id)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:

@@ -220,3 +220,23 @@ def test_the_waiting_list_shows_every_prompt_and_picks_one(popup, prompt_factory
     _click(qtbot, waiting.open)
     assert window.pending.shown.id == 1 and window.isVisible()
     assert [p.id for p in window.pending.queue] == [1, 2]
+
+
+def test_a_prompt_snitchd_will_not_hold_keeps_its_countdown(popup, prompt_factory, qtbot) -> None:
+    """An older snitchd (no DeferPrompt) or a prompt that just ended: the countdown is not
+    paused (snitchd's timer still runs: pausing it would lie), and clicks do not ask again."""
+    window = popup.window
+    window.defer_wanted.disconnect(popup.hold)
+    asked: list[int] = []
+    window.defer_wanted.connect(asked.append)
+    window.defer_wanted.connect(window.hold_failed)
+    window.add_prompt(prompt_factory(1))
+    popup.arm()
+    _click(qtbot, window._scope)
+    window._scope.hidePopup()
+    _click(qtbot, window._scope)
+    window._scope.hidePopup()
+    assert asked == [1]
+    popup.clock.now += 10
+    window.tick()
+    assert _countdown(popup) == "No answer: deny in 19 s"
