@@ -193,3 +193,35 @@ def test_the_tray_shows_when_snitchd_is_gone(
     assert "snitchd stopped" in tray.icon.toolTip()
     lab.start_daemon(prompt_timeout=TIMEOUT, prompt_hold_max=HOLD_MAX)
     qtbot.waitUntil(lambda: tray.state is Shield.WATCHING, timeout=20_000)
+
+
+def test_five_prompts_at_once_are_all_answered_none_expire(
+    lab: Lab, notifier: tuple[PromptWindow, AgentBridge], qtbot: Any
+) -> None:
+    """Five apps ask at once; a scripted person reads each prompt, opens the For list, picks
+    "once" and clicks Allow, taking about four prompt_timeouts for all five: every one is
+    answered (the first touch held all five at snitchd), none got the default."""
+    window, bridge = notifier
+    expired: list[Any] = []
+    window.expired.connect(expired.append)
+    ports = (22, 80, 443, 8080, 9000)
+    clients = [_client(lab, port) for port in ports]
+    qtbot.waitUntil(lambda: len(window.pending.queue) == len(ports), timeout=15_000)
+    answered: list[int] = []
+    bridge.answered.connect(lambda answer, _: answered.append(answer.prompt_id))
+    for n in range(len(ports)):
+        _shown(qtbot, window)
+        qtbot.wait(400)  # reads it
+        qtbot.mouseClick(window._duration, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(window._duration.view().isVisible, timeout=2_000)
+        qtbot.wait(600)  # thinks
+        qtbot.keyClick(window._duration.view(), Qt.Key.Key_Home)
+        qtbot.keyClick(window._duration.view(), Qt.Key.Key_Return)
+        assert window._duration.currentData() == "once"
+        qtbot.mouseClick(window._allow, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda n=n: len(answered) == n + 1, timeout=10_000)
+    assert expired == []
+    assert [_outcome(c) for c in clients] == ["connected"] * len(ports)
+    rows = lab.log_rows()
+    assert sorted(r["dport"] for r in rows) == sorted(ports)
+    assert {(r["action"], bare_reason(r)) for r in rows} == {("allow", "answered once")}
