@@ -23,9 +23,7 @@ still become a rule. Where each prompt is, and the countdown rules, live in `pen
 
 from __future__ import annotations
 
-import html
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -35,7 +33,6 @@ from PySide6.QtGui import (
     QFont,
     QGuiApplication,
     QKeySequence,
-    QPalette,
     QShortcut,
     QStandardItemModel,
 )
@@ -43,7 +40,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QFormLayout,
-    QFrame,
     QHBoxLayout,
     QLabel,
     QMenu,
@@ -57,7 +53,7 @@ from PySide6.QtWidgets import (
 from snitch_common.answers import DURATIONS, Action, Answer, Scope, default_duration
 from snitch_common.bus import PromptView
 from snitch_notifier.choices import scope_options
-from snitch_notifier.icons import app_icon
+from snitch_notifier.details import PromptDetails
 from snitch_notifier.identity import AppIdentity, desktop_identity
 from snitch_notifier.pending import Expired, Pending
 
@@ -66,11 +62,8 @@ __all__ = ["ARM_DELAY", "PromptWindow"]
 log = logging.getLogger(__name__)
 
 _WIDTH = 500
-_VALUE_WIDTH = 370  # room for a detail's value next to its label, for eliding
-_ICON = 48
 ARM_DELAY = 0.8  # seconds a new prompt ignores keys and clicks (see the module docstring)
 _REMEMBERED = 64  # answers whose destination a late refusal can still name
-_DETAILS = ("Warning", "To", "Port", "Process", "Script", "Parent", "Command", "SHA-256")
 
 
 class _Choice(QComboBox):
@@ -295,10 +288,11 @@ class PromptWindow(QDialog):
         root = QVBoxLayout(self)
         root.setContentsMargins(16, 14, 16, 14)
         root.setSpacing(10)
-        root.addLayout(self._build_header())
-        root.addWidget(_line())
-        root.addLayout(self._build_details())
-        root.addWidget(_line())
+        self._info = PromptDetails(_WIDTH)
+        root.addWidget(self._info)
+        # The tests and the screenshots read these by their old names.
+        self._rows, self._details = self._info.rows, self._info.details
+        self._title, self._path = self._info.title, self._info.path
         root.addLayout(self._build_choices())
         root.addLayout(self._build_countdown())
         root.addLayout(self._build_buttons())
@@ -307,44 +301,6 @@ class PromptWindow(QDialog):
         self._status.setStyleSheet("color: #b3261e;")
         self._status.hide()
         root.addWidget(self._status)
-
-    def _build_header(self) -> QHBoxLayout:
-        header = QHBoxLayout()
-        header.setSpacing(12)
-        self._icon = QLabel()
-        self._icon.setFixedSize(_ICON, _ICON)
-        header.addWidget(self._icon, 0, Qt.AlignmentFlag.AlignTop)
-        titles = QVBoxLayout()
-        titles.setSpacing(2)
-        self._title = QLabel()
-        self._title.setTextFormat(Qt.TextFormat.RichText)
-        title_font = self._title.font()
-        title_font.setPointSizeF(title_font.pointSizeF() * 1.3)
-        self._title.setFont(title_font)
-        self._path = QLabel()
-        _dim(self._path)
-        titles.addWidget(self._title)
-        titles.addWidget(self._path)
-        header.addLayout(titles, 1)
-        return header
-
-    def _build_details(self) -> QFormLayout:
-        self._details = QFormLayout()
-        self._details.setHorizontalSpacing(14)
-        self._details.setVerticalSpacing(4)
-        self._rows: dict[str, QLabel] = {}
-        for key in _DETAILS:
-            value = QLabel()
-            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            name = QLabel(key)
-            _dim(name)
-            self._details.addRow(name, value)
-            self._rows[key] = value
-        bold = self._rows["To"].font()
-        bold.setWeight(QFont.Weight.Bold)
-        self._rows["To"].setFont(bold)
-        self._rows["Warning"].setStyleSheet("color: #c0392b; font-weight: bold")
-        return self._details
 
     def _build_choices(self) -> QFormLayout:
         choices = QFormLayout()
@@ -467,38 +423,7 @@ class PromptWindow(QDialog):
         """Show a new current prompt, with the default choices (never the last prompt's)."""
         identity = self._identity(prompt.exe)
         fallback = self.style().standardIcon(QStyle.StandardPixmap.SP_DesktopIcon)
-        self._icon.setPixmap(app_icon(identity, fallback).pixmap(_ICON, _ICON))
-        self._title.setText(f"<b>{html.escape(identity.name)}</b> wants to connect")
-        _set_elided(self._path, prompt.who, _WIDTH - _ICON - 44)
-
-        where = f"{prompt.host}  ({prompt.dst})" if prompt.host else prompt.dst
-        ported = prompt.proto in ("tcp", "udp")
-        port = f"{prompt.port} / {prompt.proto.upper()}" if ported else prompt.proto.upper()
-        via = f"  ·  via {prompt.iface}" if prompt.iface else ""
-        user = prompt.user or (f"uid {prompt.uid}" if prompt.uid is not None else "unknown")
-        pid = f"pid {prompt.pid}" if prompt.pid is not None else "no process"
-        parents = "  ←  ".join(f"{os.path.basename(e)} ({p})" for p, e in prompt.parents[:3])
-        warnings = [n for n in prompt.notes if not n.startswith(("script ", "inline code"))]
-        if not prompt.verified:
-            warnings.append("its rules do not apply: the path names another file here")
-        elif prompt.tampered:
-            warnings.append("its allow rules do not apply")
-        values = {
-            "Warning": "; ".join(warnings),
-            "To": where,
-            "Port": port + via,
-            "Process": f"{pid}  ·  user {user}",
-            "Parent": parents,
-            "Script": prompt.script or "",
-            "Command": " ".join(prompt.cmdline),
-            "SHA-256": prompt.sha256 or "",
-        }
-        for key, text in values.items():
-            _set_elided(self._rows[key], text, _VALUE_WIDTH)
-            self._details.setRowVisible(self._rows[key], bool(text))
-        if prompt.parents:
-            self._rows["Parent"].setToolTip("\n".join(f"{p}  {e}" for p, e in prompt.parents))
-
+        self._info.show_prompt(prompt, identity, fallback)
         duration = default_duration(prompt.verified, prompt.tampered)
         late = prompt.id in self.pending.late
         if late and duration == "once":
@@ -543,22 +468,3 @@ def _waiting_text(queued: int, aside: int) -> str:
 def _minutes(seconds: float) -> str:
     whole = max(0, round(seconds))
     return f"{whole // 60}:{whole % 60:02d}" if whole >= 60 else f"{whole} s"
-
-
-def _line() -> QFrame:
-    line = QFrame()
-    line.setFrameShape(QFrame.Shape.HLine)
-    line.setFrameShadow(QFrame.Shadow.Sunken)
-    return line
-
-
-def _dim(label: QLabel) -> None:
-    """Secondary text (labels, the path) in the palette's placeholder colour."""
-    label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
-
-
-def _set_elided(label: QLabel, text: str, width: int) -> None:
-    """Long paths and command lines are cut in the middle; the tooltip keeps the full text."""
-    shown = label.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, width)
-    label.setText(shown)
-    label.setToolTip(text if shown != text else "")
