@@ -33,8 +33,8 @@ from snitch_common.agent import AgentService
 from snitch_common.answers import Answer
 from snitch_common.client import Client
 from snitch_common.errors import DaemonUnreachable, SnitchError
-from snitch_notifier.icons import Shield, shield_path
 from snitch_notifier.registration import Listener, stay_registered
+from snitch_notifier.shields import Shield, shield_path
 
 __all__ = ["AgentBridge", "LogRow", "RuleRow"]
 

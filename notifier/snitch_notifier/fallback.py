@@ -28,6 +28,7 @@ from snitch_common.client import Client
 from snitch_common.errors import SnitchError
 from snitch_notifier.identity import GENERIC_ICON, AppIdentity, desktop_identity
 from snitch_notifier.registration import Listener, disconnected, stay_registered
+from snitch_notifier.shields import Shield, shield_path
 
 __all__ = ["ACTIONS", "NotificationPrompter", "run_notifications"]
 
@@ -38,6 +39,7 @@ NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
 ACTIONS = ["allow", "Allow", "deny", "Deny"]  # key, label pairs, as the spec lays them out
 _URGENT = 2
 _SIGNALS = ("ActionInvoked", "NotificationClosed")
+_SHIELD = shield_path(Shield.ASKING)  # our own, for an app without an icon of its own
 
 
 class NotificationPrompter:
@@ -128,7 +130,7 @@ class NotificationPrompter:
                 body=[
                     "snitch",
                     0,
-                    app.icon if app.icon != GENERIC_ICON else "security-high",
+                    app.icon if app.icon != GENERIC_ICON else _SHIELD,
                     f"{app.name} wants to connect to {prompt.host or prompt.dst}",
                     body,
                     ACTIONS,
@@ -160,7 +162,7 @@ class NotificationPrompter:
                 body=[
                     "snitch",
                     0,
-                    app.icon if app.icon != GENERIC_ICON else "security-high",
+                    app.icon if app.icon != GENERIC_ICON else _SHIELD,
                     f"{app.name}: expired: {done} by default",
                     f"{prompt.destination}: no answer in time ({reason}).",
                     [],

@@ -3,37 +3,19 @@
 The popup loads what `identity` found (a theme name or a file) and falls back step by step to
 something generic, so a prompt never shows an empty square.
 
-Our own icon is a shield in four states (`art/snitch-*.svg`, shipped in the package): Qt's
-`hicolor` fallback has no shield and its `SP_VistaShield` is a null icon on Linux, so a tray
-outside GNOME/KDE/XFCE showed an empty square (issue 15), and one icon for every state hid
-that snitchd had stopped.
+Our own icon is a shield in four states (`shields`).
 """
 
 from __future__ import annotations
 
-import enum
 import os
-from importlib import resources
 
 from PySide6.QtGui import QIcon
 
 from snitch_notifier.identity import GENERIC_ICON, AppIdentity, data_dirs
+from snitch_notifier.shields import Shield, shield_path
 
-__all__ = ["Shield", "app_icon", "shield_path", "snitch_icon", "use_desktop_icon_theme"]
-
-
-class Shield(enum.Enum):
-    """What the notifier's icon says."""
-
-    WATCHING = "watching"  # snitchd runs, nothing waits for you
-    ASKING = "asking"  # prompts wait for an answer
-    PAUSED = "paused"  # prompting is paused
-    DAEMON_DOWN = "daemon-down"  # snitchd is not on the bus (or we are not its agent)
-
-
-def shield_path(state: Shield) -> str:
-    """The SVG file of `state`, inside the installed package."""
-    return str(resources.files("snitch_notifier") / "art" / f"snitch-{state.value}.svg")
+__all__ = ["app_icon", "snitch_icon", "use_desktop_icon_theme"]
 
 
 def use_desktop_icon_theme() -> None:

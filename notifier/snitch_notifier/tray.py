@@ -25,10 +25,11 @@ from PySide6.QtWidgets import QApplication, QMenu, QPushButton, QSystemTrayIcon
 
 from snitch_common.bus import PromptView
 from snitch_notifier.bridge import AgentBridge
-from snitch_notifier.icons import Shield, snitch_icon
+from snitch_notifier.icons import snitch_icon
 from snitch_notifier.lists import ConnectionsWindow, RulesWindow
 from snitch_notifier.pending import Expired
 from snitch_notifier.popup import PromptWindow
+from snitch_notifier.shields import Shield
 from snitch_notifier.waiting import WaitingWindow
 
 __all__ = ["PAUSE_UNSUPPORTED", "Tray", "quit_now"]

@@ -27,8 +27,9 @@ from PySide6.QtWidgets import (
 )
 
 from snitch_common.bus import PromptView
-from snitch_notifier.icons import Shield, snitch_icon
+from snitch_notifier.icons import snitch_icon
 from snitch_notifier.popup import PromptWindow
+from snitch_notifier.shields import Shield
 
 __all__ = ["WaitingWindow"]
 

@@ -23,8 +23,8 @@ from snitch_common.client import Client
 from snitch_common.errors import NotAuthorized
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.gui import wire
-from snitch_notifier.icons import Shield
 from snitch_notifier.popup import PromptWindow
+from snitch_notifier.shields import Shield
 from snitch_notifier.tray import Tray
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

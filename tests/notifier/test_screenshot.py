@@ -17,9 +17,10 @@ from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QWidget
 
 from snitch_notifier.bridge import AgentBridge
-from snitch_notifier.icons import Shield, snitch_icon
+from snitch_notifier.icons import snitch_icon
 from snitch_notifier.identity import desktop_identity
 from snitch_notifier.popup import PromptWindow
+from snitch_notifier.shields import Shield
 from snitch_notifier.tray import Tray
 from snitch_notifier.waiting import WaitingWindow
 

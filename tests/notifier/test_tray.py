@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from snitch_notifier.bridge import AgentBridge
-from snitch_notifier.icons import Shield
+from snitch_notifier.shields import Shield
 from snitch_notifier.tray import PAUSE_UNSUPPORTED, Tray
 
 
