@@ -71,14 +71,18 @@ class _Choice(QComboBox):
 
     opened = Signal()
     closed = Signal()
+    _open = False
 
     def showPopup(self) -> None:
+        self._open = True
         self.opened.emit()
         super().showPopup()
 
     def hidePopup(self) -> None:
         super().hidePopup()
-        self.closed.emit()
+        if self._open:  # Qt also calls this on a closed list
+            self._open = False
+            self.closed.emit()
 
 
 class PromptWindow(QDialog):
@@ -86,7 +90,7 @@ class PromptWindow(QDialog):
     expired = Signal(object)  # Expired: snitchd applied the default, the person did not answer
     defer_wanted = Signal(int)  # prompt id snitchd should hold (a person is there)
     set_aside = Signal(object)  # PromptView moved to the waiting list by its countdown
-    changed = Signal()  # the queue, the waiting list or the trace changed
+    changed = Signal()  # a prompt came, went, moved or was held
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class PromptWindow(QDialog):
         self._identities: dict[str | None, AppIdentity] = {}
         self.pending = Pending(clock)
         self._answered: dict[int, str] = {}  # recent answers' destinations, for error messages
+        self._layout_seen: object = None  # what `changed` last announced
         self._placed = False
         self._timer = QTimer(self)
         self._timer.setInterval(250)
@@ -375,7 +380,15 @@ class PromptWindow(QDialog):
         p = self.pending
         fresh = p.show_next()
         prompt = p.shown
-        self.changed.emit()
+        layout_now = (
+            tuple(q.id for q in p.queue),
+            tuple(a.id for a in p.aside),
+            tuple(e.prompt.id for e in p.trace),
+            frozenset(p.held),
+        )
+        if layout_now != self._layout_seen:
+            self._layout_seen = layout_now
+            self.changed.emit()
         if prompt is None:
             if not p.queue and not p.aside:
                 self._timer.stop()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QCloseEvent, QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -75,6 +75,9 @@ class WaitingWindow(QWidget):
         self.buttons.addWidget(self.open)
         layout.addLayout(self.buttons)
         popup.changed.connect(self.refresh)
+        self._clock = QTimer(self)  # the time left in the rows, while the list is seen
+        self._clock.setInterval(1000)
+        self._clock.timeout.connect(self.refresh)
         self.set_state(Shield.WATCHING, "snitch: connecting to snitchd…")
         self.refresh()
 
@@ -131,6 +134,15 @@ class WaitingWindow(QWidget):
         expired = prompt_id is not None and p.find(prompt_id) is None
         self.open.setEnabled(prompt_id is not None)
         self.open.setText("&Make a rule…" if expired else "&Answer…")
+
+    def showEvent(self, event: QShowEvent) -> None:
+        self._clock.start()
+        self.refresh()
+        super().showEvent(event)
+
+    def hideEvent(self, event: QHideEvent) -> None:
+        self._clock.stop()
+        super().hideEvent(event)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         """Without a tray this window is the way back: closing it only hides it."""
