@@ -9,7 +9,8 @@ so nothing is decided unseen.
 
 Where the desktop has no tray (GNOME without an AppIndicator extension, a bare window
 manager), the waiting list is shown instead as a small window that stays: the same shield and
-state, the list, and buttons for the rules, the recent connections and quitting.
+state, the list, and buttons for the rules, the recent connections and quitting (the buttons
+are there with a tray too). It waits `TRAY_GRACE` seconds first: a panel may start after us.
 
 Pause (silent mode) is in the menu but disabled, with a tooltip that says why: snitchd has no
 call for it yet, and a switch that does nothing would lie about what the firewall does.
@@ -17,9 +18,10 @@ call for it yet, and a switch that does nothing would lie about what the firewal
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, Qt
+from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication, QMenu, QPushButton, QSystemTrayIcon
 
@@ -32,9 +34,12 @@ from snitch_notifier.popup import PromptWindow
 from snitch_notifier.shields import Shield
 from snitch_notifier.waiting import WaitingWindow
 
-__all__ = ["PAUSE_UNSUPPORTED", "Tray", "quit_now"]
+__all__ = ["PAUSE_UNSUPPORTED", "TRAY_GRACE", "Tray", "quit_now"]
 
 PAUSE_UNSUPPORTED = "snitchd cannot pause prompting yet: every new connection is still asked"
+TRAY_GRACE = 10  # seconds a notifier without a tray waits for one before showing its window
+
+log = logging.getLogger(__name__)
 
 _QUEUED = Qt.ConnectionType.QueuedConnection
 
@@ -52,12 +57,19 @@ class Tray(QObject):
         window: PromptWindow,
         has_tray: bool = True,
         notify: Callable[[str, str], None] | None = None,
+        tray_grace: int = TRAY_GRACE,
     ) -> None:
-        """`notify(summary, body)` announces where there is no tray (desktop notifications)."""
+        """`notify(summary, body)` announces where there is no tray (desktop notifications);
+        `tray_grace`: seconds to wait for a tray to appear before showing the window."""
         super().__init__()
         self.window = window
         self.has_tray = has_tray
         self._notify = notify
+        self._grace = tray_grace
+        self._looked = 0
+        self._look = QTimer(self)
+        self._look.setInterval(1000)
+        self._look.timeout.connect(self._look_for_tray)
         self.rules = RulesWindow(bridge)
         self.connections = ConnectionsWindow(bridge)
         self.waiting = WaitingWindow(window)
@@ -78,8 +90,7 @@ class Tray(QObject):
         self.menu.addAction("&Quit", quit_now)
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
-        if not has_tray:
-            self._standalone_buttons()
+        self._standalone_buttons()
         bridge.registered.connect(self._registered, _QUEUED)
         bridge.daemon_gone.connect(self._not_connected, _QUEUED)
         bridge.failed.connect(self._failed, _QUEUED)
@@ -94,10 +105,25 @@ class Tray(QObject):
         self.update_state()
 
     def start(self) -> None:
-        """Show the icon, or the small window where there is no tray."""
+        """Show the icon, or the small window where there is no tray. A session's panel may
+        start after the notifier: the window waits `tray_grace` seconds for a tray first."""
         if self.has_tray:
             self.icon.show()
+        elif self._grace <= 0:
+            self.waiting.show()
         else:
+            self._look.start()
+
+    def _look_for_tray(self) -> None:
+        self._looked += 1
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self._look.stop()
+            self.has_tray = True
+            self.icon.show()
+            log.info("a system tray appeared: the shield is there")
+        elif self._looked >= self._grace:
+            self._look.stop()
+            log.info("still no system tray: the waiting list stays as a window")
             self.waiting.show()
 
     def update_state(self, *_: object) -> None:

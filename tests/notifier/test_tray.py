@@ -97,8 +97,18 @@ def test_without_a_tray_the_waiting_list_stays_and_notifications_announce(
     """No tray (a bare window manager): a small window that stays, with the shield, the
     waiting list and the tray's entries as buttons; closing it only hides it."""
     notified: list[tuple[str, str]] = []
-    tray = Tray(AgentBridge(), popup.window, has_tray=False, notify=lambda *m: notified.append(m))
+    tray = Tray(
+        AgentBridge(),
+        popup.window,
+        has_tray=False,
+        notify=lambda *m: notified.append(m),
+        tray_grace=2,
+    )
     tray.start()
+    assert not tray.waiting.isVisible(), "a panel may still come: no window at once"
+    tray._look_for_tray()
+    assert not tray.waiting.isVisible()
+    tray._look_for_tray()  # offscreen never gets a tray
     assert tray.waiting.isVisible() and not tray.icon.isVisible()
     buttons = [
         tray.waiting.buttons.itemAt(i).widget().text()
