@@ -58,7 +58,9 @@ FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
 /usr/local/bin/snitchctl
 /usr/local/bin/snitch-notifier
 /etc/systemd/user/snitch-notifier.service
-/etc/xdg/autostart/snitch-notifier.desktop"
+/etc/xdg/autostart/snitch-notifier.desktop
+/usr/local/share/applications/snitch.desktop
+/usr/local/share/icons/hicolor/scalable/apps/snitch.svg"
 
 OLD_ACTIVATION=/usr/share/dbus-1/system-services/org.snitch.Firewall1.service
 
@@ -115,6 +117,11 @@ install_files() {
         "$ROOT/etc/systemd/user/snitch-notifier.service"
     install -D -m 0644 "$HERE/systemd/snitch-notifier.desktop" \
         "$ROOT/etc/xdg/autostart/snitch-notifier.desktop"
+    # The launcher (the way to snitch's window where there is no tray) and its shield.
+    install -D -m 0644 "$HERE/systemd/snitch.desktop" \
+        "$ROOT/usr/local/share/applications/snitch.desktop"
+    install -D -m 0644 "$HERE/notifier/snitch_notifier/art/snitch-watching.svg" \
+        "$ROOT/usr/local/share/icons/hicolor/scalable/apps/snitch.svg"
     if command -v systemctl >/dev/null; then
         systemctl --root="${ROOT:-/}" --global enable snitch-notifier.service
     fi

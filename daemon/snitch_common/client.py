@@ -114,6 +114,10 @@ class Client:
         }
         return int(await self.call("AnswerPrompt", "ta{sv}", [answer.prompt_id, words]))
 
+    async def defer_prompt(self, prompt_id: int) -> float:
+        """Hold a prompt of ours up to snitchd's `prompt_hold_max`; returns the seconds left."""
+        return float(await self.call("DeferPrompt", "t", [prompt_id]))
+
     async def top(self, query: dict[str, Variant]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = json.loads(await self.call("Top", "a{sv}", [query]))
         return rows

@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import (
+    DBusDouble,
     DBusInt64,
     DBusObjectPath,
     DBusSignature,
@@ -410,6 +411,13 @@ class FirewallService(ServiceInterface):
             await check_authorization(self.bus, name, ANSWER_ALLOW_FOREVER)
         rule_id = await broker.answer(parsed, name)
         return -1 if rule_id is None else rule_id
+
+    @dbus_method()
+    @handled()
+    async def DeferPrompt(self, prompt_id: DBusUInt64) -> DBusDouble:
+        """Hold one of the caller's prompts up to `prompt_hold_max` after it was asked (the
+        person put it aside, or is choosing); returns the seconds left before the default."""
+        return self.firewall.broker.defer(prompt_id, current_caller().name)
 
     @dbus_method()
     @handled(query=True)

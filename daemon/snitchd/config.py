@@ -95,6 +95,8 @@ class Config:
     rest of the flow's packets are dropped while it waits) so held packets never fill the
     kernel queue. `agent_programs` are the only programs accepted as agents (snitchd.agents);
     with `answers_need_auth`, an answer that makes a permanent allow rule needs polkit.
+    `prompt_hold_max`: how long after it was asked a prompt the person put aside (deferred)
+    keeps its flow held before the default applies.
 
     `attribution`: "bpf" records who connects when they connect (cgroup BPF hooks attached to
     `bpf_cgroup`, "" meaning the cgroup v2 root: the whole machine), and falls back to "proc"
@@ -136,6 +138,7 @@ class Config:
     # Where snitch-lists (the unprivileged updater) writes parsed lists for snitchd to read:
     # its systemd StateDirectory (snitchd/lists.py).
     lists_dir: str = "/var/lib/snitch-lists"
+    prompt_hold_max: float = 600.0
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -153,6 +156,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "attribution_timeout": (0.05, 60),
     "max_hash_bytes": (0, 1 << 50),
     "hash_wait": (0, 60),
+    "prompt_hold_max": (1, 86400),
 }
 
 

@@ -151,6 +151,7 @@ class Firewall:
             config.max_prompts,
             quotas_of(config),
             pin_root=config.pin_answers is PinAnswers.ALWAYS,
+            hold_max=config.prompt_hold_max,
         )
         self.dns.reconfigure(config)
 

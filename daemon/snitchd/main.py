@@ -90,6 +90,7 @@ class _Daemon:
             pin_root=config.pin_answers is PinAnswers.ALWAYS,
             quotas=quotas_of(config),
             session_active=session_active,
+            hold_max=config.prompt_hold_max,
         )
         attributor = start_attributor(
             config.attribution.value,

@@ -18,6 +18,12 @@ Fair shares (issue 13): a user has at most `Quotas.per_uid` prompts open, everyo
 (half the kernel queue), a user's joined packets at most a quarter of that: the packets past
 those are dropped and counted, so a flood joining one prompt never fills the kernel's queue, and
 a user whose agent never answers uses up only their own share, never root's or another user's.
+
+Deferral (issue 15): the person may put a prompt aside (the notifier's waiting list) or be in
+the middle of choosing; the agent it was sent to then calls `defer`, and its flow stays held up
+to `hold_max` seconds after it was asked, then gets the default. A prompt that timed out is
+kept a while (`_EXPIRED_KEPT`) so that its agent can still turn it into a rule: the answer
+makes the rule, the flow itself was decided by the default.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Protocol
 from netfilterqueue import Packet
 
 from snitch_common.answers import Answer, rule_for_answer
-from snitch_common.errors import NotAuthorized
+from snitch_common.errors import NotAuthorized, RuleError
 from snitch_common.records import Flow, Process
 from snitch_common.rules import Lifetime, Rule, RuleRecord
 from snitchd.decide import Verdict
@@ -44,6 +50,7 @@ __all__ = ["SYSTEM_UID_MAX", "Agent", "Applier", "Broker", "Prompt", "Quotas", "
 log = logging.getLogger(__name__)
 
 SYSTEM_UID_MAX = 999
+_EXPIRED_KEPT = 256  # timed-out prompts an agent can still turn into a rule (all users)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +123,14 @@ class Broker:
         pin_root: bool = True,
         quotas: Quotas | None = None,
         session_active: Callable[[str], bool] = lambda session: False,
+        hold_max: float = 600.0,
     ) -> None:
         """`max_open`: prompts open per uid (`Quotas.per_uid`); `session_active`: whether a
-        logind session is the active graphical one (reads /run: agents.session_active)."""
+        logind session is the active graphical one (reads /run: agents.session_active);
+        `hold_max`: how long after it was asked a deferred prompt's flow may stay held."""
         self._clock = clock
+        self._hold_max = hold_max
+        self.expired: dict[int, Prompt] = {}  # timed out, still answerable as a rule
         self._pin_root = pin_root
         self._timeout = timeout
         self._quotas = dataclasses.replace(quotas or Quotas(), per_uid=max_open)
@@ -142,11 +153,18 @@ class Broker:
         self.timed_out = 0
 
     def reconfigure(
-        self, timeout: float, max_open: int, quotas: Quotas | None = None, pin_root: bool = True
+        self,
+        timeout: float,
+        max_open: int,
+        quotas: Quotas | None = None,
+        pin_root: bool = True,
+        hold_max: float | None = None,
     ) -> None:
         """New limits apply to prompts opened from now on; open ones keep their deadline.
         `pin_root`: answers pin root-owned executables' digests too (config `pin_answers`)."""
         self._timeout = timeout
+        if hold_max is not None:
+            self._hold_max = hold_max
         self._quotas = dataclasses.replace(quotas or self._quotas, per_uid=max_open)
         self._pin_root = pin_root
 
@@ -314,14 +332,39 @@ class Broker:
         if prompt is not None:
             self.timed_out += 1
             self._finish(prompt, self._fw.default_verdict("default: timed out"))
+            self.expired[prompt.id] = prompt
+            prompt.packets = []
+            if len(self.expired) > _EXPIRED_KEPT:
+                del self.expired[next(iter(self.expired))]
+
+    def defer(self, prompt_id: int, name: str) -> float:
+        """The agent `name` puts its prompt aside, or its person is choosing: hold the flow
+        up to `hold_max` after it was asked (never shorter than it already was). Returns the
+        seconds left before the default applies."""
+        prompt = self.open.get(prompt_id)
+        agent = self.agents.get(name)
+        if prompt is None or agent is None or prompt.agent != agent:
+            raise NotAuthorized(f"no open prompt {prompt_id} for this agent")
+        now = self._clock()
+        deadline = prompt.created + self._hold_max
+        if deadline > prompt.deadline:
+            prompt.deadline = deadline
+            if prompt.timer is not None:
+                prompt.timer.cancel()
+            loop = asyncio.get_running_loop()
+            prompt.timer = loop.call_later(max(0.0, deadline - now), self._expire, prompt.id)
+            log.info("prompt deferred id=%d uid=%s until=+%.0fs", prompt.id, prompt.proc.uid,
+                     deadline - now)  # fmt: skip
+        return max(0.0, prompt.deadline - now)
 
     def visible_to(self, name: str) -> list[Prompt]:
         agent = self.agents.get(name)
         return [p for p in self.open.values() if agent is not None and p.agent == agent]
 
     def prompt_for(self, answer: Answer, name: str) -> Prompt:
-        """The open prompt `answer` is for, if the agent `name` was asked it."""
-        prompt = self.open.get(answer.prompt_id)
+        """The open prompt `answer` is for, if the agent `name` was asked it; or one that timed
+        out, to be turned into a rule."""
+        prompt = self.open.get(answer.prompt_id) or self.expired.get(answer.prompt_id)
         agent = self.agents.get(name)
         if prompt is None or agent is None or prompt.agent != agent:
             # The same message whether it does not exist or is someone else's: an agent
@@ -337,6 +380,12 @@ class Broker:
         Meanwhile the prompt stays open; if it times out first, the rule still stands for the
         flows to come. A second answer to a prompt being answered is refused."""
         prompt = self.prompt_for(answer, name)
+        late = prompt.id not in self.open
+        if late and answer.lifetime[0] is Lifetime.ONCE:
+            raise RuleError(
+                f"prompt {prompt.id} timed out: its connection got the default already "
+                "(choose how long a rule should last instead of once)"
+            )
         if prompt.id in self._answering:
             raise NotAuthorized(f"prompt {prompt.id} is being answered already")
         agent = self.agents[name]
@@ -359,6 +408,10 @@ class Broker:
             reason = f"rule {rule_id} (answered)"
         else:
             reason = "answered once"
+        if late:
+            self.expired.pop(prompt.id, None)
+            log.info("expired prompt=%d turned into rule=%s", prompt.id, rule_id)
+            return rule_id
         self._finish(prompt, Verdict(answer.action, rule_id, reason), notify=False)
         return rule_id
 

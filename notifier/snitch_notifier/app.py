@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use desktop notifications even when a window could be shown",
     )
+    p.add_argument(
+        "--show",
+        action="store_true",
+        help="open the waiting list window (the launcher does; a running copy is asked to)",
+    )
     p.add_argument("--debug", action="store_true", help="log at debug level (bus traffic too)")
     return p
 
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             # Imported here: Qt is loaded only once we know it can start.
             from snitch_notifier.gui import run_popup  # noqa: PLC0415
 
-            return run_popup()
+            return run_popup(show=args.show)
         log.warning("no popup (%s): prompts go to desktop notifications instead", reason)
         return asyncio.run(run_notifications())
     except KeyboardInterrupt:

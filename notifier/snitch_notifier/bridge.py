@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_fast import Variant
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
 from PySide6.QtCore import QObject, Signal
 
 from snitch_common.agent import AgentService
@@ -33,6 +34,7 @@ from snitch_common.answers import Answer
 from snitch_common.client import Client
 from snitch_common.errors import DaemonUnreachable, SnitchError
 from snitch_notifier.registration import Listener, stay_registered
+from snitch_notifier.shields import Shield, shield_path
 
 __all__ = ["AgentBridge", "LogRow", "RuleRow"]
 
@@ -97,6 +99,8 @@ class AgentBridge(QObject):
     daemon_gone = Signal(str)  # why every shown prompt is void
     answered = Signal(object, object)  # Answer, rule id (-1: once)
     answer_failed = Signal(object, str)  # Answer, why snitchd did not take it
+    deferred = Signal(int, float)  # prompt id, seconds snitchd now holds it
+    defer_failed = Signal(int, str)  # prompt id, why snitchd did not hold it
     rules_listed = Signal(object)  # list[RuleRow]
     rule_deleted = Signal(object)  # rule id
     log_listed = Signal(object)  # list[LogRow]
@@ -115,6 +119,7 @@ class AgentBridge(QObject):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._client: Client | None = None
+        self._notifications: MessageBus | None = None  # for notifications, opened when first needed
 
     # -- life cycle (GUI thread) ----------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +136,14 @@ class AgentBridge(QObject):
     # -- requests (GUI thread) ------------------------------------------------------------------
     def answer(self, answer: Answer) -> None:
         self._submit("answer", self._answer(answer))
+
+    def defer(self, prompt_id: int) -> None:
+        """Ask snitchd to hold a prompt up to its prompt_hold_max (a person is on it)."""
+        self._submit("defer", self._defer(prompt_id))
+
+    def notify(self, summary: str, body: str) -> None:
+        """A desktop notification (where there is no tray to show a balloon)."""
+        self._submit("notify", self._notify(summary, body))
 
     def list_rules(self) -> None:
         self._submit("rules", self._list_rules())
@@ -180,6 +193,43 @@ class AgentBridge(QObject):
         )
         self.answered.emit(answer, rule_id)
 
+    async def _defer(self, prompt_id: int) -> None:
+        try:
+            left = await self._need_client().defer_prompt(prompt_id)
+        except SnitchError as exc:
+            self.defer_failed.emit(prompt_id, exc.message)
+            raise
+        log.info("prompt=%d held for %.0f s more", prompt_id, left)
+        self.deferred.emit(prompt_id, left)
+
+    async def _notify(self, summary: str, body: str) -> None:
+        if self._notifications is None:
+            try:
+                self._notifications = await MessageBus(bus_type=BusType.SESSION).connect()
+            except Exception as exc:
+                raise SnitchError(f"cannot show a notification: no session bus: {exc}") from None
+        reply = await self._notifications.call(
+            Message(
+                destination="org.freedesktop.Notifications",
+                path="/org/freedesktop/Notifications",
+                interface="org.freedesktop.Notifications",
+                member="Notify",
+                signature="susssasa{sv}i",
+                body=[
+                    "snitch",
+                    0,
+                    shield_path(Shield.ASKING),
+                    summary,
+                    body,
+                    [],
+                    {},
+                    -1,
+                ],
+            )
+        )
+        if reply is None or reply.message_type is MessageType.ERROR:
+            raise SnitchError(f"cannot show a notification: {reply and reply.body}")
+
     async def _list_rules(self) -> None:
         rows = await self._need_client().list_rules()
         self.rules_listed.emit([RuleRow.from_dict(r) for r in rows])
@@ -221,6 +271,8 @@ class AgentBridge(QObject):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, _MAX_RETRY)
+        if self._notifications is not None:
+            self._notifications.disconnect()
 
     async def _session(self, client: Client) -> None:
         assert self._stop is not None

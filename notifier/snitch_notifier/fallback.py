@@ -28,6 +28,7 @@ from snitch_common.client import Client
 from snitch_common.errors import SnitchError
 from snitch_notifier.identity import GENERIC_ICON, AppIdentity, desktop_identity
 from snitch_notifier.registration import Listener, disconnected, stay_registered
+from snitch_notifier.shields import Shield, shield_path
 
 __all__ = ["ACTIONS", "NotificationPrompter", "run_notifications"]
 
@@ -38,6 +39,7 @@ NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
 ACTIONS = ["allow", "Allow", "deny", "Deny"]  # key, label pairs, as the spec lays them out
 _URGENT = 2
 _SIGNALS = ("ActionInvoked", "NotificationClosed")
+_SHIELD = shield_path(Shield.ASKING)  # our own, for an app without an icon of its own
 
 
 class NotificationPrompter:
@@ -59,6 +61,7 @@ class NotificationPrompter:
         self._clock = clock
         self._identify = identify
         self.shown: dict[int, int] = {}  # notification id → prompt id
+        self._prompts: dict[int, PromptView] = {}  # prompt id → prompt, while it is shown
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -73,16 +76,22 @@ class NotificationPrompter:
         self._spawn(self._notify(prompt), f"notify-{prompt.id}")
 
     def on_cancel(self, prompt_id: int, reason: str) -> None:
+        """snitchd ended the prompt: its notification goes; one that got the default leaves a
+        notification saying so (issue 15: nothing is decided unseen)."""
         for notification, shown in list(self.shown.items()):
             if shown == prompt_id:
                 del self.shown[notification]
                 self._spawn(self._close(notification), f"close-{notification}")
+        prompt = self._prompts.pop(prompt_id, None)
+        if prompt is not None and reason.startswith("default:"):
+            self._spawn(self._expired(prompt, reason), f"expired-{prompt_id}")
 
     def forget_all(self) -> None:
         """snitchd left: its prompts are void, so their notifications go."""
         for notification in list(self.shown):
             del self.shown[notification]
             self._spawn(self._close(notification), f"close-{notification}")
+        self._prompts.clear()
 
     async def drain(self) -> None:
         """Wait for notifications and answers in flight (tests, shutdown)."""
@@ -121,7 +130,7 @@ class NotificationPrompter:
                 body=[
                     "snitch",
                     0,
-                    app.icon if app.icon != GENERIC_ICON else "security-high",
+                    app.icon if app.icon != GENERIC_ICON else _SHIELD,
                     f"{app.name} wants to connect to {prompt.host or prompt.dst}",
                     body,
                     ACTIONS,
@@ -136,7 +145,33 @@ class NotificationPrompter:
         _check(reply, "Notify")
         assert reply is not None
         self.shown[int(reply.body[0])] = prompt.id
+        self._prompts[prompt.id] = prompt
         log.info("prompt shown as notification prompt=%d id=%d", prompt.id, reply.body[0])
+
+    async def _expired(self, prompt: PromptView, reason: str) -> None:
+        app = self._identify(prompt.exe)
+        past = {"allow": "allowed", "deny": "denied", "reject": "rejected"}
+        done = past.get(prompt.default_action, prompt.default_action)
+        reply = await self.bus.call(
+            Message(
+                destination=NOTIFICATIONS,
+                path=NOTIFICATIONS_PATH,
+                interface=NOTIFICATIONS,
+                member="Notify",
+                signature="susssasa{sv}i",
+                body=[
+                    "snitch",
+                    0,
+                    app.icon if app.icon != GENERIC_ICON else _SHIELD,
+                    f"{app.name}: expired: {done} by default",
+                    f"{prompt.destination}: no answer in time ({reason}).",
+                    [],
+                    {"desktop-entry": Variant("s", "snitch-notifier")},
+                    -1,
+                ],
+            )
+        )
+        _check(reply, "Notify")
 
     async def _close(self, notification: int) -> None:
         reply = await self.bus.call(
@@ -158,6 +193,7 @@ class NotificationPrompter:
         prompt_id = self.shown.pop(notification, None)
         if prompt_id is None or msg.member != "ActionInvoked":
             return
+        self._prompts.pop(prompt_id, None)
         key = str(msg.body[1])
         if key not in ("allow", "deny"):
             log.warning("unknown notification action %r: leaving prompt=%d", key, prompt_id)

@@ -15,9 +15,10 @@ import sys
 from PySide6.QtCore import QSocketNotifier, Qt
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
-from snitch_common.bus import PromptView
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.icons import snitch_icon, use_desktop_icon_theme
+from snitch_notifier.instance import Instance, ask_running, instance_path
+from snitch_notifier.pending import Expired
 from snitch_notifier.popup import PromptWindow
 from snitch_notifier.tray import Tray
 
@@ -32,20 +33,25 @@ def wire(bridge: AgentBridge, window: PromptWindow) -> None:
     bridge.prompt_cancelled.connect(window.cancel_prompt, queued)
     bridge.daemon_gone.connect(window.clear, queued)
     bridge.answer_failed.connect(window.answer_failed, queued)
+    bridge.deferred.connect(window.held, queued)
+    bridge.defer_failed.connect(lambda prompt_id, _: window.hold_failed(prompt_id), queued)
     window.answered.connect(bridge.answer)
+    window.defer_wanted.connect(bridge.defer)
     window.expired.connect(_log_expired)
 
 
-def _log_expired(prompt: PromptView) -> None:
-    log.info(
-        "prompt=%d not answered in time: snitchd applies the default (%s)",
-        prompt.id,
-        prompt.default_action,
-    )
+def _log_expired(gone: Expired) -> None:
+    log.info("prompt=%d not answered in time: %s", gone.prompt.id, gone.reason)
 
 
-def run_popup() -> int:
+def run_popup(show: bool = False) -> int:
+    """The popup agent; `show`: open the waiting list at once (the launcher's start). When a
+    copy already runs in this session, it is asked to show its window instead."""
     app = QApplication(sys.argv[:1])
+    path = instance_path()
+    if ask_running(path):
+        log.info("snitch-notifier already runs here: it shows its waiting list")
+        return 0
     app.setApplicationName("snitch-notifier")
     app.setDesktopFileName("snitch-notifier")
     app.setQuitOnLastWindowClosed(False)  # the popup hides between prompts
@@ -54,16 +60,20 @@ def run_popup() -> int:
     window = PromptWindow()
     bridge = AgentBridge()
     wire(bridge, window)
-    if QSystemTrayIcon.isSystemTrayAvailable():
-        tray = Tray(bridge, window)  # lives as long as this frame, i.e. the app
-        tray.icon.show()
-    else:
-        log.info("no system tray here: the popup still appears for each prompt")
+    has_tray = QSystemTrayIcon.isSystemTrayAvailable()
+    if not has_tray:
+        log.info("no system tray here: a small window shows the waiting list instead")
+    tray = Tray(bridge, window, has_tray, notify=bridge.notify)  # lives as long as the app
+    tray.start()
+    if show:
+        tray.open_waiting()
+    instance = Instance(path, tray.open_waiting)
     wakeup = _quit_on_signals(app)
     bridge.start()
     try:
         return app.exec()
     finally:
+        instance.close()
         bridge.stop()
         for sock in wakeup:
             sock.close()
@@ -71,7 +81,12 @@ def run_popup() -> int:
 
 def _quit_on_signals(app: QApplication) -> tuple[socket.socket, socket.socket]:
     """Quit on SIGINT/SIGTERM (Ctrl-C, systemd stop). Python runs signal handlers only when
-    the interpreter has control, and Qt's loop is C++: the wake-up fd makes Qt call us."""
+    the interpreter has control, and Qt's loop is C++: the wake-up fd makes Qt call us.
+
+    `exit`, not `quit`: in Qt 6 `quit()` is a request that first sends every window a close
+    event, and the popup (which hides instead of closing) refused it, so SIGTERM with a
+    prompt showing was ignored (issue 15). Pending prompts get no answer from us: snitchd
+    sees us leave the bus and gives them to another agent or the default."""
     reader, writer = socket.socketpair()
     reader.setblocking(False)
     writer.setblocking(False)
@@ -79,5 +94,5 @@ def _quit_on_signals(app: QApplication) -> tuple[socket.socket, socket.socket]:
     notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read, app)
     notifier.activated.connect(lambda: reader.recv(64))
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: app.quit())
+        signal.signal(sig, lambda *_: app.exit(0))
     return reader, writer

@@ -2,6 +2,8 @@
 
 The popup loads what `identity` found (a theme name or a file) and falls back step by step to
 something generic, so a prompt never shows an empty square.
+
+Our own icon is a shield in four states (`shields`).
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 import os
 
 from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import QApplication, QStyle
 
 from snitch_notifier.identity import GENERIC_ICON, AppIdentity, data_dirs
+from snitch_notifier.shields import Shield, shield_path
 
 __all__ = ["app_icon", "snitch_icon", "use_desktop_icon_theme"]
 
@@ -49,11 +51,6 @@ def app_icon(identity: AppIdentity, fallback: QIcon) -> QIcon:
     return fallback if icon.isNull() else icon
 
 
-def snitch_icon() -> QIcon:
-    """A shield from the icon theme, or Qt's own security icon."""
-    for name in ("security-high", "security-high-symbolic", "network-workgroup"):
-        icon = QIcon.fromTheme(name)
-        if not icon.isNull():
-            return icon
-    style = QApplication.style()
-    return style.standardIcon(QStyle.StandardPixmap.SP_VistaShield)
+def snitch_icon(state: Shield = Shield.WATCHING) -> QIcon:
+    """Our shield in `state`."""
+    return QIcon(shield_path(state))

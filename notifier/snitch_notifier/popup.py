@@ -14,23 +14,25 @@ The countdown shows when snitchd will apply its default. At the deadline the pro
 window without an answer: snitchd's own timer applies the default and logs it as
 "default: timed out" — an answer from here would be logged as a person's choice. Time comes from
 the injected clock; `tick()` is what the timer calls, so tests drive it without sleeping.
+
+Issue 15: a person at work is never cut off. Any click, key or open menu pauses the countdown
+and asks snitchd to hold the prompts in the window (`defer_wanted`); *Later* (or closing the
+window) puts prompts in the waiting list, and an expired prompt leaves a row there that can
+still become a rule. Where each prompt is, and the countdown rules, live in `pending`.
 """
 
 from __future__ import annotations
 
-import html
 import logging
-import os
 import time
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QCloseEvent,
     QFont,
     QGuiApplication,
     QKeySequence,
-    QPalette,
     QShortcut,
     QStandardItemModel,
 )
@@ -38,7 +40,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QFormLayout,
-    QFrame,
     QHBoxLayout,
     QLabel,
     QMenu,
@@ -52,24 +53,44 @@ from PySide6.QtWidgets import (
 from snitch_common.answers import DURATIONS, Action, Answer, Scope, default_duration
 from snitch_common.bus import PromptView
 from snitch_notifier.choices import scope_options
-from snitch_notifier.icons import app_icon
+from snitch_notifier.details import PromptDetails
 from snitch_notifier.identity import AppIdentity, desktop_identity
+from snitch_notifier.pending import Expired, Pending
 
 __all__ = ["ARM_DELAY", "PromptWindow"]
 
 log = logging.getLogger(__name__)
 
 _WIDTH = 500
-_VALUE_WIDTH = 370  # room for a detail's value next to its label, for eliding
-_ICON = 48
 ARM_DELAY = 0.8  # seconds a new prompt ignores keys and clicks (see the module docstring)
 _REMEMBERED = 64  # answers whose destination a late refusal can still name
-_DETAILS = ("Warning", "To", "Port", "Process", "Script", "Parent", "Command", "SHA-256")
+
+
+class _Choice(QComboBox):
+    """A drop-down list that says when its list opens and closes (a person is choosing)."""
+
+    opened = Signal()
+    closed = Signal()
+    _open = False
+
+    def showPopup(self) -> None:
+        self._open = True
+        self.opened.emit()
+        super().showPopup()
+
+    def hidePopup(self) -> None:
+        super().hidePopup()
+        if self._open:  # Qt also calls this on a closed list
+            self._open = False
+            self.closed.emit()
 
 
 class PromptWindow(QDialog):
     answered = Signal(object)  # Answer
-    expired = Signal(object)  # PromptView whose deadline passed: snitchd applies the default
+    expired = Signal(object)  # Expired: snitchd applied the default, the person did not answer
+    defer_wanted = Signal(int)  # prompt id snitchd should hold (a person is there)
+    set_aside = Signal(object)  # PromptView moved to the waiting list by its countdown
+    changed = Signal()  # a prompt came, went, moved or was held
 
     def __init__(
         self,
@@ -81,10 +102,9 @@ class PromptWindow(QDialog):
         self._clock = clock
         self._identify = identify
         self._identities: dict[str | None, AppIdentity] = {}
-        self._queue: list[PromptView] = []
-        self._spans: dict[int, float] = {}  # prompt id → seconds it had left when it arrived
-        self._shown_id: int | None = None
+        self.pending = Pending(clock)
         self._answered: dict[int, str] = {}  # recent answers' destinations, for error messages
+        self._layout_seen: object = None  # what `changed` last announced
         self._placed = False
         self._timer = QTimer(self)
         self._timer.setInterval(250)
@@ -95,49 +115,124 @@ class PromptWindow(QDialog):
         self.setAttribute(Qt.WidgetAttribute.WA_ShowWithoutActivating)
         self.setFixedWidth(_WIDTH)
         self._build()
+        for widget in (self, *self.findChildren(QWidget)):
+            widget.installEventFilter(self)
 
     # -- the queue ------------------------------------------------------------------------------
     @property
     def current(self) -> PromptView | None:
-        return self._queue[0] if self._queue else None
+        """The prompt the window shows next (or now): the first of its queue."""
+        return self.pending.current
 
     @property
     def waiting(self) -> int:
         """Prompts queued behind the one shown."""
-        return max(0, len(self._queue) - 1)
+        return max(0, len(self.pending.queue) - 1)
 
     def add_prompt(self, prompt: PromptView) -> None:
-        if any(p.id == prompt.id for p in self._queue):
+        if not self.pending.add(prompt):
             return
-        self._queue.append(prompt)
-        self._spans[prompt.id] = max(1.0, prompt.deadline - self._clock())
+        if self.pending.interacting:
+            self._hold()  # a person is working through the window: this one waits for them too
         if not self._timer.isActive():
             self._timer.start()
         self._update()
 
     def cancel_prompt(self, prompt_id: int, reason: str) -> None:
-        """snitchd closed a prompt without us (timeout, shutdown): drop it quietly."""
-        self._drop(prompt_id)
+        """snitchd closed a prompt without us: by default (a row in the waiting list), or
+        otherwise (shutdown, another agent): dropped quietly."""
+        if reason.startswith("default:"):
+            self._expire(prompt_id, reason)
+        else:
+            self.pending.remove(prompt_id)
         self._update()
 
     def clear(self, reason: str) -> None:
         """Every prompt is void (snitchd stopped and gave them its default on the way out)."""
-        if self._queue:
-            log.info("prompts dropped count=%d: %s", len(self._queue), reason)
-        self._queue.clear()
-        self._spans.clear()
+        count = self.pending.clear()
+        if count:
+            log.info("prompts dropped count=%d: %s", count, reason)
         self._update()
 
     def tick(self) -> None:
-        now = self._clock()
-        for prompt in [p for p in self._queue if p.deadline <= now]:
-            self._drop(prompt.id)
-            self.expired.emit(prompt)
+        step = self.pending.tick()
+        for gone in step.expired:
+            self.expired.emit(gone)
+        for prompt in step.set_aside:
+            self.set_aside.emit(prompt)
         self._update()
 
-    def _drop(self, prompt_id: int) -> None:
-        self._queue = [p for p in self._queue if p.id != prompt_id]
-        self._spans.pop(prompt_id, None)
+    def _expire(self, prompt_id: int, reason: str) -> None:
+        gone = self.pending.expire(prompt_id, reason)
+        if gone is not None:
+            self.expired.emit(gone)
+
+    def app_name(self, exe: str | None) -> str:
+        return self._identity(exe).name
+
+    def _identity(self, exe: str | None) -> AppIdentity:
+        identity = self._identities.get(exe)
+        if identity is None:
+            identity = self._identities[exe] = self._identify(exe)
+        return identity
+
+    # -- deferring and the waiting list ---------------------------------------------------------
+    def held(self, prompt_id: int, seconds_left: float) -> None:
+        """snitchd agreed to hold a prompt (DeferPrompt's reply)."""
+        self.pending.mark_held(prompt_id, seconds_left)
+        self._update()
+
+    def hold_failed(self, prompt_id: int) -> None:
+        self.pending.hold_failed(prompt_id)
+
+    def later(self) -> None:
+        """*Later*: the shown prompt goes to the waiting list; snitchd holds it meanwhile."""
+        prompt = self.pending.shown
+        if prompt is None:
+            return
+        self._hold_one(prompt.id)
+        self.pending.put_aside(prompt.id)
+        self._update()
+
+    def bring_back(self, prompt_id: int) -> None:
+        """From the waiting list (or an expired row, to make a rule) to the window, on top."""
+        if self.pending.bring_back(prompt_id) is None:
+            return
+        self.pending.shown_id = None  # the person picked it: it is shown now
+        self._update()
+        self._present()
+        self.activateWindow()
+
+    def _hold(self) -> None:
+        for prompt_id in self.pending.to_hold():
+            self.defer_wanted.emit(prompt_id)
+
+    def _hold_one(self, prompt_id: int) -> None:
+        if self.pending.may_hold(prompt_id):
+            self.pending.asked.add(prompt_id)
+            self.defer_wanted.emit(prompt_id)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """Any click or key in the window is a person at work: pause and hold."""
+        if event.type() in (QEvent.Type.MouseButtonPress, QEvent.Type.KeyPress):
+            self._touch()
+        return super().eventFilter(watched, event)
+
+    def _touch(self) -> None:
+        if self.pending.shown is None:
+            return
+        self.pending.touch()
+        self._hold()
+        self._update()
+
+    def _menu_opened(self) -> None:
+        self.pending.menu_opened()
+        self._hold()
+        self._update()
+
+    def _menu_closed(self) -> None:
+        self.pending.menu_closed()
+        self._update()
 
     # -- answering ------------------------------------------------------------------------------
     def allow(self) -> None:
@@ -151,8 +246,8 @@ class PromptWindow(QDialog):
 
     def answer(self, action: Action) -> None:
         """Answer the shown prompt with `action` and the shown duration and scope."""
-        prompt = self.current
-        if prompt is None or self._clock() < self._armed_at:
+        prompt = self.pending.shown
+        if prompt is None or self.pending.ended or self._clock() < self._armed_at:
             return
         answer = Answer(
             prompt.id,
@@ -160,7 +255,7 @@ class PromptWindow(QDialog):
             str(self._duration.currentData()),
             Scope(self._scope.currentData()),
         )
-        self._drop(prompt.id)
+        self.pending.answered(prompt.id)
         self._answered[prompt.id] = prompt.host or prompt.dst
         if len(self._answered) > _REMEMBERED:
             del self._answered[next(iter(self._answered))]
@@ -172,16 +267,20 @@ class PromptWindow(QDialog):
         self.deny()
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Closing the window only hides it: the prompts keep their deadlines, and the tray
-        brings the window back."""
+        """Closing the window puts its prompts in the waiting list (held by snitchd); the
+        tray's waiting list brings any of them back."""
         event.ignore()
+        for prompt in list(self.pending.queue):
+            self._hold_one(prompt.id)
+            self.pending.put_aside(prompt.id)
+        self._update()
         self.hide()
 
     def answer_failed(self, answer: Answer, message: str) -> None:
         """snitchd did not take an answer (most often: the prompt had just timed out)."""
         where = self._answered.pop(answer.prompt_id, f"prompt {answer.prompt_id}")
         self.show_status(f"Your {answer.action.value} for {where} was not applied: {message}")
-        if self.current is not None and not self.isVisible():
+        if self.pending.current is not None and not self.isVisible():
             self._present()
 
     def show_status(self, text: str) -> None:
@@ -194,10 +293,11 @@ class PromptWindow(QDialog):
         root = QVBoxLayout(self)
         root.setContentsMargins(16, 14, 16, 14)
         root.setSpacing(10)
-        root.addLayout(self._build_header())
-        root.addWidget(_line())
-        root.addLayout(self._build_details())
-        root.addWidget(_line())
+        self._info = PromptDetails(_WIDTH)
+        root.addWidget(self._info)
+        # The tests and the screenshots read these by their old names.
+        self._rows, self._details = self._info.rows, self._info.details
+        self._title, self._path = self._info.title, self._info.path
         root.addLayout(self._build_choices())
         root.addLayout(self._build_countdown())
         root.addLayout(self._build_buttons())
@@ -207,51 +307,16 @@ class PromptWindow(QDialog):
         self._status.hide()
         root.addWidget(self._status)
 
-    def _build_header(self) -> QHBoxLayout:
-        header = QHBoxLayout()
-        header.setSpacing(12)
-        self._icon = QLabel()
-        self._icon.setFixedSize(_ICON, _ICON)
-        header.addWidget(self._icon, 0, Qt.AlignmentFlag.AlignTop)
-        titles = QVBoxLayout()
-        titles.setSpacing(2)
-        self._title = QLabel()
-        self._title.setTextFormat(Qt.TextFormat.RichText)
-        title_font = self._title.font()
-        title_font.setPointSizeF(title_font.pointSizeF() * 1.3)
-        self._title.setFont(title_font)
-        self._path = QLabel()
-        _dim(self._path)
-        titles.addWidget(self._title)
-        titles.addWidget(self._path)
-        header.addLayout(titles, 1)
-        return header
-
-    def _build_details(self) -> QFormLayout:
-        self._details = QFormLayout()
-        self._details.setHorizontalSpacing(14)
-        self._details.setVerticalSpacing(4)
-        self._rows: dict[str, QLabel] = {}
-        for key in _DETAILS:
-            value = QLabel()
-            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            name = QLabel(key)
-            _dim(name)
-            self._details.addRow(name, value)
-            self._rows[key] = value
-        bold = self._rows["To"].font()
-        bold.setWeight(QFont.Weight.Bold)
-        self._rows["To"].setFont(bold)
-        self._rows["Warning"].setStyleSheet("color: #c0392b; font-weight: bold")
-        return self._details
-
     def _build_choices(self) -> QFormLayout:
         choices = QFormLayout()
         choices.setHorizontalSpacing(14)
-        self._duration = QComboBox()
+        self._duration = _Choice()
         for value, text in DURATIONS:
             self._duration.addItem(text, value)
-        self._scope = QComboBox()
+        self._scope = _Choice()
+        for combo in (self._duration, self._scope):
+            combo.opened.connect(self._menu_opened)
+            combo.closed.connect(self._menu_closed)
         for mnemonic, combo in (("&For", self._duration), ("&Scope", self._scope)):
             label = QLabel(mnemonic)
             label.setBuddy(combo)
@@ -283,7 +348,15 @@ class PromptWindow(QDialog):
         self._more.setAutoDefault(False)
         menu = QMenu(self._more)
         menu.addAction("&Reject — refuse at once, the app fails fast", self.reject_connection)
+        menu.aboutToShow.connect(self._menu_opened)
+        menu.aboutToHide.connect(self._menu_closed)
         self._more.setMenu(menu)
+        self._later = QPushButton("&Later")
+        self._later.setAutoDefault(False)
+        self._later.setToolTip(
+            "Put it in the waiting list (tray): the connection waits for you a while longer"
+        )
+        self._later.clicked.connect(self.later)
         self._deny = QPushButton("&Deny")
         self._deny.setAutoDefault(False)
         self._deny.clicked.connect(self.deny)
@@ -296,6 +369,7 @@ class PromptWindow(QDialog):
         strong.setWeight(QFont.Weight.Bold)
         self._allow.setFont(strong)
         buttons.addWidget(self._more)
+        buttons.addWidget(self._later)
         buttons.addStretch(1)
         buttons.addWidget(self._deny)
         buttons.addWidget(self._allow)
@@ -303,72 +377,74 @@ class PromptWindow(QDialog):
         return buttons
 
     def _update(self) -> None:
-        prompt = self.current
+        p = self.pending
+        fresh = p.show_next()
+        prompt = p.shown
+        layout_now = (
+            tuple(q.id for q in p.queue),
+            tuple(a.id for a in p.aside),
+            tuple(e.prompt.id for e in p.trace),
+            frozenset(p.held),
+        )
+        if layout_now != self._layout_seen:
+            self._layout_seen = layout_now
+            self.changed.emit()
         if prompt is None:
-            self._timer.stop()
-            self._shown_id = None
+            if not p.queue and not p.aside:
+                self._timer.stop()
             self.hide()
             return
-        if prompt.id != self._shown_id:
-            self._shown_id = prompt.id
+        if not self._timer.isActive():
+            self._timer.start()
+        if fresh is not None:
+            log.info("prompt shown id=%d to=%s", prompt.id, prompt.destination)
             self._fill(prompt)
             self._armed_at = self._clock() + ARM_DELAY
         now = self._clock()
-        armed = now >= self._armed_at
-        for control in (self._allow, self._deny, self._more, self._reject_key):
+        armed = now >= self._armed_at and not p.ended
+        for control in (self._allow, self._deny, self._more, self._reject_key, self._later):
             control.setEnabled(armed)
-        left = max(0, round(prompt.deadline - now))
-        span = self._spans.get(prompt.id, 1.0)
+        late = prompt.id in p.late
+        left = p.seconds_left()
+        span = p.spans.get(prompt.id, 1.0)
+        self._bar.setVisible(not late)
+        self._bar.setEnabled(not (prompt.id in p.held and p.interacting))  # grey: paused
         self._bar.setRange(0, round(span * 10))
-        self._bar.setValue(min(round(span * 10), round(max(0.0, prompt.deadline - now) * 10)))
-        self._countdown.setText(f"No answer: {prompt.default_action} in {left} s")
-        self._more_waiting.setText(f"{self.waiting} more waiting" if self.waiting else "")
+        self._bar.setValue(min(round(span * 10), round(left * 10)))
+        self._countdown.setText(self._countdown_text(prompt, left, late))
+        self._more_waiting.setText(_waiting_text(self.waiting, len(p.aside)))
         layout = self.layout()
         if layout is not None:
             layout.activate()  # sizes now, not at the next event loop turn (and in screenshots)
         if not self.isVisible():
             self._present()
 
+    def _countdown_text(self, prompt: PromptView, left: float, late: bool) -> str:
+        p, default = self.pending, prompt.default_action
+        if p.ended:
+            return f"This prompt ended ({p.ended}): let go to see the next"
+        if late:
+            return f"{Expired(prompt, '', 0).label.capitalize()}: your answer makes a rule"
+        if prompt.id not in p.held:
+            return f"No answer: {default} in {round(left)} s"
+        hold = _minutes(prompt.deadline - self._clock())
+        if p.interacting:
+            return f"Paused while you choose  ·  {default} in {hold} at the latest"
+        return f"No answer: to the waiting list in {round(left)} s  ·  {default} in {hold}"
+
     def _fill(self, prompt: PromptView) -> None:
         """Show a new current prompt, with the default choices (never the last prompt's)."""
-        identity = self._identities.get(prompt.exe)
-        if identity is None:
-            identity = self._identities[prompt.exe] = self._identify(prompt.exe)
+        identity = self._identity(prompt.exe)
         fallback = self.style().standardIcon(QStyle.StandardPixmap.SP_DesktopIcon)
-        self._icon.setPixmap(app_icon(identity, fallback).pixmap(_ICON, _ICON))
-        self._title.setText(f"<b>{html.escape(identity.name)}</b> wants to connect")
-        _set_elided(self._path, prompt.who, _WIDTH - _ICON - 44)
-
-        where = f"{prompt.host}  ({prompt.dst})" if prompt.host else prompt.dst
-        ported = prompt.proto in ("tcp", "udp")
-        port = f"{prompt.port} / {prompt.proto.upper()}" if ported else prompt.proto.upper()
-        via = f"  ·  via {prompt.iface}" if prompt.iface else ""
-        user = prompt.user or (f"uid {prompt.uid}" if prompt.uid is not None else "unknown")
-        pid = f"pid {prompt.pid}" if prompt.pid is not None else "no process"
-        parents = "  ←  ".join(f"{os.path.basename(e)} ({p})" for p, e in prompt.parents[:3])
-        warnings = [n for n in prompt.notes if not n.startswith(("script ", "inline code"))]
-        if not prompt.verified:
-            warnings.append("its rules do not apply: the path names another file here")
-        elif prompt.tampered:
-            warnings.append("its allow rules do not apply")
-        values = {
-            "Warning": "; ".join(warnings),
-            "To": where,
-            "Port": port + via,
-            "Process": f"{pid}  ·  user {user}",
-            "Parent": parents,
-            "Script": prompt.script or "",
-            "Command": " ".join(prompt.cmdline),
-            "SHA-256": prompt.sha256 or "",
-        }
-        for key, text in values.items():
-            _set_elided(self._rows[key], text, _VALUE_WIDTH)
-            self._details.setRowVisible(self._rows[key], bool(text))
-        if prompt.parents:
-            self._rows["Parent"].setToolTip("\n".join(f"{p}  {e}" for p, e in prompt.parents))
-
+        self._info.show_prompt(prompt, identity, fallback)
         duration = default_duration(prompt.verified, prompt.tampered)
+        late = prompt.id in self.pending.late
+        if late and duration == "once":
+            duration = "process"
         self._duration.setCurrentIndex(self._duration.findData(duration))
+        once = self._duration.model()
+        assert isinstance(once, QStandardItemModel)
+        once.item(self._duration.findData("once")).setEnabled(not late)
         self._scope.clear()
         model = self._scope.model()
         assert isinstance(model, QStandardItemModel)
@@ -395,20 +471,13 @@ class PromptWindow(QDialog):
         self.raise_()
 
 
-def _line() -> QFrame:
-    line = QFrame()
-    line.setFrameShape(QFrame.Shape.HLine)
-    line.setFrameShadow(QFrame.Shadow.Sunken)
-    return line
+def _waiting_text(queued: int, aside: int) -> str:
+    parts = [f"{queued} more waiting"] if queued else []
+    if aside:
+        parts.append(f"{aside} in the waiting list")
+    return "  ·  ".join(parts)
 
 
-def _dim(label: QLabel) -> None:
-    """Secondary text (labels, the path) in the palette's placeholder colour."""
-    label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
-
-
-def _set_elided(label: QLabel, text: str, width: int) -> None:
-    """Long paths and command lines are cut in the middle; the tooltip keeps the full text."""
-    shown = label.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, width)
-    label.setText(shown)
-    label.setToolTip(text if shown != text else "")
+def _minutes(seconds: float) -> str:
+    whole = max(0, round(seconds))
+    return f"{whole // 60}:{whole % 60:02d}" if whole >= 60 else f"{whole} s"

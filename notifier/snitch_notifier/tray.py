@@ -1,38 +1,84 @@
-"""The tray icon: the way back to the popup, the rules and the recent connections.
+"""The tray icon: snitchd's state at a glance, and the way back to the popup, the waiting
+list, the rules and the recent connections.
+
+The shield says the state (issue 15): *daemon-down* while snitchd is not on the bus or has not
+taken us as its agent, *asking* while prompts wait (in the popup or the waiting list),
+*watching* otherwise. Expired prompts and prompts that moved to the waiting list by
+themselves are announced (a tray balloon, or a desktop notification where there is no tray),
+so nothing is decided unseen.
+
+Where the desktop has no tray (GNOME without an AppIndicator extension, a bare window
+manager), the waiting list is shown instead as a small window that stays: the same shield and
+state, the list, and buttons for the rules, the recent connections and quitting (the buttons
+are there with a tray too). It waits `TRAY_GRACE` seconds first: a panel may start after us.
 
 Pause (silent mode) is in the menu but disabled, with a tooltip that says why: snitchd has no
 call for it yet, and a switch that does nothing would lie about what the firewall does.
-The tooltip counts waiting prompts, so a hidden popup is never forgotten.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt
-from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
+import logging
+from collections.abc import Callable
 
+from PySide6.QtCore import QObject, Qt, QTimer
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QApplication, QMenu, QPushButton, QSystemTrayIcon
+
+from snitch_common.bus import PromptView
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.icons import snitch_icon
 from snitch_notifier.lists import ConnectionsWindow, RulesWindow
+from snitch_notifier.pending import Expired
 from snitch_notifier.popup import PromptWindow
+from snitch_notifier.shields import Shield
+from snitch_notifier.waiting import WaitingWindow
 
-__all__ = ["PAUSE_UNSUPPORTED", "Tray"]
+__all__ = ["PAUSE_UNSUPPORTED", "TRAY_GRACE", "Tray", "quit_now"]
 
 PAUSE_UNSUPPORTED = "snitchd cannot pause prompting yet: every new connection is still asked"
+TRAY_GRACE = 10  # seconds a notifier without a tray waits for one before showing its window
+
+log = logging.getLogger(__name__)
 
 _QUEUED = Qt.ConnectionType.QueuedConnection
 
 
+def quit_now() -> None:
+    """Leave at once: `QApplication.quit` would first ask each window to close, and the popup
+    and the waiting list refuse (they hide instead), which would cancel the quit."""
+    QApplication.exit(0)
+
+
 class Tray(QObject):
-    def __init__(self, bridge: AgentBridge, window: PromptWindow) -> None:
+    def __init__(
+        self,
+        bridge: AgentBridge,
+        window: PromptWindow,
+        has_tray: bool = True,
+        notify: Callable[[str, str], None] | None = None,
+        tray_grace: int = TRAY_GRACE,
+    ) -> None:
+        """`notify(summary, body)` announces where there is no tray (desktop notifications);
+        `tray_grace`: seconds to wait for a tray to appear before showing the window."""
         super().__init__()
         self.window = window
+        self.has_tray = has_tray
+        self._notify = notify
+        self._grace = tray_grace
+        self._looked = 0
+        self._look = QTimer(self)
+        self._look.setInterval(1000)
+        self._look.timeout.connect(self._look_for_tray)
         self.rules = RulesWindow(bridge)
         self.connections = ConnectionsWindow(bridge)
-        self.icon = QSystemTrayIcon(snitch_icon(), self)
+        self.waiting = WaitingWindow(window)
+        self.state = Shield.DAEMON_DOWN
+        self.icon = QSystemTrayIcon(snitch_icon(self.state), self)
         self.menu = QMenu()
         self.menu.setToolTipsVisible(True)
-        self.show_prompt = self.menu.addAction("Show &prompt", self._show_window)
+        self.show_prompt = self.menu.addAction("Show &prompt", self.show_window)
+        self.show_waiting = self.menu.addAction("&Waiting prompts…", self.open_waiting)
         self.menu.addSeparator()
         self.pause = QAction("Pa&use prompts", self.menu)
         self.pause.setEnabled(False)
@@ -41,41 +87,97 @@ class Tray(QObject):
         self.menu.addAction("&Rules…", lambda: self._open(self.rules))
         self.menu.addAction("Recent &connections…", lambda: self._open(self.connections))
         self.menu.addSeparator()
-        self.menu.addAction("&Quit", QApplication.quit)
+        self.menu.addAction("&Quit", quit_now)
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
+        self._standalone_buttons()
         bridge.registered.connect(self._registered, _QUEUED)
         bridge.daemon_gone.connect(self._not_connected, _QUEUED)
         bridge.failed.connect(self._failed, _QUEUED)
         bridge.alert_arrived.connect(self.show_alert, _QUEUED)
-        for signal in (bridge.prompt_arrived, bridge.prompt_cancelled):
-            signal.connect(self.update_state, _QUEUED)
-        window.answered.connect(self.update_state)
-        window.expired.connect(self.update_state)
+        window.changed.connect(self.update_state)
+        window.expired.connect(self._expired)
+        window.set_aside.connect(self._set_aside)
         self._connected = "connecting to snitchd…"
+        self._up = False
         self.last_alert = ""
+        self.last_message = ""
         self.update_state()
 
+    def start(self) -> None:
+        """Show the icon, or the small window where there is no tray. A session's panel may
+        start after the notifier: the window waits `tray_grace` seconds for a tray first."""
+        if self.has_tray:
+            self.icon.show()
+        elif self._grace <= 0:
+            self.waiting.show()
+        else:
+            self._look.start()
+
+    def _look_for_tray(self) -> None:
+        self._looked += 1
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self._look.stop()
+            self.has_tray = True
+            self.icon.show()
+            log.info("a system tray appeared: the shield is there")
+        elif self._looked >= self._grace:
+            self._look.stop()
+            log.info("still no system tray: the waiting list stays as a window")
+            self.waiting.show()
+
     def update_state(self, *_: object) -> None:
-        pending = self.window.current is not None
-        self.show_prompt.setEnabled(pending)
-        count = self.window.waiting + 1 if pending else 0
+        p = self.window.pending
+        count = len(p.queue) + len(p.aside)
+        self.show_prompt.setEnabled(count > 0)
+        self.show_waiting.setText(f"&Waiting prompts ({count})…" if count else "&Waiting prompts…")
         waiting = f"{count} prompt{'s' if count != 1 else ''} waiting" if count else "no prompts"
-        self.icon.setToolTip(f"snitch: {self._connected}; {waiting}")
+        state = Shield.ASKING if count else Shield.WATCHING
+        if not self._up:
+            state = Shield.DAEMON_DOWN
+        text = f"snitch: {self._connected}; {waiting}"
+        if state is not self.state:
+            self.state = state
+            self.icon.setIcon(snitch_icon(state))
+        self.icon.setToolTip(text)
+        self.waiting.set_state(state, text)
 
     def show_alert(self, alert: dict[str, object]) -> None:
         """snitchd's alerts (an app's first connection, a changed executable, rules edited
         behind its back) as a tray balloon: seen, but never in the way of typing."""
         self.last_alert = str(alert.get("message", ""))
-        self.icon.showMessage(
-            "snitch alert", self.last_alert, QSystemTrayIcon.MessageIcon.Warning, 10_000
+        self._announce("snitch alert", self.last_alert)
+
+    def _announce(self, summary: str, body: str) -> None:
+        self.last_message = f"{summary}: {body}"
+        if self.has_tray:
+            self.icon.showMessage(summary, body, QSystemTrayIcon.MessageIcon.Warning, 10_000)
+        elif self._notify is not None:
+            self._notify(summary, body)
+
+    def _expired(self, gone: Expired) -> None:
+        app = self.window.app_name(gone.prompt.exe)
+        self._announce(
+            f"{app}: {gone.label}",
+            f"{gone.prompt.destination}: no answer in time. "
+            "The waiting list can still make a rule of it.",
+        )
+
+    def _set_aside(self, prompt: PromptView) -> None:
+        app = self.window.app_name(prompt.exe)
+        self._announce(
+            f"{app} waits for you",
+            f"{prompt.destination} is in the waiting list: "
+            f"{prompt.default_action} if not answered in time.",
         )
 
     def _registered(self, uid: int) -> None:
+        self._up = True
         self._connected = f"asking for uid {uid}"
         self.update_state()
 
     def _not_connected(self, reason: str) -> None:
+        self._up = False
         self._connected = reason
         self.update_state()
 
@@ -85,16 +187,33 @@ class Tray(QObject):
 
     def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
         if reason is QSystemTrayIcon.ActivationReason.Trigger:
-            self._show_window()
+            self.show_window()
 
-    def _show_window(self) -> None:
-        if self.window.current is not None:
-            self.window.show()
-            self.window.raise_()
-            self.window.activateWindow()
+    def show_window(self) -> None:
+        """The popup, with the first prompt of the window or of the waiting list."""
+        p = self.window.pending
+        first = p.current or (p.aside[0] if p.aside else None)
+        if first is not None:
+            self.window.bring_back(first.id)
+
+    def open_waiting(self) -> None:
+        self.waiting.show()
+        self.waiting.raise_()
+        self.waiting.activateWindow()
 
     def _open(self, window: RulesWindow | ConnectionsWindow) -> None:
         window.show()
         window.raise_()
         window.activateWindow()
         window.refresh()
+
+    def _standalone_buttons(self) -> None:
+        for text, act in (
+            ("&Rules…", lambda: self._open(self.rules)),
+            ("Recent &connections…", lambda: self._open(self.connections)),
+            ("&Quit", quit_now),
+        ):
+            button = QPushButton(text)
+            button.setAutoDefault(False)
+            button.clicked.connect(act)
+            self.waiting.buttons.insertWidget(self.waiting.buttons.count() - 1, button)

@@ -18,12 +18,15 @@ from snitch_common.answers import Answer
 from snitch_common.bus import PromptView
 from snitch_notifier.icons import use_desktop_icon_theme
 from snitch_notifier.identity import AppIdentity
+from snitch_notifier.pending import Expired
 from snitch_notifier.popup import ARM_DELAY, PromptWindow
 
 # Before pytest-qt makes the QApplication (lazily, in the first test that needs it).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 NOW = 1_700_000_000.0
+HOLD_MAX = 600.0  # snitchd's prompt_hold_max default
+TIMEOUT = 30.0  # and its prompt_timeout
 
 BASE_PROMPT = PromptView(
     id=1,
@@ -71,8 +74,18 @@ class Popup:
     clock: Clock
     shots: Path
     answers: list[Answer] = field(default_factory=list)
-    expired: list[PromptView] = field(default_factory=list)
+    expired: list[Expired] = field(default_factory=list)
+    deferred: list[int] = field(default_factory=list)
     taken: int = 0
+
+    def hold(self, prompt_id: int) -> None:
+        """snitchd's reply to DeferPrompt: the flow is held until prompt_hold_max after it
+        was asked (tests/integration/test_prompts_ui.py checks the real one does so)."""
+        self.deferred.append(prompt_id)
+        prompt = self.window.pending.find(prompt_id)
+        if prompt is not None:
+            asked = prompt.deadline - TIMEOUT
+            self.window.held(prompt_id, asked + HOLD_MAX - self.clock.now)
 
     def arm(self) -> None:
         """Let the new prompt's guard time pass, as a person would before answering."""
@@ -95,6 +108,7 @@ def popup(qtbot: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterato
     p = Popup(window, clock, tmp_path)
     window.answered.connect(p.answers.append)
     window.expired.connect(p.expired.append)
+    window.defer_wanted.connect(p.hold)
     yield p
     if p.taken == 0:
         p.shot(request.node.name)

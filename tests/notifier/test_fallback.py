@@ -111,6 +111,23 @@ async def test_snitchd_cancel_closes_the_notification(prompter, server, prompt_f
     assert prompter.shown == {101: 1}
 
 
+async def test_an_expired_prompt_leaves_a_notification(prompter, server, prompt_factory) -> None:
+    """Issue 15: a prompt that got the default says so, without buttons; one that snitchd
+    ended otherwise (another agent answered) goes quietly."""
+    for i in (1, 2):
+        prompter.on_prompt(prompt_factory(i, host=f"h{i}.example.org"))
+        await prompter.drain()
+    prompter.on_cancel(1, "default: timed out")
+    prompter.on_cancel(2, "answered by another agent")
+    await prompter.drain()
+    assert [(n["summary"], n["actions"]) for n in server.notified[2:]] == [
+        ("Sync tool: expired: denied by default", [])
+    ]
+    assert server.notified[2]["body"] == (
+        "h1.example.org (203.0.113.7) port 443/tcp: no answer in time (default: timed out)."
+    )
+
+
 async def test_closing_without_a_button_and_foreign_actions_answer_nothing(
     prompter, server, prompt_factory
 ) -> None:

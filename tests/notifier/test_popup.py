@@ -143,7 +143,7 @@ def test_countdown_follows_the_clock_and_expiry_drops_the_prompt(popup, prompt_f
     assert popup.window._bar.value() == popup.window._bar.maximum() * 12 // 30
     popup.clock.now += 12
     popup.window.tick()
-    assert popup.expired == [prompt] and popup.answers == []
+    assert [e.prompt for e in popup.expired] == [prompt] and popup.answers == []
     assert popup.window.current is None and not popup.window.isVisible()
     assert not popup.window._timer.isActive()
 
@@ -306,8 +306,14 @@ def test_a_new_prompt_ignores_keys_and_clicks_for_a_moment(popup, prompt_factory
 
 
 def test_closing_the_window_keeps_the_prompts(popup, prompt_factory) -> None:
-    popup.window.add_prompt(prompt_factory())
+    """Issue 15: closing the window puts its prompts in the waiting list, held by snitchd,
+    and the waiting list brings them back."""
+    popup.window.add_prompt(prompt_factory(1))
+    popup.window.add_prompt(prompt_factory(2))
     popup.shot("before-close")
     popup.window.close()
     assert not popup.window.isVisible()
-    assert popup.window.current is not None and popup.answers == []
+    assert [p.id for p in popup.window.pending.aside] == [1, 2] and popup.answers == []
+    assert popup.deferred == [1, 2]
+    popup.window.bring_back(2)
+    assert popup.window.isVisible() and popup.window.pending.shown.id == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from snitch_notifier.bridge import AgentBridge
+from snitch_notifier.shields import Shield
 from snitch_notifier.tray import PAUSE_UNSUPPORTED, Tray
 
 
@@ -16,6 +17,7 @@ def test_pause_is_shown_disabled_and_says_why(popup) -> None:
     actions = _actions(tray)
     assert list(actions) == [
         "Show &prompt",
+        "&Waiting prompts…",
         "Pa&use prompts",
         "&Rules…",
         "Recent &connections…",
@@ -58,3 +60,67 @@ def test_alerts_from_snitchd_become_tray_messages(popup, qtbot) -> None:
     )
     qtbot.waitUntil(lambda: tray.last_alert != "", timeout=2000)
     assert tray.last_alert == "/usr/bin/curl connects for the first time, to 192.0.2.2"
+
+
+def test_the_shield_shows_snitchd_s_state(popup, prompt_factory, qtbot) -> None:
+    """Issue 15: with snitchd stopped the icon looked the same. Now: daemon-down until
+    registered, asking while prompts wait (also in the waiting list), watching otherwise."""
+    bridge = AgentBridge()
+    tray = Tray(bridge, popup.window)
+    assert tray.state is Shield.DAEMON_DOWN
+    bridge.registered.emit(1000)
+    qtbot.waitUntil(lambda: tray.state is Shield.WATCHING, timeout=2000)
+    popup.window.add_prompt(prompt_factory(1))
+    assert tray.state is Shield.ASKING
+    popup.window.later()
+    assert tray.state is Shield.ASKING and "1 prompt waiting" in tray.icon.toolTip()
+    bridge.daemon_gone.emit("snitchd stopped")
+    qtbot.waitUntil(lambda: tray.state is Shield.DAEMON_DOWN, timeout=2000)
+    assert tray.icon.toolTip().startswith("snitch: snitchd stopped;")
+    assert tray.waiting.state.text() == tray.icon.toolTip()
+
+
+def test_an_expired_prompt_is_announced(popup, prompt_factory) -> None:
+    tray = Tray(AgentBridge(), popup.window)
+    popup.window.add_prompt(prompt_factory(1))
+    popup.clock.now += 30
+    popup.window.tick()
+    assert tray.last_message == (
+        "python3.11: expired: denied by default: updates.example.org (203.0.113.7) port "
+        "443/tcp: no answer in time. The waiting list can still make a rule of it."
+    )
+
+
+def test_without_a_tray_the_waiting_list_stays_and_notifications_announce(
+    popup, prompt_factory, qtbot
+) -> None:
+    """No tray (a bare window manager): a small window that stays, with the shield, the
+    waiting list and the tray's entries as buttons; closing it only hides it."""
+    notified: list[tuple[str, str]] = []
+    tray = Tray(
+        AgentBridge(),
+        popup.window,
+        has_tray=False,
+        notify=lambda *m: notified.append(m),
+        tray_grace=2,
+    )
+    tray.start()
+    assert not tray.waiting.isVisible(), "a panel may still come: no window at once"
+    tray._look_for_tray()
+    assert not tray.waiting.isVisible()
+    tray._look_for_tray()  # offscreen never gets a tray
+    assert tray.waiting.isVisible() and not tray.icon.isVisible()
+    buttons = [
+        tray.waiting.buttons.itemAt(i).widget().text()
+        for i in range(tray.waiting.buttons.count())
+        if tray.waiting.buttons.itemAt(i).widget() is not None
+    ]
+    assert buttons[1:] == ["&Rules…", "Recent &connections…", "&Quit", "&Answer…"]
+    popup.window.add_prompt(prompt_factory(1))
+    popup.clock.now += 30
+    popup.window.tick()
+    assert [summary for summary, _ in notified] == ["python3.11: expired: denied by default"]
+    tray.waiting.close()
+    assert not tray.waiting.isVisible()
+    tray.open_waiting()
+    assert tray.waiting.isVisible()

@@ -71,6 +71,7 @@ def test_every_key_can_be_set() -> None:
         "attribution": "proc",
         "bpf_cgroup": "/sys/fs/cgroup/snitch-test",
         "lists_dir": "/var/lib/snitch-lists-test",
+        "prompt_hold_max": 900,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}

@@ -29,7 +29,11 @@ HEADER = (
     "     limit), Top the 1000 apps with the most traffic. Log, Top, ListRules, Traffic and Apps\n"
     "     run one at a time per caller (connection and uid): a second is refused with\n"
     "     Error.Busy. They answer JSON (one string), not aa{sv}: marshalling 1000 a{sv} rows cost\n"
-    "     the packet loop ~7 ms idle and ~100 ms under load. -->\n"
+    "     the packet loop ~7 ms idle and ~100 ms under load.\n"
+    "     DeferPrompt(prompt_id) holds one of the caller's prompts (only the agent it was sent\n"
+    "     to may) up to prompt_hold_max after it was asked, and returns the seconds left.\n"
+    "     AnswerPrompt also takes a prompt of the caller that timed out: it makes the rule\n"
+    "     only (not once), the flow got the default already. -->\n"
 )
 
 
@@ -71,6 +75,7 @@ def test_the_members_clients_use_exist() -> None:
         "Monitor",
         "RegisterAgent",
         "AnswerPrompt",
+        "DeferPrompt",
         "ListPrompts",
         "Prompt",
         "Cancel",
