@@ -208,7 +208,16 @@ def rules(draw: st.DrawFn) -> Rule:
         script=script,
         parent=draw(st.none() | paths),
         parent1=draw(st.none() | paths),
+        **_window(draw),
     )
+
+
+def _window(draw: st.DrawFn) -> dict[str, object]:
+    """Time windows and keep-open (issue 18): any valid window, any set of days."""
+    start, end = draw(st.integers(0, 1439)), draw(st.integers(0, 1439))
+    during = draw(st.none() | st.just((start, end))) if start != end else None
+    days = draw(st.none() | st.integers(1, 127))
+    return {"during": during, "days": days}
 
 
 @given(rules())
