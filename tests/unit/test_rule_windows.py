@@ -120,7 +120,7 @@ def test_overnight_window_belongs_to_the_day_it_opened() -> None:
 
 
 def test_a_window_rule_beats_the_same_rule_without_one_inside_its_window() -> None:
-    """"Allow curl at work hours, deny otherwise" must be writable: the timed allow is more
+    """ "Allow curl at work hours, deny otherwise" must be writable: the timed allow is more
     specific than the untimed deny (a time window is the last step before the action)."""
     rules = RuleSet(
         [
