@@ -250,6 +250,11 @@ async def _list_rules(client: Client, args: argparse.Namespace) -> int:
         for r in rules:  # to stderr: what is printed on stdout still pastes into add-rule
             for warning in rule_warnings(str(r["text"])):
                 print(f"snitchctl: note: rule {r['id']}: {warning}", file=sys.stderr)
+            if not r.get("enabled", True):
+                print(
+                    f"snitchctl: note: rule {r['id']} is disabled (enable-rule {r['id']})",
+                    file=sys.stderr,
+                )
     return 0
 
 
@@ -317,7 +322,8 @@ def _check_rules(args: argparse.Namespace) -> int:
         for b in bad:
             print(f"{args.file}:{b.line}: {b.reason}", file=sys.stderr)
         verdict = "invalid" if bad else "ok"
-        print(f"{args.file}: {verdict}: {len(lines)} rules, {len(bad)} bad lines")
+        rules = f"{len(lines)} rule{'' if len(lines) == 1 else 's'}"
+        print(f"{args.file}: {verdict}: {rules}, {len(bad)} bad line{'' if len(bad) == 1 else 's'}")
     return 1 if bad else 0
 
 

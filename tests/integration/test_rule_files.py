@@ -70,7 +70,7 @@ def test_rules_file_is_loaded_marked_and_protected_and_a_bad_one_is_refused_whol
     checked = lab.ctl("check-rules", str(candidate))
     assert checked.returncode == 1
     assert f"{candidate}:4: invalid destination '300.1.2.3'" in checked.stderr
-    assert "1 bad lines" in checked.stdout
+    assert "4 rules, 1 bad line" in checked.stdout
     assert lab.ctl("check-rules", str(office)).returncode == 0
 
     lab.expect_log(r"ERROR snitchd.firewall: rules file refused, its old rules stay: .*line 4")
