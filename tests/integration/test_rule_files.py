@@ -70,13 +70,14 @@ def test_rules_file_is_loaded_marked_and_protected_and_a_bad_one_is_refused_whol
     checked = lab.ctl("check-rules", str(candidate))
     assert checked.returncode == 1
     assert f"{candidate}:4: invalid destination '300.1.2.3'" in checked.stderr
-    assert "4 rules, 1 bad line" in checked.stdout
+    assert "3 rules, 1 bad line" in checked.stdout
     assert lab.ctl("check-rules", str(office)).returncode == 0
 
     lab.expect_log(r"ERROR snitchd.firewall: rules file refused, its old rules stay: .*line 4")
     _write(office, bad)
     _reload(lab, "rules file refused")
     assert f"{office}: line 4: invalid destination" in lab.log_text()
+    assert "line 4" in lab.ctl_json("status")["rules_files_error"]
     assert [r["text"] for r in lab.ctl_json("list-rules")] == ["allow port=80", "reject port=443"]
     assert lab.py("tcp", SERVER, 8080) == "timeout"  # the file's new rule was not taken
     assert lab.py("tcp", SERVER, 443) == "refused"  # the old rules are still in force
@@ -184,6 +185,7 @@ def test_a_deny_rule_added_while_a_connection_is_open_cuts_it(running: Lab) -> N
         "the cut in the connection log",
     )
     assert f"open flow cut rule={deny}" in running.log_text()
+    assert running.ctl_json("status")["flows_cut"] == 1
     assert running.py("tcp", SERVER, 80) == "timeout"  # and new ones are denied, as before
 
 
