@@ -109,7 +109,7 @@ class RuleFromFile(RuleError):
     def __init__(self, rule_id: int, doing: str, name: str) -> None:
         super().__init__(
             f"cannot {doing} rule {rule_id}: it comes from the rules file {name} (change that "
-            "file, then reload snitchd: systemctl reload snitch, or kill -HUP its pid)"
+            "file, then reload snitchd: systemctl reload snitchd, or kill -HUP its pid)"
         )
 
 
