@@ -198,6 +198,7 @@ class Firewall:
             self.rules, self._expirable, self._pins = rules, expirable, pins
             self.disabled = {r.id: r for r in load.records if not r.enabled}
             self._disabled_version += 1
+            self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
             gc.freeze()  # long-lived, as at start (main): out of the collector's full passes
             self._pinned = {exe: frozenset(hashes) for exe, hashes in pins.items()}
             # Prompt answers (which do not wait for the lock) made while the rules were read:
@@ -248,6 +249,7 @@ class Firewall:
         self._disabled_version += 1
         self.rules = RuleSet((r.id, r.rule) for r in enabled)
         self._expirable, self._pins = _tracking(enabled)
+        self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
         self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
         self.store.adopt_version(load.version)
         log.debug("rules loaded count=%d", len(self.rules))
@@ -259,6 +261,8 @@ class Firewall:
         if not record.enabled:
             self.disabled[record.id] = record
             self._disabled_version += 1
+            if _expires(record.rule):  # off or on, its time still runs out
+                self._expirable[record.id] = record
             return
         rule = record.rule
         self.rules.add((record.id, rule))

@@ -18,9 +18,9 @@ from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import parse_rule
 from snitchd.config import Config
 from snitchd.firewall import Firewall
-from snitchd.flowcut import decode_entries, encode_delete
+from snitchd.flowcut import CutResult, decode_entries, encode_delete
 from snitchd.prompts import Broker
-from snitchd.store import RuleFromFile, Store
+from snitchd.store import Decision, RuleFromFile, Store
 
 NOW = 1_700_000_000.0
 
@@ -184,3 +184,65 @@ def test_a_conntrack_tuple_reads_back_as_its_flow() -> None:
         Flow(Proto.TCP, ip_address("2001:db8::1"), 5000, ip_address("2001:db8::2"), 80),
     ):
         assert decode_entries(encode_delete(7, flow)) == ([flow], False)
+
+
+class _Kernel:
+    """The conntrack table and sockets `FlowCutter` reads and cuts (below the kernel line):
+    the open flows snitch allowed, and which of them were cut."""
+
+    def __init__(self, flows: list[Flow]) -> None:
+        self.flows = flows
+        self.cut_flows: list[Flow] = []
+
+    def allowed_flows(self, mark: int, mask: int) -> list[Flow]:
+        return list(self.flows)
+
+    def cut(self, flows: list[Flow]) -> list[CutResult]:
+        self.cut_flows += flows
+        return [CutResult(f, f.proto is Proto.TCP, True) for f in flows]
+
+
+class _Owners:
+    """Who holds each open flow, by source port (what sock_diag and /proc would say)."""
+
+    def __init__(self, owners: dict[int, str]) -> None:
+        self.owners = owners
+
+    def begin(self, flow: Flow, limits: object) -> Process:
+        return Process(Attribution.PROCESS, pid=flow.sport, uid=1000, exe=self.owners[flow.sport])
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.rows: list[Decision] = []
+
+    def record(self, decision: Decision) -> None:
+        self.rows.append(decision)
+
+
+async def test_a_new_deny_cuts_only_the_open_flows_it_now_wins_for(firewall: Firewall) -> None:
+    """The flows a deny rule cuts are those the held rules now decide by it: a more specific
+    allow keeps its flow open, a flow elsewhere is not touched, keep-open cuts nothing."""
+    curl, wget = "/usr/bin/curl", "/usr/bin/wget"
+    flows = [
+        Flow(Proto.TCP, ip_address("192.0.2.1"), 1001, ip_address("192.0.2.2"), 80),
+        Flow(Proto.TCP, ip_address("192.0.2.1"), 1002, ip_address("192.0.2.2"), 80),
+        Flow(Proto.UDP, ip_address("192.0.2.1"), 1003, ip_address("198.51.100.2"), 53),
+    ]
+    kernel = _Kernel(flows)
+    firewall.cutter = kernel  # type: ignore[assignment]
+    firewall.attributor = _Owners({1001: curl, 1002: wget, 1003: wget})  # type: ignore[assignment]
+    firewall.events = _Events()  # type: ignore[assignment]
+    await firewall.add_rule(parse_rule("allow port=80"), "t")
+    await firewall.add_rule(parse_rule(f"allow app={curl} to=192.0.2.2"), "t")
+    gentle = await firewall.add_rule(parse_rule("deny to=192.0.2.2 keep-open=yes"), "t")
+    assert await firewall.cut_flows([gentle.id], "t") == []
+    deny = await firewall.add_rule(parse_rule("reject to=192.0.2.2 port=80"), "t")
+    cut = await firewall.cut_flows([deny.id], "t")
+    assert [(c.flow.sport, c.proc.exe, c.rule_id, c.action.value) for c in cut] == [
+        (1002, wget, deny.id, "reject")
+    ]
+    assert kernel.cut_flows == [flows[1]]
+    rows = firewall.events.rows  # type: ignore[attr-defined]
+    assert [r.reason for r in rows] == [f"cut: rule {deny.id} now rejects this open flow"]
+    assert firewall.counters.cut == 1
