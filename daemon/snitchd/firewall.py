@@ -754,9 +754,12 @@ class Firewall:
 
     def load_rule_files_now(self) -> None:
         """At start, before the loop runs packets: the rules.d files into the store, then the
-        store's rules into the held set."""
-        self._sync_files(self.clock())
-        self.reload_rules()
+        held set follows what changed (the rules were read whole when the firewall was made)."""
+        for sync in self._sync_files(self.clock()):
+            for record in sync.removed:
+                self._release(record.id)
+            for record in sync.added:
+                self._hold(record)
 
     async def reload_rule_files(self) -> None:
         """On reload (SIGHUP): read the files and update the store in a worker thread, then
