@@ -190,8 +190,9 @@ def rules(draw: st.DrawFn) -> Rule:
     elif lifetime is Lifetime.PROCESS:
         pid = draw(st.none() | st.integers(0, 2**22))
         start = draw(st.none() | _FLOATS)
+    action = draw(st.sampled_from(Action))
     return Rule(
-        action=draw(st.sampled_from(Action)),
+        action=action,
         exe=exe,
         sha256=sha256,
         user=draw(st.none() | st.integers(0, 2**32 - 1)),
@@ -209,6 +210,7 @@ def rules(draw: st.DrawFn) -> Rule:
         parent=draw(st.none() | paths),
         parent1=draw(st.none() | paths),
         **_window(draw),
+        keep_open=action is not Action.ALLOW and draw(st.booleans()),
     )
 
 
