@@ -141,9 +141,13 @@ def _flow_of(tuple_attr: bytes) -> Flow | None:
     return Flow(proto, src, sport, dst, dport)
 
 
-def decode_entries(data: bytes) -> tuple[list[Flow], bool]:
+def decode_entries(
+    data: bytes, mark: int | None = None, mask: int = 0xFFFFFFFF
+) -> tuple[list[Flow], bool]:
     """The flows (original tuples, TCP and UDP) of one read of a conntrack dump, and whether
-    the dump ended in it. Raises OSError for an error message."""
+    the dump ended in it; with `mark`, only entries whose mark has it under `mask` (checked
+    here too, not only by the kernel's dump filter: an inbound flow, a local server's, must
+    never be taken for one snitch let out). Raises OSError for an error message."""
     flows: list[Flow] = []
     pos = 0
     while pos + _NLMSG.size <= len(data):
@@ -158,11 +162,17 @@ def decode_entries(data: bytes) -> tuple[list[Flow], bool]:
                 raise OSError(code, f"conntrack dump failed: {os.strerror(code)}")
             return flows, True
         body = pos + _NLMSG.size + _NFGEN.size
+        flow = None
+        entry_mark = None
         for attr_kind, payload in _attrs(data, body, pos + size):
             if attr_kind == CTA_TUPLE_ORIG:
                 flow = _flow_of(payload)
-                if flow is not None:
-                    flows.append(flow)
+            elif attr_kind == CTA_MARK and len(payload) >= 4:
+                entry_mark = struct.unpack_from("!I", payload)[0]
+        if flow is not None and (
+            mark is None or (entry_mark is not None and entry_mark & mask == mark)
+        ):
+            flows.append(flow)
         pos += (size + 3) & ~3
     return flows, False
 
@@ -187,11 +197,11 @@ class FlowCutter:
                 sock.send(encode_dump(self._next(), family, mark, mask))
                 done = False
                 while not done:
-                    found, done = decode_entries(sock.recv(1 << 16))
+                    found, done = decode_entries(sock.recv(1 << 16), mark, mask)
                     flows += found
                     if len(flows) >= MAX_FLOWS:
-                        return flows[:MAX_FLOWS]
-        return flows
+                        return list(dict.fromkeys(flows))[:MAX_FLOWS]
+        return list(dict.fromkeys(flows))  # a kernel that ignores the family dumps both
 
     def cut(self, flows: list[Flow]) -> list[CutResult]:
         """Reset each TCP flow's socket and delete each flow's conntrack entry."""

@@ -19,6 +19,7 @@ from snitch_common.rules import parse_rule
 from snitchd.config import Config
 from snitchd.firewall import Firewall
 from snitchd.flowcut import CutResult, decode_entries, encode_delete
+from snitchd.netfilter import ALLOW_MARK, MARK_MASK
 from snitchd.prompts import Broker
 from snitchd.store import Decision, RuleFromFile, Store
 
@@ -183,7 +184,10 @@ def test_a_conntrack_tuple_reads_back_as_its_flow() -> None:
         replace(_flow(53), proto=Proto.UDP),
         Flow(Proto.TCP, ip_address("2001:db8::1"), 5000, ip_address("2001:db8::2"), 80),
     ):
-        assert decode_entries(encode_delete(7, flow)) == ([flow], False)
+        message = encode_delete(7, flow)
+        assert decode_entries(message) == ([flow], False)
+        # No mark of ours on it (a local server's inbound flow has none): never a candidate.
+        assert decode_entries(message, ALLOW_MARK, MARK_MASK) == ([], False)
 
 
 class _Kernel:
