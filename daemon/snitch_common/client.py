@@ -96,6 +96,24 @@ class Client:
     async def add_rule(self, text: str) -> dict[str, Any]:
         return dict(plain(await self.call("AddRule", "s", [text])))
 
+    async def add_rule_with_note(self, text: str, note: str) -> dict[str, Any]:
+        return dict(plain(await self.call("AddRuleWithNote", "ss", [text, note])))
+
+    async def edit_rule(self, rule_id: int, text: str, note: str | None) -> dict[str, Any]:
+        """New text ("": keep it) and/or note (None: keep it) for a rule, same id."""
+        options = {} if note is None else {"note": Variant("s", note)}
+        return dict(plain(await self.call("EditRule", "tsa{sv}", [rule_id, text, options])))
+
+    async def set_rule_enabled(self, rule_id: int, enabled: bool) -> dict[str, Any]:
+        member = "EnableRule" if enabled else "DisableRule"
+        return dict(plain(await self.call(member, "t", [rule_id])))
+
+    async def import_rules(self, text: str, *, dry_run: bool) -> dict[str, Any]:
+        """The plan: `added`, `duplicates`, `invalid` (line, text, reason), `applied`."""
+        options = {"dry_run": Variant("b", dry_run)}
+        plan: dict[str, Any] = json.loads(await self.call("ImportRules", "sa{sv}", [text, options]))
+        return plan
+
     async def delete_rule(self, rule_id: int) -> dict[str, Any]:
         return dict(plain(await self.call("DeleteRule", "t", [rule_id])))
 

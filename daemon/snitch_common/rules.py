@@ -28,6 +28,8 @@ __all__ = [
     "Lifetime",
     "Rule",
     "RuleRecord",
+    "format_days",
+    "format_during",
     "interpreter_name",
     "list_place",
     "parse_duration",
@@ -86,7 +88,12 @@ _KEYS = (
     "until",
     "pid",
     "start",
+    "during",
+    "days",
+    "keep-open",
 )
+_DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # time.struct_time.tm_wday order
+_DURING_RE = re.compile(r"^([0-9]{1,2}):([0-9]{2})-([0-9]{1,2}):([0-9]{2})$")
 
 
 # Executables whose identity includes the script they run (`script=`), as snitchd's config
@@ -151,6 +158,9 @@ class Rule:
     parent: str | None = None
     parent1: str | None = None
     place: str | None = None  # a class (`lan`) or a list (`list:ads`), instead of dst/host
+    during: tuple[int, int] | None = None
+    days: int | None = None
+    keep_open: bool = False
 
     def __str__(self) -> str:
         parts = [self.action.value]
@@ -180,6 +190,10 @@ class Rule:
             parts.append("proto=" + self.proto.value)
         if self.iface is not None:
             parts.append("iface=" + shlex.quote(self.iface))
+        if self.during is not None:
+            parts.append("during=" + format_during(self.during))
+        if self.days is not None:
+            parts.append("days=" + format_days(self.days))
         if self.lifetime is Lifetime.MINUTES:
             parts.append(f"for={self.minutes}m")
             if self.until is not None:
@@ -190,7 +204,32 @@ class Rule:
             parts.append(f"pid={self.pid}")
         if self.start is not None:
             parts.append(f"start={self.start!r}")
+        if self.keep_open:
+            parts.append("keep-open=yes")
         return " ".join(parts)
+
+    @property
+    def timed(self) -> bool:
+        """Whether the rule holds only in a time window (`during=`, `days=`)."""
+        return self.during is not None or self.days is not None
+
+    def active_in(self, day: int, minute: int) -> bool:
+        """Whether local weekday `day` (0 = Monday) at `minute` after midnight falls in the
+        rule's window. A window that crosses midnight (22:00-06:00) belongs to the day it
+        opened: with days=fri it holds from Friday 22:00 to Saturday 06:00. A rule with no
+        window is always active. Pure: the caller turns its clock into local time."""
+        if self.during is not None:
+            start, end = self.during
+            if start < end:
+                if not start <= minute < end:
+                    return False
+            elif minute >= start:
+                pass
+            elif minute < end:
+                day = (day - 1) % 7  # the window opened yesterday
+            else:
+                return False
+        return self.days is None or bool(self.days >> day & 1)
 
     def covers_every_script(self, interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS) -> bool:
         """Whether this rule names an interpreter but no script: it then holds for every script
@@ -223,6 +262,69 @@ class RuleRecord:
     last_hit: float | None = None
     hits: int = 0
     origin: str = field(default="")
+    note: str = ""
+    enabled: bool = True
+
+    @property
+    def from_file(self) -> str | None:
+        """The rules.d file this rule comes from (`origin=file:NAME`), or None."""
+        return self.origin[5:] if self.origin.startswith("file:") else None
+
+
+def format_during(during: tuple[int, int]) -> str:
+    start, end = during
+    return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+def format_days(days: int) -> str:
+    """A day mask as its shortest text: runs of three or more days as ranges (mon-fri)."""
+    out: list[str] = []
+    day = 0
+    while day < 7:
+        if not days >> day & 1:
+            day += 1
+            continue
+        last = day
+        while last + 1 < 7 and days >> (last + 1) & 1:
+            last += 1
+        if last - day >= 2:
+            out.append(f"{_DAY_NAMES[day]}-{_DAY_NAMES[last]}")
+        else:
+            out += _DAY_NAMES[day : last + 1]
+        day = last + 1
+    return ",".join(out)
+
+
+def _parse_during(value: str) -> tuple[int, int]:
+    m = _DURING_RE.match(value)
+    usage = "use HH:MM-HH:MM in local time, e.g. 08:00-18:00 (22:00-06:00 crosses midnight)"
+    if m is None:
+        raise RuleError(f"invalid during {value!r}: {usage}")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2):
+        raise RuleError(f"invalid during {value!r}: {usage}")
+    start, end = h1 * 60 + m1, h2 * 60 + m2  # an end of 24:00 is 1440: to midnight
+    if start == end:
+        raise RuleError(f"invalid during {value!r}: the window is empty (leave during= out)")
+    return start, end
+
+
+def _parse_days(value: str) -> int:
+    usage = "use mon..sun, ranges and commas, e.g. mon-fri or sat,sun"
+    mask = 0
+    for part in value.lower().split(","):
+        first, sep, last = part.partition("-")
+        if first not in _DAY_NAMES or (sep and last not in _DAY_NAMES):
+            raise RuleError(f"invalid days {value!r}: {usage}")
+        a = _DAY_NAMES.index(first)
+        b = _DAY_NAMES.index(last) if sep else a
+        day = a
+        for _ in range(7):
+            mask |= 1 << day
+            if day == b:
+                break
+            day = (day + 1) % 7
+    return mask
 
 
 def parse_duration(text: str) -> tuple[Lifetime, int | None]:
@@ -395,6 +497,14 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         if not _DIGITS.fullmatch(value):
             raise RuleError(f"invalid pid {value!r}: not a process id")
         fields["pid"] = int(value)
+    elif key == "during":
+        fields["during"] = _parse_during(value)
+    elif key == "days":
+        fields["days"] = _parse_days(value)
+    elif key == "keep-open":
+        if value not in ("yes", "no"):
+            raise RuleError(f"invalid keep-open {value!r}: use yes or no")
+        fields["keep_open"] = value == "yes"
 
 
 def _check_consistent(rule: Rule) -> None:
@@ -410,3 +520,5 @@ def _check_consistent(rule: Rule) -> None:
         raise RuleError("invalid rule: pid= and start= belong to for=process")
     if rule.lifetime is Lifetime.PROCESS and rule.exe is None:
         raise RuleError("invalid rule: for=process needs app=")
+    if rule.keep_open and rule.action is Action.ALLOW:
+        raise RuleError("invalid rule: keep-open= belongs to deny and reject rules")

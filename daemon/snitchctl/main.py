@@ -24,6 +24,7 @@ from dbus_fast import Variant
 from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
 from snitch_common.errors import RuleError, SnitchError
+from snitch_common.rulefile import format_rule_line, read_rules
 from snitch_common.rules import parse_duration, parse_rule
 from snitchctl.lists import add_lists_parser, run_lists
 from snitchctl.termagent import run_agent
@@ -66,6 +67,14 @@ def _build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--duration", default="forever", help="once, process, Nm (minutes), restart, forever"
     )
+    add.add_argument("--note", default="", help="a note for people (not part of the rule)")
+    add.add_argument(
+        "--keep-open",
+        action="store_true",
+        help="a deny or reject rule leaves the flows already open (default: it cuts them)",
+    )
+    add.add_argument("--during", metavar="HH:MM-HH:MM", help="only in this local time window")
+    add.add_argument("--days", metavar="DAYS", help="only on these days, e.g. mon-fri or sat,sun")
 
     delete = sub.add_parser("delete-rule", help="delete a rule by id")
     delete.add_argument("id", type=int)
@@ -104,7 +113,43 @@ def _build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--config", metavar="PATH", help="snitchd's config (for its database)")
     doc.add_argument("--database", metavar="PATH", help="check this database instead")
     add_lists_parser(sub)
+    _add_rule_commands(sub)
     return p
+
+
+def _add_rule_commands(sub: Any) -> None:
+    """edit-rule, disable-rule, enable-rule, check-rules, export, import (issue 18)."""
+    edit = sub.add_parser(
+        "edit-rule",
+        help="give a rule new text (and/or a note), keeping its id",
+        description="Replace a rule's text, keeping its id and counters. A deny or reject "
+        "rule cuts the flows already open that it now covers, unless keep-open=yes.",
+    )
+    edit.add_argument("id", type=int)
+    edit.add_argument("text", nargs="*", help="the new rule text (leave out to change the note)")
+    edit.add_argument("--note", default=None, help="replace the rule's note")
+    for verb, what in (("disable", "switch a rule off (kept and listed, never matched)"),
+                       ("enable", "switch a rule on again")):  # fmt: skip
+        toggle = sub.add_parser(f"{verb}-rule", help=what)
+        toggle.add_argument("id", type=int)
+    check = sub.add_parser(
+        "check-rules",
+        help="check a rules file (every bad line, with its number); exit 1 if one is bad",
+        description="Check a rules file as snitchd reads /etc/snitch/rules.d/*.rules: one "
+        "rule per line, # comments. Needs no daemon.",
+    )
+    check.add_argument("file", help="the file to check (- for stdin)")
+    export = sub.add_parser("export", help="print every rule as a rules file (or JSON)")
+    export.add_argument("--format", choices=("rules", "json"), default="rules")
+    imp = sub.add_parser(
+        "import",
+        help="add the rules of a file, all or nothing; print the plan",
+        description="Add every rule of a rules file that is not there yet, in one step: "
+        "nothing is added if a line is invalid. Prints what is added, what is already there "
+        "and what is invalid.",
+    )
+    imp.add_argument("file", help="a rules file (- for stdin)")
+    imp.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
 
 
 def _rule_text_from_flags(args: argparse.Namespace) -> str:
@@ -116,7 +161,7 @@ def _rule_text_from_flags(args: argparse.Namespace) -> str:
         # One quoted argument is the text as list-rules prints it; several are its words, as
         # a shell split them (`add-rule allow port=443` said "unrecognized arguments").
         words: list[str] = args.text
-        return str(parse_rule(words[0] if len(words) == 1 else shlex.join(words)))
+        return _with_extras(words[0] if len(words) == 1 else shlex.join(words), args)
     if not args.action:
         raise RuleError("add-rule needs --action allow|deny|reject (or the rule's text)")
     if not args.exe and not args.any_app:
@@ -139,7 +184,19 @@ def _rule_text_from_flags(args: argparse.Namespace) -> str:
     words += [f"{key}={value}" for key, value in pairs if value]
     if args.duration != "forever":
         words.append(f"for={args.duration}")
-    return str(parse_rule(" ".join(shlex.quote(w) for w in words)))
+    return _with_extras(" ".join(shlex.quote(w) for w in words), args)
+
+
+def _with_extras(text: str, args: argparse.Namespace) -> str:
+    """The rule text with what --during, --days and --keep-open add to it."""
+    extra = []
+    if args.during:
+        extra.append(f"during={args.during}")
+    if args.days:
+        extra.append(f"days={args.days}")
+    if args.keep_open:
+        extra.append("keep-open=yes")
+    return str(parse_rule(" ".join([text, *extra])))
 
 
 def _since(text: str) -> float:
@@ -156,6 +213,15 @@ def _out(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "add-rule":
         rule_text = _rule_text_from_flags(args)
+    if args.command == "edit-rule":
+        words: list[str] = args.text
+        rule_text = (
+            str(parse_rule(words[0] if len(words) == 1 else shlex.join(words))) if words else ""
+        )
+        if not rule_text and args.note is None:
+            raise RuleError("edit-rule needs the new rule text, or --note")
+    if args.command == "import":
+        import_text = _read_file(args.file)
     client = await Client.connect()
     try:
         handlers: dict[str, Callable[[], Awaitable[int]]] = {
@@ -169,6 +235,11 @@ async def _run(args: argparse.Namespace) -> int:
             "monitor": lambda: _monitor(client, args),
             "agent": lambda: run_agent(client),
             "lists": lambda: run_lists(client, args),
+            "edit-rule": lambda: _edit_rule(client, args, rule_text),
+            "disable-rule": lambda: _toggle_rule(client, args, False),
+            "enable-rule": lambda: _toggle_rule(client, args, True),
+            "export": lambda: _export(client, args),
+            "import": lambda: _import(client, args, import_text),
         }
         return await handlers[args.command]()
     finally:
@@ -182,6 +253,11 @@ async def _list_rules(client: Client, args: argparse.Namespace) -> int:
         for r in rules:  # to stderr: what is printed on stdout still pastes into add-rule
             for warning in rule_warnings(str(r["text"])):
                 print(f"snitchctl: note: rule {r['id']}: {warning}", file=sys.stderr)
+            if not r.get("enabled", True):
+                print(
+                    f"snitchctl: note: rule {r['id']} is disabled (enable-rule {r['id']})",
+                    file=sys.stderr,
+                )
     return 0
 
 
@@ -200,9 +276,96 @@ def rule_warnings(text: str) -> list[str]:
 
 
 async def _add_rule(client: Client, args: argparse.Namespace, text: str) -> int:
-    record = await client.add_rule(text)
+    if args.note:
+        record = await client.add_rule_with_note(text, args.note)
+    else:
+        record = await client.add_rule(text)
+
+    def shown() -> str:
+        line = f"{record['id']}: {record['text']}"
+        return f"{line}  (exists already: not added twice)" if record.get("existing") else line
+
+    _out(args, record, shown)
+    return 0
+
+
+async def _edit_rule(client: Client, args: argparse.Namespace, text: str) -> int:
+    record = await client.edit_rule(args.id, text, args.note)
     _out(args, record, lambda: f"{record['id']}: {record['text']}")
     return 0
+
+
+async def _toggle_rule(client: Client, args: argparse.Namespace, enabled: bool) -> int:
+    record = await client.set_rule_enabled(args.id, enabled)
+    state = "enabled" if enabled else "disabled"
+    _out(args, record, lambda: f"{state} {record['id']}: {record['text']}")
+    return 0
+
+
+def _read_file(name: str) -> str:
+    try:
+        if name == "-":
+            return sys.stdin.read()
+        with open(name, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleError(f"cannot read rules file {name}: {exc}") from None
+
+
+def _check_rules(args: argparse.Namespace) -> int:
+    """Lint a rules file without the daemon: every bad line, exit 1 if any."""
+    lines, bad = read_rules(_read_file(args.file))
+    if args.json:
+        report = {
+            "rules": len(lines),
+            "invalid": [{"line": b.line, "text": b.text, "reason": b.reason} for b in bad],
+        }
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for b in bad:
+            print(f"{args.file}:{b.line}: {b.reason}", file=sys.stderr)
+        verdict = "invalid" if bad else "ok"
+        rules = f"{len(lines)} rule{'' if len(lines) == 1 else 's'}"
+        print(f"{args.file}: {verdict}: {rules}, {len(bad)} bad line{'' if len(bad) == 1 else 's'}")
+    return 1 if bad else 0
+
+
+async def _export(client: Client, args: argparse.Namespace) -> int:
+    rules = await client.list_rules()
+    if args.format == "json" or args.json:
+        print(json.dumps(rules, indent=2, sort_keys=True))
+        return 0
+    print(f"# snitch rules, exported {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    for r in rules:
+        line = format_rule_line(str(r["text"]), str(r.get("note", "")))
+        if not r.get("enabled", True):
+            line = "# disabled: " + line
+        print(line)
+    return 0
+
+
+async def _import(client: Client, args: argparse.Namespace, text: str) -> int:
+    plan = await client.import_rules(text, dry_run=args.dry_run)
+
+    def shown() -> str:
+        out = []
+        for r in plan["added"]:
+            ident = f"{r['id']}: " if r["id"] else ""
+            out.append(f"add {ident}{r['text']}")
+        for r in plan["duplicates"]:
+            out.append(f"duplicate of {r['id']}: {r['text']}" if r["id"] else
+                       f"duplicate in the file: {r['text']}")  # fmt: skip
+        for b in plan["invalid"]:
+            out.append(f"invalid line {b['line']}: {b['reason']}")
+        state = "applied" if plan["applied"] else "nothing changed"
+        out.append(
+            f"{len(plan['added'])} to add, {len(plan['duplicates'])} duplicates, "
+            f"{len(plan['invalid'])} invalid: {state}"
+        )
+        return "\n".join(out)
+
+    _out(args, plan, shown)
+    return 1 if plan["invalid"] else 0
 
 
 async def _delete_rule(client: Client, args: argparse.Namespace) -> int:
@@ -346,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return _doctor(args)
     try:
+        if args.command == "check-rules":
+            return _check_rules(args)
         if args.command == "top" and args.live:
             from snitchctl.live import run_live  # noqa: PLC0415 - Textual only when asked for
 

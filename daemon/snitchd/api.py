@@ -47,6 +47,7 @@ from snitch_common.bus import (
 )
 from snitch_common.errors import ListError, NotAuthorized, RuleError, SnitchError
 from snitch_common.records import Proto
+from snitch_common.rulefile import read_rules
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.access import is_admin
 from snitchd.agents import AgentProcess, inspect_agent, session_of, thread_names
@@ -94,6 +95,8 @@ def _record_plain(record: RuleRecord) -> dict[str, object]:
         "last_hit": record.last_hit or 0.0,
         "hits": record.hits,
         "origin": record.origin,
+        "note": record.note,
+        "enabled": record.enabled,
     }
 
 
@@ -284,14 +287,20 @@ class FirewallService(ServiceInterface):
     @dbus_method()
     @handled(admin="add rules")
     async def AddRule(self, text: DBusStr) -> VarDict:
-        origin = f"uid {current_caller().uid}"
-        return _record_dict(await self.firewall.add_rule(parse_rule(text), origin=origin))
+        """Add a rule; a rule equal to one there already is not added twice: that one comes
+        back, with `existing` true."""
+        return await self._add(text, "")
 
     @dbus_method()
     @handled(admin="delete rules")
     async def DeleteRule(self, rule_id: DBusUInt64) -> VarDict:
         origin = f"uid {current_caller().uid}"
         return _record_dict(await self.firewall.delete_rule(rule_id, origin=origin))
+
+    async def _add(self, text: str, note: str) -> dict[str, Variant]:
+        origin = f"uid {current_caller().uid}"
+        record, added = await self.firewall.add_new_rule(parse_rule(text), origin, note, dedup=True)
+        return _record_dict(record) | {"existing": Variant("b", not added)}
 
     @dbus_method()
     @handled()
@@ -566,6 +575,62 @@ class FirewallService(ServiceInterface):
             )
         )
 
+    # -- issue 18: rules edited in place, switched off and on, imported ------------------------
+
+    @dbus_method()
+    @handled(admin="add rules")
+    async def AddRuleWithNote(self, text: DBusStr, note: DBusStr) -> VarDict:
+        """AddRule, with a note people read (not part of the rule)."""
+        return await self._add(text, note)
+
+    @dbus_method()
+    @handled(admin="edit rules")
+    async def EditRule(self, rule_id: DBusUInt64, text: DBusStr, options: VarDict) -> VarDict:
+        """New text for a rule ("": keep it), same id; `note` in options replaces its note.
+        A rule of a rules.d file is refused (the error names the file)."""
+        note = _arg(options, "note", str)
+        if not text and note is None:
+            raise RuleError("edit-rule needs new rule text or a note")
+        origin = f"uid {current_caller().uid}"
+        rule = parse_rule(text) if text else None
+        return _record_dict(await self.firewall.edit_rule(rule_id, rule, note, origin))
+
+    @dbus_method()
+    @handled(admin="enable rules")
+    async def EnableRule(self, rule_id: DBusUInt64) -> VarDict:
+        origin = f"uid {current_caller().uid}"
+        return _record_dict(await self.firewall.set_rule_enabled(rule_id, True, origin))
+
+    @dbus_method()
+    @handled(admin="disable rules")
+    async def DisableRule(self, rule_id: DBusUInt64) -> VarDict:
+        """Switch a rule off: it stays listed and matches nothing until enabled."""
+        origin = f"uid {current_caller().uid}"
+        return _record_dict(await self.firewall.set_rule_enabled(rule_id, False, origin))
+
+    @dbus_method()
+    @handled(admin="import rules")
+    async def ImportRules(self, text: DBusStr, options: VarDict) -> DBusStr:
+        """Rules as a rules file's text, applied all or nothing: the plan as JSON (`added`,
+        `duplicates`, `invalid`, `applied`). With an invalid line, or `dry_run`, nothing
+        changes."""
+        dry_run = bool(_arg(options, "dry_run", bool))
+        lines, bad = read_rules(text, lasting_only=False)
+        plan: dict[str, Any] = {
+            "invalid": [{"line": b.line, "text": b.text, "reason": b.reason} for b in bad],
+            "added": [],
+            "duplicates": [],
+            "applied": False,
+        }
+        origin = f"import by uid {current_caller().uid}"
+        added, twins = await self.firewall.import_rules(
+            [line.rule for line in lines], origin, dry_run=dry_run or bool(bad)
+        )
+        plan["added"] = [{"id": r.id, "text": str(r.rule)} for r in added]
+        plan["duplicates"] = [{"id": i, "text": str(r)} for r, i in twins]
+        plan["applied"] = not (dry_run or bad)
+        return json.dumps(plan)
+
 
 def _list_view(view: ListView) -> dict[str, Any]:
     spec, held, status = view.spec, view.held, view.status
@@ -632,7 +697,9 @@ def _rules_page(
         record = store.memory_record(rule_id)
         if record is None:
             s = stats.get(rule_id, RuleStats(0.0, None, 0, ""))
-            record = RuleRecord(rule_id, rule, s.created, s.last_hit, s.hits, s.origin)
+            record = RuleRecord(
+                rule_id, rule, s.created, s.last_hit, s.hits, s.origin, s.note, s.enabled
+            )
         out.append(_record_plain(record))
     return out
 

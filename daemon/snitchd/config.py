@@ -102,6 +102,8 @@ class Config:
     `bpf_cgroup`, "" meaning the cgroup v2 root: the whole machine), and falls back to "proc"
     (sock_diag + /proc when the packet is read, the proc connector for exec-after-connect)
     where the kernel or our rights do not allow BPF; "proc" never loads BPF (procs/bpf.py).
+    `rules_dir`: the folder of `*.rules` files (issue 18), read at start and on reload; it and
+    its files must be root's and writable by no one else.
     """
 
     default_action: Action = Action.ALLOW
@@ -139,6 +141,7 @@ class Config:
     # its systemd StateDirectory (snitchd/lists.py).
     lists_dir: str = "/var/lib/snitch-lists"
     prompt_hold_max: float = 600.0
+    rules_dir: str = "/etc/snitch/rules.d"
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -223,10 +226,8 @@ def _check(key: str, value: Any, source: str) -> Any:
         return value
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty string")
-    if key == "resolv_conf" and not value.startswith("/"):
-        raise ConfigError(f"{source}: resolv_conf = {value!r}: expected an absolute path")
-    if key == "lists_dir" and not value.startswith("/"):
-        raise ConfigError(f"{source}: lists_dir = {value!r}: expected an absolute path")
+    if key in ("resolv_conf", "rules_dir", "lists_dir") and not value.startswith("/"):
+        raise ConfigError(f"{source}: {key} = {value!r}: expected an absolute path")
     if key == "admin_group":
         try:
             grp.getgrnam(value)

@@ -31,12 +31,11 @@ from ipaddress import IPv4Address
 from snitch_common.errors import BackendUnavailable
 from snitch_common.records import Flow, Proto
 
-__all__ = ["ConnMarks", "encode_delete", "encode_request"]
+__all__ = ["ConnMarks", "encode_request"]
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
-IPCTNL_MSG_CT_DELETE = 2
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -135,21 +134,6 @@ def encode_request(seq: int, flow: Flow, mark: int, mask: int, *, create: bool) 
     return header + _NFGEN.pack(family, 0, 0) + body
 
 
-def encode_delete(seq: int, flow: Flow) -> bytes | None:
-    """An IPCTNL_MSG_CT_DELETE of `flow`'s entry (by its original tuple): the flow's next packet
-    is NEW again, so it is queued and decided afresh (issue 18: a list update that now denies
-    an open flow cuts it). None where `encode_request` has no tuple either."""
-    if flow.proto is Proto.OTHER or (flow.proto is Proto.ICMP and flow.sport == 0):
-        return None
-    body = _tuple(CTA_TUPLE_ORIG, flow, reply=False)
-    family = socket.AF_INET if isinstance(flow.dst, IPv4Address) else socket.AF_INET6
-    size = _NLMSG.size + _NFGEN.size + len(body)
-    header = _NLMSG.pack(
-        size, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, 0
-    )
-    return header + _NFGEN.pack(family, 0, 0) + body
-
-
 class ConnMarks:
     """A ctnetlink socket that writes our mark bits onto conntrack entries, one flow at a time."""
 
@@ -171,14 +155,7 @@ class ConnMarks:
         False when the flow has no tuple we can name; OSError when the kernel refused (ENOENT:
         no entry to update, the packet never left; EPERM: not root; ENOMEM: table full)."""
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
-        return self._send(seq, encode_request(seq, flow, mark, mask, create=create))
-
-    def delete(self, flow: Flow) -> bool:
-        """Delete `flow`'s conntrack entry (see `encode_delete`); OSError ENOENT: none."""
-        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
-        return self._send(seq, encode_delete(seq, flow))
-
-    def _send(self, seq: int, request: bytes | None) -> bool:
+        request = encode_request(seq, flow, mark, mask, create=create)
         if request is None:
             return False
         self._sock.send(request)

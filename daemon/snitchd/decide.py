@@ -8,9 +8,10 @@ wins — one naming the app beats one that does not, then one naming the script,
 parent, then any parent, then one naming the user, then the narrowest
 destination (an address or host beats a domain, a domain beats a network, a longer prefix beats a
 shorter one, and a class or list is the widest network), then the narrowest port range, then
-naming a protocol, then an interface — and on a full tie reject beats deny beats allow.** Between
-otherwise equal rules the newest wins, so the order is total and `explain` can always name one
-winner.
+naming a protocol, then an interface, then a time window — and on a full tie reject beats deny
+beats allow.** A rule outside its time window (`during=`, `days=`, in local time) matches
+nothing, as if it were not there. Between otherwise equal rules the newest wins, so the order is
+total and `explain` can always name one winner.
 
 Who a process is, as far as a rule may trust it (issue 14): an executable snitchd could not find
 at its path (`Process.verified` False) matches no rule naming an app; a process running code not
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from snitch_common.records import Flow, Process, Proto
@@ -34,19 +35,44 @@ __all__ = [
     "PRECEDENCE",
     "Ask",
     "Explanation",
+    "LocalTime",
     "RuleSet",
     "StricterRules",
     "Verdict",
     "decide",
+    "set_local_time",
     "specificity",
+    "utc_time",
 ]
+
+LocalTime = Callable[[float], tuple[int, int]]  # Unix time -> (weekday, 0 = Monday; minute of day)
+
+
+def utc_time(now: float) -> tuple[int, int]:
+    """`now` as UTC weekday and minute (1970-01-01 was a Thursday): the default until snitchd
+    gives the machine's local time (`set_local_time`)."""
+    days, seconds = divmod(int(now), 86400)
+    return (days + 3) % 7, seconds // 60
+
+
+_local_time: LocalTime = utc_time
+
+
+def set_local_time(local: LocalTime) -> None:
+    """How time windows (`during=`, `days=`) read local time: snitchd sets the machine's
+    (time.localtime, process-wide as TZ is), tests a fixed zone. Kept out of this module so
+    that it stays free of clocks."""
+    global _local_time  # noqa: PLW0603 - one setting for the process, like its TZ
+    _local_time = local
+
 
 PRECEDENCE = (
     "the most specific rule wins: naming the app beats not naming it, then naming the script, "
     "then the direct parent, then any parent, then naming the user, "
     "then the narrowest destination (address or host > domain > network, longer prefix first, "
     "a class or list such as lan or list:ads being the widest network), "
-    "then the narrowest port range, then naming a protocol, then an interface; "
+    "then the narrowest port range, then naming a protocol, then an interface, "
+    "then a time window (a rule outside its window matches nothing); "
     "on a full tie reject beats deny beats allow, and then the newest rule"
 )
 
@@ -107,6 +133,7 @@ def specificity(rule: Rule, rule_id: int = 0) -> _Key:
         -span,
         int(rule.proto is not None),
         int(rule.iface is not None),
+        int(rule.timed),
         _ACTION_RANK[rule.action],
         rule_id,
     )
@@ -116,6 +143,8 @@ def _matches(
     rule: Rule, flow: Flow, proc: Process, names: frozenset[str], now: float, places: Places
 ) -> bool:
     if rule.until is not None and rule.until <= now:
+        return False
+    if (rule.during is not None or rule.days is not None) and not rule.active_in(*_local_time(now)):
         return False
     if rule.exe is not None and (
         rule.exe != proc.exe
@@ -331,14 +360,14 @@ def _rank(rule: Rule, rule_id: int) -> int:
     """`specificity` packed into one int, larger is better: an index keeps one int per rule
     (a tuple of twelve would cost ~130 bytes more each) and compares ints. The fields keep their
     order; a domain of more than 65535 labels (no real name) would rank as one of 65535."""
-    exe, script, parent1, parent, user, tier, sub, span, proto, iface, action, _ = specificity(
-        rule, rule_id
+    exe, script, parent1, parent, user, tier, sub, span, proto, iface, timed, action, _ = (
+        specificity(rule, rule_id)
     )
     if not 0 <= rule_id <= _ID_MASK:
         raise ValueError(f"rule id {rule_id} out of range")
     who = exe << 4 | script << 3 | parent1 << 2 | parent << 1 | user
     rank = (who << 2 | tier) << 16 | min(sub, 0xFFFF)
-    rank = ((rank << 17 | (65536 + span)) << 1 | proto) << 1 | iface
+    rank = (((rank << 17 | (65536 + span)) << 1 | proto) << 1 | iface) << 1 | timed
     return (rank << 2 | action) << 64 | rule_id
 
 

@@ -25,7 +25,7 @@ import gc
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import TypeVar
 
 from netfilterqueue import Packet
 
-from snitch_common.errors import RuleNotFound, SnitchError, StoreError
+from snitch_common.errors import RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, list_place
 from snitchd.config import Config, FailMode, PinAnswers
@@ -41,17 +41,24 @@ from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, StricterRules, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
+from snitchd.flowcut import CutResult, FlowCutter
 from snitchd.lists import Lists
-from snitchd.logwriter.conntrack import FlowEnd
-from snitchd.logwriter.livebytes import LiveDump
-from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
+from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
 from snitchd.prompts import Broker, Quotas
-from snitchd.store import Decision, RuleLoad, Store, UnparsableRule, keep_unexpired
+from snitchd.rulefiles import FileRead, read_rules_dir
+from snitchd.store import (
+    Decision,
+    FileSync,
+    RuleLoad,
+    Store,
+    UnparsableRule,
+    keep_unexpired,
+)
 
-__all__ = ["Counters", "Firewall", "quotas_of"]
+__all__ = ["Counters", "CutFlow", "Firewall", "local_time", "quotas_of"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,22 @@ class _Kept:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class CutFlow:
+    """An open flow cut because a rule now denies it (`cut_flows`)."""
+
+    flow: Flow
+    proc: Process
+    rule_id: int
+    action: Action
+    reset: bool  # its TCP socket was destroyed: the peer got a reset, the program an error
+
+
+# Open flows judged per turn of the loop while looking for those a new rule covers (each is
+# one attribution and one rule match, µs): the loop serves packets between two turns.
+_CUT_BATCH = 64
+
+
 @dataclass(slots=True)
 class Counters:
     """What `snitchctl status` shows about the queue since start."""
@@ -91,6 +114,7 @@ class Counters:
     by_default: int = 0
     repeats: int = 0  # packets of a flow already logged with the same verdict: no new row
     unmarked: int = 0  # verdicts the kernel could not keep: those flows come back to the queue
+    cut: int = 0  # open flows cut because a rule added or enabled later denies them
     started: float = field(default_factory=time.time)
 
 
@@ -142,6 +166,10 @@ class Firewall:
         self._stricter = StricterRules(places=self.places)
         self._entries: tuple[object, list[tuple[int, Rule]]] = (None, [])
         self.rules_error = ""  # why the held rules are not the store's (status), "" if they are
+        self.disabled: dict[int, RuleRecord] = {}  # rules switched off: listed, never matched
+        self._disabled_version = 0
+        self.cutter = FlowCutter()
+        self.files_error = ""  # why a rules.d file was refused at the last reload, "" if none
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
@@ -181,6 +209,9 @@ class Firewall:
             load, rules, stricter, (expirable, pins), added, removed = loaded
             self.rules, self._stricter = rules, stricter
             self._expirable, self._pins = expirable, pins
+            self.disabled = {r.id: r for r in load.records if not r.enabled}
+            self._disabled_version += 1
+            self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
             gc.freeze()  # long-lived, as at start (main): out of the collector's full passes
             self._pinned = {exe: frozenset(hashes) for exe, hashes in pins.items()}
             # Prompt answers (which do not wait for the lock) made while the rules were read:
@@ -209,39 +240,51 @@ class Firewall:
     def _load(
         self, held: RuleSet
     ) -> tuple[RuleLoad, RuleSet, StricterRules, _Tracking, set[int], set[int]]:
-        """In a worker thread: the store's rules, indexed and tracked, and which ids differ
-        from `held`."""
+        """In a worker thread: the store's rules that are on, indexed and tracked, and which
+        ids differ from `held` (the load's records keep the rules that are off)."""
         before = held.snapshot()
         load = self.store.load_rules()
-        rules = RuleSet(((r.id, r.rule) for r in load.records), places=self.places)
+        enabled = [r for r in load.records if r.enabled]
+        rules = RuleSet(((r.id, r.rule) for r in enabled), places=self.places)
         added: set[int] = set()
-        for r in load.records:
+        for r in enabled:
             old = before.pop(r.id, None)
             if old is None or (old[1] is not r.rule and old[1] != r.rule):
                 added.add(r.id)
         # A for=once rule is never held, so it is no news either.
         added = {i for i in added if i in rules}
         stricter = StricterRules(
-            ((r.id, r.rule) for r in load.records if r.id in rules), places=self.places
+            ((r.id, r.rule) for r in enabled if r.id in rules), places=self.places
         )
-        return load, rules, stricter, _tracking(load.records), added, set(before)
+        return load, rules, stricter, _tracking(enabled), added, set(before)
 
     def reload_rules(self) -> None:
         """Read every rule and index them, on the calling thread: at start, before the loop
         runs packets (afterwards, `check_outside_change` does it in a worker thread)."""
         load = self.store.load_rules()
-        self.rules = RuleSet(((r.id, r.rule) for r in load.records), places=self.places)
+        enabled = [r for r in load.records if r.enabled]
+        self.disabled = {r.id: r for r in load.records if not r.enabled}
+        self._disabled_version += 1
+        self.rules = RuleSet(((r.id, r.rule) for r in enabled), places=self.places)
         self._stricter = StricterRules(
-            ((r.id, r.rule) for r in load.records if r.id in self.rules), places=self.places
+            ((r.id, r.rule) for r in enabled if r.id in self.rules), places=self.places
         )
-        self._expirable, self._pins = _tracking(load.records)
+        self._expirable, self._pins = _tracking(enabled)
+        self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
         self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
         self.store.adopt_version(load.version)
         log.debug("rules loaded count=%d", len(self.rules))
 
     def _hold(self, record: RuleRecord) -> None:
-        """Put one rule in the held set (on the loop, between packets)."""
+        """Put one rule in the held set (on the loop, between packets); a rule that is off is
+        only listed."""
         self._release(record.id)
+        if not record.enabled:
+            self.disabled[record.id] = record
+            self._disabled_version += 1
+            if _expires(record.rule):  # off or on, its time still runs out
+                self._expirable[record.id] = record
+            return
         rule = record.rule
         self.rules.add((record.id, rule))
         if record.id not in self.rules:
@@ -258,6 +301,8 @@ class Firewall:
 
     def _release(self, rule_id: int) -> None:
         """Take one rule out of the held set (on the loop, between packets)."""
+        if self.disabled.pop(rule_id, None) is not None:
+            self._disabled_version += 1
         entry = self.rules.remove(rule_id)
         if entry is None:
             return
@@ -418,9 +463,10 @@ class Firewall:
             return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
         return outcome
 
-    def _rules_key(self) -> tuple[RuleSet, int]:
-        """Names the rule set as it is now: caches built from it compare this."""
-        return (self.rules, self.rules.version)
+    def _rules_key(self) -> tuple[RuleSet, int, int]:
+        """Names the rule set as it is now (and the rules that are off, which `rule_entries`
+        lists too): caches built from it compare this."""
+        return (self.rules, self.rules.version, self._disabled_version)
 
     async def rule_entries(self) -> list[tuple[int, Rule]]:
         """The rules held, by id, as one list made once per rule change: a slice of it is a
@@ -430,6 +476,7 @@ class Firewall:
         key = self._rules_key()
         if source != key:
             snapshot = self.rules.snapshot()
+            snapshot.update((i, (i, r.rule)) for i, r in self.disabled.items())
             entries = await asyncio.to_thread(_by_id, snapshot)
             self._entries = (key, entries)
         return entries
@@ -596,19 +643,32 @@ class Firewall:
     async def add_rule(self, rule: Rule, origin: str) -> RuleRecord:
         """Store the rule (in a worker thread: a locked store delays only this caller), then
         hold it. Raises StoreError (store locked, unwritable) or RuleError."""
+        return (await self.add_new_rule(rule, origin))[0]
 
-        async def change() -> RuleRecord:
+    async def add_new_rule(
+        self, rule: Rule, origin: str, note: str = "", *, dedup: bool = False
+    ) -> tuple[RuleRecord, bool]:
+        """`add_rule`, with a note; with `dedup`, a rule equal to one there already is not
+        added: that one is returned, and False. A new deny or reject rule cuts the open flows
+        it now covers (unless keep-open=yes), in the background."""
+
+        async def change() -> tuple[RuleRecord, bool]:
             async with self._changing:
-                record = await asyncio.to_thread(self.store.add_rule, rule, self.clock(), origin)
-                self._hold(record)
-            log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
-            return record
+                record, added = await asyncio.to_thread(
+                    self.store.added_rule, rule, self.clock(), origin, note, dedup=dedup
+                )
+                if added:
+                    self._hold(record)
+            if added:
+                log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
+                self._cut_soon([record], origin)
+            return record, added
 
         return await self._finish(change())
 
     async def delete_rule(self, rule_id: int, origin: str) -> RuleRecord:
         """Delete the rule from the store (in a worker thread), then stop holding it. Raises
-        RuleNotFound or StoreError."""
+        RuleNotFound, RuleFromFile or StoreError."""
 
         async def change() -> RuleRecord:
             async with self._changing:
@@ -618,6 +678,233 @@ class Firewall:
             return record
 
         return await self._finish(change())
+
+    async def edit_rule(
+        self, rule_id: int, rule: Rule | None, note: str | None, origin: str
+    ) -> RuleRecord:
+        """New text (None: keep it) and/or a new note (None: keep it) for a rule, same id. An
+        edit that makes a deny or reject rule cuts the open flows it now covers."""
+
+        async def change() -> RuleRecord:
+            async with self._changing:
+                if rule is None:
+                    assert note is not None
+                    record = await asyncio.to_thread(self.store.set_note, rule_id, note)
+                else:
+                    record = await asyncio.to_thread(
+                        self.store.edit_rule, rule_id, rule, self.clock(), note
+                    )
+                self._hold(record)
+            log.info("rule edited id=%d origin=%s: %s", rule_id, origin, record.rule)
+            if rule is not None:
+                self._cut_soon([record], origin)
+            return record
+
+        return await self._finish(change())
+
+    async def set_rule_enabled(self, rule_id: int, enabled: bool, origin: str) -> RuleRecord:
+        """Switch a rule on or off; switched on, a deny or reject rule cuts the open flows it
+        now covers."""
+
+        async def change() -> RuleRecord:
+            async with self._changing:
+                record = await asyncio.to_thread(self.store.set_enabled, rule_id, enabled)
+                self._hold(record)
+            log.info(
+                "rule %s id=%d origin=%s: %s",
+                "enabled" if enabled else "disabled",
+                rule_id,
+                origin,
+                record.rule,
+            )
+            if enabled:
+                self._cut_soon([record], origin)
+            return record
+
+        return await self._finish(change())
+
+    async def import_rules(
+        self, rules: list[Rule], origin: str, *, dry_run: bool
+    ) -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
+        """Add every rule not there yet, in one store transaction (all or nothing), then hold
+        them; `dry_run` only says what would be added. Returns (added, (twin rule, its id))."""
+
+        async def change() -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
+            async with self._changing:
+                added, twins = await asyncio.to_thread(
+                    self.store.import_rules, rules, self.clock(), origin, dry_run=dry_run
+                )
+                if not dry_run:
+                    for record in added:
+                        self._hold(record)
+            if not dry_run:
+                log.info("rules imported origin=%s added=%d", origin, len(added))
+                self._cut_soon(added, origin)
+            return added, twins
+
+        return await self._finish(change())
+
+    # -- rules.d files -------------------------------------------------------------------------
+
+    def load_rule_files_now(self) -> None:
+        """At start, before the loop runs packets: the rules.d files into the store, then the
+        held set follows what changed (the rules were read whole when the firewall was made)."""
+        for sync in self._sync_files(self.clock()):
+            for record in sync.removed:
+                self._release(record.id)
+            for record in sync.added:
+                self._hold(record)
+
+    async def reload_rule_files(self) -> None:
+        """On reload (SIGHUP): read the files and update the store in a worker thread, then
+        hold what changed; a refused file keeps its old rules."""
+
+        async def change() -> None:
+            async with self._changing:
+                synced = await asyncio.to_thread(self._sync_files, self.clock())
+                added: list[RuleRecord] = []
+                for sync in synced:
+                    for record in sync.removed:
+                        self._release(record.id)
+                    for record in sync.added:
+                        self._hold(record)
+                    added += sync.added
+            self._cut_soon(added, "rules files")
+
+        await self._finish(change())
+
+    def _sync_files(self, now: float) -> list[FileSync]:
+        """Read `rules_dir` and make the store's file rules match it. Every refused file is
+        logged as an error with its reason (file and line) and keeps its rules."""
+        folder = self.config.rules_dir
+        files, exists = read_rules_dir(folder)
+        errors: list[str] = []
+        synced: list[FileSync] = []
+        refused = [f for f in files if f.error]
+        for read in refused:
+            log.error("rules file refused, its old rules stay: %s", read.error)
+            errors.append(read.error)
+        if any(f.name == "*" for f in refused):
+            self.files_error = "; ".join(errors)
+            return synced  # the folder itself is unsafe or unreadable: change nothing
+        good: list[FileRead] = [f for f in files if not f.error]
+        present = {f.name for f in files}
+        for read in good:
+            sync = self.store.sync_file(read.name, list(read.rules), now)
+            synced.append(sync)
+        for gone in sorted(self.store.file_names() - present):
+            synced.append(self.store.sync_file(gone, [], now))
+        for sync in synced:
+            if sync.added or sync.removed:
+                log.info(
+                    "rules file loaded name=%s added=%d removed=%d kept=%d",
+                    sync.name,
+                    len(sync.added),
+                    len(sync.removed),
+                    sync.kept,
+                )
+        if not exists:
+            log.debug("no rules folder %s", folder)
+        self.files_error = "; ".join(errors)
+        return synced
+
+    # -- cutting open flows ----------------------------------------------------------------------
+
+    def _cut_soon(self, records: list[RuleRecord], origin: str) -> None:
+        """Start `cut_flows` for the deny and reject rules among `records` that are on and
+        may cut, in the background: the caller of a rule change does not wait for it."""
+        ids = {
+            r.id
+            for r in records
+            if r.enabled and r.rule.action is not Action.ALLOW and not r.rule.keep_open
+        }
+        self._cut_ids_soon(ids, origin)
+
+    def _cut_ids_soon(self, ids: set[int], origin: str) -> None:
+        if not ids or self.marks is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._cut_logged(ids, origin), name="cut")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cut_logged(self, rule_ids: set[int], origin: str) -> None:
+        try:
+            await self.cut_flows(rule_ids, origin)
+        except Exception:
+            log.exception("cutting open flows failed rules=%s", sorted(rule_ids))
+
+    async def cut_flows(self, rule_ids: Collection[int], why: str) -> list[CutFlow]:
+        """Cut the open flows that snitch let out and that one of `rule_ids` now denies or
+        rejects, as the held rules decide them now (a more specific allow keeps its flow;
+        keep-open=yes keeps them all). The one entry point for anything that makes rules
+        stricter (a rule added, edited or enabled; a list that grows).
+
+        The conntrack dump and the cuts run in a worker thread; on the loop, the flows are
+        attributed and decided in batches of `_CUT_BATCH`, as new packets would be. Each cut
+        is logged (INFO) and written to the connection log with reason "cut: rule N".
+        """
+        wanted = set(rule_ids)
+        flows = await asyncio.to_thread(self.cutter.allowed_flows, ALLOW_MARK, MARK_MASK)
+        chosen: list[tuple[Flow, Process, int, Action, str | None]] = []
+        for i in range(0, len(flows), _CUT_BATCH):
+            batch = flows[i : i + _CUT_BATCH]
+            for flow in batch:
+                proc = await self._owner_of(flow)
+                now = self.clock()
+                names, host = self.dns.names_for(flow.dst, proc, now)
+                outcome = decide(flow, proc, self.rules, now, names)
+                if (
+                    isinstance(outcome, Verdict)
+                    and outcome.rule_id in wanted
+                    and outcome.action is not Action.ALLOW
+                ):
+                    rule_id = outcome.rule_id
+                    assert rule_id is not None
+                    held = self.rules.get(rule_id)
+                    if held is not None and not held[1].keep_open:
+                        chosen.append((flow, proc, rule_id, outcome.action, host))
+            await asyncio.sleep(0)
+        if not chosen:
+            return []
+        results = await asyncio.to_thread(self.cutter.cut, [c[0] for c in chosen])
+        now = self.clock()
+        out: list[CutFlow] = []
+        for (flow, proc, rule_id, action, host), result in zip(chosen, results, strict=True):
+            if not (result.reset or result.deleted):
+                if result.error:
+                    log.warning("open flow not cut %s rule=%d: %s", flow, rule_id, result.error)
+                continue
+            out.append(_cut_record(result, proc, rule_id, action))
+            self._forget_in_flight(flow)
+            self.counters.cut += 1
+            log.info(
+                "open flow cut rule=%d why=%s reset=%s: %s from %s",
+                rule_id,
+                why,
+                result.reset,
+                flow,
+                proc.describe(),
+            )
+            reason = f"cut: rule {rule_id} now {action.value}s this open flow"
+            self.events.record(Decision(now, flow, proc, action, rule_id, reason, host))
+        return out
+
+    def _forget_in_flight(self, flow: Flow) -> None:
+        """A cut flow's next packet is decided afresh, never as one in flight (`_in_flight`)."""
+        ends = (flow.proto, flow.src, flow.sport, flow.dst, flow.dport)
+        for kept in [k for k in self._kept if (k.proto, k.src, k.sport, k.dst, k.dport) == ends]:
+            del self._kept[kept]
+
+    async def _owner_of(self, flow: Flow) -> Process:
+        """Who holds an open flow, as a packet of it would be attributed (a TCP flow's
+        socket is still there; a UDP flow's may be gone: then the kernel's)."""
+        try:
+            found = self.attributor.begin(flow, self._lookup_limits())
+        except OSError:
+            return Process.kernel()
+        if isinstance(found, Lookup):
+            return await asyncio.shield(found.future)  # a packet of the flow may wait for it too
+        return found
 
     async def _finish(self, change: Awaitable[T]) -> T:
         """Run a rule change to its end even if its caller goes (a D-Bus call cancelled at
@@ -659,62 +946,15 @@ class Firewall:
         return gone
 
     def _list_loaded(self, name: str) -> None:
-        task = asyncio.create_task(self.cut_listed(name), name=f"cut-list-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def cut_listed(self, name: str) -> int:
-        """A new copy of list `name` was swapped in: cut the open flows snitch had allowed that
-        a rule naming the list now denies or rejects (issue 18), by deleting their conntrack
-        entries, so that their next packet is NEW, queued, and decided by the rules as they are.
-
-        The one cut this branch has (rule changes will cut too; see issue 18): the allowed flows
-        are read from conntrack in a worker thread (by snitch's allow mark), the ones the new
-        copy covers (by address, or by a name anyone resolved for it) are attributed as a new
-        packet would be, and cut only if `decide` now picks a deny or reject rule naming the
-        list. The log gets a row for each cut."""
-        held = self.places.lists.get(name)
-        if held is None or self.marks is None:
-            return 0
-        try:
-            entries = await asyncio.to_thread(_allowed_flows)
-        except (OSError, SnitchError) as exc:
-            log.warning("cannot read the open flows list %s may cut: %s", name, exc)
-            return 0
+        """A new copy of list `name` was swapped in: the open flows a deny or reject rule
+        naming it now covers are cut, as for a rule made stricter (`cut_flows`)."""
         place = list_place(name)
-        cut = 0
-        for entry in entries:
-            now = self.clock()
-            if not held.contains(entry.dst, self.dns.names.every_name(entry.dst, now)):
-                continue
-            flow = Flow(entry.proto, entry.src, entry.sport, entry.dst, entry.dport)
-            found = self.attributor.begin(flow, self._lookup_limits())
-            proc = await found.future if isinstance(found, Lookup) else found
-            names, host = self.dns.names_for(flow.dst, proc, now)
-            outcome = decide(flow, proc, self.rules, now, names)
-            if not isinstance(outcome, Verdict) or outcome.action is Action.ALLOW:
-                continue
-            won = self.rules.get(outcome.rule_id) if outcome.rule_id is not None else None
-            if won is None or won[1].place != place:
-                continue
-            try:
-                self.marks.delete(flow)
-            except OSError as exc:
-                log.debug("cannot cut flow %s: %s", flow, exc)
-                continue
-            tuple_of = (flow.proto, flow.src, flow.sport, flow.dst, flow.dport)
-            for kept in [
-                k for k in self._kept if (k.proto, k.src, k.sport, k.dst, k.dport) == tuple_of
-            ]:
-                del self._kept[kept]  # its next packet is decided afresh, not as in flight
-            cut += 1
-            verdict = Verdict(
-                outcome.action, outcome.rule_id, f"{outcome.reason} (cut: list {name} updated)"
-            )
-            self._log(verdict, flow, proc, now, host)
-        if cut:
-            log.info("open flows cut list=%s count=%d", name, cut)
-        return cut
+        ids = {
+            rule_id
+            for rule_id, rule in self.rules.snapshot().values()
+            if rule.place == place and rule.action is not Action.ALLOW and not rule.keep_open
+        }
+        self._cut_ids_soon(ids, f"list {name} updated")
 
     def explain(
         self,
@@ -732,15 +972,6 @@ class Firewall:
         return self.rules.explain(flow, proc, frozenset(), self.clock())
 
 
-def _allowed_flows() -> list[FlowEnd]:
-    """The flows snitch allowed that conntrack still tracks (worker thread)."""
-    dump = LiveDump()
-    try:
-        return dump.dump()
-    finally:
-        dump.close()
-
-
 def quotas_of(config: Config) -> Quotas:
     """The prompt shares a config gives: held packets at most half the kernel queue, so that
     flows being decided always find room in it."""
@@ -750,6 +981,16 @@ def quotas_of(config: Config) -> Quotas:
         config.max_prompt_packets,
         config.queue_max_len // 2,
     )
+
+
+def local_time(now: float) -> tuple[int, int]:
+    """The machine's local weekday and minute of `now` (time windows: `set_local_time`)."""
+    local = time.localtime(now)
+    return local.tm_wday, local.tm_hour * 60 + local.tm_min
+
+
+def _cut_record(result: CutResult, proc: Process, rule_id: int, action: Action) -> CutFlow:
+    return CutFlow(result.flow, proc, rule_id, action, result.reset)
 
 
 def _expires(rule: Rule) -> bool:

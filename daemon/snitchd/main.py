@@ -27,8 +27,9 @@ from snitchd.agents import session_active
 from snitchd.api import serve
 from snitchd.config import DEFAULT_PATH, Config, FailMode, PinAnswers, load_config
 from snitchd.connmark import ConnMarks
+from snitchd.decide import set_local_time
 from snitchd.events import EventLog
-from snitchd.firewall import Firewall, quotas_of
+from snitchd.firewall import Firewall, local_time, quotas_of
 from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
 from snitchd.netwatch import NetWatch
@@ -71,6 +72,7 @@ class _Daemon:
         self.stop = asyncio.Event()
         self.firewall: Firewall | None = None
         self.reloads = 0
+        self._file_tasks: set[asyncio.Task[None]] = set()
 
     def _spec(self, config: Config) -> NetSpec:
         dns_queue = config.dns_queue if config.snoop_dns else None
@@ -99,7 +101,9 @@ class _Daemon:
             config.interpreters,
         )
         marks = ConnMarks()
+        set_local_time(local_time)  # time windows in the machine's zone (TZ, /etc/localtime)
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
+        firewall.load_rule_files_now()  # rules.d, before any packet is decided
         broker.attach(firewall)
         # The rules (100k of them: over a million objects) are long-lived: leave them out of
         # the collector's full passes, which otherwise held the GIL ~100 ms each, stalling the
@@ -181,6 +185,7 @@ class _Daemon:
         stays. The queue keeps running throughout, so no flow is lost."""
         assert self.firewall is not None
         _notify("RELOADING=1")
+        self._reload_files(self.firewall)
         try:
             new = load_config(self.config_path)
             fixed = [
@@ -205,6 +210,21 @@ class _Daemon:
                 new.fail_mode.value,
             )
         _notify("READY=1")
+
+    def _reload_files(self, firewall: Firewall) -> None:
+        """The rules.d files again, in the background (worker thread; a refused file is
+        logged and keeps its rules)."""
+        task = asyncio.get_running_loop().create_task(
+            firewall.reload_rule_files(), name="rules-files"
+        )
+        self._file_tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._file_tasks.discard(t)
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                log.error("rules files not reloaded: %s", exc)
+
+        task.add_done_callback(done)
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the loop itself: if the loop is stuck, systemd restarts us."""

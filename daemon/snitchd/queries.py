@@ -144,6 +144,8 @@ class RuleStats:
     last_hit: float | None
     hits: int
     origin: str
+    note: str = ""
+    enabled: bool = True
 
 
 def read_connections(conn: sqlite3.Connection, query: LogQuery) -> list[dict[str, Any]]:
@@ -290,9 +292,16 @@ def read_rule_stats(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, R
         return {}
     marks = ", ".join("?" * len(ids))
     cursor = conn.execute(
-        f"SELECT id, created, last_hit, hits, origin FROM rules WHERE id IN ({marks})", list(ids)
+        f"SELECT id, created, last_hit, hits, origin, note, disabled FROM rules "
+        f"WHERE id IN ({marks})",
+        list(ids),
     )
-    return {row[0]: RuleStats(row[1] or 0.0, row[2], row[3] or 0, row[4] or "") for row in cursor}
+    return {
+        row[0]: RuleStats(
+            row[1] or 0.0, row[2], row[3] or 0, row[4] or "", row[5] or "", not row[6]
+        )
+        for row in cursor
+    }
 
 
 class QueryGate:

@@ -71,6 +71,8 @@ class Status:
     kernel: tuple[tuple[str, int], ...] = ()
     running: bool = True
     attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
+    rules_files_error: str = ""  # why a rules.d file was refused at the last load (issue 18)
+    flows_cut: int = 0  # open flows cut because a rule added or enabled later denies them
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -118,4 +120,6 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         log_error=fw.events.last_error,
         attribution=fw.attributor.path,
         kernel=tuple(kernel_stats(fw.config.queue).items()),
+        rules_files_error=fw.files_error,
+        flows_cut=c.cut,
     )

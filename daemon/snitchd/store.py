@@ -22,7 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,11 @@ from snitchd.queries import MINUTES_KEPT, LogQuery, read_connections, read_top
 __all__ = [
     "SCHEMA_VERSION",
     "Decision",
+    "FileSync",
     "Finding",
     "FlowBytes",
     "LogQuery",
+    "RuleFromFile",
     "RuleLoad",
     "Store",
     "TrafficMinute",
@@ -99,6 +101,26 @@ class RuleLoad:
 
     version: int
     records: list[RuleRecord]
+
+
+class RuleFromFile(RuleError):
+    """A rule that a rules.d file holds: it changes with its file, not through snitchctl."""
+
+    def __init__(self, rule_id: int, doing: str, name: str) -> None:
+        super().__init__(
+            f"cannot {doing} rule {rule_id}: it comes from the rules file {name} (change that "
+            "file, then reload snitchd: systemctl reload snitchd, or kill -HUP its pid)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FileSync:
+    """What loading one rules.d file changed in the store."""
+
+    name: str
+    added: tuple[RuleRecord, ...]
+    removed: tuple[RuleRecord, ...]
+    kept: int
 
 
 class UnparsableRule(StoreError):
@@ -191,6 +213,17 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
     db.table("connections").add_column("source", str)
 
 
+def _migrate_6(db: sqlite_utils.Database) -> None:
+    """A note per rule, rules switched off without being deleted (issue 18), and an index on
+    the text so that adding a rule finds its twin without reading every rule. Switching a rule
+    on or off is a rule change like any other: the counter of schema 3 counts it."""
+    db.execute("ALTER TABLE rules ADD COLUMN note TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE rules ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX rules_text ON rules (text)")
+    bump = "BEGIN UPDATE changes SET count = count + 1 WHERE what = 'rules'; END"
+    db.execute(f"CREATE TRIGGER rules_toggled AFTER UPDATE OF disabled ON rules {bump}")
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
@@ -198,6 +231,7 @@ _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_3,
     _migrate_4,
     _migrate_5,
+    _migrate_6,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -282,13 +316,15 @@ class Store:
     ) -> RuleRecord:
         """A row of `_RULE_COLUMNS`, parsed unless its text is the one parsed before; what
         was used goes into `parsed` (the cache `rules()` rebuilds)."""
-        rule_id, text, created, last_hit, hits, origin = row
+        rule_id, text, created, last_hit, hits, origin, note, disabled = row
         known = self._parsed.get(rule_id)
         if known is None or known[0] != text:
             known = (text, parse_rule(text))
         if parsed is not None:
             parsed[rule_id] = known
-        return RuleRecord(rule_id, known[1], created, last_hit, hits or 0, origin or "")
+        return RuleRecord(
+            rule_id, known[1], created, last_hit, hits or 0, origin or "", note or "", not disabled
+        )
 
     def rules(self) -> list[RuleRecord]:
         """Stored rules then in-memory ones. A stored row that no longer parses raises
@@ -359,38 +395,198 @@ class Store:
                 if self._expected == before:
                     self._expected = after
 
-    def add_rule(self, rule: Rule, now: float, origin: str = "") -> RuleRecord:
+    def add_rule(
+        self, rule: Rule, now: float, origin: str = "", note: str = "", *, dedup: bool = False
+    ) -> RuleRecord:
+        """Store a rule (or keep it in memory, for=restart and process-less lifetimes). With
+        `dedup`, a rule whose text equals one already there is not added twice: that one is
+        returned (`added_rule` says which happened)."""
+        return self.added_rule(rule, now, origin, note, dedup=dedup)[0]
+
+    def added_rule(
+        self, rule: Rule, now: float, origin: str = "", note: str = "", *, dedup: bool = False
+    ) -> tuple[RuleRecord, bool]:
+        """`add_rule`, and whether the rule is new (False: its twin was returned)."""
         if rule.lifetime is Lifetime.ONCE:
             raise RuleError("a for=once rule is never stored: it answers one prompt")
+        _check_note(note)
         rule = rule.stamped(now)
+        if dedup and not rule.is_stored:
+            with self._memory_lock:
+                twin = next((m for m in self._memory.values() if m.rule == rule), None)
+            if twin is not None:
+                return twin, False
         with self._rule_write() as conn:
             if rule.is_stored:
+                if dedup:
+                    row = conn.execute(
+                        f"SELECT {_RULE_COLUMNS} FROM rules WHERE text = ? ORDER BY id LIMIT 1",
+                        [str(rule)],
+                    ).fetchone()
+                    if row is not None:
+                        return self._record(row), False
                 cur = conn.execute(
-                    "INSERT INTO rules (text, created, hits, origin) VALUES (?, ?, 0, ?)",
-                    [str(rule), now, origin],
+                    "INSERT INTO rules (text, created, hits, origin, note) VALUES (?, ?, 0, ?, ?)",
+                    [str(rule), now, origin, note],
                 )
-                return RuleRecord(int(cur.lastrowid or 0), rule, now, None, 0, origin)
+                return RuleRecord(int(cur.lastrowid or 0), rule, now, None, 0, origin, note), True
             # The next id of the rules table, taken without a row (for rules kept in memory).
             rule_id = int(conn.execute("INSERT INTO rules (text) VALUES ('')").lastrowid or 0)
             conn.execute("DELETE FROM rules WHERE id = ?", [rule_id])
-        record = RuleRecord(rule_id, rule, now, None, 0, origin)
+        record = RuleRecord(rule_id, rule, now, None, 0, origin, note)
         with self._memory_lock:
             self._memory[rule_id] = record
-        return record
+        return record, True
 
-    def delete_rule(self, rule_id: int) -> RuleRecord:
+    def delete_rule(self, rule_id: int, *, files_too: bool = False) -> RuleRecord:
+        """Delete a rule. One that a rules.d file holds is refused (`RuleFromFile`) unless
+        `files_too` (the file's own reload, and expiry)."""
         with self._memory_lock:
             memory = self._memory.pop(rule_id, None)
         if memory is not None:
             return memory
         with self._rule_write() as conn:
-            row = conn.execute(
-                f"SELECT {_RULE_COLUMNS} FROM rules WHERE id = ?", [rule_id]
-            ).fetchone()
-            if row is None:
-                raise RuleNotFound(f"no rule with id {rule_id} (see: snitchctl list-rules)")
+            old = self._editable(conn, rule_id, "delete", files_too=files_too)
             conn.execute("DELETE FROM rules WHERE id = ?", [rule_id])
-        return self._record(row)
+        return old
+
+    def _editable(
+        self, conn: sqlite3.Connection, rule_id: int, doing: str, *, files_too: bool = False
+    ) -> RuleRecord:
+        row = conn.execute(f"SELECT {_RULE_COLUMNS} FROM rules WHERE id = ?", [rule_id]).fetchone()
+        if row is None:
+            raise RuleNotFound(f"no rule with id {rule_id} (see: snitchctl list-rules)")
+        record = self._record(row)
+        if record.from_file is not None and not files_too:
+            raise RuleFromFile(rule_id, doing, record.from_file)
+        return record
+
+    def edit_rule(self, rule_id: int, rule: Rule, now: float, note: str | None) -> RuleRecord:
+        """Give a rule new text (and a note, unless None), keeping its id, counters and
+        whether it is on. A rule of a rules.d file is refused (`RuleFromFile`)."""
+        if note is not None:
+            _check_note(note)
+        rule = rule.stamped(now)
+        with self._memory_lock:
+            memory = self._memory.get(rule_id)
+            if memory is not None and not rule.is_stored:
+                new = replace(memory, rule=rule, note=memory.note if note is None else note)
+                self._memory[rule_id] = new
+                return new
+        if memory is not None or not rule.is_stored:
+            raise RuleError(
+                f"cannot edit rule {rule_id}: the new text moves it between the rules kept "
+                "until restart and the stored ones (for=); delete it and add the new one"
+            )
+        with self._rule_write() as conn:
+            old = self._editable(conn, rule_id, "edit")
+            conn.execute(
+                "UPDATE rules SET text = ?, note = ? WHERE id = ?",
+                [str(rule), old.note if note is None else note, rule_id],
+            )
+        return replace(old, rule=rule, note=old.note if note is None else note)
+
+    def set_enabled(self, rule_id: int, enabled: bool) -> RuleRecord:
+        """Switch a rule on or off (off: kept, listed, never matched)."""
+        with self._memory_lock:
+            memory = self._memory.get(rule_id)
+            if memory is not None:
+                self._memory[rule_id] = memory = replace(memory, enabled=enabled)
+                return memory
+        with self._rule_write() as conn:
+            old = self._editable(conn, rule_id, "enable" if enabled else "disable")
+            conn.execute("UPDATE rules SET disabled = ? WHERE id = ?", [int(not enabled), rule_id])
+        return replace(old, enabled=enabled)
+
+    def sync_file(self, name: str, rules: list[Rule], now: float) -> FileSync:
+        """Make the stored rules of rules.d file `name` be `rules`, in one transaction: a rule
+        whose text is unchanged keeps its id (and counters), the others go or come."""
+        origin = f"file:{name}"
+        wanted: dict[str, list[Rule]] = {}
+        for rule in rules:
+            if rule.lifetime is Lifetime.ONCE or not rule.is_stored:
+                raise RuleError(f"{name}: a rules file holds lasting rules: drop for=")
+            wanted.setdefault(str(rule), []).append(rule)
+        removed: list[RuleRecord] = []
+        added: list[RuleRecord] = []
+        kept = 0
+        with self._rule_write() as conn:
+            rows = conn.execute(
+                f"SELECT {_RULE_COLUMNS} FROM rules WHERE origin = ? ORDER BY id", [origin]
+            ).fetchall()
+            for row in rows:
+                same = wanted.get(row[1])
+                if same:
+                    same.pop()
+                    kept += 1
+                    continue
+                conn.execute("DELETE FROM rules WHERE id = ?", [row[0]])
+                try:
+                    removed.append(self._record(row))
+                except RuleError:
+                    removed.append(RuleRecord(row[0], Rule(Action.DENY), 0.0, origin=origin))
+            for text, left in wanted.items():
+                for rule in left:
+                    cur = conn.execute(
+                        "INSERT INTO rules (text, created, hits, origin) VALUES (?, ?, 0, ?)",
+                        [text, now, origin],
+                    )
+                    added.append(RuleRecord(int(cur.lastrowid or 0), rule, now, origin=origin))
+        return FileSync(name, tuple(added), tuple(removed), kept)
+
+    def file_names(self) -> set[str]:
+        """The rules.d files that have rules in the store."""
+        with self._lock, self._errors("read"):
+            rows = self.db.execute(
+                "SELECT DISTINCT origin FROM rules WHERE origin LIKE 'file:%'"
+            ).fetchall()
+        return {str(r[0])[5:] for r in rows}
+
+    def import_rules(
+        self, rules: list[Rule], now: float, origin: str, *, dry_run: bool
+    ) -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
+        """Add every rule whose twin is not stored yet, all in one transaction (nothing with
+        `dry_run`). Returns the rules added and the (rule, id of its twin) left out; a
+        twin earlier in the same import has id 0."""
+        for rule in rules:
+            if not rule.is_stored:
+                raise RuleError(f"cannot import {rule}: only lasting rules are imported")
+        added: list[RuleRecord] = []
+        twins: list[tuple[Rule, int]] = []
+        seen: set[str] = set()
+        with self._rule_write() as conn:
+            for given in rules:
+                rule = given.stamped(now)
+                text = str(rule)
+                found = conn.execute(
+                    "SELECT id FROM rules WHERE text = ? ORDER BY id LIMIT 1", [text]
+                ).fetchone()
+                if found is not None or text in seen:
+                    twins.append((rule, int(found[0]) if found is not None else 0))
+                    continue
+                seen.add(text)
+                if dry_run:
+                    added.append(RuleRecord(0, rule, now, origin=origin))
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO rules (text, created, hits, origin) VALUES (?, ?, 0, ?)",
+                    [text, now, origin],
+                )
+                added.append(RuleRecord(int(cur.lastrowid or 0), rule, now, origin=origin))
+        return added, twins
+
+    def set_note(self, rule_id: int, note: str) -> RuleRecord:
+        """A rule's note (free text people read; not part of the rule)."""
+        _check_note(note)
+        with self._memory_lock:
+            memory = self._memory.get(rule_id)
+            if memory is not None:
+                self._memory[rule_id] = memory = replace(memory, note=note)
+                return memory
+        with self._rule_write() as conn:
+            old = self._editable(conn, rule_id, "edit")
+            conn.execute("UPDATE rules SET note = ? WHERE id = ?", [note, rule_id])
+        return replace(old, note=note)
 
     def adopt_version(self, version: int) -> None:
         """The rules snitchd holds now are those of change count `version`."""
@@ -410,9 +606,7 @@ class Store:
             for rule_id, (count, last) in hits.items():
                 m = self._memory.get(rule_id)
                 if m is not None:
-                    self._memory[rule_id] = RuleRecord(
-                        m.id, m.rule, m.created, last, m.hits + count, m.origin
-                    )
+                    self._memory[rule_id] = replace(m, last_hit=last, hits=m.hits + count)
 
     def record_hits(self, hits: dict[int, tuple[int, float]]) -> None:
         self.record_memory_hits(hits)
@@ -526,7 +720,7 @@ class Store:
             return _count(self.db.conn)
 
 
-_RULE_COLUMNS = "id, text, created, last_hit, hits, origin"
+_RULE_COLUMNS = "id, text, created, last_hit, hits, origin, note, disabled"
 _LOG_COLUMNS = (
     "time",
     "pid",
@@ -627,6 +821,14 @@ def check_store(path: str) -> list[Finding]:
         return [Finding(True, f"{path}: {exc}", restore)]
     finally:
         conn.close()
+
+
+MAX_NOTE = 1000  # characters of a rule's note
+
+
+def _check_note(note: str) -> None:
+    if len(note) > MAX_NOTE or any(c in note for c in "\n\r\0"):
+        raise RuleError(f"invalid note: at most {MAX_NOTE} characters on one line")
 
 
 def _count(conn: sqlite3.Connection) -> int:

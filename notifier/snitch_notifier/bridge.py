@@ -50,6 +50,8 @@ class RuleRow:
     hits: int
     last_hit: float | None
     origin: str
+    note: str = ""
+    enabled: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RuleRow:
@@ -59,7 +61,14 @@ class RuleRow:
             int(d.get("hits", 0)),
             d.get("last_hit"),
             str(d.get("origin", "")),
+            str(d.get("note", "")),
+            bool(d.get("enabled", True)),
         )
+
+    @property
+    def from_file(self) -> str | None:
+        """The rules.d file this rule comes from (snitchd refuses to change it), or None."""
+        return self.origin[5:] if self.origin.startswith("file:") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +112,7 @@ class AgentBridge(QObject):
     defer_failed = Signal(int, str)  # prompt id, why snitchd did not hold it
     rules_listed = Signal(object)  # list[RuleRow]
     rule_deleted = Signal(object)  # rule id
+    rule_changed = Signal(str, object)  # what ("add", "edit", "enable", "disable"), RuleRow
     log_listed = Signal(object)  # list[LogRow]
     failed = Signal(str, str)  # request ("connect", "answer", "rules", …), message people read
 
@@ -150,6 +160,27 @@ class AgentBridge(QObject):
 
     def delete_rule(self, rule_id: int) -> None:
         self._submit("delete", self._delete_rule(rule_id))
+
+    def add_rule(self, text: str, note: str = "") -> None:
+        self.change_rule("add", lambda c: c.add_rule_with_note(text, note))
+
+    def edit_rule(self, rule_id: int, text: str, note: str | None) -> None:
+        self.change_rule("edit", lambda c: c.edit_rule(rule_id, text, note))
+
+    def set_rule_enabled(self, rule_id: int, enabled: bool) -> None:
+        what = "enable" if enabled else "disable"
+        self.change_rule(what, lambda c: c.set_rule_enabled(rule_id, enabled))
+
+    def change_rule(self, what: str, call: Callable[[Client], Awaitable[dict[str, Any]]]) -> None:
+        """One rule change; `rule_changed` (what, the rule after it) or `failed` (what, why)."""
+        self._submit(what, self._change_rule(what, call))
+
+    async def _change_rule(
+        self, what: str, call: Callable[[Client], Awaitable[dict[str, Any]]]
+    ) -> None:
+        row = RuleRow.from_dict(await call(self._need_client()))
+        log.info("rule changed what=%s id=%d", what, row.id)
+        self.rule_changed.emit(what, row)
 
     def recent_log(self, limit: int = 200) -> None:
         self._submit("log", self._recent_log(limit))

@@ -173,6 +173,8 @@ class Lab:
             # Never hook the machine's own cgroup root from a test: the BPF path runs where a
             # test asks for it, on a cgroup of its own (test_connect_time.py).
             "attribution": "proc",
+            # Never the machine's /etc/snitch/rules.d: a folder of the test's own (issue 18).
+            "rules_dir": str(self.tmp / "rules.d"),
         } | values
         lines = []
         for key, value in conf.items():

@@ -138,8 +138,10 @@ def test_the_rules_window_lists_and_deletes(
     assert rules.table.item(0, 2).text() == "never" and rules.status.text() == "1 rule"
     assert rules.grab().save(str(tmp_path / "e2e-rules.png"))
     rules.table.selectRow(0)
+    rules.delete.click()  # asks first (issue 18)
+    assert rules.confirm is not None
     with qtbot.waitSignal(bridge.rule_deleted, timeout=10_000) as deleted:
-        rules.delete.click()
+        rules.confirm.accept()
     assert deleted.args == [rule_id]
     assert running.ctl_json("list-rules") == []
     qtbot.waitUntil(lambda: rules.table.rowCount() == 0, timeout=5_000)

@@ -26,3 +26,17 @@ def test_a_word_with_a_space_keeps_it() -> None:
 def test_text_and_flags_together_are_refused() -> None:
     with pytest.raises(RuleError, match="not both"):
         rule_of("allow", "port=443", "--action", "deny")
+
+
+def test_window_and_keep_open_flags_add_their_words() -> None:
+    """Issue 18: --during, --days and --keep-open, with the rule's text or with flags."""
+    assert (
+        rule_of("deny port=22", "--during", "22:00-06:00", "--days", "sat,sun", "--keep-open")
+        == "deny port=22 during=22:00-06:00 days=sat,sun keep-open=yes"
+    )
+    assert (
+        rule_of("--any-app", "--port", "25", "--action", "reject", "--days", "mon-fri")
+        == "reject port=25 days=mon-fri"
+    )
+    with pytest.raises(RuleError, match="keep-open= belongs to deny and reject"):
+        rule_of("allow port=22", "--keep-open")

@@ -3,7 +3,6 @@ lookup structures, and where `to=lan` / `to=list:NAME` stand in the precedence s
 
 from __future__ import annotations
 
-import struct
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from snitch_common.blocklists import (
 from snitch_common.errors import ListError, RuleError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import parse_rule
-from snitchd.connmark import encode_delete, encode_request
 from snitchd.decide import RuleSet, Verdict, decide, specificity
 from snitchd.netwatch import subnets_of
 from snitchd.places import DomainSet, ListInfo, LoadedList, NetworkSet, Places
@@ -280,17 +278,3 @@ def test_a_list_swapped_in_takes_effect_on_the_next_flow() -> None:
     assert _winner(rules, "203.0.113.7") == 2
     places.drop_list("ads")
     assert _winner(rules, "203.0.113.7") == 1
-
-
-def test_the_cut_deletes_the_entry_by_its_original_tuple() -> None:
-    """A list update cuts an open flow by deleting its conntrack entry (IPCTNL_MSG_CT_DELETE,
-    with an ack), named by the same original tuple the mark requests use."""
-    f = _flow("203.0.113.8", 80)
-    msg = encode_delete(7, f)
-    assert msg is not None
-    size, kind, flags, seq, _ = struct.unpack_from("=IHHII", msg)
-    assert (size, kind, flags, seq) == (len(msg), (1 << 8) | 2, 0x1 | 0x4, 7)
-    marked = encode_request(7, f, 1, 3, create=False)
-    assert marked is not None and msg[20:] in marked
-    other = Flow(Proto.OTHER, IPv4Address("192.0.2.1"), 0, ip_address("203.0.113.8"), 0)
-    assert encode_delete(1, other) is None

@@ -190,8 +190,9 @@ def rules(draw: st.DrawFn) -> Rule:
     elif lifetime is Lifetime.PROCESS:
         pid = draw(st.none() | st.integers(0, 2**22))
         start = draw(st.none() | _FLOATS)
+    action = draw(st.sampled_from(Action))
     return Rule(
-        action=draw(st.sampled_from(Action)),
+        action=action,
         exe=exe,
         sha256=sha256,
         user=draw(st.none() | st.integers(0, 2**32 - 1)),
@@ -208,7 +209,17 @@ def rules(draw: st.DrawFn) -> Rule:
         script=script,
         parent=draw(st.none() | paths),
         parent1=draw(st.none() | paths),
+        **_window(draw),
+        keep_open=action is not Action.ALLOW and draw(st.booleans()),
     )
+
+
+def _window(draw: st.DrawFn) -> dict[str, object]:
+    """Time windows and keep-open (issue 18): any valid window, any set of days."""
+    start, end = draw(st.integers(0, 1439)), draw(st.integers(0, 1439))
+    during = draw(st.none() | st.just((start, end))) if start != end else None
+    days = draw(st.none() | st.integers(1, 127))
+    return {"during": during, "days": days}
 
 
 @given(rules())

@@ -1,0 +1,119 @@
+"""Rules as text files: one rule per line, `#` comments (issue 18).
+
+The format of `/etc/snitch/rules.d/*.rules`, of `snitchctl export` and of `snitchctl import`:
+each line is a rule in its text form (docs/rules.md), blank lines and lines starting with `#`
+are skipped, and a `#` after the rule (outside quotes) starts its note. A file is taken whole or
+not at all: `read_rules` returns every bad line with its number and reason, so `check-rules`
+can list them all and snitchd can refuse the file and keep the rules it had. Pure: the caller
+reads the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snitch_common.errors import RuleError
+from snitch_common.rules import Lifetime, Rule, parse_rule
+
+__all__ = [
+    "BadLine",
+    "RuleFileError",
+    "RuleLine",
+    "format_rule_line",
+    "parse_rules_text",
+    "read_rules",
+]
+
+MAX_LINE = 4096  # characters: far above any rule, low enough that a bad file fails fast
+
+
+@dataclass(frozen=True, slots=True)
+class RuleLine:
+    """A rule read from a file, with its line number and the note after its `#`."""
+
+    line: int
+    rule: Rule
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that is not a rule, and why."""
+
+    line: int
+    text: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+class RuleFileError(RuleError):
+    """A rules file with bad lines: it is refused as a whole."""
+
+    def __init__(self, name: str, bad: tuple[BadLine, ...]) -> None:
+        shown = "; ".join(str(b) for b in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        super().__init__(
+            f"cannot load rules file {name}: {shown}{more} (fix the lines; check with: "
+            f"snitchctl check-rules {name})"
+        )
+        self.name = name
+        self.bad = bad
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """The rule part and the comment of a line: `#` at its start or after a blank, outside
+    quotes (a path may hold `#`: `app='/opt/a#b'`)."""
+    quote = ""
+    escaped = False
+    for i, ch in enumerate(line):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i].strip(), line[i + 1 :].strip()
+    return line.strip(), ""
+
+
+def read_rules(text: str, *, lasting_only: bool = True) -> tuple[list[RuleLine], list[BadLine]]:
+    """Every rule of a file's text, and every bad line. `lasting_only`: a file holds rules
+    that last (for=forever): one for a while or a process has no place in configuration."""
+    rules: list[RuleLine] = []
+    bad: list[BadLine] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if len(raw) > MAX_LINE:
+            bad.append(BadLine(number, raw[:80], f"longer than {MAX_LINE} characters"))
+            continue
+        body, note = _split_comment(raw)
+        if not body:
+            continue
+        try:
+            rule = parse_rule(body)
+        except RuleError as exc:
+            bad.append(BadLine(number, raw, exc.message))
+            continue
+        if lasting_only and (rule.lifetime is not Lifetime.FOREVER or rule.pid is not None):
+            bad.append(BadLine(number, raw, "a rules file holds lasting rules: drop for="))
+            continue
+        rules.append(RuleLine(number, rule, note))
+    return rules, bad
+
+
+def parse_rules_text(text: str, name: str) -> list[RuleLine]:
+    """The rules of a file, or `RuleFileError` naming every bad line."""
+    rules, bad = read_rules(text)
+    if bad:
+        raise RuleFileError(name, tuple(bad))
+    return rules
+
+
+def format_rule_line(text: str, note: str = "") -> str:
+    """A rule as a line of a rules file: its text, then its note after `# `."""
+    return f"{text}  # {note}" if note else text
