@@ -820,20 +820,23 @@ class Firewall:
         }
         self._cut_ids_soon(ids, origin)
 
-    def _cut_ids_soon(self, ids: set[int], origin: str) -> None:
+    def _cut_ids_soon(self, ids: set[int], origin: str, because: str = "") -> None:
         if not ids or self.marks is None:
             return
-        task = asyncio.get_running_loop().create_task(self._cut_logged(ids, origin), name="cut")
+        cutting = self._cut_logged(ids, origin, because)
+        task = asyncio.get_running_loop().create_task(cutting, name="cut")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _cut_logged(self, rule_ids: set[int], origin: str) -> None:
+    async def _cut_logged(self, rule_ids: set[int], origin: str, because: str) -> None:
         try:
-            await self.cut_flows(rule_ids, origin)
+            await self.cut_flows(rule_ids, origin, because)
         except Exception:
             log.exception("cutting open flows failed rules=%s", sorted(rule_ids))
 
-    async def cut_flows(self, rule_ids: Collection[int], why: str) -> list[CutFlow]:
+    async def cut_flows(
+        self, rule_ids: Collection[int], why: str, because: str = ""
+    ) -> list[CutFlow]:
         """Cut the open flows that snitch let out and that one of `rule_ids` now denies or
         rejects, as the held rules decide them now (a more specific allow keeps its flow;
         keep-open=yes keeps them all). The one entry point for anything that makes rules
@@ -841,7 +844,8 @@ class Firewall:
 
         The conntrack dump and the cuts run in a worker thread; on the loop, the flows are
         attributed and decided in batches of `_CUT_BATCH`, as new packets would be. Each cut
-        is logged (INFO) and written to the connection log with reason "cut: rule N".
+        is logged (INFO) and written to the connection log with reason "cut: rule N", and
+        `because` (what changed, where it was not the rule itself: "list ads updated").
         """
         wanted = set(rule_ids)
         flows = await asyncio.to_thread(self.cutter.allowed_flows, ALLOW_MARK, MARK_MASK)
@@ -886,6 +890,8 @@ class Firewall:
                 proc.describe(),
             )
             reason = f"cut: rule {rule_id} now {action.value}s this open flow"
+            if because:
+                reason += f" ({because})"
             self.events.record(Decision(now, flow, proc, action, rule_id, reason, host))
         return out
 
@@ -954,7 +960,7 @@ class Firewall:
             for rule_id, rule in self.rules.snapshot().values()
             if rule.place == place and rule.action is not Action.ALLOW and not rule.keep_open
         }
-        self._cut_ids_soon(ids, f"list {name} updated")
+        self._cut_ids_soon(ids, f"list {name}", because=f"list {name} updated")
 
     def explain(
         self,

@@ -135,13 +135,14 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
         done = update(lab, shared_dir, "ads")
         assert done.returncode == 0, done.stderr
         wait_loaded(lab, "ads", 2)
-        assert held.stdout.readline().strip() in ("cut", "timeout")
+        outcome = held.stdout.readline().strip()  # its socket reset: ECONNABORTED
+        assert outcome in ("cut", "timeout") or outcome.startswith("error:"), outcome
     finally:
         held.kill()
         held.wait()
         if held.stdout is not None:
             held.stdout.close()
-    cut = [r for r in lab.log_rows() if "cut: list ads updated" in r["reason"]]
+    cut = [r for r in lab.log_rows() if "(list ads updated)" in r["reason"]]
     assert cut and cut[-1]["dst"] == "203.0.113.8" and cut[-1]["action"] == "deny"
     assert resolve(lab, "www.example.org") == "timeout"
     assert shown(lab, "ads")["ok"] is True
