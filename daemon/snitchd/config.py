@@ -133,6 +133,10 @@ class Config:
 
     attribution: AttributionPath = AttributionPath.BPF
     bpf_cgroup: str = ""
+    # A decided attempt is remembered this many seconds (0: not at all): a retry of the same
+    # app to the same destination gets its verdict without a new prompt, and counts as one
+    # attempt in the log (`attempts`).
+    retry_window: float = 10.0
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -150,6 +154,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "attribution_timeout": (0.05, 60),
     "max_hash_bytes": (0, 1 << 50),
     "hash_wait": (0, 60),
+    "retry_window": (0, 300),
 }
 
 

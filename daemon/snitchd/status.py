@@ -71,6 +71,8 @@ class Status:
     kernel: tuple[tuple[str, int], ...] = ()
     running: bool = True
     attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
+    retries: int = 0  # new flows counted as retries of a blocked attempt (attempts)
+    attempts_remembered: int = 0
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -118,4 +120,6 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         log_error=fw.events.last_error,
         attribution=fw.attributor.path,
         kernel=tuple(kernel_stats(fw.config.queue).items()),
+        retries=c.retries,
+        attempts_remembered=len(fw.attempts),
     )
