@@ -158,6 +158,7 @@ def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
         "port": flow.dport,
         "iface": flow.iface,
         "host": prompt.host,
+        "rule_host": prompt.named,
         "created": prompt.created,
         "deadline": prompt.deadline,
         "default_action": default_action,

@@ -336,7 +336,8 @@ class Firewall:
         if isinstance(outcome, Verdict):
             self.apply(pkt, outcome, flow, proc, now, host)
         else:
-            self.broker.ask(pkt, flow, proc, now, host)
+            named = self.dns.own_name(flow.dst, proc, now) if host is not None else None
+            self.broker.ask(pkt, flow, proc, now, host, named)
 
     def _no_laxer(
         self,

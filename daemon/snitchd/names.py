@@ -223,6 +223,22 @@ class NameCache:
                 return entry.queried[-1]
         return None
 
+    def own(self, address: IPAddress, now: float, proc: Process) -> str | None:
+        """The name `proc` itself resolved `address` from (the queried name it learnt most
+        recently), or None: not its user's names of unknown process, nor the shared ones, which
+        another program may have looked up (issue 15). What a host answer may name."""
+        if proc.attribution is not Attribution.PROCESS or proc.pid is None or proc.uid is None:
+            return None
+        slot = self._slots.get(address)
+        if slot is None:
+            return None
+        if now >= slot.until:
+            slot = self._prune(address, slot, now)
+            if slot is None:
+                return None
+        entry = slot.entries.get((proc.uid, proc.pid))
+        return entry.queried[-1] if entry is not None and entry.queried else None
+
     def __len__(self) -> int:
         return len(self._slots)
 

@@ -78,10 +78,14 @@ class Prompt:
     proc: Process
     created: float
     deadline: float
-    host: str | None = None
+    host: str | None = None  # the name shown and logged (`DnsWatch.names_for`)
     agent: Agent | None = None
     packets: list[Packet] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    # The name host and domain answers name: one this process itself resolved the address
+    # from (issue 15); None: they name the address (a name another program looked up would
+    # stop matching when it expires, or label another program's flows).
+    named: str | None = None
 
 
 class Applier(Protocol):
@@ -251,7 +255,13 @@ class Broker:
                 self.transport.send_alert(agent, alert)
 
     def ask(
-        self, pkt: Packet, flow: Flow, proc: Process, now: float, host: str | None = None
+        self,
+        pkt: Packet,
+        flow: Flow,
+        proc: Process,
+        now: float,
+        host: str | None = None,
+        named: str | None = None,
     ) -> None:
         # Who asks is the whole identity: two scripts of one interpreter, or an impostor and
         # the app whose path it shows, never share one prompt (and one answer).
@@ -295,7 +305,15 @@ class Broker:
             )
             return
         prompt = Prompt(
-            next(self._ids), key, flow, proc, now, now + self._timeout, host=host, agent=agent
+            next(self._ids),
+            key,
+            flow,
+            proc,
+            now,
+            now + self._timeout,
+            host=host,
+            agent=agent,
+            named=named,
         )
         prompt.packets.append(pkt)
         self.open[prompt.id] = prompt
@@ -345,7 +363,7 @@ class Broker:
             rule = rule_for_answer(
                 prompt.flow,
                 prompt.proc,
-                prompt.host,
+                prompt.named,
                 answer,
                 admin=agent.admin,
                 pin_root=self._pin_root,
