@@ -71,11 +71,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("explain", help="which rule wins for a flow, and why")
     ex.add_argument("--exe", metavar="PATH")
-    ex.add_argument("--dst", required=True, metavar="IP")
+    ex.add_argument(
+        "--dst",
+        required=True,
+        metavar="IP|NAME",
+        help="an address, or a host name (the address it was last resolved to is used)",
+    )
     ex.add_argument("--port", type=int, default=0)
     ex.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
     ex.add_argument("--iface", default="")
     ex.add_argument("--uid", type=int)
+    ex.add_argument("--host", metavar="NAME", help="judge the address as resolved from NAME")
+    ex.add_argument("--pid", type=int, help="the process whose own DNS names count")
+    ex.add_argument("--script", metavar="PATH", help="the script an interpreter runs")
+    ex.add_argument("--sha256", help="the executable's digest (default: read from --exe)")
 
     lg = sub.add_parser("log", help="the connection log: every decision")
     lg.add_argument("--app", metavar="NAME|PATH", help="an app by its path, or every app of a name")
@@ -219,6 +228,11 @@ async def _explain(client: Client, args: argparse.Namespace) -> int:
         query["exe"] = Variant("s", args.exe)
     if args.uid is not None:
         query["uid"] = Variant("x", args.uid)
+    if args.pid is not None:
+        query["pid"] = Variant("x", args.pid)
+    for key in ("host", "script", "sha256"):
+        if getattr(args, key):
+            query[key] = Variant("s", getattr(args, key))
     result = await client.explain(query)
 
     def text() -> str:
@@ -229,7 +243,11 @@ async def _explain(client: Client, args: argparse.Namespace) -> int:
             head = (
                 f"verdict: {result['verdict']} (no rule matches: the default action, or a prompt)"
             )
-        lines = [head, "matching rules, best first:" if matches else "matching rules: none"]
+        names = ", ".join(result.get("names", ())) or "none"
+        lines = [head, f"flow: to {result.get('dst', args.dst)}, names: {names}"]
+        if result.get("note"):
+            lines.append(f"note: {result['note']}")
+        lines.append("matching rules, best first:" if matches else "matching rules: none")
         lines += [f"  {rule_id}: {rule_text}" for rule_id, rule_text in matches]
         lines.append(f"precedence: {result['precedence']}")
         return "\n".join(lines)

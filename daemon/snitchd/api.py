@@ -49,8 +49,9 @@ from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.access import is_admin
 from snitchd.agents import AgentProcess, inspect_agent, session_of, thread_names
 from snitchd.caller import Caller, CallerAwareBus, current_caller, handled, sender
-from snitchd.decide import PRECEDENCE, Explanation
+from snitchd.decide import PRECEDENCE
 from snitchd.events import Alert
+from snitchd.explain import Explained, ExplainQuery, explain_flow
 from snitchd.firewall import Firewall
 from snitchd.logwriter.protocol import AppRate
 from snitchd.polkit import ANSWER_ALLOW_FOREVER, check_authorization
@@ -300,18 +301,20 @@ class FirewallService(ServiceInterface):
             proto = Proto(_arg(query, "proto", str) or "tcp")
         except ValueError:
             raise RuleError("explain: proto must be tcp, udp or icmp") from None
-        try:
-            explanation = self.firewall.explain(
-                _arg(query, "exe", str),
-                dst,
-                _arg(query, "port", int) or 0,
-                proto,
-                _arg(query, "iface", str) or "",
-                _arg(query, "uid", int),
-            )
-        except ValueError as exc:
-            raise RuleError(f"explain: {exc}") from None
-        return _explanation_dict(explanation, self.firewall.config.default_action.value)
+        asked = ExplainQuery(
+            dst,
+            _arg(query, "port", int) or 0,
+            proto,
+            _arg(query, "exe", str),
+            _arg(query, "uid", int),
+            _arg(query, "pid", int),
+            _arg(query, "iface", str) or "",
+            _arg(query, "host", str),
+            _arg(query, "script", str),
+            _arg(query, "sha256", str),
+        )
+        explained = await explain_flow(self.firewall, asked)
+        return _explanation_dict(explained, self.firewall.config.default_action.value)
 
     @dbus_method()
     @handled()
@@ -571,14 +574,19 @@ def _json(rows: list[dict[str, Any]]) -> str:
     return json.dumps([{k: v for k, v in row.items() if v is not None} for row in rows])
 
 
-def _explanation_dict(explanation: Explanation, default: str) -> dict[str, Variant]:
-    winner = explanation.winner
+def _explanation_dict(explained: Explained, default: str) -> dict[str, Variant]:
+    """The verdict and winner are the packet path's (`decide`); the matches are for reading."""
+    verdict = explained.verdict
+    winner = -1 if verdict is None or verdict.rule_id is None else verdict.rule_id
     return {
-        "verdict": Variant("s", winner[1].action.value if winner else default),
-        "winner": Variant("x", winner[0] if winner else -1),
-        "matches": Variant("a(ts)", [(i, str(r)) for i, r in explanation.matches]),
+        "verdict": Variant("s", verdict.action.value if verdict else default),
+        "winner": Variant("x", winner),
+        "matches": Variant("a(ts)", [(i, str(r)) for i, r in explained.explanation.matches]),
         "default_action": Variant("s", default),
         "precedence": Variant("s", PRECEDENCE),
+        "dst": Variant("s", str(explained.dst)),
+        "names": Variant("as", sorted(explained.names)),
+        "note": Variant("s", explained.note),
     }
 
 

@@ -28,18 +28,17 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from typing import TypeVar
 
 from netfilterqueue import Packet
 
 from snitch_common.errors import RuleNotFound, StoreError
-from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.records import Attribution, Flow, Process
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.attempts import Attempts, RowRef, attempt_key
 from snitchd.config import Config, FailMode, PinAnswers
 from snitchd.connmark import ConnMarks
-from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
+from snitchd.decide import Ask, RuleSet, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
 from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
@@ -690,21 +689,6 @@ class Firewall:
                 break
             gone.append(record)
         return gone
-
-    def explain(
-        self,
-        exe: str | None,
-        dst: str,
-        port: int,
-        proto: Proto,
-        iface: str = "",
-        uid: int | None = None,
-    ) -> Explanation:
-        flow = Flow(proto, ip_address("0.0.0.0"), 0, ip_address(dst), port, iface)
-        if flow.dst.version == 6:
-            flow = Flow(proto, ip_address("::"), 0, flow.dst, port, iface)
-        proc = Process(Attribution.PROCESS, exe=exe, uid=uid)
-        return self.rules.explain(flow, proc, frozenset(), self.clock())
 
 
 def quotas_of(config: Config) -> Quotas:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import HERE, PYTHON, Lab
+from conftest import HERE, PYTHON, Lab, python_exe
 from snitch_common.agent import AgentService, register
 from snitch_common.answers import parse_answer
 from snitch_common.bus import PromptView
@@ -105,3 +105,33 @@ async def test_host_answer_names_what_the_process_itself_resolved(
     rule_id = await agent.answer(prompt, "allow", "forever", "host")
     assert await client == "connected"
     assert rule_text(running, rule_id).endswith(" to=api.example.org")
+
+
+def test_explain_equals_the_live_verdict_for_host_and_domain_rules(running: Lab) -> None:
+    """The log shows a flow allowed by a host rule and one denied by a domain rule; explain,
+    given the name or the address, names the same rule and verdict (it said "no matching
+    rule" before, and refused --dst NAME)."""
+    running.add_rule(DNS_RULE)
+    host_rule = running.add_rule(f"allow app={python_exe()} to=api.example.org port=80")
+    domain_rule = running.add_rule("deny to=*.example.org")
+    assert running.py("resolve", "api.example.org", 80) == "connected"
+    assert running.py("resolve", "www.example.org", 80, "--timeout", "1") == "timeout"
+    rows = {r["dst"]: r for r in running.log_rows() if r["dport"] == 80}
+    assert (rows["203.0.113.7"]["rule_id"], rows["203.0.113.7"]["action"]) == (host_rule, "allow")
+    assert (rows["203.0.113.8"]["rule_id"], rows["203.0.113.8"]["action"]) == (domain_rule, "deny")
+    who = ["--exe", python_exe(), "--uid", "0", "--port", "80"]
+    for dst, address in [
+        ("api.example.org", "203.0.113.7"),
+        ("203.0.113.7", "203.0.113.7"),
+        ("www.example.org", "203.0.113.8"),
+        ("203.0.113.8", "203.0.113.8"),
+    ]:
+        explained = running.ctl_json("explain", "--dst", dst, *who)
+        row = rows[address]
+        assert (explained["winner"], explained["verdict"]) == (row["rule_id"], row["action"]), dst
+        assert explained["dst"] == address
+    text = running.ctl("explain", "--dst", "www.example.org", *who).stdout
+    assert f"verdict: deny (rule {domain_rule} wins)" in text
+    assert "names: cdn.example.net, www.example.org" in text
+    unknown = running.ctl("explain", "--dst", "nowhere.example.org", *who)
+    assert unknown.returncode != 0 and "no address is known" in unknown.stderr
