@@ -102,7 +102,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("monitor", help="live: every decision as it happens (--json: JSON lines)")
     sub.add_parser("status", help="is snitchd running, and what is it doing")
-    sub.add_parser("agent", help="answer prompts in this terminal (for SSH and headless use)")
+    agent = sub.add_parser(
+        "agent", help="answer prompts in this terminal (for SSH and headless use)"
+    )
+    agent.add_argument(
+        "--take-over",
+        action="store_true",
+        help="get this user's prompts even while a desktop agent is active (by default a "
+        "terminal agent is asked only when none is)",
+    )
     doc = sub.add_parser(
         "doctor",
         help="check snitch's database (as root; works while snitchd is stopped)",
@@ -174,7 +182,7 @@ async def _run(args: argparse.Namespace) -> int:
             "status": lambda: _status(client, args),
             "top": lambda: _top(client, args),
             "monitor": lambda: _monitor(client, args),
-            "agent": lambda: run_agent(client),
+            "agent": lambda: run_agent(client, take_over=args.take_over),
         }
         return await handlers[args.command]()
     finally:
@@ -336,7 +344,11 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     def text() -> str:
         shown = dict(status)
         shown["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
-        return "\n".join(f"{k}: {v}" for k, v in sorted(shown.items()))
+        routing = shown.pop("routing", [])
+        lines = [f"{k}: {v}" for k, v in sorted(shown.items())]
+        lines.append("routing:" + "".join(f"\n  {line}" for line in routing) if routing else
+                     "routing: no agent of yours")  # fmt: skip
+        return "\n".join(lines)
 
     _out(args, status, text)
     return 0

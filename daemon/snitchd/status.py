@@ -73,6 +73,7 @@ class Status:
     attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
     retries: int = 0  # new flows counted as retries of a blocked attempt (attempts)
     attempts_remembered: int = 0
+    routing: tuple[str, ...] = ()  # which agent gets whose prompts, in order (the API fills it)
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:

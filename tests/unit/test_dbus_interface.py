@@ -70,6 +70,7 @@ def test_the_members_clients_use_exist() -> None:
         "Top",
         "Monitor",
         "RegisterAgent",
+        "RegisterAgentWith",
         "AnswerPrompt",
         "ListPrompts",
         "Prompt",
