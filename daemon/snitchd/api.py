@@ -295,7 +295,7 @@ class FirewallService(ServiceInterface):
         return _record_dict(await self.firewall.delete_rule(rule_id, origin=origin))
 
     @dbus_method()
-    @handled()
+    @handled(query=True)
     async def Explain(self, query: VarDict) -> VarDict:
         dst = _arg(query, "dst", str)
         if dst is None:

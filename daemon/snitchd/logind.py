@@ -63,6 +63,7 @@ class Logind:
         self._bus = bus
         self._sessions: dict[str, SessionState] = {}  # object path -> state
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reading: dict[str, bool] = {}  # sessions being read -> read again after
         self.on_change: list[Callable[[], None]] = []  # told when a session's state changed
         bus.add_message_handler(self._on_message)
 
@@ -137,13 +138,31 @@ class Logind:
 
     def _on_message(self, msg: Message) -> None:
         if (
-            msg.message_type is MessageType.SIGNAL
-            and msg.member == "PropertiesChanged"
-            and msg.path in self._sessions
+            msg.message_type is not MessageType.SIGNAL
+            or msg.member != "PropertiesChanged"
+            or msg.path not in self._sessions
         ):
-            task = asyncio.get_running_loop().create_task(self.refresh(msg.path))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            return
+        # Anyone may send this signal: it only makes us read logind again, one read at a time
+        # per session (a signal during a read means one more read after it).
+        path = msg.path
+        if path in self._reading:
+            self._reading[path] = True
+            return
+        self._reading[path] = False
+        task = asyncio.get_running_loop().create_task(self._reread(path))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reread(self, path: str) -> None:
+        try:
+            while True:
+                await self.refresh(path)
+                if not self._reading.get(path):
+                    return
+                self._reading[path] = False
+        finally:
+            self._reading.pop(path, None)
 
     async def _get(self, dest_path: str, iface: str, prop: str) -> Any:
         reply = await self._call(
