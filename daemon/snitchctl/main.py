@@ -294,9 +294,10 @@ def _log_line(r: dict[str, Any]) -> str:
     if "bytes_out" in r:
         traffic = f" {_size(r['bytes_out'])} out, {_size(r['bytes_in'])} in"
     found = f", {r['source']}" if r.get("source") else ""  # how the owner was found
+    retries = f" (retried {r['retries']}x)" if r.get("retries") else ""  # issue 15
     return (
         f"{when} {r['action']:<6} {who} (pid {r.get('pid', '-')}{found}) -> {r['proto']} {where} "
-        f"[{why}]{traffic}"
+        f"[{why}]{traffic}{retries}"
     )
 
 

@@ -95,3 +95,4 @@ async def test_a_denied_curl_retried_is_one_prompt_and_one_row(
     assert len(agent.prompts) == 1
     assert len(rows) == 1 and rows[0]["retries"] >= 2
     assert lab.ctl_json("status")["retries"] >= 2
+    assert f"(retried {rows[0]['retries']}x)" in lab.ctl("log").stdout
