@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import Lab, curl_exe
+from conftest import PYTHON, Lab, curl_exe
 from snitch_common.agent import AgentService, register
 from snitch_common.answers import parse_answer
 from snitch_common.bus import PromptView
 from snitch_common.client import Client
 
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # Four connects (one and three retries), one second apart, each timing out after one second.
 CURL = ["--connect-timeout", "1", "--retry", "3", "--retry-delay", "1", "--retry-max-time", "30"]
 
@@ -96,3 +97,48 @@ async def test_a_denied_curl_retried_is_one_prompt_and_one_row(
     assert len(rows) == 1 and rows[0]["retries"] >= 2
     assert lab.ctl_json("status")["retries"] >= 2
     assert f"(retried {rows[0]['retries']}x)" in lab.ctl("log").stdout
+
+
+async def test_a_user_flooding_attempts_pushes_out_only_their_own(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: uid 65534 makes 4000 blocked attempts (one per destination port) while
+    root's denied curl retries. The memory stays bounded (2048 a user), nobody's attempts push
+    out only nobody's, and root's retries are still one prompt and one row."""
+    lab.start_daemon(retry_window=30, prompt_timeout=10)
+    lab.add_rule("deny user=65534")
+    flood = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for port in range(20000, 24000):\n"
+        "    s.sendto(b'x', ('192.0.2.2', port))\n"
+        "print('sent', flush=True)\n"
+        "sys.stdin.read()\n"  # keeps its socket until the test ends: its sender stays found
+    )
+    async with denying(lab, monkeypatch) as agent:
+        curl = asyncio.ensure_future(curl_retrying(lab, "http://192.0.2.2:9000/"))
+        for _ in range(100):
+            if agent.prompts:
+                break
+            await asyncio.sleep(0.1)
+        attacker = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, "-c", flood,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert attacker.stdout is not None
+            line = await asyncio.wait_for(attacker.stdout.readline(), 60)
+            assert line.strip() == b"sent"
+            assert await curl == 28
+            await asyncio.sleep(1.0)
+        finally:
+            if attacker.returncode is None:
+                attacker.kill()
+            await attacker.wait()
+    status = lab.ctl_json("status")
+    rows = [r for r in lab.log_rows(app=curl_exe()) if r["dport"] == 9000]
+    print(f"\nflood: attempts remembered {status['attempts_remembered']}, retries "
+          f"{status['retries']}, root's rows {len(rows)}")  # fmt: skip
+    assert len(agent.prompts) == 1
+    assert len(rows) == 1 and rows[0]["retries"] >= 2
+    assert status["attempts_remembered"] <= 2048 + 1
