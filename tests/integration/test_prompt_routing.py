@@ -109,6 +109,21 @@ async def test_prompts_go_to_the_desktop_a_person_sits_at(
         terminal.type("a once\n")
         assert await client == "connected"
         assert lines.queue.empty(), "the desktop agent was asked too"
+
+        # Back at the desktop; then a terminal agent started with --take-over goes first.
+        desktop.switch(True)
+        for _ in range(50):
+            if "(desktop;" in (await routing(running))[0]:
+                break
+            await asyncio.sleep(0.1)
+        assert "(desktop;" in (await routing(running))[0]
+        taker = Terminal([str(VENV_BIN / "snitchctl"), "agent", "--take-over"], running.env)
+        try:
+            await asyncio.to_thread(taker.read_until, b"waiting for prompts")
+            order = await routing(running)
+            assert "(terminal, --take-over;" in order[0] and len(order) == 3, order
+        finally:
+            taker.close()
     finally:
         terminal.close()
         desk.kill()  # it has no stdin to close: ended by its pid
