@@ -74,6 +74,11 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
     lines.append(
         f"  to        {prompt.destination}" + (f" via {prompt.iface}" if prompt.iface else "")
     )
+    if prompt.host is not None and prompt.rule_host != prompt.host:
+        lines.append(
+            f"            ({prompt.host} was looked up by another program: answers name "
+            f"{prompt.dst})"
+        )
     if prompt.sha256:
         lines.append(f"  sha256    {prompt.sha256}")
     for note in prompt.notes:

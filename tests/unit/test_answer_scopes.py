@@ -3,15 +3,17 @@ answers that name only what the asking process itself resolved."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import ip_address, ip_network
 
 import pytest
 
 from snitch_common.answers import Action, Answer, Scope, parse_answer, rule_for_answer
+from snitch_common.bus import PromptView
 from snitch_common.errors import PromptError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import RuleRecord, parse_rule
-from snitchctl.termagent import parse_reply
+from snitchctl.termagent import parse_reply, render
 from snitchd.decide import Verdict
 from snitchd.dnssnoop import Resolution
 from snitchd.events import Alert
@@ -140,3 +142,16 @@ def test_own_names_are_the_ones_this_very_process_resolved() -> None:
     )
     assert cache.own(addr, 3.0, ssh) == "ssh.example.org"
     assert cache.own(addr, 1000.0, ssh) is None  # expired (TTL 300 + grace 60)
+
+
+def test_the_terminal_agent_says_whose_name_it_shows() -> None:
+    prompt = PromptView(
+        id=1, exe="/usr/bin/ssh", pid=42, uid=1000, user="alice", cmdline=("ssh",), parents=(),
+        sha256=None, proto="tcp", dst="203.0.113.8", port=22, iface="", host="www.example.org",
+        deadline=0.0, default_action="deny",
+    )  # fmt: skip
+    text = render(prompt, 0, 0.0)
+    assert "www.example.org was looked up by another program: answers name 203.0.113.8" in text
+    assert "anyapp" in text and "network" in text  # the help line offers the new scopes
+    own = render(replace(prompt, rule_host="www.example.org"), 0, 0.0)
+    assert "another program" not in own
