@@ -100,10 +100,15 @@ class AgentService(ServiceInterface):
             self._name_before = None
 
 
-async def register(client: Client, service: AgentService) -> int:
-    """Export the agent and register it; returns the uid snitchd will route prompts of."""
+async def register(
+    client: Client, service: AgentService, *, terminal: bool = False, take_over: bool = False
+) -> int:
+    """Export the agent and register it; returns the uid snitchd will route prompts of.
+    `terminal`: a terminal agent, asked only when no desktop agent of the user is active, or
+    first with `take_over` (issue 15)."""
     client.bus.export(AGENT_PATH, service)
+    options = {"terminal": Variant("b", terminal), "take_over": Variant("b", take_over)}
     try:
-        return int(await client.call("RegisterAgent", "o", [AGENT_PATH]))
+        return int(await client.call("RegisterAgentWith", "oa{sv}", [AGENT_PATH, options]))
     finally:
         service.proved()

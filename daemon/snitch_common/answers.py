@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_DURATION",
     "DEFAULT_SCOPE",
     "DURATIONS",
+    "NETWORK_PREFIX",
     "Action",
     "Answer",
     "Scope",
@@ -42,6 +43,8 @@ class Scope(enum.Enum):
     APP = "app"  # anything this app does (an interpreter: whatever script it runs)
     SCRIPT = "script"  # anything this script does (needs a script)
     PARENT = "parent"  # anything this app does when started by its direct parent
+    ANY_APP = "anyapp"  # any app (of this user) to this destination, port and protocol
+    NETWORK = "network"  # this app to this network (/24 for IPv4, /64 for IPv6), any port
 
 
 # The durations agents offer, with the label the popup shows; any `Nm` is accepted too.
@@ -55,6 +58,9 @@ DURATIONS: tuple[tuple[str, str], ...] = (
     ("forever", "forever"),
 )
 DEFAULT_DURATION = "forever"
+# The network a `network` answer covers, by IP version: a /24 (a typical IPv4 subnet, or one
+# provider's block of servers), a /64 (one IPv6 subnet).
+NETWORK_PREFIX = {4: 24, 6: 64}
 DEFAULT_SCOPE = Scope.EXACT
 # What a person may type for an action: the word or its first letter.
 ACTION_WORDS: dict[str, Action] = {
@@ -124,8 +130,14 @@ def rule_for_answer(
     `pin_answers = "always"`, the default) root-owned ones too; an interpreter's script, except
     for `app` (whatever it runs); the direct parent for `parent`. An unverified executable only
     gets a once answer (a rule would name another file's path), and so does an allow for a
-    process running injected code (its app's rule would not match it)."""
-    _check_identity(proc, answer)
+    process running injected code (its app's rule would not match it); `anyapp` names no app
+    (every app of the user, of everyone for an admin), so it is open to them too.
+
+    `host` is the name the answer may name: one this very process resolved the address from
+    (issue 15); None makes `exact`, `host` and `anyapp` name the address, and `domain` refused.
+    `network` covers the address's /24 (IPv4) or /64 (IPv6), any port."""
+    if answer.scope is not Scope.ANY_APP:
+        _check_identity(proc, answer)
     ported = flow.proto in (Proto.TCP, Proto.UDP)
     proto = flow.proto if flow.proto is not Proto.OTHER else None
     dst = None
@@ -133,18 +145,30 @@ def rule_for_answer(
     ports = None
     if answer.scope is Scope.DOMAIN:
         if host is None or "." not in host:
-            raise PromptError("scope 'domain' needs a host name, and this destination has none")
+            raise PromptError(
+                "scope 'domain' needs a host name this app itself resolved, and this "
+                "destination has none"
+            )
         rule_host = domain_of(host)
-    if answer.scope in (Scope.EXACT, Scope.HOST):
+    if answer.scope in (Scope.EXACT, Scope.HOST, Scope.ANY_APP):
         if host is not None:
             rule_host = host
         else:
             dst = ip_network(flow.dst)
-    if answer.scope in (Scope.EXACT, Scope.PORT) and ported:
+    if answer.scope is Scope.NETWORK:
+        dst = ip_network(f"{flow.dst}/{NETWORK_PREFIX[flow.dst.version]}", strict=False)
+    if answer.scope in (Scope.EXACT, Scope.PORT, Scope.ANY_APP) and ported:
         ports = (flow.dport, flow.dport)
-    if answer.scope in (Scope.HOST, Scope.DOMAIN, Scope.APP, Scope.SCRIPT, Scope.PARENT):
+    if answer.scope in (
+        Scope.HOST, Scope.DOMAIN, Scope.APP, Scope.SCRIPT, Scope.PARENT, Scope.NETWORK
+    ):  # fmt: skip
         proto = None
-    script = proc.script if answer.scope is not Scope.APP and not proc.script_doubts else None
+    anyone = answer.scope is Scope.ANY_APP
+    script = (
+        proc.script
+        if answer.scope not in (Scope.APP, Scope.ANY_APP) and not proc.script_doubts
+        else None
+    )
     if answer.scope is Scope.SCRIPT and script is None:
         raise PromptError(f"scope 'script' needs a script: {_no_script(proc)}")
     parent1 = None
@@ -156,10 +180,10 @@ def rule_for_answer(
         raise PromptError(f"scope 'port' needs TCP or UDP, not {flow.proto.value}")
     lifetime, minutes = answer.lifetime
     per_process = lifetime is Lifetime.PROCESS
-    pinned = proc.exe is not None and (pin_root or proc.user_writable)
+    pinned = proc.exe is not None and (pin_root or proc.user_writable) and not anyone
     return Rule(
         action=answer.action,
-        exe=proc.exe,
+        exe=None if anyone else proc.exe,
         sha256=proc.sha256 if pinned else None,
         script=script,
         parent1=parent1,

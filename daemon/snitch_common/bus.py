@@ -92,6 +92,9 @@ class PromptView:
     script: str | None = None  # the script's path, "inline code", or None (no interpreter)
     notes: tuple[str, ...] = ()  # what was checked of who it is, as the log says it
     source: str = ""  # how the owner was found: bpf, sock_diag, uid-only, kernel
+    # The name host and domain answers name: one this process itself resolved (issue 15); None
+    # when `host` came from another program's lookup or none: they name the address.
+    rule_host: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptView:
@@ -116,6 +119,7 @@ class PromptView:
             script=d.get("script"),
             notes=tuple(str(n) for n in d.get("notes", ())),
             source=str(d.get("source", "")),
+            rule_host=d.get("rule_host"),
         )
 
     @property

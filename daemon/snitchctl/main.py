@@ -79,13 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete-rule", help="delete a rule by id")
     delete.add_argument("id", type=int)
 
-    ex = sub.add_parser("explain", help="which rule wins for a flow, and why")
-    ex.add_argument("--exe", metavar="PATH")
-    ex.add_argument("--dst", required=True, metavar="IP")
-    ex.add_argument("--port", type=int, default=0)
-    ex.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
-    ex.add_argument("--iface", default="")
-    ex.add_argument("--uid", type=int)
+    _add_explain(sub)
 
     lg = sub.add_parser("log", help="the connection log: every decision")
     lg.add_argument("--app", metavar="NAME|PATH", help="an app by its path, or every app of a name")
@@ -103,7 +97,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("monitor", help="live: every decision as it happens (--json: JSON lines)")
     sub.add_parser("status", help="is snitchd running, and what is it doing")
-    sub.add_parser("agent", help="answer prompts in this terminal (for SSH and headless use)")
+    agent = sub.add_parser(
+        "agent", help="answer prompts in this terminal (for SSH and headless use)"
+    )
+    agent.add_argument(
+        "--take-over",
+        action="store_true",
+        help="get this user's prompts even while a desktop agent is active (by default a "
+        "terminal agent is asked only when none is)",
+    )
     doc = sub.add_parser(
         "doctor",
         help="check snitch's database (as root; works while snitchd is stopped)",
@@ -115,6 +117,26 @@ def _build_parser() -> argparse.ArgumentParser:
     add_lists_parser(sub)
     _add_rule_commands(sub)
     return p
+
+
+def _add_explain(sub: Any) -> None:
+    """explain: the flow as the packet path would judge it (issue 15)."""
+    ex = sub.add_parser("explain", help="which rule wins for a flow, and why")
+    ex.add_argument("--exe", metavar="PATH")
+    ex.add_argument(
+        "--dst",
+        required=True,
+        metavar="IP|NAME",
+        help="an address, or a host name (the address it was last resolved to is used)",
+    )
+    ex.add_argument("--port", type=int, default=0)
+    ex.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    ex.add_argument("--iface", default="")
+    ex.add_argument("--uid", type=int)
+    ex.add_argument("--host", metavar="NAME", help="judge the address as resolved from NAME")
+    ex.add_argument("--pid", type=int, help="the process whose own DNS names count")
+    ex.add_argument("--script", metavar="PATH", help="the script an interpreter runs")
+    ex.add_argument("--sha256", help="the executable's digest (default: read from --exe)")
 
 
 def _add_rule_commands(sub: Any) -> None:
@@ -233,7 +255,7 @@ async def _run(args: argparse.Namespace) -> int:
             "status": lambda: _status(client, args),
             "top": lambda: _top(client, args),
             "monitor": lambda: _monitor(client, args),
-            "agent": lambda: run_agent(client),
+            "agent": lambda: run_agent(client, take_over=args.take_over),
             "lists": lambda: run_lists(client, args),
             "edit-rule": lambda: _edit_rule(client, args, rule_text),
             "disable-rule": lambda: _toggle_rule(client, args, False),
@@ -385,6 +407,11 @@ async def _explain(client: Client, args: argparse.Namespace) -> int:
         query["exe"] = Variant("s", args.exe)
     if args.uid is not None:
         query["uid"] = Variant("x", args.uid)
+    if args.pid is not None:
+        query["pid"] = Variant("x", args.pid)
+    for key in ("host", "script", "sha256"):
+        if getattr(args, key):
+            query[key] = Variant("s", getattr(args, key))
     result = await client.explain(query)
 
     def text() -> str:
@@ -395,7 +422,11 @@ async def _explain(client: Client, args: argparse.Namespace) -> int:
             head = (
                 f"verdict: {result['verdict']} (no rule matches: the default action, or a prompt)"
             )
-        lines = [head, "matching rules, best first:" if matches else "matching rules: none"]
+        names = ", ".join(result.get("names", ())) or "none"
+        lines = [head, f"flow: to {result.get('dst', args.dst)}, names: {names}"]
+        if result.get("note"):
+            lines.append(f"note: {result['note']}")
+        lines.append("matching rules, best first:" if matches else "matching rules: none")
         lines += [f"  {rule_id}: {rule_text}" for rule_id, rule_text in matches]
         lines.append(f"precedence: {result['precedence']}")
         return "\n".join(lines)
@@ -434,9 +465,10 @@ def _log_line(r: dict[str, Any]) -> str:
     if "bytes_out" in r:
         traffic = f" {_size(r['bytes_out'])} out, {_size(r['bytes_in'])} in"
     found = f", {r['source']}" if r.get("source") else ""  # how the owner was found
+    retries = f" (retried {r['retries']}x)" if r.get("retries") else ""  # issue 15
     return (
         f"{when} {r['action']:<6} {who} (pid {r.get('pid', '-')}{found}) -> {r['proto']} {where} "
-        f"[{why}]{traffic}"
+        f"[{why}]{traffic}{retries}"
     )
 
 
@@ -484,7 +516,11 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     def text() -> str:
         shown = dict(status)
         shown["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
-        return "\n".join(f"{k}: {v}" for k, v in sorted(shown.items()))
+        routing = shown.pop("routing", [])
+        lines = [f"{k}: {v}" for k, v in sorted(shown.items())]
+        lines.append("routing:" + "".join(f"\n  {line}" for line in routing) if routing else
+                     "routing: no agent of yours")  # fmt: skip
+        return "\n".join(lines)
 
     _out(args, status, text)
     return 0

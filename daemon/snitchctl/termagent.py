@@ -74,6 +74,11 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
     lines.append(
         f"  to        {prompt.destination}" + (f" via {prompt.iface}" if prompt.iface else "")
     )
+    if prompt.host is not None and prompt.rule_host != prompt.host:
+        lines.append(
+            f"            ({prompt.host} was looked up by another program: answers name "
+            f"{prompt.dst})"
+        )
     if prompt.sha256:
         lines.append(f"  sha256    {prompt.sha256}")
     for note in prompt.notes:
@@ -140,10 +145,18 @@ class _TerminalAgent:
         self.show()
 
 
-async def run_agent(client: Client, out: TextIO = sys.stdout) -> int:
+async def run_agent(client: Client, out: TextIO = sys.stdout, *, take_over: bool = False) -> int:
     agent = _TerminalAgent(client, out, time.time)
-    uid = await register(client, AgentService(agent.on_prompt, agent.on_cancel, agent.on_alert))
+    service = AgentService(agent.on_prompt, agent.on_cancel, agent.on_alert)
+    uid = await register(client, service, terminal=True, take_over=take_over)
     print(f"snitch agent for uid {uid}: waiting for prompts (Ctrl-C to stop)", file=out, flush=True)
+    if not take_over:
+        print(
+            "prompts come here only while no desktop agent of yours is active "
+            "(snitchctl agent --take-over: always; see snitchctl status)",
+            file=out,
+            flush=True,
+        )
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 

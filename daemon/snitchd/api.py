@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import secrets
 import sqlite3
 import time
@@ -50,12 +51,14 @@ from snitch_common.records import Proto
 from snitch_common.rulefile import read_rules
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.access import is_admin
-from snitchd.agents import AgentProcess, inspect_agent, session_of, thread_names
+from snitchd.agents import AgentProcess, inspect_agent, session_active, session_of, thread_names
 from snitchd.caller import Caller, CallerAwareBus, current_caller, handled, sender
-from snitchd.decide import PRECEDENCE, Explanation
+from snitchd.decide import PRECEDENCE
 from snitchd.events import Alert
+from snitchd.explain import Explained, ExplainQuery, explain_flow
 from snitchd.firewall import Firewall
 from snitchd.lists import ListView
+from snitchd.logind import Logind
 from snitchd.logwriter.protocol import AppRate
 from snitchd.polkit import ANSWER_ALLOW_FOREVER, check_authorization
 from snitchd.prompts import Agent, Prompt
@@ -164,6 +167,7 @@ def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
         "port": flow.dport,
         "iface": flow.iface,
         "host": prompt.host,
+        "rule_host": prompt.named,
         "created": prompt.created,
         "deadline": prompt.deadline,
         "default_action": default_action,
@@ -239,6 +243,7 @@ class FirewallService(ServiceInterface):
         self.agents_refused = 0
         self._rate_watchers: dict[str, int | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.logind: Logind | None = None  # set by `serve`, once on the bus
 
     @property
     def admin_group(self) -> str:
@@ -303,7 +308,7 @@ class FirewallService(ServiceInterface):
         return _record_dict(record) | {"existing": Variant("b", not added)}
 
     @dbus_method()
-    @handled()
+    @handled(query=True)
     async def Explain(self, query: VarDict) -> VarDict:
         dst = _arg(query, "dst", str)
         if dst is None:
@@ -312,23 +317,59 @@ class FirewallService(ServiceInterface):
             proto = Proto(_arg(query, "proto", str) or "tcp")
         except ValueError:
             raise RuleError("explain: proto must be tcp, udp or icmp") from None
-        try:
-            explanation = self.firewall.explain(
-                _arg(query, "exe", str),
-                dst,
-                _arg(query, "port", int) or 0,
-                proto,
-                _arg(query, "iface", str) or "",
-                _arg(query, "uid", int),
-            )
-        except ValueError as exc:
-            raise RuleError(f"explain: {exc}") from None
-        return _explanation_dict(explanation, self.firewall.config.default_action.value)
+        asked = ExplainQuery(
+            dst,
+            _arg(query, "port", int) or 0,
+            proto,
+            _arg(query, "exe", str),
+            _arg(query, "uid", int),
+            _arg(query, "pid", int),
+            _arg(query, "iface", str) or "",
+            _arg(query, "host", str),
+            _arg(query, "script", str),
+            _arg(query, "sha256", str),
+        )
+        explained = await explain_flow(self.firewall, asked)
+        return _explanation_dict(explained, self.firewall.config.default_action.value)
 
     @dbus_method()
     @handled()
     async def Status(self) -> VarDict:
-        return _status_dict(status_of(self.firewall, self.backend, self.agents_refused))
+        status = status_of(self.firewall, self.backend, self.agents_refused)
+        return _status_dict(dataclasses.replace(status, routing=self._routing()))
+
+    def _routing(self) -> tuple[str, ...]:
+        """Which agent gets whose prompts, one line per agent in routing order: the caller's
+        own agents (an admin's: everyone's)."""
+        caller = current_caller()
+        everyone = is_admin(caller.uid, self.admin_group)
+        lines = []
+        for uid, agents in self.firewall.broker.routes():
+            if uid != caller.uid and not everyone:
+                continue
+            for i, agent in enumerate(agents):
+                lines.append(f"uid {uid}: {'gets the prompts' if i == 0 else f'#{i + 1}'}: "
+                             f"{self._describe(agent)}")  # fmt: skip
+        return tuple(lines)
+
+    def _describe(self, agent: Agent) -> str:
+        kind = "terminal" if agent.terminal else "desktop"
+        if agent.take_over:
+            kind += ", --take-over"
+        where = "no session"
+        if agent.session is not None:
+            state = (
+                self.logind.state(agent.session)
+                if self.logind is not None and agent.session.startswith("/")
+                else None
+            )
+            if state is not None:
+                where = state.describe()
+            else:
+                active = "active" if session_active(agent.session) else "not active"
+                where = f"session {agent.session} ({active})"
+        program = os.path.basename(agent.program) or "?"
+        return f"{program} pid {agent.pid} ({kind}; {where}), bus name {agent.name}"
 
     @dbus_method()
     @handled()
@@ -336,10 +377,24 @@ class FirewallService(ServiceInterface):
         """Register the caller as the agent of its own user; prompts come to `path`. Only an
         installed agent program is accepted (`snitchd.agents`); the user's agents hear of a
         refusal, and of a second agent."""
+        return await self._register(path, terminal=False, take_over=False)
+
+    @dbus_method()
+    @handled()
+    async def RegisterAgentWith(self, path: DBusObjectPath, options: VarDict) -> DBusUInt32:
+        """RegisterAgent with options (issue 15): `terminal` (b), a terminal agent, asked only
+        when no desktop agent of the user is active; `take_over` (b), a terminal agent asked
+        before them all (`snitchctl agent --take-over`)."""
+        terminal = bool(_arg(options, "terminal", bool))
+        return await self._register(path, terminal, bool(_arg(options, "take_over", bool)))
+
+    async def _register(self, path: str, terminal: bool, take_over: bool) -> int:
         who = current_caller()
         broker = self.firewall.broker
         if who.uid == 0:  # root can change every file the checks rely on: nothing to check
-            broker.register(who.name, path, who.uid, program="(root)")
+            pid = await self._pid_of(who.name)
+            session = await self._session(pid, 0) if pid is not None else None
+            broker.register(who.name, path, who.uid, pid, session, "(root)", terminal, take_over)
             return who.uid
         try:
             found = await self._verify_agent(who, path)
@@ -347,9 +402,39 @@ class FirewallService(ServiceInterface):
             self.agents_refused += 1
             broker.refused(who.uid, f"an agent of uid {who.uid} was refused: {exc.message}")
             raise
-        session = await asyncio.to_thread(session_of, found.pid, who.uid)
-        broker.register(who.name, path, who.uid, found.pid, session, found.program)
+        # The terminal agent is snitchctl, whatever it says; the notifier may say it is one.
+        terminal = terminal or os.path.basename(found.program) == "snitchctl"
+        session = await self._session(found.pid, who.uid)
+        broker.register(
+            who.name, path, who.uid, found.pid, session, found.program, terminal, take_over
+        )
         return who.uid
+
+    async def _pid_of(self, name: str) -> int | None:
+        reply = await call_bus_daemon(self.bus, "GetConnectionUnixProcessID", "s", [name])
+        if reply.message_type is not MessageType.METHOD_RETURN:
+            return None
+        return int(reply.body[0])
+
+    async def _session(self, pid: int, uid: int) -> str | None:
+        """logind's session of the agent (a path), else the one its cgroup names (an id)."""
+        found = await self.logind.session_of(pid, uid) if self.logind is not None else None
+        if found is not None:
+            return found
+        return await asyncio.to_thread(session_of, pid, uid)
+
+    def session_active(self, session: str) -> bool:
+        """Whether a person sits at `session` now: logind's word for a session path, the
+        state file's for a session id from a cgroup."""
+        if session.startswith("/"):
+            return self.logind is not None and self.logind.active(session)
+        return session_active(session)
+
+    def session_known(self, session: str) -> bool:
+        """Whether anything is known of `session` (logind answered for it)."""
+        if not session.startswith("/"):
+            return True
+        return self.logind is not None and self.logind.state(session) is not None
 
     async def _verify_agent(self, who: Caller, path: str) -> AgentProcess:
         """The process behind the caller's connection, if it runs an agent program and is
@@ -712,14 +797,19 @@ def _json(rows: list[dict[str, Any]]) -> str:
     return json.dumps([{k: v for k, v in row.items() if v is not None} for row in rows])
 
 
-def _explanation_dict(explanation: Explanation, default: str) -> dict[str, Variant]:
-    winner = explanation.winner
+def _explanation_dict(explained: Explained, default: str) -> dict[str, Variant]:
+    """The verdict and winner are the packet path's (`decide`); the matches are for reading."""
+    verdict = explained.verdict
+    winner = -1 if verdict is None or verdict.rule_id is None else verdict.rule_id
     return {
-        "verdict": Variant("s", winner[1].action.value if winner else default),
-        "winner": Variant("x", winner[0] if winner else -1),
-        "matches": Variant("a(ts)", [(i, str(r)) for i, r in explanation.matches]),
+        "verdict": Variant("s", verdict.action.value if verdict else default),
+        "winner": Variant("x", winner),
+        "matches": Variant("a(ts)", [(i, str(r)) for i, r in explained.explanation.matches]),
         "default_action": Variant("s", default),
         "precedence": Variant("s", PRECEDENCE),
+        "dst": Variant("s", str(explained.dst)),
+        "names": Variant("as", sorted(explained.names)),
+        "note": Variant("s", explained.note),
     }
 
 
@@ -727,7 +817,10 @@ def _status_dict(status: Status) -> dict[str, Variant]:
     """The one place a `Status` becomes a{sv}: its fields by name, the kernel's as kernel_*."""
     fields = {f.name: getattr(status, f.name) for f in dataclasses.fields(status)}
     kernel = fields.pop("kernel")
-    return _variants(fields | {f"kernel_{key}": value for key, value in kernel})
+    routing = fields.pop("routing")
+    out = _variants(fields | {f"kernel_{key}": value for key, value in kernel})
+    out["routing"] = Variant("as", list(routing))
+    return out
 
 
 async def serve(firewall: Firewall, backend: str) -> MessageBus:
@@ -756,6 +849,9 @@ async def serve(firewall: Firewall, backend: str) -> MessageBus:
     bus.add_message_handler(on_signal)
     owner_changes = "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"
     await call_bus_daemon(bus, "AddMatch", "s", [owner_changes])
+    service.logind = Logind(bus)
+    firewall.broker.use_sessions(service.session_active, service.session_known)
+    await service.logind.watch()
     try:
         reply = await bus.request_name(BUS_NAME)
     except DBusError as exc:

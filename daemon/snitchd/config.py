@@ -142,6 +142,10 @@ class Config:
     lists_dir: str = "/var/lib/snitch-lists"
     prompt_hold_max: float = 600.0
     rules_dir: str = "/etc/snitch/rules.d"
+    # A decided attempt is remembered this many seconds (0: not at all): a retry of the same
+    # app to the same destination gets its verdict without a new prompt, and counts as one
+    # attempt in the log (`attempts`).
+    retry_window: float = 10.0
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -160,6 +164,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_hash_bytes": (0, 1 << 50),
     "hash_wait": (0, 60),
     "prompt_hold_max": (1, 86400),
+    "retry_window": (0, 300),
 }
 
 

@@ -119,6 +119,11 @@ class DnsWatch:
         names = self.names.names(address, now, proc)
         return names, (self.names.best(address, now, proc) if names else None)
 
+    def own_name(self, address: IPAddress, proc: Process, now: float) -> str | None:
+        """The name `proc` itself resolved `address` from, None if it did not (`NameCache.own`):
+        the only name an answer to its prompt may make a host or domain rule of."""
+        return self.names.own(address, now, proc)
+
     def on_packet(self, pkt: Packet) -> None:
         """A DNS packet either way: record or judge it; it always passes (perhaps later)."""
         held = False
@@ -221,6 +226,11 @@ class DnsWatch:
                 self.counters.unowned += 1
                 continue
             self.names.learn(message.resolutions, now, owner)
+            asker = _asker(asked)
+            if owner is SHARED and asker is not None:
+                # A system user's process that asked itself: its names are everyone's, and also
+                # its own (`own_name`: what its host answers may name).
+                self.names.learn(message.resolutions, now, asker)
 
     def _unasked(self, packet: DnsPacket, message: DnsMessage, now: float, by_kernel: bool) -> None:
         self.counters.unasked += 1
@@ -252,6 +262,21 @@ class DnsWatch:
                 why,
                 f"; {quiet} more not shown" if quiet else "",
             )
+
+
+def _asker(asked: Asked) -> Owner | None:
+    """The very process that asked, if it was found in time."""
+    found = asked.owner
+    if isinstance(found, Lookup):
+        found = found.future.result() if found.future.done() else None
+    if (
+        not isinstance(found, Process)
+        or found.attribution is not Attribution.PROCESS
+        or found.uid is None
+        or found.pid is None
+    ):
+        return None
+    return Owner(found.uid, found.pid)
 
 
 def _owner(asked: Asked) -> Owner | _Nobody | None:

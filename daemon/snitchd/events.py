@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from snitch_common.errors import StoreError
+from snitchd.attempts import RowRef
 from snitchd.logwriter.parent import Recorder
 from snitchd.logwriter.protocol import AppRate, Batch, Done
 from snitchd.store import Decision, Store, log_row
@@ -58,6 +59,7 @@ class EventLog:
         # half second, and packets waited behind it.
         self._pending: list[tuple[object, ...]] = []
         self._hits: dict[int, tuple[int, float]] = {}
+        self._retries: dict[RowRef, int] = {}
         self._apps: dict[str, tuple[float, str | None]] = {}
         self._seq = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -82,6 +84,16 @@ class EventLog:
         if len(self._pending) >= self._batch:
             self._wake.set()
 
+    def retry(self, row: RowRef) -> None:
+        """An attempt already logged as `row` was tried again with the same verdict: one more
+        on that row's `retries`, no row of its own, no rule hit (`attempts`). Bounded by the
+        attempts remembered: a row gets one entry here however often it is retried."""
+        count = self._retries.get(row)
+        if count is None and len(self._retries) >= MAX_PENDING:  # the writer is failing
+            self.dropped += 1
+            return
+        self._retries[row] = (count or 0) + 1
+
     @property
     def writer_pid(self) -> int | None:
         return self._recorder.pid
@@ -100,9 +112,10 @@ class EventLog:
             batch, self._pending = self._pending, []
             hits, self._hits = self._hits, {}
             apps, self._apps = self._apps, {}
+            retries, self._retries = self._retries, {}
             self._store.record_memory_hits(hits)
             try:
-                done = await asyncio.to_thread(self._write, batch, hits, apps, prune)
+                done = await asyncio.to_thread(self._write, batch, hits, apps, retries, prune)
             except StoreError as exc:
                 log.log(
                     logging.DEBUG if self._failing else logging.ERROR,
@@ -114,6 +127,8 @@ class EventLog:
                 self.last_error = str(exc)
                 self._pending[:0] = batch
                 self._apps.update(apps)
+                for row, count in retries.items():
+                    self._retries[row] = self._retries.get(row, 0) + count
                 overflow = len(self._pending) - MAX_PENDING
                 if overflow > 0:
                     del self._pending[:overflow]
@@ -135,9 +150,10 @@ class EventLog:
         rows: list[tuple[object, ...]],
         hits: dict[int, tuple[int, float]],
         apps: dict[str, tuple[float, str | None]],
+        retries: dict[RowRef, int],
         prune: tuple[float, float, int] | None,
     ) -> Done:
-        batch = Batch(next(self._seq), rows, hits, apps, prune)
+        batch = Batch(next(self._seq), rows, hits, apps, prune, retries)
         done = self._recorder.write(batch, ANSWER_TIMEOUT)
         if done.error is not None:
             raise StoreError(done.error)

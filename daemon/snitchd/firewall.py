@@ -27,18 +27,18 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from pathlib import Path
 from typing import TypeVar
 
 from netfilterqueue import Packet
 
 from snitch_common.errors import RuleNotFound, StoreError
-from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.records import Attribution, Flow, Process
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, list_place
+from snitchd.attempts import Attempts, RowRef, attempt_key
 from snitchd.config import Config, FailMode, PinAnswers
 from snitchd.connmark import ConnMarks
-from snitchd.decide import Ask, Explanation, RuleSet, StricterRules, Verdict, decide
+from snitchd.decide import Ask, RuleSet, StricterRules, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
 from snitchd.flowcut import CutResult, FlowCutter
@@ -113,6 +113,7 @@ class Counters:
     errors: int = 0
     by_default: int = 0
     repeats: int = 0  # packets of a flow already logged with the same verdict: no new row
+    retries: int = 0  # new flows that retried a blocked attempt: counted on its row (attempts)
     unmarked: int = 0  # verdicts the kernel could not keep: those flows come back to the queue
     cut: int = 0  # open flows cut because a rule added or enabled later denies them
     started: float = field(default_factory=time.time)
@@ -141,6 +142,7 @@ class Firewall:
         self.counters = Counters()
         self._logged: dict[tuple[object, ...], float] = {}
         self._kept: dict[Flow, _Kept] = {}
+        self.attempts = Attempts(config.retry_window)
         self.places = Places()  # classes and lists (to=lan, to=list:NAME), swapped in whole
         self.rules = RuleSet(places=self.places)
         self.lists = Lists(
@@ -182,6 +184,7 @@ class Firewall:
             hold_max=config.prompt_hold_max,
         )
         self.dns.reconfigure(config)
+        self.attempts.configure(config.retry_window)
 
     async def check_outside_change(self, now: float) -> None:
         """Another process may have written the rules (sqlite3 by hand, or malware): if so,
@@ -393,10 +396,17 @@ class Firewall:
             outcome = self._no_laxer(outcome, flow, proc, lookup, names, now)
         if lookup is not None and lookup.note is not None:
             outcome = self._by_both(outcome, flow, lookup, names, now)
+        if isinstance(outcome, Ask):
+            # No rule covers it: a retry of an attempt blocked without a rule (answered once,
+            # timed out, no agent) gets that verdict again, and no new prompt (`attempts`).
+            tried = self.attempts.recall(attempt_key(flow, proc), now)
+            if tried is not None and tried.rule_id is None:
+                outcome = Verdict(tried.action, None, tried.reason)
         if isinstance(outcome, Verdict):
             self.apply(pkt, outcome, flow, proc, now, host)
         else:
-            self.broker.ask(pkt, flow, proc, now, host)
+            named = self.dns.own_name(flow.dst, proc, now) if host is not None else None
+            self.broker.ask(pkt, flow, proc, now, host, named)
 
     def _no_laxer(
         self,
@@ -592,10 +602,28 @@ class Firewall:
         if self._repeat((flow, verdict.action, verdict.rule_id, proc.pid, proc.uid, proc.exe), now):
             self.counters.repeats += 1
             return
+        blocked = verdict.action is not Action.ALLOW
+        key = attempt_key(flow, proc) if blocked else None
+        tried = self.attempts.recall(key, now)
+        if (
+            key is not None
+            and tried is not None
+            and tried.action is verdict.action
+            and tried.rule_id == verdict.rule_id
+        ):
+            # The same attempt again: one more retry on its row, no row, no rule hit.
+            self.attempts.retried(key, tried, now)
+            self.counters.retries += 1
+            self.events.retry(tried.row)
+            return
         reason = verdict.reason
         if notes := proc.notes():  # unverified, script, preloaded, traced (issue 14)
             reason = f"{reason} [{'; '.join(notes)}]"
         self.events.record(Decision(now, flow, proc, verdict.action, verdict.rule_id, reason, host))
+        if key is not None:
+            row = RowRef(now, flow.proto.value, str(flow.src), flow.sport, str(flow.dst),
+                         flow.dport)  # fmt: skip
+            self.attempts.remember(key, verdict.action, verdict.rule_id, verdict.reason, row, now)
 
     def _keep(self, flow: Flow, action: Action) -> bool:
         """Mark the flow's conntrack entry with the verdict. An allowed packet has just been
@@ -961,21 +989,6 @@ class Firewall:
             if rule.place == place and rule.action is not Action.ALLOW and not rule.keep_open
         }
         self._cut_ids_soon(ids, f"list {name}", because=f"list {name} updated")
-
-    def explain(
-        self,
-        exe: str | None,
-        dst: str,
-        port: int,
-        proto: Proto,
-        iface: str = "",
-        uid: int | None = None,
-    ) -> Explanation:
-        flow = Flow(proto, ip_address("0.0.0.0"), 0, ip_address(dst), port, iface)
-        if flow.dst.version == 6:
-            flow = Flow(proto, ip_address("::"), 0, flow.dst, port, iface)
-        proc = Process(Attribution.PROCESS, exe=exe, uid=uid)
-        return self.rules.explain(flow, proc, frozenset(), self.clock())
 
 
 def quotas_of(config: Config) -> Quotas:

@@ -18,7 +18,7 @@ or reads the clock (`now` is passed in); lookups are a few dict gets.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from snitch_common.records import Attribution, IPAddress, Process
@@ -30,6 +30,7 @@ _MAX_NAMES = 32  # names kept per address and owner
 _MAX_OWNERS = 64  # owners kept per address; the least recently learnt goes first
 _SWEEP = 8  # fully expired addresses dropped from the oldest end per `learn`
 _EMPTY: frozenset[str] = frozenset()
+_FIND_CHUNK = 2000  # addresses `find` reads between two yields (~1 ms)
 _ANY = -1  # an owner key's pid for "any process of this uid", uid for "everyone"
 # What one entry (an address and an owner) and one name in it cost, in bytes, beyond the name's
 # own characters: the dict slots and objects holding them (CPython 3.11, 64-bit; measured with
@@ -235,6 +236,49 @@ class NameCache:
             if entry is not None and entry.queried:
                 return entry.queried[-1]
         return None
+
+    def own(self, address: IPAddress, now: float, proc: Process) -> str | None:
+        """The name `proc` itself resolved `address` from (the queried name it learnt most
+        recently), or None: not its user's names of unknown process, nor the shared ones, which
+        another program may have looked up (issue 15). What a host answer may name."""
+        if proc.attribution is not Attribution.PROCESS or proc.pid is None or proc.uid is None:
+            return None
+        slot = self._slots.get(address)
+        if slot is None:
+            return None
+        if now >= slot.until:
+            slot = self._prune(address, slot, now)
+            if slot is None:
+                return None
+        entry = slot.entries.get((proc.uid, proc.pid))
+        return entry.queried[-1] if entry is not None and entry.queried else None
+
+    def find(
+        self, name: str, now: float, uid: int | None, pid: int | None = None
+    ) -> Iterator[tuple[IPAddress, frozenset[str]] | None]:
+        """Where `name` was resolved to, for `snitchctl explain --dst NAME`: the most recently
+        learnt address whose names of `uid` (of process `pid`, else of any of its processes) or
+        shared hold it, with the names learnt with it (its CNAME chain). A scan of every
+        address, newest first: it yields None every `_FIND_CHUNK` addresses so that its caller
+        can let the loop run, and ends after the first find (or none)."""
+        for i, address in enumerate(reversed(list(self._slots))):
+            if i and i % _FIND_CHUNK == 0:
+                yield None
+            slot = self._slots.get(address)
+            if slot is None:
+                continue
+            if now >= slot.until and (slot := self._prune(address, slot, now)) is None:
+                continue
+            chain: set[str] = set()
+            for key, entry in slot.entries.items():
+                mine = key == (_ANY, _ANY) or (
+                    uid is not None and key[0] == uid and (pid is None or key[1] in (pid, _ANY))
+                )
+                if mine and name in entry.names:
+                    chain.update(entry.names)
+            if chain:
+                yield address, frozenset(chain)
+                return
 
     def __len__(self) -> int:
         return len(self._slots)

@@ -63,8 +63,10 @@ class Agent:
     admin: bool
     seq: int = 0  # registration order: the oldest agent of a user is asked first
     pid: int | None = None
-    session: str | None = None  # logind session id, where the pid sits in one
+    session: str | None = None  # logind session (path, or id from the cgroup), if any
     program: str = ""
+    terminal: bool = False  # `snitchctl agent`: asked only when no desktop agent is active
+    take_over: bool = False  # started with --take-over: asked before the desktop's agents
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +87,14 @@ class Prompt:
     proc: Process
     created: float
     deadline: float
-    host: str | None = None
+    host: str | None = None  # the name shown and logged (`DnsWatch.names_for`)
     agent: Agent | None = None
     packets: list[Packet] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    # The name host and domain answers name: one this process itself resolved the address
+    # from (issue 15); None: they name the address (a name another program looked up would
+    # stop matching when it expires, or label another program's flows).
+    named: str | None = None
 
 
 class Applier(Protocol):
@@ -136,6 +142,7 @@ class Broker:
         self._quotas = dataclasses.replace(quotas or Quotas(), per_uid=max_open)
         self._is_admin = is_admin
         self._session_active = session_active
+        self._session_known: Callable[[str], bool] = lambda session: True
         self._seq = itertools.count(1)
         self._open_by_uid: dict[int | None, int] = {}
         self._held_by_uid: dict[int | None, int] = {}
@@ -184,23 +191,39 @@ class Broker:
         pid: int | None = None,
         session: str | None = None,
         program: str = "",
+        terminal: bool = False,
+        take_over: bool = False,
     ) -> Agent:
         """Add a verified agent; the user's other agents hear of it (malware that got past the
         checks still cannot take a user's prompts silently)."""
         others = [a for a in self.agents.values() if a.uid == uid and a.name != name]
-        agent = Agent(name, path, uid, self._is_admin(uid), next(self._seq), pid, session, program)
+        agent = Agent(
+            name,
+            path,
+            uid,
+            self._is_admin(uid),
+            next(self._seq),
+            pid,
+            session,
+            program,
+            terminal,
+            take_over,
+        )
         self.agents[name] = agent
         log.info(
-            "agent registered name=%s uid=%d pid=%s session=%s admin=%s program=%s",
-            name, uid, pid, session, agent.admin, program or "-",
+            "agent registered name=%s uid=%d pid=%s session=%s admin=%s program=%s terminal=%s "
+            "take_over=%s", name, uid, pid, session, agent.admin, program or "-", terminal,
+            take_over,
         )  # fmt: skip
+        taking = " with --take-over: it takes your prompts" if take_over else ""
         if others:
             self._tell(
                 others,
                 Alert(
                     "agent-registered",
                     f"another agent registered for uid {uid}: pid {pid} ({program or 'unknown'})"
-                    f", bus name {name}; {len(others) + 1} agents now. If you did not start it, "
+                    f", bus name {name}{taking}; {len(others) + 1} agents now. If you did not "
+                    "start it, "
                     "stop it and check what runs as you",
                     self._clock(),
                     uid,
@@ -244,13 +267,41 @@ class Broker:
         return self._pick(admins) if admins else None
 
     def _pick(self, agents: list[Agent]) -> Agent:
-        """The agent in the active graphical session, else the oldest (not the newest: the
-        newest is whoever registered last, which malware can always be)."""
-        if len(agents) > 1:
-            active = [a for a in agents if a.session and self._session_active(a.session)]
-            if active:
-                agents = active
-        return min(agents, key=lambda a: a.seq)
+        """The first of `agents` in routing order (`_order`)."""
+        return min(agents, key=self._order)
+
+    def _order(self, agent: Agent) -> tuple[int, int]:
+        """Where an agent stands for its user's prompts, smaller first (issue 15): a terminal
+        agent started with --take-over; a desktop agent in the session a person sits at (logind:
+        Active, with a seat); one in no session logind knows (nothing tells it is not used);
+        a terminal agent; a desktop agent in a session no one sits at now. Within each, the
+        oldest: not the newest, which is whoever registered last (malware can always be)."""
+        session = agent.session
+        if agent.terminal:
+            rank = 0 if agent.take_over else 3
+        elif session is not None and self._session_active(session):
+            rank = 1
+        elif session is None or not self._session_known(session):
+            rank = 2
+        else:
+            rank = 4
+        return (rank, agent.seq)
+
+    def use_sessions(
+        self, active: Callable[[str], bool], known: Callable[[str], bool] | None = None
+    ) -> None:
+        """How sessions are judged from now on (`logind.Logind` once snitchd is on the bus):
+        `active` whether a person sits at it, `known` whether anything is known of it."""
+        self._session_active = active
+        self._session_known = known or (lambda session: True)
+
+    def routes(self) -> list[tuple[int, list[Agent]]]:
+        """Each user's agents in the order their prompts go to them (for `snitchctl status`);
+        the first gets the prompts."""
+        by_uid: dict[int, list[Agent]] = {}
+        for agent in self.agents.values():
+            by_uid.setdefault(agent.uid, []).append(agent)
+        return [(uid, sorted(agents, key=self._order)) for uid, agents in sorted(by_uid.items())]
 
     @property
     def _fw(self) -> Applier:
@@ -269,7 +320,13 @@ class Broker:
                 self.transport.send_alert(agent, alert)
 
     def ask(
-        self, pkt: Packet, flow: Flow, proc: Process, now: float, host: str | None = None
+        self,
+        pkt: Packet,
+        flow: Flow,
+        proc: Process,
+        now: float,
+        host: str | None = None,
+        named: str | None = None,
     ) -> None:
         # Who asks is the whole identity: two scripts of one interpreter, or an impostor and
         # the app whose path it shows, never share one prompt (and one answer).
@@ -313,7 +370,15 @@ class Broker:
             )
             return
         prompt = Prompt(
-            next(self._ids), key, flow, proc, now, now + self._timeout, host=host, agent=agent
+            next(self._ids),
+            key,
+            flow,
+            proc,
+            now,
+            now + self._timeout,
+            host=host,
+            agent=agent,
+            named=named,
         )
         prompt.packets.append(pkt)
         self.open[prompt.id] = prompt
@@ -394,7 +459,7 @@ class Broker:
             rule = rule_for_answer(
                 prompt.flow,
                 prompt.proc,
-                prompt.host,
+                prompt.named,
                 answer,
                 admin=agent.admin,
                 pin_root=self._pin_root,

@@ -73,6 +73,9 @@ class Status:
     attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
     rules_files_error: str = ""  # why a rules.d file was refused at the last load (issue 18)
     flows_cut: int = 0  # open flows cut because a rule added or enabled later denies them
+    retries: int = 0  # new flows counted as retries of a blocked attempt (attempts)
+    attempts_remembered: int = 0
+    routing: tuple[str, ...] = ()  # which agent gets whose prompts, in order (the API fills it)
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -122,4 +125,6 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         kernel=tuple(kernel_stats(fw.config.queue).items()),
         rules_files_error=fw.files_error,
         flows_cut=c.cut,
+        retries=c.retries,
+        attempts_remembered=len(fw.attempts),
     )

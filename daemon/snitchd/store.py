@@ -31,6 +31,7 @@ import sqlite_utils
 from snitch_common.errors import RuleError, RuleNotFound, StoreError
 from snitch_common.records import Flow, Process
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
+from snitchd.attempts import RowRef
 from snitchd.queries import MINUTES_KEPT, LogQuery, read_connections, read_top
 
 __all__ = [
@@ -224,6 +225,12 @@ def _migrate_6(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE TRIGGER rules_toggled AFTER UPDATE OF disabled ON rules {bump}")
 
 
+def _migrate_7(db: sqlite_utils.Database) -> None:
+    """How many times the attempt of a row was retried within the retry window (issue 15): a
+    retry that got the same verdict counts here instead of making a row (`snitchd.attempts`)."""
+    db.table("connections").add_column("retries", int, not_null_default=0)
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
@@ -232,6 +239,7 @@ _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_4,
     _migrate_5,
     _migrate_6,
+    _migrate_7,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -618,6 +626,21 @@ class Store:
                     "UPDATE rules SET hits = coalesce(hits, 0) + ?, last_hit = ? WHERE id = ?",
                     [count, last, rule_id],
                 )
+
+    def record_retries(self, retries: dict[RowRef, int]) -> int:
+        """Add each count to its attempt's row (`attempts.RowRef`: the newest row of that flow
+        and time); returns the rows updated. A row pruned meanwhile is not found: no harm."""
+        updated = 0
+        with self._lock, self._errors("write to"), self.db.atomic():
+            for ref, count in retries.items():
+                cur = self.db.execute(
+                    "UPDATE connections SET retries = retries + ? WHERE id = "
+                    "(SELECT id FROM connections WHERE dst = ? AND dport = ? AND sport = ? "
+                    "AND src = ? AND proto = ? AND time = ? ORDER BY id DESC LIMIT 1)",
+                    [count, ref.dst, ref.dport, ref.sport, ref.src, ref.proto, ref.time],
+                )
+                updated += cur.rowcount
+        return updated
 
     def log_decisions(self, decisions: Iterable[Decision]) -> None:
         self.log_rows([log_row(d) for d in decisions])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
 
-from snitch_common.answers import Scope, domain_of
+from snitch_common.answers import NETWORK_PREFIX, Scope, domain_of
 from snitch_common.bus import PromptView
 
 __all__ = ["ScopeOption", "scope_options"]
@@ -28,10 +29,11 @@ class ScopeOption:
 def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
     """The scopes in the daemon's order, labelled with this prompt's own host, port, script and
     parent."""
-    where = prompt.host or prompt.dst
+    # Only a name this very process resolved is offered (issue 15); else the address.
+    where = prompt.rule_host or prompt.dst
     ported = prompt.proto in ("tcp", "udp")
     port = f"{prompt.port}/{prompt.proto}" if ported else prompt.proto
-    named = prompt.host is not None and "." in prompt.host
+    named = prompt.rule_host is not None and "." in prompt.rule_host
     script = _trusted_script(prompt)
     parent = prompt.parents[0][1] if prompt.parents else None
     if parent is not None and not parent.startswith("/"):
@@ -41,8 +43,10 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
         ScopeOption(Scope.HOST, f"{where}, any port"),
         ScopeOption(
             Scope.DOMAIN,
-            f"any host in {domain_of(prompt.host)}" if named and prompt.host else "this domain",
-            None if named else "no host name is known for this address",
+            f"any host in {domain_of(prompt.rule_host)}"
+            if named and prompt.rule_host
+            else "this domain",
+            None if named else _no_name(prompt),
         ),
         ScopeOption(
             Scope.PORT,
@@ -65,7 +69,27 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
             else "this app when started by its parent",
             None if parent else "its parent's executable could not be verified",
         ),
+        ScopeOption(
+            Scope.ANY_APP,
+            f"any app to {where} on port {port}" if ported else f"any app to {where}",
+        ),
+        ScopeOption(Scope.NETWORK, f"anything {app} connects to in {_network(prompt.dst)}"),
     ]
+
+
+def _network(dst: str) -> str:
+    """The network a `network` answer covers, as text: 203.0.113.0/24, 2001:db8::/64."""
+    try:
+        address = ip_address(dst)
+    except ValueError:
+        return "this network"
+    return str(ip_network(f"{address}/{NETWORK_PREFIX[address.version]}", strict=False))
+
+
+def _no_name(prompt: PromptView) -> str:
+    if prompt.host is not None and prompt.host != prompt.rule_host:
+        return f"{prompt.host} was looked up by another program, not this one"
+    return "no host name is known for this address"
 
 
 def _trusted_script(prompt: PromptView) -> str | None:

@@ -159,15 +159,26 @@ async def test_retransmitted_syn_joins_the_open_prompt(running: Lab, agent: Test
     assert len(rows) >= 2 or held_retransmits >= 1, "TCP never tried to resend the held SYN"
 
 
-async def test_deny_once_then_prompted_again(running: Lab, agent: TestAgent) -> None:
-    proc = await client(running, "tcp", "192.0.2.2", "9000", "--timeout", "10")
-    await agent.answer(await agent.next_prompt(), "reject", "once")
-    assert await outcome(proc) == "refused"
-    assert running.ctl_json("list-rules") == []
-    proc = await client(running, "tcp", "192.0.2.2", "9000", "--timeout", "10")
-    second = await agent.next_prompt()
-    await agent.answer(second, "allow", "once")
-    assert await outcome(proc) == "connected"
+async def test_deny_once_then_prompted_again(lab: Lab, monkeypatch: Any) -> None:
+    """A retry within `retry_window` gets the same answer unasked (issue 15); after it, the
+    app is asked again."""
+    lab.start_daemon(retry_window=1)
+    assert lab.bus is not None
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
+    agent = TestAgent()
+    await agent.start()
+    try:
+        proc = await client(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
+        await agent.answer(await agent.next_prompt(), "reject", "once")
+        assert await outcome(proc) == "refused"
+        assert lab.ctl_json("list-rules") == []
+        await asyncio.sleep(1.5)
+        proc = await client(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
+        second = await agent.next_prompt()
+        await agent.answer(second, "allow", "once")
+        assert await outcome(proc) == "connected"
+    finally:
+        agent.stop()
 
 
 async def test_no_answer_gives_default_after_timeout(lab: Lab, monkeypatch: Any) -> None:

@@ -42,6 +42,7 @@ BASE_PROMPT = PromptView(
     port=443,
     iface="eth0",
     host="updates.example.org",
+    rule_host="updates.example.org",
     deadline=NOW + 30,
     default_action="deny",
 )

@@ -18,8 +18,10 @@ def test_scope_labels_name_this_prompts_host_and_port(prompt_factory) -> None:
         "anything Firefox connects to",
         "this script",
         "anything Firefox connects to when started by bash",
+        "any app to updates.example.org on port 443/tcp",
+        "anything Firefox connects to in 203.0.113.0/24",
     ]
-    assert [o.why_not for o in options] == [None] * 5 + ["python3.11 runs no script", None]
+    assert [o.why_not for o in options] == [None] * 5 + ["python3.11 runs no script"] + [None] * 3
 
 
 def test_an_interpreters_prompt_offers_this_script_and_this_parent(prompt_factory) -> None:
@@ -44,7 +46,25 @@ def test_an_interpreters_prompt_offers_this_script_and_this_parent(prompt_factor
 
 
 def test_scopes_snitchd_would_refuse_say_why(prompt_factory) -> None:
-    options = {o.scope: o for o in scope_options(prompt_factory(host=None, proto="icmp"), "x")}
+    options = {
+        o.scope: o
+        for o in scope_options(prompt_factory(host=None, rule_host=None, proto="icmp"), "x")
+    }
     assert options[Scope.DOMAIN].why_not == "no host name is known for this address"
     assert options[Scope.PORT].why_not == "icmp has no ports"
     assert options[Scope.EXACT].label == "only 203.0.113.7"
+
+
+def test_a_name_another_program_looked_up_is_not_offered(prompt_factory) -> None:
+    """Issue 15: `host` came from another program's lookup (`rule_host` None): host answers
+    name the address, and no domain is offered."""
+    prompt = prompt_factory(host="www.example.org", rule_host=None, dst="203.0.113.8", port=22)
+    options = {o.scope: o for o in scope_options(prompt, "ssh")}
+    assert options[Scope.EXACT].label == "only 203.0.113.8 on port 22/tcp"
+    assert options[Scope.HOST].label == "203.0.113.8, any port"
+    assert options[Scope.DOMAIN].why_not == (
+        "www.example.org was looked up by another program, not this one"
+    )
+    assert "www.example.org" not in " ".join(o.label for o in options.values())
+    v6 = {o.scope: o for o in scope_options(prompt_factory(dst="2001:db8:1::2"), "x")}
+    assert v6[Scope.NETWORK].label == "anything x connects to in 2001:db8:1::/64"

@@ -123,7 +123,7 @@ def test_defaults_are_forever_and_this_host_and_port(popup, prompt_factory) -> N
 
 def test_scopes_that_cannot_apply_are_disabled_with_the_reason(popup, prompt_factory) -> None:
     """No host name: no domain rule; ICMP: no port rule (snitchd would refuse both)."""
-    popup.window.add_prompt(prompt_factory(host=None, proto="icmp", port=0))
+    popup.window.add_prompt(prompt_factory(host=None, rule_host=None, proto="icmp", port=0))
     model = popup.window._scope.model()
     items = {model.item(i).data(Qt.ItemDataRole.UserRole): model.item(i) for i in range(5)}
     assert not items["domain"].isEnabled() and "no host name" in items["domain"].toolTip()

@@ -73,6 +73,7 @@ def test_every_key_can_be_set() -> None:
         "lists_dir": "/var/lib/snitch-lists-test",
         "prompt_hold_max": 900,
         "rules_dir": "/etc/snitch-test/rules.d",
+        "retry_window": 3,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}

@@ -74,6 +74,7 @@ def test_the_members_clients_use_exist() -> None:
         "Top",
         "Monitor",
         "RegisterAgent",
+        "RegisterAgentWith",
         "AnswerPrompt",
         "DeferPrompt",
         "ListPrompts",

@@ -92,6 +92,8 @@ class LogWriter:
             if batch.rows:
                 self.store.log_rows(batch.rows)
             ends = self.store.record_flow_ends(due) if due else 0
+            if batch.retries:  # after the rows: a retry's attempt may be in this batch
+                self.store.record_retries(batch.retries)
             if batch.hits:
                 self.store.record_hits(batch.hits)
             if batch.apps:

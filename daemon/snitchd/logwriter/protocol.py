@@ -9,19 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from snitchd.attempts import RowRef
+
 __all__ = ["AppRate", "Batch", "Done"]
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Log rows (`store.log_row` tuples), rule hit counts, newly seen apps; and on demand a
-    pruning of the log to (now, max_age seconds, max_rows)."""
+    """Log rows (`store.log_row` tuples), rule hit counts, newly seen apps, retries of
+    attempts already logged (`attempts`); and on demand a pruning of the log to (now,
+    max_age seconds, max_rows)."""
 
     seq: int
     rows: list[tuple[object, ...]] = field(default_factory=list)
     hits: dict[int, tuple[int, float]] = field(default_factory=dict)
     apps: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     prune: tuple[float, float, int] | None = None
+    retries: dict[RowRef, int] = field(default_factory=dict)  # retries to add to rows
 
 
 @dataclass(frozen=True, slots=True)

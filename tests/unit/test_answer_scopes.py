@@ -1,0 +1,157 @@
+"""The scopes issue 15 adds (any app to this destination, this app to this network), and host
+answers that name only what the asking process itself resolved."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from snitch_common.answers import Action, Answer, Scope, parse_answer, rule_for_answer
+from snitch_common.bus import PromptView
+from snitch_common.errors import PromptError
+from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rules import RuleRecord, parse_rule
+from snitchctl.termagent import parse_reply, render
+from snitchd.decide import Verdict
+from snitchd.dnssnoop import Resolution
+from snitchd.events import Alert
+from snitchd.names import SHARED, NameCache, Owner
+from snitchd.prompts import Agent, Broker, Prompt
+
+PYTHON = "/usr/bin/python3.11"
+
+
+def proc(**changes: object) -> Process:
+    base = {"pid": 42, "uid": 1000, "exe": "/usr/bin/ssh", "sha256": "ab" * 32}
+    return Process(Attribution.PROCESS, **(base | changes))  # type: ignore[arg-type]
+
+
+def flow(dst: str = "203.0.113.8", dport: int = 22, proto: Proto = Proto.TCP) -> Flow:
+    src = "2001:db8:1::1" if ":" in dst else "192.0.2.1"
+    return Flow(proto, ip_address(src), 40000, ip_address(dst), dport, "eth0")
+
+
+def rule(scope: Scope, host: str | None = None, p: Process | None = None, **kw: object) -> str:
+    answer = Answer(1, Action.ALLOW, "forever", scope)
+    return str(rule_for_answer(flow(**kw), p or proc(), host, answer, admin=False))  # type: ignore[arg-type]
+
+
+def test_any_app_to_this_destination_names_no_app() -> None:
+    assert rule(Scope.ANY_APP) == "allow user=1000 to=203.0.113.8 port=22 proto=tcp"
+    assert rule(Scope.ANY_APP, "api.example.org") == (
+        "allow user=1000 to=api.example.org port=22 proto=tcp"
+    )
+    # It names no file, so it is open to an executable whose path could not be verified.
+    assert rule(Scope.ANY_APP, p=proc(verified=False)).startswith("allow user=1000 to=")
+    with pytest.raises(PromptError, match="unverified"):
+        rule(Scope.EXACT, p=proc(verified=False))
+
+
+def test_this_app_to_this_network_is_a_slash_24_or_a_slash_64() -> None:
+    sha = "ab" * 32
+    assert rule(Scope.NETWORK, "api.example.org") == (
+        f"allow app=/usr/bin/ssh sha256={sha} user=1000 to=203.0.113.0/24"
+    )
+    assert rule(Scope.NETWORK, dst="2001:db8:1::2") == (
+        f"allow app=/usr/bin/ssh sha256={sha} user=1000 to=2001:db8:1::/64"
+    )
+
+
+def test_this_script_and_this_port_keep_their_meaning() -> None:
+    script = proc(exe=PYTHON, interpreted=True, script="/home/a/sync.py")
+    assert "script=/home/a/sync.py" in rule(Scope.SCRIPT, p=script)
+    assert "script=" not in rule(Scope.ANY_APP, p=script)
+    assert rule(Scope.PORT).endswith("user=1000 port=22 proto=tcp")
+
+
+def test_the_terminal_agent_takes_the_new_words() -> None:
+    assert parse_reply(3, "a forever anyapp").scope is Scope.ANY_APP
+    assert parse_reply(3, "d network").scope is Scope.NETWORK
+    assert parse_answer(3, "allow", "once", "network").scope is Scope.NETWORK
+
+
+def test_each_new_rule_matches_the_flow_it_answers() -> None:
+    for scope in (Scope.ANY_APP, Scope.NETWORK):
+        for dst in ("203.0.113.8", "2001:db8:1::2"):
+            text = rule(scope, dst=dst)
+            made = parse_rule(text)
+            assert made.dst is None or ip_address(dst) in ip_network(made.dst)
+
+
+class _Transport:
+    def send_prompt(self, agent: Agent, prompt: Prompt) -> None:
+        pass
+
+    def send_cancel(self, agent: Agent, prompt: Prompt, reason: str) -> None:
+        pass
+
+    def send_alert(self, agent: Agent, alert: Alert) -> None:
+        pass
+
+
+class _Firewall:
+    def __init__(self) -> None:
+        self.rules: list[str] = []
+
+    def apply(self, pkt, verdict, flow, proc, now, host=None) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def default_verdict(self, reason: str) -> Verdict:
+        return Verdict(Action.DENY, None, reason)
+
+    async def add_rule(self, rule, origin):  # type: ignore[no-untyped-def]
+        self.rules.append(str(rule))
+        return RuleRecord(len(self.rules), rule, 0.0, None, 0, origin)
+
+
+@pytest.mark.parametrize(
+    ("named", "expected"), [(None, "to=203.0.113.8"), ("ssh.example.org", "to=ssh.example.org")]
+)
+async def test_a_host_answer_names_only_what_this_process_resolved(
+    named: str | None, expected: str
+) -> None:
+    """Issue 15: ssh to 203.0.113.8 is shown as www.example.org (wget's name, or a shared
+    one): "forever, this host" stores the address; a name ssh resolved itself is stored."""
+    broker = Broker(lambda: 0.0, 30, 8, is_admin=lambda uid: False)
+    fw = _Firewall()
+    broker.attach(fw)  # type: ignore[arg-type]
+    broker.transport = _Transport()
+    broker.register(":1.5", "/a", 1000)
+    broker.ask("pkt", flow(), proc(), 0.0, "www.example.org", named)  # type: ignore[arg-type]
+    (prompt_id,) = broker.open
+    await broker.answer(Answer(prompt_id, Action.ALLOW, "forever", Scope.HOST), ":1.5")
+    assert fw.rules[0].endswith(f"user=1000 {expected}")
+    assert "www.example.org" not in fw.rules[0]
+
+
+def test_own_names_are_the_ones_this_very_process_resolved() -> None:
+    cache = NameCache()
+    addr = ip_address("203.0.113.8")
+    cache.learn([Resolution(("www.example.org",), addr, 300)], 0.0, Owner(1000, 7))  # wget
+    cache.learn([Resolution(("shared.example.org",), addr, 300)], 0.0, SHARED)
+    cache.learn([Resolution(("mine.example.org",), addr, 300)], 0.0, Owner(1000))
+    ssh = proc(pid=42)
+    assert cache.names(addr, 1.0, ssh) == {"shared.example.org", "mine.example.org"}
+    assert cache.own(addr, 1.0, ssh) is None
+    assert cache.own(addr, 1.0, proc(pid=7)) == "www.example.org"
+    assert cache.own(addr, 1.0, Process.uid_only(1000)) is None
+    cache.learn(
+        [Resolution(("ssh.example.org", "cdn.example.net"), addr, 300)], 2.0, Owner(1000, 42)
+    )
+    assert cache.own(addr, 3.0, ssh) == "ssh.example.org"
+    assert cache.own(addr, 1000.0, ssh) is None  # expired (TTL 300 + grace 60)
+
+
+def test_the_terminal_agent_says_whose_name_it_shows() -> None:
+    prompt = PromptView(
+        id=1, exe="/usr/bin/ssh", pid=42, uid=1000, user="alice", cmdline=("ssh",), parents=(),
+        sha256=None, proto="tcp", dst="203.0.113.8", port=22, iface="", host="www.example.org",
+        deadline=0.0, default_action="deny",
+    )  # fmt: skip
+    text = render(prompt, 0, 0.0)
+    assert "www.example.org was looked up by another program: answers name 203.0.113.8" in text
+    assert "anyapp" in text and "network" in text  # the help line offers the new scopes
+    own = render(replace(prompt, rule_host="www.example.org"), 0, 0.0)
+    assert "another program" not in own
