@@ -21,6 +21,7 @@ from snitch_common.bus import (
     MAX_LOG_ROWS,
     MAX_RULES_PAGE,
     OBJECT_PATH,
+    call_bus_daemon,
     plain,
 )
 from snitch_common.errors import (
@@ -173,6 +174,53 @@ class Client:
             if len(page) < want:
                 break
         return [row for page in reversed(pages) for row in page]
+
+    # -- modes and proposals (issue 17) -------------------------------------------------------
+
+    async def get_mode(self) -> dict[str, Any]:
+        """The mode in force: mode, since, by, until (0: no limit), previous, describe,
+        may_switch (whether this caller may), proposals (how many it may see)."""
+        return dict(plain(await self.call("GetMode")))
+
+    async def set_mode(self, mode: str, seconds: float | None = None) -> dict[str, Any]:
+        """Switch (admins only); `seconds` None: until switched again."""
+        return dict(plain(await self.call("SetMode", "sd", [mode, float(seconds or 0.0)])))
+
+    async def proposals(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(await self.call("ListProposals"))
+        return rows
+
+    async def accept_proposals(self, ids: list[int] | None) -> list[dict[str, Any]]:
+        """Proposals (None: all) become rules; returns the rules made."""
+        rows: list[dict[str, Any]] = json.loads(
+            await self.call("AcceptProposals", "a{sv}", [_proposal_query(ids)])
+        )
+        return rows
+
+    async def reject_proposals(self, ids: list[int] | None) -> list[dict[str, Any]]:
+        """Proposals (None: all) are dropped; returns those dropped."""
+        rows: list[dict[str, Any]] = json.loads(
+            await self.call("RejectProposals", "a{sv}", [_proposal_query(ids)])
+        )
+        return rows
+
+    async def watch_mode(self, on_change: Callable[[dict[str, Any]], None]) -> None:
+        """`on_change` gets each ModeChanged signal (the new state, with `was` and `why`)."""
+        rule = f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='ModeChanged'"
+        await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
+
+        def handler(msg: Message) -> bool:
+            if msg.message_type is MessageType.SIGNAL and msg.member == "ModeChanged":
+                on_change(plain(msg.body[0]))
+            return False
+
+        self.bus.add_message_handler(handler)
+
+
+def _proposal_query(ids: list[int] | None) -> dict[str, Variant]:
+    if ids is None:
+        return {"all": Variant("b", True)}
+    return {"ids": Variant("at", ids)}
 
 
 def _error(reply: Message) -> SnitchError:

@@ -13,7 +13,10 @@ Tree::
     ├── DaemonUnreachable       code "Unreachable"     exit 3
     ├── PromptError             code "InvalidAnswer"   exit 1   unknown prompt or bad answer
     ├── PacketError             code "BadPacket"       exit 1   truncated or malformed packet
-    └── Busy                    code "Busy"            exit 1   a query refused or cut short
+    ├── Busy                    code "Busy"            exit 1   a query refused or cut short
+    ├── ModeError               code "InvalidMode"     exit 1   unknown mode, bad time limit
+    ├── ProfileError            code "InvalidProfile"  exit 1   unknown profile, overlapping match
+    └── ProposalNotFound        code "ProposalNotFound" exit 1  a proposal gone or no longer apt
 
 `code` is stable: it names the D-Bus error (`org.snitch.Firewall1.Error.<code>`) and lets
 `snitchctl` pick its exit status.
@@ -28,9 +31,12 @@ __all__ = [
     "Busy",
     "ConfigError",
     "DaemonUnreachable",
+    "ModeError",
     "NotAuthorized",
     "PacketError",
+    "ProfileError",
     "PromptError",
+    "ProposalNotFound",
     "RuleError",
     "RuleNotFound",
     "SnitchError",
@@ -99,6 +105,18 @@ class Busy(SnitchError):
     code = "Busy"
 
 
+class ModeError(SnitchError):
+    code = "InvalidMode"
+
+
+class ProfileError(SnitchError):
+    code = "InvalidProfile"
+
+
+class ProposalNotFound(SnitchError):
+    code = "ProposalNotFound"
+
+
 _BY_CODE: dict[str, type[SnitchError]] = {
     cls.code: cls
     for cls in (
@@ -114,6 +132,9 @@ _BY_CODE: dict[str, type[SnitchError]] = {
         PromptError,
         PacketError,
         Busy,
+        ModeError,
+        ProfileError,
+        ProposalNotFound,
     )
 }
 

@@ -23,7 +23,8 @@ from dbus_fast import Variant
 
 from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
-from snitch_common.errors import RuleError, SnitchError
+from snitch_common.errors import ModeError, RuleError, SnitchError
+from snitch_common.modes import parse_for, parse_mode
 from snitch_common.rules import parse_duration, parse_rule
 from snitchctl.termagent import run_agent
 
@@ -102,6 +103,29 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument("--config", metavar="PATH", help="snitchd's config (for its database)")
     doc.add_argument("--database", metavar="PATH", help="check this database instead")
+
+    mode = sub.add_parser(
+        "mode",
+        help="show the mode, or switch it (admins): ask, silent-allow, silent-deny, learn",
+        description="What happens to a flow no rule covers. ask: a person is asked (or the "
+        "default action applies); silent-allow / silent-deny: allowed / denied and logged, "
+        "nobody is asked; learn: allowed, and each new app and destination becomes a proposed "
+        "rule (see: snitchctl proposals). Without MODE, show the mode in force.",
+    )
+    mode.add_argument("mode", nargs="?", metavar="MODE")
+    mode.add_argument(
+        "--for",
+        dest="for_",
+        metavar="N[smhd]",
+        help="only for this long (e.g. 15m, 1h), then the mode before comes back",
+    )
+    sub.add_parser(
+        "proposals", help="the rules learn mode proposes: ID, flows seen, first/last, rule"
+    )
+    for verb, what in (("accept", "turn proposals into rules"), ("reject", "drop proposals")):
+        prop = sub.add_parser(f"{verb}-proposals", help=f"{what} (admins): IDS or --all")
+        prop.add_argument("ids", nargs="*", type=int, metavar="ID")
+        prop.add_argument("--all", action="store_true", help="every proposal listed now")
     return p
 
 
@@ -154,6 +178,7 @@ def _out(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "add-rule":
         rule_text = _rule_text_from_flags(args)
+    _check_mode_args(args)
     client = await Client.connect()
     try:
         handlers: dict[str, Callable[[], Awaitable[int]]] = {
@@ -166,6 +191,10 @@ async def _run(args: argparse.Namespace) -> int:
             "top": lambda: _top(client, args),
             "monitor": lambda: _monitor(client, args),
             "agent": lambda: run_agent(client),
+            "mode": lambda: _mode(client, args),
+            "proposals": lambda: _proposals(client, args),
+            "accept-proposals": lambda: _decide_proposals(client, args, accept=True),
+            "reject-proposals": lambda: _decide_proposals(client, args, accept=False),
         }
         return await handlers[args.command]()
     finally:
@@ -321,6 +350,67 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
         return "\n".join(f"{k}: {v}" for k, v in sorted(shown.items()))
 
     _out(args, status, text)
+    return 0
+
+
+def _check_mode_args(args: argparse.Namespace) -> None:
+    """Refuse bad words before connecting (so they fail the same with snitchd down)."""
+    if args.command == "mode":
+        if args.mode is not None:
+            parse_mode(args.mode)
+        if args.for_ is not None:
+            if args.mode is None:
+                raise ModeError("--for needs a MODE (e.g. snitchctl mode silent-allow --for 15m)")
+            parse_for(args.for_)
+    if args.command in ("accept-proposals", "reject-proposals") and (
+        bool(args.ids) == bool(args.all)
+    ):
+        raise ModeError(f"{args.command} needs proposal IDS or --all (see: snitchctl proposals)")
+
+
+async def _mode(client: Client, args: argparse.Namespace) -> int:
+    if args.mode is None:
+        state = await client.get_mode()
+    else:
+        seconds = parse_for(args.for_) if args.for_ is not None else None
+        state = await client.set_mode(parse_mode(args.mode).value, seconds)
+
+    def text() -> str:
+        line = f"mode: {state['describe']}"
+        if state.get("by"):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state["since"]))
+            line += f" (since {when}, {state['by']})"
+        return line
+
+    _out(args, state, text)
+    return 0
+
+
+async def _proposals(client: Client, args: argparse.Namespace) -> int:
+    rows = await client.proposals()
+
+    def text() -> str:
+        if not rows:
+            return "(no proposals: switch to learn mode to collect some: snitchctl mode learn)"
+        lines = [f"{'ID':>5} {'FLOWS':>6}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  RULE"]
+        for r in rows:
+            first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["first_seen"]))
+            last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_seen"]))
+            lines.append(f"{r['id']:>5} {r['count']:>6}  {first}  {last}  {r['text']}")
+        return "\n".join(lines)
+
+    _out(args, rows, text)
+    return 0
+
+
+async def _decide_proposals(client: Client, args: argparse.Namespace, *, accept: bool) -> int:
+    ids = None if args.all else list(args.ids)
+    if accept:
+        made = await client.accept_proposals(ids)
+        _out(args, made, lambda: "\n".join(f"{r['id']}: {r['text']}" for r in made) or "(none)")
+    else:
+        gone = await client.reject_proposals(ids)
+        _out(args, gone, lambda: f"rejected {len(gone)} proposal{'s' * (len(gone) != 1)}")
     return 0
 
 

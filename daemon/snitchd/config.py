@@ -133,6 +133,10 @@ class Config:
 
     attribution: AttributionPath = AttributionPath.BPF
     bpf_cgroup: str = ""
+    # Issue 17: proposals `learn` mode keeps at most (a quarter of it per user), and whether
+    # profiles that name networks switch by themselves when the network changes.
+    max_proposals: int = 1000
+    follow_network: bool = True
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -150,6 +154,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "attribution_timeout": (0.05, 60),
     "max_hash_bytes": (0, 1 << 50),
     "hash_wait": (0, 60),
+    "max_proposals": (4, 100_000),
 }
 
 

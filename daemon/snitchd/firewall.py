@@ -34,6 +34,7 @@ from typing import TypeVar
 from netfilterqueue import Packet
 
 from snitch_common.errors import RuleNotFound, StoreError
+from snitch_common.modes import Mode, ModeState
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord
 from snitchd.config import Config, FailMode, PinAnswers
@@ -41,10 +42,12 @@ from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
+from snitchd.modes import Modes
 from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
-from snitchd.prompts import Broker, Quotas
+from snitchd.prompts import SYSTEM_UID_MAX, Broker, Quotas
+from snitchd.proposals import ProposalBook
 from snitchd.store import Decision, RuleLoad, Store, UnparsableRule, keep_unexpired
 
 __all__ = ["Counters", "Firewall", "quotas_of"]
@@ -129,6 +132,14 @@ class Firewall:
         self._blocking: tuple[object, dict[bool, RuleSet]] = (None, {})
         self._entries: tuple[object, list[tuple[int, Rule]]] = (None, [])
         self.rules_error = ""  # why the held rules are not the store's (status), "" if they are
+        # What decides a flow no rule covers (issue 17); `switching.Switcher` loads the stored
+        # mode and proposals, and changes them.
+        self.modes = Modes(
+            ModeState(Mode.ASK),
+            ProposalBook(config.max_proposals, system_uid_max=SYSTEM_UID_MAX),
+            pin_root=config.pin_answers is PinAnswers.ALWAYS,
+        )
+        self.profile: str | None = None  # the active profile, None for none
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
@@ -140,6 +151,8 @@ class Firewall:
             pin_root=config.pin_answers is PinAnswers.ALWAYS,
         )
         self.dns.reconfigure(config)
+        self.modes.pin_root = config.pin_answers is PinAnswers.ALWAYS
+        self.modes.book.max_total = config.max_proposals
 
     async def check_outside_change(self, now: float) -> None:
         """Another process may have written the rules (sqlite3 by hand, or malware): if so,
@@ -326,7 +339,39 @@ class Firewall:
         if isinstance(outcome, Verdict):
             self.apply(pkt, outcome, flow, proc, now, host)
         else:
+            self._uncovered(pkt, flow, proc, now, host)
+
+    def _uncovered(
+        self, pkt: Packet, flow: Flow, proc: Process, now: float, host: str | None
+    ) -> None:
+        """No rule covers the flow: the mode decides it, or in `ask` mode a person (or the
+        default action) does (issue 17)."""
+        verdict = self.mode_verdict(flow, proc, host, now)
+        if verdict is None:
             self.broker.ask(pkt, flow, proc, now, host)
+        else:
+            self.apply(pkt, verdict, flow, proc, now, host)
+
+    def mode_verdict(
+        self, flow: Flow, proc: Process, host: str | None, now: float
+    ) -> Verdict | None:
+        """The mode's verdict for a flow no rule covers (None in `ask` mode); a `learn`
+        proposal that found no room alerts the admins once, until there is room again."""
+        book = self.modes.book
+        left_out = book.left_out
+        verdict, _ = self.modes.verdict(flow, proc, host, now)
+        if book.left_out != left_out and not self.modes.full_alerted:
+            self.modes.full_alerted = True
+            self.alert(
+                Alert(
+                    "proposals-full",
+                    f"learn mode: no room for more proposals ({len(book)} kept, at most "
+                    f"{book.max_total}, a quarter of it per user); new destinations are "
+                    "allowed but not proposed (review them: snitchctl proposals)",
+                    now,
+                )
+            )
+        return verdict
 
     def _no_laxer(
         self,
@@ -552,7 +597,19 @@ class Firewall:
         reason = verdict.reason
         if notes := proc.notes():  # unverified, script, preloaded, traced (issue 14)
             reason = f"{reason} [{'; '.join(notes)}]"
-        self.events.record(Decision(now, flow, proc, verdict.action, verdict.rule_id, reason, host))
+        self.events.record(
+            Decision(
+                now,
+                flow,
+                proc,
+                verdict.action,
+                verdict.rule_id,
+                reason,
+                host,
+                self.modes.state.mode.value,
+                self.profile,
+            )
+        )
 
     def _keep(self, flow: Flow, action: Action) -> bool:
         """Mark the flow's conntrack entry with the verdict. An allowed packet has just been

@@ -35,6 +35,7 @@ from snitchd.procs import start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.store import Store
+from snitchd.switching import Switcher
 
 __all__ = ["main"]
 
@@ -69,6 +70,7 @@ class _Daemon:
         self.recorder = recorder
         self.stop = asyncio.Event()
         self.firewall: Firewall | None = None
+        self.switcher: Switcher
         self.reloads = 0
 
     def _spec(self, config: Config) -> NetSpec:
@@ -99,6 +101,8 @@ class _Daemon:
         marks = ConnMarks()
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
         broker.attach(firewall)
+        switcher = self.switcher = Switcher(firewall)
+        switcher.load()
         # The rules (100k of them: over a million objects) are long-lived: leave them out of
         # the collector's full passes, which otherwise held the GIL ~100 ms each, stalling the
         # loop while a worker allocated (bench/disturb.py). Refcounting still frees them.
@@ -122,7 +126,7 @@ class _Daemon:
                 config.queue,
                 config.fail_mode.value,
             )
-            bus = await serve(firewall, self.backend.name)
+            bus = await serve(firewall, self.backend.name, switcher)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -210,15 +214,18 @@ class _Daemon:
             await asyncio.sleep(usec / 2e6)
 
     async def _sweep(self, firewall: Firewall) -> None:
-        """Once a second: expire rules, notice rules changed behind our back (both do their
-        store work in worker threads); now and then, prune the connection log to its limits
-        (the log writer does it: it may take a while)."""
+        """Once a second: expire rules, end a time-limited mode whose (wall-clock) deadline
+        passed — so within a second of a resume from suspend — and write new proposals, notice
+        rules changed behind our back (all do their store work in worker threads); now and
+        then, prune the connection log to its limits (the log writer does it: it may take a
+        while)."""
         last_prune = 0.0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 await firewall.expire_rules()
                 now = time.time()
+                await self.switcher.tick(now)
                 await firewall.check_outside_change(now)
                 if now - last_prune >= PRUNE_INTERVAL:
                     last_prune = now
