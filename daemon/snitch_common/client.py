@@ -216,6 +216,27 @@ class Client:
 
         self.bus.add_message_handler(handler)
 
+    async def profiles(self) -> dict[str, Any]:
+        """`profiles` (name, mode, networks, active), `active`, `network` (the one now)."""
+        report: dict[str, Any] = json.loads(await self.call("ListProfiles"))
+        return report
+
+    async def create_profile(
+        self, name: str, mode: str | None, networks: list[str]
+    ) -> dict[str, Any]:
+        query = {"name": Variant("s", name), "networks": Variant("as", networks)}
+        if mode:
+            query["mode"] = Variant("s", mode)
+        made: dict[str, Any] = json.loads(await self.call("CreateProfile", "a{sv}", [query]))
+        return made
+
+    async def delete_profile(self, name: str) -> None:
+        await self.call("DeleteProfile", "s", [name])
+
+    async def activate_profile(self, name: str | None) -> None:
+        """Make `name` the active profile (None: none)."""
+        await self.call("ActivateProfile", "s", [name or ""])
+
 
 def _proposal_query(ids: list[int] | None) -> dict[str, Variant]:
     if ids is None:

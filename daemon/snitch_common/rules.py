@@ -23,6 +23,7 @@ from snitch_common.records import Proto
 
 __all__ = [
     "DEFAULT_INTERPRETERS",
+    "PROFILE_NAME_RE",
     "Action",
     "Lifetime",
     "Rule",
@@ -79,7 +80,10 @@ _KEYS = (
     "until",
     "pid",
     "start",
+    "profile",
 )
+# A profile's name (issue 17): short, and safe to show and type anywhere.
+PROFILE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 # Executables whose identity includes the script they run (`script=`), as snitchd's config
@@ -143,6 +147,7 @@ class Rule:
     script: str | None = None
     parent: str | None = None
     parent1: str | None = None
+    profile: str | None = None  # holds only while this profile is active; None: in every one
 
     def __str__(self) -> str:
         parts = [self.action.value]
@@ -180,6 +185,8 @@ class Rule:
             parts.append(f"pid={self.pid}")
         if self.start is not None:
             parts.append(f"start={self.start!r}")
+        if self.profile is not None:
+            parts.append("profile=" + self.profile)
         return " ".join(parts)
 
     def covers_every_script(self, interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS) -> bool:
@@ -360,6 +367,13 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         if not _DIGITS.fullmatch(value):
             raise RuleError(f"invalid pid {value!r}: not a process id")
         fields["pid"] = int(value)
+    elif key == "profile":
+        if not PROFILE_NAME_RE.fullmatch(value):
+            raise RuleError(
+                f"invalid profile {value!r}: 1-32 of a-z, 0-9, _ and -, starting with a letter "
+                "or digit"
+            )
+        fields["profile"] = sys.intern(value)
 
 
 def _check_consistent(rule: Rule) -> None:

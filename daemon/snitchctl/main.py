@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shlex
@@ -23,7 +24,7 @@ from dbus_fast import Variant
 
 from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
-from snitch_common.errors import ModeError, RuleError, SnitchError
+from snitch_common.errors import ModeError, ProfileError, RuleError, SnitchError
 from snitch_common.modes import parse_for, parse_mode
 from snitch_common.rules import parse_duration, parse_rule
 from snitchctl.termagent import run_agent
@@ -66,6 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--duration", default="forever", help="once, process, Nm (minutes), restart, forever"
     )
+    add.add_argument(
+        "--profile", metavar="NAME", help="the rule holds only while this profile is active"
+    )
 
     delete = sub.add_parser("delete-rule", help="delete a rule by id")
     delete.add_argument("id", type=int)
@@ -104,6 +108,12 @@ def _build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--config", metavar="PATH", help="snitchd's config (for its database)")
     doc.add_argument("--database", metavar="PATH", help="check this database instead")
 
+    _add_mode_parsers(sub)
+    return p
+
+
+def _add_mode_parsers(sub: Any) -> None:
+    """Modes, proposals and profiles (issue 17)."""
     mode = sub.add_parser(
         "mode",
         help="show the mode, or switch it (admins): ask, silent-allow, silent-deny, learn",
@@ -126,11 +136,41 @@ def _build_parser() -> argparse.ArgumentParser:
         prop = sub.add_parser(f"{verb}-proposals", help=f"{what} (admins): IDS or --all")
         prop.add_argument("ids", nargs="*", type=int, metavar="ID")
         prop.add_argument("--all", action="store_true", help="every proposal listed now")
-    return p
+
+    prof = sub.add_parser(
+        "profile",
+        help="profiles: named rule sets, each maybe with a mode and the networks it is for",
+        description="list; create NAME [--mode M] [--gateway MAC] [--iface NAME] [--ssid "
+        "SSID] (a network may be given several times); delete NAME; activate NAME; "
+        "deactivate. Rules join a profile with add-rule --profile NAME.",
+    )
+    prof.add_argument("action", choices=("list", "create", "delete", "activate", "deactivate"))
+    prof.add_argument("name", nargs="?", metavar="NAME")
+    prof.add_argument("--mode", help="the mode to switch to when this profile becomes active")
+    for kind, meta in (("gateway", "MAC"), ("iface", "NAME"), ("ssid", "SSID")):
+        prof.add_argument(
+            f"--{kind}",
+            action="append",
+            default=[],
+            metavar=meta,
+            help=f"becomes active by itself on this network ({kind})",
+        )
 
 
 def _rule_text_from_flags(args: argparse.Namespace) -> str:
-    """Turn add-rule flags into the rule's text form, so both ways meet in `parse_rule`."""
+    """Turn add-rule flags into the rule's text form, so both ways meet in `parse_rule`;
+    `--profile` joins either."""
+    text = _rule_text(args)
+    if args.profile:
+        rule = parse_rule(text)
+        if rule.profile is not None and rule.profile != args.profile:
+            raise RuleError(f"the rule says profile={rule.profile}, and --profile {args.profile}")
+        text = str(parse_rule(f"{dataclasses.replace(rule, profile=None)!s} "
+                              f"profile={shlex.quote(args.profile)}"))  # fmt: skip
+    return text
+
+
+def _rule_text(args: argparse.Namespace) -> str:
     if args.text:
         flags = ("exe", "sha256", "user", "dst", "host", "port", "proto", "iface", "action")
         if any(getattr(args, f) for f in flags) or args.any_app:
@@ -195,6 +235,7 @@ async def _run(args: argparse.Namespace) -> int:
             "proposals": lambda: _proposals(client, args),
             "accept-proposals": lambda: _decide_proposals(client, args, accept=True),
             "reject-proposals": lambda: _decide_proposals(client, args, accept=False),
+            "profile": lambda: _profile(client, args),
         }
         return await handlers[args.command]()
     finally:
@@ -412,6 +453,43 @@ async def _decide_proposals(client: Client, args: argparse.Namespace, *, accept:
         gone = await client.reject_proposals(ids)
         _out(args, gone, lambda: f"rejected {len(gone)} proposal{'s' * (len(gone) != 1)}")
     return 0
+
+
+async def _profile(client: Client, args: argparse.Namespace) -> int:
+    action, name = args.action, args.name
+    networks = [f"{kind}={v}" for kind in ("gateway", "iface", "ssid") for v in getattr(args, kind)]
+    if action not in ("create",) and (networks or args.mode):
+        raise ProfileError(f"profile {action}: --mode and networks belong to create")
+    if action in ("create", "delete", "activate") and not name:
+        raise ProfileError(f"profile {action} needs a NAME")
+    if action in ("list", "deactivate") and name:
+        raise ProfileError(f"profile {action} takes no NAME")
+    if action == "create":
+        made = await client.create_profile(name, args.mode, networks)
+        _out(args, made, lambda: f"created {_profile_line(made)}")
+        return 0
+    if action == "delete":
+        await client.delete_profile(name)
+        _out(args, {"deleted": name}, lambda: f"deleted profile {name}")
+        return 0
+    if action in ("activate", "deactivate"):
+        await client.activate_profile(name if action == "activate" else None)
+    report = await client.profiles()
+
+    def text() -> str:
+        lines = [_profile_line(p) for p in report["profiles"]] or ["(no profiles)"]
+        lines.append(f"active: {report['active'] or '(none)'}")
+        lines.append(f"network now: {report['network']['describe']}")
+        return "\n".join(lines)
+
+    _out(args, report, text)
+    return 0
+
+
+def _profile_line(p: dict[str, Any]) -> str:
+    mode = f" mode={p['mode']}" if p.get("mode") else ""
+    nets = f" networks: {', '.join(p['networks'])}" if p.get("networks") else ""
+    return f"{'*' if p.get('active') else ' '} {p['name']}{mode}{nets}"
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ from snitch_common.bus import (
     OBJECT_PATH,
     call_bus_daemon,
 )
-from snitch_common.errors import ModeError, NotAuthorized, RuleError, SnitchError
+from snitch_common.errors import ModeError, NotAuthorized, ProfileError, RuleError, SnitchError
 from snitch_common.modes import MAX_FOR_SECONDS, ModeState, parse_mode
 from snitch_common.records import Proto
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
@@ -57,6 +57,7 @@ from snitchd.firewall import Firewall
 from snitchd.logwriter.protocol import AppRate
 from snitchd.modes import Switch
 from snitchd.polkit import ANSWER_ALLOW_FOREVER, check_authorization
+from snitchd.profiles import Profile
 from snitchd.prompts import Agent, Prompt
 from snitchd.proposals import Proposal
 from snitchd.queries import (
@@ -292,7 +293,10 @@ class FirewallService(ServiceInterface):
     @handled(admin="add rules")
     async def AddRule(self, text: DBusStr) -> VarDict:
         origin = f"uid {current_caller().uid}"
-        return _record_dict(await self.firewall.add_rule(parse_rule(text), origin=origin))
+        rule = parse_rule(text)
+        if rule.profile is not None and self._switcher is not None:
+            self._switcher.check_exists(rule.profile)  # a rule of no profile would hold nowhere
+        return _record_dict(await self.firewall.add_rule(rule, origin=origin))
 
     @dbus_method()
     @handled(admin="delete rules")
@@ -326,7 +330,10 @@ class FirewallService(ServiceInterface):
     @dbus_method()
     @handled()
     async def Status(self) -> VarDict:
-        return _status_dict(status_of(self.firewall, self.backend, self.agents_refused))
+        status = _status_dict(status_of(self.firewall, self.backend, self.agents_refused))
+        if self._switcher is not None:  # the network profiles follow (issue 17)
+            status["network"] = Variant("s", self._switcher.network.describe())
+        return status
 
     @dbus_method()
     @handled()
@@ -596,6 +603,76 @@ class FirewallService(ServiceInterface):
         dropped = await self.switcher.reject(_proposal_ids(query), by)
         return json.dumps([_proposal_plain(p) for p in dropped])
 
+    @dbus_method()
+    @handled()
+    async def ListProfiles(self) -> DBusStr:
+        """The profiles (JSON: name, mode, networks, active) and the network now (`network`:
+        iface, gateway, gateway_mac, ssid), for anyone: they hold no one's secrets."""
+        sw, fw = self.switcher, self.firewall
+        net = sw.network
+        return json.dumps(
+            {
+                "profiles": [_profile_plain(p, fw.profile) for p in sw.listed_profiles()],
+                "active": fw.profile,
+                "network": {
+                    "iface": net.iface,
+                    "gateway": net.gateway,
+                    "gateway_mac": net.gateway_mac,
+                    "ssid": net.ssid,
+                    "describe": net.describe(),
+                },
+            }
+        )
+
+    @dbus_method()
+    @handled(admin="create profiles")
+    async def CreateProfile(self, query: VarDict) -> DBusStr:
+        """`name` (s), `mode` (s, optional), `networks` (as: gateway=MAC, iface=NAME,
+        ssid=NAME). Returns the profile (JSON)."""
+        name = _arg(query, "name", str) or ""
+        networks = query["networks"].value if "networks" in query else []
+        if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+            raise ProfileError("argument 'networks': expected a list of strings")
+        by = f"uid {current_caller().uid}"
+        made = await self.switcher.create_profile(name, _arg(query, "mode", str), networks, by)
+        return json.dumps(_profile_plain(made, self.firewall.profile))
+
+    @dbus_method()
+    @handled(admin="delete profiles")
+    async def DeleteProfile(self, name: DBusStr) -> None:
+        await self.switcher.delete_profile(name, f"uid {current_caller().uid}")
+
+    @dbus_method()
+    @handled(admin="switch profiles")
+    async def ActivateProfile(self, name: DBusStr) -> None:
+        """Make `name` the active profile ("" for none); its mode, if it has one, follows."""
+        await self.switcher.activate(name or None, f"by uid {current_caller().uid}")
+
+    @dbus_signal()
+    def ProfileChanged(self, change: dict[str, Variant]) -> VarDict:
+        """Sent to everyone when the active profile changes: `profile`, `was` ("" for none),
+        `why`."""
+        return change
+
+    def on_profile_changed(self, old: str | None, new: str | None, why: str) -> None:
+        self.ProfileChanged(
+            {
+                "profile": Variant("s", new or ""),
+                "was": Variant("s", old or ""),
+                "why": Variant("s", why),
+            }
+        )
+
+
+def _profile_plain(p: Profile, active: str | None) -> dict[str, object]:
+    return {
+        "name": p.name,
+        "mode": p.mode.value if p.mode is not None else None,
+        "networks": [str(m) for m in p.networks],
+        "active": p.name == active,
+        "created": p.created,
+    }
+
 
 def _mode_dict(state: ModeState, now: float) -> dict[str, Variant]:
     out = {
@@ -724,6 +801,7 @@ async def serve(firewall: Firewall, backend: str, switcher: Switcher | None = No
     bus.export(OBJECT_PATH, service)
     if switcher is not None:
         switcher.listeners.append(service.on_mode_changed)
+        switcher.profile_listeners.append(service.on_profile_changed)
     firewall.events.listeners.append(service.on_decision)
     firewall.events.rate_listeners.append(service.on_rates)
     firewall.broker.transport = DBusTransport(bus, firewall.config.default_action.value)

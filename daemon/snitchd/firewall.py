@@ -140,6 +140,9 @@ class Firewall:
             pin_root=config.pin_answers is PinAnswers.ALWAYS,
         )
         self.profile: str | None = None  # the active profile, None for none
+        # Rules of profiles not active: stored, listed, but not held (they decide nothing).
+        self._dormant: dict[int, RuleRecord] = {}
+        self._dormant_version = 0
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
@@ -165,7 +168,7 @@ class Firewall:
             replay: list[RuleRecord | int] = []
             self._replay = replay
             try:
-                loaded = await asyncio.to_thread(self._load, self.rules)
+                loaded = await asyncio.to_thread(self._load, self.rules, self.profile)
             except UnparsableRule as exc:
                 # Fail closed: the rules held stay (a deny that no longer parses still
                 # denies); the next change to the store is read again.
@@ -177,8 +180,9 @@ class Firewall:
             finally:
                 self._replay = None
             self.rules_error = ""
-            load, rules, (expirable, pins), added, removed = loaded
+            load, rules, (expirable, pins), added, removed, dormant = loaded
             self.rules, self._expirable, self._pins = rules, expirable, pins
+            self._dormant, self._dormant_version = dormant, self._dormant_version + 1
             gc.freeze()  # long-lived, as at start (main): out of the collector's full passes
             self._pinned = {exe: frozenset(hashes) for exe, hashes in pins.items()}
             # Prompt answers (which do not wait for the lock) made while the rules were read:
@@ -204,12 +208,16 @@ class Firewall:
                 )
             )
 
-    def _load(self, held: RuleSet) -> tuple[RuleLoad, RuleSet, _Tracking, set[int], set[int]]:
-        """In a worker thread: the store's rules, indexed and tracked, and which ids differ
-        from `held`."""
+    def _load(
+        self, held: RuleSet, profile: str | None
+    ) -> tuple[RuleLoad, RuleSet, _Tracking, set[int], set[int], dict[int, RuleRecord]]:
+        """In a worker thread: the store's rules in force in `profile` (None: no profile),
+        indexed and tracked, which ids differ from `held`, and the rules of the other
+        profiles."""
         before = held.snapshot()
         load = self.store.load_rules()
-        rules = RuleSet((r.id, r.rule) for r in load.records)
+        dormant = {r.id: r for r in load.records if not _in_force(r.rule, profile)}
+        rules = RuleSet((r.id, r.rule) for r in load.records if r.id not in dormant)
         added: set[int] = set()
         for r in load.records:
             old = before.pop(r.id, None)
@@ -217,22 +225,33 @@ class Firewall:
                 added.add(r.id)
         # A for=once rule is never held, so it is no news either.
         added = {i for i in added if i in rules}
-        return load, rules, _tracking(load.records), added, set(before)
+        live = [r for r in load.records if r.id not in dormant]
+        return load, rules, _tracking(live), added, set(before), dormant
 
     def reload_rules(self) -> None:
         """Read every rule and index them, on the calling thread: at start, before the loop
         runs packets (afterwards, `check_outside_change` does it in a worker thread)."""
         load = self.store.load_rules()
-        self.rules = RuleSet((r.id, r.rule) for r in load.records)
-        self._expirable, self._pins = _tracking(load.records)
+        self._dormant = {r.id: r for r in load.records if not _in_force(r.rule, self.profile)}
+        self._dormant_version += 1
+        live = [r for r in load.records if r.id not in self._dormant]
+        self.rules = RuleSet((r.id, r.rule) for r in live)
+        self._expirable, self._pins = _tracking(live)
         self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
         self.store.adopt_version(load.version)
         log.debug("rules loaded count=%d", len(self.rules))
 
     def _hold(self, record: RuleRecord) -> None:
-        """Put one rule in the held set (on the loop, between packets)."""
+        """Put one rule in the held set (on the loop, between packets); a rule of a profile
+        not active is kept aside."""
         self._release(record.id)
         rule = record.rule
+        if not _in_force(rule, self.profile):
+            self._dormant[record.id] = record
+            self._dormant_version += 1
+            if self._replay is not None:
+                self._replay.append(record)
+            return
         self.rules.add((record.id, rule))
         if record.id not in self.rules:
             return  # for=once: never held
@@ -247,6 +266,11 @@ class Firewall:
 
     def _release(self, rule_id: int) -> None:
         """Take one rule out of the held set (on the loop, between packets)."""
+        if self._dormant.pop(rule_id, None) is not None:
+            self._dormant_version += 1
+            if self._replay is not None:
+                self._replay.append(rule_id)
+            return
         entry = self.rules.remove(rule_id)
         if entry is None:
             return
@@ -438,9 +462,9 @@ class Firewall:
             return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
         return outcome
 
-    def _rules_key(self) -> tuple[RuleSet, int]:
+    def _rules_key(self) -> tuple[RuleSet, int, int]:
         """Names the rule set as it is now: caches built from it compare this."""
-        return (self.rules, self.rules.version)
+        return (self.rules, self.rules.version, self._dormant_version)
 
     async def rule_entries(self) -> list[tuple[int, Rule]]:
         """The rules held, by id, as one list made once per rule change: a slice of it is a
@@ -450,6 +474,7 @@ class Firewall:
         key = self._rules_key()
         if source != key:
             snapshot = self.rules.snapshot()
+            snapshot.update({i: (i, r.rule) for i, r in self._dormant.items()})  # all profiles'
             entries = await asyncio.to_thread(_by_id, snapshot)
             self._entries = (key, entries)
         return entries
@@ -689,6 +714,20 @@ class Firewall:
         task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(task)
 
+    async def use_profile(self, profile: str | None) -> None:
+        """Make `profile` (None: none) the active one: the rules in force are read and indexed
+        for it in a worker thread, then swapped in on the loop, between two packets. Held
+        prompts stay open: the next flow is decided by the new rules."""
+        async with self._changing:
+            loaded = await asyncio.to_thread(self._load, self.rules, profile)
+            load, rules, (expirable, pins), _, _, dormant = loaded
+            self.profile = profile
+            self.rules, self._expirable, self._pins = rules, expirable, pins
+            self._pinned = {exe: frozenset(hashes) for exe, hashes in pins.items()}
+            self._dormant, self._dormant_version = dormant, self._dormant_version + 1
+            self.store.adopt_version(load.version)
+        log.info("profile in force profile=%s rules=%d", profile or "-", len(self.rules))
+
     async def expire_rules(self) -> None:
         """Delete the rules whose time or process is up: the check (which reads /proc for
         per-process rules) and the deletes in a worker thread, then each is taken out."""
@@ -744,6 +783,12 @@ def quotas_of(config: Config) -> Quotas:
         config.max_prompt_packets,
         config.queue_max_len // 2,
     )
+
+
+def _in_force(rule: Rule, profile: str | None) -> bool:
+    """Whether a rule holds while `profile` is active (None: no profile): a rule of no
+    profile holds in every one."""
+    return rule.profile is None or rule.profile == profile
 
 
 def _expires(rule: Rule) -> bool:

@@ -20,7 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
 from snitch_common import __version__
+from snitch_common.bus import call_bus_daemon
 from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.agents import session_active
@@ -31,6 +35,7 @@ from snitchd.events import EventLog
 from snitchd.firewall import Firewall, quotas_of
 from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
+from snitchd.netwatch import NetWatch, wifi_ssid
 from snitchd.procs import start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
@@ -113,6 +118,7 @@ class _Daemon:
         # only while its query's sender is looked up.
         dns_reader = QueueReader(config.dns_queue, firewall.on_dns_packet, 1024, 65535)
         bus = None
+        netwatch: NetWatch | None = None
         installed = False
         try:
             reader.start(loop)
@@ -127,6 +133,7 @@ class _Daemon:
                 config.fail_mode.value,
             )
             bus = await serve(firewall, self.backend.name, switcher)
+            netwatch = await _follow_network(bus, loop, switcher)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -150,6 +157,8 @@ class _Daemon:
                     task.cancel()
         finally:
             _notify("STOPPING=1")
+            if netwatch is not None:
+                netwatch.close()
             broker.release_all("default: snitchd stopping")
             self._remove_rules(installed)
             reader.close()
@@ -238,6 +247,33 @@ class _Daemon:
                         log.info("connection log pruned rows=%d", firewall.events.pruned - before)
             except SnitchError as exc:
                 log.warning("sweep failed: %s", exc)
+
+
+async def _follow_network(
+    bus: MessageBus, loop: asyncio.AbstractEventLoop, switcher: Switcher
+) -> NetWatch:
+    """Profiles follow the network (issue 17): route and neighbour changes from netlink in a
+    thread of their own, the Wi-Fi SSID from NetworkManager (asked again when it says its
+    primary connection changed)."""
+    switcher.ssid_of = lambda: wifi_ssid(bus)
+
+    def on_nm(msg: Message) -> None:
+        if (
+            msg.message_type is MessageType.SIGNAL
+            and msg.path == "/org/freedesktop/NetworkManager"
+            and msg.member == "PropertiesChanged"
+        ):
+            switcher.follow(switcher.network)
+
+    bus.add_message_handler(on_nm)
+    rule = (
+        "type='signal',sender='org.freedesktop.NetworkManager',"
+        "path='/org/freedesktop/NetworkManager',member='PropertiesChanged'"
+    )
+    await call_bus_daemon(bus, "AddMatch", "s", [rule])
+    netwatch = NetWatch(loop, switcher.follow)
+    netwatch.start()
+    return netwatch
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -29,10 +29,11 @@ from typing import Any
 
 import sqlite_utils
 
-from snitch_common.errors import RuleError, RuleNotFound, StoreError
+from snitch_common.errors import RuleError, RuleNotFound, SnitchError, StoreError
 from snitch_common.modes import Mode, ModeState
 from snitch_common.records import Flow, Process
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
+from snitchd.profiles import Profile, parse_match
 from snitchd.proposals import Proposal
 from snitchd.queries import MINUTES_KEPT, LogQuery, read_connections, read_top
 
@@ -642,6 +643,38 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [str(next_id)],
             )
+
+    def load_profiles(self) -> list[Profile]:
+        """The profiles by name. One that no longer reads is left out and said (its rules
+        then hold nowhere until it is made again)."""
+        with self._lock, self._errors("read"):
+            rows = self.db.execute(
+                "SELECT name, mode, networks, created FROM profiles ORDER BY name"
+            ).fetchall()
+        out = []
+        for name, mode, networks, created in rows:
+            try:
+                matches = tuple(parse_match(str(m)) for m in json.loads(networks))
+                out.append(Profile(name, Mode(mode) if mode else None, matches, created or 0.0))
+            except (ValueError, TypeError, SnitchError) as exc:
+                log.warning("stored profile left out name=%s: %s", name, exc)
+        return out
+
+    def save_profile(self, profile: Profile) -> None:
+        with self._rule_write() as conn:
+            conn.execute(
+                "INSERT INTO profiles (name, mode, networks, created) VALUES (?, ?, ?, ?)",
+                [
+                    profile.name,
+                    profile.mode.value if profile.mode is not None else None,
+                    json.dumps([str(m) for m in profile.networks]),
+                    profile.created,
+                ],
+            )
+
+    def delete_profile(self, name: str) -> None:
+        with self._rule_write() as conn:
+            conn.execute("DELETE FROM profiles WHERE name = ?", [name])
 
 
 _RULE_COLUMNS = "id, text, created, last_hit, hits, origin"

@@ -11,21 +11,28 @@ it again from the stored deadline.
 
 Changes are serialised by one lock, so a time limit that ends while an admin switches cannot
 interleave with the switch.
+
+Profiles go the same way: an admin makes, deletes or activates one, or the network changes
+(`netwatch`) to one a profile names (`profiles.pick_profile`) and it becomes active by itself.
+Activating one stores it, swaps in the rules in force in it (read and indexed in a worker
+thread), switches to the mode it carries if it carries one, and is said in the journal, as an
+alert and as a `ProfileChanged` signal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
-from snitch_common.errors import ProposalNotFound, SnitchError, StoreError
+from snitch_common.errors import ProfileError, ProposalNotFound, SnitchError, StoreError
 from snitch_common.modes import Mode, ModeState
 from snitch_common.rules import RuleRecord
 from snitchd.decide import Verdict
 from snitchd.events import Alert
 from snitchd.firewall import Firewall
 from snitchd.modes import Switch, expired, switched
+from snitchd.profiles import MatchKind, NetworkState, Profile, check_profile, pick_profile
 from snitchd.prompts import Prompt
 from snitchd.proposals import Proposal
 
@@ -43,6 +50,11 @@ class Switcher:
         self.listeners: list[Callable[[Switch], None]] = []
         self.changes = 0  # mode changes since start
         self.mode_error = ""  # why the stored mode was not taken at start, "" if it was
+        self.profiles: dict[str, Profile] = {}
+        self.network = NetworkState()
+        self.profile_listeners: list[Callable[[str | None, str | None, str], None]] = []
+        self.ssid_of: Callable[[], Awaitable[str | None]] | None = None  # NetworkManager's
+        self._following: asyncio.Task[None] | None = None
 
     def load(self) -> None:
         """At start, on the calling thread: the stored mode and proposals. A stored mode that
@@ -59,7 +71,17 @@ class Switcher:
             fw.modes.state = state
         proposals, next_id = fw.store.load_proposals()
         fw.modes.book.load(proposals, next_id)
-        log.info("mode %s proposals=%d", fw.modes.state.describe(fw.clock()), len(fw.modes.book))
+        self.profiles = {p.name: p for p in fw.store.load_profiles()}
+        active = fw.store.setting("profile")
+        if active is not None and active in self.profiles:
+            fw.profile = active
+            fw.reload_rules()
+        elif active is not None:
+            log.warning("stored profile %s is gone: starting with no profile", active)
+        log.info(
+            "mode %s profile=%s proposals=%d",
+            fw.modes.state.describe(fw.clock()), fw.profile or "-", len(fw.modes.book),
+        )  # fmt: skip
 
     @property
     def state(self) -> ModeState:
@@ -185,3 +207,115 @@ class Switcher:
             log.info("proposals rejected count=%d by=%s", len(chosen), by)
             await self.flush_proposals()
             return chosen
+
+    # -- profiles ------------------------------------------------------------------------------
+
+    def listed_profiles(self) -> list[Profile]:
+        return [self.profiles[name] for name in sorted(self.profiles)]
+
+    def check_exists(self, name: str) -> None:
+        if name not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none yet"
+            raise ProfileError(
+                f"no profile {name!r} (profiles: {known}; make one: snitchctl profile create "
+                f"{name})"
+            )
+
+    async def create_profile(
+        self, name: str, mode: str | None, networks: list[str], by: str
+    ) -> Profile:
+        """Make a profile; a bad name or mode, a taken name or a network another profile
+        claims raise `ProfileError` and change nothing."""
+        async with self.lock:
+            profile = check_profile(name, mode, networks, self.profiles.values())
+            profile = Profile(profile.name, profile.mode, profile.networks, self.fw.clock())
+            await asyncio.to_thread(self.fw.store.save_profile, profile)
+            self.profiles[name] = profile
+        log.info("profile created name=%s mode=%s networks=%s by=%s", name,
+                 profile.mode.value if profile.mode else "-",
+                 ",".join(map(str, profile.networks)) or "-", by)  # fmt: skip
+        if profile.networks:
+            self.follow(self.network)  # it may be for the network we are on
+        return profile
+
+    async def delete_profile(self, name: str, by: str) -> Profile:
+        """Delete a profile that is neither active nor named by a rule (else say which, and
+        what to do, and change nothing)."""
+        async with self.lock:
+            self.check_exists(name)
+            if self.fw.profile == name:
+                raise ProfileError(
+                    f"cannot delete profile {name}: it is active (activate another first, or: "
+                    "snitchctl profile deactivate)"
+                )
+            entries = await self.fw.rule_entries()
+            used = [rule_id for rule_id, rule in entries if rule.profile == name]
+            if used:
+                raise ProfileError(
+                    f"cannot delete profile {name}: {len(used)} rule(s) hold in it "
+                    f"({', '.join(map(str, used[:10]))}); delete them first (snitchctl "
+                    "list-rules)"
+                )
+            await asyncio.to_thread(self.fw.store.delete_profile, name)
+            profile = self.profiles.pop(name)
+        log.info("profile deleted name=%s by=%s", name, by)
+        return profile
+
+    async def activate(self, name: str | None, why: str) -> Profile | None:
+        """Make `name` (None: no profile) the active profile, then its mode the mode."""
+        async with self.lock:
+            if name is not None:
+                self.check_exists(name)
+            fw = self.fw
+            old = fw.profile
+            profile = self.profiles.get(name) if name is not None else None
+            await asyncio.to_thread(fw.store.set_settings, (("profile", name),))
+            await fw.use_profile(name)
+            now = fw.clock()
+            log.info("profile changed from=%s to=%s %s", old or "-", name or "-", why)
+            fw.alert(
+                Alert(
+                    "profile-changed",
+                    f"profile {name or '(none)'} active (was {old or '(none)'}), {why}",
+                    now,
+                )
+            )
+            for listener in self.profile_listeners:
+                try:
+                    listener(old, name, why)
+                except Exception:
+                    log.exception("profile listener failed")
+            mode = profile.mode if profile is not None else None
+            if mode is not None and (mode is not self.state.mode or self.state.until is not None):
+                new = switched(self.state, mode, now, None, f"profile {name}")
+                await asyncio.to_thread(fw.store.save_mode, new)
+                self._take(new, f"profile {name}")
+            return profile
+
+    def follow(self, state: NetworkState) -> None:
+        """On the loop: the network changed (`netwatch`); the profile it calls for becomes
+        active, in a task (a newer change cancels an older one's wait)."""
+        self.network = state
+        if not self.fw.config.follow_network:
+            return
+        if self._following is not None and not self._following.done():
+            self._following.cancel()
+        self._following = asyncio.get_running_loop().create_task(
+            self._follow(state), name="profile-follow"
+        )
+
+    async def _follow(self, state: NetworkState) -> None:
+        try:
+            wants_ssid = any(
+                m.kind is MatchKind.SSID for p in self.profiles.values() for m in p.networks
+            )
+            if self.ssid_of is not None and wants_ssid:
+                ssid = await self.ssid_of()
+                state = NetworkState(state.iface, state.gateway_mac, state.gateway, ssid)
+                self.network = state
+            picked = pick_profile(self.profiles.values(), state)
+            if picked is None or picked.name == self.fw.profile:
+                return
+            await asyncio.shield(self.activate(picked.name, f"network: {state.describe()}"))
+        except SnitchError as exc:
+            log.warning("profile not switched for the network: %s", exc)
