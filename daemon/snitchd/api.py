@@ -59,7 +59,7 @@ from snitchd.modes import Switch
 from snitchd.polkit import ANSWER_ALLOW_FOREVER, check_authorization
 from snitchd.profiles import Profile
 from snitchd.prompts import Agent, Prompt
-from snitchd.proposals import Proposal
+from snitchd.proposals import Proposal, listed
 from snitchd.queries import (
     LogQuery,
     Period,
@@ -546,7 +546,8 @@ class FirewallService(ServiceInterface):
         how many proposals the caller may see."""
         who = current_caller()
         fw = self.firewall
-        count = len(fw.modes.book) if who.admin else len(fw.modes.book.listed(who.uid))
+        book = fw.modes.book
+        count = len(book) if who.admin else book.count_of(who.uid)
         return _mode_dict(fw.modes.state, fw.clock()) | {
             "may_switch": Variant("b", who.admin),
             "proposals": Variant("x", count),
@@ -582,8 +583,10 @@ class FirewallService(ServiceInterface):
         """The proposals `learn` mode made (JSON: id, rule text, uid, count, first_seen,
         last_seen), by id; a user who is not an admin sees those of their own flows only."""
         uid = current_caller().own_only
-        listed = self.switcher.proposals(uid)
-        return await asyncio.to_thread(lambda: json.dumps([_proposal_plain(p) for p in listed]))
+        by_id = self.firewall.modes.book.snapshot()  # sorted, filtered, encoded in a worker
+        return await asyncio.to_thread(
+            lambda: json.dumps([_proposal_plain(p) for p in listed(by_id, uid)])
+        )
 
     @dbus_method()
     @handled(admin="accept proposals")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from snitch_common.errors import ProposalNotFound
 from snitch_common.rules import Rule
 
-__all__ = ["Proposal", "ProposalBook"]
+__all__ = ["Proposal", "ProposalBook", "listed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,10 @@ class ProposalBook:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def count_of(self, uid: int | None) -> int:
+        """How many proposals flows of `uid` made (kept per uid: no walk of the book)."""
+        return self._per_uid.get(uid, 0)
+
     def share(self, uid: int | None) -> int:
         """How many proposals flows of `uid` may have open: system flows may fill the book."""
         if uid is not None and uid > self.system_uid_max:
@@ -92,7 +96,12 @@ class ProposalBook:
 
     def listed(self, uid: int | None = None) -> list[Proposal]:
         """Every proposal by id, or those whose first flow was `uid`'s."""
-        return [p for _, p in sorted(self._by_id.items()) if uid is None or p.uid == uid]
+        return listed(self.snapshot(), uid)
+
+    def snapshot(self) -> dict[int, Proposal]:
+        """The proposals by id, copied in one step (a C-level dict copy: a worker thread may
+        then sort and encode them while the loop goes on noting flows)."""
+        return self._by_id.copy()
 
     def get(self, ids: Iterable[int]) -> list[Proposal]:
         """The proposals of these ids; `ProposalNotFound` names every id that is gone."""
@@ -132,3 +141,8 @@ class ProposalBook:
         """A write of `drain`'s result failed: keep it for the next one."""
         self._changed.update(p.id for p in changed if p.id in self._by_id)
         self._removed.update(removed)
+
+
+def listed(by_id: dict[int, Proposal], uid: int | None = None) -> list[Proposal]:
+    """Proposals by id, or those whose first flow was `uid`'s."""
+    return [p for _, p in sorted(by_id.items()) if uid is None or p.uid == uid]
