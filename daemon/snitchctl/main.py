@@ -388,6 +388,9 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     def text() -> str:
         shown = dict(status)
         shown["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
+        if status.get("mode_until"):  # a time-limited mode (issue 17)
+            until = time.localtime(status["mode_until"])
+            shown["mode_until"] = time.strftime("%Y-%m-%d %H:%M:%S", until)
         return "\n".join(f"{k}: {v}" for k, v in sorted(shown.items()))
 
     _out(args, status, text)
