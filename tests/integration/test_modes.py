@@ -305,3 +305,24 @@ def test_unknown_modes_and_bad_limits_change_nothing(running: Lab) -> None:
     done = running.ctl("--json", "mode", "pause")
     assert json.loads(done.stderr)["error"]["code"] == "InvalidMode"
     assert set_mode(running)["mode"] == "silent-deny"
+
+
+def test_a_user_flooding_learn_mode_fills_only_their_share_of_proposals(lab: Lab) -> None:
+    """An unprivileged program connects to destination after destination while the machine
+    learns: it gets its share (a quarter of max_proposals) and no more, the admins hear once,
+    its flows are still allowed, and root's flows are still proposed."""
+    lab.expect_log(MODE_ALERT, r"WARNING snitchd\.firewall: alert proposals-full: ")
+    lab.start_daemon(max_proposals=8)
+    set_mode(lab, "learn")
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    seen = [
+        lab.client_run(*as_nobody, PYTHON, str(HERE / "netclient.py"), "tcp", "192.0.2.2", port)
+        for port in ("22", "53", "80", "443", "8080", "9000")
+    ]
+    assert seen == ["connected"] * 6
+    assert lab.py("tcp", "198.51.100.2", 80) == "connected"  # root's
+    proposals = lab.ctl_json("proposals")
+    assert [p["uid"] for p in proposals] == [NOBODY, NOBODY, 0]
+    status = lab.ctl_json("status")
+    assert (status["proposals"], status["proposals_left_out"]) == (3, 4)
+    assert lab.log_text().count("alert proposals-full: ") == 1
