@@ -90,13 +90,16 @@ class NetWatch:
             log.warning("network changes not followed: cannot open route netlink: %s", exc)
             return
         last: NetworkState | None = None
-        with sock, IPRoute() as ipr:
-            sock.settimeout(1.0)  # to see `close` within a second
-            changed = True
-            while not self._stop.is_set():
-                if changed:
-                    last = self._read(ipr, last)
-                changed = self._wait(sock)
+        try:
+            with sock, IPRoute() as ipr:
+                sock.settimeout(1.0)  # to see `close` within a second
+                changed = True
+                while not self._stop.is_set():
+                    if changed:
+                        last = self._read(ipr, last)
+                    changed = self._wait(sock)
+        except Exception:  # profiles then stay as they are; the firewall goes on
+            log.exception("network changes no longer followed")
 
     def _read(self, ipr: IPRoute, last: NetworkState | None) -> NetworkState | None:
         try:
@@ -163,8 +166,8 @@ async def wifi_ssid(bus: MessageBus) -> str | None:
             return None
         ap = str(await _nm_property(bus, primary, active, "SpecificObject"))
         ssid = await _nm_property(bus, ap, f"{_NM}.AccessPoint", "Ssid")
-    except (LookupError, ValueError, TypeError, AttributeError):
-        return None
+    except (LookupError, ValueError, TypeError, AttributeError, OSError, EOFError):
+        return None  # OSError, EOFError: the bus connection went away
     if not isinstance(ssid, bytes | bytearray | list):
         return None
     return bytes(ssid).decode("utf-8", errors="replace") or None

@@ -319,3 +319,5 @@ class Switcher:
             await asyncio.shield(self.activate(picked.name, f"network: {state.describe()}"))
         except SnitchError as exc:
             log.warning("profile not switched for the network: %s", exc)
+        except Exception:  # a background task: say it, never end the daemon
+            log.exception("profile not switched for the network")
