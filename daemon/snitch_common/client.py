@@ -21,6 +21,7 @@ from snitch_common.bus import (
     MAX_LOG_ROWS,
     MAX_RULES_PAGE,
     OBJECT_PATH,
+    call_bus_daemon,
     plain,
 )
 from snitch_common.errors import (
@@ -211,6 +212,74 @@ class Client:
 
     async def update_lists(self, name: str = "") -> None:
         await self.call("UpdateLists", "s", [name])
+
+    # -- modes and proposals (issue 17) -------------------------------------------------------
+
+    async def get_mode(self) -> dict[str, Any]:
+        """The mode in force: mode, since, by, until (0: no limit), previous, describe,
+        may_switch (whether this caller may), proposals (how many it may see)."""
+        return dict(plain(await self.call("GetMode")))
+
+    async def set_mode(self, mode: str, seconds: float | None = None) -> dict[str, Any]:
+        """Switch (admins only); `seconds` None: until switched again."""
+        return dict(plain(await self.call("SetMode", "sd", [mode, float(seconds or 0.0)])))
+
+    async def proposals(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(await self.call("ListProposals"))
+        return rows
+
+    async def accept_proposals(self, ids: list[int] | None) -> list[dict[str, Any]]:
+        """Proposals (None: all) become rules; returns the rules made."""
+        rows: list[dict[str, Any]] = json.loads(
+            await self.call("AcceptProposals", "a{sv}", [_proposal_query(ids)])
+        )
+        return rows
+
+    async def reject_proposals(self, ids: list[int] | None) -> list[dict[str, Any]]:
+        """Proposals (None: all) are dropped; returns those dropped."""
+        rows: list[dict[str, Any]] = json.loads(
+            await self.call("RejectProposals", "a{sv}", [_proposal_query(ids)])
+        )
+        return rows
+
+    async def watch_mode(self, on_change: Callable[[dict[str, Any]], None]) -> None:
+        """`on_change` gets each ModeChanged signal (the new state, with `was` and `why`)."""
+        rule = f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='ModeChanged'"
+        await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
+
+        def handler(msg: Message) -> bool:
+            if msg.message_type is MessageType.SIGNAL and msg.member == "ModeChanged":
+                on_change(plain(msg.body[0]))
+            return False
+
+        self.bus.add_message_handler(handler)
+
+    async def profiles(self) -> dict[str, Any]:
+        """`profiles` (name, mode, networks, active), `active`, `network` (the one now)."""
+        report: dict[str, Any] = json.loads(await self.call("ListProfiles"))
+        return report
+
+    async def create_profile(
+        self, name: str, mode: str | None, networks: list[str]
+    ) -> dict[str, Any]:
+        query = {"name": Variant("s", name), "networks": Variant("as", networks)}
+        if mode:
+            query["mode"] = Variant("s", mode)
+        made: dict[str, Any] = json.loads(await self.call("CreateProfile", "a{sv}", [query]))
+        return made
+
+    async def delete_profile(self, name: str) -> None:
+        await self.call("DeleteProfile", "s", [name])
+
+    async def activate_profile(self, name: str | None) -> None:
+        """Make `name` the active profile (None: none)."""
+        await self.call("ActivateProfile", "s", [name or ""])
+
+
+def _proposal_query(ids: list[int] | None) -> dict[str, Variant]:
+    if ids is None:
+        return {"all": Variant("b", True)}
+    return {"ids": Variant("at", ids)}
 
 
 def _error(reply: Message) -> SnitchError:

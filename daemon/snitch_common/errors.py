@@ -14,7 +14,10 @@ Tree::
     ├── PromptError             code "InvalidAnswer"   exit 1   unknown prompt or bad answer
     ├── PacketError             code "BadPacket"       exit 1   truncated or malformed packet
     ├── Busy                    code "Busy"            exit 1   a query refused or cut short
-    └── ListError               code "ListFailed"      exit 1   a block list: name, download, parse
+    ├── ListError               code "ListFailed"      exit 1   a block list: name, download, parse
+    ├── ModeError               code "InvalidMode"     exit 1   unknown mode, bad time limit
+    ├── ProfileError            code "InvalidProfile"  exit 1   unknown profile, overlapping match
+    └── ProposalNotFound        code "ProposalNotFound" exit 1  a proposal gone or no longer apt
 
 `code` is stable: it names the D-Bus error (`org.snitch.Firewall1.Error.<code>`) and lets
 `snitchctl` pick its exit status.
@@ -30,9 +33,12 @@ __all__ = [
     "ConfigError",
     "DaemonUnreachable",
     "ListError",
+    "ModeError",
     "NotAuthorized",
     "PacketError",
+    "ProfileError",
     "PromptError",
+    "ProposalNotFound",
     "RuleError",
     "RuleNotFound",
     "SnitchError",
@@ -107,6 +113,18 @@ class ListError(SnitchError):
     code = "ListFailed"
 
 
+class ModeError(SnitchError):
+    code = "InvalidMode"
+
+
+class ProfileError(SnitchError):
+    code = "InvalidProfile"
+
+
+class ProposalNotFound(SnitchError):
+    code = "ProposalNotFound"
+
+
 _BY_CODE: dict[str, type[SnitchError]] = {
     cls.code: cls
     for cls in (
@@ -123,6 +141,9 @@ _BY_CODE: dict[str, type[SnitchError]] = {
         PacketError,
         Busy,
         ListError,
+        ModeError,
+        ProfileError,
+        ProposalNotFound,
     )
 }
 

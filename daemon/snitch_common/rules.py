@@ -24,6 +24,7 @@ from snitch_common.records import Proto
 __all__ = [
     "CLASSES",
     "DEFAULT_INTERPRETERS",
+    "PROFILE_NAME_RE",
     "Action",
     "Lifetime",
     "Rule",
@@ -91,9 +92,12 @@ _KEYS = (
     "during",
     "days",
     "keep-open",
+    "profile",
 )
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # time.struct_time.tm_wday order
 _DURING_RE = re.compile(r"^([0-9]{1,2}):([0-9]{2})-([0-9]{1,2}):([0-9]{2})$")
+# A profile's name (issue 17): short, and safe to show and type anywhere.
+PROFILE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 # Executables whose identity includes the script they run (`script=`), as snitchd's config
@@ -161,6 +165,7 @@ class Rule:
     during: tuple[int, int] | None = None
     days: int | None = None
     keep_open: bool = False
+    profile: str | None = None  # holds only while this profile is active; None: in every one
 
     def __str__(self) -> str:
         parts = [self.action.value]
@@ -206,6 +211,8 @@ class Rule:
             parts.append(f"start={self.start!r}")
         if self.keep_open:
             parts.append("keep-open=yes")
+        if self.profile is not None:
+            parts.append("profile=" + self.profile)
         return " ".join(parts)
 
     @property
@@ -497,7 +504,13 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         if not _DIGITS.fullmatch(value):
             raise RuleError(f"invalid pid {value!r}: not a process id")
         fields["pid"] = int(value)
-    elif key == "during":
+    else:
+        _apply_when_word(fields, key, value)
+
+
+def _apply_when_word(fields: dict[str, object], key: str, value: str) -> None:
+    """The keys that say when a rule holds: time windows, keep-open, profile."""
+    if key == "during":
         fields["during"] = _parse_during(value)
     elif key == "days":
         fields["days"] = _parse_days(value)
@@ -505,6 +518,13 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         if value not in ("yes", "no"):
             raise RuleError(f"invalid keep-open {value!r}: use yes or no")
         fields["keep_open"] = value == "yes"
+    elif key == "profile":
+        if not PROFILE_NAME_RE.fullmatch(value):
+            raise RuleError(
+                f"invalid profile {value!r}: 1-32 of a-z, 0-9, _ and -, starting with a letter "
+                "or digit"
+            )
+        fields["profile"] = sys.intern(value)
 
 
 def _check_consistent(rule: Rule) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shlex
@@ -23,7 +24,8 @@ from dbus_fast import Variant
 
 from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
-from snitch_common.errors import RuleError, SnitchError
+from snitch_common.errors import ModeError, ProfileError, RuleError, SnitchError
+from snitch_common.modes import parse_for, parse_mode
 from snitch_common.rulefile import format_rule_line, read_rules
 from snitch_common.rules import parse_duration, parse_rule
 from snitchctl.lists import add_lists_parser, run_lists
@@ -75,6 +77,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--during", metavar="HH:MM-HH:MM", help="only in this local time window")
     add.add_argument("--days", metavar="DAYS", help="only on these days, e.g. mon-fri or sat,sun")
+    add.add_argument(
+        "--profile", metavar="NAME", help="the rule holds only while this profile is active"
+    )
 
     delete = sub.add_parser("delete-rule", help="delete a rule by id")
     delete.add_argument("id", type=int)
@@ -116,6 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--database", metavar="PATH", help="check this database instead")
     add_lists_parser(sub)
     _add_rule_commands(sub)
+    _add_mode_parsers(sub)
     return p
 
 
@@ -174,8 +180,65 @@ def _add_rule_commands(sub: Any) -> None:
     imp.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
 
 
+def _add_mode_parsers(sub: Any) -> None:
+    """Modes, proposals and profiles (issue 17)."""
+    mode = sub.add_parser(
+        "mode",
+        help="show the mode, or switch it (admins): ask, silent-allow, silent-deny, learn",
+        description="What happens to a flow no rule covers. ask: a person is asked (or the "
+        "default action applies); silent-allow / silent-deny: allowed / denied and logged, "
+        "nobody is asked; learn: allowed, and each new app and destination becomes a proposed "
+        "rule (see: snitchctl proposals). Without MODE, show the mode in force.",
+    )
+    mode.add_argument("mode", nargs="?", metavar="MODE")
+    mode.add_argument(
+        "--for",
+        dest="for_",
+        metavar="N[smhd]",
+        help="only for this long (e.g. 15m, 1h), then the mode before comes back",
+    )
+    sub.add_parser(
+        "proposals", help="the rules learn mode proposes: ID, flows seen, first/last, rule"
+    )
+    for verb, what in (("accept", "turn proposals into rules"), ("reject", "drop proposals")):
+        prop = sub.add_parser(f"{verb}-proposals", help=f"{what} (admins): IDS or --all")
+        prop.add_argument("ids", nargs="*", type=int, metavar="ID")
+        prop.add_argument("--all", action="store_true", help="every proposal listed now")
+
+    prof = sub.add_parser(
+        "profile",
+        help="profiles: named rule sets, each maybe with a mode and the networks it is for",
+        description="list; create NAME [--mode M] [--gateway MAC] [--iface NAME] [--ssid "
+        "SSID] (a network may be given several times); delete NAME; activate NAME; "
+        "deactivate. Rules join a profile with add-rule --profile NAME.",
+    )
+    prof.add_argument("action", choices=("list", "create", "delete", "activate", "deactivate"))
+    prof.add_argument("name", nargs="?", metavar="NAME")
+    prof.add_argument("--mode", help="the mode to switch to when this profile becomes active")
+    for kind, meta in (("gateway", "MAC"), ("iface", "NAME"), ("ssid", "SSID")):
+        prof.add_argument(
+            f"--{kind}",
+            action="append",
+            default=[],
+            metavar=meta,
+            help=f"becomes active by itself on this network ({kind})",
+        )
+
+
 def _rule_text_from_flags(args: argparse.Namespace) -> str:
-    """Turn add-rule flags into the rule's text form, so both ways meet in `parse_rule`."""
+    """Turn add-rule flags into the rule's text form, so both ways meet in `parse_rule`;
+    `--profile` joins either."""
+    text = _rule_text(args)
+    if args.profile:
+        rule = parse_rule(text)
+        if rule.profile is not None and rule.profile != args.profile:
+            raise RuleError(f"the rule says profile={rule.profile}, and --profile {args.profile}")
+        text = str(parse_rule(f"{dataclasses.replace(rule, profile=None)!s} "
+                              f"profile={shlex.quote(args.profile)}"))  # fmt: skip
+    return text
+
+
+def _rule_text(args: argparse.Namespace) -> str:
     if args.text:
         flags = ("exe", "sha256", "user", "dst", "host", "port", "proto", "iface", "action")
         if any(getattr(args, f) for f in flags) or args.any_app:
@@ -244,6 +307,7 @@ async def _run(args: argparse.Namespace) -> int:
             raise RuleError("edit-rule needs the new rule text, or --note")
     if args.command == "import":
         import_text = _read_file(args.file)
+    _check_mode_args(args)
     client = await Client.connect()
     try:
         handlers: dict[str, Callable[[], Awaitable[int]]] = {
@@ -262,6 +326,11 @@ async def _run(args: argparse.Namespace) -> int:
             "enable-rule": lambda: _toggle_rule(client, args, True),
             "export": lambda: _export(client, args),
             "import": lambda: _import(client, args, import_text),
+            "mode": lambda: _mode(client, args),
+            "proposals": lambda: _proposals(client, args),
+            "accept-proposals": lambda: _decide_proposals(client, args, accept=True),
+            "reject-proposals": lambda: _decide_proposals(client, args, accept=False),
+            "profile": lambda: _profile(client, args),
         }
         return await handlers[args.command]()
     finally:
@@ -517,6 +586,9 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
         shown = dict(status)
         shown["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
         routing = shown.pop("routing", [])
+        if status.get("mode_until"):  # a time-limited mode (issue 17)
+            until = time.localtime(status["mode_until"])
+            shown["mode_until"] = time.strftime("%Y-%m-%d %H:%M:%S", until)
         lines = [f"{k}: {v}" for k, v in sorted(shown.items())]
         lines.append("routing:" + "".join(f"\n  {line}" for line in routing) if routing else
                      "routing: no agent of yours")  # fmt: skip
@@ -524,6 +596,104 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
 
     _out(args, status, text)
     return 0
+
+
+def _check_mode_args(args: argparse.Namespace) -> None:
+    """Refuse bad words before connecting (so they fail the same with snitchd down)."""
+    if args.command == "mode":
+        if args.mode is not None:
+            parse_mode(args.mode)
+        if args.for_ is not None:
+            if args.mode is None:
+                raise ModeError("--for needs a MODE (e.g. snitchctl mode silent-allow --for 15m)")
+            parse_for(args.for_)
+    if args.command in ("accept-proposals", "reject-proposals") and (
+        bool(args.ids) == bool(args.all)
+    ):
+        raise ModeError(f"{args.command} needs proposal IDS or --all (see: snitchctl proposals)")
+
+
+async def _mode(client: Client, args: argparse.Namespace) -> int:
+    if args.mode is None:
+        state = await client.get_mode()
+    else:
+        seconds = parse_for(args.for_) if args.for_ is not None else None
+        state = await client.set_mode(parse_mode(args.mode).value, seconds)
+
+    def text() -> str:
+        line = f"mode: {state['describe']}"
+        if state.get("by"):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state["since"]))
+            line += f" (since {when}, {state['by']})"
+        return line
+
+    _out(args, state, text)
+    return 0
+
+
+async def _proposals(client: Client, args: argparse.Namespace) -> int:
+    rows = await client.proposals()
+
+    def text() -> str:
+        if not rows:
+            return "(no proposals: switch to learn mode to collect some: snitchctl mode learn)"
+        lines = [f"{'ID':>5} {'FLOWS':>6}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  RULE"]
+        for r in rows:
+            first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["first_seen"]))
+            last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_seen"]))
+            lines.append(f"{r['id']:>5} {r['count']:>6}  {first}  {last}  {r['text']}")
+        return "\n".join(lines)
+
+    _out(args, rows, text)
+    return 0
+
+
+async def _decide_proposals(client: Client, args: argparse.Namespace, *, accept: bool) -> int:
+    ids = None if args.all else list(args.ids)
+    if accept:
+        made = await client.accept_proposals(ids)
+        _out(args, made, lambda: "\n".join(f"{r['id']}: {r['text']}" for r in made) or "(none)")
+    else:
+        gone = await client.reject_proposals(ids)
+        _out(args, gone, lambda: f"rejected {len(gone)} proposal{'s' * (len(gone) != 1)}")
+    return 0
+
+
+async def _profile(client: Client, args: argparse.Namespace) -> int:
+    action, name = args.action, args.name
+    networks = [f"{kind}={v}" for kind in ("gateway", "iface", "ssid") for v in getattr(args, kind)]
+    if action not in ("create",) and (networks or args.mode):
+        raise ProfileError(f"profile {action}: --mode and networks belong to create")
+    if action in ("create", "delete", "activate") and not name:
+        raise ProfileError(f"profile {action} needs a NAME")
+    if action in ("list", "deactivate") and name:
+        raise ProfileError(f"profile {action} takes no NAME")
+    if action == "create":
+        made = await client.create_profile(name, args.mode, networks)
+        _out(args, made, lambda: f"created {_profile_line(made)}")
+        return 0
+    if action == "delete":
+        await client.delete_profile(name)
+        _out(args, {"deleted": name}, lambda: f"deleted profile {name}")
+        return 0
+    if action in ("activate", "deactivate"):
+        await client.activate_profile(name if action == "activate" else None)
+    report = await client.profiles()
+
+    def text() -> str:
+        lines = [_profile_line(p) for p in report["profiles"]] or ["(no profiles)"]
+        lines.append(f"active: {report['active'] or '(none)'}")
+        lines.append(f"network now: {report['network']['describe']}")
+        return "\n".join(lines)
+
+    _out(args, report, text)
+    return 0
+
+
+def _profile_line(p: dict[str, Any]) -> str:
+    mode = f" mode={p['mode']}" if p.get("mode") else ""
+    nets = f" networks: {', '.join(p['networks'])}" if p.get("networks") else ""
+    return f"{'*' if p.get('active') else ' '} {p['name']}{mode}{nets}"
 
 
 def _doctor(args: argparse.Namespace) -> int:

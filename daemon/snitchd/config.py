@@ -146,6 +146,10 @@ class Config:
     # app to the same destination gets its verdict without a new prompt, and counts as one
     # attempt in the log (`attempts`).
     retry_window: float = 10.0
+    # Issue 17: proposals `learn` mode keeps at most (a quarter of it per user), and whether
+    # profiles that name networks switch by themselves when the network changes.
+    max_proposals: int = 1000
+    follow_network: bool = True
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -165,6 +169,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "hash_wait": (0, 60),
     "prompt_hold_max": (1, 86400),
     "retry_window": (0, 300),
+    "max_proposals": (4, 100_000),
 }
 
 

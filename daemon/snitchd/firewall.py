@@ -33,6 +33,7 @@ from typing import TypeVar
 from netfilterqueue import Packet
 
 from snitch_common.errors import RuleNotFound, StoreError
+from snitch_common.modes import Mode, ModeState
 from snitch_common.records import Attribution, Flow, Process
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, list_place
 from snitchd.attempts import Attempts, RowRef, attempt_key
@@ -43,11 +44,13 @@ from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
 from snitchd.flowcut import CutResult, FlowCutter
 from snitchd.lists import Lists
+from snitchd.modes import Modes
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
-from snitchd.prompts import Broker, Quotas
+from snitchd.prompts import SYSTEM_UID_MAX, Broker, Quotas
+from snitchd.proposals import ProposalBook
 from snitchd.rulefiles import FileRead, read_rules_dir
 from snitchd.store import (
     Decision,
@@ -172,6 +175,17 @@ class Firewall:
         self._disabled_version = 0
         self.cutter = FlowCutter()
         self.files_error = ""  # why a rules.d file was refused at the last reload, "" if none
+        # What decides a flow no rule covers (issue 17); `switching.Switcher` loads the stored
+        # mode and proposals, and changes them.
+        self.modes = Modes(
+            ModeState(Mode.ASK),
+            ProposalBook(config.max_proposals, system_uid_max=SYSTEM_UID_MAX),
+            pin_root=config.pin_answers is PinAnswers.ALWAYS,
+        )
+        self.profile: str | None = None  # the active profile, None for none
+        # Rules of profiles not active: stored, listed, but not held (they decide nothing).
+        self._dormant: dict[int, RuleRecord] = {}
+        self._dormant_version = 0
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
@@ -185,6 +199,8 @@ class Firewall:
         )
         self.dns.reconfigure(config)
         self.attempts.configure(config.retry_window)
+        self.modes.pin_root = config.pin_answers is PinAnswers.ALWAYS
+        self.modes.book.max_total = config.max_proposals
 
     async def check_outside_change(self, now: float) -> None:
         """Another process may have written the rules (sqlite3 by hand, or malware): if so,
@@ -197,7 +213,7 @@ class Firewall:
             replay: list[RuleRecord | int] = []
             self._replay = replay
             try:
-                loaded = await asyncio.to_thread(self._load, self.rules)
+                loaded = await asyncio.to_thread(self._load, self.rules, self.profile)
             except UnparsableRule as exc:
                 # Fail closed: the rules held stay (a deny that no longer parses still
                 # denies); the next change to the store is read again.
@@ -209,14 +225,8 @@ class Firewall:
             finally:
                 self._replay = None
             self.rules_error = ""
-            load, rules, stricter, (expirable, pins), added, removed = loaded
-            self.rules, self._stricter = rules, stricter
-            self._expirable, self._pins = expirable, pins
-            self.disabled = {r.id: r for r in load.records if not r.enabled}
-            self._disabled_version += 1
-            self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
+            load, added, removed = self._take(loaded)
             gc.freeze()  # long-lived, as at start (main): out of the collector's full passes
-            self._pinned = {exe: frozenset(hashes) for exe, hashes in pins.items()}
             # Prompt answers (which do not wait for the lock) made while the rules were read:
             # whichever side of the read they fell, the held set ends as the store is.
             for change in replay:
@@ -240,14 +250,27 @@ class Firewall:
                 )
             )
 
-    def _load(
-        self, held: RuleSet
-    ) -> tuple[RuleLoad, RuleSet, StricterRules, _Tracking, set[int], set[int]]:
-        """In a worker thread: the store's rules that are on, indexed and tracked, and which
-        ids differ from `held` (the load's records keep the rules that are off)."""
+    def _take(self, loaded: _Loaded) -> tuple[RuleLoad, set[int], set[int]]:
+        """Swap in what `_load` read (on the loop, between packets); the load and which ids
+        were added and removed."""
+        load, rules, stricter, (expirable, pins), added, removed, dormant = loaded
+        self.rules, self._stricter = rules, stricter
+        self._expirable, self._pins = expirable, pins
+        self._pinned = {exe: frozenset(hashes) for exe, hashes in pins.items()}
+        self.disabled = {r.id: r for r in load.records if not r.enabled}
+        self._disabled_version += 1
+        self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
+        self._dormant, self._dormant_version = dormant, self._dormant_version + 1
+        return load, added, removed
+
+    def _load(self, held: RuleSet, profile: str | None) -> _Loaded:
+        """In a worker thread: the store's rules that are on and in force in `profile` (None:
+        no profile), indexed and tracked, which ids differ from `held`, and the rules (on) of
+        the other profiles. The load's records keep the rules that are off."""
         before = held.snapshot()
         load = self.store.load_rules()
-        enabled = [r for r in load.records if r.enabled]
+        dormant = {r.id: r for r in load.records if r.enabled and not _in_force(r.rule, profile)}
+        enabled = [r for r in load.records if r.enabled and r.id not in dormant]
         rules = RuleSet(((r.id, r.rule) for r in enabled), places=self.places)
         added: set[int] = set()
         for r in enabled:
@@ -259,20 +282,24 @@ class Firewall:
         stricter = StricterRules(
             ((r.id, r.rule) for r in enabled if r.id in rules), places=self.places
         )
-        return load, rules, stricter, _tracking(enabled), added, set(before)
+        return load, rules, stricter, _tracking(enabled), added, set(before), dormant
 
     def reload_rules(self) -> None:
         """Read every rule and index them, on the calling thread: at start, before the loop
         runs packets (afterwards, `check_outside_change` does it in a worker thread)."""
         load = self.store.load_rules()
-        enabled = [r for r in load.records if r.enabled]
         self.disabled = {r.id: r for r in load.records if not r.enabled}
         self._disabled_version += 1
-        self.rules = RuleSet(((r.id, r.rule) for r in enabled), places=self.places)
+        self._dormant = {
+            r.id: r for r in load.records if r.enabled and not _in_force(r.rule, self.profile)
+        }
+        self._dormant_version += 1
+        live = [r for r in load.records if r.enabled and r.id not in self._dormant]
+        self.rules = RuleSet(((r.id, r.rule) for r in live), places=self.places)
         self._stricter = StricterRules(
-            ((r.id, r.rule) for r in enabled if r.id in self.rules), places=self.places
+            ((r.id, r.rule) for r in live if r.id in self.rules), places=self.places
         )
-        self._expirable, self._pins = _tracking(enabled)
+        self._expirable, self._pins = _tracking(live)
         self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
         self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
         self.store.adopt_version(load.version)
@@ -280,7 +307,7 @@ class Firewall:
 
     def _hold(self, record: RuleRecord) -> None:
         """Put one rule in the held set (on the loop, between packets); a rule that is off is
-        only listed."""
+        only listed, a rule of a profile not active is kept aside."""
         self._release(record.id)
         if not record.enabled:
             self.disabled[record.id] = record
@@ -289,6 +316,12 @@ class Firewall:
                 self._expirable[record.id] = record
             return
         rule = record.rule
+        if not _in_force(rule, self.profile):
+            self._dormant[record.id] = record
+            self._dormant_version += 1
+            if self._replay is not None:
+                self._replay.append(record)
+            return
         self.rules.add((record.id, rule))
         if record.id not in self.rules:
             return  # for=once: never held
@@ -306,6 +339,11 @@ class Firewall:
         """Take one rule out of the held set (on the loop, between packets)."""
         if self.disabled.pop(rule_id, None) is not None:
             self._disabled_version += 1
+        if self._dormant.pop(rule_id, None) is not None:
+            self._dormant_version += 1
+            if self._replay is not None:
+                self._replay.append(rule_id)
+            return
         entry = self.rules.remove(rule_id)
         if entry is None:
             return
@@ -406,7 +444,45 @@ class Firewall:
             self.apply(pkt, outcome, flow, proc, now, host)
         else:
             named = self.dns.own_name(flow.dst, proc, now) if host is not None else None
+            self._uncovered(pkt, flow, proc, now, host, named)
+
+    def _uncovered(
+        self,
+        pkt: Packet,
+        flow: Flow,
+        proc: Process,
+        now: float,
+        host: str | None,
+        named: str | None,
+    ) -> None:
+        """No rule covers the flow: the mode decides it, or in `ask` mode a person (or the
+        default action) does (issue 17)."""
+        verdict = self.mode_verdict(flow, proc, host, now)
+        if verdict is None:
             self.broker.ask(pkt, flow, proc, now, host, named)
+        else:
+            self.apply(pkt, verdict, flow, proc, now, host)
+
+    def mode_verdict(
+        self, flow: Flow, proc: Process, host: str | None, now: float
+    ) -> Verdict | None:
+        """The mode's verdict for a flow no rule covers (None in `ask` mode); a `learn`
+        proposal that found no room alerts the admins once, until there is room again."""
+        book = self.modes.book
+        left_out = book.left_out
+        verdict, _ = self.modes.verdict(flow, proc, host, now)
+        if book.left_out != left_out and not self.modes.full_alerted:
+            self.modes.full_alerted = True
+            self.alert(
+                Alert(
+                    "proposals-full",
+                    f"learn mode: no room for more proposals ({len(book)} kept, at most "
+                    f"{book.max_total}, a quarter of it per user); new destinations are "
+                    "allowed but not proposed (review them: snitchctl proposals)",
+                    now,
+                )
+            )
+        return verdict
 
     def _no_laxer(
         self,
@@ -473,10 +549,10 @@ class Firewall:
             return Verdict(outcome.action, outcome.rule_id, f"{outcome.reason} ({why})")
         return outcome
 
-    def _rules_key(self) -> tuple[RuleSet, int, int]:
-        """Names the rule set as it is now (and the rules that are off, which `rule_entries`
-        lists too): caches built from it compare this."""
-        return (self.rules, self.rules.version, self._disabled_version)
+    def _rules_key(self) -> tuple[RuleSet, int, int, int]:
+        """Names the rule set as it is now (and the rules that are off or of another profile,
+        which `rule_entries` lists too): caches built from it compare this."""
+        return (self.rules, self.rules.version, self._disabled_version, self._dormant_version)
 
     async def rule_entries(self) -> list[tuple[int, Rule]]:
         """The rules held, by id, as one list made once per rule change: a slice of it is a
@@ -487,6 +563,7 @@ class Firewall:
         if source != key:
             snapshot = self.rules.snapshot()
             snapshot.update((i, (i, r.rule)) for i, r in self.disabled.items())
+            snapshot.update({i: (i, r.rule) for i, r in self._dormant.items()})  # all profiles'
             entries = await asyncio.to_thread(_by_id, snapshot)
             self._entries = (key, entries)
         return entries
@@ -619,7 +696,19 @@ class Firewall:
         reason = verdict.reason
         if notes := proc.notes():  # unverified, script, preloaded, traced (issue 14)
             reason = f"{reason} [{'; '.join(notes)}]"
-        self.events.record(Decision(now, flow, proc, verdict.action, verdict.rule_id, reason, host))
+        self.events.record(
+            Decision(
+                now,
+                flow,
+                proc,
+                verdict.action,
+                verdict.rule_id,
+                reason,
+                host,
+                self.modes.state.mode.value,
+                self.profile,
+            )
+        )
         if key is not None:
             row = RowRef(now, flow.proto.value, str(flow.src), flow.sport, str(flow.dst),
                          flow.dport)  # fmt: skip
@@ -949,6 +1038,17 @@ class Firewall:
         task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(task)
 
+    async def use_profile(self, profile: str | None) -> None:
+        """Make `profile` (None: none) the active one: the rules in force are read and indexed
+        for it in a worker thread, then swapped in on the loop, between two packets. Held
+        prompts stay open: the next flow is decided by the new rules."""
+        async with self._changing:
+            loaded = await asyncio.to_thread(self._load, self.rules, profile)
+            self.profile = profile
+            load, _, _ = self._take(loaded)
+            self.store.adopt_version(load.version)
+        log.info("profile in force profile=%s rules=%d", profile or "-", len(self.rules))
+
     async def expire_rules(self) -> None:
         """Delete the rules whose time or process is up: the check (which reads /proc for
         per-process rules) and the deletes in a worker thread, then each is taken out."""
@@ -1012,11 +1112,26 @@ def _cut_record(result: CutResult, proc: Process, rule_id: int, action: Action) 
     return CutFlow(result.flow, proc, rule_id, action, result.reset)
 
 
+def _in_force(rule: Rule, profile: str | None) -> bool:
+    """Whether a rule holds while `profile` is active (None: no profile): a rule of no
+    profile holds in every one."""
+    return rule.profile is None or rule.profile == profile
+
+
 def _expires(rule: Rule) -> bool:
     return rule.until is not None or rule.lifetime is Lifetime.PROCESS
 
 
 _Tracking = tuple[dict[int, RuleRecord], dict[str, dict[str, int]]]
+_Loaded = tuple[
+    RuleLoad,
+    RuleSet,
+    StricterRules,
+    _Tracking,
+    set[int],
+    set[int],
+    dict[int, RuleRecord],
+]
 
 
 def _tracking(records: list[RuleRecord]) -> _Tracking:

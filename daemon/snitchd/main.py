@@ -20,7 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
 from snitch_common import __version__
+from snitch_common.bus import call_bus_daemon
 from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.agents import session_active
@@ -32,11 +36,13 @@ from snitchd.events import EventLog
 from snitchd.firewall import Firewall, local_time, quotas_of
 from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
-from snitchd.netwatch import NetWatch
-from snitchd.procs import start_attributor
+from snitchd.netwatch import NetWatch, wifi_ssid
+from snitchd.procs import Attributor, start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.store import Store
+from snitchd.subnets import SubnetWatch
+from snitchd.switching import Switcher
 
 __all__ = ["main"]
 
@@ -71,6 +77,7 @@ class _Daemon:
         self.recorder = recorder
         self.stop = asyncio.Event()
         self.firewall: Firewall | None = None
+        self.switcher: Switcher
         self.reloads = 0
         self._file_tasks: set[asyncio.Task[None]] = set()
 
@@ -84,27 +91,10 @@ class _Daemon:
         config = self.config
         store = Store(config.database)
         events = EventLog(store, self.recorder)
-        broker = Broker(
-            clock=time.time,
-            timeout=config.prompt_timeout,
-            max_open=config.max_prompts,
-            is_admin=lambda uid: is_admin(uid, self.config.admin_group),
-            pin_root=config.pin_answers is PinAnswers.ALWAYS,
-            quotas=quotas_of(config),
-            session_active=session_active,
-            hold_max=config.prompt_hold_max,
-        )
-        attributor = start_attributor(
-            config.attribution.value,
-            config.bpf_cgroup,
-            Path(config.database).parent,
-            config.interpreters,
-        )
         marks = ConnMarks()
-        set_local_time(local_time)  # time windows in the machine's zone (TZ, /etc/localtime)
-        firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
-        firewall.load_rule_files_now()  # rules.d, before any packet is decided
-        broker.attach(firewall)
+        firewall, broker, attributor = self._firewall(store, events, marks)
+        switcher = self.switcher = Switcher(firewall)
+        switcher.load()
         # The rules (100k of them: over a million objects) are long-lived: leave them out of
         # the collector's full passes, which otherwise held the GIL ~100 ms each, stalling the
         # loop while a worker allocated (bench/disturb.py). Refcounting still frees them.
@@ -115,10 +105,11 @@ class _Daemon:
         # only while its query's sender is looked up.
         dns_reader = QueueReader(config.dns_queue, firewall.on_dns_packet, 1024, 65535)
         bus = None
+        netwatch: NetWatch | None = None  # the network profiles follow (issue 17)
         installed = False
-        netwatch = NetWatch(firewall.places)  # to=lan: the connected subnets, followed
+        subnets = SubnetWatch(firewall.places)  # to=lan: the connected subnets, followed
         try:
-            await netwatch.start()
+            await subnets.start()
             reader.start(loop)
             if config.snoop_dns:
                 dns_reader.start(loop)
@@ -130,7 +121,8 @@ class _Daemon:
                 config.queue,
                 config.fail_mode.value,
             )
-            bus = await serve(firewall, self.backend.name)
+            bus = await serve(firewall, self.backend.name, switcher)
+            netwatch = await _follow_network(bus, loop, switcher)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -155,11 +147,13 @@ class _Daemon:
                     task.cancel()
         finally:
             _notify("STOPPING=1")
+            if netwatch is not None:
+                netwatch.close()
             broker.release_all("default: snitchd stopping")
             self._remove_rules(installed)
             reader.close()
             dns_reader.close()
-            netwatch.close()
+            subnets.close()
             if bus is not None:
                 bus.disconnect()
             await events.flush()  # the last rows; main() then ends the writer
@@ -167,6 +161,34 @@ class _Daemon:
             marks.close()
             store.close()
             log.info("snitchd stopped")
+
+    def _firewall(
+        self, store: Store, events: EventLog, marks: ConnMarks
+    ) -> tuple[Firewall, Broker, Attributor]:
+        """The decision side: the prompt broker, the attributor, the firewall with its rules
+        (rules.d read before any packet is decided)."""
+        config = self.config
+        broker = Broker(
+            clock=time.time,
+            timeout=config.prompt_timeout,
+            max_open=config.max_prompts,
+            is_admin=lambda uid: is_admin(uid, self.config.admin_group),
+            pin_root=config.pin_answers is PinAnswers.ALWAYS,
+            quotas=quotas_of(config),
+            session_active=session_active,
+            hold_max=config.prompt_hold_max,
+        )
+        attributor = start_attributor(
+            config.attribution.value,
+            config.bpf_cgroup,
+            Path(config.database).parent,
+            config.interpreters,
+        )
+        set_local_time(local_time)  # time windows in the machine's zone (TZ, /etc/localtime)
+        firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
+        firewall.load_rule_files_now()  # rules.d, before any packet is decided
+        broker.attach(firewall)
+        return firewall, broker, attributor
 
     def _remove_rules(self, installed: bool) -> None:
         if not installed:
@@ -236,15 +258,18 @@ class _Daemon:
             await asyncio.sleep(usec / 2e6)
 
     async def _sweep(self, firewall: Firewall) -> None:
-        """Once a second: expire rules, notice rules changed behind our back (both do their
-        store work in worker threads); now and then, prune the connection log to its limits
-        (the log writer does it: it may take a while)."""
+        """Once a second: expire rules, end a time-limited mode whose (wall-clock) deadline
+        passed — so within a second of a resume from suspend — and write new proposals, notice
+        rules changed behind our back (all do their store work in worker threads); now and
+        then, prune the connection log to its limits (the log writer does it: it may take a
+        while)."""
         last_prune = 0.0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 await firewall.expire_rules()
                 now = time.time()
+                await self.switcher.tick(now)
                 await firewall.check_outside_change(now)
                 if now - last_prune >= PRUNE_INTERVAL:
                     last_prune = now
@@ -257,6 +282,33 @@ class _Daemon:
                         log.info("connection log pruned rows=%d", firewall.events.pruned - before)
             except SnitchError as exc:
                 log.warning("sweep failed: %s", exc)
+
+
+async def _follow_network(
+    bus: MessageBus, loop: asyncio.AbstractEventLoop, switcher: Switcher
+) -> NetWatch:
+    """Profiles follow the network (issue 17): route and neighbour changes from netlink in a
+    thread of their own, the Wi-Fi SSID from NetworkManager (asked again when it says its
+    primary connection changed)."""
+    switcher.ssid_of = lambda: wifi_ssid(bus)
+
+    def on_nm(msg: Message) -> None:
+        if (
+            msg.message_type is MessageType.SIGNAL
+            and msg.path == "/org/freedesktop/NetworkManager"
+            and msg.member == "PropertiesChanged"
+        ):
+            switcher.follow(switcher.network)
+
+    bus.add_message_handler(on_nm)
+    rule = (
+        "type='signal',sender='org.freedesktop.NetworkManager',"
+        "path='/org/freedesktop/NetworkManager',member='PropertiesChanged'"
+    )
+    await call_bus_daemon(bus, "AddMatch", "s", [rule])
+    netwatch = NetWatch(loop, switcher.follow)
+    netwatch.start()
+    return netwatch
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,122 +1,173 @@
-"""The machine's own subnets, followed over netlink, for `to=lan` and `to=broadcast`.
+"""Which network the machine is on, followed as it changes: for profiles that switch by
+themselves (issue 17).
 
-A thread, not the packet loop: it waits on a netlink socket subscribed to address changes
-(RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR), and on each change (or every `_RESCAN` seconds, in
-case a burst overflowed the socket) dumps the addresses with pyroute2 and, if the subnets
-changed, hands them to the loop, which swaps them into `Places` with one assignment. Loopback and
-host routes (/32, /128) are not subnets: a flow to the machine's own address is `localhost`'s
-business only when it is a loopback address.
+The default route's interface and its gateway's MAC address come from netlink (pyroute2 for the
+reads). A thread of its own waits on a route-netlink socket subscribed to link, neighbour and
+route changes, so the packet loop never reads netlink: on a change (bursts are taken together,
+at most a few reads a second, so a user who makes the kernel learn neighbours by the thousand
+costs us little) it reads the state again and hands it to the loop only when it differs. The
+SSID comes from NetworkManager over D-Bus, where NetworkManager runs (`wifi_ssid`); without it,
+profiles match by gateway and interface only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import select
+import socket
 import threading
-from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
+import time
+from collections.abc import Callable
 
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
-from snitchd.places import Places
+from snitchd.profiles import NetworkState
 
-__all__ = ["NetWatch", "subnets_of"]
+__all__ = ["NetWatch", "read_network", "wifi_ssid"]
 
 log = logging.getLogger(__name__)
 
-_RESCAN = 30.0  # seconds: a dump even without an event (an overflowed socket loses events)
-_WAKE = 1.0  # seconds: how often the thread checks whether it should stop
+_RTMGRP_LINK = 0x1
+_RTMGRP_NEIGH = 0x4
+_RTMGRP_IPV4_ROUTE = 0x40
+_RTMGRP_IPV6_ROUTE = 0x400
+_SETTLE = 0.2  # seconds a burst of changes is given to end before the state is read
+_DRAIN_MAX = 10_000  # messages read per burst at most, then the state is read anyway
 
-Subnets = tuple[tuple[str, ...], tuple[IPv4Address | IPv6Address, ...]]
 
-
-def subnets_of(addresses: Iterable[tuple[str, int, str | None]]) -> Subnets:
-    """(address, prefix length, broadcast) per address → the connected subnets (CIDR text,
-    sorted) and the broadcast addresses."""
-    nets: set[str] = set()
-    broadcasts: set[IPv4Address | IPv6Address] = set()
-    for addr, prefix, broadcast in addresses:
-        iface = ip_interface(f"{addr}/{prefix}")
-        if iface.ip.is_loopback or prefix == iface.max_prefixlen:
+def read_network(ipr: IPRoute) -> NetworkState:
+    """The IPv4 default route of the main table with the lowest metric (else IPv6's), its
+    interface, its gateway and the gateway's MAC from the neighbour table (None until the
+    kernel has resolved it)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        routes = [r for r in ipr.get_default_routes(family=family) if r.get("RTA_OIF")]
+        if not routes:
             continue
-        nets.add(str(iface.network))
-        if broadcast:
-            broadcasts.add(ip_address(broadcast))
-        elif iface.version == 4 and prefix <= 30:
-            broadcasts.add(iface.network.broadcast_address)
-    return tuple(sorted(nets)), tuple(sorted(broadcasts, key=str))
-
-
-def _dump() -> Subnets:
-    with IPRoute() as ipr:
-        found = [
-            (
-                msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"),
-                int(msg["prefixlen"]),
-                msg.get_attr("IFA_BROADCAST"),
-            )
-            for msg in ipr.get_addr()
-        ]
-    return subnets_of((a, p, b) for a, p, b in found if a)
+        route = min(routes, key=lambda r: r.get("RTA_PRIORITY") or 0)
+        index = route.get("RTA_OIF")
+        links = ipr.link("get", index=index)
+        iface = links[0].get("IFLA_IFNAME") if links else None
+        gateway = route.get("RTA_GATEWAY")
+        mac = None
+        if gateway is not None:
+            for entry in ipr.neigh("dump", family=family):
+                if entry.get("NDA_DST") == gateway and entry["ifindex"] == index:
+                    mac = entry.get("NDA_LLADDR")
+                    break
+        return NetworkState(iface, mac.lower() if mac else None, gateway)
+    return NetworkState()
 
 
 class NetWatch:
-    """Follows the addresses in a thread; `places.set_connected` runs on the loop."""
+    """A thread that calls `on_change` on `loop` with each new `NetworkState`."""
 
-    def __init__(self, places: Places) -> None:
-        self.places = places
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_change: Callable[[NetworkState], None]
+    ) -> None:
+        self._loop = loop
+        self._on_change = on_change
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._last: Subnets | None = None
+        self._thread = threading.Thread(target=self._run, name="snitch-netwatch", daemon=True)
+        self.reads = 0
 
-    async def start(self) -> None:
-        """One dump before any flow is decided, then the thread. pyroute2's IPRoute runs an
-        event loop of its own: it cannot be made in the thread that runs ours."""
-        loop = asyncio.get_running_loop()
-        self._set(loop, await asyncio.to_thread(_dump))
-        self._thread = threading.Thread(
-            target=self._run, args=(loop,), name="snitchd-netwatch", daemon=True
-        )
+    def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._thread.join(5)
 
-    def _set(self, loop: asyncio.AbstractEventLoop, subnets: Subnets) -> None:
-        if subnets == self._last:
+    def _run(self) -> None:
+        try:
+            sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
+            )
+            sock.bind((0, _RTMGRP_LINK | _RTMGRP_NEIGH | _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE))
+        except OSError as exc:
+            log.warning("network changes not followed: cannot open route netlink: %s", exc)
             return
-        self._last = subnets
-        nets, broadcasts = subnets
-        log.info("connected subnets: %s", " ".join(nets) or "none")
-        apply: Callable[[], None] = lambda: self.places.set_connected(nets, broadcasts)  # noqa: E731
-        if self._thread is None:
-            apply()
-        else:
-            loop.call_soon_threadsafe(apply)
+        last: NetworkState | None = None
+        try:
+            with sock, IPRoute() as ipr:
+                sock.settimeout(1.0)  # to see `close` within a second
+                changed = True
+                while not self._stop.is_set():
+                    if changed:
+                        last = self._read(ipr, last)
+                    changed = self._wait(sock)
+        except Exception:  # profiles then stay as they are; the firewall goes on
+            log.exception("network changes no longer followed")
 
-    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _read(self, ipr: IPRoute, last: NetworkState | None) -> NetworkState | None:
         try:
-            events = IPRoute()
-            events.bind(groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
-        except Exception:
-            log.exception("cannot follow address changes: to=lan keeps the subnets seen at start")
-            return
+            state = read_network(ipr)
+        except Exception as exc:  # a netlink error: the next change reads again
+            log.warning("cannot read the network state: %s", exc)
+            return last
+        self.reads += 1
+        if state != last:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(self._on_change, state)
+        return state
+
+    def _wait(self, sock: socket.socket) -> bool:
+        """Whether something changed: waits up to a second for a message, then lets a burst
+        settle and drains it."""
         try:
-            waited = 0.0
-            while not self._stop.is_set():
-                ready, _, _ = select.select([events], [], [], _WAKE)
-                waited += _WAKE
-                if ready:
-                    events.get()  # drain; the dump says what is now
-                if ready or waited >= _RESCAN:
-                    waited = 0.0
-                    try:
-                        self._set(loop, _dump())
-                    except Exception:
-                        log.exception("cannot read the machine's addresses")
+            sock.recv(65536)
+        except TimeoutError:
+            return False
+        except OSError:  # ENOBUFS: changes were lost; read the state again
+            return True
+        time.sleep(_SETTLE)
+        sock.setblocking(False)
+        try:
+            for _ in range(_DRAIN_MAX):
+                sock.recv(65536)
+        except OSError:  # BlockingIOError: drained (or ENOBUFS: read anyway)
+            pass
         finally:
-            events.close()
+            sock.settimeout(1.0)
+        return True
+
+
+_NM = "org.freedesktop.NetworkManager"
+
+
+async def _nm_property(bus: MessageBus, path: str, interface: str, name: str) -> object:
+    reply = await bus.call(
+        Message(
+            destination=_NM,
+            path=path,
+            interface="org.freedesktop.DBus.Properties",
+            member="Get",
+            signature="ss",
+            body=[interface, name],
+        )
+    )
+    if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+        raise LookupError(f"{interface}.{name}: {reply.error_name if reply else 'no reply'}")
+    return reply.body[0].value
+
+
+async def wifi_ssid(bus: MessageBus) -> str | None:
+    """The SSID of NetworkManager's primary connection when it is Wi-Fi; None otherwise, and
+    when NetworkManager does not run or does not say."""
+    try:
+        primary = str(await _nm_property(bus, "/org/freedesktop/NetworkManager", _NM,
+                                         "PrimaryConnection"))  # fmt: skip
+        if primary in ("", "/"):
+            return None
+        active = f"{_NM}.Connection.Active"
+        if await _nm_property(bus, primary, active, "Type") != "802-11-wireless":
+            return None
+        ap = str(await _nm_property(bus, primary, active, "SpecificObject"))
+        ssid = await _nm_property(bus, ap, f"{_NM}.AccessPoint", "Ssid")
+    except (LookupError, ValueError, TypeError, AttributeError, OSError, EOFError):
+        return None  # OSError, EOFError: the bus connection went away
+    if not isinstance(ssid, bytes | bytearray | list):
+        return None
+    return bytes(ssid).decode("utf-8", errors="replace") or None

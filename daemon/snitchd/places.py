@@ -36,7 +36,7 @@ IPAddress = IPv4Address | IPv6Address
 
 # The local network whatever the machine's addresses: RFC 1918, RFC 6598 (carrier-grade NAT),
 # link-local (RFC 3927, RFC 4291) and unique local IPv6 (RFC 4193). The subnets the machine is
-# connected to are added as they come and go (snitchd/netwatch.py).
+# connected to are added as they come and go (snitchd/subnets.py).
 LAN_NETWORKS = (
     "10.0.0.0/8",
     "172.16.0.0/12",

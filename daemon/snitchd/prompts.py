@@ -499,6 +499,18 @@ class Broker:
         if notify and prompt.agent is not None and self.transport is not None:
             self.transport.send_cancel(prompt.agent, prompt, verdict.reason)
 
+    def settle_open(self, verdict_for: Callable[[Prompt], Verdict | None]) -> int:
+        """End every open prompt that `verdict_for` decides (None: leave it open) with that
+        verdict now, telling its agent: a mode change settles the flows it holds at once
+        (issue 17). Returns how many were settled."""
+        settled = 0
+        for prompt in list(self.open.values()):
+            verdict = verdict_for(prompt)
+            if verdict is not None:
+                self._finish(prompt, verdict)
+                settled += 1
+        return settled
+
     def release_all(self, reason: str) -> None:
         """At shutdown: every held packet gets the default verdict. Agents are not told: the
         daemon's bus name vanishing says it for every prompt at once."""

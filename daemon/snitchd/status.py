@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from snitch_common import __version__
+from snitch_common.modes import Mode
 from snitchd.firewall import Firewall
 from snitchd.queue import kernel_stats
 
@@ -76,6 +77,18 @@ class Status:
     retries: int = 0  # new flows counted as retries of a blocked attempt (attempts)
     attempts_remembered: int = 0
     routing: tuple[str, ...] = ()  # which agent gets whose prompts, in order (the API fills it)
+    # Issue 17: the mode in force (`mode_until` 0: no time limit; `mode_previous` comes back
+    # then), the active profile ("" for none), the proposals kept and those left out (no room),
+    # and the flows no rule covered that each mode decided since start.
+    mode: str = "ask"
+    mode_until: float = 0.0
+    mode_previous: str = ""
+    profile: str = ""
+    proposals: int = 0
+    proposals_left_out: int = 0
+    decided_silent_allow: int = 0
+    decided_silent_deny: int = 0
+    decided_learn: int = 0
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -127,4 +140,13 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         flows_cut=c.cut,
         retries=c.retries,
         attempts_remembered=len(fw.attempts),
+        mode=fw.modes.state.mode.value,
+        mode_until=fw.modes.state.until or 0.0,
+        mode_previous=fw.modes.state.previous.value if fw.modes.state.previous else "",
+        profile=fw.profile or "",
+        proposals=len(fw.modes.book),
+        proposals_left_out=fw.modes.book.left_out,
+        decided_silent_allow=fw.modes.decided[Mode.SILENT_ALLOW],
+        decided_silent_deny=fw.modes.decided[Mode.SILENT_DENY],
+        decided_learn=fw.modes.decided[Mode.LEARN],
     )

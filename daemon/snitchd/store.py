@@ -16,6 +16,7 @@ gap that `changed_outside` reports.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -28,10 +29,13 @@ from typing import Any
 
 import sqlite_utils
 
-from snitch_common.errors import RuleError, RuleNotFound, StoreError
+from snitch_common.errors import RuleError, RuleNotFound, SnitchError, StoreError
+from snitch_common.modes import Mode, ModeState
 from snitch_common.records import Flow, Process
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.attempts import RowRef
+from snitchd.profiles import Profile, parse_match
+from snitchd.proposals import Proposal
 from snitchd.queries import MINUTES_KEPT, LogQuery, read_connections, read_top
 
 __all__ = [
@@ -66,6 +70,8 @@ class Decision:
     rule_id: int | None
     reason: str
     host: str | None = None
+    mode: str | None = None  # the mode in force when it was decided (issue 17)
+    profile: str | None = None  # the profile in force, None for none
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +237,25 @@ def _migrate_7(db: sqlite_utils.Database) -> None:
     db.table("connections").add_column("retries", int, not_null_default=0)
 
 
+def _migrate_8(db: sqlite_utils.Database) -> None:
+    """Modes and profiles (issue 17): the settings snitchd keeps across restarts (the mode in
+    force with its time limit, the active profile), the proposals `learn` mode makes (apart
+    from the rules: only accepting one makes a rule), the profiles, and in each log row the
+    mode and profile in force when it was decided."""
+    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE proposals (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE, "
+        "uid INTEGER, count INTEGER NOT NULL, first_seen FLOAT, last_seen FLOAT)"
+    )
+    db.execute(
+        "CREATE TABLE profiles (name TEXT PRIMARY KEY, mode TEXT, networks TEXT NOT NULL "
+        "DEFAULT '[]', created FLOAT)"
+    )
+    conns = db.table("connections")
+    conns.add_column("mode", str)
+    conns.add_column("profile", str)
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
@@ -240,6 +265,7 @@ _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_5,
     _migrate_6,
     _migrate_7,
+    _migrate_8,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -742,6 +768,131 @@ class Store:
         with self._lock, self._errors("read"):
             return _count(self.db.conn)
 
+    # -- modes, proposals, profiles (issue 17): written from worker threads -------------------
+
+    def setting(self, key: str) -> str | None:
+        with self._lock, self._errors("read"):
+            row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_settings(self, values: tuple[tuple[str, str | None], ...]) -> None:
+        """Set (or, for None, remove) settings, in one transaction."""
+        with self._rule_write() as conn:
+            for key, value in values:
+                if value is None:
+                    conn.execute("DELETE FROM settings WHERE key = ?", [key])
+                else:
+                    conn.execute(
+                        "INSERT INTO settings (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [key, value],
+                    )
+
+    def load_mode(self) -> ModeState | None:
+        """The mode stored by the last `save_mode`; None if none was, or it does not read
+        (a newer snitch, a hand edit: the caller starts in its default mode and says so)."""
+        text = self.setting("mode")
+        if text is None:
+            return None
+        try:
+            d = json.loads(text)
+            until = d.get("until")
+            previous = d.get("previous")
+            return ModeState(
+                Mode(d["mode"]),
+                float(d.get("since", 0.0)),
+                str(d.get("by", "")),
+                None if until is None else float(until),
+                None if previous is None else Mode(previous),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(
+                f"cannot read the stored mode of {self.path}: {text!r}: {exc} (set it again: "
+                "snitchctl mode ask)"
+            ) from None
+
+    def save_mode(self, state: ModeState, profile: str | None = None) -> None:
+        """The mode in force (and the active profile, when given), so a restart keeps them."""
+        d = {
+            "mode": state.mode.value,
+            "since": state.since,
+            "by": state.by,
+            "until": state.until,
+            "previous": state.previous.value if state.previous is not None else None,
+        }
+        values: tuple[tuple[str, str | None], ...] = (("mode", json.dumps(d)),)
+        if profile is not None:
+            values += (("profile", profile or None),)
+        self.set_settings(values)
+
+    def load_proposals(self) -> tuple[list[Proposal], int]:
+        """The stored proposals, and the next id to give (never one given before). A row that
+        no longer parses is left out and said: a proposal is only a suggestion."""
+        out: list[Proposal] = []
+        with self._lock, self._errors("read"):
+            rows = self.db.execute(
+                "SELECT id, text, uid, count, first_seen, last_seen FROM proposals ORDER BY id"
+            ).fetchall()
+            row = self.db.execute("SELECT value FROM settings WHERE key = 'proposal_next'")
+            found = row.fetchone()
+        next_id = int(found[0]) if found is not None and str(found[0]).isdigit() else 1
+        for pid, text, uid, count, first, last in rows:
+            try:
+                out.append(Proposal(pid, parse_rule(text), uid, count, first or 0.0, last or 0.0))
+            except Exception as exc:
+                log.warning("stored proposal left out id=%s: %r: %s", pid, text, exc)
+            next_id = max(next_id, int(pid) + 1)
+        return out, next_id
+
+    def write_proposals(self, changed: list[Proposal], removed: list[int], next_id: int) -> None:
+        """Proposals made or counted since the last write, those accepted or rejected, and
+        the next id, in one transaction."""
+        with self._rule_write() as conn:
+            conn.executemany(
+                "INSERT INTO proposals (id, text, uid, count, first_seen, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "count = excluded.count, last_seen = excluded.last_seen",
+                [(p.id, str(p.rule), p.uid, p.count, p.first_seen, p.last_seen) for p in changed],
+            )
+            conn.executemany("DELETE FROM proposals WHERE id = ?", [(i,) for i in removed])
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES ('proposal_next', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [str(next_id)],
+            )
+
+    def load_profiles(self) -> list[Profile]:
+        """The profiles by name. One that no longer reads is left out and said (its rules
+        then hold nowhere until it is made again)."""
+        with self._lock, self._errors("read"):
+            rows = self.db.execute(
+                "SELECT name, mode, networks, created FROM profiles ORDER BY name"
+            ).fetchall()
+        out = []
+        for name, mode, networks, created in rows:
+            try:
+                matches = tuple(parse_match(str(m)) for m in json.loads(networks))
+                out.append(Profile(name, Mode(mode) if mode else None, matches, created or 0.0))
+            except (ValueError, TypeError, SnitchError) as exc:
+                log.warning("stored profile left out name=%s: %s", name, exc)
+        return out
+
+    def save_profile(self, profile: Profile) -> None:
+        with self._rule_write() as conn:
+            conn.execute(
+                "INSERT INTO profiles (name, mode, networks, created) VALUES (?, ?, ?, ?)",
+                [
+                    profile.name,
+                    profile.mode.value if profile.mode is not None else None,
+                    json.dumps([str(m) for m in profile.networks]),
+                    profile.created,
+                ],
+            )
+
+    def delete_profile(self, name: str) -> None:
+        with self._rule_write() as conn:
+            conn.execute("DELETE FROM profiles WHERE name = ?", [name])
+
 
 _RULE_COLUMNS = "id, text, created, last_hit, hits, origin, note, disabled"
 _LOG_COLUMNS = (
@@ -761,6 +912,8 @@ _LOG_COLUMNS = (
     "rule_id",
     "reason",
     "source",
+    "mode",
+    "profile",
 )
 _LOG_INSERT = (
     f"INSERT INTO connections ({', '.join(_LOG_COLUMNS)}) "
@@ -899,7 +1052,7 @@ def log_row(d: Decision) -> tuple[object, ...]:
         d.time, d.proc.pid, d.proc.exe, d.proc.uid, d.proc.attribution.value,
         d.flow.proto.value, str(d.flow.src), d.flow.sport, str(d.flow.dst), d.flow.dport,
         d.flow.iface, d.host, d.action.value, d.rule_id, d.reason,
-        d.proc.source.value if d.proc.source is not None else None,
+        d.proc.source.value if d.proc.source is not None else None, d.mode, d.profile,
     )  # fmt: skip
 
 

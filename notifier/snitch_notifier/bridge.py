@@ -115,6 +115,7 @@ class AgentBridge(QObject):
     rule_changed = Signal(str, object)  # what ("add", "edit", "enable", "disable"), RuleRow
     log_listed = Signal(object)  # list[LogRow]
     failed = Signal(str, str)  # request ("connect", "answer", "rules", …), message people read
+    mode_changed = Signal(object)  # dict: mode, describe, until, previous, may_switch (issue 17)
 
     def __init__(
         self,
@@ -184,6 +185,21 @@ class AgentBridge(QObject):
 
     def recent_log(self, limit: int = 200) -> None:
         self._submit("log", self._recent_log(limit))
+
+    def get_mode(self) -> None:
+        self._submit("mode", self._get_mode())
+
+    def set_mode(self, mode: str, seconds: float | None = None) -> None:
+        """Switch the machine's mode (admins only: otherwise `failed` says why)."""
+        self._submit("mode", self._set_mode(mode, seconds))
+
+    async def _get_mode(self) -> None:
+        self.mode_changed.emit(await self._need_client().get_mode())
+
+    async def _set_mode(self, mode: str, seconds: float | None) -> None:
+        state = await self._need_client().set_mode(mode, seconds)
+        log.info("mode set mode=%s seconds=%s", mode, seconds)
+        self.mode_changed.emit(state | {"may_switch": True})
 
     def _submit(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
         loop = self._loop
@@ -311,6 +327,11 @@ class AgentBridge(QObject):
         service = AgentService(
             self.prompt_arrived.emit, self.prompt_cancelled.emit, self.alert_arrived.emit
         )
+        try:
+            # Every later change of mode, whoever makes it (a signal to everyone).
+            await client.watch_mode(self.mode_changed.emit)
+        except SnitchError as exc:
+            log.warning("mode changes will not be shown: %s", exc.message)
         listener = Listener(
             registered=self.registered.emit,
             failed=lambda message: self.failed.emit("register", message),

@@ -12,8 +12,11 @@ manager), the waiting list is shown instead as a small window that stays: the sa
 state, the list, and buttons for the rules, the recent connections and quitting (the buttons
 are there with a tray too). It waits `TRAY_GRACE` seconds first: a panel may start after us.
 
-Pause (silent mode) is in the menu but disabled, with a tooltip that says why: snitchd has no
-call for it yet, and a switch that does nothing would lie about what the firewall does.
+Pause is snitchd's `silent-allow` mode with a time limit (issue 17): "for 15 minutes", "for 1
+hour" or "until I resume"; Resume returns to the mode from before. Only an admin may switch
+modes, so for anyone else the entries are greyed with the reason as tooltip; the submenu's
+first line shows the mode in force, kept current by snitchd's ModeChanged signal. The tooltip
+counts waiting prompts, so a hidden popup is never forgotten.
 """
 
 from __future__ import annotations
@@ -34,10 +37,21 @@ from snitch_notifier.popup import PromptWindow
 from snitch_notifier.shields import Shield
 from snitch_notifier.waiting import WaitingWindow
 
-__all__ = ["PAUSE_UNSUPPORTED", "TRAY_GRACE", "Tray", "quit_now"]
+__all__ = ["PAUSES", "PAUSE_NOT_ADMIN", "PAUSE_UNKNOWN", "TRAY_GRACE", "Tray", "quit_now"]
 
-PAUSE_UNSUPPORTED = "snitchd cannot pause prompting yet: every new connection is still asked"
 TRAY_GRACE = 10  # seconds a notifier without a tray waits for one before showing its window
+
+PAUSE_NOT_ADMIN = (
+    "only an admin (root or the admin group) may pause snitch: it pauses prompts for the "
+    "whole machine"
+)
+PAUSE_UNKNOWN = "snitchd has not said yet whether you may pause it"
+# The tray's pauses: label and seconds (None: until resumed); all are `silent-allow`.
+PAUSES: tuple[tuple[str, float | None], ...] = (
+    ("Pause for &15 minutes", 900.0),
+    ("Pause for 1 &hour", 3600.0),
+    ("Pause &until I resume", None),
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +94,8 @@ class Tray(QObject):
         self.show_prompt = self.menu.addAction("Show &prompt", self.show_window)
         self.show_waiting = self.menu.addAction("&Waiting prompts…", self.open_waiting)
         self.menu.addSeparator()
-        self.pause = QAction("Pa&use prompts", self.menu)
-        self.pause.setEnabled(False)
-        self.pause.setToolTip(PAUSE_UNSUPPORTED)
-        self.menu.addAction(self.pause)
+        self.bridge = bridge
+        self._add_pause_menu()
         self.menu.addAction("&Rules…", lambda: self._open(self.rules))
         self.menu.addAction("Recent &connections…", lambda: self._open(self.connections))
         self.menu.addSeparator()
@@ -184,6 +196,59 @@ class Tray(QObject):
     def _failed(self, what: str, message: str) -> None:
         if what in ("connect", "register"):
             self._not_connected(message)
+        elif what == "mode":
+            self.show_alert({"message": f"cannot switch mode: {message}"})
+
+    def _add_pause_menu(self) -> None:
+        """Pause: snitchd's `silent-allow` mode for a while; the first line is the mode."""
+        self.pause_menu = QMenu("Pa&use prompts", self.menu)
+        self.pause_menu.setToolTipsVisible(True)
+        self.mode_line = self.pause_menu.addAction("mode: unknown")
+        self.mode_line.setEnabled(False)
+        self.pause_menu.addSeparator()
+        self.pauses: list[QAction] = []
+        for label, seconds in PAUSES:
+            action = self.pause_menu.addAction(label)
+            action.triggered.connect(lambda _=False, s=seconds: self._pause(s))
+            self.pauses.append(action)
+        self.resume = self.pause_menu.addAction("&Resume", self._resume)
+        self.pause = self.menu.addMenu(self.pause_menu)
+        self.pause.setToolTip(PAUSE_UNKNOWN)
+        self.mode: dict[str, object] = {}
+        self.may_switch = False
+        self._before_pause = "ask"  # the mode Resume returns to after an unlimited pause
+        self.bridge.mode_changed.connect(self.show_mode, _QUEUED)
+        self.bridge.registered.connect(lambda _uid: self.bridge.get_mode(), _QUEUED)
+        self.show_mode({})
+
+    def show_mode(self, state: dict[str, object]) -> None:
+        """A mode from GetMode, SetMode or the ModeChanged signal (which does not say whether
+        this user may switch: the last answer that did stands)."""
+        if state:
+            self.mode = state
+            self.may_switch = bool(state.get("may_switch", self.may_switch))
+        mode = str(self.mode.get("mode", ""))
+        self.mode_line.setText(f"mode: {self.mode.get('describe', mode) or 'unknown'}")
+        for action in self.pauses:
+            action.setEnabled(self.may_switch)
+            action.setToolTip("" if self.may_switch else PAUSE_NOT_ADMIN)
+        self.resume.setEnabled(self.may_switch and mode == "silent-allow")
+        if not self.mode:
+            self.pause.setToolTip(PAUSE_UNKNOWN)
+        else:
+            self.pause.setToolTip("" if self.may_switch else PAUSE_NOT_ADMIN)
+
+    def _pause(self, seconds: float | None) -> None:
+        mode = str(self.mode.get("mode", "ask"))
+        if self.mode.get("until"):  # a pause during a time limit: snitchd keeps the mode before
+            mode = str(self.mode.get("previous", "ask"))
+        if mode != "silent-allow":
+            self._before_pause = mode
+        self.bridge.set_mode("silent-allow", seconds)
+
+    def _resume(self) -> None:
+        back = self.mode.get("previous") if self.mode.get("until") else self._before_pause
+        self.bridge.set_mode(str(back or "ask"))
 
     def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
         if reason is QSystemTrayIcon.ActivationReason.Trigger:

@@ -1,21 +1,26 @@
-"""The tray menu: the way back to the popup, rules, recent connections, and an honest pause."""
+"""The tray menu: the way back to the popup, rules, recent connections, and pause."""
 
 from __future__ import annotations
 
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.shields import Shield
-from snitch_notifier.tray import PAUSE_UNSUPPORTED, Tray
+from snitch_notifier.tray import PAUSE_NOT_ADMIN, PAUSE_UNKNOWN, Tray
 
 
 def _actions(tray: Tray) -> dict[str, object]:
     return {a.text(): a for a in tray.menu.actions() if a.text()}
 
 
-def test_pause_is_shown_disabled_and_says_why(popup) -> None:
-    """snitchd has no pause yet: the entry is there, greyed, with the reason as tooltip."""
-    tray = Tray(AgentBridge(), popup.window)
-    actions = _actions(tray)
-    assert list(actions) == [
+def _pauses(tray: Tray) -> dict[str, object]:
+    return {a.text(): a for a in tray.pause_menu.actions() if a.text()}
+
+
+def test_pause_entries_are_greyed_until_snitchd_says_this_user_may_switch(popup, qtbot) -> None:
+    """Pausing is a machine-wide mode switch, an admin's: greyed with the reason until
+    GetMode says yes; the submenu's first line shows the mode in force."""
+    bridge = AgentBridge()
+    tray = Tray(bridge, popup.window)
+    assert list(_actions(tray)) == [
         "Show &prompt",
         "&Waiting prompts…",
         "Pa&use prompts",
@@ -23,9 +28,39 @@ def test_pause_is_shown_disabled_and_says_why(popup) -> None:
         "Recent &connections…",
         "&Quit",
     ]
-    pause = actions["Pa&use prompts"]
-    assert not pause.isEnabled() and pause.toolTip() == PAUSE_UNSUPPORTED
-    assert tray.menu.toolTipsVisible()
+    pauses = _pauses(tray)
+    assert list(pauses) == [
+        "mode: unknown",
+        "Pause for &15 minutes",
+        "Pause for 1 &hour",
+        "Pause &until I resume",
+        "&Resume",
+    ]
+    assert not any(a.isEnabled() for a in pauses.values())
+    assert tray.pause.toolTip() == PAUSE_UNKNOWN and tray.menu.toolTipsVisible()
+    bridge.mode_changed.emit({"mode": "ask", "describe": "ask", "may_switch": False})
+    qtbot.waitUntil(lambda: tray.mode_line.text() == "mode: ask", timeout=2000)
+    assert pauses["Pause for &15 minutes"].toolTip() == PAUSE_NOT_ADMIN
+    assert not pauses["Pause for &15 minutes"].isEnabled()
+    bridge.mode_changed.emit({"mode": "ask", "describe": "ask", "may_switch": True})
+    qtbot.waitUntil(pauses["Pause for &15 minutes"].isEnabled, timeout=2000)
+    assert not pauses["&Resume"].isEnabled()  # nothing to resume from
+    # A ModeChanged signal (no may_switch in it) keeps what GetMode said.
+    paused = {"mode": "silent-allow", "describe": "silent-allow for 15m more, then ask",
+              "until": 1.0, "previous": "ask"}  # fmt: skip
+    bridge.mode_changed.emit(paused)
+    qtbot.waitUntil(pauses["&Resume"].isEnabled, timeout=2000)
+    assert tray.mode_line.text() == "mode: silent-allow for 15m more, then ask"
+
+
+def test_a_pause_that_cannot_reach_snitchd_says_so(popup, qtbot) -> None:
+    bridge = AgentBridge()  # never started: not on any bus
+    tray = Tray(bridge, popup.window)
+    bridge.mode_changed.emit({"mode": "ask", "describe": "ask", "may_switch": True})
+    qtbot.waitUntil(_pauses(tray)["Pause for 1 &hour"].isEnabled, timeout=2000)
+    _pauses(tray)["Pause for 1 &hour"].trigger()
+    qtbot.waitUntil(lambda: tray.last_alert != "", timeout=2000)
+    assert tray.last_alert.startswith("cannot switch mode: the notifier is not connected")
 
 
 def test_the_tooltip_counts_waiting_prompts(popup, prompt_factory) -> None:

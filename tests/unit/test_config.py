@@ -74,6 +74,8 @@ def test_every_key_can_be_set() -> None:
         "prompt_hold_max": 900,
         "rules_dir": "/etc/snitch-test/rules.d",
         "retry_window": 3,
+        "max_proposals": 4,
+        "follow_network": False,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}

@@ -22,7 +22,10 @@ ROW = (NOW, 1, "/usr/bin/curl", 1000, "process", "tcp", "192.0.2.1", 40000, "192
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "snitch.db")
     s.log_rows(
-        [(*ROW, port, "veth0", None, "allow", None, "default", "bpf") for port in range(1, 26)]
+        [
+            (*ROW, port, "veth0", None, "allow", None, "default", "bpf", "ask", None)
+            for port in range(1, 26)
+        ]
     )
     yield s
     s.close()
@@ -94,7 +97,8 @@ async def test_an_app_is_found_by_its_name_or_its_path(store: Store, reader: Rea
     """`log --app curl` found nothing: it needed the full path (issue 20). A name matches every
     app of that name, and only the whole last part of the path."""
     store.log_rows([(NOW, 2, "/opt/mycurl", 1000, "process", "tcp", "192.0.2.1", 40001,
-                     "192.0.2.2", 80, "veth0", None, "allow", None, "default", "bpf")])  # fmt: skip
+                     "192.0.2.2", 80, "veth0", None, "allow", None, "default", "bpf", "ask",
+                     None)])  # fmt: skip
 
     async def count(app: str) -> int:
         query = LogQuery(exe=app, limit=1000)

@@ -28,8 +28,8 @@ from snitch_common.errors import ListError, RuleError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import parse_rule
 from snitchd.decide import RuleSet, Verdict, decide, specificity
-from snitchd.netwatch import subnets_of
 from snitchd.places import DomainSet, ListInfo, LoadedList, NetworkSet, Places
+from snitchd.subnets import subnets_of
 
 HOSTS = """\
 # StevenBlack style

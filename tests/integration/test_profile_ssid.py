@@ -1,0 +1,140 @@
+"""A profile that names a Wi-Fi SSID (issue 17), against a NetworkManager on the lab's bus.
+
+The NetworkManager here is a fake below the bus line: it serves the three properties snitchd
+reads (the primary connection, its type and access point, the SSID) and says when its primary
+connection changes, as NetworkManager does; snitchd, its D-Bus calls and its switching are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import pytest
+from dbus_fast import BusType, Message, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property
+
+from conftest import Lab
+
+NM = "org.freedesktop.NetworkManager"
+ACTIVE = "/org/freedesktop/NetworkManager/ActiveConnection/1"
+AP = "/org/freedesktop/NetworkManager/AccessPoint/1"
+POLICY = f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><policy user="root"><allow own="{NM}"/><allow send_destination="{NM}"/></policy>
+</busconfig>
+"""
+
+
+class Manager(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__(NM)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def PrimaryConnection(self) -> DBusObjectPath:
+        return ACTIVE
+
+
+class ActiveConnection(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__(f"{NM}.Connection.Active")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Type(self) -> DBusStr:
+        return "802-11-wireless"
+
+    @dbus_property(access=PropertyAccess.READ)
+    def SpecificObject(self) -> DBusObjectPath:
+        return AP
+
+
+class AccessPoint(ServiceInterface):
+    def __init__(self, ssid: str) -> None:
+        super().__init__(f"{NM}.AccessPoint")
+        self.ssid = ssid
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Ssid(self) -> Annotated[bytes, DBusSignature("ay")]:
+        return self.ssid.encode()
+
+
+@pytest.fixture
+def running(lab: Lab) -> Lab:
+    lab.expect_log(
+        r"WARNING snitchd\.firewall: alert mode-changed: ",
+        r"WARNING snitchd\.firewall: alert profile-changed: ",
+    )
+    lab.start_daemon()
+    return lab
+
+
+@pytest.fixture
+async def wifi(
+    running: Lab, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[MessageBus, AccessPoint]]:
+    """NetworkManager on the lab's bus, connected to the Wi-Fi "Café Wi-Fi"."""
+    assert running.bus is not None
+    (running.bus.dir / "policy" / "nm.conf").write_text(POLICY)
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        reload = Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="ReloadConfig",
+        )
+        await bus.call(reload)
+        ap = AccessPoint("Café Wi-Fi")
+        bus.export("/org/freedesktop/NetworkManager", Manager())
+        bus.export(ACTIVE, ActiveConnection())
+        bus.export(AP, ap)
+        await bus.request_name(NM)
+        yield bus, ap
+    finally:
+        bus.disconnect()
+
+
+async def wait_for_profile(lab: Lab, name: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    report: dict[str, Any] = lab.ctl_json("profile", "list")
+    while report["active"] != name and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        report = lab.ctl_json("profile", "list")
+    return report
+
+
+async def test_the_wifi_ssid_picks_the_profile_over_the_interface(
+    running: Lab, wifi: tuple[MessageBus, AccessPoint]
+) -> None:
+    lab = running
+    _, ap = wifi
+    lab.ctl_json("profile", "create", "cafe", "--ssid", "Café Wi-Fi", "--mode", "silent-deny")
+    lab.ctl_json("profile", "create", "lan", "--iface", "veth0")
+    lab.ns(lab.client, "ip", "route", "add", "default", "via", "192.0.2.2")
+    report = await wait_for_profile(lab, "cafe")
+    assert report["active"] == "cafe" and report["network"]["ssid"] == "Café Wi-Fi"
+    assert lab.ctl_json("mode")["mode"] == "silent-deny"
+    # The laptop joins another Wi-Fi: NetworkManager says its primary connection changed.
+    ap.ssid = "Elsewhere"
+    manager_bus, _ = wifi
+    manager_bus.send(
+        Message.new_signal(
+            "/org/freedesktop/NetworkManager",
+            "org.freedesktop.DBus.Properties",
+            "PropertiesChanged",
+            "sa{sv}as",
+            [NM, {"PrimaryConnection": Variant("o", ACTIVE)}, []],
+        )
+    )
+    report = await wait_for_profile(lab, "lan")
+    assert report["active"] == "lan" and report["network"]["ssid"] == "Elsewhere"
+    assert (
+        "alert profile-changed: profile cafe active (was (none)), network: Wi-Fi 'Café Wi-Fi'"
+        in lab.log_text()
+    )
