@@ -87,6 +87,8 @@ class Counters:
     by_default: int = 0
     repeats: int = 0  # packets of a flow already logged with the same verdict: no new row
     unmarked: int = 0  # verdicts the kernel could not keep: those flows come back to the queue
+    # Decided flows by how their owner was found (Source values), for the metrics (issue 20).
+    attributed: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
 
@@ -538,6 +540,9 @@ class Firewall:
             self.counters.rejected += 1
         if verdict.rule_id is None:
             self.counters.by_default += 1
+        if proc.source is not None:
+            key = proc.source.value
+            self.counters.attributed[key] = self.counters.attributed.get(key, 0) + 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "verdict %s %s from %s: %s", action.value, flow, proc.describe(), verdict.reason
