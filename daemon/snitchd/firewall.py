@@ -41,6 +41,7 @@ from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, Explanation, RuleSet, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
+from snitchd.journal import Event, journal_fields
 from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
@@ -504,7 +505,10 @@ class Firewall:
 
     def alert(self, alert: Alert) -> None:
         """To the journal, and to the agents of the user concerned (admins for the system)."""
-        log.warning("alert %s: %s", alert.kind, alert.message)
+        log.warning(
+            "alert %s: %s", alert.kind, alert.message,
+            extra=journal_fields(Event.ALERT, kind=alert.kind, exe=alert.exe, uid=alert.uid),
+        )  # fmt: skip
         self.broker.alert(alert)
 
     def apply(
@@ -545,8 +549,12 @@ class Firewall:
             self.counters.attributed[key] = self.counters.attributed.get(key, 0) + 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "verdict %s %s from %s: %s", action.value, flow, proc.describe(), verdict.reason
-            )
+                "verdict %s %s from %s: %s", action.value, flow, proc.describe(), verdict.reason,
+                extra=journal_fields(
+                    Event.DECISION, exe=proc.exe, dst=str(flow), verdict=action.value,
+                    rule_id=verdict.rule_id, uid=proc.uid,
+                ),
+            )  # fmt: skip
 
     def _log(
         self, verdict: Verdict, flow: Flow, proc: Process, now: float, host: str | None
@@ -610,7 +618,10 @@ class Firewall:
             async with self._changing:
                 record = await asyncio.to_thread(self.store.add_rule, rule, self.clock(), origin)
                 self._hold(record)
-            log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
+            log.info(
+                "rule added id=%d origin=%s: %s", record.id, origin, record.rule,
+                extra=journal_fields(Event.RULE_ADDED, rule_id=record.id, exe=record.rule.exe),
+            )  # fmt: skip
             return record
 
         return await self._finish(change())
@@ -623,7 +634,10 @@ class Firewall:
             async with self._changing:
                 record = await asyncio.to_thread(self.store.delete_rule, rule_id)
                 self._release(rule_id)
-            log.info("rule deleted id=%d origin=%s: %s", rule_id, origin, record.rule)
+            log.info(
+                "rule deleted id=%d origin=%s: %s", rule_id, origin, record.rule,
+                extra=journal_fields(Event.RULE_DELETED, rule_id=rule_id, exe=record.rule.exe),
+            )  # fmt: skip
             return record
 
         return await self._finish(change())

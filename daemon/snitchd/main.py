@@ -29,6 +29,7 @@ from snitchd.config import DEFAULT_PATH, Config, FailMode, PinAnswers, load_conf
 from snitchd.connmark import ConnMarks
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall, quotas_of
+from snitchd.journal import Event, journal_fields, setup_logging
 from snitchd.logwriter.parent import Recorder
 from snitchd.netfilter import Backend, NetSpec, select_backend
 from snitchd.procs import start_attributor
@@ -36,7 +37,7 @@ from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.store import Store
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("snitchd")
 
@@ -133,6 +134,7 @@ class _Daemon:
                 config.default_action.value,
                 len(firewall.rules),
                 store.path,
+                extra=journal_fields(Event.START),
             )
             async with asyncio.TaskGroup() as tasks:
                 background = [
@@ -156,7 +158,7 @@ class _Daemon:
             attributor.close()
             marks.close()
             store.close()
-            log.info("snitchd stopped")
+            log.info("snitchd stopped", extra=journal_fields(Event.STOP))
 
     def _remove_rules(self, installed: bool) -> None:
         if not installed:
@@ -197,6 +199,7 @@ class _Daemon:
                 "config reloaded default_action=%s fail_mode=%s",
                 new.default_action.value,
                 new.fail_mode.value,
+                extra=journal_fields(Event.CONFIG),
             )
         _notify("READY=1")
 
@@ -234,6 +237,11 @@ class _Daemon:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """snitchd's command line (also read by its man page, snitchd.manpage)."""
     parser = argparse.ArgumentParser(
         prog="snitchd",
         description="snitch daemon: holds each new outbound flow until a rule or a person decides.",
@@ -244,7 +252,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
     parser.add_argument("--debug", action="store_true", help="log every decision")
     parser.add_argument("--version", action="version", version=f"snitchd {__version__}")
-    return parser.parse_args(argv)
+    return parser
 
 
 # How long a worker thread (queries, attribution, hashing) may hold the GIL before the packet
@@ -254,11 +262,7 @@ SWITCH_INTERVAL = 0.0005
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(logging.INFO)  # the journal's native protocol under systemd (journal.py)
     try:
         if os.geteuid() != 0 and not args.check_config:
             raise SnitchError(
