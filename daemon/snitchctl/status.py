@@ -166,6 +166,8 @@ def summary(s: dict[str, Any], paint: Painter) -> str:
 
 
 def verbose_counters(s: dict[str, Any]) -> str:
+    """Every field as `key: value`, one a line, as `status` printed them before the summary
+    (scripts that grep `^running: True` keep working with --verbose)."""
     shown = dict(s)
     shown["started"] = local_time(s["started"])
-    return "\n".join(f"  {k}: {v}" for k, v in sorted(shown.items()))
+    return "\n".join(f"{k}: {v}" for k, v in sorted(shown.items()))
