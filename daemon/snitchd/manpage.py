@@ -54,7 +54,7 @@ def snitchd_page() -> Page:
     )
     files = _items(
         (
-            (DEFAULT_PATH, "the config (TOML)"),
+            (str(DEFAULT_PATH), "the config (TOML)"),
             ("/var/lib/snitch/snitch.db", "rules and the connection log (SQLite)"),
             ("/run/snitch/metrics.prom", "the metrics, when metrics_file names it"),
         ),
