@@ -54,8 +54,6 @@ _METRICS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
     ("snitch_dns_queries_total", "counter", "DNS queries seen leaving", (("", "dns_queries"),)),
     ("snitch_rules", "gauge", "rules in force", (("", "rules"),)),
     ("snitch_agents", "gauge", "agents registered", (("", "agents"),)),
-    ("snitch_agents_refused_total", "counter", "agent registrations refused",
-     (("", "agents_refused"),)),
     ("snitch_names_bytes", "gauge", "the name cache's estimated size", (("", "names_bytes"),)),
     ("snitch_log_rows_written_total", "counter", "connection log rows written",
      (("", "log_rows_written"),)),

@@ -134,6 +134,11 @@ class Config:
     attribution: AttributionPath = AttributionPath.BPF
     bpf_cgroup: str = ""
 
+    # Prometheus text for node_exporter's textfile collector, rewritten every
+    # `metrics_interval` seconds; "" (the default) writes none (snitchd/metricsfile.py).
+    metrics_file: str = ""
+    metrics_interval: float = 15.0
+
 
 _RANGES: dict[str, tuple[float, float]] = {
     "queue": (0, 65535),
@@ -150,6 +155,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "attribution_timeout": (0.05, 60),
     "max_hash_bytes": (0, 1 << 50),
     "hash_wait": (0, 60),
+    "metrics_interval": (1, 3600),
 }
 
 
@@ -212,6 +218,13 @@ def _check(key: str, value: Any, source: str) -> Any:
             raise ConfigError(
                 f"{source}: bpf_cgroup = {value!r}: expected an absolute path to a cgroup v2 "
                 'directory, or "" for the cgroup v2 root'
+            )
+        return value
+    if key == "metrics_file":
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            raise ConfigError(
+                f"{source}: metrics_file = {value!r}: expected an absolute path such as "
+                '"/run/snitch/metrics.prom", or "" for none'
             )
         return value
     if not isinstance(value, str) or not value:

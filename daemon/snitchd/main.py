@@ -31,10 +31,12 @@ from snitchd.events import EventLog
 from snitchd.firewall import Firewall, quotas_of
 from snitchd.journal import Event, journal_fields, setup_logging
 from snitchd.logwriter.parent import Recorder
+from snitchd.metricsfile import run_metrics_file
 from snitchd.netfilter import Backend, NetSpec, select_backend
 from snitchd.procs import start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
+from snitchd.status import status_of
 from snitchd.store import Store
 
 __all__ = ["build_parser", "main"]
@@ -143,6 +145,14 @@ class _Daemon:
                     tasks.create_task(self._watchdog(), name="watchdog"),
                     tasks.create_task(firewall.dns.resolvers.follow(), name="dns-resolvers"),
                 ]
+                if config.metrics_file:
+                    backend_name = self.backend.name
+                    metrics = run_metrics_file(
+                        config.metrics_file,
+                        config.metrics_interval,
+                        lambda: status_of(firewall, backend_name),
+                    )
+                    background.append(tasks.create_task(metrics, name="metrics-file"))
                 await self.stop.wait()
                 for task in background:
                     task.cancel()
@@ -181,7 +191,15 @@ class _Daemon:
             new = load_config(self.config_path)
             fixed = [
                 k
-                for k in ("queue", "database", "interpreters", "attribution", "bpf_cgroup")
+                for k in (
+                    "queue",
+                    "database",
+                    "interpreters",
+                    "attribution",
+                    "bpf_cgroup",
+                    "metrics_file",
+                    "metrics_interval",
+                )
                 if getattr(new, k) != getattr(self.config, k)
             ]
             if fixed:

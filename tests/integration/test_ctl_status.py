@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -71,13 +72,44 @@ def test_status_summary_and_metrics_match(running: Lab) -> None:
         for family in text_string_to_metric_families(done.stdout)
         for s in family.samples
     }
-    # Counters only grow: status came first, so metrics are at least as large; with no new
-    # traffic in between they are equal.
+    after = running.ctl_json("status")
+    # Counters only grow: each metric lies between the status before and the status after (a
+    # late SYN retransmit may count in between); with no traffic they are all equal.
+    for metric, labels, key in (
+        ("snitch_flows_total", (("verdict", "allow"),), "accepted"),
+        ("snitch_flows_total", (("verdict", "deny"),), "dropped"),
+        ("snitch_attributions_total", (("path", "sock_diag"),), "attributed_sock_diag"),
+        ("snitch_flows_seen_total", (), "seen"),
+    ):
+        assert 1 <= status[key] <= got[(metric, labels)] <= after[key], key
+    assert got[("snitch_rules", ())] == status["rules"] == 1
+
+
+def test_metrics_file_matches_status_and_goes_with_a_clean_stop(lab: Lab) -> None:
+    """The textfile collector's file: written by snitchd off the packet loop, parsed by
+    prometheus_client, its counters those of `status --json`; removed on a clean stop."""
+    path = lab.tmp / "metrics.prom"
+    lab.start_daemon(metrics_file=str(path), metrics_interval=1)
+    lab.add_rule("allow port=80")
+    assert lab.py("tcp", "192.0.2.2", 80) == "connected"
+    assert lab.py("tcp", "192.0.2.2", 9000, "--timeout", "1") == "timeout"
+    deadline = time.monotonic() + 30
+    got: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    while True:  # the file is rewritten every second; a late SYN retransmit may still count
+        status = lab.ctl_json("status")
+        if path.exists():
+            got = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(path.read_text())
+                for s in family.samples
+            }
+            if got.get(("snitch_flows_total", (("verdict", "deny"),))) == status["dropped"]:
+                break
+        assert time.monotonic() < deadline, (got, status)
+        time.sleep(0.3)
     assert got[("snitch_flows_total", (("verdict", "allow"),))] == status["accepted"] >= 1
     assert got[("snitch_flows_total", (("verdict", "deny"),))] == status["dropped"] >= 1
-    assert got[("snitch_rules", ())] == status["rules"] == 1
-    assert (
-        got[("snitch_attributions_total", (("path", "sock_diag"),))]
-        == status["attributed_sock_diag"]
-        >= 2
-    )
+    assert got[("snitch_rules", ())] == 1 and got[("snitch_up", ())] == 1
+    assert path.stat().st_mode & 0o777 == 0o644
+    lab.stop_daemon()
+    assert not path.exists()

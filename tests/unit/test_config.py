@@ -70,6 +70,8 @@ def test_every_key_can_be_set() -> None:
         "pin_answers": "user-writable",
         "attribution": "proc",
         "bpf_cgroup": "/sys/fs/cgroup/snitch-test",
+        "metrics_file": "/run/snitch/metrics.prom",
+        "metrics_interval": 5,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}

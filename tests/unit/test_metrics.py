@@ -61,3 +61,32 @@ def test_every_metric_reads_a_key_the_status_record_has() -> None:
     families = {f.name for f in text_string_to_metric_families(render_metrics(full))}
     wanted = {name.removesuffix("_total") for name, *_ in _METRICS}
     assert families == wanted
+
+
+def test_the_metrics_file_is_replaced_whole_and_readable_by_the_collector(tmp_path) -> None:
+    """snitchd runs with UMask=0077; node_exporter runs as its own user and must read it."""
+    import os  # noqa: PLC0415
+
+    from snitchd.metricsfile import write_atomic  # noqa: PLC0415
+
+    path = tmp_path / "metrics.prom"
+    old = os.umask(0o077)
+    try:
+        write_atomic(str(path), "snitch_rules 1\n")
+        write_atomic(str(path), "snitch_rules 2\n")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "snitch_rules 2\n"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.prom"], "a temp file was left"
+
+
+def test_metrics_file_must_be_absolute_or_empty() -> None:
+    import pytest  # noqa: PLC0415
+
+    from snitch_common.errors import ConfigError  # noqa: PLC0415
+    from snitchd.config import parse_config  # noqa: PLC0415
+
+    assert parse_config({"metrics_file": ""}).metrics_file == ""
+    with pytest.raises(ConfigError, match="metrics_file"):
+        parse_config({"metrics_file": "metrics.prom"})
