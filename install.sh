@@ -57,6 +57,9 @@ FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
 /etc/xdg/autostart/snitch-notifier.desktop
 /usr/local/share/man/man1/snitchctl.1
 /usr/local/share/man/man8/snitchd.8
+/usr/local/share/man/man1/snitch-notifier.1
+/usr/local/share/man/man5/snitchd.toml.5
+/usr/local/share/man/man5/snitch-rules.5
 /usr/share/bash-completion/completions/snitchctl
 /usr/share/zsh/vendor-completions/_snitchctl
 /usr/share/fish/vendor_completions.d/snitchctl.fish
@@ -141,10 +144,13 @@ install_files() {
 # never drift from --help), and the journal's message catalog (issue 20).
 install_docs() {
     py="$ROOT$PREFIX/venv/bin/python"
-    man1="$ROOT/usr/local/share/man/man1" man8="$ROOT/usr/local/share/man/man8"
-    "$py" -m snitchctl.manpages "$man1" >/dev/null
-    "$py" -m snitchd.manpage "$man8" >/dev/null
-    chmod 0644 "$man1/snitchctl.1" "$man8/snitchd.8"
+    man="$ROOT/usr/local/share/man"
+    "$py" -m snitchctl.manpages "$man/man1" >/dev/null
+    "$py" -m snitch_notifier.manpage "$man/man1" >/dev/null
+    "$py" -m snitchd.manpage "$man/man8" --man5 "$man/man5" \
+        --config "$HERE/systemd/snitchd.toml" --rules "$HERE/docs/rules.md" >/dev/null
+    chmod 0644 "$man/man1/snitchctl.1" "$man/man1/snitch-notifier.1" "$man/man8/snitchd.8" \
+        "$man/man5/snitchd.toml.5" "$man/man5/snitch-rules.5"
     reg="$ROOT$PREFIX/venv/bin/register-python-argcomplete"
     bash_dir="$ROOT/usr/share/bash-completion/completions"
     zsh_dir="$ROOT/usr/share/zsh/vendor-completions"
@@ -158,7 +164,7 @@ install_docs() {
     if command -v journalctl >/dev/null; then
         journalctl --root="${ROOT:-/}" --update-catalog 2>/dev/null || true
     fi
-    say "man pages (man snitchctl, man 8 snitchd) and completion (bash, zsh, fish) installed"
+    say "man pages (snitchctl, snitch-notifier, snitchd, snitchd.toml, snitch-rules) and completion (bash, zsh, fish) installed"
 }
 
 ensure_system_bus() {

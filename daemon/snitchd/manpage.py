@@ -6,15 +6,16 @@ are written here, next to the code that defines them (`journal.MESSAGE_IDS`).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-from snitch_common.manpage import Page, write_page
+from snitch_common.manpage import Page, config_to_roff, markdown_to_roff, text_page, write_page
 from snitchd.config import DEFAULT_PATH
 from snitchd.journal import Event
 from snitchd.main import build_parser
 
-__all__ = ["snitchd_page"]
+__all__ = ["config_page", "main", "rules_page", "snitchd_page"]
 
 
 def _items(pairs: tuple[tuple[str, str], ...], style: str = ".B") -> str:
@@ -80,5 +81,58 @@ def snitchd_page() -> Page:
     )
 
 
+def config_page(shipped: str) -> str:
+    """snitchd.toml(5) from the shipped, commented config (systemd/snitchd.toml)."""
+    intro = (
+        "snitchd reads /etc/snitch/snitchd.toml (TOML) at start and on SIGHUP (\\fBsystemctl "
+        "reload snitchd\\fR). Every key is optional; an unknown key or a bad value stops "
+        "snitchd (or refuses the reload) with an error naming the key. Check a file with "
+        "\\fBsnitchd \\-\\-config PATH \\-\\-check\\-config\\fR. The keys, as the "
+        "installed file shows them with their defaults:"
+    )
+    return text_page(
+        "snitchd.toml",
+        5,
+        "configuration of the snitch firewall daemon",
+        (
+            ("description", intro),
+            ("options", config_to_roff(shipped)),
+            ("see also", ".BR snitchd (8),\n.BR snitch\\-rules (5)"),
+        ),
+    )
+
+
+def rules_page(doc: str) -> str:
+    """snitch-rules(5) from docs/rules.md: the grammar, precedence, examples."""
+    return text_page(
+        "snitch-rules",
+        5,
+        "the rule language of the snitch firewall",
+        (
+            ("description", markdown_to_roff(doc)),
+            ("see also", ".BR snitchctl (1),\n.BR snitchd (8)"),
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m snitchd.manpage", description="write snitchd's man pages"
+    )
+    parser.add_argument("man8", type=Path, help="directory for snitchd.8")
+    parser.add_argument("--man5", type=Path, help="directory for snitchd.toml.5, snitch-rules.5")
+    parser.add_argument("--config", type=Path, help="the shipped config (systemd/snitchd.toml)")
+    parser.add_argument("--rules", type=Path, help="the rule language's doc (docs/rules.md)")
+    args = parser.parse_args(argv)
+    print(write_page(snitchd_page(), args.man8))
+    if args.man5:
+        args.man5.mkdir(parents=True, exist_ok=True)
+        if args.config:
+            (args.man5 / "snitchd.toml.5").write_text(config_page(args.config.read_text()))
+        if args.rules:
+            (args.man5 / "snitch-rules.5").write_text(rules_page(args.rules.read_text()))
+    return 0
+
+
 if __name__ == "__main__":
-    print(write_page(snitchd_page(), Path(sys.argv[1] if len(sys.argv) > 1 else ".")))
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """snitchd's journal entries as a real journald stores them (issue 20): a private
 systemd-journald (namespace "snitchtest", in a mount namespace of its own with tmpfs on
-/run/systemd, /run/log and /var/log/journal, so the machine's journal is never touched), entries sent by
-snitchd's own handler, read back with `journalctl --directory` and field matches."""
+/run/systemd, /run/log and /var/log/journal, so the machine's journal is never touched),
+entries sent by snitchd's own handler, read back with `journalctl --directory` and field matches."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ SCRIPT = textwrap.dedent(
     dir=""
     i=0
     while [ $i -lt 100 ]; do
-        dir=$(find /run/log/journal /var/log/journal -mindepth 1 -maxdepth 1 -type d -name '*.snitchtest' \\
-            2>/dev/null || true)
+        dir=$(find /run/log/journal /var/log/journal -mindepth 1 -maxdepth 1 -type d \\
+            -name '*.snitchtest' 2>/dev/null || true)
         if [ -n "$dir" ] && [ "$(journalctl --directory "$dir" -q -a -o json 2>/dev/null \\
             | grep -c -e SNITCH_ -e big)" -ge 4 ]; then break; fi
         sleep 0.1; i=$((i+1))

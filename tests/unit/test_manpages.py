@@ -7,12 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from snitchctl.examples import EXAMPLES, subcommands
 from snitchctl.main import build_parser
+from snitchd.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_MAN = pytest.mark.skipif(shutil.which("man") is None, reason="man-db is not installed")
 
 
 def render(page: Path) -> str:
@@ -28,8 +33,15 @@ def render(page: Path) -> str:
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("man")
-    for module in ("snitchctl.manpages", "snitchd.manpage"):
-        subprocess.run([sys.executable, "-m", module, str(out)], check=True, timeout=60)
+    # As install.sh runs them.
+    for argv in (
+        ["snitchctl.manpages", str(out)],
+        ["snitch_notifier.manpage", str(out)],
+        ["snitchd.manpage", str(out), "--man5", str(out),
+         "--config", str(ROOT / "systemd" / "snitchd.toml"),
+         "--rules", str(ROOT / "docs" / "rules.md")],
+    ):  # fmt: skip
+        subprocess.run([sys.executable, "-m", *argv], check=True, timeout=60)
     return out
 
 
@@ -51,3 +63,22 @@ def test_snitchd_8_has_its_options_signals_and_journal_fields(pages: Path) -> No
     assert text.startswith("SNITCHD(8)")
     for word in ("--check-config", "SIGHUP", "SNITCH_EVENT", "metrics_file", "EXIT STATUS"):
         assert word in text, word
+
+
+@NO_MAN
+def test_snitchd_toml_5_documents_every_config_key(pages: Path) -> None:
+    """Made from the shipped, commented config: a key added to Config but not to that file
+    (so neither documented nor shown with its default) fails here."""
+    text = render(pages / "snitchd.toml.5")
+    assert text.startswith("SNITCHD.TOML(5)")
+    for field in fields(Config):
+        assert f"{field.name} = " in text, f"{field.name} is not in systemd/snitchd.toml"
+
+
+@NO_MAN
+def test_snitch_rules_5_and_snitch_notifier_1_render(pages: Path) -> None:
+    rules = render(pages / "snitch-rules.5")
+    assert "PRECEDENCE, IN ONE SENTENCE" in rules and 'ACTION   = "allow"' in rules
+    assert "**" not in rules and "`" not in rules
+    notifier = render(pages / "snitch-notifier.1")
+    assert notifier.startswith("SNITCH-NOTIFIER(1)") and "--notifications" in notifier
