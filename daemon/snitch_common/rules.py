@@ -16,7 +16,6 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from snitch_common.errors import RuleError
@@ -284,17 +283,6 @@ def _parse_float(key: str, value: str) -> float:
     return number
 
 
-def _parse_local_time(value: str) -> float:
-    """`until=2026-11-26T14:05`, local time, as snitchctl prints it (so list-rules pastes)."""
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise RuleError(
-            f"invalid until {value!r}: not a time (use seconds since the epoch or "
-            "YYYY-MM-DDTHH:MM, local time)"
-        ) from None
-
-
 def parse_rule(text: str) -> Rule:
     """Parse the text form; every error names the word that is wrong."""
     words = _split(text)
@@ -366,8 +354,6 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         fields["iface"] = sys.intern(value)
     elif key == "for":
         fields["lifetime"], fields["minutes"] = parse_duration(value)
-    elif key == "until" and "T" in value:
-        fields[key] = _parse_local_time(value)
     elif key in ("until", "start"):
         fields[key] = _parse_float(key, value)
     elif key == "pid":

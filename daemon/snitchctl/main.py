@@ -28,7 +28,7 @@ from snitch_common.metrics import render_metrics
 from snitch_common.rules import parse_duration, parse_rule
 from snitchctl.colour import Colour, painter_for
 from snitchctl.completion import enable_completion
-from snitchctl.dates import local_time, localise_rule_text
+from snitchctl.dates import delocalise_rule_text, local_time, localise_rule_text
 from snitchctl.examples import EXIT_CODES, add_examples
 from snitchctl.status import offline_status, summary, verbose_counters
 from snitchctl.termagent import run_agent
@@ -147,7 +147,8 @@ def _rule_text_from_flags(args: argparse.Namespace) -> str:
         # One quoted argument is the text as list-rules prints it; several are its words, as
         # a shell split them (`add-rule allow port=443` said "unrecognized arguments").
         words: list[str] = args.text
-        return str(parse_rule(words[0] if len(words) == 1 else shlex.join(words)))
+        text = words[0] if len(words) == 1 else shlex.join(words)
+        return str(parse_rule(delocalise_rule_text(text)))
     if not args.action:
         raise RuleError("add-rule needs --action allow|deny|reject (or the rule's text)")
     if not args.exe and not args.any_app:

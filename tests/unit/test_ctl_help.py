@@ -13,9 +13,9 @@ import pytest
 
 from snitch_common.rules import parse_rule
 from snitchctl.colour import painter_for
-from snitchctl.dates import localise_rule_text
+from snitchctl.dates import delocalise_rule_text, localise_rule_text
 from snitchctl.examples import EXAMPLES, subcommands
-from snitchctl.main import build_parser
+from snitchctl.main import _rule_text_from_flags, build_parser
 from snitchctl.status import QueueRule, describe_offline, summary
 
 
@@ -36,6 +36,10 @@ def test_each_example_parses(example: str) -> None:
     build_parser().parse_args(argv[1:])
 
 
+def rule_of(*argv: str) -> str:
+    return _rule_text_from_flags(build_parser().parse_args(["add-rule", *argv]))
+
+
 def test_top_level_help_lists_exit_codes_and_examples() -> None:
     text = build_parser().format_help()
     assert "3  snitchd unreachable" in text
@@ -47,7 +51,9 @@ def test_until_is_shown_in_local_time_and_pastes_back() -> None:
     text = f"allow app=/usr/bin/curl for=60m until={until!r}"
     shown = localise_rule_text(text)
     assert shown == "allow app=/usr/bin/curl for=60m until=2026-11-26T14:05"
-    assert parse_rule(shown) == parse_rule(text)
+    assert parse_rule(delocalise_rule_text(shown)) == parse_rule(text)
+    # and through add-rule's words, as a person pastes it
+    assert rule_of(*shown.split()) == str(parse_rule(text))
 
 
 def test_colour_only_on_a_terminal_and_never_with_no_color() -> None:
