@@ -77,8 +77,9 @@ uninstall() {
         systemctl --root="${ROOT:-/}" --global disable snitch-notifier.service 2>/dev/null || true
     fi
     for f in $FILES $OLD_ACTIVATION; do rm -f "$ROOT$f"; done
-    if command -v journalctl >/dev/null; then
-        journalctl --root="${ROOT:-/}" --update-catalog 2>/dev/null || true
+    # The catalog's index is the machine's (/var/lib/systemd/catalog): not made when staging.
+    if [ -z "$ROOT" ] && command -v journalctl >/dev/null; then
+        journalctl --update-catalog 2>/dev/null || true
     fi
     rm -rf "$ROOT$PREFIX"
     if [ "$PURGE" = 1 ]; then
@@ -161,8 +162,9 @@ install_docs() {
     "$reg" --shell fish snitchctl > "$fish_dir/snitchctl.fish"
     chmod 0644 "$bash_dir/snitchctl" "$zsh_dir/_snitchctl" "$fish_dir/snitchctl.fish"
     install -D -m 0644 "$HERE/systemd/snitch.catalog" "$ROOT/usr/lib/systemd/catalog/snitch.catalog"
-    if command -v journalctl >/dev/null; then
-        journalctl --root="${ROOT:-/}" --update-catalog 2>/dev/null || true
+    # The catalog's index is the machine's (/var/lib/systemd/catalog): not made when staging.
+    if [ -z "$ROOT" ] && command -v journalctl >/dev/null; then
+        journalctl --update-catalog 2>/dev/null || true
     fi
     say "man pages (snitchctl, snitch-notifier, snitchd, snitchd.toml, snitch-rules) and completion (bash, zsh, fish) installed"
 }
