@@ -17,7 +17,7 @@ START=1 UNINSTALL=0 PURGE=0 DEPS_ONLY=0 APT=1
 PREFIX=/opt/snitch
 
 APT_PACKAGES="python3 python3-venv python3-dev gcc libnetfilter-queue-dev iptables nftables
-conntrack dbus iproute2 curl ca-certificates procps
+conntrack dbus iproute2 curl ca-certificates procps bash-completion man-db
 clang libbpf-dev libbpf1
 libglib2.0-0 libegl1 libgl1 libfontconfig1 libxkbcommon0 libxkbcommon-x11-0 libx11-xcb1
 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0
@@ -60,7 +60,16 @@ FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
 /etc/systemd/user/snitch-notifier.service
 /etc/xdg/autostart/snitch-notifier.desktop
 /usr/local/share/applications/snitch.desktop
-/usr/local/share/icons/hicolor/scalable/apps/snitch.svg"
+/usr/local/share/icons/hicolor/scalable/apps/snitch.svg
+/usr/local/share/man/man1/snitchctl.1
+/usr/local/share/man/man8/snitchd.8
+/usr/local/share/man/man1/snitch-notifier.1
+/usr/local/share/man/man5/snitchd.toml.5
+/usr/local/share/man/man5/snitch-rules.5
+/usr/share/bash-completion/completions/snitchctl
+/usr/share/zsh/vendor-completions/_snitchctl
+/usr/share/fish/vendor_completions.d/snitchctl.fish
+/usr/lib/systemd/catalog/snitch.catalog"
 
 OLD_ACTIVATION=/usr/share/dbus-1/system-services/org.snitch.Firewall1.service
 
@@ -74,6 +83,10 @@ uninstall() {
         systemctl --root="${ROOT:-/}" --global disable snitch-notifier.service 2>/dev/null || true
     fi
     for f in $FILES $OLD_ACTIVATION; do rm -f "$ROOT$f"; done
+    # The catalog's index is the machine's (/var/lib/systemd/catalog): not made when staging.
+    if [ -z "$ROOT" ] && command -v journalctl >/dev/null; then
+        journalctl --update-catalog 2>/dev/null || true
+    fi
     rm -rf "$ROOT$PREFIX"
     if [ "$PURGE" = 1 ]; then
         rm -rf "$ROOT/etc/snitch" "$ROOT/var/lib/snitch"
@@ -132,6 +145,7 @@ install_files() {
         install -D -m 0644 "$HERE/systemd/snitchd.toml" "$ROOT/etc/snitch/snitchd.toml"
     fi
     mkdir -p -m 0700 "$ROOT/var/lib/snitch"
+    install_docs
     # The connect-time recorder (cgroup BPF, issue 14), compiled once here by clang; snitchd
     # builds it at start if it is missing, and falls back to sock_diag + /proc if it cannot.
     if "$ROOT$PREFIX/venv/bin/python" -m snitchd.procs.bpf build "$ROOT/var/lib/snitch" >/dev/null; then
@@ -140,6 +154,34 @@ install_files() {
         say "BPF recorder not built: snitchd will attribute flows with sock_diag and /proc"
     fi
     say "installed: snitchd, snitchctl and snitch-notifier in /usr/local/bin"
+}
+
+# Man pages and shell completion, made here from the installed programs' own parsers (so they
+# never drift from --help), and the journal's message catalog (issue 20).
+install_docs() {
+    py="$ROOT$PREFIX/venv/bin/python"
+    man="$ROOT/usr/local/share/man"
+    "$py" -m snitchctl.manpages "$man/man1" >/dev/null
+    "$py" -m snitch_notifier.manpage "$man/man1" >/dev/null
+    "$py" -m snitchd.manpage "$man/man8" --man5 "$man/man5" \
+        --config "$HERE/systemd/snitchd.toml" --rules "$HERE/docs/rules.md" >/dev/null
+    chmod 0644 "$man/man1/snitchctl.1" "$man/man1/snitch-notifier.1" "$man/man8/snitchd.8" \
+        "$man/man5/snitchd.toml.5" "$man/man5/snitch-rules.5"
+    reg="$ROOT$PREFIX/venv/bin/register-python-argcomplete"
+    bash_dir="$ROOT/usr/share/bash-completion/completions"
+    zsh_dir="$ROOT/usr/share/zsh/vendor-completions"
+    fish_dir="$ROOT/usr/share/fish/vendor_completions.d"
+    mkdir -p "$bash_dir" "$zsh_dir" "$fish_dir"
+    "$reg" --shell bash snitchctl > "$bash_dir/snitchctl"
+    "$reg" --shell zsh snitchctl > "$zsh_dir/_snitchctl"
+    "$reg" --shell fish snitchctl > "$fish_dir/snitchctl.fish"
+    chmod 0644 "$bash_dir/snitchctl" "$zsh_dir/_snitchctl" "$fish_dir/snitchctl.fish"
+    install -D -m 0644 "$HERE/systemd/snitch.catalog" "$ROOT/usr/lib/systemd/catalog/snitch.catalog"
+    # The catalog's index is the machine's (/var/lib/systemd/catalog): not made when staging.
+    if [ -z "$ROOT" ] && command -v journalctl >/dev/null; then
+        journalctl --update-catalog 2>/dev/null || true
+    fi
+    say "man pages (snitchctl, snitch-notifier, snitchd, snitchd.toml, snitch-rules) and completion (bash, zsh, fish) installed"
 }
 
 ensure_system_bus() {

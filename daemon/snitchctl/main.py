@@ -24,21 +24,31 @@ from dbus_fast import Variant
 
 from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
-from snitch_common.errors import ModeError, ProfileError, RuleError, SnitchError
+from snitch_common.errors import DaemonUnreachable, ModeError, ProfileError, RuleError, SnitchError
+from snitch_common.metrics import render_metrics
 from snitch_common.modes import parse_for, parse_mode
 from snitch_common.rulefile import format_rule_line, read_rules
 from snitch_common.rules import parse_duration, parse_rule
+from snitchctl.colour import Colour, painter_for
+from snitchctl.completion import enable_completion
+from snitchctl.dates import delocalise_rule_text, local_time, localise_rule_text
+from snitchctl.examples import EXIT_CODES, add_examples
 from snitchctl.lists import add_lists_parser, run_lists
+from snitchctl.status import offline_status, summary, verbose_counters
 from snitchctl.termagent import run_agent
 
-__all__ = ["main", "rule_warnings"]
+__all__ = ["build_parser", "main", "rule_warnings"]
 
-EPILOG = """exit codes: 0 ok, 1 failed or answered "no", 2 usage, 3 snitchd unreachable,
-4 not authorized"""
+EPILOG = EXIT_CODES
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snitchctl", description="Control snitchd.", epilog=EPILOG)
+    p = argparse.ArgumentParser(
+        prog="snitchctl",
+        description="Control snitchd, the per-application outbound firewall: its rules, its "
+        "connection log, its prompts and its state.",
+        epilog=EPILOG,
+    )
     p.add_argument("--json", action="store_true", help="print JSON (stable keys)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -101,7 +111,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="full screen, live rates per app (keys: s sort, / filter, enter hosts, q quit)",
     )
     sub.add_parser("monitor", help="live: every decision as it happens (--json: JSON lines)")
-    sub.add_parser("status", help="is snitchd running, and what is it doing")
+    st = sub.add_parser(
+        "status",
+        help="is snitchd running, and what is it doing",
+        description="Is snitchd running, and what is it doing: a short summary, or every "
+        "counter with --verbose (--json always has them all). When snitchd does not answer, "
+        "say what the kernel does meanwhile with new connections (fail open or closed), from "
+        "the installed config and, as root, the kernel's rules; the exit status is then 3.",
+    )
+    st.add_argument("-v", "--verbose", action="store_true", help="every counter as well")
+    st.add_argument("--config", metavar="PATH", help="snitchd's config, read when snitchd is down")
+    sub.add_parser(
+        "metrics",
+        help="snitchd's counters in Prometheus text format",
+        description="Print snitchd's counters and gauges in the Prometheus text exposition "
+        "format: the same text snitchd writes to metrics_file for node_exporter's textfile "
+        "collector when that is set.",
+    )
     agent = sub.add_parser(
         "agent", help="answer prompts in this terminal (for SSH and headless use)"
     )
@@ -122,7 +148,14 @@ def _build_parser() -> argparse.ArgumentParser:
     add_lists_parser(sub)
     _add_rule_commands(sub)
     _add_mode_parsers(sub)
+    add_examples(p)
     return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, examples included; also read by the man page and the shell
+    completion (snitchctl.manpages, snitchctl.completion)."""
+    return _build_parser()
 
 
 def _add_explain(sub: Any) -> None:
@@ -246,7 +279,8 @@ def _rule_text(args: argparse.Namespace) -> str:
         # One quoted argument is the text as list-rules prints it; several are its words, as
         # a shell split them (`add-rule allow port=443` said "unrecognized arguments").
         words: list[str] = args.text
-        return _with_extras(words[0] if len(words) == 1 else shlex.join(words), args)
+        text = words[0] if len(words) == 1 else shlex.join(words)
+        return _with_extras(delocalise_rule_text(text), args)
     if not args.action:
         raise RuleError("add-rule needs --action allow|deny|reject (or the rule's text)")
     if not args.exe and not args.any_app:
@@ -317,6 +351,7 @@ async def _run(args: argparse.Namespace) -> int:
             "explain": lambda: _explain(client, args),
             "log": lambda: _log(client, args),
             "status": lambda: _status(client, args),
+            "metrics": lambda: _metrics(client),
             "top": lambda: _top(client, args),
             "monitor": lambda: _monitor(client, args),
             "agent": lambda: run_agent(client, take_over=args.take_over),
@@ -339,7 +374,13 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _list_rules(client: Client, args: argparse.Namespace) -> int:
     rules = await client.list_rules()
-    _out(args, rules, lambda: "\n".join(f"{r['id']}: {r['text']}" for r in rules) or "(no rules)")
+    paint = painter_for(sys.stdout)
+
+    def line(r: dict[str, Any]) -> str:
+        action, _, rest = localise_rule_text(str(r["text"])).partition(" ")
+        return f"{r['id']}: {paint.verdict(action)} {rest}".rstrip()
+
+    _out(args, rules, lambda: "\n".join(line(r) for r in rules) or "(no rules)")
     if not args.json:
         for r in rules:  # to stderr: what is printed on stdout still pastes into add-rule
             for warning in rule_warnings(str(r["text"])):
@@ -373,7 +414,7 @@ async def _add_rule(client: Client, args: argparse.Namespace, text: str) -> int:
         record = await client.add_rule(text)
 
     def shown() -> str:
-        line = f"{record['id']}: {record['text']}"
+        line = f"{record['id']}: {localise_rule_text(record['text'])}"
         return f"{line}  (exists already: not added twice)" if record.get("existing") else line
 
     _out(args, record, shown)
@@ -382,7 +423,7 @@ async def _add_rule(client: Client, args: argparse.Namespace, text: str) -> int:
 
 async def _edit_rule(client: Client, args: argparse.Namespace, text: str) -> int:
     record = await client.edit_rule(args.id, text, args.note)
-    _out(args, record, lambda: f"{record['id']}: {record['text']}")
+    _out(args, record, lambda: f"{record['id']}: {localise_rule_text(record['text'])}")
     return 0
 
 
@@ -461,7 +502,7 @@ async def _import(client: Client, args: argparse.Namespace, text: str) -> int:
 
 async def _delete_rule(client: Client, args: argparse.Namespace) -> int:
     record = await client.delete_rule(args.id)
-    _out(args, record, lambda: f"deleted {record['id']}: {record['text']}")
+    _out(args, record, lambda: f"deleted {record['id']}: {localise_rule_text(record['text'])}")
     return 0
 
 
@@ -496,7 +537,7 @@ async def _explain(client: Client, args: argparse.Namespace) -> int:
         if result.get("note"):
             lines.append(f"note: {result['note']}")
         lines.append("matching rules, best first:" if matches else "matching rules: none")
-        lines += [f"  {rule_id}: {rule_text}" for rule_id, rule_text in matches]
+        lines += [f"  {rule_id}: {localise_rule_text(text)}" for rule_id, text in matches]
         lines.append(f"precedence: {result['precedence']}")
         return "\n".join(lines)
 
@@ -516,16 +557,18 @@ async def _log(client: Client, args: argparse.Namespace) -> int:
         query["since"] = Variant("d", _since(args.since))
     rows = await client.log(query)
 
+    paint = painter_for(sys.stdout)
+
     def text() -> str:
-        return "\n".join(_log_line(r) for r in rows) or "(no connections logged)"
+        return "\n".join(_log_line(r, paint.verdict) for r in rows) or "(no connections logged)"
 
     _out(args, rows, text)
     return 0
 
 
-def _log_line(r: dict[str, Any]) -> str:
-    """One decision as a person reads it: when, verdict, who, where, why."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+def _log_line(r: dict[str, Any], verdict: Callable[[str, int], str] | None = None) -> str:
+    """One decision as a person reads it: when (local time), verdict, who, where, why."""
+    when = local_time(r["time"])
     who = r.get("exe") or (f"uid {r['uid']}" if "uid" in r else "kernel")
     port = f":{r['dport']}" if r["proto"] in ("tcp", "udp") else ""
     where = f"{r['host']} ({r['dst']}{port})" if r.get("host") else f"{r['dst']}{port}"
@@ -535,8 +578,9 @@ def _log_line(r: dict[str, Any]) -> str:
         traffic = f" {_size(r['bytes_out'])} out, {_size(r['bytes_in'])} in"
     found = f", {r['source']}" if r.get("source") else ""  # how the owner was found
     retries = f" (retried {r['retries']}x)" if r.get("retries") else ""  # issue 15
+    action = verdict(r["action"], 6) if verdict else r["action"].ljust(6)
     return (
-        f"{when} {r['action']:<6} {who} (pid {r.get('pid', '-')}{found}) -> {r['proto']} {where} "
+        f"{when} {action} {who} (pid {r.get('pid', '-')}{found}) -> {r['proto']} {where} "
         f"[{why}]{traffic}{retries}"
     )
 
@@ -557,6 +601,7 @@ async def _top(client: Client, args: argparse.Namespace) -> int:
 
     def text() -> str:
         head = f"{'SENT':>10} {'RECEIVED':>10} {'CONNS':>6} {'BLOCKED':>7}  APP"
+        head = painter_for(sys.stdout)(head, Colour.BOLD)
         lines = [
             f"{_size(r['bytes_out']):>10} {_size(r['bytes_in']):>10} {r['connections']:>6} "
             f"{r['blocked']:>7}  {r['app']}"
@@ -569,8 +614,11 @@ async def _top(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _monitor(client: Client, args: argparse.Namespace) -> int:
+    paint = painter_for(sys.stdout)
+
     def show(row: dict[str, Any]) -> None:
-        print(json.dumps(row, sort_keys=True) if args.json else _log_line(row), flush=True)
+        line = json.dumps(row, sort_keys=True) if args.json else _log_line(row, paint.verdict)
+        print(line, flush=True)
 
     await client.monitor(show)
     if not args.json:
@@ -583,16 +631,20 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     status = await client.status()
 
     def text() -> str:
-        shown = dict(status)
-        shown["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
-        routing = shown.pop("routing", [])
-        if status.get("mode_until"):  # a time-limited mode (issue 17)
-            until = time.localtime(status["mode_until"])
-            shown["mode_until"] = time.strftime("%Y-%m-%d %H:%M:%S", until)
-        lines = [f"{k}: {v}" for k, v in sorted(shown.items())]
-        lines.append("routing:" + "".join(f"\n  {line}" for line in routing) if routing else
+        head = summary(status, painter_for(sys.stdout))
+        extra = []
+        if status.get("mode"):  # issue 17
+            line = f"mode: {status['mode']}"
+            if status.get("mode_until"):
+                line += f" until {local_time(status['mode_until'])}"
+            if status.get("profile"):
+                line += f"   profile: {status['profile']}"
+            extra.append(line)
+        routing = status.get("routing") or []
+        extra.append("routing:" + "".join(f"\n  {line}" for line in routing) if routing else
                      "routing: no agent of yours")  # fmt: skip
-        return "\n".join(lines)
+        head = "\n".join([head, *extra])
+        return f"{head}\ncounters:\n{verbose_counters(status)}" if args.verbose else head
 
     _out(args, status, text)
     return 0
@@ -696,6 +748,31 @@ def _profile_line(p: dict[str, Any]) -> str:
     return f"{'*' if p.get('active') else ' '} {p['name']}{mode}{nets}"
 
 
+def _status_offline(args: argparse.Namespace) -> int:
+    """snitchd does not answer: say so, and what the kernel does meanwhile. Exit 3."""
+    off = offline_status(args.config)
+    if args.json:
+        record = {
+            "running": False,
+            "fail_mode": off.fail_mode,
+            "config": off.config,
+            "queue_rule": off.queue_rule.value,
+            "filtered": off.filtered,
+            "meaning": off.meaning,
+        }
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        paint = painter_for(sys.stdout)
+        print(f"snitchd: {paint('not running', Colour.BAD)}: {off.meaning}")
+        print("start it with: systemctl start snitchd (or run: snitchd)")
+    return DaemonUnreachable.exit_status
+
+
+async def _metrics(client: Client) -> int:
+    print(render_metrics(await client.status()), end="")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     """The checks are snitchd's (it owns the schema): run in a process of their own, so that
     this CLI never loads SQLite or the daemon."""
@@ -707,7 +784,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = build_parser()
+    enable_completion(parser)  # only when the shell asks (_ARGCOMPLETE set): then it exits
+    args = parser.parse_args(argv)
     if args.command == "agent":
         # First thing: from here on no process of this user can trace it or change its memory,
         # which snitchd checks before it accepts this agent (snitchd/agents.py).
@@ -725,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     except SnitchError as exc:
         if args.debug:
             raise
+        if isinstance(exc, DaemonUnreachable) and args.command == "status":
+            return _status_offline(args)
         if args.json:
             err = {"error": {"code": exc.code, "message": exc.message}}
             print(json.dumps(err), file=sys.stderr)

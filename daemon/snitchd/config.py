@@ -151,6 +151,11 @@ class Config:
     max_proposals: int = 1000
     follow_network: bool = True
 
+    # Prometheus text for node_exporter's textfile collector, rewritten every
+    # `metrics_interval` seconds; "" (the default) writes none (snitchd/metricsfile.py).
+    metrics_file: str = ""
+    metrics_interval: float = 15.0
+
 
 _RANGES: dict[str, tuple[float, float]] = {
     "queue": (0, 65535),
@@ -170,6 +175,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "prompt_hold_max": (1, 86400),
     "retry_window": (0, 300),
     "max_proposals": (4, 100_000),
+    "metrics_interval": (1, 3600),
 }
 
 
@@ -232,6 +238,13 @@ def _check(key: str, value: Any, source: str) -> Any:
             raise ConfigError(
                 f"{source}: bpf_cgroup = {value!r}: expected an absolute path to a cgroup v2 "
                 'directory, or "" for the cgroup v2 root'
+            )
+        return value
+    if key == "metrics_file":
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            raise ConfigError(
+                f"{source}: metrics_file = {value!r}: expected an absolute path such as "
+                '"/run/snitch/metrics.prom", or "" for none'
             )
         return value
     if not isinstance(value, str) or not value:

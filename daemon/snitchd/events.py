@@ -74,6 +74,11 @@ class EventLog:
         self._failing = False  # said once in the journal, not at every retry
         self.last_error = ""  # why the log is not written now (snitchctl status), "" if it is
 
+    @property
+    def backlog(self) -> int:
+        """Rows waiting to be handed to the log writer (metrics: snitch_log_backlog)."""
+        return len(self._pending)
+
     def record(self, decision: Decision) -> None:
         self._pending.append(log_row(decision))
         if decision.rule_id is not None:

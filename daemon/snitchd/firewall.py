@@ -43,6 +43,7 @@ from snitchd.decide import Ask, RuleSet, StricterRules, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
 from snitchd.flowcut import CutResult, FlowCutter
+from snitchd.journal import Event, journal_fields
 from snitchd.lists import Lists
 from snitchd.modes import Modes
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK, verdict_mark
@@ -119,6 +120,8 @@ class Counters:
     retries: int = 0  # new flows that retried a blocked attempt: counted on its row (attempts)
     unmarked: int = 0  # verdicts the kernel could not keep: those flows come back to the queue
     cut: int = 0  # open flows cut because a rule added or enabled later denies them
+    # Decided flows by how their owner was found (Source values), for the metrics (issue 20).
+    attributed: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
 
@@ -632,7 +635,10 @@ class Firewall:
 
     def alert(self, alert: Alert) -> None:
         """To the journal, and to the agents of the user concerned (admins for the system)."""
-        log.warning("alert %s: %s", alert.kind, alert.message)
+        log.warning(
+            "alert %s: %s", alert.kind, alert.message,
+            extra=journal_fields(Event.ALERT, kind=alert.kind, exe=alert.exe, uid=alert.uid),
+        )  # fmt: skip
         self.broker.alert(alert)
 
     def apply(
@@ -668,10 +674,17 @@ class Firewall:
             self.counters.rejected += 1
         if verdict.rule_id is None:
             self.counters.by_default += 1
+        if proc.source is not None:
+            key = proc.source.value
+            self.counters.attributed[key] = self.counters.attributed.get(key, 0) + 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "verdict %s %s from %s: %s", action.value, flow, proc.describe(), verdict.reason
-            )
+                "verdict %s %s from %s: %s", action.value, flow, proc.describe(), verdict.reason,
+                extra=journal_fields(
+                    Event.DECISION, exe=proc.exe, dst=str(flow), verdict=action.value,
+                    rule_id=verdict.rule_id, uid=proc.uid,
+                ),
+            )  # fmt: skip
 
     def _log(
         self, verdict: Verdict, flow: Flow, proc: Process, now: float, host: str | None
@@ -777,7 +790,10 @@ class Firewall:
                 if added:
                     self._hold(record)
             if added:
-                log.info("rule added id=%d origin=%s: %s", record.id, origin, record.rule)
+                log.info(
+                    "rule added id=%d origin=%s: %s", record.id, origin, record.rule,
+                    extra=journal_fields(Event.RULE_ADDED, rule_id=record.id, exe=record.rule.exe),
+                )  # fmt: skip
                 self._cut_soon([record], origin)
             return record, added
 
@@ -791,7 +807,10 @@ class Firewall:
             async with self._changing:
                 record = await asyncio.to_thread(self.store.delete_rule, rule_id)
                 self._release(rule_id)
-            log.info("rule deleted id=%d origin=%s: %s", rule_id, origin, record.rule)
+            log.info(
+                "rule deleted id=%d origin=%s: %s", rule_id, origin, record.rule,
+                extra=journal_fields(Event.RULE_DELETED, rule_id=rule_id, exe=record.rule.exe),
+            )  # fmt: skip
             return record
 
         return await self._finish(change())

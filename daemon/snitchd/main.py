@@ -34,17 +34,20 @@ from snitchd.connmark import ConnMarks
 from snitchd.decide import set_local_time
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall, local_time, quotas_of
+from snitchd.journal import Event, journal_fields, setup_logging
 from snitchd.logwriter.parent import Recorder
+from snitchd.metricsfile import run_metrics_file
 from snitchd.netfilter import Backend, NetSpec, select_backend
 from snitchd.netwatch import NetWatch, wifi_ssid
 from snitchd.procs import Attributor, start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
+from snitchd.status import status_of
 from snitchd.store import Store
 from snitchd.subnets import SubnetWatch
 from snitchd.switching import Switcher
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("snitchd")
 
@@ -133,15 +136,10 @@ class _Daemon:
                 config.default_action.value,
                 len(firewall.rules),
                 store.path,
+                extra=journal_fields(Event.START),
             )
             async with asyncio.TaskGroup() as tasks:
-                background = [
-                    tasks.create_task(events.run(), name="event-log"),
-                    tasks.create_task(self._sweep(firewall), name="rule-sweeper"),
-                    tasks.create_task(self._watchdog(), name="watchdog"),
-                    tasks.create_task(firewall.dns.resolvers.follow(), name="dns-resolvers"),
-                    tasks.create_task(firewall.lists.follow(), name="lists"),
-                ]
+                background = self._background(tasks, firewall, events)
                 await self.stop.wait()
                 for task in background:
                     task.cancel()
@@ -160,7 +158,29 @@ class _Daemon:
             attributor.close()
             marks.close()
             store.close()
-            log.info("snitchd stopped")
+            log.info("snitchd stopped", extra=journal_fields(Event.STOP))
+
+    def _background(
+        self, tasks: asyncio.TaskGroup, firewall: Firewall, events: EventLog
+    ) -> list[asyncio.Task[None]]:
+        """What runs beside the packet loop until snitchd stops."""
+        config = self.config
+        background = [
+            tasks.create_task(events.run(), name="event-log"),
+            tasks.create_task(self._sweep(firewall), name="rule-sweeper"),
+            tasks.create_task(self._watchdog(), name="watchdog"),
+            tasks.create_task(firewall.dns.resolvers.follow(), name="dns-resolvers"),
+            tasks.create_task(firewall.lists.follow(), name="lists"),
+        ]
+        if config.metrics_file:
+            backend_name = self.backend.name
+            metrics = run_metrics_file(
+                config.metrics_file,
+                config.metrics_interval,
+                lambda: status_of(firewall, backend_name),
+            )
+            background.append(tasks.create_task(metrics, name="metrics-file"))
+        return background
 
     def _firewall(
         self, store: Store, events: EventLog, marks: ConnMarks
@@ -212,7 +232,15 @@ class _Daemon:
             new = load_config(self.config_path)
             fixed = [
                 k
-                for k in ("queue", "database", "interpreters", "attribution", "bpf_cgroup")
+                for k in (
+                    "queue",
+                    "database",
+                    "interpreters",
+                    "attribution",
+                    "bpf_cgroup",
+                    "metrics_file",
+                    "metrics_interval",
+                )
                 if getattr(new, k) != getattr(self.config, k)
             ]
             if fixed:
@@ -230,6 +258,7 @@ class _Daemon:
                 "config reloaded default_action=%s fail_mode=%s",
                 new.default_action.value,
                 new.fail_mode.value,
+                extra=journal_fields(Event.CONFIG),
             )
         _notify("READY=1")
 
@@ -312,6 +341,11 @@ async def _follow_network(
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """snitchd's command line (also read by its man page, snitchd.manpage)."""
     parser = argparse.ArgumentParser(
         prog="snitchd",
         description="snitch daemon: holds each new outbound flow until a rule or a person decides.",
@@ -322,7 +356,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
     parser.add_argument("--debug", action="store_true", help="log every decision")
     parser.add_argument("--version", action="version", version=f"snitchd {__version__}")
-    return parser.parse_args(argv)
+    return parser
 
 
 # How long a worker thread (queries, attribution, hashing) may hold the GIL before the packet
@@ -332,11 +366,7 @@ SWITCH_INTERVAL = 0.0005
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(logging.INFO)  # the journal's native protocol under systemd (journal.py)
     try:
         if os.geteuid() != 0 and not args.check_config:
             raise SnitchError(

@@ -44,6 +44,7 @@ from snitch_common.records import Flow, Process
 from snitch_common.rules import Lifetime, Rule, RuleRecord
 from snitchd.decide import Verdict
 from snitchd.events import Alert
+from snitchd.journal import Event, journal_fields
 
 __all__ = ["SYSTEM_UID_MAX", "Agent", "Applier", "Broker", "Prompt", "Quotas", "Transport"]
 
@@ -239,7 +240,10 @@ class Broker:
         self._tell(agents, Alert("agent-refused", message, self._clock(), uid))
 
     def _tell(self, agents: list[Agent], alert: Alert) -> None:
-        log.warning("alert %s: %s", alert.kind, alert.message)
+        log.warning(
+            "alert %s: %s", alert.kind, alert.message,
+            extra=journal_fields(Event.ALERT, kind=alert.kind, exe=alert.exe, uid=alert.uid),
+        )  # fmt: skip
         if self.transport is not None:
             for agent in agents:
                 self.transport.send_alert(agent, alert)

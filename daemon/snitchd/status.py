@@ -89,6 +89,13 @@ class Status:
     decided_silent_allow: int = 0
     decided_silent_deny: int = 0
     decided_learn: int = 0
+    # Decided flows by how their owner was found (`Source`), and rows waiting for the log
+    # writer: for the metrics (issue 20).
+    attributed_bpf: int = 0
+    attributed_sock_diag: int = 0
+    attributed_uid_only: int = 0
+    attributed_kernel: int = 0
+    log_backlog: int = 0
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -135,6 +142,11 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         log_writer_starts=fw.events.writer_starts,
         log_error=fw.events.last_error,
         attribution=fw.attributor.path,
+        attributed_bpf=c.attributed.get("bpf", 0),
+        attributed_sock_diag=c.attributed.get("sock_diag", 0),
+        attributed_uid_only=c.attributed.get("uid-only", 0),
+        attributed_kernel=c.attributed.get("kernel", 0),
+        log_backlog=fw.events.backlog,
         kernel=tuple(kernel_stats(fw.config.queue).items()),
         rules_files_error=fw.files_error,
         flows_cut=c.cut,

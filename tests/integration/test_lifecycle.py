@@ -214,7 +214,9 @@ def test_status_reports_the_running_daemon(running: Lab) -> None:
     assert status["accepted"] >= 1 and status["agents"] == 0
     assert status["kernel_held"] == 0 and status["kernel_queue_dropped"] == 0
     text = running.ctl("status").stdout
-    assert "fail_mode: open" in text and "version: " in text
+    assert "(fail_mode open)" in text and "version 0.1.0" in text
+    verbose = running.ctl("status", "--verbose").stdout
+    assert "fail_mode: open" in verbose and "running: True" in verbose
 
 
 def test_install_then_uninstall_into_a_staging_root(tmp_path: Path) -> None:
@@ -233,8 +235,20 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path: Path) -> None:
         "etc/systemd/system/snitchd.service",
         "etc/snitch/snitchd.toml",
         "opt/snitch/venv/bin/snitchd",
+        # made from the parsers and docs at install time (issue 20)
+        "usr/local/share/man/man1/snitchctl.1",
+        "usr/local/share/man/man1/snitch-notifier.1",
+        "usr/local/share/man/man8/snitchd.8",
+        "usr/local/share/man/man5/snitchd.toml.5",
+        "usr/local/share/man/man5/snitch-rules.5",
+        "usr/share/bash-completion/completions/snitchctl",
+        "usr/share/zsh/vendor-completions/_snitchctl",
+        "usr/share/fish/vendor_completions.d/snitchctl.fish",
+        "usr/lib/systemd/catalog/snitch.catalog",
     ):
         assert (stage / path).exists(), path
+    bash = (stage / "usr/share/bash-completion/completions/snitchctl").read_text()
+    assert "complete " in bash and "snitchctl" in bash
     assert os.readlink(stage / "usr/local/bin/snitchctl") == "/opt/snitch/venv/bin/snitchctl"
     # A call must never start snitchd: no activation file (issue 13).
     assert not (stage / "usr/share/dbus-1/system-services").exists()

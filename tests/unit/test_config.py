@@ -76,6 +76,8 @@ def test_every_key_can_be_set() -> None:
         "retry_window": 3,
         "max_proposals": 4,
         "follow_network": False,
+        "metrics_file": "/run/snitch/metrics.prom",
+        "metrics_interval": 5,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}
