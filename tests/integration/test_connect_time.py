@@ -91,7 +91,9 @@ def lab_on(lab: Lab, mode: str, cgroup: Path) -> Lab:
     # `ip netns exec` mounts a sysfs of its own over /sys, hiding the cgroup mounts from snitchd:
     # the cgroup is reached through kthreadd's root, which is the machine's.
     where = f"/proc/2/root{cgroup}"
-    lab.start_daemon(attribution=mode, bpf_cgroup=where, default_action="reject")
+    # retry_window 0: each flow gets its own row here, though the same app sends to the same
+    # destination again (the rounds below); the retry memory would count them as retries.
+    lab.start_daemon(attribution=mode, bpf_cgroup=where, default_action="reject", retry_window=0)
     status = lab.ctl_json("status")
     assert str(status["attribution"]).startswith(mode), status["attribution"]
     return lab
