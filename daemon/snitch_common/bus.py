@@ -92,6 +92,11 @@ class PromptView:
     script: str | None = None  # the script's path, "inline code", or None (no interpreter)
     notes: tuple[str, ...] = ()  # what was checked of who it is, as the log says it
     source: str = ""  # how the owner was found: bpf, sock_diag, uid-only, kernel
+    # A container's flow (issue 16): "container web-1 (docker), process nginx (pid in
+    # container 7)", and its name and runtime ("" for a flow of this machine).
+    container: str = ""
+    container_name: str = ""
+    runtime: str = ""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptView:
@@ -116,6 +121,9 @@ class PromptView:
             script=d.get("script"),
             notes=tuple(str(n) for n in d.get("notes", ())),
             source=str(d.get("source", "")),
+            container=str(d.get("container", "")),
+            container_name=str(d.get("container_name", "")),
+            runtime=str(d.get("runtime", "")),
         )
 
     @property
@@ -126,6 +134,8 @@ class PromptView:
 
     @property
     def who(self) -> str:
+        if self.container:
+            return self.container
         if self.exe is None:
             return "kernel" if self.uid is None else f"uid {self.uid} (process not found)"
         return self.exe

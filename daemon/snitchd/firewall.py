@@ -63,6 +63,7 @@ _REPEATS_MAX = 4096  # flows remembered for that; the oldest go first
 # 10 s after a reset (nf_conntrack_tcp_timeout_close), and a new connection on the same ports
 # is a new flow to decide.
 _IN_FLIGHT_SECONDS = 5.0
+_NF_INET_FORWARD = 2  # the netfilter hook a forwarded packet was queued in
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class Counters:
     by_default: int = 0
     repeats: int = 0  # packets of a flow already logged with the same verdict: no new row
     unmarked: int = 0  # verdicts the kernel could not keep: those flows come back to the queue
+    forwarded: int = 0  # packets of containers' and guests' flows (FORWARD hook, issue 16)
     started: float = field(default_factory=time.time)
 
 
@@ -267,7 +269,11 @@ class Firewall:
         self.counters.seen += 1
         try:
             flow = decode(pkt.get_payload(), self._ifname(pkt.outdev))
-            found = self.attributor.begin(flow, self._lookup_limits())
+            if pkt.hook == _NF_INET_FORWARD:  # a container's or guest's flow (issue 16)
+                self.counters.forwarded += 1
+                found = self.attributor.begin_forwarded(flow, pkt.indev, self._lookup_limits())
+            else:
+                found = self.attributor.begin(flow, self._lookup_limits())
             if isinstance(found, Lookup):
                 found.future.add_done_callback(lambda _: self._resume(pkt, flow, found))
             else:
@@ -311,11 +317,13 @@ class Firewall:
             return
         # Only names this flow's own process (or user, or a system service) resolved.
         names, host = self.dns.names_for(flow.dst, proc, now)
-        if proc.exe is not None and proc.exe not in self.known_apps:
+        # A container's executable is its file, not the host's: not an app of this machine.
+        exe = proc.exe if proc.container is None else None
+        if exe is not None and exe not in self.known_apps:
             self._new_app(proc, flow, host, now)
-        if proc.exe is not None and (proc.tampered or not proc.verified):
+        if exe is not None and (proc.tampered or not proc.verified):
             self._identity_doubted(proc, now)
-        pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
+        pinned = self._pinned.get(exe) if exe is not None else None
         if pinned and proc.sha256 not in pinned:
             self._exe_changed(proc, pinned, now)
         outcome = decide(flow, proc, self.rules, now, names)

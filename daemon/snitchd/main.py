@@ -27,6 +27,7 @@ from snitchd.agents import session_active
 from snitchd.api import serve
 from snitchd.config import DEFAULT_PATH, Config, FailMode, PinAnswers, load_config
 from snitchd.connmark import ConnMarks
+from snitchd.containers import container_names
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall, quotas_of
 from snitchd.logwriter.parent import Recorder
@@ -74,7 +75,11 @@ class _Daemon:
     def _spec(self, config: Config) -> NetSpec:
         dns_queue = config.dns_queue if config.snoop_dns else None
         return NetSpec(
-            config.queue, config.fail_mode is FailMode.OPEN, config.intercept_loopback, dns_queue
+            config.queue,
+            config.fail_mode is FailMode.OPEN,
+            config.intercept_loopback,
+            dns_queue,
+            config.forward_interfaces,
         )
 
     async def run(self) -> None:
@@ -95,6 +100,7 @@ class _Daemon:
             config.bpf_cgroup,
             Path(config.database).parent,
             config.interpreters,
+            container_names(config),
         )
         marks = ConnMarks()
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)

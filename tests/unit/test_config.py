@@ -70,9 +70,15 @@ def test_every_key_can_be_set() -> None:
         "pin_answers": "user-writable",
         "attribution": "proc",
         "bpf_cgroup": "/sys/fs/cgroup/snitch-test",
+        "forward_interfaces": ("docker0", "br-+", "+"),
+        "docker_socket": "",
+        "podman_socket": "/run/user/1000/podman/podman.sock",
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
-    lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}
+    lists = {
+        k: list(data[k])
+        for k in ("dns_resolvers", "interpreters", "agent_programs", "forward_interfaces")
+    }
     config = parse_config(data | lists)
     assert config.default_action is Action.DENY
     got = {k: getattr(config, k) for k in data}
@@ -234,3 +240,17 @@ def test_missing_default_file_means_defaults() -> None:
     if DEFAULT_PATH.exists():
         pytest.skip(f"{DEFAULT_PATH} exists on this machine")
     assert load_config(None) == Config()
+
+
+@pytest.mark.parametrize(
+    "value", [["eth 0"], ["sixteen-chars-xx"], ["a+b"], "docker0", [""], [3]]
+)
+def test_forward_interfaces_are_iptables_names(value: Any) -> None:
+    """forward_interfaces become `-i NAME` words of iptables rules (issue 16): a name of at
+    most 15 characters, `+` only at its end; anything else is refused, naming the key."""
+    with pytest.raises(ConfigError, match="forward_interfaces"):
+        parse_config({"forward_interfaces": value})
+
+
+def test_no_forward_interfaces_is_allowed() -> None:
+    assert parse_config({"forward_interfaces": []}).forward_interfaces == ()

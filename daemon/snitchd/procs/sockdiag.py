@@ -118,9 +118,14 @@ def _unhex(text: bytes) -> bytes:
 class SockDiag:
     """A netlink socket kept open for exact lookups. Used from the packet loop only."""
 
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        """`sock`: a sock_diag socket made in another network namespace (`netns`: it asks
+        that namespace); by default one of ours, checked for UDP support."""
         self._seq = 0
+        if sock is not None:
+            self._sock = sock
+            return
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
         self._probe_udp()
 
     def close(self) -> None:

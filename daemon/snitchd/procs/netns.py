@@ -1,0 +1,313 @@
+"""The network namespace a forwarded flow came from, and a sock_diag socket inside it (issue 16).
+
+A flow forwarded from a local container has its source address in the container's network
+namespace, and its socket is only visible to sock_diag asked *from inside* that namespace. A
+netlink socket belongs to the namespace it was created in, for its whole life, whatever the
+creating thread does next: so each namespace is entered once, by a short-lived thread of its own
+that `setns`es into it, opens a sock_diag and an rtnetlink socket there, and ends (the thread
+never goes back to work in the wrong namespace: it is gone). From then on the packet loop asks
+that namespace's sock_diag like its own (~4 µs), and nothing on the loop enters a namespace.
+
+Finding the namespace (`resolve`, a worker job): the namespaces of all processes
+(/proc/PID/ns/net, one stat each), then, for each one not yet opened, the thread above, then its
+addresses (one RTM_GETADDR dump on its rtnetlink socket): the one holding the source address is
+the flow's. A held namespace keeps its sockets open (which keeps a dead namespace's memory
+until we drop it): at most `_HELD_MAX`, the least recently used go first, and any whose
+processes are all gone at the next resolve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+from snitch_common.records import Flow, IPAddress, Proto
+from snitchd.procs.sockdiag import NETLINK_SOCK_DIAG, Found, SockDiag
+
+__all__ = ["Netns", "NetnsTable", "Opened", "enter_and_open", "scan_namespaces"]
+
+log = logging.getLogger(__name__)
+
+CLONE_NEWNET = 0x40000000
+RTM_GETADDR = 22
+RTM_NEWADDR = 20
+NLMSG_DONE = 3
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+_HDR = struct.Struct("=IHHII")
+_IFADDR = struct.Struct("=BBBBI")
+_RTA = struct.Struct("=HH")
+_HELD_MAX = 256  # namespaces held open (each: two sockets)
+_ADDRS_TTL = 1.0  # seconds a namespace's address list is trusted before a resolve re-reads it
+_RESOLVE_AGAIN = (
+    1.0  # seconds before a source found nowhere (or its socket not found) is looked for again
+)
+_SLICE = 64  # processes stat'ed, or namespaces opened, per worker slice
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+Opened = tuple[int, socket.socket, socket.socket]  # namespace inode, sock_diag, rtnetlink
+
+
+def enter_and_open(ns_path: str) -> Opened:
+    """A sock_diag and an rtnetlink socket inside the network namespace at `ns_path`
+    (/proc/PID/ns/net), made by a thread that enters it and then ends, and that namespace's
+    inode (of the very file entered: a pid reused meanwhile cannot mislead). Raises OSError."""
+    target = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+    inode = os.fstat(target).st_ino
+    made: list[socket.socket] = []
+    error: list[BaseException] = []
+
+    def inside() -> None:
+        try:
+            _setns(target)
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG))
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
+        except BaseException as exc:  # handed to the caller's thread
+            error.append(exc)
+        # No setns back: this thread ends here, and its namespace with it.
+
+    try:
+        thread = threading.Thread(target=inside, name="snitchd-netns", daemon=True)
+        thread.start()
+        thread.join()
+    finally:
+        os.close(target)
+    if error or len(made) != 2:
+        for sock in made:
+            sock.close()
+        if error and isinstance(error[0], OSError):
+            raise error[0]
+        raise OSError(f"cannot open sockets in {ns_path}: {error[0] if error else 'unknown'}")
+    return inode, made[0], made[1]
+
+
+def _addresses(rtnl: socket.socket) -> frozenset[bytes]:
+    """Every address of the namespace `rtnl` lives in (packed), from one RTM_GETADDR dump."""
+    req = _HDR.pack(_HDR.size + _IFADDR.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    rtnl.send(req + _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+    found: set[bytes] = set()
+    rtnl.settimeout(1.0)
+    while True:
+        data = rtnl.recv(65536)
+        off = 0
+        while off + _HDR.size <= len(data):
+            length, kind, _, _, _ = _HDR.unpack_from(data, off)
+            if length < _HDR.size:
+                return frozenset(found)
+            if kind in (NLMSG_DONE, NLMSG_ERROR):
+                return frozenset(found)
+            if kind == RTM_NEWADDR:
+                attr = off + _HDR.size + _IFADDR.size
+                end = off + length
+                while attr + _RTA.size <= end:
+                    size, atype = _RTA.unpack_from(data, attr)
+                    if size < _RTA.size:
+                        break
+                    if atype in (IFA_ADDRESS, IFA_LOCAL):
+                        found.add(data[attr + _RTA.size : attr + size])
+                    attr += (size + 3) & ~3
+            off += (length + 3) & ~3
+
+
+@dataclass(slots=True, eq=False)
+class Netns:
+    """One network namespace we hold sockets in. `find` runs on the loop and in the worker,
+    so it is locked (the lock is uncontended but for a resolve's own check)."""
+
+    inode: int
+    diag: SockDiag
+    rtnl: socket.socket
+    addrs: frozenset[bytes] = frozenset()
+    addrs_at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def find(self, flow: Flow) -> Found | None:
+        """The socket of `flow` in this namespace (TCP and UDP: ICMP and raw sockets are read
+        from /proc/net, which shows snitchd's own namespace, so they are not found here)."""
+        if flow.proto not in (Proto.TCP, Proto.UDP):
+            return None
+        if flow.iface:  # the outgoing interface is ours, not the namespace's
+            flow = dataclasses.replace(flow, iface="")
+        with self.lock:
+            return self.diag.find(flow)
+
+    def holds(self, addr: IPAddress, now: float) -> bool:
+        """Whether `addr` is one of this namespace's addresses (re-read after `_ADDRS_TTL`)."""
+        if now - self.addrs_at > _ADDRS_TTL:
+            with self.lock:
+                self.addrs = _addresses(self.rtnl)
+            self.addrs_at = now
+        return addr.packed in self.addrs
+
+    def close(self) -> None:
+        with self.lock:
+            self.diag.close()
+            self.rtnl.close()
+
+
+def scan_namespaces(skip: int) -> Generator[None, None, dict[int, list[int]]]:
+    """Network namespace inode → pids in it, for every process but those in `skip` (ours);
+    a worker job's part (it yields every `_SLICE` processes)."""
+    found: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for i, name in enumerate(names):
+        if not name.isdigit():
+            continue
+        if i % _SLICE == 0:
+            yield
+        try:
+            inode = os.stat(f"/proc/{name}/ns/net").st_ino
+        except OSError:
+            continue  # gone, or a kernel thread
+        if inode != skip:
+            found.setdefault(inode, []).append(int(name))
+    return found
+
+
+class NetnsTable:
+    """The namespaces forwarded flows came from, by (input interface, source address)."""
+
+    def __init__(self, opener: Callable[[str], Opened] | None = None) -> None:
+        self._open = opener or enter_and_open
+        self.home = os.stat("/proc/self/ns/net").st_ino
+        self._lock = threading.Lock()
+        self._held: dict[int, Netns] = {}  # by inode, least recently used first
+        self._by_src: dict[tuple[int, bytes], int] = {}
+        self._looked: dict[tuple[int, bytes], float] = {}  # when a source was last resolved
+        self.pids: dict[int, list[int]] = {}  # the last scan's namespace → pids
+        self.opened = 0  # namespaces entered since start (status, bench)
+
+    def close(self) -> None:
+        with self._lock:
+            held, self._held = self._held, {}
+            self._by_src.clear()
+        for ns in held.values():
+            ns.close()
+
+    # -- on the loop ----------------------------------------------------------------------------
+    def cached(self, ifindex: int, src: IPAddress) -> Netns | None:
+        inode = self._by_src.get((ifindex, src.packed))
+        return None if inode is None else self._held.get(inode)
+
+    def looked_lately(self, ifindex: int, src: IPAddress, now: float) -> bool:
+        """Whether this source was resolved less than `_RESOLVE_AGAIN` s ago: a packet whose
+        socket is not found then is answered at once (a spoofed-source flood costs no scans)."""
+        at = self._looked.get((ifindex, src.packed))
+        return at is not None and 0 <= now - at < _RESOLVE_AGAIN
+
+    # -- in the worker --------------------------------------------------------------------------
+    def resolve(
+        self, ifindex: int, src: IPAddress, given_up: Callable[[], bool]
+    ) -> Generator[None, None, Netns | None]:
+        """The namespace holding `src`, opening the ones not held yet; None when none does."""
+        key = (ifindex, src.packed)
+        self._looked[key] = time.monotonic()
+        if len(self._looked) > 4 * _HELD_MAX:
+            del self._looked[next(iter(self._looked))]
+        spaces = yield from scan_namespaces(self.home)
+        self.pids = spaces
+        self._drop_gone(spaces)
+        now = time.monotonic()
+        for n, (inode, pids) in enumerate(spaces.items()):
+            if given_up():
+                return None
+            if n % _SLICE == 0:
+                yield
+            ns = self._held.get(inode)
+            if ns is None:
+                ns = self._enter(inode, pids)
+                if ns is None:
+                    continue
+            try:
+                if ns.holds(src, now):
+                    with self._lock:
+                        self._by_src[key] = inode
+                        self._held.pop(inode, None)
+                        self._held[inode] = ns
+                    return ns
+            except OSError as exc:
+                log.debug("namespace addresses unreadable inode=%d: %s", inode, exc)
+        return None
+
+    def _enter(self, inode: int, pids: list[int]) -> Netns | None:
+        for pid in pids[:3]:  # the first that has not exited meanwhile
+            try:
+                entered, diag_sock, rtnl = self._open(f"/proc/{pid}/ns/net")
+            except OSError as exc:
+                log.debug("cannot enter the namespace of pid %d: %s", pid, exc)
+                continue
+            if entered != inode:
+                diag_sock.close()  # the pid was reused by a process of another namespace
+                rtnl.close()
+                continue
+            ns = Netns(inode, SockDiag(diag_sock), rtnl)
+            self.opened += 1
+            with self._lock:
+                self._held[inode] = ns
+                while len(self._held) > _HELD_MAX:
+                    oldest = next(iter(self._held))
+                    self._forget(oldest).close()
+            return ns
+        return None
+
+    def _drop_gone(self, spaces: dict[int, list[int]]) -> None:
+        """Close the namespaces no process lives in any more."""
+        with self._lock:
+            gone = [self._forget(inode) for inode in list(self._held) if inode not in spaces]
+        for ns in gone:
+            ns.close()
+
+    def _forget(self, inode: int) -> Netns:
+        """Under the lock: take a namespace out of the table, for the caller to close."""
+        ns = self._held.pop(inode)
+        for key in [k for k, v in self._by_src.items() if v == inode]:
+            del self._by_src[key]
+        return ns
+
+    def owner(
+        self, inode: int, sock_inode: int, given_up: Callable[[], bool]
+    ) -> Generator[None, None, tuple[int, int] | None]:
+        """(pid, fd) of the process in namespace `inode` holding socket `sock_inode`: the last
+        scan's pids of that namespace first (a container holds few processes), then a fresh
+        scan (a process started since)."""
+        for fresh in (False, True):
+            if fresh:
+                self.pids = yield from scan_namespaces(self.home)
+            if given_up():
+                return None
+            found = _holder(self.pids.get(inode, ()), f"socket:[{sock_inode}]")
+            if found is not None:
+                return found
+        return None
+
+
+def _holder(pids: list[int] | tuple[()], want: str) -> tuple[int, int] | None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                        return pid, int(fd)
+    return None
