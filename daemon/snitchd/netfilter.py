@@ -220,13 +220,16 @@ class IptablesBackend:
         """Lines that undo a previous run; chains in `keep` stay because they are about to be
         redeclared (a `:CHAIN` line of iptables-restore empties an existing chain)."""
         lines: dict[str, list[str]] = {"mangle": [], "filter": []}
-        flushed: set[str] = set()
+        drop: dict[tuple[str, str], None] = {}
         for table, hook, chain in _OWN:
             jumps, exists = self._own_jumps(tool, table, chain, hook)
             lines[table] += jumps
-            if exists and chain not in keep and chain not in flushed:
-                flushed.add(chain)  # jumped to from two hooks: removed once, after both jumps
-                lines[table] += [f"-F {chain}", f"-X {chain}"]
+            if exists and chain not in keep:
+                drop[(table, chain)] = None
+        # Every jump first: a chain jumped to from two hooks (the reject chain, from OUTPUT
+        # and FORWARD) can only be deleted once neither jump is left.
+        for table, chain in drop:
+            lines[table] += [f"-F {chain}", f"-X {chain}"]
         return lines
 
     def plan_install(self, spec: NetSpec) -> Plan:
