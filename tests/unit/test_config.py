@@ -242,9 +242,7 @@ def test_missing_default_file_means_defaults() -> None:
     assert load_config(None) == Config()
 
 
-@pytest.mark.parametrize(
-    "value", [["eth 0"], ["sixteen-chars-xx"], ["a+b"], "docker0", [""], [3]]
-)
+@pytest.mark.parametrize("value", [["eth 0"], ["sixteen-chars-xx"], ["a+b"], "docker0", [""], [3]])
 def test_forward_interfaces_are_iptables_names(value: Any) -> None:
     """forward_interfaces become `-i NAME` words of iptables rules (issue 16): a name of at
     most 15 characters, `+` only at its end; anything else is refused, naming the key."""
