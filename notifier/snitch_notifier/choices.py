@@ -65,6 +65,13 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
             else "this app when started by its parent",
             None if parent else "its parent's executable could not be verified",
         ),
+        ScopeOption(
+            Scope.CONTAINER,
+            f"anything container {prompt.container_name} connects to"
+            if prompt.container_name
+            else "this container",
+            None if prompt.container_name else "this connection is not from a container",
+        ),
     ]
 
 

@@ -18,8 +18,20 @@ def test_scope_labels_name_this_prompts_host_and_port(prompt_factory) -> None:
         "anything Firefox connects to",
         "this script",
         "anything Firefox connects to when started by bash",
+        "this container",
     ]
-    assert [o.why_not for o in options] == [None] * 5 + ["python3.11 runs no script", None]
+    assert [o.why_not for o in options] == [None] * 5 + [
+        "python3.11 runs no script",
+        None,
+        "this connection is not from a container",
+    ]
+
+
+def test_a_containers_prompt_offers_this_container(prompt_factory) -> None:
+    """Issue 16: a flow forwarded from a container can be answered for the whole container."""
+    prompt = prompt_factory(container="container web-1 (docker)", container_name="web-1")
+    option = {o.scope: o for o in scope_options(prompt, "nginx")}[Scope.CONTAINER]
+    assert (option.label, option.why_not) == ("anything container web-1 connects to", None)
 
 
 def test_an_interpreters_prompt_offers_this_script_and_this_parent(prompt_factory) -> None:
