@@ -55,7 +55,7 @@ from snitchd.procs.details import Details, Stat, exe_id, process_alive, read_sta
 from snitchd.procs.execs import ExecWatch
 from snitchd.procs.hashes import Hashes, Hashing
 from snitchd.procs.netns import Netns, NetnsTable
-from snitchd.procs.owners import NEED_SCAN, Owners, holds
+from snitchd.procs.owners import NEED_SCAN, Owners
 from snitchd.procs.sockdiag import SockDiag
 from snitchd.procs.worker import Job, Worker
 
@@ -143,7 +143,6 @@ class Attributor:
         self._per_uid: dict[int, int] = {}
         self._names = names
         self._netns: NetnsTable | None = None  # made at the first forwarded flow
-        self._forwarded: dict[tuple[int, int], tuple[int, int, Process]] = {}
 
     def close(self) -> None:
         self._worker.close()
@@ -223,20 +222,32 @@ class Attributor:
         return lookup
 
     def _begin_in(self, ns: Netns, found: tuple[int, int, int], limits: Limits) -> Process | Lookup:
+        """The socket was found in the container's namespace: its holder as on the local path
+        (the owners cache: the holder's pid and fd checked by one readlink; a known process by
+        one /proc stat read), else a worker job."""
         uid, inode, _cookie = found
         if inode == 0:
             return Process.kernel()  # closed, or a kernel socket of the container: nobody to name
-        known = self._forwarded.get((ns.inode, inode))
-        if known is not None and holds(known[0], known[1], inode):
-            return known[2]
         pending = self._pending.get((uid, inode))
         if pending is not None:
             return pending
+        pid = self._owners.find_now(inode, uid)
+        if pid is None:
+            return Process.kernel()
+        if pid != NEED_SCAN:
+            stat = read_stat(pid)
+            if stat is None:
+                return Process.kernel()
+            with self._lock:
+                proc = self._procs.get(("netns", pid, stat[2], stat[3], uid))
+            if proc is not None:
+                return proc
         loop = asyncio.get_running_loop()
         lookup = Lookup(uid, inode, loop.create_future(), time.monotonic())
         lookup.fallback = Process.kernel()
         self._pending[(uid, inode)] = lookup
-        self._submit_lookup(lookup, self._holder_in(lookup, ns.inode, uid, inode), limits)
+        held = None if pid == NEED_SCAN else pid
+        self._submit_lookup(lookup, self._holder_in(lookup, ns.inode, uid, inode, held), limits)
         return lookup
 
     def _submit_lookup(self, lookup: Lookup, job: Job, limits: Limits) -> None:
@@ -268,33 +279,43 @@ class Attributor:
         if ns is None or found is None or found[1] == 0:
             return Process.kernel(), None
         uid, inode, _cookie = found
-        known = self._forwarded.get((ns.inode, inode))
-        if known is not None and holds(known[0], known[1], inode):
-            return known[2], None
-        proc = yield from self._holder_in(lookup, ns.inode, uid, inode)
+        pid = self._owners.find_now(inode, uid)
+        if pid is None:
+            return Process.kernel(), None
+        held = None if pid == NEED_SCAN else pid
+        proc = yield from self._holder_in(lookup, ns.inode, uid, inode, held)
         return proc
 
-    def _holder_in(self, lookup: Lookup, ns_inode: int, uid: int, inode: int) -> Job:
-        """Worker: the process in namespace `ns_inode` holding socket `inode`, and its
-        container. Its executable is not hashed (it is the container's file; no app rule
-        matches it). Not found: "kernel", not uid-only (a uid inside a container names no one)."""
+    def _holder_in(
+        self, lookup: Lookup, ns_inode: int, uid: int, inode: int, pid: int | None
+    ) -> Job:
+        """Worker: the process holding socket `inode` (`pid` if known, else looked for among
+        namespace `ns_inode`'s processes), and its container. Its executable is not hashed (it
+        is the container's file; no app rule matches it). Not found: "kernel", not uid-only (a
+        uid inside a container names no one)."""
         yield
         assert self._netns is not None
-        held = yield from self._netns.owner(ns_inode, inode, lambda: lookup.given_up)
-        if held is None:
-            return Process.kernel(), None
-        pid, fd = held
+        if pid is None:
+            held = yield from self._netns.owner(ns_inode, inode, lambda: lookup.given_up)
+            if held is None:
+                return Process.kernel(), None
+            pid = held[0]
+            self._owners.learn(inode, pid, held[1], uid)
         stat = read_stat(pid)
-        proc = self._details.describe(pid, uid, stat) if stat is not None else None
+        if stat is None:
+            return Process.kernel(), None
+        key = ("netns", pid, stat[2], stat[3], uid)
+        with self._lock:
+            known = self._procs.get(key)
+        if known is not None:
+            return known, None
+        proc = self._details.describe(pid, uid, stat)
         if proc is None:
             return Process.kernel(), None
         container = container_of(pid, self._names)
         if container is not None:
             proc = dataclasses.replace(proc, container=container)
-        with self._lock:
-            self._forwarded[(ns_inode, inode)] = (pid, fd, proc)
-            while len(self._forwarded) > _PROCS_MAX:
-                del self._forwarded[next(iter(self._forwarded))]
+        self._remember(key, proc)
         return proc, None
 
     def _begin_recorded(
