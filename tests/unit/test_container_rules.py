@@ -7,6 +7,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 import pytest
+from test_broker import make
 
 from snitch_common.answers import Answer, Scope, rule_for_answer
 from snitch_common.errors import PromptError, RuleError
@@ -182,3 +183,28 @@ def test_forward_rules_queue_new_flows_from_the_listed_interfaces_only() -> None
     assert "-I FORWARD 1 -m comment --comment snitch -j SNITCH_REJECT" in chains.filter
     none = install_lines("iptables", NetSpec(4242, fail_open=False))
     assert not any("FORWARD" in ln for ln in none.mangle + none.filter)
+
+
+async def test_a_rootless_containers_prompt_goes_to_its_owner_and_the_rule_is_theirs() -> None:
+    """Rootless Podman: the socket's uid is a subordinate uid (100000), the container is
+    uid 1000's (its cgroup is under user@1000.service): uid 1000's agent is asked, and that
+    user's answer names the container and its owner, never uid 100000."""
+    broker, fw, transport = make()
+    broker.register(":1.5", "/a", 1000)
+    broker.ask("pkt", FLOW, boxed(ROOTLESS, uid=100000), 0.0)
+    assert [name for name, _ in transport.prompts] == [":1.5"]
+    (prompt_id,) = broker.open
+    await broker.answer(Answer(prompt_id, Action.ALLOW, "forever", Scope.CONTAINER), ":1.5")
+    assert [str(r) for r in fw.rules] == ["allow container=db runtime=podman user=1000"]
+
+
+async def test_a_system_containers_prompt_never_goes_to_the_user_of_its_uid() -> None:
+    """Rootful Docker: a process running as uid 1000 *inside* the container is not user
+    1000's: its prompt goes to an admin's agent, and with none, the default applies."""
+    broker, fw, transport = make()
+    broker.register(":1.5", "/a", 1000)
+    broker.ask("pkt", FLOW, boxed(WEB, uid=1000), 0.0)
+    assert transport.prompts == [] and fw.verdicts[0][1].reason == "default: no agent"
+    broker.register(":1.7", "/a", 0)
+    broker.ask("pkt2", FLOW, boxed(WEB, uid=1000), 0.0)
+    assert [name for name, _ in transport.prompts] == [":1.7"]
