@@ -71,6 +71,7 @@ class Status:
     kernel: tuple[tuple[str, int], ...] = ()
     running: bool = True
     attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
+    forwarded: int = 0  # packets of containers' and guests' flows, of `seen` (issue 16)
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -95,6 +96,7 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         prompt_packets_dropped=fw.broker.packets_dropped,
         rules_error=fw.rules_error,
         seen=c.seen,
+        forwarded=c.forwarded,
         accepted=c.accepted,
         dropped=c.dropped,
         rejected=c.rejected,

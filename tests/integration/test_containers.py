@@ -75,6 +75,7 @@ def test_container_flow_is_held_and_denied_by_default(lab: Lab, guests: GuestNet
         rf"\[container {NAME} \(docker\), process python[0-9.]* \(pid in container \d+\)\]",
         row["reason"],
     ), row
+    assert lab.ctl_json("status")["forwarded"] >= 1
     assert lab.stop_daemon() == 0
     assert "snitch" not in lab.iptables_save().lower()  # the FORWARD chains and jumps too
 
