@@ -9,8 +9,11 @@ reached the queue: it was forwarded, not sent, and went through under `default_a
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,11 @@ from snitch_common.agent import AgentService, register
 from snitch_common.answers import parse_answer
 from snitch_common.bus import PromptView
 from snitch_common.client import Client
+from snitch_common.records import Flow, Proto
+from snitchd.procs import _run as run_job
+from snitchd.procs.netns import NetnsTable, Opened
 from tests.support.containers import PUBLISHED, DockerApi, GuestNet
-from tests.support.lab import run, wait_for
+from tests.support.lab import end_child, run, wait_for
 
 NAME = "web-1"
 NETCLIENT = str(HERE / "netclient.py")
@@ -227,3 +233,54 @@ async def test_prompt_names_the_container_and_this_container_becomes_a_rule(
     assert out.decode().strip() == "connected"
     rules = {r["id"]: r["text"] for r in lab.ctl_json("list-rules")}
     assert rules[rule_id] == f"allow container={NAME} runtime=docker"
+
+
+def test_without_setns_the_socket_is_read_from_proc(lab: Lab, guests: GuestNet) -> None:
+    """Under its service unit snitchd may not enter namespaces (no CAP_SYS_ADMIN,
+    RestrictNamespaces): a container's namespace is then read through a process in it
+    (/proc/PID/net). Both ways find the same socket of a live connection, and the address."""
+    guest = guests.add()
+    proc = subprocess.Popen(
+        guest.argv(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "9000", "--hold", "3"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
+        ss = lab.ns(guest.ns, "ss", "-tnH", "state", "established").stdout.split()
+        sport = int(ss[2].rpartition(":")[2])
+        flow = Flow(Proto.TCP, ip_address(guest.addr), sport, ip_address("203.0.113.7"), 9000)
+
+        def refuse(path: str) -> Opened:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        found = {}
+        for label, table in (("setns", NetnsTable()), ("proc", NetnsTable(refuse))):
+            try:
+                ns = run_job(table.resolve(0, ip_address(guest.addr), lambda: False))
+                assert ns is not None and ns.on_loop == (label == "setns")
+                found[label] = ns.find(flow)
+            finally:
+                table.close()
+        assert found["setns"] is not None and found["setns"][:2] == found["proc"][:2]  # type: ignore[index]
+    finally:
+        end_child(proc)
+
+
+def test_a_daemon_that_may_not_enter_namespaces_still_names_the_container(
+    lab: Lab, guests: GuestNet, api: DockerApi
+) -> None:
+    """snitchd without CAP_SYS_ADMIN (as its service unit runs it): the container's flow is
+    still held, found through /proc/PID/net in the worker, named, and ruled by name."""
+    guest = guests.add()
+    api.names[guest.id] = NAME
+    # The proc connector (procs/execs.py) also needs setns, into the first namespace.
+    lab.expect_log(r"WARNING snitchd.procs: cannot listen to the proc connector: setns")
+    start(lab, api, prefix=("setpriv", "--bounding-set=-sys_admin", "--"))
+    lab.add_rule(f"allow container={NAME} port=80")
+    assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80") == "connected"
+    assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "443") == "timeout"
+    rows = rows_from(lab, guest.addr)
+    assert {r["action"] for r in rows} == {"allow", "deny"}
+    assert all(f"[container {NAME} (docker)" in r["reason"] for r in rows), rows
+    assert "cannot enter network namespaces" in lab.log_text()

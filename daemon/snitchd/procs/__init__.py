@@ -208,17 +208,21 @@ class Attributor:
         if table is None:
             table = self._netns = NetnsTable()
         ns = table.cached(ifindex, flow.src)
-        if ns is not None:
+        held = None  # a namespace read through /proc: asked in the worker only
+        if ns is not None and ns.on_loop:
             found = ns.find(flow)
             if found is not None:
                 return self._begin_in(ns, found, limits)
-        if table.looked_lately(ifindex, flow.src, time.monotonic()):
+        elif ns is not None:
+            held = ns
+        if held is None and table.looked_lately(ifindex, flow.src, time.monotonic()):
             return Process.kernel()
         # Unknown source, or a socket not where it was: the address may be a new namespace's.
         loop = asyncio.get_running_loop()
         lookup = Lookup(-1, 0, loop.create_future(), time.monotonic())
         lookup.fallback = Process.kernel()
-        self._submit_lookup(lookup, self._resolve_forwarded(lookup, table, flow, ifindex), limits)
+        job = self._resolve_forwarded(lookup, table, flow, ifindex, held)
+        self._submit_lookup(lookup, job, limits)
         return lookup
 
     def _begin_in(self, ns: Netns, found: tuple[int, int, int], limits: Limits) -> Process | Lookup:
@@ -270,12 +274,22 @@ class Attributor:
         self._worker.submit(("forwarded", uid), job, done)
 
     def _resolve_forwarded(
-        self, lookup: Lookup, table: NetnsTable, flow: Flow, ifindex: int
+        self, lookup: Lookup, table: NetnsTable, flow: Flow, ifindex: int, ns: Netns | None
     ) -> Job:
-        """Worker: the namespace holding the source, then the socket there, then its holder."""
+        """Worker: the namespace holding the source (`ns` when already known), then the socket
+        there, then its holder."""
         yield
-        ns = yield from table.resolve(ifindex, flow.src, lambda: lookup.given_up)
-        found = ns.find(flow) if ns is not None else None
+        found = ns.find(flow) if ns is not None and ns.readable() else None
+        if (
+            found is None
+            and ns is not None
+            and ns.readable()
+            and table.looked_lately(ifindex, flow.src, time.monotonic())
+        ):
+            return Process.kernel(), None  # (a spoofed-source flood costs no scans here either)
+        if found is None:
+            ns = yield from table.resolve(ifindex, flow.src, lambda: lookup.given_up)
+            found = ns.find(flow) if ns is not None else None
         if ns is None or found is None or found[1] == 0:
             return Process.kernel(), None
         uid, inode, _cookie = found

@@ -32,9 +32,10 @@ import threading
 import time
 from collections.abc import Callable, Generator, Set
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 from snitch_common.records import Flow, IPAddress, Proto
-from snitchd.procs.sockdiag import NETLINK_SOCK_DIAG, Found, SockDiag
+from snitchd.procs.sockdiag import NETLINK_SOCK_DIAG, Found, SockDiag, find_in_tables
 
 __all__ = [
     "NAMED_DIRS",
@@ -142,20 +143,37 @@ def _addresses(rtnl: socket.socket) -> frozenset[bytes]:
 @dataclass(slots=True, eq=False)
 class Netns:
     """One network namespace we hold sockets in. `find` runs on the loop and in the worker,
-    so it is locked (the lock is uncontended but for a resolve's own check)."""
+    so it is locked (the lock is uncontended but for a resolve's own check).
+
+    Without sockets inside (`diag` None: snitchd may not enter namespaces, as under its service
+    unit, which gives no CAP_SYS_ADMIN and restricts namespaces), the namespace is read through
+    a process in it (`pid`): /proc/PID/net's socket tables and addresses. Those are whole-table
+    reads, so such a namespace is only ever asked from the worker (`on_loop` False)."""
 
     inode: int
-    diag: SockDiag
-    rtnl: socket.socket
+    diag: SockDiag | None
+    rtnl: socket.socket | None
+    pid: int = 0
     addrs: frozenset[bytes] = frozenset()
     addrs_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def on_loop(self) -> bool:
+        return self.diag is not None
+
+    def readable(self) -> bool:
+        """Whether this namespace can be asked now: its sockets are open, or the process it
+        is read through is still in it (else a resolve finds another)."""
+        return self.diag is not None or _ns_of(self.pid) == self.inode
 
     def find(self, flow: Flow) -> Found | None:
         """The socket of `flow` in this namespace (TCP and UDP: ICMP and raw sockets are read
         from /proc/net, which shows snitchd's own namespace, so they are not found here)."""
         if flow.proto not in (Proto.TCP, Proto.UDP):
             return None
+        if self.diag is None:
+            return find_in_tables(self.pid, flow)
         if flow.iface:  # the outgoing interface is ours, not the namespace's
             flow = dataclasses.replace(flow, iface="")
         with self.lock:
@@ -165,14 +183,39 @@ class Netns:
         """Whether `addr` is one of this namespace's addresses (re-read after `_ADDRS_TTL`)."""
         if now - self.addrs_at > _ADDRS_TTL:
             with self.lock:
-                self.addrs = _addresses(self.rtnl)
+                rtnl = self.rtnl
+                self.addrs = _addresses(rtnl) if rtnl is not None else _proc_addresses(self.pid)
             self.addrs_at = now
         return addr.packed in self.addrs
 
     def close(self) -> None:
         with self.lock:
-            self.diag.close()
-            self.rtnl.close()
+            if self.diag is not None:
+                self.diag.close()
+            if self.rtnl is not None:
+                self.rtnl.close()
+
+
+def _proc_addresses(pid: int) -> frozenset[bytes]:
+    """A namespace's local addresses as a process in it shows them: IPv4 from fib_trie (the
+    "/32 host LOCAL" leaves), IPv6 from if_inet6."""
+    found: set[bytes] = set()
+    trie = f"/proc/{pid}/net/fib_trie"
+    with contextlib.suppress(OSError), open(trie, encoding="ascii", errors="replace") as f:
+        last = ""
+        for line in f:
+            text = line.strip()
+            if text.startswith(("|--", "+--")):
+                last = text[3:].strip().split("/")[0]
+            elif "/32 host LOCAL" in text and last:
+                with contextlib.suppress(ValueError):
+                    found.add(IPv4Address(last).packed)
+    six = f"/proc/{pid}/net/if_inet6"
+    with contextlib.suppress(OSError), open(six, encoding="ascii", errors="replace") as f:
+        for line in f:
+            with contextlib.suppress(ValueError, IndexError):
+                found.add(bytes.fromhex(line.split()[0]))
+    return frozenset(found)
 
 
 def scan_namespaces(skip: int) -> Generator[None, None, dict[int, list[int]]]:
@@ -225,6 +268,7 @@ class NetnsTable:
         self._looked: dict[tuple[int, bytes], float] = {}  # when a source was last resolved
         self.pids: dict[int, list[int]] = {}  # the last scan's namespace → pids
         self.opened = 0  # namespaces entered since start (status, bench)
+        self.refused = 0  # namespaces we were not allowed to enter (read through /proc)
 
     def close(self) -> None:
         with self._lock:
@@ -264,6 +308,8 @@ class NetnsTable:
             if n % _SLICE == 0:
                 yield
             ns = self._held.get(inode)
+            if ns is not None and not ns.on_loop and spaces.get(inode):
+                ns.pid = spaces[inode][0]  # read through a process that is still there
             if ns is None:
                 paths = [f"/proc/{pid}/ns/net" for pid in spaces.get(inode, [])[:3]]
                 ns = self._enter(inode, paths + ([named[inode]] if inode in named else []))
@@ -284,6 +330,18 @@ class NetnsTable:
         for path in paths:  # the first whose process has not exited meanwhile
             try:
                 entered, diag_sock, rtnl = self._open(path)
+            except PermissionError as exc:
+                pid = _pid_of(path)
+                if pid is None or _ns_of(pid) != inode:
+                    continue
+                if not self.refused:
+                    log.info(
+                        "cannot enter network namespaces (%s): a container's sockets are read "
+                        "from /proc/PID/net in the worker instead",
+                        exc.strerror,
+                    )
+                self.refused += 1
+                return self._hold(Netns(inode, None, None, pid))
             except OSError as exc:
                 log.debug("cannot enter the namespace at %s: %s", path, exc)
                 continue
@@ -291,15 +349,17 @@ class NetnsTable:
                 diag_sock.close()  # the pid was reused by a process of another namespace
                 rtnl.close()
                 continue
-            ns = Netns(inode, SockDiag(diag_sock), rtnl)
             self.opened += 1
-            with self._lock:
-                self._held[inode] = ns
-                while len(self._held) > _HELD_MAX:
-                    oldest = next(iter(self._held))
-                    self._forget(oldest).close()
-            return ns
+            return self._hold(Netns(inode, SockDiag(diag_sock), rtnl))
         return None
+
+    def _hold(self, ns: Netns) -> Netns:
+        with self._lock:
+            self._held[ns.inode] = ns
+            while len(self._held) > _HELD_MAX:
+                oldest = next(iter(self._held))
+                self._forget(oldest).close()
+        return ns
 
     def _drop_gone(self, spaces: Set[int]) -> None:
         """Close the namespaces no process lives in any more."""
@@ -340,3 +400,15 @@ def _holder(pids: list[int] | tuple[()], want: str) -> tuple[int, int] | None:
                     if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
                         return pid, int(fd)
     return None
+
+
+def _pid_of(path: str) -> int | None:
+    parts = path.split("/")
+    return int(parts[2]) if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() else None
+
+
+def _ns_of(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return 0
