@@ -4,6 +4,7 @@ Topology (documentation addresses only; nothing leaves the machine)::
 
     client netns (snitchd)                                       container netns
       br-snt 203.0.113.129/25  ── port vk<n> (veth) ─────────  eth0 203.0.113.<130+n>/25
+      2001:db8:c::1/64                                             2001:db8:c::a/64
       MASQUERADE for 203.0.113.128/25 leaving by another interface  default via .129
       DNAT veth0:8081 → 203.0.113.130:8080 (a published port)
 
@@ -32,6 +33,7 @@ __all__ = ["BRIDGE", "DockerApi", "Guest", "GuestNet"]
 
 BRIDGE = "br-snt"
 GATEWAY = "203.0.113.129"
+GATEWAY6 = "2001:db8:c::1"
 PUBLISHED = 8081  # on the client's veth0 (192.0.2.1), DNAT'd to the first guest's port 8080
 
 
@@ -88,6 +90,7 @@ class Guest:
         self.addr = addr
         self.cgroup = cgroup
         self.id = ident
+        self.addr6 = ""
 
     def argv(self, *argv: str, uid: int | None = None) -> list[str]:
         """A command run in this container: in its cgroup (joined before `ip netns exec`, whose
@@ -126,7 +129,11 @@ class GuestNet:
         self._c("ip", "link", "add", BRIDGE, "type", "bridge")
         self._c("ip", "addr", "add", f"{GATEWAY}/25", "dev", BRIDGE)
         self._c("ip", "link", "set", BRIDGE, "up")
+        self._c("ip", "-6", "addr", "add", f"{GATEWAY6}/64", "dev", BRIDGE, "nodad")
         self._c("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self._c("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        self._c("ip6tables", "-t", "nat", "-A", "POSTROUTING", "-s", "2001:db8:c::/64",
+                "!", "-o", BRIDGE, "-j", "MASQUERADE")  # fmt: skip
         self._c("iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "203.0.113.128/25",
                 "!", "-o", BRIDGE, "-j", "MASQUERADE")  # fmt: skip
         self._c("iptables", "-t", "nat", "-A", "PREROUTING", "-i", "veth0", "-p", "tcp",
@@ -139,6 +146,7 @@ class GuestNet:
         ns, port, addr = f"{self.client}-g{n}", f"vk{n}", f"203.0.113.{130 + n}"
         run("ip", "netns", "add", ns)
         guest = Guest(ns, addr, None, secrets.token_hex(32))
+        guest.addr6 = f"2001:db8:c::{10 + n:x}"
         self.guests.append(guest)
         run("ip", "link", "add", port, "netns", self.client, "type", "veth", "peer", "name",
             "eth0", "netns", ns)  # fmt: skip
@@ -148,6 +156,8 @@ class GuestNet:
             ("ip", "link", "set", "eth0", "up"),
             ("ip", "link", "set", "lo", "up"),
             ("ip", "route", "add", "default", "via", GATEWAY),
+            ("ip", "-6", "addr", "add", f"2001:db8:c::{10 + n:x}/64", "dev", "eth0", "nodad"),
+            ("ip", "-6", "route", "add", "default", "via", GATEWAY6),
         ):
             run("ip", "netns", "exec", ns, *argv)
         if docker:
