@@ -33,7 +33,14 @@ from snitch_common.records import Container, Runtime
 if TYPE_CHECKING:
     from snitchd.config import Config
 
-__all__ = ["Names", "container_names", "container_of", "parse_cgroup", "pid_inside"]
+__all__ = [
+    "Names",
+    "container_from",
+    "container_names",
+    "container_of",
+    "parse_cgroup",
+    "pid_inside",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,7 @@ _NAME_MAX = 128  # a name longer than this is cut (it travels in prompts and log
 _API_TIMEOUT = 0.5  # seconds for one API answer
 _API_MAX = 1 << 20  # bytes of one API answer read at most
 _NAMES_MAX = 1024
+_API_RUNTIMES = (Runtime.DOCKER, Runtime.PODMAN)
 
 
 def _unescape(name: str) -> str:
@@ -170,11 +178,19 @@ def container_of(pid: int, names: Names | None = None) -> Container | None:
         status = Path(f"/proc/{pid}/status").read_text(errors="replace")
     except OSError:
         return None
+    return container_from(cgroup, status, names)
+
+
+def container_from(cgroup: str, status: str, names: Names | None = None) -> Container | None:
+    """`container_of` for a process's /proc/PID/cgroup and /proc/PID/status texts."""
     found = parse_cgroup(cgroup)
     if found is None:
         return None
     name = found.name
-    if names is not None and found.runtime in (Runtime.DOCKER, Runtime.PODMAN):
+    # The system runtimes' APIs name system containers only: a user can make a cgroup named
+    # `docker-<id>.scope` under their own manager with the id of root's container, and must
+    # not borrow its name (and its rules) that way. A rootless container keeps its short id.
+    if names is not None and found.owner_uid is None and found.runtime in _API_RUNTIMES:
         name = names.name(found.runtime, found.id) or name
     return Container(found.runtime, name, found.id, pid_inside(status), found.owner_uid)
 

@@ -5,6 +5,7 @@ FORWARD rules as data."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 from test_broker import make
@@ -13,9 +14,10 @@ from snitch_common.answers import Answer, Scope, rule_for_answer
 from snitch_common.errors import PromptError, RuleError
 from snitch_common.records import Attribution, Container, Flow, Process, Proto, Runtime
 from snitch_common.rules import Action, container_matches, parse_rule
-from snitchd.containers import parse_cgroup, pid_inside
+from snitchd.containers import Names, container_from, parse_cgroup, pid_inside
 from snitchd.decide import RuleSet, decide
 from snitchd.netfilter import NetSpec, install_lines
+from tests.support.containers import DockerApi
 
 DOCKER_ID = "3f" * 32
 PODMAN_ID = "a1" * 32
@@ -208,3 +210,22 @@ async def test_a_system_containers_prompt_never_goes_to_the_user_of_its_uid() ->
     broker.register(":1.7", "/a", 0)
     broker.ask("pkt2", FLOW, boxed(WEB, uid=1000), 0.0)
     assert [name for name, _ in transport.prompts] == [":1.7"]
+
+
+def test_a_users_fake_docker_scope_does_not_borrow_a_system_containers_name(
+    tmp_path: Path,
+) -> None:
+    """A user may create `docker-<id>.scope` under their own systemd manager with the id of
+    root's container: the API is not asked for it, so it keeps its short id, not "web-1"."""
+    api = DockerApi(tmp_path / "docker.sock", {DOCKER_ID: "web-1"})
+    try:
+        names = Names({Runtime.DOCKER: str(api.path)})
+        user = (
+            f"0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{DOCKER_ID}.scope"
+        )
+        got = container_from(user + "\n", "NSpid:\t5\n", names)
+        assert got is not None and (got.name, got.owner_uid, api.asked) == (DOCKER_ID[:12], 1000, 0)
+        system = container_from(f"0::/system.slice/docker-{DOCKER_ID}.scope\n", "", names)
+        assert system is not None and (system.name, api.asked) == ("web-1", 1)
+    finally:
+        api.close()
