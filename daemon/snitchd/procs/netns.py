@@ -61,6 +61,7 @@ _HDR = struct.Struct("=IHHII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTA = struct.Struct("=HH")
 _HELD_MAX = 256  # namespaces held open (each: two sockets)
+_SOURCES_MAX = 16 * _HELD_MAX  # (interface, source address) → namespace entries kept
 _ADDRS_TTL = 1.0  # seconds a namespace's address list is trusted before a resolve re-reads it
 _RESOLVE_AGAIN = (
     1.0  # seconds before a source found nowhere (or its socket not found) is looked for again
@@ -318,7 +319,10 @@ class NetnsTable:
             try:
                 if ns.holds(src, now):
                     with self._lock:
+                        self._by_src.pop(key, None)
                         self._by_src[key] = inode
+                        while len(self._by_src) > _SOURCES_MAX:  # a container may add addresses
+                            del self._by_src[next(iter(self._by_src))]
                         self._held.pop(inode, None)
                         self._held[inode] = ns
                     return ns
