@@ -335,8 +335,8 @@ def _rank(rule: Rule, rule_id: int) -> int:
     action = _ACTION_RANK[rule.action]
     if not 0 <= rule_id <= _ID_MASK:
         raise ValueError(f"rule id {rule_id} out of range")
-    who = exe << 4 | script << 3 | parent1 << 2 | parent << 1 | user
-    who |= (container << 1 | runtime) << 5
+    who = exe << 6 | container << 5 | runtime << 4 | script << 3 | parent1 << 2 | parent << 1
+    who |= user
     rank = (who << 2 | tier) << 16 | min(sub, 0xFFFF)
     rank = ((rank << 17 | (65536 + span)) << 1 | proto) << 1 | iface
     return (rank << 2 | action) << 64 | rule_id

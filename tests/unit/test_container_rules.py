@@ -15,7 +15,7 @@ from snitch_common.errors import PromptError, RuleError
 from snitch_common.records import Attribution, Container, Flow, Process, Proto, Runtime
 from snitch_common.rules import Action, container_matches, parse_rule
 from snitchd.containers import Names, container_from, parse_cgroup, pid_inside
-from snitchd.decide import RuleSet, decide
+from snitchd.decide import RuleSet, _key, decide, specificity
 from snitchd.netfilter import NetSpec, install_lines
 from tests.support.containers import DockerApi
 
@@ -229,3 +229,20 @@ def test_a_users_fake_docker_scope_does_not_borrow_a_system_containers_name(
         assert system is not None and (system.name, api.asked) == ("web-1", 1)
     finally:
         api.close()
+
+
+def test_the_index_orders_container_rules_as_the_precedence_sentence() -> None:
+    """The packed rank the index sorts by keeps `specificity`'s order for the new words too."""
+    texts = [
+        "allow app=/usr/bin/curl",
+        "allow container=web runtime=docker user=0",
+        "allow container=web runtime=docker",
+        "allow container=web",
+        "allow runtime=docker user=0",
+        "allow runtime=docker",
+        "allow user=0",
+        "allow",
+    ]
+    rules = [parse_rule(t) for t in texts]
+    assert sorted(rules, key=specificity, reverse=True) == rules
+    assert sorted(rules, key=lambda r: _key(r, 0)) == rules
