@@ -73,12 +73,14 @@ def test_container_flow_is_held_and_denied_by_default(lab: Lab, guests: GuestNet
     guest = guests.add()
     api.names[guest.id] = NAME
     start(lab, api)
-    assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80") == "timeout"
+    # In a pid namespace of its own, as in a container: pid 1 there.
+    got = guest.run("unshare", "--pid", "--fork", PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80")
+    assert got == "timeout"
     assert forward_queued(lab) >= 1
     row = rows_from(lab, guest.addr)[0]
     assert row["action"] == "deny" and row["exe"] == python_exe(), row
     assert re.search(
-        rf"\[container {NAME} \(docker\), process python[0-9.]* \(pid in container \d+\)\]",
+        rf"\[container {NAME} \(docker\), process python[0-9.]* \(pid in container 1\)\]",
         row["reason"],
     ), row
     assert lab.ctl_json("status")["forwarded"] >= 1
