@@ -271,7 +271,9 @@ class Firewall:
             flow = decode(pkt.get_payload(), self._ifname(pkt.outdev))
             if pkt.hook == _NF_INET_FORWARD:  # a container's or guest's flow (issue 16)
                 self.counters.forwarded += 1
-                found = self.attributor.begin_forwarded(flow, pkt.indev, self._lookup_limits())
+                found = self.attributor.begin_forwarded(
+                    flow, pkt.indev, self._lookup_limits(), pkt.get_hw() or b""
+                )
             else:
                 found = self.attributor.begin(flow, self._lookup_limits())
             if isinstance(found, Lookup):

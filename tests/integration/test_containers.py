@@ -299,3 +299,69 @@ def test_an_ipv6_container_flow_is_held_and_named(lab: Lab, guests: GuestNet, ap
     assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "443") == "timeout"
     rows = rows_from(lab, guest.addr6)
     assert len(rows) == 2 and all(f"[container {NAME} (docker)" in r["reason"] for r in rows)
+
+
+# A stand-in hypervisor: holds tap device vmtap0 open (as qemu does) and writes the frames a
+# guest at 203.0.113.140 would send: a TCP SYN to 203.0.113.7 on the port given per line.
+_HYPERVISOR = """
+import fcntl, os, struct, sys
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"vmtap0", 0x0002 | 0x1000))  # TAP, NO_PI
+print("ready", flush=True)
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+src, dst = bytes([203, 0, 113, 140]), bytes([203, 0, 113, 7])
+for line in sys.stdin:
+    bridge_mac, port = line.split()
+    sport, dport = 41000 + int(port) % 1000, int(port)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 2, 64240, 0, 0)
+    pseudo = src + dst + struct.pack("!BBH", 0, 6, 20)
+    tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    eth = bytes.fromhex(bridge_mac.replace(":", "")) + bytes.fromhex("02005e00018c") + b"\\x08\\x00"
+    os.write(fd, eth + ip + tcp)
+    print("sent", flush=True)
+"""
+
+
+def test_a_vm_behind_a_tap_is_named_by_its_machine(lab: Lab, guests: GuestNet, api: DockerApi):
+    """A libvirt guest: its sockets are in another kernel, so no namespace holds its address;
+    the frame came in on a tap (a port of the bridge), held open by the hypervisor process,
+    whose cgroup (`machine-qemu\\x2d1\\x2dvm1.scope`) names the machine. Ruled by name."""
+    assert guests.cgroot is not None
+    guests.cgroot.mkdir(parents=True, exist_ok=True)
+    scope = guests.cgroot / "machine-qemu\\x2d1\\x2dvm1.scope"
+    scope.mkdir()
+    hypervisor = subprocess.Popen(
+        ["sh", "-c", f'echo $$ > "{scope}/cgroup.procs" && exec "$@"', "sh", "ip", "netns",
+         "exec", lab.client, PYTHON, "-c", _HYPERVISOR],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert hypervisor.stdout is not None and hypervisor.stdin is not None
+        assert hypervisor.stdout.readline().strip() == "ready"
+        lab.ns(lab.client, "ip", "link", "set", "vmtap0", "master", "br-snt", "up")
+        bridge_mac = lab.ns(lab.client, "cat", "/sys/class/net/br-snt/address").stdout.strip()
+        start(lab, api)
+        lab.add_rule("allow container=vm1 runtime=libvirt port=80")
+        for port in (80, 443):
+            hypervisor.stdin.write(f"{bridge_mac} {port}\n")
+            hypervisor.stdin.flush()
+            assert hypervisor.stdout.readline().strip() == "sent"
+        rows: list[dict[str, Any]] = []
+
+        def logged() -> bool:
+            rows[:] = rows_from(lab, "203.0.113.140")
+            return len(rows) >= 2
+
+        wait_for(logged, 10, "the guest's two flows in the log")
+        by_port = {r["dport"]: r for r in rows}
+        assert by_port[80]["action"] == "allow" and by_port[443]["action"] == "deny", rows
+        assert all("[container vm1 (libvirt), process python" in r["reason"] for r in rows), rows
+    finally:
+        end_child(hypervisor)
+        wait_for(lambda: not (scope / "cgroup.procs").read_text().strip(), 10, "empty scope")
+        scope.rmdir()
