@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.icons import snitch_icon
 from snitch_notifier.lists import ConnectionsWindow, RulesWindow
+from snitch_notifier.monitor import open_monitor
 from snitch_notifier.popup import PromptWindow
 
 __all__ = ["PAUSE_UNSUPPORTED", "Tray"]
@@ -40,6 +41,7 @@ class Tray(QObject):
         self.menu.addAction(self.pause)
         self.menu.addAction("&Rules…", lambda: self._open(self.rules))
         self.menu.addAction("Recent &connections…", lambda: self._open(self.connections))
+        self.menu.addAction("Network &Monitor…", open_monitor)
         self.menu.addSeparator()
         self.menu.addAction("&Quit", QApplication.quit)
         self.icon.setContextMenu(self.menu)

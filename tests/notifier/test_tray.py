@@ -19,6 +19,7 @@ def test_pause_is_shown_disabled_and_says_why(popup) -> None:
         "Pa&use prompts",
         "&Rules…",
         "Recent &connections…",
+        "Network &Monitor…",
         "&Quit",
     ]
     pause = actions["Pa&use prompts"]
