@@ -54,7 +54,8 @@ FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
 /usr/local/bin/snitchctl
 /usr/local/bin/snitch-notifier
 /etc/systemd/user/snitch-notifier.service
-/etc/xdg/autostart/snitch-notifier.desktop"
+/etc/xdg/autostart/snitch-notifier.desktop
+/usr/local/share/applications/snitch-monitor.desktop"
 
 OLD_ACTIVATION=/usr/share/dbus-1/system-services/org.snitch.Firewall1.service
 
@@ -107,6 +108,9 @@ install_files() {
         "$ROOT/etc/systemd/user/snitch-notifier.service"
     install -D -m 0644 "$HERE/systemd/snitch-notifier.desktop" \
         "$ROOT/etc/xdg/autostart/snitch-notifier.desktop"
+    # The Network Monitor's launcher (snitch-notifier --monitor), in the desktop's app menu.
+    install -D -m 0644 "$HERE/systemd/snitch-monitor.desktop" \
+        "$ROOT/usr/local/share/applications/snitch-monitor.desktop"
     if command -v systemctl >/dev/null; then
         systemctl --root="${ROOT:-/}" --global enable snitch-notifier.service
     fi

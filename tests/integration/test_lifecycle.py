@@ -233,6 +233,7 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path: Path) -> None:
         "etc/systemd/system/snitchd.service",
         "etc/snitch/snitchd.toml",
         "opt/snitch/venv/bin/snitchd",
+        "usr/local/share/applications/snitch-monitor.desktop",
     ):
         assert (stage / path).exists(), path
     assert os.readlink(stage / "usr/local/bin/snitchctl") == "/opt/snitch/venv/bin/snitchctl"
