@@ -218,7 +218,9 @@ def read_traffic(
     most bytes (only `app` when given); `uid` narrows to one user's flows."""
     table, unit, size = period.table
     bucket = period.bucket
-    start = (now - period.seconds) // bucket * bucket
+    # An int: SQLite divides integers as integers, so a slot is a whole bucket; with a float
+    # start every minute of a 24-hour chart was a point of its own (1,440, not 144).
+    start = int((now - period.seconds) // bucket * bucket)
     where, args = _traffic_where(unit, size, start, uid, app)
     sql = (
         f"SELECT app, uid, ({unit} * {size} - ?) / {bucket} AS slot, sum(bytes_out), "
@@ -234,7 +236,7 @@ def read_traffic(
         acc[2] += blocked
     series = [_series(name, who, points) for (name, who), points in by_app.items()]
     series.sort(key=lambda s: (-(s.bytes_out + s.bytes_in), s.app))
-    whole = [(start + k * bucket, v[0], v[1], v[2]) for k, v in total.items()]
+    whole = [(float(start + k * bucket), v[0], v[1], v[2]) for k, v in total.items()]
     return TrafficReport(
         period.value, start, bucket, _series("", -1 if uid is None else uid, whole), series[:most]
     )
