@@ -4,7 +4,8 @@ Top: the chart of the chosen range (the live ten minutes from the `Rates` signal
 30 d from snitchd's rollups), for every app or the selected one. Below: the apps, with their
 live rates and their totals in the range (sortable; a filter box narrows them by app or user),
 and the destinations of the selected app (from its newest log rows). It refreshes itself:
-rates each second as snitchd sends them, totals and the chart every REFRESH_MS.
+rates each second as snitchd sends them, totals and the chart every few seconds (the longer
+the range, the less often: `Range.refresh_seconds`).
 
 What it shows is what snitchd lets its user see: a user who is not an admin gets only their
 own apps' traffic (the daemon filters), and the window says so rather than suggest it shows
@@ -60,7 +61,7 @@ __all__ = [
     "run_monitor",
 ]
 
-REFRESH_MS = 3000
+REFRESH_MS = 1000  # the timer's tick; a refresh is due every `Range.refresh_seconds`
 _QUEUED = Qt.ConnectionType.QueuedConnection
 _NEW_ICONS_PER_FILL = 20  # desktop-entry lookups per refill: each reads the applications dirs
 
@@ -99,6 +100,7 @@ class MonitorWindow(QWidget):
         self.history = LiveHistory()
         self.hosts: list[HostTraffic] = []
         self.totals_read = 0  # Apps answers taken, for tests and the status line
+        self._refreshed = float("-inf")  # when the totals were last asked for
         self.setWindowTitle("snitch — Network Monitor")
         self.resize(1180, 780)
 
@@ -167,12 +169,18 @@ class MonitorWindow(QWidget):
         super().closeEvent(event)
 
     def refresh(self) -> None:
+        """Read the totals and the chart again when the range's refresh is due."""
+        now = self._clock()
+        if now - self._refreshed < self.range.refresh_seconds:
+            return
+        self._refreshed = now
         self.feed.refresh(self.range, self.selected)
         if self.range is Range.LIVE:
             self._show_live_chart()
 
     def _connected(self) -> None:
         self.status.setText("connected to snitchd")
+        self._refreshed = float("-inf")
         self.refresh()
 
     # -- what the feed brings -------------------------------------------------------------------
@@ -239,6 +247,7 @@ class MonitorWindow(QWidget):
             self._show_live_chart()
         else:
             self._loading()
+        self._refreshed = self._clock()
         self.feed.refresh(self.range, self.selected)
 
     def _selection_changed(self) -> None:

@@ -97,7 +97,7 @@ class ChartView(QChartView):
         # A bucket with no traffic has no row: draw it as zero, so a line does not
         # bridge an idle stretch. Live points are seconds; gaps there are zero too.
         by_time = {int(p.time): p for p in data.points}
-        first = int(data.start // data.bucket * data.bucket)
+        first = int(max(data.start, data.known_from) // data.bucket * data.bucket)
         steps = int((data.end - first) // data.bucket) + 1
         for k in range(max(0, min(steps, 2000))):
             t = first + k * data.bucket

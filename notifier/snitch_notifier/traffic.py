@@ -59,6 +59,12 @@ class Range(enum.Enum):
         }[self.value]
 
     @property
+    def refresh_seconds(self) -> float:
+        """How often the totals and chart are read again: a longer range changes less in a
+        second and costs snitchd more to sum (bench/monitorquery.py)."""
+        return {"10m": 3.0, "1h": 3.0, "24h": 15.0, "7d": 60.0, "30d": 60.0}[self.value]
+
+    @property
     def period(self) -> str:
         """The rollup period whose totals the app list shows (live: the last hour's)."""
         return "1h" if self is Range.LIVE else self.value
@@ -101,13 +107,17 @@ class Point:
 
 @dataclass(frozen=True, slots=True)
 class TrafficChart:
-    """A chart's series: bytes (or bytes per second, live) per bucket of `bucket` seconds."""
+    """A chart's series: bytes (or bytes per second, live) per bucket of `bucket` seconds.
+
+    A bucket with no point moved nothing, from `known_from` on; before it (a live window
+    opened a moment ago) nothing is known and nothing is drawn."""
 
     title: str
     start: float
     end: float
     bucket: int
     points: tuple[Point, ...]
+    known_from: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,4 +263,4 @@ class LiveHistory:
         start = max(now - LIVE_SECONDS, min(first, now - 60))
         points = tuple(p for p in ring if p.time >= start)
         title = "all apps" if key is None else os.path.basename(key.app)
-        return TrafficChart(title, start, now, 1, points)
+        return TrafficChart(title, start, now, 1, points, known_from=first)

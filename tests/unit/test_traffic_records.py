@@ -109,6 +109,7 @@ def test_the_live_history_is_bounded_and_starts_where_the_window_did() -> None:
     fresh = LiveHistory()
     fresh.add(RateFrame(1000.0, ()))
     assert fresh.chart(None, 1010.0).start == 950.0, "at least a minute, not ten empty ones"
+    assert fresh.chart(None, 1010.0).known_from == 1000.0, "nothing known before it opened"
     for i in range(600):
         fresh.add(RateFrame(1001.0 + i, (AppTraffic(AppKey(f"/bin/app{i}", 0)),)))
     assert len(fresh.apps) == 500, "at most 500 apps keep a ring"
