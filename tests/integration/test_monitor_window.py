@@ -112,11 +112,14 @@ def test_the_monitor_window_shows_real_traffic_and_follows_the_person(
     window.resize(1180, 800)
     senders: dict[str, subprocess.Popen[str]] = {}
     try:
-        window.show()
-        _wait(qtbot, lambda: window.totals_read > 0, window.status.text)
         for name, size in SIZES.items():
             senders[name] = _sender(lab, exes[name], size)
         senders["nobody"] = _sender(lab, mine, 50_000, AS_NOBODY)
+        said = {name: Lines(proc) for name, proc in senders.items()}
+        for name, lines in said.items():
+            assert lines.next(60) == "connected", name
+        window.show()  # while the apps send, as a person opens the monitor to see them
+        _wait(qtbot, lambda: window.totals_read > 0, window.status.text)
         for _ in range(3):
             tried = subprocess.run(
                 [*NS, lab.client, tracker, str(HERE / "netclient.py"), "tcp", "203.0.113.9", "443"],
@@ -127,7 +130,6 @@ def test_the_monitor_window_shows_real_traffic_and_follows_the_person(
                 check=False,
             )
             assert tried.stdout.strip() == "refused", tried
-        said = {name: Lines(proc) for name, proc in senders.items()}
         for name, lines in said.items():
             word = lines.next(SECONDS + 30).split()[0]
             assert word == "sent", name

@@ -1,9 +1,9 @@
 """An app that moves traffic the way a person would see it in a monitor: resolves a name at
-the lab's DNS server (so snitch learns it), connects, then sends `total` bytes in uneven
-chunks over about `seconds` (the server echoes chunks that start with "ECHO ", so bytes come
-back too). Prints "sent N" once every byte is acknowledged, then keeps a trickle going (a
-200th of `total` every half second, so a monitor still sees it move) until stdin closes,
-then closes and prints "closed".
+the lab's DNS server (so snitch learns it), connects (and says "connected"), then sends
+`total` bytes in uneven chunks over about `seconds` (the server echoes chunks that start
+with "ECHO ", so bytes come back too). Prints "sent N" once every byte is acknowledged,
+then keeps a trickle going (a 200th of `total` every half second, so a monitor still sees
+it move) until stdin closes, then closes and prints "closed".
 
   trafficapp.py NAME PORT TOTAL SECONDS
 """
@@ -25,6 +25,7 @@ def main() -> int:
     address = next(r.address for rrset in answer.answer for r in rrset if hasattr(r, "address"))
     sock = socket.create_connection((address, port), timeout=10)
     sock.recv(64)  # the server's greeting
+    print("connected", flush=True)
     steps = max(1, int(seconds / 0.25))
     weights = [1.2 + math.sin(k / 3.0) + (k % 7) / 7 for k in range(steps)]
     scale = total / sum(weights)
