@@ -166,6 +166,7 @@ class MonitorWindow(QWidget):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.timer.stop()
         self.feed.stop()
+        self.history = LiveHistory()  # reopened, it knows nothing of the time it was closed
         super().closeEvent(event)
 
     def refresh(self) -> None:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 HOST_ROWS = 1000  # an app's newest log rows read for its destinations
 _BUSY_TRIES = 5
 _BUSY_WAIT = 0.4  # seconds
+_RETRY = 5.0  # seconds between attempts to reach snitchd
 
 
 class MonitorFeed(QObject):
@@ -54,9 +55,14 @@ class MonitorFeed(QObject):
     hosts_read = Signal(object, object)  # AppKey, list[HostTraffic]
     failed = Signal(str)  # a message people read
 
-    def __init__(self, connect: Callable[[], Awaitable[Client]] = Client.connect) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Client]] = Client.connect,
+        retry_seconds: float = _RETRY,
+    ) -> None:
         super().__init__()
         self._connect = connect
+        self._retry = retry_seconds
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Client | None = None
@@ -171,10 +177,18 @@ class MonitorFeed(QObject):
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
         self._ready.set()
+        while not self._stop.is_set():
+            await self._session()
+            # snitchd not running (yet), or refused: try again while the window is open.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._retry)
+
+    async def _session(self) -> None:
+        assert self._stop is not None
         try:
             client = await self._connect()
         except SnitchError as exc:
-            self.failed.emit(exc.message)
+            self.failed.emit(f"{exc.message} (trying again every {self._retry:g} s)")
             return
         self._client = client
         try:
@@ -182,7 +196,7 @@ class MonitorFeed(QObject):
             self.connected.emit()
             await self._stop.wait()
         except SnitchError as exc:
-            self.failed.emit(exc.message)
+            self.failed.emit(f"{exc.message} (trying again every {self._retry:g} s)")
         finally:
             self._client = None
             with contextlib.suppress(Exception):
