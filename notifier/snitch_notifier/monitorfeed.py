@@ -160,7 +160,7 @@ class MonitorFeed(QObject):
         if app is not None:
             query["app"] = Variant("s", app.app)
         report = await self._call(lambda c: c.traffic(query))
-        self.chart_read.emit(shown, app, parse_chart(report, app.app if app else None, time.time()))
+        self.chart_read.emit(shown, app, parse_chart(report, app, time.time()))
 
     async def _hosts(self, app: AppKey) -> None:
         query = {"exe": Variant("s", app.app), "limit": Variant("t", HOST_ROWS)}

@@ -196,14 +196,16 @@ def parse_rates(signal: Mapping[str, Any]) -> RateFrame:
     return RateFrame(float(signal["time"]), apps)
 
 
-def parse_chart(report: Mapping[str, Any], app: str | None, now: float) -> TrafficChart:
+def parse_chart(report: Mapping[str, Any], app: AppKey | None, now: float) -> TrafficChart:
     """`Traffic`'s answer as one chart: the app's series when `app` is given (empty when it
-    moved nothing in the period), else the total."""
+    moved nothing in the period; an admin gets one series per user of an executable), else
+    the total."""
     series: Mapping[str, Any] = report["total"]
     if app is not None:
-        series = next((s for s in report["apps"] if s["app"] == app), {"points": []})
+        mine = (s for s in report["apps"] if (s["app"], s["uid"]) == (app.app, app.uid))
+        series = next(mine, {"points": []})
     points = tuple(Point(float(t), float(o), float(i), int(b)) for t, o, i, b in series["points"])
-    title = os.path.basename(app) if app else "all apps"
+    title = os.path.basename(app.app) if app else "all apps"
     return TrafficChart(title, float(report["start"]), now, int(report["bucket"]), points)
 
 

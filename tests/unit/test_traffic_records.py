@@ -52,14 +52,17 @@ def test_a_chart_is_the_apps_series_or_the_total() -> None:
         "start": 0.0,
         "bucket": 60,
         "total": {"app": "", "uid": -1, "points": [[0, 5, 6, 1], [60, 7, 8, 0]]},
-        "apps": [{"app": "/usr/bin/curl", "uid": 1000, "points": [[60, 7, 8, 0]]}],
+        "apps": [
+            {"app": "/usr/bin/curl", "uid": 0, "points": [[0, 1, 1, 0]]},
+            {"app": "/usr/bin/curl", "uid": 1000, "points": [[60, 7, 8, 0]]},
+        ],
     }
     total = parse_chart(report, None, 3600.0)
     assert total.title == "all apps" and len(total.points) == 2
     assert total.points[0].blocked == 1
-    curl = parse_chart(report, "/usr/bin/curl", 3600.0)
-    assert curl.title == "curl" and [p.bytes_out for p in curl.points] == [7]
-    assert parse_chart(report, "/usr/bin/wget", 3600.0).points == (), "moved nothing"
+    curl = parse_chart(report, CURL, 3600.0)
+    assert curl.title == "curl" and [p.bytes_out for p in curl.points] == [7], "its user's"
+    assert parse_chart(report, AppKey("/usr/bin/wget", 1000), 3600.0).points == ()
 
 
 def test_rates_and_totals_parse_into_records() -> None:
