@@ -14,6 +14,7 @@ the whole machine. It decides nothing and writes nothing.
 
 from __future__ import annotations
 
+import html
 import os
 import signal
 import sys
@@ -63,6 +64,13 @@ __all__ = [
 
 REFRESH_MS = 1000  # the timer's tick; a refresh is due every `Range.refresh_seconds`
 _QUEUED = Qt.ConnectionType.QueuedConnection
+
+
+def _name(key: AppKey) -> str:
+    """An app's short name, escaped for a rich-text label."""
+    return html.escape(os.path.basename(key.app) or key.app)
+
+
 _NEW_ICONS_PER_FILL = 20  # desktop-entry lookups per refill: each reads the applications dirs
 
 
@@ -120,8 +128,12 @@ class MonitorWindow(QWidget):
         self.apps = AppTable()
         self.apps.itemSelectionChanged.connect(self._selection_changed)
         self.destinations = HostTable()
+        # Rich text for the bold name; every name in it is escaped: an executable's path and a
+        # host's name are the app's to choose, and must not restyle the window.
         self.hosts_title = QLabel("Select an app to see where it went.")
+        self.hosts_title.setTextFormat(Qt.TextFormat.RichText)
         self.status = QLabel()
+        self.status.setTextFormat(Qt.TextFormat.PlainText)  # snitchd's messages quote input
         self._lay_out()
         self.timer = QTimer(self)
         self.timer.setInterval(REFRESH_MS)
@@ -228,7 +240,7 @@ class MonitorWindow(QWidget):
         self.hosts = hosts
         self.destinations.fill(hosts)
         self.hosts_title.setText(
-            f"<b>{os.path.basename(app.app)}</b> ({app.app}, {user_name(app.uid)}): "
+            f"<b>{_name(app)}</b> ({html.escape(app.app)}, {html.escape(user_name(app.uid))}): "
             f"{len(hosts)} destination{'s' if len(hosts) != 1 else ''} in its last "
             f"{HOST_ROWS} attempts"
         )
@@ -261,7 +273,7 @@ class MonitorWindow(QWidget):
             self.hosts_title.setText("Select an app to see where it went.")
             self.destinations.setRowCount(0)
         else:
-            self.hosts_title.setText(f"reading where {os.path.basename(key.app)} went…")
+            self.hosts_title.setText(f"reading where {_name(key)} went…")
             self.feed.read_hosts(key)
         if self.range is Range.LIVE:
             self._show_live_chart()
@@ -275,13 +287,14 @@ class MonitorWindow(QWidget):
             self.scope.setText("Traffic of every user's apps on this machine.")
         else:
             self.scope.setText(
-                f"Traffic of <b>your</b> apps only ({user_name(self.uid)}): snitchd shows "
+                f"Traffic of <b>your</b> apps only ({html.escape(user_name(self.uid))}): "
+                "snitchd shows "
                 "other users' traffic to administrators."
             )
 
     def _loading(self) -> None:
         if self.chart is not None:
-            name = os.path.basename(self.selected.app) if self.selected else "all apps"
+            name = _name(self.selected) if self.selected else "all apps"
             self.chart.clear(f"{name}: reading the last {self.range.label.lower()}…")
 
     def _show_live_chart(self) -> None:

@@ -11,6 +11,8 @@ one unit picked from the largest point, and the axis title names it ("MB per 10 
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCharts import (
     QChart,
     QChartView,
@@ -85,7 +87,7 @@ class ChartView(QChartView):
         for each in (self.up, self.down, self.blocked):
             each.clear()
         self.points = 0
-        self.chart().setTitle(title)
+        self.chart().setTitle(title)  # escaped by the caller
 
     def show_chart(self, data: TrafficChart, span: str) -> None:
         largest = max((max(p.bytes_out, p.bytes_in) for p in data.points), default=0.0)
@@ -119,7 +121,8 @@ class ChartView(QChartView):
         self.y_axis.setRange(0, max(1.0, largest / divisor * 1.1))
         self.y_axis.applyNiceNumbers()
         self.y_axis.setTitleText(f"{unit} {per}" if data.bucket > 1 else f"{unit}/s")
-        self.chart().setTitle(f"{data.title}: {span}")
+        # QChart renders its title as rich text: an app's name must not restyle it.
+        self.chart().setTitle(html.escape(f"{data.title}: {span}"))
 
 
 def _date_format(data: TrafficChart) -> str:

@@ -67,3 +67,18 @@ def test_an_answer_for_another_range_is_not_shown(qtbot) -> None:
     assert window.range is Range.DAY
     window.take_totals(Range.LIVE, [AppTraffic(BIG, bytes_out=5)])
     assert window.apps.app_keys() == []
+
+
+def test_an_apps_name_cannot_restyle_the_window(qtbot) -> None:
+    """Paths and host names are the app's to choose: rich-text labels and the chart title
+    show them as text, never as markup."""
+    evil = AppKey('/tmp/<b style="color:red">blocked</b>', 1000)
+    window = _window(qtbot)
+    window.take_totals(Range.LIVE, [AppTraffic(evil, bytes_out=5)])
+    assert window.select_app(evil)
+    window.take_hosts(evil, [])
+    assert "<b style" not in window.hosts_title.text()
+    assert "&lt;b style=&quot;color:red&quot;&gt;" in window.hosts_title.text()
+    if window.chart is not None:
+        window.take_rates(RateFrame(NOW, (AppTraffic(evil, rate_out=1.0),)))
+        assert "<b style" not in window.chart.chart().title()
