@@ -7,6 +7,7 @@ same app across refills, whatever the sort order, and without telling the window
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Callable
 
@@ -39,7 +40,10 @@ class _Item(QTableWidgetItem):
 def _item(text: str, value: object = None, tip: str | None = None) -> _Item:
     item = _Item(text)
     item.setData(_SORT, value if value is not None else text.lower())
-    item.setToolTip(tip or text)
+    # Qt shows a tooltip that looks like markup as rich text: always rich, always escaped,
+    # so a path such as "/tmp/<b>x" reads as itself.
+    shown = html.escape(tip or text).replace("\n", "<br>")
+    item.setToolTip(f"<p style='white-space:pre'>{shown}</p>")
     if isinstance(value, (int, float)):
         item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
     return item

@@ -79,6 +79,8 @@ def test_an_apps_name_cannot_restyle_the_window(qtbot) -> None:
     window.take_hosts(evil, [])
     assert "<b style" not in window.hosts_title.text()
     assert "&lt;b style=&quot;color:red&quot;&gt;" in window.hosts_title.text()
+    tip = window.apps.item(0, 0).toolTip()
+    assert "<b style" not in tip and "&lt;b style" in tip
     if window.chart is not None:
         window.take_rates(RateFrame(NOW, (AppTraffic(evil, rate_out=1.0),)))
         assert "<b style" not in window.chart.chart().title()
