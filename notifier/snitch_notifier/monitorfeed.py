@@ -114,6 +114,8 @@ class MonitorFeed(QObject):
         try:
             await make()
         except SnitchError as exc:
+            if self._stop is not None and self._stop.is_set():
+                return  # the window closed while it was asked: nobody waits for the answer
             log.warning("monitor request failed: %s", exc.message)
             self.failed.emit(exc.message)
         except Exception:
