@@ -92,8 +92,9 @@ class MonitorFeed(QObject):
 
     # -- requests (GUI thread) ------------------------------------------------------------------
     def refresh(self, shown: Range, app: AppKey | None) -> None:
-        """The app list's totals and the chart for `shown`; skipped while one is running."""
-        if self._refreshing:
+        """The app list's totals and the chart for `shown`; skipped while one is running, and
+        before the connection is up (`connected` asks the window to refresh then)."""
+        if self._refreshing or self._client is None:
             return
         self._submit(lambda: self._refresh(shown, app))
 
