@@ -281,7 +281,7 @@ def start_monitors(running, env):
         running.monitors.append(proc)
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         line = proc.stdout.readline().strip() if ready else ""
-        if line != "ready":
+        if line.split()[:1] != ["ready"]:
             raise RuntimeError(f"bench.monitorload {shown} did not start: {line!r}")
 
 

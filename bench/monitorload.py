@@ -1,7 +1,9 @@
 """Monitoring as a person leaves it running, for connbench's configuration m: the Network
 Monitor window, offscreen, with its real feed (the Rates signal each second, Apps and
-Traffic every 3 s), on the range given, until stdin closes. Prints "ready" once snitchd's
-first totals arrived, and at the end one JSON line: the signals and answers it took.
+Traffic every few seconds), on the range given, until stdin closes. Prints "ready" once
+snitchd's first totals arrived, with the seconds it took (from the interpreter's start, and
+from the window's), and at the end one JSON line: the signals and answers it took.
+bench/monitoropen.py reads those times.
 
     python -m bench.monitorload [10m|1h|24h|7d|30d]
 """
@@ -12,16 +14,19 @@ import select
 import sys
 import time
 
+STARTED = time.perf_counter()
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication  # noqa: E402 (after STARTED)
 
-from snitch_notifier.monitor import MonitorWindow
-from snitch_notifier.traffic import Range
+from snitch_notifier.monitor import MonitorWindow  # noqa: E402
+from snitch_notifier.traffic import Range  # noqa: E402
 
 
 def main() -> int:
     app = QApplication(sys.argv[:1])
+    made = time.perf_counter()
     window = MonitorWindow()
     window.resize(1180, 780)
     window.show()
@@ -33,7 +38,8 @@ def main() -> int:
     while time.monotonic() < deadline:
         app.processEvents()
         if not ready and window.totals_read:
-            print("ready", flush=True)
+            now = time.perf_counter()
+            print("ready", f"{now - STARTED:.3f}", f"{now - made:.3f}", flush=True)
             ready = True
         if select.select([sys.stdin], [], [], 0.05)[0] and not sys.stdin.readline():
             break

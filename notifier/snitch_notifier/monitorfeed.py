@@ -114,12 +114,15 @@ class MonitorFeed(QObject):
     async def _guard(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
             await make()
-        except SnitchError as exc:
+        except Exception as exc:
             if self._stop is not None and self._stop.is_set():
-                return  # the window closed while it was asked: nobody waits for the answer
-            log.warning("monitor request failed: %s", exc.message)
-            self.failed.emit(exc.message)
-        except Exception:
+                # The window closed while it was asked (the connection's end surfaces as
+                # dbus-fast's EOFError): nobody waits for the answer.
+                return
+            if isinstance(exc, SnitchError):
+                log.warning("monitor request failed: %s", exc.message)
+                self.failed.emit(exc.message)
+                return
             log.exception("monitor request failed unexpectedly")
             self.failed.emit("internal error: see the notifier's log")
 
