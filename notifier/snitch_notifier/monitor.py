@@ -261,7 +261,7 @@ class MonitorWindow(QWidget):
         else:
             self._loading()
         self._refreshed = self._clock()
-        self.feed.refresh(self.range, self.selected)
+        self.feed.refresh(self.range, self.selected, now=True)
 
     def _selection_changed(self) -> None:
         rows = self.apps.selectionModel().selectedRows()

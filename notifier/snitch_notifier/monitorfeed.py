@@ -91,10 +91,11 @@ class MonitorFeed(QObject):
         self._thread = None
 
     # -- requests (GUI thread) ------------------------------------------------------------------
-    def refresh(self, shown: Range, app: AppKey | None) -> None:
-        """The app list's totals and the chart for `shown`; skipped while one is running, and
-        before the connection is up (`connected` asks the window to refresh then)."""
-        if self._refreshing or self._client is None:
+    def refresh(self, shown: Range, app: AppKey | None, now: bool = False) -> None:
+        """The app list's totals and the chart for `shown`; skipped while one is running
+        (unless `now`: a range just chosen must not wait for the next turn), and before the
+        connection is up (`connected` asks the window to refresh then)."""
+        if (self._refreshing and not now) or self._client is None:
             return
         self._submit(lambda: self._refresh(shown, app))
 
