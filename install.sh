@@ -60,6 +60,7 @@ FILES="/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf
 /etc/systemd/user/snitch-notifier.service
 /etc/xdg/autostart/snitch-notifier.desktop
 /usr/local/share/applications/snitch.desktop
+/usr/local/share/applications/snitch-monitor.desktop
 /usr/local/share/icons/hicolor/scalable/apps/snitch.svg
 /usr/local/share/man/man1/snitchctl.1
 /usr/local/share/man/man8/snitchd.8
@@ -135,6 +136,9 @@ install_files() {
         "$ROOT/usr/local/share/applications/snitch.desktop"
     install -D -m 0644 "$HERE/notifier/snitch_notifier/art/snitch-watching.svg" \
         "$ROOT/usr/local/share/icons/hicolor/scalable/apps/snitch.svg"
+    # The Network Monitor's launcher (snitch-notifier --monitor), in the desktop's app menu.
+    install -D -m 0644 "$HERE/systemd/snitch-monitor.desktop" \
+        "$ROOT/usr/local/share/applications/snitch-monitor.desktop"
     if command -v systemctl >/dev/null; then
         systemctl --root="${ROOT:-/}" --global enable snitch-notifier.service
     fi

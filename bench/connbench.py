@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import select
 import shutil
 import socket
 import sqlite3
@@ -56,7 +57,11 @@ SETUPS = {
     "d": ("snitch, default action (allow)", "snitch", "allow"),
     "e": ("snitch, 100k rules", "snitch", "deny"),
     "f": ("ceiling read as snitchd does (asyncio)", "ceiling-asyncio", None),
+    "m": ("c with two Network Monitor windows open (24h, live)", "snitch-monitored", "deny"),
 }
+# Configuration m's monitors (bench/monitorload.py): one on 24 h (Apps and Traffic 24h every
+# 3 s), one live (Apps 1h every 3 s, like top --live); both take the Rates signal each second.
+MONITOR_RANGES = ("24h", "10m")
 # snitchd as its console script does it; PYTHONPATH picks the source tree (--alt-src for C/D/E).
 DAEMON_MAIN = "import sys; from snitchd.main import main; sys.exit(main())"
 
@@ -196,6 +201,7 @@ class Running:
         self.log = log
         self.notify = None
         self.info = {}
+        self.monitors = []
 
     @property
     def pid(self):
@@ -217,7 +223,7 @@ def start(lab, key, stores, round_dir, env, srcs=(None, None)):
             raise RuntimeError(f"accept_only.py did not start: {line!r}")
         return Running(key, proc, time.monotonic() - began)
     db = round_dir / f"snitch-{key}.db"
-    shutil.copy(stores[key.lower()], db)
+    shutil.copy(stores["c" if key.lower() == "m" else key.lower()], db)
     conf = round_dir / f"snitchd-{key}.toml"
     conf.write_text(
         f'database = "{db}"\ndefault_action = "{action}"\nqueue = {QUEUE}\n'
@@ -251,12 +257,53 @@ def start(lab, key, stores, round_dir, env, srcs=(None, None)):
     running = Running(key, proc, time.monotonic() - began, log)
     running.notify = notify
     running.info["db"] = str(db)
+    if kind == "snitch-monitored":
+        try:
+            start_monitors(running, env)
+        except BaseException:
+            stop(lab, running)
+            raise
     return running
+
+
+def start_monitors(running, env):
+    """The monitor windows of configuration m, outside the lab's namespaces (they only talk
+    to snitchd over the bus), ready once each has snitchd's first answer."""
+    for shown in MONITOR_RANGES:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.monitorload", shown],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env | {"QT_QPA_PLATFORM": "offscreen"},
+        )
+        running.monitors.append(proc)
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline().strip() if ready else ""
+        if line.split()[:1] != ["ready"]:
+            raise RuntimeError(f"bench.monitorload {shown} did not start: {line!r}")
+
+
+def stop_monitors(running):
+    took = []
+    for proc in running.monitors:
+        try:
+            out, _ = proc.communicate("", timeout=20)
+            took.append(json.loads(out.strip().splitlines()[-1]))
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            proc.kill()
+            proc.wait()
+            took.append(None)
+    running.monitors = []
+    if took:
+        running.info["monitors"] = took
 
 
 def stop(lab, running):
     if running.proc is None:
         return
+    stop_monitors(running)
     if running.log is not None:
         done = subprocess.run(
             [str(VENV_BIN / "snitchctl"), "--json", "status"],

@@ -59,6 +59,9 @@ def summarize(runs, infos, configs):
                 ref = summary.get(base, {}).get(load)
                 if ref and ref["rate"]:
                     e[f"vs_{base}"] = round(e["rate"] / ref["rate"], 3)
+            ref = summary.get("c", {}).get(load)
+            if key == "m" and ref and ref["rate"]:
+                e["vs_c"] = round(e["rate"] / ref["rate"], 3)  # monitoring on / off
             ref = summary.get("a", {}).get(load)
             if ref and key != "a":
                 for q in ("p50", "p99"):
@@ -182,6 +185,20 @@ def print_tables(summary, targets_rows, meta, setups):
             f"{_f(t4.get('p99_us'), '{:.1f}'):>9s} {_f(t4.get('cpu_per_1000'), '{:.3f}'):>9s}"
             f" {_f(s.get('cpu_per_1000_all'), '{:.3f}'):>10s}"
         )
+
+    m = summary.get("m")
+    if m and "c" in summary:
+        ratios = ", ".join(
+            f"{load} {_f(m[load].get('vs_c'), '{:.3f}')}" for load in LOAD_KEYS if load in m
+        )
+        print(f"\n== monitoring on (m) / off (c), rates in this run: {ratios}")
+        p50 = ", ".join(
+            f"{load} {_f(summary['c'][load]['p50_us'], '{:.1f}')} -> "
+            f"{_f(m[load]['p50_us'], '{:.1f}')} µs"
+            for load in LOAD_KEYS
+            if load in m and load in summary["c"]
+        )
+        print(f"   median latency off -> on: {p50}")
 
     print("\n== checks: failed flows; queued per flow (1.0: every flow reached the queue); load:")
     print("   machine busy, and in cores: kernel softirq, others (not client/server/firewall)")

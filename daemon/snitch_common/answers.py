@@ -10,7 +10,7 @@ others with the reason, and the popup greys them out with the same reason. No I/
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_network
 
 from snitch_common.errors import PromptError
@@ -45,6 +45,7 @@ class Scope(enum.Enum):
     PARENT = "parent"  # anything this app does when started by its direct parent
     ANY_APP = "anyapp"  # any app (of this user) to this destination, port and protocol
     NETWORK = "network"  # this app to this network (/24 for IPv4, /64 for IPv6), any port
+    CONTAINER = "container"  # anything this container does (needs a container's flow)
 
 
 # The durations agents offer, with the label the popup shows; any `Nm` is accepted too.
@@ -135,7 +136,10 @@ def rule_for_answer(
 
     `host` is the name the answer may name: one this very process resolved the address from
     (issue 15); None makes `exact`, `host` and `anyapp` name the address, and `domain` refused.
-    `network` covers the address's /24 (IPv4) or /64 (IPv6), any port."""
+    `network` covers the address's /24 (IPv4) or /64 (IPv6), any port. A container's flow
+    (issue 16) makes a rule naming the container, whatever the scope."""
+    if proc.container is not None or answer.scope is Scope.CONTAINER:
+        return _container_rule(flow, proc, host, answer, admin=admin)
     if answer.scope is not Scope.ANY_APP:
         _check_identity(proc, answer)
     ported = flow.proto in (Proto.TCP, Proto.UDP)
@@ -197,6 +201,41 @@ def rule_for_answer(
         pid=proc.pid if per_process else None,
         start=proc.start_time if per_process else None,
     )
+
+
+def _container_rule(
+    flow: Flow, proc: Process, host: str | None, answer: Answer, *, admin: bool
+) -> Rule:
+    """A container's flow (issue 16): the rule names the container (its exact name) and its
+    runtime, never the executable, which is the container's file; `container` covers anything
+    it does, the destination scopes what they cover for an app. A non-admin's rule names the
+    container's owner (`user=`), as an app's names its user."""
+    box = proc.container
+    if box is None:
+        raise PromptError("scope 'container' needs a flow from a container, and this is not one")
+    if answer.scope in (Scope.APP, Scope.SCRIPT, Scope.PARENT):
+        raise PromptError(
+            f"scope {answer.scope.value!r} names an app, and a container's processes are "
+            "named by their container: answer for this container, or a destination"
+        )
+    lifetime, minutes = answer.lifetime
+    if lifetime is Lifetime.PROCESS:
+        raise PromptError("'until the app quits' needs an app: choose a time, or forever")
+    if answer.scope is Scope.CONTAINER:
+        rule = Rule(answer.action, lifetime=lifetime, minutes=minutes)
+    else:
+        rule = rule_for_answer(flow, Process(proc.attribution), host, answer, admin=True)
+    return replace(
+        rule,
+        container=_literal(box.name),
+        runtime=box.runtime,
+        user=None if admin else proc.owner_uid,
+    )
+
+
+def _literal(name: str) -> str:
+    """A name as a `container=` glob that matches it alone (`*`, `?`, `[` put in brackets)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _check_identity(proc: Process, answer: Answer) -> None:

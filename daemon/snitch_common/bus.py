@@ -95,6 +95,11 @@ class PromptView:
     # The name host and domain answers name: one this process itself resolved (issue 15); None
     # when `host` came from another program's lookup or none: they name the address.
     rule_host: str | None = None
+    # A container's flow (issue 16): "container web-1 (docker), process nginx (pid in
+    # container 7)", and its name and runtime ("" for a flow of this machine).
+    container: str = ""
+    container_name: str = ""
+    runtime: str = ""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptView:
@@ -120,6 +125,9 @@ class PromptView:
             notes=tuple(str(n) for n in d.get("notes", ())),
             source=str(d.get("source", "")),
             rule_host=d.get("rule_host"),
+            container=str(d.get("container", "")),
+            container_name=str(d.get("container_name", "")),
+            runtime=str(d.get("runtime", "")),
         )
 
     @property
@@ -130,6 +138,8 @@ class PromptView:
 
     @property
     def who(self) -> str:
+        if self.container:
+            return self.container
         if self.exe is None:
             return "kernel" if self.uid is None else f"uid {self.uid} (process not found)"
         return self.exe

@@ -10,7 +10,16 @@ import enum
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-__all__ = ["Attribution", "Flow", "IPAddress", "Process", "Proto", "Source"]
+__all__ = [
+    "Attribution",
+    "Container",
+    "Flow",
+    "IPAddress",
+    "Process",
+    "Proto",
+    "Runtime",
+    "Source",
+]
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -70,6 +79,41 @@ class Source(enum.Enum):
     KERNEL = "kernel"
 
 
+class Runtime(enum.Enum):
+    """What runs a container or guest, as its cgroup names it (issue 16); `runtime=` in rules."""
+
+    DOCKER = "docker"
+    PODMAN = "podman"
+    NSPAWN = "nspawn"
+    LIBVIRT = "libvirt"
+    LXC = "lxc"
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """The container or guest a forwarded flow came from (issue 16), found from the sender's
+    cgroup. `name` is the runtime's name for it (the Docker API's when its socket was readable,
+    else the short id), `id` the runtime's id (Docker, Podman) or the machine name; `pid` is the
+    sender's pid *inside* the container (the host pid is `Process.pid`). `owner_uid` is whose it
+    is: the user of a rootless container (its cgroup is under that user's `user@UID.service`),
+    None for a system one (root's runtime: its prompts go to the admins)."""
+
+    runtime: Runtime
+    name: str
+    id: str
+    pid: int | None = None
+    owner_uid: int | None = None
+
+    def describe(self, process: str | None = None) -> str:
+        """ "container web-1 (docker), process nginx (pid in container 7)", as prompts and the
+        log say it."""
+        text = f"container {self.name} ({self.runtime.value})"
+        if process is not None:
+            inside = f" (pid in container {self.pid})" if self.pid is not None else ""
+            text += f", process {process}{inside}"
+        return text
+
+
 @dataclass(frozen=True, slots=True)
 class Process:
     """Who sent a flow. `pid` and `exe` are None when the socket was found but not its process
@@ -86,6 +130,8 @@ class Process:
     LD_PRELOAD/LD_AUDIT libraries its memory maps; `tracer`: the pid that ptrace-attached it.
     `user_writable`: someone other than root can change the executable (its answers are always
     pinned to its sha256). Parents' labels are verified paths, else `[comm]` or `?path`.
+    `container`: the flow was forwarded from a container or guest (issue 16); `exe` is then the
+    path as the container sees it, and no rule naming an app matches it.
     """
 
     attribution: Attribution
@@ -106,6 +152,14 @@ class Process:
     preload: tuple[str, ...] = ()
     tracer: int | None = None
     user_writable: bool = False
+    container: Container | None = None
+
+    @property
+    def owner_uid(self) -> int | None:
+        """Whose flow this is for rules (`user=`) and prompts: the process's uid, or for a
+        container's process the container's owner (a uid inside a container names no user of
+        this machine; None: a system container, whose prompts go to the admins)."""
+        return self.container.owner_uid if self.container is not None else self.uid
 
     @property
     def tampered(self) -> bool:
@@ -123,6 +177,9 @@ class Process:
     def notes(self) -> tuple[str, ...]:
         """What the log and the prompt say about this identity besides the path, each a short
         phrase: "unverified", "script /x.py", "LD_PRELOAD /tmp/x.so", "traced by pid 7"."""
+        if self.container is not None:
+            name = self.exe.rpartition("/")[2] if self.exe is not None else None
+            return (self.container.describe(name),)
         if self.exe is None:
             return ()
         notes: list[str] = []
@@ -146,6 +203,8 @@ class Process:
         return cls(attribution=Attribution.UID_ONLY, uid=uid, source=Source.UID_ONLY)
 
     def describe(self) -> str:
+        if self.container is not None:
+            return self.notes()[0]
         if self.attribution is Attribution.KERNEL:
             return "kernel"
         if self.exe is None:

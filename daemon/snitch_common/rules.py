@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from snitch_common.errors import RuleError
-from snitch_common.records import Proto
+from snitch_common.records import Proto, Runtime
 
 __all__ = [
     "CLASSES",
@@ -29,6 +29,7 @@ __all__ = [
     "Lifetime",
     "Rule",
     "RuleRecord",
+    "container_matches",
     "format_days",
     "format_during",
     "interpreter_name",
@@ -85,6 +86,8 @@ _KEYS = (
     "port",
     "proto",
     "iface",
+    "container",
+    "runtime",
     "for",
     "until",
     "pid",
@@ -166,6 +169,8 @@ class Rule:
     days: int | None = None
     keep_open: bool = False
     profile: str | None = None  # holds only while this profile is active; None: in every one
+    container: str | None = None  # a glob of container names (issue 16)
+    runtime: Runtime | None = None
 
     def __str__(self) -> str:
         parts = [self.action.value]
@@ -179,6 +184,10 @@ class Rule:
             parts.append("parent1=" + shlex.quote(self.parent1))
         if self.parent is not None:
             parts.append("parent=" + shlex.quote(self.parent))
+        if self.container is not None:
+            parts.append("container=" + shlex.quote(self.container))
+        if self.runtime is not None:
+            parts.append("runtime=" + self.runtime.value)
         if self.user is not None:
             parts.append(f"user={self.user}")
         if self.dst is not None:
@@ -332,6 +341,34 @@ def _parse_days(value: str) -> int:
                 break
             day = (day + 1) % 7
     return mask
+
+
+@functools.lru_cache(maxsize=_SHARED_TEXTS)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A shell glob (`*`, `?`, `[abc]`, `[!abc]`) as a regex; anything else is literal."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[" and (end := pattern.find("]", i + 1 if pattern[i : i + 1] == "!" else i)) > i:
+            body = pattern[i:end]
+            negate = body.startswith("!")
+            body = re.escape(body[1:] if negate else body).replace("\\-", "-")
+            out.append(f"[{'^' if negate else ''}{body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def container_matches(pattern: str, name: str) -> bool:
+    """Whether a `container=` glob matches a container's name (case matters, as in Docker)."""
+    return _glob(pattern).fullmatch(name) is not None
 
 
 def parse_duration(text: str) -> tuple[Lifetime, int | None]:
@@ -500,12 +537,31 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         fields["lifetime"], fields["minutes"] = parse_duration(value)
     elif key in ("until", "start"):
         fields[key] = _parse_float(key, value)
+    elif key in ("container", "runtime"):
+        _apply_container_word(fields, key, value)
     elif key == "pid":
         if not _DIGITS.fullmatch(value):
             raise RuleError(f"invalid pid {value!r}: not a process id")
         fields["pid"] = int(value)
     else:
         _apply_when_word(fields, key, value)
+
+
+def _apply_container_word(fields: dict[str, object], key: str, value: str) -> None:
+    """The keys that name a container (issue 16)."""
+    if key == "container":
+        if len(value) > 128 or not value.isprintable():
+            raise RuleError(
+                f"invalid container {value!r}: a container name or glob (* ? [...]) of at most "
+                "128 printable characters"
+            )
+        fields["container"] = sys.intern(value)
+    elif key == "runtime":
+        try:
+            fields["runtime"] = Runtime(value)
+        except ValueError:
+            names = "|".join(r.value for r in Runtime)
+            raise RuleError(f"invalid runtime {value!r}: use {names}") from None
 
 
 def _apply_when_word(fields: dict[str, object], key: str, value: str) -> None:
@@ -542,3 +598,10 @@ def _check_consistent(rule: Rule) -> None:
         raise RuleError("invalid rule: for=process needs app=")
     if rule.keep_open and rule.action is Action.ALLOW:
         raise RuleError("invalid rule: keep-open= belongs to deny and reject rules")
+    if (rule.container is not None or rule.runtime is not None) and (
+        rule.exe is not None or rule.parent is not None or rule.parent1 is not None
+    ):
+        raise RuleError(
+            "invalid rule: container= and runtime= name a container's processes, which no "
+            "app=, script= or parent= rule matches; drop one or the other"
+        )

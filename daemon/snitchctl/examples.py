@@ -65,7 +65,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "disable-rule": ("snitchctl disable-rule 3",),
     "enable-rule": ("snitchctl enable-rule 3",),
-    "check-rules": ("snitchctl check-rules office.rules", "snitchctl check-rules /etc/snitch/rules.d/office.rules"),
+    "check-rules": (
+        "snitchctl check-rules office.rules",
+        "snitchctl check-rules /etc/snitch/rules.d/office.rules",
+    ),
     "export": ("snitchctl export > backup.rules", "snitchctl export --format json"),
     "import": ("snitchctl import --dry-run backup.rules", "snitchctl import backup.rules"),
     "mode": (

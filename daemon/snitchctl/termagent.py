@@ -82,9 +82,9 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
     if prompt.sha256:
         lines.append(f"  sha256    {prompt.sha256}")
     for note in prompt.notes:
-        if not note.startswith(("script ", "inline code")):
+        if not note.startswith(("script ", "inline code", "container ")):
             lines.append(f"  WARNING   {note}")
-    if not prompt.verified:
+    if not prompt.verified and not prompt.container:
         lines.append("            (its path names another file here: rules for it do not apply)")
     if prompt.tampered:
         lines.append("            (code not of its executable runs in it: its allow rules do not)")

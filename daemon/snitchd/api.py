@@ -188,6 +188,10 @@ def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
     out["cmdline"] = Variant("as", list(proc.cmdline))
     out["parents"] = Variant("a(xs)", [[pid, exe] for pid, exe in proc.parents])
     out["notes"] = Variant("as", list(proc.notes()))
+    if proc.container is not None:  # issue 16
+        out["container"] = Variant("s", proc.notes()[0])
+        out["container_name"] = Variant("s", proc.container.name)
+        out["runtime"] = Variant("s", proc.container.runtime.value)
     return out
 
 

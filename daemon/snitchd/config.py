@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import grp
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from ipaddress import ip_address
@@ -69,6 +70,28 @@ DEFAULT_AGENT_PROGRAMS = (
     "/usr/local/bin/snitch-notifier",
     "/usr/local/bin/snitchctl",
 )
+
+
+# Input interfaces of the container and guest networks the runtimes make (issue 16), as
+# iptables names them (`+`: any suffix): Docker's default bridge and user networks, Podman's
+# (netavark, CNI), libvirt's NAT bridges and taps, LXC/LXD/Incus bridges, systemd-nspawn's
+# host-side veths (`ve-NAME`) and bridge ports (`vb-NAME`), plain taps. A flow starting on one
+# is queued; a router's own LAN bridge named `br-...` must be left out (forward_interfaces).
+DEFAULT_FORWARD_INTERFACES = (
+    "docker0",
+    "br-+",
+    "podman+",
+    "cni-+",
+    "virbr+",
+    "lxcbr+",
+    "lxdbr+",
+    "incusbr+",
+    "ve-+",
+    "vb-+",
+    "vnet+",
+    "tap+",
+)
+_IFACE_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,15}\+?|[A-Za-z0-9_.:@-]{0,14}\+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +178,12 @@ class Config:
     # `metrics_interval` seconds; "" (the default) writes none (snitchd/metricsfile.py).
     metrics_file: str = ""
     metrics_interval: float = 15.0
+    # Containers and guests (issue 16): the input interfaces whose new forwarded flows are
+    # queued ([] queues none), and the runtimes' API sockets asked for container names ("":
+    # never asked; the short id names the container then).
+    forward_interfaces: tuple[str, ...] = DEFAULT_FORWARD_INTERFACES
+    docker_socket: str = "/var/run/docker.sock"
+    podman_socket: str = "/run/podman/podman.sock"
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -211,6 +240,21 @@ def _check(key: str, value: Any, source: str) -> Any:
         return _check_resolvers(key, value, source)
     if key == "agent_programs":
         return _paths(key, value, source)
+    if key == "forward_interfaces":
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and _IFACE_PATTERN.fullmatch(v) for v in value
+        ):
+            raise ConfigError(
+                f"{source}: {key} = {value!r}: expected a list of interface names, a trailing "
+                '"+" matching any suffix, e.g. ["docker0", "br-+"] (or [] for none)'
+            )
+        return tuple(dict.fromkeys(value))
+    if key in ("docker_socket", "podman_socket"):
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            raise ConfigError(
+                f'{source}: {key} = {value!r}: expected an absolute path, or "" to never ask'
+            )
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} = {value!r}: use true or false")

@@ -4,7 +4,8 @@ Pure: no I/O, no clock, no root; the time comes in as `now`. A test checks that 
 imports nothing that could do I/O.
 
 Precedence, in one sentence (README and docs/rules.md say the same): **the most specific rule
-wins — one naming the app beats one that does not, then one naming the script, then the direct
+wins — one naming the app (for a container: the container, then its runtime) beats one that
+does not, then one naming the script, then the direct
 parent, then any parent, then one naming the user, then the narrowest
 destination (an address or host beats a domain, a domain beats a network, a longer prefix beats a
 shorter one, and a class or list is the widest network), then the narrowest port range, then
@@ -18,6 +19,11 @@ at its path (`Process.verified` False) matches no rule naming an app; a process 
 of its executable (`Process.tampered`: a preloaded library, a tracer) matches no *allow* rule that
 names who it is (app, script or parent) — deny and reject rules still match it; a script whose
 interpreter was handed code through its environment matches no rule naming the script.
+
+Containers (issue 16): a container's process matches no rule naming an app (its executable is
+the container's file), `user=` names the container's owner (`Process.owner_uid`), and
+`container=` and `runtime=` rules match containers' flows only. Rules naming nobody (a
+destination, a port) hold for containers too.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from snitch_common.records import Flow, Process, Proto
-from snitch_common.rules import Action, Lifetime, Rule
+from snitch_common.rules import Action, Lifetime, Rule, container_matches
 from snitchd.places import Places
 
 __all__ = [
@@ -67,7 +73,8 @@ def set_local_time(local: LocalTime) -> None:
 
 
 PRECEDENCE = (
-    "the most specific rule wins: naming the app beats not naming it, then naming the script, "
+    "the most specific rule wins: naming the app (for a container: the container, then its "
+    "runtime) beats not naming it, then naming the script, "
     "then the direct parent, then any parent, then naming the user, "
     "then the narrowest destination (address or host > domain > network, longer prefix first, "
     "a class or list such as lan or list:ads being the widest network), "
@@ -124,6 +131,8 @@ def specificity(rule: Rule, rule_id: int = 0) -> _Key:
     span = 65536 if rule.ports is None else rule.ports[1] - rule.ports[0] + 1
     return (
         int(rule.exe is not None),
+        int(rule.container is not None),
+        int(rule.runtime is not None),
         int(rule.script is not None),
         int(rule.parent1 is not None),
         int(rule.parent is not None),
@@ -146,6 +155,16 @@ def _matches(
         return False
     if (rule.during is not None or rule.days is not None) and not rule.active_in(*_local_time(now)):
         return False
+    box = proc.container
+    if box is None:
+        if rule.container is not None or rule.runtime is not None:
+            return False
+    elif (
+        rule.exe is not None
+        or (rule.runtime is not None and rule.runtime is not box.runtime)
+        or (rule.container is not None and not container_matches(rule.container, box.name))
+    ):
+        return False
     if rule.exe is not None and (
         rule.exe != proc.exe
         or not proc.verified
@@ -163,7 +182,7 @@ def _matches(
         and (rule.exe is not None or rule.parent is not None or rule.parent1 is not None)
     ):
         return False
-    if rule.user is not None and rule.user != proc.uid:
+    if rule.user is not None and rule.user != proc.owner_uid:
         return False
     if rule.proto is not None and rule.proto is not flow.proto:
         return False
@@ -360,12 +379,14 @@ def _rank(rule: Rule, rule_id: int) -> int:
     """`specificity` packed into one int, larger is better: an index keeps one int per rule
     (a tuple of twelve would cost ~130 bytes more each) and compares ints. The fields keep their
     order; a domain of more than 65535 labels (no real name) would rank as one of 65535."""
-    exe, script, parent1, parent, user, tier, sub, span, proto, iface, timed, action, _ = (
-        specificity(rule, rule_id)
+    exe, container, runtime, script, parent1, parent, user, tier, sub, span, proto, iface, timed = (
+        specificity(rule, rule_id)[:13]
     )
+    action = _ACTION_RANK[rule.action]
     if not 0 <= rule_id <= _ID_MASK:
         raise ValueError(f"rule id {rule_id} out of range")
-    who = exe << 4 | script << 3 | parent1 << 2 | parent << 1 | user
+    who = exe << 6 | container << 5 | runtime << 4 | script << 3 | parent1 << 2 | parent << 1
+    who |= user
     rank = (who << 2 | tier) << 16 | min(sub, 0xFFFF)
     rank = (((rank << 17 | (65536 + span)) << 1 | proto) << 1 | iface) << 1 | timed
     return (rank << 2 | action) << 64 | rule_id
@@ -506,6 +527,7 @@ class RuleSet:
         if (
             proc.exe is not None
             and proc.verified
+            and proc.container is None
             and (own := self._by_exe.get(proc.exe)) is not None
         ):
             hit = own.best(flow, proc, names, now, self.places)

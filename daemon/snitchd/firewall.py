@@ -78,6 +78,7 @@ _REPEATS_MAX = 4096  # flows remembered for that; the oldest go first
 # 10 s after a reset (nf_conntrack_tcp_timeout_close), and a new connection on the same ports
 # is a new flow to decide.
 _IN_FLIGHT_SECONDS = 5.0
+_NF_INET_FORWARD = 2  # the netfilter hook a forwarded packet was queued in
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class Counters:
     cut: int = 0  # open flows cut because a rule added or enabled later denies them
     # Decided flows by how their owner was found (Source values), for the metrics (issue 20).
     attributed: dict[str, int] = field(default_factory=dict)
+    forwarded: int = 0  # packets of containers' and guests' flows (FORWARD hook, issue 16)
     started: float = field(default_factory=time.time)
 
 
@@ -381,7 +383,13 @@ class Firewall:
         self.counters.seen += 1
         try:
             flow = decode(pkt.get_payload(), self._ifname(pkt.outdev))
-            found = self.attributor.begin(flow, self._lookup_limits())
+            if pkt.hook == _NF_INET_FORWARD:  # a container's or guest's flow (issue 16)
+                self.counters.forwarded += 1
+                found = self.attributor.begin_forwarded(
+                    flow, pkt.indev, self._lookup_limits(), pkt.get_hw() or b""
+                )
+            else:
+                found = self.attributor.begin(flow, self._lookup_limits())
             if isinstance(found, Lookup):
                 found.future.add_done_callback(lambda _: self._resume(pkt, flow, found))
             else:
@@ -425,11 +433,13 @@ class Firewall:
             return
         # Only names this flow's own process (or user, or a system service) resolved.
         names, host = self.dns.names_for(flow.dst, proc, now)
-        if proc.exe is not None and proc.exe not in self.known_apps:
+        # A container's executable is its file, not the host's: not an app of this machine.
+        exe = proc.exe if proc.container is None else None
+        if exe is not None and exe not in self.known_apps:
             self._new_app(proc, flow, host, now)
-        if proc.exe is not None and (proc.tampered or not proc.verified):
+        if exe is not None and (proc.tampered or not proc.verified):
             self._identity_doubted(proc, now)
-        pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
+        pinned = self._pinned.get(exe) if exe is not None else None
         if pinned and proc.sha256 not in pinned:
             self._exe_changed(proc, pinned, now)
         outcome = decide(flow, proc, self.rules, now, names)

@@ -31,6 +31,7 @@ from snitchd.agents import session_active
 from snitchd.api import serve
 from snitchd.config import DEFAULT_PATH, Config, FailMode, PinAnswers, load_config
 from snitchd.connmark import ConnMarks
+from snitchd.containers import container_names
 from snitchd.decide import set_local_time
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall, local_time, quotas_of
@@ -87,7 +88,11 @@ class _Daemon:
     def _spec(self, config: Config) -> NetSpec:
         dns_queue = config.dns_queue if config.snoop_dns else None
         return NetSpec(
-            config.queue, config.fail_mode is FailMode.OPEN, config.intercept_loopback, dns_queue
+            config.queue,
+            config.fail_mode is FailMode.OPEN,
+            config.intercept_loopback,
+            dns_queue,
+            config.forward_interfaces,
         )
 
     async def run(self) -> None:
@@ -203,6 +208,7 @@ class _Daemon:
             config.bpf_cgroup,
             Path(config.database).parent,
             config.interpreters,
+            container_names(config),
         )
         set_local_time(local_time)  # time windows in the machine's zone (TZ, /etc/localtime)
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)

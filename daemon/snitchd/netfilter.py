@@ -23,6 +23,17 @@ unlikely to read as a verdict of ours. Only `REJECT_MARK` is ever put on a packe
 packet of a rejected flow, for the filter rule); the others live on conntrack entries only,
 because a changed packet mark sends the packet through routing again (policy routing by fwmark).
 
+Forwarded flows (issue 16): a container or guest behind a local bridge, veth or tap device sends
+through the FORWARD hook, never OUTPUT. `NetSpec.forward_from` lists the input interfaces that
+count as local containers (iptables names, `+` for any suffix: `docker0`, `br-+`, `virbr+`...);
+a new flow coming in on one of them goes to the same queue from mangle FORWARD (snitchd tells it
+apart by the hook), behind the same decided-flow rules. Interfaces not listed are outside
+networks: traffic merely routed between two of them is never queued, and neither are flows
+*into* a container (a published port, DNAT'd in PREROUTING: it arrives on the outside interface)
+nor replies (conntrack ESTABLISHED). Rejects of forwarded flows go through the same reject chain,
+jumped to from filter FORWARD. By name, not by link kind (bridge, veth, tun per netlink): a rule
+by name covers the container started after snitchd, and only root names links on the host.
+
 This kernel has xt NFQUEUE but not nft `queue` (DESIGN.md), so iptables is the first backend; a
 native nftables backend fits the same `Backend` protocol.
 """
@@ -73,9 +84,12 @@ QUEUE_CHAIN = "SNITCH_QUEUE"
 REJECT_CHAIN = "SNITCH_REJECT"
 DNS_CHAIN = "SNITCH_DNS"
 DNS_QUERY_CHAIN = "SNITCH_DNSQ"
+FORWARD_CHAIN = "SNITCH_FORWARD"
 _OWN = (
     ("mangle", "OUTPUT", QUEUE_CHAIN),
     ("filter", "OUTPUT", REJECT_CHAIN),
+    ("mangle", "FORWARD", FORWARD_CHAIN),
+    ("filter", "FORWARD", REJECT_CHAIN),
     ("mangle", "INPUT", DNS_CHAIN),
     ("mangle", "POSTROUTING", DNS_QUERY_CHAIN),
 )
@@ -98,6 +112,7 @@ class NetSpec:
     fail_open: bool
     intercept_loopback: bool = False
     dns_queue: int | None = None
+    forward_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +220,16 @@ class IptablesBackend:
         """Lines that undo a previous run; chains in `keep` stay because they are about to be
         redeclared (a `:CHAIN` line of iptables-restore empties an existing chain)."""
         lines: dict[str, list[str]] = {"mangle": [], "filter": []}
+        drop: dict[tuple[str, str], None] = {}
         for table, hook, chain in _OWN:
             jumps, exists = self._own_jumps(tool, table, chain, hook)
             lines[table] += jumps
             if exists and chain not in keep:
-                lines[table] += [f"-F {chain}", f"-X {chain}"]
+                drop[(table, chain)] = None
+        # Every jump first: a chain jumped to from two hooks (the reject chain, from OUTPUT
+        # and FORWARD) can only be deleted once neither jump is left.
+        for table, chain in drop:
+            lines[table] += [f"-F {chain}", f"-X {chain}"]
         return lines
 
     def plan_install(self, spec: NetSpec) -> Plan:
@@ -218,6 +238,8 @@ class IptablesBackend:
             redeclared = {QUEUE_CHAIN, REJECT_CHAIN} | (
                 {DNS_CHAIN, DNS_QUERY_CHAIN} if spec.dns_queue is not None else set()
             )
+            if spec.forward_from:
+                redeclared.add(FORWARD_CHAIN)
             old = self._remove_lines(tool, frozenset(redeclared))
             new = install_lines(tool, spec)
             text = _restore_text(
@@ -274,6 +296,20 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     reject.append(f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}")
     if spec.dns_queue is not None:
         queue += _dns_lines(spec.dns_queue)
+    if spec.forward_from:
+        decided = (
+            f"-A {FORWARD_CHAIN} {ct_allowed} -j RETURN",
+            f"-A {FORWARD_CHAIN} {ct_denied} -j DROP",
+            f"-A {FORWARD_CHAIN} {ct_rejected} -j RETURN",
+        )
+        queue += [f":{FORWARD_CHAIN} - [0:0]", *decided]
+        queue += [
+            f"-A {FORWARD_CHAIN} -i {name} -m conntrack --ctstate NEW --ctdir ORIGINAL "
+            f"-j NFQUEUE --queue-num {spec.queue}{bypass}"
+            for name in spec.forward_from
+        ]
+        queue.append(f"-I FORWARD 1 -m comment --comment {COMMENT} -j {FORWARD_CHAIN}")
+        reject.append(f"-I FORWARD 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}")
     return Chains(tuple(queue), tuple(reject))
 
 

@@ -261,8 +261,9 @@ class Broker:
                 self.transport.send_prompt(prompt.agent, prompt)
 
     def _route(self, proc: Process) -> Agent | None:
-        """The user's own agent; for root, system users and unattributed flows, an admin's."""
-        uid = proc.uid
+        """The user's own agent; for root, system users and unattributed flows, an admin's. A
+        container's flow is its owner's (a rootless one's user; a system one's: the admins)."""
+        uid = proc.owner_uid
         if uid is not None and uid > SYSTEM_UID_MAX:
             own = [a for a in self.agents.values() if a.uid == uid]
             if own:
@@ -336,7 +337,11 @@ class Broker:
         # the app whose path it shows, never share one prompt (and one answer).
         # The uid is part of it too: two users' copies of one app are two prompts, each for its
         # own user's agent (one user never answers for another's flow).
-        who = (proc.exe, proc.script_label, proc.verified, proc.tampered) if proc.exe else None
+        who: tuple[object, ...] | None = (
+            (proc.exe, proc.script_label, proc.verified, proc.tampered) if proc.exe else None
+        )
+        if proc.container is not None:  # two containers running one image ask apart
+            who = (proc.container.runtime, proc.container.name, proc.exe)
         key = (who, proc.uid, flow.proto, flow.dst, flow.dport)
         prompt = self._by_key.get(key)
         uid, q = proc.uid, self._quotas

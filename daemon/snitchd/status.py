@@ -96,6 +96,7 @@ class Status:
     attributed_uid_only: int = 0
     attributed_kernel: int = 0
     log_backlog: int = 0
+    forwarded: int = 0  # packets of containers' and guests' flows, of `seen` (issue 16)
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -120,6 +121,7 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         prompt_packets_dropped=fw.broker.packets_dropped,
         rules_error=fw.rules_error,
         seen=c.seen,
+        forwarded=c.forwarded,
         accepted=c.accepted,
         dropped=c.dropped,
         rejected=c.rejected,

@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="open the waiting list window (the launcher does; a running copy is asked to)",
     )
+    p.add_argument(
+        "--monitor",
+        action="store_true",
+        help="open the Network Monitor window (traffic per app) instead of the agent",
+    )
     p.add_argument("--debug", action="store_true", help="log at debug level (bus traffic too)")
     return p
 
@@ -83,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     reason = "--notifications given" if args.notifications else qt_unavailable(os.environ)
+    if args.monitor:
+        if reason is not None:
+            log.error("cannot open the Network Monitor: %s (try: snitchctl top --live)", reason)
+            return 1
+        from snitch_notifier.monitor import run_monitor  # noqa: PLC0415 (Qt, as below)
+
+        return run_monitor()
     try:
         if reason is None:
             # Imported here: Qt is loaded only once we know it can start.

@@ -74,6 +74,13 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
             f"any app to {where} on port {port}" if ported else f"any app to {where}",
         ),
         ScopeOption(Scope.NETWORK, f"anything {app} connects to in {_network(prompt.dst)}"),
+        ScopeOption(
+            Scope.CONTAINER,
+            f"anything container {prompt.container_name} connects to"
+            if prompt.container_name
+            else "this container",
+            None if prompt.container_name else "this connection is not from a container",
+        ),
     ]
 
 

@@ -32,6 +32,7 @@ from snitch_common.bus import PromptView
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.icons import snitch_icon
 from snitch_notifier.lists import ConnectionsWindow, RulesWindow
+from snitch_notifier.monitor import open_monitor
 from snitch_notifier.pending import Expired
 from snitch_notifier.popup import PromptWindow
 from snitch_notifier.shields import Shield
@@ -98,6 +99,7 @@ class Tray(QObject):
         self._add_pause_menu()
         self.menu.addAction("&Rules…", lambda: self._open(self.rules))
         self.menu.addAction("Recent &connections…", lambda: self._open(self.connections))
+        self.menu.addAction("Network &Monitor…", open_monitor)
         self.menu.addSeparator()
         self.menu.addAction("&Quit", quit_now)
         self.icon.setContextMenu(self.menu)

@@ -191,8 +191,9 @@ class Lab:
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
 
-    def start_daemon(self, **config: Any) -> None:
-        """Start snitchd in the client namespace and wait for READY=1 on a notify socket."""
+    def start_daemon(self, *, prefix: tuple[str, ...] = (), **config: Any) -> None:
+        """Start snitchd in the client namespace (run through `prefix`, e.g. setpriv) and wait
+        for READY=1 on a notify socket."""
         self.write_config(**config)
         notify_path = self.tmp / "notify.sock"
         notify_path.unlink(missing_ok=True)
@@ -208,6 +209,7 @@ class Lab:
                     "netns",
                     "exec",
                     self.client,
+                    *prefix,
                     str(VENV_BIN / "snitchd"),
                     "--config",
                     str(self.config_path),

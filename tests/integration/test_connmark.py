@@ -186,7 +186,7 @@ def test_decided_flow_skips_the_queue_in_the_kernel(
     lab = flavoured
     saved = lab.iptables_save()
     for rule in ("0x5a1a0000/0xffff0000 -j RETURN", "0x5a1d0000/0xffff0000 -j DROP"):
-        assert saved.count(f"-m connmark --mark {rule}") == 2, saved  # v4 and v6
+        assert saved.count(f"-A SNITCH_QUEUE -m connmark --mark {rule}") == 2, saved  # v4, v6
     lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port={SINK} proto=udp")
     before = _no_ports(lab, False)
     argv = ["ip", "netns", "exec", lab.client, *user, PYTHON, "-c", _FLOOD]

@@ -245,6 +245,7 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path: Path) -> None:
         "usr/share/zsh/vendor-completions/_snitchctl",
         "usr/share/fish/vendor_completions.d/snitchctl.fish",
         "usr/lib/systemd/catalog/snitch.catalog",
+        "usr/local/share/applications/snitch-monitor.desktop",
     ):
         assert (stage / path).exists(), path
     bash = (stage / "usr/share/bash-completion/completions/snitchctl").read_text()

@@ -20,8 +20,18 @@ def test_scope_labels_name_this_prompts_host_and_port(prompt_factory) -> None:
         "anything Firefox connects to when started by bash",
         "any app to updates.example.org on port 443/tcp",
         "anything Firefox connects to in 203.0.113.0/24",
+        "this container",
     ]
-    assert [o.why_not for o in options] == [None] * 5 + ["python3.11 runs no script"] + [None] * 3
+    assert [o.why_not for o in options] == [None] * 5 + ["python3.11 runs no script"] + [
+        None
+    ] * 3 + ["this connection is not from a container"]
+
+
+def test_a_containers_prompt_offers_this_container(prompt_factory) -> None:
+    """Issue 16: a flow forwarded from a container can be answered for the whole container."""
+    prompt = prompt_factory(container="container web-1 (docker)", container_name="web-1")
+    option = {o.scope: o for o in scope_options(prompt, "nginx")}[Scope.CONTAINER]
+    assert (option.label, option.why_not) == ("anything container web-1 connects to", None)
 
 
 def test_an_interpreters_prompt_offers_this_script_and_this_parent(prompt_factory) -> None:

@@ -26,6 +26,7 @@ def test_pause_entries_are_greyed_until_snitchd_says_this_user_may_switch(popup,
         "Pa&use prompts",
         "&Rules…",
         "Recent &connections…",
+        "Network &Monitor…",
         "&Quit",
     ]
     pauses = _pauses(tray)

@@ -78,9 +78,15 @@ def test_every_key_can_be_set() -> None:
         "follow_network": False,
         "metrics_file": "/run/snitch/metrics.prom",
         "metrics_interval": 5,
+        "forward_interfaces": ("docker0", "br-+", "+"),
+        "docker_socket": "",
+        "podman_socket": "/run/user/1000/podman/podman.sock",
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
-    lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "agent_programs")}
+    lists = {
+        k: list(data[k])
+        for k in ("dns_resolvers", "interpreters", "agent_programs", "forward_interfaces")
+    }
     config = parse_config(data | lists)
     assert config.default_action is Action.DENY
     got = {k: getattr(config, k) for k in data}
@@ -243,3 +249,15 @@ def test_missing_default_file_means_defaults() -> None:
     if DEFAULT_PATH.exists():
         pytest.skip(f"{DEFAULT_PATH} exists on this machine")
     assert load_config(None) == Config()
+
+
+@pytest.mark.parametrize("value", [["eth 0"], ["sixteen-chars-xx"], ["a+b"], "docker0", [""], [3]])
+def test_forward_interfaces_are_iptables_names(value: Any) -> None:
+    """forward_interfaces become `-i NAME` words of iptables rules (issue 16): a name of at
+    most 15 characters, `+` only at its end; anything else is refused, naming the key."""
+    with pytest.raises(ConfigError, match="forward_interfaces"):
+        parse_config({"forward_interfaces": value})
+
+
+def test_no_forward_interfaces_is_allowed() -> None:
+    assert parse_config({"forward_interfaces": []}).forward_interfaces == ()

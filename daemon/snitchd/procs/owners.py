@@ -188,6 +188,11 @@ class Owners:
                 _trim(self._owners, _OWNERS_MAX)  # type: ignore[arg-type]
             seen.clear()
 
+    def learn(self, inode: int, pid: int, fd: int, uid: int) -> None:
+        """`pid` holds socket `inode` at `fd`, as found elsewhere (a container's namespace,
+        issue 16): `find_now` then finds it, and that process's next sockets, from memory."""
+        self._found(inode, pid, fd, uid)
+
     def _found(self, inode: int, pid: int, fd: int, uid: int) -> None:
         """Mark `pid` as the latest sender: its next new socket is looked for there first."""
         with self._lock:

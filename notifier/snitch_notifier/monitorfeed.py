@@ -1,0 +1,210 @@
+"""The Network Monitor's bus side: its own connection to snitchd, in a worker thread.
+
+A connection of its own, not the agent's: the monitor subscribes to `Rates` only while its
+window is open (closing the connection ends the subscription, so a hidden window costs snitchd
+nothing), and `snitch-notifier --monitor` runs it without registering an agent. The crossing
+to Qt is the bridge's (`bridge.py`): requests go to the loop with `run_coroutine_threadsafe`,
+answers come back as queued signals carrying records (`traffic.py`).
+
+snitchd runs one query per uid at a time and refuses a second (`Busy`): requests here run one
+after another, a refresh that finds the previous one still running is skipped, and a `Busy`
+answer (the same user's `snitchctl top --live`, say) is tried again a few times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from dbus_fast import Variant
+from PySide6.QtCore import QObject, Signal
+
+from snitch_common.client import Client
+from snitch_common.errors import Busy, SnitchError
+from snitch_notifier.traffic import (
+    AppKey,
+    Range,
+    app_totals,
+    group_hosts,
+    parse_chart,
+    parse_rates,
+)
+
+__all__ = ["HOST_ROWS", "MonitorFeed"]
+
+log = logging.getLogger(__name__)
+
+HOST_ROWS = 1000  # an app's newest log rows read for its destinations
+_BUSY_TRIES = 5
+_BUSY_WAIT = 0.4  # seconds
+_RETRY = 5.0  # seconds between attempts to reach snitchd
+
+
+class MonitorFeed(QObject):
+    """Every public method may be called from the GUI thread; answers arrive as signals."""
+
+    connected = Signal()
+    rates = Signal(object)  # RateFrame
+    apps_read = Signal(object, object)  # Range, list[AppTraffic]
+    chart_read = Signal(object, object, object)  # Range, AppKey | None, TrafficChart
+    hosts_read = Signal(object, object)  # AppKey, list[HostTraffic]
+    failed = Signal(str)  # a message people read
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Client]] = Client.connect,
+        retry_seconds: float = _RETRY,
+    ) -> None:
+        super().__init__()
+        self._connect = connect
+        self._retry = retry_seconds
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Client | None = None
+        self._lock: asyncio.Lock | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._refreshing = False
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._run, name="snitch-monitor", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        loop, stop, thread = self._loop, self._stop, self._thread
+        if loop is not None and stop is not None and thread is not None and thread.is_alive():
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(timeout)
+        self._thread = None
+
+    # -- requests (GUI thread) ------------------------------------------------------------------
+    def refresh(self, shown: Range, app: AppKey | None, now: bool = False) -> None:
+        """The app list's totals and the chart for `shown`; skipped while one is running
+        (unless `now`: a range just chosen must not wait for the next turn), and before the
+        connection is up (`connected` asks the window to refresh then)."""
+        if (self._refreshing and not now) or self._client is None:
+            return
+        self._submit(lambda: self._refresh(shown, app))
+
+    def read_hosts(self, app: AppKey) -> None:
+        self._submit(lambda: self._queued(self._hosts(app)))
+
+    def read_chart(self, shown: Range, app: AppKey | None) -> None:
+        self._submit(lambda: self._queued(self._chart(shown, app)))
+
+    def _submit(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `make()`'s coroutine on the worker's loop (made there only if it runs)."""
+        loop = self._loop
+        if loop is None or not self.running:
+            return
+        asyncio.run_coroutine_threadsafe(self._guard(make), loop)
+
+    async def _guard(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await make()
+        except Exception as exc:
+            if self._stop is not None and self._stop.is_set():
+                # The window closed while it was asked (the connection's end surfaces as
+                # dbus-fast's EOFError): nobody waits for the answer.
+                return
+            if isinstance(exc, SnitchError):
+                log.warning("monitor request failed: %s", exc.message)
+                self.failed.emit(exc.message)
+                return
+            log.exception("monitor request failed unexpectedly")
+            self.failed.emit("internal error: see the notifier's log")
+
+    # -- on the worker's loop -------------------------------------------------------------------
+    async def _refresh(self, shown: Range, app: AppKey | None) -> None:
+        self._refreshing = True
+        try:
+            await self._queued(self._apps(shown))
+            if shown is not Range.LIVE:
+                await self._queued(self._chart(shown, app))
+        finally:
+            self._refreshing = False
+
+    async def _queued(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            await coro
+
+    async def _call(self, read: Callable[[Client], Awaitable[Any]]) -> Any:
+        for attempt in range(_BUSY_TRIES):
+            client = self._client
+            if client is None:
+                raise SnitchError("the monitor is not connected to snitchd (is it running?)")
+            try:
+                return await read(client)
+            except Busy:
+                if attempt == _BUSY_TRIES - 1:
+                    raise
+                await asyncio.sleep(_BUSY_WAIT)
+        return None
+
+    async def _apps(self, shown: Range) -> None:
+        query = {"period": Variant("s", shown.period), "limit": Variant("t", 1000)}
+        rows = await self._call(lambda c: c.apps(query))
+        self.apps_read.emit(shown, app_totals(rows))
+
+    async def _chart(self, shown: Range, app: AppKey | None) -> None:
+        if shown is Range.LIVE:
+            return
+        query = {"period": Variant("s", shown.value)}
+        if app is not None:
+            query["app"] = Variant("s", app.app)
+        report = await self._call(lambda c: c.traffic(query))
+        self.chart_read.emit(shown, app, parse_chart(report, app, time.time()))
+
+    async def _hosts(self, app: AppKey) -> None:
+        query = {"exe": Variant("s", app.app), "limit": Variant("t", HOST_ROWS)}
+        rows = await self._call(lambda c: c.log(query))
+        # Log filters by exe only: an admin sees every user's rows of that exe.
+        mine = [r for r in rows if (-1 if r.get("uid") is None else r["uid"]) == app.uid]
+        self.hosts_read.emit(app, group_hosts(mine))
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._ready.set()
+        while not self._stop.is_set():
+            await self._session()
+            # snitchd not running (yet), or refused: try again while the window is open.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._retry)
+
+    async def _session(self) -> None:
+        assert self._stop is not None
+        try:
+            client = await self._connect()
+        except SnitchError as exc:
+            self.failed.emit(f"{exc.message} (trying again every {self._retry:g} s)")
+            return
+        self._client = client
+        try:
+            await client.monitor_rates(lambda signal: self.rates.emit(parse_rates(signal)))
+            self.connected.emit()
+            await self._stop.wait()
+        except SnitchError as exc:
+            self.failed.emit(f"{exc.message} (trying again every {self._retry:g} s)")
+        finally:
+            self._client = None
+            with contextlib.suppress(Exception):
+                client.close()
