@@ -118,8 +118,13 @@ class Attempts:
     def configure(self, window: float) -> None:
         self.window = window
         if window == 0:
-            self._attempts.clear()
-            self._by_uid.clear()
+            self.clear()
+
+    def clear(self) -> None:
+        """Forget every attempt: what decides a flow no rule covers changed (the default action
+        on reload, the mode), so a remembered verdict may no longer be what a retry would get."""
+        self._attempts.clear()
+        self._by_uid.clear()
 
     def recall(self, key: AttemptKey | None, now: float) -> Attempt | None:
         """The attempt `key` repeats, if it is still remembered."""

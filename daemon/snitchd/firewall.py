@@ -204,6 +204,7 @@ class Firewall:
         )
         self.dns.reconfigure(config)
         self.attempts.configure(config.retry_window)
+        self.attempts.clear()  # the default action may have changed: retries are decided afresh
         self.modes.pin_root = config.pin_answers is PinAnswers.ALWAYS
         self.modes.book.max_total = config.max_proposals
 

@@ -116,6 +116,7 @@ class Switcher:
         fw = self.fw
         old = fw.modes.state
         fw.modes.state = new
+        fw.attempts.clear()  # a retry is decided by the new mode, not as remembered
         self.changes += 1
         change = Switch(old, new, why)
         now = fw.clock()
