@@ -242,10 +242,7 @@ class _Watcher:
                     return 0
                 with contextlib.suppress(struct.error, IndexError):  # a malformed message
                     self._handle(data)
-            try:
-                self._out.flush()
-            except BrokenPipeError:
-                return 0  # snitchd is gone
+            self._out.flush()
 
     def _seed(self) -> None:
         """What every process runs now: the 'before' of its first exec after we started."""
@@ -338,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     sock = socket.socket(fileno=int(args[0]))
-    return _Watcher(sock, sys.stdout.buffer).run()
+    try:
+        return _Watcher(sock, sys.stdout.buffer).run()
+    except BrokenPipeError:  # snitchd is gone (killed): nothing to say, nowhere to flush to
+        os._exit(0)
 
 
 if __name__ == "__main__":
