@@ -96,14 +96,14 @@ def test_two_programs_same_destination_get_their_own_verdicts(running: Lab) -> N
 
 
 def test_rule_added_while_running_applies_and_open_connection_survives(running: Lab) -> None:
-    """A new rule applies to the next new flow; an established connection is not cut, because
-    only conntrack-NEW packets ever reach the queue."""
+    """A new rule applies to the next new flow; an established connection is not cut when the
+    deny rule says keep-open=yes (without it, it is: tests/integration/test_rule_files.py)."""
     running.add_rule("allow port=80")
     with running.spawn_client("tcp", "192.0.2.2", "80", "--hold", "2.5") as holder:
         assert holder.stdout is not None
         try:
             assert holder.stdout.readline().strip() == "connected"
-            running.add_rule("deny port=80 proto=tcp")
+            running.add_rule("deny port=80 proto=tcp keep-open=yes")
             assert running.py("tcp", "192.0.2.2", 80, "--timeout", "1") == "timeout"
             assert holder.stdout.readline().strip() == "held"
         finally:
