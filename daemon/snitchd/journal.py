@@ -214,7 +214,10 @@ def journal_wanted(environ: dict[str, str] | None = None, fd: int = 2) -> bool:
 
 def setup_logging(level: int) -> None:
     """The journal when systemd gave us one, plain lines on stderr otherwise.
-    `SNITCH_JOURNAL_SOCKET` points the handler at another socket (the tests own one)."""
+    `SNITCH_JOURNAL_SOCKET` points the handler at another socket (the tests own one).
+    pyroute2 logs every netlink message at debug: with `--debug` that flooded the journal's
+    socket (and hid snitchd's own lines), so it logs warnings only."""
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     root = logging.getLogger()
     if journal_wanted():
         handler: logging.Handler = JournalHandler(
