@@ -24,6 +24,8 @@ from snitchctl.examples import subcommands
 __all__ = [
     "ASK_TIMEOUT",
     "complete_app",
+    "complete_list_name",
+    "complete_profile_name",
     "complete_rule_id",
     "complete_rule_word",
     "enable_completion",
@@ -78,6 +80,19 @@ def complete_rule_word(prefix: str = "", **_: Any) -> list[str]:
     return list(RULE_WORDS)
 
 
+def complete_list_name(**_: Any) -> list[str]:
+    """The block lists snitchd knows."""
+    empty: list[dict[str, Any]] = []
+    return sorted(str(r["name"]) for r in _ask(lambda c: c.lists(), empty))
+
+
+def complete_profile_name(**_: Any) -> list[str]:
+    """The profiles snitchd knows."""
+    empty: dict[str, Any] = {"profiles": []}
+    report = _ask(lambda c: c.profiles(), empty)
+    return sorted(str(p["name"]) for p in report.get("profiles", []))
+
+
 def _attach(parser: argparse.ArgumentParser) -> None:
     by_dest: dict[tuple[str, str], Callable[..., list[str]]] = {
         ("delete-rule", "id"): complete_rule_id,
@@ -85,12 +100,19 @@ def _attach(parser: argparse.ArgumentParser) -> None:
         ("add-rule", "exe"): complete_app,
         ("add-rule", "text"): complete_rule_word,
         ("explain", "exe"): complete_app,
+        ("profile", "name"): complete_profile_name,
+        ("add-rule", "profile"): complete_profile_name,
     }
     for name, sub in subcommands(parser).items():
         for action in sub._actions:
             completer = by_dest.get((name, action.dest))
             if completer is not None:
                 action.completer = completer  # type: ignore[attr-defined]
+        if name == "lists":  # its verbs are a level down: show, remove, update NAME
+            for verb in subcommands(sub).values():
+                for action in verb._actions:
+                    if action.dest == "name":
+                        action.completer = complete_list_name  # type: ignore[attr-defined]
 
 
 def enable_completion(parser: argparse.ArgumentParser) -> None:

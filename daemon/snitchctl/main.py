@@ -556,6 +556,11 @@ async def _log(client: Client, args: argparse.Namespace) -> int:
     if args.since:
         query["since"] = Variant("d", _since(args.since))
     rows = await client.log(query)
+    if args.app and "/" not in args.app:  # by name: say which apps of that name answered
+        found = sorted({str(r["exe"]) for r in rows if r.get("exe")})
+        if len(found) > 1:
+            print(f"note: --app {args.app} matches {len(found)} apps: {', '.join(found)} "
+                  "(give a path for one)", file=sys.stderr)  # fmt: skip
 
     paint = painter_for(sys.stdout)
 

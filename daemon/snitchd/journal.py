@@ -53,6 +53,8 @@ class Event(enum.Enum):
     RULE_DELETED = "rule-deleted"
     ALERT = "alert"
     DECISION = "decision"  # per flow, at debug only
+    MODE = "mode"  # the mode changed (issue 17): SNITCH_KIND is the new mode
+    PROFILE = "profile"  # the active profile changed: SNITCH_KIND is the new one ("-": none)
 
 
 # MESSAGE_ID per event kind (fixed forever: catalogs and queries use them), 128-bit, random.
@@ -64,6 +66,8 @@ MESSAGE_IDS: dict[Event, str] = {
     Event.RULE_DELETED: "4f0b3a1c9d8e4b7a9a51c2f36e0d7b14",
     Event.ALERT: "4f0b3a1c9d8e4b7a9a51c2f36e0d7b15",
     Event.DECISION: "4f0b3a1c9d8e4b7a9a51c2f36e0d7b16",
+    Event.MODE: "4f0b3a1c9d8e4b7a9a51c2f36e0d7b17",
+    Event.PROFILE: "4f0b3a1c9d8e4b7a9a51c2f36e0d7b18",
 }
 
 _PRIORITY = {

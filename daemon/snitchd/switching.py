@@ -31,6 +31,7 @@ from snitch_common.rules import RuleRecord
 from snitchd.decide import Verdict
 from snitchd.events import Alert
 from snitchd.firewall import Firewall
+from snitchd.journal import Event, journal_fields
 from snitchd.modes import Switch, expired, switched
 from snitchd.profiles import MatchKind, NetworkState, Profile, check_profile, pick_profile
 from snitchd.prompts import Prompt
@@ -128,6 +129,7 @@ class Switcher:
         log.info(
             "mode changed from=%s to=%s by=%s until=%s settled=%d",
             old.mode.value, new.mode.value, why, new.until, settled,
+            extra=journal_fields(Event.MODE, kind=new.mode.value),
         )  # fmt: skip
         held = (
             f"; {settled} held flow{'s' if settled != 1 else ''} settled by it" if settled else ""
@@ -273,7 +275,10 @@ class Switcher:
             await asyncio.to_thread(fw.store.set_settings, (("profile", name),))
             await fw.use_profile(name)
             now = fw.clock()
-            log.info("profile changed from=%s to=%s %s", old or "-", name or "-", why)
+            log.info(
+                "profile changed from=%s to=%s %s", old or "-", name or "-", why,
+                extra=journal_fields(Event.PROFILE, kind=name or "-"),
+            )  # fmt: skip
             fw.alert(
                 Alert(
                     "profile-changed",

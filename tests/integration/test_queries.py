@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
-from conftest import PYTHON, VENV_BIN, Lab
+from conftest import PYTHON, VENV_BIN, Lab, python_exe
 from snitch_common.bus import MAX_LOG_ROWS, MAX_RULES_PAGE
 from snitch_common.rules import parse_rule
 from snitchd.store import Store
+from tests.support.lab import wait_for
 
 NOBODY = 65534
 NOW = 1_700_000_000.0
@@ -155,3 +158,26 @@ def test_issue_20_a_closed_pipe_ends_log_quietly(lab: Lab) -> None:
     )
     assert len(done.stdout.splitlines()) == 1, done.stdout
     assert done.stderr == "", done.stderr
+
+
+def test_issue_20_log_by_name_lists_the_apps_that_share_it(running: Lab, tmp_path: Path) -> None:
+    """`log --app NAME` matches every app of that name; when several do, it says which (on
+    stderr, so the rows on stdout stay a clean list)."""
+    running.add_rule("allow port=9000")
+    exes = []
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        exe = tmp_path / folder / "fetcher"
+        shutil.copy(python_exe(), exe)
+        exes.append(str(exe))
+        connect = "import socket; socket.create_connection(('192.0.2.2', 9000), timeout=5).close()"
+        running.ns(running.client, str(exe), "-c", connect)
+    wait_for(
+        lambda: {r["exe"] for r in running.log_rows()} >= set(exes), 10, "both apps in the log"
+    )
+    done = running.ctl("log", "--app", "fetcher")
+    assert done.returncode == 0, done.stderr
+    assert f"matches 2 apps: {exes[0]}, {exes[1]}" in done.stderr
+    assert all(exe in done.stdout for exe in exes)
+    one = running.ctl("log", "--app", exes[0])
+    assert one.returncode == 0 and one.stderr == "" and exes[1] not in one.stdout
