@@ -15,6 +15,7 @@ namespace. The daemon log is checked for tracebacks at the end of each test.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -28,12 +29,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.scriptagent import ScriptedAgent
 from tests.support.lab import Bus, add_veth, run
 
 VENV_BIN = Path(sys.executable).parent
@@ -435,3 +437,70 @@ def curl_exe() -> str:
     found = shutil.which("curl")
     assert found is not None
     return os.path.realpath(found)
+
+
+@pytest.fixture
+async def agent(running: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedAgent]:
+    """The real agent code, registered on the running lab's bus, driven by the test."""
+    assert running.bus is not None
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
+    a = ScriptedAgent()
+    await a.start()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+_CLIENTS: list[asyncio.subprocess.Process] = []
+
+
+@pytest.fixture
+async def end_clients() -> AsyncIterator[None]:
+    """Clients `spawn_in_client` started and a failed test left running are ended (by pid) and
+    reaped. A module that spawns asks for it: `pytestmark = pytest.mark.usefixtures(...)`."""
+    try:
+        yield
+    finally:
+        while _CLIENTS:
+            proc = _CLIENTS.pop()
+            if proc.returncode is None:
+                proc.kill()
+            await proc.communicate()
+
+
+async def _start_in_client(lab: Lab, *argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", lab.client, *argv, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def spawn_in_client(lab: Lab, *argv: str) -> asyncio.subprocess.Process:
+    """A program in the client namespace, started and left running (stdout piped): read it with
+    `client_outcome`. Ended by `end_clients` if it is still running at the test's end."""
+    proc = await _start_in_client(lab, *argv)
+    _CLIENTS.append(proc)
+    return proc
+
+
+async def spawn_netclient(lab: Lab, *args: str) -> asyncio.subprocess.Process:
+    """netclient.py in the client namespace, as `spawn_in_client`."""
+    return await spawn_in_client(lab, PYTHON, str(HERE / "netclient.py"), *args)
+
+
+async def client_outcome(proc: asyncio.subprocess.Process) -> str:
+    """What a client program printed: netclient.py's word on its connection ("connected",
+    "refused", "timeout"…)."""
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return out.decode().strip()
+
+
+async def run_netclient(lab: Lab, *args: str) -> str:
+    """netclient.py in the client namespace, to its end: what it said."""
+    proc = await _start_in_client(lab, PYTHON, str(HERE / "netclient.py"), *args)
+    try:
+        return await client_outcome(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
