@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -504,3 +504,23 @@ async def run_netclient(lab: Lab, *args: str) -> str:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def spawn_connect(
+    lab: Lab, port: int, timeout: float = 30, user: Sequence[str] = ()
+) -> subprocess.Popen[str]:
+    """netclient.py connecting to the server side (192.0.2.2, tcp) on `port`, in the background,
+    for a test that cannot await (a Qt test), run by `user` (a setpriv prefix; root if empty):
+    read it with `popen_outcome`."""
+    argv = [PYTHON, str(HERE / "netclient.py"), "tcp", "192.0.2.2", str(port)]
+    return subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, *user, *argv, "--timeout", str(timeout)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def popen_outcome(proc: subprocess.Popen[str], timeout: float = 40) -> str:
+    """What a background netclient.py said of its connection ("connected", "refused"…)."""
+    out, _ = proc.communicate(timeout=timeout)
+    return out.strip()
