@@ -524,3 +524,15 @@ def popen_outcome(proc: subprocess.Popen[str], timeout: float = 40) -> str:
     """What a background netclient.py said of its connection ("connected", "refused"…)."""
     out, _ = proc.communicate(timeout=timeout)
     return out.strip()
+
+
+MODE_ALERT = r"WARNING snitchd\.firewall: alert mode-changed: "
+PROFILE_ALERT = r"WARNING snitchd\.firewall: alert profile-changed: "
+
+
+def run_with_lab_env(lab: Lab, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A program run on the host with the lab's environment (its private bus), output captured,
+    its exit status left to the caller."""
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=lab.env, timeout=timeout, check=False
+    )

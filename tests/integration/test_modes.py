@@ -18,6 +18,7 @@ import pytest
 
 from conftest import (
     HERE,
+    MODE_ALERT,
     PYTHON,
     Lab,
     bare_reason,
@@ -32,7 +33,6 @@ from tests.integration.scriptagent import ScriptedAgent
 pytestmark = pytest.mark.usefixtures("end_clients")
 
 NOBODY = 65534
-MODE_ALERT = r"WARNING snitchd\.firewall: alert mode-changed: "
 
 
 @pytest.fixture

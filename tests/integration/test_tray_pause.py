@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Lab
+from conftest import MODE_ALERT, Lab
 from snitch_notifier.tray import Tray
 from tests.integration.notifierlab import registered, wired_notifier
 
@@ -19,7 +19,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 @pytest.fixture
 def tray(lab: Lab, monkeypatch: pytest.MonkeyPatch, qtbot: Any) -> Iterator[Tray]:
-    lab.expect_log(r"WARNING snitchd\.firewall: alert mode-changed: ")
+    lab.expect_log(MODE_ALERT)
     lab.start_daemon()
     window, bridge = wired_notifier(lab, monkeypatch, qtbot)
     t = Tray(bridge, window)
