@@ -439,13 +439,19 @@ def curl_exe() -> str:
     return os.path.realpath(found)
 
 
+async def start_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> ScriptedAgent:
+    """The real agent code registered on the lab's bus (the daemon started); the caller stops it."""
+    assert lab.bus is not None
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
+    agent = ScriptedAgent()
+    await agent.start()
+    return agent
+
+
 @pytest.fixture
 async def agent(running: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedAgent]:
     """The real agent code, registered on the running lab's bus, driven by the test."""
-    assert running.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
-    a = ScriptedAgent()
-    await a.start()
+    a = await start_agent(running, monkeypatch)
     try:
         yield a
     finally:

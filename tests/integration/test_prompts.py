@@ -26,6 +26,7 @@ from conftest import (
     run_netclient,
     spawn_in_client,
     spawn_netclient,
+    start_agent,
 )
 from tests.integration.scriptagent import ScriptedAgent
 
@@ -88,10 +89,7 @@ async def test_deny_once_then_prompted_again(lab: Lab, monkeypatch: Any) -> None
     """A retry within `retry_window` gets the same answer unasked (issue 15); after it, the
     app is asked again."""
     lab.start_daemon(retry_window=1)
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = ScriptedAgent()
-    await agent.start()
+    agent = await start_agent(lab, monkeypatch)
     try:
         proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
         await agent.answer(await agent.next_prompt(), "reject", "once")
@@ -108,10 +106,7 @@ async def test_deny_once_then_prompted_again(lab: Lab, monkeypatch: Any) -> None
 
 async def test_no_answer_gives_default_after_timeout(lab: Lab, monkeypatch: Any) -> None:
     lab.start_daemon(prompt_timeout=1, default_action="reject")
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = ScriptedAgent()
-    await agent.start()
+    agent = await start_agent(lab, monkeypatch)
     try:
         start = time.monotonic()
         proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
@@ -167,10 +162,7 @@ async def test_until_process_quits_rule_ends_with_the_process(
 async def test_agent_leaving_releases_its_prompts(lab: Lab, monkeypatch: Any) -> None:
     """No other agent: the held flow gets the default at once, not after the timeout."""
     lab.start_daemon(prompt_timeout=30, default_action="reject")
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = ScriptedAgent()
-    await agent.start()
+    agent = await start_agent(lab, monkeypatch)
     start = time.monotonic()
     proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
     await agent.next_prompt()
