@@ -206,17 +206,7 @@ class Lab:
         env = self.env | {"NOTIFY_SOCKET": str(notify_path)}
         with open(self.daemon_log, "a") as err:
             self.daemon = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.client,
-                    *prefix,
-                    str(VENV_BIN / "snitchd"),
-                    "--config",
-                    str(self.config_path),
-                    "--debug",
-                ],
+                [*self.snitchd_argv(*prefix), "--debug"],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 env=env,
@@ -235,6 +225,20 @@ class Lab:
             notify.close()
             raise
 
+    def snitchd_argv(self, *prefix: str, ip: str = "ip") -> list[str]:
+        """snitchd in the client namespace on the lab's config, run through `prefix` (setpriv)."""
+        snitchd = str(VENV_BIN / "snitchd")
+        return [
+            ip,
+            "netns",
+            "exec",
+            self.client,
+            *prefix,
+            snitchd,
+            "--config",
+            str(self.config_path),
+        ]
+
     def run_snitchd(
         self, *, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
@@ -242,16 +246,7 @@ class Lab:
         stop by itself: a start-up error."""
         ip = shutil.which("ip") or "/usr/sbin/ip"
         return subprocess.run(
-            [
-                ip,
-                "netns",
-                "exec",
-                self.client,
-                *prefix,
-                str(VENV_BIN / "snitchd"),
-                "--config",
-                str(self.config_path),
-            ],
+            self.snitchd_argv(*prefix, ip=ip),
             capture_output=True,
             text=True,
             timeout=30,
