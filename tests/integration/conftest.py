@@ -434,11 +434,17 @@ def curl_exe() -> str:
     return os.path.realpath(found)
 
 
-async def start_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> ScriptedAgent:
-    """The real agent code registered on the lab's bus (the daemon started); the caller stops it."""
+def lab_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> ScriptedAgent:
+    """The real agent code on the lab's bus, not yet started (`await agent.start()` once the
+    daemon runs); the caller stops it."""
     assert lab.bus is not None
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = ScriptedAgent()
+    return ScriptedAgent()
+
+
+async def start_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> ScriptedAgent:
+    """The real agent code registered on the lab's bus (the daemon started); the caller stops it."""
+    agent = lab_agent(lab, monkeypatch)
     await agent.start()
     return agent
 

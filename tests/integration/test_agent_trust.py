@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal, client_outcome, spawn_netclient
+from conftest import (
+    HERE,
+    PYTHON,
+    VENV_BIN,
+    Lab,
+    Terminal,
+    client_outcome,
+    lab_agent,
+    spawn_netclient,
+)
 from snitch_common.errors import NotAuthorized
 from tests.integration import polkitfake
 from tests.integration.scriptagent import ScriptedAgent
@@ -108,9 +117,7 @@ def test_a_script_registering_as_agent_is_refused_and_the_real_agent_is_told(
 @pytest.fixture
 async def root_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedAgent]:
     """An admin's agent (root, in this process) for a lab whose daemon the test starts."""
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = ScriptedAgent()
+    agent = lab_agent(lab, monkeypatch)
     yield agent
     agent.stop()
 
