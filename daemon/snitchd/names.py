@@ -190,13 +190,9 @@ class NameCache:
         """Every unexpired name of `address` that `proc`'s flows may carry (empty if none): its
         own, its uid's of unknown process, the shared ones; `proc` None: the shared ones only.
         The packet path's lookup: a few dict gets unless something expired since the last call."""
-        slot = self._slots.get(address)
+        slot = self._live(address, now)
         if slot is None:
             return _EMPTY
-        if now >= slot.until:
-            slot = self._prune(address, slot, now)
-            if slot is None:
-                return _EMPTY
         found = _EMPTY
         for key in _lookup_keys(proc):
             entry = slot.entries.get(key)
@@ -224,13 +220,9 @@ class NameCache:
     def best(self, address: IPAddress, now: float, proc: Process | None = None) -> str | None:
         """The name to show for `address` to `proc`: the queried name (not a CNAME target) most
         recently learnt by its own process, else its uid, else shared; None if none."""
-        slot = self._slots.get(address)
+        slot = self._live(address, now)
         if slot is None:
             return None
-        if now >= slot.until:
-            slot = self._prune(address, slot, now)
-            if slot is None:
-                return None
         for key in _lookup_keys(proc):
             entry = slot.entries.get(key)
             if entry is not None and entry.queried:
@@ -243,13 +235,9 @@ class NameCache:
         another program may have looked up (issue 15). What a host answer may name."""
         if proc.attribution is not Attribution.PROCESS or proc.pid is None or proc.uid is None:
             return None
-        slot = self._slots.get(address)
+        slot = self._live(address, now)
         if slot is None:
             return None
-        if now >= slot.until:
-            slot = self._prune(address, slot, now)
-            if slot is None:
-                return None
         entry = slot.entries.get((proc.uid, proc.pid))
         return entry.queried[-1] if entry is not None and entry.queried else None
 
@@ -264,10 +252,8 @@ class NameCache:
         for i, address in enumerate(reversed(list(self._slots))):
             if i and i % _FIND_CHUNK == 0:
                 yield None
-            slot = self._slots.get(address)
+            slot = self._live(address, now)
             if slot is None:
-                continue
-            if now >= slot.until and (slot := self._prune(address, slot, now)) is None:
                 continue
             chain: set[str] = set()
             for key, entry in slot.entries.items():
@@ -327,6 +313,14 @@ class NameCache:
             slot.refresh()
         else:
             del self._slots[address]
+
+    def _live(self, address: IPAddress, now: float) -> _Slot | None:
+        """`address`'s slot with what expired by `now` pruned first (only when something has:
+        `slot.until`), or None if it has no names left."""
+        slot = self._slots.get(address)
+        if slot is None or now < slot.until:
+            return slot
+        return self._prune(address, slot, now)
 
     def _prune(self, address: IPAddress, slot: _Slot, now: float) -> _Slot | None:
         for key, entry in list(slot.entries.items()):

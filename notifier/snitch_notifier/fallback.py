@@ -120,71 +120,76 @@ class NotificationPrompter:
                 f"No answer in {left} s: {prompt.default_action}.",
             ]
         )
-        reply = await self.bus.call(
-            Message(
-                destination=NOTIFICATIONS,
-                path=NOTIFICATIONS_PATH,
-                interface=NOTIFICATIONS,
-                member="Notify",
-                signature="susssasa{sv}i",
-                body=[
-                    "snitch",
-                    0,
-                    app.icon if app.icon != GENERIC_ICON else _SHIELD,
-                    f"{app.name} wants to connect to {prompt.host or prompt.dst}",
-                    body,
-                    ACTIONS,
-                    {
-                        "urgency": Variant("y", _URGENT),
-                        "desktop-entry": Variant("s", "snitch-notifier"),
-                    },
-                    left * 1000,
-                ],
-            )
+        notification = await self._show(
+            app,
+            f"{app.name} wants to connect to {prompt.host or prompt.dst}",
+            body,
+            ACTIONS,
+            {"urgency": Variant("y", _URGENT)},
+            left * 1000,
         )
-        _check(reply, "Notify")
-        assert reply is not None
-        self.shown[int(reply.body[0])] = prompt.id
+        self.shown[notification] = prompt.id
         self._prompts[prompt.id] = prompt
-        log.info("prompt shown as notification prompt=%d id=%d", prompt.id, reply.body[0])
+        log.info("prompt shown as notification prompt=%d id=%d", prompt.id, notification)
 
     async def _expired(self, prompt: PromptView, reason: str) -> None:
         app = self._identify(prompt.exe)
         past = {"allow": "allowed", "deny": "denied", "reject": "rejected"}
         done = past.get(prompt.default_action, prompt.default_action)
-        reply = await self.bus.call(
-            Message(
-                destination=NOTIFICATIONS,
-                path=NOTIFICATIONS_PATH,
-                interface=NOTIFICATIONS,
-                member="Notify",
-                signature="susssasa{sv}i",
-                body=[
-                    "snitch",
-                    0,
-                    app.icon if app.icon != GENERIC_ICON else _SHIELD,
-                    f"{app.name}: expired: {done} by default",
-                    f"{prompt.destination}: no answer in time ({reason}).",
-                    [],
-                    {"desktop-entry": Variant("s", "snitch-notifier")},
-                    -1,
-                ],
-            )
+        summary = f"{app.name}: expired: {done} by default"
+        await self._show(app, summary, f"{prompt.destination}: no answer in time ({reason}).")
+
+    async def _show(
+        self,
+        app: AppIdentity,
+        summary: str,
+        body: str,
+        actions: list[str] | None = None,
+        hints: dict[str, Variant] | None = None,
+        timeout_ms: int = -1,
+    ) -> int:
+        """`Notify` with the app's icon (our shield for one without); the notification's id."""
+        reply = await self._call(
+            NOTIFICATIONS,
+            NOTIFICATIONS_PATH,
+            "Notify",
+            "susssasa{sv}i",
+            [
+                "snitch",
+                0,
+                app.icon if app.icon != GENERIC_ICON else _SHIELD,
+                summary,
+                body,
+                actions or [],
+                {**(hints or {}), "desktop-entry": Variant("s", "snitch-notifier")},
+                timeout_ms,
+            ],
         )
-        _check(reply, "Notify")
+        return int(reply.body[0])
 
     async def _close(self, notification: int) -> None:
+        await self._call(
+            NOTIFICATIONS, NOTIFICATIONS_PATH, "CloseNotification", "u", [notification]
+        )
+
+    async def _call(
+        self, service: str, path: str, member: str, signature: str, body: list[Any]
+    ) -> Message:
+        """A method of `service`'s interface of the same name on the session bus; its reply.
+        Raises SnitchError on an error reply or none."""
         reply = await self.bus.call(
             Message(
-                destination=NOTIFICATIONS,
-                path=NOTIFICATIONS_PATH,
-                interface=NOTIFICATIONS,
-                member="CloseNotification",
-                signature="u",
-                body=[notification],
+                destination=service,
+                path=path,
+                interface=service,
+                member=member,
+                signature=signature,
+                body=body,
             )
         )
-        _check(reply, "CloseNotification")
+        _check(reply, member)
+        assert reply is not None
+        return reply
 
     def _on_message(self, msg: Message) -> None:
         if msg.message_type is not MessageType.SIGNAL or msg.interface != NOTIFICATIONS:
@@ -202,17 +207,7 @@ class NotificationPrompter:
         self._spawn(self._answer(answer), f"answer-{prompt_id}")
 
     async def _call_bus(self, member: str, arg: str) -> None:
-        reply = await self.bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member=member,
-                signature="s",
-                body=[arg],
-            )
-        )
-        _check(reply, member)
+        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", member, "s", [arg])
 
 
 def _check(reply: Message | None, what: str) -> None:

@@ -15,6 +15,7 @@ namespace. The daemon log is checked for tracebacks at the end of each test.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -28,12 +29,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.scriptagent import ScriptedAgent
 from tests.support.lab import Bus, add_veth, run
 
 VENV_BIN = Path(sys.executable).parent
@@ -204,17 +206,7 @@ class Lab:
         env = self.env | {"NOTIFY_SOCKET": str(notify_path)}
         with open(self.daemon_log, "a") as err:
             self.daemon = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.client,
-                    *prefix,
-                    str(VENV_BIN / "snitchd"),
-                    "--config",
-                    str(self.config_path),
-                    "--debug",
-                ],
+                [*self.snitchd_argv(*prefix), "--debug"],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 env=env,
@@ -233,6 +225,20 @@ class Lab:
             notify.close()
             raise
 
+    def snitchd_argv(self, *prefix: str, ip: str = "ip") -> list[str]:
+        """snitchd in the client namespace on the lab's config, run through `prefix` (setpriv)."""
+        snitchd = str(VENV_BIN / "snitchd")
+        return [
+            ip,
+            "netns",
+            "exec",
+            self.client,
+            *prefix,
+            snitchd,
+            "--config",
+            str(self.config_path),
+        ]
+
     def run_snitchd(
         self, *, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
@@ -240,16 +246,7 @@ class Lab:
         stop by itself: a start-up error."""
         ip = shutil.which("ip") or "/usr/sbin/ip"
         return subprocess.run(
-            [
-                ip,
-                "netns",
-                "exec",
-                self.client,
-                *prefix,
-                str(VENV_BIN / "snitchd"),
-                "--config",
-                str(self.config_path),
-            ],
+            self.snitchd_argv(*prefix, ip=ip),
             capture_output=True,
             text=True,
             timeout=30,
@@ -435,3 +432,114 @@ def curl_exe() -> str:
     found = shutil.which("curl")
     assert found is not None
     return os.path.realpath(found)
+
+
+def lab_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> ScriptedAgent:
+    """The real agent code on the lab's bus, not yet started (`await agent.start()` once the
+    daemon runs); the caller stops it."""
+    assert lab.bus is not None
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
+    return ScriptedAgent()
+
+
+async def start_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> ScriptedAgent:
+    """The real agent code registered on the lab's bus (the daemon started); the caller stops it."""
+    agent = lab_agent(lab, monkeypatch)
+    await agent.start()
+    return agent
+
+
+@pytest.fixture
+async def agent(running: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedAgent]:
+    """The real agent code, registered on the running lab's bus, driven by the test."""
+    a = await start_agent(running, monkeypatch)
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+_CLIENTS: list[asyncio.subprocess.Process] = []
+
+
+@pytest.fixture
+async def end_clients() -> AsyncIterator[None]:
+    """Clients `spawn_in_client` started and a failed test left running are ended (by pid) and
+    reaped. A module that spawns asks for it: `pytestmark = pytest.mark.usefixtures(...)`."""
+    try:
+        yield
+    finally:
+        while _CLIENTS:
+            proc = _CLIENTS.pop()
+            if proc.returncode is None:
+                proc.kill()
+            await proc.communicate()
+
+
+async def _start_in_client(lab: Lab, *argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", lab.client, *argv, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def spawn_in_client(lab: Lab, *argv: str) -> asyncio.subprocess.Process:
+    """A program in the client namespace, started and left running (stdout piped): read it with
+    `client_outcome`. Ended by `end_clients` if it is still running at the test's end."""
+    proc = await _start_in_client(lab, *argv)
+    _CLIENTS.append(proc)
+    return proc
+
+
+async def spawn_netclient(lab: Lab, *args: str) -> asyncio.subprocess.Process:
+    """netclient.py in the client namespace, as `spawn_in_client`."""
+    return await spawn_in_client(lab, PYTHON, str(HERE / "netclient.py"), *args)
+
+
+async def client_outcome(proc: asyncio.subprocess.Process) -> str:
+    """What a client program printed: netclient.py's word on its connection ("connected",
+    "refused", "timeout"…)."""
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return out.decode().strip()
+
+
+async def run_netclient(lab: Lab, *args: str) -> str:
+    """netclient.py in the client namespace, to its end: what it said."""
+    proc = await _start_in_client(lab, PYTHON, str(HERE / "netclient.py"), *args)
+    try:
+        return await client_outcome(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def spawn_connect(
+    lab: Lab, port: int, timeout: float = 30, user: Sequence[str] = ()
+) -> subprocess.Popen[str]:
+    """netclient.py connecting to the server side (192.0.2.2, tcp) on `port`, in the background,
+    for a test that cannot await (a Qt test), run by `user` (a setpriv prefix; root if empty):
+    read it with `popen_outcome`."""
+    argv = [PYTHON, str(HERE / "netclient.py"), "tcp", "192.0.2.2", str(port)]
+    return subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, *user, *argv, "--timeout", str(timeout)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def popen_outcome(proc: subprocess.Popen[str], timeout: float = 40) -> str:
+    """What a background netclient.py said of its connection ("connected", "refused"…)."""
+    out, _ = proc.communicate(timeout=timeout)
+    return out.strip()
+
+
+MODE_ALERT = r"WARNING snitchd\.firewall: alert mode-changed: "
+PROFILE_ALERT = r"WARNING snitchd\.firewall: alert profile-changed: "
+
+
+def run_with_lab_env(lab: Lab, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A program run on the host with the lab's environment (its private bus), output captured,
+    its exit status left to the caller."""
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=lab.env, timeout=timeout, check=False
+    )

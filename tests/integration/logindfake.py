@@ -7,8 +7,6 @@ No `from __future__ import annotations` here: dbus-fast reads the D-Bus signatur
 annotations at class creation.
 """
 
-import asyncio
-import signal
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -17,20 +15,11 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusBool, DBusObjectPath, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
+from tests.integration import fakebus
 from tests.support.lab import Bus
 
 NAME = "org.freedesktop.login1"
 MANAGER = "/org/freedesktop/login1"
-POLICY = """<?xml version="1.0"?>
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <policy user="root"><allow own="org.freedesktop.login1"/></policy>
-  <policy context="default">
-    <allow send_destination="org.freedesktop.login1"/>
-  </policy>
-</busconfig>
-"""
 
 
 class FakeSession(ServiceInterface):
@@ -87,18 +76,7 @@ class FakeManager(ServiceInterface):
 async def serve(
     bus: Bus, sessions: list[FakeSession], session_for: Callable[[int], FakeSession | None]
 ) -> MessageBus:
-    """Allow the name on the lab's bus (a policy file, then a reload), own it, serve."""
-    (bus.dir / "policy" / "logind-test.conf").write_text(POLICY)
-    bus.proc.send_signal(signal.SIGHUP)
-    conn = await MessageBus(bus_address=bus.address).connect()
-    conn.export(MANAGER, FakeManager(session_for))
-    for session in sessions:
-        conn.export(session.path, session)
-    for _ in range(100):  # the reload is asynchronous: until the policy lets us own the name
-        try:
-            await conn.request_name(NAME)
-            return conn
-        except Exception:
-            await asyncio.sleep(0.05)
-    conn.disconnect()
-    raise RuntimeError("cannot own org.freedesktop.login1 on the lab's bus")
+    """Own the name on the lab's bus and serve the manager and `sessions`."""
+    objects: dict[str, ServiceInterface] = {MANAGER: FakeManager(session_for)}
+    objects.update((session.path, session) for session in sessions)
+    return await fakebus.serve(bus, NAME, objects)

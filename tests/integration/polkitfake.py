@@ -7,27 +7,17 @@ annotations at class creation.
 """
 
 import asyncio
-import signal
 from typing import Annotated, Any
 
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method
 
+from tests.integration import fakebus
 from tests.support.lab import Bus
 
 NAME = "org.freedesktop.PolicyKit1"
 PATH = "/org/freedesktop/PolicyKit1/Authority"
-POLICY = """<?xml version="1.0"?>
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <policy user="root"><allow own="org.freedesktop.PolicyKit1"/></policy>
-  <policy context="default">
-    <allow send_destination="org.freedesktop.PolicyKit1"/>
-  </policy>
-</busconfig>
-"""
 
 
 class FakeAuthority(ServiceInterface):
@@ -60,17 +50,6 @@ class FakeAuthority(ServiceInterface):
 
 
 async def serve(bus: Bus) -> tuple[MessageBus, FakeAuthority]:
-    """Allow the name on the lab's bus (a policy file, then a reload), own it, serve."""
-    (bus.dir / "policy" / "polkit-test.conf").write_text(POLICY)
-    bus.proc.send_signal(signal.SIGHUP)
-    conn = await MessageBus(bus_address=bus.address).connect()
+    """Own the name on the lab's bus and serve an authority that waits for the test's word."""
     authority = FakeAuthority()
-    conn.export(PATH, authority)
-    for _ in range(100):  # the reload is asynchronous: until the policy lets us own the name
-        try:
-            await conn.request_name(NAME)
-            return conn, authority
-        except Exception:
-            await asyncio.sleep(0.05)
-    conn.disconnect()
-    raise RuntimeError("cannot own org.freedesktop.PolicyKit1 on the lab's bus")
+    return await fakebus.serve(bus, NAME, {PATH: authority}), authority

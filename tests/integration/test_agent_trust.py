@@ -16,11 +16,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from test_prompts import TestAgent, client, outcome
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal
+from conftest import (
+    HERE,
+    PYTHON,
+    VENV_BIN,
+    Lab,
+    Terminal,
+    client_outcome,
+    lab_agent,
+    spawn_netclient,
+)
 from snitch_common.errors import NotAuthorized
 from tests.integration import polkitfake
+from tests.integration.scriptagent import ScriptedAgent
+
+pytestmark = pytest.mark.usefixtures("end_clients")
 
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -104,17 +115,15 @@ def test_a_script_registering_as_agent_is_refused_and_the_real_agent_is_told(
 
 
 @pytest.fixture
-async def root_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestAgent]:
+async def root_agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedAgent]:
     """An admin's agent (root, in this process) for a lab whose daemon the test starts."""
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = TestAgent()
+    agent = lab_agent(lab, monkeypatch)
     yield agent
     agent.stop()
 
 
 async def test_allow_forever_waits_for_polkit_and_is_refused_when_it_says_no(
-    lab: Lab, root_agent: TestAgent
+    lab: Lab, root_agent: ScriptedAgent
 ) -> None:
     """answers_need_auth: before, an allow-forever answer made its rule at once. Now it waits
     for polkit (a fake PolicyKit1 on the lab's bus); "no" refuses it and the prompt stays open
@@ -124,7 +133,7 @@ async def test_allow_forever_waits_for_polkit_and_is_refused_when_it_says_no(
     try:
         lab.start_daemon(answers_need_auth=True, prompt_timeout=30)
         await root_agent.start()
-        proc = await client(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
+        proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
         prompt = await root_agent.next_prompt()
         answering = asyncio.ensure_future(root_agent.answer(prompt, "allow", "forever"))
         await asyncio.wait_for(authority.asked.wait(), 10)
@@ -142,12 +151,12 @@ async def test_allow_forever_waits_for_polkit_and_is_refused_when_it_says_no(
         await asyncio.wait_for(authority.asked.wait(), 10)
         authority.decide(True)
         rule_id = await answering
-        assert await outcome(proc) == "connected"
+        assert await client_outcome(proc) == "connected"
         assert [r["id"] for r in lab.ctl_json("list-rules")] == [rule_id]
         # An answer that makes no permanent allow rule needs no authentication.
-        proc = await client(lab, "tcp", "192.0.2.2", "443", "--timeout", "20")
+        proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "443", "--timeout", "20")
         assert await root_agent.answer(await root_agent.next_prompt(), "allow", "15m") > 0
-        assert await outcome(proc) == "connected" and len(authority.calls) == 2
+        assert await client_outcome(proc) == "connected" and len(authority.calls) == 2
     finally:
         conn.disconnect()
 
@@ -222,7 +231,7 @@ _AGENT_GONE = r"WARNING snitchd.api: agent :\S+ (Prompt|Cancel) failed: "
 
 
 async def test_6000_datagrams_joining_one_prompt_do_not_stop_roots_allowed_connections(
-    lab: Lab, root_agent: TestAgent
+    lab: Lab, root_agent: ScriptedAgent
 ) -> None:
     """Before: every datagram of a flow that waited for a person was held, until the kernel's
     queue (4096) was full and it dropped every new flow, root's allowed ones too. Now a prompt
@@ -266,7 +275,7 @@ async def test_6000_datagrams_joining_one_prompt_do_not_stop_roots_allowed_conne
 
 
 async def test_64_prompts_of_one_user_do_not_push_anothers_flow_to_the_default(
-    lab: Lab, root_agent: TestAgent
+    lab: Lab, root_agent: ScriptedAgent
 ) -> None:
     """Before: max_prompts (64) was one limit for all users: a user whose agent never answers
     held 64 prompts, and root's next flow got the default at once. Now it is per user."""
@@ -284,11 +293,11 @@ async def test_64_prompts_of_one_user_do_not_push_anothers_flow_to_the_default(
     try:
         for _ in range(64):
             assert (await root_agent.next_prompt()).uid == 65534
-        proc = await client(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
+        proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
         mine = await root_agent.next_prompt()
         assert mine.uid == 0 and mine.port == 80
         await root_agent.answer(mine, "allow", "once")
-        assert await outcome(proc) == "connected"
+        assert await client_outcome(proc) == "connected"
         status: dict[str, Any] = lab.ctl_json("status")
         assert status["prompts_open"] == 64 and status["prompts_over_quota"] == 0, status
     finally:

@@ -19,14 +19,12 @@ from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, Lab, python_exe
-from snitch_common.agent import AgentService, register
+from conftest import HERE, PYTHON, Lab, lab_agent, python_exe
 from snitch_common.answers import parse_answer
-from snitch_common.bus import PromptView
-from snitch_common.client import Client
 from snitch_common.records import Flow, Proto
 from snitchd.procs import _run as run_job
 from snitchd.procs.netns import NetnsTable, Opened
+from tests.integration.scriptagent import ScriptedAgent
 from tests.support.containers import PUBLISHED, DockerApi, GuestNet
 from tests.support.lab import end_child, run, wait_for
 
@@ -182,28 +180,15 @@ print("sent")
 """
 
 
-class _Agent:
-    def __init__(self) -> None:
-        self.prompts: asyncio.Queue[PromptView] = asyncio.Queue()
-        self.client: Client | None = None
-
-    async def start(self) -> None:
-        self.client = await Client.connect()
-        await register(self.client, AgentService(self.prompts.put_nowait, lambda *_: None))
-
-
 @pytest.fixture
-async def agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[_Agent]:
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    a = _Agent()
+async def agent(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedAgent]:
+    a = lab_agent(lab, monkeypatch)
     yield a
-    if a.client is not None:
-        a.client.close()
+    a.stop()
 
 
 async def test_prompt_names_the_container_and_this_container_becomes_a_rule(
-    lab: Lab, guests: GuestNet, api: DockerApi, agent: _Agent
+    lab: Lab, guests: GuestNet, api: DockerApi, agent: ScriptedAgent
 ) -> None:
     """A system container's flow is asked of an admin's agent (root's here); the prompt says
     "container web-1 (docker), process python3 (pid in container N)", and "this container"

@@ -45,15 +45,7 @@ def test_ready_and_watchdog_reach_the_notify_socket(lab: Lab, tmp_path: Path) ->
     env = lab.env | {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
     with open(tmp_path / "log", "w") as err:
         daemon = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.client,
-                str(VENV_BIN / "snitchd"),
-                "--config",
-                str(lab.config_path),
-            ],
+            lab.snitchd_argv(),
             stderr=err,
             env=env,
         )

@@ -12,54 +12,27 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, Lab, bare_reason, curl_exe, netclient_who
-from snitch_common.agent import AgentService, register
-from snitch_common.answers import parse_answer
-from snitch_common.bus import PromptView
-from snitch_common.client import Client
+from conftest import (
+    HERE,
+    MODE_ALERT,
+    PYTHON,
+    Lab,
+    bare_reason,
+    client_outcome,
+    curl_exe,
+    netclient_who,
+    run_netclient,
+    spawn_netclient,
+)
+from tests.integration.scriptagent import ScriptedAgent
+
+pytestmark = pytest.mark.usefixtures("end_clients")
 
 NOBODY = 65534
-MODE_ALERT = r"WARNING snitchd\.firewall: alert mode-changed: "
-
-
-class ModeAgent:
-    """The real agent code on the lab's bus, registered as root (an admin's agent)."""
-
-    def __init__(self) -> None:
-        self.prompts: asyncio.Queue[PromptView] = asyncio.Queue()
-        self.cancelled: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
-        self.alerts: list[dict[str, Any]] = []
-        self.client: Client | None = None
-
-    async def start(self) -> None:
-        self.client = await Client.connect()
-        service = AgentService(
-            self.prompts.put_nowait,
-            lambda i, reason: self.cancelled.put_nowait((i, reason)),
-            self.alerts.append,
-        )
-        await register(self.client, service)
-
-    def stop(self) -> None:
-        if self.client is not None:
-            self.client.close()
-
-
-@pytest.fixture
-async def agent(running: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ModeAgent]:
-    assert running.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
-    a = ModeAgent()
-    await a.start()
-    try:
-        yield a
-    finally:
-        a.stop()
 
 
 @pytest.fixture
@@ -67,36 +40,6 @@ def running(lab: Lab) -> Lab:
     lab.expect_log(MODE_ALERT)
     lab.start_daemon()
     return lab
-
-
-_SPAWNED: list[asyncio.subprocess.Process] = []
-
-
-@pytest.fixture(autouse=True)
-async def _end_clients() -> AsyncIterator[None]:
-    """Clients a failed test left running are ended (by pid) and reaped."""
-    try:
-        yield
-    finally:
-        while _SPAWNED:
-            proc = _SPAWNED.pop()
-            if proc.returncode is None:
-                proc.kill()
-            await proc.communicate()
-
-
-async def spawn(lab: Lab, *args: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", lab.client, PYTHON, str(HERE / "netclient.py"), *args,
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _SPAWNED.append(proc)
-    return proc
-
-
-async def outcome(proc: asyncio.subprocess.Process) -> str:
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    return out.decode().strip()
 
 
 def set_mode(lab: Lab, *argv: str) -> dict[str, Any]:
@@ -117,15 +60,15 @@ def rows_to(lab: Lab, dst: str, port: int) -> list[dict[str, Any]]:
      ("learn", "connected", "allow")],
 )  # fmt: skip
 async def test_each_silent_mode_decides_an_uncovered_flow_without_asking(
-    running: Lab, agent: ModeAgent, mode: str, seen: str, action: str
+    running: Lab, agent: ScriptedAgent, mode: str, seen: str, action: str
 ) -> None:
     """With an agent there: nobody is asked, the mode decides, the row names the mode. The
     agent leaves, and the same holds for the next destination."""
     assert set_mode(running, mode)["mode"] == mode
-    assert await outcome(await spawn(running, "tcp", "192.0.2.2", "80")) == seen
+    assert await run_netclient(running, "tcp", "192.0.2.2", "80") == seen
     assert agent.prompts.empty()
     agent.stop()
-    assert await outcome(await spawn(running, "tcp", "192.0.2.2", "443")) == seen
+    assert await run_netclient(running, "tcp", "192.0.2.2", "443") == seen
     for port in (80, 443):
         (row,) = rows_to(running, "192.0.2.2", port)
         assert row["action"] == action and row["mode"] == mode and "rule_id" not in row
@@ -136,16 +79,15 @@ async def test_each_silent_mode_decides_an_uncovered_flow_without_asking(
 
 
 async def test_ask_mode_asks_the_agent_and_without_one_applies_the_default(
-    running: Lab, agent: ModeAgent
+    running: Lab, agent: ScriptedAgent
 ) -> None:
     assert set_mode(running)["mode"] == "ask"  # the mode of a fresh install
-    proc = await spawn(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
+    proc = await spawn_netclient(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
     prompt = await asyncio.wait_for(agent.prompts.get(), 10)
-    assert agent.client is not None
-    await agent.client.answer_prompt(parse_answer(prompt.id, "allow", "once", "exact"))
-    assert await outcome(proc) == "connected"
+    await agent.answer(prompt, "allow", "once")
+    assert await client_outcome(proc) == "connected"
     agent.stop()
-    assert await outcome(await spawn(running, "tcp", "192.0.2.2", "443")) == "timeout"
+    assert await run_netclient(running, "tcp", "192.0.2.2", "443") == "timeout"
     (asked,) = rows_to(running, "192.0.2.2", 80)
     (default,) = rows_to(running, "192.0.2.2", 443)
     assert asked["mode"] == default["mode"] == "ask"
@@ -257,15 +199,15 @@ async def test_the_mode_and_its_time_limit_survive_a_restart(running: Lab) -> No
 
 
 async def test_a_held_prompt_is_settled_at_once_by_a_mode_switch(
-    running: Lab, agent: ModeAgent
+    running: Lab, agent: ScriptedAgent
 ) -> None:
     """The flow waits for a person; an admin switches to silent-allow: the flow connects
     then (not at the prompt's timeout), the agent's popup is withdrawn, the row says so."""
-    proc = await spawn(running, "tcp", "192.0.2.2", "80", "--timeout", "20")
+    proc = await spawn_netclient(running, "tcp", "192.0.2.2", "80", "--timeout", "20")
     prompt = await asyncio.wait_for(agent.prompts.get(), 10)
     assert proc.returncode is None
     set_mode(running, "silent-allow")
-    assert await outcome(proc) == "connected"
+    assert await client_outcome(proc) == "connected"
     cancelled = await asyncio.wait_for(agent.cancelled.get(), 10)
     assert cancelled == (prompt.id, "mode silent-allow: no rule covers it")
     (row,) = rows_to(running, "192.0.2.2", 80)
@@ -273,7 +215,9 @@ async def test_a_held_prompt_is_settled_at_once_by_a_mode_switch(
     assert any(a["kind"] == "mode-changed" for a in agent.alerts)
 
 
-async def test_mode_changes_are_signalled_to_every_client(running: Lab, agent: ModeAgent) -> None:
+async def test_mode_changes_are_signalled_to_every_client(
+    running: Lab, agent: ScriptedAgent
+) -> None:
     seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     assert agent.client is not None
     await agent.client.watch_mode(seen.put_nowait)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, Lab, python_exe
+from conftest import HERE, PYTHON, Lab, python_exe, run_with_lab_env
 from tests.support.lab import Lines, end_child
 
 pytestmark = [
@@ -56,14 +56,8 @@ print("closed", flush=True)
 
 
 def monitor(lab: Lab, *args: str, nobody: bool = False) -> Any:
-    done = subprocess.run(
-        [*(SETPRIV if nobody else []), PYTHON, str(HERE / "monitorclient.py"), *args],
-        capture_output=True,
-        text=True,
-        env=lab.env,
-        timeout=60,
-        check=False,
-    )
+    user = SETPRIV if nobody else []
+    done = run_with_lab_env(lab, *user, PYTHON, str(HERE / "monitorclient.py"), *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

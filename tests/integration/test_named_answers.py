@@ -10,59 +10,12 @@ packet path uses, so it says what the live flow got.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
-
-from conftest import HERE, PYTHON, Lab, python_exe
-from snitch_common.agent import AgentService, register
-from snitch_common.answers import parse_answer
-from snitch_common.bus import PromptView
-from snitch_common.client import Client
+from conftest import Lab, python_exe, run_netclient
 from snitch_notifier.choices import scope_options
+from tests.integration.scriptagent import ScriptedAgent
 
 DNS_RULE = "allow port=53 proto=udp"
-
-
-class Agent:
-    def __init__(self) -> None:
-        self.prompts: asyncio.Queue[PromptView] = asyncio.Queue()
-        self.client: Client | None = None
-
-    async def start(self) -> None:
-        self.client = await Client.connect()
-        await register(self.client, AgentService(self.prompts.put_nowait, lambda i, r: None))
-
-    async def answer(self, prompt: PromptView, action: str, duration: str, scope: str) -> int:
-        assert self.client is not None
-        return await self.client.answer_prompt(parse_answer(prompt.id, action, duration, scope))
-
-
-@pytest.fixture
-async def agent(running: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Agent]:
-    assert running.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
-    a = Agent()
-    await a.start()
-    try:
-        yield a
-    finally:
-        if a.client is not None:
-            a.client.close()
-
-
-async def netclient(lab: Lab, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", lab.client, PYTHON, str(HERE / "netclient.py"), *args,
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return out.decode().strip()
 
 
 def rule_text(lab: Lab, rule_id: int) -> str:
@@ -70,15 +23,17 @@ def rule_text(lab: Lab, rule_id: int) -> str:
 
 
 async def test_host_answer_names_the_address_another_program_resolved(
-    running: Lab, agent: Agent
+    running: Lab, agent: ScriptedAgent
 ) -> None:
     """`ssh 203.0.113.8` after wget resolved www.example.org to it: the prompt shows the name
     (it is everyone's: root resolved it) but offers only the address, and "forever, this
     host" stores to=203.0.113.8, which does not stop matching when the name expires."""
     running.add_rule(DNS_RULE)
     running.add_rule("allow to=203.0.113.8 port=80")
-    assert await netclient(running, "resolve", "www.example.org", "80") == "connected"
-    ssh = asyncio.ensure_future(netclient(running, "tcp", "203.0.113.8", "22", "--timeout", "10"))
+    assert await run_netclient(running, "resolve", "www.example.org", "80") == "connected"
+    ssh = asyncio.ensure_future(
+        run_netclient(running, "tcp", "203.0.113.8", "22", "--timeout", "10")
+    )
     prompt = await asyncio.wait_for(agent.prompts.get(), 10)
     assert prompt.dst == "203.0.113.8" and prompt.host == "www.example.org"
     assert prompt.rule_host is None
@@ -90,11 +45,11 @@ async def test_host_answer_names_the_address_another_program_resolved(
 
 
 async def test_host_answer_names_what_the_process_itself_resolved(
-    running: Lab, agent: Agent
+    running: Lab, agent: ScriptedAgent
 ) -> None:
     running.add_rule(DNS_RULE)
     client = asyncio.ensure_future(
-        netclient(running, "resolve", "api.example.org", "22", "--timeout", "10")
+        run_netclient(running, "resolve", "api.example.org", "22", "--timeout", "10")
     )
     prompt = await asyncio.wait_for(agent.prompts.get(), 10)
     assert (prompt.dst, prompt.host, prompt.rule_host) == (

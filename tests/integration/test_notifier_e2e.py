@@ -20,12 +20,20 @@ import pytest
 from dbus_fast.aio import MessageBus
 from PySide6.QtCore import Qt
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab, netclient_who, python_exe
+from conftest import (
+    PYTHON,
+    VENV_BIN,
+    Lab,
+    netclient_who,
+    popen_outcome,
+    python_exe,
+    spawn_connect,
+)
 from snitch_notifier.bridge import AgentBridge
-from snitch_notifier.gui import wire
 from snitch_notifier.identity import desktop_identity
 from snitch_notifier.lists import ConnectionsWindow, RulesWindow
 from snitch_notifier.popup import PromptWindow
+from tests.integration.notifierlab import registered, wired_notifier
 from tests.support.lab import ROOT
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -44,37 +52,14 @@ def _notifyfake() -> ModuleType:
     return module
 
 
-def _client(lab: Lab, port: int, user: list[str] | None = None) -> subprocess.Popen[str]:
-    argv = [PYTHON, str(HERE / "netclient.py"), "tcp", "192.0.2.2", str(port), "--timeout", "10"]
-    return subprocess.Popen(
-        ["ip", "netns", "exec", lab.client, *(user or []), *argv],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _outcome(proc: subprocess.Popen[str]) -> str:
-    out, _ = proc.communicate(timeout=30)
-    return out.strip()
-
-
 @pytest.fixture
 def notifier(
     running: Lab, monkeypatch: pytest.MonkeyPatch, qtbot: Any
 ) -> Iterator[tuple[PromptWindow, AgentBridge]]:
     """The real popup and bridge, wired as the app wires them, registered with snitchd."""
-    assert running.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
-    window = PromptWindow()
-    qtbot.addWidget(window)
-    bridge = AgentBridge(retry_seconds=0.2)
-    wire(bridge, window)
-    with qtbot.waitSignal(bridge.registered, timeout=10_000):
-        bridge.start()
-    try:
+    window, bridge = wired_notifier(running, monkeypatch, qtbot)
+    with registered(bridge, qtbot):
         yield window, bridge
-    finally:
-        bridge.stop()
 
 
 def _wait_for_prompt(qtbot: Any, window: PromptWindow) -> None:
@@ -86,7 +71,7 @@ def test_allow_forever_this_host_in_the_popup_makes_the_rule(
     running: Lab, notifier: tuple[PromptWindow, AgentBridge], qtbot: Any, tmp_path: Path
 ) -> None:
     window, bridge = notifier
-    proc = _client(running, 80)
+    proc = spawn_connect(running, 80, timeout=10)
     _wait_for_prompt(qtbot, window)
     prompt = window.current
     assert prompt is not None
@@ -103,12 +88,14 @@ def test_allow_forever_this_host_in_the_popup_makes_the_rule(
     with qtbot.waitSignal(bridge.answered, timeout=10_000) as answered:
         qtbot.mouseClick(window._allow, Qt.MouseButton.LeftButton)
     rule_id = answered.args[1]
-    assert _outcome(proc) == "connected"
+    assert popen_outcome(proc) == "connected"
     rules = running.ctl_json("list-rules")
     assert [r["text"] for r in rules if r["id"] == rule_id] == [
         f"allow {netclient_who()} to=192.0.2.2"
     ]
-    assert _outcome(_client(running, 9000)) == "connected", "any port: no second prompt"
+    assert popen_outcome(spawn_connect(running, 9000, timeout=10)) == "connected", (
+        "any port: no second prompt"
+    )
     assert window.current is None
 
     recent = ConnectionsWindow(bridge)
@@ -156,11 +143,11 @@ def test_the_popup_registers_again_after_snitchd_restarts(
         running.stop_daemon()
     with qtbot.waitSignal(bridge.registered, timeout=20_000):
         running.start_daemon()
-    proc = _client(running, 22)
+    proc = spawn_connect(running, 22, timeout=10)
     _wait_for_prompt(qtbot, window)
     with qtbot.waitSignal(bridge.answered, timeout=10_000):
         window.reject_connection()
-    assert _outcome(proc) == "refused"
+    assert popen_outcome(proc) == "refused"
 
 
 async def test_without_a_display_notifications_ask_and_answer(lab: Lab, tmp_path: Path) -> None:
@@ -185,12 +172,12 @@ async def test_without_a_display_notifications_ask_and_answer(lab: Lab, tmp_path
     proc: subprocess.Popen[str] | None = None
     try:
         await _until(lambda: "prompts of uid=65534 go to desktop" in log_path.read_text())
-        proc = await asyncio.to_thread(_client, lab, 80, AS_NOBODY)
+        proc = await asyncio.to_thread(spawn_connect, lab, 80, 10, AS_NOBODY)
         await _until(lambda: bool(server.notified))
         app = desktop_identity(python_exe()).name  # "Python (v3.11)" where Debian's entry is
         assert server.notified[0]["summary"] == f"{app} wants to connect to 192.0.2.2"
         server.ActionInvoked(server.notified[0]["id"], "allow")
-        assert await asyncio.to_thread(_outcome, proc) == "connected"
+        assert await asyncio.to_thread(popen_outcome, proc) == "connected"
         assert [r["text"] for r in lab.ctl_json("list-rules")] == [
             f"allow {netclient_who()} user=65534 to=192.0.2.2 port=80 proto=tcp"
         ]

@@ -19,7 +19,7 @@ from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property
 
-from conftest import Lab
+from conftest import MODE_ALERT, PROFILE_ALERT, Lab
 
 NM = "org.freedesktop.NetworkManager"
 ACTIVE = "/org/freedesktop/NetworkManager/ActiveConnection/1"
@@ -65,10 +65,7 @@ class AccessPoint(ServiceInterface):
 
 @pytest.fixture
 def running(lab: Lab) -> Lab:
-    lab.expect_log(
-        r"WARNING snitchd\.firewall: alert mode-changed: ",
-        r"WARNING snitchd\.firewall: alert profile-changed: ",
-    )
+    lab.expect_log(MODE_ALERT, PROFILE_ALERT)
     lab.start_daemon()
     return lab
 

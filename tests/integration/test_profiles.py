@@ -9,17 +9,14 @@ from typing import Any
 
 import pytest
 
-from conftest import Lab
+from conftest import MODE_ALERT, PROFILE_ALERT, Lab
 
 NOBODY = 65534
 
 
 @pytest.fixture
 def running(lab: Lab) -> Lab:
-    lab.expect_log(
-        r"WARNING snitchd\.firewall: alert mode-changed: ",
-        r"WARNING snitchd\.firewall: alert profile-changed: ",
-    )
+    lab.expect_log(MODE_ALERT, PROFILE_ALERT)
     lab.start_daemon()
     return lab
 

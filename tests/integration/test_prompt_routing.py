@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal
+from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal, run_netclient
 from tests.integration import logindfake
 from tests.integration.logindfake import FakeSession
 from tests.support.lab import Lines, end_child
@@ -54,17 +54,7 @@ async def sessions(running: Lab) -> AsyncIterator[tuple[FakeSession, FakeSession
 
 
 async def connect(lab: Lab, port: int) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", lab.client, PYTHON, str(HERE / "netclient.py"),
-        "tcp", "192.0.2.2", str(port), "--timeout", "10", stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return out.decode().strip()
+    return await run_netclient(lab, "tcp", "192.0.2.2", str(port), "--timeout", "10")
 
 
 async def routing(lab: Lab) -> list[str]:

@@ -10,123 +10,49 @@ import asyncio
 import itertools
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from conftest import (
-    HERE,
     PYTHON,
     VENV_BIN,
     Lab,
     Terminal,
     bare_reason,
+    client_outcome,
     netclient_who,
     python_exe,
+    run_netclient,
+    spawn_in_client,
+    spawn_netclient,
+    start_agent,
 )
-from snitch_common.agent import AgentService, register
-from snitch_common.answers import parse_answer
-from snitch_common.bus import PromptView
-from snitch_common.client import Client
+from tests.integration.scriptagent import ScriptedAgent
+
+pytestmark = pytest.mark.usefixtures("end_clients")
 
 
-class TestAgent:
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.prompts: asyncio.Queue[PromptView] = asyncio.Queue()
-        self.cancelled: list[tuple[int, str]] = []
-        self.client: Client | None = None
-
-    async def start(self) -> None:
-        self.client = await Client.connect()
-        await register(self.client, AgentService(self.prompts.put_nowait, self._cancel))
-
-    def _cancel(self, prompt_id: int, reason: str) -> None:
-        self.cancelled.append((prompt_id, reason))
-
-    async def next_prompt(self, timeout: float = 10) -> PromptView:
-        return await asyncio.wait_for(self.prompts.get(), timeout)
-
-    async def answer(
-        self, prompt: PromptView, action: str, duration: str = "forever", scope: str = "exact"
-    ) -> int:
-        assert self.client is not None
-        answer = parse_answer(prompt.id, action, duration, scope)
-        return await self.client.answer_prompt(answer)
-
-    def stop(self) -> None:
-        if self.client is not None:
-            self.client.close()
-
-
-@pytest.fixture
-async def agent(running: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestAgent]:
-    assert running.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
-    a = TestAgent()
-    await a.start()
-    try:
-        yield a
-    finally:
-        a.stop()
-
-
-_SPAWNED: list[asyncio.subprocess.Process] = []
-
-
-@pytest.fixture(autouse=True)
-async def _end_clients() -> AsyncIterator[None]:
-    """Clients a failed test left running are ended (by pid) and reaped."""
-    try:
-        yield
-    finally:
-        while _SPAWNED:
-            proc = _SPAWNED.pop()
-            if proc.returncode is None:
-                proc.kill()
-            await proc.communicate()
-
-
-async def client(lab: Lab, *args: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        "ip",
-        "netns",
-        "exec",
-        lab.client,
-        PYTHON,
-        str(HERE / "netclient.py"),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    _SPAWNED.append(proc)
-    return proc
-
-
-async def outcome(proc: asyncio.subprocess.Process) -> str:
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    return out.decode().strip()
-
-
-async def test_flow_is_held_until_allow_then_rule_listed(running: Lab, agent: TestAgent) -> None:
+async def test_flow_is_held_until_allow_then_rule_listed(
+    running: Lab, agent: ScriptedAgent
+) -> None:
     """The connection waits while the person decides, connects right after "allow", never
     before; the answer is a rule, and the next connection is not prompted."""
     start = time.monotonic()
-    proc = await client(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
+    proc = await spawn_netclient(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
     prompt = await agent.next_prompt()
     assert prompt.exe == python_exe() and prompt.dst == "192.0.2.2" and prompt.port == 80
     assert prompt.proto == "tcp" and prompt.iface == "veth0" and prompt.pid is not None
     await asyncio.sleep(1.5)
     assert proc.returncode is None, "the client finished before the answer"
     rule_id = await agent.answer(prompt, "allow", "forever", "exact")
-    assert await outcome(proc) == "connected"
+    assert await client_outcome(proc) == "connected"
     assert time.monotonic() - start >= 1.5
     rules = running.ctl_json("list-rules")
     assert [r["text"] for r in rules if r["id"] == rule_id] == [
         f"allow {netclient_who()} to=192.0.2.2 port=80 proto=tcp"
     ]
-    assert await outcome(await client(running, "tcp", "192.0.2.2", "80")) == "connected"
+    assert await run_netclient(running, "tcp", "192.0.2.2", "80") == "connected"
     assert agent.prompts.empty()
 
 
@@ -142,16 +68,16 @@ def _spurious_rtx_host_queues(lab: Lab) -> int:
     return int(values[names.index("TCPSpuriousRtxHostQueues")])
 
 
-async def test_retransmitted_syn_joins_the_open_prompt(running: Lab, agent: TestAgent) -> None:
+async def test_retransmitted_syn_joins_the_open_prompt(running: Lab, agent: ScriptedAgent) -> None:
     """TCP wants to resend its SYN after 1 s. Linux does not send a copy while the original
     is still held on the host (it counts TCPSpuriousRtxHostQueues instead); any SYN that does
     reach the queue joins the open prompt. Either way: one prompt, one verdict for all."""
     before = _spurious_rtx_host_queues(running)
-    proc = await client(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
+    proc = await spawn_netclient(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
     prompt = await agent.next_prompt()
     await asyncio.sleep(2.5)
     await agent.answer(prompt, "allow", "once")
-    assert await outcome(proc) == "connected"
+    assert await client_outcome(proc) == "connected"
     assert agent.prompts.empty()
     rows = [r for r in running.log_rows() if r["dport"] == 80]
     assert {bare_reason(r) for r in rows} == {"answered once"}
@@ -163,45 +89,38 @@ async def test_deny_once_then_prompted_again(lab: Lab, monkeypatch: Any) -> None
     """A retry within `retry_window` gets the same answer unasked (issue 15); after it, the
     app is asked again."""
     lab.start_daemon(retry_window=1)
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = TestAgent()
-    await agent.start()
+    agent = await start_agent(lab, monkeypatch)
     try:
-        proc = await client(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
+        proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
         await agent.answer(await agent.next_prompt(), "reject", "once")
-        assert await outcome(proc) == "refused"
+        assert await client_outcome(proc) == "refused"
         assert lab.ctl_json("list-rules") == []
         await asyncio.sleep(1.5)
-        proc = await client(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
+        proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
         second = await agent.next_prompt()
         await agent.answer(second, "allow", "once")
-        assert await outcome(proc) == "connected"
+        assert await client_outcome(proc) == "connected"
     finally:
         agent.stop()
 
 
 async def test_no_answer_gives_default_after_timeout(lab: Lab, monkeypatch: Any) -> None:
     lab.start_daemon(prompt_timeout=1, default_action="reject")
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = TestAgent()
-    await agent.start()
+    agent = await start_agent(lab, monkeypatch)
     try:
         start = time.monotonic()
-        proc = await client(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
+        proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "9000", "--timeout", "10")
         prompt = await agent.next_prompt()
-        assert await outcome(proc) == "refused"
+        assert await client_outcome(proc) == "refused"
         assert 0.9 <= time.monotonic() - start < 5
         rows = [r for r in lab.log_rows() if r["dport"] == 9000]
         assert bare_reason(rows[-1]) == "default: timed out" and rows[-1]["action"] == "reject"
-        await asyncio.sleep(0.2)
-        assert (prompt.id, "default: timed out") in agent.cancelled
+        assert await agent.next_cancel() == (prompt.id, "default: timed out")
     finally:
         agent.stop()
 
 
-async def test_twenty_parallel_connections_one_prompt(running: Lab, agent: TestAgent) -> None:
+async def test_twenty_parallel_connections_one_prompt(running: Lab, agent: ScriptedAgent) -> None:
     script = (
         "import socket, selectors\n"
         "socks = []\n"
@@ -218,30 +137,20 @@ async def test_twenty_parallel_connections_one_prompt(running: Lab, agent: TestA
         "        ok += key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0\n"
         "print(ok)\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        "ip",
-        "netns",
-        "exec",
-        running.client,
-        PYTHON,
-        "-c",
-        script,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    _SPAWNED.append(proc)
+    proc = await spawn_in_client(running, PYTHON, "-c", script)
     prompt = await agent.next_prompt()
     await asyncio.sleep(0.5)
     await agent.answer(prompt, "allow", "once")
-    assert await outcome(proc) == "20"
+    assert await client_outcome(proc) == "20"
     assert agent.prompts.empty(), "more than one prompt for one app and destination"
 
 
 async def test_until_process_quits_rule_ends_with_the_process(
-    running: Lab, agent: TestAgent
+    running: Lab, agent: ScriptedAgent
 ) -> None:
-    proc = await client(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
+    proc = await spawn_netclient(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
     rule_id = await agent.answer(await agent.next_prompt(), "allow", "process", "app")
-    assert await outcome(proc) == "connected"
+    assert await client_outcome(proc) == "connected"
     for _ in range(50):
         if all(r["id"] != rule_id for r in running.ctl_json("list-rules")):
             break
@@ -253,21 +162,18 @@ async def test_until_process_quits_rule_ends_with_the_process(
 async def test_agent_leaving_releases_its_prompts(lab: Lab, monkeypatch: Any) -> None:
     """No other agent: the held flow gets the default at once, not after the timeout."""
     lab.start_daemon(prompt_timeout=30, default_action="reject")
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = TestAgent()
-    await agent.start()
+    agent = await start_agent(lab, monkeypatch)
     start = time.monotonic()
-    proc = await client(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
+    proc = await spawn_netclient(lab, "tcp", "192.0.2.2", "80", "--timeout", "20")
     await agent.next_prompt()
     agent.stop()
-    assert await outcome(proc) == "refused"
+    assert await client_outcome(proc) == "refused"
     assert time.monotonic() - start < 10
     assert bare_reason(lab.log_rows()[-1]) == "default: agent left"
 
 
-async def test_other_user_cannot_answer_or_see_a_prompt(running: Lab, agent: TestAgent) -> None:
-    proc = await client(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
+async def test_other_user_cannot_answer_or_see_a_prompt(running: Lab, agent: ScriptedAgent) -> None:
+    proc = await spawn_netclient(running, "tcp", "192.0.2.2", "80", "--timeout", "10")
     prompt = await agent.next_prompt()
     code = (
         "import asyncio, sys\n"
@@ -296,7 +202,7 @@ async def test_other_user_cannot_answer_or_see_a_prompt(running: Lab, agent: Tes
     ], done.stderr
     assert proc.returncode is None
     await agent.answer(prompt, "allow", "once")
-    assert await outcome(proc) == "connected"
+    assert await client_outcome(proc) == "connected"
     assert running.ctl_json("list-rules") == []
 
 

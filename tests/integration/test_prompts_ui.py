@@ -18,33 +18,19 @@ from typing import Any
 import pytest
 from PySide6.QtCore import Qt
 
-from conftest import HERE, PYTHON, Lab, bare_reason, netclient_who
+from conftest import PYTHON, Lab, bare_reason, netclient_who, popen_outcome, spawn_connect
 from snitch_common.client import Client
 from snitch_common.errors import NotAuthorized
 from snitch_notifier.bridge import AgentBridge
-from snitch_notifier.gui import wire
 from snitch_notifier.popup import PromptWindow
 from snitch_notifier.shields import Shield
 from snitch_notifier.tray import Tray
+from tests.integration.notifierlab import registered, wired_notifier
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 TIMEOUT = 2  # prompt_timeout here: short, so "held past it" is quick to see
 HOLD_MAX = 60
-
-
-def _client(lab: Lab, port: int, timeout: float = 30) -> subprocess.Popen[str]:
-    argv = [PYTHON, str(HERE / "netclient.py"), "tcp", "192.0.2.2", str(port)]
-    return subprocess.Popen(
-        ["ip", "netns", "exec", lab.client, *argv, "--timeout", str(timeout)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _outcome(proc: subprocess.Popen[str]) -> str:
-    out, _ = proc.communicate(timeout=40)
-    return out.strip()
 
 
 @pytest.fixture
@@ -53,18 +39,9 @@ def notifier(
 ) -> Iterator[tuple[PromptWindow, AgentBridge]]:
     """The real popup and bridge, wired as the app wires them, with a short prompt_timeout."""
     lab.start_daemon(prompt_timeout=TIMEOUT, prompt_hold_max=HOLD_MAX)
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    window = PromptWindow()
-    qtbot.addWidget(window)
-    bridge = AgentBridge(retry_seconds=0.2)
-    wire(bridge, window)
-    with qtbot.waitSignal(bridge.registered, timeout=10_000):
-        bridge.start()
-    try:
+    window, bridge = wired_notifier(lab, monkeypatch, qtbot)
+    with registered(bridge, qtbot):
         yield window, bridge
-    finally:
-        bridge.stop()
 
 
 def _shown(qtbot: Any, window: PromptWindow) -> int:
@@ -87,7 +64,7 @@ def test_a_deferred_prompt_holds_its_flow_and_the_answer_releases_it(
     lab: Lab, notifier: tuple[PromptWindow, AgentBridge], qtbot: Any
 ) -> None:
     window, bridge = notifier
-    proc = _client(lab, 80)
+    proc = spawn_connect(lab, 80)
     prompt_id = _shown(qtbot, window)
     with qtbot.waitSignal(bridge.deferred, timeout=10_000) as deferred:
         qtbot.mouseClick(window._later, Qt.MouseButton.LeftButton)
@@ -105,7 +82,7 @@ def test_a_deferred_prompt_holds_its_flow_and_the_answer_releases_it(
     window._duration.setCurrentIndex(window._duration.findData("once"))
     with qtbot.waitSignal(bridge.answered, timeout=10_000):
         qtbot.mouseClick(window._allow, Qt.MouseButton.LeftButton)
-    assert _outcome(proc) == "connected"
+    assert popen_outcome(proc) == "connected"
     (row,) = lab.log_rows()
     assert (row["action"], bare_reason(row)) == ("allow", "answered once")
 
@@ -118,11 +95,11 @@ def test_an_expired_prompt_is_shown_and_becomes_a_rule(
     window, bridge = notifier
     expired: list[Any] = []
     window.expired.connect(expired.append)
-    proc = _client(lab, 80, timeout=1)
+    proc = spawn_connect(lab, 80, timeout=1)
     prompt_id = _shown(qtbot, window)
     qtbot.waitUntil(lambda: bool(expired), timeout=10_000)
     assert [(e.prompt.id, e.label) for e in expired] == [(prompt_id, "expired: denied by default")]
-    assert _outcome(proc) == "timeout"
+    assert popen_outcome(proc) == "timeout"
     window.bring_back(prompt_id)
     qtbot.waitUntil(window._allow.isEnabled, timeout=5_000)
     assert window._countdown.text() == "Expired: denied by default: your answer makes a rule"
@@ -133,7 +110,9 @@ def test_an_expired_prompt_is_shown_and_becomes_a_rule(
     assert [r["text"] for r in rules if r["id"] == answered.args[1]] == [
         f"allow {netclient_who()} to=192.0.2.2"
     ]
-    assert _outcome(_client(lab, 80, timeout=5)) == "connected", "the rule lets it through"
+    assert popen_outcome(spawn_connect(lab, 80, timeout=5)) == "connected", (
+        "the rule lets it through"
+    )
 
 
 def test_sigterm_with_a_prompt_showing_ends_the_notifier_at_once(
@@ -151,7 +130,7 @@ def test_sigterm_with_a_prompt_showing_ends_the_notifier_at_once(
     proc = None
     try:
         _wait_for(log_path, "registered as the agent of uid=0", app)
-        proc = _client(running, 80, timeout=5)
+        proc = spawn_connect(running, 80, timeout=5)
         _wait_for(log_path, "prompt shown id=", app)
         app.send_signal(signal.SIGTERM)
         try:
@@ -161,7 +140,7 @@ def test_sigterm_with_a_prompt_showing_ends_the_notifier_at_once(
         assert rc == 0, (
             "snitch-notifier did not exit within 2 s of SIGTERM:\n" + log_path.read_text()
         )
-        assert _outcome(proc) == "timeout"
+        assert popen_outcome(proc) == "timeout"
     finally:
         if app.poll() is None:
             app.kill()
@@ -205,7 +184,7 @@ def test_five_prompts_at_once_are_all_answered_none_expire(
     expired: list[Any] = []
     window.expired.connect(expired.append)
     ports = (22, 80, 443, 8080, 9000)
-    clients = [_client(lab, port) for port in ports]
+    clients = [spawn_connect(lab, port) for port in ports]
     qtbot.waitUntil(lambda: len(window.pending.queue) == len(ports), timeout=15_000)
     answered: list[int] = []
     bridge.answered.connect(lambda answer, _: answered.append(answer.prompt_id))
@@ -221,7 +200,7 @@ def test_five_prompts_at_once_are_all_answered_none_expire(
         qtbot.mouseClick(window._allow, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda n=n: len(answered) == n + 1, timeout=10_000)
     assert expired == []
-    assert [_outcome(c) for c in clients] == ["connected"] * len(ports)
+    assert [popen_outcome(c) for c in clients] == ["connected"] * len(ports)
     rows = lab.log_rows()
     assert sorted(r["dport"] for r in rows) == sorted(ports)
     assert {(r["action"], bare_reason(r)) for r in rows} == {("allow", "answered once")}

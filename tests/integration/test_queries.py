@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import PYTHON, VENV_BIN, Lab, python_exe
+from conftest import PYTHON, VENV_BIN, Lab, python_exe, run_with_lab_env
 from snitch_common.bus import MAX_LOG_ROWS, MAX_RULES_PAGE
 from snitch_common.rules import parse_rule
 from snitchd.store import Store
@@ -58,14 +58,7 @@ def test_issue_12_log_answers_at_most_the_cap_whatever_the_limit(lab: Lab) -> No
         "    client.close()\n"
         "asyncio.run(main())\n"
     )
-    done = subprocess.run(
-        [*SETPRIV, PYTHON, "-c", code],
-        capture_output=True,
-        text=True,
-        env=lab.env,
-        timeout=60,
-        check=False,
-    )
+    done = run_with_lab_env(lab, *SETPRIV, PYTHON, "-c", code)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == MAX_LOG_ROWS
 
@@ -148,13 +141,8 @@ def test_issue_20_a_closed_pipe_ends_log_quietly(lab: Lab) -> None:
     snitchctl still wrote. Now it stops quietly, as ls or cat do."""
     _seed_log(lab, 1500)  # ~150 kB of text: more than a pipe holds
     lab.start_daemon()
-    done = subprocess.run(
-        ["sh", "-c", f"{VENV_BIN / 'snitchctl'} log --limit 1500 | head -n 1"],
-        capture_output=True,
-        text=True,
-        env=lab.env,
-        timeout=60,
-        check=False,
+    done = run_with_lab_env(
+        lab, "sh", "-c", f"{VENV_BIN / 'snitchctl'} log --limit 1500 | head -n 1"
     )
     assert len(done.stdout.splitlines()) == 1, done.stdout
     assert done.stderr == "", done.stderr

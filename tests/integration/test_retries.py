@@ -14,53 +14,35 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import PYTHON, Lab, curl_exe
-from snitch_common.agent import AgentService, register
-from snitch_common.answers import parse_answer
+from conftest import PYTHON, Lab, curl_exe, start_agent
 from snitch_common.bus import PromptView
-from snitch_common.client import Client
 
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # Four connects (one and three retries), one second apart, each timing out after one second.
 CURL = ["--connect-timeout", "1", "--retry", "3", "--retry-delay", "1", "--retry-max-time", "30"]
 
 
-class DenyingAgent:
-    """Answers every prompt "deny once", and counts them."""
-
-    def __init__(self) -> None:
-        self.prompts: list[PromptView] = []
-        self.client: Client | None = None
-        self._queue: asyncio.Queue[PromptView] = asyncio.Queue()
-
-    async def start(self) -> None:
-        self.client = await Client.connect()
-        await register(self.client, AgentService(self._queue.put_nowait, lambda i, r: None))
-
-    async def answer_all(self) -> None:
-        assert self.client is not None
-        while True:
-            prompt = await self._queue.get()
-            self.prompts.append(prompt)
-            with contextlib.suppress(Exception):  # it may have timed out meanwhile
-                await self.client.answer_prompt(parse_answer(prompt.id, "deny", "once", "exact"))
-
-
 @contextlib.asynccontextmanager
-async def denying(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DenyingAgent]:
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    agent = DenyingAgent()
-    await agent.start()
-    task = asyncio.create_task(agent.answer_all())
+async def denying(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[PromptView]]:
+    """The real agent code answering "deny once" to every prompt; yields the prompts it got."""
+    agent = await start_agent(lab, monkeypatch)
+    prompts: list[PromptView] = []
+
+    async def deny_all() -> None:
+        while True:
+            prompt = await agent.prompts.get()
+            prompts.append(prompt)
+            with contextlib.suppress(Exception):  # it may have timed out meanwhile
+                await agent.answer(prompt, "deny", "once")
+
+    task = asyncio.create_task(deny_all())
     try:
-        yield agent
+        yield prompts
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        if agent.client is not None:
-            agent.client.close()
+        agent.stop()
 
 
 async def curl_retrying(lab: Lab, url: str) -> int:
@@ -81,19 +63,19 @@ async def test_a_denied_curl_retried_is_one_prompt_and_one_row(
     lab: Lab, monkeypatch: pytest.MonkeyPatch, window: int
 ) -> None:
     lab.start_daemon(retry_window=window, prompt_timeout=10)
-    async with denying(lab, monkeypatch) as agent:
+    async with denying(lab, monkeypatch) as prompts:
         status = await curl_retrying(lab, "http://192.0.2.2:9000/")
         await asyncio.sleep(1.0)  # the log writer's next batch
     assert status == 28, "curl was not timed out"
     rows = [r for r in lab.log_rows() if r["dport"] == 9000]
     retries = sum(r["retries"] for r in rows)
-    print(f"\nretry_window={window}: prompts={len(agent.prompts)} rows={len(rows)} "
+    print(f"\nretry_window={window}: prompts={len(prompts)} rows={len(rows)} "
           f"retries on rows={retries}")  # fmt: skip
     assert all(r["action"] == "deny" for r in rows)
     if window == 0:
-        assert len(agent.prompts) > 1 and len(rows) > 1 and retries == 0
+        assert len(prompts) > 1 and len(rows) > 1 and retries == 0
         return
-    assert len(agent.prompts) == 1
+    assert len(prompts) == 1
     assert len(rows) == 1 and rows[0]["retries"] >= 2
     assert lab.ctl_json("status")["retries"] >= 2
     assert f"(retried {rows[0]['retries']}x)" in lab.ctl("log").stdout
@@ -115,10 +97,10 @@ async def test_a_user_flooding_attempts_pushes_out_only_their_own(
         "print('sent', flush=True)\n"
         "sys.stdin.read()\n"  # keeps its socket until the test ends: its sender stays found
     )
-    async with denying(lab, monkeypatch) as agent:
+    async with denying(lab, monkeypatch) as prompts:
         curl = asyncio.ensure_future(curl_retrying(lab, "http://192.0.2.2:9000/"))
         for _ in range(100):
-            if agent.prompts:
+            if prompts:
                 break
             await asyncio.sleep(0.1)
         attacker = await asyncio.create_subprocess_exec(
@@ -139,6 +121,6 @@ async def test_a_user_flooding_attempts_pushes_out_only_their_own(
     rows = [r for r in lab.log_rows(app=curl_exe()) if r["dport"] == 9000]
     print(f"\nflood: attempts remembered {status['attempts_remembered']}, retries "
           f"{status['retries']}, root's rows {len(rows)}")  # fmt: skip
-    assert len(agent.prompts) == 1
+    assert len(prompts) == 1
     assert len(rows) == 1 and rows[0]["retries"] >= 2
     assert status["attempts_remembered"] <= 2048 + 1

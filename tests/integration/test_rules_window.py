@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QDialogButtonBox, QMessageBox
 from conftest import Lab
 from snitch_notifier.bridge import AgentBridge
 from snitch_notifier.lists import RulesWindow
+from tests.integration.notifierlab import lab_bridge, registered
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -32,15 +33,8 @@ def bridge(lab: Lab, monkeypatch: pytest.MonkeyPatch, qtbot: Any) -> Iterator[Ag
     folder.mkdir(mode=0o755)
     (folder / "base.rules").write_text("allow port=22  # ssh, from the fleet\n")
     lab.start_daemon()
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    bridge = AgentBridge(retry_seconds=0.2)
-    with qtbot.waitSignal(bridge.registered, timeout=10_000):
-        bridge.start()
-    try:
+    with registered(lab_bridge(lab, monkeypatch), qtbot) as bridge:
         yield bridge
-    finally:
-        bridge.stop()
 
 
 def _visible(window: RulesWindow) -> list[str]:

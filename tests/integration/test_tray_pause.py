@@ -10,32 +10,21 @@ from typing import Any
 
 import pytest
 
-from conftest import Lab
-from snitch_notifier.bridge import AgentBridge
-from snitch_notifier.gui import wire
-from snitch_notifier.popup import PromptWindow
+from conftest import MODE_ALERT, Lab
 from snitch_notifier.tray import Tray
+from tests.integration.notifierlab import registered, wired_notifier
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 @pytest.fixture
 def tray(lab: Lab, monkeypatch: pytest.MonkeyPatch, qtbot: Any) -> Iterator[Tray]:
-    lab.expect_log(r"WARNING snitchd\.firewall: alert mode-changed: ")
+    lab.expect_log(MODE_ALERT)
     lab.start_daemon()
-    assert lab.bus is not None
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.bus.address)
-    window = PromptWindow()
-    qtbot.addWidget(window)
-    bridge = AgentBridge(retry_seconds=0.2)
-    wire(bridge, window)
+    window, bridge = wired_notifier(lab, monkeypatch, qtbot)
     t = Tray(bridge, window)
-    with qtbot.waitSignal(bridge.registered, timeout=10_000):
-        bridge.start()
-    try:
+    with registered(bridge, qtbot):
         yield t
-    finally:
-        bridge.stop()
 
 
 def test_pause_for_15_minutes_then_resume(tray: Tray, lab: Lab, qtbot: Any) -> None:

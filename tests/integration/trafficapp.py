@@ -19,6 +19,17 @@ import dns.message
 import dns.query
 
 
+def _drain(sock: socket.socket) -> None:
+    """Read what the echo server sent back so far, without waiting for more."""
+    sock.settimeout(0.01)
+    try:
+        while sock.recv(65536):
+            pass
+    except (TimeoutError, BlockingIOError):
+        pass
+    sock.settimeout(10)
+
+
 def main() -> int:
     name, port, total, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     answer = dns.query.udp(dns.message.make_query(name, "A"), "192.0.2.2", timeout=5)
@@ -36,13 +47,7 @@ def main() -> int:
             chunk = min(4000, size - start)
             sock.sendall(b"ECHO " + b"x" * max(0, chunk - 5) if chunk > 5 else b"x" * chunk)
         sent += size
-        sock.settimeout(0.01)
-        try:
-            while sock.recv(65536):
-                pass
-        except (TimeoutError, BlockingIOError):
-            pass
-        sock.settimeout(10)
+        _drain(sock)
         time.sleep(0.25)
     for _ in range(500):
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
@@ -56,13 +61,7 @@ def main() -> int:
         if select.select([sys.stdin], [], [], 0.5)[0] and not sys.stdin.readline():
             break
         sock.sendall(trickle)
-        sock.settimeout(0.01)
-        try:
-            while sock.recv(65536):
-                pass
-        except (TimeoutError, BlockingIOError):
-            pass
-        sock.settimeout(10)
+        _drain(sock)
     sock.close()
     print("closed", flush=True)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import pkgutil
 
@@ -11,6 +10,7 @@ import pytest
 
 import snitch_notifier
 from snitch_notifier.app import qt_unavailable
+from tests.support.exports import unexported
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(snitch_notifier.__path__))
 
@@ -47,11 +47,4 @@ def test_all_is_honest(name: str) -> None:
     exported = module.__all__
     assert len(set(exported)) == len(exported)
     assert [n for n in exported if not hasattr(module, n)] == []
-    public = [
-        n
-        for n, obj in vars(module).items()
-        if not n.startswith("_")
-        and (inspect.isclass(obj) or inspect.isfunction(obj))
-        and getattr(obj, "__module__", None) == module.__name__
-    ]
-    assert sorted(set(public) - set(exported)) == []
+    assert unexported(module, exported) == []

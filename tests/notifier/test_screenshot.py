@@ -30,10 +30,7 @@ DOCS_PICTURE = Path(__file__).resolve().parents[2] / "docs" / "popup.png"
 def test_docs_picture(popup, prompt_factory, qtbot, tmp_path: Path) -> None:
     window = PromptWindow(clock=popup.clock, identify=desktop_identity)
     qtbot.addWidget(window)
-    now = popup.clock.now
-    window.add_prompt(prompt_factory(1, deadline=now + 30))
-    for i, host in ((2, "telemetry.example.net"), (3, "cdn.example.com")):
-        window.add_prompt(prompt_factory(i, host=host, deadline=now + 30))
+    _prompts(window, popup.clock.now, prompt_factory)
     popup.clock.now += 7
     window.tick()
     picture = tmp_path / "popup.png"
@@ -76,13 +73,19 @@ def _prompts(window: PromptWindow, now: float, factory: Any) -> None:
         window.add_prompt(factory(i, host=host, deadline=now + 30))
 
 
-def test_docs_picture_of_the_scope_list(popup, prompt_factory, qtbot, tmp_path: Path) -> None:
-    """The popup with its Scope list open, as a person choosing sees it: the countdown says
-    it is paused."""
+def _docs_window(popup: Any, prompt_factory: Any, qtbot: Any) -> PromptWindow:
+    """The popup of the docs' pictures: the three prompts, a deferral granted at once."""
     window = PromptWindow(clock=popup.clock, identify=desktop_identity)
     qtbot.addWidget(window)
     window.defer_wanted.connect(lambda i: window.held(i, 588.0))
     _prompts(window, popup.clock.now, prompt_factory)
+    return window
+
+
+def test_docs_picture_of_the_scope_list(popup, prompt_factory, qtbot, tmp_path: Path) -> None:
+    """The popup with its Scope list open, as a person choosing sees it: the countdown says
+    it is paused."""
+    window = _docs_window(popup, prompt_factory, qtbot)
     popup.clock.now += 12
     window.tick()
     qtbot.mouseClick(window._scope, Qt.MouseButton.LeftButton)
@@ -97,10 +100,7 @@ def test_docs_picture_of_the_scope_list(popup, prompt_factory, qtbot, tmp_path: 
 
 def test_docs_picture_of_the_more_menu(popup, prompt_factory, qtbot, tmp_path: Path) -> None:
     """The More menu open: the countdown above it says it waits for the person."""
-    window = PromptWindow(clock=popup.clock, identify=desktop_identity)
-    qtbot.addWidget(window)
-    window.defer_wanted.connect(lambda i: window.held(i, 588.0))
-    _prompts(window, popup.clock.now, prompt_factory)
+    window = _docs_window(popup, prompt_factory, qtbot)
     popup.clock.now += 12
     window.tick()
     taken: list[QPixmap] = []
@@ -120,10 +120,7 @@ def test_docs_picture_of_the_more_menu(popup, prompt_factory, qtbot, tmp_path: P
 
 
 def test_docs_picture_of_the_waiting_list(popup, prompt_factory, qtbot, tmp_path: Path) -> None:
-    window = PromptWindow(clock=popup.clock, identify=desktop_identity)
-    qtbot.addWidget(window)
-    window.defer_wanted.connect(lambda i: window.held(i, 588.0))
-    _prompts(window, popup.clock.now, prompt_factory)
+    window = _docs_window(popup, prompt_factory, qtbot)
     window.add_prompt(
         prompt_factory(4, exe="/usr/bin/curl", host="api.example.org", pid=5120, cmdline=("curl",))
     )

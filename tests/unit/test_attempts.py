@@ -19,20 +19,12 @@ from snitchd.attempts import Attempts, RowRef, attempt_key
 from snitchd.config import Config
 from snitchd.events import Alert
 from snitchd.firewall import Firewall
-from snitchd.prompts import Agent, Broker, Prompt
+from snitchd.prompts import Agent, Prompt
 from snitchd.queries import LogQuery
 from snitchd.store import Decision, Store
+from tests.support.firewall import NOW, Clock, make_firewall
 
-NOW = 1_700_000_000.0
 CURL = "/usr/bin/curl"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Pkt:
@@ -85,24 +77,16 @@ class Prompts:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def parts(tmp_path: Path, clock: Clock) -> Iterator[tuple[Firewall, Log, Prompts]]:
-    store = Store(tmp_path / "snitch.db")
-    broker = Broker(clock=clock, timeout=5, max_open=10, is_admin=lambda uid: uid == 0)
     log, prompts = Log(), Prompts()
     config = Config(database=str(tmp_path / "snitch.db"), default_action=Action.DENY)
-    fw = Firewall(config, store, None, log, broker, clock=clock)  # type: ignore[arg-type]
-    broker.attach(fw)
-    broker.transport = prompts
-    broker.register(":1.5", "/agent", 1000)
+    fw = make_firewall(tmp_path / "snitch.db", clock, config, log)
+    fw.broker.transport = prompts
+    fw.broker.register(":1.5", "/agent", 1000)
     try:
         yield fw, log, prompts
     finally:
-        store.close()
+        fw.store.close()
 
 
 def curl(uid: int = 1000, verified: bool = True, pid: int = 7) -> Process:

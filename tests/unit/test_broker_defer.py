@@ -15,15 +15,8 @@ from snitch_common.answers import Answer, Scope
 from snitch_common.errors import NotAuthorized, RuleError
 from snitch_common.rules import Action
 from snitchd.prompts import Broker
+from tests.support.firewall import NOW, Clock
 from tests.unit.test_broker import ALICE, BOB, FakeFirewall, FakeTransport, flow, proc
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(clock: Clock, hold_max: float = 600) -> tuple[Broker, FakeFirewall, FakeTransport]:
@@ -43,7 +36,7 @@ async def test_deferring_holds_the_flow_up_to_hold_max_after_it_was_asked() -> N
     assert prompt.deadline == clock.now + 30
     clock.now += 20
     assert broker.defer(prompt.id, ":1.5") == 580
-    assert prompt.deadline == 1600 and fw.verdicts == []
+    assert prompt.deadline == NOW + 600 and fw.verdicts == []
     assert prompt.timer is not None
     loop = asyncio.get_running_loop()
     assert prompt.timer.when() == pytest.approx(loop.time() + 580, abs=1)

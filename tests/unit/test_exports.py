@@ -5,7 +5,6 @@ re-export rules), so every name in it must exist and every public class or funct
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
 from types import ModuleType
 
@@ -15,6 +14,7 @@ import snitch_common
 import snitch_lists
 import snitchctl
 import snitchd
+from tests.support.exports import unexported
 
 PACKAGES = (snitch_common, snitchd, snitchctl, snitch_lists)
 MODULES = sorted(
@@ -54,11 +54,4 @@ def test_public_classes_and_functions_are_in_all(name: str) -> None:
     exported = getattr(module, "__all__", None)
     if exported is None:
         pytest.skip(f"{name} defines no __all__")
-    public = [
-        n
-        for n, obj in vars(module).items()
-        if not n.startswith("_")
-        and (inspect.isclass(obj) or inspect.isfunction(obj))
-        and getattr(obj, "__module__", None) == module.__name__
-    ]
-    assert sorted(set(public) - set(exported)) == []
+    assert unexported(module, exported) == []

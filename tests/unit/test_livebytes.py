@@ -20,18 +20,10 @@ from snitchd.logwriter.livebytes import Accounting, app_name, decode_dump, encod
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK
 from snitchd.queries import Period, read_apps, read_top, read_traffic
 from snitchd.store import Store, TrafficMinute
+from tests.unit.test_traffic_codec import KERNEL_TCP_END  # a real kernel message
 
 NOW = 1_700_000_040.0  # on a minute boundary
 NLMSG = struct.Struct("=IHHII")
-# A real kernel message (from test_traffic_codec): 192.0.2.1:34598 -> 192.0.2.2:8000, 330/266 B.
-KERNEL_TCP_END = bytes.fromhex(
-    "d40000000201000000000000cc70000002000000340001801400018008000100c000020108000200c0000202"
-    "1c00028005000100060000000600020087260000060003001f4000003400028014000180080001"
-    "00c000020208000200c00002011c0002800500010006000000060002001f4000000600030087260000"
-    "08000c00b83d644f080003000000020e1c0009800c00010000000000000000060c000200000000000000"
-    "014a1c000a800c00010000000000000000040c000200000000000000010a100004800c00018005000100"
-    "07000000"
-)
 
 
 def row(

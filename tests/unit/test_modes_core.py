@@ -15,24 +15,12 @@ from snitch_common.errors import ModeError, ProposalNotFound, StoreError
 from snitch_common.modes import Mode, ModeState, format_seconds, parse_for, parse_mode
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, parse_rule
-from snitchd.config import Config
-from snitchd.firewall import Firewall
 from snitchd.modes import Modes, expired, switched
-from snitchd.prompts import Broker
 from snitchd.proposals import ProposalBook
-from snitchd.store import Store
 from snitchd.switching import Switcher
+from tests.support.firewall import NOW, Clock, make_firewall
 
-NOW = 1_700_000_000.0
 CURL = "/usr/bin/curl"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def flow(dst: str = "203.0.113.7", port: int = 443, proto: Proto = Proto.TCP) -> Flow:
@@ -186,17 +174,8 @@ def test_unknown_proposal_ids_raise_and_change_nothing() -> None:
 # -- the switcher, on a real store ---------------------------------------------------------------
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 def make_switcher(db: Path, clock: Clock) -> Switcher:
-    store = Store(db)
-    broker = Broker(clock=clock, timeout=5, max_open=10, is_admin=lambda uid: uid == 0)
-    fw = Firewall(Config(database=str(db)), store, None, None, broker, clock=clock)  # type: ignore[arg-type]
-    broker.attach(fw)
-    switcher = Switcher(fw)
+    switcher = Switcher(make_firewall(db, clock))
     switcher.load()
     return switcher
 

@@ -14,7 +14,6 @@ from snitch_common.errors import ProfileError, RuleError
 from snitch_common.modes import Mode
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import parse_rule
-from snitchd.config import Config
 from snitchd.firewall import Firewall
 from snitchd.profiles import (
     MatchKind,
@@ -25,11 +24,9 @@ from snitchd.profiles import (
     parse_match,
     pick_profile,
 )
-from snitchd.prompts import Broker
-from snitchd.store import Store
 from snitchd.switching import Switcher
+from tests.support.firewall import NOW, Clock, make_firewall
 
-NOW = 1_700_000_000.0
 HOME_GW = "02:00:00:00:00:01"
 WORK_GW = "02:00:00:00:00:02"
 
@@ -90,21 +87,8 @@ def test_profile_names_in_rules_round_trip_and_bad_ones_are_refused() -> None:
 # -- on a real store -----------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_switcher(db: Path) -> Switcher:
-    clock = Clock()
-    store = Store(db)
-    broker = Broker(clock=clock, timeout=5, max_open=10, is_admin=lambda uid: uid == 0)
-    fw = Firewall(Config(database=str(db)), store, None, None, broker, clock=clock)  # type: ignore[arg-type]
-    broker.attach(fw)
-    switcher = Switcher(fw)
+    switcher = Switcher(make_firewall(db, Clock()))
     switcher.load()
     return switcher
 

@@ -18,22 +18,11 @@ import pytest
 from snitch_common.errors import RuleNotFound
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Rule, parse_rule
-from snitchd.config import Config
 from snitchd.decide import RuleSet
 from snitchd.firewall import Firewall
-from snitchd.prompts import Broker
-from snitchd.store import Store
+from tests.support.firewall import NOW, Clock, make_firewall
 
-NOW = 1_700_000_000.0
 CURL = "/usr/bin/curl"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -42,20 +31,12 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def firewall(db_path: Path, clock: Clock) -> Iterator[Firewall]:
-    store = Store(db_path)
-    broker = Broker(clock=clock, timeout=5, max_open=10, is_admin=lambda uid: uid == 0)
-    fw = Firewall(Config(database=str(db_path)), store, None, None, broker, clock=clock)  # type: ignore[arg-type]
-    broker.attach(fw)
+    fw = make_firewall(db_path, clock)
     try:
         yield fw
     finally:
-        store.close()
+        fw.store.close()
 
 
 def flow(port: int = 443) -> Flow:
