@@ -34,7 +34,7 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_signal
 
-from snitch_common.answers import parse_answer
+from snitch_common.answers import Reach, parse_answer
 from snitch_common.blocklists import ListFormat
 from snitch_common.bus import (
     AGENT_INTERFACE,
@@ -183,6 +183,7 @@ def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
         "created": prompt.created,
         "deadline": prompt.deadline,
         "default_action": default_action,
+        "profile": prompt.profile or "",
     }
     out = _variants(fields)
     out["cmdline"] = Variant("as", list(proc.cmdline))
@@ -523,9 +524,12 @@ class FirewallService(ServiceInterface):
             _arg(answer, "action", str) or "",
             _arg(answer, "duration", str) or "once",
             _arg(answer, "scope", str) or "exact",
+            _arg(answer, "reach", str) or "everywhere",
         )
         name, broker = current_caller().name, self.firewall.broker
-        broker.prompt_for(parsed, name)
+        prompt = broker.prompt_for(parsed, name)
+        if parsed.reach is Reach.PROFILE and prompt.profile and self._switcher is not None:
+            self._switcher.check_exists(prompt.profile)  # deleted since: its rule holds nowhere
         permanent = parsed.lifetime[0] is Lifetime.FOREVER and parsed.action is Action.ALLOW
         if permanent and self.firewall.config.answers_need_auth:
             # Waits for the person to authenticate; the prompt may end meanwhile (answer()
