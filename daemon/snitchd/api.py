@@ -55,7 +55,7 @@ from snitch_common.errors import (
     SnitchError,
 )
 from snitch_common.modes import MAX_FOR_SECONDS, ModeState, parse_mode
-from snitch_common.records import Proto
+from snitch_common.records import Proto, Runtime
 from snitch_common.rulefile import read_rules
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.access import is_admin
@@ -354,6 +354,8 @@ class FirewallService(ServiceInterface):
             _arg(query, "host", str),
             _arg(query, "script", str),
             _arg(query, "sha256", str),
+            _arg(query, "container", str),
+            _explain_runtime(query),
         )
         explained = await explain_flow(self.firewall, asked)
         return _explanation_dict(explained, self.firewall.config.default_action.value)
@@ -1013,6 +1015,20 @@ def _json(rows: list[dict[str, Any]]) -> str:
     machine) and ~100 ms under load; one string is copied. Absent values are left out, as
     a{sv} did."""
     return json.dumps([{k: v for k, v in row.items() if v is not None} for row in rows])
+
+
+def _explain_runtime(query: dict[str, Variant]) -> Runtime | None:
+    """Explain's `runtime` (issue 16), which needs a `container`."""
+    value = _arg(query, "runtime", str)
+    if not value:
+        return None
+    if not _arg(query, "container", str):
+        raise RuleError("explain: runtime needs container (give --container NAME)")
+    try:
+        return Runtime(value)
+    except ValueError:
+        names = "|".join(r.value for r in Runtime)
+        raise RuleError(f"explain: invalid runtime {value!r}: use {names}") from None
 
 
 def _explanation_dict(explained: Explained, default: str) -> dict[str, Variant]:
