@@ -29,7 +29,8 @@ def _seed_log(lab: Lab, rows: int) -> None:
         store.log_rows(
             [
                 (NOW + i, 4242, "/usr/bin/curl", NOBODY, "process", "tcp", "192.0.2.1",
-                 40000 + i % 20000, "192.0.2.2", 443, "veth0", None, "allow", None, "default", None)
+                 40000 + i % 20000, "192.0.2.2", 443, "veth0", None, "allow", None, "default", None,
+                 None, None, None, None)
                 for i in range(rows)
             ]
         )  # fmt: skip
