@@ -4,7 +4,9 @@ The popup, the terminal agent and the daemon all speak these words (`allow`, `15
 the agents offer them, `AnswerPrompt` carries them, and snitchd turns them into a rule with
 `rule_for_answer`. Living here once, they cannot drift apart. Which scopes make sense depends on
 the prompt (a domain needs a host name, a port needs TCP or UDP); `rule_for_answer` refuses the
-others with the reason, and the popup greys them out with the same reason. No I/O.
+others with the reason, and the popup greys them out with the same reason. While a profile is
+active (issue 17) an answer also says where its rule holds (`Reach`): in every profile, or only
+in the profile that was active when the prompt was asked (`profile=NAME`). No I/O.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ __all__ = [
     "DEFAULT_SCOPE",
     "DURATIONS",
     "NETWORK_PREFIX",
+    "REACHES",
     "Action",
     "Answer",
+    "Reach",
     "Scope",
     "default_duration",
     "domain_of",
@@ -46,6 +50,21 @@ class Scope(enum.Enum):
     ANY_APP = "anyapp"  # any app (of this user) to this destination, port and protocol
     NETWORK = "network"  # this app to this network (/24 for IPv4, /64 for IPv6), any port
     CONTAINER = "container"  # anything this container does (needs a container's flow)
+
+
+class Reach(enum.Enum):
+    """Where an answer's rule holds while a profile is active (issue 17)."""
+
+    EVERYWHERE = "everywhere"  # in every profile (a rule without profile=)
+    PROFILE = "profile"  # only in the profile active when asked (profile=NAME)
+
+
+# The reaches agents offer, with the label the popup shows after "in": the profile's name
+# fills `{}`. Everywhere comes first: it is the default, as before profiles existed.
+REACHES: tuple[tuple[Reach, str], ...] = (
+    (Reach.EVERYWHERE, "every profile"),
+    (Reach.PROFILE, "profile {} only"),
+)
 
 
 # The durations agents offer, with the label the popup shows; any `Nm` is accepted too.
@@ -78,6 +97,7 @@ class Answer:
     action: Action
     duration: str = DEFAULT_DURATION
     scope: Scope = DEFAULT_SCOPE
+    reach: Reach = Reach.EVERYWHERE
 
     @property
     def lifetime(self) -> tuple[Lifetime, int | None]:
@@ -85,8 +105,10 @@ class Answer:
         return parse_duration(self.duration)
 
 
-def parse_answer(prompt_id: int, action: str, duration: str, scope: str) -> Answer:
-    """Check the three words of an answer; `PromptError` names the one that is wrong."""
+def parse_answer(
+    prompt_id: int, action: str, duration: str, scope: str, reach: str = "everywhere"
+) -> Answer:
+    """Check the words of an answer; `PromptError` names the one that is wrong."""
     try:
         act = Action(action)
     except ValueError:
@@ -100,7 +122,12 @@ def parse_answer(prompt_id: int, action: str, duration: str, scope: str) -> Answ
     except ValueError:
         choices = ", ".join(s.value for s in Scope)
         raise PromptError(f"invalid answer scope {scope!r}: use {choices}") from None
-    return Answer(prompt_id, act, duration, sc)
+    try:
+        where = Reach(reach)
+    except ValueError:
+        choices = " or ".join(r.value for r in Reach)
+        raise PromptError(f"invalid answer reach {reach!r}: use {choices}") from None
+    return Answer(prompt_id, act, duration, sc, where)
 
 
 def default_duration(verified: bool, tampered: bool) -> str:
@@ -122,9 +149,35 @@ def rule_for_answer(
     *,
     admin: bool,
     pin_root: bool = True,
+    profile: str | None = None,
 ) -> Rule:
-    """The rule an answer means. A rule made by a non-admin is limited to that user's own
-    processes, so one user's answer can never open or close anything for another.
+    """The rule an answer means (`_covered`), held in every profile or, for `Reach.PROFILE`,
+    only in `profile`: the one active when the prompt was asked (issue 17), which its person
+    saw. Without an active profile `Reach.PROFILE` is refused: a rule of no profile holds in
+    every one, more than was asked."""
+    rule = _covered(flow, proc, host, answer, admin=admin, pin_root=pin_root)
+    if answer.reach is Reach.EVERYWHERE:
+        return rule
+    if profile is None:
+        raise PromptError(
+            "'in this profile only' needs a profile, and none was active when this prompt "
+            "was asked: answer for every profile"
+        )
+    return replace(rule, profile=profile)
+
+
+def _covered(
+    flow: Flow,
+    proc: Process,
+    host: str | None,
+    answer: Answer,
+    *,
+    admin: bool,
+    pin_root: bool = True,
+) -> Rule:
+    """What an answer's rule covers, whatever the profile. A rule made by a non-admin is
+    limited to that user's own processes, so one user's answer can never open or close anything
+    for another.
 
     Who it names is who asked, as far as it could be checked (issue 14): the executable pinned
     to its sha256 when someone other than root can change it, and when `pin_root` (config
@@ -224,7 +277,7 @@ def _container_rule(
     if answer.scope is Scope.CONTAINER:
         rule = Rule(answer.action, lifetime=lifetime, minutes=minutes)
     else:
-        rule = rule_for_answer(flow, Process(proc.attribution), host, answer, admin=True)
+        rule = _covered(flow, Process(proc.attribution), host, answer, admin=True)
     return replace(
         rule,
         container=_literal(box.name),

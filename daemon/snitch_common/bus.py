@@ -100,6 +100,9 @@ class PromptView:
     container: str = ""
     container_name: str = ""
     runtime: str = ""
+    # The profile active when it was asked (issue 17; "" for none): what "in this profile
+    # only" (`Reach.PROFILE`) names.
+    profile: str = ""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptView:
@@ -128,6 +131,7 @@ class PromptView:
             container=str(d.get("container", "")),
             container_name=str(d.get("container_name", "")),
             runtime=str(d.get("runtime", "")),
+            profile=str(d.get("profile", "")),
         )
 
     @property

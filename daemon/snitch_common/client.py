@@ -130,6 +130,7 @@ class Client:
             "action": Variant("s", answer.action.value),
             "duration": Variant("s", answer.duration),
             "scope": Variant("s", answer.scope.value),
+            "reach": Variant("s", answer.reach.value),
         }
         return int(await self.call("AnswerPrompt", "ta{sv}", [answer.prompt_id, words]))
 

@@ -50,6 +50,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "snitchctl explain --exe /usr/bin/curl --dst 203.0.113.5 --port 443",
         "snitchctl explain --exe /usr/bin/curl --uid 1000 --dst api.example.org --port 443",
         "snitchctl explain --dst 198.51.100.7 --port 53 --proto udp --uid 1000",
+        "snitchctl explain --container web-1 --runtime docker --dst 198.51.100.7 --port 443",
     ),
     "lists": (
         "snitchctl lists",

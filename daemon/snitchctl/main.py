@@ -27,6 +27,7 @@ from snitch_common.client import Client
 from snitch_common.errors import DaemonUnreachable, ModeError, ProfileError, RuleError, SnitchError
 from snitch_common.metrics import render_metrics
 from snitch_common.modes import parse_for, parse_mode
+from snitch_common.records import Runtime
 from snitch_common.rulefile import format_rule_line, read_rules
 from snitch_common.rules import parse_duration, parse_rule
 from snitchctl.colour import Colour, painter_for
@@ -176,6 +177,16 @@ def _add_explain(sub: Any) -> None:
     ex.add_argument("--pid", type=int, help="the process whose own DNS names count")
     ex.add_argument("--script", metavar="PATH", help="the script an interpreter runs")
     ex.add_argument("--sha256", help="the executable's digest (default: read from --exe)")
+    ex.add_argument(
+        "--container",
+        metavar="NAME",
+        help="judge it as forwarded from this container or guest (issue 16; --uid: its owner)",
+    )
+    ex.add_argument(
+        "--runtime",
+        choices=[r.value for r in Runtime],
+        help="the container's runtime (default: every runtime, answered if they agree)",
+    )
 
 
 def _add_rule_commands(sub: Any) -> None:
@@ -519,7 +530,7 @@ async def _explain(client: Client, args: argparse.Namespace) -> int:
         query["uid"] = Variant("x", args.uid)
     if args.pid is not None:
         query["pid"] = Variant("x", args.pid)
-    for key in ("host", "script", "sha256"):
+    for key in ("host", "script", "sha256", "container", "runtime"):
         if getattr(args, key):
             query[key] = Variant("s", getattr(args, key))
     result = await client.explain(query)

@@ -1,8 +1,9 @@
 """`snitchctl agent`: answer prompts at a terminal (SSH sessions, headless machines).
 
 Shows the same details and choices as the popup, one prompt at a time with a count of those
-waiting, and reads one line per answer: an action letter, then optionally a duration and a scope
-(`a`, `d forever`, `a 15m host`). The line is parsed here and sent as-is; the daemon checks it.
+waiting, and reads one line per answer: an action letter, then optionally a duration, a scope
+and, while a profile is active, where the rule holds (`a`, `d forever`, `a 15m host`,
+`a forever host profile`). The line is parsed here and sent as-is; the daemon checks it.
 """
 
 import asyncio
@@ -18,7 +19,9 @@ from snitch_common.answers import (
     DEFAULT_DURATION,
     DEFAULT_SCOPE,
     DURATIONS,
+    REACHES,
     Answer,
+    Reach,
     Scope,
     default_duration,
 )
@@ -27,14 +30,20 @@ from snitch_common.client import Client
 from snitch_common.errors import RuleError, SnitchError
 from snitch_common.rules import parse_duration
 
-__all__ = ["HELP", "parse_reply", "render", "run_agent"]
+__all__ = ["HELP", "HELP_PROFILE", "parse_reply", "render", "run_agent"]
 
 _SCOPES = {s.value: s for s in Scope}
+_REACHES = {r.value: r for r, _ in REACHES}
 HELP = (
     f"answer: a(llow) | d(eny) | r(eject)  [{'|'.join(d for d, _ in DURATIONS)}]  "
     f"[{'|'.join(_SCOPES)}]\n"
     f"        defaults: {DEFAULT_DURATION}, {DEFAULT_SCOPE.value} (this host, port and protocol)"
     "   e.g.  a 15m host"
+)
+# Shown under HELP while a profile is active: where the rule holds.
+HELP_PROFILE = (
+    f"        [{'|'.join(_REACHES)}]: the rule holds in every profile (default) or only in "
+    "profile {}   e.g.  a forever host profile"
 )
 
 
@@ -48,6 +57,9 @@ def parse_reply(prompt_id: int, line: str, duration: str = DEFAULT_DURATION) -> 
     for word in words[1:]:
         if word in _SCOPES:
             answer = replace(answer, scope=_SCOPES[word])
+            continue
+        if word in _REACHES:
+            answer = replace(answer, reach=_REACHES[word])
             continue
         try:
             parse_duration(word)
@@ -88,10 +100,14 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
         lines.append("            (its path names another file here: rules for it do not apply)")
     if prompt.tampered:
         lines.append("            (code not of its executable runs in it: its allow rules do not)")
+    if prompt.profile:
+        lines.append(f"  profile   {prompt.profile} (active when asked)")
     lines.append(f"  default   {prompt.default_action} in {left} s")
     if waiting:
         lines.append(f"  ({waiting} more waiting)")
     lines.append(HELP)
+    if prompt.profile:
+        lines.append(HELP_PROFILE.format(prompt.profile))
     return "\n".join(lines)
 
 
@@ -131,6 +147,8 @@ class _TerminalAgent:
             answer = parse_reply(
                 current.id, line, default_duration(current.verified, current.tampered)
             )
+            if answer.reach is Reach.PROFILE and not current.profile:
+                raise ValueError("no profile was active when this was asked: leave out 'profile'")
         except ValueError as exc:
             print(f"{exc}\n{HELP}\nanswer> ", end="", file=self.out, flush=True)
             return

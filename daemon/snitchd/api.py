@@ -34,7 +34,7 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_signal
 
-from snitch_common.answers import parse_answer
+from snitch_common.answers import Reach, parse_answer
 from snitch_common.blocklists import ListFormat
 from snitch_common.bus import (
     AGENT_INTERFACE,
@@ -55,7 +55,7 @@ from snitch_common.errors import (
     SnitchError,
 )
 from snitch_common.modes import MAX_FOR_SECONDS, ModeState, parse_mode
-from snitch_common.records import Proto
+from snitch_common.records import Proto, Runtime
 from snitch_common.rulefile import read_rules
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.access import is_admin
@@ -183,6 +183,7 @@ def prompt_dict(prompt: Prompt, default_action: str) -> dict[str, Variant]:
         "created": prompt.created,
         "deadline": prompt.deadline,
         "default_action": default_action,
+        "profile": prompt.profile or "",
     }
     out = _variants(fields)
     out["cmdline"] = Variant("as", list(proc.cmdline))
@@ -353,6 +354,8 @@ class FirewallService(ServiceInterface):
             _arg(query, "host", str),
             _arg(query, "script", str),
             _arg(query, "sha256", str),
+            _arg(query, "container", str),
+            _explain_runtime(query),
         )
         explained = await explain_flow(self.firewall, asked)
         return _explanation_dict(explained, self.firewall.config.default_action.value)
@@ -523,9 +526,12 @@ class FirewallService(ServiceInterface):
             _arg(answer, "action", str) or "",
             _arg(answer, "duration", str) or "once",
             _arg(answer, "scope", str) or "exact",
+            _arg(answer, "reach", str) or "everywhere",
         )
         name, broker = current_caller().name, self.firewall.broker
-        broker.prompt_for(parsed, name)
+        prompt = broker.prompt_for(parsed, name)
+        if parsed.reach is Reach.PROFILE and prompt.profile and self._switcher is not None:
+            self._switcher.check_exists(prompt.profile)  # deleted since: its rule holds nowhere
         permanent = parsed.lifetime[0] is Lifetime.FOREVER and parsed.action is Action.ALLOW
         if permanent and self.firewall.config.answers_need_auth:
             # Waits for the person to authenticate; the prompt may end meanwhile (answer()
@@ -1009,6 +1015,20 @@ def _json(rows: list[dict[str, Any]]) -> str:
     machine) and ~100 ms under load; one string is copied. Absent values are left out, as
     a{sv} did."""
     return json.dumps([{k: v for k, v in row.items() if v is not None} for row in rows])
+
+
+def _explain_runtime(query: dict[str, Variant]) -> Runtime | None:
+    """Explain's `runtime` (issue 16), which needs a `container`."""
+    value = _arg(query, "runtime", str)
+    if not value:
+        return None
+    if not _arg(query, "container", str):
+        raise RuleError("explain: runtime needs container (give --container NAME)")
+    try:
+        return Runtime(value)
+    except ValueError:
+        names = "|".join(r.value for r in Runtime)
+        raise RuleError(f"explain: invalid runtime {value!r}: use {names}") from None
 
 
 def _explanation_dict(explained: Explained, default: str) -> dict[str, Variant]:

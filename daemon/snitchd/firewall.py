@@ -473,7 +473,7 @@ class Firewall:
         default action) does (issue 17)."""
         verdict = self.mode_verdict(flow, proc, host, now)
         if verdict is None:
-            self.broker.ask(pkt, flow, proc, now, host, named)
+            self.broker.ask(pkt, flow, proc, now, host, named, self.profile)
         else:
             self.apply(pkt, verdict, flow, proc, now, host)
 

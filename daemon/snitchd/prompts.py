@@ -96,6 +96,9 @@ class Prompt:
     # from (issue 15); None: they name the address (a name another program looked up would
     # stop matching when it expires, or label another program's flows).
     named: str | None = None
+    # The profile active when it was asked (issue 17): the one a "this profile only" answer
+    # names, as its agent showed it (a switch before the answer does not change it).
+    profile: str | None = None
 
 
 class Applier(Protocol):
@@ -332,6 +335,7 @@ class Broker:
         now: float,
         host: str | None = None,
         named: str | None = None,
+        profile: str | None = None,
     ) -> None:
         # Who asks is the whole identity: two scripts of one interpreter, or an impostor and
         # the app whose path it shows, never share one prompt (and one answer).
@@ -388,6 +392,7 @@ class Broker:
             host=host,
             agent=agent,
             named=named,
+            profile=profile,
         )
         prompt.packets.append(pkt)
         self.open[prompt.id] = prompt
@@ -472,6 +477,7 @@ class Broker:
                 answer,
                 admin=agent.admin,
                 pin_root=self._pin_root,
+                profile=prompt.profile,
             )
             self._answering.add(prompt.id)
             try:

@@ -256,6 +256,15 @@ def _migrate_8(db: sqlite_utils.Database) -> None:
     conns.add_column("profile", str)
 
 
+def _migrate_9(db: sqlite_utils.Database) -> None:
+    """The container or guest a forwarded flow came from (issue 16), its name and runtime in
+    columns of their own: until now only the reason's text said it, which no query or script
+    can rely on. NULL for a flow of this machine, and for rows logged before."""
+    conns = db.table("connections")
+    conns.add_column("container", str)
+    conns.add_column("runtime", str)
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
@@ -266,6 +275,7 @@ _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_6,
     _migrate_7,
     _migrate_8,
+    _migrate_9,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -914,6 +924,8 @@ _LOG_COLUMNS = (
     "source",
     "mode",
     "profile",
+    "container",
+    "runtime",
 )
 _LOG_INSERT = (
     f"INSERT INTO connections ({', '.join(_LOG_COLUMNS)}) "
@@ -1053,7 +1065,14 @@ def log_row(d: Decision) -> tuple[object, ...]:
         d.flow.proto.value, str(d.flow.src), d.flow.sport, str(d.flow.dst), d.flow.dport,
         d.flow.iface, d.host, d.action.value, d.rule_id, d.reason,
         d.proc.source.value if d.proc.source is not None else None, d.mode, d.profile,
+        *_container_of(d.proc),
     )  # fmt: skip
+
+
+def _container_of(proc: Process) -> tuple[str | None, str | None]:
+    """A log row's container and runtime columns (issue 16): None for a flow of this machine."""
+    box = proc.container
+    return (None, None) if box is None else (box.name, box.runtime.value)
 
 
 def decision_row(d: Decision) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""The scope list the popup shows: the shared answer vocabulary (`snitch_common.answers`),
-labelled with this prompt's own host and port.
+"""The scope and reach lists the popup shows: the shared answer vocabulary
+(`snitch_common.answers`), labelled with this prompt's own host, port and profile.
 
 Which scopes make sense depends on the prompt (a domain needs a host name, a port needs TCP or
-UDP); the daemon refuses the others, and the popup greys them out with the reason.
+UDP); the daemon refuses the others, and the popup greys them out with the reason. Where the
+rule holds (every profile, or the one active when asked) is offered only while a profile is.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import os
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 
-from snitch_common.answers import NETWORK_PREFIX, Scope, domain_of
+from snitch_common.answers import NETWORK_PREFIX, REACHES, Reach, Scope, domain_of
 from snitch_common.bus import PromptView
 
-__all__ = ["ScopeOption", "scope_options"]
+__all__ = ["ReachOption", "ScopeOption", "reach_options", "scope_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,22 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
             None if prompt.container_name else "this connection is not from a container",
         ),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class ReachOption:
+    """One entry of the "In" list: where the answer's rule holds (issue 17)."""
+
+    reach: Reach
+    label: str
+
+
+def reach_options(prompt: PromptView) -> list[ReachOption]:
+    """Every profile, or only the profile active when the prompt was asked; none when no
+    profile was active (a rule then holds everywhere, as it always did)."""
+    if not prompt.profile:
+        return []
+    return [ReachOption(reach, label.format(prompt.profile)) for reach, label in REACHES]
 
 
 def _network(dst: str) -> str:

@@ -4,7 +4,8 @@ Prompts queue in the one window ("2 more waiting") instead of stacking windows, 
 new connections never buries the desktop. The window shows itself without taking the keyboard
 (`WA_ShowWithoutActivating`): a prompt that appears while someone types must not swallow their
 Enter. Once they click or switch to it: Enter allows with the shown choices, Esc denies, Alt+A /
-Alt+D / Alt+R (or More → Reject) pick the action, Alt+F and Alt+S reach the duration and scope.
+Alt+D / Alt+R (or More → Reject) pick the action, Alt+F and Alt+S reach the duration and scope,
+and Alt+I, while a profile is active, where the rule holds (every profile, or this one only).
 Not every window system honours "show without activating" (Qt's offscreen plugin activates
 every window it shows; so may some Wayland compositors), so a new prompt also ignores keys and
 clicks for its first `ARM_DELAY` seconds, as browsers do for their security dialogs: a
@@ -50,9 +51,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from snitch_common.answers import DURATIONS, Action, Answer, Scope, default_duration
+from snitch_common.answers import DURATIONS, Action, Answer, Reach, Scope, default_duration
 from snitch_common.bus import PromptView
-from snitch_notifier.choices import scope_options
+from snitch_notifier.choices import reach_options, scope_options
 from snitch_notifier.details import PromptDetails
 from snitch_notifier.identity import AppIdentity, desktop_identity
 from snitch_notifier.pending import Expired, Pending
@@ -254,6 +255,7 @@ class PromptWindow(QDialog):
             action,
             str(self._duration.currentData()),
             Scope(self._scope.currentData()),
+            Reach(self._reach.currentData()) if prompt.profile else Reach.EVERYWHERE,
         )
         self.pending.answered(prompt.id)
         self._answered[prompt.id] = prompt.host or prompt.dst
@@ -314,13 +316,19 @@ class PromptWindow(QDialog):
         for value, text in DURATIONS:
             self._duration.addItem(text, value)
         self._scope = _Choice()
-        for combo in (self._duration, self._scope):
+        self._reach = _Choice()  # shown only while a profile is active (issue 17)
+        for combo in (self._duration, self._scope, self._reach):
             combo.opened.connect(self._menu_opened)
             combo.closed.connect(self._menu_closed)
-        for mnemonic, combo in (("&For", self._duration), ("&Scope", self._scope)):
+        for mnemonic, combo in (
+            ("&For", self._duration),
+            ("&Scope", self._scope),
+            ("&In", self._reach),
+        ):
             label = QLabel(mnemonic)
             label.setBuddy(combo)
             choices.addRow(label, combo)
+        self._choices = choices
         return choices
 
     def _build_countdown(self) -> QVBoxLayout:
@@ -455,6 +463,11 @@ class PromptWindow(QDialog):
                 item.setEnabled(False)
                 item.setToolTip(option.why_not)
         self._scope.setCurrentIndex(0)
+        self._reach.clear()
+        for reach in reach_options(prompt):
+            self._reach.addItem(reach.label, reach.reach.value)
+        self._reach.setCurrentIndex(0)
+        self._choices.setRowVisible(self._reach, bool(prompt.profile))
         self._allow.setFocus()
         self.show_status("")
 

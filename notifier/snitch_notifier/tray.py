@@ -2,8 +2,11 @@
 list, the rules and the recent connections.
 
 The shield says the state (issue 15): *daemon-down* while snitchd is not on the bus or has not
-taken us as its agent, *asking* while prompts wait (in the popup or the waiting list),
-*watching* otherwise. Expired prompts and prompts that moved to the waiting list by
+taken us as its agent, *paused* while snitchd's mode is `silent-allow` (issue 17: everything no
+rule covers gets out, nobody is asked; it beats *asking*, since what waits then is only the
+waiting list's leftovers, and a firewall that lets everything through must not look like one
+that watches), *asking* while prompts wait (in the popup or the waiting list), *watching*
+otherwise. Expired prompts and prompts that moved to the waiting list by
 themselves are announced (a tray balloon, or a desktop notification where there is no tray),
 so nothing is decided unseen.
 
@@ -88,6 +91,8 @@ class Tray(QObject):
         self.rules = RulesWindow(bridge)
         self.connections = ConnectionsWindow(bridge)
         self.waiting = WaitingWindow(window)
+        self._connected = "connecting to snitchd…"
+        self._up = False
         self.state = Shield.DAEMON_DOWN
         self.icon = QSystemTrayIcon(snitch_icon(self.state), self)
         self.menu = QMenu()
@@ -112,8 +117,6 @@ class Tray(QObject):
         window.changed.connect(self.update_state)
         window.expired.connect(self._expired)
         window.set_aside.connect(self._set_aside)
-        self._connected = "connecting to snitchd…"
-        self._up = False
         self.last_alert = ""
         self.last_message = ""
         self.update_state()
@@ -147,9 +150,14 @@ class Tray(QObject):
         self.show_waiting.setText(f"&Waiting prompts ({count})…" if count else "&Waiting prompts…")
         waiting = f"{count} prompt{'s' if count != 1 else ''} waiting" if count else "no prompts"
         state = Shield.ASKING if count else Shield.WATCHING
+        text = f"snitch: {self._connected}; {waiting}"
+        if self.paused:
+            state = Shield.PAUSED
+            mode = self.mode.get("describe") or self.mode.get("mode")
+            text = f"snitch: {self._connected}; paused ({mode}); {waiting}"
         if not self._up:
             state = Shield.DAEMON_DOWN
-        text = f"snitch: {self._connected}; {waiting}"
+            text = f"snitch: {self._connected}; {waiting}"
         if state is not self.state:
             self.state = state
             self.icon.setIcon(snitch_icon(state))
@@ -217,6 +225,7 @@ class Tray(QObject):
         self.pause = self.menu.addMenu(self.pause_menu)
         self.pause.setToolTip(PAUSE_UNKNOWN)
         self.mode: dict[str, object] = {}
+        self.paused = False  # snitchd's mode is silent-allow: the shield says so
         self.may_switch = False
         self._before_pause = "ask"  # the mode Resume returns to after an unlimited pause
         self.bridge.mode_changed.connect(self.show_mode, _QUEUED)
@@ -239,6 +248,8 @@ class Tray(QObject):
             self.pause.setToolTip(PAUSE_UNKNOWN)
         else:
             self.pause.setToolTip("" if self.may_switch else PAUSE_NOT_ADMIN)
+        self.paused = mode == "silent-allow"
+        self.update_state()
 
     def _pause(self, seconds: float | None) -> None:
         mode = str(self.mode.get("mode", "ask"))

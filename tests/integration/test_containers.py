@@ -350,3 +350,34 @@ def test_a_vm_behind_a_tap_is_named_by_its_machine(lab: Lab, guests: GuestNet, a
         end_child(hypervisor)
         wait_for(lambda: not (scope / "cgroup.procs").read_text().strip(), 10, "empty scope")
         scope.rmdir()
+
+
+def test_the_log_has_a_container_column_and_explain_judges_the_container(
+    lab: Lab, guests: GuestNet, api: DockerApi
+):
+    """`snitchctl log --json` names the container and its runtime in columns of their own (the
+    reason's text was the only place); `explain --container` gives the verdict the log shows."""
+    guest = guests.add()
+    api.names[guest.id] = NAME
+    start(lab, api)
+    rule = lab.add_rule("allow container=web-? runtime=docker port=80")
+    assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80") == "connected"
+    assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "443") == "timeout"
+    assert lab.py("tcp", "203.0.113.7", 443) == "timeout"  # the host's own flow
+    rows = rows_from(lab, guest.addr)
+    assert {(r["action"], r.get("rule_id"), r["container"], r["runtime"]) for r in rows} == {
+        ("allow", rule, NAME, "docker"),
+        ("deny", None, NAME, "docker"),
+    }, rows
+    own = [r for r in lab.log_rows() if r.get("src") != guest.addr and r.get("dport") == 443]
+    assert own and all("container" not in r and "runtime" not in r for r in own), own
+    for port, verdict, winner in ((80, "allow", rule), (443, "deny", -1)):
+        said = lab.ctl_json(
+            "explain", "--container", NAME, "--runtime", "docker", "--dst", "203.0.113.7",
+            "--port", str(port),
+        )  # fmt: skip
+        assert (said["verdict"], said["winner"]) == (verdict, winner), said
+        assert said["note"].startswith(f"as forwarded from container {NAME} (docker)"), said
+    done = lab.ctl("explain", "--container", NAME, "--dst", "203.0.113.7", "--port", "80")
+    assert done.returncode == 1 and "the verdict depends on its runtime" in done.stderr
+    assert "give --runtime" in done.stderr

@@ -33,7 +33,7 @@ def _seed_log(lab: Lab, rows: int) -> None:
             [
                 (NOW + i, 4242, "/usr/bin/curl", NOBODY, "process", "tcp", "192.0.2.1",
                  40000 + i % 20000, "192.0.2.2", 443, "veth0", None, "allow", None, "default",
-                 None, "ask", None)
+                 None, "ask", None, None, None)  # source, mode, profile, container, runtime
                 for i in range(rows)
             ]
         )  # fmt: skip

@@ -68,7 +68,7 @@ def test_the_terminal_agent_reads_the_same_words(line: str, expected: Answer) ->
     assert parse_reply(7, line) == expected
 
 
-@pytest.mark.parametrize("line", ["", "x", "a soon", "a 0m", "allow host everywhere"])
+@pytest.mark.parametrize("line", ["", "x", "a soon", "a 0m", "allow host nowhere"])
 def test_the_terminal_agent_refuses_other_words(line: str) -> None:
     with pytest.raises(ValueError):
         parse_reply(7, line)

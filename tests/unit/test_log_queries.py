@@ -23,7 +23,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "snitch.db")
     s.log_rows(
         [
-            (*ROW, port, "veth0", None, "allow", None, "default", "bpf", "ask", None)
+            (*ROW, port, "veth0", None, "allow", None, "default", "bpf", "ask", None, None, None)
             for port in range(1, 26)
         ]
     )
@@ -98,7 +98,7 @@ async def test_an_app_is_found_by_its_name_or_its_path(store: Store, reader: Rea
     app of that name, and only the whole last part of the path."""
     store.log_rows([(NOW, 2, "/opt/mycurl", 1000, "process", "tcp", "192.0.2.1", 40001,
                      "192.0.2.2", 80, "veth0", None, "allow", None, "default", "bpf", "ask",
-                     None)])  # fmt: skip
+                     None, None, None)])  # fmt: skip
 
     async def count(app: str) -> int:
         query = LogQuery(exe=app, limit=1000)

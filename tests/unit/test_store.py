@@ -312,7 +312,8 @@ def test_check_store_finds_a_corrupt_page(tmp_path: Path) -> None:
     path = tmp_path / "bad.db"
     s = Store(path)
     s.log_rows([(float(i), 1, "/x", 0, "process", "tcp", "192.0.2.1", 1, "192.0.2.2", 80, "",
-                 None, "allow", None, "r", None, "ask", None) for i in range(3000)])  # fmt: skip
+                 None, "allow", None, "r", None, "ask", None, None, None)
+                for i in range(3000)])  # fmt: skip
     s.close()
     data = bytearray(path.read_bytes())
     data[4096 * 3 : 4096 * 3 + 64] = b"\xff" * 64
