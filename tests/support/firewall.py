@@ -1,17 +1,19 @@
 """A `Firewall` without a kernel or a bus, on a real store file, for unit tests: a clock the test
 advances, and the firewall wired to its broker the way snitchd wires them. The packet side
-(attributor) is absent; the event log is whatever recorder the test passes."""
+(attributor) is absent; the event log is whatever recorder the test passes (`EventRecorder`
+keeps what the firewall logs), and `Packet` stands for a queued packet and keeps its verdict."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from snitchd.attempts import RowRef
 from snitchd.config import Config
 from snitchd.firewall import Firewall
 from snitchd.prompts import Broker
-from snitchd.store import Store
+from snitchd.store import Decision, Store
 
-__all__ = ["NOW", "Clock", "make_firewall"]
+__all__ = ["NOW", "Clock", "EventRecorder", "Packet", "make_firewall"]
 
 NOW = 1_700_000_000.0
 
@@ -37,3 +39,41 @@ def make_firewall(
     fw = Firewall(config, store, None, log, broker, clock=clock)  # type: ignore[arg-type]
     broker.attach(fw)
     return fw
+
+
+class Packet:
+    """A queued packet: its verdict ("accept", "drop", "reject": an accept after the reject
+    mark) as the firewall gave it."""
+
+    def __init__(self) -> None:
+        self.verdict = ""
+        self.marked = False
+
+    def accept(self) -> None:
+        self.verdict = "reject" if self.marked else "accept"
+
+    def drop(self) -> None:
+        self.verdict = "drop"
+
+    def get_mark(self) -> int:
+        return 0
+
+    def set_mark(self, mark: int) -> None:
+        self.marked = True
+
+
+class EventRecorder:
+    """The event log as the firewall feeds it: rows, and retries of rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[Decision] = []
+        self.retries: dict[RowRef, int] = {}
+
+    def record(self, decision: Decision) -> None:
+        self.rows.append(decision)
+
+    def retry(self, row: RowRef) -> None:
+        self.retries[row] = self.retries.get(row, 0) + 1
+
+    def note_app(self, exe: str, first_seen: float, sha256: str | None) -> None:
+        pass

@@ -13,11 +13,10 @@ from snitch_common.answers import Action, Answer, Reach, Scope, parse_answer, ru
 from snitch_common.bus import PromptView
 from snitch_common.errors import PromptError
 from snitch_common.records import Attribution, Container, Flow, Process, Proto, Runtime
-from snitch_common.rules import RuleRecord, parse_rule
+from snitch_common.rules import parse_rule
 from snitchctl.termagent import parse_reply, render
-from snitchd.decide import Verdict
-from snitchd.events import Alert
-from snitchd.prompts import Agent, Broker, Prompt
+from snitchd.prompts import Broker
+from tests.support.broker import RuleKeeper, SentPrompts
 
 FLOW = Flow(Proto.TCP, ip_address("192.0.2.1"), 40000, ip_address("203.0.113.8"), 22, "eth0")
 SSH = Process(Attribution.PROCESS, pid=42, uid=1000, exe="/usr/bin/ssh", sha256="ab" * 32)
@@ -95,39 +94,10 @@ def test_the_prompt_says_which_profile_was_active_and_the_terminal_shows_it() ->
     assert "profile" not in render(_view(""), 0, 0.0).split("answer:")[0]
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.sent: list[Prompt] = []
-
-    def send_prompt(self, agent: Agent, prompt: Prompt) -> None:
-        self.sent.append(prompt)
-
-    def send_cancel(self, agent: Agent, prompt: Prompt, reason: str) -> None:
-        pass
-
-    def send_alert(self, agent: Agent, alert: Alert) -> None:
-        pass
-
-
-class _Firewall:
-    def __init__(self) -> None:
-        self.rules: list[str] = []
-
-    def apply(self, pkt, verdict, flow, proc, now, host=None) -> None:  # type: ignore[no-untyped-def]
-        pass
-
-    def default_verdict(self, reason: str) -> Verdict:
-        return Verdict(Action.DENY, None, reason)
-
-    async def add_rule(self, rule, origin):  # type: ignore[no-untyped-def]
-        self.rules.append(str(rule))
-        return RuleRecord(len(self.rules), rule, 0.0, None, 0, origin)
-
-
 async def test_the_broker_keeps_the_profile_of_the_moment_it_asked() -> None:
     """The answer names the profile its person was shown, wherever snitchd is by then."""
     broker = Broker(lambda: 0.0, 30, 8, is_admin=lambda uid: False)
-    fw, transport = _Firewall(), _Transport()
+    fw, transport = RuleKeeper(), SentPrompts()
     broker.attach(fw)  # type: ignore[arg-type]
     broker.transport = transport
     broker.register(":1.5", "/a", 1000)

@@ -12,13 +12,12 @@ from snitch_common.answers import Action, Answer, Scope, parse_answer, rule_for_
 from snitch_common.bus import PromptView
 from snitch_common.errors import PromptError
 from snitch_common.records import Attribution, Flow, Process, Proto
-from snitch_common.rules import RuleRecord, parse_rule
+from snitch_common.rules import parse_rule
 from snitchctl.termagent import parse_reply, render
-from snitchd.decide import Verdict
 from snitchd.dnssnoop import Resolution
-from snitchd.events import Alert
 from snitchd.names import SHARED, NameCache, Owner
-from snitchd.prompts import Agent, Broker, Prompt
+from snitchd.prompts import Broker
+from tests.support.broker import RuleKeeper, SentPrompts
 
 PYTHON = "/usr/bin/python3.11"
 
@@ -80,32 +79,6 @@ def test_each_new_rule_matches_the_flow_it_answers() -> None:
             assert made.dst is None or ip_address(dst) in ip_network(made.dst)
 
 
-class _Transport:
-    def send_prompt(self, agent: Agent, prompt: Prompt) -> None:
-        pass
-
-    def send_cancel(self, agent: Agent, prompt: Prompt, reason: str) -> None:
-        pass
-
-    def send_alert(self, agent: Agent, alert: Alert) -> None:
-        pass
-
-
-class _Firewall:
-    def __init__(self) -> None:
-        self.rules: list[str] = []
-
-    def apply(self, pkt, verdict, flow, proc, now, host=None) -> None:  # type: ignore[no-untyped-def]
-        pass
-
-    def default_verdict(self, reason: str) -> Verdict:
-        return Verdict(Action.DENY, None, reason)
-
-    async def add_rule(self, rule, origin):  # type: ignore[no-untyped-def]
-        self.rules.append(str(rule))
-        return RuleRecord(len(self.rules), rule, 0.0, None, 0, origin)
-
-
 @pytest.mark.parametrize(
     ("named", "expected"), [(None, "to=203.0.113.8"), ("ssh.example.org", "to=ssh.example.org")]
 )
@@ -115,9 +88,9 @@ async def test_a_host_answer_names_only_what_this_process_resolved(
     """Issue 15: ssh to 203.0.113.8 is shown as www.example.org (wget's name, or a shared
     one): "forever, this host" stores the address; a name ssh resolved itself is stored."""
     broker = Broker(lambda: 0.0, 30, 8, is_admin=lambda uid: False)
-    fw = _Firewall()
+    fw = RuleKeeper()
     broker.attach(fw)  # type: ignore[arg-type]
-    broker.transport = _Transport()
+    broker.transport = SentPrompts()
     broker.register(":1.5", "/a", 1000)
     broker.ask("pkt", flow(), proc(), 0.0, "www.example.org", named)  # type: ignore[arg-type]
     (prompt_id,) = broker.open

@@ -17,68 +17,18 @@ from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, parse_rule
 from snitchd.attempts import Attempts, RowRef, attempt_key
 from snitchd.config import Config
-from snitchd.events import Alert
 from snitchd.firewall import Firewall
-from snitchd.prompts import Agent, Prompt
 from snitchd.queries import LogQuery
 from snitchd.store import Decision, Store
-from tests.support.firewall import NOW, Clock, make_firewall
+from tests.support.broker import SentPrompts
+from tests.support.firewall import NOW, Clock, EventRecorder, Packet, make_firewall
 
 CURL = "/usr/bin/curl"
 
 
-class Pkt:
-    def __init__(self) -> None:
-        self.verdict = ""
-        self.marked = False
-
-    def accept(self) -> None:
-        self.verdict = "reject" if self.marked else "accept"
-
-    def drop(self) -> None:
-        self.verdict = "drop"
-
-    def get_mark(self) -> int:
-        return 0
-
-    def set_mark(self, mark: int) -> None:
-        self.marked = True
-
-
-class Log:
-    """The event log as the firewall feeds it: rows, and retries of rows."""
-
-    def __init__(self) -> None:
-        self.rows: list[Decision] = []
-        self.retries: dict[RowRef, int] = {}
-
-    def record(self, decision: Decision) -> None:
-        self.rows.append(decision)
-
-    def retry(self, row: RowRef) -> None:
-        self.retries[row] = self.retries.get(row, 0) + 1
-
-    def note_app(self, exe: str, first_seen: float, sha256: str | None) -> None:
-        pass
-
-
-class Prompts:
-    def __init__(self) -> None:
-        self.sent: list[Prompt] = []
-
-    def send_prompt(self, agent: Agent, prompt: Prompt) -> None:
-        self.sent.append(prompt)
-
-    def send_cancel(self, agent: Agent, prompt: Prompt, reason: str) -> None:
-        pass
-
-    def send_alert(self, agent: Agent, alert: Alert) -> None:
-        pass
-
-
 @pytest.fixture
-def parts(tmp_path: Path, clock: Clock) -> Iterator[tuple[Firewall, Log, Prompts]]:
-    log, prompts = Log(), Prompts()
+def parts(tmp_path: Path, clock: Clock) -> Iterator[tuple[Firewall, EventRecorder, SentPrompts]]:
+    log, prompts = EventRecorder(), SentPrompts()
     config = Config(database=str(tmp_path / "snitch.db"), default_action=Action.DENY)
     fw = make_firewall(tmp_path / "snitch.db", clock, config, log)
     fw.broker.transport = prompts
@@ -97,14 +47,14 @@ def flow(sport: int, dst: str = "203.0.113.7", port: int = 443) -> Flow:
     return Flow(Proto.TCP, ip_address("192.0.2.1"), sport, ip_address(dst), port, "eth0")
 
 
-def send(fw: Firewall, sport: int, proc: Process | None = None, dst: str = "203.0.113.7") -> Pkt:
-    pkt = Pkt()
+def send(fw: Firewall, sport: int, proc: Process | None = None, dst: str = "203.0.113.7") -> Packet:
+    pkt = Packet()
     fw._decide(pkt, flow(sport, dst), proc or curl())  # type: ignore[arg-type]
     return pkt
 
 
 async def test_a_denied_attempt_retried_is_asked_and_logged_once(
-    parts: tuple[Firewall, Log, Prompts], clock: Clock
+    parts: tuple[Firewall, EventRecorder, SentPrompts], clock: Clock
 ) -> None:
     fw, log, prompts = parts
     first = send(fw, 40000)
@@ -123,7 +73,7 @@ async def test_a_denied_attempt_retried_is_asked_and_logged_once(
 
 
 async def test_after_the_window_it_is_a_new_attempt(
-    parts: tuple[Firewall, Log, Prompts], clock: Clock
+    parts: tuple[Firewall, EventRecorder, SentPrompts], clock: Clock
 ) -> None:
     fw, log, prompts = parts
     send(fw, 40000)
@@ -134,7 +84,7 @@ async def test_after_the_window_it_is_a_new_attempt(
 
 
 async def test_rules_come_first_and_a_deny_never_becomes_an_allow(
-    parts: tuple[Firewall, Log, Prompts], clock: Clock
+    parts: tuple[Firewall, EventRecorder, SentPrompts], clock: Clock
 ) -> None:
     """A deny rule added after an answer stands; a remembered deny never lets through what no
     rule allows; an allow answered once is not remembered (the next connection is asked)."""
@@ -151,7 +101,7 @@ async def test_rules_come_first_and_a_deny_never_becomes_an_allow(
 
 
 async def test_a_rule_verdict_retried_counts_one_hit(
-    parts: tuple[Firewall, Log, Prompts], clock: Clock
+    parts: tuple[Firewall, EventRecorder, SentPrompts], clock: Clock
 ) -> None:
     fw, log, _ = parts
     record = await fw.add_rule(parse_rule(f"deny app={CURL} to=203.0.113.7"), "test")
@@ -163,7 +113,7 @@ async def test_a_rule_verdict_retried_counts_one_hit(
 
 
 async def test_unverified_and_other_users_share_nothing(
-    parts: tuple[Firewall, Log, Prompts], clock: Clock
+    parts: tuple[Firewall, EventRecorder, SentPrompts], clock: Clock
 ) -> None:
     fw, _, prompts = parts
     send(fw, 40000)

@@ -21,39 +21,15 @@ from snitchd.config import Config
 from snitchd.explain import ExplainQuery, explain_flow
 from snitchd.firewall import Firewall
 from snitchd.prompts import Broker
-from snitchd.store import Decision, Store
+from snitchd.store import Store
+from tests.support.firewall import EventRecorder, Packet
 
 NOW = 1_700_000_000.0
 DST = "198.51.100.7"
 
 
-class _Pkt:
-    def accept(self) -> None:
-        pass
-
-    def drop(self) -> None:
-        pass
-
-    def get_mark(self) -> int:
-        return 0
-
-    def set_mark(self, mark: int) -> None:
-        pass
-
-
-class _Log:
-    def __init__(self) -> None:
-        self.rows: list[Decision] = []
-
-    def record(self, decision: Decision) -> None:
-        self.rows.append(decision)
-
-    def note_app(self, exe: str, first_seen: float, sha256: str | None) -> None:
-        pass
-
-
 class _Lab:
-    def __init__(self, fw: Firewall, log: _Log) -> None:
+    def __init__(self, fw: Firewall, log: EventRecorder) -> None:
         self.fw, self.log = fw, log
 
     async def rules(self, *texts: str) -> list[int]:
@@ -65,7 +41,7 @@ class _Lab:
         proc = Process(Attribution.PROCESS, pid=4242, uid=100000, exe="/usr/sbin/nginx",
                        container=box)  # fmt: skip
         flow = Flow(Proto.TCP, ip_address("203.0.113.130"), 40000, ip_address(DST), port, "br0")
-        self.fw._decide(_Pkt(), flow, proc)  # type: ignore[arg-type]
+        self.fw._decide(Packet(), flow, proc)  # type: ignore[arg-type]
         row = self.log.rows[-1]
         return (row.action, row.rule_id)
 
@@ -87,7 +63,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[_Lab]:
     clock = itertools.repeat(NOW).__next__
     broker = Broker(clock=clock, timeout=5, max_open=10, is_admin=lambda uid: False)
     config = Config(database=store.path, default_action=Action.DENY, retry_window=0)
-    log = _Log()
+    log = EventRecorder()
     fw = Firewall(config, store, None, log, broker, clock=clock)  # type: ignore[arg-type]
     broker.attach(fw)
     try:

@@ -25,7 +25,8 @@ from snitchd.explain import ExplainQuery, explain_flow
 from snitchd.firewall import Firewall
 from snitchd.names import SHARED, Owner
 from snitchd.prompts import Broker
-from snitchd.store import Decision, Store
+from snitchd.store import Store
+from tests.support.firewall import EventRecorder, Packet
 
 NOW = 1_700_000_000.0
 # Paths that exist nowhere: neither side knows a digest, as for an executable not hashed.
@@ -49,31 +50,6 @@ DESTS = [
     "*.example.net",
     "v6.example.org",
 ]
-
-
-class Pkt:
-    def accept(self) -> None:
-        pass
-
-    def drop(self) -> None:
-        pass
-
-    def get_mark(self) -> int:
-        return 0
-
-    def set_mark(self, mark: int) -> None:
-        pass
-
-
-class Log:
-    def __init__(self) -> None:
-        self.rows: list[Decision] = []
-
-    def record(self, decision: Decision) -> None:
-        self.rows.append(decision)
-
-    def note_app(self, exe: str, first_seen: float, sha256: str | None) -> None:
-        pass
 
 
 @st.composite
@@ -132,7 +108,7 @@ async def _compare(
     clock = itertools.repeat(NOW).__next__
     broker = Broker(clock=clock, timeout=5, max_open=10, is_admin=lambda uid: False)
     config = Config(database=store.path, default_action=Action.DENY, retry_window=0)
-    log = Log()
+    log = EventRecorder()
     fw = Firewall(config, store, None, log, broker, clock=clock)  # type: ignore[arg-type]
     broker.attach(fw)
     for text in rules:
@@ -140,7 +116,7 @@ async def _compare(
     for chain, owner in learnt:
         names, address = DNS[chain]
         fw.dns.names.learn([Resolution(names, ip_address(address), 300)], NOW - 1, owner)
-    fw._decide(Pkt(), flow, proc)  # type: ignore[arg-type]
+    fw._decide(Packet(), flow, proc)  # type: ignore[arg-type]
     (row,) = log.rows
     live = (row.action, row.rule_id)
     query = ExplainQuery(str(flow.dst), flow.dport, flow.proto, proc.exe, proc.uid, proc.pid)
