@@ -155,13 +155,16 @@ class ExecWatch:
             log.info("exec watcher started again pid=%d", self._child.pid)
 
     def _read(self, out: IO[bytes]) -> None:
-        """Records until end of file."""
+        """Records until end of file, or until `close` closed the pipe under the read."""
         while True:
-            head = out.read(_RECORD.size)
-            if len(head) < _RECORD.size:
+            try:
+                head = out.read(_RECORD.size)
+                if len(head) < _RECORD.size:
+                    return
+                tgid, when, size = _RECORD.unpack(head)
+                before = out.read(size)
+            except (ValueError, OSError):  # ValueError: read of a file `close` closed
                 return
-            tgid, when, size = _RECORD.unpack(head)
-            before = out.read(size)
             if len(before) < size:
                 return
             if tgid == _LOST:
