@@ -53,7 +53,7 @@ from snitch_notifier.monitoractions import RuleChoice, can_act
 from snitch_notifier.monitordialogs import RuleDialog, WhyDialog
 from snitch_notifier.monitorfeed import HOST_ROWS, RECENT_ROWS, MonitorFeed
 from snitch_notifier.monitorfilter import MonitorFilter, parse_filter
-from snitch_notifier.monitortables import AppTable, HostTable, RuleTable
+from snitch_notifier.monitortables import AppTable, HostTable, RuleTable, same_place
 from snitch_notifier.traffic import (
     AppKey,
     AppTraffic,
@@ -266,8 +266,9 @@ class MonitorWindow(QWidget):
         super().closeEvent(event)
 
     def refresh(self) -> None:
-        """Read the totals and the chart again when the range's refresh is due (and where
-        apps went, while the filter needs it); the selected app's rules every RULES_REFRESH."""
+        """Read the totals, the chart and the selected app's destinations again when the
+        range's refresh is due (and where every app went, while the filter needs it); the
+        selected app's rules every RULES_REFRESH."""
         now = self._clock()
         if self.selected is not None and now - self._rules_read >= RULES_REFRESH:
             self._rules_read = now
@@ -276,6 +277,8 @@ class MonitorWindow(QWidget):
             return
         self._refreshed = now
         self.feed.refresh(self.range, self.selected)
+        if self.selected is not None:
+            self.feed.read_hosts(self.selected)
         if self.wanted.needs_hosts:
             self.feed.read_recent(self.range)
         if self.range is Range.LIVE:
@@ -375,6 +378,9 @@ class MonitorWindow(QWidget):
         self.why.asking(app, host)
         self.why.show()
         self.why.raise_()
+        # Its destinations first (the feed runs them in order): the answer then shows the
+        # attempt that made the person ask, not the one listed when the row was read.
+        self.feed.read_hosts(app)
         self.feed.explain(app, host)
 
     def take_rule_made(self, choice: RuleChoice, row: RuleRow, existing: bool) -> None:
@@ -390,7 +396,8 @@ class MonitorWindow(QWidget):
 
     def take_explained(self, app: AppKey, host: HostTraffic, answer: dict[str, Any]) -> None:
         if self._why_for == (app, host):
-            self.why.show_answer(app, host, answer)
+            newest = next((h for h in self.hosts if same_place(h, host)), host)
+            self.why.show_answer(app, newest, answer)
 
     def take_action_failed(self, message: str) -> None:
         if self.rule_dialog is not None and self.rule_dialog.isVisible():

@@ -190,7 +190,7 @@ class WhyDialog(QDialog):
         layout.addWidget(self.text, 1)
         layout.addWidget(close)
         self.winner = -1
-        self.resize(620, 320)
+        self.setMinimumWidth(640)
 
     def asking(self, app: AppKey, host: HostTraffic) -> None:
         self.winner = -1
@@ -229,3 +229,4 @@ class WhyDialog(QDialog):
             lines.append("Matching rules: none")
         lines.append(f"<small>Precedence: {e(str(answer.get('precedence', '')))}</small>")
         self.text.setText("<br><br>".join(lines))
+        self.adjustSize()  # the whole explanation, however many rules match

@@ -91,6 +91,7 @@ class MonitorFeed(QObject):
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._refreshing = False
+        self._pending: set[tuple[object, ...]] = set()  # repeated reads submitted, not done
 
     @property
     def running(self) -> bool:
@@ -121,7 +122,7 @@ class MonitorFeed(QObject):
         self._submit(lambda: self._refresh(shown, app))
 
     def read_hosts(self, app: AppKey) -> None:
-        self._submit(lambda: self._queued(self._hosts(app)))
+        self._once(("hosts", app), lambda: self._hosts(app))
 
     def read_chart(self, shown: Range, app: AppKey | None) -> None:
         self._submit(lambda: self._queued(self._chart(shown, app)))
@@ -129,10 +130,10 @@ class MonitorFeed(QObject):
     def read_recent(self, shown: Range) -> None:
         """Where every app went in the range (its newest RECENT_ROWS log rows), for a filter
         by host, port or verdict."""
-        self._submit(lambda: self._queued(self._recent(shown)))
+        self._once(("recent", shown), lambda: self._recent(shown))
 
     def read_rules(self, app: AppKey) -> None:
-        self._submit(lambda: self._queued(self._rules(app)))
+        self._once(("rules", app), lambda: self._rules(app))
 
     def add_rule(self, choice: RuleChoice) -> None:
         """Make the rule `choice` means; `rule_made` or `action_failed`."""
@@ -142,17 +143,35 @@ class MonitorFeed(QObject):
         """Ask snitchd why this destination gets its verdict; `explained` or `action_failed`."""
         self._submit(lambda: self._queued(self._explain(app, host)), self.action_failed)
 
+    def _once(self, key: tuple[object, ...], make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A read the window repeats on its timer: skipped while the same one still waits or
+        runs, so a slow snitchd does not get a queue of them."""
+        if key in self._pending:
+            return
+        self._pending.add(key)
+
+        async def run() -> None:
+            try:
+                await self._queued(make())
+            finally:
+                self._pending.discard(key)
+
+        if not self._submit(run):
+            self._pending.discard(key)
+
     def _submit(
         self, make: Callable[[], Coroutine[Any, Any, None]], errors: Any | None = None
-    ) -> None:
+    ) -> bool:
         """Run `make()`'s coroutine on the worker's loop (made there only if it runs); its
-        failure goes to `errors` (a signal of one message), else to `failed`."""
+        failure goes to `errors` (a signal of one message), else to `failed`. False when there
+        is no worker to run it."""
         loop = self._loop
         if loop is None or not self.running:
             if errors is not None:
                 errors.emit("the monitor is not connected to snitchd (is it running?)")
-            return
+            return False
         asyncio.run_coroutine_threadsafe(self._guard(make, errors or self.failed), loop)
+        return True
 
     async def _guard(self, make: Callable[[], Coroutine[Any, Any, None]], errors: Any) -> None:
         try:

@@ -36,6 +36,7 @@ __all__ = [
     "AppTable",
     "HostTable",
     "RuleTable",
+    "same_place",
 ]
 
 APP_COLUMNS = (
@@ -265,7 +266,7 @@ class HostTable(_Table):
     def select(self, host: HostTraffic | None) -> bool:
         for row in range(self.rowCount()):
             h = self.host_at(row)
-            if host is not None and h is not None and _same_place(h, host):
+            if host is not None and h is not None and same_place(h, host):
                 self.selectRow(row)
                 return True
         return False
@@ -308,7 +309,8 @@ class HostTable(_Table):
         self.blockSignals(False)
 
 
-def _same_place(a: HostTraffic, b: HostTraffic) -> bool:
+def same_place(a: HostTraffic, b: HostTraffic) -> bool:
+    """Whether two records are the same destination (name, address, port, protocol)."""
     return (a.host, a.address, a.port, a.proto) == (b.host, b.address, b.port, b.proto)
 
 
