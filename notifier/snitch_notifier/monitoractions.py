@@ -10,8 +10,8 @@ is pinned to the sha256 of the file at its path now, as snitchd pins answers by 
 (`pin_answers`), when the person running the monitor can read it; else the rule names the path
 alone, and the window says so before it is made.
 
-snitchd decides who may add a rule (`AddRule`: root or its admin group): the monitor asks and
-shows the answer, as the rules window does.
+snitchd decides who may add a rule (`AddRuleWithNote`: root or its admin group): the monitor
+asks and shows the answer, as the rules window does.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ after another, a refresh that finds the previous one still running is skipped, a
 answer (the same user's `snitchctl top --live`, say) is tried again a few times.
 
 Besides reading, it carries the window's two questions about a destination: a rule "from now
-on" (`AddRule`; the executable hashed here first, in a thread, to pin it) and "why?"
+on" (`AddRuleWithNote`; the executable hashed here first, in a thread, to pin it) and "why?"
 (`Explain`); their failures come back on `action_failed`, for the dialog that asked.
 """
 
@@ -49,11 +49,12 @@ from snitch_notifier.traffic import (
     parse_rates,
 )
 
-__all__ = ["HOST_ROWS", "RECENT_ROWS", "MonitorFeed"]
+__all__ = ["HOST_ROWS", "RECENT_ROWS", "RULE_NOTE", "MonitorFeed"]
 
 log = logging.getLogger(__name__)
 
 HOST_ROWS = 1000  # an app's newest log rows read for its destinations
+RULE_NOTE = "made in the Network Monitor"  # the note of the rules it makes (list-rules shows it)
 RECENT_ROWS = 2000  # every app's newest log rows in the range, read while a filter needs them
 _BUSY_TRIES = 5
 _BUSY_WAIT = 0.4  # seconds
@@ -255,7 +256,7 @@ class MonitorFeed(QObject):
         client = self._client
         if client is None:
             raise SnitchError("the monitor is not connected to snitchd (is it running?)")
-        record = await client.add_rule(str(rule))
+        record = await client.add_rule_with_note(str(rule), RULE_NOTE)
         log.info("rule added from the monitor id=%s: %s", record.get("id"), record.get("text"))
         self.rule_made.emit(choice, RuleRow.from_dict(record), bool(record.get("existing")))
 

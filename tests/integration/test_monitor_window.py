@@ -350,6 +350,7 @@ def test_the_monitor_denies_from_now_on_explains_why_and_filters_by_host_and_ver
         denied = int(made[0]["id"])
         assert " sha256=" in made[0]["text"], "pinned, as a popup answer is"
         assert made[0]["text"].endswith("to=api.example.org port=9000 proto=tcp")
+        assert made[0]["note"] == "made in the Network Monitor"
         _wait(qtbot, lambda: denied in _rule_ids(window), lambda: f"{_rule_ids(window)}")
 
         # The next connection is denied: the app sees it, the log says which rule.
