@@ -4,7 +4,8 @@ connection per query, then the JSON it sends), on a store with
 
 - per-minute rollups for 200 apps over 7 days (2,016,000 rows; snitchd keeps two days, so
   this is more than a real store holds),
-- per-hour rollups for 200 apps over 30 days (144,000 rows),
+- per-hour rollups for 200 apps over 30 days (144,000 rows), and the day and per-user rollups
+  of both (as `Store.add_traffic` keeps them),
 - 1,000,000 connection log rows (5,000 per app, over 30 days).
 
 Every app moves something every minute: the worst case for the scans. Prints figures, asserts
@@ -66,6 +67,7 @@ def build(path: Path, apps: int, days: int, hour_days: int, log_rows: int, now: 
                     for a, u in zip(names, uids, strict=True)
                 ],
             )
+        _summarise(conn)
         conn.executemany(
             "INSERT INTO apps (exe, first_seen, sha256) VALUES (?, ?, ?)",
             [(a, now - hour_days * 86400, "") for a in names],
@@ -97,6 +99,21 @@ def build(path: Path, apps: int, days: int, hour_days: int, log_rows: int, now: 
         _log(conn, batch)
     conn.execute("ANALYZE")
     store.db.conn.close()
+
+
+def _summarise(conn) -> None:
+    """The day and per-user rollups of the rows written above, as the log writer would have
+    kept them (`Store.add_traffic`)."""
+    sums = "sum(bytes_out), sum(bytes_in), sum(connections), sum(blocked)"
+    conn.execute(
+        f"INSERT INTO traffic_day SELECT hour / 24, app, uid, {sums} FROM traffic_hour "
+        "GROUP BY hour / 24, app, uid"
+    )
+    for unit in ("minute", "hour"):
+        conn.execute(
+            f"INSERT INTO traffic_user_{unit} SELECT {unit}, uid, {sums} FROM traffic_{unit} "
+            f"GROUP BY {unit}, uid"
+        )
 
 
 def _log(conn, rows) -> None:
@@ -154,9 +171,8 @@ def main() -> int:
         print(f"{'query':44s} {'median':>9s} {'worst':>9s} {'answer':>9s}")
         rows = []
         for period in Period:
-            table = period.table[0]
             for who, uid in (("admin", None), ("uid 1000", 1000)):
-                rows.append((f"Apps {period.value} ({table}, {who})", apps(period, uid)))
+                rows.append((f"Apps {period.value} ({who})", apps(period, uid)))
             rows.append((f"Traffic {period.value} all apps (admin)", traffic(period, None, None)))
             rows.append((f"Traffic {period.value} one app (admin)", traffic(period, None, app)))
         rows.append(("Log: one app's newest 1000 rows (admin)", log(None)))

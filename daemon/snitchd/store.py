@@ -265,6 +265,39 @@ def _migrate_9(db: sqlite_utils.Database) -> None:
     conns.add_column("runtime", str)
 
 
+_ROLLUP_COUNTS = (
+    "bytes_out INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0, "
+    "connections INTEGER NOT NULL DEFAULT 0, blocked INTEGER NOT NULL DEFAULT 0"
+)
+_ROLLUP_SUMS = "sum(bytes_out), sum(bytes_in), sum(connections), sum(blocked)"
+
+
+def _migrate_10(db: sqlite_utils.Database) -> None:
+    """Rollups that keep a 30-day chart one small query (issue 19): per app and day (UTC), so
+    an app's total over 7 or 30 days sums at most 30 rows, not 720 hours; and per user without
+    the app, per minute and per hour, so the machine's total series reads one row per user and
+    unit, not one per app (bench/monitorquery.py, 200 apps: `Apps 30d` 368 ms, `Traffic 30d`
+    for all apps 400 ms and 24 h 795 ms before). Filled from the hours and minutes kept."""
+    db.execute(
+        f"CREATE TABLE traffic_day (day INTEGER NOT NULL, app TEXT NOT NULL, "
+        f"uid INTEGER NOT NULL, {_ROLLUP_COUNTS}, PRIMARY KEY (day, app, uid)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX traffic_day_app ON traffic_day (app, day)")
+    db.execute(
+        f"INSERT INTO traffic_day SELECT hour / 24, app, uid, {_ROLLUP_SUMS} "
+        "FROM traffic_hour GROUP BY hour / 24, app, uid"
+    )
+    for unit in ("minute", "hour"):
+        db.execute(
+            f"CREATE TABLE traffic_user_{unit} ({unit} INTEGER NOT NULL, uid INTEGER NOT NULL, "
+            f"{_ROLLUP_COUNTS}, PRIMARY KEY ({unit}, uid)) WITHOUT ROWID"
+        )
+        db.execute(
+            f"INSERT INTO traffic_user_{unit} SELECT {unit}, uid, {_ROLLUP_SUMS} "
+            f"FROM traffic_{unit} GROUP BY {unit}, uid"
+        )
+
+
 # Each entry takes the schema from version i to i+1; append only, never edit a shipped one.
 _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
@@ -276,6 +309,7 @@ _MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_7,
     _migrate_8,
     _migrate_9,
+    _migrate_10,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -739,7 +773,8 @@ class Store:
             )
 
     def add_traffic(self, rollup: Iterable[TrafficMinute]) -> None:
-        """Add to the per-minute and per-hour rollups, in one transaction."""
+        """Add to the rollups (per app: minute, hour, day; per user: minute, hour), in one
+        transaction."""
         rows = [
             (m.minute, m.app, m.uid, m.bytes_out, m.bytes_in, m.connections, m.blocked)
             for m in rollup
@@ -747,9 +782,15 @@ class Store:
         if not rows:
             return
         hours = [(r[0] // 60, *r[1:]) for r in rows]
+        days = [(r[0] // 1440, *r[1:]) for r in rows]
+        users = [(r[0], *r[2:]) for r in rows]
+        user_hours = [(r[0] // 60, *r[2:]) for r in rows]
         with self._lock, self._errors("write to"), self.db.conn:
             self.db.conn.executemany(_TRAFFIC_ADD.format("traffic_minute", "minute"), rows)
             self.db.conn.executemany(_TRAFFIC_ADD.format("traffic_hour", "hour"), hours)
+            self.db.conn.executemany(_TRAFFIC_ADD.format("traffic_day", "day"), days)
+            self.db.conn.executemany(_USER_TRAFFIC_ADD.format("minute"), users)
+            self.db.conn.executemany(_USER_TRAFFIC_ADD.format("hour"), user_hours)
 
     def prune(self, now: float, max_age: float, max_rows: int) -> int:
         """Keep the log within its age and size limits (and the rollups: minutes for
@@ -759,8 +800,17 @@ class Store:
                 "DELETE FROM traffic_minute WHERE minute < ?", [int((now - MINUTES_KEPT) // 60)]
             )
             self.db.execute(
-                "DELETE FROM traffic_hour WHERE hour < ?", [int((now - max_age) // 3600)]
+                "DELETE FROM traffic_user_minute WHERE minute < ?",
+                [int((now - MINUTES_KEPT) // 60)],
             )
+            for table, unit, size in (
+                ("traffic_hour", "hour", 3600),
+                ("traffic_user_hour", "hour", 3600),
+                ("traffic_day", "day", 86400),
+            ):
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE {unit} < ?", [int((now - max_age) // size)]
+                )
             gone = self.db.execute("DELETE FROM connections WHERE time < ?", [now - max_age])
             removed = gone.rowcount
             (count,) = self.db.execute("SELECT count(*) FROM connections").fetchone()
@@ -935,6 +985,14 @@ _LOG_INSERT = (
 _TRAFFIC_ADD = (
     "INSERT INTO {0} ({1}, app, uid, bytes_out, bytes_in, connections, blocked) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({1}, app, uid) DO UPDATE SET "
+    "bytes_out = bytes_out + excluded.bytes_out, bytes_in = bytes_in + excluded.bytes_in, "
+    "connections = connections + excluded.connections, blocked = blocked + excluded.blocked"
+)
+
+# The machine's total per user (no app): the same sums, keyed by (unit, uid).
+_USER_TRAFFIC_ADD = (
+    "INSERT INTO traffic_user_{0} ({0}, uid, bytes_out, bytes_in, connections, blocked) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT ({0}, uid) DO UPDATE SET "
     "bytes_out = bytes_out + excluded.bytes_out, bytes_in = bytes_in + excluded.bytes_in, "
     "connections = connections + excluded.connections, blocked = blocked + excluded.blocked"
 )

@@ -2,14 +2,21 @@
 
 Top: the chart of the chosen range (the live ten minutes from the `Rates` signal, or 1 h to
 30 d from snitchd's rollups), for every app or the selected one. Below: the apps, with their
-live rates and their totals in the range (sortable; a filter box narrows them by app or user),
-and the destinations of the selected app (from its newest log rows). It refreshes itself:
-rates each second as snitchd sends them, totals and the chart every few seconds (the longer
-the range, the less often: `Range.refresh_seconds`).
+live rates (a sparkline of the last minute) and their totals in the range, sortable; then the
+selected app's destinations (from its newest log rows) and the rules that apply to it. One
+filter box narrows all of it by app, host, port, verdict or user (`monitorfilter`). It
+refreshes itself: rates each second as snitchd sends them, totals and the chart every few
+seconds (the longer the range, the less often: `Range.refresh_seconds`), the rules every few
+seconds while an app is selected (snitchd sends no signal when rules change), so a rule made
+elsewhere shows up.
+
+From a destination a person can make a rule "from now on" (the popup's choices) and ask
+"why?" (snitchd's `Explain`): `monitordialogs`. snitchd decides whether the rule may be made
+(its admins only) and says so; the window writes nothing itself.
 
 What it shows is what snitchd lets its user see: a user who is not an admin gets only their
 own apps' traffic (the daemon filters), and the window says so rather than suggest it shows
-the whole machine. It decides nothing and writes nothing.
+the whole machine.
 """
 
 from __future__ import annotations
@@ -20,9 +27,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QPoint, Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QIcon, QShowEvent
 from PySide6.QtWidgets import (
     QApplication,
@@ -30,15 +37,23 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMenu,
+    QPushButton,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
+from snitch_common.answers import Action
+from snitch_notifier.bridge import RuleRow
 from snitch_notifier.icons import app_icon, snitch_icon, use_desktop_icon_theme
 from snitch_notifier.identity import AppIdentity, desktop_identity
-from snitch_notifier.monitorfeed import HOST_ROWS, MonitorFeed
-from snitch_notifier.monitortables import AppTable, HostTable
+from snitch_notifier.monitoractions import RuleChoice, can_act
+from snitch_notifier.monitordialogs import RuleDialog, WhyDialog
+from snitch_notifier.monitorfeed import HOST_ROWS, RECENT_ROWS, MonitorFeed
+from snitch_notifier.monitorfilter import MonitorFilter, parse_filter
+from snitch_notifier.monitortables import AppTable, HostTable, RuleTable, same_place
 from snitch_notifier.traffic import (
     AppKey,
     AppTraffic,
@@ -56,6 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFRESH_MS",
+    "RULES_REFRESH",
     "MonitorWindow",
     "make_chart",
     "open_monitor",
@@ -63,6 +79,8 @@ __all__ = [
 ]
 
 REFRESH_MS = 1000  # the timer's tick; a refresh is due every `Range.refresh_seconds`
+RULES_REFRESH = 5.0  # seconds between reads of the rules while an app is selected
+_FILTER_WAIT_MS = 300  # typing in the filter box reads where apps went once it pauses
 _QUEUED = Qt.ConnectionType.QueuedConnection
 
 
@@ -107,8 +125,18 @@ class MonitorWindow(QWidget):
         self.live: dict[AppKey, AppTraffic] = {}
         self.history = LiveHistory()
         self.hosts: list[HostTraffic] = []
+        self.known_since = 0.0  # how far back the selected app's rows reach (0: all)
+        self.recent: dict[AppKey, list[HostTraffic]] = {}  # where every app went (filters)
+        self.recent_range: Range | None = None  # the range `recent` was read for
+        self.rules: list[RuleRow] = []  # the rules that apply to the selected app
+        self.rules_for: AppKey | None = None
+        self.wanted = MonitorFilter()
+        self.rule_dialog: RuleDialog | None = None
+        self.why = WhyDialog(self)
+        self._why_for: tuple[AppKey, HostTraffic] | None = None
         self.totals_read = 0  # Apps answers taken, for tests and the status line
         self._refreshed = float("-inf")  # when the totals were last asked for
+        self._rules_read = float("-inf")
         self.setWindowTitle("snitch — Network Monitor")
         self.resize(1180, 780)
 
@@ -119,32 +147,76 @@ class MonitorWindow(QWidget):
         for shown in Range:
             self.range_box.addItem(shown.label, shown)
         self.range_box.currentIndexChanged.connect(self._range_changed)
-        self.filter = QLineEdit()
-        self.filter.setPlaceholderText("Filter apps or users")
-        self.filter.setClearButtonEnabled(True)
-        self.filter.textChanged.connect(lambda _: self._fill_apps())
+        self.filter = self._make_filter()
         self.chart_area, self.chart = make_chart()
         self.chart_area.setMinimumHeight(240)
         self.apps = AppTable()
         self.apps.itemSelectionChanged.connect(self._selection_changed)
-        self.destinations = HostTable()
-        # Rich text for the bold name; every name in it is escaped: an executable's path and a
-        # host's name are the app's to choose, and must not restyle the window.
-        self.hosts_title = QLabel("Select an app to see where it went.")
-        self.hosts_title.setTextFormat(Qt.TextFormat.RichText)
+        self._make_lower()
         self.status = QLabel()
         self.status.setTextFormat(Qt.TextFormat.PlainText)  # snitchd's messages quote input
         self._lay_out()
         self.timer = QTimer(self)
         self.timer.setInterval(REFRESH_MS)
         self.timer.timeout.connect(self.refresh)
-        self.feed.connected.connect(self._connected, _QUEUED)
-        self.feed.rates.connect(self.take_rates, _QUEUED)
-        self.feed.apps_read.connect(self.take_totals, _QUEUED)
-        self.feed.chart_read.connect(self.take_chart, _QUEUED)
-        self.feed.hosts_read.connect(self.take_hosts, _QUEUED)
-        self.feed.failed.connect(self.status.setText, _QUEUED)
+        self._listen()
         self._say_scope(seen_others=False)
+        self._host_chosen()
+
+    def _listen(self) -> None:
+        """The feed's answers, queued: they come from its worker thread."""
+        feed = self.feed
+        feed.connected.connect(self._connected, _QUEUED)
+        feed.rates.connect(self.take_rates, _QUEUED)
+        feed.apps_read.connect(self.take_totals, _QUEUED)
+        feed.chart_read.connect(self.take_chart, _QUEUED)
+        feed.hosts_read.connect(self.take_hosts, _QUEUED)
+        feed.recent_read.connect(self.take_recent, _QUEUED)
+        feed.rules_read.connect(self.take_rules, _QUEUED)
+        feed.rule_made.connect(self.take_rule_made, _QUEUED)
+        feed.explained.connect(self.take_explained, _QUEUED)
+        feed.action_failed.connect(self.take_action_failed, _QUEUED)
+        feed.failed.connect(self.status.setText, _QUEUED)
+
+    def _make_filter(self) -> QLineEdit:
+        box = QLineEdit()
+        box.setPlaceholderText("Filter: app, host, port, verdict, user")
+        box.setToolTip(
+            "Words match an app, its user, a destination's name or address, a port or a "
+            "verdict (allow, deny, reject, blocked); every word must match.\n"
+            "Narrow a word with app:, user:, host:, port: or verdict: — "
+            "e.g. host:example.org verdict:deny"
+        )
+        box.setClearButtonEnabled(True)
+        box.setMinimumWidth(300)
+        box.textChanged.connect(self._filter_changed)
+        self._filter_wait = QTimer(self)
+        self._filter_wait.setSingleShot(True)
+        self._filter_wait.setInterval(_FILTER_WAIT_MS)
+        self._filter_wait.timeout.connect(self._read_recent)
+        return box
+
+    def _make_lower(self) -> None:
+        """The selected app's destinations (with what can be done about one) and rules."""
+        self.destinations = HostTable()
+        self.destinations.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.destinations.customContextMenuRequested.connect(self._host_menu)
+        self.destinations.itemSelectionChanged.connect(self._host_chosen)
+        self.destinations.doubleClicked.connect(lambda _: self.ask_why())
+        self.allow_button = QPushButton("&Allow this from now on…")
+        self.deny_button = QPushButton("&Deny this from now on…")
+        self.why_button = QPushButton("&Why?")
+        self.allow_button.clicked.connect(lambda: self.make_rule(Action.ALLOW))
+        self.deny_button.clicked.connect(lambda: self.make_rule(Action.DENY))
+        self.why_button.clicked.connect(lambda _=False: self.ask_why())
+        self.rule_table = RuleTable()
+        self.rules_title = QLabel("Select an app to see the rules that apply to it.")
+        self.rules_title.setTextFormat(Qt.TextFormat.RichText)
+        self.tabs = QTabWidget()
+        # Rich text for the bold name; every name in it is escaped: an executable's path and a
+        # host's name are the app's to choose, and must not restyle the window.
+        self.hosts_title = QLabel("Select an app to see where it went.")
+        self.hosts_title.setTextFormat(Qt.TextFormat.RichText)
 
     def _lay_out(self) -> None:
         top = QHBoxLayout()
@@ -152,16 +224,28 @@ class MonitorWindow(QWidget):
         top.addWidget(QLabel("Range:"))
         top.addWidget(self.range_box)
         top.addWidget(self.filter)
-        lower = QWidget()
-        hosts_box = QVBoxLayout(lower)
-        hosts_box.setContentsMargins(0, 0, 0, 0)
+        where = QWidget()
+        hosts_box = QVBoxLayout(where)
+        hosts_box.setContentsMargins(4, 4, 4, 4)
         hosts_box.addWidget(self.hosts_title)
         hosts_box.addWidget(self.destinations)
+        actions = QHBoxLayout()
+        for button in (self.allow_button, self.deny_button, self.why_button):
+            actions.addWidget(button)
+        actions.addStretch(1)
+        hosts_box.addLayout(actions)
+        ruled = QWidget()
+        rules_box = QVBoxLayout(ruled)
+        rules_box.setContentsMargins(4, 4, 4, 4)
+        rules_box.addWidget(self.rules_title)
+        rules_box.addWidget(self.rule_table)
+        self.tabs.addTab(where, "Destinations")
+        self.tabs.addTab(ruled, "Rules")
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.chart_area)
         split.addWidget(self.apps)
-        split.addWidget(lower)
-        split.setSizes([300, 240, 170])
+        split.addWidget(self.tabs)
+        split.setSizes([280, 230, 220])
         layout = QVBoxLayout(self)
         layout.addWidget(self.scope)
         layout.addLayout(top)
@@ -182,18 +266,28 @@ class MonitorWindow(QWidget):
         super().closeEvent(event)
 
     def refresh(self) -> None:
-        """Read the totals and the chart again when the range's refresh is due."""
+        """Read the totals, the chart and the selected app's destinations again when the
+        range's refresh is due (and where every app went, while the filter needs it); the
+        selected app's rules every RULES_REFRESH."""
         now = self._clock()
+        if self.selected is not None and now - self._rules_read >= RULES_REFRESH:
+            self._rules_read = now
+            self.feed.read_rules(self.selected)
         if now - self._refreshed < self.range.refresh_seconds:
             return
         self._refreshed = now
         self.feed.refresh(self.range, self.selected)
+        if self.selected is not None:
+            self.feed.read_hosts(self.selected)
+        if self.wanted.needs_hosts:
+            self.feed.read_recent(self.range)
         if self.range is Range.LIVE:
             self._show_live_chart()
 
     def _connected(self) -> None:
         self.status.setText("connected to snitchd")
         self._refreshed = float("-inf")
+        self._rules_read = float("-inf")
         self.refresh()
 
     # -- what the feed brings -------------------------------------------------------------------
@@ -234,16 +328,108 @@ class MonitorWindow(QWidget):
         if shown is self.range and app == self.selected and self.chart is not None:
             self.chart.show_chart(data, f"last {shown.label.lower()}")
 
-    def take_hosts(self, app: AppKey, hosts: list[HostTraffic]) -> None:
+    def take_hosts(self, app: AppKey, hosts: list[HostTraffic], known_since: float) -> None:
         if app != self.selected:
             return
         self.hosts = hosts
-        self.destinations.fill(hosts)
-        self.hosts_title.setText(
-            f"<b>{_name(app)}</b> ({html.escape(app.app)}, {html.escape(user_name(app.uid))}): "
-            f"{len(hosts)} destination{'s' if len(hosts) != 1 else ''} in its last "
-            f"{HOST_ROWS} attempts"
+        self.known_since = known_since
+        self._fill_hosts()
+        if self.wanted.needs_hosts:
+            self._fill_apps()
+
+    def take_recent(self, shown: Range, by_app: dict[AppKey, list[HostTraffic]]) -> None:
+        if shown is not self.range:
+            return
+        self.recent, self.recent_range = by_app, shown
+        self._fill_apps()
+
+    def take_rules(self, app: AppKey, rules: list[RuleRow]) -> None:
+        if app != self.selected:
+            return
+        self.rules, self.rules_for = rules, app
+        self.rule_table.fill(rules)
+        self.tabs.setTabText(1, f"Rules ({len(rules)})")
+        self.rules_title.setText(
+            f"Rules that can apply to <b>{_name(app)}</b> "
+            f"({html.escape(user_name(app.uid))}): naming it or any app, for its user or "
+            "any; <code>snitchctl explain</code> or <i>Why?</i> tells which one wins"
         )
+
+    # -- acting on a destination ----------------------------------------------------------------
+    def make_rule(self, action: Action, host: HostTraffic | None = None) -> RuleDialog | None:
+        """Open the rule dialog for `host` (the selected destination by default)."""
+        host = host or self.destinations.selected_host()
+        app = self.selected
+        if host is None or app is None or can_act(app, host) is not None:
+            return None
+        if self.rule_dialog is not None:
+            self.rule_dialog.close()
+        dialog = self.rule_dialog = RuleDialog(app, host, action, self)
+        dialog.chosen.connect(self.feed.add_rule)
+        dialog.show()
+        return dialog
+
+    def ask_why(self, host: HostTraffic | None = None) -> None:
+        host = host or self.destinations.selected_host()
+        app = self.selected
+        if host is None or app is None:
+            return
+        self._why_for = (app, host)
+        self.why.asking(app, host)
+        self.why.show()
+        self.why.raise_()
+        # Its destinations first (the feed runs them in order): the answer then shows the
+        # attempt that made the person ask, not the one listed when the row was read.
+        self.feed.read_hosts(app)
+        self.feed.explain(app, host)
+
+    def take_rule_made(self, choice: RuleChoice, row: RuleRow, existing: bool) -> None:
+        said = "was there already" if existing else "added"
+        self.status.setText(f"rule {row.id} {said}: {row.text}")
+        dialog = self.rule_dialog
+        if dialog is not None and dialog.choice() == choice:
+            dialog.made(row, existing)
+        if self.selected == choice.app:
+            self._rules_read = self._clock()
+            self.feed.read_rules(choice.app)
+            self.feed.read_hosts(choice.app)
+
+    def take_explained(self, app: AppKey, host: HostTraffic, answer: dict[str, Any]) -> None:
+        if self._why_for == (app, host):
+            newest = next((h for h in self.hosts if same_place(h, host)), host)
+            self.why.show_answer(app, newest, answer)
+
+    def take_action_failed(self, message: str) -> None:
+        if self.rule_dialog is not None and self.rule_dialog.isVisible():
+            self.rule_dialog.refused(message)
+        elif self.why.isVisible():
+            self.why.failed(message)
+        else:
+            self.status.setText(message)
+
+    def _host_chosen(self) -> None:
+        host = self.destinations.selected_host()
+        refused = None if host is None or self.selected is None else can_act(self.selected, host)
+        for button in (self.allow_button, self.deny_button):
+            button.setEnabled(host is not None and refused is None)
+            button.setToolTip(refused or "")
+        self.why_button.setEnabled(host is not None)
+
+    def _host_menu(self, pos: QPoint) -> None:
+        index = self.destinations.indexAt(pos)
+        host = self.destinations.host_at(index.row()) if index.isValid() else None
+        if host is None or self.selected is None:
+            return
+        self.destinations.selectRow(index.row())
+        refused = can_act(self.selected, host)
+        menu = QMenu(self)
+        for action, text in ((Action.ALLOW, "Allow"), (Action.DENY, "Deny")):
+            entry = menu.addAction(f"{text} this from now on…")
+            entry.setEnabled(refused is None)
+            entry.triggered.connect(lambda _=False, a=action, h=host: self.make_rule(a, h))
+        menu.addSeparator()
+        menu.addAction("Why?").triggered.connect(lambda _=False, h=host: self.ask_why(h))
+        menu.popup(self.destinations.viewport().mapToGlobal(pos))
 
     # -- the person's choices -------------------------------------------------------------------
     def set_range(self, shown: Range) -> None:
@@ -269,12 +455,20 @@ class MonitorWindow(QWidget):
         if key == self.selected:
             return
         self.selected = key
+        self.hosts, self.rules, self.rules_for = [], [], None
+        self.rule_table.setRowCount(0)
+        self.tabs.setTabText(1, "Rules")
         if key is None:
             self.hosts_title.setText("Select an app to see where it went.")
+            self.rules_title.setText("Select an app to see the rules that apply to it.")
             self.destinations.setRowCount(0)
         else:
             self.hosts_title.setText(f"reading where {_name(key)} went…")
+            self.rules_title.setText(f"reading the rules for {_name(key)}…")
             self.feed.read_hosts(key)
+            self._rules_read = self._clock()
+            self.feed.read_rules(key)
+        self._host_chosen()
         if self.range is Range.LIVE:
             self._show_live_chart()
         else:
@@ -302,6 +496,27 @@ class MonitorWindow(QWidget):
             now = float(int(self.history.last or self._clock()))
             self.chart.show_chart(self.history.chart(self.selected, now), "live, last 10 minutes")
 
+    def _filter_changed(self, text: str) -> None:
+        was = self.wanted
+        self.wanted = parse_filter(text)
+        self._fill_apps()
+        self._fill_hosts()
+        if self.wanted.needs_hosts and (not was.needs_hosts or self.recent_range is not self.range):
+            self._filter_wait.start()
+
+    def _read_recent(self) -> None:
+        if self.wanted.needs_hosts:
+            self.feed.read_recent(self.range)
+
+    def hosts_of(self, key: AppKey) -> list[HostTraffic] | None:
+        """Where an app went, as far as the window knows: the selected app's own rows, else
+        the range's newest rows of every app (None: not read, or not among them)."""
+        if key == self.selected and self.hosts:
+            return self.hosts
+        if self.recent_range is not self.range:
+            return None
+        return self.recent.get(key)
+
     def rows(self) -> list[AppTraffic]:
         """The apps shown: the range's totals with the live rates, narrowed by the filter."""
         merged: dict[AppKey, AppTraffic] = dict(self.totals)
@@ -318,12 +533,9 @@ class MonitorWindow(QWidget):
                 live.rate_in,
                 live.flows,
             )
-        words = self.filter.text().strip().lower()
-        return [
-            a
-            for a in merged.values()
-            if not words or words in a.key.app.lower() or words in user_name(a.key.uid).lower()
-        ]
+        if self.wanted.empty:
+            return list(merged.values())
+        return [a for a in merged.values() if self.wanted.keeps_app(a, self.hosts_of(a.key))]
 
     def _icon(self, exe: str, budget: list[int]) -> QIcon:
         identity = self._identities.get(exe)
@@ -336,8 +548,33 @@ class MonitorWindow(QWidget):
 
     def _fill_apps(self) -> None:
         budget = [_NEW_ICONS_PER_FILL]
+        now = self._clock()
         self.apps.fill(
-            self.rows(), self.selected, lambda exe: self._icon(exe, budget), self._clock()
+            self.rows(),
+            self.selected,
+            lambda exe: self._icon(exe, budget),
+            now,
+            lambda key: self.history.spark(key, self.history.last or now),
+        )
+        if self.wanted.needs_hosts:
+            narrowed = f"filter: where apps went is read from the newest {RECENT_ROWS} attempts"
+            self.filter.setStatusTip(narrowed)
+
+    def _fill_hosts(self) -> None:
+        app = self.selected
+        if app is None:
+            return
+        shown = [h for h in self.hosts if self.wanted.keeps_host(app, h)]
+        self.destinations.fill(shown, self._clock(), self.known_since)
+        self._host_chosen()
+        self.tabs.setTabText(0, f"Destinations ({len(shown)})")
+        narrowed = f" ({len(shown)} shown by the filter)" if len(shown) != len(self.hosts) else ""
+        new = len(self.destinations.new_hosts())
+        fresh = f"; {new} new today" if new else ""
+        self.hosts_title.setText(
+            f"<b>{_name(app)}</b> ({html.escape(app.app)}, {html.escape(user_name(app.uid))}): "
+            f"{len(self.hosts)} destination{'s' if len(self.hosts) != 1 else ''} in its last "
+            f"{HOST_ROWS} attempts{narrowed}{fresh}"
         )
 
 

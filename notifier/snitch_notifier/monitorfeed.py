@@ -9,6 +9,10 @@ answers come back as queued signals carrying records (`traffic.py`).
 snitchd runs one query per uid at a time and refuses a second (`Busy`): requests here run one
 after another, a refresh that finds the previous one still running is skipped, and a `Busy`
 answer (the same user's `snitchctl top --live`, say) is tried again a few times.
+
+Besides reading, it carries the window's two questions about a destination: a rule "from now
+on" (`AddRuleWithNote`; the executable hashed here first, in a thread, to pin it) and "why?"
+(`Explain`); their failures come back on `action_failed`, for the dialog that asked.
 """
 
 from __future__ import annotations
@@ -26,23 +30,36 @@ from PySide6.QtCore import QObject, Signal
 
 from snitch_common.client import Client
 from snitch_common.errors import Busy, SnitchError
+from snitch_notifier.bridge import RuleRow
+from snitch_notifier.monitoractions import (
+    RuleChoice,
+    applying_rules,
+    digest_of,
+    explain_query,
+    rule_of,
+)
 from snitch_notifier.traffic import (
     AppKey,
+    HostTraffic,
     Range,
     app_totals,
     group_hosts,
+    group_hosts_by_app,
     parse_chart,
     parse_rates,
 )
 
-__all__ = ["HOST_ROWS", "MonitorFeed"]
+__all__ = ["HOST_ROWS", "RECENT_ROWS", "RULE_NOTE", "MonitorFeed"]
 
 log = logging.getLogger(__name__)
 
 HOST_ROWS = 1000  # an app's newest log rows read for its destinations
+RULE_NOTE = "made in the Network Monitor"  # the note of the rules it makes (list-rules shows it)
+RECENT_ROWS = 2000  # every app's newest log rows in the range, read while a filter needs them
 _BUSY_TRIES = 5
 _BUSY_WAIT = 0.4  # seconds
 _RETRY = 5.0  # seconds between attempts to reach snitchd
+_PERIOD_SECONDS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
 class MonitorFeed(QObject):
@@ -52,8 +69,13 @@ class MonitorFeed(QObject):
     rates = Signal(object)  # RateFrame
     apps_read = Signal(object, object)  # Range, list[AppTraffic]
     chart_read = Signal(object, object, object)  # Range, AppKey | None, TrafficChart
-    hosts_read = Signal(object, object)  # AppKey, list[HostTraffic]
+    hosts_read = Signal(object, object, object)  # AppKey, list[HostTraffic], known since
+    recent_read = Signal(object, object)  # Range, dict[AppKey, list[HostTraffic]]
+    rules_read = Signal(object, object)  # AppKey, list[RuleRow] (those that apply to it)
+    rule_made = Signal(object, object, bool)  # RuleChoice, RuleRow, whether it existed
+    explained = Signal(object, object, object)  # AppKey, HostTraffic, Explain's answer (dict)
     failed = Signal(str)  # a message people read
+    action_failed = Signal(str)  # a rule or an explanation asked for could not be had
 
     def __init__(
         self,
@@ -70,6 +92,7 @@ class MonitorFeed(QObject):
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._refreshing = False
+        self._pending: set[tuple[object, ...]] = set()  # repeated reads submitted, not done
 
     @property
     def running(self) -> bool:
@@ -100,19 +123,58 @@ class MonitorFeed(QObject):
         self._submit(lambda: self._refresh(shown, app))
 
     def read_hosts(self, app: AppKey) -> None:
-        self._submit(lambda: self._queued(self._hosts(app)))
+        self._once(("hosts", app), lambda: self._hosts(app))
 
     def read_chart(self, shown: Range, app: AppKey | None) -> None:
         self._submit(lambda: self._queued(self._chart(shown, app)))
 
-    def _submit(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run `make()`'s coroutine on the worker's loop (made there only if it runs)."""
+    def read_recent(self, shown: Range) -> None:
+        """Where every app went in the range (its newest RECENT_ROWS log rows), for a filter
+        by host, port or verdict."""
+        self._once(("recent", shown), lambda: self._recent(shown))
+
+    def read_rules(self, app: AppKey) -> None:
+        self._once(("rules", app), lambda: self._rules(app))
+
+    def add_rule(self, choice: RuleChoice) -> None:
+        """Make the rule `choice` means; `rule_made` or `action_failed`."""
+        self._submit(lambda: self._make_rule(choice), self.action_failed)
+
+    def explain(self, app: AppKey, host: HostTraffic) -> None:
+        """Ask snitchd why this destination gets its verdict; `explained` or `action_failed`."""
+        self._submit(lambda: self._queued(self._explain(app, host)), self.action_failed)
+
+    def _once(self, key: tuple[object, ...], make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A read the window repeats on its timer: skipped while the same one still waits or
+        runs, so a slow snitchd does not get a queue of them."""
+        if key in self._pending:
+            return
+        self._pending.add(key)
+
+        async def run() -> None:
+            try:
+                await self._queued(make())
+            finally:
+                self._pending.discard(key)
+
+        if not self._submit(run):
+            self._pending.discard(key)
+
+    def _submit(
+        self, make: Callable[[], Coroutine[Any, Any, None]], errors: Any | None = None
+    ) -> bool:
+        """Run `make()`'s coroutine on the worker's loop (made there only if it runs); its
+        failure goes to `errors` (a signal of one message), else to `failed`. False when there
+        is no worker to run it."""
         loop = self._loop
         if loop is None or not self.running:
-            return
-        asyncio.run_coroutine_threadsafe(self._guard(make), loop)
+            if errors is not None:
+                errors.emit("the monitor is not connected to snitchd (is it running?)")
+            return False
+        asyncio.run_coroutine_threadsafe(self._guard(make, errors or self.failed), loop)
+        return True
 
-    async def _guard(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _guard(self, make: Callable[[], Coroutine[Any, Any, None]], errors: Any) -> None:
         try:
             await make()
         except Exception as exc:
@@ -122,10 +184,10 @@ class MonitorFeed(QObject):
                 return
             if isinstance(exc, SnitchError):
                 log.warning("monitor request failed: %s", exc.message)
-                self.failed.emit(exc.message)
+                errors.emit(exc.message)
                 return
             log.exception("monitor request failed unexpectedly")
-            self.failed.emit("internal error: see the notifier's log")
+            errors.emit("internal error: see the notifier's log")
 
     # -- on the worker's loop -------------------------------------------------------------------
     async def _refresh(self, shown: Range, app: AppKey | None) -> None:
@@ -174,7 +236,34 @@ class MonitorFeed(QObject):
         rows = await self._call(lambda c: c.log(query))
         # Log filters by exe only: an admin sees every user's rows of that exe.
         mine = [r for r in rows if (-1 if r.get("uid") is None else r["uid"]) == app.uid]
-        self.hosts_read.emit(app, group_hosts(mine))
+        # How far back the rows reach: all of its log (0) when fewer came than were asked.
+        known_since = float(rows[0]["time"]) if len(rows) >= HOST_ROWS else 0.0
+        self.hosts_read.emit(app, group_hosts(mine), known_since)
+
+    async def _recent(self, shown: Range) -> None:
+        since = time.time() - (3600 if shown is Range.LIVE else _PERIOD_SECONDS[shown.period])
+        query = {"since": Variant("d", since), "limit": Variant("t", RECENT_ROWS)}
+        rows = await self._call(lambda c: c.log(query))
+        self.recent_read.emit(shown, group_hosts_by_app(rows))
+
+    async def _rules(self, app: AppKey) -> None:
+        rows = await self._call(lambda c: c.list_rules())
+        self.rules_read.emit(app, applying_rules((RuleRow.from_dict(r) for r in rows), app))
+
+    async def _make_rule(self, choice: RuleChoice) -> None:
+        digest = await asyncio.to_thread(digest_of, choice.app.app)
+        rule = rule_of(choice, digest)
+        client = self._client
+        if client is None:
+            raise SnitchError("the monitor is not connected to snitchd (is it running?)")
+        record = await client.add_rule_with_note(str(rule), RULE_NOTE)
+        log.info("rule added from the monitor id=%s: %s", record.get("id"), record.get("text"))
+        self.rule_made.emit(choice, RuleRow.from_dict(record), bool(record.get("existing")))
+
+    async def _explain(self, app: AppKey, host: HostTraffic) -> None:
+        query = explain_query(app, host)
+        answer = await self._call(lambda c: c.explain(query))
+        self.explained.emit(app, host, answer)
 
     def _run(self) -> None:
         asyncio.run(self._main())

@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "LIVE_SECONDS",
+    "SPARK_SECONDS",
     "AppKey",
     "AppTraffic",
     "HostTraffic",
@@ -25,17 +26,25 @@ __all__ = [
     "Point",
     "Range",
     "RateFrame",
+    "Spark",
     "TrafficChart",
     "app_totals",
     "group_hosts",
+    "group_hosts_by_app",
     "human",
+    "log_app_key",
     "parse_chart",
     "parse_rates",
     "user_name",
 ]
 
 LIVE_SECONDS = 600  # the live chart: the last ten minutes at 1 s
+SPARK_SECONDS = 60  # an app's sparkline: its last minute at 1 s
 _MAX_LIVE_APPS = 500  # apps with a live ring; the least recently active go first
+
+
+# An app's last minute of rates, (up, down) bytes per second, one pair a second.
+Spark = tuple[tuple[float, float], ...]
 
 
 class Range(enum.Enum):
@@ -146,6 +155,9 @@ class HostTraffic:
     last: float
     last_action: str
     open: int = 0
+    first: float = 0.0  # its oldest attempt among the rows read
+    actions: frozenset[str] = frozenset()  # the verdicts its attempts got: allow, deny, reject
+    last_reason: str = ""  # why its newest attempt got its verdict: `rule 3`, `default: …`
 
 
 def human(n: float, per_second: bool = False) -> str:
@@ -215,21 +227,65 @@ def group_hosts(rows: Iterable[Mapping[str, Any]]) -> list[HostTraffic]:
     for row in rows:
         address = str(row.get("dst") or "")
         key = (str(row.get("host") or ""), address, row.get("dport"), str(row.get("proto", "")))
-        entry = acc.setdefault(key, [0, 0, 0, 0, 0.0, "", 0])
-        allowed = row.get("action") == "allow"
+        entry = acc.setdefault(key, [0, 0, 0, 0, 0.0, "", 0, float("inf"), set(), ""])
+        action = str(row.get("action", ""))
+        allowed = action == "allow"
+        when = float(row.get("time", 0.0))
         entry[0] += 1
         entry[1] += not allowed
         entry[2] += row.get("bytes_out") or 0
         entry[3] += row.get("bytes_in") or 0
-        if float(row.get("time", 0.0)) >= entry[4]:
-            entry[4], entry[5] = float(row.get("time", 0.0)), str(row.get("action", ""))
+        if when >= entry[4]:
+            entry[4], entry[5], entry[9] = when, action, _reason(row)
         entry[6] += allowed and row.get("bytes_out") is None and row.get("bytes_in") is None
+        entry[7] = min(entry[7], when)
+        entry[8].add(action)
     hosts = [
-        HostTraffic(host or address, address, port, proto, *values)
-        for (host, address, port, proto), values in acc.items()
+        HostTraffic(
+            host or address,
+            address,
+            port,
+            proto,
+            connections=v[0],
+            blocked=v[1],
+            bytes_out=v[2],
+            bytes_in=v[3],
+            last=v[4],
+            last_action=v[5],
+            open=v[6],
+            first=v[7],
+            actions=frozenset(v[8]),
+            last_reason=v[9],
+        )
+        for (host, address, port, proto), v in acc.items()
     ]
     hosts.sort(key=lambda h: (-(h.bytes_out + h.bytes_in), -h.connections, h.host))
     return hosts
+
+
+def _reason(row: Mapping[str, Any]) -> str:
+    rule = row.get("rule_id")
+    return f"rule {rule}" if rule is not None else str(row.get("reason") or "")
+
+
+def group_hosts_by_app(rows: Iterable[Mapping[str, Any]]) -> dict[AppKey, list[HostTraffic]]:
+    """Log rows of many apps, each app's by destination (`group_hosts`); an app is keyed as
+    `Apps` keys it: its executable, else `kernel` or `uid N`, and its uid (-1 for none)."""
+    by_app: dict[AppKey, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_app.setdefault(log_app_key(row), []).append(row)
+    return {key: group_hosts(mine) for key, mine in by_app.items()}
+
+
+def log_app_key(row: Mapping[str, Any]) -> AppKey:
+    """The app of a log row, as the rollups name it (`kernel`, `uid N` without a path)."""
+    uid = row.get("uid")
+    exe = row.get("exe")
+    if exe:
+        return AppKey(str(exe), -1 if uid is None else int(uid))
+    if uid is None:
+        return AppKey("kernel", -1)
+    return AppKey(f"uid {uid}", int(uid))
 
 
 class LiveHistory:
@@ -256,6 +312,18 @@ class LiveHistory:
             self.apps[a.key] = ring  # re-inserted: the dict's order is least recent first
         while len(self.apps) > _MAX_LIVE_APPS:
             del self.apps[next(iter(self.apps))]
+
+    def spark(self, key: AppKey, now: float, seconds: int = SPARK_SECONDS) -> Spark:
+        """The app's rates up and down in each of the last `seconds` seconds up to `now`,
+        oldest first (0 for a second it did not move), for its sparkline."""
+        ring = self.apps.get(key)
+        if not ring:
+            return ()
+        first = float(int(now)) - seconds + 1
+        rates = {p.time: (p.bytes_out, p.bytes_in) for p in ring if p.time >= first}
+        if not rates:
+            return ()
+        return tuple(rates.get(first + i, (0.0, 0.0)) for i in range(seconds))
 
     def chart(self, key: AppKey | None, now: float) -> TrafficChart:
         ring = self.total if key is None else self.apps.get(key, deque())

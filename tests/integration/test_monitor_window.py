@@ -8,8 +8,12 @@ narrow the list with its filter box, show the selected app's destination (the na
 learnt, the address, the port), and draw that app's history when the range changes to 1 hour.
 A window run by the unprivileged user shows that user's app alone and says so.
 
-Screenshots of each view are saved in the test's tmp dir; with SNITCH_WRITE_DOCS=1 the last
-one also replaces docs/monitor.png (`SNITCH_WRITE_DOCS=1 pytest -k monitor_window`).
+A second test acts from the window: "deny this from now on", "why?", the rules of an app,
+the filter by host and by verdict, and a user who is not an admin told no.
+
+Screenshots of each view are saved in the test's tmp dir; with SNITCH_WRITE_DOCS=1 they also
+replace docs/monitor.png, docs/monitor-rule.png and docs/monitor-why.png
+(`SNITCH_WRITE_DOCS=1 pytest tests/integration/test_monitor_window.py`).
 """
 
 from __future__ import annotations
@@ -141,6 +145,9 @@ def test_the_monitor_window_shows_real_traffic_and_follows_the_person(
 
         _wait(qtbot, counted, lambda: f"apps never counted: {window.rows()}")
         assert window.chart is not None and window.chart.points > 0, "the live chart is empty"
+        spark = window.apps.spark_of(AppKey(exes["backup-sync"], 0))
+        assert any(up for up, _ in spark), f"no sparkline of its last minute: {spark}"
+        assert window.apps.is_new(AppKey(exes["backup-sync"], 0)), "first seen now: highlighted"
         shown = [p for p in _app_paths(window) if p in exes.values()]
         assert shown == [exes["backup-sync"], exes["chat-client"], exes["weather-applet"]]
         rows = {a.key.app: a for a in window.rows()}
@@ -226,3 +233,173 @@ def test_the_monitor_window_shows_real_traffic_and_follows_the_person(
             end_child(proc)
     if os.environ.get("SNITCH_WRITE_DOCS") == "1":
         shutil.copyfile(tmp_path / "monitor-selected.png", DOCS_PICTURE)
+
+
+def _run_app(lab: Lab, *argv: str) -> str:
+    """A program in the client namespace, with the apps' environment; what it printed."""
+    done = subprocess.run(
+        [*NS, lab.client, *argv],
+        capture_output=True,
+        text=True,
+        env=APP_ENV,
+        timeout=30,
+        check=False,
+    )
+    return done.stdout.strip() or done.stderr.strip()
+
+
+def _resolve_and_connect(lab: Lab, exe: str, user: tuple[str, ...] = ()) -> str:
+    """The app resolves api.example.org itself (so its flow carries the name) and connects:
+    connected, refused or timeout."""
+    return _run_app(
+        lab, *user, exe, str(HERE / "netclient.py"), "resolve", "api.example.org", "9000"
+    )
+
+
+def _click_row(qtbot: Any, table: Any, row: int) -> None:
+    rect = table.visualRect(table.model().index(row, 0))
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+
+
+def _rule_ids(window: MonitorWindow) -> list[int]:
+    return [int(t) for t in window.rule_table.texts("ID")]
+
+
+def test_the_monitor_denies_from_now_on_explains_why_and_filters_by_host_and_verdict(
+    lab: Lab, qtbot: Any, tmp_path: Path, app_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: from a destination, "deny this from now on" makes the popup's rule (pinned,
+    this host and port) and the app's next connection is denied, as the app and the log see
+    it; "why?" names that rule as the winner; the Rules tab lists the rules that apply to the
+    app and picks up one added elsewhere; the filter box narrows the apps by host and by
+    verdict. A user who is not an admin asks too, and is told no by snitchd."""
+    lab.start_daemon()
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.env["DBUS_SYSTEM_BUS_ADDRESS"])
+    dns_rule = lab.add_rule("allow to=192.0.2.2 port=53 proto=udp")
+    sync = _app(app_dir, "photo-sync")
+    broad = lab.add_rule(f"allow app={sync}")
+    tracker = _app(app_dir, "tracker")
+    lab.add_rule(f"reject app={tracker}")
+    mine = _app(app_dir, "nobodys-app")
+    lab.add_rule(f"allow app={mine}")
+    assert _resolve_and_connect(lab, sync) == "connected"
+    tried = _run_app(lab, tracker, str(HERE / "netclient.py"), "tcp", "203.0.113.9", "443")
+    assert tried == "refused"
+    assert _resolve_and_connect(lab, mine, tuple(AS_NOBODY)) == "connected"
+
+    window = MonitorWindow()
+    qtbot.addWidget(window)
+    window.resize(1180, 800)
+    try:
+        window.show()
+        _wait(
+            qtbot,
+            lambda: {sync, tracker} <= set(_app_paths(window)),
+            lambda: f"apps never listed: {_app_paths(window)} {window.status.text()}",
+        )
+
+        # The filter box: by host (where apps went, read once it is typed), by verdict.
+        qtbot.keyClicks(window.filter, "host:example.org")
+        _wait(
+            qtbot,
+            lambda: sync in _app_paths(window) and tracker not in _app_paths(window),
+            lambda: f"host filter: {_app_paths(window)}",
+        )
+        assert window.grab().save(str(tmp_path / "monitor-filter-host.png"))
+        window.filter.clear()
+        qtbot.keyClicks(window.filter, "verdict:reject")
+        _wait(
+            qtbot,
+            lambda: _app_paths(window) == [tracker],
+            lambda: f"verdict filter: {_app_paths(window)}",
+        )
+        window.filter.clear()
+
+        # The app's destinations, and the rules that apply to it.
+        _click_row(qtbot, window.apps, _app_paths(window).index(sync))
+        assert window.selected == AppKey(sync, 0)
+        _wait(
+            qtbot,
+            lambda: "api.example.org" in window.destinations.texts("Destination"),
+            lambda: f"no destinations: {window.hosts_title.text()}",
+        )
+        _wait(
+            qtbot,
+            lambda: {dns_rule, broad} <= set(_rule_ids(window)),
+            lambda: f"rules: {_rule_ids(window)} {window.rules_title.text()}",
+        )
+        assert window.destinations.new_hosts(), "first seen a moment ago: highlighted"
+
+        # Deny this from now on: the popup's choices, this host and port by default.
+        _click_row(
+            qtbot,
+            window.destinations,
+            window.destinations.texts("Destination").index("api.example.org"),
+        )
+        assert window.deny_button.isEnabled()
+        qtbot.mouseClick(window.deny_button, Qt.MouseButton.LeftButton)
+        dialog = window.rule_dialog
+        assert dialog is not None and dialog.isVisible()
+        assert dialog.scope.currentText() == "only api.example.org on port 9000/tcp"
+        assert f"deny app={sync} to=api.example.org port=9000 proto=tcp" in dialog.preview.text()
+        assert dialog.grab().save(str(tmp_path / "monitor-rule-dialog.png"))
+        qtbot.mouseClick(dialog.make, Qt.MouseButton.LeftButton)
+        _wait(qtbot, lambda: bool(dialog.result_text), dialog.status.text)
+        made = [r for r in lab.ctl_json("list-rules") if r["text"].startswith(f"deny app={sync}")]
+        assert len(made) == 1, made
+        denied = int(made[0]["id"])
+        assert " sha256=" in made[0]["text"], "pinned, as a popup answer is"
+        assert made[0]["text"].endswith("to=api.example.org port=9000 proto=tcp")
+        assert made[0]["note"] == "made in the Network Monitor"
+        _wait(qtbot, lambda: denied in _rule_ids(window), lambda: f"{_rule_ids(window)}")
+
+        # The next connection is denied: the app sees it, the log says which rule.
+        assert _resolve_and_connect(lab, sync) == "timeout"
+        last = [r for r in lab.log_rows(app=sync) if r["dport"] == 9000][-1]
+        assert (last["action"], last.get("rule_id")) == ("deny", denied)
+
+        # Why? names the rule that wins now.
+        qtbot.mouseClick(window.why_button, Qt.MouseButton.LeftButton)
+        _wait(qtbot, lambda: window.why.winner == denied, window.why.text.text)
+        assert f"rule {denied} wins" in window.why.text.text()
+        assert f"last attempt: <b>deny</b> (rule {denied})" in window.why.text.text()
+        assert f"<b>{denied}: deny app={sync}" in window.why.text.text()
+        assert window.why.grab().save(str(tmp_path / "monitor-why.png"))
+        window.why.close()
+
+        # A rule made elsewhere shows up in the Rules tab by itself.
+        elsewhere = lab.add_rule(f"allow app={sync} to=198.51.100.2")
+        window.tabs.setCurrentIndex(1)
+        _wait(qtbot, lambda: elsewhere in _rule_ids(window), lambda: f"{_rule_ids(window)}")
+        assert window.grab().save(str(tmp_path / "monitor-rules.png"))
+        window.tabs.setCurrentIndex(0)
+        _wait(
+            qtbot,
+            lambda: any(h.host == "api.example.org" and "deny" in h.actions for h in window.hosts),
+            lambda: f"the denied attempt never listed: {window.hosts}",
+        )
+        qtbot.keyClicks(window.filter, "verdict:deny")
+        assert window.destinations.texts("Destination") == ["api.example.org"]
+        assert window.grab().save(str(tmp_path / "monitor-actions.png"))
+        window.filter.clear()
+
+        # Not an admin: the same request, and snitchd's no, in the dialog.
+        done = subprocess.run(
+            [*AS_NOBODY, PYTHON, str(HERE / "monitorwindow.py"), mine, "--deny"],
+            capture_output=True,
+            text=True,
+            env=lab.env | {"QT_QPA_PLATFORM": "offscreen", "HOME": "/nonexistent"},
+            timeout=90,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout.splitlines()[-1])
+        assert "not authorized to add rules" in seen["rule"], seen
+        assert not [
+            r for r in lab.ctl_json("list-rules") if r["text"].startswith(f"deny app={mine}")
+        ]
+    finally:
+        window.close()
+    if os.environ.get("SNITCH_WRITE_DOCS") == "1":
+        shutil.copyfile(tmp_path / "monitor-why.png", ROOT / "docs" / "monitor-why.png")
+        shutil.copyfile(tmp_path / "monitor-rule-dialog.png", ROOT / "docs" / "monitor-rule.png")

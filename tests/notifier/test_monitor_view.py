@@ -76,7 +76,7 @@ def test_an_apps_name_cannot_restyle_the_window(qtbot) -> None:
     window = _window(qtbot)
     window.take_totals(Range.LIVE, [AppTraffic(evil, bytes_out=5)])
     assert window.select_app(evil)
-    window.take_hosts(evil, [])
+    window.take_hosts(evil, [], 0.0)
     assert "<b style" not in window.hosts_title.text()
     assert "&lt;b style=&quot;color:red&quot;&gt;" in window.hosts_title.text()
     tip = window.apps.item(0, 0).toolTip()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from snitch_notifier.traffic import (
     LIVE_SECONDS,
+    SPARK_SECONDS,
     AppKey,
     AppTraffic,
     LiveHistory,
     RateFrame,
     app_totals,
     group_hosts,
+    group_hosts_by_app,
     human,
     parse_chart,
     parse_rates,
@@ -122,3 +124,37 @@ def test_sizes_read_as_people_write_them() -> None:
     assert human(999) == "999 B"
     assert human(1_500_000) == "1.5 MB"
     assert human(2048, per_second=True) == "2.0 kB/s"
+
+
+def test_a_destination_keeps_its_first_time_its_verdicts_and_why_the_last_one() -> None:
+    rows = [
+        _row(host="api.example.org", time=300.0, action="deny", rule_id=7),
+        _row(host="api.example.org", time=100.0, rule_id=2),
+        _row(host="api.example.org", time=200.0, action="reject", reason="default: no agent"),
+    ]
+    (host,) = group_hosts(rows)
+    assert (host.first, host.last, host.last_action) == (100.0, 300.0, "deny")
+    assert host.actions == {"allow", "deny", "reject"}
+    assert host.last_reason == "rule 7"
+
+
+def test_rows_of_many_apps_group_by_app_as_the_rollups_name_them() -> None:
+    rows = [
+        _row(exe="/usr/bin/curl", uid=1000),
+        _row(exe=None, uid=1000, dst="198.51.100.9"),
+        _row(exe=None, uid=None, dst="192.0.2.9"),
+    ]
+    by_app = group_hosts_by_app(rows)
+    assert set(by_app) == {CURL, AppKey("uid 1000", 1000), AppKey("kernel", -1)}
+    assert [h.address for h in by_app[AppKey("kernel", -1)]] == ["192.0.2.9"]
+
+
+def test_a_sparkline_is_the_apps_last_minute_one_pair_a_second() -> None:
+    history = LiveHistory()
+    moving = AppTraffic(CURL, rate_out=10.0, rate_in=20.0)
+    for t in (1000.2, 1002.7):  # a second without a frame is one that moved nothing
+        history.add(RateFrame(t, (moving,)))
+    spark = history.spark(CURL, 1002.7)
+    assert len(spark) == SPARK_SECONDS
+    assert spark[-3:] == ((10.0, 20.0), (0.0, 0.0), (10.0, 20.0))
+    assert history.spark(AppKey("/usr/bin/other", 0), 1002.7) == ()
