@@ -9,13 +9,19 @@ from conftest import VENV_BIN, Lab, Terminal, netclient_who
 PROMPT = b"a new connection waits for you"
 
 
-def test_forever_in_this_profile_only_holds_there_and_not_after_switching(lab: Lab) -> None:
+def home_and_work(lab: Lab) -> Terminal:
+    """snitchd with profiles home (active) and work, and a terminal agent answering."""
     lab.expect_log(r"WARNING snitchd\.firewall: alert profile-changed: ")
     lab.start_daemon()
     lab.ctl_json("profile", "create", "home")
     lab.ctl_json("profile", "create", "work")
     lab.ctl_json("profile", "activate", "home")
     terminal = Terminal([str(VENV_BIN / "snitchctl"), "agent"], lab.env)
+    return terminal
+
+
+def test_forever_in_this_profile_only_holds_there_and_not_after_switching(lab: Lab) -> None:
+    terminal = home_and_work(lab)
     try:
         terminal.read_until(b"waiting for prompts")
         with lab.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "10") as proc:
@@ -71,12 +77,7 @@ def test_this_profile_only_is_refused_when_no_profile_was_active(lab: Lab) -> No
 def test_an_answer_for_a_profile_deleted_since_is_refused(lab: Lab) -> None:
     """The profile shown was switched away from and deleted before the answer: a rule naming
     it would hold nowhere, so snitchd refuses it and makes none."""
-    lab.expect_log(r"WARNING snitchd\.firewall: alert profile-changed: ")
-    lab.start_daemon()
-    lab.ctl_json("profile", "create", "home")
-    lab.ctl_json("profile", "create", "work")
-    lab.ctl_json("profile", "activate", "home")
-    terminal = Terminal([str(VENV_BIN / "snitchctl"), "agent"], lab.env)
+    terminal = home_and_work(lab)
     try:
         terminal.read_until(b"waiting for prompts")
         with lab.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "3") as proc:
