@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, Lab, python_exe
+from tests.integration.conftest import PYTHON, Lab, python_exe
 from tests.support.lab import ROOT
 
 pytestmark = pytest.mark.root

@@ -152,6 +152,7 @@ class Attributor:
 
     def close(self) -> None:
         self._worker.close()
+        self._hashes.close()
         self._diag.close()
         if self._netns is not None:
             self._netns.close()

@@ -1,8 +1,11 @@
 """The sha256 of what a process runs, for rules that pin one (`app=… sha256=…`).
 
 A user chooses how big their executable is: a 1 GiB sparse file took the loop 4.6 s to hash, 4 GiB
-more than 16 s (issue 12). So hashing is a worker job, read in slices of `_STEP` bytes and taken
-in turn with other users' work, and each file is hashed once: the digest is cached by the file's
+more than 16 s (issue 12); in a worker thread it still held the loop's GIL and a core, slice
+after slice. So the hashing is done by a child process at the machine's idle priority
+(`procs/hasher.py`), which takes users in turn; snitchd opens the file and passes the child the
+open descriptor. Where the child cannot be started at all, a worker job hashes in slices of
+`_STEP` bytes as before. Each file is hashed once: the digest is cached by the file's
 identity (dev, inode, size, mtime_ns, ctime_ns, inode generation) — ctime too, because a pinned
 executable edited in place with its mtime put back must not keep its old digest, and nobody can
 set ctime back; and the inode's generation where the file system keeps one (FS_IOC_GETVERSION:
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from io import FileIO
 from typing import Any
 
+from snitchd.procs.hasher import Hasher, HasherUnavailable
 from snitchd.procs.worker import Job
 
 __all__ = ["FileKey", "Hashes", "Hashing"]
@@ -67,6 +71,16 @@ class Hashes:
         self._done: dict[FileKey, str] = {}
         self._running: dict[FileKey, Hashing] = {}
         self._queued: dict[int, int] = {}  # uid -> hashes queued or running for it
+        self._hasher = Hasher()
+        self._threads_only = False  # the child cannot be started: hash in the worker
+
+    @property
+    def hasher_pid(self) -> int | None:
+        """The hasher child's pid, None before the first hash."""
+        return self._hasher.pid
+
+    def close(self) -> None:
+        self._hasher.close()
 
     def clear(self) -> None:
         with self._lock:
@@ -116,11 +130,26 @@ class Hashes:
         except BaseException:
             f.close()
             raise
+        if not self._threads_only:
+            try:
+                self._hasher.submit(
+                    uid, f.fileno(), st.st_size, lambda r: self._finish(hashing, uid, r, None)
+                )
+            except HasherUnavailable as exc:
+                if self._hasher.pid is not None:  # it ran: it is being started again
+                    f.close()
+                    log.info("executable pid=%d left unhashed for now: %s", pid, exc)
+                    self._finish(hashing, uid, None, None)
+                    return None
+                self._threads_only = True
+            else:
+                f.close()  # the child holds its own copy of the descriptor
+                return hashing
         submit(("hash", uid), self._hash(f, hashing), lambda r, e: self._finish(hashing, uid, r, e))
         return hashing
 
     def digest_now(self, pid: int) -> str | None:
-        """The whole hash in this thread (for `Attributor.lookup`, never the loop)."""
+        """The digest, waited for in this thread (for `Attributor.lookup`, never the loop)."""
 
         def run_inline(_line: Hashable, job: Job, done: Callable[..., None]) -> None:
             try:

@@ -1,0 +1,156 @@
+"""Issue 12, window 6: executables are hashed by a child process of snitchd, not in a thread.
+
+In a worker thread of snitchd, a user's 1 GiB sparse executable held the packet loop's GIL and a
+core for its whole hash: everyone's connect() waited up to ~40 ms. The hasher child
+(`snitchd/procs/hasher.py`) reads and hashes at idle priority; snitchd passes it the open file.
+These tests observe that through /proc (which process read the file, that the child exists and
+comes back), never by timing a connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Lab, python_exe
+from tests.integration.test_attribution_stall import AS_NOBODY, CONNECT_C, read_line, steady
+from tests.support.lab import wait_for
+
+pytestmark = pytest.mark.root
+
+
+def hashers(daemon_pid: int) -> list[int]:
+    """The pids of snitchd's hasher children."""
+    found = []
+    children = set()  # each thread's children are listed under its task
+    for task in Path(f"/proc/{daemon_pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children.update((task / "children").read_text().split())
+    for child in children:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if any(arg.endswith(b"/procs/hasher.py") for arg in argv):
+                found.append(int(child))
+    return found
+
+
+def bytes_read(pid: int) -> int:
+    """What `pid` has read through read() and its kin, from /proc/<pid>/io."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{pid}/io")
+
+
+@contextlib.contextmanager
+def shared_dir() -> Iterator[Path]:
+    """A directory uid 65534 can run files from, removed however the test ends."""
+    path = Path(tempfile.mkdtemp(prefix="snitch-hasher-", dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def compile_connect(where: Path, name: str) -> Path:
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    source = where / "connect.c"
+    source.write_text(CONNECT_C)
+    exe = where / name
+    subprocess.run([cc, "-O1", "-o", str(exe), str(source)], check=True, timeout=60)
+    exe.chmod(0o755)
+    return exe
+
+
+def connect_once(lab: Lab, exe: Path, as_nobody: bool = False) -> str:
+    """Run `exe` (one connect to 192.0.2.2:80) in the client namespace: its word."""
+    argv = ["ip", "netns", "exec", lab.client, *(AS_NOBODY if as_nobody else []), str(exe)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = select.select([proc.stdout], [], [], 120)[0]
+        assert ready, f"no word from {exe}"
+        return proc.stdout.readline().strip()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_the_hasher_is_a_child_process_and_comes_back(lab: Lab) -> None:
+    """The digest a pinned rule needs is computed by a child of snitchd; killed, the child is
+    started again, and the next new executable is still hashed (its pinned rule matches)."""
+    with shared_dir() as where:
+        first_exe = compile_connect(where, "first")
+        second_exe = where / "second"
+        shutil.copy(first_exe, second_exe)  # another inode: hashed afresh
+        digest = hashlib.sha256(first_exe.read_bytes()).hexdigest()
+        lab.start_daemon(default_action="reject")
+        assert lab.daemon is not None
+        daemon = lab.daemon.pid
+        for exe in (first_exe, second_exe):
+            lab.add_rule(f"allow app={exe} sha256={digest} to=192.0.2.2 port=80")
+        assert connect_once(lab, first_exe) == "connected"  # its digest came from the child
+        wait_for(lambda: len(hashers(daemon)) == 1, 10, "one hasher child")
+        (first,) = hashers(daemon)
+        lab.expect_log(r"hasher child exited")
+        os.kill(first, signal.SIGKILL)  # ours: snitchd, which we started, started it
+        wait_for(lambda: hashers(daemon) not in ([], [first]), 20, "a new hasher child")
+        (second,) = hashers(daemon)
+        assert connect_once(lab, second_exe) == "connected"
+        assert hashers(daemon) == [second]
+        assert bytes_read(second) >= second_exe.stat().st_size  # it read the file, not snitchd
+        lab.stop_daemon()
+        wait_for(lambda: not Path(f"/proc/{second}").exists(), 10, "the hasher to end with snitchd")
+
+
+def test_a_users_huge_executable_is_read_by_the_hasher_not_by_snitchd(lab: Lab) -> None:
+    """uid 65534 runs a 1 GiB sparse executable that connects once, while a root client
+    connects steadily. The gibibyte is read by the hasher child; snitchd itself reads far less
+    than that (before the fix, its worker thread read all of it under the loop's GIL)."""
+    lab.expect_log(r"alert exe-changed: ")
+    with shared_dir() as where:
+        big = compile_connect(where, "bigconnect")
+        os.truncate(big, 1 << 30)  # ELF loaders ignore what follows the segments: still runs
+        lab.start_daemon(default_action="reject")
+        assert lab.daemon is not None
+        daemon = lab.daemon.pid
+        lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=80")
+        lab.add_rule(f"allow app={big} sha256={'0' * 64} to=192.0.2.2 port=80")
+        with steady(lab, 6000) as client:
+            assert read_line(client, 20) == "connected"  # warm: its process is known
+            before = bytes_read(daemon)
+            assert connect_once(lab, big, as_nobody=True) == "refused"  # the pin does not match
+            wait_for(lambda: len(hashers(daemon)) == 1, 10, "the hasher child")
+            (hasher,) = hashers(daemon)
+            wait_for(lambda: bytes_read(hasher) >= 1 << 30, 300, "the hasher to read 1 GiB")
+            during = bytes_read(daemon) - before
+            assert client.stdin is not None and client.stdout is not None
+            client.stdin.close()
+            words = client.stdout.read().split()
+            client.wait(30)
+        assert during < 64 << 20, f"snitchd read {during} bytes itself while the exe was hashed"
+        assert words and set(words) == {"connected"}, words[-5:]
+        rows = lab.log_rows()
+        mine = [r for r in rows if r.get("exe") == str(big)]
+        assert mine and mine[0]["action"] == "reject" and "rule_id" not in mine[0], mine
+        assert mine[0]["uid"] == 65534
