@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from snitch_common.errors import RuleError
-from snitchctl.main import _build_parser, _rule_text_from_flags
+from snitchctl.main import _build_parser
+from snitchctl.rulecmds import rule_text_from_flags
 
 
 def rule_of(*argv: str) -> str:
-    return _rule_text_from_flags(_build_parser().parse_args(["add-rule", *argv]))
+    return rule_text_from_flags(_build_parser().parse_args(["add-rule", *argv]))
 
 
 def test_unquoted_rule_words_are_the_rule() -> None:

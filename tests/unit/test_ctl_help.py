@@ -16,7 +16,8 @@ from snitch_common.rules import parse_rule
 from snitchctl.colour import painter_for
 from snitchctl.dates import delocalise_rule_text, localise_rule_text
 from snitchctl.examples import EXAMPLES, subcommands
-from snitchctl.main import _rule_text_from_flags, build_parser
+from snitchctl.main import build_parser
+from snitchctl.rulecmds import rule_text_from_flags
 from snitchctl.status import QueueRule, describe_offline, summary
 
 
@@ -38,7 +39,7 @@ def test_each_example_parses(example: str) -> None:
 
 
 def rule_of(*argv: str) -> str:
-    return _rule_text_from_flags(build_parser().parse_args(["add-rule", *argv]))
+    return rule_text_from_flags(build_parser().parse_args(["add-rule", *argv]))
 
 
 def test_top_level_help_lists_exit_codes_and_examples() -> None:
