@@ -19,6 +19,8 @@ and runs with default deny on a private bus. Windows, one after the other:
   6  a 1 GiB sparse executable (connload padded with a hole) that connects once, as new copies
   7  root adds a rule while another process holds an exclusive lock on the SQLite store
   8  10,000 UDP datagrams of one flow (uid 65534), spread over the window
+  9  a fork storm (uid 65534): short-lived processes forked as fast as one process can, for the
+     window (the proc path's exec watcher, a child of snitchd, sees every fork)
   0  undisturbed again (after)
 
 Each connect is put in the window in which it started; what starts between windows (setting up,
@@ -326,6 +328,12 @@ def _udp_flood(lab: Lab) -> Iterator[Step]:
     yield lambda stop: call(lab, argv, stop, True, lab.seconds + 30)
 
 
+@contextlib.contextmanager
+def _fork_storm(lab: Lab) -> Iterator[Step]:
+    argv = [str(lab.nuisance), "forks", f"{lab.seconds * 0.9:.2f}"]
+    yield lambda stop: call(lab, argv, stop, True, lab.seconds + 30)
+
+
 DISTURBANCES = (
     Disturbance(
         "1",
@@ -339,6 +347,7 @@ DISTURBANCES = (
     Disturbance("6", "1 GiB sparse exe connects, new copies", _big_executables),
     Disturbance("7", "store locked while root adds a rule", _locked_store),
     Disturbance("8", f"UDP flood: {FLOOD_COUNT} datagrams, one flow", _udp_flood, max_steps=1),
+    Disturbance("9", "fork storm (uid 65534)", _fork_storm, max_steps=1),
 )
 
 

@@ -9,6 +9,10 @@
  *   nuisance flood ADDR PORT SPORT COUNT SECONDS
  *       COUNT UDP datagrams of one 5-tuple (bound to SPORT), spread evenly over SECONDS: one flow
  *       for conntrack as long as its gaps stay below the UDP timeout. Prints "sent N errors E".
+ *   nuisance forks SECONDS
+ *       forks short-lived children (each exits at once and is reaped) as fast as it can for
+ *       SECONDS: the proc connector reports each fork to snitchd's exec watcher. Prints
+ *       "forks N".
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -125,6 +129,30 @@ static int flood(const char *addr, int port, int sport, long count, double secon
     return 0;
 }
 
+static int forks(double seconds)
+{
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long made = 0;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((double)(now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9 >= seconds)
+            break;
+        pid_t pid = fork();
+        if (pid == 0)
+            _exit(0);
+        if (pid < 0) {
+            perror("nuisance: forks: fork");
+            return 1;
+        }
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        made++;
+    }
+    printf("forks %ld\n", made);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 5 && strcmp(argv[1], "hold") == 0) {
@@ -143,7 +171,14 @@ int main(int argc, char **argv)
             return 2;
         return flood(argv[2], atoi(argv[3]), atoi(argv[4]), count, seconds);
     }
+    if (argc == 3 && strcmp(argv[1], "forks") == 0) {
+        double seconds = atof(argv[2]);
+        if (seconds <= 0 || seconds > 3600)
+            return 2;
+        return forks(seconds);
+    }
     fprintf(stderr, "usage: nuisance hold PROCS FDS SECONDS\n"
-                    "       nuisance flood ADDR PORT SPORT COUNT SECONDS\n");
+                    "       nuisance flood ADDR PORT SPORT COUNT SECONDS\n"
+                    "       nuisance forks SECONDS\n");
     return 2;
 }
