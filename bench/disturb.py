@@ -384,6 +384,9 @@ def drive(step: Step, stop: threading.Event, max_steps: int) -> dict[str, object
     sent = [o.output for o in outcomes if o.output.startswith("sent ")]
     if sent:
         achieved["flood"] = sent[0]
+    forked = [o.output for o in outcomes if o.output.startswith("forks ")]
+    if forked:
+        achieved["forks"] = forked[0].split()[1]
     return achieved
 
 
@@ -620,6 +623,8 @@ def achieved_text(achieved: dict[str, object]) -> str:
         )
     if "flood" in achieved:
         text += f"; {achieved['flood']}"
+    if "forks" in achieved:
+        text += f"; {achieved['forks']} forks"
     if "first_error" in achieved:
         text += f"; first error: {achieved['first_error']}"
     return text
