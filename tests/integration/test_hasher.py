@@ -123,34 +123,61 @@ def test_the_hasher_is_a_child_process_and_comes_back(lab: Lab) -> None:
         wait_for(lambda: not Path(f"/proc/{second}").exists(), 10, "the hasher to end with snitchd")
 
 
-def test_a_users_huge_executable_is_read_by_the_hasher_not_by_snitchd(lab: Lab) -> None:
-    """uid 65534 runs a 1 GiB sparse executable that connects once, while a root client
-    connects steadily. The gibibyte is read by the hasher child; snitchd itself reads far less
-    than that (before the fix, its worker thread read all of it under the loop's GIL)."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of `pid` so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sparse_digest(exe: Path, size: int) -> str:
+    """The sha256 of `exe` padded with a hole to `size` bytes, without reading the hole."""
+    data = exe.read_bytes()
+    digest = hashlib.sha256(data)
+    zeros = bytes(1 << 20)
+    left = size - len(data)
+    while left > 0:
+        digest.update(zeros[: min(left, len(zeros))])
+        left -= len(zeros)
+    return digest.hexdigest()
+
+
+def test_a_users_huge_executable_is_hashed_by_the_hasher_not_by_snitchd(lab: Lab) -> None:
+    """uid 65534 runs a 1 GiB sparse executable that connects, while a root client connects
+    steadily; its rule pins the true digest. The digest comes (the flow is allowed, at the
+    latest once the hash is cached), the CPU of the hash is the hasher child's, and snitchd
+    itself reads far less than the file (before the fix, its worker thread read all of it
+    under the loop's GIL, and there was no child)."""
     lab.expect_log(r"alert exe-changed: ")
     with shared_dir() as where:
         big = compile_connect(where, "bigconnect")
+        digest = sparse_digest(big, 1 << 30)
         os.truncate(big, 1 << 30)  # ELF loaders ignore what follows the segments: still runs
         lab.start_daemon(default_action="reject")
         assert lab.daemon is not None
         daemon = lab.daemon.pid
         lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=80")
-        lab.add_rule(f"allow app={big} sha256={'0' * 64} to=192.0.2.2 port=80")
+        lab.add_rule(f"allow app={big} sha256={digest} to=192.0.2.2 port=80")
         with steady(lab, 6000) as client:
             assert read_line(client, 20) == "connected"  # warm: its process is known
             before = bytes_read(daemon)
-            assert connect_once(lab, big, as_nobody=True) == "refused"  # the pin does not match
-            wait_for(lambda: len(hashers(daemon)) == 1, 10, "the hasher child")
-            (hasher,) = hashers(daemon)
-            wait_for(lambda: bytes_read(hasher) >= 1 << 30, 300, "the hasher to read 1 GiB")
+            words = []
+            # The first connect may be decided before the digest is in (hash_wait: fail
+            # closed); a later one finds it cached. Bounded.
+            for _ in range(20):
+                words.append(connect_once(lab, big, as_nobody=True))
+                if words[-1] == "connected":
+                    break
+            assert words[-1] == "connected", words
             during = bytes_read(daemon) - before
+            assert during < 64 << 20, f"snitchd read {during} bytes itself: it hashed the exe"
+            (hasher,) = hashers(daemon)
+            hashing = cpu_seconds(hasher)
             assert client.stdin is not None and client.stdout is not None
             client.stdin.close()
-            words = client.stdout.read().split()
+            steady_words = client.stdout.read().split()
             client.wait(30)
-        assert during < 64 << 20, f"snitchd read {during} bytes itself while the exe was hashed"
-        assert words and set(words) == {"connected"}, words[-5:]
-        rows = lab.log_rows()
-        mine = [r for r in rows if r.get("exe") == str(big)]
-        assert mine and mine[0]["action"] == "reject" and "rule_id" not in mine[0], mine
-        assert mine[0]["uid"] == 65534
+        # sha256 of 1 GiB is several tenths of a second of CPU on any current machine.
+        assert hashing >= 0.2, f"the hasher child used {hashing} s of CPU"
+        assert steady_words and set(steady_words) == {"connected"}, steady_words[-5:]
+        rows = [r for r in lab.log_rows() if r.get("exe") == str(big)]
+        assert rows and rows[-1]["action"] == "allow" and rows[-1]["uid"] == 65534, rows
