@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from netfilterqueue import Packet
 
@@ -52,6 +52,7 @@ from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
 from snitchd.prompts import SYSTEM_UID_MAX, Broker, Quotas
 from snitchd.proposals import ProposalBook
+from snitchd.readers.handed import Handed
 from snitchd.rulefiles import FileRead, read_rules_dir
 from snitchd.store import (
     Decision,
@@ -62,7 +63,7 @@ from snitchd.store import (
     keep_unexpired,
 )
 
-__all__ = ["Counters", "CutFlow", "Firewall", "local_time", "quotas_of"]
+__all__ = ["Counters", "CutFlow", "Firewall", "RuleMirror", "local_time", "quotas_of"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,15 @@ class _Kept:
     proc: Process
     host: str | None
     at: float
+
+
+class RuleMirror(Protocol):
+    """Where the held rules are copied as they change (`snitchd.readers`): each call comes on
+    the loop, before the change is answered, so the next flow any reader decides sees it."""
+
+    def hold(self, record: RuleRecord) -> None: ...
+    def release(self, rule_id: int) -> None: ...
+    def whole(self, profile: str | None, rules: tuple[tuple[int, Rule], ...]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +201,9 @@ class Firewall:
         # Rules of profiles not active: stored, listed, but not held (they decide nothing).
         self._dormant: dict[int, RuleRecord] = {}
         self._dormant_version = 0
+        # Where rule changes are copied (the queue reader processes, `snitchd.readers`); None
+        # when this process reads the queue itself.
+        self.mirror: RuleMirror | None = None
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
@@ -267,7 +280,13 @@ class Firewall:
         self._disabled_version += 1
         self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
         self._dormant, self._dormant_version = dormant, self._dormant_version + 1
+        if self.mirror is not None:
+            self.mirror.whole(self.profile, self.held_rules())
         return load, added, removed
+
+    def held_rules(self) -> tuple[tuple[int, Rule], ...]:
+        """The rules in force, as copied to the queue readers."""
+        return tuple(self.rules.snapshot().values())
 
     def _load(self, held: RuleSet, profile: str | None) -> _Loaded:
         """In a worker thread: the store's rules that are on and in force in `profile` (None:
@@ -309,12 +328,16 @@ class Firewall:
         self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
         self._pinned = {exe: frozenset(hashes) for exe, hashes in self._pins.items()}
         self.store.adopt_version(load.version)
+        if self.mirror is not None:
+            self.mirror.whole(self.profile, self.held_rules())
         log.debug("rules loaded count=%d", len(self.rules))
 
     def _hold(self, record: RuleRecord) -> None:
         """Put one rule in the held set (on the loop, between packets); a rule that is off is
         only listed, a rule of a profile not active is kept aside."""
-        self._release(record.id)
+        if self.mirror is not None:
+            self.mirror.hold(record)
+        self._unhold(record.id)
         if not record.enabled:
             self.disabled[record.id] = record
             self._disabled_version += 1
@@ -343,6 +366,11 @@ class Firewall:
 
     def _release(self, rule_id: int) -> None:
         """Take one rule out of the held set (on the loop, between packets)."""
+        if self.mirror is not None:
+            self.mirror.release(rule_id)
+        self._unhold(rule_id)
+
+    def _unhold(self, rule_id: int) -> None:
         if self.disabled.pop(rule_id, None) is not None:
             self._disabled_version += 1
         if self._dormant.pop(rule_id, None) is not None:
@@ -459,6 +487,35 @@ class Firewall:
         else:
             named = self.dns.own_name(flow.dst, proc, now) if host is not None else None
             self._uncovered(pkt, flow, proc, now, host, named)
+
+    def handed_over(
+        self,
+        pkt: Packet,
+        flow: Flow,
+        proc: Process,
+        now: float,
+        host: str | None,
+        named: str | None,
+    ) -> None:
+        """A flow no rule covers, handed over by a queue reader (`snitchd.readers`): a retry
+        of an attempt blocked without a rule gets that verdict again, else the mode or a
+        person decides, as for a flow of this process's own queue."""
+        tried = self.attempts.recall(attempt_key(flow, proc), now)
+        if tried is not None and tried.rule_id is None:
+            self.apply(pkt, Verdict(tried.action, None, tried.reason), flow, proc, now, host)
+        else:
+            self._uncovered(pkt, flow, proc, now, host, named)
+
+    def log_verdict(
+        self, verdict: Verdict, flow: Flow, proc: Process, now: float, host: str | None
+    ) -> None:
+        """A verdict a queue reader gave: its row (or one more repeat or retry)."""
+        self._log(verdict, flow, proc, now, host)
+
+    def app_seen(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
+        """A queue reader saw an executable it did not know: news if this process did not."""
+        if proc.exe is not None and proc.exe not in self.known_apps:
+            self._new_app(proc, flow, host, now)
 
     def _uncovered(
         self,
@@ -662,7 +719,12 @@ class Firewall:
         host: str | None = None,
     ) -> None:
         """Give the kernel the verdict, keep it on the flow's conntrack entry, then log it (the
-        log never delays the packet; the verdict comes first, so nothing after it can lose it)."""
+        log never delays the packet; the verdict comes first, so nothing after it can lose it).
+        A packet a queue reader handed over (`Handed`) goes back to that reader, which does
+        all three."""
+        if isinstance(pkt, Handed):
+            pkt.apply(verdict, host)
+            return
         self._give(pkt, verdict, flow, proc)
         if self._keep(flow, verdict.action):
             self._kept.pop(flow, None)

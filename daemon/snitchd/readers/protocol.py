@@ -1,0 +1,162 @@
+"""What the main process and a queue reader say to each other over their socket pair
+(`multiprocessing.connection`: framing and pickling). Records only, no dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snitch_common.records import Flow, IPAddress, Process
+from snitch_common.rules import Rule, RuleRecord
+from snitchd.config import Config
+from snitchd.decide import Verdict
+from snitchd.dnssnoop import Resolution
+from snitchd.events import Alert
+from snitchd.names import NameCache, Owner
+from snitchd.places import LoadedList, NetworkSet
+
+__all__ = [
+    "AlertRaised",
+    "Answer",
+    "Configure",
+    "HandOver",
+    "Hold",
+    "Learn",
+    "Logged",
+    "NewApp",
+    "PlacesNow",
+    "Ready",
+    "Release",
+    "Start",
+    "Tally",
+    "Whole",
+]
+
+# -- main → reader -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlacesNow:
+    """The classes and lists rules name (`Places`), whole: they change rarely."""
+
+    lan: NetworkSet
+    broadcast: frozenset[IPAddress]
+    lists: tuple[LoadedList, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The first message: what a reader needs before it binds its queue."""
+
+    config: Config
+    queue: int
+    index: int
+    profile: str | None
+    rules: tuple[tuple[int, Rule], ...]
+    places: PlacesNow
+    names: NameCache
+    known_apps: tuple[str, ...]
+    log_level: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    record: RuleRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    rule_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """Every rule in force, after a reload or a profile switch."""
+
+    profile: str | None
+    rules: tuple[tuple[int, Rule], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Learn:
+    """A DNS answer believed by the main process (`NameCache.learn`'s arguments)."""
+
+    resolutions: tuple[Resolution, ...]
+    now: float
+    owner: Owner | None
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    config: Config
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The verdict for a handed-over flow; None drops its packet unlogged (past a prompt's
+    share)."""
+
+    ticket: int
+    verdict: Verdict | None
+    host: str | None
+
+
+# -- reader → main -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The queue is bound: the kernel rules may divert to it."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """No rule covers this flow: the main process decides (mode, attempts, prompt)."""
+
+    ticket: int
+    flow: Flow
+    proc: Process
+    now: float
+    host: str | None
+    named: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """A verdict given: the main process writes its row (or counts a repeat or retry)."""
+
+    verdict: Verdict
+    flow: Flow
+    proc: Process
+    now: float
+    host: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewApp:
+    proc: Process
+    flow: Flow
+    host: str | None
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRaised:
+    alert: Alert
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """The reader's counters (`firewall.Counters` fields), sent every second."""
+
+    seen: int
+    accepted: int
+    dropped: int
+    rejected: int
+    errors: int
+    by_default: int
+    unmarked: int
+    forwarded: int
+    attributed: tuple[tuple[str, int], ...]
+    cpu_seconds: float
