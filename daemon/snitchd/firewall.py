@@ -506,11 +506,11 @@ class Firewall:
         else:
             self._uncovered(pkt, flow, proc, now, host, named)
 
-    def log_verdict(
-        self, verdict: Verdict, flow: Flow, proc: Process, now: float, host: str | None
-    ) -> None:
-        """A verdict a queue reader gave: its row (or one more repeat or retry)."""
-        self._log(verdict, flow, proc, now, host)
+    def log_verdict(self, verdict: Verdict, flow: Flow, proc: Process, host: str | None) -> None:
+        """A verdict a queue reader gave: its row (or one more repeat or retry). Timed by this
+        process's clock, not the reader's: two readers' messages may arrive out of their
+        order, and a repeat is one whose time follows its row's."""
+        self._log(verdict, flow, proc, self.clock(), host)
 
     def app_seen(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
         """A queue reader saw an executable it did not know: news if this process did not."""
@@ -723,7 +723,7 @@ class Firewall:
         A packet a queue reader handed over (`Handed`) goes back to that reader, which does
         all three."""
         if isinstance(pkt, Handed):
-            pkt.apply(verdict, host)
+            pkt.apply(verdict, flow, proc, host)
             return
         self._give(pkt, verdict, flow, proc)
         if self._keep(flow, verdict.action):

@@ -63,9 +63,13 @@ def test_ready_and_watchdog_reach_the_notify_socket(lab: Lab, tmp_path: Path) ->
         sock.close()
 
 
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
 @pytest.mark.parametrize("mode", ["open", "closed"])
-def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str) -> None:
-    lab.start_daemon(fail_mode=mode)
+def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str, readers: int) -> None:
+    """snitchd killed: the kernel rules stay and do what fail_mode says; with queue reader
+    processes (issue 21) those end with it (end-of-file on their socket pair), so no queue is
+    left read by a process that decides nothing."""
+    lab.start_daemon(fail_mode=mode, queue_readers=readers)
     rule = lab.add_rule("allow port=80")
     assert lab.py("tcp", "192.0.2.2", 80) == "connected"
     assert lab.py("tcp", "192.0.2.2", 9000, "--timeout", "1") == "timeout"
@@ -78,7 +82,7 @@ def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str) -> None:
         assert lab.py("tcp", "192.0.2.2", 9000, "--timeout", "2") == "connected"
     else:
         assert lab.py("tcp", "192.0.2.2", 80, "--timeout", "1.5") == "timeout"
-    lab.start_daemon(fail_mode=mode)
+    lab.start_daemon(fail_mode=mode, queue_readers=readers)
     assert lab.iptables_save().count(JUMPS) == 4, "stale rules duplicated on restart"
     assert [r["id"] for r in lab.ctl_json("list-rules")] == [rule]
     assert len(lab.log_rows()) >= logged

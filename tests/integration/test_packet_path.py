@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from conftest import Lab, curl_exe, python_exe
 
 

@@ -150,7 +150,7 @@ class ReaderPath(Firewall):
     def _log(
         self, verdict: Verdict, flow: Flow, proc: Process, now: float, host: str | None
     ) -> None:
-        self._conn.send(Logged(verdict, flow, proc, now, host))
+        self._conn.send(Logged(verdict, flow, proc, host))
 
     # -- what comes from it ----------------------------------------------------------------------
 
@@ -158,12 +158,13 @@ class ReaderPath(Firewall):
         held = self._held.pop(answer.ticket, None)
         if held is None:
             return
-        pkt, flow, proc = held
+        pkt = held[0]
         try:
-            if answer.verdict is None:
+            if answer.given is None:
                 pkt.drop()
             else:
-                self.apply(pkt, answer.verdict, flow, proc, self.clock(), answer.host)
+                verdict, flow, proc, host = answer.given
+                self.apply(pkt, verdict, flow, proc, self.clock(), host)
         except Exception:
             self._fail(pkt)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from snitch_common.records import Flow, Process
 from snitchd.decide import Verdict
 
 __all__ = ["Handed"]
@@ -18,10 +19,12 @@ class Handed:
     the kernel dropped the packet with the reader's queue, and the program retries."""
 
     ticket: int
-    send: Callable[[int, Verdict | None, str | None], None]
+    send: Callable[[int, tuple[Verdict, Flow, Process, str | None] | None], None]
 
-    def apply(self, verdict: Verdict, host: str | None) -> None:
-        self.send(self.ticket, verdict, host)
+    def apply(self, verdict: Verdict, flow: Flow, proc: Process, host: str | None) -> None:
+        """As `Firewall.apply`: the reader logs the verdict for `flow` and `proc` (a prompt's
+        own, for each packet it held), as snitchd does with one queue."""
+        self.send(self.ticket, (verdict, flow, proc, host))
 
     def drop(self) -> None:
-        self.send(self.ticket, None, None)
+        self.send(self.ticket, None)

@@ -26,6 +26,7 @@ from typing import cast
 from netfilterqueue import Packet
 
 from snitch_common.errors import BackendUnavailable
+from snitch_common.records import Flow, Process
 from snitch_common.rules import Rule, RuleRecord
 from snitchd.config import Config, FailMode
 from snitchd.decide import Verdict
@@ -318,7 +319,7 @@ class Readers:
             while reader.alive and reader.conn.poll():
                 msg = reader.conn.recv()
                 if isinstance(msg, Logged):
-                    fw.log_verdict(msg.verdict, msg.flow, msg.proc, msg.now, msg.host)
+                    fw.log_verdict(msg.verdict, msg.flow, msg.proc, msg.host)
                 elif isinstance(msg, Tally):
                     self._add(reader, msg)
                 elif isinstance(msg, HandOver):
@@ -343,9 +344,9 @@ class Readers:
             log.exception("message from queue reader %d failed", reader.index)
 
     def _answer(
-        self, reader: _Reader, ticket: int, verdict: Verdict | None, host: str | None
+        self, reader: _Reader, ticket: int, given: tuple[Verdict, Flow, Process, str | None] | None
     ) -> None:
-        self._send(reader, Answer(ticket, verdict, host))
+        self._send(reader, Answer(ticket, given))
 
     def _add(self, reader: _Reader, tally: Tally) -> None:
         """The firewall's counters are the main process's plus every reader's, past and

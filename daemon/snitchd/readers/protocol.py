@@ -92,12 +92,11 @@ class Configure:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """The verdict for a handed-over flow; None drops its packet unlogged (past a prompt's
-    share)."""
+    """The verdict for a handed-over flow, and the flow and process to log it for (a prompt's
+    own); None drops its packet unlogged (past a prompt's share)."""
 
     ticket: int
-    verdict: Verdict | None
-    host: str | None
+    given: tuple[Verdict, Flow, Process, str | None] | None
 
 
 # -- reader → main -----------------------------------------------------------------------------
@@ -124,12 +123,12 @@ class HandOver:
 
 @dataclass(frozen=True, slots=True)
 class Logged:
-    """A verdict given: the main process writes its row (or counts a repeat or retry)."""
+    """A verdict given: the main process writes its row (or counts a repeat or retry), timed
+    when it reads this."""
 
     verdict: Verdict
     flow: Flow
     proc: Process
-    now: float
     host: str | None
 
 
