@@ -118,3 +118,23 @@ def test_a_killed_reader_is_replaced_and_decides_again(lab: Lab, mode: str) -> N
         assert after[QUEUE + n] > before[QUEUE + n], f"queue {QUEUE + n} not read again"
     rows = [(r["dport"], r["action"]) for r in lab.log_rows()]
     assert rows.count((80, "allow")) == len(CPUS)
+
+
+def test_a_stuck_reader_is_killed_and_replaced(lab: Lab) -> None:
+    """A reader whose loop stops (SIGSTOP: no counters for `STUCK_AFTER`) is killed by pid
+    and replaced, as systemd's watchdog does to a stuck snitchd; its CPU's flows are decided
+    again."""
+    if len(CPUS) < 2:
+        pytest.skip("one CPU: every flow would reach one reader")
+    lab.expect_log(r"ERROR snitchd\.readers\.parent: queue reader \d exited .*stuck, killed")
+    lab.start_daemon(queue_readers=2)
+    lab.add_rule("allow port=80")
+    first = reader_pids(lab)
+    os.kill(first[1], signal.SIGSTOP)
+    wait_for_log(lab, "queue reader ready index=", 3, timeout=30)
+    assert "stuck, killed" in lab.log_text()
+    then = reader_pids(lab)
+    assert len(then) == 2 and first[1] not in then
+    for cpu in CPUS:
+        assert pinned(lab, cpu, 80) == "connected"
+        assert pinned(lab, cpu, 9000, "--timeout", "1") == "timeout"

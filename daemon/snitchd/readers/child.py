@@ -39,11 +39,13 @@ from snitchd.queue import QueueReader
 from snitchd.readers.protocol import (
     AlertRaised,
     Answer,
+    Batch,
     Configure,
     HandOver,
     Hold,
     Learn,
     Logged,
+    Message,
     NewApp,
     PlacesNow,
     Ready,
@@ -96,6 +98,7 @@ class ReaderPath(Firewall):
         self._dormant_version = 0
         self.mirror = None
         self._conn = conn
+        self._out: list[Message] = []
         self._held: dict[int, tuple[Packet, Flow, Process]] = {}
         self._tickets = itertools.count(1)
         self.adopt(start.profile, start.rules)
@@ -126,13 +129,25 @@ class ReaderPath(Firewall):
 
     # -- what goes to the main process -----------------------------------------------------------
 
+    def _post(self, msg: Message) -> None:
+        """Sent at the end of this turn of the loop, with the rest of the batch of packets'
+        messages: one write and one pickle (which keeps a process seen twice once)."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._out.append(msg)
+
+    def flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            self._conn.send(Batch(tuple(out)))
+
     def alert(self, alert: Alert) -> None:
-        self._conn.send(AlertRaised(alert))
+        self._post(AlertRaised(alert))
 
     def _new_app(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
         assert proc.exe is not None
         self.known_apps[proc.exe] = proc.sha256
-        self._conn.send(NewApp(proc, flow, host, now))
+        self._post(NewApp(proc, flow, host, now))
 
     def _uncovered(
         self,
@@ -145,12 +160,12 @@ class ReaderPath(Firewall):
     ) -> None:
         ticket = next(self._tickets)
         self._held[ticket] = (pkt, flow, proc)
-        self._conn.send(HandOver(ticket, flow, proc, now, host, named))
+        self._post(HandOver(ticket, flow, proc, now, host, named))
 
     def _log(
         self, verdict: Verdict, flow: Flow, proc: Process, now: float, host: str | None
     ) -> None:
-        self._conn.send(Logged(verdict, flow, proc, host))
+        self._post(Logged(verdict, flow, proc, host))
 
     # -- what comes from it ----------------------------------------------------------------------
 
@@ -249,11 +264,14 @@ async def _serve(conn: Connection, start: Start) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TALLY_INTERVAL)
+            path.flush()
             conn.send(path.tally())
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the main process is gone: stop
     finally:
         loop.remove_reader(conn.fileno())
+        with contextlib.suppress(OSError):
+            path.flush()
         path.release_held()
         reader.close()
         attributor.close()

@@ -37,6 +37,7 @@ from snitchd.readers.handed import Handed
 from snitchd.readers.protocol import (
     AlertRaised,
     Answer,
+    Batch,
     Configure,
     HandOver,
     Hold,
@@ -51,7 +52,7 @@ from snitchd.readers.protocol import (
     Whole,
 )
 
-__all__ = ["READY_TIMEOUT", "ReaderInfo", "Readers"]
+__all__ = ["READY_TIMEOUT", "STUCK_AFTER", "Readers"]
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,9 @@ READY_TIMEOUT = 30.0  # a reader imports the daemon's modules and binds its queu
 _RESTART_DELAYS = (0.2, 1.0, 5.0)  # after the 1st, 2nd, 3rd+ quick death in a row
 _QUICK = 10.0  # a reader that lived less than this died "quickly"
 _PLACES_EVERY = 0.25  # how often the places (lists, subnets) are compared for a change
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderInfo:
-    """One reader as `snitchctl status` and bench/connbench.py may show it."""
-
-    index: int
-    queue: int
-    pid: int
-    starts: int
-    cpu_seconds: float
+# A ready reader sends its counters every second; one silent this long is stuck (its loop
+# blocked): it is killed and replaced, as systemd's watchdog would do to snitchd.
+STUCK_AFTER = 10.0
 
 
 @dataclass(slots=True, eq=False)
@@ -85,6 +78,7 @@ class _Reader:
     pending: list[object] | None = field(default_factory=list)  # until Start is sent
     tally: Tally | None = None
     alive: bool = True
+    heard: float = 0.0  # time.monotonic() of its last message
 
 
 class _CopiedNames(NameCache):
@@ -246,6 +240,8 @@ class Readers:
         if not reader.alive or self._closing:
             return
         self._drop(reader)
+        if reader.proc.poll() is None:
+            reader.proc.kill()  # stuck or unreachable: its queue must be free for the next
         status = reader.proc.poll()
         fail_open = self._fw.config.fail_mode is FailMode.OPEN
         quick = time.monotonic() - reader.started < _QUICK
@@ -303,43 +299,61 @@ class Readers:
         return PlacesNow(places.lan, places.broadcast, tuple(places.lists.values()))
 
     async def _follow_places(self) -> None:
-        """Lists and connected subnets are replaced whole (`Places`): a new object is news."""
+        """Lists and connected subnets are replaced whole (`Places`): a new object is news,
+        copied within `_PLACES_EVERY`. Also the readers' watchdog (`STUCK_AFTER`)."""
         places = self._fw.places
         while True:
             await asyncio.sleep(_PLACES_EVERY)
             now = (places.lan, places.broadcast, places.lists)
             if any(a is not b for a, b in zip(now, self._places, strict=True)):
                 self.send_all(self._places_now())
+            late = time.monotonic() - STUCK_AFTER
+            for reader in self._readers:
+                if reader is not None and reader.alive and reader.ready.done() \
+                        and reader.heard < late:  # fmt: skip
+                    self._lost(reader, f"silent for {STUCK_AFTER:.0f} s: stuck, killed")
 
     # -- from the readers ------------------------------------------------------------------------
 
     def _read(self, reader: _Reader) -> None:
-        fw = self._fw
+        reader.heard = time.monotonic()
         try:
             while reader.alive and reader.conn.poll():
                 msg = reader.conn.recv()
-                if isinstance(msg, Logged):
-                    fw.log_verdict(msg.verdict, msg.flow, msg.proc, msg.host)
-                elif isinstance(msg, Tally):
-                    self._add(reader, msg)
-                elif isinstance(msg, HandOver):
-                    handed = Handed(msg.ticket, partial(self._answer, reader))
-                    fw.handed_over(cast(Packet, handed), msg.flow, msg.proc, msg.now, msg.host,
-                                   msg.named)  # fmt: skip
-                elif isinstance(msg, NewApp):
-                    fw.app_seen(msg.proc, msg.flow, msg.host, msg.now)
-                elif isinstance(msg, AlertRaised):
-                    fw.alert(msg.alert)
-                elif isinstance(msg, Ready):
-                    if not reader.ready.done():
-                        reader.ready.set_result(None)
-                    log.info("queue reader ready index=%d queue=%d pid=%d", reader.index,
-                             reader.queue, msg.pid)  # fmt: skip
+                if isinstance(msg, Batch):
+                    for each in msg.messages:
+                        self._take(reader, each)
                 else:
-                    log.error("unexpected message from queue reader %d: %r", reader.index,
-                              type(msg).__name__)  # fmt: skip
+                    self._take(reader, msg)
         except (EOFError, OSError) as exc:
             self._lost(reader, str(exc) or "end of file")
+        except Exception:  # not one of ours (unpicklable): the stream cannot be trusted
+            log.exception("message from queue reader %d unreadable", reader.index)
+            self._lost(reader, "unreadable message")
+
+    def _take(self, reader: _Reader, msg: object) -> None:
+        """One message; one that fails is logged, and the rest of its batch still taken."""
+        fw = self._fw
+        try:
+            if isinstance(msg, Logged):
+                fw.log_verdict(msg.verdict, msg.flow, msg.proc, msg.host)
+            elif isinstance(msg, Tally):
+                self._add(reader, msg)
+            elif isinstance(msg, HandOver):
+                handed = cast(Packet, Handed(msg.ticket, partial(self._answer, reader)))
+                fw.handed_over(handed, msg.flow, msg.proc, msg.now, msg.host, msg.named)
+            elif isinstance(msg, NewApp):
+                fw.app_seen(msg.proc, msg.flow, msg.host, msg.now)
+            elif isinstance(msg, AlertRaised):
+                fw.alert(msg.alert)
+            elif isinstance(msg, Ready):
+                if not reader.ready.done():
+                    reader.ready.set_result(None)
+                log.info("queue reader ready index=%d queue=%d pid=%d", reader.index,
+                         reader.queue, msg.pid)  # fmt: skip
+            else:
+                log.error("unexpected message from queue reader %d: %r", reader.index,
+                          type(msg).__name__)  # fmt: skip
         except Exception:
             log.exception("message from queue reader %d failed", reader.index)
 
@@ -362,15 +376,6 @@ class Readers:
         before = dict(last.attributed) if last else {}
         for key, value in tally.attributed:
             c.attributed[key] = c.attributed.get(key, 0) + value - before.get(key, 0)
-
-    def info(self) -> list[ReaderInfo]:
-        return [
-            ReaderInfo(
-                r.index, r.queue, r.proc.pid, r.starts, r.tally.cpu_seconds if r.tally else 0.0
-            )
-            for r in self._readers
-            if r is not None and r.alive
-        ]
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:

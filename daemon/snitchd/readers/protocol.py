@@ -17,11 +17,13 @@ from snitchd.places import LoadedList, NetworkSet
 __all__ = [
     "AlertRaised",
     "Answer",
+    "Batch",
     "Configure",
     "HandOver",
     "Hold",
     "Learn",
     "Logged",
+    "Message",
     "NewApp",
     "PlacesNow",
     "Ready",
@@ -159,3 +161,13 @@ class Tally:
     forwarded: int
     attributed: tuple[tuple[str, int], ...]
     cpu_seconds: float
+
+
+Message = HandOver | Logged | NewApp | AlertRaised
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a reader's turn of its loop had to say, in order, in one message."""
+
+    messages: tuple[Message, ...]
