@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
 
 from snitch_common.records import Flow, IPAddress, Process
 from snitch_common.rules import Rule, RuleRecord
@@ -171,3 +174,20 @@ class Batch:
     """What a reader's turn of its loop had to say, in order, in one message."""
 
     messages: tuple[Message, ...]
+
+
+def _by_constructor(cls: type) -> Callable[[Any], tuple[type, tuple[object, ...]]]:
+    names = tuple(f.name for f in fields(cls))
+
+    def reduce(obj: Any) -> tuple[type, tuple[object, ...]]:
+        return cls, tuple([getattr(obj, name) for name in names])
+
+    return reduce
+
+
+# What crosses per flow is pickled as a call of its class with its fields: a frozen, slotted
+# dataclass otherwise unpickles through `dataclasses._dataclass_setstate` (fields() and a
+# setattr per field), which took 5.9 µs per message in the main process against 2.6 µs this
+# way (20 rows of one process, this machine). Only `multiprocessing`'s pickler is told.
+for _cls in (Flow, Process, Verdict, Logged, HandOver):
+    ForkingPickler.register(_cls, _by_constructor(_cls))
