@@ -129,10 +129,14 @@ def test_killed_log_writer_is_replaced_and_no_decision_is_lost(running: Lab) -> 
     assert "rules were changed outside snitch" not in log
 
 
-def test_reload_takes_a_good_config_and_refuses_a_bad_one(running: Lab) -> None:
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+def test_reload_takes_a_good_config_and_refuses_a_bad_one(lab: Lab, readers: int) -> None:
+    """SIGHUP: a good config is taken (by the queue readers too, issue 21), a bad one refused."""
+    lab.start_daemon(queue_readers=readers)
+    running = lab
     assert running.daemon is not None
     assert running.py("tcp", "192.0.2.2", 9000, "--timeout", "1") == "timeout"
-    running.write_config(default_action="allow", fail_mode="closed")
+    running.write_config(default_action="allow", fail_mode="closed", queue_readers=readers)
     running.daemon.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while running.ctl_json("status")["default_action"] != "allow":
@@ -153,11 +157,13 @@ def test_reload_takes_a_good_config_and_refuses_a_bad_one(running: Lab) -> None:
     running.expect_log(r"ERROR snitchd: reload refused")
 
 
-def test_sigterm_with_packets_held_gives_them_the_default(running: Lab) -> None:
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+def test_sigterm_with_packets_held_gives_them_the_default(lab: Lab, readers: int) -> None:
     """A flow held for a prompt when snitchd stops gets the default verdict at once, and the
-    kernel rules are gone after the stop."""
-    running.stop_daemon()
-    running.start_daemon(default_action="reject", prompt_timeout=60)
+    kernel rules are gone after the stop; with queue readers (issue 21), the reader holding
+    it gives the verdict before it stops."""
+    running = lab
+    running.start_daemon(default_action="reject", prompt_timeout=60, queue_readers=readers)
     code = (
         "import asyncio\n"
         "from snitch_common.agent import AgentService, register\n"
