@@ -619,7 +619,10 @@ class Firewall(Rulebook):
         return Verdict(self.config.default_action, None, reason)
 
     def _forget_in_flight(self, flow: Flow) -> None:
-        """A cut flow's next packet is decided afresh, never as one in flight (`_in_flight`)."""
+        """A cut flow's next packet is decided afresh, never as one in flight (`_in_flight`),
+        by whichever reader gets it."""
+        if self.mirror is not None:
+            self.mirror.forget(flow)
         ends = (flow.proto, flow.src, flow.sport, flow.dst, flow.dport)
         for kept in [k for k in self._kept if (k.proto, k.src, k.sport, k.dst, k.dport) == ends]:
             del self._kept[kept]

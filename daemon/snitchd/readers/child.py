@@ -41,6 +41,7 @@ from snitchd.readers.protocol import (
     Answer,
     Batch,
     Configure,
+    Forget,
     HandOver,
     Hold,
     Learn,
@@ -234,6 +235,8 @@ class _Control:
                     path.take_places(msg)
                 elif isinstance(msg, Configure):
                     path.reconfigure(msg.config)
+                elif isinstance(msg, Forget):
+                    path._forget_in_flight(msg.flow)
                 else:
                     log.error("unexpected message from snitchd: %r", type(msg).__name__)
         except (EOFError, OSError):

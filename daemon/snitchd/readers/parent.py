@@ -39,6 +39,7 @@ from snitchd.readers.protocol import (
     Answer,
     Batch,
     Configure,
+    Forget,
     HandOver,
     Hold,
     Learn,
@@ -289,6 +290,9 @@ class Readers:
 
     def whole(self, profile: str | None, rules: tuple[tuple[int, Rule], ...]) -> None:
         self.send_all(Whole(profile, rules))
+
+    def forget(self, flow: Flow) -> None:
+        self.send_all(Forget(flow))
 
     def reconfigure(self, config: Config) -> None:
         self.send_all(Configure(config))

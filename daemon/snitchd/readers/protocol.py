@@ -22,6 +22,7 @@ __all__ = [
     "Answer",
     "Batch",
     "Configure",
+    "Forget",
     "HandOver",
     "Hold",
     "Learn",
@@ -88,6 +89,13 @@ class Learn:
     resolutions: tuple[Resolution, ...]
     now: float
     owner: Owner | None
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """An open flow was cut: its verdict is no longer kept for packets in flight."""
+
+    flow: Flow
 
 
 @dataclass(frozen=True, slots=True)
