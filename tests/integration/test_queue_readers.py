@@ -138,3 +138,25 @@ def test_a_stuck_reader_is_killed_and_replaced(lab: Lab) -> None:
     for cpu in CPUS:
         assert pinned(lab, cpu, 80) == "connected"
         assert pinned(lab, cpu, 9000, "--timeout", "1") == "timeout"
+
+
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+def test_a_name_learnt_from_dns_decides_in_every_reader(lab: Lab, readers: int) -> None:
+    """DNS answers are read by the main process only; the names it learns are copied to every
+    reader before the answer reaches the program, so a host rule decides the connect that
+    follows, whichever reader gets it, and the row names the host."""
+    if readers > len(CPUS):
+        pytest.skip("one CPU: every flow would reach one reader")
+    lab.start_daemon(queue_readers=readers)
+    lab.add_rule("allow port=53 proto=udp")
+    lab.add_rule("allow to=api.example.org port=80")
+    netclient = str(HERE / "netclient.py")
+    for cpu in CPUS:
+        argv = ("taskset", "-c", str(cpu), PYTHON, netclient, "resolve", "api.example.org", "80")
+        assert lab.client_run(*argv, "--timeout", "2") == "connected", f"cpu {cpu}"
+    rows = [r for r in lab.log_rows() if r["dport"] == 80]
+    assert len(rows) == len(CPUS)
+    assert all(r["host"] == "api.example.org" and r["action"] == "allow" for r in rows)
+    counts = queued(lab)
+    for n in range(readers):
+        assert counts.get(QUEUE + n, 0) > 0, f"queue {QUEUE + n} got nothing: {counts}"
