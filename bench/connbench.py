@@ -12,6 +12,8 @@ of the machine hits all alike:
   c  snitchd, default deny, one rule: allow app=<the load client>
   d  snitchd, default allow, no rules: every flow decided by the default action
   e  snitchd, default deny, 100k rules (bench/manyrules.py) written into its SQLite store
+  g, h  c with 2 and with 4 queue reader processes (issue 21; c, d, e read one queue in
+     snitchd itself); each reader's CPU is printed per load beside the whole tree's
 
 Each configuration runs the same compiled load client (bench/connload.c): new TCP connections
 (connect + close) with 1 and with 4 threads, and new UDP flows (new socket and port, sendto,
@@ -58,7 +60,13 @@ SETUPS = {
     "e": ("snitch, 100k rules", "snitch", "deny"),
     "f": ("ceiling read as snitchd does (asyncio)", "ceiling-asyncio", None),
     "m": ("c with two Network Monitor windows open (24h, live)", "snitch-monitored", "deny"),
+    "g": ("c with 2 queue readers", "snitch", "deny"),
+    "h": ("c with 4 queue readers", "snitch", "deny"),
 }
+# Queue reader processes per configuration (issue 21; config `queue_readers`): the others read
+# their one queue in snitchd itself, as before readers existed. g and h decide c's flows.
+READERS = {"g": 2, "h": 4}
+READER_CHILD = b"snitchd.readers.child"
 # Configuration m's monitors (bench/monitorload.py): one on 24 h (Apps and Traffic 24h every
 # 3 s), one live (Apps 1h every 3 s, like top --live); both take the Rates signal each second.
 MONITOR_RANGES = ("24h", "10m")
@@ -135,13 +143,31 @@ def tree(pid):
 def cpu_seconds(pid):
     total = 0.0
     for p in tree(pid):
+        total += _own_cpu(p)
+    return total
+
+
+def _own_cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def reader_cpu(pid):
+    """{reader pid: CPU seconds} for snitchd's queue reader processes (issue 21)."""
+    found = {}
+    for p in tree(pid)[1:]:
         try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                fields = f.read().rpartition(b")")[2].split()
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if READER_CHILD not in f.read():
+                    continue
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
+        found[p] = _own_cpu(p)
+    return found
 
 
 def _tree_mb(pid, name, key):
@@ -223,11 +249,12 @@ def start(lab, key, stores, round_dir, env, srcs=(None, None)):
             raise RuntimeError(f"accept_only.py did not start: {line!r}")
         return Running(key, proc, time.monotonic() - began)
     db = round_dir / f"snitch-{key}.db"
-    shutil.copy(stores["c" if key.lower() == "m" else key.lower()], db)
+    shutil.copy(stores["c" if key.lower() in "mgh" else key.lower()], db)
     conf = round_dir / f"snitchd-{key}.toml"
     conf.write_text(
         f'database = "{db}"\ndefault_action = "{action}"\nqueue = {QUEUE}\n'
         'prompt_timeout = 5\nlog_level = "info"\n'
+        f"queue_readers = {READERS.get(key.lower(), 1)}\ndns_queue = {QUEUE - 1}\n"
     )
     notify_path = round_dir / f"notify-{key}.sock"
     notify_path.unlink(missing_ok=True)
@@ -357,6 +384,7 @@ def stop(lab, running):
 def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     pid = running.pid
     cpu0 = cpu_seconds(pid) if pid else 0.0
+    readers0 = reader_cpu(pid) if pid else {}
     srv0 = cpu_seconds(server_pid)
     q0 = queue_counters(pid) if pid else None
     m0 = machine_ticks()
@@ -376,8 +404,14 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     m1 = machine_ticks()
     q1 = queue_counters(pid) if pid else None
     cpu1 = cpu_seconds(pid) if pid else 0.0
+    readers1 = reader_cpu(pid) if pid else {}
     srv1 = cpu_seconds(server_pid)
     r = json.loads(done.stdout)
+    if readers1:
+        # Each reader's CPU in this window (a reader replaced meanwhile counts from 0).
+        r["reader_cpu_s"] = [
+            round(c - readers0.get(p, 0.0), 3) for p, c in sorted(readers1.items())
+        ]
     busy_s = ((m1[0] - m0[0]) - (m1[1] - m0[1])) / CLK_TCK
     irq_s = (m1[2] - m0[2]) / CLK_TCK
     client_s = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
@@ -428,6 +462,10 @@ def rounds(lab, args, connload, stores, env):
                     flows += r["attempts"]
                     p50 = "-" if r["p50_us"] is None else f"{r['p50_us']:.1f}"
                     line.append(f"{load} {r['rate']:8.0f}/s p50 {p50:>6s} µs")
+                    if "reader_cpu_s" in r:
+                        each = "/".join(f"{c:.2f}" for c in r["reader_cpu_s"])
+                        total = r["daemon_cpu_s"]
+                        line.append(f"readers {each} s (snitchd+all {total:.2f} s)")
                 if running.pid is not None:
                     # Over all three loads: work done late (conntrack's flow ends come seconds
                     # after the flow, the log in batches) lands in some load's window anyway.
@@ -519,8 +557,8 @@ def main():
     parser.add_argument(
         "--configs",
         default="abcde",
-        help="which of a-f, in round order (f: the ceiling on asyncio; C, D, E: c, d, e with "
-        "the daemon from --alt-src)",
+        help="which of a-h, in round order (f: the ceiling on asyncio; g, h: c with 2 and 4 "
+        "queue readers; C, D, E: c, d, e with the daemon from --alt-src)",
     )
     parser.add_argument(
         "--src", type=Path, default=None, help="the daemon/ tree for c, d, e (default: ./daemon)"

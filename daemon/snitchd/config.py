@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import grp
+import os
 import re
 import tomllib
 from dataclasses import dataclass, fields
@@ -29,6 +30,7 @@ __all__ = [
     "PinAnswers",
     "load_config",
     "parse_config",
+    "reader_count",
 ]
 
 DEFAULT_PATH = Path("/etc/snitch/snitchd.toml")
@@ -143,7 +145,7 @@ class Config:
     queue_max_len: int = 4096
     log_level: LogLevel = LogLevel.INFO
     snoop_dns: bool = True
-    dns_queue: int = 4243
+    dns_queue: int = 4241  # below the packet queues, which span queue … queue + readers - 1
     dns_grace: float = 60.0
     dns_resolvers: tuple[str, ...] = ("system",)
     resolv_conf: str = "/etc/resolv.conf"
@@ -184,6 +186,9 @@ class Config:
     forward_interfaces: tuple[str, ...] = DEFAULT_FORWARD_INTERFACES
     docker_socket: str = "/var/run/docker.sock"
     podman_socket: str = "/run/podman/podman.sock"
+    # Queue reader processes, one per queue (issue 21): 0 is one per core; 1 reads the one
+    # queue in snitchd itself.
+    queue_readers: int = 0
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -205,6 +210,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "retry_window": (0, 300),
     "max_proposals": (4, 100_000),
     "metrics_interval": (1, 3600),
+    "queue_readers": (0, 64),
 }
 
 
@@ -221,9 +227,24 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             f"{source}: max_prompts = {config.max_prompts}: must not exceed max_prompts_total "
             f"({config.max_prompts_total})"
         )
-    if config.snoop_dns and config.dns_queue == config.queue:
-        raise ConfigError(f"{source}: dns_queue = {config.dns_queue}: must differ from queue")
+    readers = reader_count(config)
+    last = config.queue + readers - 1
+    if last > 65535:
+        raise ConfigError(
+            f"{source}: queue = {config.queue}: with {readers} queue readers the queues would "
+            f"end at {last}, past 65535 (lower queue or queue_readers)"
+        )
+    if config.snoop_dns and config.queue <= config.dns_queue <= last:
+        raise ConfigError(
+            f"{source}: dns_queue = {config.dns_queue}: must differ from the packet queues "
+            f"{config.queue}…{last} (queue … queue + queue_readers - 1)"
+        )
     return config
+
+
+def reader_count(config: Config) -> int:
+    """How many queues and queue readers: `queue_readers`, or one per core for 0."""
+    return config.queue_readers or max(1, os.cpu_count() or 1)
 
 
 def _check(key: str, value: Any, source: str) -> Any:

@@ -29,7 +29,7 @@ from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.agents import session_active
 from snitchd.api import serve
-from snitchd.config import DEFAULT_PATH, Config, FailMode, PinAnswers, load_config
+from snitchd.config import DEFAULT_PATH, Config, FailMode, PinAnswers, load_config, reader_count
 from snitchd.connmark import ConnMarks
 from snitchd.containers import container_names
 from snitchd.decide import set_local_time
@@ -43,6 +43,7 @@ from snitchd.netwatch import NetWatch, wifi_ssid
 from snitchd.procs import Attributor, start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
+from snitchd.readers.parent import Readers
 from snitchd.status import status_of
 from snitchd.store import Store
 from snitchd.subnets import SubnetWatch
@@ -83,6 +84,7 @@ class _Daemon:
         self.firewall: Firewall | None = None
         self.switcher: Switcher
         self.reloads = 0
+        self.readers: Readers | None = None
         self._file_tasks: set[asyncio.Task[None]] = set()
 
     def _spec(self, config: Config) -> NetSpec:
@@ -93,6 +95,7 @@ class _Daemon:
             config.intercept_loopback,
             dns_queue,
             config.forward_interfaces,
+            reader_count(config),
         )
 
     async def run(self) -> None:
@@ -108,7 +111,8 @@ class _Daemon:
         # loop while a worker allocated (bench/disturb.py). Refcounting still frees them.
         gc.freeze()
         loop = asyncio.get_running_loop()
-        reader = QueueReader(config.queue, firewall.on_packet, config.queue_max_len)
+        # One queue read here, or several, each read by a process of its own (issue 21).
+        reader, readers = self._queue_readers(firewall)
         # DNS queries and answers are copied whole (a name is deep inside); an answer is held
         # only while its query's sender is looked up.
         dns_reader = QueueReader(config.dns_queue, firewall.on_dns_packet, 1024, 65535)
@@ -118,7 +122,7 @@ class _Daemon:
         subnets = SubnetWatch(firewall.places)  # to=lan: the connected subnets, followed
         try:
             await subnets.start()
-            reader.start(loop)
+            await _start_reading(loop, reader, readers)
             if config.snoop_dns:
                 dns_reader.start(loop)
             installed = True
@@ -154,7 +158,7 @@ class _Daemon:
                 netwatch.close()
             broker.release_all("default: snitchd stopping")
             self._remove_rules(installed)
-            reader.close()
+            _stop_reading(reader, readers)
             dns_reader.close()
             subnets.close()
             if bus is not None:
@@ -164,6 +168,14 @@ class _Daemon:
             marks.close()
             store.close()
             log.info("snitchd stopped", extra=journal_fields(Event.STOP))
+
+    def _queue_readers(self, firewall: Firewall) -> tuple[QueueReader, Readers | None]:
+        config = self.config
+        reader = QueueReader(config.queue, firewall.on_packet, config.queue_max_len)
+        count = reader_count(config)
+        if count > 1:
+            self.readers = Readers(firewall, config.queue, count)
+        return reader, self.readers
 
     def _background(
         self, tasks: asyncio.TaskGroup, firewall: Firewall, events: EventLog
@@ -246,6 +258,7 @@ class _Daemon:
                     "bpf_cgroup",
                     "metrics_file",
                     "metrics_interval",
+                    "queue_readers",
                 )
                 if getattr(new, k) != getattr(self.config, k)
             ]
@@ -258,6 +271,8 @@ class _Daemon:
         else:
             self.config = new
             self.firewall.reconfigure(new)
+            if self.readers is not None:
+                self.readers.reconfigure(new)
             logging.getLogger().setLevel(new.log_level.value.upper())
             self.reloads += 1
             log.info(
@@ -317,6 +332,23 @@ class _Daemon:
                         log.info("connection log pruned rows=%d", firewall.events.pruned - before)
             except SnitchError as exc:
                 log.warning("sweep failed: %s", exc)
+
+
+def _stop_reading(reader: QueueReader, readers: Readers | None) -> None:
+    reader.close()
+    if readers is not None:
+        readers.close()
+
+
+async def _start_reading(
+    loop: asyncio.AbstractEventLoop, reader: QueueReader, readers: Readers | None
+) -> None:
+    """Bind the packet queue here, or start the queue reader processes (issue 21) and wait
+    until each has bound its own."""
+    if readers is None:
+        reader.start(loop)
+    else:
+        await readers.start()
 
 
 async def _follow_network(

@@ -113,6 +113,12 @@ class NetSpec:
     intercept_loopback: bool = False
     dns_queue: int | None = None
     forward_from: tuple[str, ...] = ()
+    # Queues `queue` … `queue + queues - 1`, one reader process each (issue 21), chosen by the
+    # CPU that sends the packet (`--queue-balance` with `--queue-cpu-fanout`): the balance's
+    # own hash is of the addresses only (not the ports), so every connection from this machine
+    # to one server would go to one reader. A flow whose packets leave from two CPUs may reach
+    # two readers: each decides it alike, and the main process logs it once (`readers`).
+    queues: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +277,10 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     rules without a kernel."""
     unreach = "icmp6-port-unreachable" if tool == "ip6tables" else "icmp-port-unreachable"
     bypass = " --queue-bypass" if spec.fail_open else ""
+    if spec.queues > 1:
+        target = f"--queue-balance {spec.queue}:{spec.queue + spec.queues - 1} --queue-cpu-fanout"
+    else:
+        target = f"--queue-num {spec.queue}"
     marked = f"-m mark --mark {REJECT_MARK:#x}/{MARK_MASK:#x}"
     ct_allowed, ct_denied, ct_rejected = (
         f"-m connmark --mark {mark:#x}/{MARK_MASK:#x}"
@@ -284,7 +294,7 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
         f"-A {QUEUE_CHAIN} {ct_allowed} -j RETURN",
         f"-A {QUEUE_CHAIN} {ct_denied} -j DROP",
         f"-A {QUEUE_CHAIN} {ct_rejected} -j RETURN",
-        f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {spec.queue}{bypass}",
+        f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW -j NFQUEUE {target}{bypass}",
         f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {QUEUE_CHAIN}",
     ]
     reject = [f":{REJECT_CHAIN} - [0:0]"]
@@ -305,7 +315,7 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
         queue += [f":{FORWARD_CHAIN} - [0:0]", *decided]
         queue += [
             f"-A {FORWARD_CHAIN} -i {name} -m conntrack --ctstate NEW --ctdir ORIGINAL "
-            f"-j NFQUEUE --queue-num {spec.queue}{bypass}"
+            f"-j NFQUEUE {target}{bypass}"
             for name in spec.forward_from
         ]
         queue.append(f"-I FORWARD 1 -m comment --comment {COMMENT} -j {FORWARD_CHAIN}")

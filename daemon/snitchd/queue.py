@@ -37,8 +37,12 @@ class QueueReader:
         handler: Callable[[Packet], None],
         max_len: int,
         copy_range: int = COPY_RANGE,
+        before: Callable[[], None] | None = None,
     ) -> None:
+        """`before` runs before each batch of packets is read (a queue reader process takes
+        the main process's rule changes then, so a packet never overtakes one)."""
         self.number = number
+        self._before = before
         self._handler = handler
         self._max_len = max_len
         self._copy_range = copy_range
@@ -60,6 +64,8 @@ class QueueReader:
         log.info("queue bound number=%d max_len=%d", self.number, self._max_len)
 
     def _drain(self) -> None:
+        if self._before is not None:
+            self._before()
         if self._nfq is not None:
             try:
                 self._nfq.run(block=False)

@@ -167,6 +167,9 @@ class Lab:
             "database": str(self.db),
             "default_action": "deny",
             "queue": 4242,
+            # One queue read by snitchd itself unless a test asks for reader processes
+            # (issue 21; `readers` parametrises the packet-path tests that ask).
+            "queue_readers": 1,
             "prompt_timeout": 5,
             "resolv_conf": str(self.resolv_conf),
             # This venv's console scripts are the agent programs here (root-owned, like

@@ -63,9 +63,13 @@ def test_ready_and_watchdog_reach_the_notify_socket(lab: Lab, tmp_path: Path) ->
         sock.close()
 
 
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
 @pytest.mark.parametrize("mode", ["open", "closed"])
-def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str) -> None:
-    lab.start_daemon(fail_mode=mode)
+def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str, readers: int) -> None:
+    """snitchd killed: the kernel rules stay and do what fail_mode says; with queue reader
+    processes (issue 21) those end with it (end-of-file on their socket pair), so no queue is
+    left read by a process that decides nothing."""
+    lab.start_daemon(fail_mode=mode, queue_readers=readers)
     rule = lab.add_rule("allow port=80")
     assert lab.py("tcp", "192.0.2.2", 80) == "connected"
     assert lab.py("tcp", "192.0.2.2", 9000, "--timeout", "1") == "timeout"
@@ -78,7 +82,7 @@ def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str) -> None:
         assert lab.py("tcp", "192.0.2.2", 9000, "--timeout", "2") == "connected"
     else:
         assert lab.py("tcp", "192.0.2.2", 80, "--timeout", "1.5") == "timeout"
-    lab.start_daemon(fail_mode=mode)
+    lab.start_daemon(fail_mode=mode, queue_readers=readers)
     assert lab.iptables_save().count(JUMPS) == 4, "stale rules duplicated on restart"
     assert [r["id"] for r in lab.ctl_json("list-rules")] == [rule]
     assert len(lab.log_rows()) >= logged
@@ -125,10 +129,14 @@ def test_killed_log_writer_is_replaced_and_no_decision_is_lost(running: Lab) -> 
     assert "rules were changed outside snitch" not in log
 
 
-def test_reload_takes_a_good_config_and_refuses_a_bad_one(running: Lab) -> None:
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+def test_reload_takes_a_good_config_and_refuses_a_bad_one(lab: Lab, readers: int) -> None:
+    """SIGHUP: a good config is taken (by the queue readers too, issue 21), a bad one refused."""
+    lab.start_daemon(queue_readers=readers)
+    running = lab
     assert running.daemon is not None
     assert running.py("tcp", "192.0.2.2", 9000, "--timeout", "1") == "timeout"
-    running.write_config(default_action="allow", fail_mode="closed")
+    running.write_config(default_action="allow", fail_mode="closed", queue_readers=readers)
     running.daemon.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while running.ctl_json("status")["default_action"] != "allow":
@@ -149,11 +157,13 @@ def test_reload_takes_a_good_config_and_refuses_a_bad_one(running: Lab) -> None:
     running.expect_log(r"ERROR snitchd: reload refused")
 
 
-def test_sigterm_with_packets_held_gives_them_the_default(running: Lab) -> None:
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+def test_sigterm_with_packets_held_gives_them_the_default(lab: Lab, readers: int) -> None:
     """A flow held for a prompt when snitchd stops gets the default verdict at once, and the
-    kernel rules are gone after the stop."""
-    running.stop_daemon()
-    running.start_daemon(default_action="reject", prompt_timeout=60)
+    kernel rules are gone after the stop; with queue readers (issue 21), the reader holding
+    it gives the verdict before it stops."""
+    running = lab
+    running.start_daemon(default_action="reject", prompt_timeout=60, queue_readers=readers)
     code = (
         "import asyncio\n"
         "from snitch_common.agent import AgentService, register\n"

@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conftest import Lab, curl_exe, python_exe
+
+
+@pytest.fixture(params=[1, 2], ids=["readers=1", "readers=2"])
+def on_readers(lab: Lab, request: pytest.FixtureRequest) -> Lab:
+    """snitchd reading its one queue itself, or two queue reader processes (issue 21)."""
+    lab.start_daemon(queue_readers=request.param)
+    return lab
 
 
 def _rows_for(lab: Lab, dport: int, dst: str) -> list[dict[str, object]]:
     return [r for r in lab.log_rows() if r["dport"] == dport and r["dst"] == dst]
 
 
-def test_tcp_allowed_connects_and_is_logged(running: Lab) -> None:
+def test_tcp_allowed_connects_and_is_logged(on_readers: Lab) -> None:
     """An allow rule for the program lets its connection through, and the log names it."""
+    running = on_readers
     rule_id = running.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=80 proto=tcp")
     assert running.py("tcp", "192.0.2.2", 80) == "connected"
     rows = _rows_for(running, 80, "192.0.2.2")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import subprocess
 import time
 from typing import Any
@@ -120,11 +121,38 @@ async def test_no_answer_gives_default_after_timeout(lab: Lab, monkeypatch: Any)
         agent.stop()
 
 
-async def test_twenty_parallel_connections_one_prompt(running: Lab, agent: ScriptedAgent) -> None:
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+async def test_twenty_parallel_connections_one_prompt(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, readers: int
+) -> None:
+    """One prompt for twenty connects of one app to one destination, and one row for it, also
+    when their SYNs reach two queue readers (issue 21): the program sends them from each CPU
+    in turn (`--queue-cpu-fanout`); the kernel's counters show both queues got some."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if readers > len(cpus):
+        pytest.skip("one CPU: every flow would reach one reader")
+    lab.start_daemon(queue_readers=readers)
+    agent = await start_agent(lab, monkeypatch)
+    try:
+        await _twenty_connects_one_prompt(lab, agent, cpus)
+    finally:
+        agent.stop()
+    if readers > 1:
+        text = lab.client_run("cat", "/proc/net/netfilter/nfnetlink_queue")
+        queued = {int(f[0]): int(f[7]) for f in (line.split() for line in text.splitlines())}
+        assert queued.get(4242, 0) > 0 and queued.get(4243, 0) > 0, queued
+    rows = [r for r in lab.log_rows() if r["dport"] == 80]
+    assert len(rows) == 1 and rows[0]["action"] == "allow", "one row for the one answer"
+
+
+async def _twenty_connects_one_prompt(lab: Lab, agent: ScriptedAgent, cpus: list[int]) -> None:
+    running = lab
     script = (
-        "import socket, selectors\n"
+        "import os, socket, selectors\n"
+        f"cpus = {cpus!r}\n"
         "socks = []\n"
-        "for _ in range(20):\n"
+        "for i in range(20):\n"
+        "    os.sched_setaffinity(0, {cpus[i % len(cpus)]})\n"
         "    s = socket.socket(); s.setblocking(False); s.connect_ex(('192.0.2.2', 80))\n"
         "    socks.append(s)\n"
         "sel = selectors.DefaultSelector()\n"

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import HERE, PYTHON, Lab
 from tests.support.lab import end_child, wait_for
 
@@ -161,10 +163,14 @@ def test_edit_disable_and_enable_change_the_next_flows_verdict(running: Lab) -> 
     assert running.py("tcp", SERVER, 443) == "refused"
 
 
-def test_a_deny_rule_added_while_a_connection_is_open_cuts_it(running: Lab) -> None:
+@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+def test_a_deny_rule_added_while_a_connection_is_open_cuts_it(lab: Lab, readers: int) -> None:
     """Issue 18: an allowed TCP connection lived on after a deny rule for it was added (the
     kernel kept its verdict). Now the rule cuts it: the client's socket is reset (its next
-    exchange fails) and the connection log records the cut."""
+    exchange fails) and the connection log records the cut. With queue readers (issue 21) the
+    main process cuts a flow a reader let out."""
+    lab.start_daemon(queue_readers=readers)
+    running = lab
     running.add_rule("allow port=80")
     client = running.spawn_client("tcp", SERVER, "80", "--hold", "8")
     try:

@@ -15,7 +15,7 @@ import pytest
 
 from snitch_common.errors import ConfigError
 from snitch_common.rules import Action
-from snitchd.config import DEFAULT_PATH, Config, FailMode, load_config, parse_config
+from snitchd.config import DEFAULT_PATH, Config, FailMode, load_config, parse_config, reader_count
 
 
 def _my_group() -> str:
@@ -81,6 +81,7 @@ def test_every_key_can_be_set() -> None:
         "forward_interfaces": ("docker0", "br-+", "+"),
         "docker_socket": "",
         "podman_socket": "/run/user/1000/podman/podman.sock",
+        "queue_readers": 3,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     lists = {
@@ -261,3 +262,19 @@ def test_forward_interfaces_are_iptables_names(value: Any) -> None:
 
 def test_no_forward_interfaces_is_allowed() -> None:
     assert parse_config({"forward_interfaces": []}).forward_interfaces == ()
+
+
+def test_dns_queue_must_lie_outside_the_readers_queues() -> None:
+    """With N queue readers the packet queues are queue … queue + N - 1 (issue 21); the
+    default dns_queue lies below them."""
+    with pytest.raises(ConfigError, match=r"dns_queue = 12: must differ from the packet queues"):
+        parse_config({"queue": 10, "queue_readers": 4, "dns_queue": 12})
+    assert parse_config({"queue": 10, "queue_readers": 4, "dns_queue": 14}).queue_readers == 4
+    assert parse_config({"queue_readers": 64}).dns_queue < Config().queue
+    with pytest.raises(ConfigError, match="past 65535"):
+        parse_config({"queue": 65535, "queue_readers": 2})
+
+
+def test_queue_readers_zero_is_one_per_core() -> None:
+    assert reader_count(Config()) == max(1, os.cpu_count() or 1)
+    assert reader_count(Config(queue_readers=1)) == 1

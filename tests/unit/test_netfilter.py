@@ -120,3 +120,18 @@ def test_dns_queries_are_recorded_after_every_filter(tool: str) -> None:
         f"-A SNITCH_DNSQ -p tcp --dport 53 -m conntrack --ctstate ESTABLISHED {queue}",
     ]
     assert not any("DNS" in ln for ln in install_lines(tool, NetSpec(1, fail_open=True)).mangle)
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_several_readers_share_new_flows_by_cpu_and_keep_the_fail_mode(fail_open: bool) -> None:
+    """Queue readers (issue 21): the queue rule spans queue … queue + readers - 1, chosen by
+    the sending CPU; bypass (fail open) is per queue, so a dead reader's queue passes."""
+    rule = _queue_chain("iptables", NetSpec(7, fail_open=fail_open, queues=4))[-1]
+    assert "-j NFQUEUE --queue-balance 7:10 --queue-cpu-fanout" in rule
+    assert "--queue-num" not in rule
+    assert rule.endswith("--queue-bypass") is fail_open
+
+
+def test_one_reader_keeps_one_queue() -> None:
+    rule = _queue_chain("iptables", NetSpec(7, fail_open=True))[-1]
+    assert rule.endswith("-j NFQUEUE --queue-num 7 --queue-bypass")
