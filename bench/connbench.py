@@ -144,6 +144,23 @@ def cpu_seconds(pid):
     return total
 
 
+def cpu_by_process(pid):
+    """CPU seconds so far of snitchd, its log writer and its exec watcher (procs/execs.py),
+    each apart: which one a cut moved."""
+    out = {"snitchd": 0.0, "logwriter": 0.0, "execwatch": 0.0}
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        role = "snitchd" if p == pid else "execwatch" if b"execs.py" in cmdline else "logwriter"
+        out[role] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def _tree_mb(pid, name, key):
     """The `key:` field (kB) of /proc/<p>/<name>, in MB, summed over the process tree."""
     total = 0.0
@@ -356,6 +373,7 @@ def stop(lab, running):
 
 def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     pid = running.pid
+    split0 = cpu_by_process(pid) if pid else {}
     cpu0 = cpu_seconds(pid) if pid else 0.0
     srv0 = cpu_seconds(server_pid)
     q0 = queue_counters(pid) if pid else None
@@ -376,6 +394,7 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     m1 = machine_ticks()
     q1 = queue_counters(pid) if pid else None
     cpu1 = cpu_seconds(pid) if pid else 0.0
+    split1 = cpu_by_process(pid) if pid else {}
     srv1 = cpu_seconds(server_pid)
     r = json.loads(done.stdout)
     busy_s = ((m1[0] - m0[0]) - (m1[1] - m0[1])) / CLK_TCK
@@ -383,6 +402,9 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     client_s = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     r["daemon_cpu_s"] = round(cpu1 - cpu0, 3)
     r["cpu_per_1000"] = round((cpu1 - cpu0) / (r["attempts"] / 1000), 4) if pid else None
+    r["cpu_per_1000_by_process"] = {
+        role: round((split1[role] - split0[role]) / (r["attempts"] / 1000), 4) for role in split1
+    }
     r["machine_busy"] = round(busy_s / ((m1[0] - m0[0]) / CLK_TCK), 3)
     # In cores: the kernel's packet work (softirq: veth, conntrack, the queue), and everything
     # else on the machine that is not the client, the server or the firewall (others' jobs).
@@ -428,6 +450,9 @@ def rounds(lab, args, connload, stores, env):
                     flows += r["attempts"]
                     p50 = "-" if r["p50_us"] is None else f"{r['p50_us']:.1f}"
                     line.append(f"{load} {r['rate']:8.0f}/s p50 {p50:>6s} µs")
+                    if r.get("cpu_per_1000_by_process"):
+                        split = "/".join(f"{v:.3f}" for v in r["cpu_per_1000_by_process"].values())
+                        line.append(f"cpu/1k {r['cpu_per_1000']:.3f} ({split})")
                 if running.pid is not None:
                     # Over all three loads: work done late (conntrack's flow ends come seconds
                     # after the flow, the log in batches) lands in some load's window anyway.
@@ -494,10 +519,17 @@ def run_profile(lab, args, connload, stores, env, out_dir):
             if spy.returncode != 0 or not raw.exists():
                 print(f"py-spy failed: {err.strip()}")
                 continue
-            summary = hotpath.top(raw, args.profile_seconds, lines=args.profile_lines)
-            summary["file"] = str(raw.relative_to(ROOT) if raw.is_relative_to(ROOT) else raw)
-            profiles[f"{key}-{load}"] = summary
-            hotpath.print_top(summary, f"snitchd ({setup(key)[0]}), {load}")
+            for process, name in (
+                ("main", "snitchd"),
+                ("logwriter", "its log writer"),
+                ("execwatch", "its exec watcher"),
+            ):
+                summary = hotpath.top(
+                    raw, args.profile_seconds, lines=args.profile_lines, process=process
+                )
+                summary["file"] = str(raw.relative_to(ROOT) if raw.is_relative_to(ROOT) else raw)
+                profiles[f"{key}-{load}" + ("" if process == "main" else f"-{process}")] = summary
+                hotpath.print_top(summary, f"{name} ({setup(key)[0]}), {load}")
         finally:
             if spy is not None and spy.poll() is None:
                 stop_process(spy, 5)
