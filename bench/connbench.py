@@ -561,6 +561,13 @@ def main():
         "--alt-src", type=Path, default=None, help="a daemon/ tree (holding snitchd/) for C, D, E"
     )
     parser.add_argument("--rules", type=int, default=100_000, help="rules of configuration e")
+    parser.add_argument(
+        "--linger",
+        type=int,
+        default=1,
+        help="seconds conntrack keeps a finished flow (1; the kernel's TIME_WAIT is 120): the "
+        "log writer's live dump reads every entry every second",
+    )
     parser.add_argument("--no-micro", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile-seconds", type=int, default=6)
@@ -595,7 +602,7 @@ def main():
         "args": {k: v for k, v in vars(args).items() if k != "out"},
         "setups": {k: setup(k)[0] for k in args.configs},
     }
-    lab = NetLab()
+    lab = NetLab(args.linger)
     try:
         connload = build_client(lab.tmp)
         lab.build(connload)
