@@ -29,7 +29,7 @@ __all__ = ["Entry", "Original", "read_dump", "read_entry"]
 
 CT_NEW = 1 << 8  # (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW: each entry of a dump
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-CTA_TUPLE_ORIG, CTA_MARK, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 1, 8, 9, 10
+CTA_TUPLE_ORIG, CTA_TIMEOUT, CTA_MARK, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 1, 7, 8, 9, 10
 
 _IPPROTO = {6: Proto.TCP, 17: Proto.UDP, 1: Proto.ICMP, 58: Proto.ICMP}
 _ECHO_REQUEST = frozenset((8, 128))  # as packet.decode: only these carry an identifier there
@@ -147,7 +147,12 @@ def _counters(data: bytes, span: tuple[int, int]) -> tuple[int, int]:
 def read_entry(data: bytes, off: int, end: int, family: int) -> Entry:
     """One conntrack message at data[off:end] (a DESTROY event or an entry of a dump) of
     address `family`; ValueError when malformed."""
-    orig = mark_at = out_span = in_span = None
+    return _read(data, off, end, family)[0]
+
+
+def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | None]:
+    """`read_entry`, and where its CTA_TIMEOUT value is (from `off`; None without one)."""
+    orig = mark_at = out_span = in_span = timeout_at = None
     pos = off + _NFGEN
     unpack = _NLA.unpack_from
     while pos + 4 <= end:  # the top level, as `_attrs` walks it, keeping only what we read
@@ -163,6 +168,8 @@ def read_entry(data: bytes, off: int, end: int, family: int) -> Entry:
             in_span = (pos + 4, pos + length)
         elif kind == CTA_MARK:
             mark_at = (pos + 4, pos + length)
+        elif kind == CTA_TIMEOUT and length == 8:
+            timeout_at = pos + 4 - off
         pos += (length + 3) & ~3
     if orig is None:
         raise ValueError("conntrack event without CTA_TUPLE_ORIG")
@@ -173,7 +180,47 @@ def read_entry(data: bytes, off: int, end: int, family: int) -> Entry:
     mark = None
     if mark_at is not None and mark_at[1] - mark_at[0] >= 4:
         mark = _BE32.unpack_from(data, mark_at[0])[0]
-    return Entry(original, counters, mark)
+    return Entry(original, counters, mark), timeout_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Dumped:
+    """An entry as the last dump had it: its message from the nfgenmsg on, with the bytes of
+    its timeout (the one attribute that changes while nothing else does) zeroed."""
+
+    body: bytes
+    timeout_at: int | None
+    entry: Entry
+
+
+_DUMPED: dict[bytes, _Dumped] = {}
+_ZERO4 = bytes(4)
+
+
+def _body(data: bytes, off: int, end: int, timeout_at: int | None) -> bytes:
+    if timeout_at is None:
+        return data[off + 16 : end]
+    return data[off + 16 : off + timeout_at] + _ZERO4 + data[off + timeout_at + 4 : end]
+
+
+def _dumped(data: bytes, off: int, end: int, family: int) -> Entry:
+    """An entry of a dump. Most are the same bytes as in the last dump but for their timeout
+    (a closed TCP flow's entry stays ~2 minutes): those are answered with the Entry decoded
+    then, by comparing the bytes (never a guess: any other byte differs, it is decoded)."""
+    head = off + _NFGEN
+    if head + 4 <= end:
+        length, kind = _NLA.unpack_from(data, head)
+        if kind & 0x3FFF == CTA_TUPLE_ORIG and 4 <= length <= end - head:
+            raw = data[head + 4 : head + length] + bytes((family,))
+            seen = _DUMPED.get(raw)
+            if seen is not None and _body(data, off, end, seen.timeout_at) == seen.body:
+                return seen.entry
+            entry, timeout_at = _read(data, off, end, family)
+            if len(_DUMPED) >= _ORIGINALS_MAX:
+                _DUMPED.clear()
+            _DUMPED[raw] = _Dumped(_body(data, off, end, timeout_at), timeout_at, entry)
+            return entry
+    return read_entry(data, off, end, family)
 
 
 def read_dump(
@@ -203,7 +250,7 @@ def read_dump(
             if (kind == CT_NEW or (any_kind and kind >> 8 == CT_NEW >> 8)) and length >= _NFGEN:
                 family = data[off + _NLMSG.size]
                 if family in (socket.AF_INET, socket.AF_INET6):
-                    entries.append(read_entry(data, off, off + length, family))
+                    entries.append(_dumped(data, off, off + length, family))
         off += (length + 3) & ~3
     return entries, False
 

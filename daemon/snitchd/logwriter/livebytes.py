@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from snitch_common.errors import BackendUnavailable
-from snitchd.ctwire import read_dump
+from snitchd.ctwire import Entry, read_dump
 from snitchd.logwriter.conntrack import FlowEnd, flow_end
 from snitchd.logwriter.protocol import AppRate
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK
@@ -79,8 +79,25 @@ def decode_dump(data: bytes, seq: int) -> tuple[list[FlowEnd], bool]:
     without counters (begun before accounting was on) are left out. Raises ValueError on a
     malformed message and OSError when the kernel refused the request."""
     entries, done = read_dump(data, seq)
-    ends = [end for end in map(flow_end, entries) if end is not None]
+    ends = [end for end in map(_flow_end, entries) if end is not None]
     return ends, done
+
+
+# FlowEnd of an Entry that `ctwire` gave again (a flow unchanged since the last dump), by the
+# Entry's identity: the Entry is held here, so its id cannot name another meanwhile.
+_ENDS: dict[int, tuple[Entry, FlowEnd | None]] = {}
+_ENDS_MAX = 1 << 16
+
+
+def _flow_end(entry: Entry) -> FlowEnd | None:
+    known = _ENDS.get(id(entry))
+    if known is not None and known[0] is entry:
+        return known[1]
+    end = flow_end(entry)
+    if len(_ENDS) >= _ENDS_MAX:
+        _ENDS.clear()
+    _ENDS[id(entry)] = (entry, end)
+    return end
 
 
 class LiveDump:
