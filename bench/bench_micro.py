@@ -347,11 +347,19 @@ class StandInPacket:
     """What Firewall.on_packet uses of a netfilterqueue.Packet."""
 
     __slots__ = ("outdev", "payload", "verdict")
+    hook = 3  # NF_INET_LOCAL_OUT: a flow of this machine's own (FORWARD is 2)
+    indev = 0
 
     def __init__(self, payload, outdev):
         self.payload = payload
         self.outdev = outdev
         self.verdict = None
+
+    def get_hw(self):
+        return None
+
+    def get_mark(self):
+        return 0
 
     def get_payload(self):
         return self.payload
