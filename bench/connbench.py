@@ -161,6 +161,17 @@ def cpu_by_process(pid):
     return out
 
 
+def user_system(pid):
+    """(user, system) CPU seconds of snitchd itself (not its children): how much of its CPU
+    is the kernel's work in its system calls (the verdict's re-injection, netlink, /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return 0.0, 0.0
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def _tree_mb(pid, name, key):
     """The `key:` field (kB) of /proc/<p>/<name>, in MB, summed over the process tree."""
     total = 0.0
@@ -374,6 +385,7 @@ def stop(lab, running):
 def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     pid = running.pid
     split0 = cpu_by_process(pid) if pid else {}
+    us0 = user_system(pid) if pid else (0.0, 0.0)
     cpu0 = cpu_seconds(pid) if pid else 0.0
     srv0 = cpu_seconds(server_pid)
     q0 = queue_counters(pid) if pid else None
@@ -395,6 +407,7 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     q1 = queue_counters(pid) if pid else None
     cpu1 = cpu_seconds(pid) if pid else 0.0
     split1 = cpu_by_process(pid) if pid else {}
+    us1 = user_system(pid) if pid else (0.0, 0.0)
     srv1 = cpu_seconds(server_pid)
     r = json.loads(done.stdout)
     busy_s = ((m1[0] - m0[0]) - (m1[1] - m0[1])) / CLK_TCK
@@ -402,6 +415,9 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     client_s = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     r["daemon_cpu_s"] = round(cpu1 - cpu0, 3)
     r["cpu_per_1000"] = round((cpu1 - cpu0) / (r["attempts"] / 1000), 4) if pid else None
+    r["snitchd_user_system_per_1000"] = [
+        round((us1[i] - us0[i]) / (r["attempts"] / 1000), 4) for i in (0, 1)
+    ]
     r["cpu_per_1000_by_process"] = {
         role: round((split1[role] - split0[role]) / (r["attempts"] / 1000), 4) for role in split1
     }
@@ -452,7 +468,11 @@ def rounds(lab, args, connload, stores, env):
                     line.append(f"{load} {r['rate']:8.0f}/s p50 {p50:>6s} µs")
                     if r.get("cpu_per_1000_by_process"):
                         split = "/".join(f"{v:.3f}" for v in r["cpu_per_1000_by_process"].values())
-                        line.append(f"cpu/1k {r['cpu_per_1000']:.3f} ({split})")
+                        user, system = r["snitchd_user_system_per_1000"]
+                        line.append(
+                            f"cpu/1k {r['cpu_per_1000']:.3f} ({split}; snitchd user {user:.3f}"
+                            f" sys {system:.3f})"
+                        )
                 if running.pid is not None:
                     # Over all three loads: work done late (conntrack's flow ends come seconds
                     # after the flow, the log in batches) lands in some load's window anyway.
