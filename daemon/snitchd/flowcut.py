@@ -13,7 +13,8 @@ entry snitch allowed, which a user can make many of):
   protocol, is NEW again and goes to the queue, where the rules now deny it.
 
 Which flows a rule covers is the firewall's question (it decides them as new packets), not
-this module's. Codec: struct on plain netlink sockets, as `connmark` and `procs.sockdiag` do.
+this module's. Codec: struct on plain netlink sockets, as `connmark` and `procs.sockdiag` do;
+the dump's answer is read by `ctwire`, the decoder the log writer shares.
 """
 
 from __future__ import annotations
