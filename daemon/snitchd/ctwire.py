@@ -25,7 +25,7 @@ from ipaddress import ip_address
 
 from snitch_common.records import IPAddress, Proto
 
-__all__ = ["Entry", "Original", "read_dump", "read_entry"]
+__all__ = ["Entry", "Original", "forget", "read_dump", "read_entry"]
 
 CT_NEW = 1 << 8  # (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW: each entry of a dump
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -253,6 +253,13 @@ def read_dump(
                     entries.append(_dumped(data, off, off + length, family))
         off += (length + 3) & ~3
     return entries, False
+
+
+def forget() -> None:
+    """Drop what was kept of earlier messages: for a reader that dumps once in a while
+    (`flowcut`), where keeping it would only hold memory until the next time."""
+    _ORIGINALS.clear()
+    _DUMPED.clear()
 
 
 def _strerror(code: int) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from snitch_common.records import Flow, Proto
+from snitchd import ctwire
 from snitchd.ctwire import read_dump
 
 __all__ = ["CutResult", "FlowCutter", "decode_entries", "encode_delete", "encode_dump"]
@@ -142,6 +143,12 @@ class FlowCutter:
     def allowed_flows(self, mark: int, mask: int) -> list[Flow]:
         """Every TCP and UDP flow whose conntrack mark holds `mark` under `mask` (at most
         MAX_FLOWS), IPv4 and IPv6."""
+        try:
+            return self._allowed_flows(mark, mask)
+        finally:
+            ctwire.forget()  # snitchd dumps once in a while: keep nothing of it meanwhile
+
+    def _allowed_flows(self, mark: int, mask: int) -> list[Flow]:
         flows: list[Flow] = []
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
             sock.settimeout(5.0)

@@ -404,3 +404,13 @@ def test_garbage_is_rejected_with_a_clear_error() -> None:
         decode_dump(struct.pack("=IHHII", 16, 2, 0, SEQ, 0), SEQ)
     with pytest.raises(OSError, match="conntrack dump"):
         decode_entries(b"\xff" * 40)
+
+
+def test_forget_drops_what_was_kept() -> None:
+    body = tuple_attr(socket.AF_INET, bytes(4), bytes(4), 17, 5, 6)
+    first = ctwire.read_entry(message(DESTROY, socket.AF_INET, body), 0, 20 + len(body), 2)
+    again = ctwire.read_entry(message(DESTROY, socket.AF_INET, body), 0, 20 + len(body), 2)
+    assert again.original is first.original  # kept
+    ctwire.forget()
+    after = ctwire.read_entry(message(DESTROY, socket.AF_INET, body), 0, 20 + len(body), 2)
+    assert after.original == first.original and after.original is not first.original
