@@ -170,6 +170,44 @@ def reader_cpu(pid):
     return found
 
 
+def cpu_by_process(pid):
+    """CPU seconds so far of snitchd, its log writer, exec watcher (procs/execs.py), hasher
+    (procs/hasher.py) and queue readers, each apart: which one a cut moved."""
+    out = {"snitchd": 0.0, "logwriter": 0.0, "execwatch": 0.0, "readers": 0.0, "hasher": 0.0}
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        role = (
+            "snitchd"
+            if p == pid
+            else "execwatch"
+            if b"execs.py" in cmdline
+            else "hasher"
+            if b"hasher.py" in cmdline
+            else "readers"
+            if READER_CHILD in cmdline
+            else "logwriter"
+        )
+        out[role] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def user_system(pid):
+    """(user, system) CPU seconds of snitchd itself (not its children): how much of its CPU
+    is the kernel's work in its system calls (the verdict's re-injection, netlink, /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return 0.0, 0.0
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def _tree_mb(pid, name, key):
     """The `key:` field (kB) of /proc/<p>/<name>, in MB, summed over the process tree."""
     total = 0.0
@@ -383,6 +421,8 @@ def stop(lab, running):
 
 def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     pid = running.pid
+    split0 = cpu_by_process(pid) if pid else {}
+    us0 = user_system(pid) if pid else (0.0, 0.0)
     cpu0 = cpu_seconds(pid) if pid else 0.0
     readers0 = reader_cpu(pid) if pid else {}
     srv0 = cpu_seconds(server_pid)
@@ -405,6 +445,8 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     q1 = queue_counters(pid) if pid else None
     cpu1 = cpu_seconds(pid) if pid else 0.0
     readers1 = reader_cpu(pid) if pid else {}
+    split1 = cpu_by_process(pid) if pid else {}
+    us1 = user_system(pid) if pid else (0.0, 0.0)
     srv1 = cpu_seconds(server_pid)
     r = json.loads(done.stdout)
     if readers1:
@@ -417,6 +459,12 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     client_s = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     r["daemon_cpu_s"] = round(cpu1 - cpu0, 3)
     r["cpu_per_1000"] = round((cpu1 - cpu0) / (r["attempts"] / 1000), 4) if pid else None
+    r["snitchd_user_system_per_1000"] = [
+        round((us1[i] - us0[i]) / (r["attempts"] / 1000), 4) for i in (0, 1)
+    ]
+    r["cpu_per_1000_by_process"] = {
+        role: round((split1[role] - split0[role]) / (r["attempts"] / 1000), 4) for role in split1
+    }
     r["machine_busy"] = round(busy_s / ((m1[0] - m0[0]) / CLK_TCK), 3)
     # In cores: the kernel's packet work (softirq: veth, conntrack, the queue), and everything
     # else on the machine that is not the client, the server or the firewall (others' jobs).
@@ -466,6 +514,13 @@ def rounds(lab, args, connload, stores, env):
                         each = "/".join(f"{c:.2f}" for c in r["reader_cpu_s"])
                         total = r["daemon_cpu_s"]
                         line.append(f"readers {each} s (snitchd+all {total:.2f} s)")
+                    if r.get("cpu_per_1000_by_process"):
+                        split = "/".join(f"{v:.3f}" for v in r["cpu_per_1000_by_process"].values())
+                        user, system = r["snitchd_user_system_per_1000"]
+                        line.append(
+                            f"cpu/1k {r['cpu_per_1000']:.3f} ({split}; snitchd user {user:.3f}"
+                            f" sys {system:.3f})"
+                        )
                 if running.pid is not None:
                     # Over all three loads: work done late (conntrack's flow ends come seconds
                     # after the flow, the log in batches) lands in some load's window anyway.
@@ -532,10 +587,17 @@ def run_profile(lab, args, connload, stores, env, out_dir):
             if spy.returncode != 0 or not raw.exists():
                 print(f"py-spy failed: {err.strip()}")
                 continue
-            summary = hotpath.top(raw, args.profile_seconds, lines=args.profile_lines)
-            summary["file"] = str(raw.relative_to(ROOT) if raw.is_relative_to(ROOT) else raw)
-            profiles[f"{key}-{load}"] = summary
-            hotpath.print_top(summary, f"snitchd ({setup(key)[0]}), {load}")
+            for process, name in (
+                ("main", "snitchd"),
+                ("logwriter", "its log writer"),
+                ("execwatch", "its exec watcher"),
+            ):
+                summary = hotpath.top(
+                    raw, args.profile_seconds, lines=args.profile_lines, process=process
+                )
+                summary["file"] = str(raw.relative_to(ROOT) if raw.is_relative_to(ROOT) else raw)
+                profiles[f"{key}-{load}" + ("" if process == "main" else f"-{process}")] = summary
+                hotpath.print_top(summary, f"{name} ({setup(key)[0]}), {load}")
         finally:
             if spy is not None and spy.poll() is None:
                 stop_process(spy, 5)
@@ -567,6 +629,13 @@ def main():
         "--alt-src", type=Path, default=None, help="a daemon/ tree (holding snitchd/) for C, D, E"
     )
     parser.add_argument("--rules", type=int, default=100_000, help="rules of configuration e")
+    parser.add_argument(
+        "--linger",
+        type=int,
+        default=1,
+        help="seconds conntrack keeps a finished flow (1; the kernel's TIME_WAIT is 120): the "
+        "log writer's live dump reads every entry every second",
+    )
     parser.add_argument("--no-micro", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile-seconds", type=int, default=6)
@@ -601,7 +670,7 @@ def main():
         "args": {k: v for k, v in vars(args).items() if k != "out"},
         "setups": {k: setup(k)[0] for k in args.configs},
     }
-    lab = NetLab()
+    lab = NetLab(args.linger)
     try:
         connload = build_client(lab.tmp)
         lab.build(connload)

@@ -40,6 +40,7 @@ def record(py_spy, pid, seconds, out, lines=False):
             "raw",
             "--output",
             str(out),
+            "--subprocesses",
             *([] if lines else ["--function"]),
         ],
         stdout=subprocess.DEVNULL,
@@ -61,14 +62,18 @@ def _short(frame, lines=False):
     return f"{m.group('func')} ({file}{line})"
 
 
-def top(path, seconds, limit=15, lines=False):
-    """Ranked frames of a raw py-spy file: {"samples", "busy", "self": [...], "total": [...]}."""
+def top(path, seconds, limit=15, lines=False, process=None):
+    """Ranked frames of a raw py-spy file: {"samples", "busy", "self": [...], "total": [...]}.
+    `process`: only the stacks of that one ("main": snitchd, "logwriter": its log writer child;
+    the file holds both, py-spy samples subprocesses too)."""
     self_count: Counter[str] = Counter()
     total_count: Counter[str] = Counter()
     samples = 0
     for line in Path(path).read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
+            continue
+        if process is not None and _process_of(stack) != process:
             continue
         count = int(count_s)
         frames = [_short(f, lines) for f in stack.split(";")]
@@ -93,6 +98,17 @@ def top(path, seconds, limit=15, lines=False):
         "self": ranked(self_count),
         "total": ranked(total_count),
     }
+
+
+def _process_of(stack):
+    """Which of snitchd's processes a folded stack is from: "main" (snitchd), "logwriter" (its
+    forked log writer, with snitchd's command line) or "execwatch" (the proc connector child).
+    py-spy starts a child's stack with its parent's "process N:..." frame, then its own."""
+    if "Recorder._fork" in stack:
+        return "logwriter"
+    if "procs/execs.py" in stack.split(";<module>", 1)[0]:
+        return "execwatch"
+    return "main"
 
 
 def print_top(summary, label):

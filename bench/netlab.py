@@ -38,7 +38,10 @@ SERVER_SYSCTLS = {"net.core.somaxconn": "65535"}
 
 
 class NetLab:
-    def __init__(self):
+    def __init__(self, linger=1):
+        """`linger`: seconds conntrack keeps a finished flow's entry (TCP TIME_WAIT and close,
+        UDP); 1 keeps the table small, the kernel's own are 120, 10 and 30."""
+        self.linger = linger
         tag = secrets.token_hex(3)
         self.client = f"snb-{tag}-c"
         self.server = f"snb-{tag}-s"
@@ -75,7 +78,8 @@ class NetLab:
         """Conntrack's sysctls exist once nf_conntrack is loaded (the first firewall loads it):
         call again after a firewall started if some were missing."""
         self.sysctl_missing = []
-        for key, value in CLIENT_SYSCTLS.items():
+        for key, default in CLIENT_SYSCTLS.items():
+            value = str(self.linger) if "conntrack" in key else default
             done = self.ns(self.client, "sysctl", "-q", "-w", f"{key}={value}", check=False)
             if done.returncode != 0:
                 self.sysctl_missing.append(key)

@@ -13,7 +13,8 @@ entry snitch allowed, which a user can make many of):
   protocol, is NEW again and goes to the queue, where the rules now deny it.
 
 Which flows a rule covers is the firewall's question (it decides them as new packets), not
-this module's. Codec: struct on plain netlink sockets, as `connmark` and `procs.sockdiag` do.
+this module's. Codec: struct on plain netlink sockets, as `connmark` and `procs.sockdiag` do;
+the dump's answer is read by `ctwire`, the decoder the log writer shares.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 
 from snitch_common.records import Flow, Proto
+from snitchd import ctwire
+from snitchd.ctwire import read_dump
 
 __all__ = ["CutResult", "FlowCutter", "decode_entries", "encode_delete", "encode_dump"]
 
@@ -107,74 +109,25 @@ def encode_delete(seq: int, flow: Flow) -> bytes:
     return _message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, family, body)
 
 
-def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    pos = start
-    while pos + _NLA.size <= end:
-        size, kind = _NLA.unpack_from(data, pos)
-        if size < _NLA.size or pos + size > end:
-            return
-        yield kind & NLA_TYPE_MASK, data[pos + _NLA.size : pos + size]
-        pos += (size + 3) & ~3
-
-
-def _flow_of(tuple_attr: bytes) -> Flow | None:
-    src = dst = None
-    number = sport = dport = 0
-    for kind, payload in _attrs(tuple_attr, 0, len(tuple_attr)):
-        if kind == CTA_TUPLE_IP:
-            for k, v in _attrs(payload, 0, len(payload)):
-                if k in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
-                    src = ip_address(v)
-                elif k in (CTA_IP_V4_DST, CTA_IP_V6_DST):
-                    dst = ip_address(v)
-        elif kind == CTA_TUPLE_PROTO:
-            for k, v in _attrs(payload, 0, len(payload)):
-                if k == CTA_PROTO_NUM and v:
-                    number = v[0]
-                elif k == CTA_PROTO_SRC_PORT and len(v) >= 2:
-                    sport = struct.unpack_from("!H", v)[0]
-                elif k == CTA_PROTO_DST_PORT and len(v) >= 2:
-                    dport = struct.unpack_from("!H", v)[0]
-    proto = _PROTOS.get(number)
-    if src is None or dst is None or proto is None:
-        return None
-    return Flow(proto, src, sport, dst, dport)
-
-
 def decode_entries(
     data: bytes, mark: int | None = None, mask: int = 0xFFFFFFFF
 ) -> tuple[list[Flow], bool]:
     """The flows (original tuples, TCP and UDP) of one read of a conntrack dump, and whether
     the dump ended in it; with `mark`, only entries whose mark has it under `mask` (checked
     here too, not only by the kernel's dump filter: an inbound flow, a local server's, must
-    never be taken for one snitch let out). Raises OSError for an error message."""
-    flows: list[Flow] = []
-    pos = 0
-    while pos + _NLMSG.size <= len(data):
-        size, kind, _, _, _ = _NLMSG.unpack_from(data, pos)
-        if size < _NLMSG.size or pos + size > len(data):
-            break
-        if kind == NLMSG_DONE:
-            return flows, True
-        if kind == NLMSG_ERROR:
-            code = -_ERR.unpack_from(data, pos + _NLMSG.size)[0]
-            if code:
-                raise OSError(code, f"conntrack dump failed: {os.strerror(code)}")
-            return flows, True
-        body = pos + _NLMSG.size + _NFGEN.size
-        flow = None
-        entry_mark = None
-        for attr_kind, payload in _attrs(data, body, pos + size):
-            if attr_kind == CTA_TUPLE_ORIG:
-                flow = _flow_of(payload)
-            elif attr_kind == CTA_MARK and len(payload) >= 4:
-                entry_mark = struct.unpack_from("!I", payload)[0]
-        if flow is not None and (
-            mark is None or (entry_mark is not None and entry_mark & mask == mark)
-        ):
-            flows.append(flow)
-        pos += (size + 3) & ~3
-    return flows, False
+    never be taken for one snitch let out). Raises OSError for an error message or a
+    malformed one (`ctwire` decodes)."""
+    try:
+        entries, done = read_dump(data, any_kind=True)
+    except ValueError as exc:
+        raise OSError(errno.EBADMSG, f"conntrack dump: {exc}") from None
+    flows = [
+        Flow(_PROTOS[o.ipproto], o.src, o.sport, o.dst, o.dport)
+        for entry in entries
+        if (o := entry.original).ipproto in _PROTOS
+        and (mark is None or (entry.mark is not None and entry.mark & mask == mark))
+    ]
+    return flows, done
 
 
 class FlowCutter:
@@ -190,6 +143,12 @@ class FlowCutter:
     def allowed_flows(self, mark: int, mask: int) -> list[Flow]:
         """Every TCP and UDP flow whose conntrack mark holds `mark` under `mask` (at most
         MAX_FLOWS), IPv4 and IPv6."""
+        try:
+            return self._allowed_flows(mark, mask)
+        finally:
+            ctwire.forget()  # snitchd dumps once in a while: keep nothing of it meanwhile
+
+    def _allowed_flows(self, mark: int, mask: int) -> list[Flow]:
         flows: list[Flow] = []
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
             sock.settimeout(5.0)

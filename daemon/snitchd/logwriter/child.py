@@ -50,17 +50,15 @@ class LogWriter:
     def on_end(self, end: FlowEnd) -> None:
         self._live_new.append(end)
         del self._live_new[:-MAX_ENDS]
+        proto, src, sport, dst, dport = end.key or (
+            end.proto.value,
+            str(end.src),
+            end.sport,
+            str(end.dst),
+            end.dport,
+        )
         self._ends_new.append(
-            FlowBytes(
-                end.proto.value,
-                str(end.src),
-                end.sport,
-                str(end.dst),
-                end.dport,
-                end.bytes_out,
-                end.bytes_in,
-                time.time(),
-            )
+            FlowBytes(proto, src, sport, dst, dport, end.bytes_out, end.bytes_in, time.time())
         )
 
     def on_readable(self) -> None:

@@ -50,8 +50,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from ipaddress import ip_address
+from dataclasses import dataclass, field
 
 from pyroute2.netlink import (
     NETLINK_ADD_MEMBERSHIP,
@@ -70,8 +69,16 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (
 
 from snitch_common.errors import BackendUnavailable
 from snitch_common.records import IPAddress, Proto
+from snitchd.ctwire import Entry, read_entry
 
-__all__ = ["FlowEnd", "FlowEnds", "decode_ends", "decode_entry", "enable_accounting"]
+__all__ = [
+    "FlowEnd",
+    "FlowEnds",
+    "decode_ends",
+    "decode_entry",
+    "enable_accounting",
+    "flow_end",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +87,6 @@ _EVENTS_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_events"
 
 _DESTROY = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
 _GET_STATS = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET_STATS
-_IPPROTO = {6: Proto.TCP, 17: Proto.UDP, 1: Proto.ICMP, 58: Proto.ICMP}
-_ECHO_REQUEST = frozenset((8, 128))  # as packet.decode: only these carry an identifier there
 _RCVBUF = 4 << 20
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Python does not export it
 _BATCH = 16
@@ -111,71 +116,29 @@ class FlowEnd:
     bytes_in: int
     packets_out: int
     packets_in: int
+    # The tuple as the log's rows have it (`ctwire.Original.key`), when the decoder had it.
+    key: tuple[str, str, int, str, int] | None = field(default=None, compare=False, repr=False)
 
 
 _NLMSG = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
 _NFGEN = 20  # nlmsghdr (16) + nfgenmsg (4)
-_BE16, _BE32, _BE64 = struct.Struct("!H"), struct.Struct("!I"), struct.Struct("!Q")
 
 
-def _attrs(data: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
-    """type -> (start, end) of each netlink attribute's payload in data[off:end]."""
-    out: dict[int, tuple[int, int]] = {}
-    while off + 4 <= end:
-        length, kind = _NLA.unpack_from(data, off)
-        if length < 4 or off + length > end:
-            raise ValueError(f"malformed conntrack attribute at byte {off}")
-        out[kind & 0x3FFF] = (off + 4, off + length)
-        off += (length + 3) & ~3
-    return out
-
-
-def _need(
-    attrs: dict[int, tuple[int, int]], kind: int, name: str, size: int = 0
-) -> tuple[int, int]:
-    span = attrs.get(kind)
-    if span is None:
-        raise ValueError(f"conntrack event without {name}")
-    if size and span[1] - span[0] < size:
-        raise ValueError(f"conntrack event with a malformed {name}")
-    return span
+def flow_end(entry: Entry) -> FlowEnd | None:
+    """A decoded conntrack message as a `FlowEnd`, None when it carries no counters."""
+    if entry.counters is None:
+        return None
+    o = entry.original
+    packets_out, bytes_out, packets_in, bytes_in = entry.counters
+    return FlowEnd(
+        o.proto, o.src, o.sport, o.dst, o.dport, bytes_out, bytes_in, packets_out, packets_in, o.key
+    )
 
 
 def decode_entry(data: bytes, off: int, end: int, family: int) -> FlowEnd | None:
     """One conntrack message at data[off:end] (a DESTROY event or an entry of a dump): its
     original tuple and counters, None without counters; ValueError when malformed."""
-    top = _attrs(data, off + _NFGEN, end)
-    tup = _attrs(data, *_need(top, 1, "CTA_TUPLE_ORIG"))
-    ips = _attrs(data, *_need(tup, 1, "CTA_TUPLE_IP"))
-    ports = _attrs(data, *_need(tup, 2, "CTA_TUPLE_PROTO"))
-    n = 16 if family == socket.AF_INET6 else 4
-    s0 = _need(ips, 3 if n == 16 else 1, "CTA_IP_SRC", n)[0]
-    d0 = _need(ips, 4 if n == 16 else 2, "CTA_IP_DST", n)[0]
-    src = ip_address(data[s0 : s0 + n])
-    dst = ip_address(data[d0 : d0 + n])
-    ipproto = data[_need(ports, 1, "CTA_PROTO_NUM", 1)[0]]
-    proto = _IPPROTO.get(ipproto, Proto.OTHER)
-    sport = dport = 0
-    if proto in (Proto.TCP, Proto.UDP):
-        sport = _BE16.unpack_from(data, _need(ports, 2, "CTA_PROTO_SRC_PORT", 2)[0])[0]
-        dport = _BE16.unpack_from(data, _need(ports, 3, "CTA_PROTO_DST_PORT", 2)[0])[0]
-    elif proto is Proto.ICMP:
-        type_at, id_at = (8, 7) if ipproto == 58 else (5, 4)
-        if data[_need(ports, type_at, "CTA_PROTO_ICMP_TYPE", 1)[0]] in _ECHO_REQUEST:
-            sport = _BE16.unpack_from(data, _need(ports, id_at, "CTA_PROTO_ICMP_ID", 2)[0])[0]
-    if 9 not in top or 10 not in top:
-        return None
-    counts = []
-    for kind in (9, 10):
-        c = _attrs(data, *top[kind])
-        if 1 in c:
-            counts.append(_BE64.unpack_from(data, _need(c, 1, "CTA_COUNTERS_PACKETS", 8)[0])[0])
-            counts.append(_BE64.unpack_from(data, _need(c, 2, "CTA_COUNTERS_BYTES", 8)[0])[0])
-        else:
-            counts.append(_BE32.unpack_from(data, _need(c, 3, "CTA_COUNTERS32_PACKETS", 4)[0])[0])
-            counts.append(_BE32.unpack_from(data, _need(c, 4, "CTA_COUNTERS32_BYTES", 4)[0])[0])
-    return FlowEnd(proto, src, sport, dst, dport, counts[1], counts[3], counts[0], counts[2])
+    return flow_end(read_entry(data, off, end, family))
 
 
 def decode_ends(data: bytes) -> list[FlowEnd | None]:
@@ -183,9 +146,9 @@ def decode_ends(data: bytes) -> list[FlowEnd | None]:
 
     An item is None for a flow conntrack kept no counters for (it began while nf_conntrack_acct
     was 0). Raises ValueError, naming what is wrong, for any other message or a malformed one.
-    A struct walk: pyroute2's `nfct_msg` decodes the same bytes in 120-144 µs, this in 8 µs
-    (bench/bench_micro.py), and it runs once per finished flow on the packet loop; the unit
-    tests check it against messages pyroute2 builds.
+    A struct walk (`ctwire`): pyroute2's `nfct_msg` decodes the same bytes in 120-144 µs,
+    this in ~4.5 µs (bench/bench_micro.py), once per finished flow on the log writer's loop;
+    the unit tests check it against messages pyroute2 builds.
     """
     ends: list[FlowEnd | None] = []
     off = 0

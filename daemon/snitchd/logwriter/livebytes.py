@@ -27,7 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from snitch_common.errors import BackendUnavailable
-from snitchd.logwriter.conntrack import FlowEnd, decode_entry
+from snitchd.ctwire import Entry, read_dump
+from snitchd.logwriter.conntrack import FlowEnd, flow_end
 from snitchd.logwriter.protocol import AppRate
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK
 from snitchd.store import TrafficMinute
@@ -49,15 +50,12 @@ MAX_FLOWS = 200_000  # flows whose app is remembered; the oldest are forgotten f
 MAX_RATES = 200  # apps in one rates snapshot, the busiest first
 
 _NETLINK_NETFILTER = 12
-_CT_NEW = 1 << 8  # (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW: each entry of a dump
 _CT_GET = (1 << 8) | 1  # IPCTNL_MSG_CT_GET
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _CTA_MARK, _CTA_MARK_MASK = 8, 21
 _NLMSG = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")
 _NLA = struct.Struct("=HH")
-_ERR = struct.Struct("=i")
 _RECV_SIZE = 1 << 18
 _TIMEOUT = 2.0  # a dump that has not answered by then is abandoned until the next tick
 
@@ -80,34 +78,26 @@ def decode_dump(data: bytes, seq: int) -> tuple[list[FlowEnd], bool]:
     """The entries in one datagram of a dump answer, and whether the dump is done. Entries
     without counters (begun before accounting was on) are left out. Raises ValueError on a
     malformed message and OSError when the kernel refused the request."""
-    entries: list[FlowEnd] = []
-    off = 0
-    while off + _NLMSG.size <= len(data):
-        length, kind, _, got, _ = _NLMSG.unpack_from(data, off)
-        if length < _NLMSG.size or off + length > len(data):
-            raise ValueError(f"malformed netlink message at byte {off}")
-        if got == seq:
-            if kind == _NLMSG_DONE:
-                return entries, True
-            if kind == _NLMSG_ERROR:
-                code = -_ERR.unpack_from(data, off + _NLMSG.size)[0]
-                if code:
-                    raise OSError(code, f"conntrack dump refused: {_strerror(code)}")
-                return entries, True
-            if kind == _CT_NEW and length >= _NLMSG.size + _NFGEN.size:
-                family = data[off + _NLMSG.size]
-                if family in (socket.AF_INET, socket.AF_INET6):
-                    entry = decode_entry(data, off, off + length, family)
-                    if entry is not None:
-                        entries.append(entry)
-        off += (length + 3) & ~3
-    return entries, False
+    entries, done = read_dump(data, seq)
+    ends = [end for end in map(_flow_end, entries) if end is not None]
+    return ends, done
 
 
-def _strerror(code: int) -> str:
-    import os  # noqa: PLC0415 - only on the error path
+# FlowEnd of an Entry that `ctwire` gave again (a flow unchanged since the last dump), by the
+# Entry's identity: the Entry is held here, so its id cannot name another meanwhile.
+_ENDS: dict[int, tuple[Entry, FlowEnd | None]] = {}
+_ENDS_MAX = 1 << 16
 
-    return os.strerror(code)
+
+def _flow_end(entry: Entry) -> FlowEnd | None:
+    known = _ENDS.get(id(entry))
+    if known is not None and known[0] is entry:
+        return known[1]
+    end = flow_end(entry)
+    if len(_ENDS) >= _ENDS_MAX:
+        _ENDS.clear()
+    _ENDS[id(entry)] = (entry, end)
+    return end
 
 
 class LiveDump:
@@ -315,6 +305,8 @@ class Accounting:
 
 
 def _key(entry: FlowEnd) -> Key:
+    if entry.key is not None:  # decoded once per tuple (`ctwire`), not per dump
+        return entry.key
     return (entry.proto.value, str(entry.src), entry.sport, str(entry.dst), entry.dport)
 
 

@@ -2,7 +2,8 @@
 
 The kernel holds a new flow's first packet while we look, so the packet loop does only what is
 bounded whatever a user does: one sock_diag exact request (uid and socket inode, ~4 µs), a
-cached owner checked by one readlink, a cached process checked by one read of /proc/<pid>/stat.
+cached owner checked by one readlink, a cached process checked by one read of /proc/<pid>/stat
+(a pread of the file kept open for that process: `details.StatFds`).
 Everything else — a /proc/*/fd scan for an unseen socket, psutil details of an unseen process,
 the sha256 of its executable — is a worker job (`worker`), and `begin` returns a `Lookup` whose
 future the packet waits on; later packets of the flow join it. Jobs run in one line per user,
@@ -53,7 +54,7 @@ from snitch_common.records import Attribution, Flow, Process, Proto, Source
 from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.containers import Names, container_of
 from snitchd.procs.bpf import Owner, Recorder, build_object, cgroup2_root
-from snitchd.procs.details import Details, Stat, exe_id, process_alive, read_stat
+from snitchd.procs.details import Details, Stat, StatFds, exe_id, process_alive, read_stat
 from snitchd.procs.execs import ExecWatch
 from snitchd.procs.guests import Taps, bridge_port, holds_tap
 from snitchd.procs.hashes import Hashes, Hashing
@@ -138,6 +139,7 @@ class Attributor:
         self._diag = SockDiag()
         self._owners = Owners()
         self._details = Details(interpreters)
+        self._stats = StatFds()  # the loop's own: begin and begin_forwarded only
         self._hashes = Hashes()
         self._worker = Worker(threads)
         self._lock = threading.Lock()
@@ -154,6 +156,7 @@ class Attributor:
         self._worker.close()
         self._hashes.close()
         self._diag.close()
+        self._stats.close()
         if self._netns is not None:
             self._netns.close()
         if self.recorder is not None:
@@ -196,7 +199,7 @@ class Attributor:
             return Process.uid_only(uid)
         stat = None
         if pid != NEED_SCAN:
-            stat = read_stat(pid)
+            stat = self._stats.read(pid)
             if stat is None:
                 return Process.uid_only(uid)
             with self._lock:
@@ -252,7 +255,7 @@ class Attributor:
         if pid is None:
             return Process.kernel()
         if pid != NEED_SCAN:
-            stat = read_stat(pid)
+            stat = self._stats.read(pid)
             if stat is None:
                 return Process.kernel()
             with self._lock:

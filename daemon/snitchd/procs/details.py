@@ -31,7 +31,7 @@ from snitchd.procs.identity import (
 )
 from snitchd.procs.scripts import CODE_ENV, Interpreters, script_of
 
-__all__ = ["Details", "Stat", "exe_id", "process_alive", "read_stat", "start_time"]
+__all__ = ["Details", "Stat", "StatFds", "exe_id", "process_alive", "read_stat", "start_time"]
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,61 @@ def read_stat(pid: int) -> Stat | None:
             os.close(fd)
     except OSError:
         return None
+    return _parse_stat(data)
+
+
+def _parse_stat(data: bytes) -> Stat:
     head, _, tail = data.rpartition(b")")  # comm may itself hold spaces and parentheses
     fields = tail.split()
     return fields[0].decode(), int(fields[1]), int(fields[19]), head.partition(b"(")[2]
+
+
+class StatFds:
+    """`read_stat` for the packet loop, from a /proc/<pid>/stat kept open per recent pid: one
+    pread (~3.5 µs here) instead of open, read and close (~7.7 µs), per flow of a known process.
+
+    An open /proc/<pid>/stat names that process, not the pid: once it exits the read fails
+    (ESRCH), even if the pid is reused, and then the pid is opened anew, so a reused pid is
+    read as the new process it is, never the old. One thread only (the loop): an fd closed
+    here must never be one another thread is reading. At most `size` fds, the oldest closed
+    first."""
+
+    def __init__(self, size: int = 128) -> None:
+        self.size = size
+        self._fds: dict[int, int] = {}
+
+    def read(self, pid: int) -> Stat | None:
+        fd = self._fds.get(pid)
+        if fd is not None:
+            try:
+                data = os.pread(fd, 4096, 0)
+            except OSError:
+                data = b""
+            if data:
+                return _parse_stat(data)
+            del self._fds[pid]  # gone (or its pid reused): read the pid afresh
+            os.close(fd)
+        try:
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, 4096, 0)
+        except OSError:
+            data = b""
+        if not data:
+            os.close(fd)
+            return None
+        self._fds[pid] = fd
+        while len(self._fds) > self.size:
+            oldest = next(iter(self._fds))
+            os.close(self._fds.pop(oldest))
+        return _parse_stat(data)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
 
 
 def exe_id(pid: int) -> tuple[int, int] | None:

@@ -1,0 +1,268 @@
+"""The conntrack netlink (ctnetlink) messages snitch reads: one decoder for all three readers.
+
+The log writer reads DESTROY events (`logwriter.conntrack`: a flow's last counters) and dumps
+every second the entries snitch allowed (`logwriter.livebytes`: bytes while they flow);
+`flowcut` dumps the same entries to cut the ones a new rule denies. They were three struct
+walks of the same bytes that could drift; this is the one they share.
+
+Cost: the live dump reads every allowed entry conntrack still tracks, every second (a TCP
+flow stays ~2 minutes after its close), so the same original tuple is decoded again and again.
+Its decoded form (`Original`: addresses, ports, and the string key the log's rows are joined
+on) is a pure function of the tuple attribute's bytes, so it is kept by those bytes
+(`_ORIGINALS`): a known tuple costs one dict lookup instead of two nested walks, two
+`ip_address` and two `str` of it. Measured with bench/bench_micro.py (`ctwire`).
+
+Never trusts a length: a truncated or malformed message raises ValueError naming what is
+wrong (errors are not cached), never anything else, never a guess. No I/O.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from snitch_common.records import IPAddress, Proto
+
+__all__ = ["Entry", "Original", "forget", "read_dump", "read_entry"]
+
+CT_NEW = 1 << 8  # (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW: each entry of a dump
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+CTA_TUPLE_ORIG, CTA_TIMEOUT, CTA_MARK, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 1, 7, 8, 9, 10
+
+_IPPROTO = {6: Proto.TCP, 17: Proto.UDP, 1: Proto.ICMP, 58: Proto.ICMP}
+_ECHO_REQUEST = frozenset((8, 128))  # as packet.decode: only these carry an identifier there
+_NLMSG = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+_ERR = struct.Struct("=i")
+_NFGEN = 20  # nlmsghdr (16) + nfgenmsg (4)
+_BE16, _BE32, _BE64 = struct.Struct("!H"), struct.Struct("!I"), struct.Struct("!Q")
+# A CTA_COUNTERS_* nest as the kernel writes it: PACKETS then BYTES, 64-bit, 12 bytes each.
+# Read big-endian whole: the attribute headers (host order) are compared as the same bytes.
+_C64 = struct.Struct("!IQIQ")
+_C64_HEADS = (struct.unpack("!I", _NLA.pack(12, 1))[0], struct.unpack("!I", _NLA.pack(12, 2))[0])
+_ORIGINALS_MAX = 1 << 16  # decoded tuples kept; all dropped at once when full
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """A conntrack entry's original tuple, filled as `packet.decode` fills `Flow`: for ICMP
+    echo `sport` is the identifier, else 0; `dport` is 0 for ICMP and port-less protocols.
+    `key` is the same as the log's row has it (proto, src, sport, dst, dport as text)."""
+
+    proto: Proto
+    ipproto: int
+    src: IPAddress
+    sport: int
+    dst: IPAddress
+    dport: int
+    key: tuple[str, str, int, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One conntrack message: its original tuple, its counters (packets out, bytes out,
+    packets in, bytes in; None when conntrack kept none) and its mark (None when absent)."""
+
+    original: Original
+    counters: tuple[int, int, int, int] | None
+    mark: int | None
+
+
+_ORIGINALS: dict[bytes, Original] = {}
+
+
+def _attrs(data: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
+    """type -> (start, end) of each netlink attribute's payload in data[off:end]."""
+    out: dict[int, tuple[int, int]] = {}
+    unpack = _NLA.unpack_from
+    while off + 4 <= end:
+        length, kind = unpack(data, off)
+        if length < 4 or off + length > end:
+            raise ValueError(f"malformed conntrack attribute at byte {off}")
+        out[kind & 0x3FFF] = (off + 4, off + length)
+        off += (length + 3) & ~3
+    return out
+
+
+def _need(
+    attrs: dict[int, tuple[int, int]], kind: int, name: str, size: int = 0
+) -> tuple[int, int]:
+    span = attrs.get(kind)
+    if span is None:
+        raise ValueError(f"conntrack event without {name}")
+    if size and span[1] - span[0] < size:
+        raise ValueError(f"conntrack event with a malformed {name}")
+    return span
+
+
+def _original(data: bytes, start: int, end: int, family: int) -> Original:
+    """The CTA_TUPLE_ORIG payload at data[start:end], decoded or from `_ORIGINALS`."""
+    raw = data[start:end] + bytes((family,))
+    known = _ORIGINALS.get(raw)
+    if known is not None:
+        return known
+    tup = _attrs(data, start, end)
+    ips = _attrs(data, *_need(tup, 1, "CTA_TUPLE_IP"))
+    ports = _attrs(data, *_need(tup, 2, "CTA_TUPLE_PROTO"))
+    n = 16 if family == socket.AF_INET6 else 4
+    s0 = _need(ips, 3 if n == 16 else 1, "CTA_IP_SRC", n)[0]
+    d0 = _need(ips, 4 if n == 16 else 2, "CTA_IP_DST", n)[0]
+    src = ip_address(data[s0 : s0 + n])
+    dst = ip_address(data[d0 : d0 + n])
+    ipproto = data[_need(ports, 1, "CTA_PROTO_NUM", 1)[0]]
+    proto = _IPPROTO.get(ipproto, Proto.OTHER)
+    sport = dport = 0
+    if proto in (Proto.TCP, Proto.UDP):
+        sport = _BE16.unpack_from(data, _need(ports, 2, "CTA_PROTO_SRC_PORT", 2)[0])[0]
+        dport = _BE16.unpack_from(data, _need(ports, 3, "CTA_PROTO_DST_PORT", 2)[0])[0]
+    elif proto is Proto.ICMP:
+        type_at, id_at = (8, 7) if ipproto == 58 else (5, 4)
+        if data[_need(ports, type_at, "CTA_PROTO_ICMP_TYPE", 1)[0]] in _ECHO_REQUEST:
+            sport = _BE16.unpack_from(data, _need(ports, id_at, "CTA_PROTO_ICMP_ID", 2)[0])[0]
+    key = (proto.value, str(src), sport, str(dst), dport)
+    original = Original(proto, ipproto, src, sport, dst, dport, key)
+    if len(_ORIGINALS) >= _ORIGINALS_MAX:
+        _ORIGINALS.clear()
+    _ORIGINALS[raw] = original
+    return original
+
+
+def _counters(data: bytes, span: tuple[int, int]) -> tuple[int, int]:
+    """(packets, bytes) of a CTA_COUNTERS_* nest: 64-bit, or the old 32-bit attributes."""
+    start, end = span
+    if end - start == 24:
+        head1, packets, head2, count = _C64.unpack_from(data, start)
+        if head1 == _C64_HEADS[0] and head2 == _C64_HEADS[1]:  # the kernel's own layout
+            return packets, count
+    c = _attrs(data, start, end)
+    if 1 in c:
+        packets = _BE64.unpack_from(data, _need(c, 1, "CTA_COUNTERS_PACKETS", 8)[0])[0]
+        return packets, _BE64.unpack_from(data, _need(c, 2, "CTA_COUNTERS_BYTES", 8)[0])[0]
+    packets = _BE32.unpack_from(data, _need(c, 3, "CTA_COUNTERS32_PACKETS", 4)[0])[0]
+    return packets, _BE32.unpack_from(data, _need(c, 4, "CTA_COUNTERS32_BYTES", 4)[0])[0]
+
+
+def read_entry(data: bytes, off: int, end: int, family: int) -> Entry:
+    """One conntrack message at data[off:end] (a DESTROY event or an entry of a dump) of
+    address `family`; ValueError when malformed."""
+    return _read(data, off, end, family)[0]
+
+
+def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | None]:
+    """`read_entry`, and where its CTA_TIMEOUT value is (from `off`; None without one)."""
+    orig = mark_at = out_span = in_span = timeout_at = None
+    pos = off + _NFGEN
+    unpack = _NLA.unpack_from
+    while pos + 4 <= end:  # the top level, as `_attrs` walks it, keeping only what we read
+        length, kind = unpack(data, pos)
+        if length < 4 or pos + length > end:
+            raise ValueError(f"malformed conntrack attribute at byte {pos}")
+        kind &= 0x3FFF
+        if kind == CTA_TUPLE_ORIG:
+            orig = (pos + 4, pos + length)
+        elif kind == CTA_COUNTERS_ORIG:
+            out_span = (pos + 4, pos + length)
+        elif kind == CTA_COUNTERS_REPLY:
+            in_span = (pos + 4, pos + length)
+        elif kind == CTA_MARK:
+            mark_at = (pos + 4, pos + length)
+        elif kind == CTA_TIMEOUT and length == 8:
+            timeout_at = pos + 4 - off
+        pos += (length + 3) & ~3
+    if orig is None:
+        raise ValueError("conntrack event without CTA_TUPLE_ORIG")
+    original = _original(data, orig[0], orig[1], family)
+    counters = None
+    if out_span is not None and in_span is not None:
+        counters = _counters(data, out_span) + _counters(data, in_span)
+    mark = None
+    if mark_at is not None and mark_at[1] - mark_at[0] >= 4:
+        mark = _BE32.unpack_from(data, mark_at[0])[0]
+    return Entry(original, counters, mark), timeout_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Dumped:
+    """An entry as the last dump had it: its message from the nfgenmsg on, with the bytes of
+    its timeout (the one attribute that changes while nothing else does) zeroed."""
+
+    body: bytes
+    timeout_at: int | None
+    entry: Entry
+
+
+_DUMPED: dict[bytes, _Dumped] = {}
+_ZERO4 = bytes(4)
+
+
+def _body(data: bytes, off: int, end: int, timeout_at: int | None) -> bytes:
+    if timeout_at is None:
+        return data[off + 16 : end]
+    return data[off + 16 : off + timeout_at] + _ZERO4 + data[off + timeout_at + 4 : end]
+
+
+def _dumped(data: bytes, off: int, end: int, family: int) -> Entry:
+    """An entry of a dump. Most are the same bytes as in the last dump but for their timeout
+    (a closed TCP flow's entry stays ~2 minutes): those are answered with the Entry decoded
+    then, by comparing the bytes (never a guess: any other byte differs, it is decoded)."""
+    head = off + _NFGEN
+    if head + 4 <= end:
+        length, kind = _NLA.unpack_from(data, head)
+        if kind & 0x3FFF == CTA_TUPLE_ORIG and 4 <= length <= end - head:
+            raw = data[head + 4 : head + length] + bytes((family,))
+            seen = _DUMPED.get(raw)
+            if seen is not None and _body(data, off, end, seen.timeout_at) == seen.body:
+                return seen.entry
+            entry, timeout_at = _read(data, off, end, family)
+            if len(_DUMPED) >= _ORIGINALS_MAX:
+                _DUMPED.clear()
+            _DUMPED[raw] = _Dumped(_body(data, off, end, timeout_at), timeout_at, entry)
+            return entry
+    return read_entry(data, off, end, family)
+
+
+def read_dump(
+    data: bytes, seq: int | None = None, any_kind: bool = False
+) -> tuple[list[Entry], bool]:
+    """The IPv4 and IPv6 entries in one datagram of a dump answer, and whether the dump is
+    done in it. With `seq`, messages of other requests are passed over; `any_kind` reads every
+    ctnetlink message as an entry, not only IPCTNL_MSG_CT_NEW (a dump's). Raises ValueError on
+    a malformed message and OSError when the kernel refused the request."""
+    entries: list[Entry] = []
+    off = 0
+    unpack = _NLMSG.unpack_from
+    while off + _NLMSG.size <= len(data):
+        length, kind, _, got, _ = unpack(data, off)
+        if length < _NLMSG.size or off + length > len(data):
+            raise ValueError(f"malformed netlink message at byte {off}")
+        if seq is None or got == seq:
+            if kind == NLMSG_DONE:
+                return entries, True
+            if kind == NLMSG_ERROR:
+                if length < _NLMSG.size + _ERR.size:
+                    raise ValueError(f"truncated netlink error message at byte {off}")
+                code = -_ERR.unpack_from(data, off + _NLMSG.size)[0]
+                if code:
+                    raise OSError(code, f"conntrack dump refused: {_strerror(code)}")
+                return entries, True
+            if (kind == CT_NEW or (any_kind and kind >> 8 == CT_NEW >> 8)) and length >= _NFGEN:
+                family = data[off + _NLMSG.size]
+                if family in (socket.AF_INET, socket.AF_INET6):
+                    entries.append(_dumped(data, off, off + length, family))
+        off += (length + 3) & ~3
+    return entries, False
+
+
+def forget() -> None:
+    """Drop what was kept of earlier messages: for a reader that dumps once in a while
+    (`flowcut`), where keeping it would only hold memory until the next time."""
+    _ORIGINALS.clear()
+    _DUMPED.clear()
+
+
+def _strerror(code: int) -> str:
+    import os  # noqa: PLC0415 - only on the error path
+
+    return os.strerror(code)
