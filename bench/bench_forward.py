@@ -12,6 +12,13 @@ Then, in this process, the pieces: a sock_diag exact lookup in our namespace and
 container's (through the socket opened inside it), entering a namespace (a thread, setns, two
 sockets; once per namespace), and a whole cold resolve (scan of /proc's namespaces + addresses).
 
+A fifth series, "forward+snitchd-nosetns", runs snitchd as its service unit does, without
+CAP_SYS_ADMIN (`setpriv --bounding-set=-sys_admin`): it may not enter the container's namespace,
+so each new TCP flow of a container has its socket found in /proc/PID/net/tcp, in the worker,
+while the flow waits. That read walks the kernel's whole TCP hash (every namespace's sockets
+and every empty bucket): the pieces show it at rest and with `--sockets N` idle TCP sockets
+more on the machine (held in the lab's client namespace, as other containers' would be).
+
 Prints figures, asserts nothing. Run as root: python -m bench.bench_forward [--rounds N]
 """
 
@@ -46,7 +53,21 @@ def connload(lab, argv, seconds, warmup):
     return json.loads(done.stdout)
 
 
-def start_daemon(lab, tmp):
+SOCKETS_HELPER = """
+import resource, socket, sys, time
+n = int(sys.argv[1]) // 2
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(4096)
+keep = []
+for _ in range(n):
+    c = socket.create_connection(ls.getsockname()); a, _ = ls.accept(); keep += [c, a]
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def start_daemon(lab, tmp, prefix=()):
     conf = tmp / "snitchd.toml"
     conf.write_text(
         f'database = "{tmp / "snitch.db"}"\ndefault_action = "allow"\nqueue = 4242\n'
@@ -60,7 +81,7 @@ def start_daemon(lab, tmp):
     log = open(tmp / "snitchd.log", "a")  # noqa: SIM115 - kept open while the daemon runs
     proc = lab.popen(
         lab.client,
-        [sys.executable, "-c", DAEMON_MAIN, "--config", str(conf)],
+        [*prefix, sys.executable, "-c", DAEMON_MAIN, "--config", str(conf)],
         env=lab.env | {"NOTIFY_SOCKET": str(notify_path), "PYTHONPATH": str(ROOT / "daemon")},
         stderr=log,
     )
@@ -82,8 +103,23 @@ def queued(lab):
     return tuple(out)
 
 
-def micro(guest_ns):
-    """µs per call: sock_diag in our namespace and in the guest's; entering a namespace."""
+def proc_table(guest_ns, flow, n=200):
+    """µs per /proc/PID/net/tcp search (find_in_tables) through a process in the namespace."""
+    sleeper = subprocess.Popen(["ip", "netns", "exec", guest_ns, "sleep", "30"])
+    try:
+        time.sleep(0.3)
+        began = time.perf_counter()
+        for _ in range(n):
+            find_in_tables(sleeper.pid, flow)
+        return (time.perf_counter() - began) / n * 1e6
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def micro(lab, guest_ns, sockets):
+    """µs per call: sock_diag in our namespace and in the guest's; entering a namespace; the
+    /proc path, at rest and with `sockets` more TCP sockets on the machine."""
     figures = {}
     n = 2000
     ns_path = f"/run/netns/{guest_ns}"
@@ -106,18 +142,25 @@ def micro(guest_ns):
     own.close()
     # Where snitchd may not enter namespaces (its service unit): the socket table, read through
     # a process in the namespace, in the worker.
-    sleeper = subprocess.Popen(["ip", "netns", "exec", guest_ns, "sleep", "30"])
-    try:
-        time.sleep(0.3)
-        began = time.perf_counter()
-        for _ in range(200):
-            find_in_tables(sleeper.pid, flow)
-        figures["socket table via /proc/PID/net/tcp (no setns)"] = (
-            (time.perf_counter() - began) / 200 * 1e6
-        )
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+    figures["socket table via /proc/PID/net/tcp (no setns)"] = proc_table(guest_ns, flow)
+    if sockets:
+        holder = lab.popen(lab.client, [sys.executable, "-c", SOCKETS_HELPER, str(sockets)])
+        try:
+            holder.stdout.readline()
+            figures[f"  the same, {sockets} TCP sockets more on the machine"] = proc_table(
+                guest_ns, flow
+            )
+            inside = SockDiag(enter_and_open(ns_path)[1])
+            began = time.perf_counter()
+            for _ in range(n):
+                inside.find(flow)
+            figures[f"  sock_diag in the container's, {sockets} sockets more"] = (
+                (time.perf_counter() - began) / n * 1e6
+            )
+            inside.close()
+        finally:
+            holder.kill()
+            holder.wait()
     times = []
     for _ in range(50):
         began = time.perf_counter()
@@ -152,6 +195,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--sockets", type=int, default=10000)
     args = parser.parse_args()
     lab = NetLab()
     guests = None
@@ -165,13 +209,20 @@ def main():
         guest = guests.add()
         client_argv = ["ip", "netns", "exec", lab.client, str(exe)]
         guest_argv = guest.argv(str(exe))
-        results = {k: [] for k in ("output", "forward", "output+snitchd", "forward+snitchd")}
+        keys = ("output", "forward", "output+snitchd", "forward+snitchd", "forward+snitchd-nosetns")
+        results = {k: [] for k in keys}
+        nosetns = ("setpriv", "--bounding-set=-sys_admin", "--")
         counts = []
         for r in range(args.rounds):
             for key, runs in results.items():
-                firewall = key.endswith("snitchd")
+                firewall = "snitchd" in key
+                if daemon is not None and (not firewall or key.endswith("nosetns")):
+                    daemon.terminate()
+                    daemon.wait(15)
+                    daemon = None
                 if firewall and daemon is None:
-                    daemon, log = start_daemon(lab, lab.tmp)
+                    prefix = nosetns if key.endswith("nosetns") else ()
+                    daemon, log = start_daemon(lab, lab.tmp, prefix)
                     lab.set_sysctls()
                 if not firewall and daemon is not None:
                     daemon.terminate()
@@ -209,10 +260,13 @@ def main():
         extra = added_fwd - added_out
         print(f"  snitchd adds (median): OUTPUT {added_out:.1f} µs, FORWARD {added_fwd:.1f} µs "
               f"per new flow: the forwarded path costs {extra:+.1f} µs more")  # fmt: skip
+        added_proc = med["forward+snitchd-nosetns"][0] - med["forward"][0]
+        print(f"  without CAP_SYS_ADMIN (the unit as shipped): FORWARD {added_proc:.1f} µs "
+              f"per new flow ({added_proc - added_fwd:+.1f} µs against setns)")  # fmt: skip
         for key, attempts, q_out, q_fwd in counts:
             print(f"  queued {key}: {attempts} attempts, OUTPUT {q_out}, FORWARD {q_fwd}")
         print("pieces (µs per call, this process):")
-        for label, value in micro(guest.ns).items():
+        for label, value in micro(lab, guest.ns, args.sockets).items():
             print(f"  {label:55} {value:8.1f}")
         cold, spaces, found = cold_resolve(lab, guest.addr)
         print(f"  cold resolve of a new source ({spaces} namespaces on this machine, found: "

@@ -16,6 +16,12 @@ tree), so it is what names the container:
 
 A rootless container's cgroup lies under its user's manager (`user@UID.service`): that user
 owns it, and its flows are that user's to answer. Any other is a system container: the admins'.
+
+Podman has no daemon: its API socket exists only while `podman.socket` (or `podman system
+service`) runs, which Debian does not enable. Without it a Podman container's name is read from
+its monitor, conmon (`conmon -c <id> -n <name>`), the parent of the container's first process:
+only a conmon run by root, whose `-c` is the id the cgroup names, is believed (verified with
+Podman 4.3.1, cgroupfs manager, tests/integration/test_podman.py).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Names",
+    "conmon_args",
     "container_from",
     "container_names",
     "container_of",
@@ -62,6 +69,8 @@ _API_TIMEOUT = 0.5  # seconds for one API answer
 _API_MAX = 1 << 20  # bytes of one API answer read at most
 _NAMES_MAX = 1024
 _API_RUNTIMES = (Runtime.DOCKER, Runtime.PODMAN)
+_PARENTS_MAX = 16  # processes walked up from a container's process to its conmon
+_CMDLINE_MAX = 1 << 16  # bytes of conmon's command line read at most
 
 
 def _unescape(name: str) -> str:
@@ -127,11 +136,25 @@ class Names:
         name = _ask_api(path, ident)
         if name is None:
             return None  # asked again next time: the container may just have started
+        self._keep(key, name)
+        return name
+
+    def conmon_name(self, pid: int, ident: str) -> str | None:
+        """A system Podman container's name from its conmon (module docstring), cached per id."""
+        key = (Runtime.PODMAN, ident)
+        with self._lock:
+            if key in self._names:
+                return self._names[key]
+        name = _conmon_of(pid, ident)
+        if name is not None:
+            self._keep(key, name)
+        return name
+
+    def _keep(self, key: tuple[Runtime, str], name: str) -> None:
         with self._lock:
             self._names[key] = name
             while len(self._names) > _NAMES_MAX:
                 del self._names[next(iter(self._names))]
-        return name
 
 
 def _ask_api(path: str, ident: str) -> str | None:
@@ -178,7 +201,76 @@ def container_of(pid: int, names: Names | None = None) -> Container | None:
         status = Path(f"/proc/{pid}/status").read_text(errors="replace")
     except OSError:
         return None
-    return container_from(cgroup, status, names)
+    found = container_from(cgroup, status, names)
+    if (
+        names is not None
+        and found is not None
+        and found.runtime is Runtime.PODMAN
+        and found.owner_uid is None
+        and found.name == found.id[:12]
+    ):
+        name = names.conmon_name(pid, found.id)
+        if name is not None:
+            return Container(found.runtime, name, found.id, found.pid, found.owner_uid)
+    return found
+
+
+def conmon_args(cmdline: bytes) -> tuple[str | None, str | None]:
+    """The container id (`-c`/`--cid`) and name (`-n`/`--name`) of a conmon command line
+    (NUL-separated, as /proc/PID/cmdline has it); None for what it does not give."""
+    args = [a.decode("utf-8", "replace") for a in cmdline.split(b"\0")]
+    if not args or Path(args[0]).name != "conmon":
+        return None, None
+    values: dict[str, str] = {}
+    for i, arg in enumerate(args[1:], 1):
+        key, eq, value = arg.partition("=")
+        if key in ("-c", "--cid", "-n", "--name"):
+            if not eq:
+                value = args[i + 1] if i + 1 < len(args) else ""
+            values.setdefault("id" if key in ("-c", "--cid") else "name", value)
+    return values.get("id"), values.get("name")
+
+
+def _conmon_of(pid: int, ident: str) -> str | None:
+    """The name root's conmon gives container `ident`, walking up from `pid` (a process inside)
+    to the first parent outside the container's cgroup. None if that parent is not a conmon of
+    uid 0 for this very id (a container whose conmon died is reparented to init)."""
+    for _ in range(_PARENTS_MAX):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text(errors="replace")
+        except OSError:
+            return None
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        try:
+            ppid = int(fields.get("PPid", "0").strip())
+        except ValueError:
+            return None
+        if ppid <= 1:
+            return None
+        try:
+            cgroup = Path(f"/proc/{ppid}/cgroup").read_text(errors="replace")
+        except OSError:
+            return None
+        inside = parse_cgroup(cgroup)
+        if inside is not None and inside.id == ident:
+            pid = ppid
+            continue
+        try:
+            parent = Path(f"/proc/{ppid}/status").read_text(errors="replace")
+            with open(f"/proc/{ppid}/cmdline", "rb") as f:
+                cmdline = f.read(_CMDLINE_MAX)
+        except OSError:
+            return None
+        uids = next(
+            (line.split()[1:] for line in parent.splitlines() if line.startswith("Uid:")), []
+        )
+        if not uids or any(uid != "0" for uid in uids):
+            return None
+        cid, name = conmon_args(cmdline)
+        if cid != ident or not name or not name.isprintable():
+            return None
+        return name[:_NAME_MAX]
+    return None
 
 
 def container_from(cgroup: str, status: str, names: Names | None = None) -> Container | None:

@@ -14,7 +14,7 @@ from snitch_common.answers import Answer, Scope, rule_for_answer
 from snitch_common.errors import PromptError, RuleError
 from snitch_common.records import Attribution, Container, Flow, Process, Proto, Runtime
 from snitch_common.rules import Action, container_matches, parse_rule
-from snitchd.containers import Names, container_from, parse_cgroup, pid_inside
+from snitchd.containers import Names, conmon_args, container_from, parse_cgroup, pid_inside
 from snitchd.decide import RuleSet, _key, decide, specificity
 from snitchd.netfilter import NetSpec, install_lines
 from tests.support.containers import DockerApi
@@ -246,3 +246,13 @@ def test_the_index_orders_container_rules_as_the_precedence_sentence() -> None:
     rules = [parse_rule(t) for t in texts]
     assert sorted(rules, key=specificity, reverse=True) == rules
     assert sorted(rules, key=lambda r: _key(r, 0)) == rules
+
+
+def test_conmon_args_give_the_id_and_name_podman_started_it_with() -> None:
+    """Podman's monitor names its container on its command line (`-c ID ... -n NAME`): the name
+    of a system Podman container when no API socket runs (the usual case: Podman has no daemon)."""
+    line = b"/usr/bin/conmon\0--api-version\0001\0-c\0" + PODMAN_ID.encode()
+    line += b"\0-u\0x\0-n\0web-1\0--exit-dir\0/run/x\0"
+    assert conmon_args(line) == (PODMAN_ID, "web-1")
+    assert conmon_args(b"conmon\0--cid=abc\0--name=db\0") == ("abc", "db")
+    assert conmon_args(b"/usr/bin/sleep\0-c\0abc\0-n\0web-1\0") == (None, None)

@@ -222,16 +222,18 @@ class Attributor:
             table = self._netns = NetnsTable()
         ns = table.cached(ifindex, flow.src)
         held = None  # a namespace read through /proc: asked in the worker only
+        stale = False  # the socket is not in a namespace that has died: the address moved
         if ns is not None and ns.on_loop:
             found = ns.find(flow)
             if found is not None:
                 return self._begin_in(ns, found, limits)
+            stale = not ns.alive()
         elif ns is not None:
             held = ns
         guest = self._guests.get((ifindex, flow.src.packed, mac[:6])) if mac else None
         if guest is not None and holds_tap(guest[1], guest[2], guest[3]):
             return guest[0]
-        if held is None and table.looked_lately(ifindex, flow.src, time.monotonic()):
+        if held is None and not stale and table.looked_lately(ifindex, flow.src, time.monotonic()):
             return Process.kernel()
         # Unknown source, or a socket not where it was: the address may be a new namespace's.
         loop = asyncio.get_running_loop()

@@ -158,6 +158,19 @@ class Netns:
     addrs: frozenset[bytes] = frozenset()
     addrs_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    seen_at: str = ""  # a path that showed this namespace lately (/proc/PID/ns/net, /run/netns)
+
+    def alive(self) -> bool:
+        """Whether the namespace still has a process or a name (one stat of `seen_at`): our own
+        sockets keep a dead container's namespace, and a new container soon gets its address
+        (`docker run --rm` in a loop), so a socket not found in a dead one is looked for anew.
+        A path whose process left is taken for dead too: the next resolve finds it again."""
+        if not self.seen_at:
+            return True
+        try:
+            return os.stat(self.seen_at).st_ino == self.inode
+        except OSError:
+            return False
 
     @property
     def on_loop(self) -> bool:
@@ -166,7 +179,9 @@ class Netns:
     def readable(self) -> bool:
         """Whether this namespace can be asked now: its sockets are open, or the process it
         is read through is still in it (else a resolve finds another)."""
-        return self.diag is not None or _ns_of(self.pid) == self.inode
+        if self.diag is not None:
+            return self.alive()
+        return _ns_of(self.pid) == self.inode
 
     def find(self, flow: Flow) -> Found | None:
         """The socket of `flow` in this namespace (TCP and UDP: ICMP and raw sockets are read
@@ -311,6 +326,9 @@ class NetnsTable:
             ns = self._held.get(inode)
             if ns is not None and not ns.on_loop and spaces.get(inode):
                 ns.pid = spaces[inode][0]  # read through a process that is still there
+            if ns is not None and ns.on_loop:
+                pids = spaces.get(inode)
+                ns.seen_at = f"/proc/{pids[0]}/ns/net" if pids else named.get(inode, "")
             if ns is None:
                 paths = [f"/proc/{pid}/ns/net" for pid in spaces.get(inode, [])[:3]]
                 ns = self._enter(inode, paths + ([named[inode]] if inode in named else []))
@@ -328,6 +346,8 @@ class NetnsTable:
                     return ns
             except OSError as exc:
                 log.debug("namespace addresses unreadable inode=%d: %s", inode, exc)
+        with self._lock:
+            self._by_src.pop(key, None)  # held by nobody now: not the namespace it was in
         return None
 
     def _enter(self, inode: int, paths: list[str]) -> Netns | None:
@@ -354,7 +374,7 @@ class NetnsTable:
                 rtnl.close()
                 continue
             self.opened += 1
-            return self._hold(Netns(inode, SockDiag(diag_sock), rtnl))
+            return self._hold(Netns(inode, SockDiag(diag_sock), rtnl, seen_at=path))
         return None
 
     def _hold(self, ns: Netns) -> Netns:
