@@ -886,6 +886,16 @@ class FirewallService(ServiceInterface):
             }
         )
 
+    # -- issue 19: the rules changed (snitchd/rulenews.py gathers and paces it) ----------------
+
+    @dbus_signal()
+    def RulesChanged(self, change: dict[str, Variant]) -> VarDict:
+        """Sent to everyone, at most a few times a second, when rules are added, changed or
+        removed, whoever changed them: `generation` (t, counts the signals), `changed` and
+        `removed` (at, rule ids), `everything` (b: read them all). Ids only: anyone may list
+        the rules, never learn more here (snitch_common.rulechange)."""
+        return change
+
 
 def _list_view(view: ListView) -> dict[str, Any]:
     spec, held, status = view.spec, view.held, view.status
@@ -1072,6 +1082,7 @@ async def serve(firewall: Firewall, backend: str, switcher: Switcher | None = No
         switcher.profile_listeners.append(service.on_profile_changed)
     firewall.events.listeners.append(service.on_decision)
     firewall.events.rate_listeners.append(service.on_rates)
+    firewall.news.listeners.append(lambda news: service.RulesChanged(news.to_bus()))
     firewall.broker.transport = DBusTransport(bus, firewall.config.default_action.value)
 
     def on_signal(msg: Message) -> None:

@@ -53,6 +53,7 @@ from snitchd.procs import Attributor, Limits, Lookup, process_alive
 from snitchd.prompts import SYSTEM_UID_MAX, Broker, Quotas
 from snitchd.proposals import ProposalBook
 from snitchd.rulefiles import FileRead, read_rules_dir
+from snitchd.rulenews import RuleNews
 from snitchd.store import (
     Decision,
     FileSync,
@@ -191,6 +192,7 @@ class Firewall:
         # Rules of profiles not active: stored, listed, but not held (they decide nothing).
         self._dormant: dict[int, RuleRecord] = {}
         self._dormant_version = 0
+        self.news = RuleNews()  # every change of the held rules, told as RulesChanged
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:
@@ -267,6 +269,7 @@ class Firewall:
         self._disabled_version += 1
         self._expirable.update((i, r) for i, r in self.disabled.items() if _expires(r.rule))
         self._dormant, self._dormant_version = dormant, self._dormant_version + 1
+        self.news.everything()
         return load, added, removed
 
     def _load(self, held: RuleSet, profile: str | None) -> _Loaded:
@@ -315,6 +318,7 @@ class Firewall:
         """Put one rule in the held set (on the loop, between packets); a rule that is off is
         only listed, a rule of a profile not active is kept aside."""
         self._release(record.id)
+        self.news.changed(record.id)
         if not record.enabled:
             self.disabled[record.id] = record
             self._disabled_version += 1
@@ -343,6 +347,7 @@ class Firewall:
 
     def _release(self, rule_id: int) -> None:
         """Take one rule out of the held set (on the loop, between packets)."""
+        self.news.removed(rule_id)
         if self.disabled.pop(rule_id, None) is not None:
             self._disabled_version += 1
         if self._dormant.pop(rule_id, None) is not None:
@@ -1113,11 +1118,9 @@ class Firewall:
         """A new copy of list `name` was swapped in: the open flows a deny or reject rule
         naming it now covers are cut, as for a rule made stricter (`cut_flows`)."""
         place = list_place(name)
-        ids = {
-            rule_id
-            for rule_id, rule in self.rules.snapshot().values()
-            if rule.place == place and rule.action is not Action.ALLOW and not rule.keep_open
-        }
+        naming = [(i, r) for i, r in self.rules.snapshot().values() if r.place == place]
+        self.news.changed(*(i for i, _ in naming))  # what they match changed
+        ids = {i for i, rule in naming if rule.action is not Action.ALLOW and not rule.keep_open}
         self._cut_ids_soon(ids, f"list {name}", because=f"list {name} updated")
 
 
