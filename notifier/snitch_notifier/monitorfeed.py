@@ -72,6 +72,7 @@ class MonitorFeed(QObject):
     hosts_read = Signal(object, object, object)  # AppKey, list[HostTraffic], known since
     recent_read = Signal(object, object)  # Range, dict[AppKey, list[HostTraffic]]
     rules_read = Signal(object, object)  # AppKey, list[RuleRow] (those that apply to it)
+    rules_changed = Signal(object)  # RulesChanged: snitchd's rules changed (ids only)
     rule_made = Signal(object, object, bool)  # RuleChoice, RuleRow, whether it existed
     explained = Signal(object, object, object)  # AppKey, HostTraffic, Explain's answer (dict)
     failed = Signal(str)  # a message people read
@@ -93,6 +94,7 @@ class MonitorFeed(QObject):
         self._stop: asyncio.Event | None = None
         self._refreshing = False
         self._pending: set[tuple[object, ...]] = set()  # repeated reads submitted, not done
+        self._again: set[tuple[object, ...]] = set()  # asked again while pending: run once more
 
     @property
     def running(self) -> bool:
@@ -134,7 +136,9 @@ class MonitorFeed(QObject):
         self._once(("recent", shown), lambda: self._recent(shown))
 
     def read_rules(self, app: AppKey) -> None:
-        self._once(("rules", app), lambda: self._rules(app))
+        """The rules that apply to `app`. Asked while a read of them runs, it runs once more
+        after it: that read may have started before the change that made it asked."""
+        self._once(("rules", app), lambda: self._rules(app), again=True)
 
     def add_rule(self, choice: RuleChoice) -> None:
         """Make the rule `choice` means; `rule_made` or `action_failed`."""
@@ -144,18 +148,30 @@ class MonitorFeed(QObject):
         """Ask snitchd why this destination gets its verdict; `explained` or `action_failed`."""
         self._submit(lambda: self._queued(self._explain(app, host)), self.action_failed)
 
-    def _once(self, key: tuple[object, ...], make: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """A read the window repeats on its timer: skipped while the same one still waits or
-        runs, so a slow snitchd does not get a queue of them."""
+    def _once(
+        self,
+        key: tuple[object, ...],
+        make: Callable[[], Coroutine[Any, Any, None]],
+        again: bool = False,
+    ) -> None:
+        """A read the window repeats: skipped while the same one still waits or runs, so a
+        slow snitchd does not get a queue of them; with `again`, one more run follows it."""
         if key in self._pending:
+            if again:
+                self._again.add(key)
             return
         self._pending.add(key)
 
         async def run() -> None:
             try:
-                await self._queued(make())
+                while True:
+                    self._again.discard(key)
+                    await self._queued(make())
+                    if key not in self._again:
+                        break
             finally:
                 self._pending.discard(key)
+                self._again.discard(key)
 
         if not self._submit(run):
             self._pending.discard(key)
@@ -289,6 +305,7 @@ class MonitorFeed(QObject):
         self._client = client
         try:
             await client.monitor_rates(lambda signal: self.rates.emit(parse_rates(signal)))
+            await client.watch_rules(self.rules_changed.emit)
             self.connected.emit()
             await self._stop.wait()
         except SnitchError as exc:
