@@ -11,10 +11,11 @@ fi
 # install.sh --deps-only brings snitch's own packages (the Qt libraries included); then
 # iputils-ping: the ICMP tests; util-linux: setpriv for the unprivileged-caller tests;
 # systemd: systemd-analyze for the unit checks; bpftool: what BPF is attached to a cgroup;
-# strace: a tracer attached to an allowed binary (the code-injection test).
+# strace: a tracer attached to an allowed binary (the code-injection test);
+# desktop-file-utils: desktop-file-validate for the launchers.
 ./install.sh --deps-only
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    iputils-ping util-linux systemd bpftool strace >/dev/null
+    iputils-ping util-linux systemd bpftool strace desktop-file-utils >/dev/null
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[test]"
