@@ -59,6 +59,7 @@ RECENT_ROWS = 2000  # every app's newest log rows in the range, read while a fil
 _BUSY_TRIES = 5
 _BUSY_WAIT = 0.4  # seconds
 _RETRY = 5.0  # seconds between attempts to reach snitchd
+_AGAIN_GAP = 1.0  # seconds at least between a read and its repeat (`_once`'s again)
 _PERIOD_SECONDS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
@@ -155,7 +156,8 @@ class MonitorFeed(QObject):
         again: bool = False,
     ) -> None:
         """A read the window repeats: skipped while the same one still waits or runs, so a
-        slow snitchd does not get a queue of them; with `again`, one more run follows it."""
+        slow snitchd does not get a queue of them; with `again`, one more run follows it, a
+        pause after (`_AGAIN_GAP`, or as long as the read took)."""
         if key in self._pending:
             if again:
                 self._again.add(key)
@@ -166,9 +168,13 @@ class MonitorFeed(QObject):
             try:
                 while True:
                     self._again.discard(key)
+                    began = time.monotonic()
                     await self._queued(make())
                     if key not in self._again:
                         break
+                    # Changes that keep coming (prompts answered one after another) must not
+                    # keep snitchd paging 100k rules without a pause: at most half the time.
+                    await asyncio.sleep(max(_AGAIN_GAP, time.monotonic() - began))
             finally:
                 self._pending.discard(key)
                 self._again.discard(key)
