@@ -11,7 +11,8 @@ fi
 # install.sh --deps-only brings snitch's own packages (the Qt libraries included); then
 # iputils-ping: the ICMP tests; util-linux: setpriv for the unprivileged-caller tests;
 # systemd: systemd-analyze for the unit checks; bpftool: what BPF is attached to a cgroup;
-# strace: a tracer attached to an allowed binary (the code-injection test).
+# strace: a tracer attached to an allowed binary (the code-injection test);
+# desktop-file-utils: desktop-file-validate for the launchers.
 # podman netavark runc docker.io busybox-static: real container runtimes for
 # tests/integration/test_podman.py and test_dockerd.py (issue 16; each skips where its runtime
 # is missing). Measured on Debian 12, after apt-get update: podman + netavark ~18 s (29 MB
@@ -20,7 +21,7 @@ fi
 # hybrid cgroup host. The Docker test found a bug the fake runtime could not show.
 ./install.sh --deps-only
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    iputils-ping util-linux systemd bpftool strace \
+    iputils-ping util-linux systemd bpftool strace desktop-file-utils \
     podman netavark runc docker.io busybox-static >/dev/null
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip

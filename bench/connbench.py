@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import resource
-import select
 import shutil
 import socket
 import sqlite3
@@ -41,6 +40,7 @@ import time
 from pathlib import Path
 
 from bench import hotpath, manyrules, report
+from bench.monitorload import Monitor
 from bench.netlab import PORT, SERVER_ADDR, NetLab
 from snitch_common.rules import parse_rule
 from snitchd.store import Store
@@ -335,31 +335,13 @@ def start_monitors(running, env):
     """The monitor windows of configuration m, outside the lab's namespaces (they only talk
     to snitchd over the bus), ready once each has snitchd's first answer."""
     for shown in MONITOR_RANGES:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.monitorload", shown],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=env | {"QT_QPA_PLATFORM": "offscreen"},
-        )
-        running.monitors.append(proc)
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline().strip() if ready else ""
-        if line.split()[:1] != ["ready"]:
-            raise RuntimeError(f"bench.monitorload {shown} did not start: {line!r}")
+        monitor = Monitor(env, shown)
+        running.monitors.append(monitor)
+        monitor.ready()
 
 
 def stop_monitors(running):
-    took = []
-    for proc in running.monitors:
-        try:
-            out, _ = proc.communicate("", timeout=20)
-            took.append(json.loads(out.strip().splitlines()[-1]))
-        except (subprocess.TimeoutExpired, ValueError, IndexError):
-            proc.kill()
-            proc.wait()
-            took.append(None)
+    took = [monitor.finish() for monitor in running.monitors]
     running.monitors = []
     if took:
         running.info["monitors"] = took

@@ -19,31 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.monitorload import Monitor
 from bench.monitorquery import build
 from tests.support.lab import Bus, run, stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 RANGES = ("10m", "24h", "30d")
 TRIES = 3
 
 
 def open_once(env, shown):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.monitorload", shown],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env | {"QT_QPA_PLATFORM": "offscreen"},
-    )
+    monitor = Monitor(env, shown)
     try:
-        line = proc.stdout.readline().split()
-        if line[:1] != ["ready"]:
-            raise RuntimeError(f"bench.monitorload {shown} did not open: {line}")
-        return float(line[1]), float(line[2])
+        return monitor.ready()
     finally:
-        proc.communicate("", timeout=30)
+        monitor.finish()
 
 
 def main() -> int:

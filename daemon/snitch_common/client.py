@@ -31,6 +31,7 @@ from snitch_common.errors import (
     SnitchError,
     error_for_code,
 )
+from snitch_common.rulechange import RulesChanged
 
 __all__ = ["Client"]
 
@@ -251,6 +252,24 @@ class Client:
         def handler(msg: Message) -> bool:
             if msg.message_type is MessageType.SIGNAL and msg.member == "ModeChanged":
                 on_change(plain(msg.body[0]))
+            return False
+
+        self.bus.add_message_handler(handler)
+
+    async def watch_rules(self, on_change: Callable[[RulesChanged], None]) -> None:
+        """`on_change` gets each RulesChanged signal (which rule ids changed; issue 19)."""
+        rule = f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='RulesChanged'"
+        await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
+
+        def handler(msg: Message) -> bool:
+            if (
+                msg.message_type is MessageType.SIGNAL
+                and msg.member == "RulesChanged"
+                and msg.interface == INTERFACE
+                and msg.signature == "a{sv}"
+            ):
+                # Anyone may send this member to us: the worst is an extra read of the rules.
+                on_change(RulesChanged.from_bus(plain(msg.body[0])))
             return False
 
         self.bus.add_message_handler(handler)

@@ -49,6 +49,7 @@ from snitchd.prompts import SYSTEM_UID_MAX, Broker, Quotas
 from snitchd.proposals import ProposalBook
 from snitchd.readers.handed import Handed
 from snitchd.rulebook import Rulebook, RuleMirror
+from snitchd.rulenews import RuleNews
 from snitchd.store import (
     Decision,
     Store,
@@ -173,6 +174,7 @@ class Firewall(Rulebook):
         # Where rule changes are copied (the queue reader processes, `snitchd.readers`); None
         # when this process reads the queue itself.
         self.mirror: RuleMirror | None = None
+        self.news = RuleNews()  # every change of the held rules, told as RulesChanged
         self.reload_rules()
 
     def reconfigure(self, config: Config) -> None:

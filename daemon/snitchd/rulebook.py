@@ -38,6 +38,7 @@ from snitchd.netfilter import ALLOW_MARK, MARK_MASK
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup, process_alive
 from snitchd.rulefiles import FileRead, read_rules_dir
+from snitchd.rulenews import RuleNews
 from snitchd.store import (
     Decision,
     FileSync,
@@ -108,6 +109,7 @@ class Rulebook:
     files_error: str
     disabled: dict[int, RuleRecord]
     mirror: RuleMirror | None
+    news: RuleNews
     _stricter: StricterRules
     _pinned: dict[str, frozenset[str]]
     _pins: dict[str, dict[str, int]]
@@ -190,6 +192,7 @@ class Rulebook:
         self._dormant, self._dormant_version = dormant, self._dormant_version + 1
         if self.mirror is not None:
             self.mirror.whole(self.profile, self.held_rules())
+        self.news.everything()
         return load, added, removed
 
     def held_rules(self) -> tuple[tuple[int, Rule], ...]:
@@ -246,6 +249,7 @@ class Rulebook:
         if self.mirror is not None:
             self.mirror.hold(record)
         self._unhold(record.id)
+        self.news.changed(record.id)
         if not record.enabled:
             self.disabled[record.id] = record
             self._disabled_version += 1
@@ -276,6 +280,7 @@ class Rulebook:
         """Take one rule out of the held set (on the loop, between packets)."""
         if self.mirror is not None:
             self.mirror.release(rule_id)
+        self.news.removed(rule_id)
         self._unhold(rule_id)
 
     def _unhold(self, rule_id: int) -> None:
@@ -649,11 +654,9 @@ class Rulebook:
         """A new copy of list `name` was swapped in: the open flows a deny or reject rule
         naming it now covers are cut, as for a rule made stricter (`cut_flows`)."""
         place = list_place(name)
-        ids = {
-            rule_id
-            for rule_id, rule in self.rules.snapshot().values()
-            if rule.place == place and rule.action is not Action.ALLOW and not rule.keep_open
-        }
+        naming = [(i, r) for i, r in self.rules.snapshot().values() if r.place == place]
+        self.news.changed(*(i for i, _ in naming))  # what they match changed
+        ids = {i for i, rule in naming if rule.action is not Action.ALLOW and not rule.keep_open}
         self._cut_ids_soon(ids, f"list {name}", because=f"list {name} updated")
 
 

@@ -6,9 +6,9 @@ live rates (a sparkline of the last minute) and their totals in the range, sorta
 selected app's destinations (from its newest log rows) and the rules that apply to it. One
 filter box narrows all of it by app, host, port, verdict or user (`monitorfilter`). It
 refreshes itself: rates each second as snitchd sends them, totals and the chart every few
-seconds (the longer the range, the less often: `Range.refresh_seconds`), the rules every few
-seconds while an app is selected (snitchd sends no signal when rules change), so a rule made
-elsewhere shows up.
+seconds (the longer the range, the less often: `Range.refresh_seconds`), and the selected app's
+rules when snitchd's `RulesChanged` signal says rules changed, so a rule made elsewhere (snitchctl,
+a rules.d file, a prompt, expiry) shows up without the window reading them all every few seconds.
 
 From a destination a person can make a rule "from now on" (the popup's choices) and ask
 "why?" (snitchd's `Explain`): `monitordialogs`. snitchd decides whether the rule may be made
@@ -46,6 +46,7 @@ from PySide6.QtWidgets import (
 )
 
 from snitch_common.answers import Action
+from snitch_common.rulechange import RulesChanged
 from snitch_notifier.bridge import RuleRow
 from snitch_notifier.icons import app_icon, snitch_icon, use_desktop_icon_theme
 from snitch_notifier.identity import AppIdentity, desktop_identity
@@ -71,7 +72,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFRESH_MS",
-    "RULES_REFRESH",
     "MonitorWindow",
     "make_chart",
     "open_monitor",
@@ -79,9 +79,9 @@ __all__ = [
 ]
 
 REFRESH_MS = 1000  # the timer's tick; a refresh is due every `Range.refresh_seconds`
-RULES_REFRESH = 5.0  # seconds between reads of the rules while an app is selected
 _FILTER_WAIT_MS = 300  # typing in the filter box reads where apps went once it pauses
 _QUEUED = Qt.ConnectionType.QueuedConnection
+_WAITING = "waiting for snitchd…"
 
 
 def _name(key: AppKey) -> str:
@@ -136,13 +136,13 @@ class MonitorWindow(QWidget):
         self._why_for: tuple[AppKey, HostTraffic] | None = None
         self.totals_read = 0  # Apps answers taken, for tests and the status line
         self._refreshed = float("-inf")  # when the totals were last asked for
-        self._rules_read = float("-inf")
+        self.rules_generation = 0  # the last RulesChanged taken (0: none since connected)
         self.setWindowTitle("snitch — Network Monitor")
         self.resize(1180, 780)
 
         self.scope = QLabel()
         self.scope.setWordWrap(True)
-        self.now = QLabel("waiting for snitchd…")
+        self.now = QLabel(_WAITING)
         self.range_box = QComboBox()
         for shown in Range:
             self.range_box.addItem(shown.label, shown)
@@ -173,6 +173,7 @@ class MonitorWindow(QWidget):
         feed.hosts_read.connect(self.take_hosts, _QUEUED)
         feed.recent_read.connect(self.take_recent, _QUEUED)
         feed.rules_read.connect(self.take_rules, _QUEUED)
+        feed.rules_changed.connect(self.take_rules_changed, _QUEUED)
         feed.rule_made.connect(self.take_rule_made, _QUEUED)
         feed.explained.connect(self.take_explained, _QUEUED)
         feed.action_failed.connect(self.take_action_failed, _QUEUED)
@@ -267,12 +268,9 @@ class MonitorWindow(QWidget):
 
     def refresh(self) -> None:
         """Read the totals, the chart and the selected app's destinations again when the
-        range's refresh is due (and where every app went, while the filter needs it); the
-        selected app's rules every RULES_REFRESH."""
+        range's refresh is due (and where every app went, while the filter needs it). The
+        rules are read when they change (`take_rules_changed`), not here."""
         now = self._clock()
-        if self.selected is not None and now - self._rules_read >= RULES_REFRESH:
-            self._rules_read = now
-            self.feed.read_rules(self.selected)
         if now - self._refreshed < self.range.refresh_seconds:
             return
         self._refreshed = now
@@ -286,8 +284,13 @@ class MonitorWindow(QWidget):
 
     def _connected(self) -> None:
         self.status.setText("connected to snitchd")
+        if self.now.text() == _WAITING:
+            # snitchd sends rates with the log's writes: none while nothing moves.
+            self.now.setText("no traffic since the window opened")
         self._refreshed = float("-inf")
-        self._rules_read = float("-inf")
+        self.rules_generation = 0
+        if self.selected is not None:  # (again) connected: what changed meanwhile is unknown
+            self.feed.read_rules(self.selected)
         self.refresh()
 
     # -- what the feed brings -------------------------------------------------------------------
@@ -355,6 +358,17 @@ class MonitorWindow(QWidget):
             "any; <code>snitchctl explain</code> or <i>Why?</i> tells which one wins"
         )
 
+    def take_rules_changed(self, news: RulesChanged) -> None:
+        """snitchd's rules changed: read the selected app's again if the change may touch
+        them (anything added or changed may apply to it; a removal only if shown), or if a
+        signal was missed (a gap in the count, or snitchd started again)."""
+        missed = not news.follows(self.rules_generation)
+        self.rules_generation = news.generation
+        if self.selected is None:
+            return
+        if missed or news.touches({r.id for r in self.rules}):
+            self.feed.read_rules(self.selected)
+
     # -- acting on a destination ----------------------------------------------------------------
     def make_rule(self, action: Action, host: HostTraffic | None = None) -> RuleDialog | None:
         """Open the rule dialog for `host` (the selected destination by default)."""
@@ -390,9 +404,7 @@ class MonitorWindow(QWidget):
         if dialog is not None and dialog.choice() == choice:
             dialog.made(row, existing)
         if self.selected == choice.app:
-            self._rules_read = self._clock()
-            self.feed.read_rules(choice.app)
-            self.feed.read_hosts(choice.app)
+            self.feed.read_hosts(choice.app)  # its rules follow RulesChanged
 
     def take_explained(self, app: AppKey, host: HostTraffic, answer: dict[str, Any]) -> None:
         if self._why_for == (app, host):
@@ -466,7 +478,6 @@ class MonitorWindow(QWidget):
             self.hosts_title.setText(f"reading where {_name(key)} went…")
             self.rules_title.setText(f"reading the rules for {_name(key)}…")
             self.feed.read_hosts(key)
-            self._rules_read = self._clock()
             self.feed.read_rules(key)
         self._host_chosen()
         if self.range is Range.LIVE:

@@ -59,6 +59,7 @@ RECENT_ROWS = 2000  # every app's newest log rows in the range, read while a fil
 _BUSY_TRIES = 5
 _BUSY_WAIT = 0.4  # seconds
 _RETRY = 5.0  # seconds between attempts to reach snitchd
+_AGAIN_GAP = 1.0  # seconds at least between a read and its repeat (`_once`'s again)
 _PERIOD_SECONDS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
@@ -72,6 +73,7 @@ class MonitorFeed(QObject):
     hosts_read = Signal(object, object, object)  # AppKey, list[HostTraffic], known since
     recent_read = Signal(object, object)  # Range, dict[AppKey, list[HostTraffic]]
     rules_read = Signal(object, object)  # AppKey, list[RuleRow] (those that apply to it)
+    rules_changed = Signal(object)  # RulesChanged: snitchd's rules changed (ids only)
     rule_made = Signal(object, object, bool)  # RuleChoice, RuleRow, whether it existed
     explained = Signal(object, object, object)  # AppKey, HostTraffic, Explain's answer (dict)
     failed = Signal(str)  # a message people read
@@ -93,6 +95,7 @@ class MonitorFeed(QObject):
         self._stop: asyncio.Event | None = None
         self._refreshing = False
         self._pending: set[tuple[object, ...]] = set()  # repeated reads submitted, not done
+        self._again: set[tuple[object, ...]] = set()  # asked again while pending: run once more
 
     @property
     def running(self) -> bool:
@@ -134,7 +137,9 @@ class MonitorFeed(QObject):
         self._once(("recent", shown), lambda: self._recent(shown))
 
     def read_rules(self, app: AppKey) -> None:
-        self._once(("rules", app), lambda: self._rules(app))
+        """The rules that apply to `app`. Asked while a read of them runs, it runs once more
+        after it: that read may have started before the change that made it asked."""
+        self._once(("rules", app), lambda: self._rules(app), again=True)
 
     def add_rule(self, choice: RuleChoice) -> None:
         """Make the rule `choice` means; `rule_made` or `action_failed`."""
@@ -144,18 +149,35 @@ class MonitorFeed(QObject):
         """Ask snitchd why this destination gets its verdict; `explained` or `action_failed`."""
         self._submit(lambda: self._queued(self._explain(app, host)), self.action_failed)
 
-    def _once(self, key: tuple[object, ...], make: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """A read the window repeats on its timer: skipped while the same one still waits or
-        runs, so a slow snitchd does not get a queue of them."""
+    def _once(
+        self,
+        key: tuple[object, ...],
+        make: Callable[[], Coroutine[Any, Any, None]],
+        again: bool = False,
+    ) -> None:
+        """A read the window repeats: skipped while the same one still waits or runs, so a
+        slow snitchd does not get a queue of them; with `again`, one more run follows it, a
+        pause after (`_AGAIN_GAP`, or as long as the read took)."""
         if key in self._pending:
+            if again:
+                self._again.add(key)
             return
         self._pending.add(key)
 
         async def run() -> None:
             try:
-                await self._queued(make())
+                while True:
+                    self._again.discard(key)
+                    began = time.monotonic()
+                    await self._queued(make())
+                    if key not in self._again:
+                        break
+                    # Changes that keep coming (prompts answered one after another) must not
+                    # keep snitchd paging 100k rules without a pause: at most half the time.
+                    await asyncio.sleep(max(_AGAIN_GAP, time.monotonic() - began))
             finally:
                 self._pending.discard(key)
+                self._again.discard(key)
 
         if not self._submit(run):
             self._pending.discard(key)
@@ -289,6 +311,7 @@ class MonitorFeed(QObject):
         self._client = client
         try:
             await client.monitor_rates(lambda signal: self.rates.emit(parse_rates(signal)))
+            await client.watch_rules(self.rules_changed.emit)
             self.connected.emit()
             await self._stop.wait()
         except SnitchError as exc:

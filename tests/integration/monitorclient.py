@@ -3,11 +3,14 @@
   monitorclient.py rates                 subscribe to Rates; one JSON line per signal
   monitorclient.py apps PERIOD           the Apps answer as one JSON line
   monitorclient.py traffic PERIOD [APP]  the Traffic answer as one JSON line
+  monitorclient.py rules                 watch RulesChanged; one JSON line per signal
 
-`rates` prints {"subscribed": true} once the subscription is in, and runs until stdin closes.
+`rates` and `rules` print {"subscribed": true} once the subscription is in, and run until
+stdin closes.
 """
 
 import asyncio
+import dataclasses
 import json
 import sys
 
@@ -20,8 +23,13 @@ async def main() -> int:
     client = await Client.connect()
     try:
         mode = sys.argv[1]
-        if mode == "rates":
-            await client.monitor_rates(lambda rates: print(json.dumps(rates), flush=True))
+        if mode in ("rates", "rules"):
+            if mode == "rates":
+                await client.monitor_rates(lambda rates: print(json.dumps(rates), flush=True))
+            else:
+                await client.watch_rules(
+                    lambda news: print(json.dumps(dataclasses.asdict(news)), flush=True)
+                )
             print(json.dumps({"subscribed": True}), flush=True)
             loop = asyncio.get_running_loop()
             stop = loop.create_future()

@@ -6,7 +6,7 @@ from typing import Any
 
 from dbus_fast import Variant
 from dbus_fast.annotations import DBusStr, DBusUInt64
-from dbus_fast.service import dbus_method
+from dbus_fast.service import dbus_method, dbus_signal
 
 from snitch_common.bus import MAX_RULES_PAGE
 from snitch_common.errors import RuleError
@@ -140,6 +140,17 @@ class RulesRoom(ServiceBase):
         plan["duplicates"] = [{"id": i, "text": str(r)} for r, i in twins]
         plan["applied"] = not (dry_run or bad)
         return json.dumps(plan)
+
+
+    # -- issue 19: the rules changed (snitchd/rulenews.py gathers and paces it) ----------------
+
+    @dbus_signal()
+    def RulesChanged(self, change: dict[str, Variant]) -> VarDict:
+        """Sent to everyone, at most a few times a second, when rules are added, changed or
+        removed, whoever changed them: `generation` (t, counts the signals), `changed` and
+        `removed` (at, rule ids), `everything` (b: read them all). Ids only: anyone may list
+        the rules, never learn more here (snitch_common.rulechange)."""
+        return change
 
 
 def _rules_page(
