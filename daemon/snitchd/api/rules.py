@@ -141,7 +141,6 @@ class RulesRoom(ServiceBase):
         plan["applied"] = not (dry_run or bad)
         return json.dumps(plan)
 
-
     # -- issue 19: the rules changed (snitchd/rulenews.py gathers and paces it) ----------------
 
     @dbus_signal()
