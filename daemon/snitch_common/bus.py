@@ -7,6 +7,7 @@ without breaking old peers; this module turns them back into records. It imports
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "OBJECT_PATH",
     "PromptView",
     "call_bus_daemon",
+    "patient_writes",
     "plain",
 ]
 
@@ -147,3 +149,39 @@ class PromptView:
         if self.exe is None:
             return "kernel" if self.uid is None else f"uid {self.uid} (process not found)"
         return self.exe
+
+
+class _PatientSocket:
+    """The bus's socket as dbus-fast's writer sees it: a send the kernel cannot take now
+    (EAGAIN) wrote nothing, so the writer waits for the socket to be writable again.
+
+    dbus-fast 5.2's writer (`aio.message_bus._MessageWriter.write_callback`) takes any error
+    of `send` as the connection's end and closes the bus: a burst of signals or prompt calls
+    that fills the socket buffer while dbus-daemon is busy cut snitchd off the bus (every agent
+    gone, every prompt lost; any user can cause a burst). Its writer already handles a short
+    write by waiting for writable, and a write of 0 bytes is a short write. (dbus-next #153
+    reports the same in the code dbus-fast came from.) Messages with file descriptors go
+    through `sendmsg`, untouched: snitch sends none."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: Any) -> int:
+        try:
+            return self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def patient_writes(bus: MessageBus) -> MessageBus:
+    """Make a connected bus wait out a full socket instead of closing (`_PatientSocket`).
+    The writer is private to dbus-fast (pinned in pyproject.toml); if it is not where this
+    expects it, the bus is left as it was, and tests/integration/test_bus_burst.py fails."""
+    writer = getattr(bus, "_writer", None)
+    sock = getattr(writer, "sock", None)
+    if isinstance(sock, socket.socket):
+        writer.sock = _PatientSocket(sock)  # type: ignore[union-attr]
+    return bus

@@ -22,6 +22,7 @@ from snitch_common.bus import (
     MAX_RULES_PAGE,
     OBJECT_PATH,
     call_bus_daemon,
+    patient_writes,
     plain,
 )
 from snitch_common.errors import (
@@ -54,7 +55,7 @@ class Client:
     @classmethod
     async def connect(cls) -> Client:
         try:
-            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            bus = patient_writes(await MessageBus(bus_type=BusType.SYSTEM).connect())
         except Exception as exc:
             raise DaemonUnreachable(
                 f"cannot connect to the system bus: {exc} (is dbus running?)"

@@ -9,7 +9,7 @@ from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import dbus_method
 
-from snitch_common.bus import BUS_NAME, OBJECT_PATH, call_bus_daemon
+from snitch_common.bus import BUS_NAME, OBJECT_PATH, call_bus_daemon, patient_writes
 from snitch_common.errors import SnitchError
 from snitchd.api.lists import ListsRoom
 from snitchd.api.modes import ModesRoom
@@ -56,7 +56,7 @@ def _status_dict(status: Status) -> dict[str, Variant]:
 async def serve(firewall: Firewall, backend: str, switcher: Switcher | None = None) -> MessageBus:
     """Connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS when set), export, own the name."""
     try:
-        bus = await CallerAwareBus(bus_type=BusType.SYSTEM).connect()
+        bus = patient_writes(await CallerAwareBus(bus_type=BusType.SYSTEM).connect())
     except Exception as exc:
         raise SnitchError(
             f"cannot connect to the system bus: {exc} (is dbus running? apt-get install dbus)"
