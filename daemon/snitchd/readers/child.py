@@ -55,6 +55,7 @@ from snitchd.readers.protocol import (
     Tally,
     Whole,
 )
+from snitchd.rulenews import RuleNews
 
 __all__ = ["ReaderPath", "main"]
 
@@ -98,6 +99,7 @@ class ReaderPath(Firewall):
         self._dormant = {}
         self._dormant_version = 0
         self.mirror = None
+        self.news = RuleNews()  # no listener here: RulesChanged is the main process's
         self._conn = conn
         self._out: list[Message] = []
         self._held: dict[int, tuple[Packet, Flow, Process]] = {}
