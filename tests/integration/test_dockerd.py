@@ -36,6 +36,7 @@ BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 IMAGE = "snitchlab/busybox:1"
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not Path(DOCKERD).is_file(), reason="dockerd is not installed"),
     pytest.mark.skipif(not Path(DOCKER).is_file(), reason="docker.io's client is not installed"),
     pytest.mark.skipif(

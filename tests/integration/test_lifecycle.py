@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, VENV_BIN, Lab
+from tests.integration.readerparams import READERS
 from tests.support.lab import ROOT
 
 JUMPS = "-A OUTPUT -m comment --comment snitch"
@@ -63,7 +64,7 @@ def test_ready_and_watchdog_reach_the_notify_socket(lab: Lab, tmp_path: Path) ->
         sock.close()
 
 
-@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+@pytest.mark.parametrize("readers", READERS)
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_crash_in_each_fail_mode_then_restart(lab: Lab, mode: str, readers: int) -> None:
     """snitchd killed: the kernel rules stay and do what fail_mode says; with queue reader
@@ -129,7 +130,7 @@ def test_killed_log_writer_is_replaced_and_no_decision_is_lost(running: Lab) -> 
     assert "rules were changed outside snitch" not in log
 
 
-@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+@pytest.mark.parametrize("readers", READERS)
 def test_reload_takes_a_good_config_and_refuses_a_bad_one(lab: Lab, readers: int) -> None:
     """SIGHUP: a good config is taken (by the queue readers too, issue 21), a bad one refused."""
     lab.start_daemon(queue_readers=readers)
@@ -157,7 +158,7 @@ def test_reload_takes_a_good_config_and_refuses_a_bad_one(lab: Lab, readers: int
     running.expect_log(r"ERROR snitchd: reload refused")
 
 
-@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+@pytest.mark.parametrize("readers", READERS)
 def test_sigterm_with_packets_held_gives_them_the_default(lab: Lab, readers: int) -> None:
     """A flow held for a prompt when snitchd stops gets the default verdict at once, and the
     kernel rules are gone after the stop; with queue readers (issue 21), the reader holding
@@ -221,6 +222,7 @@ def test_status_reports_the_running_daemon(running: Lab) -> None:
     assert "fail_mode: open" in verbose and "running: True" in verbose
 
 
+@pytest.mark.slow
 def test_install_then_uninstall_into_a_staging_root(tmp_path: Path) -> None:
     """install.sh --root places every file; --uninstall --purge removes every one of them."""
     stage = tmp_path / "root"

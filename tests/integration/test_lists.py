@@ -190,6 +190,7 @@ def test_lists_need_an_admin_and_snitchd_names_no_updater_without_systemd(runnin
     assert running.ctl("lists", "update", "nope").returncode == 1
 
 
+@pytest.mark.slow
 def test_a_million_domains_load(lab: Lab, shared_dir: Path) -> None:
     """1M names from a local file: parsed by the updater, loaded by snitchd off the packet
     loop. The time it took is printed (bench/bench_lists.py has the lookup figures)."""

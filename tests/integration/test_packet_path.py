@@ -11,9 +11,10 @@ import time
 import pytest
 
 from conftest import Lab, curl_exe, python_exe
+from tests.integration.readerparams import READERS
 
 
-@pytest.fixture(params=[1, 2], ids=["readers=1", "readers=2"])
+@pytest.fixture(params=READERS)
 def on_readers(lab: Lab, request: pytest.FixtureRequest) -> Lab:
     """snitchd reading its one queue itself, or two queue reader processes (issue 21)."""
     lab.start_daemon(queue_readers=request.param)

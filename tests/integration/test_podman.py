@@ -39,6 +39,7 @@ BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 RUNTIME = shutil.which("runc")
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed"),
     pytest.mark.skipif(
         not Path(BUSYBOX).is_file(), reason="busybox-static (the container's rootfs) is missing"

@@ -29,6 +29,7 @@ from conftest import (
     spawn_netclient,
     start_agent,
 )
+from tests.integration.readerparams import READERS
 from tests.integration.scriptagent import ScriptedAgent
 
 pytestmark = pytest.mark.usefixtures("end_clients")
@@ -121,7 +122,7 @@ async def test_no_answer_gives_default_after_timeout(lab: Lab, monkeypatch: Any)
         agent.stop()
 
 
-@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+@pytest.mark.parametrize("readers", READERS)
 async def test_twenty_parallel_connections_one_prompt(
     lab: Lab, monkeypatch: pytest.MonkeyPatch, readers: int
 ) -> None:

@@ -174,6 +174,7 @@ def test_the_tray_shows_when_snitchd_is_gone(
     qtbot.waitUntil(lambda: tray.state is Shield.WATCHING, timeout=20_000)
 
 
+@pytest.mark.slow
 def test_five_prompts_at_once_are_all_answered_none_expire(
     lab: Lab, notifier: tuple[PromptWindow, AgentBridge], qtbot: Any
 ) -> None:

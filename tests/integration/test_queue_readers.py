@@ -120,6 +120,7 @@ def test_a_killed_reader_is_replaced_and_decides_again(lab: Lab, mode: str) -> N
     assert rows.count((80, "allow")) == len(CPUS)
 
 
+@pytest.mark.slow
 def test_a_stuck_reader_is_killed_and_replaced(lab: Lab) -> None:
     """A reader whose loop stops (SIGSTOP: no counters for `STUCK_AFTER`) is killed by pid
     and replaced, as systemd's watchdog does to a stuck snitchd; its CPU's flows are decided

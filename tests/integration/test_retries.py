@@ -58,7 +58,7 @@ async def curl_retrying(lab: Lab, url: str) -> int:
             await proc.wait()
 
 
-@pytest.mark.parametrize("window", [0, 10])
+@pytest.mark.parametrize("window", [0, pytest.param(10, marks=pytest.mark.slow)])
 async def test_a_denied_curl_retried_is_one_prompt_and_one_row(
     lab: Lab, monkeypatch: pytest.MonkeyPatch, window: int
 ) -> None:

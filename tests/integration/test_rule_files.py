@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HERE, PYTHON, Lab
+from tests.integration.readerparams import READERS
 from tests.support.lab import end_child, wait_for
 
 SERVER = "192.0.2.2"
@@ -163,7 +164,7 @@ def test_edit_disable_and_enable_change_the_next_flows_verdict(running: Lab) -> 
     assert running.py("tcp", SERVER, 443) == "refused"
 
 
-@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+@pytest.mark.parametrize("readers", READERS)
 def test_a_deny_rule_added_while_a_connection_is_open_cuts_it(lab: Lab, readers: int) -> None:
     """Issue 18: an allowed TCP connection lived on after a deny rule for it was added (the
     kernel kept its verdict). Now the rule cuts it: the client's socket is reset (its next
