@@ -186,9 +186,10 @@ class Config:
     forward_interfaces: tuple[str, ...] = DEFAULT_FORWARD_INTERFACES
     docker_socket: str = "/var/run/docker.sock"
     podman_socket: str = "/run/podman/podman.sock"
-    # Queue reader processes, one per queue (issue 21): 0 is one per core; 1 reads the one
-    # queue in snitchd itself.
-    queue_readers: int = 0
+    # Queue reader processes, one per queue (issue 21): 0 is one per core; 1 (the default until
+    # several readers are measured faster on a quiet machine and checked with BPF attribution)
+    # reads the one queue in snitchd itself.
+    queue_readers: int = 1
 
 
 _RANGES: dict[str, tuple[float, float]] = {

@@ -275,6 +275,6 @@ def test_dns_queue_must_lie_outside_the_readers_queues() -> None:
         parse_config({"queue": 65535, "queue_readers": 2})
 
 
-def test_queue_readers_zero_is_one_per_core() -> None:
-    assert reader_count(Config()) == max(1, os.cpu_count() or 1)
-    assert reader_count(Config(queue_readers=1)) == 1
+def test_queue_readers_zero_is_one_per_core_and_one_is_the_default() -> None:
+    assert reader_count(Config(queue_readers=0)) == max(1, os.cpu_count() or 1)
+    assert reader_count(Config()) == 1
