@@ -357,6 +357,11 @@ class Lab:
     def add_rule(self, text: str) -> int:
         return int(self.ctl_json("add-rule", text)["id"])
 
+    def forward_queued(self) -> int:
+        """Packets the FORWARD queue rule sent to snitchd (the kernel's own counter)."""
+        text = self.ns(self.client, "iptables", "-t", "mangle", "-nvxL", "SNITCH_FORWARD").stdout
+        return sum(int(line.split()[0]) for line in text.splitlines() if "NFQUEUE" in line)
+
     def log_rows(self, **query: str) -> list[dict[str, Any]]:
         args = ["log", "--limit", "1000"]
         for key, value in query.items():

@@ -31,7 +31,7 @@ import pytest
 from snitchd.procs.bpf import HOOKS as HOOK_NAMES
 from snitchd.procs.bpf import cgroup2_root
 from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe
-from tests.support.lab import wait_for
+from tests.support.lab import children_running, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -297,18 +297,7 @@ def test_recorder_is_detached_when_snitchd_stops_or_dies(lab: Lab, cgroup: Path,
 
 
 def exec_watchers(daemon_pid: int) -> list[int]:
-    """The pids of snitchd's exec watcher children (the proc path's proc connector reader)."""
-    found = []
-    children = set()  # each thread's children are listed under its task
-    for task in Path(f"/proc/{daemon_pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            children.update((task / "children").read_text().split())
-    for child in children:
-        with contextlib.suppress(OSError):
-            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            if any(arg.endswith(b"/procs/execs.py") for arg in argv):
-                found.append(int(child))
-    return found
+    return children_running(daemon_pid, "/procs/execs.py")
 
 
 def test_exec_watcher_is_a_child_process_and_comes_back(lab: Lab) -> None:

@@ -55,12 +55,6 @@ def start(lab: Lab, api: DockerApi, **config: Any) -> None:
     lab.start_daemon(docker_socket=str(api.path), **config)
 
 
-def forward_queued(lab: Lab) -> int:
-    """Packets the FORWARD queue rule sent to snitchd (the kernel's own counter)."""
-    text = lab.ns(lab.client, "iptables", "-t", "mangle", "-nvxL", "SNITCH_FORWARD").stdout
-    return sum(int(line.split()[0]) for line in text.splitlines() if "NFQUEUE" in line)
-
-
 def rows_from(lab: Lab, addr: str) -> list[dict[str, Any]]:
     return [r for r in lab.log_rows() if r.get("src") == addr]
 
@@ -74,7 +68,7 @@ def test_container_flow_is_held_and_denied_by_default(lab: Lab, guests: GuestNet
     # In a pid namespace of its own, as in a container: pid 1 there.
     got = guest.run("unshare", "--pid", "--fork", PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80")
     assert got == "timeout"
-    assert forward_queued(lab) >= 1
+    assert lab.forward_queued() >= 1
     row = rows_from(lab, guest.addr)[0]
     assert row["action"] == "deny" and row["exe"] == python_exe(), row
     assert re.search(
@@ -117,13 +111,13 @@ def test_replies_are_never_queued_and_a_published_port_answers(
     lab.add_rule(f"allow container={NAME}")
     held = guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "9000", "--hold", "1")
     assert held.split() == ["connected", "held"]
-    assert forward_queued(lab) == 1
+    assert lab.forward_queued() == 1
     inbound = run(
         "ip", "netns", "exec", lab.server, PYTHON, NETCLIENT, "tcp", "192.0.2.1",
         str(PUBLISHED), "--hold", "1", check=False,
     ).stdout.split()  # fmt: skip
     assert inbound == ["connected", "held"]
-    assert forward_queued(lab) == 1
+    assert lab.forward_queued() == 1
 
 
 def test_unprivileged_process_in_a_routed_namespace_is_held(

@@ -153,11 +153,6 @@ def docker(lab: Lab) -> Iterator[Docker]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def forward_queued(lab: Lab) -> int:
-    text = lab.ns(lab.client, "iptables", "-t", "mangle", "-nvxL", "SNITCH_FORWARD").stdout
-    return sum(int(line.split()[0]) for line in text.splitlines() if "NFQUEUE" in line)
-
-
 def container_rows(lab: Lab, name: str) -> list[dict[str, Any]]:
     return [r for r in lab.log_rows() if r.get("container") == name]
 
@@ -180,7 +175,7 @@ def test_a_docker_container_is_held_named_by_the_api_and_ruled_by_name(
     # db-1 gets the address web-1 had (--rm): before, it was named to nobody for a second (the
     # address still pointed at web-1's dead namespace, which our sockets keep).
     assert [r["action"] for r in container_rows(lab, "db-1")] == ["deny"], lab.log_rows()
-    queued = forward_queued(lab)
+    queued = lab.forward_queued()
     docker(
         "run", "-d", "--name", "srv", "-p", f"{PUBLISHED}:{PUBLISHED}", IMAGE,
         "nc", "-ll", "-p", str(PUBLISHED), "-e", "sh", "-c", "echo hello; cat",
@@ -195,4 +190,4 @@ def test_a_docker_container_is_held_named_by_the_api_and_ruled_by_name(
             break
         time.sleep(0.2)
     assert inbound == ["connected", "held"]
-    assert forward_queued(lab) == queued
+    assert lab.forward_queued() == queued

@@ -24,24 +24,13 @@ import pytest
 
 from tests.integration.conftest import Lab, python_exe
 from tests.integration.test_attribution_stall import AS_NOBODY, CONNECT_C, read_line, steady
-from tests.support.lab import wait_for
+from tests.support.lab import children_running, wait_for
 
 pytestmark = pytest.mark.root
 
 
 def hashers(daemon_pid: int) -> list[int]:
-    """The pids of snitchd's hasher children."""
-    found = []
-    children = set()  # each thread's children are listed under its task
-    for task in Path(f"/proc/{daemon_pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            children.update((task / "children").read_text().split())
-    for child in children:
-        with contextlib.suppress(OSError):
-            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            if any(arg.endswith(b"/procs/hasher.py") for arg in argv):
-                found.append(int(child))
-    return found
+    return children_running(daemon_pid, "/procs/hasher.py")
 
 
 def bytes_read(pid: int) -> int:

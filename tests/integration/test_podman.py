@@ -117,11 +117,6 @@ def podman(lab: Lab) -> Iterator[Podman]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def forward_queued(lab: Lab) -> int:
-    text = lab.ns(lab.client, "iptables", "-t", "mangle", "-nvxL", "SNITCH_FORWARD").stdout
-    return sum(int(line.split()[0]) for line in text.splitlines() if "NFQUEUE" in line)
-
-
 def rows_from(lab: Lab, addr: str) -> list[dict[str, Any]]:
     return [r for r in lab.log_rows() if r.get("src") == addr]
 
@@ -136,7 +131,7 @@ def test_a_podman_container_is_held_named_and_ruled_by_name(lab: Lab, podman: Po
     "container web-1 (podman)"), allowed by `container=web-1`; another container is not."""
     start(lab)
     assert podman.connect(NAME, ADDR, 80) == "failed"
-    assert forward_queued(lab) >= 1
+    assert lab.forward_queued() >= 1
     row = rows_from(lab, ADDR)[0]
     assert row["action"] == "deny", row
     assert (row.get("container"), row.get("runtime")) == (NAME, "podman"), row
@@ -165,13 +160,13 @@ def test_a_podman_published_port_answers_and_replies_are_not_queued(
         "192.0.2.1", str(PUBLISHED), "--hold", "1", check=False,
     ).stdout.split()  # fmt: skip
     assert inbound == ["connected", "held"]
-    assert forward_queued(lab) == 0
+    assert lab.forward_queued() == 0
     lab.add_rule("allow container=web-* runtime=podman")
-    before = forward_queued(lab)
+    before = lab.forward_queued()
     out = podman(
         *podman.run_args("web-2", "203.0.113.132", "--rm"),
         "sh", "-c", f"echo hello | nc -w 2 {SERVER} 9000; echo done",
     )  # fmt: skip
     assert out.strip().splitlines()[-1] == "done"
-    assert forward_queued(lab) - before == 1  # the SYN only: not the data, not the replies
+    assert lab.forward_queued() - before == 1  # the SYN only: not the data, not the replies
     assert rows_from(lab, "203.0.113.132")[0]["action"] == "allow"

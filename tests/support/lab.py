@@ -8,6 +8,7 @@ process is ended by its own handle (its pid), never by name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -75,6 +76,22 @@ def add_veth(client: str, server: str, name: str, client_addr: str, server_addr:
     for ns, addr in ((client, client_addr), (server, server_addr)):
         run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{addr}/24", "dev", name)
         run("ip", "netns", "exec", ns, "ip", "link", "set", name, "up")
+
+
+def children_running(pid: int, script: str) -> list[int]:
+    """The pids of `pid`'s child processes that run a script whose path ends with `script`
+    (snitchd's helpers started by path: procs/execs.py, procs/hasher.py)."""
+    found = []
+    children: set[str] = set()  # each thread's children are listed under its task
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children.update((task / "children").read_text().split())
+    for child in children:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if any(arg.endswith(script.encode()) for arg in argv):
+                found.append(int(child))
+    return found
 
 
 class Bus:
