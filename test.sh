@@ -36,4 +36,18 @@ echo "== ruff"; .venv/bin/ruff check daemon notifier tests bench
 echo "== mypy"; .venv/bin/mypy
 # Tests marked `slow` (extra variants, real container runtimes, the staging install) are left to
 # .ci/run, which runs them after this: the suite here stays under 15 minutes.
-echo "== pytest"; exec .venv/bin/pytest -m "not slow" "$@"
+echo "== pytest"
+if [ "$#" -gt 0 ]; then exec .venv/bin/pytest -m "not slow" "$@"; fi
+# The unit and notifier tests (CPU-bound, ~1.5 minutes) run beside the integration tests (which
+# mostly wait on the kernel, daemons and timeouts); their report follows the integration one.
+unit_log=$(mktemp)
+.venv/bin/pytest -m "not slow" -p no:cacheprovider tests/unit tests/notifier >"$unit_log" 2>&1 &
+unit_pid=$!
+status=0
+.venv/bin/pytest -m "not slow" tests/integration || status=$?
+unit_status=0
+wait "$unit_pid" || unit_status=$?
+echo "== pytest: tests/unit tests/notifier (ran beside the integration tests)"
+cat "$unit_log"
+rm -f "$unit_log"
+[ "$status" -eq 0 ] && [ "$unit_status" -eq 0 ]

@@ -197,6 +197,10 @@ async def test_prompt_names_the_container_and_this_container_becomes_a_rule(
     )
     try:
         prompt = await asyncio.wait_for(agent.prompts.get(), 15)
+        for _ in range(5):  # the new bridge's own multicast reports (IGMP/MLD) may come first
+            if prompt.container_name or prompt.source != "kernel":
+                break
+            prompt = await asyncio.wait_for(agent.prompts.get(), 15)
         assert re.fullmatch(
             rf"container {NAME} \(docker\), process python[0-9.]* \(pid in container \d+\)",
             prompt.who,
@@ -326,17 +330,20 @@ def test_a_vm_behind_a_tap_is_named_by_its_machine(lab: Lab, guests: GuestNet, a
         bridge_mac = lab.ns(lab.client, "cat", "/sys/class/net/br-snt/address").stdout.strip()
         start(lab, api)
         lab.add_rule("allow container=vm1 runtime=libvirt port=80")
-        for port in (80, 443):
+        rows: list[dict[str, Any]] = []
+        for count, port in enumerate((80, 443), 1):
+            # One flow at a time: the first one's scan for the tap's holder runs in the worker,
+            # and a second lookup queued behind it on a loaded machine may run out of time (it is
+            # then decided as late, never leniently): the test is about naming, not that race.
             hypervisor.stdin.write(f"{bridge_mac} {port}\n")
             hypervisor.stdin.flush()
             assert hypervisor.stdout.readline().strip() == "sent"
-        rows: list[dict[str, Any]] = []
 
-        def logged() -> bool:
-            rows[:] = rows_from(lab, "203.0.113.140")
-            return len(rows) >= 2
+            def logged(count: int = count) -> bool:
+                rows[:] = rows_from(lab, "203.0.113.140")
+                return len(rows) >= count
 
-        wait_for(logged, 10, "the guest's two flows in the log")
+            wait_for(logged, 10, f"the guest's flow to port {port} in the log")
         by_port = {r["dport"]: r for r in rows}
         assert by_port[80]["action"] == "allow" and by_port[443]["action"] == "deny", rows
         assert all("[container vm1 (libvirt), process python" in r["reason"] for r in rows), rows

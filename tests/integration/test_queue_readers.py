@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HERE, PYTHON, Lab, python_exe
+from tests.integration.readerparams import READERS
 
 CPUS = sorted(os.sched_getaffinity(0))
 QUEUE = 4242  # the lab's `queue`
@@ -91,7 +92,7 @@ def test_a_rule_change_reaches_every_reader_on_the_next_flow(lab: Lab, readers: 
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("mode", ["open", "closed"])
+@pytest.mark.parametrize("mode", ["open", pytest.param("closed", marks=pytest.mark.slow)])
 def test_a_killed_reader_is_replaced_and_decides_again(lab: Lab, mode: str) -> None:
     """A reader killed by pid: snitchd says what its queue does meanwhile (bypassed when fail
     open, closed when fail closed), starts another on the same queue, and flows of every CPU
@@ -141,7 +142,7 @@ def test_a_stuck_reader_is_killed_and_replaced(lab: Lab) -> None:
         assert pinned(lab, cpu, 9000, "--timeout", "1") == "timeout"
 
 
-@pytest.mark.parametrize("readers", [1, 2], ids=["readers=1", "readers=2"])
+@pytest.mark.parametrize("readers", READERS)
 def test_a_name_learnt_from_dns_decides_in_every_reader(lab: Lab, readers: int) -> None:
     """DNS answers are read by the main process only; the names it learns are copied to every
     reader before the answer reaches the program, so a host rule decides the connect that
