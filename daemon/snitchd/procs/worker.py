@@ -1,15 +1,17 @@
 """Where attribution's slow work runs: off the packet loop, in slices, fairly between users.
 
-A job is a generator: each `next()` does a bounded slice of work (a few ms of /proc reading or a
-few MiB of hashing) and yields. Jobs wait in *lines*, one per user (and one per user for
-hashing); the worker threads take the lines in turn, one slice at a time, and never run two
-slices of one line at once. So one user's lookups run one after the other, and a user whose
-processes hold 300k fds makes their own lookups slow, not anybody else's: another user's job
-waits for at most one slice per busy line before its own slice runs.
+A job is a generator: each `next()` does a bounded slice of work (a few ms of /proc reading, or
+a few MiB of hashing when the hasher child, `procs/hasher.py`, cannot run) and yields. Jobs
+wait in *lines*, one per user (and one per user for hashing); the worker threads take the lines
+in turn, one slice at a time, and never run two slices of one line at once. So one user's
+lookups run one after the other, and a user whose processes hold 300k fds makes their own
+lookups slow, not anybody else's: another user's job waits for at most one slice per busy line
+before its own slice runs.
 
-Threads, not processes: the work is mostly system calls (readlink, getdents, read) and hashlib,
-which release the GIL; the loop thread gets it back at the next such call (bench/bench_procs.py
-measures the loop's lag while a worker scans).
+Threads, not processes: the work is mostly system calls (readlink, getdents, read), which
+release the GIL; the loop thread gets it back at the next such call (bench/bench_procs.py
+measures the loop's lag while a worker scans). Hashing moved to a child process: a 1 GiB
+executable hashed here still cost the loop 40 ms.
 """
 
 from __future__ import annotations
