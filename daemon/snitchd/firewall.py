@@ -272,17 +272,11 @@ class Firewall(Rulebook):
             outcome = self._no_laxer(outcome, flow, proc, lookup, names, now)
         if lookup is not None and lookup.note is not None:
             outcome = self._by_both(outcome, flow, lookup, names, now)
-        if isinstance(outcome, Ask):
-            # No rule covers it: a retry of an attempt blocked without a rule (answered once,
-            # timed out, no agent) gets that verdict again, and no new prompt (`attempts`).
-            tried = self.attempts.recall(attempt_key(flow, proc), now)
-            if tried is not None and tried.rule_id is None:
-                outcome = Verdict(tried.action, None, tried.reason)
         if isinstance(outcome, Verdict):
             self.apply(pkt, outcome, flow, proc, now, host)
         else:
             named = self.dns.own_name(flow.dst, proc, now) if host is not None else None
-            self._uncovered(pkt, flow, proc, now, host, named)
+            self.handed_over(pkt, flow, proc, now, host, named)
 
     def handed_over(
         self,
@@ -293,9 +287,10 @@ class Firewall(Rulebook):
         host: str | None,
         named: str | None,
     ) -> None:
-        """A flow no rule covers, handed over by a queue reader (`snitchd.readers`): a retry
-        of an attempt blocked without a rule gets that verdict again, else the mode or a
-        person decides, as for a flow of this process's own queue."""
+        """A flow no rule covers, of this process's own queue or handed over by a queue reader
+        (`snitchd.readers`): a retry of an attempt blocked without a rule (answered once, timed
+        out, no agent) gets that verdict again and no new prompt (`attempts`); else the mode or
+        a person decides."""
         tried = self.attempts.recall(attempt_key(flow, proc), now)
         if tried is not None and tried.rule_id is None:
             self.apply(pkt, Verdict(tried.action, None, tried.reason), flow, proc, now, host)
