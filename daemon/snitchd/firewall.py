@@ -29,6 +29,7 @@ from pathlib import Path
 from netfilterqueue import Packet
 
 from snitch_common.modes import Mode, ModeState
+from snitch_common.recent import Recent
 from snitch_common.records import Attribution, Flow, Process
 from snitch_common.rules import Action, Rule, RuleRecord
 from snitchd.attempts import Attempts, RowRef, attempt_key
@@ -55,7 +56,7 @@ from snitchd.store import (
     Store,
 )
 
-__all__ = ["Counters", "Firewall", "local_time", "quotas_of"]
+__all__ = ["REMEMBERED_FLOWS", "Counters", "Firewall", "local_time", "quotas_of"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 # took the flow over arrive within milliseconds, or all at once when a prompt ends; 30 s is
 # nf_conntrack_udp_timeout, the life of a one-way UDP flow the kernel could not keep.
 _REPEAT_SECONDS = 30.0
-_REPEATS_MAX = 4096  # flows remembered for that; the oldest go first
+REMEMBERED_FLOWS = 4096  # flows remembered for that; the oldest go first
 # A packet of a flow whose verdict the kernel keeps was queued before the mark was set: such
 # packets drain in well under a second at the queue's rate. Short, because a TCP entry may end
 # 10 s after a reset (nf_conntrack_tcp_timeout_close), and a new connection on the same ports
@@ -128,8 +129,8 @@ class Firewall(Rulebook):
         self.clock = clock
         self.marks = marks
         self.counters = Counters()
-        self._logged: dict[tuple[object, ...], float] = {}
-        self._kept: dict[Flow, _Kept] = {}
+        self._logged: Recent[tuple[object, ...], float] = Recent(REMEMBERED_FLOWS)
+        self._kept: Recent[Flow, _Kept] = Recent(REMEMBERED_FLOWS)
         self.attempts = Attempts(config.retry_window)
         self.places = Places()  # classes and lists (to=lan, to=list:NAME), swapped in whole
         self.rules = RuleSet(places=self.places)
@@ -147,7 +148,7 @@ class Firewall(Rulebook):
         self._pins: dict[str, dict[str, int]] = {}  # exe -> sha256 -> rules pinning it
         self._expirable: dict[int, RuleRecord] = {}
         self._changed_seen: set[tuple[str, str | None]] = set()
-        self._doubted: dict[tuple[str, str], None] = {}  # (exe, kind) alerted, oldest first
+        self._doubted: Recent[tuple[str, str], None] = Recent(REMEMBERED_FLOWS)  # (exe, kind)
         self._ifnames: dict[int, str] = {}
         self._changing = asyncio.Lock()  # one rule change (or outside reload) at a time
         self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
@@ -458,9 +459,7 @@ class Firewall(Rulebook):
         key = (proc.exe, kind)
         if key in self._doubted:
             return
-        self._doubted[key] = None
-        if len(self._doubted) > _REPEATS_MAX:
-            del self._doubted[next(iter(self._doubted))]
+        self._doubted.put(key, None)
         what = ", ".join(n for n in proc.notes() if not n.startswith(("script ", "inline code")))
         self.alert(
             Alert(
@@ -499,10 +498,7 @@ class Firewall(Rulebook):
             return
         self._give(pkt, verdict, flow, proc)
         if self._keep(flow, verdict.action):
-            self._kept.pop(flow, None)
-            self._kept[flow] = _Kept(verdict, proc, host, now)
-            if len(self._kept) > _REPEATS_MAX:
-                del self._kept[next(iter(self._kept))]
+            self._kept.put(flow, _Kept(verdict, proc, host, now))
         self._log(verdict, flow, proc, now, host)
 
     def _give(self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process) -> None:
@@ -606,10 +602,7 @@ class Firewall(Rulebook):
 
     def _repeat(self, key: tuple[object, ...], now: float) -> bool:
         """Whether a row for `key` was written less than `_REPEAT_SECONDS` ago; remembers now."""
-        last = self._logged.pop(key, None)
-        self._logged[key] = now
-        if len(self._logged) > _REPEATS_MAX:
-            del self._logged[next(iter(self._logged))]
+        last = self._logged.put(key, now)
         return last is not None and 0 <= now - last < _REPEAT_SECONDS
 
     def default_verdict(self, reason: str) -> Verdict:

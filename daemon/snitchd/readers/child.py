@@ -22,6 +22,7 @@ from pathlib import Path
 
 from netfilterqueue import Packet
 
+from snitch_common.recent import Recent
 from snitch_common.records import Flow, Process
 from snitch_common.rules import Rule
 from snitchd.attempts import Attempts
@@ -31,7 +32,7 @@ from snitchd.containers import container_names
 from snitchd.decide import RuleSet, StricterRules, Verdict
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert
-from snitchd.firewall import Counters, Firewall
+from snitchd.firewall import REMEMBERED_FLOWS, Counters, Firewall
 from snitchd.journal import setup_logging
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, start_attributor
@@ -77,8 +78,8 @@ class ReaderPath(Firewall):
         self.clock = time.time
         self.marks = marks
         self.counters = Counters()
-        self._logged = {}
-        self._kept = {}
+        self._logged = Recent(REMEMBERED_FLOWS)
+        self._kept = Recent(REMEMBERED_FLOWS)
         self.attempts = Attempts(config.retry_window)  # stays empty: retries are the main's
         self.places = Places()
         self.take_places(start.places)
@@ -90,7 +91,7 @@ class ReaderPath(Firewall):
         self._pins = {}
         self._expirable = {}
         self._changed_seen = set()
-        self._doubted = {}
+        self._doubted = Recent(REMEMBERED_FLOWS)
         self._ifnames = {}
         self._replay = None
         self.rules_error = ""
