@@ -54,6 +54,14 @@ CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE = 7, 8, 9
 _TIMEOUT = {Proto.UDP: 30, Proto.TCP: 120, Proto.ICMP: 30}
 _ECHO = {4: (8, 0), 6: (128, 129)}  # request and reply types (ICMP, ICMPv6)
 _NLMSG = struct.Struct("=IHHII")
+# An update of a TCP or UDP flow's entry (the allowed flow: one per new connection) in one
+# pack, not a dozen nested ones: the layout `encode_request`'s general path builds, with the
+# address size of each family; netlink and attribute headers in host order, their payloads in
+# network order (ports and marks pre-swapped, packed as host order).
+_UPDATE = {
+    size: struct.Struct(f"=IHHII BBH HH HH HH{size}s HH{size}s HH HHB3x HHH2x HHH2x HHI HHI")
+    for size in (4, 16)
+}
 _NFGEN = struct.Struct("=BBH")
 _NLA = struct.Struct("=HH")
 _ERR = struct.Struct("=i")
@@ -116,6 +124,8 @@ def encode_request(seq: int, flow: Flow, mark: int, mask: int, *, create: bool) 
     an identifier of 0 cannot be told apart, so it is left alone too)."""
     if flow.proto is Proto.OTHER or (flow.proto is Proto.ICMP and flow.sport == 0):
         return None
+    if not create and flow.proto is not Proto.ICMP:
+        return _encode_update(seq, flow, mark, mask)
     attrs = [_tuple(CTA_TUPLE_ORIG, flow, reply=False)]
     if create:
         attrs += [
@@ -132,6 +142,29 @@ def encode_request(seq: int, flow: Flow, mark: int, mask: int, *, create: bool) 
     size = _NLMSG.size + _NFGEN.size + len(body)
     header = _NLMSG.pack(size, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, flags, seq, 0)
     return header + _NFGEN.pack(family, 0, 0) + body
+
+
+def _encode_update(seq: int, flow: Flow, mark: int, mask: int) -> bytes:
+    src, dst = flow.src.packed, flow.dst.packed
+    size = len(src)
+    layout = _UPDATE[size]
+    ip_len = 4 + 2 * (4 + size)
+    proto_len = 4 + 8 + 8 + 8
+    return layout.pack(
+        layout.size, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | NLM_F_ACK,
+        seq, 0,
+        socket.AF_INET if size == 4 else socket.AF_INET6, 0, 0,
+        4 + ip_len + proto_len, CTA_TUPLE_ORIG | NLA_F_NESTED,
+        ip_len, CTA_TUPLE_IP | NLA_F_NESTED,
+        4 + size, CTA_IP_V4_SRC if size == 4 else CTA_IP_V6_SRC, src,
+        4 + size, CTA_IP_V4_DST if size == 4 else CTA_IP_V6_DST, dst,
+        proto_len, CTA_TUPLE_PROTO | NLA_F_NESTED,
+        5, CTA_PROTO_NUM, _ipproto(flow),
+        6, CTA_PROTO_SRC_PORT, socket.htons(flow.sport),
+        6, CTA_PROTO_DST_PORT, socket.htons(flow.dport),
+        8, CTA_MARK, socket.htonl(mark),
+        8, CTA_MARK_MASK, socket.htonl(mask),
+    )  # fmt: skip
 
 
 class ConnMarks:

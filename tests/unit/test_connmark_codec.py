@@ -50,14 +50,25 @@ def test_create_names_both_directions_with_mark_and_timeout(
     assert (msg.get_attr("CTA_MARK"), msg.get_attr("CTA_MARK_MASK")) == (MARK, MASK)
 
 
-def test_update_names_the_entry_only_and_never_creates() -> None:
+@pytest.mark.parametrize(
+    ("src", "dst", "family"),
+    [("192.0.2.1", "192.0.2.2", 2), ("2001:db8:1::1", "2001:db8:1::2", 10)],
+)
+@pytest.mark.parametrize(("proto", "ipproto"), [(Proto.TCP, 6), (Proto.UDP, 17)])
+def test_update_names_the_entry_only_and_never_creates(
+    src: str, dst: str, family: int, proto: Proto, ipproto: int
+) -> None:
     """An allowed packet's own entry is updated: no reply tuple, no timeout, no CREATE flag, so
-    a packet that never left (dropped further on) gets no entry from us."""
-    flow = Flow(Proto.TCP, ip_address("192.0.2.1"), 50000, ip_address("192.0.2.2"), 80, "", 6)
-    msg = _decode(encode_request(1, flow, 0x5A1A0000, MASK, create=False))
+    a packet that never left (dropped further on) gets no entry from us. (The one-pack layout
+    of TCP and UDP updates, read by pyroute2.)"""
+    flow = Flow(proto, ip_address(src), 50000, ip_address(dst), 80, "", ipproto)
+    msg = _decode(encode_request(0x01020304, flow, 0x5A1A0000, MASK, create=False))
+    assert msg["nfgen_family"] == family
     assert msg["header"]["flags"] == NLM_F_REQUEST | NLM_F_ACK
+    assert msg["header"]["sequence_number"] == 0x01020304
     assert [name for name, _ in msg["attrs"]] == ["CTA_TUPLE_ORIG", "CTA_MARK", "CTA_MARK_MASK"]
-    assert _tuple(msg, "CTA_TUPLE_ORIG") == ("192.0.2.1", "192.0.2.2", 6, 50000, 80)
+    assert _tuple(msg, "CTA_TUPLE_ORIG") == (src, dst, ipproto, 50000, 80)
+    assert (msg.get_attr("CTA_MARK"), msg.get_attr("CTA_MARK_MASK")) == (0x5A1A0000, MASK)
 
 
 @pytest.mark.parametrize(
