@@ -32,6 +32,11 @@ class Proto(enum.Enum):
     ICMP = "icmp"
     OTHER = "other"
 
+    # Enum's own hash is Python code (the name's hash); members are singletons equal only to
+    # themselves, so object's C hash is the same contract, and flows key dicts several times
+    # per packet.
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class Flow:

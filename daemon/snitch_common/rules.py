@@ -46,6 +46,8 @@ class Action(enum.Enum):
     DENY = "deny"
     REJECT = "reject"
 
+    __hash__ = object.__hash__  # as `Proto`'s: keys of the packet path's maps, per packet
+
 
 class Lifetime(enum.Enum):
     """How long a rule lives. ONCE is never stored: it answers one prompt and is gone."""
