@@ -28,6 +28,7 @@ Pure bookkeeping on the packet loop: no I/O, `now` passed in.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from snitch_common.records import Attribution, Flow, IPAddress, Process, Proto
@@ -107,8 +108,10 @@ class Attempts:
         self.window = window
         self._max_total = max_total
         self._max_per_uid = max_per_uid
-        self._attempts: dict[AttemptKey, Attempt] = {}  # least recently tried first
-        self._by_uid: dict[int | None, dict[AttemptKey, None]] = {}
+        # Least recently tried first. OrderedDicts, because the oldest are dropped one by one:
+        # a dict would walk its deleted front slots to find the next (`snitch_common.recent`).
+        self._attempts: OrderedDict[AttemptKey, Attempt] = OrderedDict()
+        self._by_uid: dict[int | None, OrderedDict[AttemptKey, None]] = {}
         self.retries = 0  # retries folded into an attempt since start
         self.pushed_out = 0  # attempts forgotten early to keep within the bounds
 
@@ -164,7 +167,7 @@ class Attempts:
     def _put(self, key: AttemptKey, attempt: Attempt) -> None:
         self._forget(key)
         self._attempts[key] = attempt
-        mine = self._by_uid.setdefault(key.uid, {})
+        mine = self._by_uid.setdefault(key.uid, OrderedDict())
         mine[key] = None
         while len(mine) > self._max_per_uid:
             self._forget(next(iter(mine)))

@@ -15,6 +15,7 @@ try, 2 tries by default). Pure bookkeeping on the packet loop: no I/O, `now` pas
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from snitch_common.records import IPAddress, Proto
@@ -60,8 +61,10 @@ class QueryLog:
         self._max_total = max_total
         self._max_per_uid = max_per_uid
         self._max_age = max_age
-        self._queries: dict[QueryKey, Asked] = {}  # oldest first
-        self._by_uid: dict[int, dict[QueryKey, None]] = {}  # each uid's, oldest first
+        # Oldest first; OrderedDicts, because the oldest are dropped one by one: a dict would
+        # walk its deleted front slots to find the next (`snitch_common.recent`).
+        self._queries: OrderedDict[QueryKey, Asked] = OrderedDict()
+        self._by_uid: dict[int, OrderedDict[QueryKey, None]] = {}  # each uid's, oldest first
         self.pushed_out = 0  # queries forgotten unanswered to keep within the bounds
 
     def __len__(self) -> int:
@@ -71,7 +74,7 @@ class QueryLog:
         """A query left: remember it (a resent query with the same key replaces the first)."""
         self._forget(key)
         self._queries[key] = asked
-        mine = self._by_uid.setdefault(asked.uid, {})
+        mine = self._by_uid.setdefault(asked.uid, OrderedDict())
         mine[key] = None
         while len(mine) > self._max_per_uid:
             self._forget(next(iter(mine)))
