@@ -233,18 +233,23 @@ def pss_mb(pid):
     return _tree_mb(pid, "smaps_rollup", "Pss")
 
 
-def queue_counters(pid):
-    """(packets queued so far, dropped because full, dropped by the peer) for our queue, in the
-    network namespace of `pid`."""
+def queue_counters(pid, queues=1):
+    """(packets queued so far, dropped because full, dropped by the peer) for our queues
+    (QUEUE and, with queue readers, the next ones), summed, in the network namespace of
+    `pid`."""
+    found = None
     try:
         with open(f"/proc/{pid}/net/netfilter/nfnetlink_queue") as f:
             for line in f:
                 v = [int(x) for x in line.split()]
-                if v and v[0] == QUEUE:
-                    return v[7], v[5], v[6]
+                if v and QUEUE <= v[0] < QUEUE + queues:
+                    q = (v[7], v[5], v[6])
+                    if found is not None:
+                        q = tuple(a + b for a, b in zip(found, q, strict=True))
+                    found = q
     except OSError:
         pass
-    return None
+    return found
 
 
 def machine_ticks():
@@ -408,7 +413,8 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     cpu0 = cpu_seconds(pid) if pid else 0.0
     readers0 = reader_cpu(pid) if pid else {}
     srv0 = cpu_seconds(server_pid)
-    q0 = queue_counters(pid) if pid else None
+    queues = READERS.get(running.key.lower(), 1)
+    q0 = queue_counters(pid, queues) if pid else None
     m0 = machine_ticks()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = lab.ns(
@@ -424,7 +430,7 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     )
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     m1 = machine_ticks()
-    q1 = queue_counters(pid) if pid else None
+    q1 = queue_counters(pid, queues) if pid else None
     cpu1 = cpu_seconds(pid) if pid else 0.0
     readers1 = reader_cpu(pid) if pid else {}
     split1 = cpu_by_process(pid) if pid else {}

@@ -25,6 +25,9 @@ __all__ = ["COPY_RANGE", "QueueReader", "kernel_stats"]
 
 log = logging.getLogger(__name__)
 
+# The columns of /proc/net/netfilter/nfnetlink_queue that `kernel_stats` reports.
+_KERNEL_FIELDS = (("held", 2), ("queue_dropped", 5), ("user_dropped", 6), ("queued_total", 7))
+
 # Headers only: IPv6 with a few extension headers plus TCP fits; the payload is never needed
 # for a verdict, and copying less makes each packet cheaper.
 COPY_RANGE = 256
@@ -81,21 +84,19 @@ class QueueReader:
         log.info("queue unbound number=%d", self.number)
 
 
-def kernel_stats(number: int) -> dict[str, int]:
-    """The kernel's own counters for our queue (this network namespace's
+def kernel_stats(number: int, count: int = 1) -> dict[str, int]:
+    """The kernel's own counters for our queues `number` … `number + count - 1` (one per
+    queue reader process), summed (this network namespace's
     /proc/net/netfilter/nfnetlink_queue): packets held right now, and those it dropped because
-    the queue was full or could not reach us."""
+    the queue was full or could not reach us. Empty when no queue is bound."""
+    total: dict[str, int] = {}
     try:
         with open("/proc/net/netfilter/nfnetlink_queue", encoding="ascii") as f:
             for line in f:
                 fields = [int(x) for x in line.split()]
-                if fields and fields[0] == number:
-                    return {
-                        "held": fields[2],
-                        "queue_dropped": fields[5],
-                        "user_dropped": fields[6],
-                        "queued_total": fields[7],
-                    }
+                if fields and number <= fields[0] < number + count:
+                    for key, index in _KERNEL_FIELDS:
+                        total[key] = total.get(key, 0) + fields[index]
     except (OSError, ValueError):
-        pass
-    return {}
+        return {}
+    return total

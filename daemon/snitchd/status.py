@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from snitch_common import __version__
 from snitch_common.modes import Mode
+from snitchd.config import reader_count
 from snitchd.firewall import Firewall
 from snitchd.queue import kernel_stats
 
@@ -149,7 +150,7 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         attributed_uid_only=c.attributed.get("uid-only", 0),
         attributed_kernel=c.attributed.get("kernel", 0),
         log_backlog=fw.events.backlog,
-        kernel=tuple(kernel_stats(fw.config.queue).items()),
+        kernel=tuple(kernel_stats(fw.config.queue, reader_count(fw.config)).items()),
         rules_files_error=fw.files_error,
         flows_cut=c.cut,
         retries=c.retries,

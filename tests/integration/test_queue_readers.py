@@ -90,6 +90,9 @@ def test_a_rule_change_reaches_every_reader_on_the_next_flow(lab: Lab, readers: 
     while (seen := lab.ctl_json("status")["seen"]) < 2 * len(CPUS):
         assert time.monotonic() < deadline, f"status seen={seen}: readers' counters not summed"
         time.sleep(0.2)
+    # The kernel's counters in status are every packet queue's, not the first one's only.
+    packet_queues = sum(n for q, n in queued(lab).items() if QUEUE <= q < QUEUE + readers)
+    assert lab.ctl_json("status")["kernel_queued_total"] == packet_queues
 
 
 @pytest.mark.parametrize("mode", ["open", pytest.param("closed", marks=pytest.mark.slow)])
