@@ -165,3 +165,30 @@ def test_a_name_learnt_from_dns_decides_in_every_reader(lab: Lab, readers: int) 
     counts = queued(lab)
     for n in range(readers):
         assert counts.get(QUEUE + n, 0) > 0, f"queue {QUEUE + n} got nothing: {counts}"
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_reading_never_stops_the_main_process(lab: Lab) -> None:
+    """Rule changes pile up for a stopped reader (SIGSTOP; a rules.d file of 4,000 rules: MBs,
+    more than its socket takes): the main process writes them without blocking, so it still
+    answers at once; the reader is killed and replaced, and its successor holds every rule.
+    (Written blocking, the reload stopped the main process until a watchdog killed it.)"""
+    if len(CPUS) < 2:
+        pytest.skip("one CPU: every flow would reach one reader")
+    lab.expect_log(r"ERROR snitchd\.readers\.parent: queue reader \d exited .*, killed")
+    folder = lab.tmp / "rules.d"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    lab.start_daemon(queue_readers=2)
+    first = reader_pids(lab)
+    os.kill(first[1], signal.SIGSTOP)
+    rules = folder / "many.rules"
+    rules.write_text("allow port=80\n" + "".join(f"deny port={p}\n" for p in range(20000, 24000)))
+    os.chmod(rules, 0o644)
+    assert lab.daemon is not None
+    lab.daemon.send_signal(signal.SIGHUP)
+    wait_for_log(lab, "rules file loaded name=many.rules", 1)
+    assert lab.ctl_json("status")["rules"] == 4001  # answered: the loop never waited
+    wait_for_log(lab, "queue reader ready index=", 3, timeout=30)
+    assert first[1] not in reader_pids(lab)
+    for cpu in CPUS:
+        assert pinned(lab, cpu, 80) == "connected", f"cpu {cpu}: the file's rules not held"

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -65,6 +67,12 @@ _PLACES_EVERY = 0.25  # how often the places (lists, subnets) are compared for a
 # A ready reader sends its counters every second; one silent this long is stuck (its loop
 # blocked): it is killed and replaced, as systemd's watchdog would do to snitchd.
 STUCK_AFTER = 10.0
+# Messages to a reader are written without blocking; what its socket does not take waits here
+# (the loop must never wait on a reader: it serves every prompt and every other reader). A
+# reader that leaves this much unread is taken for stuck before `STUCK_AFTER` (a reload of
+# 100k rules is ~30 MB).
+UNREAD_MAX = 64 * 1024 * 1024
+_FRAME = struct.Struct("!i")  # multiprocessing.connection's length prefix, which `recv` reads
 
 
 @dataclass(slots=True, eq=False)
@@ -76,7 +84,10 @@ class _Reader:
     started: float
     starts: int
     ready: asyncio.Future[None]
+    sock: socket.socket  # `conn`'s socket, for the writes that must not block (`_send`)
     pending: list[object] | None = field(default_factory=list)  # until Start is sent
+    out: deque[memoryview] = field(default_factory=deque)  # framed, not yet taken by `sock`
+    unsent: int = 0  # bytes in `out`
     tally: Tally | None = None
     alive: bool = True
     heard: float = 0.0  # time.monotonic() of its last message
@@ -156,6 +167,7 @@ class Readers:
             )
         finally:
             theirs.close()
+        sock = ours.dup()
         conn = Connection(ours.detach())
         reader = _Reader(
             index,
@@ -165,6 +177,7 @@ class Readers:
             time.monotonic(),
             starts + 1,
             loop.create_future(),
+            sock,
         )
         self._readers[index] = reader
         loop.add_reader(conn.fileno(), self._read, reader)
@@ -230,7 +243,11 @@ class Readers:
             return
         reader.alive = False
         with contextlib.suppress(RuntimeError, ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(reader.conn.fileno())
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(reader.conn.fileno())
+            loop.remove_writer(reader.sock.fileno())
+        reader.out.clear()
+        reader.sock.close()
         reader.conn.close()
         if not reader.ready.done():
             reader.ready.set_exception(EOFError())
@@ -267,15 +284,44 @@ class Readers:
     # -- to the readers --------------------------------------------------------------------------
 
     def _send(self, reader: _Reader, msg: object) -> None:
+        """Frame `msg` as `Connection.send` does and write what the socket takes now; the rest
+        is written when it can take more (`_flush`). Never blocks: a reader that stopped
+        reading would otherwise stop this whole process until it was killed."""
         if not reader.alive:
             return
         if reader.pending is not None:
             reader.pending.append(msg)
             return
+        data = ForkingPickler.dumps(msg)
+        waiting = bool(reader.out)
+        reader.out.append(memoryview(_FRAME.pack(len(data)) + data))
+        reader.unsent += _FRAME.size + len(data)
+        if reader.unsent > UNREAD_MAX:
+            self._lost(reader, f"not reading: {reader.unsent} bytes wait for it, killed")
+        elif not waiting:
+            self._flush(reader)
+
+    def _flush(self, reader: _Reader) -> None:
+        out = reader.out
         try:
-            reader.conn.send(msg)
+            while out:
+                head = out[0]
+                sent = reader.sock.send(head, socket.MSG_DONTWAIT)
+                reader.unsent -= sent
+                if sent < len(head):
+                    out[0] = head[sent:]
+                    break
+                out.popleft()
+        except BlockingIOError:
+            pass
         except OSError as exc:
             self._lost(reader, f"cannot reach it: {exc}")
+            return
+        loop = asyncio.get_running_loop()
+        if out:
+            loop.add_writer(reader.sock.fileno(), self._flush, reader)
+        else:
+            loop.remove_writer(reader.sock.fileno())
 
     def send_all(self, msg: object) -> None:
         for reader in self._readers:
