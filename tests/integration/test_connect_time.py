@@ -316,3 +316,29 @@ def test_exec_watcher_is_a_child_process_and_comes_back(lab: Lab) -> None:
     wait_for(lambda: "exec watcher started again" in lab.log_text(), 10, "the restart logged")
     lab.stop_daemon()
     wait_for(lambda: not Path(f"/proc/{second}").exists(), 10, "the watcher to end with snitchd")
+
+
+@pytest.mark.slow
+def test_bpf_attribution_works_in_every_queue_reader(lab: Lab, cgroup: Path) -> None:
+    """With two queue readers each reader looks up the recorder's connect records: curl's
+    connections sent from each CPU are named curl by `bpf` and allowed, and snitchd stops with
+    the hooks detached."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: every flow would reach one reader")
+    lab.start_daemon(
+        attribution="bpf", bpf_cgroup=f"/proc/2/root{cgroup}", default_action="reject",
+        retry_window=0, queue_readers=2,
+    )  # fmt: skip
+    assert str(lab.ctl_json("status")["attribution"]).startswith("bpf")
+    lab.add_rule(f"allow app={curl_exe()}")
+    curl = [curl_exe(), "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3"]
+    for cpu in cpus:
+        run_in(lab, cgroup, "taskset", "-c", str(cpu), *curl, f"http://{SERVER}:80/")
+    rows = rows_for(lab, len(cpus), dport=80)
+    assert [(r["exe"], r["source"], r["action"]) for r in rows] == [
+        (curl_exe(), "bpf", "allow")
+    ] * len(cpus), rows
+    queues = lab.client_run("cat", "/proc/net/netfilter/nfnetlink_queue").splitlines()
+    by_queue = {int(line.split()[0]): int(line.split()[7]) for line in queues}
+    assert by_queue.get(4242, 0) > 0 and by_queue.get(4243, 0) > 0, by_queue  # both readers
