@@ -15,6 +15,11 @@ of the machine hits all alike:
   g, h  c with 2 and with 4 queue reader processes (issue 21; c, d, e read one queue in
      snitchd itself); each reader's CPU is printed per load beside the whole tree's
 
+snitchd attributes flows as it does by default, with its cgroup BPF hooks, attached to a
+cgroup of the lab's own where the load client runs (`--attribution proc` measures the fallback,
+sock_diag and /proc, instead; before this option existed the bench measured the fallback only,
+because `ip netns exec` hides the machine's cgroup mount from snitchd).
+
 Each configuration runs the same compiled load client (bench/connload.c): new TCP connections
 (connect + close) with 1 and with 4 threads, and new UDP flows (new socket and port, sendto,
 echo) with 1 thread. Daemon CPU comes from /proc/<pid>/stat (utime + stime), RSS from
@@ -269,6 +274,7 @@ class Running:
         self.startup_s = startup_s
         self.log = log
         self.notify = None
+        self.attribution = ""
         self.info = {}
         self.monitors = []
 
@@ -277,7 +283,10 @@ class Running:
         return self.proc.pid if self.proc is not None else None
 
 
-def start(lab, key, stores, round_dir, env, srcs=(None, None)):
+def start(lab, key, stores, round_dir, env, srcs=(None, None), attribution="bpf"):
+    """Start configuration `key`. `attribution`: how snitchd finds a flow's sender, "bpf" (its
+    default; the hooks on the lab's cgroup, where the load client runs) or "proc" (the
+    fallback: sock_diag and /proc)."""
     _, kind, action, src = setup(key, *srcs)
     if kind == "none":
         return Running(key)
@@ -298,6 +307,7 @@ def start(lab, key, stores, round_dir, env, srcs=(None, None)):
         f'database = "{db}"\ndefault_action = "{action}"\nqueue = {QUEUE}\n'
         'prompt_timeout = 5\nlog_level = "info"\n'
         f"queue_readers = {READERS.get(key.lower(), 1)}\ndns_queue = {QUEUE - 1}\n"
+        f'attribution = "{attribution}"\nbpf_cgroup = "{lab.bpf_cgroup_path}"\n'
     )
     notify_path = round_dir / f"notify-{key}.sock"
     notify_path.unlink(missing_ok=True)
@@ -325,6 +335,7 @@ def start(lab, key, stores, round_dir, env, srcs=(None, None)):
         notify.close()
         raise
     running = Running(key, proc, time.monotonic() - began, log)
+    running.attribution = attribution
     running.notify = notify
     running.info["db"] = str(db)
     if kind == "snitch-monitored":
@@ -378,8 +389,12 @@ def stop(lab, running):
                 "log_rows_written",
                 "kernel_queue_dropped",
                 "kernel_user_dropped",
+                "attribution",
             )
             running.info["status"] = {k: status.get(k) for k in keep}
+            if not str(status.get("attribution", "")).startswith(running.attribution):
+                print(f"  ({running.key}: attribution was {status.get('attribution')!r}, "
+                      f"not {running.attribution}: see {running.log})", flush=True)  # fmt: skip
         running.info["rss_end_mb"] = round(rss_mb(running.pid), 1)
         running.info["rss_peak_mb"] = round(rss_mb(running.pid, "VmHWM"), 1)
     try:
@@ -417,7 +432,7 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     q0 = queue_counters(pid, queues) if pid else None
     m0 = machine_ticks()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = lab.ns(
+    done = lab.hooked(
         lab.client,
         str(connload),
         mode,
@@ -478,7 +493,8 @@ def rounds(lab, args, connload, stores, env):
         round_dir = lab.tmp / f"round{rnd}"
         round_dir.mkdir()
         for key in order:
-            running = start(lab, key, stores, round_dir, env, (args.src, args.alt_src))
+            srcs = (args.src, args.alt_src)
+            running = start(lab, key, stores, round_dir, env, srcs, args.attribution)
             try:
                 if lab.sysctl_missing:
                     lab.set_sysctls()
@@ -562,7 +578,7 @@ def run_profile(lab, args, connload, stores, env, out_dir):
     ):
         if key not in stores:
             continue
-        running = start(lab, key, stores, round_dir, env, (args.src, None))
+        running = start(lab, key, stores, round_dir, env, (args.src, None), args.attribution)
         spy = None
         try:
             raw = out_dir / f"profile-{key}-{load}.txt"
@@ -617,6 +633,13 @@ def main():
         "--alt-src", type=Path, default=None, help="a daemon/ tree (holding snitchd/) for C, D, E"
     )
     parser.add_argument("--rules", type=int, default=100_000, help="rules of configuration e")
+    parser.add_argument(
+        "--attribution",
+        choices=("bpf", "proc"),
+        default="bpf",
+        help="snitchd's attribution path: bpf (its default; hooks on the lab's cgroup, where "
+        "the load client runs) or proc (the fallback: sock_diag and /proc)",
+    )
     parser.add_argument(
         "--linger",
         type=int,

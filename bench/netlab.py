@@ -5,6 +5,11 @@ Built from the tests' own lab pieces (`tests.support.lab`).
     client netns (load client, firewall)       server netns (connload server)
       veth0 192.0.2.1/24                  <->    veth0 192.0.2.2/24
 
+The load client also runs in a cgroup of the lab's own (`hooked`), so that a firewall
+attributing flows with cgroup BPF hooks (snitchd's default) attaches them there: nothing
+outside the lab is hooked. `ip netns exec` hides the cgroup mount, so a firewall in the client
+namespace reaches the cgroup as `bpf_cgroup_path` (through kthreadd's root, the machine's).
+
 Documentation addresses only; nothing leaves the machine. Queue rules are only ever installed
 inside the client namespace (by the firewall under test, which runs there). Only processes this
 module started are ended, by their Popen handle.
@@ -17,6 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from snitchd.procs.bpf import cgroup2_root
 from tests.support.lab import Bus, add_veth, run, stop_process
 
 CLIENT_ADDR = "192.0.2.1"
@@ -53,6 +59,13 @@ class NetLab:
         self._procs: list[subprocess.Popen] = []
         self.sysctl_missing: list[str] = []
         self.server_pid = 0
+        root = cgroup2_root()
+        self.cgroup = Path(root) / f"snitch-bench-{tag}" if root else None
+
+    @property
+    def bpf_cgroup_path(self):
+        """The lab's cgroup as a firewall in the client namespace reaches it; "" if none."""
+        return f"/proc/2/root{self.cgroup}" if self.cgroup is not None else ""
 
     # -- set-up -------------------------------------------------------------------------------
     def build(self, connload):
@@ -61,6 +74,8 @@ class NetLab:
             run("ip", "netns", "add", ns)
             self._made.append(ns)
         add_veth(c, s, "veth0", CLIENT_ADDR, SERVER_ADDR)
+        if self.cgroup is not None:
+            self.cgroup.mkdir()
         for ns in (c, s):
             self.ns(ns, "ip", "link", "set", "lo", "up")
         self.set_sysctls()
@@ -87,6 +102,15 @@ class NetLab:
     # -- acting -------------------------------------------------------------------------------
     def ns(self, ns, *argv, check=True, timeout=60):
         return run("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
+
+    def hooked(self, ns, *argv, check=True, timeout=60):
+        """`ns` with the command in the lab's cgroup from its first instruction (it joins
+        before `ip netns exec`, which hides the cgroup mount)."""
+        if self.cgroup is None:
+            return self.ns(ns, *argv, check=check, timeout=timeout)
+        join = f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"'
+        return run("sh", "-c", join, "sh", "ip", "netns", "exec", ns, *argv, check=check,
+                   timeout=timeout)  # fmt: skip
 
     def popen(self, ns, argv, env=None, stderr=subprocess.DEVNULL):
         """Start a long-lived process in a namespace. `ip netns exec` execs the command, so the
@@ -121,6 +145,11 @@ class NetLab:
             done = run("ip", "netns", "del", ns, check=False)
             if done.returncode != 0:
                 errors.append(f"netns {ns}: {done.stderr.strip()}")
+        if self.cgroup is not None and self.cgroup.exists():
+            try:
+                self.cgroup.rmdir()  # its processes (the load clients) have all exited
+            except OSError as exc:
+                errors.append(f"cgroup {self.cgroup}: {exc}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         if errors:
             raise RuntimeError("lab clean-up incomplete: " + "; ".join(errors))
