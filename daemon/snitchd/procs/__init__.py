@@ -2,8 +2,8 @@
 
 The kernel holds a new flow's first packet while we look, so the packet loop does only what is
 bounded whatever a user does: one sock_diag exact request (uid and socket inode, ~4 µs), a
-cached owner checked by one readlink, a cached process checked by one read of /proc/<pid>/stat
-(a pread of the file kept open for that process: `details.StatFds`).
+cached owner checked by one readlink, a cached process checked by one read of its comm (both
+through its /proc directory, kept open: `details.ProcFds`).
 Everything else — a /proc/*/fd scan for an unseen socket, psutil details of an unseen process,
 the sha256 of its executable — is a worker job (`worker`), and `begin` returns a `Lookup` whose
 future the packet waits on; later packets of the flow join it. Jobs run in one line per user,
@@ -54,7 +54,7 @@ from snitch_common.records import Attribution, Flow, Process, Proto, Source
 from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.containers import Names, container_of
 from snitchd.procs.bpf import Owner, Recorder, build_object, cgroup2_root
-from snitchd.procs.details import Details, Stat, StatFds, exe_id, process_alive, read_stat
+from snitchd.procs.details import Details, ProcFds, Stat, exe_id, process_alive, read_stat
 from snitchd.procs.execs import ExecWatch
 from snitchd.procs.guests import Taps, bridge_port, holds_tap
 from snitchd.procs.hashes import Hashes, Hashing
@@ -139,7 +139,7 @@ class Attributor:
         self._diag = SockDiag()
         self._owners = Owners()
         self._details = Details(interpreters)
-        self._stats = StatFds()  # the loop's own: begin and begin_forwarded only
+        self._kept = ProcFds()  # the loop's own: begin and begin_forwarded only
         self._hashes = Hashes()
         self._worker = Worker(threads)
         self._lock = threading.Lock()
@@ -156,7 +156,7 @@ class Attributor:
         self._worker.close()
         self._hashes.close()
         self._diag.close()
-        self._stats.close()
+        self._kept.close()
         if self._netns is not None:
             self._netns.close()
         if self.recorder is not None:
@@ -194,18 +194,24 @@ class Attributor:
         pending = self._pending.get((uid, inode))
         if pending is not None:
             return pending
-        pid = self._owners.find_now(inode, uid)
+        kept = self._kept
+        pid = self._owners.find_now(inode, uid, kept.holds)
         if pid is None:
             return Process.uid_only(uid)
         stat = None
         if pid != NEED_SCAN:
-            stat = self._stats.read(pid)
-            if stat is None:
+            # The process `holds` saw with the socket (its /proc directory kept open), not
+            # whichever has its pid by now: its start ticks and its comm now (an exec changes it).
+            seen = kept.identity(pid)
+            if seen is None:
                 return Process.uid_only(uid)
             with self._lock:
-                proc = self._procs.get((pid, stat[2], stat[3], uid))
+                proc = self._procs.get((pid, seen[0], seen[1], uid))
             if proc is not None:
                 return self._exec_checked(proc, read_ns)
+            stat = kept.read(pid)  # a first sight: the whole stat, for the worker
+            if stat is None:
+                return Process.uid_only(uid)
         lookup = self._hand_off(uid, inode, None if pid == NEED_SCAN else pid, stat, limits)
         lookup.read_ns = read_ns
         return lookup
@@ -253,15 +259,15 @@ class Attributor:
         pending = self._pending.get((uid, inode))
         if pending is not None:
             return pending
-        pid = self._owners.find_now(inode, uid)
+        pid = self._owners.find_now(inode, uid, self._kept.holds)
         if pid is None:
             return Process.kernel()
         if pid != NEED_SCAN:
-            stat = self._stats.read(pid)
-            if stat is None:
+            seen = self._kept.identity(pid)
+            if seen is None:
                 return Process.kernel()
             with self._lock:
-                proc = self._procs.get(("netns", pid, stat[2], stat[3], uid))
+                proc = self._procs.get(("netns", pid, seen[0], seen[1], uid))
             if proc is not None:
                 return proc
         loop = asyncio.get_running_loop()
