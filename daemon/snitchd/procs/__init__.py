@@ -73,8 +73,11 @@ _PENDING_PER_UID = 256  # lookups one user may have waiting; beyond, answered la
 # An exec this long before the packet was read may still have followed the connect (the packet
 # waited in the queue or for the worker): the flow is then decided by the stricter identity.
 _EXEC_WINDOW_NS = 250_000_000
+_AROUND_MAX = 256
 
 _ProcKey = tuple[object, ...]  # pid, start ticks, comm, uid; or "bpf", pid, start, dev, ino, uid
+# a process, its name at read, its other names; what `_exec_checked` made of them
+_Around = tuple[Process, str | None, tuple[str, ...], Process, tuple[Process, ...], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,10 @@ class Attributor:
         self._taps = Taps()
         # (input interface, source address, MAC) → a guest's process, its tap holder's (pid, fd)
         self._guests: dict[tuple[int, bytes, bytes], tuple[Process, int, int, str]] = {}
+        # pid → the last identities `_exec_checked` gave a process that exec'd around its
+        # connect (process, name at read, other names, chosen, also, note): a program's flows
+        # in the window after it exec'd share them (and its one log line), the loop's own.
+        self._around: dict[int, _Around] = {}
 
     def close(self) -> None:
         self._worker.close()
@@ -424,25 +431,35 @@ class Attributor:
         others = tuple(dict.fromkeys(n for n in names if n and n != at_read))
         if not others:
             return proc
-        chosen = proc
-        if at_read != proc.exe:
-            chosen = dataclasses.replace(proc, exe=at_read, cmdline=(), sha256=None)
+        known = self._around.get(proc.pid)
+        if known is not None and known[0] is proc and known[1] == at_read and known[2] == others:
+            chosen, also, note = known[3], known[4], known[5]  # its flows until the window ends
+        else:
+            chosen = proc
+            if at_read != proc.exe:
+                chosen = dataclasses.replace(proc, exe=at_read, cmdline=(), sha256=None)
+            also = tuple(
+                proc
+                if exe == proc.exe
+                else dataclasses.replace(proc, exe=exe, cmdline=(), sha256=None)
+                for exe in others
+            )
+            if chosen is not proc:
+                note = f"connected as {at_read}, then exec'd {proc.exe}"
+            else:
+                note = f"exec'd from {', '.join(others)} around its connect"
+            log.info(
+                "exec around connect pid=%s at_read=%s others=%s: the stricter applies",
+                proc.pid,
+                at_read,
+                ",".join(others),
+            )
+            self._around[proc.pid] = (proc, at_read, others, chosen, also, note)
+            while len(self._around) > _AROUND_MAX:
+                del self._around[next(iter(self._around))]
         loop = asyncio.get_running_loop()
         lookup = Lookup(proc.uid or 0, 0, loop.create_future(), time.monotonic(), read_ns=read_ns)
-        lookup.also = tuple(
-            proc if exe == proc.exe else dataclasses.replace(proc, exe=exe, cmdline=(), sha256=None)
-            for exe in others
-        )
-        if chosen is not proc:
-            lookup.note = f"connected as {at_read}, then exec'd {proc.exe}"
-        else:
-            lookup.note = f"exec'd from {', '.join(others)} around its connect"
-        log.info(
-            "exec around connect pid=%s at_read=%s others=%s: the stricter applies",
-            proc.pid,
-            at_read,
-            ",".join(others),
-        )
+        lookup.also, lookup.note = also, note
         lookup.future.set_result(chosen)
         return lookup
 

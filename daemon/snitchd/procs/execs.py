@@ -111,6 +111,8 @@ class ExecWatch:
     def since(self, tgid: int, since_ns: int) -> list[Exec]:
         """The execs of `tgid` at or after `since_ns`, oldest first (loop-safe: a dict read of
         a list of a few)."""
+        if tgid not in self._execs:  # most processes: no exec in the history (no lock needed:
+            return []  # one that is being recorded now is one reported a moment later)
         with self._lock:
             execs = self._execs.get(tgid)
             return [ex for ex in execs if ex.when_ns >= since_ns] if execs else []
