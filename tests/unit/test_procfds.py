@@ -150,11 +150,11 @@ def test_a_reused_pid_is_never_answered_for_by_the_process_kept_before() -> None
     """The kept directory names the process, not the pid: once a new process holds the pid
     (and a socket at the same fd), the old record answers nothing, and `holds` sees the new
     process as itself: its own start and name, never the old one's."""
-    kept = ProcFds()
+    kept, other = ProcFds(), ProcFds()
     try:
         with named_child("old-owner") as (old, fd, inode):
             pid = old.pid
-            assert kept.holds(pid, fd, inode)
+            assert kept.holds(pid, fd, inode) and other.holds(pid, fd, inode)
             before = kept.identity(pid)
             assert before is not None and before[1] == b"old-owner"
         entered = _child_with_pid(pid, "new-owner")
@@ -162,6 +162,7 @@ def test_a_reused_pid_is_never_answered_for_by_the_process_kept_before() -> None
             pytest.skip("the machine took that pid every time")
         with entered as (new, new_fd, new_inode):
             assert new.pid == pid
+            assert other.read(pid) is None  # the old record's stat ("../stat"): gone
             assert kept.identity(pid) is None  # the old record: gone, not the new process
             assert not kept.holds(pid, fd, inode)  # the old socket: nobody has it now
             assert kept.holds(pid, new_fd, new_inode)
@@ -169,5 +170,8 @@ def test_a_reused_pid_is_never_answered_for_by_the_process_kept_before() -> None
             stat = read_stat(pid)
             assert now is not None and stat is not None and now == stat[2:]
             assert now[1] == b"new-owner"
+            got = kept.read(pid)
+            assert got is not None and got[1:] == stat[1:]
     finally:
         kept.close()
+        other.close()

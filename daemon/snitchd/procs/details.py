@@ -65,13 +65,13 @@ def _parse_stat(data: bytes) -> Stat:
 
 
 class ProcFds:
-    """The /proc/<pid> directories of recent processes, kept open by the packet loop, and each
-    one's /proc/<pid>/comm: per flow of a known process, one readlinkat of the socket's fd
-    (`holds`, ~2.8 µs here against ~3.4 by path) and one pread of comm (`identity`, ~0.9 µs
+    """The /proc/<pid>/fd directories of recent processes, kept open by the packet loop, and
+    each one's /proc/<pid>/comm: per flow of a known process, one readlinkat of the socket's fd
+    (`holds`, ~2.75 µs here against ~3.4 by path) and one pread of comm (`identity`, ~0.9 µs
     against ~5 µs to pread and parse /proc/<pid>/stat).
 
-    A /proc/<pid> directory opened once names that process, not the pid, as a pidfd does: once
-    it exits, every name under it fails (ENOENT, ESRCH), even if the pid is reused, so a reused
+    A /proc directory opened once names that process, not the pid, as a pidfd does: once it
+    exits, every name under it fails (ENOENT, ESRCH), even if the pid is reused, so a reused
     pid is opened anew and read as the new process it is, never the old. Its start ticks are
     therefore read once, when it is opened (they never change while it lives, exec included);
     only comm, which an exec changes, is read per flow. One thread only (the loop): an fd
@@ -80,7 +80,7 @@ class ProcFds:
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
-        self._kept: dict[int, tuple[int, int, int]] = {}  # pid -> (dir fd, comm fd, start ticks)
+        self._kept: dict[int, tuple[int, int, int]] = {}  # pid -> (fd dir, comm fd, start ticks)
 
     def holds(self, pid: int, fd: int, inode: int) -> bool:
         """Whether `pid` has socket `inode` open at `fd` right now (as `owners.holds`, exact)."""
@@ -88,7 +88,7 @@ class ProcFds:
         if kept is None:
             return False
         try:
-            return os.readlink(f"fd/{fd}", dir_fd=kept[0]) == f"socket:[{inode}]"
+            return os.readlink(str(fd), dir_fd=kept[0]) == f"socket:[{inode}]"
         except OSError:
             pass
         if self._alive(kept):
@@ -98,7 +98,7 @@ class ProcFds:
         if kept is None:
             return False
         try:
-            return os.readlink(f"fd/{fd}", dir_fd=kept[0]) == f"socket:[{inode}]"
+            return os.readlink(str(fd), dir_fd=kept[0]) == f"socket:[{inode}]"
         except OSError:
             return False
 
@@ -123,7 +123,7 @@ class ProcFds:
         kept = self._kept.get(pid) or self._open(pid)
         if kept is None:
             return None
-        data = _read_stat_at(kept[0])
+        data = _read_stat_at(kept[0], "../stat")  # the parent of that very fd directory
         if data is None:
             self._drop(pid)
             return None
@@ -134,18 +134,21 @@ class ProcFds:
             dir_fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
-        comm_fd = -1
-        try:
+        fd_dir = comm_fd = -1
+        try:  # all three through the one directory: the same process, whatever its pid does
+            fd_dir = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
             comm_fd = os.open("comm", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-            data = _read_stat_at(dir_fd)
+            data = _read_stat_at(dir_fd, "stat")
         except OSError:
             data = None
-        if data is None:
+        finally:
             os.close(dir_fd)
-            if comm_fd >= 0:
-                os.close(comm_fd)
+        if data is None:
+            for fd in (fd_dir, comm_fd):
+                if fd >= 0:
+                    os.close(fd)
             return None
-        kept = self._kept[pid] = (dir_fd, comm_fd, _parse_stat(data)[2])
+        kept = self._kept[pid] = (fd_dir, comm_fd, _parse_stat(data)[2])
         while len(self._kept) > self.size:
             self._drop(next(iter(self._kept)))
         return kept
@@ -169,10 +172,11 @@ class ProcFds:
             os.close(comm_fd)
 
 
-def _read_stat_at(dir_fd: int) -> bytes | None:
-    """The stat file of the process `dir_fd` (its /proc directory) names, None once it is gone."""
+def _read_stat_at(dir_fd: int, name: str) -> bytes | None:
+    """The stat file `name` of the process `dir_fd` (a directory of its /proc) names, None once
+    it is gone: the names under a /proc directory of a process that exited fail, ".." too."""
     try:
-        fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:

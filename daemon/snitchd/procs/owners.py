@@ -77,31 +77,41 @@ class Owners:
         """The loop's bounded try: the owner's pid, None when nobody held it a moment ago (an
         fd in flight, or a kernel socket: not rescanned per packet), or NEED_SCAN. `check` is
         `holds`, or the packet loop's `details.ProcFds.holds` (the same answer, cheaper)."""
+        now = time.monotonic()
+        last: list[tuple[int, tuple[int, ...]]] = []
         with self._lock:
             hit = self._owners.get(inode)
+            if hit is None:
+                missed = self._orphans.get(inode)
+                if missed is not None and now - missed < _ORPHAN_TTL:
+                    return None
+                last = self._latest(uid)
         if hit is not None:
             if check(hit[0], hit[1], inode):
                 self._found(inode, hit[0], hit[1], uid)
                 return hit[0]
             with self._lock:
                 self._owners.pop(inode, None)
-        now = time.monotonic()
-        last: list[tuple[int, tuple[int, ...]]] = []
-        with self._lock:
-            missed = self._orphans.get(inode)
-            if missed is not None and now - missed < _ORPHAN_TTL:
-                return None
-            for pid, owner in reversed(self._recent.items()):  # the latest senders of `uid`
-                if owner == uid:
-                    last.append((pid, tuple(self._last_fds.get(pid, ()))))
-                    if len(last) == _HOT_QUICK:
-                        break
+                missed = self._orphans.get(inode)
+                if missed is not None and now - missed < _ORPHAN_TTL:
+                    return None
+                last = self._latest(uid)
         for pid, fds in last:
             for fd in fds:
                 if check(pid, fd, inode):
                     self._found(inode, pid, fd, uid)
                     return pid
         return NEED_SCAN
+
+    def _latest(self, uid: int) -> list[tuple[int, tuple[int, ...]]]:
+        """The latest senders of `uid` that the loop tries, with their last fds (under _lock)."""
+        last = []
+        for pid, owner in reversed(self._recent.items()):
+            if owner == uid:
+                last.append((pid, tuple(self._last_fds.get(pid, ()))))
+                if len(last) == _HOT_QUICK:
+                    break
+        return last
 
     def scan(
         self, inode: int, uid: int, stopped: Callable[[], bool]
