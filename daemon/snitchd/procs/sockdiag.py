@@ -41,6 +41,8 @@ IPPROTO_UDPLITE = 136
 TCP_TIME_WAIT = 6
 TCP_LISTEN = 10
 _ALL_STATES = 0xFFFFFFFF
+_TCP, _UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP  # (module globals: read per flow)
+_AF_INET, _AF_INET6, _DONTWAIT = socket.AF_INET, socket.AF_INET6, socket.MSG_DONTWAIT
 _NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE: skip the kernel's cookie check
 
 # nlmsghdr + inet_diag_req_v2; ports are packed as htons() values so "=H" lays them out big-endian.
@@ -148,12 +150,13 @@ class SockDiag:
     ) -> tuple[int, int, int, int] | None:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         request = _encode_request(seq, family, protocol, src, sport, dst, dport, ifindex)
-        self._sock.send(request)
+        sock = self._sock
+        sock.send(request)
         while True:
             try:
                 # The kernel answers inside send(): waiting could only hang on a request it
                 # dropped silently (a bad nlmsg_len gets no reply at all, measured).
-                data = self._sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+                data = sock.recv(_RECV_SIZE, _DONTWAIT)
             except BlockingIOError:
                 raise OSError(errno.EIO, "sock_diag sent no reply to an exact lookup") from None
             if data[8:12] == request[8:12]:  # its seq: skip a reply a crashed call left queued
@@ -165,14 +168,14 @@ class SockDiag:
         if flow.ipproto == IPPROTO_UDPLITE:
             protocol = IPPROTO_UDPLITE  # udp_diag answers for UDP-Lite too, the same way
         elif flow.proto is Proto.TCP:
-            protocol = flow.ipproto or socket.IPPROTO_TCP
+            protocol = flow.ipproto or _TCP
         elif flow.proto is Proto.UDP:
-            protocol = flow.ipproto or socket.IPPROTO_UDP
+            protocol = flow.ipproto or _UDP
         else:
             raw = find_raw(flow)
             return None if raw is None else (raw[0], raw[1], 0)
-        family = socket.AF_INET if isinstance(flow.dst, IPv4Address) else socket.AF_INET6
-        if protocol == socket.IPPROTO_TCP:
+        family = _AF_INET if isinstance(flow.dst, IPv4Address) else _AF_INET6
+        if protocol == _TCP:
             tup = (flow.src.packed, flow.sport, flow.dst.packed, flow.dport)
         else:
             # udp_diag hands the fields to __udp4_lib_lookup in *receive* orientation ("src and
@@ -191,7 +194,7 @@ class SockDiag:
         if found is None:
             return None
         state, uid, inode, cookie = found
-        if protocol == socket.IPPROTO_TCP and state in (TCP_TIME_WAIT, TCP_LISTEN):
+        if protocol == _TCP and state in (TCP_TIME_WAIT, TCP_LISTEN):
             return None  # a listener never opens a flow; a TIME_WAIT ack comes from the kernel
         return uid, inode, cookie
 
