@@ -2,7 +2,8 @@
 
 `ProcFds` is the loop's check that a cached process is still the one cached (a /proc/<pid>
 directory kept open names one process, its start ticks read once; comm, read per flow, changes
-on exec: so a reused pid or an exec never inherits an old answer); `read_stat` the same by path
+on exec: so a reused pid, or an exec of another name, never inherits an old answer; the proc
+connector, `execs`, tells of the others around a connect); `read_stat` the same by path
 elsewhere. `Details.describe` (psutil: exe, cmdline, parents; NSS for the user name, maybe LDAP;
 the identity checks of `identity` and the script of `scripts`) runs in the attribution worker
 only: it is a first sight, and its cost is not ours to bound.
