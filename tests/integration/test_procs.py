@@ -515,21 +515,30 @@ def test_flows_in_the_window_after_an_exec_carry_both_identities_and_one_log_lin
     monkeypatch.setattr(procs, "_EXEC_WINDOW_NS", 60 * 10**9)  # however slow this machine is
     caplog.set_level(logging.INFO, logger="snitchd.procs")
     port = tcp_listener.getsockname()[1]
-    command = f"exec {PYTHON} -c '{EXECD}' {port}"
-    att = Attributor(execs=ExecWatch(), hash_exe=False)  # subscribed before the exec
+    command = f"read _; exec {PYTHON} -c '{EXECD}' {port}"
+    att = Attributor(execs=ExecWatch(), hash_exe=False)  # subscribed before the execs
     proc = subprocess.Popen(
         ["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    execs = att.execs
+    assert execs is not None
+
+    def seen(ok) -> None:  # the watcher child reports an exec a moment later
+        for _ in range(500):
+            if ok(execs.since(proc.pid, 0)):
+                return
+            time.sleep(0.01)
+        pytest.fail(f"no such exec of pid {proc.pid}: {execs.since(proc.pid, 0)}")
+
     try:
+        # The shell's exec is seen (so its executable is known) before it execs python:
+        # the watcher reads the new executable of each exec when it is reported.
+        seen(bool)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
         ends = json.loads(proc.stdout.readline())
         flows = [flow(Proto.TCP, tuple(local), tuple(remote)) for local, remote in ends]
-        assert att.execs is not None
-        for _ in range(500):  # the watcher child reports the exec a moment later
-            if any(ex.before.endswith("sh") for ex in att.execs.since(proc.pid, 0)):
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail(f"no exec of pid {proc.pid} seen: {att.execs.since(proc.pid, 0)}")
+        seen(lambda got: any(ex.before.endswith("sh") for ex in got))
         assert att.lookup(flows[0]).exe == PYTHON  # first sight: described, cached
 
         async def begin_all():
