@@ -5,8 +5,10 @@ enough and nothing here touches netfilter. Children block on stdin and exit when
 failing test cannot leave them behind.
 """
 
+import asyncio
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -492,3 +494,69 @@ def test_a_process_that_sleeps_between_reads_is_attributed(attributor, tcp_liste
         proc.wait()
         proc.stdout.close()
     assert misses == []
+
+
+EXECD = """
+import json, socket, sys
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(3)]
+print(json.dumps([[s.getsockname(), s.getpeername()] for s in held]), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_flows_in_the_window_after_an_exec_carry_both_identities_and_one_log_line(
+    tcp_listener, monkeypatch, caplog
+):
+    """A program that exec'd (sh → python) just before it connected: each of its flows in the
+    window is decided by the stricter of both identities, alike, and the log says so once for
+    the process, not once per flow (the identities are made once and kept)."""
+    from snitchd.procs.execs import ExecWatch  # noqa: PLC0415 (needs root: the proc connector)
+
+    monkeypatch.setattr(procs, "_EXEC_WINDOW_NS", 60 * 10**9)  # however slow this machine is
+    caplog.set_level(logging.INFO, logger="snitchd.procs")
+    port = tcp_listener.getsockname()[1]
+    command = f"read _; exec {PYTHON} -c '{EXECD}' {port}"
+    att = Attributor(execs=ExecWatch(), hash_exe=False)  # subscribed before the execs
+    proc = subprocess.Popen(
+        ["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    execs = att.execs
+    assert execs is not None
+
+    def seen(ok) -> None:  # the watcher child reports an exec a moment later
+        for _ in range(500):
+            if ok(execs.since(proc.pid, 0)):
+                return
+            time.sleep(0.01)
+        pytest.fail(f"no such exec of pid {proc.pid}: {execs.since(proc.pid, 0)}")
+
+    try:
+        # The shell's exec is seen (so its executable is known) before it execs python:
+        # the watcher reads the new executable of each exec when it is reported.
+        seen(bool)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        ends = json.loads(proc.stdout.readline())
+        flows = [flow(Proto.TCP, tuple(local), tuple(remote)) for local, remote in ends]
+        seen(lambda got: any(ex.before.endswith("sh") for ex in got))
+        assert att.lookup(flows[0]).exe == PYTHON  # first sight: described, cached
+
+        async def begin_all():
+            return [att.begin(f, procs.Limits()) for f in flows[1:]]
+
+        got = asyncio.run(begin_all())
+        assert all(isinstance(r, procs.Lookup) and r.future.done() for r in got), got
+        first, second = got
+        assert first.future.result().exe == PYTHON
+        assert [p.exe for p in first.also] and PYTHON not in [p.exe for p in first.also]
+        assert first.note and "around its connect" in first.note
+        assert (second.future.result(), second.also, second.note) == (
+            first.future.result(),
+            first.also,
+            first.note,
+        )
+        lines = [r for r in caplog.records if r.getMessage().startswith("exec around connect")]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+    finally:
+        att.close()
+        stop(proc)

@@ -2,8 +2,8 @@
 
 The kernel holds a new flow's first packet while we look, so the packet loop does only what is
 bounded whatever a user does: one sock_diag exact request (uid and socket inode, ~4 µs), a
-cached owner checked by one readlink, a cached process checked by one read of /proc/<pid>/stat
-(a pread of the file kept open for that process: `details.StatFds`).
+cached owner checked by one readlink, a cached process checked by one read of its comm (both
+through its /proc directory, kept open: `details.ProcFds`).
 Everything else — a /proc/*/fd scan for an unseen socket, psutil details of an unseen process,
 the sha256 of its executable — is a worker job (`worker`), and `begin` returns a `Lookup` whose
 future the packet waits on; later packets of the flow join it. Jobs run in one line per user,
@@ -54,7 +54,7 @@ from snitch_common.records import Attribution, Flow, Process, Proto, Source
 from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.containers import Names, container_of
 from snitchd.procs.bpf import Owner, Recorder, build_object, cgroup2_root
-from snitchd.procs.details import Details, Stat, StatFds, exe_id, process_alive, read_stat
+from snitchd.procs.details import Details, ProcFds, Stat, exe_id, process_alive, read_stat
 from snitchd.procs.execs import ExecWatch
 from snitchd.procs.guests import Taps, bridge_port, holds_tap
 from snitchd.procs.hashes import Hashes, Hashing
@@ -73,8 +73,11 @@ _PENDING_PER_UID = 256  # lookups one user may have waiting; beyond, answered la
 # An exec this long before the packet was read may still have followed the connect (the packet
 # waited in the queue or for the worker): the flow is then decided by the stricter identity.
 _EXEC_WINDOW_NS = 250_000_000
+_AROUND_MAX = 256
 
 _ProcKey = tuple[object, ...]  # pid, start ticks, comm, uid; or "bpf", pid, start, dev, ino, uid
+# a process, its name at read, its other names; what `_exec_checked` made of them
+_Around = tuple[Process, str | None, tuple[str, ...], Process, tuple[Process, ...], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +142,7 @@ class Attributor:
         self._diag = SockDiag()
         self._owners = Owners()
         self._details = Details(interpreters)
-        self._stats = StatFds()  # the loop's own: begin and begin_forwarded only
+        self._kept = ProcFds()  # the loop's own: begin and begin_forwarded only
         self._hashes = Hashes()
         self._worker = Worker(threads)
         self._lock = threading.Lock()
@@ -151,12 +154,16 @@ class Attributor:
         self._taps = Taps()
         # (input interface, source address, MAC) → a guest's process, its tap holder's (pid, fd)
         self._guests: dict[tuple[int, bytes, bytes], tuple[Process, int, int, str]] = {}
+        # pid → the last identities `_exec_checked` gave a process that exec'd around its
+        # connect (process, name at read, other names, chosen, also, note): a program's flows
+        # in the window after it exec'd share them (and its one log line), the loop's own.
+        self._around: dict[int, _Around] = {}
 
     def close(self) -> None:
         self._worker.close()
         self._hashes.close()
         self._diag.close()
-        self._stats.close()
+        self._kept.close()
         if self._netns is not None:
             self._netns.close()
         if self.recorder is not None:
@@ -194,18 +201,24 @@ class Attributor:
         pending = self._pending.get((uid, inode))
         if pending is not None:
             return pending
-        pid = self._owners.find_now(inode, uid)
+        kept = self._kept
+        pid = self._owners.find_now(inode, uid, kept.holds)
         if pid is None:
             return Process.uid_only(uid)
         stat = None
         if pid != NEED_SCAN:
-            stat = self._stats.read(pid)
-            if stat is None:
+            # The process `holds` saw with the socket (its /proc directory kept open), not
+            # whichever has its pid by now: its start ticks and its comm now (an exec changes it).
+            seen = kept.identity(pid)
+            if seen is None:
                 return Process.uid_only(uid)
             with self._lock:
-                proc = self._procs.get((pid, stat[2], stat[3], uid))
+                proc = self._procs.get((pid, seen[0], seen[1], uid))
             if proc is not None:
                 return self._exec_checked(proc, read_ns)
+            stat = kept.read(pid)  # a first sight: the whole stat, for the worker
+            if stat is None:
+                return Process.uid_only(uid)
         lookup = self._hand_off(uid, inode, None if pid == NEED_SCAN else pid, stat, limits)
         lookup.read_ns = read_ns
         return lookup
@@ -253,15 +266,15 @@ class Attributor:
         pending = self._pending.get((uid, inode))
         if pending is not None:
             return pending
-        pid = self._owners.find_now(inode, uid)
+        pid = self._owners.find_now(inode, uid, self._kept.holds)
         if pid is None:
             return Process.kernel()
         if pid != NEED_SCAN:
-            stat = self._stats.read(pid)
-            if stat is None:
+            seen = self._kept.identity(pid)
+            if seen is None:
                 return Process.kernel()
             with self._lock:
-                proc = self._procs.get(("netns", pid, stat[2], stat[3], uid))
+                proc = self._procs.get(("netns", pid, seen[0], seen[1], uid))
             if proc is not None:
                 return proc
         loop = asyncio.get_running_loop()
@@ -418,25 +431,35 @@ class Attributor:
         others = tuple(dict.fromkeys(n for n in names if n and n != at_read))
         if not others:
             return proc
-        chosen = proc
-        if at_read != proc.exe:
-            chosen = dataclasses.replace(proc, exe=at_read, cmdline=(), sha256=None)
+        known = self._around.get(proc.pid)
+        if known is not None and known[0] is proc and known[1] == at_read and known[2] == others:
+            chosen, also, note = known[3], known[4], known[5]  # its flows until the window ends
+        else:
+            chosen = proc
+            if at_read != proc.exe:
+                chosen = dataclasses.replace(proc, exe=at_read, cmdline=(), sha256=None)
+            also = tuple(
+                proc
+                if exe == proc.exe
+                else dataclasses.replace(proc, exe=exe, cmdline=(), sha256=None)
+                for exe in others
+            )
+            if chosen is not proc:
+                note = f"connected as {at_read}, then exec'd {proc.exe}"
+            else:
+                note = f"exec'd from {', '.join(others)} around its connect"
+            log.info(
+                "exec around connect pid=%s at_read=%s others=%s: the stricter applies",
+                proc.pid,
+                at_read,
+                ",".join(others),
+            )
+            self._around[proc.pid] = (proc, at_read, others, chosen, also, note)
+            while len(self._around) > _AROUND_MAX:
+                del self._around[next(iter(self._around))]
         loop = asyncio.get_running_loop()
         lookup = Lookup(proc.uid or 0, 0, loop.create_future(), time.monotonic(), read_ns=read_ns)
-        lookup.also = tuple(
-            proc if exe == proc.exe else dataclasses.replace(proc, exe=exe, cmdline=(), sha256=None)
-            for exe in others
-        )
-        if chosen is not proc:
-            lookup.note = f"connected as {at_read}, then exec'd {proc.exe}"
-        else:
-            lookup.note = f"exec'd from {', '.join(others)} around its connect"
-        log.info(
-            "exec around connect pid=%s at_read=%s others=%s: the stricter applies",
-            proc.pid,
-            at_read,
-            ",".join(others),
-        )
+        lookup.also, lookup.note = also, note
         lookup.future.set_result(chosen)
         return lookup
 

@@ -110,10 +110,11 @@ class ExecWatch:
 
     def since(self, tgid: int, since_ns: int) -> list[Exec]:
         """The execs of `tgid` at or after `since_ns`, oldest first (loop-safe: a dict read of
-        a list of a few)."""
-        with self._lock:
-            execs = self._execs.get(tgid)
-            return [ex for ex in execs if ex.when_ns >= since_ns] if execs else []
+        a list of a few). No lock: one dict read is atomic, and a list once stored is never
+        changed (`_remember` stores a new one); an exec being recorded now is one that is
+        reported a moment later, as any may be."""
+        execs = self._execs.get(tgid)
+        return [ex for ex in execs if ex.when_ns >= since_ns] if execs else []
 
     # -- the thread ---------------------------------------------------------------------------
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -184,9 +185,11 @@ class ExecWatch:
     def _remember(self, ex: Exec) -> None:
         horizon = ex.when_ns - int(_HISTORY_SECONDS * 1e9)
         with self._lock:
-            execs = [e for e in self._execs.pop(ex.tgid, []) if e.when_ns >= horizon]
+            execs = [e for e in self._execs.get(ex.tgid, ()) if e.when_ns >= horizon]
             execs.append(ex)
+            # A new list, put in one step (never popped first): `since` reads without the lock.
             self._execs[ex.tgid] = execs
+            self._execs.move_to_end(ex.tgid)
             while len(self._execs) > _EXECS_MAX:
                 self._execs.popitem(last=False)
 

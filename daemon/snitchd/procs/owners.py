@@ -71,29 +71,47 @@ class Owners:
             self._recent.clear()
             self._last_fds.clear()
 
-    def find_now(self, inode: int, uid: int) -> int | None:
+    def find_now(
+        self, inode: int, uid: int, check: Callable[[int, int, int], bool] = holds
+    ) -> int | None:
         """The loop's bounded try: the owner's pid, None when nobody held it a moment ago (an
-        fd in flight, or a kernel socket: not rescanned per packet), or NEED_SCAN."""
+        fd in flight, or a kernel socket: not rescanned per packet), or NEED_SCAN. `check` is
+        `holds`, or the packet loop's `details.ProcFds.holds` (the same answer, cheaper)."""
+        now = time.monotonic()
+        last: list[tuple[int, tuple[int, ...]]] = []
         with self._lock:
             hit = self._owners.get(inode)
+            if hit is None:
+                missed = self._orphans.get(inode)
+                if missed is not None and now - missed < _ORPHAN_TTL:
+                    return None
+                last = self._latest(uid)
         if hit is not None:
-            if holds(hit[0], hit[1], inode):
+            if check(hit[0], hit[1], inode):
                 self._found(inode, hit[0], hit[1], uid)
                 return hit[0]
             with self._lock:
                 self._owners.pop(inode, None)
-        with self._lock:
-            missed = self._orphans.get(inode)
-            hot = [pid for pid, owner in reversed(self._recent.items()) if owner == uid]
-            last = {pid: list(self._last_fds.get(pid, ())) for pid in hot[:_HOT_QUICK]}
-        if missed is not None and time.monotonic() - missed < _ORPHAN_TTL:
-            return None
-        for pid, fds in last.items():
+                missed = self._orphans.get(inode)
+                if missed is not None and now - missed < _ORPHAN_TTL:
+                    return None
+                last = self._latest(uid)
+        for pid, fds in last:
             for fd in fds:
-                if holds(pid, fd, inode):
+                if check(pid, fd, inode):
                     self._found(inode, pid, fd, uid)
                     return pid
         return NEED_SCAN
+
+    def _latest(self, uid: int) -> list[tuple[int, tuple[int, ...]]]:
+        """The latest senders of `uid` that the loop tries, with their last fds (under _lock)."""
+        last = []
+        for pid, owner in reversed(self._recent.items()):
+            if owner == uid:
+                last.append((pid, tuple(self._last_fds.get(pid, ()))))
+                if len(last) == _HOT_QUICK:
+                    break
+        return last
 
     def scan(
         self, inode: int, uid: int, stopped: Callable[[], bool]
@@ -197,9 +215,15 @@ class Owners:
         """Mark `pid` as the latest sender: its next new socket is looked for there first."""
         with self._lock:
             if fd >= 0:
-                self._owners[inode] = (pid, fd)
-                self._orphans.pop(inode, None)
-                fds = self._last_fds.setdefault(pid, [])
+                owners = self._owners
+                owners[inode] = (pid, fd)
+                if len(owners) > _OWNERS_MAX:
+                    _trim(owners, _OWNERS_MAX)  # type: ignore[arg-type]
+                if self._orphans:
+                    self._orphans.pop(inode, None)
+                fds = self._last_fds.get(pid)
+                if fds is None:
+                    fds = self._last_fds[pid] = []
                 if fd not in fds:
                     fds.insert(0, fd)
                     del fds[_LAST_FDS:]

@@ -41,15 +41,24 @@ IPPROTO_UDPLITE = 136
 TCP_TIME_WAIT = 6
 TCP_LISTEN = 10
 _ALL_STATES = 0xFFFFFFFF
+_TCP, _UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP  # (module globals: read per flow)
+_AF_INET, _AF_INET6, _DONTWAIT = socket.AF_INET, socket.AF_INET6, socket.MSG_DONTWAIT
 _NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE: skip the kernel's cookie check
 
 # nlmsghdr + inet_diag_req_v2; ports are packed as htons() values so "=H" lays them out big-endian.
 _HDR = struct.Struct("=IHHII")
 _REQ = struct.Struct("=IHHII BBBxI HH16s16sI8s")
-# nlmsghdr + inet_diag_msg: ... state ... cookie ... uid inode (the answer; attributes are never
-# requested). The cookie is two host-order u32, low word first (sock_diag_save_cookie).
-_MSG = struct.Struct("=IHHII BBBB HH16s16sIII IIIII")
+# The request in three parts, so that no port needs a htons() call: nlmsghdr and the fields
+# before the socket id; the socket id (ports big-endian, addresses in network order already);
+# the interface and the "no cookie" marker.
+_REQ_HEAD = struct.Struct("=IHHII BBBxI")
+_REQ_ID = struct.Struct(">HH16s16s")
+_REQ_TAIL = struct.Struct("=I8s")
+# nlmsghdr + inet_diag_msg (the answer; attributes are never requested), only the fields read:
+# type, seq; state; cookie, two host-order u32, low word first (sock_diag_save_cookie); uid, inode.
+_ANSWER = struct.Struct("=4xH2xI4x xB42x II12x II")
 _ERR = struct.Struct("=i")
+_RECV_SIZE = 512  # an answer is 88 bytes, an error 92 at most: a smaller buffer is cheaper
 
 _Row = tuple[bytes, int, bytes, int, int]  # local addr, local port, remote addr, uid, inode
 Found = tuple[int, int, int]  # uid, inode, cookie of a socket
@@ -67,38 +76,29 @@ def _encode_request(
 ) -> bytes:
     """One exact SOCK_DIAG_BY_FAMILY request. `src`/`sport` are the socket's own side for TCP
     and the peer's for UDP (see `SockDiag.find`)."""
-    return _REQ.pack(
-        _REQ.size,
-        SOCK_DIAG_BY_FAMILY,
-        NLM_F_REQUEST,
-        seq,
-        0,
-        family,
-        protocol,
-        0,
-        _ALL_STATES,
-        socket.htons(sport),
-        socket.htons(dport),
-        src,
-        dst,
-        ifindex,
-        _NO_COOKIE,
+    return (
+        _REQ_HEAD.pack(
+            _REQ.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0, family, protocol, 0, _ALL_STATES
+        )
+        + _REQ_ID.pack(sport, dport, src, dst)
+        + _REQ_TAIL.pack(ifindex, _NO_COOKIE)
     )
 
 
 def _decode_reply(data: bytes) -> tuple[int, int, int, int] | None:
     """(tcp state, uid, inode, cookie) of the one socket found, or None when the kernel says
     ENOENT. The cookie names the socket for the BPF recorder (`procs.bpf`)."""
+    if len(data) >= _ANSWER.size:
+        kind, _seq, state, low, high, uid, inode = _ANSWER.unpack_from(data)
+        if kind == SOCK_DIAG_BY_FAMILY:
+            return state, uid, inode, low | high << 32
     kind = _HDR.unpack_from(data)[1]
     if kind == NLMSG_ERROR:
         code = -_ERR.unpack_from(data, _HDR.size)[0]
         if code == errno.ENOENT:
             return None
         raise OSError(code, f"sock_diag exact lookup failed: {os.strerror(code)}")
-    if kind != SOCK_DIAG_BY_FAMILY or len(data) < _MSG.size:
-        raise OSError(errno.EPROTO, f"sock_diag sent message type {kind}, {len(data)} bytes")
-    fields = _MSG.unpack_from(data)
-    return fields[6], fields[19], fields[20], fields[14] | fields[15] << 32
+    raise OSError(errno.EPROTO, f"sock_diag sent message type {kind}, {len(data)} bytes")
 
 
 def _parse_proc_net(text: bytes) -> list[_Row]:
@@ -149,15 +149,17 @@ class SockDiag:
         ifindex: int = 0,
     ) -> tuple[int, int, int, int] | None:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
-        self._sock.send(_encode_request(seq, family, protocol, src, sport, dst, dport, ifindex))
+        request = _encode_request(seq, family, protocol, src, sport, dst, dport, ifindex)
+        sock = self._sock
+        sock.send(request)
         while True:
             try:
                 # The kernel answers inside send(): waiting could only hang on a request it
                 # dropped silently (a bad nlmsg_len gets no reply at all, measured).
-                data = self._sock.recv(8192, socket.MSG_DONTWAIT)
+                data = sock.recv(_RECV_SIZE, _DONTWAIT)
             except BlockingIOError:
                 raise OSError(errno.EIO, "sock_diag sent no reply to an exact lookup") from None
-            if _HDR.unpack_from(data)[3] == seq:  # skip a reply a crashed call left queued
+            if data[8:12] == request[8:12]:  # its seq: skip a reply a crashed call left queued
                 return _decode_reply(data)
 
     def find(self, flow: Flow) -> Found | None:
@@ -166,14 +168,14 @@ class SockDiag:
         if flow.ipproto == IPPROTO_UDPLITE:
             protocol = IPPROTO_UDPLITE  # udp_diag answers for UDP-Lite too, the same way
         elif flow.proto is Proto.TCP:
-            protocol = flow.ipproto or socket.IPPROTO_TCP
+            protocol = flow.ipproto or _TCP
         elif flow.proto is Proto.UDP:
-            protocol = flow.ipproto or socket.IPPROTO_UDP
+            protocol = flow.ipproto or _UDP
         else:
             raw = find_raw(flow)
             return None if raw is None else (raw[0], raw[1], 0)
-        family = socket.AF_INET if isinstance(flow.dst, IPv4Address) else socket.AF_INET6
-        if protocol == socket.IPPROTO_TCP:
+        family = _AF_INET if isinstance(flow.dst, IPv4Address) else _AF_INET6
+        if protocol == _TCP:
             tup = (flow.src.packed, flow.sport, flow.dst.packed, flow.dport)
         else:
             # udp_diag hands the fields to __udp4_lib_lookup in *receive* orientation ("src and
@@ -192,7 +194,7 @@ class SockDiag:
         if found is None:
             return None
         state, uid, inode, cookie = found
-        if protocol == socket.IPPROTO_TCP and state in (TCP_TIME_WAIT, TCP_LISTEN):
+        if protocol == _TCP and state in (TCP_TIME_WAIT, TCP_LISTEN):
             return None  # a listener never opens a flow; a TIME_WAIT ack comes from the kernel
         return uid, inode, cookie
 
