@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import sqlite_utils
 
 from snitch_common.errors import RuleError, RuleNotFound, SnitchError, StoreError
 from snitch_common.modes import Mode, ModeState
-from snitch_common.records import Flow, Process
+from snitch_common.records import Flow, IPAddress, Process
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.attempts import RowRef
 from snitchd.profiles import Profile, parse_match
@@ -1117,20 +1118,37 @@ def _comm(pid: int) -> str:
         return ""
 
 
+# The text of each address a log row names, kept by its number (IPv6 ones negated: ~n), as
+# the packet loop makes a row per decision: `str()` of an address is ~0.95 µs of Python
+# (ipaddress formats it afresh each time, and its __hash__ is Python too, so the address
+# itself is a slow key), `int()` and a lookup ~0.15 µs; a machine talks to few addresses.
+_ADDRESS_TEXTS: dict[int, str] = {}
+_ADDRESS_TEXTS_MAX = 1 << 14  # dropped all at once when full
+
+
+def _address_text(addr: IPAddress) -> str:
+    key = int(addr) if type(addr) is IPv4Address else ~int(addr)
+    text = _ADDRESS_TEXTS.get(key)
+    if text is None:
+        if len(_ADDRESS_TEXTS) >= _ADDRESS_TEXTS_MAX:
+            _ADDRESS_TEXTS.clear()
+        text = _ADDRESS_TEXTS[key] = str(addr)
+    return text
+
+
 def log_row(d: Decision) -> tuple[object, ...]:
+    """A decision as the log writer stores it (the columns of `_LOG_COLUMNS`), made on the
+    packet loop for each decision: so in as few Python steps as can be (`_value_` of an enum
+    is its value without `.value`'s Python-level property)."""
+    flow, proc = d.flow, d.proc
+    source, box = proc.source, proc.container
     return (
-        d.time, d.proc.pid, d.proc.exe, d.proc.uid, d.proc.attribution.value,
-        d.flow.proto.value, str(d.flow.src), d.flow.sport, str(d.flow.dst), d.flow.dport,
-        d.flow.iface, d.host, d.action.value, d.rule_id, d.reason,
-        d.proc.source.value if d.proc.source is not None else None, d.mode, d.profile,
-        *_container_of(d.proc),
+        d.time, proc.pid, proc.exe, proc.uid, proc.attribution._value_,
+        flow.proto._value_, _address_text(flow.src), flow.sport, _address_text(flow.dst),
+        flow.dport, flow.iface, d.host, d.action._value_, d.rule_id, d.reason,
+        None if source is None else source._value_, d.mode, d.profile,
+        None if box is None else box.name, None if box is None else box.runtime._value_,
     )  # fmt: skip
-
-
-def _container_of(proc: Process) -> tuple[str | None, str | None]:
-    """A log row's container and runtime columns (issue 16): None for a flow of this machine."""
-    box = proc.container
-    return (None, None) if box is None else (box.name, box.runtime.value)
 
 
 def decision_row(d: Decision) -> dict[str, Any]:
