@@ -71,6 +71,7 @@ class Entry:
 
 
 _ORIGINALS: dict[bytes, Original] = {}
+_ADDRESSES: dict[bytes, tuple[IPAddress, str]] = {}  # packed address -> (it, its text)
 
 
 def _attrs(data: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
@@ -103,14 +104,20 @@ def _original(data: bytes, start: int, end: int, family: int) -> Original:
     known = _ORIGINALS.get(raw)
     if known is not None:
         return known
+    original = _laid_out(data, start, end, family)
+    if original is not None:
+        if len(_ORIGINALS) >= _ORIGINALS_MAX:
+            _ORIGINALS.clear()
+        _ORIGINALS[raw] = original
+        return original
     tup = _attrs(data, start, end)
     ips = _attrs(data, *_need(tup, 1, "CTA_TUPLE_IP"))
     ports = _attrs(data, *_need(tup, 2, "CTA_TUPLE_PROTO"))
     n = 16 if family == socket.AF_INET6 else 4
     s0 = _need(ips, 3 if n == 16 else 1, "CTA_IP_SRC", n)[0]
     d0 = _need(ips, 4 if n == 16 else 2, "CTA_IP_DST", n)[0]
-    src = ip_address(data[s0 : s0 + n])
-    dst = ip_address(data[d0 : d0 + n])
+    src, src_text = _address(data[s0 : s0 + n])
+    dst, dst_text = _address(data[d0 : d0 + n])
     ipproto = data[_need(ports, 1, "CTA_PROTO_NUM", 1)[0]]
     proto = _IPPROTO.get(ipproto, Proto.OTHER)
     sport = dport = 0
@@ -121,12 +128,62 @@ def _original(data: bytes, start: int, end: int, family: int) -> Original:
         type_at, id_at = (8, 7) if ipproto == 58 else (5, 4)
         if data[_need(ports, type_at, "CTA_PROTO_ICMP_TYPE", 1)[0]] in _ECHO_REQUEST:
             sport = _BE16.unpack_from(data, _need(ports, id_at, "CTA_PROTO_ICMP_ID", 2)[0])[0]
-    key = (proto.value, str(src), sport, str(dst), dport)
+    key = (proto.value, src_text, sport, dst_text, dport)
     original = Original(proto, ipproto, src, sport, dst, dport, key)
     if len(_ORIGINALS) >= _ORIGINALS_MAX:
         _ORIGINALS.clear()
     _ORIGINALS[raw] = original
     return original
+
+
+def _heads(*attrs: tuple[int, int]) -> tuple[int, ...]:
+    """Attribute headers (length, type) as `_V4_TUPLE`/`_V6_TUPLE` read them: big-endian
+    words of the same bytes, which the kernel writes in host order."""
+    return tuple(struct.unpack("!I", _NLA.pack(*a))[0] for a in attrs)
+
+
+# A TCP or UDP CTA_TUPLE_ORIG payload as the kernel lays it out (ctnetlink_dump_tuples): the
+# IP nest (source, destination), then the protocol nest (number, padded; source and
+# destination port, padded). Read whole in one unpack when every header is the expected one,
+# which gives what the walk in `_original` gives for those bytes; anything else is walked.
+_V4_TUPLE = struct.Struct("!II4sI4sIIB3xIH2xIH2x")
+_V6_TUPLE = struct.Struct("!II16sI16sIIB3xIH2xIH2x")
+_PORTS_HEADS = _heads((28, 0x8002), (5, 1), (6, 2), (6, 3))
+_V4_HEADS = _heads((20, 0x8001), (8, 1), (8, 2)) + _PORTS_HEADS
+_V6_HEADS = _heads((44, 0x8001), (20, 3), (20, 4)) + _PORTS_HEADS
+_PORTED = {6: Proto.TCP, 17: Proto.UDP}
+
+
+def _laid_out(data: bytes, start: int, end: int, family: int) -> Original | None:
+    """The tuple at data[start:end] when it is a TCP or UDP one laid out as the kernel lays
+    it out (`_V4_TUPLE`), else None (the caller walks it)."""
+    layout, heads = (_V4_TUPLE, _V4_HEADS) if family == socket.AF_INET else (_V6_TUPLE, _V6_HEADS)
+    if end - start != layout.size:
+        return None
+    h0, h1, src_raw, h2, dst_raw, h3, h4, ipproto, h5, sport, h6, dport = layout.unpack_from(
+        data, start
+    )
+    proto = _PORTED.get(ipproto)
+    if proto is None or (h0, h1, h2, h3, h4, h5, h6) != heads:
+        return None
+    src, src_text = _address(src_raw)
+    dst, dst_text = _address(dst_raw)
+    key = (proto.value, src_text, sport, dst_text, dport)
+    return Original(proto, ipproto, src, sport, dst, dport, key)
+
+
+def _address(raw: bytes) -> tuple[IPAddress, str]:
+    """An address and its text, from `_ADDRESSES`: each new flow's tuple is decoded once, but
+    its addresses are few (this machine's, its usual servers), and `ip_address` and `str` of
+    one cost ~2 µs of Python together."""
+    known = _ADDRESSES.get(raw)
+    if known is None:
+        addr = ip_address(raw)
+        known = (addr, str(addr))
+        if len(_ADDRESSES) >= _ORIGINALS_MAX:
+            _ADDRESSES.clear()
+        _ADDRESSES[raw] = known
+    return known
 
 
 def _counters(data: bytes, span: tuple[int, int]) -> tuple[int, int]:
@@ -260,6 +317,7 @@ def forget() -> None:
     (`flowcut`), where keeping it would only hold memory until the next time."""
     _ORIGINALS.clear()
     _DUMPED.clear()
+    _ADDRESSES.clear()
 
 
 def _strerror(code: int) -> str:
