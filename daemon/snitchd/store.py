@@ -42,6 +42,7 @@ from snitchd.queries import MINUTES_KEPT, LogQuery, read_connections, read_top
 __all__ = [
     "SCHEMA_VERSION",
     "Decision",
+    "EndRow",
     "FileSync",
     "Finding",
     "FlowBytes",
@@ -87,6 +88,12 @@ class FlowBytes:
     bytes_out: int
     bytes_in: int
     ended: float
+
+
+# A flow's end as the log writer keeps it until it joins it to its row (`Store.join_ends`):
+# bytes out, bytes in, when it ended, then the flow as its row has it: dst, dport, sport, src,
+# proto. A tuple, not a `FlowBytes`: one is made for every flow, and a tuple costs the least.
+EndRow = tuple[int, int, float, str, int, int, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -732,26 +739,21 @@ class Store:
         """Join counters to the newest log row of the same flow, if that flow was let out;
         returns the rows updated. A blocked flow's entry (kept to hold its verdict, see
         `snitchd.connmark`) counts the packets the kernel dropped: they were never sent."""
-        updated = 0
-        with self._lock, self._errors("write to"), self.db.atomic():
-            for end in ends:
-                cur = self.db.execute(
-                    "UPDATE connections SET bytes_out = ?, bytes_in = ?, ended = ? WHERE id = "
-                    "(SELECT id FROM connections WHERE dst = ? AND dport = ? AND sport = ? "
-                    "AND src = ? AND proto = ? ORDER BY id DESC LIMIT 1) AND action = 'allow'",
-                    [
-                        end.bytes_out,
-                        end.bytes_in,
-                        end.ended,
-                        end.dst,
-                        end.dport,
-                        end.sport,
-                        end.src,
-                        end.proto,
-                    ],
-                )
-                updated += cur.rowcount
-        return updated
+        return self.join_ends(
+            [
+                (e.bytes_out, e.bytes_in, e.ended, e.dst, e.dport, e.sport, e.src, e.proto)
+                for e in ends
+            ]
+        )
+
+    def join_ends(self, ends: list[EndRow]) -> int:
+        """`record_flow_ends` of ends as the log writer keeps them (`EndRow`): one prepared
+        UPDATE run for all of them in SQLite's C loop, ~2 µs an end, where a Python-level
+        execute each was ~4 µs (bench/bench_micro.py)."""
+        if not ends:
+            return 0
+        with self._lock, self._errors("write to"), self.db.conn:
+            return int(self.db.conn.executemany(_END_UPDATE, ends).rowcount)
 
     def top(self, since: float | None, uid: int | None = None) -> list[dict[str, Any]]:
         """Per app: connections, blocked ones, and bytes (see `queries.read_top`)."""
@@ -981,6 +983,13 @@ _LOG_COLUMNS = (
 _LOG_INSERT = (
     f"INSERT INTO connections ({', '.join(_LOG_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})"
+)
+
+# A flow's end joined to its row (`Store.join_ends`), parameters in `EndRow`'s order.
+_END_UPDATE = (
+    "UPDATE connections SET bytes_out = ?, bytes_in = ?, ended = ? WHERE id = "
+    "(SELECT id FROM connections WHERE dst = ? AND dport = ? AND sport = ? "
+    "AND src = ? AND proto = ? ORDER BY id DESC LIMIT 1) AND action = 'allow'"
 )
 
 _TRAFFIC_ADD = (
