@@ -186,9 +186,8 @@ def _address(raw: bytes) -> tuple[IPAddress, str]:
     return known
 
 
-def _counters(data: bytes, span: tuple[int, int]) -> tuple[int, int]:
+def _counters(data: bytes, start: int, end: int) -> tuple[int, int]:
     """(packets, bytes) of a CTA_COUNTERS_* nest: 64-bit, or the old 32-bit attributes."""
-    start, end = span
     if end - start == 24:
         head1, packets, head2, count = _C64.unpack_from(data, start)
         if head1 == _C64_HEADS[0] and head2 == _C64_HEADS[1]:  # the kernel's own layout
@@ -209,7 +208,10 @@ def read_entry(data: bytes, off: int, end: int, family: int) -> Entry:
 
 def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | None]:
     """`read_entry`, and where its CTA_TIMEOUT value is (from `off`; None without one)."""
-    orig = mark_at = out_span = in_span = timeout_at = None
+    # Where each attribute read starts and ends (0: absent): plain ints, as this runs for every
+    # entry of every dump and every DESTROY event.
+    orig = orig_end = out_at = out_end = in_at = in_end = mark_at = mark_end = 0
+    timeout_at = None
     pos = off + _NFGEN
     unpack = _NLA.unpack_from
     while pos + 4 <= end:  # the top level, as `_attrs` walks it, keeping only what we read
@@ -218,25 +220,26 @@ def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | No
             raise ValueError(f"malformed conntrack attribute at byte {pos}")
         kind &= 0x3FFF
         if kind == CTA_TUPLE_ORIG:
-            orig = (pos + 4, pos + length)
-        elif kind == CTA_COUNTERS_ORIG:
-            out_span = (pos + 4, pos + length)
-        elif kind == CTA_COUNTERS_REPLY:
-            in_span = (pos + 4, pos + length)
-        elif kind == CTA_MARK:
-            mark_at = (pos + 4, pos + length)
-        elif kind == CTA_TIMEOUT and length == 8:
-            timeout_at = pos + 4 - off
+            orig, orig_end = pos + 4, pos + length
+        elif kind >= CTA_TIMEOUT:  # the others we read are 7 to 10
+            if kind == CTA_COUNTERS_ORIG:
+                out_at, out_end = pos + 4, pos + length
+            elif kind == CTA_COUNTERS_REPLY:
+                in_at, in_end = pos + 4, pos + length
+            elif kind == CTA_MARK:
+                mark_at, mark_end = pos + 4, pos + length
+            elif kind == CTA_TIMEOUT and length == 8:
+                timeout_at = pos + 4 - off
         pos += (length + 3) & ~3
-    if orig is None:
+    if not orig:
         raise ValueError("conntrack event without CTA_TUPLE_ORIG")
-    original = _original(data, orig[0], orig[1], family)
+    original = _original(data, orig, orig_end, family)
     counters = None
-    if out_span is not None and in_span is not None:
-        counters = _counters(data, out_span) + _counters(data, in_span)
+    if out_at and in_at:
+        counters = _counters(data, out_at, out_end) + _counters(data, in_at, in_end)
     mark = None
-    if mark_at is not None and mark_at[1] - mark_at[0] >= 4:
-        mark = _BE32.unpack_from(data, mark_at[0])[0]
+    if mark_at and mark_end - mark_at >= 4:
+        mark = _BE32.unpack_from(data, mark_at)[0]
     return Entry(original, counters, mark), timeout_at
 
 
