@@ -157,7 +157,12 @@ _PORTED = {6: Proto.TCP, 17: Proto.UDP}
 def _laid_out(data: bytes, start: int, end: int, family: int) -> Original | None:
     """The tuple at data[start:end] when it is a TCP or UDP one laid out as the kernel lays
     it out (`_V4_TUPLE`), else None (the caller walks it)."""
-    layout, heads = (_V4_TUPLE, _V4_HEADS) if family == socket.AF_INET else (_V6_TUPLE, _V6_HEADS)
+    if family == socket.AF_INET:
+        layout, heads = _V4_TUPLE, _V4_HEADS
+    elif family == socket.AF_INET6:
+        layout, heads = _V6_TUPLE, _V6_HEADS
+    else:
+        return None
     if end - start != layout.size:
         return None
     h0, h1, src_raw, h2, dst_raw, h3, h4, ipproto, h5, sport, h6, dport = layout.unpack_from(

@@ -210,9 +210,9 @@ class Accounting:
             key: Key = (
                 str(proto),
                 str(src),
-                sport if type(sport) is int else 0,
+                sport if isinstance(sport, int) else 0,
                 str(dst),
-                dport if type(dport) is int else 0,
+                dport if isinstance(dport, int) else 0,
             )
             owners.pop(key, None)
             owners[key] = owner  # the newest at the end: the oldest go first
@@ -344,10 +344,6 @@ def _key(entry: FlowEnd) -> Key:
     if entry.key is not None:  # decoded once per tuple (`ctwire`), not per dump
         return entry.key
     return (entry.proto.value, str(entry.src), entry.sport, str(entry.dst), entry.dport)
-
-
-def _as_int(value: object) -> int:
-    return value if isinstance(value, int) else 0
 
 
 def _as_float(value: object) -> float:
