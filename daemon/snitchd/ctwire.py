@@ -250,40 +250,49 @@ def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | No
 
 @dataclass(frozen=True, slots=True)
 class _Dumped:
-    """An entry as the last dump had it: its message from the nfgenmsg on, with the bytes of
-    its timeout (the one attribute that changes while nothing else does) zeroed."""
+    """An entry as the last dump had it: its message from the nfgenmsg on, but for the bytes
+    of its timeout (the one attribute that changes while nothing else does): `head` up to
+    them, `tail` after them (all of it in `head`, and `tail` empty, without a timeout)."""
 
-    body: bytes
+    head: bytes
+    tail: bytes
     timeout_at: int | None
     entry: Entry
 
 
 _DUMPED: dict[bytes, _Dumped] = {}
-_ZERO4 = bytes(4)
-
-
-def _body(data: bytes, off: int, end: int, timeout_at: int | None) -> bytes:
-    if timeout_at is None:
-        return data[off + 16 : end]
-    return data[off + 16 : off + timeout_at] + _ZERO4 + data[off + timeout_at + 4 : end]
+_FAMILY = tuple(bytes((i,)) for i in range(256))  # a family's byte (of a message), made once
 
 
 def _dumped(data: bytes, off: int, end: int, family: int) -> Entry:
     """An entry of a dump. Most are the same bytes as in the last dump but for their timeout
     (a closed TCP flow's entry stays ~2 minutes): those are answered with the Entry decoded
-    then, by comparing the bytes (never a guess: any other byte differs, it is decoded)."""
+    then, by comparing the bytes (never a guess: any other byte differs, it is decoded).
+    Every dump compares every entry snitch allowed that conntrack still holds: so the two
+    parts are compared in place, without making the message's bytes with a zeroed timeout."""
     head = off + _NFGEN
     if head + 4 <= end:
         length, kind = _NLA.unpack_from(data, head)
         if kind & 0x3FFF == CTA_TUPLE_ORIG and 4 <= length <= end - head:
-            raw = data[head + 4 : head + length] + bytes((family,))
+            raw = data[head + 4 : head + length] + _FAMILY[family]
             seen = _DUMPED.get(raw)
-            if seen is not None and _body(data, off, end, seen.timeout_at) == seen.body:
-                return seen.entry
+            if seen is not None:
+                at = seen.timeout_at
+                if at is None:
+                    same = data[off + 16 : end] == seen.head
+                else:
+                    before, after = data[off + 16 : off + at], data[off + at + 4 : end]
+                    same = before == seen.head and after == seen.tail
+                if same:
+                    return seen.entry
             entry, timeout_at = _read(data, off, end, family)
             if len(_DUMPED) >= _ORIGINALS_MAX:
                 _DUMPED.clear()
-            _DUMPED[raw] = _Dumped(_body(data, off, end, timeout_at), timeout_at, entry)
+            if timeout_at is None:
+                _DUMPED[raw] = _Dumped(data[off + 16 : end], b"", None, entry)
+            else:
+                before, after = data[off + 16 : off + timeout_at], data[off + timeout_at + 4 : end]
+                _DUMPED[raw] = _Dumped(before, after, timeout_at, entry)
             return entry
     return read_entry(data, off, end, family)
 
