@@ -343,6 +343,121 @@ def bench_flow_ends(store, decisions):
     FIGURES["flow_ends_write"] = {"rows_per_s": round(rate), "us_per_row": elapsed / len(ends)}
 
 
+# A real kernel DESTROY event (TCP 192.0.2.1:34598 -> 192.0.2.2:8000, with counters), the
+# base of the log writer's messages below (tests/unit/test_traffic_codec.py).
+_KERNEL_TCP_END = bytes.fromhex(
+    "d40000000201000000000000cc70000002000000340001801400018008000100c000020108000200c0000202"
+    "1c00028005000100060000000600020087260000060003001f4000003400028014000180080001"
+    "00c000020208000200c00002011c0002800500010006000000060002001f4000000600030087260000"
+    "08000c00b83d644f080003000000020e1c0009800c00010000000000000000060c000200000000000000"
+    "014a1c000a800c00010000000000000000040c000200000000000000010a100004800c00018005000100"
+    "07000000"
+)
+
+
+def _kernel_message(sport, kind=0x102, seq=0, timeout=None, mark=0x100):
+    """`_KERNEL_TCP_END` for source port `sport` (both tuples), as a DESTROY event or (kind
+    0x100) an entry of a dump, with a CTA_MARK and, when given, a CTA_TIMEOUT."""
+    data = bytearray(_KERNEL_TCP_END)
+    for at in (
+        data.find(bytes.fromhex("0600020087260000")),
+        data.find(bytes.fromhex("0600030087260000")),
+    ):
+        struct.pack_into("!H", data, at + 4, sport)
+    extra = struct.pack("=HH", 8, 8) + struct.pack("!I", mark)
+    if timeout is not None:
+        extra += struct.pack("=HH", 8, 7) + struct.pack("!I", timeout)
+    data += extra
+    struct.pack_into("=IHHI", data, 0, len(data), kind, 0 if kind == 0x102 else 2, seq)
+    return bytes(data)
+
+
+def bench_writer(tmp, flows=20000, batch=2500, dumps=2):
+    """The log writer's CPU per flow, everything it does for one flow but the system calls:
+    the batch of rows (insert, and `Accounting.learn`), the flow's entry in `dumps` live dumps
+    (decode, count), its DESTROY event (decode, `on_end`), the UPDATE that joins its end to its
+    row, and the accounting of the end. Kernel-shaped messages, a new tuple per flow, batches
+    as snitchd sends them (`batch` rows every half second at ~5k flows/s)."""
+    from snitchd.logwriter.child import LogWriter  # noqa: PLC0415 (the child's modules)
+    from snitchd.logwriter.conntrack import FlowEnds  # noqa: PLC0415
+    from snitchd.logwriter.livebytes import decode_dump  # noqa: PLC0415
+
+    class Dumps:
+        """Stands in for `livebytes.LiveDump`: the datagrams of one dump, decoded as it does."""
+
+        def __init__(self):
+            self.datagrams = []
+
+        def dump(self):
+            out = []
+            for data in self.datagrams:
+                out += decode_dump(data, 7)[0]
+            return out
+
+    done_msg = struct.pack("=IHHII", 20, 3, 2, 7, 0) + bytes(4)
+    proc = _decision(0).proc
+    src, dst = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2")
+    rows = [
+        log_row(
+            Decision(
+                time.time(),
+                Flow(Proto.TCP, src, 1024 + i, dst, 8000, "veth0", 6),
+                proc,
+                Action.ALLOW,
+                1,
+                "rule 1",
+            )
+        )
+        for i in range(flows)
+    ]
+    opens = [_kernel_message(1024 + i, 0x100, 7, 120) for i in range(flows)]
+    ends = [_kernel_message(1024 + i) for i in range(flows)]
+    store = Store(tmp / "writer.db")
+    try:
+        writer = LogWriter(None, store)
+        live = Dumps()
+        writer.live = live
+        reader = FlowEnds(writer.on_end)
+        clock = time.process_time
+        spent = {"batches": 0.0, "dumps": 0.0, "ends": 0.0}
+        for first in range(0, flows, batch):
+            t0 = clock()
+            writer.handle(Batch(first + 1, rows[first : first + batch]))
+            # Each flow of the batch is open in `dumps` dumps (50 entries a datagram), then ends.
+            entries = opens[first : first + batch]
+            live.datagrams = [b"".join(entries[k : k + 50]) for k in range(0, len(entries), 50)] + [
+                done_msg
+            ]
+            t1 = clock()
+            for _ in range(dumps):
+                writer.on_tick()
+            t2 = clock()
+            for data in ends[first : first + batch]:
+                reader._deliver(data)
+            t3 = clock()
+            spent["batches"] += t1 - t0
+            spent["dumps"] += t2 - t1
+            spent["ends"] += t3 - t2
+        t0 = clock()
+        writer.handle(Batch(flows + 1))
+        writer.handle(Batch(flows + 2))  # the last ends are joined one batch late
+        spent["batches"] += clock() - t0
+        elapsed = sum(spent.values())
+        joined = store.db.execute("SELECT count(*) FROM connections WHERE ended IS NOT NULL")
+        assert joined.fetchone()[0] == flows, "every end joined to its row"
+        assert reader.events == flows and writer.accounting.unknown == 0
+    finally:
+        store.close()
+    per_flow = elapsed / flows * 1e6
+    parts = {k: round(v / flows * 1e6, 2) for k, v in spent.items()}
+    print(
+        f"log writer, per flow ({flows} flows, batches of {batch}, {dumps} dumps each): "
+        f"{per_flow:.1f} µs CPU = {per_flow / 1000:.4f} s per 1000 flows "
+        f"(batches {parts['batches']}, dumps {parts['dumps']}, ends {parts['ends']} µs)"
+    )
+    FIGURES["writer_per_flow"] = {"us_cpu": round(per_flow, 2), **parts}
+
+
 class StandInPacket:
     """What Firewall.on_packet uses of a netfilterqueue.Packet."""
 
@@ -529,7 +644,21 @@ def main():
     logging.getLogger("snitchd").setLevel(logging.ERROR)  # the first-connection alert, etc.
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--log-only",
+        action="store_true",
+        help="only the connection log's figures (snitchd's side and the log writer's)",
+    )
     args = parser.parse_args()
+    if args.log_only:
+        with tempfile.TemporaryDirectory(prefix="snitch-micro-") as tmp:
+            bench_flow_end_decode()
+            bench_live_dump_decode()
+            bench_log(Path(tmp))
+            bench_writer(Path(tmp))
+        if args.json is not None:
+            args.json.write_text(json.dumps(FIGURES, indent=1))
+        return
     with tempfile.TemporaryDirectory(prefix="snitch-micro-") as tmp:
         texts = bench_rules()
         bench_rule_change(texts, Path(tmp))
@@ -537,6 +666,7 @@ def main():
         bench_flow_end_decode()
         bench_live_dump_decode()
         bench_log(Path(tmp))
+        bench_writer(Path(tmp))
         if os.geteuid() == 0:
             bench_on_packet(Path(tmp))
         else:

@@ -71,6 +71,7 @@ class Entry:
 
 
 _ORIGINALS: dict[bytes, Original] = {}
+_ADDRESSES: dict[bytes, tuple[IPAddress, str]] = {}  # packed address -> (it, its text)
 
 
 def _attrs(data: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
@@ -103,14 +104,20 @@ def _original(data: bytes, start: int, end: int, family: int) -> Original:
     known = _ORIGINALS.get(raw)
     if known is not None:
         return known
+    original = _laid_out(data, start, end, family)
+    if original is not None:
+        if len(_ORIGINALS) >= _ORIGINALS_MAX:
+            _ORIGINALS.clear()
+        _ORIGINALS[raw] = original
+        return original
     tup = _attrs(data, start, end)
     ips = _attrs(data, *_need(tup, 1, "CTA_TUPLE_IP"))
     ports = _attrs(data, *_need(tup, 2, "CTA_TUPLE_PROTO"))
     n = 16 if family == socket.AF_INET6 else 4
     s0 = _need(ips, 3 if n == 16 else 1, "CTA_IP_SRC", n)[0]
     d0 = _need(ips, 4 if n == 16 else 2, "CTA_IP_DST", n)[0]
-    src = ip_address(data[s0 : s0 + n])
-    dst = ip_address(data[d0 : d0 + n])
+    src, src_text = _address(data[s0 : s0 + n])
+    dst, dst_text = _address(data[d0 : d0 + n])
     ipproto = data[_need(ports, 1, "CTA_PROTO_NUM", 1)[0]]
     proto = _IPPROTO.get(ipproto, Proto.OTHER)
     sport = dport = 0
@@ -121,7 +128,7 @@ def _original(data: bytes, start: int, end: int, family: int) -> Original:
         type_at, id_at = (8, 7) if ipproto == 58 else (5, 4)
         if data[_need(ports, type_at, "CTA_PROTO_ICMP_TYPE", 1)[0]] in _ECHO_REQUEST:
             sport = _BE16.unpack_from(data, _need(ports, id_at, "CTA_PROTO_ICMP_ID", 2)[0])[0]
-    key = (proto.value, str(src), sport, str(dst), dport)
+    key = (proto.value, src_text, sport, dst_text, dport)
     original = Original(proto, ipproto, src, sport, dst, dport, key)
     if len(_ORIGINALS) >= _ORIGINALS_MAX:
         _ORIGINALS.clear()
@@ -129,9 +136,63 @@ def _original(data: bytes, start: int, end: int, family: int) -> Original:
     return original
 
 
-def _counters(data: bytes, span: tuple[int, int]) -> tuple[int, int]:
+def _heads(*attrs: tuple[int, int]) -> tuple[int, ...]:
+    """Attribute headers (length, type) as `_V4_TUPLE`/`_V6_TUPLE` read them: big-endian
+    words of the same bytes, which the kernel writes in host order."""
+    return tuple(struct.unpack("!I", _NLA.pack(*a))[0] for a in attrs)
+
+
+# A TCP or UDP CTA_TUPLE_ORIG payload as the kernel lays it out (ctnetlink_dump_tuples): the
+# IP nest (source, destination), then the protocol nest (number, padded; source and
+# destination port, padded). Read whole in one unpack when every header is the expected one,
+# which gives what the walk in `_original` gives for those bytes; anything else is walked.
+_V4_TUPLE = struct.Struct("!II4sI4sIIB3xIH2xIH2x")
+_V6_TUPLE = struct.Struct("!II16sI16sIIB3xIH2xIH2x")
+_PORTS_HEADS = _heads((28, 0x8002), (5, 1), (6, 2), (6, 3))
+_V4_HEADS = _heads((20, 0x8001), (8, 1), (8, 2)) + _PORTS_HEADS
+_V6_HEADS = _heads((44, 0x8001), (20, 3), (20, 4)) + _PORTS_HEADS
+_PORTED = {6: Proto.TCP, 17: Proto.UDP}
+
+
+def _laid_out(data: bytes, start: int, end: int, family: int) -> Original | None:
+    """The tuple at data[start:end] when it is a TCP or UDP one laid out as the kernel lays
+    it out (`_V4_TUPLE`), else None (the caller walks it)."""
+    if family == socket.AF_INET:
+        layout, heads = _V4_TUPLE, _V4_HEADS
+    elif family == socket.AF_INET6:
+        layout, heads = _V6_TUPLE, _V6_HEADS
+    else:
+        return None
+    if end - start != layout.size:
+        return None
+    h0, h1, src_raw, h2, dst_raw, h3, h4, ipproto, h5, sport, h6, dport = layout.unpack_from(
+        data, start
+    )
+    proto = _PORTED.get(ipproto)
+    if proto is None or (h0, h1, h2, h3, h4, h5, h6) != heads:
+        return None
+    src, src_text = _address(src_raw)
+    dst, dst_text = _address(dst_raw)
+    key = (proto.value, src_text, sport, dst_text, dport)
+    return Original(proto, ipproto, src, sport, dst, dport, key)
+
+
+def _address(raw: bytes) -> tuple[IPAddress, str]:
+    """An address and its text, from `_ADDRESSES`: each new flow's tuple is decoded once, but
+    its addresses are few (this machine's, its usual servers), and `ip_address` and `str` of
+    one cost ~2 µs of Python together."""
+    known = _ADDRESSES.get(raw)
+    if known is None:
+        addr = ip_address(raw)
+        known = (addr, str(addr))
+        if len(_ADDRESSES) >= _ORIGINALS_MAX:
+            _ADDRESSES.clear()
+        _ADDRESSES[raw] = known
+    return known
+
+
+def _counters(data: bytes, start: int, end: int) -> tuple[int, int]:
     """(packets, bytes) of a CTA_COUNTERS_* nest: 64-bit, or the old 32-bit attributes."""
-    start, end = span
     if end - start == 24:
         head1, packets, head2, count = _C64.unpack_from(data, start)
         if head1 == _C64_HEADS[0] and head2 == _C64_HEADS[1]:  # the kernel's own layout
@@ -152,7 +213,10 @@ def read_entry(data: bytes, off: int, end: int, family: int) -> Entry:
 
 def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | None]:
     """`read_entry`, and where its CTA_TIMEOUT value is (from `off`; None without one)."""
-    orig = mark_at = out_span = in_span = timeout_at = None
+    # Where each attribute read starts and ends (0: absent): plain ints, as this runs for every
+    # entry of every dump and every DESTROY event.
+    orig = orig_end = out_at = out_end = in_at = in_end = mark_at = mark_end = 0
+    timeout_at = None
     pos = off + _NFGEN
     unpack = _NLA.unpack_from
     while pos + 4 <= end:  # the top level, as `_attrs` walks it, keeping only what we read
@@ -161,64 +225,74 @@ def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | No
             raise ValueError(f"malformed conntrack attribute at byte {pos}")
         kind &= 0x3FFF
         if kind == CTA_TUPLE_ORIG:
-            orig = (pos + 4, pos + length)
-        elif kind == CTA_COUNTERS_ORIG:
-            out_span = (pos + 4, pos + length)
-        elif kind == CTA_COUNTERS_REPLY:
-            in_span = (pos + 4, pos + length)
-        elif kind == CTA_MARK:
-            mark_at = (pos + 4, pos + length)
-        elif kind == CTA_TIMEOUT and length == 8:
-            timeout_at = pos + 4 - off
+            orig, orig_end = pos + 4, pos + length
+        elif kind >= CTA_TIMEOUT:  # the others we read are 7 to 10
+            if kind == CTA_COUNTERS_ORIG:
+                out_at, out_end = pos + 4, pos + length
+            elif kind == CTA_COUNTERS_REPLY:
+                in_at, in_end = pos + 4, pos + length
+            elif kind == CTA_MARK:
+                mark_at, mark_end = pos + 4, pos + length
+            elif kind == CTA_TIMEOUT and length == 8:
+                timeout_at = pos + 4 - off
         pos += (length + 3) & ~3
-    if orig is None:
+    if not orig:
         raise ValueError("conntrack event without CTA_TUPLE_ORIG")
-    original = _original(data, orig[0], orig[1], family)
+    original = _original(data, orig, orig_end, family)
     counters = None
-    if out_span is not None and in_span is not None:
-        counters = _counters(data, out_span) + _counters(data, in_span)
+    if out_at and in_at:
+        counters = _counters(data, out_at, out_end) + _counters(data, in_at, in_end)
     mark = None
-    if mark_at is not None and mark_at[1] - mark_at[0] >= 4:
-        mark = _BE32.unpack_from(data, mark_at[0])[0]
+    if mark_at and mark_end - mark_at >= 4:
+        mark = _BE32.unpack_from(data, mark_at)[0]
     return Entry(original, counters, mark), timeout_at
 
 
 @dataclass(frozen=True, slots=True)
 class _Dumped:
-    """An entry as the last dump had it: its message from the nfgenmsg on, with the bytes of
-    its timeout (the one attribute that changes while nothing else does) zeroed."""
+    """An entry as the last dump had it: its message from the nfgenmsg on, but for the bytes
+    of its timeout (the one attribute that changes while nothing else does): `head` up to
+    them, `tail` after them (all of it in `head`, and `tail` empty, without a timeout)."""
 
-    body: bytes
+    head: bytes
+    tail: bytes
     timeout_at: int | None
     entry: Entry
 
 
 _DUMPED: dict[bytes, _Dumped] = {}
-_ZERO4 = bytes(4)
-
-
-def _body(data: bytes, off: int, end: int, timeout_at: int | None) -> bytes:
-    if timeout_at is None:
-        return data[off + 16 : end]
-    return data[off + 16 : off + timeout_at] + _ZERO4 + data[off + timeout_at + 4 : end]
+_FAMILY = tuple(bytes((i,)) for i in range(256))  # a family's byte (of a message), made once
 
 
 def _dumped(data: bytes, off: int, end: int, family: int) -> Entry:
     """An entry of a dump. Most are the same bytes as in the last dump but for their timeout
     (a closed TCP flow's entry stays ~2 minutes): those are answered with the Entry decoded
-    then, by comparing the bytes (never a guess: any other byte differs, it is decoded)."""
+    then, by comparing the bytes (never a guess: any other byte differs, it is decoded).
+    Every dump compares every entry snitch allowed that conntrack still holds: so the two
+    parts are compared in place, without making the message's bytes with a zeroed timeout."""
     head = off + _NFGEN
     if head + 4 <= end:
         length, kind = _NLA.unpack_from(data, head)
         if kind & 0x3FFF == CTA_TUPLE_ORIG and 4 <= length <= end - head:
-            raw = data[head + 4 : head + length] + bytes((family,))
+            raw = data[head + 4 : head + length] + _FAMILY[family]
             seen = _DUMPED.get(raw)
-            if seen is not None and _body(data, off, end, seen.timeout_at) == seen.body:
-                return seen.entry
+            if seen is not None:
+                at = seen.timeout_at
+                if at is None:
+                    same = data[off + 16 : end] == seen.head
+                else:
+                    before, after = data[off + 16 : off + at], data[off + at + 4 : end]
+                    same = before == seen.head and after == seen.tail
+                if same:
+                    return seen.entry
             entry, timeout_at = _read(data, off, end, family)
             if len(_DUMPED) >= _ORIGINALS_MAX:
                 _DUMPED.clear()
-            _DUMPED[raw] = _Dumped(_body(data, off, end, timeout_at), timeout_at, entry)
+            if timeout_at is None:
+                _DUMPED[raw] = _Dumped(data[off + 16 : end], b"", None, entry)
+            else:
+                before, after = data[off + 16 : off + timeout_at], data[off + timeout_at + 4 : end]
+                _DUMPED[raw] = _Dumped(before, after, timeout_at, entry)
             return entry
     return read_entry(data, off, end, family)
 
@@ -260,6 +334,7 @@ def forget() -> None:
     (`flowcut`), where keeping it would only hold memory until the next time."""
     _ORIGINALS.clear()
     _DUMPED.clear()
+    _ADDRESSES.clear()
 
 
 def _strerror(code: int) -> str:

@@ -80,13 +80,17 @@ class EventLog:
         return len(self._pending)
 
     def record(self, decision: Decision) -> None:
-        self._pending.append(log_row(decision))
-        if decision.rule_id is not None:
-            count, _ = self._hits.get(decision.rule_id, (0, 0.0))
-            self._hits[decision.rule_id] = (count + 1, decision.time)
+        """Per decision, on the packet loop: its row (`log_row`), its rule's hit, listeners."""
+        pending = self._pending
+        pending.append(log_row(decision))
+        rule_id = decision.rule_id
+        if rule_id is not None:
+            hits = self._hits
+            count = hits[rule_id][0] if rule_id in hits else 0
+            hits[rule_id] = (count + 1, decision.time)
         for listener in self.listeners:
             listener(decision)
-        if len(self._pending) >= self._batch:
+        if len(pending) >= self._batch:
             self._wake.set()
 
     def retry(self, row: RowRef) -> None:

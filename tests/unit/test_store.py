@@ -8,7 +8,7 @@ import sqlite3
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -418,6 +418,27 @@ def test_logged_decision_reads_back_with_its_fields(store: Store) -> None:
         "rule_id": 1,
         "reason": "rule 1",
     }
+
+
+def test_log_rows_name_each_address_as_str_does_whatever_its_family(store: Store) -> None:
+    """A row's addresses are their text as `str()` gives it, though rows keep the text of the
+    addresses they saw by number: an IPv6 address with the number of an IPv4 one (::c000:201
+    and 192.0.2.1) is still itself, and so is every address after many others."""
+    v4 = IPv4Address("192.0.2.1")
+    v6 = IPv6Address(int(v4))
+    flows = [
+        Flow(Proto.TCP, v4, 40000, v6, 443, "eth0", 6),
+        Flow(Proto.TCP, v6, 40001, v4, 443, "eth0", 6),
+        *(
+            Flow(Proto.UDP, v4, 1, IPv6Address(f"2001:db8::{i:x}"), 53, "eth0", 17)
+            for i in range(20_000)
+        ),
+        Flow(Proto.TCP, v6, 40002, v4, 443, "eth0", 6),
+    ]
+    proc = Process(Attribution.PROCESS, pid=7, uid=1000, exe="/usr/bin/curl")
+    store.log_decisions(Decision(NOW, f, proc, Action.ALLOW, None, "default") for f in flows)
+    rows = store.connections(LogQuery(limit=30_000))
+    assert [(r["src"], r["dst"]) for r in rows] == [(str(f.src), str(f.dst)) for f in flows]
 
 
 def test_kernel_flows_are_logged_without_a_process(store: Store) -> None:

@@ -24,7 +24,7 @@ import logging
 import socket
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from snitch_common.errors import BackendUnavailable
 from snitchd.ctwire import Entry, read_dump
@@ -155,10 +155,16 @@ def app_name(exe: object, uid: object) -> str:
     return "kernel" if uid is None else f"uid {uid}"
 
 
-@dataclass(frozen=True, slots=True)
-class _Owner:
+class _Owner(NamedTuple):
+    """Whose a flow's bytes are. A named tuple, not a dataclass: it keys the rates and the
+    rollups and is looked up for every row and every counted entry, and a dataclass's hash and
+    equality are Python-level calls where a tuple's are C."""
+
     app: str
     uid: int  # -1: no user (the kernel's own flows)
+
+
+_OWNERS_MAX = 4096  # (exe, uid) pairs whose _Owner is kept; all dropped at once when full
 
 
 class Accounting:
@@ -175,6 +181,7 @@ class Accounting:
         self._window: dict[_Owner, list[int]] = {}
         self._totals: dict[_Owner, list[int]] = {}
         self._window_start: float | None = None
+        self._owner_of: dict[tuple[object, object], _Owner] = {}  # (exe, uid) of a row
         self.unknown = 0  # counted flows whose row never came
         self.rates: tuple[AppRate, ...] = ()
         self.rates_seq = 0
@@ -183,36 +190,62 @@ class Accounting:
     def learn(self, rows: Iterable[Sequence[object]]) -> None:
         """Log rows as `store.log_row` makes them: each counts as an attempt of its app, and
         an allowed one's tuple is remembered so that its bytes count for the app."""
+        owners, seen, owner_of = self._owners, self._seen, self._owner_of
+        window = self._window
         for row in rows:
             when, _, exe, uid, _, proto, src, sport, dst, dport, _, _, action = row[:13]
-            owner = _Owner(app_name(exe, uid), uid if isinstance(uid, int) else -1)
+            owner = owner_of.get((exe, uid))
+            if owner is None:
+                owner = self._owner(exe, uid)
             slot = self._minute(_as_float(when), owner)
-            window = self._window.setdefault(owner, [0, 0, 0, 0])
+            counts = window.get(owner)
+            if counts is None:
+                counts = window[owner] = [0, 0, 0, 0]
             slot[2] += 1
-            window[2] += 1
+            counts[2] += 1
             if action != "allow":
                 slot[3] += 1
-                window[3] += 1
+                counts[3] += 1
                 continue
-            key: Key = (str(proto), str(src), _as_int(sport), str(dst), _as_int(dport))
-            self._owners.pop(key, None)
-            self._owners[key] = owner  # the newest at the end: the oldest go first
-            self._seen.pop(key, None)  # a reused tuple is a new flow
-        while len(self._owners) > self.max_flows:
-            del self._owners[next(iter(self._owners))]
+            key: Key = (
+                str(proto),
+                str(src),
+                sport if isinstance(sport, int) else 0,
+                str(dst),
+                dport if isinstance(dport, int) else 0,
+            )
+            owners.pop(key, None)
+            owners[key] = owner  # the newest at the end: the oldest go first
+            seen.pop(key, None)  # a reused tuple is a new flow
+        while len(owners) > self.max_flows:
+            del owners[next(iter(owners))]
+
+    def _owner(self, exe: object, uid: object) -> _Owner:
+        owner = _Owner(app_name(exe, uid), uid if isinstance(uid, int) else -1)
+        if len(self._owner_of) >= _OWNERS_MAX:
+            self._owner_of.clear()
+        self._owner_of[(exe, uid)] = owner
+        return owner
 
     def on_dump(self, entries: Iterable[FlowEnd], now: float) -> None:
         """Counters of the open flows: what grew since the last read counts now."""
         present: set[Key] = set()
+        add = present.add
+        owners, seen = self._owners, self._seen
         for entry in entries:
-            key = _key(entry)
-            if self._count(key, entry, now):
-                present.add(key)
+            key = entry.key
+            if key is None:
+                key = _key(entry)
+            # Most entries did not grow since the last dump (a closed flow waits out its
+            # timeout): known and unchanged, they are only present.
+            unchanged = seen.get(key) == (entry.bytes_out, entry.bytes_in) and key in owners
+            if unchanged or self._count(key, entry, now):
+                add(key)
         # A flow missing from two dumps ended and its end was lost (or it never ends here):
         # forget its last counters. One dump's grace lets a pending end take its last bytes.
-        missing = self._seen.keys() - present
+        missing = seen.keys() - present
         for key in missing & self._gone:
-            self._seen.pop(key, None)
+            seen.pop(key, None)
         self._gone = missing - self._gone
 
     def on_end(self, end: FlowEnd, now: float) -> None:
@@ -228,14 +261,17 @@ class Accounting:
             self.unknown += 1
             return False
         out0, in0 = self._seen.get(key, (0, 0))
-        d_out, d_in = max(0, entry.bytes_out - out0), max(0, entry.bytes_in - in0)
+        d_out, d_in = entry.bytes_out - out0, entry.bytes_in - in0
+        d_out, d_in = (d_out if d_out > 0 else 0), (d_in if d_in > 0 else 0)
         self._seen[key] = (entry.bytes_out, entry.bytes_in)
         if d_out or d_in:
             slot = self._minute(now, owner)
             slot[0] += d_out
             slot[1] += d_in
             for table in (self._window, self._totals):
-                acc = table.setdefault(owner, [0, 0, 0, 0])
+                acc = table.get(owner)
+                if acc is None:
+                    acc = table[owner] = [0, 0, 0, 0]
                 acc[0] += d_out
                 acc[1] += d_in
         return True
@@ -310,9 +346,5 @@ def _key(entry: FlowEnd) -> Key:
     return (entry.proto.value, str(entry.src), entry.sport, str(entry.dst), entry.dport)
 
 
-def _as_int(value: object) -> int:
-    return value if isinstance(value, int) else 0
-
-
 def _as_float(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
+    return float(value) if isinstance(value, (int, float)) else 0.0
