@@ -222,3 +222,22 @@ def test_code_injected_into_an_allowed_binary_is_flagged_and_not_allowed(
     flagged = [r for r in rows_of(lab, curl) if note in str(r["reason"])]
     assert flagged and {r["action"] for r in flagged} == {"deny"}
     assert "alert injected-code" in lab.log_text()
+
+
+def test_an_exec_of_a_same_named_program_is_judged_as_itself(lab: Lab, shared_dir: Path) -> None:
+    """uid 65534 runs a program the rules allow; it connects (snitchd keeps its identity by pid,
+    start time and name), waits past the exec window, then execs its own program of the same
+    name from another folder, which connects: that flow is the second program's, denied. Before,
+    the kept identity still named the first and the second was allowed (proc path: sock_diag,
+    /proc and the exec watch)."""
+    source = Path(__file__).resolve().parent / "csrc" / "connlater.c"
+    good, evil = shared_dir / "good" / "connlater", shared_dir / "evil" / "connlater"
+    for exe in (good, evil):
+        exe.parent.mkdir(mode=0o755)
+        subprocess.run(["cc", "-O2", "-o", str(exe), str(source)], check=True, timeout=60)
+    lab.start_daemon(attribution="proc", retry_window=0)
+    lab.add_rule(f"allow app={good}")
+    argv = [str(good), "192.0.2.2", "80", "600", str(evil), "192.0.2.2", "80", "0"]
+    assert lab.client_run(*AS_NOBODY, *argv, timeout=30).splitlines() == ["connected", "timeout"]
+    assert [r["action"] for r in rows_of(lab, str(good))] == ["allow"]
+    assert [r["action"] for r in rows_of(lab, str(evil))] == ["deny"]

@@ -44,12 +44,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from snitch_common.errors import BackendUnavailable
+from snitch_common.recent import Recent
 from snitch_common.records import Attribution, Flow, Process, Proto, Source
 from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.containers import Names, container_of
@@ -116,6 +117,32 @@ class Lookup:
     note: str | None = None
     counted: bool = False  # in its user's count of pending lookups
     fallback: Process | None = None  # the answer when it runs out of time (else uid-only)
+    seen: _Seen | None = None  # when its process was described, and what it ran (`_Known`)
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """When a process was described (CLOCK_MONOTONIC ns, taken before) and the (device, inode)
+    of the executable it ran then (None: unreadable)."""
+
+    at_ns: int
+    exe: tuple[int, int] | None
+
+
+def _seen_now(pid: int) -> _Seen:
+    """Taken before a process is described: an exec after `at_ns` makes the description stale."""
+    at_ns = time.monotonic_ns()
+    return _Seen(at_ns, exe_id(pid))
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A described process in the cache, and when (`_Seen`): a process keeps its pid, start
+    time and, for an executable of the same name, its comm across an exec, which is all the
+    cache key holds; `Attributor._known` checks it still runs what it was seen running."""
+
+    proc: Process
+    seen: _Seen
 
 
 class Attributor:
@@ -146,7 +173,7 @@ class Attributor:
         self._hashes = Hashes()
         self._worker = Worker(threads)
         self._lock = threading.Lock()
-        self._procs: dict[_ProcKey, Process] = {}
+        self._procs: Recent[_ProcKey, _Known] = Recent(_PROCS_MAX)
         self._pending: dict[tuple[int, int], Lookup] = {}
         self._per_uid: dict[int, int] = {}
         self._names = names
@@ -212,8 +239,7 @@ class Attributor:
             seen = kept.identity(pid)
             if seen is None:
                 return Process.uid_only(uid)
-            with self._lock:
-                proc = self._procs.get((pid, seen[0], seen[1], uid))
+            proc = self._known((pid, seen[0], seen[1], uid), pid, self._kept.exe_id)
             if proc is not None:
                 return self._exec_checked(proc, read_ns)
             stat = kept.read(pid)  # a first sight: the whole stat, for the worker
@@ -273,8 +299,7 @@ class Attributor:
             seen = self._kept.identity(pid)
             if seen is None:
                 return Process.kernel()
-            with self._lock:
-                proc = self._procs.get(("netns", pid, seen[0], seen[1], uid))
+            proc = self._known(("netns", pid, seen[0], seen[1], uid), pid, self._kept.exe_id)
             if proc is not None:
                 return proc
         loop = asyncio.get_running_loop()
@@ -387,17 +412,17 @@ class Attributor:
         if stat is None:
             return Process.kernel(), None
         key = ("netns", pid, stat[2], stat[3], uid)
-        with self._lock:
-            known = self._procs.get(key)
+        known = self._known(key, pid, exe_id)
         if known is not None:
             return known, None
+        seen = _seen_now(pid)
         proc = self._details.describe(pid, uid, stat)
         if proc is None:
             return Process.kernel(), None
         container = container_of(pid, self._names)
         if container is not None:
             proc = dataclasses.replace(proc, container=container)
-        self._remember(key, proc)
+        self._remember(key, proc, seen)
         return proc, None
 
     def _begin_recorded(
@@ -407,9 +432,9 @@ class Attributor:
         whatever it runs now. Known ones answer from memory, with no /proc read at all."""
         key = ("bpf", owner.tgid, owner.start_ticks, owner.dev, owner.ino, uid)
         with self._lock:
-            proc = self._procs.get(key)
-        if proc is not None:
-            return proc
+            known = self._procs.get(key)
+        if known is not None:  # the executable is in the key: an exec makes another key
+            return known.proc
         pending = self._pending.get((uid, inode)) if inode else None
         if pending is not None:
             return pending
@@ -529,7 +554,7 @@ class Attributor:
     def _hashed(self, lookup: Lookup, hashing: Hashing) -> None:
         assert lookup.partial is not None and lookup.key is not None
         proc = dataclasses.replace(lookup.partial, sha256=hashing.future.result())
-        self._remember(lookup.key, proc)
+        self._remember(lookup.key, proc, lookup.seen)
         if not lookup.future.done():
             self._finish(lookup, proc)
 
@@ -579,22 +604,22 @@ class Attributor:
         if stat is None:
             return None
         lookup.key = key = (pid, stat[2], stat[3], lookup.uid)
-        with self._lock:
-            known = self._procs.get(key)
+        known = self._known(key, pid, exe_id)
         if known is not None:
             return known, None
+        lookup.seen = _seen_now(pid)
         proc = self._details.describe(pid, lookup.uid, stat)
         if proc is None:
             return None
         if not self._hash_exe:
-            self._remember(key, proc)
+            self._remember(key, proc, lookup.seen)
             return proc, None
         got = self._hashes.start(pid, lookup.uid, self._submit)
         if isinstance(got, Hashing):
             return proc, got
         proc = dataclasses.replace(proc, sha256=got)
         if got is not None:  # unreadable, or this user's hashes queue is full: ask again later
-            self._remember(key, proc)
+            self._remember(key, proc, lookup.seen)
         return proc, None
 
     def _recorded(self, lookup: Lookup, owner: Owner) -> Job:
@@ -628,24 +653,49 @@ class Attributor:
                 lookup.note = f"connected as {path}, exec'd since"
         assert lookup.key is not None
         if not self._hash_exe or proc.attribution is not Attribution.PROCESS:
-            self._remember(lookup.key, proc)
+            self._remember(lookup.key, proc, None)
             return proc, None
         got = self._hashes.start(pid, uid, self._submit, want, path)
         if isinstance(got, Hashing):
             return proc, got
         proc = dataclasses.replace(proc, sha256=got)
         if got is not None:
-            self._remember(lookup.key, proc)
+            self._remember(lookup.key, proc, None)
         return proc, None
 
     def _submit(self, line: Hashable, job: Job, done: Any) -> None:
         self._worker.submit(line, job, done)
 
-    def _remember(self, key: _ProcKey, proc: Process) -> None:
+    def _remember(self, key: _ProcKey, proc: Process, seen: _Seen | None) -> None:
+        """Keep `proc` under `key`; `seen` None for a BPF key (its executable is in it)."""
         with self._lock:
-            self._procs[key] = proc
-            while len(self._procs) > _PROCS_MAX:
-                del self._procs[next(iter(self._procs))]
+            self._procs.put(key, _Known(proc, seen or _Seen(0, None)))
+
+    def _known(
+        self, key: _ProcKey, pid: int, exe_now: Callable[[int], tuple[int, int] | None]
+    ) -> Process | None:
+        """The process cached under `key` if it still runs what it was described running: the
+        exec watch says it has not exec'd since, or else (it did, or may have: events lost, the
+        watcher restarting, no watcher) one stat of its executable (`exe_now`: the loop's kept
+        directory, or the path in a worker) says it is the same file. Otherwise the entry is
+        dropped and the process described afresh: one that exec'd a program of the same name
+        more than `_EXEC_WINDOW_NS` before connecting was named by its old image (issue 21's
+        test_an_exec_of_a_same_named_program_is_judged_as_itself)."""
+        with self._lock:
+            known = self._procs.get(key)
+        if known is None:
+            return None
+        seen = known.seen
+        if self.execs is not None and not self.execs.changed_since(pid, seen.at_ns):
+            return known.proc
+        at_ns = time.monotonic_ns()
+        if seen.exe is not None and exe_now(pid) == seen.exe:
+            with self._lock:  # checked now: the next flow needs no stat until another exec
+                self._procs[key] = _Known(known.proc, _Seen(at_ns, seen.exe))
+            return known.proc
+        with self._lock:
+            self._procs.pop(key, None)
+        return None
 
     # -- whole, in the caller's thread ----------------------------------------------------------
     def lookup(self, flow: Flow) -> Process:
@@ -666,16 +716,16 @@ class Attributor:
         if stat is None:
             return Process.uid_only(uid)
         key = (pid, stat[2], stat[3], uid)
-        with self._lock:
-            proc = self._procs.get(key)
-        if proc is not None:
-            return proc
+        known = self._known(key, pid, exe_id)
+        if known is not None:
+            return known
+        seen = _seen_now(pid)
         proc = self._details.describe(pid, uid, stat)
         if proc is None:
             return Process.uid_only(uid)
         if self._hash_exe:
             proc = dataclasses.replace(proc, sha256=self._hashes.digest_now(pid))
-        self._remember(key, proc)
+        self._remember(key, proc, seen)
         return proc
 
 

@@ -119,6 +119,18 @@ class ProcFds:
             return None
         return kept[2], comm[:-1]  # comm ends with one newline (comm_show: proc_task_name, "\n")
 
+    def exe_id(self, pid: int) -> tuple[int, int] | None:
+        """(device, inode) of what that same process runs now (as `exe_id`, through the kept
+        directory), None once it has exited."""
+        kept = self._kept.get(pid) or self._open(pid)
+        if kept is None:
+            return None
+        try:
+            st = os.stat("../exe", dir_fd=kept[0])
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     def read(self, pid: int) -> Stat | None:
         """The whole /proc/<pid>/stat of that same process (a first sight: its parent too)."""
         kept = self._kept.get(pid) or self._open(pid)
