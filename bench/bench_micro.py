@@ -44,6 +44,7 @@ from snitchd.procs import Attributor
 from snitchd.prompts import Broker
 from snitchd.store import Decision, FlowBytes, Store, log_row
 from tests.support import packets
+from tests.unit.test_traffic_codec import KERNEL_TCP_END  # a real kernel DESTROY event
 
 CLIENT_EXE = "/opt/bench/connload"
 FIGURES: dict[str, dict[str, float]] = {}
@@ -343,22 +344,10 @@ def bench_flow_ends(store, decisions):
     FIGURES["flow_ends_write"] = {"rows_per_s": round(rate), "us_per_row": elapsed / len(ends)}
 
 
-# A real kernel DESTROY event (TCP 192.0.2.1:34598 -> 192.0.2.2:8000, with counters), the
-# base of the log writer's messages below (tests/unit/test_traffic_codec.py).
-_KERNEL_TCP_END = bytes.fromhex(
-    "d40000000201000000000000cc70000002000000340001801400018008000100c000020108000200c0000202"
-    "1c00028005000100060000000600020087260000060003001f4000003400028014000180080001"
-    "00c000020208000200c00002011c0002800500010006000000060002001f4000000600030087260000"
-    "08000c00b83d644f080003000000020e1c0009800c00010000000000000000060c000200000000000000"
-    "014a1c000a800c00010000000000000000040c000200000000000000010a100004800c00018005000100"
-    "07000000"
-)
-
-
 def _kernel_message(sport, kind=0x102, seq=0, timeout=None, mark=0x100):
-    """`_KERNEL_TCP_END` for source port `sport` (both tuples), as a DESTROY event or (kind
+    """`KERNEL_TCP_END` for source port `sport` (both tuples), as a DESTROY event or (kind
     0x100) an entry of a dump, with a CTA_MARK and, when given, a CTA_TIMEOUT."""
-    data = bytearray(_KERNEL_TCP_END)
+    data = bytearray(KERNEL_TCP_END)
     for at in (
         data.find(bytes.fromhex("0600020087260000")),
         data.find(bytes.fromhex("0600030087260000")),
