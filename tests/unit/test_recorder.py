@@ -141,3 +141,32 @@ def test_a_writer_that_cannot_even_be_spawned_is_a_store_error(
     with pytest.raises(RecorderGone, match="cannot start the connection log writer"):
         recorder.write(Batch(1), timeout=30)
     assert recorder.pid is None
+
+
+def test_a_batch_that_fails_part_way_writes_nothing_so_its_resend_writes_once(
+    writer: LogWriter,
+) -> None:
+    """The rows were committed on their own: when a later step of the batch (here the rule
+    hit counts, refused by a trigger) failed, snitchd kept the rows and sent them again with
+    the next batch, and the log held them twice. A batch is now one transaction."""
+    rule = writer.store.add_rule(parse_rule("allow port=80"), NOW, "test")
+    db = writer.store.db.conn
+    db.execute("CREATE TRIGGER refuse BEFORE UPDATE ON rules BEGIN SELECT RAISE(ABORT, 'no'); END")
+    failed = writer.handle(Batch(1, [row(40000)], hits={rule.id: (1, NOW)}))
+    assert failed.error is not None
+    assert logged(writer) == {}
+    db.execute("DROP TRIGGER refuse")
+    assert writer.handle(Batch(2, [row(40000)], hits={rule.id: (1, NOW)})).written == 1
+    assert list(logged(writer)) == [40000]
+
+
+def test_ends_kept_while_no_batch_comes_are_bounded(
+    writer: LogWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """snitchd sends no batch (stuck, or stopping): DESTROY events keep coming, and the ends
+    waiting for a batch stay bounded, the newest kept."""
+    monkeypatch.setattr("snitchd.logwriter.child.MAX_ENDS", 80)
+    for sport in range(40000, 41000):
+        writer.on_end(end(sport, 1))
+    assert 80 <= len(writer._ends_new) <= 90 and 80 <= len(writer._live_new) <= 90
+    assert writer._ends_new[-1][5] == 40999  # the newest (its source port) kept

@@ -52,7 +52,7 @@ class LogWriter:
         """Per finished flow (a DESTROY event): kept for the batch after the next."""
         live = self._live_new
         live.append(end)
-        if len(live) > MAX_ENDS:
+        if len(live) > MAX_ENDS + MAX_ENDS // 8:  # trimmed now and then, not per event
             del live[:-MAX_ENDS]
         proto, src, sport, dst, dport = end.key or (
             end.proto.value,
@@ -61,9 +61,10 @@ class LogWriter:
             str(end.dst),
             end.dport,
         )
-        self._ends_new.append(
-            (end.bytes_out, end.bytes_in, time.time(), dst, dport, sport, src, proto)
-        )
+        ends = self._ends_new
+        ends.append((end.bytes_out, end.bytes_in, time.time(), dst, dport, sport, src, proto))
+        if len(ends) > MAX_ENDS + MAX_ENDS // 8:  # no batch for a while: the oldest go
+            del ends[:-MAX_ENDS]
 
     def on_readable(self) -> None:
         try:
@@ -91,16 +92,17 @@ class LogWriter:
         due, self._ends_due, self._ends_new = self._ends_due, self._ends_new, []
         live_due, self._live_due, self._live_new = self._live_due, self._live_new, []
         try:
-            if batch.rows:
-                self.store.log_rows(batch.rows)
-            ends = self.store.join_ends(due)
-            if batch.retries:  # after the rows: a retry's attempt may be in this batch
-                self.store.record_retries(batch.retries)
-            if batch.hits:
-                self.store.record_hits(batch.hits)
-            if batch.apps:
-                self.store.note_apps(batch.apps)
-            pruned = self.store.prune(*batch.prune) if batch.prune is not None else 0
+            with self.store.batch():  # whole or not at all: a failed batch comes again
+                if batch.rows:
+                    self.store.log_rows(batch.rows)
+                ends = self.store.join_ends(due)
+                if batch.retries:  # after the rows: a retry's attempt may be in this batch
+                    self.store.record_retries(batch.retries)
+                if batch.hits:
+                    self.store.record_hits(batch.hits)
+                if batch.apps:
+                    self.store.note_apps(batch.apps)
+                pruned = self.store.prune(*batch.prune) if batch.prune is not None else 0
         except StoreError as exc:
             self._ends_due[:0] = due
             del self._ends_due[:-MAX_ENDS]
