@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from snitch_common.errors import BackendUnavailable
+from snitchd.children import end_child
 
 __all__ = ["Exec", "ExecWatch", "main"]
 
@@ -108,7 +109,7 @@ class ExecWatch:
 
     def close(self) -> None:
         self._stop.set()
-        self._end(self._child)
+        end_child(self._child)
         self._thread.join(2)
 
     def since(self, tgid: int, since_ns: int) -> list[Exec]:
@@ -151,7 +152,7 @@ class ExecWatch:
             self._read(out)
             if self._stop.is_set():
                 return
-            self._end(self._child)
+            end_child(self._child)
             log.error(
                 "exec watcher exited (status %s): an exec after connect() goes unseen until it "
                 "is back",
@@ -206,18 +207,6 @@ class ExecWatch:
             while len(self._execs) > _EXECS_MAX:
                 _, dropped = self._execs.popitem(last=False)
                 self.unsure_until_ns = max(self.unsure_until_ns, dropped[-1].when_ns)
-
-    @staticmethod
-    def _end(child: subprocess.Popen[bytes]) -> None:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(2)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
 
 
 def _subscribe() -> socket.socket:

@@ -4,8 +4,9 @@ A user chooses how big their executable is. Hashed in a thread of snitchd, a 1 G
 held the GIL the packet loop needs, slice after slice, and took one of the machine's cores from
 it: everyone's connect() waited up to ~40 ms while it ran (issue 12, bench.disturb window 6).
 So the reading and hashing run in a child process (this file, run by the interpreter: standard
-library only), niced to 19, in the idle I/O class, and for files above `_IDLE_ABOVE` in the
-SCHED_IDLE policy: a user's giant file costs the machine's idle time, not the loop's.
+library only, and `snitchd.children`), niced to 19, in the idle I/O class, and for files above
+`_IDLE_ABOVE` in the SCHED_IDLE policy: a user's giant file costs the machine's idle time,
+not the loop's.
 
 snitchd opens the file (/proc/<pid>/exe, or the path the BPF recorder saw, checked by fstat) and
 passes the open descriptor over a SOCK_SEQPACKET socket pair (SCM_RIGHTS): the child never
@@ -38,6 +39,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from snitchd.children import end_child
 
 __all__ = ["Hasher", "HasherUnavailable", "main"]
 
@@ -120,7 +123,7 @@ class Hasher:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         if child is not None:
-            _end(child)
+            end_child(child)
         if self._thread is not None:
             self._thread.join(2)
 
@@ -145,7 +148,7 @@ class Hasher:
             if self._stop.is_set():
                 return
             if child is not None:
-                _end(child)
+                end_child(child)
             log.error(
                 "hasher child exited (status %s): %d hashes lost, executables go unhashed until "
                 "it is back",
@@ -190,16 +193,6 @@ class Hasher:
                 done = self._waiting.pop(rid, None)
             if done is not None:
                 done(raw.hex() if ok else None)
-
-
-def _end(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(2)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 # -- the child ------------------------------------------------------------------------------------
