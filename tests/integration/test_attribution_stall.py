@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import PYTHON, Lab, python_exe
-from tests.support.lab import ROOT
+from tests.support.lab import ROOT, end_child
 
 pytestmark = pytest.mark.root
 
@@ -224,15 +224,7 @@ def test_a_user_holding_many_fds_does_not_delay_roots_flows(lab: Lab):
                         break
                     words.append(line.strip())
         finally:
-            if client.stdin is not None:
-                client.stdin.close()
-            try:
-                client.wait(30)
-            except subprocess.TimeoutExpired:
-                client.kill()
-                client.wait()
-            if client.stdout is not None:
-                client.stdout.close()
+            end_child(client, 30)
         assert attacker.poll() is None, "the attacker stopped early"
     assert len(words) == 100, f"only {len(words)} of 100 root connections were decided in 60 s"
     assert set(words) == {"connected"}

@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration.conftest import Lab, python_exe
 from tests.integration.test_attribution_stall import AS_NOBODY, CONNECT_C, read_line, steady
-from tests.support.lab import children_running, wait_for
+from tests.support.lab import children_running, end_child, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -74,15 +74,7 @@ def connect_once(lab: Lab, exe: Path, as_nobody: bool = False) -> str:
         assert ready, f"no word from {exe}"
         return proc.stdout.readline().strip()
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        end_child(proc)
 
 
 def test_the_hasher_is_a_child_process_and_comes_back(lab: Lab) -> None:

@@ -55,13 +55,13 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
     return proc.returncode
 
 
-def end_child(proc: subprocess.Popen[str]) -> None:
-    """A child that stops when its stdin closes: close it, wait (kill after 10 s), close its
-    stdout."""
+def end_child(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """A child that stops when its stdin closes: close it, wait (kill after `timeout` s), close
+    its stdout."""
     if proc.stdin is not None and not proc.stdin.closed:
         proc.stdin.close()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
