@@ -306,8 +306,10 @@ def start(lab, key, stores, round_dir, env, srcs=(None, None), attribution="bpf"
     conf.write_text(
         f'database = "{db}"\ndefault_action = "{action}"\nqueue = {QUEUE}\n'
         'prompt_timeout = 5\nlog_level = "info"\n'
-        f"queue_readers = {READERS.get(key.lower(), 1)}\ndns_queue = {QUEUE - 1}\n"
+        f"dns_queue = {QUEUE - 1}\n"
         f'attribution = "{attribution}"\nbpf_cgroup = "{lab.bpf_cgroup_path}"\n'
+        # Only where it differs from the default: --alt-src trees older than it still start.
+        + (f"queue_readers = {READERS[key.lower()]}\n" if key.lower() in READERS else "")
     )
     notify_path = round_dir / f"notify-{key}.sock"
     notify_path.unlink(missing_ok=True)
