@@ -1,23 +1,21 @@
-"""Verdicts kept on conntrack entries, so that a decided flow never comes back to the queue.
+"""Refusals kept on conntrack entries, so that a refused flow never comes back to the queue.
 
-After `firewall` gives a packet its verdict it writes snitch's bits of the conntrack mark
-(the layout is in `netfilter`, whose rules act on it) for the packet's flow, over ctnetlink:
-
-- allowed: the packet was accepted, so the kernel confirmed its conntrack entry while sending
-  it (a verdict is re-injected inside the verdict's own send()); we *update* that entry's mark.
-- denied or rejected: the packet was dropped, and a dropped packet's entry is never confirmed
-  (confirmation is the last step of POSTROUTING), so there is nothing to mark: the next packet
-  of the flow would make a fresh NEW entry and be queued again. So we *create* the entry, with
-  the flow's tuples and our mark; the flow's later packets find it and the kernel drops (or
-  rejects) them. Each of those packets refreshes it, so it ends like any flow: when the program
-  stops sending (UDP 30 s, a SYN 120 s, ICMP 30 s: the kernel's own timeouts).
+An allowed flow's mark is set in the kernel, in the verdict's own step (`netfilter`'s rules
+move the allow mark of the repeated packet to its conntrack entry). A denied or rejected packet
+is dropped, and a dropped packet's entry is never confirmed (confirmation is the last step of
+POSTROUTING), so there is nothing to mark: the next packet of the flow would make a fresh NEW
+entry and be queued again. So after `firewall` gives the verdict, we *create* the entry over
+ctnetlink, with the flow's tuples and snitch's bits of the conntrack mark (the layout is in
+`netfilter`, whose rules act on it); the flow's later packets find it and the kernel drops (or
+rejects) them. Each of those packets refreshes it, so it ends like any flow: when the program
+stops sending (UDP 30 s, a SYN 120 s, ICMP 30 s: the kernel's own timeouts).
 
 TCP, UDP and ICMP echo only (the tuples a `Flow` names in full). A failure is an OSError for the
 caller to count: the verdict was already given, so a flow we could not mark is only queued again.
 
 Codec: struct on a plain netlink socket, as `procs` does for sock_diag; the kernel answers
-inside send(), so the ack is read without waiting (MSG_DONTWAIT). It runs once per decided
-packet on the packet loop and holds no state but the socket and a sequence number.
+inside send(), so the ack is read without waiting (MSG_DONTWAIT). It runs once per refused
+flow on the packet loop and holds no state but the socket and a sequence number.
 """
 
 from __future__ import annotations
@@ -54,14 +52,6 @@ CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE = 7, 8, 9
 _TIMEOUT = {Proto.UDP: 30, Proto.TCP: 120, Proto.ICMP: 30}
 _ECHO = {4: (8, 0), 6: (128, 129)}  # request and reply types (ICMP, ICMPv6)
 _NLMSG = struct.Struct("=IHHII")
-# An update of a TCP or UDP flow's entry (the allowed flow: one per new connection) in one
-# pack, not a dozen nested ones: the layout `encode_request`'s general path builds, with the
-# address size of each family; netlink and attribute headers in host order, their payloads in
-# network order (ports and marks pre-swapped, packed as host order).
-_UPDATE = {
-    size: struct.Struct(f"=IHHII BBH HH HH HH{size}s HH{size}s HH HHB3x HHH2x HHH2x HHI HHI")
-    for size in (4, 16)
-}
 _NFGEN = struct.Struct("=BBH")
 _NLA = struct.Struct("=HH")
 _ERR = struct.Struct("=i")
@@ -116,55 +106,27 @@ def _ipproto(flow: Flow) -> int:
     return socket.IPPROTO_TCP if flow.proto is Proto.TCP else socket.IPPROTO_UDP
 
 
-def encode_request(seq: int, flow: Flow, mark: int, mask: int, *, create: bool) -> bytes | None:
-    """An IPCTNL_MSG_CT_NEW that sets the `mask` bits of `flow`'s conntrack mark to `mark`;
-    with `create`, it makes the entry when there is none (else it only updates, and the kernel
-    answers ENOENT). None for a flow whose conntrack tuple we cannot name: not TCP, UDP or ICMP
-    echo (`packet.decode` gives ICMP a source port, the echo identifier, only for echo requests;
-    an identifier of 0 cannot be told apart, so it is left alone too)."""
+def encode_request(seq: int, flow: Flow, mark: int, mask: int) -> bytes | None:
+    """An IPCTNL_MSG_CT_NEW that makes `flow`'s conntrack entry when there is none and sets the
+    `mask` bits of its mark to `mark`. None for a flow whose conntrack tuple we cannot name:
+    not TCP, UDP or ICMP echo (`packet.decode` gives ICMP a source port, the echo identifier,
+    only for echo requests; an identifier of 0 cannot be told apart, so it is left alone too)."""
     if flow.proto is Proto.OTHER or (flow.proto is Proto.ICMP and flow.sport == 0):
         return None
-    if not create and flow.proto is not Proto.ICMP:
-        return _encode_update(seq, flow, mark, mask)
-    attrs = [_tuple(CTA_TUPLE_ORIG, flow, reply=False)]
-    if create:
-        attrs += [
+    body = b"".join(
+        (
+            _tuple(CTA_TUPLE_ORIG, flow, reply=False),
             _tuple(CTA_TUPLE_REPLY, flow, reply=True),
             _attr(CTA_TIMEOUT, struct.pack("!I", _TIMEOUT[flow.proto])),
-        ]
-    attrs += [
-        _attr(CTA_MARK, struct.pack("!I", mark)),
-        _attr(CTA_MARK_MASK, struct.pack("!I", mask)),
-    ]
-    body = b"".join(attrs)
+            _attr(CTA_MARK, struct.pack("!I", mark)),
+            _attr(CTA_MARK_MASK, struct.pack("!I", mask)),
+        )
+    )
     family = socket.AF_INET if isinstance(flow.dst, IPv4Address) else socket.AF_INET6
-    flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if create else 0)
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
     size = _NLMSG.size + _NFGEN.size + len(body)
     header = _NLMSG.pack(size, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, flags, seq, 0)
     return header + _NFGEN.pack(family, 0, 0) + body
-
-
-def _encode_update(seq: int, flow: Flow, mark: int, mask: int) -> bytes:
-    src, dst = flow.src.packed, flow.dst.packed
-    size = len(src)
-    layout = _UPDATE[size]
-    ip_len = 4 + 2 * (4 + size)
-    proto_len = 4 + 8 + 8 + 8
-    return layout.pack(
-        layout.size, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | NLM_F_ACK,
-        seq, 0,
-        socket.AF_INET if size == 4 else socket.AF_INET6, 0, 0,
-        4 + ip_len + proto_len, CTA_TUPLE_ORIG | NLA_F_NESTED,
-        ip_len, CTA_TUPLE_IP | NLA_F_NESTED,
-        4 + size, CTA_IP_V4_SRC if size == 4 else CTA_IP_V6_SRC, src,
-        4 + size, CTA_IP_V4_DST if size == 4 else CTA_IP_V6_DST, dst,
-        proto_len, CTA_TUPLE_PROTO | NLA_F_NESTED,
-        5, CTA_PROTO_NUM, _ipproto(flow),
-        6, CTA_PROTO_SRC_PORT, socket.htons(flow.sport),
-        6, CTA_PROTO_DST_PORT, socket.htons(flow.dport),
-        8, CTA_MARK, socket.htonl(mark),
-        8, CTA_MARK_MASK, socket.htonl(mask),
-    )  # fmt: skip
 
 
 class ConnMarks:
@@ -183,12 +145,12 @@ class ConnMarks:
     def close(self) -> None:
         self._sock.close()
 
-    def mark(self, flow: Flow, mark: int, mask: int, *, create: bool) -> bool:
-        """Set the `mask` bits of `flow`'s conntrack mark to `mark` (see `encode_request`).
-        False when the flow has no tuple we can name; OSError when the kernel refused (ENOENT:
-        no entry to update, the packet never left; EPERM: not root; ENOMEM: table full)."""
+    def mark(self, flow: Flow, mark: int, mask: int) -> bool:
+        """Make `flow`'s conntrack entry with the `mask` bits of its mark set to `mark` (see
+        `encode_request`). False when the flow has no tuple we can name; OSError when the
+        kernel refused (EPERM: not root; ENOMEM: table full)."""
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
-        request = encode_request(seq, flow, mark, mask, create=create)
+        request = encode_request(seq, flow, mark, mask)
         if request is None:
             return False
         self._sock.send(request)

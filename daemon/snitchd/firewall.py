@@ -42,7 +42,7 @@ from snitchd.flowcut import FlowCutter
 from snitchd.journal import Event, journal_fields
 from snitchd.lists import Lists
 from snitchd.modes import Modes
-from snitchd.netfilter import MARK_MASK, REJECT_MARK, verdict_mark
+from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup
@@ -504,7 +504,10 @@ class Firewall(Rulebook):
     def _give(self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process) -> None:
         action = verdict.action
         if action is Action.ALLOW:
-            pkt.accept()
+            # Through our hook again, where our rules keep the verdict on the conntrack entry
+            # and take the mark off the packet (`netfilter`): no ctnetlink update per flow.
+            pkt.set_mark((pkt.get_mark() & ~MARK_MASK) | ALLOW_MARK)
+            pkt.repeat()
             self.counters.accepted += 1
         elif action is Action.DENY:
             pkt.drop()
@@ -569,15 +572,15 @@ class Firewall(Rulebook):
             self.attempts.remember(key, verdict.action, verdict.rule_id, verdict.reason, row, now)
 
     def _keep(self, flow: Flow, action: Action) -> bool:
-        """Mark the flow's conntrack entry with the verdict. An allowed packet has just been
-        sent, so its entry exists and is updated; a dropped or rejected one left none, so it is
-        created (see `connmark`). A failure costs only speed: the flow is queued again."""
+        """Keep the verdict on the flow's conntrack entry. An allow is kept by the kernel, in
+        the verdict's own step (see `_give`); a dropped or rejected packet left no entry, so it
+        is created (see `connmark`). A failure costs only speed: the flow is queued again."""
+        if action is Action.ALLOW:
+            return True
         if self.marks is None:
             return False
         try:
-            return self.marks.mark(
-                flow, verdict_mark(action), MARK_MASK, create=action is not Action.ALLOW
-            )
+            return self.marks.mark(flow, verdict_mark(action), MARK_MASK)
         except OSError as exc:
             self.counters.unmarked += 1
             if log.isEnabledFor(logging.DEBUG):

@@ -10,18 +10,25 @@ so the verdict marks the packet and a rule of ours in *filter* rejects marked pa
 ICMP port unreachable) — the program fails fast instead of timing out.
 
 A decided flow is never queued again (issue 12): the verdict is kept on the flow's conntrack
-entry (its connmark, set by `connmark.ConnMarks`), and rules before the queue rule act on it for
-every later packet, whatever its conntrack state: allowed → RETURN (on to the admin's rules,
-never to us), denied → DROP, rejected → on to filter, which rejects it. Without this a one-way
-UDP flow, conntrack NEW until a reply, sent each datagram through Python and the log.
+entry (its connmark), and rules before the queue rule act on it for every later packet,
+whatever its conntrack state: allowed → RETURN (on to the admin's rules, never to us), denied →
+DROP, rejected → on to filter, which rejects it. Without this a one-way UDP flow, conntrack NEW
+until a reply, sent each datagram through Python and the log. An allowed flow's connmark is set
+here, in the kernel: the verdict is NF_REPEAT with `ALLOW_MARK` on the packet, so the packet
+runs through mangle again, where the first rules copy that mark to its conntrack entry and take
+it off the packet (routing and the admin's rules never see it). This spares a ctnetlink update
+per allowed flow (two system calls on the packet loop) and leaves no moment when the flow is
+allowed but not yet marked. A refused packet goes no further, so `connmark.ConnMarks` creates
+its entry over ctnetlink.
 
 Mark layout, the same in the packet mark and the connmark: snitch owns the bits of `MARK_MASK`
 (the high 16) and leaves the low 16 to others; every match and write is masked. Our bits hold
 one of three values: `ALLOW_MARK`, `DENY_MARK`, `REJECT_MARK` (0x5A1 and a letter: A, D, E).
 A whole 16-bit pattern, not one bit per verdict, so another program's use of those bits is
-unlikely to read as a verdict of ours. Only `REJECT_MARK` is ever put on a packet (the first
-packet of a rejected flow, for the filter rule); the others live on conntrack entries only,
-because a changed packet mark sends the packet through routing again (policy routing by fwmark).
+unlikely to read as a verdict of ours. Only `REJECT_MARK` ever leaves our chain on a packet
+(the first packet of a rejected flow, for the filter rule); `ALLOW_MARK` is taken off in the
+hook that saw it, because a mark changed past it sends the packet through routing again (policy
+routing by fwmark: tests/integration/test_connmark.py has a route that refuses our mark).
 
 Forwarded flows (issue 16): a container or guest behind a local bridge, veth or tap device sends
 through the FORWARD hook, never OUTPUT. `NetSpec.forward_from` lists the input interfaces that
@@ -282,18 +289,12 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     else:
         target = f"--queue-num {spec.queue}"
     marked = f"-m mark --mark {REJECT_MARK:#x}/{MARK_MASK:#x}"
-    ct_allowed, ct_denied, ct_rejected = (
-        f"-m connmark --mark {mark:#x}/{MARK_MASK:#x}"
-        for mark in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
-    )
+    ct_rejected = f"-m connmark --mark {REJECT_MARK:#x}/{MARK_MASK:#x}"
     queue = [f":{QUEUE_CHAIN} - [0:0]"]
     if not spec.intercept_loopback:
         queue.append(f"-A {QUEUE_CHAIN} -o lo -j RETURN")
     queue += [
-        # Decided flows first, whatever their conntrack state: a one-way UDP flow stays NEW.
-        f"-A {QUEUE_CHAIN} {ct_allowed} -j RETURN",
-        f"-A {QUEUE_CHAIN} {ct_denied} -j DROP",
-        f"-A {QUEUE_CHAIN} {ct_rejected} -j RETURN",
+        *_decided_lines(QUEUE_CHAIN),
         f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW -j NFQUEUE {target}{bypass}",
         f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {QUEUE_CHAIN}",
     ]
@@ -307,12 +308,7 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     if spec.dns_queue is not None:
         queue += _dns_lines(spec.dns_queue)
     if spec.forward_from:
-        decided = (
-            f"-A {FORWARD_CHAIN} {ct_allowed} -j RETURN",
-            f"-A {FORWARD_CHAIN} {ct_denied} -j DROP",
-            f"-A {FORWARD_CHAIN} {ct_rejected} -j RETURN",
-        )
-        queue += [f":{FORWARD_CHAIN} - [0:0]", *decided]
+        queue += [f":{FORWARD_CHAIN} - [0:0]", *_decided_lines(FORWARD_CHAIN)]
         queue += [
             f"-A {FORWARD_CHAIN} -i {name} -m conntrack --ctstate NEW --ctdir ORIGINAL "
             f"-j NFQUEUE {target}{bypass}"
@@ -321,6 +317,27 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
         queue.append(f"-I FORWARD 1 -m comment --comment {COMMENT} -j {FORWARD_CHAIN}")
         reject.append(f"-I FORWARD 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}")
     return Chains(tuple(queue), tuple(reject))
+
+
+def _decided_lines(chain: str) -> list[str]:
+    """The rules before a queue rule. An allow verdict is a repeat of this hook with
+    `ALLOW_MARK` on the packet (`firewall`): the first two rules keep it on the conntrack
+    entry and take it off the packet again, so routing and the admin's rules never see it
+    (the mangle hook routes the packet again with its own mark), in the kernel, in the same
+    step as the verdict. Then decided flows, whatever their conntrack state: a one-way UDP
+    flow stays NEW."""
+    allowed_now = f"-m mark --mark {ALLOW_MARK:#x}/{MARK_MASK:#x}"
+    ct_allowed, ct_denied, ct_rejected = (
+        f"-m connmark --mark {mark:#x}/{MARK_MASK:#x}"
+        for mark in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
+    )
+    return [
+        f"-A {chain} {allowed_now} -j CONNMARK --set-xmark {ALLOW_MARK:#x}/{MARK_MASK:#x}",
+        f"-A {chain} {allowed_now} -j MARK --set-xmark 0/{MARK_MASK:#x}",
+        f"-A {chain} {ct_allowed} -j RETURN",
+        f"-A {chain} {ct_denied} -j DROP",
+        f"-A {chain} {ct_rejected} -j RETURN",
+    ]
 
 
 def _dns_lines(number: int) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, Lab, python_exe
+from snitchd.netfilter import ALLOW_MARK, MARK_MASK
 from tests.support.lab import wait_for
 
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
@@ -232,3 +233,27 @@ def test_blocked_flow_row_never_shows_bytes(running: Lab) -> None:
     wait_for(lambda: _rows(running, allowed)[0].get("bytes_out"), 15, "the allowed flow's bytes")
     (row,) = _rows(running, denied)
     assert row["action"] == "deny" and "bytes_out" not in row, row
+
+
+@pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
+def test_an_allowed_flow_keeps_its_mark_in_the_kernel_and_routing_never_sees_it(
+    flavoured: Lab, host: str
+) -> None:
+    """An allow is a repeat of our hook with the allow mark on the packet: our rules move it to
+    the conntrack entry and take it off the packet. A policy route that refuses packets that
+    carry it, and a counter in mangle POSTROUTING, say that it never left the hook (routing
+    looks again at a packet whose mark changed); conntrack says the entry kept it."""
+    lab = flavoured
+    v6 = ":" in host
+    ip, tool = ("ip", "-6") if v6 else ("ip", "-4"), "ip6tables" if v6 else "iptables"
+    marked = f"{ALLOW_MARK:#x}/{MARK_MASK:#x}"
+    lab.ns(lab.client, *ip, "rule", "add", "fwmark", marked, "prohibit")
+    lab.ns(lab.client, tool, "-t", "mangle", "-A", "POSTROUTING", "-m", "mark", "--mark", marked)
+    lab.add_rule(f"allow app={python_exe()} to={host} port=80 proto=tcp")
+    assert lab.py("tcp", host, 80, "--timeout", "2") == "connected"
+    counted = lab.ns(lab.client, tool, "-t", "mangle", "-L", "POSTROUTING", "-v", "-x", "-n")
+    (line,) = [ln for ln in counted.stdout.splitlines() if "mark match" in ln]
+    assert line.split()[0] == "0", counted.stdout
+    entries = lab.ns(lab.client, "conntrack", "-L", "-p", "tcp", "--dport", "80", "-d", host)
+    assert f"mark={ALLOW_MARK}" in entries.stdout, entries.stdout
+    assert [r["action"] for r in lab.log_rows() if r["dport"] == 80] == ["allow"]

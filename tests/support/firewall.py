@@ -10,6 +10,7 @@ from pathlib import Path
 from snitchd.attempts import RowRef
 from snitchd.config import Config
 from snitchd.firewall import Firewall
+from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK
 from snitchd.prompts import Broker
 from snitchd.store import Decision, Store
 
@@ -43,23 +44,28 @@ def make_firewall(
 
 class Packet:
     """A queued packet: its verdict ("accept", "drop", "reject": an accept after the reject
-    mark) as the firewall gave it."""
+    mark) as the firewall gave it. An allow is a repeat after the allow mark (our rules then
+    keep it on the conntrack entry): "accept" too."""
 
     def __init__(self) -> None:
         self.verdict = ""
-        self.marked = False
+        self.mark = 0
 
     def accept(self) -> None:
-        self.verdict = "reject" if self.marked else "accept"
+        self.verdict = "reject" if self.mark & MARK_MASK == REJECT_MARK else "accept"
+
+    def repeat(self) -> None:
+        assert self.mark & MARK_MASK == ALLOW_MARK, "a repeat without the allow mark"
+        self.verdict = "accept"
 
     def drop(self) -> None:
         self.verdict = "drop"
 
     def get_mark(self) -> int:
-        return 0
+        return self.mark
 
     def set_mark(self, mark: int) -> None:
-        self.marked = True
+        self.mark = mark
 
 
 class EventRecorder:

@@ -40,7 +40,7 @@ def test_create_names_both_directions_with_mark_and_timeout(
     src: str, dst: str, family: int
 ) -> None:
     flow = Flow(Proto.UDP, ip_address(src), 40000, ip_address(dst), 9999, "veth0", 17)
-    msg = _decode(encode_request(7, flow, MARK, MASK, create=True))
+    msg = _decode(encode_request(7, flow, MARK, MASK))
     assert msg["nfgen_family"] == family
     assert msg["header"]["flags"] == NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
     assert msg["header"]["sequence_number"] == 7
@@ -51,27 +51,6 @@ def test_create_names_both_directions_with_mark_and_timeout(
 
 
 @pytest.mark.parametrize(
-    ("src", "dst", "family"),
-    [("192.0.2.1", "192.0.2.2", 2), ("2001:db8:1::1", "2001:db8:1::2", 10)],
-)
-@pytest.mark.parametrize(("proto", "ipproto"), [(Proto.TCP, 6), (Proto.UDP, 17)])
-def test_update_names_the_entry_only_and_never_creates(
-    src: str, dst: str, family: int, proto: Proto, ipproto: int
-) -> None:
-    """An allowed packet's own entry is updated: no reply tuple, no timeout, no CREATE flag, so
-    a packet that never left (dropped further on) gets no entry from us. (The one-pack layout
-    of TCP and UDP updates, read by pyroute2.)"""
-    flow = Flow(proto, ip_address(src), 50000, ip_address(dst), 80, "", ipproto)
-    msg = _decode(encode_request(0x01020304, flow, 0x5A1A0000, MASK, create=False))
-    assert msg["nfgen_family"] == family
-    assert msg["header"]["flags"] == NLM_F_REQUEST | NLM_F_ACK
-    assert msg["header"]["sequence_number"] == 0x01020304
-    assert [name for name, _ in msg["attrs"]] == ["CTA_TUPLE_ORIG", "CTA_MARK", "CTA_MARK_MASK"]
-    assert _tuple(msg, "CTA_TUPLE_ORIG") == (src, dst, ipproto, 50000, 80)
-    assert (msg.get_attr("CTA_MARK"), msg.get_attr("CTA_MARK_MASK")) == (0x5A1A0000, MASK)
-
-
-@pytest.mark.parametrize(
     ("src", "dst", "ipproto", "types"),
     [("192.0.2.1", "192.0.2.2", 1, (8, 0)), ("2001:db8:1::1", "2001:db8:1::2", 58, (128, 129))],
 )
@@ -79,7 +58,7 @@ def test_icmp_echo_uses_its_identifier_and_reply_type(
     src: str, dst: str, ipproto: int, types: tuple[int, int]
 ) -> None:
     flow = Flow(Proto.ICMP, ip_address(src), 77, ip_address(dst), 0, "", ipproto)
-    msg = _decode(encode_request(2, flow, MARK, MASK, create=True))
+    msg = _decode(encode_request(2, flow, MARK, MASK))
     assert _tuple(msg, "CTA_TUPLE_ORIG") == (src, dst, ipproto, 77, types[0], 0)
     assert _tuple(msg, "CTA_TUPLE_REPLY") == (dst, src, ipproto, 77, types[1], 0)
 
@@ -87,5 +66,5 @@ def test_icmp_echo_uses_its_identifier_and_reply_type(
 def test_flows_without_a_nameable_tuple_are_left_alone() -> None:
     """ICMP other than echo (no identifier in `Flow`) and other protocols: no request."""
     a, b = ip_address("192.0.2.1"), ip_address("192.0.2.2")
-    assert encode_request(1, Flow(Proto.ICMP, a, 0, b, 0, "", 1), MARK, MASK, create=True) is None
-    assert encode_request(1, Flow(Proto.OTHER, a, 0, b, 0, "", 47), MARK, MASK, create=True) is None
+    assert encode_request(1, Flow(Proto.ICMP, a, 0, b, 0, "", 1), MARK, MASK) is None
+    assert encode_request(1, Flow(Proto.OTHER, a, 0, b, 0, "", 47), MARK, MASK) is None

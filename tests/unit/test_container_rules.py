@@ -179,8 +179,11 @@ def test_forward_rules_queue_new_flows_from_the_listed_interfaces_only() -> None
     queued = [ln for ln in forward if "NFQUEUE" in ln]
     assert [ln.split()[3] for ln in queued] == ["docker0", "br-+"]
     assert all("--ctstate NEW --ctdir ORIGINAL" in ln and "--queue-num 4242" in ln for ln in queued)
-    # Decided flows are handled before anything is queued, as on OUTPUT.
-    assert forward.index(queued[0]) == 3
+    # Decided flows (and the allow verdict's repeat) are handled before anything is queued,
+    # by the same rules as on OUTPUT.
+    output = [ln for ln in chains.mangle if ln.startswith("-A SNITCH_QUEUE ") and "mark" in ln]
+    decided = [ln.replace("SNITCH_QUEUE", "SNITCH_FORWARD") for ln in output]
+    assert forward[: forward.index(queued[0])] == decided and len(decided) == 5
     assert "-I FORWARD 1 -m comment --comment snitch -j SNITCH_FORWARD" in chains.mangle
     assert "-I FORWARD 1 -m comment --comment snitch -j SNITCH_REJECT" in chains.filter
     none = install_lines("iptables", NetSpec(4242, fail_open=False))
