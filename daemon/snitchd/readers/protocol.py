@@ -185,7 +185,7 @@ class Batch:
 
 
 def _by_constructor(cls: type) -> Callable[[Any], tuple[type, tuple[object, ...]]]:
-    names = tuple(f.name for f in fields(cls))
+    names = tuple(f.name for f in fields(cls) if f.init)
 
     def reduce(obj: Any) -> tuple[type, tuple[object, ...]]:
         return cls, tuple([getattr(obj, name) for name in names])
