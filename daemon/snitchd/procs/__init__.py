@@ -211,6 +211,11 @@ class Attributor:
         OSError only when sock_diag itself fails (the packet loop then applies the fail mode):
         a missing socket is an answer, not an error."""
         read_ns = time.monotonic_ns()
+        if self.recorder is not None and flow.proto is Proto.TCP:
+            # A connecting socket's record under the flow itself: no sock_diag request.
+            connected = self.recorder.find_connected(flow)
+            if connected is not None:
+                return self._begin_recorded(*connected, limits)
         found = self._diag.find(flow)
         if found is None:
             if self.recorder is not None and flow.proto is not Proto.TCP:

@@ -65,6 +65,7 @@ HOOKS = (
     "snitch_connect6",
     "snitch_sendmsg4",
     "snitch_sendmsg6",
+    "snitch_sockops",
 )
 _HOOK_NAMES = {1: "sock_create", 2: "connect", 3: "sendmsg"}
 _SOURCE = "attrib.bpf.c"
@@ -76,6 +77,10 @@ _KEY_SOCKET, _KEY_PORT = 0, 1
 _SO_NETNS_COOKIE = 71
 _GONE_MAX_AGE_NS = 30_000_000_000  # a gone socket's record, for a datagram still queued
 _OWNER = struct.Struct("=IIIIQQIIQ16s")
+# struct conn_key / struct conn: a connecting TCP socket's record under its own flow.
+_CONN_KEY = struct.Struct("=Q16s16sHHHH")
+_CONN = struct.Struct(f"={_OWNER.size}xQQQI4x")  # (the owner,) cookie, inode, when, uid
+_CONN_MAX_AGE_NS = 2_000_000_000  # a record older than this is checked by sock_diag instead
 _EXE_KEY = struct.Struct("=QII")
 _PATH_BYTES = 512
 _EXE_PATH = struct.Struct(f"=II{_PATH_BYTES}s")
@@ -292,6 +297,8 @@ class Recorder:
             )
         self._key = ctypes.create_string_buffer(_KEY.size)
         self._val = ctypes.create_string_buffer(_OWNER.size)
+        self._conn_key = ctypes.create_string_buffer(_CONN_KEY.size)
+        self._conn = ctypes.create_string_buffer(_CONN.size)
 
     def _load(self, obj_path: Path) -> None:
         lib = self._lib
@@ -311,7 +318,8 @@ class Recorder:
             self._links.append(link)
         self._owners_fd = lib.map_fd(obj, b"owners")
         self._exes_fd = lib.map_fd(obj, b"exes")
-        if self._owners_fd < 0 or self._exes_fd < 0:
+        self._conns_fd = lib.map_fd(obj, b"conns")
+        if min(self._owners_fd, self._exes_fd, self._conns_fd) < 0:
             raise BackendUnavailable(f"BPF recorder {obj_path}: its maps are missing")
 
     @staticmethod
@@ -357,6 +365,31 @@ class Recorder:
         if self._get(cookie, b"", 0, 0, 0, _KEY_SOCKET):
             return _owner(self._val.raw)
         return None
+
+    def find_connected(self, flow: Flow) -> tuple[int, int, Owner] | None:
+        """(socket uid, socket inode, owner) of the TCP socket that is connecting `flow` now,
+        from one map read and no sock_diag request: the sock_ops program copied, when the
+        kernel bound the socket's port (tcp_connect), the record `find` would read for its
+        cookie, with the uid and inode sock_diag would give. None when there is no such record
+        (the recorder never saw the socket, it closed, or the record is older than
+        `_CONN_MAX_AGE_NS`): the caller then asks sock_diag. Loop only: it reuses one buffer.
+
+        The record lives while its socket holds the flow's 4-tuple in our namespace (it is
+        deleted when the socket reaches TCP_CLOSE, before the kernel frees the 4-tuple), and no
+        other socket can hold it meanwhile: a later socket reusing the 4-tuple never reads an
+        earlier one's record."""
+        family = 2 if isinstance(flow.dst, IPv4Address) else 10
+        _CONN_KEY.pack_into(
+            self._conn_key, 0, self._netns, flow.src.packed, flow.dst.packed,
+            flow.sport, flow.dport, family, 0,
+        )  # fmt: skip
+        if self._lib.lookup(self._conns_fd, self._conn_key, self._conn) != 0:
+            return None
+        raw = self._conn.raw
+        _cookie, inode, when_ns, uid = _CONN.unpack(raw)
+        if time.monotonic_ns() - when_ns > _CONN_MAX_AGE_NS:
+            return None
+        return uid, inode, _owner(raw[: _OWNER.size])
 
     def find_released(self, flow: Flow) -> Owner | None:
         """Who sent UDP (or UDP-Lite) from `flow`'s source port to its destination in the last
