@@ -163,9 +163,10 @@ struct {
 // A connecting TCP socket's record under its own flow (issue 21): what the packet loop reads
 // for a queued SYN, with no sock_diag request. Written by the sock_ops program at
 // BPF_SOCK_OPS_TCP_CONNECT_CB (the source port is bound by then, the SYN not yet built), copied
-// from the connect hook's record for the socket's cookie; deleted when the socket reaches
-// TCP_CLOSE (BPF_SOCK_OPS_STATE_CB, before the kernel unhashes it and frees the 4-tuple), so a
-// record lives only while its socket holds the 4-tuple, which no other socket can hold then.
+// from the connect hook's record for the socket's cookie; deleted when the socket leaves
+// SYN_SENT (BPF_SOCK_OPS_STATE_CB: established, or closed before the kernel unhashes it and
+// frees the 4-tuple), so a record lives only while its socket holds the 4-tuple, which no other
+// socket can hold then, and only while its SYN may still be queued (the map stays small).
 struct conn_key {
 	__u64 netns;  // the netns cookie
 	__u32 src[4]; // IPv4 (and IPv4-mapped IPv6) as AF_INET in [0], network byte order
@@ -187,7 +188,7 @@ struct conn {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384); // sockets in SYN_SENT; past that the oldest go (sock_diag then)
 	__type(key, struct conn_key);
 	__type(value, struct conn);
 } conns SEC(".maps");
@@ -457,7 +458,8 @@ static __always_inline void record_conn(struct bpf_sock_ops *ctx)
 	struct sock *sk = (struct sock *)bpf_skc_to_tcp_sock(bsk);
 	if (!sk)
 		return;
-	// Told when the socket closes, or no record: one left behind could name a later socket.
+	// Told when the socket leaves SYN_SENT, or no record: one left behind could name a later
+	// socket. (The flag is only ever set: another program may want it too.)
 	if (bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG))
 		return;
 	struct conn c = {};
@@ -487,8 +489,8 @@ int snitch_sockops(struct bpf_sock_ops *ctx)
 {
 	if (ctx->op == BPF_SOCK_OPS_TCP_CONNECT_CB)
 		record_conn(ctx);
-	else if (ctx->op == BPF_SOCK_OPS_STATE_CB && ctx->args[1] == BPF_TCP_CLOSE)
-		forget_conn(ctx);
+	else if (ctx->op == BPF_SOCK_OPS_STATE_CB && ctx->args[0] == BPF_TCP_SYN_SENT)
+		forget_conn(ctx); // established, refused or closed: its SYN has been decided
 	return 1;
 }
 

@@ -385,11 +385,10 @@ class Recorder:
         )  # fmt: skip
         if self._lib.lookup(self._conns_fd, self._conn_key, self._conn) != 0:
             return None
-        raw = self._conn.raw
-        _cookie, inode, when_ns, uid = _CONN.unpack(raw)
+        _cookie, inode, when_ns, uid = _CONN.unpack_from(self._conn)
         if time.monotonic_ns() - when_ns > _CONN_MAX_AGE_NS:
             return None
-        return uid, inode, _owner(raw[: _OWNER.size])
+        return uid, inode, _owner(self._conn.raw[: _OWNER.size])
 
     def find_released(self, flow: Flow) -> Owner | None:
         """Who sent UDP (or UDP-Lite) from `flow`'s source port to its destination in the last
