@@ -9,6 +9,10 @@
 // an io_uring fixed-file socket and a process that sent one datagram and exited are all named
 // for what they were when they connected.
 //
+// A sock_ops program copies, in tcp_connect() (the source port bound, the SYN not yet built), a
+// connecting TCP socket's record under the flow's own 4-tuple (map `conns`), so snitchd names the
+// queued SYN's sender with one map lookup and no sock_diag request (issue 21).
+//
 // Every program returns 1 (allow): they record only, and never decide. A failed map update loses
 // a record (snitchd then falls back to sock_diag + /proc); it never refuses a connection.
 //

@@ -7,6 +7,15 @@ reads the record for the cookie sock_diag returned (`idiag_cookie`), so the pack
 who connected even when that process has since exec'd, exited, or handed the socket on. The
 programs only record: they return 1 (allow) whatever happens.
 
+A TCP connect needs no sock_diag request at all (issue 21): a `sockops` program, called in
+tcp_connect() once the source port is bound, copies the record `find` would read for the
+socket into a map keyed by the flow itself (netns, addresses, ports), with the socket's uid and
+inode; `find_connected` reads it with one lookup. The record goes when the socket leaves
+SYN_SENT, so it never outlives its socket's hold on the 4-tuple. UDP keeps sock_diag first: its
+sendmsg hook runs before the kernel picks the source address (no flow key can be written), and
+a datagram socket has no end the hooks see per destination, so a per-port record may be stale
+or another address's (`find_released` trusts one only for a socket sock_diag no longer finds).
+
 Loading: libbpf itself (Debian's libbpf1, security-supported with the distribution) through
 ctypes, eight functions. Compared: BCC (python3-bpfcc) compiles C with its own LLVM at every
 start and needs kernel headers; pylibbpf (PyPI 0.0.6, pre-1.0) ships its own libbpf in a wheel
@@ -21,7 +30,7 @@ binary blob; an upgrade of the source builds a new object by itself.
 
 Attached with bpf_link (BPF_LINK_CREATE): the links live as long as snitchd's fds, so a crash
 detaches the programs when the kernel closes them. Nothing here runs a user-controlled amount
-of work on the loop: one map read per flow, and the executable's path once per inode.
+of work on the loop: one or two map reads per flow, and the executable's path once per inode.
 """
 
 from __future__ import annotations
