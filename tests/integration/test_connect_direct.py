@@ -32,6 +32,7 @@ from tests.support.lab import stop_process, wait_for
 pytestmark = pytest.mark.root
 
 SERVER = "192.0.2.2"
+SERVER6 = "2001:db8:1::2"
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
@@ -97,6 +98,19 @@ print(s.getsockname()[1])
 """
 
 
+CONNECT_MAPPED = """
+import select, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # dual-stack, to an IPv4 peer
+s.setblocking(False)
+try:
+    s.connect(("::ffff:" + sys.argv[1], 9000))
+except BlockingIOError:
+    pass
+print(s.getsockname()[1], flush=True)
+select.select([], [s], [], 3)  # open until its SYN is decided (rejected: a reset)
+"""
+
+
 class Trace:
     """strace on snitchd (every thread), its decoded sendto() calls in a file."""
 
@@ -135,8 +149,9 @@ class Trace:
 def test_tcp_flow_is_attributed_without_a_sock_diag_request(
     lab_bpf: Lab, cgroup: Path, tmp_path: Path
 ) -> None:
-    """curl run by uid 65534, allowed by rule: named curl, uid 65534, source bpf, with no
-    IPPROTO_TCP sock_diag request; a datagram sent meanwhile is looked up by sock_diag."""
+    """curl run by uid 65534 (IPv4 twice, IPv6 once), allowed by rule, and python's dual-stack
+    socket connecting to an IPv4 address: named curl, uid 65534, and python, source bpf, with
+    no IPPROTO_TCP sock_diag request; a datagram sent meanwhile is looked up by sock_diag."""
     lab_bpf.add_rule(f"allow app={curl_exe()}")
     assert lab_bpf.daemon is not None
     trace = Trace(lab_bpf.daemon.pid, tmp_path / "trace")
@@ -145,15 +160,21 @@ def test_tcp_flow_is_attributed_without_a_sock_diag_request(
         rows_like(lab_bpf, 1, proto="udp", sport=sport)
         wait_for(lambda: trace.requests(17) > 0, 10, "the datagram's request")
         curl = [curl_exe(), "-s", "-o", "/dev/null", "--max-time", "3"]
-        for _ in range(3):
-            run_in(lab_bpf, cgroup, *AS_NOBODY, *curl, f"http://{SERVER}:80/")
+        for url in (f"http://{SERVER}:80/", f"http://{SERVER}:80/", f"http://[{SERVER6}]:80/"):
+            run_in(lab_bpf, cgroup, *AS_NOBODY, *curl, url)
+        mapped = int(run_in(lab_bpf, cgroup, PYTHON, "-c", CONNECT_MAPPED, SERVER))
         rows = rows_like(lab_bpf, 3, proto="tcp", dport=80)
+        by_python = rows_like(lab_bpf, 1, proto="tcp", dport=9000, sport=mapped)
     finally:
         trace.stop()
     assert [(r["exe"], r["uid"], r["source"], r["action"]) for r in rows] == [
         (curl_exe(), 65534, "bpf", "allow")
     ] * 3, rows
-    assert trace.requests(6) == 0, trace.out.read_text()
+    assert sorted(str(r["dst"]) for r in rows) == sorted([SERVER, SERVER, SERVER6]), rows
+    assert [(r["exe"], r["uid"], r["source"]) for r in by_python] == [(python_exe(), 0, "bpf")], (
+        by_python
+    )
+    assert trace.requests(6) == 0, [x for x in trace.out.read_text().splitlines() if "0x14" in x]
 
 
 HOLD_AND_RESET = """
