@@ -9,6 +9,10 @@
 // an io_uring fixed-file socket and a process that sent one datagram and exited are all named
 // for what they were when they connected.
 //
+// A sock_ops program copies, in tcp_connect() (the source port bound, the SYN not yet built), a
+// connecting TCP socket's record under the flow's own 4-tuple (map `conns`), so snitchd names the
+// queued SYN's sender with one map lookup and no sock_diag request (issue 21).
+//
 // Every program returns 1 (allow): they record only, and never decide. A failed map update loses
 // a record (snitchd then falls back to sock_diag + /proc); it never refuses a connection.
 //
@@ -89,6 +93,24 @@ struct task_struct {
 	unsigned long long start_boottime;
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	unsigned int val;
+} __attribute__((preserve_access_index)) kuid_t;
+
+struct socket {
+	short type;
+} __attribute__((preserve_access_index));
+
+struct socket_alloc {
+	struct socket socket;
+	struct inode vfs_inode;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct socket *sk_socket;
+	kuid_t sk_uid;
+} __attribute__((preserve_access_index));
+
 // -- maps --------------------------------------------------------------------------------------
 // The key of a record. Two kinds, told apart by `kind`:
 //   KEY_SOCKET  cookie = the socket's cookie; addr/port = where it connected or sent to (all
@@ -141,6 +163,39 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct owner);
 } owners SEC(".maps");
+
+// A connecting TCP socket's record under its own flow (issue 21): what the packet loop reads
+// for a queued SYN, with no sock_diag request. Written by the sock_ops program at
+// BPF_SOCK_OPS_TCP_CONNECT_CB (the source port is bound by then, the SYN not yet built), copied
+// from the connect hook's record for the socket's cookie; deleted when the socket leaves
+// SYN_SENT (BPF_SOCK_OPS_STATE_CB: established, or closed before the kernel unhashes it and
+// frees the 4-tuple), so a record lives only while its socket holds the 4-tuple, which no other
+// socket can hold then, and only while its SYN may still be queued (the map stays small).
+struct conn_key {
+	__u64 netns;  // the netns cookie
+	__u32 src[4]; // IPv4 (and IPv4-mapped IPv6) as AF_INET in [0], network byte order
+	__u32 dst[4];
+	__u16 sport; // host byte order
+	__u16 dport; // host byte order
+	__u16 family;
+	__u16 pad;
+};
+
+struct conn {
+	struct owner owner; // the connect hook's record (or the socket's latest user's)
+	__u64 cookie;       // the socket's
+	__u64 inode;        // its inode, as sock_diag gives it (0: no file)
+	__u64 when_ns;      // bpf_ktime_get_ns() at tcp_connect()
+	__u32 uid;          // sk_uid, as sock_diag gives it
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384); // sockets in SYN_SENT; past that the oldest go (sock_diag then)
+	__type(key, struct conn_key);
+	__type(value, struct conn);
+} conns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -341,6 +396,105 @@ SEC("cgroup/sendmsg6")
 int snitch_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	record_addr6(ctx, HOOK_SENDMSG);
+	return 1;
+}
+
+// -- TCP: the connect record under the socket's own flow ----------------------------------------
+// The socket's 4-tuple as the queued SYN carries it; 0 for a family we do not record.
+static __always_inline int conn_key_of(struct bpf_sock_ops *ctx, struct conn_key *key)
+{
+	key->netns = bpf_get_netns_cookie(ctx);
+	key->sport = (__u16)ctx->local_port;
+	key->dport = (__u16)bpf_ntohl(ctx->remote_port);
+	if (ctx->family == AF_INET) {
+		key->family = AF_INET;
+		key->src[0] = ctx->local_ip4;
+		key->dst[0] = ctx->remote_ip4;
+		return 1;
+	}
+	if (ctx->family != AF_INET6)
+		return 0;
+	__u32 r0 = ctx->remote_ip6[0], r1 = ctx->remote_ip6[1];
+	__u32 r2 = ctx->remote_ip6[2], r3 = ctx->remote_ip6[3];
+	if (r0 == 0 && r1 == 0 && r2 == bpf_htonl(0xffff)) {
+		key->family = AF_INET; // a dual-stack socket's IPv4 flow leaves as IPv4
+		key->src[0] = ctx->local_ip6[3];
+		key->dst[0] = r3;
+		return 1;
+	}
+	key->family = AF_INET6;
+	key->src[0] = ctx->local_ip6[0];
+	key->src[1] = ctx->local_ip6[1];
+	key->src[2] = ctx->local_ip6[2];
+	key->src[3] = ctx->local_ip6[3];
+	key->dst[0] = r0;
+	key->dst[1] = r1;
+	key->dst[2] = r2;
+	key->dst[3] = r3;
+	return 1;
+}
+
+static __always_inline void record_conn(struct bpf_sock_ops *ctx)
+{
+	struct conn_key key = {};
+	if (!conn_key_of(ctx, &key))
+		return;
+	// The record Recorder.find would read for this flow: who connected the socket there, else
+	// the socket's latest user or its creator.
+	struct flow_key fk = {};
+	fk.cookie = bpf_get_socket_cookie(ctx);
+	fk.family = key.family;
+	fk.port = bpf_htons(key.dport);
+	fk.addr[0] = key.dst[0];
+	fk.addr[1] = key.dst[1];
+	fk.addr[2] = key.dst[2];
+	fk.addr[3] = key.dst[3];
+	struct owner *o = bpf_map_lookup_elem(&owners, &fk);
+	if (!o) {
+		struct flow_key any = {.cookie = fk.cookie};
+		o = bpf_map_lookup_elem(&owners, &any);
+	}
+	if (!o)
+		return; // never saw it: snitchd asks sock_diag
+	struct bpf_sock *bsk = ctx->sk;
+	if (!bsk)
+		return;
+	struct sock *sk = (struct sock *)bpf_skc_to_tcp_sock(bsk);
+	if (!sk)
+		return;
+	// Told when the socket leaves SYN_SENT, or no record: one left behind could name a later
+	// socket. (The flag is only ever set: another program may want it too.)
+	if (bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG))
+		return;
+	struct conn c = {};
+	c.owner = *o;
+	c.cookie = fk.cookie;
+	c.when_ns = bpf_ktime_get_ns();
+	c.uid = BPF_CORE_READ(sk, sk_uid.val);
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	if (sock)
+		c.inode = BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
+	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY))
+		bpf_map_delete_elem(&conns, &key); // (no entry is the safe failure)
+}
+
+static __always_inline void forget_conn(struct bpf_sock_ops *ctx)
+{
+	struct conn_key key = {};
+	if (!conn_key_of(ctx, &key))
+		return;
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (c && c->cookie == bpf_get_socket_cookie(ctx))
+		bpf_map_delete_elem(&conns, &key);
+}
+
+SEC("sockops")
+int snitch_sockops(struct bpf_sock_ops *ctx)
+{
+	if (ctx->op == BPF_SOCK_OPS_TCP_CONNECT_CB)
+		record_conn(ctx);
+	else if (ctx->op == BPF_SOCK_OPS_STATE_CB && ctx->args[0] == BPF_TCP_SYN_SENT)
+		forget_conn(ctx); // established, refused or closed: its SYN has been decided
 	return 1;
 }
 

@@ -1,9 +1,10 @@
 """Who sent a flow: the step between packet decoding and the rules (`packet` → `procs` → `decide`).
 
 The kernel holds a new flow's first packet while we look, so the packet loop does only what is
-bounded whatever a user does: one sock_diag exact request (uid and socket inode, ~4 µs), a
-cached owner checked by one readlink, a cached process checked by one read of its comm (both
-through its /proc directory, kept open: `details.ProcFds`).
+bounded whatever a user does: one sock_diag exact request (uid and socket inode, ~4 µs; a
+connecting TCP socket on the `bpf` path: one map read instead), a cached owner checked by one
+readlink, a cached process checked by one read of its comm (both through its /proc directory,
+kept open: `details.ProcFds`).
 Everything else — a /proc/*/fd scan for an unseen socket, psutil details of an unseen process,
 the sha256 of its executable — is a worker job (`worker`), and `begin` returns a `Lookup` whose
 future the packet waits on; later packets of the flow join it. Jobs run in one line per user,
@@ -12,11 +13,12 @@ deadline is answered uid-only (`Lookup.late`; the firewall then decides as stric
 could have been), and a digest that is not ready in time is left unknown (`Lookup.hash_late`).
 
 Two ways to the owner (`Source`, in the log and the prompt): with the BPF recorder (`bpf`, where
-the kernel has cgroup BPF and BTF), sock_diag's socket cookie finds who created, connected or
-sent on the socket *when they did*, so a process that exec'd, exited or passed the socket on
-since is still named right; without it (`sock_diag`), the socket's holder is read from /proc now,
-and the proc connector (`execs`) tells when that holder exec'd since the packet could have been
-sent: the firewall then decides by the stricter of the old and the new identity.
+the kernel has cgroup BPF and BTF), the record kept under a connecting TCP flow itself, else
+sock_diag's socket cookie, finds who created, connected or sent on the socket *when they did*,
+so a process that exec'd, exited or passed the socket on since is still named right; without it
+(`sock_diag`), the socket's holder is read from /proc now, and the proc connector (`execs`)
+tells when that holder exec'd since the packet could have been sent: the firewall then decides
+by the stricter of the old and the new identity.
 
 It must never guess: a socket we cannot tie to a process yields `uid-only`, no socket at all
 yields `kernel`, never somebody else's name. It must never call `psutil.net_connections()` (5 ms
@@ -211,6 +213,11 @@ class Attributor:
         OSError only when sock_diag itself fails (the packet loop then applies the fail mode):
         a missing socket is an answer, not an error."""
         read_ns = time.monotonic_ns()
+        if self.recorder is not None and flow.proto is Proto.TCP:
+            # A connecting socket's record under the flow itself: no sock_diag request.
+            connected = self.recorder.find_connected(flow)
+            if connected is not None:
+                return self._begin_recorded(*connected, limits)
         found = self._diag.find(flow)
         if found is None:
             if self.recorder is not None and flow.proto is not Proto.TCP:

@@ -7,6 +7,15 @@ reads the record for the cookie sock_diag returned (`idiag_cookie`), so the pack
 who connected even when that process has since exec'd, exited, or handed the socket on. The
 programs only record: they return 1 (allow) whatever happens.
 
+A TCP connect needs no sock_diag request at all (issue 21): a `sockops` program, called in
+tcp_connect() once the source port is bound, copies the record `find` would read for the
+socket into a map keyed by the flow itself (netns, addresses, ports), with the socket's uid and
+inode; `find_connected` reads it with one lookup. The record goes when the socket leaves
+SYN_SENT, so it never outlives its socket's hold on the 4-tuple. UDP keeps sock_diag first: its
+sendmsg hook runs before the kernel picks the source address (no flow key can be written), and
+a datagram socket has no end the hooks see per destination, so a per-port record may be stale
+or another address's (`find_released` trusts one only for a socket sock_diag no longer finds).
+
 Loading: libbpf itself (Debian's libbpf1, security-supported with the distribution) through
 ctypes, eight functions. Compared: BCC (python3-bpfcc) compiles C with its own LLVM at every
 start and needs kernel headers; pylibbpf (PyPI 0.0.6, pre-1.0) ships its own libbpf in a wheel
@@ -21,7 +30,7 @@ binary blob; an upgrade of the source builds a new object by itself.
 
 Attached with bpf_link (BPF_LINK_CREATE): the links live as long as snitchd's fds, so a crash
 detaches the programs when the kernel closes them. Nothing here runs a user-controlled amount
-of work on the loop: one map read per flow, and the executable's path once per inode.
+of work on the loop: one or two map reads per flow, and the executable's path once per inode.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ HOOKS = (
     "snitch_connect6",
     "snitch_sendmsg4",
     "snitch_sendmsg6",
+    "snitch_sockops",
 )
 _HOOK_NAMES = {1: "sock_create", 2: "connect", 3: "sendmsg"}
 _SOURCE = "attrib.bpf.c"
@@ -76,6 +86,10 @@ _KEY_SOCKET, _KEY_PORT = 0, 1
 _SO_NETNS_COOKIE = 71
 _GONE_MAX_AGE_NS = 30_000_000_000  # a gone socket's record, for a datagram still queued
 _OWNER = struct.Struct("=IIIIQQIIQ16s")
+# struct conn_key / struct conn: a connecting TCP socket's record under its own flow.
+_CONN_KEY = struct.Struct("=Q16s16sHHHH")
+_CONN = struct.Struct(f"={_OWNER.size}xQQQI4x")  # (the owner,) cookie, inode, when, uid
+_CONN_MAX_AGE_NS = 2_000_000_000  # a record older than this is checked by sock_diag instead
 _EXE_KEY = struct.Struct("=QII")
 _PATH_BYTES = 512
 _EXE_PATH = struct.Struct(f"=II{_PATH_BYTES}s")
@@ -292,6 +306,8 @@ class Recorder:
             )
         self._key = ctypes.create_string_buffer(_KEY.size)
         self._val = ctypes.create_string_buffer(_OWNER.size)
+        self._conn_key = ctypes.create_string_buffer(_CONN_KEY.size)
+        self._conn = ctypes.create_string_buffer(_CONN.size)
 
     def _load(self, obj_path: Path) -> None:
         lib = self._lib
@@ -311,7 +327,8 @@ class Recorder:
             self._links.append(link)
         self._owners_fd = lib.map_fd(obj, b"owners")
         self._exes_fd = lib.map_fd(obj, b"exes")
-        if self._owners_fd < 0 or self._exes_fd < 0:
+        self._conns_fd = lib.map_fd(obj, b"conns")
+        if min(self._owners_fd, self._exes_fd, self._conns_fd) < 0:
             raise BackendUnavailable(f"BPF recorder {obj_path}: its maps are missing")
 
     @staticmethod
@@ -357,6 +374,30 @@ class Recorder:
         if self._get(cookie, b"", 0, 0, 0, _KEY_SOCKET):
             return _owner(self._val.raw)
         return None
+
+    def find_connected(self, flow: Flow) -> tuple[int, int, Owner] | None:
+        """(socket uid, socket inode, owner) of the TCP socket that is connecting `flow` now,
+        from one map read and no sock_diag request: the sock_ops program copied, when the
+        kernel bound the socket's port (tcp_connect), the record `find` would read for its
+        cookie, with the uid and inode sock_diag would give. None when there is no such record
+        (the recorder never saw the socket, it closed, or the record is older than
+        `_CONN_MAX_AGE_NS`): the caller then asks sock_diag. Loop only: it reuses one buffer.
+
+        The record lives while its socket holds the flow's 4-tuple in our namespace (it is
+        deleted when the socket reaches TCP_CLOSE, before the kernel frees the 4-tuple), and no
+        other socket can hold it meanwhile: a later socket reusing the 4-tuple never reads an
+        earlier one's record."""
+        family = 2 if isinstance(flow.dst, IPv4Address) else 10
+        _CONN_KEY.pack_into(
+            self._conn_key, 0, self._netns, flow.src.packed, flow.dst.packed,
+            flow.sport, flow.dport, family, 0,
+        )  # fmt: skip
+        if self._lib.lookup(self._conns_fd, self._conn_key, self._conn) != 0:
+            return None
+        _cookie, inode, when_ns, uid = _CONN.unpack_from(self._conn)
+        if time.monotonic_ns() - when_ns > _CONN_MAX_AGE_NS:
+            return None
+        return uid, inode, _owner(self._conn.raw[: _OWNER.size])
 
     def find_released(self, flow: Flow) -> Owner | None:
         """Who sent UDP (or UDP-Lite) from `flow`'s source port to its destination in the last
