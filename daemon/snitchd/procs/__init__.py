@@ -119,32 +119,22 @@ class Lookup:
     note: str | None = None
     counted: bool = False  # in its user's count of pending lookups
     fallback: Process | None = None  # the answer when it runs out of time (else uid-only)
-    seen: _Seen | None = None  # when its process was described, and what it ran (`_Known`)
+    exe: ExeId | None = None  # what its process ran when it was described (`_Known`)
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """When a process was described (CLOCK_MONOTONIC ns, taken before) and the (device, inode)
-    of the executable it ran then (None: unreadable)."""
-
-    at_ns: int
-    exe: tuple[int, int] | None
-
-
-def _seen_now(pid: int) -> _Seen:
-    """Taken before a process is described: an exec after `at_ns` makes the description stale."""
-    at_ns = time.monotonic_ns()
-    return _Seen(at_ns, exe_id(pid))
+# The (device, inode) of a process's executable, taken before it is described.
+ExeId = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
 class _Known:
-    """A described process in the cache, and when (`_Seen`): a process keeps its pid, start
-    time and, for an executable of the same name, its comm across an exec, which is all the
-    cache key holds; `Attributor._known` checks it still runs what it was seen running."""
+    """A described process in the cache, and the executable it ran then (None: unreadable, or
+    a BPF key, which holds it): a process keeps its pid, start time and, for an executable of
+    the same name, its comm across an exec, which is all the cache key holds;
+    `Attributor._known` checks it still runs what it was seen running."""
 
     proc: Process
-    seen: _Seen
+    exe: ExeId | None
 
 
 class Attributor:
@@ -422,7 +412,7 @@ class Attributor:
         known = self._known(key, pid, exe_id)
         if known is not None:
             return known, None
-        seen = _seen_now(pid)
+        seen = exe_id(pid)
         proc = self._details.describe(pid, uid, stat)
         if proc is None:
             return Process.kernel(), None
@@ -561,7 +551,7 @@ class Attributor:
     def _hashed(self, lookup: Lookup, hashing: Hashing) -> None:
         assert lookup.partial is not None and lookup.key is not None
         proc = dataclasses.replace(lookup.partial, sha256=hashing.future.result())
-        self._remember(lookup.key, proc, lookup.seen)
+        self._remember(lookup.key, proc, lookup.exe)
         if not lookup.future.done():
             self._finish(lookup, proc)
 
@@ -614,19 +604,19 @@ class Attributor:
         known = self._known(key, pid, exe_id)
         if known is not None:
             return known, None
-        lookup.seen = _seen_now(pid)
+        lookup.exe = exe_id(pid)
         proc = self._details.describe(pid, lookup.uid, stat)
         if proc is None:
             return None
         if not self._hash_exe:
-            self._remember(key, proc, lookup.seen)
+            self._remember(key, proc, lookup.exe)
             return proc, None
         got = self._hashes.start(pid, lookup.uid, self._submit)
         if isinstance(got, Hashing):
             return proc, got
         proc = dataclasses.replace(proc, sha256=got)
         if got is not None:  # unreadable, or this user's hashes queue is full: ask again later
-            self._remember(key, proc, lookup.seen)
+            self._remember(key, proc, lookup.exe)
         return proc, None
 
     def _recorded(self, lookup: Lookup, owner: Owner) -> Job:
@@ -673,32 +663,26 @@ class Attributor:
     def _submit(self, line: Hashable, job: Job, done: Any) -> None:
         self._worker.submit(line, job, done)
 
-    def _remember(self, key: _ProcKey, proc: Process, seen: _Seen | None) -> None:
-        """Keep `proc` under `key`; `seen` None for a BPF key (its executable is in it)."""
+    def _remember(self, key: _ProcKey, proc: Process, exe: ExeId | None) -> None:
+        """Keep `proc` under `key`; `exe` None for a BPF key (its executable is in it)."""
         with self._lock:
-            self._procs.put(key, _Known(proc, seen or _Seen(0, None)))
+            self._procs.put(key, _Known(proc, exe))
 
     def _known(
-        self, key: _ProcKey, pid: int, exe_now: Callable[[int], tuple[int, int] | None]
+        self, key: _ProcKey, pid: int, exe_now: Callable[[int], ExeId | None]
     ) -> Process | None:
-        """The process cached under `key` if it still runs what it was described running: the
-        exec watch says it has not exec'd since, or else (it did, or may have: events lost, the
-        watcher restarting, no watcher) one stat of its executable (`exe_now`: the loop's kept
-        directory, or the path in a worker) says it is the same file. Otherwise the entry is
-        dropped and the process described afresh: one that exec'd a program of the same name
-        more than `_EXEC_WINDOW_NS` before connecting was named by its old image (issue 21's
-        test_an_exec_of_a_same_named_program_is_judged_as_itself)."""
+        """The process cached under `key` if it still runs what it was described running: one
+        stat of its executable (`exe_now`: the loop's kept directory, or the path in a worker)
+        says it is the same file. Otherwise the entry is dropped and the process described
+        afresh: one that exec'd a program of the same name before connecting was named by its
+        old image (issue 21's test_an_exec_of_a_same_named_program_is_judged_as_itself). Not
+        the exec watch: its event can reach us after the packet (a loaded machine), and an exec
+        before connect() has always replaced the executable by the time the packet is read."""
         with self._lock:
             known = self._procs.get(key)
         if known is None:
             return None
-        seen = known.seen
-        if self.execs is not None and not self.execs.changed_since(pid, seen.at_ns):
-            return known.proc
-        at_ns = time.monotonic_ns()
-        if seen.exe is not None and exe_now(pid) == seen.exe:
-            with self._lock:  # checked now: the next flow needs no stat until another exec
-                self._procs[key] = _Known(known.proc, _Seen(at_ns, seen.exe))
+        if known.exe is not None and exe_now(pid) == known.exe:
             return known.proc
         with self._lock:
             self._procs.pop(key, None)
@@ -726,7 +710,7 @@ class Attributor:
         known = self._known(key, pid, exe_id)
         if known is not None:
             return known
-        seen = _seen_now(pid)
+        seen = exe_id(pid)
         proc = self._details.describe(pid, uid, stat)
         if proc is None:
             return Process.uid_only(uid)

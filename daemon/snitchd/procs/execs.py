@@ -93,9 +93,6 @@ class ExecWatch:
         rights do not allow."""
         self._lock = threading.Lock()
         self._execs: OrderedDict[int, list[Exec]] = OrderedDict()  # tgid -> recent execs
-        # Execs up to this time (CLOCK_MONOTONIC ns) may be missing from `_execs`: a tgid's
-        # pushed out by the bound, events the kernel dropped, the watcher down (`changed_since`).
-        self.unsure_until_ns = time.monotonic_ns()
         self._lost_warned = 0.0
         self._stop = threading.Event()
         self._child = self._spawn()
@@ -119,14 +116,6 @@ class ExecWatch:
         reported a moment later, as any may be."""
         execs = self._execs.get(tgid)
         return [ex for ex in execs if ex.when_ns >= since_ns] if execs else []
-
-    def changed_since(self, tgid: int, since_ns: int) -> bool:
-        """Whether `tgid` exec'd at or after `since_ns`, or may have: its execs since then may
-        be missing (`unsure_until_ns`). Loop-safe, as `since`."""
-        if since_ns <= self.unsure_until_ns:
-            return True
-        execs = self._execs.get(tgid)
-        return execs is not None and execs[-1].when_ns >= since_ns
 
     # -- the thread ---------------------------------------------------------------------------
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -165,7 +154,6 @@ class ExecWatch:
             except BackendUnavailable as exc:
                 log.error("%s", exc)
                 return
-            self.unsure_until_ns = time.monotonic_ns()  # it saw nothing while it was down
             log.info("exec watcher started again pid=%d", self._child.pid)
 
     def _read(self, out: IO[bytes]) -> None:
@@ -187,7 +175,6 @@ class ExecWatch:
                 self._remember(Exec(tgid, when, before.decode(errors="replace")))
 
     def _lost(self) -> None:
-        self.unsure_until_ns = time.monotonic_ns()
         now = time.monotonic()
         if now - self._lost_warned > 60:
             self._lost_warned = now
@@ -205,8 +192,7 @@ class ExecWatch:
             self._execs[ex.tgid] = execs
             self._execs.move_to_end(ex.tgid)
             while len(self._execs) > _EXECS_MAX:
-                _, dropped = self._execs.popitem(last=False)
-                self.unsure_until_ns = max(self.unsure_until_ns, dropped[-1].when_ns)
+                self._execs.popitem(last=False)
 
 
 def _subscribe() -> socket.socket:
