@@ -322,7 +322,8 @@ def test_exec_watcher_is_a_child_process_and_comes_back(lab: Lab) -> None:
 def test_bpf_attribution_works_in_every_queue_reader(lab: Lab, cgroup: Path) -> None:
     """With two queue readers each reader looks up the recorder's connect records: curl's
     connections sent from each CPU are named curl by `bpf` and allowed, and snitchd stops with
-    the hooks detached."""
+    the hooks detached. The readers read snitchd's own recorder's maps: each program is
+    attached once (each reader attached its own before: every connect ran them three times)."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("one CPU: every flow would reach one reader")
@@ -331,6 +332,7 @@ def test_bpf_attribution_works_in_every_queue_reader(lab: Lab, cgroup: Path) -> 
         retry_window=0, queue_readers=2,
     )  # fmt: skip
     assert str(lab.ctl_json("status")["attribution"]).startswith("bpf")
+    assert sorted(attached(cgroup)) == sorted(HOOK_NAMES)
     lab.add_rule(f"allow app={curl_exe()}")
     curl = [curl_exe(), "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3"]
     for cpu in cpus:

@@ -56,7 +56,7 @@ from snitch_common.recent import Recent
 from snitch_common.records import Attribution, Flow, Process, Proto, Source
 from snitch_common.rules import DEFAULT_INTERPRETERS
 from snitchd.containers import Names, container_of
-from snitchd.procs.bpf import Owner, Recorder, build_object, cgroup2_root
+from snitchd.procs.bpf import Owner, Recorder, RecorderMaps, build_object, cgroup2_root
 from snitchd.procs.details import Details, ProcFds, Stat, exe_id, process_alive, read_stat
 from snitchd.procs.execs import ExecWatch
 from snitchd.procs.guests import Taps, bridge_port, holds_tap
@@ -726,13 +726,17 @@ def start_attributor(
     state_dir: Path,
     interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS,
     names: Names | None = None,
+    shared: RecorderMaps | None = None,
 ) -> Attributor:
     """The attributor the config asks for. `mode` "bpf": the BPF recorder on `cgroup` ("" is the
     cgroup v2 root), or, where it cannot load, the proc path with a warning saying why; "proc":
-    sock_diag + /proc with the proc connector. `Attributor.path` says which one runs."""
+    sock_diag + /proc with the proc connector. `Attributor.path` says which one runs. `shared`:
+    a queue reader's, the maps of snitchd's own recorder (nothing more is attached)."""
     recorder = None
     why = "attribution = proc in the config"
-    if mode == "bpf":
+    if mode == "bpf" and shared is not None:
+        recorder = Recorder(shared.cgroup, shared)
+    elif mode == "bpf":
         try:
             where = cgroup or cgroup2_root()
             if where is None:

@@ -61,6 +61,7 @@ __all__ = [
     "HOOKS",
     "Owner",
     "Recorder",
+    "RecorderMaps",
     "build_object",
     "cgroup2_root",
     "object_path",
@@ -259,12 +260,54 @@ def _missing_capabilities() -> list[str]:
             if not caps >> bit & 1]  # fmt: skip
 
 
-class Recorder:
-    """The loaded recorder, attached to one cgroup (and so to every cgroup below it)."""
+@dataclass(frozen=True, slots=True)
+class RecorderMaps:
+    """A loaded recorder's maps, as snitchd hands them to a queue reader (the same fd numbers
+    in the child: `pass_fds`): the reader reads the records of the one set of programs
+    attached, instead of attaching its own, which every connect() would run once more."""
 
-    def __init__(self, cgroup: str, obj_path: Path) -> None:
-        """Load and attach; raises BackendUnavailable naming the cause (no CAP_BPF, no BTF,
-        no cgroup, a verifier refusal), with nothing left attached."""
+    cgroup: str
+    owners: int
+    exes: int
+    conns: int
+
+
+class Recorder:
+    """The loaded recorder, attached to one cgroup (and so to every cgroup below it), or the
+    maps of one that another process loaded (`RecorderMaps`)."""
+
+    def __init__(self, cgroup: str, source: Path | RecorderMaps) -> None:
+        """Load the object at `source` and attach it; raises BackendUnavailable naming the
+        cause (no CAP_BPF, no BTF, no cgroup, a verifier refusal), with nothing left attached.
+        Given maps, only reads them."""
+        self.cgroup = cgroup
+        self._lib = _LibBpf()
+        self._links: list[int] = []
+        self._obj: int | None = None
+        self._cgroup_fd = -1
+        self._shared = isinstance(source, RecorderMaps)
+        if isinstance(source, RecorderMaps):
+            self._owners_fd, self._exes_fd, self._conns_fd = (
+                source.owners, source.exes, source.conns
+            )  # fmt: skip
+        else:
+            self._attach(source)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            # The network namespace the queued packets come from (ours): KEY_PORT and
+            # records are kept per namespace.
+            self._netns = int.from_bytes(
+                probe.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8), sys.byteorder
+            )
+        self._key = ctypes.create_string_buffer(_KEY.size)
+        self._val = ctypes.create_string_buffer(_OWNER.size)
+        self._conn_key = ctypes.create_string_buffer(_CONN_KEY.size)
+        self._conn = ctypes.create_string_buffer(_CONN.size)
+
+    def maps(self) -> RecorderMaps:
+        """This recorder's map fds, for a queue reader (`Recorder(cgroup, maps)`)."""
+        return RecorderMaps(self.cgroup, self._owners_fd, self._exes_fd, self._conns_fd)
+
+    def _attach(self, obj_path: Path) -> None:
         if not Path("/sys/kernel/btf/vmlinux").exists():
             raise BackendUnavailable(
                 "cannot load the BPF recorder: the kernel has no BTF (/sys/kernel/btf/vmlinux; "
@@ -279,18 +322,13 @@ class Recorder:
                 "container or unit that withholds them?): attribution stays with sock_diag "
                 "and /proc"
             )
-        self.cgroup = cgroup
-        self._lib = lib = _LibBpf()
         if _libbpf_print is not None:
-            lib.set_print(ctypes.cast(_libbpf_print, ctypes.c_void_p))
-        self._links: list[int] = []
-        self._obj: int | None = None
-        self._cgroup_fd = -1
+            self._lib.set_print(ctypes.cast(_libbpf_print, ctypes.c_void_p))
         try:
-            self._cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            self._cgroup_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise BackendUnavailable(
-                f"cannot attach the BPF recorder to cgroup {cgroup}: {exc.strerror} "
+                f"cannot attach the BPF recorder to cgroup {self.cgroup}: {exc.strerror} "
                 "(set bpf_cgroup to a cgroup v2 directory)"
             ) from None
         try:
@@ -298,16 +336,6 @@ class Recorder:
         except BaseException:
             self.close()
             raise
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            # The network namespace the queued packets come from (ours): KEY_PORT and
-            # records are kept per namespace.
-            self._netns = int.from_bytes(
-                probe.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8), sys.byteorder
-            )
-        self._key = ctypes.create_string_buffer(_KEY.size)
-        self._val = ctypes.create_string_buffer(_OWNER.size)
-        self._conn_key = ctypes.create_string_buffer(_CONN_KEY.size)
-        self._conn = ctypes.create_string_buffer(_CONN.size)
 
     def _load(self, obj_path: Path) -> None:
         lib = self._lib
@@ -345,7 +373,12 @@ class Recorder:
         )
 
     def close(self) -> None:
-        """Detach every program and free the object (idempotent)."""
+        """Detach every program and free the object, or close the maps handed to us
+        (idempotent)."""
+        if self._shared:
+            for fd in (self._owners_fd, self._exes_fd, self._conns_fd):
+                os.close(fd)
+            self._shared = False
         for link in self._links:
             self._lib.link_destroy(link)
         self._links.clear()

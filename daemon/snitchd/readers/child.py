@@ -256,6 +256,7 @@ async def _serve(conn: Connection, start: Start) -> None:
         Path(config.database).parent,
         config.interpreters,
         container_names(config),
+        start.recorder,
     )
     marks = ConnMarks()
     path = ReaderPath(start, attributor, marks, conn)

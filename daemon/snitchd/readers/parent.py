@@ -35,6 +35,7 @@ from snitchd.decide import Verdict
 from snitchd.dnssnoop import Resolution
 from snitchd.firewall import Firewall
 from snitchd.names import SHARED, NameCache, Owner
+from snitchd.procs.bpf import RecorderMaps
 from snitchd.readers.handed import Handed
 from snitchd.readers.protocol import (
     AlertRaised,
@@ -159,10 +160,15 @@ class Readers:
     def _spawn(self, index: int, starts: int) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
+        # The recorder's maps: the reader reads the records of snitchd's programs rather than
+        # attaching its own, which every connect() would also run.
+        recorder = self._fw.attributor.recorder
+        maps = recorder.maps() if recorder is not None else None
+        shared = (maps.owners, maps.exes, maps.conns) if maps is not None else ()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", _CHILD, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), *shared),
                 stdin=subprocess.DEVNULL,
             )
         finally:
@@ -185,11 +191,11 @@ class Readers:
         # a worker thread: a start with 100k rules and a full name cache is MBs, and the child
         # reads it only once it has imported the daemon's modules. Changes made meanwhile wait
         # in `pending`, in order, and follow it.
-        start = ForkingPickler.dumps(self._start_of(reader))
+        start = ForkingPickler.dumps(self._start_of(reader, maps))
         self._keep(self._send_start(reader, bytes(start)), f"reader-{index}-start")
         log.info("queue reader started index=%d queue=%d pid=%d", index, reader.queue, proc.pid)
 
-    def _start_of(self, reader: _Reader) -> Start:
+    def _start_of(self, reader: _Reader, maps: RecorderMaps | None) -> Start:
         fw = self._fw
         names = fw.dns.names
         plain = names.plain() if isinstance(names, _CopiedNames) else names
@@ -203,6 +209,7 @@ class Readers:
             plain,
             tuple(fw.known_apps),
             self.log_level,
+            maps,
         )
 
     async def _send_start(self, reader: _Reader, start: bytes) -> None:

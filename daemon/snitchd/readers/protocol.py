@@ -16,6 +16,7 @@ from snitchd.dnssnoop import Resolution
 from snitchd.events import Alert
 from snitchd.names import NameCache, Owner
 from snitchd.places import LoadedList, NetworkSet
+from snitchd.procs.bpf import RecorderMaps
 
 __all__ = [
     "AlertRaised",
@@ -62,6 +63,7 @@ class Start:
     names: NameCache
     known_apps: tuple[str, ...]
     log_level: int
+    recorder: RecorderMaps | None  # snitchd's BPF recorder's maps (their fds passed along)
 
 
 @dataclass(frozen=True, slots=True)
