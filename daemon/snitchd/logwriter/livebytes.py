@@ -1,9 +1,10 @@
 """Bytes while they flow: the accounting of the flows snitch let out, read while they are open.
 
 A flow's counters used to reach the log only when conntrack forgot it (`conntrack.FlowEnds`),
-up to two minutes after a TCP close. So the log writer also dumps, every `DUMP_INTERVAL`, the
-conntrack entries that carry snitch's allow mark (`netfilter.ALLOW_MARK` under `MARK_MASK`,
-written by `connmark` once a flow is allowed); the kernel filters the dump by that mark
+up to two minutes after a TCP close. So the log writer also dumps the conntrack entries that
+carry snitch's allow mark (`netfilter.ALLOW_MARK` under `MARK_MASK`, written by `connmark`
+once a flow is allowed): every `DUMP_INTERVAL` while a live view is open, three times a
+minute otherwise (`logwriter.child`, which says why). The kernel filters the dump by that mark
 (CTA_MARK + CTA_MARK_MASK in the request), so the dump never reads other programs' entries
 or the entries snitch made to hold a deny. `Accounting` turns the dumps and the ends into
 per-app deltas: per-minute rollups for the store (`store.TrafficMinute`) and the rates of the
@@ -318,6 +319,15 @@ class Accounting:
         self.rates_seq += 1
         self._taken = False
         return self.rates
+
+    def restart_window(self, now: float) -> None:
+        """A new rates window from `now` on, what the old one held dropped: no rates are made
+        while nobody watches (`logwriter.child` restarts the window at each of its reads then),
+        so the first window of a live view holds what was counted since the last read, and the
+        windows it sees add up to the totals' growth. The totals and the rollups are kept."""
+        self._window = {}
+        self._window_start = now
+        self._taken = True
 
     def take_rates(self) -> tuple[tuple[AppRate, ...], int]:
         """The latest snapshot and its number, for a `Done` on its way to snitchd."""
