@@ -211,15 +211,67 @@ def read_entry(data: bytes, off: int, end: int, family: int) -> Entry:
     return _read(data, off, end, family)[0]
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Where a message's attributes are, learnt from one walk of it (`_walk`): messages of
+    the kernel's are a few shapes (a protocol, a family, a kind of message), so the next one
+    of the same length is read with two unpacks where the walk is a Python step per attribute.
+
+    `heads` reads, from the nfgenmsg's end, every attribute header the walk read (and the
+    inner headers of the 64-bit counter nests): the message has this shape when they equal
+    `expected`, then the walk would find every attribute where this one did (it only follows
+    the lengths in them), so reading it so is no guess. `values` reads the counters and the
+    mark, in the message's order. Offsets are from the message's start."""
+
+    heads: struct.Struct
+    expected: tuple[int, ...]
+    values: struct.Struct
+    counters: tuple[int, int, int, int] | None  # where in `values`, in `Entry.counters`' order
+    mark: int | None  # where in `values`
+    orig: int
+    orig_end: int
+    timeout_at: int | None
+
+
+_SHAPES: dict[int, list[_Shape]] = {}  # by message length
+_SHAPES_MAX = 256  # shapes kept; all dropped at once when full
+_HEAD = struct.Struct("!I")
+
+
 def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | None]:
     """`read_entry`, and where its CTA_TIMEOUT value is (from `off`; None without one)."""
+    shapes = _SHAPES.get(end - off)
+    if shapes is not None:
+        at = off + _NFGEN
+        for shape in shapes:
+            if shape.heads.unpack_from(data, at) == shape.expected:
+                values = shape.values.unpack_from(data, at)
+                where, counters = shape.counters, None
+                if where is not None:
+                    counters = (
+                        values[where[0]],
+                        values[where[1]],
+                        values[where[2]],
+                        values[where[3]],
+                    )
+                mark = None if shape.mark is None else values[shape.mark]
+                original = _original(data, off + shape.orig, off + shape.orig_end, family)
+                return Entry(original, counters, mark), shape.timeout_at
+    return _walk(data, off, end, family)
+
+
+def _walk(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | None]:
+    """`_read` of a message of no known shape: a walk of its attributes, which learns the
+    shape when it is one `_Shape` can say."""
     # Where each attribute read starts and ends (0: absent): plain ints, as this runs for every
     # entry of every dump and every DESTROY event.
     orig = orig_end = out_at = out_end = in_at = in_end = mark_at = mark_end = 0
     timeout_at = None
     pos = off + _NFGEN
     unpack = _NLA.unpack_from
+    heads: list[int] = []
     while pos + 4 <= end:  # the top level, as `_attrs` walks it, keeping only what we read
+        heads.append(pos)
         length, kind = unpack(data, pos)
         if length < 4 or pos + length > end:
             raise ValueError(f"malformed conntrack attribute at byte {pos}")
@@ -245,7 +297,74 @@ def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | No
     mark = None
     if mark_at and mark_end - mark_at >= 4:
         mark = _BE32.unpack_from(data, mark_at)[0]
+    shape = _shape(
+        data,
+        off,
+        heads,
+        (orig, orig_end),
+        (out_at, out_end),
+        (in_at, in_end),
+        (mark_at, mark_end),
+    )
+    if shape is not None:
+        if sum(map(len, _SHAPES.values())) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        _SHAPES.setdefault(end - off, []).append(shape)
     return Entry(original, counters, mark), timeout_at
+
+
+def _shape(
+    data: bytes,
+    off: int,
+    heads: list[int],
+    orig: tuple[int, int],
+    out: tuple[int, int],
+    into: tuple[int, int],
+    mark: tuple[int, int],
+) -> _Shape | None:
+    """The `_Shape` of a message just walked: `heads` where its attribute headers are, the
+    spans the walk chose (absent: 0). None for counters not in the kernel's own 64-bit
+    layout (`_counters` walks those)."""
+    checked = list(heads)
+    wanted: list[tuple[int, str, int]] = []  # (position, struct code, index in Entry's order)
+    if out[0] and into[0]:
+        for i, (start, stop) in enumerate((out, into)):
+            if stop - start != 24 or _C64.unpack_from(data, start)[::2] != _C64_HEADS:
+                return None
+            checked += [start, start + 12]
+            wanted += [(start + 4, "Q", 2 * i), (start + 16, "Q", 2 * i + 1)]
+    if mark[0] and mark[1] - mark[0] >= 4:
+        wanted.append((mark[0], "I", 4))
+    wanted.sort()
+    base = off + _NFGEN
+    layout = _layout([(at - base, "I") for at in sorted(checked)])
+    timeout_at = None
+    for at in heads:  # the walk's choice: the last CTA_TIMEOUT of 8 bytes
+        length, kind = _NLA.unpack_from(data, at)
+        if kind & 0x3FFF == CTA_TIMEOUT and length == 8:
+            timeout_at = at + 4 - off
+    where = {index: n for n, (_, _, index) in enumerate(wanted)}
+    return _Shape(
+        layout,
+        layout.unpack_from(data, base),
+        _layout([(at - base, code) for at, code, _ in wanted]),
+        (where[0], where[1], where[2], where[3]) if 0 in where else None,
+        where.get(4),
+        orig[0] - off,
+        orig[1] - off,
+        timeout_at,
+    )
+
+
+def _layout(fields: list[tuple[int, str]]) -> struct.Struct:
+    """A big-endian struct reading `fields` (position, code), in order, skipping between."""
+    fmt, cur = "!", 0
+    for at, code in fields:
+        if at > cur:
+            fmt += f"{at - cur}x"
+        fmt += code
+        cur = at + struct.calcsize("!" + code)
+    return struct.Struct(fmt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +454,7 @@ def forget() -> None:
     _ORIGINALS.clear()
     _DUMPED.clear()
     _ADDRESSES.clear()
+    _SHAPES.clear()
 
 
 def _strerror(code: int) -> str:
