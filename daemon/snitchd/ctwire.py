@@ -1,16 +1,20 @@
 """The conntrack netlink (ctnetlink) messages snitch reads: one decoder for all three readers.
 
 The log writer reads DESTROY events (`logwriter.conntrack`: a flow's last counters) and dumps
-every second the entries snitch allowed (`logwriter.livebytes`: bytes while they flow);
+the entries snitch allowed (`logwriter.livebytes`: bytes while they flow; every second while a
+live view is open, three times a minute otherwise);
 `flowcut` dumps the same entries to cut the ones a new rule denies. They were three struct
 walks of the same bytes that could drift; this is the one they share.
 
-Cost: the live dump reads every allowed entry conntrack still tracks, every second (a TCP
-flow stays ~2 minutes after its close), so the same original tuple is decoded again and again.
+Cost: the live dump reads every allowed entry conntrack still tracks, each time (a TCP flow
+stays ~2 minutes after its close), so the same original tuple is decoded again and again.
 Its decoded form (`Original`: addresses, ports, and the string key the log's rows are joined
 on) is a pure function of the tuple attribute's bytes, so it is kept by those bytes
 (`_ORIGINALS`): a known tuple costs one dict lookup instead of two nested walks, two
-`ip_address` and two `str` of it. Measured with bench/bench_micro.py (`ctwire`).
+`ip_address` and two `str` of it. And the attributes of a message are found by its shape
+(`_Shape`, learnt from a walk of the first message of that length and layout): two unpacks,
+where the walk is a Python step per attribute. Measured with bench/bench_micro.py (`ctwire`,
+the writer bench).
 
 Never trusts a length: a truncated or malformed message raises ValueError naming what is
 wrong (errors are not cached), never anything else, never a guess. No I/O.
