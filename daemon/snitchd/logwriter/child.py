@@ -3,8 +3,8 @@
 It writes snitchd's batches to SQLite, reads conntrack's DESTROY events (`conntrack.FlowEnds`)
 and joins each flow's byte counters to its row, dumps the counters of open flows (`livebytes`:
 every second while a live view is open, three times a minute otherwise) into per-app rollups
-and rates, and prunes the log. A module of its own so that
-snitchd never imports what only the child needs (the conntrack reader).
+and rates, and prunes the log. A module of its own so that snitchd never imports what only the
+child needs (the conntrack reader).
 """
 
 from __future__ import annotations
