@@ -452,3 +452,38 @@ def test_forget_drops_what_was_kept() -> None:
     ctwire.forget()
     after = ctwire.read_entry(message(DESTROY, socket.AF_INET, body), 0, 20 + len(body), 2)
     assert after.original == first.original and after.original is not first.original
+
+
+def test_a_table_larger_than_the_bound_is_still_read_from_the_last_dump(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More entries than `_DUMPED_ROTATE`: each dump still answers an unchanged entry with
+    what the last one decoded (one bound for all, cleared when reached, made every entry of
+    such a table be decoded anew at every dump), and what conntrack forgot is dropped."""
+    monkeypatch.setattr(ctwire, "_DUMPED_ROTATE", 4)
+    monkeypatch.setattr(ctwire, "_DUMPED_MAX", 8)
+
+    def dump(ports: range) -> list[ctwire.Entry]:
+        ctwire.new_dump()
+        data = b"".join(
+            message(
+                NEW,
+                socket.AF_INET,
+                tuple_attr(socket.AF_INET, bytes(4), bytes(4), 6, port, 80)
+                + attr(7, struct.pack("!I", 120 - n))
+                + counters_attr(9, 1, 60, False)
+                + counters_attr(10, 1, 40, False),
+            )
+            for n, port in enumerate(ports)
+        )
+        return ctwire.read_dump(data + DONE, SEQ)[0]
+
+    ctwire.forget()
+    first = dump(range(1, 7))
+    for _ in range(3):
+        again = dump(range(1, 7))
+        assert all(a is b for a, b in zip(again, first, strict=True))
+    dump(range(7, 13))  # the first six ended
+    dump(range(7, 13))
+    kept = {*ctwire._DUMPED.values(), *ctwire._DUMPED_BEFORE.values()}
+    assert {e.entry.original.sport for e in kept} == set(range(7, 13))
