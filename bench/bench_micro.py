@@ -16,6 +16,8 @@ socket): python -m bench.bench_micro
 
 import argparse
 import asyncio
+import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -361,12 +363,15 @@ def _kernel_message(sport, kind=0x102, seq=0, timeout=None, mark=0x100):
     return bytes(data)
 
 
-def bench_writer(tmp, flows=20000, batch=2500, dumps=2):
+def bench_writer(tmp, flows=20000, batch=2500, lifetime=2, live_flag=False):
     """The log writer's CPU per flow, everything it does for one flow but the system calls:
-    the batch of rows (insert, and `Accounting.learn`), the flow's entry in `dumps` live dumps
-    (decode, count), its DESTROY event (decode, `on_end`), the UPDATE that joins its end to its
-    row, and the accounting of the end. Kernel-shaped messages, a new tuple per flow, batches
-    as snitchd sends them (`batch` rows every half second at ~5k flows/s)."""
+    the batch of rows (insert, and `Accounting.learn`), the flow's entry in the live dumps
+    while conntrack holds it (decode, count), its DESTROY event (decode, `on_end`), the UPDATE
+    that joins its end to its row, and the accounting of the end. Kernel-shaped messages, a
+    new tuple per flow, batches as snitchd sends them (`batch` rows every half second at ~5k
+    flows/s). Each batch's entries stay `lifetime` seconds (a tick each second, on a clock of
+    the bench's: connbench's 1 s timeouts give ~2, a real kernel's TIME_WAIT 120), with a
+    live view open (`live_flag`: a dump each tick) or not (a dump each IDLE_DUMP_INTERVAL)."""
     from snitchd.logwriter.child import LogWriter  # noqa: PLC0415 (the child's modules)
     from snitchd.logwriter.conntrack import FlowEnds  # noqa: PLC0415
     from snitchd.logwriter.livebytes import decode_dump  # noqa: PLC0415
@@ -401,25 +406,50 @@ def bench_writer(tmp, flows=20000, batch=2500, dumps=2):
     ]
     opens = [_kernel_message(1024 + i, 0x100, 7, 120) for i in range(flows)]
     ends = [_kernel_message(1024 + i) for i in range(flows)]
-    store = Store(tmp / "writer.db")
+    try:
+        from snitchd import ctwire  # noqa: PLC0415 (newer trees only)
+
+        ctwire.forget()  # each run reads its tuples afresh, as a writer that just started
+    except ImportError:
+        pass
+    store = Store(tmp / f"writer-{lifetime}{'-live' if live_flag else ''}.db")
     try:
         writer = LogWriter(None, store)
         live = Dumps()
         writer.live = live
+        writer.live_wanted = live_view = live_flag
+        has_live = "live" in {f.name for f in dataclasses.fields(Batch)}  # older trees: no
+
+        def batch_of(seq, rows):
+            return Batch(seq, rows, live=live_flag) if has_live else Batch(seq, rows)
+
+        tick = writer.on_tick
+        accepts_now = "now" in inspect.signature(tick).parameters  # older trees: every tick
+        now = 1_700_000_000.0
+        reads = 0
+        real_dump = live.dump
+
+        def counted_dump():
+            nonlocal reads
+            reads += 1
+            return real_dump()
+
+        live.dump = counted_dump
         reader = FlowEnds(writer.on_end)
         clock = time.process_time
         spent = {"batches": 0.0, "dumps": 0.0, "ends": 0.0}
         for first in range(0, flows, batch):
             t0 = clock()
-            writer.handle(Batch(first + 1, rows[first : first + batch]))
+            writer.handle(batch_of(first + 1, rows[first : first + batch]))
             # Each flow of the batch is open in `dumps` dumps (50 entries a datagram), then ends.
             entries = opens[first : first + batch]
             live.datagrams = [b"".join(entries[k : k + 50]) for k in range(0, len(entries), 50)] + [
                 done_msg
             ]
             t1 = clock()
-            for _ in range(dumps):
-                writer.on_tick()
+            for _ in range(lifetime):
+                now += 1.0
+                tick(now) if accepts_now else tick()
             t2 = clock()
             for data in ends[first : first + batch]:
                 reader._deliver(data)
@@ -428,8 +458,8 @@ def bench_writer(tmp, flows=20000, batch=2500, dumps=2):
             spent["dumps"] += t2 - t1
             spent["ends"] += t3 - t2
         t0 = clock()
-        writer.handle(Batch(flows + 1))
-        writer.handle(Batch(flows + 2))  # the last ends are joined one batch late
+        writer.handle(batch_of(flows + 1, []))
+        writer.handle(batch_of(flows + 2, []))  # the last ends are joined one batch late
         spent["batches"] += clock() - t0
         elapsed = sum(spent.values())
         joined = store.db.execute("SELECT count(*) FROM connections WHERE ended IS NOT NULL")
@@ -439,12 +469,16 @@ def bench_writer(tmp, flows=20000, batch=2500, dumps=2):
         store.close()
     per_flow = elapsed / flows * 1e6
     parts = {k: round(v / flows * 1e6, 2) for k, v in spent.items()}
+    batches = -(-flows // batch)
+    view = "live view open" if live_view else "no live view"
     print(
-        f"log writer, per flow ({flows} flows, batches of {batch}, {dumps} dumps each): "
+        f"log writer, per flow ({flows} flows, batches of {batch}, entries kept {lifetime} s, "
+        f"{view}: {reads / batches:.1f} dumps each): "
         f"{per_flow:.1f} µs CPU = {per_flow / 1000:.4f} s per 1000 flows "
         f"(batches {parts['batches']}, dumps {parts['dumps']}, ends {parts['ends']} µs)"
     )
-    FIGURES["writer_per_flow"] = {"us_cpu": round(per_flow, 2), **parts}
+    key = f"writer_per_flow_{lifetime}s" + ("_live" if live_view else "")
+    FIGURES[key] = {"us_cpu": round(per_flow, 2), "reads": reads / batches, **parts}
 
 
 class StandInPacket:
@@ -634,6 +668,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument(
+        "--lifetime",
+        type=int,
+        default=2,
+        help="seconds a flow's conntrack entry stays in the log writer's bench (connbench's 1 s "
+        "timeouts: ~2; a real TCP close: 120), measured with and without a live view",
+    )
+    parser.add_argument(
         "--log-only",
         action="store_true",
         help="only the connection log's figures (snitchd's side and the log writer's)",
@@ -644,7 +685,8 @@ def main():
             bench_flow_end_decode()
             bench_live_dump_decode()
             bench_log(Path(tmp))
-            bench_writer(Path(tmp))
+            bench_writer(Path(tmp), lifetime=args.lifetime)
+            bench_writer(Path(tmp), lifetime=args.lifetime, live_flag=True)
         if args.json is not None:
             args.json.write_text(json.dumps(FIGURES, indent=1))
         return
@@ -655,7 +697,8 @@ def main():
         bench_flow_end_decode()
         bench_live_dump_decode()
         bench_log(Path(tmp))
-        bench_writer(Path(tmp))
+        bench_writer(Path(tmp), lifetime=args.lifetime)
+        bench_writer(Path(tmp), lifetime=args.lifetime, live_flag=True)
         if os.geteuid() == 0:
             bench_on_packet(Path(tmp))
         else:

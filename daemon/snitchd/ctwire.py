@@ -1,16 +1,20 @@
 """The conntrack netlink (ctnetlink) messages snitch reads: one decoder for all three readers.
 
 The log writer reads DESTROY events (`logwriter.conntrack`: a flow's last counters) and dumps
-every second the entries snitch allowed (`logwriter.livebytes`: bytes while they flow);
+the entries snitch allowed (`logwriter.livebytes`: bytes while they flow; every second while a
+live view is open, three times a minute otherwise);
 `flowcut` dumps the same entries to cut the ones a new rule denies. They were three struct
 walks of the same bytes that could drift; this is the one they share.
 
-Cost: the live dump reads every allowed entry conntrack still tracks, every second (a TCP
-flow stays ~2 minutes after its close), so the same original tuple is decoded again and again.
+Cost: the live dump reads every allowed entry conntrack still tracks, each time (a TCP flow
+stays ~2 minutes after its close), so the same original tuple is decoded again and again.
 Its decoded form (`Original`: addresses, ports, and the string key the log's rows are joined
 on) is a pure function of the tuple attribute's bytes, so it is kept by those bytes
 (`_ORIGINALS`): a known tuple costs one dict lookup instead of two nested walks, two
-`ip_address` and two `str` of it. Measured with bench/bench_micro.py (`ctwire`).
+`ip_address` and two `str` of it. And the attributes of a message are found by its shape
+(`_Shape`, learnt from a walk of the first message of that length and layout): two unpacks,
+where the walk is a Python step per attribute. Measured with bench/bench_micro.py (`ctwire`,
+the writer bench).
 
 Never trusts a length: a truncated or malformed message raises ValueError naming what is
 wrong (errors are not cached), never anything else, never a guess. No I/O.
@@ -25,7 +29,7 @@ from ipaddress import ip_address
 
 from snitch_common.records import IPAddress, Proto
 
-__all__ = ["Entry", "Original", "forget", "read_dump", "read_entry"]
+__all__ = ["Entry", "Original", "forget", "new_dump", "read_dump", "read_entry"]
 
 CT_NEW = 1 << 8  # (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW: each entry of a dump
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -211,15 +215,67 @@ def read_entry(data: bytes, off: int, end: int, family: int) -> Entry:
     return _read(data, off, end, family)[0]
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Where a message's attributes are, learnt from one walk of it (`_walk`): messages of
+    the kernel's are a few shapes (a protocol, a family, a kind of message), so the next one
+    of the same length is read with two unpacks where the walk is a Python step per attribute.
+
+    `heads` reads, from the nfgenmsg's end, every attribute header the walk read (and the
+    inner headers of the 64-bit counter nests): the message has this shape when they equal
+    `expected`, then the walk would find every attribute where this one did (it only follows
+    the lengths in them), so reading it so is no guess. `values` reads the counters and the
+    mark, in the message's order. Offsets are from the message's start."""
+
+    heads: struct.Struct
+    expected: tuple[int, ...]
+    values: struct.Struct
+    counters: tuple[int, int, int, int] | None  # where in `values`, in `Entry.counters`' order
+    mark: int | None  # where in `values`
+    orig: int
+    orig_end: int
+    timeout_at: int | None
+
+
+_SHAPES: dict[int, list[_Shape]] = {}  # by message length
+_SHAPES_MAX = 256  # shapes kept; all dropped at once when full
+_HEAD = struct.Struct("!I")
+
+
 def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | None]:
     """`read_entry`, and where its CTA_TIMEOUT value is (from `off`; None without one)."""
+    shapes = _SHAPES.get(end - off)
+    if shapes is not None:
+        at = off + _NFGEN
+        for shape in shapes:
+            if shape.heads.unpack_from(data, at) == shape.expected:
+                values = shape.values.unpack_from(data, at)
+                where, counters = shape.counters, None
+                if where is not None:
+                    counters = (
+                        values[where[0]],
+                        values[where[1]],
+                        values[where[2]],
+                        values[where[3]],
+                    )
+                mark = None if shape.mark is None else values[shape.mark]
+                original = _original(data, off + shape.orig, off + shape.orig_end, family)
+                return Entry(original, counters, mark), shape.timeout_at
+    return _walk(data, off, end, family)
+
+
+def _walk(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | None]:
+    """`_read` of a message of no known shape: a walk of its attributes, which learns the
+    shape when it is one `_Shape` can say."""
     # Where each attribute read starts and ends (0: absent): plain ints, as this runs for every
     # entry of every dump and every DESTROY event.
     orig = orig_end = out_at = out_end = in_at = in_end = mark_at = mark_end = 0
     timeout_at = None
     pos = off + _NFGEN
     unpack = _NLA.unpack_from
+    heads: list[int] = []
     while pos + 4 <= end:  # the top level, as `_attrs` walks it, keeping only what we read
+        heads.append(pos)
         length, kind = unpack(data, pos)
         if length < 4 or pos + length > end:
             raise ValueError(f"malformed conntrack attribute at byte {pos}")
@@ -245,7 +301,74 @@ def _read(data: bytes, off: int, end: int, family: int) -> tuple[Entry, int | No
     mark = None
     if mark_at and mark_end - mark_at >= 4:
         mark = _BE32.unpack_from(data, mark_at)[0]
+    shape = _shape(
+        data,
+        off,
+        heads,
+        (orig, orig_end),
+        (out_at, out_end),
+        (in_at, in_end),
+        (mark_at, mark_end),
+    )
+    if shape is not None:
+        if sum(map(len, _SHAPES.values())) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        _SHAPES.setdefault(end - off, []).append(shape)
     return Entry(original, counters, mark), timeout_at
+
+
+def _shape(
+    data: bytes,
+    off: int,
+    heads: list[int],
+    orig: tuple[int, int],
+    out: tuple[int, int],
+    into: tuple[int, int],
+    mark: tuple[int, int],
+) -> _Shape | None:
+    """The `_Shape` of a message just walked: `heads` where its attribute headers are, the
+    spans the walk chose (absent: 0). None for counters not in the kernel's own 64-bit
+    layout (`_counters` walks those)."""
+    checked = list(heads)
+    wanted: list[tuple[int, str, int]] = []  # (position, struct code, index in Entry's order)
+    if out[0] and into[0]:
+        for i, (start, stop) in enumerate((out, into)):
+            if stop - start != 24 or _C64.unpack_from(data, start)[::2] != _C64_HEADS:
+                return None
+            checked += [start, start + 12]
+            wanted += [(start + 4, "Q", 2 * i), (start + 16, "Q", 2 * i + 1)]
+    if mark[0] and mark[1] - mark[0] >= 4:
+        wanted.append((mark[0], "I", 4))
+    wanted.sort()
+    base = off + _NFGEN
+    layout = _layout([(at - base, "I") for at in sorted(checked)])
+    timeout_at = None
+    for at in heads:  # the walk's choice: the last CTA_TIMEOUT of 8 bytes
+        length, kind = _NLA.unpack_from(data, at)
+        if kind & 0x3FFF == CTA_TIMEOUT and length == 8:
+            timeout_at = at + 4 - off
+    where = {index: n for n, (_, _, index) in enumerate(wanted)}
+    return _Shape(
+        layout,
+        layout.unpack_from(data, base),
+        _layout([(at - base, code) for at, code, _ in wanted]),
+        (where[0], where[1], where[2], where[3]) if 0 in where else None,
+        where.get(4),
+        orig[0] - off,
+        orig[1] - off,
+        timeout_at,
+    )
+
+
+def _layout(fields: list[tuple[int, str]]) -> struct.Struct:
+    """A big-endian struct reading `fields` (position, code), in order, skipping between."""
+    fmt, cur = "!", 0
+    for at, code in fields:
+        if at > cur:
+            fmt += f"{at - cur}x"
+        fmt += code
+        cur = at + struct.calcsize("!" + code)
+    return struct.Struct(fmt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +383,26 @@ class _Dumped:
     entry: Entry
 
 
+# The entries read by this dump, and by the one before (what this one did not read yet): a
+# dump's entries are compared with the last dump's, however many conntrack holds, and the
+# entries conntrack forgot go with the dump after (`new_dump`). Without `new_dump` (`flowcut`)
+# the first alone grows, up to its bound.
 _DUMPED: dict[bytes, _Dumped] = {}
+_DUMPED_BEFORE: dict[bytes, _Dumped] = {}
+_DUMPED_MAX = 1 << 17  # entries kept by a dump (a TCP close's 120 s at 1,000 flows/s)
+_DUMPED_ROTATE = 1 << 16  # entries kept before a dump drops what the one before read
 _FAMILY = tuple(bytes((i,)) for i in range(256))  # a family's byte (of a message), made once
+
+
+def new_dump() -> None:
+    """A dump begins (`livebytes.LiveDump`). Once `_DUMPED_ROTATE` entries are kept: what the
+    last dumps read is kept to compare with, what only earlier ones read (conntrack forgot
+    it since) is dropped. Entries kept then follow the table's size, where one bound for all
+    (clearing everything when reached) made every entry be decoded anew at every dump once
+    the table held more; below it, nothing is moved (a move costs ~0.5 µs an entry)."""
+    global _DUMPED, _DUMPED_BEFORE  # two generations, swapped
+    if len(_DUMPED) >= _DUMPED_ROTATE:
+        _DUMPED_BEFORE, _DUMPED = _DUMPED, {}
 
 
 def _dumped(data: bytes, off: int, end: int, family: int) -> Entry:
@@ -275,7 +416,11 @@ def _dumped(data: bytes, off: int, end: int, family: int) -> Entry:
         length, kind = _NLA.unpack_from(data, head)
         if kind & 0x3FFF == CTA_TUPLE_ORIG and 4 <= length <= end - head:
             raw = data[head + 4 : head + length] + _FAMILY[family]
-            seen = _DUMPED.get(raw)
+            dumped = _DUMPED
+            seen = dumped.get(raw)
+            moved = seen is None
+            if moved:
+                seen = _DUMPED_BEFORE.get(raw)
             if seen is not None:
                 at = seen.timeout_at
                 if at is None:
@@ -284,9 +429,13 @@ def _dumped(data: bytes, off: int, end: int, family: int) -> Entry:
                     before, after = data[off + 16 : off + at], data[off + at + 4 : end]
                     same = before == seen.head and after == seen.tail
                 if same:
+                    if moved:
+                        if len(dumped) >= _DUMPED_MAX:
+                            dumped.clear()
+                        dumped[raw] = seen
                     return seen.entry
             entry, timeout_at = _read(data, off, end, family)
-            if len(_DUMPED) >= _ORIGINALS_MAX:
+            if len(_DUMPED) >= _DUMPED_MAX:
                 _DUMPED.clear()
             if timeout_at is None:
                 _DUMPED[raw] = _Dumped(data[off + 16 : end], b"", None, entry)
@@ -334,7 +483,9 @@ def forget() -> None:
     (`flowcut`), where keeping it would only hold memory until the next time."""
     _ORIGINALS.clear()
     _DUMPED.clear()
+    _DUMPED_BEFORE.clear()
     _ADDRESSES.clear()
+    _SHAPES.clear()
 
 
 def _strerror(code: int) -> str:

@@ -67,6 +67,8 @@ class EventLog:
         self.listeners: list[Callable[[Decision], None]] = []
         # The writer's per-app rates (issue 19), passed on once per new window (about 1 Hz).
         self.rate_listeners: list[Callable[[tuple[AppRate, ...]], None]] = []
+        # Whether anyone watches them now: the writer reads live counters every second only then.
+        self.live_wanted: Callable[[], bool] = lambda: False
         self._rates_seq = 0
         self.written = 0
         self.dropped = 0
@@ -162,7 +164,7 @@ class EventLog:
         retries: dict[RowRef, int],
         prune: tuple[float, float, int] | None,
     ) -> Done:
-        batch = Batch(next(self._seq), rows, hits, apps, prune, retries)
+        batch = Batch(next(self._seq), rows, hits, apps, prune, retries, self.live_wanted())
         done = self._recorder.write(batch, ANSWER_TIMEOUT)
         if done.error is not None:
             raise StoreError(done.error)

@@ -181,3 +181,64 @@ def test_live_rates_and_totals_match_what_three_apps_sent_and_top_agrees_after(
     series = monitor(lab, "traffic", "1h", exes["big"])
     assert [s["app"] for s in series["apps"]] == [exes["big"]]
     assert series["apps"][0]["bytes_out"] == top[exes["big"]]["bytes_out"]
+
+
+def test_without_a_live_view_the_rollups_catch_up_and_a_view_opened_later_sees_the_flow(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Nobody watching, the writer reads the open flows' counters only a few times a minute
+    (`logwriter.child`): the rollups still get an open flow's bytes, and a live view opened
+    afterwards gets rates at once that count the flow as open and its bytes in the totals."""
+    lab.start_daemon()
+    exe = tmp_path / "app-quiet"
+    shutil.copy(python_exe(), exe)
+    lab.add_rule(f"allow app={exe} port=9000")
+    size = 200_000
+    sender = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, str(exe), "-c", SENDER, str(size)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    watcher: subprocess.Popen[str] | None = None
+    try:
+        said = Lines(sender)
+        word, bytes_sent, segments = said.next(20).split()
+        assert word == "sent"
+        wire = (int(bytes_sent), int(segments))
+
+        deadline = time.monotonic() + 60  # three idle reads a minute
+        while True:
+            row = apps_by_name(lab).get(str(exe))
+            if row is not None and row["bytes_out"] >= size:
+                break
+            assert time.monotonic() < deadline, f"the rollups never got the open flow: {row}"
+            time.sleep(1)
+        assert within(row["bytes_out"], size, wire), (row, wire)
+
+        watcher = subprocess.Popen(
+            [PYTHON, str(HERE / "monitorclient.py"), "rates"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=lab.env,
+        )
+        rates = Lines(watcher)
+        assert rates.next(20) == {"subscribed": True}
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20
+        while len(seen) < 3:
+            signal = rates.next(deadline - time.monotonic())
+            seen += [app for app in signal["apps"] if app["app"] == str(exe)]
+        for app in seen:
+            assert app["flows"] == 1, app  # still open
+            assert within(app["total_out"], size, wire), (app, wire)
+        assert seen[-1]["out"] == 0, "nothing moves: the rate of the last window is none"
+
+        assert sender.stdin is not None
+        sender.stdin.close()
+        assert said.next(20) == "closed"
+    finally:
+        end_child(sender)
+        if watcher is not None:
+            end_child(watcher)

@@ -102,6 +102,11 @@ class MonitorRoom(ServiceBase):
         who = current_caller()
         self._rate_watchers[who.name] = who.own_only
 
+    def watching_rates(self) -> bool:
+        """Whether anyone is subscribed to `Rates`: the log writer reads the open flows'
+        counters every second only then (`logwriter.child`)."""
+        return bool(self._rate_watchers)
+
     def on_rates(self, rates: tuple[AppRate, ...]) -> None:
         """The log writer's new rates window: one JSON text per audience (all apps for admins,
         a user's own otherwise), at most protocol-bounded (200 apps) each."""

@@ -68,6 +68,7 @@ async def serve(firewall: Firewall, backend: str, switcher: Switcher | None = No
         switcher.profile_listeners.append(service.on_profile_changed)
     firewall.events.listeners.append(service.on_decision)
     firewall.events.rate_listeners.append(service.on_rates)
+    firewall.events.live_wanted = service.watching_rates
     firewall.news.listeners.append(lambda news: service.RulesChanged(news.to_bus()))
     firewall.broker.transport = DBusTransport(bus, firewall.config.default_action.value)
 

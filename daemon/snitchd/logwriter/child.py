@@ -1,9 +1,10 @@
 """The log writer: the child process behind `parent`, which owns every write to the log.
 
 It writes snitchd's batches to SQLite, reads conntrack's DESTROY events (`conntrack.FlowEnds`)
-and joins each flow's byte counters to its row, dumps the counters of open flows every second
-(`livebytes`) into per-app rollups and rates, and prunes the log. A module of its own so that
-snitchd never imports what only the child needs (the conntrack reader).
+and joins each flow's byte counters to its row, dumps the counters of open flows (`livebytes`:
+every second while a live view is open, three times a minute otherwise) into per-app rollups
+and rates, and prunes the log. A module of its own so that snitchd never imports what only the
+child needs (the conntrack reader).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from snitchd.logwriter.livebytes import DUMP_INTERVAL, Accounting, LiveDump
 from snitchd.logwriter.protocol import Batch, Done
 from snitchd.store import EndRow, Store
 
-__all__ = ["LogWriter", "main"]
+__all__ = ["IDLE_DUMP_INTERVAL", "LogWriter", "main"]
 
 log = logging.getLogger(__name__)
 
 MAX_ENDS = 100_000  # flow ends kept while the database refuses writes; the oldest go first
+IDLE_DUMP_INTERVAL = 20.0  # seconds between live dumps while no live view is open: divides a
+# minute, and is below the UDP and ICMP conntrack timeouts (30 s)
 
 
 class LogWriter:
@@ -46,6 +49,8 @@ class LogWriter:
         self.accounting = Accounting()
         self.live: LiveDump | None = None
         self._live_failing = False
+        self.live_wanted = False  # the last batch said a live view is open (`Batch.live`)
+        self._last_dump: float | None = None
         self.stopped = asyncio.Event()
 
     def on_end(self, end: FlowEnd) -> None:
@@ -72,11 +77,14 @@ class LogWriter:
         except (EOFError, OSError):  # snitchd is gone
             self.stopped.set()
 
-    def on_tick(self) -> None:
-        """Every DUMP_INTERVAL: read the open flows' counters, close the rates window. A dump
-        that fails is said once and skipped: the flows' bytes count at the next one."""
-        now = time.time()
-        if self.live is not None:
+    def on_tick(self, now: float | None = None) -> None:
+        """Every DUMP_INTERVAL: read the open flows' counters when a read is due
+        (`_dump_due`), and while a live view is open close the rates window. A dump that
+        fails is said once and skipped: the flows' bytes count at the next one."""
+        if now is None:
+            now = time.time()
+        live, read = self.live_wanted, False
+        if self.live is not None and self._dump_due(now, live):
             try:
                 entries = self.live.dump()
             except OSError as exc:
@@ -85,10 +93,34 @@ class LogWriter:
                 self._live_failing = True
             else:
                 self._live_failing = False
-                self.accounting.on_dump(entries, now)
-        self.accounting.tick(now)
+                last, self._last_dump = self._last_dump, now
+                # What grew since the last read flowed between the two reads: counted at the
+                # middle, so an idle read just after a minute starts counts for the minute
+                # that ended (the rollups' unit), a read in the middle of one for that one.
+                self.accounting.on_dump(entries, now if last is None else (last + now) / 2)
+                read = True
+        if live:
+            self.accounting.tick(now)
+        elif read or self.live is None:
+            # No rates while nobody watches: the window starts again at each read, so a view's
+            # first window holds what was counted since the last one (and no more).
+            self.accounting.restart_window(now)
+
+    def _dump_due(self, now: float, live: bool) -> bool:
+        """Every tick while a live view is open (its rates are per second); else once each
+        IDLE_DUMP_INTERVAL, at its multiples of the clock (so at each minute's start), or the
+        next tick after one that failed. Reading every entry every second costs ~2 µs an
+        entry, and a closed TCP flow's entry stays ~2 minutes: ~120 reads of a flow whose
+        counters no longer move. The idle reads keep the per-minute rollups right (their
+        bytes are counted in the minute they flowed) and read each UDP and ICMP entry
+        (30 s timeouts) at least once before conntrack forgets it."""
+        last = self._last_dump
+        if live or last is None:
+            return True
+        return now // IDLE_DUMP_INTERVAL != last // IDLE_DUMP_INTERVAL
 
     def handle(self, batch: Batch) -> Done:
+        self.live_wanted = batch.live
         due, self._ends_due, self._ends_new = self._ends_due, self._ends_new, []
         live_due, self._live_due, self._live_new = self._live_due, self._live_new, []
         try:

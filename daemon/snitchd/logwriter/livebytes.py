@@ -1,9 +1,10 @@
 """Bytes while they flow: the accounting of the flows snitch let out, read while they are open.
 
 A flow's counters used to reach the log only when conntrack forgot it (`conntrack.FlowEnds`),
-up to two minutes after a TCP close. So the log writer also dumps, every `DUMP_INTERVAL`, the
-conntrack entries that carry snitch's allow mark (`netfilter.ALLOW_MARK` under `MARK_MASK`,
-written by `connmark` once a flow is allowed); the kernel filters the dump by that mark
+up to two minutes after a TCP close. So the log writer also dumps the conntrack entries that
+carry snitch's allow mark (`netfilter.ALLOW_MARK` under `MARK_MASK`, written by `connmark`
+once a flow is allowed): every `DUMP_INTERVAL` while a live view is open, three times a
+minute otherwise (`logwriter.child`, which says why). The kernel filters the dump by that mark
 (CTA_MARK + CTA_MARK_MASK in the request), so the dump never reads other programs' entries
 or the entries snitch made to hold a deny. `Accounting` turns the dumps and the ends into
 per-app deltas: per-minute rollups for the store (`store.TrafficMinute`) and the rates of the
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from snitch_common.errors import BackendUnavailable
-from snitchd.ctwire import Entry, read_dump
+from snitchd.ctwire import Entry, new_dump, read_dump
 from snitchd.logwriter.conntrack import FlowEnd, flow_end
 from snitchd.logwriter.protocol import AppRate
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK
@@ -84,19 +85,32 @@ def decode_dump(data: bytes, seq: int) -> tuple[list[FlowEnd], bool]:
 
 
 # FlowEnd of an Entry that `ctwire` gave again (a flow unchanged since the last dump), by the
-# Entry's identity: the Entry is held here, so its id cannot name another meanwhile.
+# Entry's identity: the Entry is held here, so its id cannot name another meanwhile. Kept as
+# `ctwire` keeps its entries: those of this dump and of the one before (`_new_dump`).
 _ENDS: dict[int, tuple[Entry, FlowEnd | None]] = {}
-_ENDS_MAX = 1 << 16
+_ENDS_BEFORE: dict[int, tuple[Entry, FlowEnd | None]] = {}
+_ENDS_MAX = 1 << 17
+_ENDS_ROTATE = 1 << 16
+
+
+def _new_dump() -> None:
+    """A dump begins: as `ctwire.new_dump`, with the same bound."""
+    global _ENDS, _ENDS_BEFORE  # two generations, swapped
+    if len(_ENDS) >= _ENDS_ROTATE:
+        _ENDS_BEFORE, _ENDS = _ENDS, {}
+    new_dump()
 
 
 def _flow_end(entry: Entry) -> FlowEnd | None:
-    known = _ENDS.get(id(entry))
+    ends = _ENDS
+    known = ends.get(id(entry))
     if known is not None and known[0] is entry:
         return known[1]
-    end = flow_end(entry)
-    if len(_ENDS) >= _ENDS_MAX:
-        _ENDS.clear()
-    _ENDS[id(entry)] = (entry, end)
+    before = _ENDS_BEFORE.get(id(entry))
+    end = before[1] if before is not None and before[0] is entry else flow_end(entry)
+    if len(ends) >= _ENDS_MAX:
+        ends.clear()
+    ends[id(entry)] = (entry, end)
     return end
 
 
@@ -124,6 +138,7 @@ class LiveDump:
         """The counters of every flow snitch allowed that conntrack still tracks. OSError
         (TimeoutError included) when the kernel did not answer in full."""
         self._seq = seq = (self._seq % 0x7FFFFFFF) + 1
+        _new_dump()
         self._sock.send(encode_dump(seq))
         entries: list[FlowEnd] = []
         while True:
@@ -318,6 +333,15 @@ class Accounting:
         self.rates_seq += 1
         self._taken = False
         return self.rates
+
+    def restart_window(self, now: float) -> None:
+        """A new rates window from `now` on, what the old one held dropped: no rates are made
+        while nobody watches (`logwriter.child` restarts the window at each of its reads then),
+        so the first window of a live view holds what was counted since the last read, and the
+        windows it sees add up to the totals' growth. The totals and the rollups are kept."""
+        self._window = {}
+        self._window_start = now
+        self._taken = True
 
     def take_rates(self) -> tuple[tuple[AppRate, ...], int]:
         """The latest snapshot and its number, for a `Done` on its way to snitchd."""

@@ -18,7 +18,8 @@ __all__ = ["AppRate", "Batch", "Done"]
 class Batch:
     """Log rows (`store.log_row` tuples), rule hit counts, newly seen apps, retries of
     attempts already logged (`attempts`); and on demand a pruning of the log to (now,
-    max_age seconds, max_rows)."""
+    max_age seconds, max_rows). `live`: someone watches the rates (a live view is open), so
+    the writer reads the open flows' counters every second, not only a few times a minute."""
 
     seq: int
     rows: list[tuple[object, ...]] = field(default_factory=list)
@@ -26,6 +27,7 @@ class Batch:
     apps: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     prune: tuple[float, float, int] | None = None
     retries: dict[RowRef, int] = field(default_factory=dict)  # retries to add to rows
+    live: bool = False
 
 
 @dataclass(frozen=True, slots=True)
