@@ -16,6 +16,7 @@ namespace. The daemon log is checked for tracebacks at the end of each test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -35,8 +36,9 @@ from typing import Any
 
 import pytest
 
+from snitchd.procs.bpf import cgroup2_root
 from tests.integration.scriptagent import ScriptedAgent
-from tests.support.lab import Bus, add_veth, run
+from tests.support.lab import Bus, add_veth, run, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -551,3 +553,52 @@ def run_with_lab_env(lab: Lab, *argv: str, timeout: float = 60) -> subprocess.Co
     return subprocess.run(
         argv, capture_output=True, text=True, env=lab.env, timeout=timeout, check=False
     )
+
+
+# -- a cgroup of the test's own, where the BPF recorder is attached ------------------------------
+@pytest.fixture(scope="module")
+def cgroup() -> Iterator[Path]:
+    """A cgroup v2 directory of the module's own (snitchd's `bpf_cgroup` through
+    `/proc/2/root`: `ip netns exec` hides the cgroup mount); removed after."""
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    path = Path(root) / f"snitch-test-{secrets.token_hex(4)}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        # Our clients have exited (each test waits for its own); rmdir fails loudly otherwise.
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            path.rmdir()
+
+
+def run_in(lab: Lab, cgroup: Path | None, *argv: str, timeout: float = 30) -> str:
+    """`argv` in the client namespace, inside `cgroup` from its first instruction (it joins
+    before `ip netns exec`, which hides the cgroup mount, and stays in it); outside any of
+    ours when `cgroup` is None."""
+    join = f"echo $$ > {cgroup}/cgroup.procs && " if cgroup is not None else ""
+    done = subprocess.run(
+        ["sh", "-c", f'{join}exec "$@"', "sh", "ip", "netns", "exec", lab.client, *argv],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    return done.stdout.strip() or done.stderr.strip()
+
+
+def rows_like(lab: Lab, count: int, **match: object) -> list[dict[str, Any]]:
+    """The log rows whose fields equal `match`, once at least `count` are there (10 s at most)."""
+    found: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        found[:] = [r for r in lab.log_rows() if all(r.get(k) == v for k, v in match.items())]
+        return len(found) >= count
+
+    with contextlib.suppress(TimeoutError):  # the assertion that follows says what was there
+        wait_for(enough, 10, f"{count} log rows like {match}")
+    return found

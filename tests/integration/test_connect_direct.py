@@ -14,19 +14,14 @@ program (python, source bpf) instead of curl.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import secrets
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from snitchd.procs.bpf import cgroup2_root
-from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe
+from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe, rows_like, run_in
 from tests.support.lab import stop_process, wait_for
 
 pytestmark = pytest.mark.root
@@ -34,26 +29,6 @@ pytestmark = pytest.mark.root
 SERVER = "192.0.2.2"
 SERVER6 = "2001:db8:1::2"
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-@pytest.fixture(scope="module")
-def cgroup() -> Iterator[Path]:
-    root = cgroup2_root()
-    if root is None:
-        pytest.skip("no cgroup v2 hierarchy mounted")
-    path = Path(root) / f"snitch-test-{secrets.token_hex(4)}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        for _ in range(50):  # our clients have exited; rmdir fails loudly otherwise
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            path.rmdir()
 
 
 @pytest.fixture
@@ -65,29 +40,6 @@ def lab_bpf(lab: Lab, cgroup: Path) -> Lab:
     )  # fmt: skip
     assert str(lab.ctl_json("status")["attribution"]).startswith("bpf")
     return lab
-
-
-def run_in(lab: Lab, cgroup: Path | None, *argv: str, timeout: float = 30) -> str:
-    """`argv` in the client namespace; inside the test's cgroup (hooked) unless `cgroup` is
-    None."""
-    join = f"echo $$ > {cgroup}/cgroup.procs && " if cgroup is not None else ""
-    done = subprocess.run(
-        ["sh", "-c", f'{join}exec "$@"', "sh", "ip", "netns", "exec", lab.client, *argv],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    return done.stdout.strip() or done.stderr.strip()
-
-
-def rows_like(lab: Lab, count: int, **match: object) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = []
-
-    def enough() -> bool:
-        found[:] = [r for r in lab.log_rows() if all(r.get(k) == v for k, v in match.items())]
-        return len(found) >= count
-
-    with contextlib.suppress(TimeoutError):  # the assertion that follows says what was there
-        wait_for(enough, 10, f"{count} log rows like {match}")
-    return found
 
 
 SEND_UDP = """

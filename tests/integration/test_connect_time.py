@@ -15,22 +15,17 @@ twenty one-datagram processes none was attributed; UDP-Lite was "kernel".
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snitchd.procs.bpf import HOOKS as HOOK_NAMES
-from snitchd.procs.bpf import cgroup2_root
-from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe
+from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe, rows_like, run_in
 from tests.support.lab import children_running, wait_for
 
 pytestmark = pytest.mark.root
@@ -43,27 +38,6 @@ BPF_ONLY = "the proc path reads /proc when the packet is read"
 
 def _fallback_cannot(reason: str) -> Any:
     return pytest.mark.xfail(strict=True, reason=f"{BPF_ONLY}: {reason}")
-
-
-@pytest.fixture(scope="module")
-def cgroup() -> Iterator[Path]:
-    root = cgroup2_root()
-    if root is None:
-        pytest.skip("no cgroup v2 hierarchy mounted")
-    path = Path(root) / f"snitch-test-{secrets.token_hex(4)}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        # Our clients have exited (each test waits for its own); rmdir fails loudly otherwise.
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            path.rmdir()
 
 
 @pytest.fixture(scope="module")
@@ -99,30 +73,6 @@ def lab_on(lab: Lab, mode: str, cgroup: Path) -> Lab:
     return lab
 
 
-def run_in(lab: Lab, cgroup: Path, *argv: str, timeout: float = 30) -> str:
-    """`argv` in the client namespace, inside the test's cgroup from its first instruction (it
-    joins before `ip netns exec`, which hides the cgroup mount, and stays in it)."""
-    done = subprocess.run(
-        ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
-         "ip", "netns", "exec", lab.client, *argv],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    return done.stdout.strip() or done.stderr.strip()
-
-
-def rows_for(lab: Lab, count: int, **match: object) -> list[dict[str, Any]]:
-    """The log rows whose fields equal `match`, once at least `count` are there (10 s at most)."""
-    found: list[dict[str, Any]] = []
-
-    def enough() -> bool:
-        found[:] = [r for r in lab.log_rows() if all(r.get(k) == v for k, v in match.items())]
-        return len(found) >= count
-
-    with contextlib.suppress(TimeoutError):  # the assertion that follows says what was there
-        wait_for(enough, 10, f"{count} log rows like {match}")
-    return found
-
-
 # The proc path sees the exec through the proc connector's event, read by a thread of its own:
 # when that event is read after the packet (a loaded machine), the flow is curl's. Seen once in
 # a full run here; the bpf path records the connect itself and never races.
@@ -143,14 +93,14 @@ def test_connect_then_exec_is_decided_by_the_connecting_program(
     lab_on.add_rule(f"reject app={connexec}")
     curl = [curl_exe(), "-s", "-o", "/dev/null", "--max-time", "3", f"http://{SERVER}:80/"]
     run_in(lab_on, cgroup, connexec, SERVER, "9000", *curl)
-    rows = rows_for(lab_on, 1, dport=9000, proto="tcp")
+    rows = rows_like(lab_on, 1, dport=9000, proto="tcp")
     assert [r["action"] for r in rows] == ["reject"], rows
     if mode == "bpf":
         assert (rows[0]["exe"], rows[0]["source"]) == (connexec, "bpf")
     else:
         assert rows[0]["exe"] == connexec or connexec in rows[0]["reason"], rows[0]
         assert rows[0]["source"] == "sock_diag"
-    own = rows_for(lab_on, 1, dport=80)
+    own = rows_like(lab_on, 1, dport=80)
     if mode == "bpf":  # curl's own connection, made after its exec, is curl's and allowed
         assert [(r["exe"], r["action"]) for r in own] == [(curl_exe(), "allow")]
     else:  # the fallback cannot tell: within 250 ms of an exec, the stricter identity decides
@@ -181,7 +131,7 @@ def test_child_connecting_on_its_parents_socket_is_named(lab_on: Lab, cgroup: Pa
     (The proc path finds the child too here: it scans the newest processes first; a parent
     that sent on the socket before would be found first.)"""
     out = json.loads(run_in(lab_on, cgroup, PYTHON, "-c", SHARED, SERVER))
-    rows = rows_for(lab_on, 1, dport=9000, sport=out["sport"])
+    rows = rows_like(lab_on, 1, dport=9000, sport=out["sport"])
     assert [r["pid"] for r in rows] == [out["pid"]], rows
 
 
@@ -219,7 +169,7 @@ def test_reuseport_sibling_that_sent_is_named(lab_on: Lab, cgroup: Path) -> None
     for round_ in range(5):
         port = 41000 + round_
         out = json.loads(run_in(lab_on, cgroup, PYTHON, "-c", REUSEPORT, SERVER, str(port)))
-        rows = rows_for(lab_on, 1, dport=9000, sport=port)
+        rows = rows_like(lab_on, 1, dport=9000, sport=port)
         assert [r["pid"] for r in rows] == [out["sender"]], (round_, out, rows)
 
 
@@ -237,7 +187,7 @@ def test_io_uring_fixed_file_socket_is_attributed(
     said = run_in(lab_on, cgroup, helper, SERVER, "9000")
     if said.startswith("io_uring-refused"):
         pytest.skip(f"the kernel refuses io_uring here: {said}")
-    rows = rows_for(lab_on, 1, dport=9000, proto="tcp")
+    rows = rows_like(lab_on, 1, dport=9000, proto="tcp")
     assert [(r["exe"], r["action"]) for r in rows] == [(helper, "allow")], (said, rows)
     assert said == "connected"
 
@@ -255,7 +205,7 @@ def test_twenty_one_datagram_processes_are_all_attributed(
     lab_on.add_rule(f"allow app={helper} port=9000")
     for _ in range(20):
         run_in(lab_on, cgroup, helper, SERVER, "9000")
-    rows = rows_for(lab_on, 20, dport=9000, proto="udp")
+    rows = rows_like(lab_on, 20, dport=9000, proto="udp")
     assert len(rows) == 20, rows
     assert [(r["exe"], r["action"]) for r in rows] == [(helper, "allow")] * 20, rows
 
@@ -272,7 +222,7 @@ time.sleep(1)
 def test_udplite_sender_is_attributed(lab_on: Lab, mode: str, cgroup: Path) -> None:
     """UDP-Lite (IP protocol 136): sock_diag answers for it as for UDP, and its ports count."""
     sport = int(run_in(lab_on, cgroup, PYTHON, "-c", UDPLITE, SERVER))
-    rows = rows_for(lab_on, 1, sport=sport, dport=9000)
+    rows = rows_like(lab_on, 1, sport=sport, dport=9000)
     assert [(r["exe"], r["proto"]) for r in rows] == [(python_exe(), "other")], rows
     assert rows[0]["source"] == ("bpf" if mode == "bpf" else "sock_diag")
 
@@ -337,7 +287,7 @@ def test_bpf_attribution_works_in_every_queue_reader(lab: Lab, cgroup: Path) -> 
     curl = [curl_exe(), "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3"]
     for cpu in cpus:
         run_in(lab, cgroup, "taskset", "-c", str(cpu), *curl, f"http://{SERVER}:80/")
-    rows = rows_for(lab, len(cpus), dport=80)
+    rows = rows_like(lab, len(cpus), dport=80)
     assert [(r["exe"], r["source"], r["action"]) for r in rows] == [
         (curl_exe(), "bpf", "allow")
     ] * len(cpus), rows

@@ -79,6 +79,18 @@ def within(counted: int, sent: int, wire: tuple[int, int], extra_segments: int =
     return sent <= counted <= bytes_sent + (segments + extra_segments) * MAX_HEADERS
 
 
+def _rates_watcher(lab: Lab) -> subprocess.Popen[str]:
+    """monitorclient.py subscribed to the Rates signal, as the monitor window and `top --live`
+    are (the caller reads it with `Lines` and ends it)."""
+    return subprocess.Popen(
+        [PYTHON, str(HERE / "monitorclient.py"), "rates"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=lab.env,
+    )
+
+
 def test_live_rates_and_totals_match_what_three_apps_sent_and_top_agrees_after(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -89,13 +101,7 @@ def test_live_rates_and_totals_match_what_three_apps_sent_and_top_agrees_after(
         shutil.copy(python_exe(), exe)
         exes[name] = str(exe)
         lab.add_rule(f"allow app={exe} port=9000")
-    watcher = subprocess.Popen(
-        [PYTHON, str(HERE / "monitorclient.py"), "rates"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=lab.env,
-    )
+    watcher = _rates_watcher(lab)
     senders: dict[str, subprocess.Popen[str]] = {}
     try:
         rates = Lines(watcher)
@@ -216,13 +222,7 @@ def test_without_a_live_view_the_rollups_catch_up_and_a_view_opened_later_sees_t
             time.sleep(1)
         assert within(row["bytes_out"], size, wire), (row, wire)
 
-        watcher = subprocess.Popen(
-            [PYTHON, str(HERE / "monitorclient.py"), "rates"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=lab.env,
-        )
+        watcher = _rates_watcher(lab)
         rates = Lines(watcher)
         assert rates.next(20) == {"subscribed": True}
         seen: list[dict[str, Any]] = []
