@@ -412,14 +412,14 @@ class Attributor:
         known = self._known(key, pid, exe_id)
         if known is not None:
             return known, None
-        seen = exe_id(pid)
+        exe = exe_id(pid)
         proc = self._details.describe(pid, uid, stat)
         if proc is None:
             return Process.kernel(), None
         container = container_of(pid, self._names)
         if container is not None:
             proc = dataclasses.replace(proc, container=container)
-        self._remember(key, proc, seen)
+        self._remember(key, proc, exe)
         return proc, None
 
     def _begin_recorded(
@@ -710,13 +710,13 @@ class Attributor:
         known = self._known(key, pid, exe_id)
         if known is not None:
             return known
-        seen = exe_id(pid)
+        exe = exe_id(pid)
         proc = self._details.describe(pid, uid, stat)
         if proc is None:
             return Process.uid_only(uid)
         if self._hash_exe:
             proc = dataclasses.replace(proc, sha256=self._hashes.digest_now(pid))
-        self._remember(key, proc, seen)
+        self._remember(key, proc, exe)
         return proc
 
 
