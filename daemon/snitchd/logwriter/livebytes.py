@@ -2,11 +2,11 @@
 
 A flow's counters used to reach the log only when conntrack forgot it (`conntrack.FlowEnds`),
 up to two minutes after a TCP close. So the log writer also dumps the conntrack entries that
-carry snitch's allow mark (`netfilter.ALLOW_MARK` under `MARK_MASK`, written by `connmark`
-once a flow is allowed): every `DUMP_INTERVAL` while a live view is open, three times a
-minute otherwise (`logwriter.child`, which says why). The kernel filters the dump by that mark
-(CTA_MARK + CTA_MARK_MASK in the request), so the dump never reads other programs' entries
-or the entries snitch made to hold a deny. `Accounting` turns the dumps and the ends into
+carry snitch's allow mark (`netfilter.ALLOW_MARK` under `MARK_MASK`, written by snitch's own
+kernel rules in the allow verdict's step: `netfilter`): every `DUMP_INTERVAL` while a live
+view is open, three times a minute otherwise (`logwriter.child`, which says why). The kernel
+filters the dump by that mark (CTA_MARK + CTA_MARK_MASK in the request), so the dump never
+reads other programs' entries or the entries snitch made to hold a deny. `Accounting` turns the dumps and the ends into
 per-app deltas: per-minute rollups for the store (`store.TrafficMinute`) and the rates of the
 last interval (`protocol.AppRate`) that snitchd passes on to subscribers.
 
