@@ -6,9 +6,10 @@ carry snitch's allow mark (`netfilter.ALLOW_MARK` under `MARK_MASK`, written by 
 kernel rules in the allow verdict's step: `netfilter`): every `DUMP_INTERVAL` while a live
 view is open, three times a minute otherwise (`logwriter.child`, which says why). The kernel
 filters the dump by that mark (CTA_MARK + CTA_MARK_MASK in the request), so the dump never
-reads other programs' entries or the entries snitch made to hold a deny. `Accounting` turns the dumps and the ends into
-per-app deltas: per-minute rollups for the store (`store.TrafficMinute`) and the rates of the
-last interval (`protocol.AppRate`) that snitchd passes on to subscribers.
+reads other programs' entries or the entries snitch made to hold a deny. `Accounting` turns
+the dumps and the ends into per-app deltas: per-minute rollups for the store
+(`store.TrafficMinute`) and the rates of the last interval (`protocol.AppRate`) that snitchd
+passes on to subscribers.
 
 It runs in the log writer process only, never on snitchd's packet loop. Which app a flow is
 comes from the log rows snitchd hands over (`learn`): a flow counts once its row arrived; its
