@@ -7,6 +7,7 @@ without breaking old peers; this module turns them back into records. It imports
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "OBJECT_PATH",
     "PromptView",
     "call_bus_daemon",
+    "disconnected",
     "patient_writes",
     "plain",
 ]
@@ -57,6 +59,11 @@ async def call_bus_daemon(bus: MessageBus, member: str, signature: str, body: li
     )
     assert reply is not None
     return reply
+
+
+def disconnected(bus: MessageBus) -> asyncio.Future[None]:
+    """`bus.wait_for_disconnect()` as a future (dbus-fast leaves that method unannotated)."""
+    return asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
 
 
 def plain(value: Any) -> Any:

@@ -44,6 +44,14 @@ _UNREACHABLE = (
 )
 
 
+# snitchd's name changing hands; the bus daemon sends it (a signal any client could send us comes
+# from that client's own name instead, and is ignored).
+_BUS_DAEMON = "org.freedesktop.DBus"
+_OWNER_MATCH = (
+    f"type='signal',sender='{_BUS_DAEMON}',interface='{_BUS_DAEMON}',"
+    f"member='NameOwnerChanged',arg0='{BUS_NAME}'"
+)
+
 # A bound on any paging loop: 100,000 pages of 1,000 rules is far more than a machine holds.
 _MAX_PAGES = 100_000
 
@@ -66,6 +74,12 @@ class Client:
         self.bus.disconnect()
 
     async def call(self, member: str, signature: str = "", body: list[Any] | None = None) -> Any:
+        reply = await self._reply(member, signature, body)
+        return reply.body[0] if reply.body else None
+
+    async def _reply(
+        self, member: str, signature: str = "", body: list[Any] | None = None
+    ) -> Message:
         reply = await self.bus.call(
             Message(
                 destination=BUS_NAME,
@@ -82,7 +96,59 @@ class Client:
         assert reply is not None
         if reply.message_type is MessageType.ERROR:
             raise _error(reply)
-        return reply.body[0] if reply.body else None
+        return reply
+
+    async def daemon_owner(self) -> str:
+        """snitchd's unique name on the bus now ('' when it is not running)."""
+        reply = await call_bus_daemon(self.bus, "GetNameOwner", "s", [BUS_NAME])
+        if reply.message_type is MessageType.ERROR:
+            return ""
+        owner: str = reply.body[0]
+        return owner
+
+    async def watch_daemon(self, on_owner: Callable[[str], None]) -> None:
+        """`on_owner` gets snitchd's unique name each time its bus name changes hands ('' when
+        snitchd left the bus). What snitchd keeps for a caller in memory (a subscription, an
+        agent's registration) went with the process that kept it: a new owner must be asked
+        again."""
+        reply = await call_bus_daemon(self.bus, "AddMatch", "s", [_OWNER_MATCH])
+        if reply.message_type is MessageType.ERROR:
+            raise SnitchError(f"cannot watch snitchd's name on the bus: {reply.body}")
+
+        def handler(msg: Message) -> bool:
+            if (
+                msg.message_type is MessageType.SIGNAL
+                and msg.sender == _BUS_DAEMON
+                and msg.member == "NameOwnerChanged"
+                and msg.body[0] == BUS_NAME
+            ):
+                on_owner(msg.body[2])
+            return False
+
+        self.bus.add_message_handler(handler)
+
+    async def _subscribe(self, member: str, signal: str, take: Callable[[Any], None]) -> None:
+        """Ask snitchd for its `signal`s; `take` gets each one's first argument until the
+        client closes. Only signals from the snitchd that took the subscription count: any
+        client on the bus may send us a signal of that name (a forged decision or rate), and a
+        snitchd started since has no subscription of ours (`watch_daemon` says when)."""
+        owner = await self.daemon_owner()
+
+        def handler(msg: Message) -> bool:
+            if (
+                msg.message_type is MessageType.SIGNAL
+                and msg.member == signal
+                and msg.sender == owner
+            ):
+                take(msg.body[0])
+                return True
+            return False
+
+        self.bus.add_message_handler(handler)
+        reply = await self._reply(member)
+        if reply.sender != owner:  # snitchd restarted between the two calls
+            self.bus.remove_message_handler(handler)
+            raise DaemonUnreachable("snitchd restarted while subscribing: try again")
 
     async def list_rules(self) -> list[dict[str, Any]]:
         """Every rule, a page at a time (snitchd answers at most MAX_RULES_PAGE a call). Rules
@@ -157,29 +223,14 @@ class Client:
 
     async def monitor_rates(self, on_rates: Callable[[dict[str, Any]], None]) -> None:
         """Subscribe; `on_rates` gets each second's per-app rates (`apps`, each with out/in
-        bytes of the window, rate_out/rate_in per second, flows, totals) until the client
-        closes."""
-
-        def handler(msg: Message) -> bool:
-            if msg.message_type is MessageType.SIGNAL and msg.member == "Rates":
-                on_rates(json.loads(msg.body[0]))
-                return True
-            return False
-
-        self.bus.add_message_handler(handler)
-        await self.call("MonitorRates")
+        bytes of the window, rate_out/rate_in per second, flows, totals) from this snitchd
+        until the client closes."""
+        await self._subscribe("MonitorRates", "Rates", lambda text: on_rates(json.loads(text)))
 
     async def monitor(self, on_decision: Callable[[dict[str, Any]], None]) -> None:
-        """Subscribe; `on_decision` gets each decision as it happens until the client closes."""
-
-        def handler(msg: Message) -> bool:
-            if msg.message_type is MessageType.SIGNAL and msg.member == "Decision":
-                on_decision(plain(msg.body[0]))
-                return True
-            return False
-
-        self.bus.add_message_handler(handler)
-        await self.call("Monitor")
+        """Subscribe; `on_decision` gets each decision of this snitchd as it happens until the
+        client closes."""
+        await self._subscribe("Monitor", "Decision", lambda row: on_decision(plain(row)))
 
     async def log(self, query: dict[str, Variant]) -> list[dict[str, Any]]:
         """The newest `query["limit"]` rows (100 if absent) that pass its filters, oldest

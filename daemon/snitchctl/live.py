@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from snitch_common.client import Client
+from snitch_common.errors import DaemonUnreachable
 
 __all__ = ["SORTS", "AppLine", "HostsScreen", "LiveTop", "human", "run_live"]
 
@@ -126,6 +127,7 @@ class LiveTop(App[None]):
         self.sort = "rate"
         self.filter = ""
         self.updates = 0  # Rates signals taken, for tests and the title
+        self.stopped = False  # snitchd left the bus: no rate is live until it is back
 
     def compose(self) -> ComposeResult:
         yield Static("snitch: traffic per app (last 24 h totals)", id="title")
@@ -139,6 +141,7 @@ class LiveTop(App[None]):
         self.query_one("#apps", DataTable).focus()
         if self.client is None:
             self.client = await Client.connect()
+        await self.client.watch_daemon(self.on_owner)
         await self.client.monitor_rates(self.on_rates)
         await self.refresh_totals()
         self.set_interval(TOTALS_EVERY, self.refresh_totals)
@@ -149,11 +152,14 @@ class LiveTop(App[None]):
             self.client = None
 
     async def refresh_totals(self) -> None:
-        if self.client is None:
+        if self.client is None or self.stopped:
             return
-        rows = await self.client.apps(
-            {"period": Variant("s", "24h"), "limit": Variant("t", MAX_ROWS)}
-        )
+        try:
+            rows = await self.client.apps(
+                {"period": Variant("s", "24h"), "limit": Variant("t", MAX_ROWS)}
+            )
+        except DaemonUnreachable:  # it left just now: `on_owner` says so, and says when back
+            return
         for row in rows:
             old = self.lines.get(row["app"], AppLine(row["app"]))
             self.lines[row["app"]] = replace(
@@ -164,6 +170,14 @@ class LiveTop(App[None]):
                 blocked=row["blocked"],
             )
         self.redraw()
+
+    def on_owner(self, owner: str) -> None:
+        """snitchd's name changed hands: the rates came from one that is gone (none is live
+        now), and a new one must be asked for its own."""
+        self.stopped = not owner
+        self.on_rates({"apps": []})
+        if owner and self.client is not None:
+            self.run_worker(self.client.monitor_rates(self.on_rates), exit_on_error=False)
 
     def on_rates(self, rates: dict[str, Any]) -> None:
         seen = set()
@@ -208,7 +222,8 @@ class LiveTop(App[None]):
             table.move_cursor(row=min(row, table.row_count - 1))
         title = self.query_one("#title", Static)
         where = f" · filter: {self.filter}" if self.filter else ""
-        title.update(f"snitch: traffic per app · sort: {self.sort}{where}")
+        gone = " · snitchd stopped, waiting for it" if self.stopped else ""
+        title.update(f"snitch: traffic per app · sort: {self.sort}{where}{gone}")
 
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -11,8 +12,9 @@ from typing import Any
 
 from dbus_fast import Variant
 
+from snitch_common.bus import disconnected
 from snitch_common.client import Client
-from snitch_common.errors import RuleError
+from snitch_common.errors import RuleError, SnitchError
 from snitchctl.colour import Colour, painter_for
 from snitchctl.dates import local_time
 from snitchctl.output import out
@@ -128,14 +130,38 @@ async def show_top(client: Client, args: argparse.Namespace) -> int:
 
 
 async def show_monitor(client: Client, args: argparse.Namespace) -> int:
+    """Follows snitchd's decisions, through its restarts: a subscription lives in the snitchd
+    that took it, so a new one on the bus is asked again (as `journalctl -f` follows a
+    rotation); the screen says when snitchd left and came back. Ends when the bus does."""
     paint = painter_for(sys.stdout)
 
     def show(row: dict[str, Any]) -> None:
         line = json.dumps(row, sort_keys=True) if args.json else log_line(row, paint.verdict)
         print(line, flush=True)
 
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    owners: asyncio.Queue[str] = asyncio.Queue()
+    await client.watch_daemon(owners.put_nowait)
     await client.monitor(show)
-    if not args.json:
-        print("monitoring new connections (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    await client.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-    return 0
+    say("monitoring new connections (Ctrl-C to stop)")
+    gone = disconnected(client.bus)
+    while True:
+        owner = asyncio.ensure_future(owners.get())
+        waiters: set[asyncio.Future[Any]] = {owner, gone}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not owner.done():
+            owner.cancel()
+            say(f"lost the system bus: {gone.exception() or 'closed'}")
+            return 1
+        if not owner.result():
+            say("snitchd stopped: waiting for it")
+            continue
+        try:
+            await client.monitor(show)
+        except SnitchError as exc:  # it stopped again at once: its successor comes next
+            say(f"snitchd restarted, but: {exc.message}")
+            continue
+        say("snitchd restarted: monitoring new connections again")

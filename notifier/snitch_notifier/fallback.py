@@ -23,11 +23,11 @@ from dbus_fast.aio import MessageBus
 
 from snitch_common.agent import AgentService
 from snitch_common.answers import Action, Answer
-from snitch_common.bus import PromptView
+from snitch_common.bus import PromptView, disconnected
 from snitch_common.client import Client
 from snitch_common.errors import SnitchError
 from snitch_notifier.identity import GENERIC_ICON, AppIdentity, desktop_identity
-from snitch_notifier.registration import Listener, disconnected, stay_registered
+from snitch_notifier.registration import Listener, stay_registered
 from snitch_notifier.shields import Shield, shield_path
 
 __all__ = ["ACTIONS", "NotificationPrompter", "run_notifications"]

@@ -167,6 +167,7 @@ class MonitorWindow(QWidget):
         """The feed's answers, queued: they come from its worker thread."""
         feed = self.feed
         feed.connected.connect(self._connected, _QUEUED)
+        feed.lost.connect(self._lost, _QUEUED)
         feed.rates.connect(self.take_rates, _QUEUED)
         feed.apps_read.connect(self.take_totals, _QUEUED)
         feed.chart_read.connect(self.take_chart, _QUEUED)
@@ -292,6 +293,14 @@ class MonitorWindow(QWidget):
         if self.selected is not None:  # (again) connected: what changed meanwhile is unknown
             self.feed.read_rules(self.selected)
         self.refresh()
+
+    def _lost(self, why: str) -> None:
+        """The rates shown came from a snitchd that is gone: none are live until the next one
+        sends its own (the feed subscribes to it)."""
+        self.status.setText(f"{why}: waiting for snitchd")
+        self.now.setText(_WAITING)
+        self.live = {}
+        self._fill_apps()
 
     # -- what the feed brings -------------------------------------------------------------------
     def take_rates(self, frame: RateFrame) -> None:

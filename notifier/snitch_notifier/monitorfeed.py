@@ -28,6 +28,7 @@ from typing import Any
 from dbus_fast import Variant
 from PySide6.QtCore import QObject, Signal
 
+from snitch_common.bus import disconnected
 from snitch_common.client import Client
 from snitch_common.errors import Busy, SnitchError
 from snitch_notifier.bridge import RuleRow
@@ -67,6 +68,7 @@ class MonitorFeed(QObject):
     """Every public method may be called from the GUI thread; answers arrive as signals."""
 
     connected = Signal()
+    lost = Signal(str)  # the subscription went with the snitchd that had it: why, for people
     rates = Signal(object)  # RateFrame
     apps_read = Signal(object, object)  # Range, list[AppTraffic]
     chart_read = Signal(object, object, object)  # Range, AppKey | None, TrafficChart
@@ -296,26 +298,45 @@ class MonitorFeed(QObject):
         self._lock = asyncio.Lock()
         self._ready.set()
         while not self._stop.is_set():
-            await self._session()
+            if await self._session():
+                continue  # a new snitchd is on the bus: subscribe to it at once
             # snitchd not running (yet), or refused: try again while the window is open.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self._retry)
 
-    async def _session(self) -> None:
+    async def _session(self) -> bool:
+        """One connection, until the window closes or snitchd's name changes hands; whether
+        another snitchd already took the name (no wait before the next session)."""
         assert self._stop is not None
         try:
             client = await self._connect()
         except SnitchError as exc:
             self.failed.emit(f"{exc.message} (trying again every {self._retry:g} s)")
-            return
+            return False
         self._client = client
+        owners: asyncio.Queue[str] = asyncio.Queue()
         try:
+            await client.watch_daemon(owners.put_nowait)
             await client.monitor_rates(lambda signal: self.rates.emit(parse_rates(signal)))
             await client.watch_rules(self.rules_changed.emit)
             self.connected.emit()
-            await self._stop.wait()
+            stopped = asyncio.ensure_future(self._stop.wait())
+            owner = asyncio.ensure_future(owners.get())
+            gone = disconnected(client.bus)
+            waiters: set[asyncio.Future[Any]] = {stopped, owner, gone}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (stopped, owner, gone):
+                waiter.cancel()
+            if stopped.done() and not stopped.cancelled():
+                return False
+            if owner.done() and not owner.cancelled():
+                self.lost.emit("snitchd restarted" if owner.result() else "snitchd stopped")
+                return bool(owner.result())
+            self.lost.emit(f"lost the system bus: {gone.exception() or 'closed'}")
+            return False
         except SnitchError as exc:
             self.failed.emit(f"{exc.message} (trying again every {self._retry:g} s)")
+            return False
         finally:
             self._client = None
             with contextlib.suppress(Exception):

@@ -15,22 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_fast import Message, MessageType
-from dbus_fast.aio import MessageBus
-
 from snitch_common.agent import AgentService, register
-from snitch_common.bus import AGENT_PATH, BUS_NAME
+from snitch_common.bus import AGENT_PATH, disconnected
 from snitch_common.client import Client
 from snitch_common.errors import DaemonUnreachable, SnitchError
 
-__all__ = ["Listener", "disconnected", "stay_registered"]
+__all__ = ["Listener", "stay_registered"]
 
 log = logging.getLogger(__name__)
-
-_OWNER_MATCH = (
-    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-    f"member='NameOwnerChanged',arg0='{BUS_NAME}'"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +39,7 @@ async def stay_registered(
 ) -> None:
     """Register `service` and keep it registered until `stop` is set or the bus goes away."""
     owners: asyncio.Queue[str] = asyncio.Queue()
-
-    def on_message(msg: Message) -> None:
-        if (
-            msg.message_type is MessageType.SIGNAL
-            and msg.member == "NameOwnerChanged"
-            and msg.body[0] == BUS_NAME
-        ):
-            owners.put_nowait(msg.body[2])
-
-    client.bus.add_message_handler(on_message)
-    await _add_match(client)
+    await client.watch_daemon(owners.put_nowait)
     await _register(client, service, listener)
     stopped = asyncio.ensure_future(stop.wait())
     gone = disconnected(client.bus)
@@ -81,27 +63,6 @@ async def stay_registered(
     finally:
         stopped.cancel()
         gone.cancel()
-        client.bus.remove_message_handler(on_message)
-
-
-def disconnected(bus: MessageBus) -> asyncio.Future[None]:
-    """`bus.wait_for_disconnect()` as a future (dbus-fast leaves that method unannotated)."""
-    return asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
-
-
-async def _add_match(client: Client) -> None:
-    reply = await client.bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[_OWNER_MATCH],
-        )
-    )
-    if reply is None or reply.message_type is MessageType.ERROR:
-        raise SnitchError(f"cannot watch snitchd's name on the bus: {reply and reply.body}")
 
 
 async def _register(client: Client, service: AgentService, listener: Listener) -> None:

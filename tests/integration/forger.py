@@ -1,0 +1,101 @@
+"""A client of the bus that lies (run as an unprivileged user): it sends every other connection
+on the bus a `Decision` signal that names an app that made no connection, a `Rates` signal
+with that app moving a gigabyte, and a `NameOwnerChanged` saying snitchd left. Signals to a
+connection are let through by the system bus's default policy, so only a receiver that checks
+who sent them tells these from snitchd's and the bus's own. Prints how many connections it
+wrote to.
+
+  forger.py APP
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+BUS_NAME = "org.snitch.Firewall1"
+
+
+async def main(app: str) -> int:
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="ListNames",
+        )
+    )
+    assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
+    others = [n for n in reply.body[0] if n.startswith(":") and n != bus.unique_name]
+    row = {
+        "time": Variant("d", time.time()),
+        "action": Variant("s", "allow"),
+        "exe": Variant("s", app),
+        "pid": Variant("u", 4242),
+        "uid": Variant("u", 0),
+        "proto": Variant("s", "tcp"),
+        "dst": Variant("s", "203.0.113.66"),
+        "dport": Variant("q", 443),
+        "reason": Variant("s", "forged"),
+    }
+    rates = {
+        "time": time.time(),
+        "apps": [
+            {
+                "app": app,
+                "uid": 0,
+                "out": 10**9,
+                "in": 0,
+                "rate_out": 10.0**9,
+                "rate_in": 0.0,
+                "flows": 1,
+                "total_out": 10**9,
+                "total_in": 0,
+            }
+        ]
+    }
+    for name in others:
+        for member, interface, path, signature, body in (
+            ("Decision", BUS_NAME, "/org/snitch/Firewall1", "a{sv}", [row]),
+            ("Rates", BUS_NAME, "/org/snitch/Firewall1", "s", [json.dumps(rates)]),
+            (
+                "NameOwnerChanged",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "sss",
+                [BUS_NAME, ":1.1", ""],
+            ),
+        ):
+            await bus.send(
+                Message(
+                    message_type=MessageType.SIGNAL,
+                    destination=name,
+                    path=path,
+                    interface=interface,
+                    member=member,
+                    signature=signature,
+                    body=body,
+                )
+            )
+    # The bus handles one connection's messages in order: once it answered this, it has
+    # passed every signal above on.
+    ping = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus.Peer",
+            member="Ping",
+        )
+    )
+    assert ping is not None
+    print(len(others), flush=True)
+    bus.disconnect()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1])))
