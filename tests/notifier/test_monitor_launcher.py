@@ -66,9 +66,12 @@ def _uninstalled(script: str) -> str:
 
 
 @pytest.mark.skipif(not shutil.which("desktop-file-validate"), reason="needs desktop-file-utils")
-def test_the_desktop_entry_is_valid_without_hints() -> None:
+@pytest.mark.parametrize("entry", sorted(ENTRY.parent.glob("*.desktop")), ids=lambda p: p.name)
+def test_every_desktop_entry_is_valid_without_hints(entry: Path) -> None:
+    """The monitor's launcher and snitch's other two entries (the app menu's "snitch", the
+    notifier's autostart)."""
     done = subprocess.run(
-        ["desktop-file-validate", str(ENTRY)], capture_output=True, text=True, check=False
+        ["desktop-file-validate", str(entry)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
 
