@@ -426,8 +426,10 @@ def _dumped(data: bytes, off: int, end: int, family: int) -> Entry:
                 if at is None:
                     same = data[off + 16 : end] == seen.head
                 else:
+                    # The timeout's 4 bytes must be there: a message cut inside them has the
+                    # same bytes before and (none) after.
                     before, after = data[off + 16 : off + at], data[off + at + 4 : end]
-                    same = before == seen.head and after == seen.tail
+                    same = off + at + 4 <= end and before == seen.head and after == seen.tail
                 if same:
                     if moved:
                         if len(dumped) >= _DUMPED_MAX:
