@@ -92,13 +92,20 @@ def _app(tmp_path: Path, name: str) -> str:
     return str(exe)
 
 
-def test_the_network_monitor_says_snitchd_left_and_shows_the_new_one_s_rates_only(
-    lab: Lab, qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def traffic_lab(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Lab:
+    """snitchd running, this process on its bus, and trafficapp.py's flows allowed."""
     lab.start_daemon()
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.env["DBUS_SYSTEM_BUS_ADDRESS"])
     lab.add_rule("allow to=192.0.2.2 port=53 proto=udp")
     lab.add_rule("allow port=9000")
+    return lab
+
+
+def test_the_network_monitor_says_snitchd_left_and_shows_the_new_one_s_rates_only(
+    traffic_lab: Lab, qtbot: Any, tmp_path: Path
+) -> None:
+    lab = traffic_lab
     exe = _app(tmp_path, "after-restart")
     window = MonitorWindow()
     qtbot.addWidget(window)
@@ -138,12 +145,9 @@ def test_the_network_monitor_says_snitchd_left_and_shows_the_new_one_s_rates_onl
 
 
 async def test_top_live_says_snitchd_left_and_takes_the_new_one_s_rates(
-    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    traffic_lab: Lab, tmp_path: Path
 ) -> None:
-    lab.start_daemon()
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", lab.env["DBUS_SYSTEM_BUS_ADDRESS"])
-    lab.add_rule("allow to=192.0.2.2 port=53 proto=udp")
-    lab.add_rule("allow port=9000")
+    lab = traffic_lab
     exe = _app(tmp_path, "top-after-restart")
     app = LiveTop()
     sender = None
