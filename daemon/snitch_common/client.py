@@ -59,6 +59,7 @@ _MAX_PAGES = 100_000
 class Client:
     def __init__(self, bus: MessageBus) -> None:
         self.bus = bus
+        self._owner: str | None = None  # snitchd's unique name, once a watch needs it
 
     @classmethod
     async def connect(cls) -> Client:
@@ -126,6 +127,21 @@ class Client:
             return False
 
         self.bus.add_message_handler(handler)
+
+    async def _follow_owner(self) -> None:
+        """Keep `_owner` current: broadcast signals (ModeChanged, RulesChanged) are believed
+        only from it. A match rule's sender does not filter a signal sent to us by name, and
+        the bus lets any client send one: a forged ModeChanged would show the tray a mode
+        snitchd is not in."""
+        if self._owner is not None:
+            return
+        self._owner = ""
+
+        def take(owner: str) -> None:
+            self._owner = owner
+
+        await self.watch_daemon(take)
+        self._owner = await self.daemon_owner()
 
     async def _subscribe(self, member: str, signal: str, take: Callable[[Any], None]) -> None:
         """Ask snitchd for its `signal`s; `take` gets each one's first argument until the
@@ -299,10 +315,15 @@ class Client:
     async def watch_mode(self, on_change: Callable[[dict[str, Any]], None]) -> None:
         """`on_change` gets each ModeChanged signal (the new state, with `was` and `why`)."""
         rule = f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='ModeChanged'"
+        await self._follow_owner()
         await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
 
         def handler(msg: Message) -> bool:
-            if msg.message_type is MessageType.SIGNAL and msg.member == "ModeChanged":
+            if (
+                msg.message_type is MessageType.SIGNAL
+                and msg.member == "ModeChanged"
+                and msg.sender == self._owner
+            ):
                 on_change(plain(msg.body[0]))
             return False
 
@@ -311,6 +332,7 @@ class Client:
     async def watch_rules(self, on_change: Callable[[RulesChanged], None]) -> None:
         """`on_change` gets each RulesChanged signal (which rule ids changed; issue 19)."""
         rule = f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='RulesChanged'"
+        await self._follow_owner()
         await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
 
         def handler(msg: Message) -> bool:
@@ -319,8 +341,8 @@ class Client:
                 and msg.member == "RulesChanged"
                 and msg.interface == INTERFACE
                 and msg.signature == "a{sv}"
+                and msg.sender == self._owner
             ):
-                # Anyone may send this member to us: the worst is an extra read of the rules.
                 on_change(RulesChanged.from_bus(plain(msg.body[0])))
             return False
 

@@ -1,6 +1,7 @@
 """A client of the bus that lies (run as an unprivileged user): it sends every other connection
 on the bus a `Decision` signal that names an app that made no connection, a `Rates` signal
-with that app moving a gigabyte, and a `NameOwnerChanged` saying snitchd left. Signals to a
+with that app moving a gigabyte, a `ModeChanged` to silent-allow, and a `NameOwnerChanged`
+saying snitchd left. Signals to a
 connection are let through by the system bus's default policy, so only a receiver that checks
 who sent them tells these from snitchd's and the bus's own. Prints how many connections it
 wrote to.
@@ -63,10 +64,16 @@ async def main(app: str) -> int:
             }
         ],
     }
+    mode = {
+        "mode": Variant("s", "silent-allow"),
+        "was": Variant("s", "ask"),
+        "why": Variant("s", "forged"),
+    }
     for name in others:
         for member, interface, path, signature, body in (
             ("Decision", BUS_NAME, "/org/snitch/Firewall1", "a{sv}", [row]),
             ("Rates", BUS_NAME, "/org/snitch/Firewall1", "s", [json.dumps(rates)]),
+            ("ModeChanged", BUS_NAME, "/org/snitch/Firewall1", "a{sv}", [mode]),
             (
                 "NameOwnerChanged",
                 "org.freedesktop.DBus",

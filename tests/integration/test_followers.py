@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal, run_with_lab_env
+from conftest import FORGED_APP, HERE, PYTHON, VENV_BIN, Lab, Terminal, forge
 from snitch_notifier.monitor import MonitorWindow
 from snitchctl.live import LiveTop
 from tests.support.lab import Lines, end_child
@@ -35,16 +35,9 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-FORGED_APP = "/forged/by-nobody"
+WAITING = "waiting for snitchd…"  # the window's "Now" line while no snitchd feeds it
 # The app is a copy of the base interpreter: it finds dnspython in the venv through this.
 APP_ENV = os.environ | {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
-
-
-def forge(lab: Lab) -> None:
-    """forger.py as uid 65534: lies to every connection on the lab's bus."""
-    done = run_with_lab_env(lab, *NOBODY, PYTHON, str(HERE / "forger.py"), FORGED_APP)
-    assert done.returncode == 0 and int(done.stdout) >= 2, done
 
 
 def test_monitor_in_a_terminal_follows_snitchd_through_a_restart_and_shows_no_forged_row(
@@ -113,7 +106,8 @@ def test_the_network_monitor_says_snitchd_left_and_shows_the_new_one_s_rates_onl
     window.show()
     sender = None
     try:
-        qtbot.waitUntil(lambda: window.status.text() == "connected to snitchd", timeout=20_000)
+        connected = lambda: window.now.text() != WAITING  # noqa: E731 - `_connected` sets it
+        qtbot.waitUntil(connected, timeout=20_000)
         forge(lab)
         qtbot.wait(500)
         assert all(key.app != FORGED_APP for key in window.live), window.live
@@ -121,12 +115,12 @@ def test_the_network_monitor_says_snitchd_left_and_shows_the_new_one_s_rates_onl
 
         lab.stop_daemon()
         qtbot.waitUntil(lambda: "snitchd stopped" in window.status.text(), timeout=10_000)
-        assert window.now.text() == "waiting for snitchd…" and not window.live
+        assert window.now.text() == WAITING and not window.live
         window.grab().save(str(tmp_path / "monitor-snitchd-stopped.png"))
 
         lab.start_daemon()
         try:  # the feed tries again every 5 s while snitchd is away
-            qtbot.waitUntil(lambda: window.status.text() == "connected to snitchd", timeout=30_000)
+            qtbot.waitUntil(connected, timeout=30_000)
         except Exception:
             raise AssertionError(window.status.text()) from None
         sender = _traffic(lab, exe)

@@ -24,6 +24,7 @@ from conftest import (
     bare_reason,
     client_outcome,
     curl_exe,
+    forge,
     netclient_who,
     run_netclient,
     spawn_netclient,
@@ -218,9 +219,12 @@ async def test_a_held_prompt_is_settled_at_once_by_a_mode_switch(
 async def test_mode_changes_are_signalled_to_every_client(
     running: Lab, agent: ScriptedAgent
 ) -> None:
+    """...and only snitchd's own: a ModeChanged that another user sends the agent (to
+    silent-allow) is not believed."""
     seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     assert agent.client is not None
     await agent.client.watch_mode(seen.put_nowait)
+    await asyncio.to_thread(forge, running)
     set_mode(running, "silent-deny", "--for", "15m")
     change = await asyncio.wait_for(seen.get(), 10)
     assert (change["mode"], change["was"], change["why"]) == ("silent-deny", "ask", "by uid 0")
