@@ -1,5 +1,8 @@
 """`snitchctl agent`: answer prompts at a terminal (SSH sessions, headless machines).
 
+It stays the agent through snitchd's restarts (registering again with the new one) and says
+when snitchd left.
+
 Shows the same details and choices as the popup, one prompt at a time with a count of those
 waiting, and reads one line per answer: an action letter, then optionally a duration, a scope
 and, while a profile is active, where the rule holds (`a`, `d forever`, `a 15m host`,
@@ -25,7 +28,7 @@ from snitch_common.answers import (
     Scope,
     default_duration,
 )
-from snitch_common.bus import PromptView
+from snitch_common.bus import AGENT_PATH, PromptView
 from snitch_common.client import Client
 from snitch_common.errors import RuleError, SnitchError
 from snitch_common.rules import parse_duration
@@ -132,6 +135,13 @@ class _TerminalAgent:
         print(f"\n!! snitch alert ({alert.get('kind')}): {alert.get('message')}", file=self.out)
         self.show()
 
+    def daemon_gone(self) -> None:
+        """snitchd left the bus: the prompts it asked are void (their flows got the default
+        when it stopped)."""
+        void, self.queue = len(self.queue), []
+        dropped = f" ({void} prompt{'s' if void != 1 else ''} void)" if void else ""
+        print(f"\nsnitchd stopped: waiting for it{dropped}", file=self.out, flush=True)
+
     def on_cancel(self, prompt_id: int, reason: str) -> None:
         was_current = bool(self.queue) and self.queue[0].id == prompt_id
         self.queue = [p for p in self.queue if p.id != prompt_id]
@@ -166,6 +176,8 @@ class _TerminalAgent:
 async def run_agent(client: Client, out: TextIO = sys.stdout, *, take_over: bool = False) -> int:
     agent = _TerminalAgent(client, out, time.time)
     service = AgentService(agent.on_prompt, agent.on_cancel, agent.on_alert)
+    owners: asyncio.Queue[str] = asyncio.Queue()
+    await client.watch_daemon(owners.put_nowait)
     uid = await register(client, service, terminal=True, take_over=take_over)
     print(f"snitch agent for uid {uid}: waiting for prompts (Ctrl-C to stop)", file=out, flush=True)
     if not take_over:
@@ -183,9 +195,30 @@ async def run_agent(client: Client, out: TextIO = sys.stdout, *, take_over: bool
         lines.put_nowait(line if line else None)
 
     loop.add_reader(sys.stdin.fileno(), readable)
+    follow = loop.create_task(_follow(agent, service, owners, take_over), name="follow")
     try:
         while (line := await lines.get()) is not None:
             await agent.on_line(line)
     finally:
+        follow.cancel()
         loop.remove_reader(sys.stdin.fileno())
     return 0
+
+
+async def _follow(
+    agent: _TerminalAgent, service: AgentService, owners: asyncio.Queue[str], take_over: bool
+) -> None:
+    """snitchd keeps agents in memory: the agent registers again with each snitchd that
+    takes the name, and says when snitchd left (as the desktop agents do, `registration`)."""
+    client = agent.client
+    while True:
+        if not await owners.get():
+            agent.daemon_gone()
+            continue
+        client.bus.unexport(AGENT_PATH)  # register() exports it again
+        try:
+            uid = await register(client, service, terminal=True, take_over=take_over)
+        except SnitchError as exc:
+            print(f"snitchd restarted but refused this agent: {exc.message}", file=agent.out)
+            continue
+        print(f"snitchd restarted: agent for uid {uid} again", file=agent.out, flush=True)

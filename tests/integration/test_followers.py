@@ -1,5 +1,5 @@
 """Views that follow snitchd live (`snitchctl monitor`, `snitchctl top --live`, the Network
-Monitor) follow it through a restart, and believe only it.
+Monitor) and the terminal agent follow it through a restart, and believe only it.
 
 A subscription is kept in snitchd's memory: a restarted snitchd has none, so a view that kept
 waiting on its old connection showed the last rates for ever and no new decision. Each view
@@ -63,6 +63,27 @@ def test_monitor_in_a_terminal_follows_snitchd_through_a_restart_and_shows_no_fo
             terminal.shows(b"")
             time.sleep(0.1)
         assert FORGED_APP.encode() not in terminal.screen
+    finally:
+        terminal.close()
+
+
+def test_the_terminal_agent_registers_again_with_a_restarted_snitchd(running: Lab) -> None:
+    """snitchd keeps its agents in memory: `snitchctl agent` must register with the new one,
+    or every prompt after a restart would go unseen and get the default."""
+    terminal = Terminal([str(VENV_BIN / "snitchctl"), "agent"], running.env)
+    try:
+        terminal.read_until(b"waiting for prompts")
+        running.stop_daemon()
+        terminal.read_until(b"snitchd stopped: waiting for it")
+        running.start_daemon()
+        terminal.read_until(b"snitchd restarted: agent for uid 0 again")
+        with running.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "10") as proc:
+            text = terminal.read_until(b"answer> ")
+            assert "192.0.2.2 port 443/tcp" in text, text
+            terminal.type("a 15m host\n")
+            terminal.read_until(b"rule ")
+            out, _ = proc.communicate(timeout=20)
+        assert out.strip() == "connected"
     finally:
         terminal.close()
 
