@@ -116,6 +116,7 @@ def traffic_lab(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Lab:
     return lab
 
 
+@pytest.mark.slow  # ~15 s; the terminal tests above cover the same client code in the suite
 def test_the_network_monitor_says_snitchd_left_and_shows_the_new_one_s_rates_only(
     traffic_lab: Lab, qtbot: Any, tmp_path: Path
 ) -> None:
@@ -159,6 +160,7 @@ def test_the_network_monitor_says_snitchd_left_and_shows_the_new_one_s_rates_onl
             end_child(sender)
 
 
+@pytest.mark.slow  # as the Network Monitor's: CI runs it after the suite
 async def test_top_live_says_snitchd_left_and_takes_the_new_one_s_rates(
     traffic_lab: Lab, tmp_path: Path
 ) -> None:
