@@ -48,6 +48,7 @@ from bench import hotpath, manyrules, report
 from bench.monitorload import Monitor
 from bench.netlab import PORT, SERVER_ADDR, NetLab
 from snitch_common.rules import parse_rule
+from snitchd.queue import kernel_stats
 from snitchd.store import Store
 from tests.support.lab import stop_process
 
@@ -239,22 +240,9 @@ def pss_mb(pid):
 
 
 def queue_counters(pid, queues=1):
-    """(packets queued so far, dropped because full, dropped by the peer) for our queues
-    (QUEUE and, with queue readers, the next ones), summed, in the network namespace of
-    `pid`."""
-    found = None
-    try:
-        with open(f"/proc/{pid}/net/netfilter/nfnetlink_queue") as f:
-            for line in f:
-                v = [int(x) for x in line.split()]
-                if v and QUEUE <= v[0] < QUEUE + queues:
-                    q = (v[7], v[5], v[6])
-                    if found is not None:
-                        q = tuple(a + b for a, b in zip(found, q, strict=True))
-                    found = q
-    except OSError:
-        pass
-    return found
+    """`queue.kernel_stats` of our queues (QUEUE and, with queue readers, the next ones), in
+    the network namespace of `pid`: empty when none is bound."""
+    return kernel_stats(QUEUE, queues, f"/proc/{pid}/net/netfilter/nfnetlink_queue")
 
 
 def machine_ticks():
@@ -478,10 +466,10 @@ def measure(lab, connload, running, mode, threads, seconds, warmup, server_pid):
     r["softirq_cores"] = round(irq_s / wall, 2)
     r["other_cores"] = round(max(0.0, busy_s - known) / wall, 2)
     r["loadavg1"] = os.getloadavg()[0]
-    if q0 is not None and q1 is not None:
-        r["queued"] = q1[0] - q0[0]
+    if q0 and q1:
+        r["queued"] = q1["queued_total"] - q0["queued_total"]
         r["queued_per_flow"] = round(r["queued"] / max(1, r["attempts"]), 4)
-        r["queue_full_drops"] = q1[1] - q0[1]
+        r["queue_full_drops"] = q1["queue_dropped"] - q0["queue_dropped"]
     return r
 
 

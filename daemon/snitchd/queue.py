@@ -84,14 +84,16 @@ class QueueReader:
         log.info("queue unbound number=%d", self.number)
 
 
-def kernel_stats(number: int, count: int = 1) -> dict[str, int]:
+def kernel_stats(
+    number: int, count: int = 1, path: str = "/proc/net/netfilter/nfnetlink_queue"
+) -> dict[str, int]:
     """The kernel's own counters for our queues `number` … `number + count - 1` (one per
-    queue reader process), summed (this network namespace's
-    /proc/net/netfilter/nfnetlink_queue): packets held right now, and those it dropped because
-    the queue was full or could not reach us. Empty when no queue is bound."""
+    queue reader process), summed (this network namespace's, or another's by `path`, as the
+    benchmark reads snitchd's): packets held right now, queued so far, and those it dropped
+    because the queue was full or could not reach us. Empty when no queue is bound."""
     total: dict[str, int] = {}
     try:
-        with open("/proc/net/netfilter/nfnetlink_queue", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
                 fields = [int(x) for x in line.split()]
                 if fields and number <= fields[0] < number + count:
