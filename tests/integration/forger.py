@@ -1,10 +1,9 @@
 """A client of the bus that lies (run as an unprivileged user): it sends every other connection
 on the bus a `Decision` signal that names an app that made no connection, a `Rates` signal
 with that app moving a gigabyte, a `ModeChanged` to silent-allow, and a `NameOwnerChanged`
-saying snitchd left. Signals to a
-connection are let through by the system bus's default policy, so only a receiver that checks
-who sent them tells these from snitchd's and the bus's own. Prints how many connections it
-wrote to.
+saying snitchd left. Signals to a connection are let through by the system bus's default
+policy, so only a receiver that checks who sent them tells these from snitchd's and the bus's
+own. Prints how many connections it wrote to.
 
   forger.py APP
 """
@@ -17,25 +16,12 @@ import time
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-BUS_NAME = "org.snitch.Firewall1"
-
-
-async def _ask_bus(bus: MessageBus, member: str) -> Message:
-    reply = await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member=member,
-        )
-    )
-    assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
-    return reply
+from snitch_common.bus import BUS_NAME, call_bus_daemon
 
 
 async def main(app: str) -> int:
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    reply = await _ask_bus(bus, "ListNames")
+    reply = await call_bus_daemon(bus, "ListNames", "", [])
     others = [n for n in reply.body[0] if n.startswith(":") and n != bus.unique_name]
     row = {
         "time": Variant("d", time.time()),
@@ -95,7 +81,7 @@ async def main(app: str) -> int:
             )
     # The bus handles one connection's messages in order: once it answered this, it has
     # passed every signal above on.
-    await _ask_bus(bus, "GetId")
+    await call_bus_daemon(bus, "GetId", "", [])
     print(len(others), flush=True)
     bus.disconnect()
     return 0
