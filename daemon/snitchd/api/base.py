@@ -86,11 +86,7 @@ class ServiceBase(ServiceInterface):
         return Caller(name, uid, is_admin(uid, self.admin_group))
 
     def _signal(self, destination: str, member: str, signature: str, body: list[Any]) -> None:
-        """A signal to one subscriber only (unicast: others' flows never reach it). None once
-        the bus is closed: snitchd's last rows are flushed after it stops serving, and the
-        subscribers went with the connection."""
-        if not self.bus.connected:
-            return
+        """A signal to one subscriber only (unicast: others' flows never reach it)."""
         self.bus.send(
             Message(
                 message_type=MessageType.SIGNAL,
