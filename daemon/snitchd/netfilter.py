@@ -288,8 +288,7 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
         target = f"--queue-balance {spec.queue}:{spec.queue + spec.queues - 1} --queue-cpu-fanout"
     else:
         target = f"--queue-num {spec.queue}"
-    marked = f"-m mark --mark {REJECT_MARK:#x}/{MARK_MASK:#x}"
-    ct_rejected = f"-m connmark --mark {REJECT_MARK:#x}/{MARK_MASK:#x}"
+    marked, ct_rejected = _has("mark", REJECT_MARK), _has("connmark", REJECT_MARK)
     queue = [f":{QUEUE_CHAIN} - [0:0]"]
     if not spec.intercept_loopback:
         queue.append(f"-A {QUEUE_CHAIN} -o lo -j RETURN")
@@ -326,10 +325,9 @@ def _decided_lines(chain: str) -> list[str]:
     (the mangle hook routes the packet again with its own mark), in the kernel, in the same
     step as the verdict. Then decided flows, whatever their conntrack state: a one-way UDP
     flow stays NEW."""
-    allowed_now = f"-m mark --mark {ALLOW_MARK:#x}/{MARK_MASK:#x}"
+    allowed_now = _has("mark", ALLOW_MARK)
     ct_allowed, ct_denied, ct_rejected = (
-        f"-m connmark --mark {mark:#x}/{MARK_MASK:#x}"
-        for mark in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
+        _has("connmark", mark) for mark in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
     )
     return [
         f"-A {chain} {allowed_now} -j CONNMARK --set-xmark {ALLOW_MARK:#x}/{MARK_MASK:#x}",
@@ -338,6 +336,11 @@ def _decided_lines(chain: str) -> list[str]:
         f"-A {chain} {ct_denied} -j DROP",
         f"-A {chain} {ct_rejected} -j RETURN",
     ]
+
+
+def _has(kind: str, mark: int) -> str:
+    """The match of a packet (`mark`) or flow (`connmark`) carrying one of our marks, masked."""
+    return f"-m {kind} --mark {mark:#x}/{MARK_MASK:#x}"
 
 
 def _dns_lines(number: int) -> list[str]:
