@@ -314,36 +314,28 @@ class Client:
 
     async def watch_mode(self, on_change: Callable[[dict[str, Any]], None]) -> None:
         """`on_change` gets each ModeChanged signal (the new state, with `was` and `why`)."""
-        rule = f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='ModeChanged'"
-        await self._follow_owner()
-        await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
-
-        def handler(msg: Message) -> bool:
-            if (
-                msg.message_type is MessageType.SIGNAL
-                and msg.member == "ModeChanged"
-                and msg.sender == self._owner
-            ):
-                on_change(plain(msg.body[0]))
-            return False
-
-        self.bus.add_message_handler(handler)
+        await self._watch("ModeChanged", on_change)
 
     async def watch_rules(self, on_change: Callable[[RulesChanged], None]) -> None:
         """`on_change` gets each RulesChanged signal (which rule ids changed; issue 19)."""
-        rule = f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='RulesChanged'"
+        await self._watch("RulesChanged", lambda body: on_change(RulesChanged.from_bus(body)))
+
+    async def _watch(self, member: str, take: Callable[[dict[str, Any]], None]) -> None:
+        """`take` gets the state (a{sv}, made plain) of each `member` signal snitchd sends to
+        everyone, believed only from its current name owner (`_follow_owner`)."""
+        rule = f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',member='{member}'"
         await self._follow_owner()
         await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
 
         def handler(msg: Message) -> bool:
             if (
                 msg.message_type is MessageType.SIGNAL
-                and msg.member == "RulesChanged"
+                and msg.member == member
                 and msg.interface == INTERFACE
                 and msg.signature == "a{sv}"
                 and msg.sender == self._owner
             ):
-                on_change(RulesChanged.from_bus(plain(msg.body[0])))
+                take(plain(msg.body[0]))
             return False
 
         self.bus.add_message_handler(handler)
