@@ -8,11 +8,9 @@ bridge calls are direct, since the bridge's methods only hand work to its loop.
 from __future__ import annotations
 
 import logging
-import signal
-import socket
 import sys
 
-from PySide6.QtCore import QSocketNotifier, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
 from snitch_notifier.bridge import AgentBridge
@@ -20,6 +18,7 @@ from snitch_notifier.icons import snitch_icon, use_desktop_icon_theme
 from snitch_notifier.instance import Instance, ask_running, instance_path
 from snitch_notifier.pending import Expired
 from snitch_notifier.popup import PromptWindow
+from snitch_notifier.quitting import quitting_on_signals
 from snitch_notifier.tray import Tray
 
 __all__ = ["run_popup", "wire"]
@@ -68,31 +67,10 @@ def run_popup(show: bool = False) -> int:
     if show:
         tray.open_waiting()
     instance = Instance(path, tray.open_waiting)
-    wakeup = _quit_on_signals(app)
     bridge.start()
     try:
-        return app.exec()
+        with quitting_on_signals(app):
+            return app.exec()
     finally:
         instance.close()
         bridge.stop()
-        for sock in wakeup:
-            sock.close()
-
-
-def _quit_on_signals(app: QApplication) -> tuple[socket.socket, socket.socket]:
-    """Quit on SIGINT/SIGTERM (Ctrl-C, systemd stop). Python runs signal handlers only when
-    the interpreter has control, and Qt's loop is C++: the wake-up fd makes Qt call us.
-
-    `exit`, not `quit`: in Qt 6 `quit()` is a request that first sends every window a close
-    event, and the popup (which hides instead of closing) refused it, so SIGTERM with a
-    prompt showing was ignored (issue 15). Pending prompts get no answer from us: snitchd
-    sees us leave the bus and gives them to another agent or the default."""
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
-    signal.set_wakeup_fd(writer.fileno())
-    notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read, app)
-    notifier.activated.connect(lambda: reader.recv(64))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: app.exit(0))
-    return reader, writer

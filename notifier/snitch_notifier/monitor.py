@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import html
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from snitch_notifier.monitordialogs import RuleDialog, WhyDialog
 from snitch_notifier.monitorfeed import HOST_ROWS, RECENT_ROWS, MonitorFeed
 from snitch_notifier.monitorfilter import MonitorFilter, parse_filter
 from snitch_notifier.monitortables import AppTable, HostTable, RuleTable, same_place
+from snitch_notifier.quitting import quitting_on_signals
 from snitch_notifier.traffic import (
     AppKey,
     AppTraffic,
@@ -619,14 +619,10 @@ def run_monitor() -> int:
     app.setDesktopFileName("snitch-monitor")
     use_desktop_icon_theme()
     app.setWindowIcon(snitch_icon())
-    signal.signal(signal.SIGINT, lambda *_: app.quit())
     window = MonitorWindow()
-    window.show()
-    # Python runs the SIGINT handler only when it has control: a timer gives it that.
-    wake = QTimer()
-    wake.start(500)
-    wake.timeout.connect(lambda: None)
     try:
-        return app.exec()
+        with quitting_on_signals(app):
+            window.show()
+            return app.exec()
     finally:
         window.feed.stop()
