@@ -161,10 +161,15 @@ class Client:
             return False
 
         self.bus.add_message_handler(handler)
-        reply = await self._reply(member)
-        if reply.sender != owner:  # snitchd restarted between the two calls
+        try:
+            reply = await self._reply(member)
+            if reply.sender != owner:  # snitchd restarted between the two calls
+                raise DaemonUnreachable("snitchd restarted while subscribing: try again")
+        except BaseException:
+            # Refused or gone: no subscription, so no handler left to take a later one's
+            # signals a second time.
             self.bus.remove_message_handler(handler)
-            raise DaemonUnreachable("snitchd restarted while subscribing: try again")
+            raise
 
     async def list_rules(self) -> list[dict[str, Any]]:
         """Every rule, a page at a time (snitchd answers at most MAX_RULES_PAGE a call). Rules
