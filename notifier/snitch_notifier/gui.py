@@ -67,10 +67,12 @@ def run_popup(show: bool = False) -> int:
     if show:
         tray.open_waiting()
     instance = Instance(path, tray.open_waiting)
-    bridge.start()
-    try:
-        with quitting_on_signals(app):
+    # Pending prompts get no answer from us at a signal: snitchd sees us leave the bus and
+    # gives them to another agent or the default.
+    with quitting_on_signals(app):
+        bridge.start()
+        try:
             return app.exec()
-    finally:
-        instance.close()
-        bridge.stop()
+        finally:
+            instance.close()
+            bridge.stop()
