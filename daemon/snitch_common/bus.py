@@ -61,6 +61,13 @@ async def call_bus_daemon(bus: MessageBus, member: str, signature: str, body: li
     return reply
 
 
+def broadcast(msg: Message) -> bool:
+    """Whether `msg` was sent to every connection whose match rules take it, not to us alone.
+    A broadcast reached us through one of our match rules, whose `sender` the bus checks; a
+    signal addressed to us passes no rule, and any user may send one, under any name."""
+    return msg.destination is None
+
+
 def disconnected(bus: MessageBus) -> asyncio.Future[None]:
     """`bus.wait_for_disconnect()` as a future (dbus-fast leaves that method unannotated)."""
     return asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]

@@ -26,6 +26,8 @@ from typing import Any
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from snitch_common.bus import broadcast
+
 __all__ = ["LOGIND", "Logind", "SessionState"]
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class Logind:
     async def watch(self) -> None:
         """Ask the bus for logind's PropertiesChanged signals (of any session)."""
         rule = (
-            "type='signal',interface='org.freedesktop.DBus.Properties',"
+            f"type='signal',sender='{LOGIND}',interface='org.freedesktop.DBus.Properties',"
             "member='PropertiesChanged',path_namespace='/org/freedesktop/login1/session'"
         )
         await self._call(
@@ -141,10 +143,11 @@ class Logind:
             msg.message_type is not MessageType.SIGNAL
             or msg.member != "PropertiesChanged"
             or msg.path not in self._sessions
+            or not broadcast(msg)  # logind's own, by the match rule's sender
         ):
             return
-        # Anyone may send this signal: it only makes us read logind again, one read at a time
-        # per session (a signal during a read means one more read after it).
+        # It only makes us read logind again, one read at a time per session (a signal during
+        # a read means one more read after it).
         path = msg.path
         if path in self._reading:
             self._reading[path] = True

@@ -24,7 +24,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from snitch_common import __version__
-from snitch_common.bus import call_bus_daemon
+from snitch_common.bus import broadcast, call_bus_daemon
 from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.agents import session_active
@@ -364,6 +364,7 @@ async def _follow_network(
             msg.message_type is MessageType.SIGNAL
             and msg.path == "/org/freedesktop/NetworkManager"
             and msg.member == "PropertiesChanged"
+            and broadcast(msg)  # NetworkManager's own, by the match rule below
         ):
             switcher.follow(switcher.network)
 

@@ -560,7 +560,7 @@ FORGED_APP = "/forged/by-nobody"
 
 def forge(lab: Lab) -> None:
     """forger.py as uid 65534: lies to every connection on the lab's bus (a decision and rates
-    naming FORGED_APP, a mode change, snitchd leaving)."""
+    naming FORGED_APP, a mode change, snitchd leaving, NetworkManager's and logind's changes)."""
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     done = run_with_lab_env(lab, *nobody, PYTHON, str(HERE / "forger.py"), FORGED_APP)
     assert done.returncode == 0 and int(done.stdout) >= 2, done

@@ -1,9 +1,10 @@
 """A client of the bus that lies (run as an unprivileged user): it sends every other connection
 on the bus a `Decision` signal that names an app that made no connection, a `Rates` signal
-with that app moving a gigabyte, a `ModeChanged` to silent-allow, and a `NameOwnerChanged`
-saying snitchd left. Signals to a connection are let through by the system bus's default
-policy, so only a receiver that checks who sent them tells these from snitchd's and the bus's
-own. Prints how many connections it wrote to.
+with that app moving a gigabyte, a `ModeChanged` to silent-allow, a `NameOwnerChanged`
+saying snitchd left, and NetworkManager's and logind's `PropertiesChanged` (snitchd would
+read the network or a session again). Signals to a connection are let through by the system
+bus's default policy, so only a receiver that checks who sent them tells these from snitchd's,
+the bus's and those services' own. Prints how many connections it wrote to.
 
   forger.py APP
 """
@@ -17,6 +18,8 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from snitch_common.bus import BUS_NAME, call_bus_daemon
+
+_NM = "org.freedesktop.NetworkManager"
 
 
 async def main(app: str) -> int:
@@ -66,6 +69,20 @@ async def main(app: str) -> int:
                 "/org/freedesktop/DBus",
                 "sss",
                 [BUS_NAME, ":1.1", ""],
+            ),
+            (
+                "PropertiesChanged",
+                "org.freedesktop.DBus.Properties",
+                "/org/freedesktop/NetworkManager",
+                "sa{sv}as",
+                [_NM, {"PrimaryConnection": Variant("o", "/")}, []],
+            ),
+            (
+                "PropertiesChanged",
+                "org.freedesktop.DBus.Properties",
+                "/org/freedesktop/login1/session/_32",
+                "sa{sv}as",
+                ["org.freedesktop.login1.Session", {"Active": Variant("b", True)}, []],
             ),
         ):
             await bus.send(
