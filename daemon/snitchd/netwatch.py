@@ -17,7 +17,6 @@ import contextlib
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 from dbus_fast import Message, MessageType
@@ -25,6 +24,7 @@ from dbus_fast.aio import MessageBus
 from pyroute2 import IPRoute
 
 from snitchd.profiles import NetworkState
+from snitchd.stopper import Stopper
 
 __all__ = ["NetWatch", "read_network", "wifi_ssid"]
 
@@ -69,7 +69,7 @@ class NetWatch:
     ) -> None:
         self._loop = loop
         self._on_change = on_change
-        self._stop = threading.Event()
+        self._stop = Stopper()
         self._thread = threading.Thread(target=self._run, name="snitch-netwatch", daemon=True)
         self.reads = 0
 
@@ -78,7 +78,10 @@ class NetWatch:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
+        if not self._thread.is_alive():
+            self._stop.close()
 
     def _run(self) -> None:
         try:
@@ -92,7 +95,7 @@ class NetWatch:
         last: NetworkState | None = None
         try:
             with sock, IPRoute() as ipr:
-                sock.settimeout(1.0)  # to see `close` within a second
+                sock.setblocking(False)
                 changed = True
                 while not self._stop.is_set():
                     if changed:
@@ -114,23 +117,22 @@ class NetWatch:
         return state
 
     def _wait(self, sock: socket.socket) -> bool:
-        """Whether something changed: waits up to a second for a message, then lets a burst
+        """Whether something changed: waits for a message (or `close`), then lets a burst
         settle and drains it."""
+        if not self._stop.readable(sock):
+            return False
         try:
             sock.recv(65536)
-        except TimeoutError:
+        except BlockingIOError:
             return False
         except OSError:  # ENOBUFS: changes were lost; read the state again
             return True
-        time.sleep(_SETTLE)
-        sock.setblocking(False)
+        self._stop.sleep(_SETTLE)
         try:
             for _ in range(_DRAIN_MAX):
                 sock.recv(65536)
         except OSError:  # BlockingIOError: drained (or ENOBUFS: read anyway)
             pass
-        finally:
-            sock.settimeout(1.0)
         return True
 
 

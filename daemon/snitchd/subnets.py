@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import select
 import threading
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
@@ -21,13 +20,13 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
 from snitchd.places import Places
+from snitchd.stopper import Stopper
 
 __all__ = ["SubnetWatch", "subnets_of"]
 
 log = logging.getLogger(__name__)
 
 _RESCAN = 30.0  # seconds: a dump even without an event (an overflowed socket loses events)
-_WAKE = 1.0  # seconds: how often the thread checks whether it should stop
 
 Subnets = tuple[tuple[str, ...], tuple[IPv4Address | IPv6Address, ...]]
 
@@ -67,7 +66,7 @@ class SubnetWatch:
 
     def __init__(self, places: Places) -> None:
         self.places = places
-        self._stop = threading.Event()
+        self._stop = Stopper()
         self._thread: threading.Thread | None = None
         self._last: Subnets | None = None
 
@@ -85,6 +84,8 @@ class SubnetWatch:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.close()
 
     def _set(self, loop: asyncio.AbstractEventLoop, subnets: Subnets) -> None:
         if subnets == self._last:
@@ -106,17 +107,15 @@ class SubnetWatch:
             log.exception("cannot follow address changes: to=lan keeps the subnets seen at start")
             return
         try:
-            waited = 0.0
-            while not self._stop.is_set():
-                ready, _, _ = select.select([events], [], [], _WAKE)
-                waited += _WAKE
+            while True:
+                ready = self._stop.readable(events, _RESCAN)
+                if self._stop.is_set():
+                    break
                 if ready:
                     events.get()  # drain; the dump says what is now
-                if ready or waited >= _RESCAN:
-                    waited = 0.0
-                    try:
-                        self._set(loop, _dump())
-                    except Exception:
-                        log.exception("cannot read the machine's addresses")
+                try:
+                    self._set(loop, _dump())
+                except Exception:
+                    log.exception("cannot read the machine's addresses")
         finally:
             events.close()
