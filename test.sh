@@ -44,7 +44,7 @@ unit_log=$(mktemp)
 .venv/bin/pytest -m "not slow" -p no:cacheprovider tests/unit tests/notifier >"$unit_log" 2>&1 &
 unit_pid=$!
 status=0
-.venv/bin/pytest -m "not slow" tests/integration || status=$?
+.venv/bin/pytest -m "not slow" --durations=20 tests/integration || status=$?
 unit_status=0
 wait "$unit_pid" || unit_status=$?
 echo "== pytest: tests/unit tests/notifier (ran beside the integration tests)"
