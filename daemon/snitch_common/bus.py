@@ -25,6 +25,7 @@ __all__ = [
     "MAX_TOP_APPS",
     "OBJECT_PATH",
     "PromptView",
+    "broadcast",
     "call_bus_daemon",
     "disconnected",
     "patient_writes",
