@@ -367,6 +367,28 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot {doing} rule store {self.path}: {exc.strerror}") from exc
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write transaction on the main connection that takes SQLite's write lock at its
+        start (BEGIN IMMEDIATE), waiting for it up to the busy timeout; inside one, a
+        savepoint. sqlite-utils' `atomic` begins a deferred one: a first read (sqlite-utils
+        reads a table's columns before an upsert) pins a snapshot, and if another process
+        commits before the first write, that write fails at once with "database is locked",
+        the busy timeout never applied (SQLITE_BUSY_SNAPSHOT)."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def _locked_message(self, doing: str) -> str:
         """Who holds the lock, if the kernel says (a write lock on the file, or on its -shm
         file in WAL mode), and what to do."""
@@ -387,7 +409,7 @@ class Store:
                 f"snitch ({SCHEMA_VERSION}); upgrade snitch or restore a backup"
             )
         for step in range(version, SCHEMA_VERSION):
-            with self.db.atomic():
+            with self._writing():
                 _MIGRATIONS[step](self.db)
                 self.db.execute(f"PRAGMA user_version = {step + 1}")
             log.info("rule store migrated path=%s version=%d", self.path, step + 1)
@@ -699,7 +721,7 @@ class Store:
 
     def record_hits(self, hits: dict[int, tuple[int, float]]) -> None:
         self.record_memory_hits(hits)
-        with self._lock, self._errors("write"), self.db.atomic():
+        with self._lock, self._errors("write"), self._writing():
             for rule_id, (count, last) in hits.items():
                 if rule_id in self._memory:
                     continue
@@ -712,7 +734,7 @@ class Store:
         """Add each count to its attempt's row (`attempts.RowRef`: the newest row of that flow
         and time); returns the rows updated. A row pruned meanwhile is not found: no harm."""
         updated = 0
-        with self._lock, self._errors("write to"), self.db.atomic():
+        with self._lock, self._errors("write to"), self._writing():
             for ref, count in retries.items():
                 cur = self.db.execute(
                     "UPDATE connections SET retries = retries + ? WHERE id = "
@@ -728,7 +750,7 @@ class Store:
         """One transaction around several writes (each of them a savepoint inside it): the log
         writer's batch is written whole or not at all, so a batch sent again after a failure
         part-way never writes its rows twice."""
-        with self._lock, self._errors("write to"), self.db.atomic():
+        with self._lock, self._errors("write to"), self._writing():
             yield
 
     def log_decisions(self, decisions: Iterable[Decision]) -> None:
@@ -737,7 +759,7 @@ class Store:
     def log_rows(self, rows: list[tuple[object, ...]]) -> None:
         """Rows made by `log_row`. executemany on tuples: 6 µs a row against 14 µs for
         sqlite-utils' insert_all of dicts (bench/bench_micro.py)."""
-        with self._lock, self._errors("write to"), self.db.atomic():
+        with self._lock, self._errors("write to"), self._writing():
             self.db.conn.executemany(_LOG_INSERT, rows)
 
     def connections(self, query: LogQuery) -> list[dict[str, Any]]:
@@ -763,7 +785,7 @@ class Store:
         execute each was ~4 µs (bench/bench_micro.py)."""
         if not ends:
             return 0
-        with self._lock, self._errors("write to"), self.db.atomic():
+        with self._lock, self._errors("write to"), self._writing():
             return int(self.db.conn.executemany(_END_UPDATE, ends).rowcount)
 
     def top(self, since: float | None, uid: int | None = None) -> list[dict[str, Any]]:
@@ -799,7 +821,7 @@ class Store:
         days = [(r[0] // 1440, *r[1:]) for r in rows]
         users = [(r[0], *r[2:]) for r in rows]
         user_hours = [(r[0] // 60, *r[2:]) for r in rows]
-        with self._lock, self._errors("write to"), self.db.atomic():
+        with self._lock, self._errors("write to"), self._writing():
             self.db.conn.executemany(_TRAFFIC_ADD.format("traffic_minute", "minute"), rows)
             self.db.conn.executemany(_TRAFFIC_ADD.format("traffic_hour", "hour"), hours)
             self.db.conn.executemany(_TRAFFIC_ADD.format("traffic_day", "day"), days)
@@ -809,7 +831,7 @@ class Store:
     def prune(self, now: float, max_age: float, max_rows: int) -> int:
         """Keep the log within its age and size limits (and the rollups: minutes for
         MINUTES_KEPT, hours as long as the log); returns the log rows removed."""
-        with self._lock, self._errors("prune"), self.db.atomic():
+        with self._lock, self._errors("prune"), self._writing():
             self.db.execute(
                 "DELETE FROM traffic_minute WHERE minute < ?", [int((now - MINUTES_KEPT) // 60)]
             )

@@ -540,3 +540,34 @@ def test_locked_database_is_a_store_error_mentioning_the_lock(db_path: Path) -> 
 def test_lifetime_enum_values_are_what_the_store_writes() -> None:
     """Stored text uses `for=process`/`for=Nm`; renaming an enum value would orphan rows."""
     assert [lt.value for lt in Lifetime] == ["once", "process", "minutes", "restart", "forever"]
+
+
+def test_a_batch_that_reads_first_survives_another_process_writing(tmp_path: Path) -> None:
+    """The log writer's batch with a new app and no rows (a flow still waiting for its prompt)
+    read the apps table's columns before its first write. In a deferred transaction that read
+    pins a snapshot; snitchd's main process then wrote (a profile switched) and the batch's
+    write failed at once with "database is locked", with no busy wait (SQLITE_BUSY_SNAPSHOT),
+    twice in CI. A batch takes the write lock first now; the other writer waits for it."""
+    path = tmp_path / "snitch.db"
+    store = Store(path)
+    other = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    wrote = threading.Event()
+
+    def write_elsewhere() -> None:
+        other.execute("INSERT INTO apps VALUES ('/usr/bin/elsewhere', 1.0, NULL)")
+        wrote.set()
+
+    elsewhere = threading.Thread(target=write_elsewhere)
+    try:
+        with store.batch():
+            assert store.known_apps() == {}  # a read first
+            elsewhere.start()
+            elsewhere.join(0.5)  # room for it to commit, if it may
+            store.note_apps({"/usr/bin/waiting": (2.0, None)})
+        elsewhere.join(10)
+        assert wrote.is_set()
+        assert set(store.known_apps()) == {"/usr/bin/elsewhere", "/usr/bin/waiting"}
+    finally:
+        elsewhere.join(10)
+        other.close()
+        store.close()
