@@ -45,5 +45,7 @@ class Stopper:
         return fd in ready and not self._flag.is_set()
 
     def close(self) -> None:
-        """Once the thread that waits has ended."""
-        os.close(self._fd)
+        """Once the thread that waits has ended; a second call does nothing."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
