@@ -43,6 +43,7 @@ def quitting_on_signals(app: QApplication) -> Iterator[None]:
         yield
     finally:
         notifier.setEnabled(False)
+        notifier.deleteLater()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(previous)
