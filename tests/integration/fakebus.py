@@ -5,11 +5,11 @@ the fake's objects, own the name."""
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface
 
+from snitch_common.bus import call_bus_daemon
 from tests.support.lab import Bus
 
 POLICY = """<?xml version="1.0"?>
@@ -28,8 +28,11 @@ async def serve(bus: Bus, name: str, objects: dict[str, ServiceInterface]) -> Me
     """Allow `name` on the lab's bus, export `objects` (path: interface), own the name, serve
     until the caller disconnects the returned connection."""
     (bus.dir / "policy" / f"{name}-test.conf").write_text(POLICY.format(name=name))
-    bus.proc.send_signal(signal.SIGHUP)
     conn = await MessageBus(bus_address=bus.address).connect()
+    # Asked over the bus, not by SIGHUP: a bus just started (its socket there) may not have
+    # its SIGHUP handler yet, and the signal's default action ended it (seen once in CI, on a
+    # loaded machine: our connection was reset). A connection proves it runs its loop.
+    await call_bus_daemon(conn, "ReloadConfig", "", [])
     for path, interface in objects.items():
         conn.export(path, interface)
     for _ in range(100):  # the reload is asynchronous: until the policy lets us own the name
