@@ -1,6 +1,6 @@
-"""What every stand-in system service on the lab's private bus does (logindfake, polkitfake):
-let root own the well-known name and everyone call it (a policy file, then a reload), export
-the fake's objects, own the name."""
+"""What every stand-in system service on the lab's private bus does (logindfake, polkitfake,
+test_profile_ssid's NetworkManager): let root own the well-known name and everyone call it (a
+policy file, then a reload), export the fake's objects, own the name."""
 
 from __future__ import annotations
 

@@ -13,22 +13,18 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import pytest
-from dbus_fast import BusType, Message, Variant
+from dbus_fast import Message, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusObjectPath, DBusSignature, DBusStr
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property
 
 from conftest import MODE_ALERT, PROFILE_ALERT, Lab, forge
+from tests.integration import fakebus
 
 NM = "org.freedesktop.NetworkManager"
 ACTIVE = "/org/freedesktop/NetworkManager/ActiveConnection/1"
 AP = "/org/freedesktop/NetworkManager/AccessPoint/1"
-POLICY = f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig><policy user="root"><allow own="{NM}"/><allow send_destination="{NM}"/></policy>
-</busconfig>
-"""
 
 
 class Manager(ServiceInterface):
@@ -71,27 +67,13 @@ def running(lab: Lab) -> Lab:
 
 
 @pytest.fixture
-async def wifi(
-    running: Lab, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[MessageBus, AccessPoint]]:
+async def wifi(running: Lab) -> AsyncIterator[tuple[MessageBus, AccessPoint]]:
     """NetworkManager on the lab's bus, connected to the Wi-Fi "Café Wi-Fi"."""
     assert running.bus is not None
-    (running.bus.dir / "policy" / "nm.conf").write_text(POLICY)
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", running.bus.address)
-    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    ap = AccessPoint("Café Wi-Fi")
+    objects = {"/org/freedesktop/NetworkManager": Manager(), ACTIVE: ActiveConnection(), AP: ap}
+    bus = await fakebus.serve(running.bus, NM, objects)
     try:
-        reload = Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="ReloadConfig",
-        )
-        await bus.call(reload)
-        ap = AccessPoint("Café Wi-Fi")
-        bus.export("/org/freedesktop/NetworkManager", Manager())
-        bus.export(ACTIVE, ActiveConnection())
-        bus.export(AP, ap)
-        await bus.request_name(NM)
         yield bus, ap
     finally:
         bus.disconnect()
