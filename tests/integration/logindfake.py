@@ -1,7 +1,7 @@
 """A stand-in for systemd-logind on the lab's private bus (the machine has no systemd as PID 1):
 `org.freedesktop.login1`'s Manager (GetSessionByPID, GetUser) and Session objects with the
 properties snitchd reads (Id, Active, Seat, Type, Remote), whose Active the test switches, with
-the PropertiesChanged signal logind sends.
+the PropertiesChanged signal logind sends, counting how often they were read.
 
 No `from __future__ import annotations` here: dbus-fast reads the D-Bus signatures from the
 annotations at class creation.
@@ -27,9 +27,11 @@ class FakeSession(ServiceInterface):
         super().__init__("org.freedesktop.login1.Session")
         self.sid, self.seat, self.kind, self.remote, self.active = sid, seat, kind, remote, active
         self.path = f"/org/freedesktop/login1/session/_3{sid}"
+        self.reads = 0  # how often a client read the session's properties (GetAll reads Id)
 
     @dbus_property(access=PropertyAccess.READ)
     def Id(self) -> DBusStr:
+        self.reads += 1
         return self.sid
 
     @dbus_property(access=PropertyAccess.READ)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal, run_netclient
+from conftest import HERE, PYTHON, VENV_BIN, Lab, Terminal, forge, run_netclient
 from tests.integration import logindfake
 from tests.integration.logindfake import FakeSession
 from tests.support.lab import Lines, end_child
@@ -116,5 +116,38 @@ async def test_prompts_go_to_the_desktop_a_person_sits_at(
             taker.close()
     finally:
         terminal.close()
+        desk.kill()  # it has no stdin to close: ended by its pid
+        end_child(desk)
+
+
+async def test_only_logind_s_own_signal_makes_snitchd_read_a_session_again(
+    running: Lab, sessions: tuple[FakeSession, FakeSession]
+) -> None:
+    """uid 65534 sends snitchd's connection a PropertiesChanged at the desktop session's path:
+    a signal addressed to a connection passes no match rule, so only logind's own broadcast
+    (its sender checked by the bus) makes snitchd read the session again; a flood of forged
+    ones would otherwise keep snitchd asking logind."""
+    desktop, _ = sessions
+    desk = subprocess.Popen(
+        [PYTHON, str(HERE / "deskagent.py")], stdout=subprocess.PIPE, text=True, env=running.env
+    )
+    try:
+        assert (await asyncio.to_thread(Lines(desk).next, 10)) == {"registered": True}
+        assert "(desktop;" in (await routing(running))[0]
+        before = desktop.reads
+        assert before >= 1  # snitchd read the session when the agent registered
+        await asyncio.to_thread(forge, running)
+        await routing(running)  # a call after the forged signals: snitchd has taken them
+        await asyncio.sleep(0.5)  # and a read they started would have reached logind by now
+        assert desktop.reads == before, "a forged signal made snitchd read the session"
+
+        desktop.switch(False)  # logind's own signal: read again at once
+        for _ in range(50):
+            if "inactive" in (await routing(running))[0]:
+                break
+            await asyncio.sleep(0.1)
+        assert "session 2 (x11, seat seat0, inactive)" in (await routing(running))[0]
+        assert desktop.reads > before
+    finally:
         desk.kill()  # it has no stdin to close: ended by its pid
         end_child(desk)
