@@ -1,8 +1,9 @@
 """connbench's figures: medians over rounds, ratios within the run, the issue's targets, tables.
 
 Every figure is the median of the rounds; ratios divide the medians of the same run, so the
-configurations share whatever the machine was doing. Targets (issue #8) are checked, never
-asserted: a missed target is a row that says "no".
+configurations share whatever the machine was doing. Targets (issue #8's, and issue 21's for
+the default configuration c) are checked, never asserted: a missed target is a row that says
+MISSED.
 """
 
 import statistics
@@ -77,12 +78,13 @@ def _micro(micro, bench, key, field="median_us"):
 def targets(summary, micro):
     rows = []
 
-    def check(config, what, value, limit, higher_is_better=False, empty=0):
+    def check(config, what, value, limit, higher_is_better=False, empty=0, issue=8):
         """`empty`: rounds that timed nothing (the daemon held every flow past the load): a
         latency from the other rounds would flatter it, so the row says MISSED."""
         if empty:
             rows.append(
                 {
+                    "issue": issue,
                     "config": config,
                     "what": what,
                     "value": None,
@@ -95,7 +97,16 @@ def targets(summary, micro):
         if value is None:
             return
         met = value >= limit if higher_is_better else value <= limit
-        rows.append({"config": config, "what": what, "value": value, "limit": limit, "met": met})
+        rows.append(
+            {
+                "issue": issue,
+                "config": config,
+                "what": what,
+                "value": value,
+                "limit": limit,
+                "met": met,
+            }
+        )
 
     for key in SNITCH:
         s = summary.get(key)
@@ -111,6 +122,19 @@ def targets(summary, micro):
         check(key, "daemon CPU s / 1000 flows (all three loads)", s["cpu_per_1000_all"], 0.08)
         if "tcp4" in s:
             check(key, "daemon CPU s / 1000 conns (tcp 4 clients)", s["tcp4"]["cpu_per_1000"], 0.08)
+        if key == "c":  # issue 21: the default configuration, whatever its reader count
+            t1, t4 = s["tcp1"], s.get("tcp4", {})
+            for what, value, limit, higher, nothing in (
+                ("tcp 1 client rate / ceiling", t1.get("vs_b"), 0.60, True, 0),
+                ("tcp 4 clients rate / ceiling", t4.get("vs_b"), 0.50, True, 0),
+                ("added median µs (tcp 1 client)", t1.get("added_p50_us"), 60, False, empty),
+                ("added p99 µs (tcp 1 client)", t1.get("added_p99_us"), 200, False, empty),
+                ("CPU s / 1000 conns, all its processes (tcp 1 client)", t1["cpu_per_1000"], 0.10,
+                 False, 0),
+                ("CPU s / 1000 conns, all its processes (tcp 4 clients)",
+                 t4.get("cpu_per_1000"), 0.10, False, 0),
+            ):  # fmt: skip
+                check(key, what, value, limit, higher, nothing, issue=21)
         limit, when = (150, "at 100k rules") if key == "e" else (60, "idle")
         check(key, f"RSS MB {when} (snitchd + log writer, summed)", s["rss_idle_mb"], limit)
         check(key, f"PSS MB {when} (snitchd + log writer, summed)", s["pss_idle_mb"], limit)
@@ -172,7 +196,7 @@ def print_tables(summary, targets_rows, meta, setups):
     print(
         f"{'':3s}{'tcp1 /a':>8s} {'/b':>6s} {'tcp4 /a':>8s} {'/b':>6s} {'udp /a':>7s} {'/b':>6s}"
         f" {'udp p50':>8s} {'+p50':>6s} {'udp p99':>8s} {'tcp4 p50':>9s} {'tcp4 p99':>9s}"
-        f" {'CPU/1k 4c':>9s}"
+        f" {'CPU/1k 4c':>9s} {'CPU/1k all':>10s}"
     )
     for key, s in summary.items():
         t1, t4, u = s.get("tcp1", {}), s.get("tcp4", {}), s.get("udp1", {})
@@ -221,7 +245,14 @@ def print_tables(summary, targets_rows, meta, setups):
         f" ({meta['cpus']} CPUs)"
     )
 
-    print("\n== targets (issue #8)")
+    for issue in (8, 21):
+        _print_targets(issue, [row for row in targets_rows if row.get("issue", 8) == issue])
+
+
+def _print_targets(issue, targets_rows):
+    if not targets_rows:
+        return
+    print(f"\n== targets (issue #{issue})")
     for row in targets_rows:
         value = row["value"]
         if value is None:
