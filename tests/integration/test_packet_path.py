@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import Lab, curl_exe, python_exe
+from conftest import PYTHON, Lab, curl_exe, python_exe, rows_like
 from tests.integration.readerparams import READERS
 
 
@@ -195,3 +195,35 @@ def test_kernel_rules_only_new_flows_and_removed_on_stop(running: Lab) -> None:
     assert saved.count("-A OUTPUT -m comment --comment snitch") == 4  # mangle+filter, v4+v6
     assert running.stop_daemon() == 0
     assert "snitch" not in running.iptables_save().lower()
+
+
+_JOIN_GROUPS = (  # an IPv4 group on the client's address, an IPv6 one on veth0
+    "import socket, struct, sys, time; "
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, "
+    "socket.inet_aton('239.1.2.3') + socket.inet_aton('192.0.2.1')); "
+    "s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+    "s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, "
+    "socket.inet_pton(socket.AF_INET6, 'ff12::1234') "
+    "+ struct.pack('@I', socket.if_nametoindex('veth0'))); time.sleep(1.5)"
+)
+
+
+def test_the_kernel_s_multicast_report_is_named_to_nobody(running: Lab) -> None:
+    """A program that joins a multicast group makes the kernel send an IGMP report (IGMPv3:
+    to 224.0.0.22), and an MLD report for an IPv6 group: packets of no socket, so of no
+    process. It is decided as the kernel's
+    (`attribution` kernel, `proto` other), never as the program's; a rule naming no app
+    answers it, as the README says (a bridge or VPN coming up sends the same reports). The
+    MLD report is not queued at all."""
+    rule_id = running.add_rule("allow to=224.0.0.22")
+    running.client_run(PYTHON, "-c", _JOIN_GROUPS)
+    rows = rows_like(running, 1, dst="224.0.0.22")
+    assert rows, running.log_rows()
+    assert {(r["attribution"], r["proto"], r["action"], r.get("rule_id")) for r in rows} == {
+        ("kernel", "other", "allow", rule_id)
+    }, rows
+    assert all("exe" not in r for r in rows), rows
+    # IPv6's MLD report (to ff02::16) left in the same second: conntrack leaves it untracked,
+    # so it never reaches the queue.
+    assert not [r for r in running.log_rows() if r["dst"].startswith("ff02:")]
