@@ -196,7 +196,7 @@ def _covered(
     if answer.scope is not Scope.ANY_APP:
         _check_identity(proc, answer)
     ported = flow.proto in (Proto.TCP, Proto.UDP)
-    proto = flow.proto if flow.proto is not Proto.OTHER else None
+    proto: Proto | None = flow.proto  # `other` too: an answer for GRE or IGMP lets no TCP out
     dst = None
     rule_host = None
     ports = None

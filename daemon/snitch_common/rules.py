@@ -525,12 +525,9 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         fields["ports"] = _parse_ports(value)
     elif key == "proto":
         try:
-            proto = Proto(value)
+            fields["proto"] = Proto(value)
         except ValueError:
-            raise RuleError(f"invalid proto {value!r}: use tcp, udp or icmp") from None
-        if proto is Proto.OTHER:
-            raise RuleError(f"invalid proto {value!r}: use tcp, udp or icmp")
-        fields["proto"] = proto
+            raise RuleError(f"invalid proto {value!r}: use tcp, udp, icmp or other") from None
     elif key == "iface":
         if len(value) > 15 or "/" in value:
             raise RuleError(f"invalid iface {value!r}: an interface name has at most 15 characters")
@@ -586,8 +583,12 @@ def _apply_when_word(fields: dict[str, object], key: str, value: str) -> None:
 
 
 def _check_consistent(rule: Rule) -> None:
-    if rule.ports is not None and rule.proto is Proto.ICMP:
-        raise RuleError("invalid rule: icmp has no ports; drop port= or use proto=tcp|udp")
+    if rule.ports is not None and rule.proto in (Proto.ICMP, Proto.OTHER):
+        # A port rule matches TCP and UDP flows only (`decide`), so this one would never match.
+        raise RuleError(
+            f"invalid rule: {rule.proto.value} has no ports a rule can name; drop port= or use "
+            "proto=tcp|udp"
+        )
     if rule.sha256 is not None and rule.exe is None:
         raise RuleError("invalid rule: sha256= pins an executable; give app= too")
     if rule.script is not None and rule.exe is None:

@@ -64,7 +64,7 @@ def add_rule_parsers(sub: Any) -> None:
     add.add_argument("--dst", metavar="IP|CIDR", help="destination address or network")
     add.add_argument("--host", metavar="NAME|*.DOMAIN", help="destination host or domain")
     add.add_argument("--port", metavar="N[-M]", help="destination port or range")
-    add.add_argument("--proto", choices=("tcp", "udp", "icmp"))
+    add.add_argument("--proto", choices=("tcp", "udp", "icmp", "other"))
     add.add_argument("--iface", metavar="NAME", help="outgoing interface")
     add.add_argument("--action", choices=("allow", "deny", "reject"))
     add.add_argument(
@@ -97,7 +97,7 @@ def add_explain_parser(sub: Any) -> None:
         help="an address, or a host name (the address it was last resolved to is used)",
     )
     ex.add_argument("--port", type=int, default=0)
-    ex.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    ex.add_argument("--proto", choices=("tcp", "udp", "icmp", "other"), default="tcp")
     ex.add_argument("--iface", default="")
     ex.add_argument("--uid", type=int)
     ex.add_argument("--host", metavar="NAME", help="judge the address as resolved from NAME")

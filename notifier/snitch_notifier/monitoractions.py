@@ -155,7 +155,7 @@ def explain_query(app: AppKey, host: HostTraffic) -> dict[str, Variant]:
     query = {
         "dst": Variant("s", host.address),
         "port": Variant("x", host.port or 0),
-        "proto": Variant("s", host.proto if host.proto in ("tcp", "udp", "icmp") else "tcp"),
+        "proto": Variant("s", host.proto or "tcp"),
     }
     if app.app.startswith("/"):
         query["exe"] = Variant("s", app.app)

@@ -212,11 +212,10 @@ _JOIN_GROUPS = (  # an IPv4 group on the client's address, an IPv6 one on veth0
 def test_the_kernel_s_multicast_report_is_named_to_nobody(running: Lab) -> None:
     """A program that joins a multicast group makes the kernel send an IGMP report (IGMPv3:
     to 224.0.0.22), and an MLD report for an IPv6 group: packets of no socket, so of no
-    process. It is decided as the kernel's
-    (`attribution` kernel, `proto` other), never as the program's; a rule naming no app
-    answers it, as the README says (a bridge or VPN coming up sends the same reports). The
-    MLD report is not queued at all."""
-    rule_id = running.add_rule("allow to=224.0.0.22")
+    process. The IGMP report is decided as the kernel's (`attribution` kernel, `proto` other),
+    never as the program's, and a rule naming no app and proto=other answers it, as the README
+    says (a bridge or VPN coming up sends the same reports). The MLD report is not queued."""
+    rule_id = running.add_rule("allow to=224.0.0.22 proto=other")
     running.client_run(PYTHON, "-c", _JOIN_GROUPS)
     rows = rows_like(running, 1, dst="224.0.0.22")
     assert rows, running.log_rows()

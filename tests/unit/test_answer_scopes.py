@@ -48,6 +48,20 @@ def test_any_app_to_this_destination_names_no_app() -> None:
         rule(Scope.EXACT, p=proc(verified=False))
 
 
+def test_an_answer_for_another_protocol_names_it_and_never_covers_tcp() -> None:
+    """An IGMP report of the kernel (no process), or a GRE or UDP-Lite flow of an app: the rule
+    names proto=other, so "allow this" for it lets out no TCP or UDP to that address."""
+    kernel = Process(Attribution.KERNEL)
+    answer = Answer(1, Action.ALLOW, "forever", Scope.ANY_APP)
+    igmp = flow("224.0.0.22", 0, Proto.OTHER)
+    assert str(rule_for_answer(igmp, kernel, None, answer, admin=True)) == (
+        "allow to=224.0.0.22 proto=other"
+    )
+    assert rule(Scope.EXACT, dport=5000, proto=Proto.OTHER) == (
+        f"allow app=/usr/bin/ssh sha256={'ab' * 32} user=1000 to=203.0.113.8 proto=other"
+    )
+
+
 def test_this_app_to_this_network_is_a_slash_24_or_a_slash_64() -> None:
     sha = "ab" * 32
     assert rule(Scope.NETWORK, "api.example.org") == (

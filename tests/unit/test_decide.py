@@ -316,6 +316,16 @@ def test_port_rule_never_matches_icmp() -> None:
     assert winner(rules, flow(proto=Proto.UDP, dport=1)) == 1
 
 
+def test_other_rule_matches_only_flows_of_other_protocols() -> None:
+    """proto=other (IGMP, GRE, ESP, UDP-Lite…) covers no TCP, UDP or ICMP flow, and a port
+    rule never covers it, UDP-Lite's ports included."""
+    rules = ruleset("allow to=224.0.0.22 proto=other")
+    assert winner(rules, flow(proto=Proto.OTHER, dst="224.0.0.22", dport=0)) == 1
+    for proto in (Proto.TCP, Proto.UDP, Proto.ICMP):
+        assert winner(rules, flow(proto=proto, dst="224.0.0.22")) is None
+    assert winner(ruleset("allow port=443"), flow(proto=Proto.OTHER, dport=443)) is None
+
+
 def test_icmp_rule_matches_icmpv6() -> None:
     """Users think "ping": proto=icmp covers ICMPv6 as well."""
     rules = ruleset("allow proto=icmp")
@@ -507,7 +517,7 @@ def _maybe(draw: st.DrawFn, values: list[Any]) -> Any:
 @st.composite
 def decide_rules(draw: st.DrawFn) -> Rule:
     exe = _maybe(draw, EXES)
-    proto = _maybe(draw, [Proto.TCP, Proto.UDP, Proto.ICMP])
+    proto = _maybe(draw, list(Proto))
     net = _maybe(draw, NETS)
     lifetime = draw(
         st.sampled_from(
@@ -522,7 +532,7 @@ def decide_rules(draw: st.DrawFn) -> Rule:
         user=_maybe(draw, [0, 1000]),
         dst=ip_network(net) if net else None,
         host=None if net else _maybe(draw, HOSTS),
-        ports=_maybe(draw, PORTS) if proto is not Proto.ICMP else None,
+        ports=_maybe(draw, PORTS) if proto not in (Proto.ICMP, Proto.OTHER) else None,
         proto=proto,
         iface=_maybe(draw, IFACES),
         lifetime=lifetime,
@@ -555,8 +565,8 @@ def _identity(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def situations(draw: st.DrawFn) -> tuple[Flow, Process, frozenset[str], float]:
-    proto = draw(st.sampled_from([Proto.TCP, Proto.UDP, Proto.ICMP]))
-    dport = 0 if proto is Proto.ICMP else draw(st.sampled_from([53, 80, 443, 450, 8080, 9999]))
+    proto = draw(st.sampled_from(list(Proto)))  # other: UDP-Lite has ports, GRE none
+    dport = 0 if proto is Proto.ICMP else draw(st.sampled_from([0, 53, 80, 443, 450, 8080, 9999]))
     f = flow(
         dport=dport,
         proto=proto,
@@ -579,7 +589,7 @@ def situations(draw: st.DrawFn) -> tuple[Flow, Process, frozenset[str], float]:
 def situations_for(draw: st.DrawFn, rule: Rule) -> tuple[Flow, Process, frozenset[str], float]:
     """A flow that `rule` matches (unless it has expired), at either end of its network and
     port range: random flows too seldom reach the rules that a wrongly filed rank would hide."""
-    protos = [Proto.TCP, Proto.UDP] if rule.ports else [Proto.TCP, Proto.UDP, Proto.ICMP]
+    protos = [Proto.TCP, Proto.UDP] if rule.ports else list(Proto)
     proto = rule.proto or draw(st.sampled_from(protos))
     dport = 0 if proto is Proto.ICMP else draw(st.sampled_from(rule.ports or (53, 443)))
     if rule.dst is not None:

@@ -43,6 +43,8 @@ ROUND_TRIP = [
     "allow port=8000-8080 proto=tcp",
     "allow proto=udp",
     "allow proto=icmp",
+    "allow proto=other",
+    "allow to=224.0.0.22 proto=other",
     "allow iface=tun0",
     "allow app=/usr/bin/curl for=once",
     "allow app=/usr/bin/curl for=restart",
@@ -169,9 +171,9 @@ def rules(draw: st.DrawFn) -> Rule:
         dst = draw(networks())
     elif which == "host":
         host = draw(hosts())
-    proto = draw(st.none() | st.sampled_from([Proto.TCP, Proto.UDP, Proto.ICMP]))
+    proto = draw(st.none() | st.sampled_from(list(Proto)))
     ports = None
-    if proto is not Proto.ICMP and draw(st.booleans()):
+    if proto not in (Proto.ICMP, Proto.OTHER) and draw(st.booleans()):
         lo = draw(st.integers(1, 65535))
         ports = (lo, draw(st.integers(lo, 65535)))
     iface = draw(
@@ -313,7 +315,7 @@ MALFORMED = [
     pytest.param("allow port=http", "'http'", id="port-name"),
     pytest.param("allow proto=icmp port=5", "icmp", id="icmp-with-port"),
     pytest.param("allow proto=sctp", "'sctp'", id="unknown-proto"),
-    pytest.param("allow proto=other", "'other'", id="proto-other"),
+    pytest.param("allow proto=other port=5", "other has no ports", id="other-with-port"),
     pytest.param("allow to=300.1.1.1", "'300.1.1.1'", id="bad-ipv4"),
     pytest.param("allow to=10.0.0.1/8", "'10.0.0.1/8'", id="host-bits-set"),
     pytest.param("allow to=2001:db8::1/32", "'2001:db8::1/32'", id="v6-host-bits-set"),

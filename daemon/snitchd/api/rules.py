@@ -69,7 +69,7 @@ class RulesRoom(ServiceBase):
         try:
             proto = Proto(arg(query, "proto", str) or "tcp")
         except ValueError:
-            raise RuleError("explain: proto must be tcp, udp or icmp") from None
+            raise RuleError("explain: proto must be tcp, udp, icmp or other") from None
         asked = ExplainQuery(
             dst,
             arg(query, "port", int) or 0,
