@@ -21,6 +21,7 @@ from snitch_common.rules import Action, Lifetime, Rule, parse_duration
 
 __all__ = [
     "ACTION_WORDS",
+    "APP_SCOPES",
     "DEFAULT_DURATION",
     "DEFAULT_SCOPE",
     "DURATIONS",
@@ -82,6 +83,10 @@ DEFAULT_DURATION = "forever"
 # provider's block of servers), a /64 (one IPv6 subnet).
 NETWORK_PREFIX = {4: 24, 6: 64}
 DEFAULT_SCOPE = Scope.EXACT
+# The scopes that widen from the app's own point of view (a port, a host, a network, all it
+# does): refused for a connection of no known app (the kernel's, a sender not found), whose
+# rule would name no app and so hold for every app. Its destination-only answers remain.
+APP_SCOPES = frozenset(Scope) - {Scope.EXACT, Scope.ANY_APP, Scope.CONTAINER}
 # What a person may type for an action: the word or its first letter.
 ACTION_WORDS: dict[str, Action] = {
     **{a.value: a for a in Action},
@@ -155,6 +160,14 @@ def rule_for_answer(
     only in `profile`: the one active when the prompt was asked (issue 17), which its person
     saw. Without an active profile `Reach.PROFILE` is refused: a rule of no profile holds in
     every one, more than was asked."""
+    if proc.exe is None and proc.container is None and answer.scope in APP_SCOPES:
+        # Its rule could name no app, so it would hold for every app: "anything this app
+        # connects to" for the kernel's IGMP report would have been a bare `allow`.
+        raise PromptError(
+            f"scope {answer.scope.value!r} is about this connection's app, and no app is known "
+            f"for it ({proc.describe()}): its rule would hold for every app; answer for this "
+            "destination only, or once"
+        )
     rule = _covered(flow, proc, host, answer, admin=admin, pin_root=pin_root)
     if answer.reach is Reach.EVERYWHERE:
         return rule

@@ -2,17 +2,18 @@
 (`snitch_common.answers`), labelled with this prompt's own host, port and profile.
 
 Which scopes make sense depends on the prompt (a domain needs a host name, a port needs TCP or
-UDP); the daemon refuses the others, and the popup greys them out with the reason. Where the
-rule holds (every profile, or the one active when asked) is offered only while a profile is.
+UDP, all but the destination's own two need a known app); the daemon refuses the others, and
+the popup greys them out with the reason. Where the rule holds (every profile, or the one
+active when asked) is offered only while a profile is.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address, ip_network
 
-from snitch_common.answers import NETWORK_PREFIX, REACHES, Reach, Scope, domain_of
+from snitch_common.answers import APP_SCOPES, NETWORK_PREFIX, REACHES, Reach, Scope, domain_of
 from snitch_common.bus import PromptView
 
 __all__ = ["ReachOption", "ScopeOption", "reach_options", "scope_options"]
@@ -39,7 +40,7 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
     parent = prompt.parents[0][1] if prompt.parents else None
     if parent is not None and not parent.startswith("/"):
         parent = None
-    return [
+    options = [
         ScopeOption(Scope.EXACT, f"only {where} on port {port}" if ported else f"only {where}"),
         ScopeOption(Scope.HOST, f"{where}, any port"),
         ScopeOption(
@@ -83,6 +84,12 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
             None if prompt.container_name else "this connection is not from a container",
         ),
     ]
+    if prompt.exe is None and not prompt.container_name:  # the kernel's, or a sender not found
+        no_app = "no app is known for this connection: its rule would hold for every app"
+        options = [
+            replace(o, why_not=o.why_not or no_app) if o.scope in APP_SCOPES else o for o in options
+        ]
+    return options
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from conftest import (
     spawn_netclient,
     start_agent,
 )
+from snitch_common.errors import PromptError
 from tests.integration.readerparams import READERS
 from tests.integration.scriptagent import ScriptedAgent
 
@@ -56,6 +57,36 @@ async def test_flow_is_held_until_allow_then_rule_listed(
     ]
     assert await run_netclient(running, "tcp", "192.0.2.2", "80") == "connected"
     assert agent.prompts.empty()
+
+
+_JOIN_GROUP = (
+    "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, "
+    "socket.inet_aton('239.1.2.3') + socket.inet_aton('192.0.2.1')); time.sleep(1)"
+)
+
+
+async def test_a_prompt_of_no_known_app_is_answered_for_its_destination_only(
+    running: Lab, agent: ScriptedAgent
+) -> None:
+    """The kernel's IGMP report (a program joined a multicast group) reaches the admin's agent
+    as a prompt of no app. "Anything this app connects to" is refused: its rule would name no
+    app, and it was a bare `allow`, every app of the machine let out everywhere. The prompt
+    stays open, and "only this destination" makes a rule for that report alone."""
+    await asyncio.to_thread(running.client_run, PYTHON, "-c", _JOIN_GROUP)
+    prompt = await agent.next_prompt()
+    assert (prompt.source, prompt.exe, prompt.proto, prompt.dst) == (
+        "kernel",
+        None,
+        "other",
+        "224.0.0.22",
+    ), prompt
+    with pytest.raises(PromptError, match="no app is known"):
+        await agent.answer(prompt, "allow", "forever", "app")
+    assert running.ctl_json("list-rules") == []
+    rule_id = await agent.answer(prompt, "allow", "forever", "exact")
+    rules = running.ctl_json("list-rules")
+    assert [(r["id"], r["text"]) for r in rules] == [(rule_id, "allow to=224.0.0.22 proto=other")]
 
 
 def _spurious_rtx_host_queues(lab: Lab) -> int:

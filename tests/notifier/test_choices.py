@@ -78,3 +78,16 @@ def test_a_name_another_program_looked_up_is_not_offered(prompt_factory) -> None
     assert "www.example.org" not in " ".join(o.label for o in options.values())
     v6 = {o.scope: o for o in scope_options(prompt_factory(dst="2001:db8:1::2"), "x")}
     assert v6[Scope.NETWORK].label == "anything x connects to in 2001:db8:1::/64"
+
+
+def test_a_prompt_of_no_known_app_offers_only_its_destination(prompt_factory) -> None:
+    """The kernel's IGMP report, or a sender not found: a rule could name no app, so every
+    scope that widens from the app's point of view would hold for every app ("anything this
+    app connects to" was a bare `allow`); snitchd refuses them, and the popup says why."""
+    prompt = prompt_factory(exe=None, proto="other", dst="224.0.0.22", port=0, source="kernel")
+    options = {o.scope: o for o in scope_options(prompt, "kernel")}
+    assert {s for s, o in options.items() if o.why_not is None} == {Scope.EXACT, Scope.ANY_APP}
+    assert options[Scope.APP].why_not == (
+        "no app is known for this connection: its rule would hold for every app"
+    )
+    assert options[Scope.PORT].why_not == "other has no ports"  # the first reason stays

@@ -131,6 +131,22 @@ def test_scopes_that_cannot_apply_are_disabled_with_the_reason(popup, prompt_fac
     assert items["exact"].isEnabled() and items["app"].isEnabled()
 
 
+def test_a_prompt_of_no_known_app_offers_only_its_destination(popup, prompt_factory) -> None:
+    """The kernel's IGMP report: "anything this app connects to" would have made a bare
+    `allow`; only "only 224.0.0.22" and "any app to 224.0.0.22" can be chosen."""
+    prompt = prompt_factory(
+        exe=None, pid=None, uid=None, user=None, proto="other", dst="224.0.0.22", port=0,
+        source="kernel", host=None, rule_host=None, cmdline=(), parents=(), sha256=None,
+    )  # fmt: skip
+    popup.window.add_prompt(prompt)
+    model = popup.window._scope.model()
+    items = {model.item(i).data(Qt.ItemDataRole.UserRole): model.item(i) for i in range(10)}
+    assert {k for k, item in items.items() if item.isEnabled()} == {"exact", "anyapp"}
+    assert "no app is known" in items["app"].toolTip()
+    assert popup.window._scope.currentText() == "only 224.0.0.22"
+    popup.shot("no-known-app")
+
+
 def test_countdown_follows_the_clock_and_expiry_drops_the_prompt(popup, prompt_factory) -> None:
     """At the deadline the prompt leaves the window unanswered: snitchd applies its default
     and logs it as a timeout, not as a person's choice."""

@@ -8,7 +8,14 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from snitch_common.answers import Action, Answer, Scope, parse_answer, rule_for_answer
+from snitch_common.answers import (
+    APP_SCOPES,
+    Action,
+    Answer,
+    Scope,
+    parse_answer,
+    rule_for_answer,
+)
 from snitch_common.bus import PromptView
 from snitch_common.errors import PromptError
 from snitch_common.records import Attribution, Flow, Process, Proto
@@ -60,6 +67,26 @@ def test_an_answer_for_another_protocol_names_it_and_never_covers_tcp() -> None:
     assert rule(Scope.EXACT, dport=5000, proto=Proto.OTHER) == (
         f"allow app=/usr/bin/ssh sha256={'ab' * 32} user=1000 to=203.0.113.8 proto=other"
     )
+
+
+@pytest.mark.parametrize(
+    "nobody", [Process(Attribution.KERNEL), Process(Attribution.UID_ONLY, uid=1000)]
+)
+def test_a_flow_of_no_known_app_is_answered_for_its_destination_only(nobody: Process) -> None:
+    """The kernel's packets and senders not found have no executable: a scope that widens from
+    the app's point of view would make a rule naming no app, so holding for every app ("anything
+    this app connects to" made a bare `allow` for an admin, `allow user=1000` for a user)."""
+    tcp = flow("203.0.113.8", 443)
+    for scope in APP_SCOPES:
+        for admin in (True, False):
+            with pytest.raises(PromptError, match="no app is known"):
+                rule_for_answer(tcp, nobody, None, Answer(1, Action.DENY, "5m", scope), admin=admin)
+    mine = "" if nobody.uid is None else "user=1000 "
+    for scope in (Scope.EXACT, Scope.ANY_APP):
+        made = rule_for_answer(
+            tcp, nobody, None, Answer(1, Action.ALLOW, "forever", scope), admin=False
+        )
+        assert str(made) == f"allow {mine}to=203.0.113.8 port=443 proto=tcp"
 
 
 def test_this_app_to_this_network_is_a_slash_24_or_a_slash_64() -> None:
