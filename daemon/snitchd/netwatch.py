@@ -77,11 +77,7 @@ class NetWatch:
         self._thread.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        if not self._thread.is_alive():
-            self._stop.close()
+        self._stop.end(self._thread)
 
     def _run(self) -> None:
         try:

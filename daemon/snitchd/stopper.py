@@ -44,6 +44,16 @@ class Stopper:
         ready, _, _ = select.select([fd, self._fd], [], [], timeout)
         return fd in ready and not self._flag.is_set()
 
+    def end(self, thread: threading.Thread | None, timeout: float = 5.0) -> None:
+        """Stop `thread` (None, or never started: nothing to wait for) and wait up to `timeout`
+        for it; the eventfd is closed once it has ended (one still running may yet select on
+        it, and a closed fd number could be another file's by then)."""
+        self.set()
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            self.close()
+
     def close(self) -> None:
         """Once the thread that waits has ended; a second call does nothing."""
         if self._fd >= 0:

@@ -81,11 +81,7 @@ class SubnetWatch:
         self._thread.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.close()
+        self._stop.end(self._thread)
 
     def _set(self, loop: asyncio.AbstractEventLoop, subnets: Subnets) -> None:
         if subnets == self._last:

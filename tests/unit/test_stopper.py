@@ -23,12 +23,10 @@ def test_stop_wakes_a_thread_that_waits_for_ever() -> None:
         thread, got = _waiter(stop, ours)
         thread.join(0.2)
         assert thread.is_alive(), "it returned with nothing to read and no stop"
-        stop.set()
-        thread.join(10)
+        stop.end(thread, 10)  # the owner's close: set, then wait for the thread
         assert not thread.is_alive() and got == [False]
         assert stop.is_set() and stop.readable(ours) is False  # stopped: no more waiting
-    stop.close()
-    stop.close()  # the owner's close may come twice (a failed start, then the stop)
+    stop.close()  # closed by `end` already: the owner's close may come twice
 
 
 def test_data_wakes_it_and_says_so() -> None:
