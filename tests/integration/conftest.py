@@ -555,6 +555,20 @@ def run_with_lab_env(lab: Lab, *argv: str, timeout: float = 60) -> subprocess.Co
     )
 
 
+# Run in the client namespace: joins an IPv4 group on the client's address and an IPv6 one on
+# veth0, so the kernel sends its own IGMP and MLD reports (packets of no process), then stays
+# a moment while they go out.
+JOIN_GROUPS = (
+    "import socket, struct, time; "
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, "
+    "socket.inet_aton('239.1.2.3') + socket.inet_aton('192.0.2.1')); "
+    "s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+    "s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, "
+    "socket.inet_pton(socket.AF_INET6, 'ff12::1234') "
+    "+ struct.pack('@I', socket.if_nametoindex('veth0'))); time.sleep(1.5)"
+)
+
 FORGED_APP = "/forged/by-nobody"
 
 

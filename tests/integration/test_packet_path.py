@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, Lab, curl_exe, python_exe, rows_like
+from conftest import JOIN_GROUPS, PYTHON, Lab, curl_exe, python_exe, rows_like
 from tests.integration.readerparams import READERS
 
 
@@ -197,18 +197,6 @@ def test_kernel_rules_only_new_flows_and_removed_on_stop(running: Lab) -> None:
     assert "snitch" not in running.iptables_save().lower()
 
 
-_JOIN_GROUPS = (  # an IPv4 group on the client's address, an IPv6 one on veth0
-    "import socket, struct, sys, time; "
-    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-    "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, "
-    "socket.inet_aton('239.1.2.3') + socket.inet_aton('192.0.2.1')); "
-    "s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
-    "s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, "
-    "socket.inet_pton(socket.AF_INET6, 'ff12::1234') "
-    "+ struct.pack('@I', socket.if_nametoindex('veth0'))); time.sleep(1.5)"
-)
-
-
 def test_the_kernel_s_multicast_report_is_named_to_nobody(running: Lab) -> None:
     """A program that joins a multicast group makes the kernel send an IGMP report (IGMPv3:
     to 224.0.0.22), and an MLD report for an IPv6 group: packets of no socket, so of no
@@ -216,7 +204,7 @@ def test_the_kernel_s_multicast_report_is_named_to_nobody(running: Lab) -> None:
     never as the program's, and a rule naming no app and proto=other answers it, as the README
     says (a bridge or VPN coming up sends the same reports). The MLD report is not queued."""
     rule_id = running.add_rule("allow to=224.0.0.22 proto=other")
-    running.client_run(PYTHON, "-c", _JOIN_GROUPS)
+    running.client_run(PYTHON, "-c", JOIN_GROUPS)
     rows = rows_like(running, 1, dst="224.0.0.22")
     assert rows, running.log_rows()
     assert {(r["attribution"], r["proto"], r["action"], r.get("rule_id")) for r in rows} == {

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import (
+    JOIN_GROUPS,
     PYTHON,
     VENV_BIN,
     Lab,
@@ -59,13 +60,6 @@ async def test_flow_is_held_until_allow_then_rule_listed(
     assert agent.prompts.empty()
 
 
-_JOIN_GROUP = (
-    "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-    "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, "
-    "socket.inet_aton('239.1.2.3') + socket.inet_aton('192.0.2.1')); time.sleep(1)"
-)
-
-
 async def test_a_prompt_of_no_known_app_is_answered_for_its_destination_only(
     running: Lab, agent: ScriptedAgent
 ) -> None:
@@ -73,7 +67,7 @@ async def test_a_prompt_of_no_known_app_is_answered_for_its_destination_only(
     as a prompt of no app. "Anything this app connects to" is refused: its rule would name no
     app, and it was a bare `allow`, every app of the machine let out everywhere. The prompt
     stays open, and "only this destination" makes a rule for that report alone."""
-    await asyncio.to_thread(running.client_run, PYTHON, "-c", _JOIN_GROUP)
+    await asyncio.to_thread(running.client_run, PYTHON, "-c", JOIN_GROUPS)
     prompt = await agent.next_prompt()
     assert (prompt.source, prompt.exe, prompt.proto, prompt.dst) == (
         "kernel",
