@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass, replace
 from ipaddress import ip_network
 
-from snitch_common.errors import PromptError
+from snitch_common.errors import PromptError, RuleError, SnitchError, StoreError
 from snitch_common.records import Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, parse_duration
 
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_SCOPE",
     "DURATIONS",
     "NETWORK_PREFIX",
+    "NO_APP",
     "REACHES",
     "Action",
     "Answer",
@@ -33,6 +34,7 @@ __all__ = [
     "Scope",
     "default_duration",
     "domain_of",
+    "left_open",
     "parse_answer",
     "rule_for_answer",
 ]
@@ -87,6 +89,7 @@ DEFAULT_SCOPE = Scope.EXACT
 # does): refused for a connection of no known app (the kernel's, a sender not found), whose
 # rule would name no app and so hold for every app. Its destination-only answers remain.
 APP_SCOPES = frozenset(Scope) - {Scope.EXACT, Scope.ANY_APP, Scope.CONTAINER}
+NO_APP = "no app is known for this connection: its rule would hold for every app"
 # What a person may type for an action: the word or its first letter.
 ACTION_WORDS: dict[str, Action] = {
     **{a.value: a for a in Action},
@@ -133,6 +136,14 @@ def parse_answer(
         choices = " or ".join(r.value for r in Reach)
         raise PromptError(f"invalid answer reach {reach!r}: use {choices}") from None
     return Answer(prompt_id, act, duration, sc, where)
+
+
+def left_open(refusal: SnitchError) -> bool:
+    """Whether snitchd still holds a prompt whose answer it refused: it did when it refused
+    the answer's words (PromptError) or could not make its rule (RuleError, StoreError: a
+    locked store), so the person can answer again and the agent shows the prompt again. Any
+    other refusal (NotAuthorized: answered already, timed out, not this agent's) ended it."""
+    return isinstance(refusal, (PromptError, RuleError, StoreError))
 
 
 def default_duration(verified: bool, tampered: bool) -> str:

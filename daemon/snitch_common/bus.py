@@ -158,6 +158,12 @@ class PromptView:
         return f"{where}{port}/{self.proto}"
 
     @property
+    def app_known(self) -> bool:
+        """False for the kernel's flows and a sender not found: no rule can name their app, so
+        the answers that widen from the app (`APP_SCOPES`) are refused for them."""
+        return self.exe is not None or bool(self.container)
+
+    @property
     def who(self) -> str:
         if self.container:
             return self.container

@@ -19,27 +19,29 @@ from typing import TextIO
 from snitch_common.agent import AgentService, register
 from snitch_common.answers import (
     ACTION_WORDS,
+    APP_SCOPES,
     DEFAULT_DURATION,
     DEFAULT_SCOPE,
     DURATIONS,
+    NO_APP,
     REACHES,
     Answer,
     Reach,
     Scope,
     default_duration,
+    left_open,
 )
 from snitch_common.bus import AGENT_PATH, PromptView
 from snitch_common.client import Client
 from snitch_common.errors import RuleError, SnitchError
 from snitch_common.rules import parse_duration
 
-__all__ = ["HELP", "HELP_PROFILE", "parse_reply", "render", "run_agent"]
+__all__ = ["help_for", "parse_reply", "render", "run_agent"]
 
 _SCOPES = {s.value: s for s in Scope}
 _REACHES = {r.value: r for r, _ in REACHES}
 HELP = (
-    f"answer: a(llow) | d(eny) | r(eject)  [{'|'.join(d for d, _ in DURATIONS)}]  "
-    f"[{'|'.join(_SCOPES)}]\n"
+    "answer: a(llow) | d(eny) | r(eject)  [{durations}]  [{scopes}]\n"
     f"        defaults: {DEFAULT_DURATION}, {DEFAULT_SCOPE.value} (this host, port and protocol)"
     "   e.g.  a 15m host"
 )
@@ -48,6 +50,25 @@ HELP_PROFILE = (
     f"        [{'|'.join(_REACHES)}]: the rule holds in every profile (default) or only in "
     "profile {}   e.g.  a forever host profile"
 )
+# Shown under HELP for a connection of no known app (`PromptView.app_known`).
+HELP_NO_APP = f"        ({NO_APP}: answer for this destination only)"
+
+
+def help_for(prompt: PromptView) -> str:
+    """HELP with the scopes this prompt can be answered for: as the popup greys them, the
+    ones that widen from the app are left out when no app is known."""
+    scopes = [word for word, scope in _SCOPES.items() if _offered(prompt, scope)]
+    text = HELP.format(durations="|".join(d for d, _ in DURATIONS), scopes="|".join(scopes))
+    if not prompt.app_known:
+        text += "\n" + HELP_NO_APP
+    if prompt.profile:
+        text += "\n" + HELP_PROFILE.format(prompt.profile)
+    return text
+
+
+def _offered(prompt: PromptView, scope: Scope) -> bool:
+    """False for a scope snitchd would refuse for this prompt (`rule_for_answer`)."""
+    return prompt.app_known or scope not in APP_SCOPES
 
 
 def parse_reply(prompt_id: int, line: str, duration: str = DEFAULT_DURATION) -> Answer:
@@ -108,9 +129,7 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
     lines.append(f"  default   {prompt.default_action} in {left} s")
     if waiting:
         lines.append(f"  ({waiting} more waiting)")
-    lines.append(HELP)
-    if prompt.profile:
-        lines.append(HELP_PROFILE.format(prompt.profile))
+    lines.append(help_for(prompt))
     return "\n".join(lines)
 
 
@@ -120,6 +139,7 @@ class _TerminalAgent:
         self.out = out
         self.clock = clock
         self.queue: list[PromptView] = []
+        self.answering: PromptView | None = None  # sent, no reply yet; None once cancelled
 
     def show(self) -> None:
         if self.queue:
@@ -143,6 +163,8 @@ class _TerminalAgent:
         print(f"\nsnitchd stopped: waiting for it{dropped}", file=self.out, flush=True)
 
     def on_cancel(self, prompt_id: int, reason: str) -> None:
+        if self.answering is not None and self.answering.id == prompt_id:
+            self.answering = None  # ended while its answer was on the way: not shown again
         was_current = bool(self.queue) and self.queue[0].id == prompt_id
         self.queue = [p for p in self.queue if p.id != prompt_id]
         if was_current:
@@ -159,17 +181,24 @@ class _TerminalAgent:
             )
             if answer.reach is Reach.PROFILE and not current.profile:
                 raise ValueError("no profile was active when this was asked: leave out 'profile'")
+            if not _offered(current, answer.scope):
+                raise ValueError(f"scope {answer.scope.value!r} is about this connection's app")
         except ValueError as exc:
-            print(f"{exc}\n{HELP}\nanswer> ", end="", file=self.out, flush=True)
+            print(f"{exc}\n{help_for(current)}\nanswer> ", end="", file=self.out, flush=True)
             return
-        prompt = self.queue.pop(0)
+        prompt = self.answering = self.queue.pop(0)
         try:
             rule_id = await self.client.answer_prompt(answer)
         except SnitchError as exc:
             print(f"not answered: {exc.message}", file=self.out)
+            if self.answering is prompt and left_open(exc):
+                print("(it is still open: answer it again)", file=self.out)
+                self.queue.insert(0, prompt)
         else:
             made = f"rule {rule_id}" if rule_id >= 0 else "once, no rule"
             print(f"{answer.action.value} {prompt.destination}: {made}", file=self.out, flush=True)
+        finally:
+            self.answering = None
         self.show()
 
 

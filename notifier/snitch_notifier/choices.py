@@ -13,7 +13,15 @@ import os
 from dataclasses import dataclass, replace
 from ipaddress import ip_address, ip_network
 
-from snitch_common.answers import APP_SCOPES, NETWORK_PREFIX, REACHES, Reach, Scope, domain_of
+from snitch_common.answers import (
+    APP_SCOPES,
+    NETWORK_PREFIX,
+    NO_APP,
+    REACHES,
+    Reach,
+    Scope,
+    domain_of,
+)
 from snitch_common.bus import PromptView
 
 __all__ = ["ReachOption", "ScopeOption", "reach_options", "scope_options"]
@@ -84,10 +92,9 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
             None if prompt.container_name else "this connection is not from a container",
         ),
     ]
-    if prompt.exe is None and not prompt.container_name:  # the kernel's, or a sender not found
-        no_app = "no app is known for this connection: its rule would hold for every app"
+    if not prompt.app_known:  # the kernel's, or a sender not found
         options = [
-            replace(o, why_not=o.why_not or no_app) if o.scope in APP_SCOPES else o for o in options
+            replace(o, why_not=o.why_not or NO_APP) if o.scope in APP_SCOPES else o for o in options
         ]
     return options
 
