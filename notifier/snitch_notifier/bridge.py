@@ -30,7 +30,7 @@ from dbus_fast.aio import MessageBus
 from PySide6.QtCore import QObject, Signal
 
 from snitch_common.agent import AgentService
-from snitch_common.answers import Answer
+from snitch_common.answers import Answer, left_open
 from snitch_common.client import Client
 from snitch_common.errors import DaemonUnreachable, SnitchError
 from snitch_notifier.registration import Listener, stay_registered
@@ -107,7 +107,8 @@ class AgentBridge(QObject):
     alert_arrived = Signal(object)  # dict: kind, message, time, uid, exe
     daemon_gone = Signal(str)  # why every shown prompt is void
     answered = Signal(object, object)  # Answer, rule id (-1: once)
-    answer_failed = Signal(object, str)  # Answer, why snitchd did not take it
+    # Answer, why snitchd did not take it, whether it still holds the prompt (`left_open`)
+    answer_failed = Signal(object, str, bool)
     deferred = Signal(int, float)  # prompt id, seconds snitchd now holds it
     defer_failed = Signal(int, str)  # prompt id, why snitchd did not hold it
     rules_listed = Signal(object)  # list[RuleRow]
@@ -228,7 +229,7 @@ class AgentBridge(QObject):
         try:
             rule_id = await self._need_client().answer_prompt(answer)
         except SnitchError as exc:
-            self.answer_failed.emit(answer, exc.message)
+            self.answer_failed.emit(answer, exc.message, left_open(exc))
             raise
         log.info(
             "answered prompt=%d action=%s duration=%s scope=%s rule=%d",

@@ -31,6 +31,7 @@ def wire(bridge: AgentBridge, window: PromptWindow) -> None:
     bridge.prompt_arrived.connect(window.add_prompt, queued)
     bridge.prompt_cancelled.connect(window.cancel_prompt, queued)
     bridge.daemon_gone.connect(window.clear, queued)
+    bridge.answered.connect(window.answer_taken, queued)
     bridge.answer_failed.connect(window.answer_failed, queued)
     bridge.deferred.connect(window.held, queued)
     bridge.defer_failed.connect(lambda prompt_id, _: window.hold_failed(prompt_id), queued)

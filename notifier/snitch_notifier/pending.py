@@ -66,6 +66,7 @@ class Pending:
     asked: set[int] = field(default_factory=set)  # DeferPrompt sent, no reply yet
     refused: set[int] = field(default_factory=set)  # snitchd would not hold these: not again
     late: set[int] = field(default_factory=set)  # expired ones brought back to make a rule
+    sent: dict[int, PromptView] = field(default_factory=dict)  # answered; snitchd's reply due
     spans: dict[int, float] = field(default_factory=dict)  # seconds each had when it arrived
     shown_id: int | None = None
     left: float = 0.0  # the shown, held prompt's countdown
@@ -107,9 +108,7 @@ class Pending:
         return True
 
     def remove(self, prompt_id: int) -> PromptView | None:
-        found = self.find(prompt_id)
-        self.queue = [p for p in self.queue if p.id != prompt_id]
-        self.aside = [p for p in self.aside if p.id != prompt_id]
+        found = self._take_out(prompt_id) or self.sent.pop(prompt_id, None)
         if found is not None and prompt_id not in self.late:
             self.spans.pop(prompt_id, None)
             self.held.discard(prompt_id)
@@ -118,10 +117,17 @@ class Pending:
         self.late.discard(prompt_id)
         return found
 
+    def _take_out(self, prompt_id: int) -> PromptView | None:
+        found = self.find(prompt_id)
+        self.queue = [p for p in self.queue if p.id != prompt_id]
+        self.aside = [p for p in self.aside if p.id != prompt_id]
+        return found
+
     def clear(self) -> int:
         n = len(self.queue) + len(self.aside)
         self.queue.clear()
         self.aside.clear()
+        self.sent.clear()
         self.held.clear()
         self.asked.clear()
         self.refused.clear()
@@ -201,8 +207,26 @@ class Pending:
         return found
 
     def answered(self, prompt_id: int) -> None:
-        self.remove(prompt_id)
+        """Out of view while the answer is on its way; what we know of it (held, its span)
+        stays until snitchd takes the answer (`remove`) or refuses it (`answer_refused`)."""
+        found = self._take_out(prompt_id)
+        if found is not None:
+            self.sent[prompt_id] = found
         self.trace = [e for e in self.trace if e.prompt.id != prompt_id]
+
+    def answer_refused(self, prompt_id: int, left_open: bool) -> PromptView | None:
+        """snitchd did not take the answer. When it still holds the prompt (`left_open`: it
+        refused the answer's words, or could not write its rule), the prompt comes back to the
+        front to be answered again, and is returned; else it is gone. One whose deadline
+        passed meanwhile goes to the waiting list's trace at the next tick, as snitchd gave it
+        the default."""
+        if not left_open:
+            self.remove(prompt_id)
+            return None
+        found = self.sent.pop(prompt_id, None)
+        if found is not None:
+            self.queue.insert(0, found)
+        return found
 
     # -- time --------------------------------------------------------------------------------
     def expire(self, prompt_id: int, reason: str) -> Expired | None:

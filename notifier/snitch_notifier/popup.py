@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 
 _WIDTH = 500
 ARM_DELAY = 0.8  # seconds a new prompt ignores keys and clicks (see the module docstring)
-_REMEMBERED = 64  # answers whose destination a late refusal can still name
 
 
 class _Choice(QComboBox):
@@ -104,7 +103,6 @@ class PromptWindow(QDialog):
         self._identify = identify
         self._identities: dict[str | None, AppIdentity] = {}
         self.pending = Pending(clock)
-        self._answered: dict[int, str] = {}  # recent answers' destinations, for error messages
         self._layout_seen: object = None  # what `changed` last announced
         self._placed = False
         self._timer = QTimer(self)
@@ -258,9 +256,6 @@ class PromptWindow(QDialog):
             Reach(self._reach.currentData()) if prompt.profile else Reach.EVERYWHERE,
         )
         self.pending.answered(prompt.id)
-        self._answered[prompt.id] = prompt.host or prompt.dst
-        if len(self._answered) > _REMEMBERED:
-            del self._answered[next(iter(self._answered))]
         self.answered.emit(answer)
         self._update()
 
@@ -278,10 +273,22 @@ class PromptWindow(QDialog):
         self._update()
         self.hide()
 
-    def answer_failed(self, answer: Answer, message: str) -> None:
-        """snitchd did not take an answer (most often: the prompt had just timed out)."""
-        where = self._answered.pop(answer.prompt_id, f"prompt {answer.prompt_id}")
-        self.show_status(f"Your {answer.action.value} for {where} was not applied: {message}")
+    def answer_taken(self, answer: Answer, rule_id: int) -> None:
+        """snitchd applied the answer (`rule_id`: the rule it made, -1 for once)."""
+        self.pending.remove(answer.prompt_id)
+
+    def answer_failed(self, answer: Answer, message: str, left_open: bool) -> None:
+        """snitchd did not take an answer: the prompt had just timed out, or (`left_open`)
+        snitchd refused the answer and still holds the prompt, which comes back to be
+        answered again."""
+        prompt = self.pending.sent.get(answer.prompt_id)
+        where = f"prompt {answer.prompt_id}" if prompt is None else prompt.host or prompt.dst
+        again = self.pending.answer_refused(answer.prompt_id, left_open)
+        self._update()  # shows it again: after, as showing a prompt clears the status line
+        self.show_status(
+            f"Your {answer.action.value} for {where} was not applied: {message}"
+            + (": answer it again" if again is not None else "")
+        )
         if self.pending.current is not None and not self.isVisible():
             self._present()
 

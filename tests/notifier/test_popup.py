@@ -218,16 +218,58 @@ def test_cancelled_prompts_leave_the_queue(popup, prompt_factory) -> None:
 
 
 def test_a_refused_answer_is_shown(popup, prompt_factory) -> None:
+    """The prompt ended meanwhile (timed out, not ours): said, and the next one is shown."""
     popup.window.add_prompt(prompt_factory(1))
     popup.window.add_prompt(prompt_factory(2))
     popup.arm()
     popup.window._allow.click()
-    popup.window.answer_failed(popup.answers[0], "no open prompt 1 for this agent")
+    popup.window.answer_failed(popup.answers[0], "no open prompt 1 for this agent", False)
     popup.shot("refused")
     assert popup.window._status.isVisibleTo(popup.window)
     assert popup.window._status.text() == (
         "Your allow for updates.example.org was not applied: no open prompt 1 for this agent"
     )
+    assert popup.window.current.id == 2 and popup.window.pending.sent == {}
+
+
+def test_a_prompt_snitchd_still_holds_after_refusing_its_answer_comes_back(
+    popup, prompt_factory
+) -> None:
+    """snitchd refused the answer's words (or could not write its rule) and holds the prompt:
+    it comes back in front, with the reason, to be answered otherwise; a taken answer then
+    ends it. Before, it left the popup and its flow waited for the default."""
+    popup.window.add_prompt(prompt_factory(1))
+    popup.window.add_prompt(prompt_factory(2))
+    popup.arm()
+    popup.window._allow.click()
+    assert popup.window.current.id == 2
+    refusal = "scope 'domain' needs a host name this app itself resolved"
+    popup.window.answer_failed(popup.answers[0], refusal, True)
+    popup.shot("refused-again")
+    assert popup.window.current.id == 1 and popup.window.waiting == 1
+    assert popup.window._status.text() == (
+        f"Your allow for updates.example.org was not applied: {refusal}: answer it again"
+    )
+    popup.arm()
+    popup.window._deny.click()
+    assert popup.window.current.id == 2
+    popup.window.answer_taken(popup.answers[1], 7)
+    assert popup.window.pending.sent == {} and popup.window.pending.find(1) is None
+
+
+def test_a_prompt_that_timed_out_while_its_answer_was_on_the_way_stays_gone(
+    popup, prompt_factory
+) -> None:
+    """snitchd's Cancel came first: the prompt is a row of the waiting list's trace, and the
+    refusal that follows does not bring back a prompt snitchd no longer holds."""
+    popup.window.add_prompt(prompt_factory(1))
+    popup.arm()
+    popup.window._allow.click()
+    popup.window.cancel_prompt(1, "default: timed out")
+    popup.window.answer_failed(popup.answers[0], "a refusal", True)
+    assert popup.window.current is None
+    assert [e.prompt.id for e in popup.window.pending.trace] == [1]
+    assert popup.window._status.text().endswith("was not applied: a refusal")
 
 
 def _activate(qtbot: Any, window: Any) -> None:
