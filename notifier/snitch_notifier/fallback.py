@@ -22,7 +22,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from snitch_common.agent import AgentService
-from snitch_common.answers import Action, Answer
+from snitch_common.answers import Action, Answer, default_duration, left_open
 from snitch_common.bus import PromptView, disconnected
 from snitch_common.client import Client
 from snitch_common.errors import SnitchError
@@ -72,8 +72,9 @@ class NotificationPrompter:
                 "AddMatch", f"type='signal',interface='{NOTIFICATIONS}',member='{member}'"
             )
 
-    def on_prompt(self, prompt: PromptView) -> None:
-        self._spawn(self._notify(prompt), f"notify-{prompt.id}")
+    def on_prompt(self, prompt: PromptView, refused: str = "") -> None:
+        """`refused`: why snitchd did not take the answer to it (then it asks again)."""
+        self._spawn(self._notify(prompt, refused), f"notify-{prompt.id}")
 
     def on_cancel(self, prompt_id: int, reason: str) -> None:
         """snitchd ended the prompt: its notification goes; one that got the default leaves a
@@ -109,14 +110,19 @@ class NotificationPrompter:
         if not task.cancelled() and task.exception() is not None:
             log.warning("notification %s failed: %s", task.get_name(), task.exception())
 
-    async def _notify(self, prompt: PromptView) -> None:
+    async def _notify(self, prompt: PromptView, refused: str = "") -> None:
         app = self._identify(prompt.exe)
         left = max(1, round(prompt.deadline - self._clock()))
+        if _duration(prompt) == "once":  # no lasting rule can name what it runs
+            what = "Allow or Deny answers for this connection only."
+        else:
+            what = "Allow or Deny makes a rule for this host and port, forever."
         body = "\n".join(
-            [
+            ([f"Not applied: {refused}. Answer again."] if refused else [])
+            + [
                 f"{prompt.who}  (pid {prompt.pid}, user {prompt.user or prompt.uid})",
                 f"→ {prompt.destination}",
-                "Allow or Deny makes a rule for this host and port, forever.",
+                what,
                 f"No answer in {left} s: {prompt.default_action}.",
             ]
         )
@@ -198,16 +204,31 @@ class NotificationPrompter:
         prompt_id = self.shown.pop(notification, None)
         if prompt_id is None or msg.member != "ActionInvoked":
             return
-        self._prompts.pop(prompt_id, None)
+        prompt = self._prompts.pop(prompt_id, None)
         key = str(msg.body[1])
+        if prompt is None:  # snitchd ended it meanwhile
+            return
         if key not in ("allow", "deny"):
             log.warning("unknown notification action %r: leaving prompt=%d", key, prompt_id)
             return
-        answer = Answer(prompt_id, Action(key))
-        self._spawn(self._answer(answer), f"answer-{prompt_id}")
+        answer = Answer(prompt_id, Action(key), _duration(prompt))
+        self._spawn(self._send(prompt, answer), f"answer-{prompt_id}")
+
+    async def _send(self, prompt: PromptView, answer: Answer) -> None:
+        try:
+            await self._answer(answer)
+        except SnitchError as exc:
+            log.warning("not answered prompt=%d: %s", answer.prompt_id, exc.message)
+            if left_open(exc):  # snitchd still holds it: ask again, saying why
+                await self._notify(prompt, exc.message)
 
     async def _call_bus(self, member: str, arg: str) -> None:
         await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", member, "s", [arg])
+
+
+def _duration(prompt: PromptView) -> str:
+    """The popup's preselected duration: `once` where snitchd makes no lasting rule."""
+    return default_duration(prompt.verified, prompt.tampered)
 
 
 def _check(reply: Message | None, what: str) -> None:
@@ -237,17 +258,10 @@ async def run_notifications() -> int:
         return 1
 
     async def send(answer: Answer) -> None:
-        try:
-            rule_id = await client.answer_prompt(answer)
-        except SnitchError as exc:
-            log.warning("not answered prompt=%d: %s", answer.prompt_id, exc.message)
-        else:
-            log.info(
-                "answered prompt=%d action=%s rule=%d",
-                answer.prompt_id,
-                answer.action.value,
-                rule_id,
-            )
+        rule_id = await client.answer_prompt(answer)
+        log.info(
+            "answered prompt=%d action=%s rule=%d", answer.prompt_id, answer.action.value, rule_id
+        )
 
     prompter = NotificationPrompter(session, send)
     await prompter.start()

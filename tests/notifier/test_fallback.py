@@ -12,6 +12,7 @@ import pytest
 from dbus_fast.aio import MessageBus
 
 from snitch_common.answers import Action, Answer, Scope
+from snitch_common.errors import NotAuthorized, SnitchError, StoreError
 from snitch_notifier.fallback import ACTIONS, NotificationPrompter
 from snitch_notifier.identity import AppIdentity
 
@@ -45,15 +46,18 @@ async def server(session_bus: str) -> AsyncIterator[FakeNotifications]:
 async def prompter(session_bus: str, server: FakeNotifications) -> AsyncIterator[Any]:
     bus = await MessageBus(bus_address=session_bus).connect()
     answers: list[Answer] = []
+    refusals: list[SnitchError] = []  # what snitchd says to the next answers, in turn
     got = asyncio.Event()
 
     async def answer(a: Answer) -> None:
         answers.append(a)
         got.set()
+        if refusals:
+            raise refusals.pop(0)
 
     identify = lambda exe: AppIdentity("Sync tool", "/usr/share/icons/sync.png")  # noqa: E731
     p = NotificationPrompter(bus, answer, clock=lambda: NOW, identify=identify)
-    p.answers, p.got = answers, got  # type: ignore[attr-defined]
+    p.answers, p.got, p.refusals = answers, got, refusals  # type: ignore[attr-defined]
     await p.start()
     try:
         yield p
@@ -99,6 +103,41 @@ async def test_a_button_answers_the_prompt(prompter, server, prompt_factory, key
     await prompter.drain()
     assert prompter.answers == [Answer(7, action, "forever", Scope("exact"))]
     assert prompter.shown == {}
+
+
+async def test_an_unverified_app_is_answered_once(prompter, server, prompt_factory) -> None:
+    """snitchd makes no lasting rule for it (a rule would name another file's path): the
+    buttons answer for this connection, as the popup preselects, and the body says so. A
+    forever answer was refused, and the prompt waited for the default with nothing shown."""
+    prompter.on_prompt(prompt_factory(7, verified=False))
+    await prompter.drain()
+    assert "Allow or Deny answers for this connection only." in server.notified[0]["body"]
+    server.ActionInvoked(101, "allow")
+    await asyncio.wait_for(prompter.got.wait(), 5)
+    await prompter.drain()
+    assert prompter.answers == [Answer(7, Action.ALLOW, "once", Scope("exact"))]
+
+
+async def test_a_refused_answer_asks_again_while_snitchd_holds_the_prompt(
+    prompter, server, prompt_factory
+) -> None:
+    """A refusal that leaves the prompt open (here: the store was locked) shows it again with
+    the reason; one that ended it (answered elsewhere, timed out) shows nothing more."""
+    locked = "cannot write to rule store: database is locked"
+    prompter.refusals[:] = [StoreError(locked), NotAuthorized("no open prompt 7")]
+    prompter.on_prompt(prompt_factory(7))
+    await prompter.drain()
+    server.ActionInvoked(101, "allow")
+    await _until(lambda: len(server.notified) == 2)
+    await prompter.drain()
+    again = server.notified[1]
+    assert again["body"].splitlines()[0] == f"Not applied: {locked}. Answer again."
+    assert again["actions"] == ACTIONS and prompter.shown == {102: 7}
+    server.ActionInvoked(102, "deny")
+    await _until(lambda: len(prompter.answers) == 2)
+    await asyncio.sleep(0.2)
+    await prompter.drain()
+    assert len(server.notified) == 2 and prompter.shown == {}
 
 
 async def test_snitchd_cancel_closes_the_notification(prompter, server, prompt_factory) -> None:
