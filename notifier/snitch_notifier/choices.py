@@ -93,8 +93,14 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
         ),
     ]
     if not prompt.app_known:  # the kernel's, or a sender not found
+        # Its rules name no app: "only this destination" holds for every app too, say so.
         options = [
-            replace(o, why_not=o.why_not or NO_APP) if o.scope in APP_SCOPES else o for o in options
+            replace(o, why_not=o.why_not or NO_APP)
+            if o.scope in APP_SCOPES
+            else replace(o, label=f"{o.label}, from any app")
+            if o.scope is Scope.EXACT
+            else o
+            for o in options
         ]
     return options
 

@@ -84,10 +84,13 @@ def test_a_prompt_of_no_known_app_offers_only_its_destination(prompt_factory) ->
     """The kernel's IGMP report, or a sender not found: a rule could name no app, so every
     scope that widens from the app's point of view would hold for every app ("anything this
     app connects to" was a bare `allow`); snitchd refuses them, and the popup says why."""
-    prompt = prompt_factory(exe=None, proto="other", dst="224.0.0.22", port=0, source="kernel")
+    prompt = prompt_factory(
+        exe=None, proto="other", dst="224.0.0.22", port=0, source="kernel", rule_host=None
+    )
     options = {o.scope: o for o in scope_options(prompt, "kernel")}
     assert {s for s, o in options.items() if o.why_not is None} == {Scope.EXACT, Scope.ANY_APP}
     assert options[Scope.APP].why_not == (
         "no app is known for this connection: its rule would hold for every app"
     )
     assert options[Scope.PORT].why_not == "other has no ports"  # the first reason stays
+    assert options[Scope.EXACT].label == "only 224.0.0.22, from any app"  # as its rule holds

@@ -133,7 +133,8 @@ def test_scopes_that_cannot_apply_are_disabled_with_the_reason(popup, prompt_fac
 
 def test_a_prompt_of_no_known_app_offers_only_its_destination(popup, prompt_factory) -> None:
     """The kernel's IGMP report: "anything this app connects to" would have made a bare
-    `allow`; only "only 224.0.0.22" and "any app to 224.0.0.22" can be chosen."""
+    `allow`; only "only 224.0.0.22" (its rule names no app: "from any app") and "any app to
+    224.0.0.22" can be chosen."""
     prompt = prompt_factory(
         exe=None, pid=None, uid=None, user=None, proto="other", dst="224.0.0.22", port=0,
         source="kernel", host=None, rule_host=None, cmdline=(), parents=(), sha256=None,
@@ -143,7 +144,7 @@ def test_a_prompt_of_no_known_app_offers_only_its_destination(popup, prompt_fact
     items = {model.item(i).data(Qt.ItemDataRole.UserRole): model.item(i) for i in range(10)}
     assert {k for k, item in items.items() if item.isEnabled()} == {"exact", "anyapp"}
     assert "no app is known" in items["app"].toolTip()
-    assert popup.window._scope.currentText() == "only 224.0.0.22"
+    assert popup.window._scope.currentText() == "only 224.0.0.22, from any app"
     popup.shot("no-known-app")
 
 
