@@ -261,6 +261,14 @@ def _covered(
         raise PromptError(f"scope 'port' needs TCP or UDP, not {flow.proto.value}")
     lifetime, minutes = answer.lifetime
     per_process = lifetime is Lifetime.PROCESS
+    if per_process and (anyone or proc.exe is None):
+        # Its rule ends with the app's process, so it must name the app (`for=process` needs
+        # `app=`): one without would be stored, and then refused by the store's own parser.
+        raise PromptError(
+            "'until the app quits' needs a rule naming the app, and "
+            + ("'any app' names none" if anyone else "no app is known for this connection")
+            + ": choose a time, or forever"
+        )
     pinned = proc.exe is not None and (pin_root or proc.user_writable) and not anyone
     return Rule(
         action=answer.action,

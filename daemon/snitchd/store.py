@@ -522,6 +522,9 @@ class Store:
             raise RuleError("a for=once rule is never stored: it answers one prompt")
         _check_note(note)
         rule = rule.stamped(now)
+        # Rules made in code (answers, the monitor, learn mode) skip the parser: one it would
+        # refuse must never be stored, or the next start (which parses every row) would fail.
+        parse_rule(str(rule))
         if dedup and not rule.is_stored:
             with self._memory_lock:
                 twin = next((m for m in self._memory.values() if m.rule == rule), None)

@@ -97,6 +97,26 @@ def test_until_the_process_quits_pins_the_process() -> None:
     assert str(rule) == "allow app=/usr/bin/curl for=process pid=77 start=100.0"
 
 
+@pytest.mark.parametrize(
+    ("who", "scope", "why"),
+    [
+        (proc(), Scope.ANY_APP, "'any app' names none"),
+        (Process.kernel(), Scope.EXACT, "no app is known"),
+        (Process.uid_only(1000), Scope.EXACT, "no app is known"),
+        (Process.uid_only(1000), Scope.ANY_APP, "'any app' names none"),
+    ],
+)
+@pytest.mark.parametrize("admin", [True, False])
+def test_until_the_process_quits_needs_a_rule_naming_the_app(
+    who: Process, scope: Scope, why: str, admin: bool
+) -> None:
+    """Before, these made `for=process` rules without `app=`: stored, then refused by the
+    store's own parser, so the next start failed (and a kernel's one never ended)."""
+    answer = Answer(1, Action.ALLOW, "process", scope)
+    with pytest.raises(PromptError, match=why):
+        rule_for_answer(flow(), who, None, answer, admin=admin)
+
+
 def test_domain_scope_needs_a_name() -> None:
     with pytest.raises(PromptError, match="needs a host name"):
         rule_for_answer(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from snitch_common.errors import RuleNotFound, StoreError
+from snitch_common.errors import RuleError, RuleNotFound, StoreError
 from snitch_common.records import Attribution, Flow, Process, Proto
-from snitch_common.rules import Action, Lifetime, RuleRecord, parse_rule
+from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.store import (
     SCHEMA_VERSION,
     Decision,
@@ -288,6 +288,15 @@ def test_unparsable_stored_row_stops_the_load_naming_it(store: Store, db_path: P
         store.load_rules()
     assert caught.value.rule_id == 2 and loaded.value.version == 2
     assert "DELETE FROM rules WHERE id = 2" in loaded.value.message
+
+
+def test_a_rule_its_own_parser_refuses_is_never_stored(store: Store, db_path: Path) -> None:
+    """Rules made in code (an answer, the monitor, learn mode) skip the parser: one it would
+    refuse (`for=process` without `app=`) was stored, and the next start failed on it."""
+    no_app = Rule(Action.ALLOW, ports=(443, 443), lifetime=Lifetime.PROCESS, pid=7, start=1.0)
+    with pytest.raises(RuleError, match="for=process needs app="):
+        store.add_rule(no_app, NOW)
+    assert store.rules() == [] and Store(str(db_path)).load_rules().records == []
 
 
 def test_check_store_names_what_is_wrong_and_what_to_do(store: Store, db_path: Path) -> None:
