@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass, replace
 from ipaddress import ip_network
 
-from snitch_common.errors import PromptError, RuleError, SnitchError, StoreError
+from snitch_common.errors import ProfileError, PromptError, RuleError, SnitchError, StoreError
 from snitch_common.records import Flow, Process, Proto
 from snitch_common.rules import Action, Lifetime, Rule, parse_duration
 
@@ -140,10 +140,11 @@ def parse_answer(
 
 def left_open(refusal: SnitchError) -> bool:
     """Whether snitchd still holds a prompt whose answer it refused: it did when it refused
-    the answer's words (PromptError) or could not make its rule (RuleError, StoreError: a
-    locked store), so the person can answer again and the agent shows the prompt again. Any
+    the answer's words (PromptError, and so when polkit said no to it), could not make its
+    rule (RuleError, StoreError: a locked store), or its profile was deleted since
+    (ProfileError); the person can answer again and the agent shows the prompt again. Any
     other refusal (NotAuthorized: answered already, timed out, not this agent's) ended it."""
-    return isinstance(refusal, (PromptError, RuleError, StoreError))
+    return isinstance(refusal, (PromptError, RuleError, StoreError, ProfileError))
 
 
 def default_duration(verified: bool, tampered: bool) -> str:

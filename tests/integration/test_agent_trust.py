@@ -27,7 +27,7 @@ from conftest import (
     lab_agent,
     spawn_netclient,
 )
-from snitch_common.errors import NotAuthorized
+from snitch_common.errors import PromptError
 from tests.integration import polkitfake
 from tests.integration.scriptagent import ScriptedAgent
 
@@ -143,7 +143,8 @@ async def test_allow_forever_waits_for_polkit_and_is_refused_when_it_says_no(
         await asyncio.sleep(0.5)
         assert not answering.done() and proc.returncode is None
         authority.decide(False)
-        with pytest.raises(NotAuthorized, match="authentication failed or was cancelled"):
+        # Refused as an answer (the prompt stays open: `left_open`), not as an agent.
+        with pytest.raises(PromptError, match="authentication failed or was cancelled"):
             await answering
         assert lab.ctl_json("list-rules") == [] and proc.returncode is None
         authority.asked.clear()

@@ -76,18 +76,21 @@ def test_this_profile_only_is_refused_when_no_profile_was_active(lab: Lab) -> No
 
 def test_an_answer_for_a_profile_deleted_since_is_refused(lab: Lab) -> None:
     """The profile shown was switched away from and deleted before the answer: a rule naming
-    it would hold nowhere, so snitchd refuses it and makes none."""
+    it would hold nowhere, so snitchd refuses it and makes none; the prompt stays open for
+    another answer."""
     terminal = home_and_work(lab)
     try:
         terminal.read_until(b"waiting for prompts")
-        with lab.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "3") as proc:
+        with lab.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "10") as proc:
             terminal.read_until(b"profile   home (active when asked)")
             lab.ctl_json("profile", "activate", "work")
             lab.ctl_json("profile", "delete", "home")
             terminal.type("a forever profile\n")
             terminal.read_until(b"not answered: no profile 'home'")
+            terminal.read_until(b"answer it again")  # snitchd still holds it
+            terminal.type("r once\n")
             out, _ = proc.communicate(timeout=20)
-        assert out.strip() == "timeout"
+        assert out.strip() == "refused"
         assert lab.ctl_json("list-rules") == []
     finally:
         terminal.close()

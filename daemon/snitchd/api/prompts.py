@@ -15,7 +15,7 @@ from dbus_fast.service import dbus_method
 
 from snitch_common.answers import Reach, parse_answer
 from snitch_common.bus import AGENT_INTERFACE, call_bus_daemon
-from snitch_common.errors import NotAuthorized
+from snitch_common.errors import NotAuthorized, PromptError
 from snitch_common.rules import Action, Lifetime
 from snitchd.access import is_admin
 from snitchd.agents import AgentProcess, inspect_agent, session_active, session_of, thread_names
@@ -291,7 +291,10 @@ class PromptsRoom(ServiceBase):
         if permanent and self.firewall.config.answers_need_auth:
             # Waits for the person to authenticate; the prompt may end meanwhile (answer()
             # then refuses, as for any prompt that is no longer open).
-            await check_authorization(self.bus, name, ANSWER_ALLOW_FOREVER)
+            try:
+                await check_authorization(self.bus, name, ANSWER_ALLOW_FOREVER)
+            except NotAuthorized as exc:  # the answer is refused, not the agent: the prompt
+                raise PromptError(exc.message) from None  # stays open (`left_open`)
         rule_id = await broker.answer(parsed, name)
         return -1 if rule_id is None else rule_id
 
