@@ -50,7 +50,10 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
         parent = None
     options = [
         ScopeOption(Scope.EXACT, f"only {where} on port {port}" if ported else f"only {where}"),
-        ScopeOption(Scope.HOST, f"{where}, any port"),
+        # Its rule names no protocol (`_covered`): TCP, UDP, ICMP and the rest.
+        ScopeOption(
+            Scope.HOST, f"{where}, any port or protocol" if ported else f"{where}, any protocol"
+        ),
         ScopeOption(
             Scope.DOMAIN,
             f"any host in {domain_of(prompt.rule_host)}"

@@ -124,9 +124,13 @@ class Pending:
         return found
 
     def clear(self) -> int:
+        """snitchd stopped: every prompt is void, the expired ones too. The next snitchd
+        numbers its prompts from 1 again, so an old row brought back would stand in for a new
+        prompt of the same id, and an answer to it would make a rule for that one's flow."""
         n = len(self.queue) + len(self.aside)
         self.queue.clear()
         self.aside.clear()
+        self.trace.clear()
         self.sent.clear()
         self.held.clear()
         self.asked.clear()

@@ -454,12 +454,16 @@ class PromptWindow(QDialog):
         self._info.show_prompt(prompt, identity, fallback)
         duration = default_duration(prompt.verified, prompt.tampered)
         late = prompt.id in self.pending.late
+        # "Until the app quits" ends with the app's process: a rule naming no app (the
+        # kernel's flows, a sender not found, a container's) cannot (`rule_for_answer`).
+        per_process = prompt.exe is not None and not prompt.container
         if late and duration == "once":
-            duration = "process"
+            duration = "process" if per_process else "forever"
         self._duration.setCurrentIndex(self._duration.findData(duration))
-        once = self._duration.model()
-        assert isinstance(once, QStandardItemModel)
-        once.item(self._duration.findData("once")).setEnabled(not late)
+        durations = self._duration.model()
+        assert isinstance(durations, QStandardItemModel)
+        durations.item(self._duration.findData("once")).setEnabled(not late)
+        durations.item(self._duration.findData("process")).setEnabled(per_process)
         self._scope.clear()
         model = self._scope.model()
         assert isinstance(model, QStandardItemModel)

@@ -12,7 +12,7 @@ def test_scope_labels_name_this_prompts_host_and_port(prompt_factory) -> None:
     assert [o.scope for o in options] == list(Scope)
     assert [o.label for o in options] == [
         "only updates.example.org on port 443/tcp",
-        "updates.example.org, any port",
+        "updates.example.org, any port or protocol",
         "any host in *.example.org",
         "any host on port 443/tcp",
         "anything Firefox connects to",
@@ -63,6 +63,7 @@ def test_scopes_snitchd_would_refuse_say_why(prompt_factory) -> None:
     assert options[Scope.DOMAIN].why_not == "no host name is known for this address"
     assert options[Scope.PORT].why_not == "icmp has no ports"
     assert options[Scope.EXACT].label == "only 203.0.113.7"
+    assert options[Scope.HOST].label == "203.0.113.7, any protocol"  # its rule names none
 
 
 def test_a_name_another_program_looked_up_is_not_offered(prompt_factory) -> None:
@@ -71,7 +72,7 @@ def test_a_name_another_program_looked_up_is_not_offered(prompt_factory) -> None
     prompt = prompt_factory(host="www.example.org", rule_host=None, dst="203.0.113.8", port=22)
     options = {o.scope: o for o in scope_options(prompt, "ssh")}
     assert options[Scope.EXACT].label == "only 203.0.113.8 on port 22/tcp"
-    assert options[Scope.HOST].label == "203.0.113.8, any port"
+    assert options[Scope.HOST].label == "203.0.113.8, any port or protocol"
     assert options[Scope.DOMAIN].why_not == (
         "www.example.org was looked up by another program, not this one"
     )

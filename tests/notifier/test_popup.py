@@ -145,7 +145,15 @@ def test_a_prompt_of_no_known_app_offers_only_its_destination(popup, prompt_fact
     assert {k for k, item in items.items() if item.isEnabled()} == {"exact", "anyapp"}
     assert "no app is known" in items["app"].toolTip()
     assert popup.window._scope.currentText() == "only 224.0.0.22, from any app"
+    # "Until the app quits" needs an app to end with: snitchd refuses it here.
+    durations = popup.window._duration.model()
+    process = durations.item(popup.window._duration.findData("process"))
+    assert not process.isEnabled()
     popup.shot("no-known-app")
+    popup.window.add_prompt(prompt_factory(2))
+    popup.window.cancel_prompt(prompt.id, "answered by another agent")
+    assert popup.window.current.id == 2
+    assert durations.item(popup.window._duration.findData("process")).isEnabled()
 
 
 def test_countdown_follows_the_clock_and_expiry_drops_the_prompt(popup, prompt_factory) -> None:
@@ -216,6 +224,19 @@ def test_cancelled_prompts_leave_the_queue(popup, prompt_factory) -> None:
     popup.window.clear("snitchd stopped")
     popup.shot("cleared")
     assert popup.window.current is None and popup.answers == []
+
+
+def test_expired_rows_go_with_the_snitchd_that_asked_them(popup, prompt_factory) -> None:
+    """The next snitchd numbers its prompts from 1 again: an old expired row of the same id,
+    brought back, stood in for the new prompt (shown in its place, answered for its flow)."""
+    popup.window.add_prompt(prompt_factory(3, exe="/usr/bin/curl"))
+    popup.window.cancel_prompt(3, "default: timed out")
+    assert [e.prompt.id for e in popup.window.pending.trace] == [3]
+    popup.window.clear("snitchd stopped")
+    assert popup.window.pending.trace == []
+    popup.window.add_prompt(prompt_factory(3, exe="/usr/bin/nc", dst="198.51.100.9"))
+    assert popup.window.pending.bring_back(3).exe == "/usr/bin/nc"
+    assert popup.window.current.exe == "/usr/bin/nc" and not popup.window.pending.late
 
 
 def test_a_refused_answer_is_shown(popup, prompt_factory) -> None:
