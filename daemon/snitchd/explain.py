@@ -44,6 +44,7 @@ from snitch_common.records import (
 )
 from snitchd.decide import Explanation, Verdict, decide
 from snitchd.firewall import Firewall
+from snitchd.regularfile import open_regular
 
 __all__ = ["ExplainQuery", "Explained", "explain_flow"]
 
@@ -227,11 +228,11 @@ def _digest(path: str, max_bytes: int) -> str | None:
     """The sha256 of `path` if it is a regular file anyone may read (so the answer tells the
     caller nothing they could not compute), no larger than `max_bytes`; else None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_regular(path)  # never a device: a terminal would become snitchd's
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IROTH or st.st_size > max_bytes:
+        if not st.st_mode & stat.S_IROTH or st.st_size > max_bytes:
             return None
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -35,6 +35,7 @@ from typing import Any
 
 from snitchd.procs.hasher import Hasher, HasherUnavailable
 from snitchd.procs.worker import Job
+from snitchd.regularfile import open_regular
 
 __all__ = ["FileKey", "Hashes", "Hashing"]
 
@@ -100,7 +101,8 @@ class Hashes:
         process the BPF recorder saw, gone since); `expect` (device, inode) refuses any other
         file (the process exec'd, or the path was replaced, since it was named)."""
         try:
-            f = open(path or f"/proc/{pid}/exe", "rb", buffering=0)  # noqa: SIM115 - job closes it
+            # A regular file only: the recorded path may have been swapped for a terminal.
+            f = os.fdopen(open_regular(path or f"/proc/{pid}/exe"), "rb", buffering=0)
         except OSError as exc:
             log.debug("cannot hash executable pid=%d: %s", pid, exc)
             return None

@@ -1,0 +1,43 @@
+"""What an unprivileged user can send to snitchd's queries (Explain is open to every user):
+each attack here ran as uid 65534 against a real snitchd on the lab's private system bus,
+and each got through before its fix."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from conftest import Lab
+
+def _tty_of(pid: int) -> int:
+    """tty_nr of /proc/PID/stat: 0 while the process has no controlling terminal."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[4])
+
+
+def test_a_terminal_named_as_an_executable_never_becomes_snitchd_s(lab: Lab) -> None:
+    """snitchd runs as a session leader with no terminal (systemd starts it so; `setsid`
+    here). Explain hashed the `exe` it was given with a plain open(): a user's pseudo-terminal
+    became snitchd's controlling terminal, and the user's Ctrl-C stopped snitchd, which took
+    its queue rules down with it: the firewall was off for everyone. Now a path that is not a
+    regular file is never opened (only pinned with O_PATH and looked at)."""
+    lab.start_daemon(prefix=("setsid",))
+    assert lab.daemon is not None
+    pid = lab.daemon.pid
+    assert _tty_of(pid) == 0
+    master, slave = os.openpty()  # the user's own terminal, as a login would give them
+    try:
+        name = os.ttyname(slave)
+        os.fchown(slave, 65534, 65534)
+        os.close(slave)
+        done = lab.ctl("explain", "--dst", "192.0.2.2", "--port", "80", "--exe", name, uid=65534)
+        assert done.returncode == 0 and "was not hashed" in done.stdout, done
+        os.write(master, b"\x03\x1c")  # Ctrl-C, Ctrl-\\: SIGINT, SIGQUIT to its session
+    finally:
+        os.close(master)  # and a hang-up
+    time.sleep(0.5)
+    assert lab.daemon.poll() is None, lab.log_text()
+    assert _tty_of(pid) == 0
+    assert lab.ctl("status").returncode == 0
+
