@@ -102,6 +102,16 @@ class _Service(Protocol):
 
 M = TypeVar("M", bound=Callable[..., Awaitable[Any]])
 
+# An error's text, at most: errors may quote what the caller sent, and a reply over the bus's
+# message limit (32 MiB on the system bus) made dbus-daemon drop snitchd's connection.
+MAX_ERROR_CHARS = 8192
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[:MAX_ERROR_CHARS] + f"… ({len(message) - MAX_ERROR_CHARS} characters more)"
+
 
 def handled(*, admin: str | None = None, query: bool = False) -> Callable[[M], M]:
     """The one shape of every D-Bus method: identify the caller; refuse one who is not an admin
@@ -131,7 +141,7 @@ def handled(*, admin: str | None = None, query: bool = False) -> Callable[[M], M
                 finally:
                     _caller.reset(token)
             except SnitchError as exc:
-                raise DBusError(DBUS_ERROR_PREFIX + exc.code, exc.message) from None
+                raise DBusError(DBUS_ERROR_PREFIX + exc.code, _bounded(exc.message)) from None
             except Exception:
                 log.exception("D-Bus method %s failed unexpectedly", fn.__name__)
                 raise DBusError(

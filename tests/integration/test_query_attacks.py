@@ -5,10 +5,33 @@ and each got through before its fix."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
-from conftest import Lab
+from conftest import PYTHON, Lab, netclient_who
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+# Explain with a destination of 17 MiB, through the project's own client: snitchd's error
+# quoted it whole, a reply over the system bus's 32 MiB limit, and dbus-daemon dropped
+# snitchd's connection. Prints the error's name and its length.
+HUGE_EXPLAIN = """
+import asyncio
+from dbus_fast import Variant
+from snitch_common.client import Client
+from snitch_common.errors import SnitchError
+
+async def main():
+    client = await Client.connect()
+    try:
+        await client.explain({"dst": Variant("s", "x" * (17 << 20) + ".example")})
+    except SnitchError as exc:
+        print(type(exc).__name__, len(exc.message))
+
+asyncio.run(main())
+"""
+
 
 def _tty_of(pid: int) -> int:
     """tty_nr of /proc/PID/stat: 0 while the process has no controlling terminal."""
@@ -40,4 +63,22 @@ def test_a_terminal_named_as_an_executable_never_becomes_snitchd_s(lab: Lab) -> 
     assert lab.daemon.poll() is None, lab.log_text()
     assert _tty_of(pid) == 0
     assert lab.ctl("status").returncode == 0
+
+
+def test_an_argument_of_megabytes_is_refused_and_snitchd_keeps_its_bus(lab: Lab) -> None:
+    """Before: dbus-daemon dropped snitchd (the error echoing 17 MiB made a 34 MiB reply), and
+    with no bus every flow no rule covers got the default action unasked (allow, as shipped),
+    while snitchctl and the agents could no longer reach it. Now the argument is refused at
+    its length, and any error's text is bounded."""
+    lab.start_daemon()
+    done = subprocess.run(
+        [*NOBODY, PYTHON, "-c", HUGE_EXPLAIN],
+        capture_output=True, text=True, env=lab.env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done
+    name, length = done.stdout.split()
+    assert name == "RuleError" and int(length) < 200, done.stdout
+    assert lab.ctl("status").returncode == 0
+    lab.add_rule(f"allow {netclient_who()} to=192.0.2.2 port=80")
+    assert lab.py("tcp", "192.0.2.2", 80) == "connected"
 

@@ -63,12 +63,20 @@ def variants(row: dict[str, Any]) -> dict[str, Variant]:
     return out
 
 
+# The longest string argument a caller may pass: a path, a host name, a rule's words. Any
+# user may call the queries; an argument of megabytes cost the packet loop hundreds of ms to
+# parse and format, and echoed in an error it made a reply the bus refused (see `handled`).
+MAX_ARG_CHARS = 4096
+
+
 def arg(query: dict[str, Variant], key: str, kind: type[T]) -> T | None:
     if key not in query:
         return None
     value = query[key].value
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise RuleError(f"argument {key!r}: expected {kind.__name__}")
+    if isinstance(value, str) and len(value) > MAX_ARG_CHARS:
+        raise RuleError(f"argument {key!r}: longer than {MAX_ARG_CHARS} characters")
     return value
 
 
