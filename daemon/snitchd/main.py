@@ -24,7 +24,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from snitch_common import __version__
-from snitch_common.bus import broadcast, call_bus_daemon
+from snitch_common.bus import broadcast, call_bus_daemon, disconnected
 from snitch_common.errors import ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.agents import session_active
@@ -81,6 +81,7 @@ class _Daemon:
         self.backend = backend
         self.recorder = recorder
         self.stop = asyncio.Event()
+        self.bus_lost = False
         self.firewall: Firewall | None = None
         self.switcher: Switcher
         self.reloads = 0
@@ -135,9 +136,7 @@ class _Daemon:
             )
             bus = await serve(firewall, self.backend.name, switcher)
             netwatch = await _follow_network(bus, loop, switcher)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop.set)
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            self._stop_on(loop, bus)
             _notify("READY=1\nSTATUS=filtering new outbound flows")
             log.info(
                 "snitchd %s running default_action=%s rules=%d database=%s",
@@ -153,6 +152,7 @@ class _Daemon:
                 for task in background:
                     task.cancel()
         finally:
+            self.stop.set()  # for `_bus_gone`: the disconnect below is ours
             _notify("STOPPING=1")
             if netwatch is not None:
                 netwatch.close()
@@ -168,6 +168,25 @@ class _Daemon:
             marks.close()
             store.close()
             log.info("snitchd stopped", extra=journal_fields(Event.STOP))
+
+    def _stop_on(self, loop: asyncio.AbstractEventLoop, bus: MessageBus) -> None:
+        """Stop on SIGTERM, SIGINT or the loss of the bus; reload on SIGHUP."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        disconnected(bus).add_done_callback(self._bus_gone)
+
+    def _bus_gone(self, gone: asyncio.Future[None]) -> None:
+        """The system bus dropped snitchd (dbus-daemon restarted, or refused a message): no
+        prompt reaches an agent any more, so every flow no rule covers would get the default
+        action unasked, and neither snitchctl nor the agents reach snitchd. It stops with a
+        failure, which systemd answers by starting it again (Restart=on-failure)."""
+        why = None if gone.cancelled() else gone.exception()  # retrieved here, said below
+        if self.stop.is_set():  # our own disconnect, on the way out
+            return
+        log.error("lost the connection to the system bus (%r): stopping, to be started again", why)
+        self.bus_lost = True
+        self.stop.set()
 
     def _queue_readers(self, firewall: Firewall) -> tuple[QueueReader, Readers | None]:
         config = self.config
@@ -426,10 +445,15 @@ def main(argv: list[str] | None = None) -> int:
         recorder = Recorder(str(config.database))
         recorder.start()
         sys.setswitchinterval(SWITCH_INTERVAL)
+        daemon = _Daemon(config, args.config, backend, recorder)
         try:
-            asyncio.run(_Daemon(config, args.config, backend, recorder).run())
+            asyncio.run(daemon.run())
         finally:
             recorder.close()
+        if daemon.bus_lost:
+            raise SnitchError(
+                "lost its connection to the system bus: stopped, so that systemd starts it again"
+            )
     except SnitchError as exc:
         print(f"snitchd: error: {exc}", file=sys.stderr)
         return exc.exit_status

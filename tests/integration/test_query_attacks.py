@@ -82,3 +82,13 @@ def test_an_argument_of_megabytes_is_refused_and_snitchd_keeps_its_bus(lab: Lab)
     lab.add_rule(f"allow {netclient_who()} to=192.0.2.2 port=80")
     assert lab.py("tcp", "192.0.2.2", 80) == "connected"
 
+
+def test_snitchd_stops_with_a_failure_when_the_bus_drops_it(lab: Lab) -> None:
+    """Whatever drops it (dbus-daemon restarted, a reply it refused): snitchd could no longer
+    ask anyone, so it stops, with a failure that systemd answers by starting it again."""
+    lab.expect_log(r"ERROR snitchd: lost the connection to the system bus")
+    lab.start_daemon()
+    assert lab.bus is not None and lab.daemon is not None
+    lab.bus.stop()
+    assert lab.daemon.wait(15) == 1
+    assert "lost its connection to the system bus" in lab.log_text()
