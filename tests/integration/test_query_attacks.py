@@ -83,6 +83,52 @@ def test_an_argument_of_megabytes_is_refused_and_snitchd_keeps_its_bus(lab: Lab)
     assert lab.py("tcp", "192.0.2.2", 80) == "connected"
 
 
+# Nine connections of one user subscribe to the live monitor, then the rates; one leaves and
+# a new one subscribes. Prints what each subscription got.
+MANY_MONITORS = """
+import asyncio
+from snitch_common.client import Client
+from snitch_common.errors import SnitchError
+
+async def subscribe(client, kind):
+    try:
+        if kind == "decisions":
+            await client.monitor(lambda row: None)
+        else:
+            await client.monitor_rates(lambda rates: None)
+        return "ok"
+    except SnitchError as exc:
+        return type(exc).__name__
+
+async def main():
+    clients = [await Client.connect() for _ in range(9)]
+    print(*[await subscribe(c, "decisions") for c in clients])
+    print(*[await subscribe(c, "rates") for c in clients])
+    clients[0].bus.disconnect()
+    await asyncio.sleep(0.5)
+    print(await subscribe(clients[8], "decisions"))
+
+asyncio.run(main())
+"""
+
+
+def test_one_user_s_live_monitors_are_bounded(lab: Lab) -> None:
+    """Each subscription is a signal marshalled and sent on the packet loop for each of the
+    user's decisions: a user with hundreds of them (the bus allows 256 connections a user)
+    slowed every user's new connections. Now 8 of each kind a user; one that leaves makes
+    room."""
+    lab.start_daemon()
+    done = subprocess.run(
+        [*NOBODY, PYTHON, "-c", MANY_MONITORS],
+        capture_output=True, text=True, env=lab.env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done
+    decisions, rates, again = done.stdout.splitlines()
+    assert decisions.split() == ["ok"] * 8 + ["Busy"]
+    assert rates.split() == ["ok"] * 8 + ["Busy"]
+    assert again == "ok"
+
+
 def test_snitchd_stops_with_a_failure_when_the_bus_drops_it(lab: Lab) -> None:
     """Whatever drops it (dbus-daemon restarted, a reply it refused): snitchd could no longer
     ask anyone, so it stops, with a failure that systemd answers by starting it again."""

@@ -11,7 +11,7 @@ from dbus_fast.annotations import DBusStr
 from dbus_fast.service import dbus_method
 
 from snitch_common.bus import MAX_LOG_ROWS, MAX_TOP_APPS
-from snitch_common.errors import RuleError
+from snitch_common.errors import Busy, RuleError
 from snitchd.api.base import ServiceBase
 from snitchd.api.values import VarDict, arg, as_json, limit_of, variants
 from snitchd.caller import current_caller, handled
@@ -19,7 +19,9 @@ from snitchd.logwriter.protocol import AppRate
 from snitchd.queries import LogQuery, Period, read_apps, read_connections, read_top, read_traffic
 from snitchd.store import Decision, decision_row
 
-__all__ = ["MonitorRoom"]
+__all__ = ["MAX_SUBSCRIPTIONS", "MonitorRoom"]
+
+MAX_SUBSCRIPTIONS = 8  # live monitors (and, apart, live rate views) a user may have open
 
 
 class MonitorRoom(ServiceBase):
@@ -56,8 +58,21 @@ class MonitorRoom(ServiceBase):
     async def Monitor(self) -> None:
         """Subscribe the caller to `Decision` signals, sent to it alone, as they happen (its
         own flows only unless it is an admin); ends when the caller leaves the bus."""
+        self._subscribe(self._monitors, "live monitors")
+
+    def _subscribe(self, table: dict[str, int | None], what: str) -> None:
+        """The caller in `table`, unless its user has MAX_SUBSCRIPTIONS there already: each
+        subscription is a signal marshalled and sent on the packet loop for each of the user's
+        decisions, so a user opening hundreds of connections to subscribe each (the bus lets
+        a user have 256) slowed every user's new connections."""
         who = current_caller()
-        self._monitors[who.name] = who.own_only
+        mine = sum(1 for name in table if self._uids.get(name) == who.uid)
+        if who.name not in table and mine >= MAX_SUBSCRIPTIONS:
+            raise Busy(
+                f"uid {who.uid} has {MAX_SUBSCRIPTIONS} {what} open already (snitchctl "
+                "monitor, snitchctl top --live, Network Monitor windows): close one first"
+            )
+        table[who.name] = who.own_only
 
     def on_decision(self, decision: Decision) -> None:
         if not self._monitors:
@@ -99,8 +114,7 @@ class MonitorRoom(ServiceBase):
     async def MonitorRates(self) -> None:
         """Subscribe the caller to `Rates` signals (JSON text, about once a second, its own
         apps only unless it is an admin), sent to it alone; ends when it leaves the bus."""
-        who = current_caller()
-        self._rate_watchers[who.name] = who.own_only
+        self._subscribe(self._rate_watchers, "live rate views")
 
     def watching_rates(self) -> bool:
         """Whether anyone is subscribed to `Rates`: the log writer reads the open flows'
