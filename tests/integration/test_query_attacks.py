@@ -83,6 +83,17 @@ def test_an_argument_of_megabytes_is_refused_and_snitchd_keeps_its_bus(lab: Lab)
     assert lab.py("tcp", "192.0.2.2", 80) == "connected"
 
 
+def test_a_user_explains_only_their_own_flows(lab: Lab) -> None:
+    """Explain with another user's uid showed which names that user's programs resolved, and
+    to what (the log and traffic were already limited to the caller's own flows)."""
+    lab.start_daemon()
+    theirs = lab.ctl("explain", "--dst", "www.example.org", "--uid", "0", uid=65534)
+    assert theirs.returncode == 4, theirs
+    assert "uid 0 is not yours: only an admin explains another user's flows" in theirs.stderr
+    mine = lab.ctl("explain", "--dst", "192.0.2.2", "--uid", "65534", uid=65534)
+    assert mine.returncode == 0, mine
+
+
 # Nine connections of one user subscribe to the live monitor, then the rates; one leaves and
 # a new one subscribes. Prints what each subscription got.
 MANY_MONITORS = """

@@ -9,7 +9,7 @@ from dbus_fast.annotations import DBusStr, DBusUInt64
 from dbus_fast.service import dbus_method, dbus_signal
 
 from snitch_common.bus import MAX_RULES_PAGE
-from snitch_common.errors import RuleError
+from snitch_common.errors import NotAuthorized, RuleError
 from snitch_common.records import Proto, Runtime
 from snitch_common.rulefile import read_rules
 from snitch_common.rules import Rule, RuleRecord, parse_rule
@@ -70,12 +70,19 @@ class RulesRoom(ServiceBase):
             proto = Proto(arg(query, "proto", str) or "tcp")
         except ValueError:
             raise RuleError("explain: proto must be tcp, udp, icmp or other") from None
+        uid, who = arg(query, "uid", int), current_caller()
+        if uid is not None and who.own_only not in (None, uid):
+            # The names another user's programs resolved are theirs (the log's are too).
+            raise NotAuthorized(
+                f"explain: uid {uid} is not yours: only an admin explains another user's "
+                f"flows (leave out --uid, or give {who.uid})"
+            )
         asked = ExplainQuery(
             dst,
             arg(query, "port", int) or 0,
             proto,
             arg(query, "exe", str),
-            arg(query, "uid", int),
+            uid,
             arg(query, "pid", int),
             arg(query, "iface", str) or "",
             arg(query, "host", str),
