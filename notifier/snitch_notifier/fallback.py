@@ -63,6 +63,11 @@ class NotificationPrompter:
         self.shown: dict[int, int] = {}  # notification id → prompt id
         self._prompts: dict[int, PromptView] = {}  # prompt id → prompt, while it is shown
         self._tasks: set[asyncio.Task[None]] = set()
+        # The notification server's unique bus name, as its Notify replies say: only its
+        # signals are clicks. Any program of the user can send ActionInvoked ("allow" on a
+        # guessed id, to us alone or to all); taken from anyone, malware answered its own
+        # prompt without touching the screen.
+        self._server: str | None = None
 
     async def start(self) -> None:
         """Listen for the server's button and close signals (they are broadcast)."""
@@ -171,6 +176,7 @@ class NotificationPrompter:
                 timeout_ms,
             ],
         )
+        self._server = reply.sender
         return int(reply.body[0])
 
     async def _close(self, notification: int) -> None:
@@ -199,6 +205,10 @@ class NotificationPrompter:
 
     def _on_message(self, msg: Message) -> None:
         if msg.message_type is not MessageType.SIGNAL or msg.interface != NOTIFICATIONS:
+            return
+        if msg.sender is None or msg.sender != self._server:
+            log.warning("notification signal %s from %s, not the server: ignored", msg.member,
+                        msg.sender)  # fmt: skip
             return
         notification = int(msg.body[0])
         prompt_id = self.shown.pop(notification, None)

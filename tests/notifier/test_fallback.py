@@ -140,6 +140,29 @@ async def test_a_refused_answer_asks_again_while_snitchd_holds_the_prompt(
     assert len(server.notified) == 2 and prompter.shown == {}
 
 
+async def test_a_click_forged_by_another_program_answers_nothing(
+    prompter, server, session_bus, prompt_factory
+) -> None:
+    """Any program of the user may send ActionInvoked on the session bus. Before, one that
+    was not the notification server answered the prompt (malware allowing its own connection,
+    unseen); now only the server's signals are clicks."""
+    prompter.on_prompt(prompt_factory(7))
+    await prompter.drain()
+    forger_bus = await MessageBus(bus_address=session_bus).connect()
+    try:
+        forger = FakeNotifications()
+        forger_bus.export("/org/freedesktop/Notifications", forger)
+        forger.ActionInvoked(101, "allow")
+        await asyncio.sleep(0.3)
+        await prompter.drain()
+        assert prompter.answers == [] and prompter.shown == {101: 7}
+        server.ActionInvoked(101, "deny")  # the server's own click still answers
+        await asyncio.wait_for(prompter.got.wait(), 5)
+        assert [a.action for a in prompter.answers] == [Action.DENY]
+    finally:
+        forger_bus.disconnect()
+
+
 async def test_snitchd_cancel_closes_the_notification(prompter, server, prompt_factory) -> None:
     for i in (1, 2):
         prompter.on_prompt(prompt_factory(i, host=f"h{i}.example.org"))
