@@ -85,6 +85,10 @@ def plain(value: Any) -> Any:
     return value
 
 
+# The notes of `Process.notes` that name what runs rather than warn.
+_NAMING_NOTES = ("script ", "inline code", "container ")
+
+
 @dataclass(frozen=True, slots=True)
 class PromptView:
     """A prompt as an agent shows it; built from the daemon's a{sv}, unknown keys ignored."""
@@ -156,6 +160,17 @@ class PromptView:
         where = f"{self.host} ({self.dst})" if self.host else self.dst
         port = f" port {self.port}" if self.proto in ("tcp", "udp") else ""
         return f"{where}{port}/{self.proto}"
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The notes that warn (an unverified executable, a script not trusted, preloaded
+        code, a tracer), without those that name what runs (its script, inline code, its
+        container), which agents show in rows of their own."""
+        return tuple(
+            n
+            for n in self.notes
+            if n.startswith("script not trusted") or not n.startswith(_NAMING_NOTES)
+        )
 
     @property
     def app_known(self) -> bool:

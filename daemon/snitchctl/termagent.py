@@ -117,9 +117,7 @@ def render(prompt: PromptView, waiting: int, now: float) -> str:
         )
     if prompt.sha256:
         lines.append(f"  sha256    {prompt.sha256}")
-    for note in prompt.notes:
-        if not note.startswith(("script ", "inline code", "container ")):
-            lines.append(f"  WARNING   {note}")
+    lines += [f"  WARNING   {note}" for note in prompt.warnings]
     if not prompt.verified and not prompt.container:
         lines.append("            (its path names another file here: rules for it do not apply)")
     if prompt.tampered:

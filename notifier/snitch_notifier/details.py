@@ -86,7 +86,7 @@ class PromptDetails(QWidget):
         user = prompt.user or (f"uid {prompt.uid}" if prompt.uid is not None else "unknown")
         pid = f"pid {prompt.pid}" if prompt.pid is not None else "no process"
         parents = "  ←  ".join(f"{os.path.basename(e)} ({p})" for p, e in prompt.parents[:3])
-        warnings = [n for n in prompt.notes if not n.startswith(("script ", "inline code"))]
+        warnings = list(prompt.warnings)
         if not prompt.verified:
             warnings.append("its rules do not apply: the path names another file here")
         elif prompt.tampered:

@@ -71,6 +71,11 @@ def test_an_unverified_or_injected_process_is_shown_with_a_warning(popup, prompt
     popup.window.cancel_prompt(1, "answered")  # the first goes; the second is shown
     assert _texts(popup.window)["Warning"] == "preloaded /tmp/x.so; its allow rules do not apply"
     assert popup.window._duration.currentData() == "once"
+    # A script that cannot be trusted is a warning too (it was hidden with the script's name).
+    doubt = ("script /home/alice/sync.py", "script not trusted: PYTHONPATH set")
+    popup.window.add_prompt(prompt_factory(3, script="/home/alice/sync.py", notes=doubt))
+    popup.window.cancel_prompt(2, "answered")
+    assert _texts(popup.window)["Warning"] == "script not trusted: PYTHONPATH set"
 
 
 def test_missing_details_hide_their_rows(popup, prompt_factory) -> None:

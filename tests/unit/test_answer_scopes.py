@@ -169,3 +169,16 @@ def test_the_terminal_agent_says_whose_name_it_shows() -> None:
     assert "anyapp" in text and "network" in text  # the help line offers the new scopes
     own = render(replace(prompt, rule_host="www.example.org"), 0, 0.0)
     assert "another program" not in own
+
+
+def test_the_terminal_agent_warns_of_a_script_it_cannot_trust() -> None:
+    """The note was hidden with the script's own name: the person saw `script` and no doubt."""
+    prompt = PromptView(
+        id=1, exe="/usr/bin/python3.11", pid=42, uid=1000, user="alice", cmdline=("python3",),
+        parents=(), sha256=None, proto="tcp", dst="203.0.113.8", port=443, iface="", host=None,
+        deadline=0.0, default_action="deny", script="/home/alice/sync.py",
+        notes=("script /home/alice/sync.py", "script not trusted: PYTHONPATH set"),
+    )  # fmt: skip
+    lines = render(prompt, 0, 0.0).splitlines()
+    assert "  WARNING   script not trusted: PYTHONPATH set" in lines
+    assert not any(line.startswith("  WARNING   script /") for line in lines)
