@@ -10,6 +10,7 @@ and, while a profile is active, where the rule holds (`a`, `d forever`, `a 15m h
 """
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +20,6 @@ from typing import TextIO
 from snitch_common.agent import AgentService, register
 from snitch_common.answers import (
     ACTION_WORDS,
-    APP_SCOPES,
     DEFAULT_DURATION,
     DEFAULT_SCOPE,
     DURATIONS,
@@ -32,6 +32,7 @@ from snitch_common.answers import (
     left_open,
 )
 from snitch_common.bus import AGENT_PATH, PromptView
+from snitch_common.choices import ScopeOption, duration_why_not, scope_options
 from snitch_common.client import Client
 from snitch_common.errors import RuleError, SnitchError
 from snitch_common.rules import parse_duration
@@ -55,10 +56,11 @@ HELP_NO_APP = f"        ({NO_APP}: answer for this destination only)"
 
 
 def help_for(prompt: PromptView) -> str:
-    """HELP with the scopes this prompt can be answered for: as the popup greys them, the
-    ones that widen from the app are left out when no app is known."""
-    scopes = [word for word, scope in _SCOPES.items() if _offered(prompt, scope)]
-    text = HELP.format(durations="|".join(d for d, _ in DURATIONS), scopes="|".join(scopes))
+    """HELP with the durations and scopes this prompt can be answered for: those the popup
+    greys (`snitch_common.choices`) are left out."""
+    durations = [d for d, _ in DURATIONS if duration_why_not(prompt, d) is None]
+    scopes = [o.scope.value for o in _scopes(prompt).values() if o.why_not is None]
+    text = HELP.format(durations="|".join(durations), scopes="|".join(scopes))
     if not prompt.app_known:
         text += "\n" + HELP_NO_APP
     if prompt.profile:
@@ -66,9 +68,16 @@ def help_for(prompt: PromptView) -> str:
     return text
 
 
-def _offered(prompt: PromptView, scope: Scope) -> bool:
-    """False for a scope snitchd would refuse for this prompt (`rule_for_answer`)."""
-    return prompt.app_known or scope not in APP_SCOPES
+def _scopes(prompt: PromptView) -> dict[Scope, ScopeOption]:
+    return {o.scope: o for o in scope_options(prompt, os.path.basename(prompt.exe or "app"))}
+
+
+def _refusal(prompt: PromptView, answer: Answer) -> str | None:
+    """Why snitchd would refuse `answer` for this prompt, as far as the popup can tell."""
+    why = _scopes(prompt)[answer.scope].why_not
+    if why is not None:
+        return f"scope {answer.scope.value!r}: {why}"
+    return duration_why_not(prompt, answer.duration)
 
 
 def parse_reply(prompt_id: int, line: str, duration: str = DEFAULT_DURATION) -> Answer:
@@ -179,8 +188,9 @@ class _TerminalAgent:
             )
             if answer.reach is Reach.PROFILE and not current.profile:
                 raise ValueError("no profile was active when this was asked: leave out 'profile'")
-            if not _offered(current, answer.scope):
-                raise ValueError(f"scope {answer.scope.value!r} is about this connection's app")
+            refused = _refusal(current, answer)
+            if refused is not None:
+                raise ValueError(refused)
         except ValueError as exc:
             print(f"{exc}\n{help_for(current)}\nanswer> ", end="", file=self.out, flush=True)
             return

@@ -27,11 +27,11 @@ from dbus_fast import Variant
 
 from snitch_common.answers import DURATIONS, Action, Answer, Scope, rule_for_answer
 from snitch_common.bus import PromptView
+from snitch_common.choices import ScopeOption, scope_options
 from snitch_common.errors import RuleError
 from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Rule, parse_rule
 from snitch_notifier.bridge import RuleRow
-from snitch_notifier.choices import ScopeOption, scope_options
 from snitch_notifier.traffic import AppKey, HostTraffic
 
 __all__ = [

@@ -53,7 +53,7 @@ from PySide6.QtWidgets import (
 
 from snitch_common.answers import DURATIONS, Action, Answer, Reach, Scope, default_duration
 from snitch_common.bus import PromptView
-from snitch_notifier.choices import reach_options, scope_options
+from snitch_common.choices import duration_why_not, reach_options, scope_options
 from snitch_notifier.details import PromptDetails
 from snitch_notifier.identity import AppIdentity, desktop_identity
 from snitch_notifier.pending import Expired, Pending
@@ -454,16 +454,16 @@ class PromptWindow(QDialog):
         self._info.show_prompt(prompt, identity, fallback)
         duration = default_duration(prompt.verified, prompt.tampered)
         late = prompt.id in self.pending.late
-        # "Until the app quits" ends with the app's process: a rule naming no app (the
-        # kernel's flows, a sender not found, a container's) cannot (`rule_for_answer`).
-        per_process = prompt.exe is not None and not prompt.container
+        refused = duration_why_not(prompt, "process")
         if late and duration == "once":
-            duration = "process" if per_process else "forever"
+            duration = "process" if refused is None else "forever"
         self._duration.setCurrentIndex(self._duration.findData(duration))
         durations = self._duration.model()
         assert isinstance(durations, QStandardItemModel)
         durations.item(self._duration.findData("once")).setEnabled(not late)
-        durations.item(self._duration.findData("process")).setEnabled(per_process)
+        until_quit = durations.item(self._duration.findData("process"))
+        until_quit.setEnabled(refused is None)
+        until_quit.setToolTip(refused or "")
         self._scope.clear()
         model = self._scope.model()
         assert isinstance(model, QStandardItemModel)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from conftest import Lab, python_exe, run_netclient
-from snitch_notifier.choices import scope_options
+from snitch_common.choices import scope_options
 from tests.integration.scriptagent import ScriptedAgent
 
 DNS_RULE = "allow port=53 proto=udp"

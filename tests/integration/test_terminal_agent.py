@@ -10,18 +10,18 @@ from conftest import JOIN_GROUPS, PYTHON, VENV_BIN, Lab, Terminal, bare_reason
 
 
 def test_an_answer_snitchd_refuses_leaves_the_prompt_to_answer_again(lab: Lab) -> None:
-    """ "This domain" needs a host name the app resolved; a connect to a bare address has none.
-    snitchd refuses it and holds the prompt: the agent shows it again, and `a once` lets the
-    same connection out."""
+    """ "Until the app quits" for "any app" names no app for the rule to end with (a refusal
+    of the pair, which the agent does not foresee): snitchd refuses it and holds the prompt,
+    the agent shows it again, and `a once` lets the same connection out."""
     lab.start_daemon(prompt_timeout=20)
     terminal = Terminal([str(VENV_BIN / "snitchctl"), "agent"], lab.env)
     try:
         terminal.read_until(b"waiting for prompts")
         with lab.spawn_client("tcp", "192.0.2.2", "443", "--timeout", "20") as proc:
             terminal.read_until(b"answer> ")
-            terminal.type("a forever domain\n")
+            terminal.type("a process anyapp\n")
             text = terminal.read_until(b"answer it again")
-            assert "not answered: scope 'domain' needs a host name" in text, text
+            assert "not answered: 'until the app quits' needs a rule naming the app" in text, text
             terminal.read_until(b"answer> ", timeout=5)
             terminal.type("a once\n")
             terminal.read_until(b"once, no rule")
@@ -46,10 +46,10 @@ def test_a_prompt_of_no_known_app_offers_its_destination_only(lab: Lab) -> None:
         joiner.start()
         text = terminal.read_until(b"answer> ")
         assert "app       kernel" in text and "224.0.0.22" in text, text
-        assert "[exact|anyapp|container]" in text, text
+        assert "[exact|anyapp]" in text, text
         assert "no app is known for this connection" in text, text
         terminal.type("a forever app\n")
-        text = terminal.read_until(b"is about this connection's app")
+        terminal.read_until(b"scope 'app': no app is known for this connection")
         terminal.type("a forever\n")
         terminal.read_until(b"rule ")
     finally:

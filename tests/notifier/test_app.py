@@ -37,7 +37,7 @@ def test_a_working_platform_means_the_popup() -> None:
 
 
 def test_modules_were_found() -> None:
-    assert {"app", "bridge", "choices", "fallback", "identity", "popup", "tray"} <= set(MODULES)
+    assert {"app", "bridge", "fallback", "identity", "popup", "tray"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -4,7 +4,7 @@ the reason snitchd would refuse the ones that do not fit it."""
 from __future__ import annotations
 
 from snitch_common.answers import Scope
-from snitch_notifier.choices import scope_options
+from snitch_common.choices import scope_options
 
 
 def test_scope_labels_name_this_prompts_host_and_port(prompt_factory) -> None:

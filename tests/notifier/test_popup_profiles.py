@@ -9,7 +9,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from snitch_common.answers import Action, Answer, Reach, Scope
-from snitch_notifier.choices import reach_options
+from snitch_common.choices import reach_options
 
 
 def _activate(qtbot: Any, window: Any) -> None:

@@ -1,10 +1,11 @@
-"""The scope and reach lists the popup shows: the shared answer vocabulary
+"""The scope and reach lists the agents offer: the shared answer vocabulary
 (`snitch_common.answers`), labelled with this prompt's own host, port and profile.
 
 Which scopes make sense depends on the prompt (a domain needs a host name, a port needs TCP or
-UDP, all but the destination's own two need a known app); the daemon refuses the others, and
-the popup greys them out with the reason. Where the rule holds (every profile, or the one
-active when asked) is offered only while a profile is.
+UDP, all but the destination's own two need a known app, a container is named by itself); the
+daemon refuses the others, the popup greys them out with the reason, and the terminal agent
+leaves them out of its help and says the reason when one is typed. Where the rule holds (every
+profile, or the one active when asked) is offered only while a profile is.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from snitch_common.answers import (
 )
 from snitch_common.bus import PromptView
 
-__all__ = ["ReachOption", "ScopeOption", "reach_options", "scope_options"]
+__all__ = ["ReachOption", "ScopeOption", "duration_why_not", "reach_options", "scope_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,33 @@ def scope_options(prompt: PromptView, app: str) -> list[ScopeOption]:
             else o
             for o in options
         ]
+    elif prompt.container:
+        options = [_for_container(o, prompt) for o in options]
     return options
+
+
+def _for_container(option: ScopeOption, prompt: PromptView) -> ScopeOption:
+    """A container's rules name the container, never an executable (`_container_rule`):
+    the app's own scopes are refused, and "any app" would be the container's rule to this
+    destination, the same as "only"."""
+    if option.scope in (Scope.APP, Scope.SCRIPT, Scope.PARENT):
+        why = "a container's processes are named by their container: answer for it instead"
+        return replace(option, why_not=option.why_not or why)
+    if option.scope is Scope.ANY_APP:
+        return replace(option, why_not="for a container it is the same rule as the first")
+    if option.scope is Scope.NETWORK:
+        box = f"container {prompt.container_name}" if prompt.container_name else "it"
+        return replace(option, label=f"anything {box} connects to in {_network(prompt.dst)}")
+    return option
+
+
+def duration_why_not(prompt: PromptView, duration: str) -> str | None:
+    """Why snitchd refuses `duration` for this prompt whatever the scope, or None: "until
+    the app quits" ends with the app's process, and a rule naming no app (the kernel's flows,
+    a sender not found, a container's) has none to end with."""
+    if duration == "process" and (prompt.exe is None or prompt.container):
+        return "'until the app quits' needs an app: choose a time, or forever"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
