@@ -15,6 +15,7 @@ import pwd
 import re
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
@@ -347,7 +348,10 @@ def _parse_days(value: str) -> int:
 
 @functools.lru_cache(maxsize=_SHARED_TEXTS)
 def _glob(pattern: str) -> re.Pattern[str]:
-    """A shell glob (`*`, `?`, `[abc]`, `[!abc]`) as a regex; anything else is literal."""
+    """A shell glob (`*`, `?`, `[abc]`, `[!abc]`) as a regex; anything else is literal, an
+    empty class (`[]`, `[!]`) too. Raises re.error (or a FutureWarning as error) for a class
+    the regex engine refuses (`[z-a]`): `parse_rule` compiles every glob once so that
+    matching never raises (a raise there decided every container flow by the fail mode)."""
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -357,7 +361,7 @@ def _glob(pattern: str) -> re.Pattern[str]:
             out.append(".*")
         elif c == "?":
             out.append(".")
-        elif c == "[" and (end := pattern.find("]", i + 1 if pattern[i : i + 1] == "!" else i)) > i:
+        elif c == "[" and (end := _class_end(pattern, i)) > 0:
             body = pattern[i:end]
             negate = body.startswith("!")
             body = re.escape(body[1:] if negate else body).replace("\\-", "-")
@@ -366,6 +370,13 @@ def _glob(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(c))
     return re.compile("".join(out), re.DOTALL)
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """Where the class opened by the `[` before `i` ends, or -1 if it is empty or unclosed."""
+    start = i + 1 if pattern[i : i + 1] == "!" else i
+    end = pattern.find("]", start)
+    return end if end > start else -1
 
 
 def container_matches(pattern: str, name: str) -> bool:
@@ -554,6 +565,16 @@ def _apply_container_word(fields: dict[str, object], key: str, value: str) -> No
                 f"invalid container {value!r}: a container name or glob (* ? [...]) of at most "
                 "128 printable characters"
             )
+        try:
+            with warnings.catch_warnings():
+                # `[a--b]`: re warns of a future set difference; refuse it now, not at match time.
+                warnings.simplefilter("error", FutureWarning)
+                _glob(value)
+        except (re.error, FutureWarning) as exc:
+            raise RuleError(
+                f"invalid container {value!r}: not a glob snitch can match ({exc}); write "
+                "[a-z] ranges low to high, or put a literal [ in brackets: [[]"
+            ) from None
         fields["container"] = sys.intern(value)
     elif key == "runtime":
         try:

@@ -4,16 +4,21 @@ FORWARD rules as data."""
 
 from __future__ import annotations
 
+import argparse
+import shlex
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from test_broker import make
 
 from snitch_common.answers import Answer, Scope, rule_for_answer
 from snitch_common.errors import PromptError, RuleError
 from snitch_common.records import Attribution, Container, Flow, Process, Proto, Runtime
 from snitch_common.rules import Action, container_matches, parse_rule
+from snitchctl.rulecmds import check_rules
 from snitchd.containers import Names, conmon_args, container_from, parse_cgroup, pid_inside
 from snitchd.decide import RuleSet, _key, decide, specificity
 from snitchd.netfilter import NetSpec, install_lines
@@ -95,6 +100,8 @@ def test_container_words_round_trip() -> None:
         ("allow container=web app=/usr/bin/curl", "container="),
         ("allow runtime=docker parent=/usr/bin/containerd-shim", "runtime="),
         ("allow container=" + "x" * 129, "container"),
+        ("deny container=[z-a]", "invalid container '\\[z-a\\]'"),
+        ("deny container=web[a--b]", "invalid container 'web\\[a--b\\]'"),
     ],
 )
 def test_bad_container_words_are_refused(text: str, word: str) -> None:
@@ -108,6 +115,38 @@ def test_container_glob() -> None:
     assert container_matches("[!d]*", "web") and not container_matches("[!d]*", "db")
     assert container_matches("a.b", "a.b") and not container_matches("a.b", "axb")
     assert not container_matches("web", "web-1")
+
+
+def test_an_empty_class_is_literal() -> None:
+    """`[!]` compiled to the regex `[^]`, which raised at every match: decide failed on every
+    container flow and the fail mode (open) let them through a `deny runtime=docker`."""
+    assert container_matches("x[!]", "x[!]") and not container_matches("x[!]", "xa")
+    rules = RuleSet(
+        [(1, parse_rule("allow container=[!]")), (2, parse_rule("deny runtime=docker"))]
+    )
+    assert decide(FLOW, boxed(), rules, 0.0).rule_id == 2  # type: ignore[union-attr]
+
+
+@given(st.text("[]!-^\\*?az.]~&|", max_size=8), st.text("[]!-az", max_size=6))
+@example("[!]", "web")
+def test_a_parsed_container_glob_never_raises_when_matched(pattern: str, name: str) -> None:
+    """Matching runs per packet, where a raise is a verdict by the fail mode: every glob the
+    parser lets through must compile, so a bad one is refused when the rule is added."""
+    try:
+        rule = parse_rule(f"deny container={shlex.quote(pattern)}")
+    except RuleError:
+        return
+    assert rule.container is not None
+    container_matches(rule.container, name)
+
+
+def test_check_rules_reports_a_container_glob_that_cannot_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "boxes.rules"
+    path.write_text("deny runtime=docker\nallow container=[z-a]\n")
+    assert check_rules(argparse.Namespace(file=str(path), json=False)) == 1
+    assert f"{path}:2: invalid container '[z-a]'" in capsys.readouterr().err
 
 
 def test_container_rules_match_containers_only() -> None:

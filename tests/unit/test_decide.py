@@ -939,9 +939,11 @@ PURE_IMPORTS = {
     },
     snitch_common.records: {"__future__", "enum", "dataclasses", "ipaddress"},
     # `math` does no I/O; it is allowed so that a finiteness check may use it. Nor do `sys` and
-    # `functools`, there for `sys.intern` and `functools.lru_cache`.
+    # `functools`, there for `sys.intern` and `functools.lru_cache`; nor `warnings`, there to
+    # make re's FutureWarning an error while a `container=` glob is compiled.
     snitch_common.rules: {
         "__future__",
+        "warnings",
         "enum",
         "functools",
         "sys",
