@@ -449,17 +449,20 @@ def list_place(name: str) -> str:
 
 def _parse_place(value: str) -> str | None:
     """A class or a list, or None for any other destination. The class words are taken before
-    host names: `to=lan` is the local network, never a host called "lan"."""
+    host names: `to=lan` is the local network, never a host called "lan". The prefix is taken
+    in any case and stored as `list:`, the form snitchd looks a list up by (`to=List:ads` was
+    kept as typed and matched nothing)."""
     lowered = value.lower()
     if lowered in CLASSES:
         return sys.intern(lowered)
     if lowered.startswith(_LIST_PREFIX):
-        if not _LIST_NAME.fullmatch(value[len(_LIST_PREFIX) :]):
+        name = value[len(_LIST_PREFIX) :]
+        if not _LIST_NAME.fullmatch(name):
             raise RuleError(
                 f"invalid destination {value!r}: a list name is 1-63 lowercase letters, "
                 "digits, - or _ (see: snitchctl lists)"
             )
-        return sys.intern(value)
+        return sys.intern(list_place(name))
     return None
 
 

@@ -132,6 +132,15 @@ def test_bad_list_names_in_rules_are_refused(text: str) -> None:
         parse_rule(text)
 
 
+def test_a_list_prefix_in_any_case_is_stored_as_list_and_matches() -> None:
+    """`to=List:ads` was accepted but kept as typed, and snitchd looks lists up by `list:`:
+    the deny matched nothing."""
+    rule = parse_rule("deny to=List:ads")
+    assert str(rule) == "deny to=list:ads"
+    rules = RuleSet(((1, parse_rule("allow")), (2, rule)), places=_places())
+    assert _winner(rules, "203.0.113.7") == 2
+
+
 # -- lookup structures ----------------------------------------------------------------------
 
 
