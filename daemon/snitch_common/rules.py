@@ -455,6 +455,14 @@ def _parse_place(value: str) -> str | None:
     lowered = value.lower()
     if lowered in CLASSES:
         return sys.intern(lowered)
+    if lowered.endswith(".") and lowered[:-1] in CLASSES:
+        # As a host, `lan.` would print as `to=lan`, which reads back as the whole LAN: after a
+        # restart a rule for one host would hold for every address of the network. Taking it
+        # as the class instead would quietly widen what was meant as a host; so neither.
+        raise RuleError(
+            f"invalid destination {value!r}: a host cannot be called {lowered[:-1]!r}, the "
+            f"name of a class; write to={lowered[:-1]} for the class, or the host's full name"
+        )
     if lowered.startswith(_LIST_PREFIX):
         name = value[len(_LIST_PREFIX) :]
         if not _LIST_NAME.fullmatch(name):

@@ -9,13 +9,13 @@ from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import snitch_common.rules
 from snitch_common.errors import RuleError
 from snitch_common.records import Proto
-from snitch_common.rules import Action, Lifetime, Rule, parse_duration, parse_rule
+from snitch_common.rules import CLASSES, Action, Lifetime, Rule, parse_duration, parse_rule
 from snitchctl.main import rule_warnings
 
 HASH = "0123456789abcdef" * 4
@@ -140,7 +140,8 @@ def hosts(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         host = "*." + host
     # All digits and dots reads as a (bad) address; "any" means no destination at all.
-    if host.replace(".", "").replace("*", "").isdigit() or host == "any":
+    # ... and a class word (`lan`) is the class, never a host.
+    if host.replace(".", "").replace("*", "").isdigit() or host in ("any", *CLASSES):
         host = "h" + host if not host.startswith("*.") else "*.h" + host[2:]
     return host
 
@@ -228,6 +229,21 @@ def _window(draw: st.DrawFn) -> dict[str, object]:
 def test_any_valid_rule_round_trips(rule: Rule) -> None:
     """The docstring's promise, `parse_rule(str(rule)) == rule`, for every valid rule, including
     odd paths and interface names that need quoting."""
+    assert parse_rule(str(rule)) == rule
+
+
+@given(hosts() | st.sampled_from(CLASSES), st.booleans(), st.booleans())
+@example("lan", False, True)
+def test_any_destination_word_round_trips(name: str, upper: bool, dot: bool) -> None:
+    """`to=lan.` was the host "lan", printed as `to=lan`: the class, the whole LAN, after the
+    next restart. Whatever the case and trailing dot, a destination that parses prints as
+    itself."""
+    text = (name.upper() if upper else name) + ("." if dot else "")
+    try:
+        rule = parse_rule(f"deny to={text}")
+    except RuleError:
+        assert dot and name in CLASSES
+        return
     assert parse_rule(str(rule)) == rule
 
 
@@ -322,6 +338,8 @@ MALFORMED = [
     pytest.param("allow to=1.2.3", "'1.2.3'", id="short-ipv4"),
     pytest.param("allow to=bad..host", "'bad..host'", id="empty-label"),
     pytest.param("allow to=-bad.example", "'-bad.example'", id="label-starts-with-dash"),
+    pytest.param("deny to=lan.", "'lan.'", id="class-word-as-host"),
+    pytest.param("deny to=LocalHost.", "'LocalHost.'", id="class-word-as-host-any-case"),
     pytest.param("allow app=relative", "'relative'", id="relative-app"),
     pytest.param("allow app=/bin/x sha256=xyz", "'xyz'", id="bad-sha256"),
     pytest.param(f"allow app=/bin/x sha256={HASH.upper()}", HASH.upper(), id="upper-sha256"),
