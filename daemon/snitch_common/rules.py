@@ -527,9 +527,15 @@ def _split(text: str) -> list[str]:
 
 def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
     if key in ("app", "script", "parent", "parent1"):
+        what = "script" if key == "script" else "executable"
         if not value.startswith("/"):
-            what = "script" if key == "script" else "executable"
             raise RuleError(f"invalid {key} {value!r}: give the absolute path of the {what}")
+        if not _is_canonical(value):
+            raise RuleError(
+                f"invalid {key} {value!r}: {key}= must be the canonical path of the {what}, "
+                "without //, /./, /../ or a trailing / (as realpath prints it); it is compared "
+                "with the path the process runs, which never has them"
+            )
         fields["exe" if key == "app" else key] = sys.intern(value)
     elif key == "sha256":
         if not re.fullmatch(r"[0-9a-f]{64}", value):
@@ -566,6 +572,12 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         fields["pid"] = int(value)
     else:
         _apply_when_word(fields, key, value)
+
+
+def _is_canonical(path: str) -> bool:
+    """Whether an absolute path has no empty, `.` or `..` component: the kernel's
+    /proc/PID/exe and snitchd's script paths never do, so a rule path with one matches nothing."""
+    return path == "/" or all(part not in ("", ".", "..") for part in path[1:].split("/"))
 
 
 def _apply_container_word(fields: dict[str, object], key: str, value: str) -> None:

@@ -157,12 +157,18 @@ def networks(draw: st.DrawFn) -> IPv4Network | IPv6Network:
     return ip_network((addr, prefix), strict=False)
 
 
+# Canonical absolute paths: no empty, `.` or `..` component (the parser refuses those).
+_COMPONENT = st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=6).filter(
+    lambda part: part not in (".", "..")
+)
+_PATHS = st.lists(_COMPONENT, max_size=3).map(lambda parts: "/" + "/".join(parts))
+
 _FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 
 
 @st.composite
 def rules(draw: st.DrawFn) -> Rule:
-    exe = draw(st.none() | st.text(min_size=0, max_size=20).map(lambda s: "/" + s))
+    exe = draw(st.none() | _PATHS)
     sha256 = draw(st.none() | st.text("0123456789abcdef", min_size=64, max_size=64))
     if exe is None:
         sha256 = None
@@ -180,7 +186,7 @@ def rules(draw: st.DrawFn) -> Rule:
     iface = draw(
         st.none() | st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=15)
     )
-    paths = st.text(min_size=0, max_size=12).map(lambda s: "/" + s)
+    paths = _PATHS
     script = draw(st.none() | paths) if exe is not None else None
     lifetimes = [Lifetime.ONCE, Lifetime.MINUTES, Lifetime.RESTART, Lifetime.FOREVER]
     if exe is not None:
@@ -349,6 +355,13 @@ MALFORMED = [
     pytest.param("allow parent=bash", "'bash'", id="relative-parent"),
     pytest.param("allow parent1=./make", "'./make'", id="relative-parent1"),
     pytest.param("allow parent=/a parent=/b", "parent=", id="two-parents"),
+    pytest.param("deny app=/usr/bin//python3.11", "canonical path", id="app-double-slash"),
+    pytest.param("deny app=/usr/./bin/curl", "'/usr/./bin/curl'", id="app-dot"),
+    pytest.param("deny app=/usr/lib/../bin/curl", "'/usr/lib/../bin/curl'", id="app-dot-dot"),
+    pytest.param("deny app=/usr/bin/curl/", "app= must be the canonical", id="app-trailing-slash"),
+    pytest.param("deny app=/bin/sh script=/home/u/./x.sh", "script= must", id="script-dot"),
+    pytest.param("deny parent=/usr/bin/..", "parent= must", id="parent-ends-in-dot-dot"),
+    pytest.param("deny parent1=//usr/bin/make", "parent1= must", id="parent1-leading-slashes"),
     pytest.param("allow user=no-such-user-snitch-test", "'no-such-user-snitch-test'", id="user"),
     pytest.param("allow iface=a-very-long-iface-name", "'a-very-long-iface-name'", id="iface"),
     pytest.param("allow iface=eth/0", "'eth/0'", id="iface-slash"),
