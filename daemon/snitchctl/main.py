@@ -54,6 +54,7 @@ from snitchctl.rulecmds import (
     explain_flow,
     export_rules,
     import_rules,
+    link_warnings,
     list_rules,
     read_file,
     rule_text_from_flags,
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "add-rule":
         rule_text = rule_text_from_flags(args)
+        for warning in [] if args.json else link_warnings(rule_text):
+            print(f"snitchctl: warning: {warning}", file=sys.stderr)
     if args.command == "edit-rule":
         words: list[str] = args.text
         rule_text = (

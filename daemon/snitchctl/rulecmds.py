@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import time
@@ -34,6 +35,7 @@ __all__ = [
     "explain_flow",
     "export_rules",
     "import_rules",
+    "link_warnings",
     "list_rules",
     "read_file",
     "rule_text_from_flags",
@@ -230,6 +232,21 @@ async def list_rules(client: Client, args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     return 0
+
+
+def link_warnings(text: str) -> list[str]:
+    """The executables a rule names that are links on this machine: a process runs the file a
+    link points to, and rules match that real path, so `app=/usr/bin/python3` matches nothing
+    where python3 is a link. Only a warning: the rule may be meant for another machine."""
+    try:
+        rule = parse_rule(text)
+    except RuleError:
+        return []
+    found = []
+    for path in (rule.exe, rule.parent1, rule.parent):
+        if path is not None and os.path.exists(path) and (real := os.path.realpath(path)) != path:
+            found.append(f"{path} is a link to {real}: rules match the executable's real path")
+    return found
 
 
 def rule_warnings(text: str) -> list[str]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from snitch_common.errors import RuleError
-from snitchctl.main import _build_parser
+from snitchctl.main import _build_parser, main
 from snitchctl.rulecmds import rule_text_from_flags
 
 
@@ -41,3 +43,20 @@ def test_window_and_keep_open_flags_add_their_words() -> None:
     )
     with pytest.raises(RuleError, match="keep-open= belongs to deny and reject"):
         rule_of("allow port=22", "--keep-open")
+
+
+def test_add_rule_warns_that_an_app_path_is_a_link_here(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process runs the file a link points to, and rules match that real path: a rule for
+    the link matches nothing here. Only a warning (the rule may be for another machine)."""
+    tmp_path = tmp_path.resolve()
+    real = tmp_path / "python3.11"
+    real.touch()
+    (tmp_path / "python3").symlink_to(real)
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
+    assert main(["add-rule", f"allow app={tmp_path}/python3"]) == 3  # no daemon: still warned
+    err = capsys.readouterr().err
+    assert f"snitchctl: warning: {tmp_path}/python3 is a link to {real}: rules match" in err
+    assert main(["add-rule", f"allow app={real}"]) == 3
+    assert "warning" not in capsys.readouterr().err
