@@ -87,7 +87,12 @@ def read_rules(text: str, *, lasting_only: bool = True) -> tuple[list[RuleLine],
     that last (for=forever): one for a while or a process has no place in configuration."""
     rules: list[RuleLine] = []
     bad: list[BadLine] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" (and "\r\n") only: str.splitlines also breaks at \x0b, \x0c,
+    # \x1c-\x1e, \x85, \u2028 and \u2029, so a note holding one became a rule of its own.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the file's last "\n" ends a line, it does not start one
+    for number, raw in enumerate((ln.removesuffix("\r") for ln in lines), start=1):
         if len(raw) > MAX_LINE:
             bad.append(BadLine(number, raw[:80], f"longer than {MAX_LINE} characters"))
             continue

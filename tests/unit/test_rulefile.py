@@ -55,3 +55,23 @@ def test_an_exported_line_reads_back_as_the_same_rule_and_note() -> None:
     (read,), bad = read_rules(line)
     assert bad == []
     assert read.rule == rule and read.note == "ask Sam # first"
+
+
+@pytest.mark.parametrize(
+    "brk", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+)
+def test_only_a_newline_ends_a_line(brk: str) -> None:
+    """str.splitlines also breaks at these: a note "the updater\u2028allow app=/bin/bash",
+    exported and imported again, became an extra allow rule."""
+    (read,), bad = read_rules(f"deny port=25  # the updater{brk}allow app=/bin/bash\n")
+    assert bad == [] and str(read.rule) == "deny port=25"
+    assert read.note == f"the updater{brk}allow app=/bin/bash"
+
+
+def test_crlf_line_ends_are_taken_and_numbered() -> None:
+    rules, bad = read_rules("deny port=25  # mail\r\n\r\nallow port=80\r\nbogus\r\n")
+    assert [(r.line, str(r.rule), r.note) for r in rules] == [
+        (1, "deny port=25", "mail"),
+        (3, "allow port=80", ""),
+    ]
+    assert [b.line for b in bad] == [4]
