@@ -530,6 +530,11 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         what = "script" if key == "script" else "executable"
         if not value.startswith("/"):
             raise RuleError(f"invalid {key} {value!r}: give the absolute path of the {what}")
+        if not value.isprintable():
+            raise RuleError(
+                f"invalid {key} {value!r}: a path of printable characters only (a line break or "
+                "control character would split or garble the rule's line in a rules file)"
+            )
         if not _is_canonical(value):
             raise RuleError(
                 f"invalid {key} {value!r}: {key}= must be the canonical path of the {what}, "
@@ -557,7 +562,7 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         except ValueError:
             raise RuleError(f"invalid proto {value!r}: use tcp, udp, icmp or other") from None
     elif key == "iface":
-        if len(value) > 15 or "/" in value:
+        if len(value) > 15 or "/" in value or not value.isprintable():
             raise RuleError(f"invalid iface {value!r}: an interface name has at most 15 characters")
         fields["iface"] = sys.intern(value)
     elif key == "for":

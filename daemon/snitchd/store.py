@@ -1119,8 +1119,14 @@ MAX_NOTE = 1000  # characters of a rule's note
 
 
 def _check_note(note: str) -> None:
-    if len(note) > MAX_NOTE or any(c in note for c in "\n\r\0"):
-        raise RuleError(f"invalid note: at most {MAX_NOTE} characters on one line")
+    """A note is written after `#` on its rule's line of an exported file: a line break of
+    any kind (\u2028 too), or another control character, would end or garble that line."""
+    if len(note) > MAX_NOTE or not note.isprintable():
+        bad = next((c for c in note if not c.isprintable()), "")
+        what = f" ({bad!r} is not a printable character)" if bad else ""
+        raise RuleError(
+            f"invalid note: at most {MAX_NOTE} characters on one line, all printable{what}"
+        )
 
 
 def _count(conn: sqlite3.Connection) -> int:

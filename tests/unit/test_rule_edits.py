@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
@@ -81,6 +82,19 @@ async def test_edit_keeps_id_and_note_and_changes_the_verdict(firewall: Firewall
     ]
     with pytest.raises(RuleError, match="at most 1000 characters on one line"):
         await firewall.edit_rule(record.id, None, "two\nlines", "t")
+
+
+@pytest.mark.parametrize("brk", ["\u2028", "\x85", "\x0b", "\t", "\x1b"])
+async def test_a_note_with_a_character_that_is_not_printable_is_refused(
+    firewall: Firewall, brk: str
+) -> None:
+    """A note goes after `#` on its rule's line in an exported file: "the updater\u2028allow
+    app=/bin/bash" read back as a second rule, an allow. Escape codes garble a terminal."""
+    with pytest.raises(RuleError, match=re.escape(f"{brk!r} is not a printable character")):
+        await firewall.add_new_rule(parse_rule("deny port=25"), "t", f"the updater{brk}allow x")
+    record, _ = await firewall.add_new_rule(parse_rule("deny port=25"), "t", "ça, «ok»")
+    with pytest.raises(RuleError, match="not a printable character"):
+        await firewall.edit_rule(record.id, None, f"a{brk}b", "t")
 
 
 async def test_a_disabled_rule_never_matches_is_still_listed_and_survives_restart(

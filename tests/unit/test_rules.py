@@ -158,7 +158,9 @@ def networks(draw: st.DrawFn) -> IPv4Network | IPv6Network:
 
 
 # Canonical absolute paths: no empty, `.` or `..` component (the parser refuses those).
-_COMPONENT = st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=6).filter(
+# Printable ones: a line break or control character would split the rule's line in a file.
+_PRINTABLE = st.characters(blacklist_characters="/").filter(str.isprintable)
+_COMPONENT = st.text(_PRINTABLE, min_size=1, max_size=6).filter(
     lambda part: part not in (".", "..")
 )
 _PATHS = st.lists(_COMPONENT, max_size=3).map(lambda parts: "/" + "/".join(parts))
@@ -183,9 +185,7 @@ def rules(draw: st.DrawFn) -> Rule:
     if proto not in (Proto.ICMP, Proto.OTHER) and draw(st.booleans()):
         lo = draw(st.integers(1, 65535))
         ports = (lo, draw(st.integers(lo, 65535)))
-    iface = draw(
-        st.none() | st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=15)
-    )
+    iface = draw(st.none() | st.text(_PRINTABLE, min_size=1, max_size=15))
     paths = _PATHS
     script = draw(st.none() | paths) if exe is not None else None
     lifetimes = [Lifetime.ONCE, Lifetime.MINUTES, Lifetime.RESTART, Lifetime.FOREVER]
@@ -365,6 +365,10 @@ MALFORMED = [
     pytest.param("allow user=no-such-user-snitch-test", "'no-such-user-snitch-test'", id="user"),
     pytest.param("allow iface=a-very-long-iface-name", "'a-very-long-iface-name'", id="iface"),
     pytest.param("allow iface=eth/0", "'eth/0'", id="iface-slash"),
+    pytest.param("allow 'iface=a\nb'", "'a\\nb'", id="iface-newline"),
+    pytest.param("deny 'app=/opt/a\u2028b'", "printable", id="app-line-separator"),
+    pytest.param("deny 'app=/opt/a\nb'", "'/opt/a\\nb'", id="app-newline"),
+    pytest.param("deny 'parent=/opt/a\x0cb'", "parent", id="parent-form-feed"),
     pytest.param("allow for=forever2", "'forever2'", id="bad-duration"),
     pytest.param("allow for=0m", "'0m'", id="zero-minutes"),
     pytest.param("allow for=525601m", "'525601m'", id="more-than-a-year"),
