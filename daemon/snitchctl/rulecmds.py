@@ -169,7 +169,9 @@ def rule_text_from_flags(args: argparse.Namespace) -> str:
 def _rule_text(args: argparse.Namespace) -> str:
     if args.text:
         flags = ("exe", "sha256", "user", "dst", "host", "port", "proto", "iface", "action")
-        if any(getattr(args, f) for f in flags) or args.any_app:
+        # --duration too: the text's own for= says how long it lasts (with both, the flag
+        # was dropped and the rule made permanent).
+        if any(getattr(args, f) for f in flags) or args.any_app or args.duration != "forever":
             raise RuleError("give either the rule text or flags, not both")
         # One quoted argument is the text as list-rules prints it; several are its words, as
         # a shell split them (`add-rule allow port=443` said "unrecognized arguments").

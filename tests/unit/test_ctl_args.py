@@ -31,6 +31,13 @@ def test_text_and_flags_together_are_refused() -> None:
         rule_of("allow", "port=443", "--action", "deny")
 
 
+def test_text_and_duration_together_are_refused() -> None:
+    """`add-rule allow app=/usr/bin/curl --duration 15m` made a permanent rule."""
+    with pytest.raises(RuleError, match="not both"):
+        rule_of("allow app=/usr/bin/curl", "--duration", "15m")
+    assert rule_of("allow app=/usr/bin/curl for=15m") == "allow app=/usr/bin/curl for=15m"
+
+
 def test_window_and_keep_open_flags_add_their_words() -> None:
     """Issue 18: --during, --days and --keep-open, with the rule's text or with flags."""
     assert (
