@@ -16,14 +16,12 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
 import sys
 from collections.abc import Awaitable, Callable
 
 from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
-from snitch_common.errors import DaemonUnreachable, RuleError, SnitchError
-from snitch_common.rules import parse_rule
+from snitch_common.errors import DaemonUnreachable, SnitchError
 from snitchctl.completion import enable_completion
 from snitchctl.examples import EXIT_CODES, add_examples
 from snitchctl.health import (
@@ -57,6 +55,7 @@ from snitchctl.rulecmds import (
     link_warnings,
     list_rules,
     read_file,
+    rule_text_for_edit,
     rule_text_from_flags,
     rule_warnings,
     toggle_rule,
@@ -113,12 +112,7 @@ async def _run(args: argparse.Namespace) -> int:
         for warning in [] if args.json else link_warnings(rule_text):
             print(f"snitchctl: warning: {warning}", file=sys.stderr)
     if args.command == "edit-rule":
-        words: list[str] = args.text
-        rule_text = (
-            str(parse_rule(words[0] if len(words) == 1 else shlex.join(words))) if words else ""
-        )
-        if not rule_text and args.note is None:
-            raise RuleError("edit-rule needs the new rule text, or --note")
+        rule_text = rule_text_for_edit(args)
     if args.command == "import":
         import_text = read_file(args.file)
     check_mode_args(args)

@@ -38,6 +38,7 @@ __all__ = [
     "link_warnings",
     "list_rules",
     "read_file",
+    "rule_text_for_edit",
     "rule_text_from_flags",
     "rule_warnings",
     "toggle_rule",
@@ -164,6 +165,18 @@ def rule_text_from_flags(args: argparse.Namespace) -> str:
         text = str(parse_rule(f"{dataclasses.replace(rule, profile=None)!s} "
                               f"profile={shlex.quote(args.profile)}"))  # fmt: skip
     return text
+
+
+def rule_text_for_edit(args: argparse.Namespace) -> str:
+    """edit-rule's new rule text ("" to change the note only), taken as add-rule takes it:
+    `until=` as list-rules shows it (local YYYY-MM-DDTHH:MM) is read back too."""
+    words: list[str] = args.text
+    if not words:
+        if args.note is None:
+            raise RuleError("edit-rule needs the new rule text, or --note")
+        return ""
+    text = words[0] if len(words) == 1 else shlex.join(words)
+    return str(parse_rule(delocalise_rule_text(text)))
 
 
 def _rule_text(args: argparse.Namespace) -> str:

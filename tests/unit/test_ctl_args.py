@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from snitch_common.errors import RuleError
+from snitchctl.dates import localise_rule_text
 from snitchctl.main import _build_parser, main
-from snitchctl.rulecmds import rule_text_from_flags
+from snitchctl.rulecmds import rule_text_for_edit, rule_text_from_flags
 
 
 def rule_of(*argv: str) -> str:
@@ -67,3 +68,15 @@ def test_add_rule_warns_that_an_app_path_is_a_link_here(
     assert f"snitchctl: warning: {tmp_path}/python3 is a link to {real}: rules match" in err
     assert main(["add-rule", f"allow app={real}"]) == 3
     assert "warning" not in capsys.readouterr().err
+
+
+def test_edit_rule_takes_until_as_list_rules_shows_it() -> None:
+    """list-rules prints `until=` as local YYYY-MM-DDTHH:MM and add-rule takes it back;
+    edit-rule refused it as "not a number"."""
+    shown = localise_rule_text("allow app=/usr/bin/curl for=15m until=1795701900.0")
+    assert "until=20" in shown
+    args = _build_parser().parse_args(["edit-rule", "7", *shown.split()])
+    assert rule_text_for_edit(args) == "allow app=/usr/bin/curl for=15m until=1795701900.0"
+    assert rule_text_for_edit(_build_parser().parse_args(["edit-rule", "7", "--note", "x"])) == ""
+    with pytest.raises(RuleError, match="--note"):
+        rule_text_for_edit(_build_parser().parse_args(["edit-rule", "7"]))
