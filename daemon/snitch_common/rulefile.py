@@ -63,11 +63,13 @@ class RuleFileError(RuleError):
 
 
 def _split_comment(line: str) -> tuple[str, str]:
-    """The rule part and the comment of a line: `#` at its start or after a blank, outside
-    quotes (a path may hold `#`: `app='/opt/a#b'`)."""
+    """The rule part and the comment of a line: `#` at its start or after an unescaped blank,
+    outside quotes (a path may hold `#`: `app='/opt/a#b'`, `app=/opt/a\\ #b`)."""
     quote = ""
     escaped = False
+    blank = True  # the line's start, or an unescaped blank outside quotes, is just before
     for i, ch in enumerate(line):
+        literal = escaped
         if escaped:
             escaped = False
         elif ch == "\\" and quote != "'":
@@ -77,8 +79,9 @@ def _split_comment(line: str) -> tuple[str, str]:
                 quote = ""
         elif ch in "'\"":
             quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
+        elif ch == "#" and blank:
             return line[:i].strip(), line[i + 1 :].strip()
+        blank = ch in " \t" and not quote and not literal
     return line.strip(), ""
 
 

@@ -75,3 +75,11 @@ def test_crlf_line_ends_are_taken_and_numbered() -> None:
         (3, "allow port=80", ""),
     ]
     assert [b.line for b in bad] == [4]
+
+
+def test_an_escaped_blank_before_a_hash_is_part_of_the_path() -> None:
+    """`app=/opt/a\\ #b` is the path "/opt/a #b", as shlex reads it: the `#` after an escaped
+    blank started a comment, and the line was refused as "No escaped character"."""
+    (read,), bad = read_rules("allow app=/opt/a\\ #b  # the a-b tool\n")
+    assert bad == []
+    assert (read.rule.exe, read.note) == ("/opt/a #b", "the a-b tool")
