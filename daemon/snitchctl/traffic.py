@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ def add_traffic_parsers(sub: Any) -> None:
     lg.add_argument("--host", metavar="NAME|*.DOMAIN", help="only flows to this host or domain")
     lg.add_argument("--verdict", choices=("allow", "deny", "reject"))
     lg.add_argument("--since", metavar="N[smhd]", help="e.g. 10m, 1h, 2d")
-    lg.add_argument("--limit", type=int, default=50)
+    lg.add_argument("--limit", type=_count, default=50, metavar="N", help="at most N rows")
 
     top = sub.add_parser("top", help="per-app connections and bytes, most traffic first")
     top.add_argument("--since", metavar="N[smhd]", help="e.g. 10m, 1h, 2d (default: all)")
@@ -49,11 +50,25 @@ def add_traffic_parsers(sub: Any) -> None:
     sub.add_parser("monitor", help="live: every decision as it happens (--json: JSON lines)")
 
 
+# ASCII digits: str.isdigit() is true for "²", which int() refuses. Ten digits of days are
+# more than 27 million years; more would overflow the float of a point in time.
+_SINCE = re.compile(r"([0-9]{1,10})([smhd])")
+_MAX_INT64 = 2**63 - 1  # D-Bus "x": a larger --limit failed inside the marshalling
+
+
+def _count(text: str) -> int:
+    """An argparse type: a count that goes over D-Bus as an int64."""
+    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > _MAX_INT64:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: use a number, 0 or more")
+    return int(text)
+
+
 def since(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+    m = _SINCE.fullmatch(text)
+    if m is None:
         raise RuleError(f"invalid --since {text!r}: use N followed by s, m, h or d (e.g. 1h)")
-    return time.time() - int(text[:-1]) * units[text[-1]]
+    return time.time() - int(m.group(1)) * units[m.group(2)]
 
 
 async def show_log(client: Client, args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from snitch_common.errors import RuleError
 from snitchctl.dates import localise_rule_text
 from snitchctl.main import _build_parser, main
 from snitchctl.rulecmds import rule_text_for_edit, rule_text_from_flags
+from snitchctl.traffic import since
 
 
 def rule_of(*argv: str) -> str:
@@ -80,3 +82,28 @@ def test_edit_rule_takes_until_as_list_rules_shows_it() -> None:
     assert rule_text_for_edit(_build_parser().parse_args(["edit-rule", "7", "--note", "x"])) == ""
     with pytest.raises(RuleError, match="--note"):
         rule_text_for_edit(_build_parser().parse_args(["edit-rule", "7"]))
+
+
+@pytest.mark.parametrize(
+    "text", ["²m", "\u0661\u0665m", "+5m", "1_0m", " 5m", "5", "m", "12345678901d"]
+)
+def test_since_takes_ascii_digits_and_a_unit_only(text: str) -> None:
+    """`--since ²m` passed str.isdigit() and crashed in int() with a traceback."""
+    with pytest.raises(RuleError, match="invalid --since"):
+        since(text)
+
+
+def test_since_is_that_long_ago() -> None:
+    assert 3590 < time.time() - since("1h") < 3610
+
+
+@pytest.mark.parametrize("value", [str(2**63), "-1", "²", "1e3"])
+def test_log_limit_out_of_range_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --limit over 2**63-1 failed inside dbus-fast's marshalling, with a traceback."""
+    with pytest.raises(SystemExit) as info:
+        _build_parser().parse_args(["log", "--limit", value])
+    assert info.value.code == 2
+    assert f"invalid count {value!r}" in capsys.readouterr().err
+    assert _build_parser().parse_args(["log", "--limit", str(2**63 - 1)]).limit == 2**63 - 1
