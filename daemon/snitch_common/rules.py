@@ -64,7 +64,11 @@ _HOST_RE = re.compile(
     r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?"
 )
 _DIGITS = re.compile(r"[0-9]+")
-_DURATION_RE = re.compile(r"^(\d+)m$")
+# ASCII digits only, here and in ports and uids: int() also takes "8_0", "+443", " 443" and
+# other scripts' digits (Arabic-Indic ones), which \d matches too; none is the printed form.
+_DURATION_RE = re.compile(r"([0-9]{1,7})m")
+_PORT_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
+_MAX_UID = 2**32 - 2  # uid_t; 2**32-1 is (uid_t)-1, "no uid"
 # What shlex.split treats specially besides its whitespace, " \t\r\n" (comments are off).
 _SHLEX_SPECIAL = re.compile(r"['\"\\]")
 _SHLEX_WORD = re.compile(r"[^ \t\r\n]+")
@@ -386,7 +390,7 @@ def container_matches(pattern: str, name: str) -> bool:
 
 def parse_duration(text: str) -> tuple[Lifetime, int | None]:
     """`once`, `process`, `Nm` (minutes), `restart` or `forever`."""
-    m = _DURATION_RE.match(text)
+    m = _DURATION_RE.fullmatch(text)
     if m:
         minutes = int(m.group(1))
         if not 1 <= minutes <= 525600:
@@ -405,12 +409,11 @@ def parse_duration(text: str) -> tuple[Lifetime, int | None]:
 
 @functools.lru_cache(maxsize=_SHARED_TEXTS)
 def _parse_ports(value: str) -> tuple[int, int]:
-    lo_s, sep, hi_s = value.partition("-")
-    try:
-        lo = int(lo_s)
-        hi = int(hi_s) if sep else lo
-    except ValueError:
-        raise RuleError(f"invalid port {value!r}: use N or N-M with 1 <= N <= M <= 65535") from None
+    m = _PORT_RE.fullmatch(value)
+    if m is None:
+        raise RuleError(f"invalid port {value!r}: use N or N-M with 1 <= N <= M <= 65535")
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) is not None else lo
     if not 1 <= lo <= hi <= 65535:
         raise RuleError(f"invalid port {value!r}: use N or N-M with 1 <= N <= M <= 65535")
     return lo, hi
@@ -418,6 +421,8 @@ def _parse_ports(value: str) -> tuple[int, int]:
 
 def _parse_user(value: str) -> int:
     if _DIGITS.fullmatch(value):
+        if len(value) > 10 or int(value) > _MAX_UID:
+            raise RuleError(f"invalid user {value!r}: a uid is 0..{_MAX_UID}")
         return int(value)
     try:
         return pwd.getpwnam(value).pw_uid

@@ -204,7 +204,7 @@ def rules(draw: st.DrawFn) -> Rule:
         action=action,
         exe=exe,
         sha256=sha256,
-        user=draw(st.none() | st.integers(0, 2**32 - 1)),
+        user=draw(st.none() | st.integers(0, 2**32 - 2)),
         dst=dst,
         host=host,
         ports=ports,
@@ -335,6 +335,13 @@ MALFORMED = [
     pytest.param("allow port=9-3", "'9-3'", id="port-range-backwards"),
     pytest.param("allow port=70000", "'70000'", id="port-too-big"),
     pytest.param("allow port=http", "'http'", id="port-name"),
+    pytest.param("allow port=8_0", "'8_0'", id="port-underscore"),
+    pytest.param("allow port=+443", "'+443'", id="port-plus"),
+    pytest.param("allow port=80-+90", "'80-+90'", id="port-range-plus"),
+    pytest.param("allow port=\u0664\u0664\u0663", "port", id="port-arabic-indic-digits"),
+    pytest.param("allow for=\u0661\u0665m", "duration", id="minutes-arabic-indic-digits"),
+    pytest.param("allow user=99999999999999999999", "0..4294967294", id="uid-too-big"),
+    pytest.param("allow user=4294967295", "'4294967295'", id="uid-minus-one"),
     pytest.param("allow proto=icmp port=5", "icmp", id="icmp-with-port"),
     pytest.param("allow proto=sctp", "'sctp'", id="unknown-proto"),
     pytest.param("allow proto=other port=5", "other has no ports", id="other-with-port"),
@@ -443,7 +450,13 @@ def test_parse_duration_accepts_the_documented_forms(
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "0m", "15", "15M", "15 m", "1h", "minutes", "Forever", "-5m"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("", "0m", "15", "15M", "15 m", "1h", "minutes", "Forever", "-5m"),
+        *("\u0661\u0665m", "15m\n", "+15m", "1_5m", "99999999999999999999m"),
+    ],
+)
 def test_parse_duration_refuses_everything_else(text: str) -> None:
     """Only the documented forms: a typo like "1h" must not silently mean forever."""
     with pytest.raises(RuleError):
