@@ -248,8 +248,29 @@ def reader_count(config: Config) -> int:
     return config.queue_readers or max(1, os.cpu_count() or 1)
 
 
+# Every key that names a file or folder. A NUL in one passed the check, and the OS call on it
+# later raised ValueError, not the OSError its reader catches (read_rules_dir crashed).
+_PATH_KEYS = frozenset(
+    {
+        "database",
+        "resolv_conf",
+        "lists_dir",
+        "rules_dir",
+        "docker_socket",
+        "podman_socket",
+        "bpf_cgroup",
+        "metrics_file",
+        "agent_programs",
+    }
+)
+
+
 def _check(key: str, value: Any, source: str) -> Any:
     default = getattr(Config(), key)
+    if key in _PATH_KEYS:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and "\0" in item:
+                raise ConfigError(f"{source}: {key} = {item!r}: a path cannot hold a NUL character")
     if isinstance(default, enum.Enum):
         kind = type(default)
         try:

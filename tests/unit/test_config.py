@@ -189,6 +189,26 @@ def test_group_name_with_nul_is_an_error_naming_the_key() -> None:
         parse_config({"admin_group": "su\x00do"})
 
 
+# Found by name, so that a new path key is tested too (and fails until config checks it).
+_PATH_KEYS = [
+    f.name
+    for f in fields(Config)
+    if f.name.endswith(("_dir", "_conf", "_socket", "_file", "_programs", "_cgroup"))
+    or f.name == "database"
+]
+
+
+@pytest.mark.parametrize("key", _PATH_KEYS)
+def test_a_nul_in_a_path_is_an_error_naming_the_key(key: str) -> None:
+    """A NUL passed the check, and the OS call on the path raised ValueError where its reader
+    catches OSError: read_rules_dir crashed instead of naming the key."""
+    value: str | list[str] = "/etc/snitch/a\0b"
+    if isinstance(getattr(Config(), key), tuple):
+        value = ["/usr/bin/ok", "/etc/snitch/a\0b"]
+    with pytest.raises(ConfigError, match=f"{key} = '/etc/snitch/a\\\\x00b': a path cannot"):
+        parse_config({key: value}, "snitchd.toml")
+
+
 def test_unknown_key_is_an_error_naming_it() -> None:
     """`queu = 5` is a typo, not a request for the default queue."""
     with pytest.raises(ConfigError, match="'queu'") as info:
