@@ -16,15 +16,18 @@ from snitch_common.errors import RuleError
 from snitch_common.rules import Lifetime, Rule, parse_rule
 
 __all__ = [
+    "MAX_NOTE",
     "BadLine",
     "RuleFileError",
     "RuleLine",
+    "check_note",
     "format_rule_line",
     "parse_rules_text",
     "read_rules",
 ]
 
 MAX_LINE = 4096  # characters: far above any rule, low enough that a bad file fails fast
+MAX_NOTE = 1000  # characters of a rule's note
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,18 @@ class RuleFileError(RuleError):
         )
         self.name = name
         self.bad = bad
+
+
+def check_note(note: str) -> None:
+    """A note is written after `#` on its rule's line of an exported file: a line break of
+    any kind (\u2028 too), or another control character, would end or garble that line. The
+    store checks every note it keeps; `read_rules` every note it reads."""
+    if len(note) > MAX_NOTE or not note.isprintable():
+        bad = next((c for c in note if not c.isprintable()), "")
+        what = f" ({bad!r} is not a printable character)" if bad else ""
+        raise RuleError(
+            f"invalid note: at most {MAX_NOTE} characters on one line, all printable{what}"
+        )
 
 
 def _split_comment(line: str) -> tuple[str, str]:
@@ -104,6 +119,7 @@ def read_rules(text: str, *, lasting_only: bool = True) -> tuple[list[RuleLine],
             continue
         try:
             rule = parse_rule(body)
+            check_note(note)  # it is kept with the rule (import, rules.d)
         except RuleError as exc:
             bad.append(BadLine(number, raw, exc.message))
             continue

@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 
 from snitch_common.errors import RuleNotFound, StoreError
 from snitch_common.records import Flow, Process
+from snitch_common.rulefile import RuleLine
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, list_place
 from snitchd.config import Config
 from snitchd.connmark import ConnMarks
@@ -418,15 +419,16 @@ class Rulebook:
         return await self._finish(change())
 
     async def import_rules(
-        self, rules: list[Rule], origin: str, *, dry_run: bool
+        self, lines: list[RuleLine], origin: str, *, dry_run: bool
     ) -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
-        """Add every rule not there yet, in one store transaction (all or nothing), then hold
-        them; `dry_run` only says what would be added. Returns (added, (twin rule, its id))."""
+        """Add every rule not there yet, with its note, in one store transaction (all or
+        nothing), then hold them; `dry_run` only says what would be added. Returns (added,
+        (twin rule, its id))."""
 
         async def change() -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
             async with self._changing:
                 added, twins = await asyncio.to_thread(
-                    self.store.import_rules, rules, self.clock(), origin, dry_run=dry_run
+                    self.store.import_rules, lines, self.clock(), origin, dry_run=dry_run
                 )
                 if not dry_run:
                     for record in added:

@@ -34,6 +34,7 @@ import sqlite_utils
 from snitch_common.errors import RuleError, RuleNotFound, SnitchError, StoreError
 from snitch_common.modes import Mode, ModeState
 from snitch_common.records import Flow, IPAddress, Process
+from snitch_common.rulefile import RuleLine, check_note
 from snitch_common.rules import Action, Lifetime, Rule, RuleRecord, parse_rule
 from snitchd.attempts import RowRef
 from snitchd.profiles import Profile, parse_match
@@ -520,7 +521,7 @@ class Store:
         """`add_rule`, and whether the rule is new (False: its twin was returned)."""
         if rule.lifetime is Lifetime.ONCE:
             raise RuleError("a for=once rule is never stored: it answers one prompt")
-        _check_note(note)
+        check_note(note)
         rule = rule.stamped(now)
         # Rules made in code (answers, the monitor, learn mode) skip the parser: one it would
         # refuse must never be stored, or the next start (which parses every row) would fail.
@@ -579,7 +580,7 @@ class Store:
         """Give a rule new text (and a note, unless None), keeping its id, counters and
         whether it is on. A rule of a rules.d file is refused (`RuleFromFile`)."""
         if note is not None:
-            _check_note(note)
+            check_note(note)
         rule = rule.stamped(now)
         with self._memory_lock:
             memory = self._memory.get(rule_id)
@@ -657,20 +658,21 @@ class Store:
         return {str(r[0])[5:] for r in rows}
 
     def import_rules(
-        self, rules: list[Rule], now: float, origin: str, *, dry_run: bool
+        self, lines: list[RuleLine], now: float, origin: str, *, dry_run: bool
     ) -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
-        """Add every rule whose twin is not stored yet, all in one transaction (nothing with
-        `dry_run`). Returns the rules added and the (rule, id of its twin) left out; a
-        twin earlier in the same import has id 0."""
-        for rule in rules:
-            if not rule.is_stored:
-                raise RuleError(f"cannot import {rule}: only lasting rules are imported")
+        """Add every rule whose twin is not stored yet, with its note, all in one transaction
+        (nothing with `dry_run`). Returns the rules added and the (rule, id of its twin) left
+        out; a twin earlier in the same import has id 0 (a twin's note is not taken)."""
+        for line in lines:
+            if not line.rule.is_stored:
+                raise RuleError(f"cannot import {line.rule}: only lasting rules are imported")
+            check_note(line.note)
         added: list[RuleRecord] = []
         twins: list[tuple[Rule, int]] = []
         seen: set[str] = set()
         with self._rule_write() as conn:
-            for given in rules:
-                rule = given.stamped(now)
+            for line in lines:
+                rule = line.rule.stamped(now)
                 text = str(rule)
                 found = conn.execute(
                     "SELECT id FROM rules WHERE text = ? ORDER BY id LIMIT 1", [text]
@@ -680,18 +682,20 @@ class Store:
                     continue
                 seen.add(text)
                 if dry_run:
-                    added.append(RuleRecord(0, rule, now, origin=origin))
+                    added.append(RuleRecord(0, rule, now, origin=origin, note=line.note))
                     continue
                 cur = conn.execute(
-                    "INSERT INTO rules (text, created, hits, origin) VALUES (?, ?, 0, ?)",
-                    [text, now, origin],
+                    "INSERT INTO rules (text, created, hits, origin, note) VALUES (?, ?, 0, ?, ?)",
+                    [text, now, origin, line.note],
                 )
-                added.append(RuleRecord(int(cur.lastrowid or 0), rule, now, origin=origin))
+                added.append(
+                    RuleRecord(int(cur.lastrowid or 0), rule, now, origin=origin, note=line.note)
+                )
         return added, twins
 
     def set_note(self, rule_id: int, note: str) -> RuleRecord:
         """A rule's note (free text people read; not part of the rule)."""
-        _check_note(note)
+        check_note(note)
         with self._memory_lock:
             memory = self._memory.get(rule_id)
             if memory is not None:
@@ -1113,20 +1117,6 @@ def check_store(path: str) -> list[Finding]:
         return [Finding(True, f"{path}: {exc}", restore)]
     finally:
         conn.close()
-
-
-MAX_NOTE = 1000  # characters of a rule's note
-
-
-def _check_note(note: str) -> None:
-    """A note is written after `#` on its rule's line of an exported file: a line break of
-    any kind (\u2028 too), or another control character, would end or garble that line."""
-    if len(note) > MAX_NOTE or not note.isprintable():
-        bad = next((c for c in note if not c.isprintable()), "")
-        what = f" ({bad!r} is not a printable character)" if bad else ""
-        raise RuleError(
-            f"invalid note: at most {MAX_NOTE} characters on one line, all printable{what}"
-        )
 
 
 def _count(conn: sqlite3.Connection) -> int:

@@ -16,6 +16,7 @@ import pytest
 
 from snitch_common.errors import RuleError
 from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.rulefile import RuleLine, format_rule_line, read_rules
 from snitch_common.rules import parse_rule
 from snitchd.config import Config
 from snitchd.firewall import Firewall
@@ -121,7 +122,7 @@ async def test_a_disabled_rule_never_matches_is_still_listed_and_survives_restar
 
 async def test_import_is_all_or_nothing_and_skips_twins(firewall: Firewall) -> None:
     await firewall.add_rule(parse_rule("allow port=80"), "t")
-    rules = [parse_rule(t) for t in ("allow port=80", "deny port=22", "deny port=22")]
+    rules = [RuleLine(0, parse_rule(t)) for t in ("allow port=80", "deny port=22", "deny port=22")]
     planned, twins = await firewall.import_rules(rules, "import", dry_run=True)
     assert [str(r.rule) for r in planned] == ["deny port=22"]
     assert [(str(r), i) for r, i in twins] == [("allow port=80", 1), ("deny port=22", 0)]
@@ -129,6 +130,27 @@ async def test_import_is_all_or_nothing_and_skips_twins(firewall: Firewall) -> N
     added, _ = await firewall.import_rules(rules, "import", dry_run=False)
     assert [str(r.rule) for r in firewall.store.rules()] == ["allow port=80", "deny port=22"]
     assert _action(firewall, 22) == "deny" and added[0].origin == "import"
+
+
+async def test_export_then_import_keeps_the_notes(firewall: Firewall) -> None:
+    """README calls export and import a backup; import parsed each line's note and dropped it."""
+    exported = "\n".join(
+        [
+            format_rule_line("deny port=22", "no ssh out, ask Sam # first"),
+            format_rule_line("allow app=/usr/bin/curl port=443"),
+            format_rule_line("reject port=25", "spam"),
+        ]
+    )
+    lines, bad = read_rules(exported, lasting_only=False)
+    assert bad == []
+    planned, _ = await firewall.import_rules(lines, "import", dry_run=True)
+    assert [r.note for r in planned] == ["no ssh out, ask Sam # first", "", "spam"]
+    await firewall.import_rules(lines, "import", dry_run=False)
+    assert [(str(r.rule), r.note) for r in firewall.store.rules()] == [
+        ("deny port=22", "no ssh out, ask Sam # first"),
+        ("allow app=/usr/bin/curl port=443", ""),
+        ("reject port=25", "spam"),
+    ]
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:

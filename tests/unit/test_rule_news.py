@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from snitch_common.rulechange import MAX_NAMED, RulesChanged
+from snitch_common.rulefile import RuleLine
 from snitch_common.rules import parse_rule
 from snitchd.config import Config
 from snitchd.firewall import Firewall
@@ -141,7 +142,9 @@ async def test_every_kind_of_change_through_snitchd_is_told(
     await firewall.set_rule_enabled(a.id, True, "test")
     assert (await heard.next()).changed == (a.id,)
     added, _ = await firewall.import_rules(
-        [parse_rule("deny port=22"), parse_rule("deny port=23")], "import", dry_run=False
+        [RuleLine(0, parse_rule("deny port=22")), RuleLine(0, parse_rule("deny port=23"))],
+        "import",
+        dry_run=False,
     )
     assert (await heard.next()).changed == tuple(r.id for r in added)
     await firewall.delete_rule(a.id, "test")

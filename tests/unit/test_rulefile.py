@@ -62,10 +62,11 @@ def test_an_exported_line_reads_back_as_the_same_rule_and_note() -> None:
 )
 def test_only_a_newline_ends_a_line(brk: str) -> None:
     """str.splitlines also breaks at these: a note "the updater\u2028allow app=/bin/bash",
-    exported and imported again, became an extra allow rule."""
-    (read,), bad = read_rules(f"deny port=25  # the updater{brk}allow app=/bin/bash\n")
-    assert bad == [] and str(read.rule) == "deny port=25"
-    assert read.note == f"the updater{brk}allow app=/bin/bash"
+    exported and imported again, became an extra allow rule. Now it stays one line, which
+    is bad for its note (a note the store would refuse)."""
+    rules, bad = read_rules(f"deny port=22\ndeny port=25  # the updater{brk}allow app=/bin/bash\n")
+    assert [str(r.rule) for r in rules] == ["deny port=22"]
+    assert [b.line for b in bad] == [2] and "not a printable character" in bad[0].reason
 
 
 def test_crlf_line_ends_are_taken_and_numbered() -> None:
@@ -83,3 +84,12 @@ def test_an_escaped_blank_before_a_hash_is_part_of_the_path() -> None:
     (read,), bad = read_rules("allow app=/opt/a\\ #b  # the a-b tool\n")
     assert bad == []
     assert (read.rule.exe, read.note) == ("/opt/a #b", "the a-b tool")
+
+
+@pytest.mark.parametrize(("note", "why"), [("a\u2028b", "printable"), ("x" * 1001, "1000")])
+def test_a_line_with_a_note_the_store_cannot_keep_is_bad(note: str, why: str) -> None:
+    """Imported and rules.d notes are kept with their rules: one the store would refuse makes
+    the line bad, reported with its number like a bad rule, not a failed import."""
+    rules, bad = read_rules(f"deny port=22\nallow port=80  # {note}\n")
+    assert [str(r.rule) for r in rules] == ["deny port=22"]
+    assert [b.line for b in bad] == [2] and why in bad[0].reason

@@ -140,9 +140,7 @@ class RulesRoom(ServiceBase):
             "applied": False,
         }
         origin = f"import by uid {current_caller().uid}"
-        added, twins = await self.firewall.import_rules(
-            [line.rule for line in lines], origin, dry_run=dry_run or bool(bad)
-        )
+        added, twins = await self.firewall.import_rules(lines, origin, dry_run=dry_run or bool(bad))
         plan["added"] = [{"id": r.id, "text": str(r.rule)} for r in added]
         plan["duplicates"] = [{"id": i, "text": str(r)} for r, i in twins]
         plan["applied"] = not (dry_run or bad)
