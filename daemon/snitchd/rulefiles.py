@@ -13,8 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from snitch_common.rulefile import RuleFileError, parse_rules_text
-from snitch_common.rules import Rule
+from snitch_common.rulefile import RuleFileError, RuleLine, parse_rules_text
 
 __all__ = ["FileRead", "read_rules_dir"]
 
@@ -27,7 +26,7 @@ class FileRead:
     """One file of the folder: its rules, or why it was refused (`error`)."""
 
     name: str
-    rules: tuple[Rule, ...] = ()
+    rules: tuple[RuleLine, ...] = ()
     error: str = ""
 
 
@@ -86,4 +85,4 @@ def _read_one(path: Path) -> FileRead:
         lines = parse_rules_text(text, str(path))
     except RuleFileError as exc:
         return FileRead(name, error=exc.message)
-    return FileRead(name, tuple(line.rule for line in lines))
+    return FileRead(name, tuple(lines))

@@ -613,15 +613,17 @@ class Store:
             conn.execute("UPDATE rules SET disabled = ? WHERE id = ?", [int(not enabled), rule_id])
         return replace(old, enabled=enabled)
 
-    def sync_file(self, name: str, rules: list[Rule], now: float) -> FileSync:
-        """Make the stored rules of rules.d file `name` be `rules`, in one transaction: a rule
-        whose text is unchanged keeps its id (and counters), the others go or come."""
+    def sync_file(self, name: str, lines: list[RuleLine], now: float) -> FileSync:
+        """Make the stored rules of rules.d file `name` be those of `lines`, with their notes,
+        in one transaction: a rule whose text is unchanged keeps its id (and counters) and
+        takes the line's note; the others go or come."""
         origin = f"file:{name}"
-        wanted: dict[str, list[Rule]] = {}
-        for rule in rules:
-            if rule.lifetime is Lifetime.ONCE or not rule.is_stored:
+        wanted: dict[str, list[RuleLine]] = {}
+        for line in lines:
+            if line.rule.lifetime is Lifetime.ONCE or not line.rule.is_stored:
                 raise RuleError(f"{name}: a rules file holds lasting rules: drop for=")
-            wanted.setdefault(str(rule), []).append(rule)
+            check_note(line.note)
+            wanted.setdefault(str(line.rule), []).append(line)
         removed: list[RuleRecord] = []
         added: list[RuleRecord] = []
         kept = 0
@@ -632,7 +634,9 @@ class Store:
             for row in rows:
                 same = wanted.get(row[1])
                 if same:
-                    same.pop()
+                    note = same.pop(0).note
+                    if note != (row[6] or ""):
+                        conn.execute("UPDATE rules SET note = ? WHERE id = ?", [note, row[0]])
                     kept += 1
                     continue
                 conn.execute("DELETE FROM rules WHERE id = ?", [row[0]])
@@ -641,12 +645,16 @@ class Store:
                 except RuleError:
                     removed.append(RuleRecord(row[0], Rule(Action.DENY), 0.0, origin=origin))
             for text, left in wanted.items():
-                for rule in left:
+                for line in left:
                     cur = conn.execute(
-                        "INSERT INTO rules (text, created, hits, origin) VALUES (?, ?, 0, ?)",
-                        [text, now, origin],
+                        "INSERT INTO rules (text, created, hits, origin, note) "
+                        "VALUES (?, ?, 0, ?, ?)",
+                        [text, now, origin, line.note],
                     )
-                    added.append(RuleRecord(int(cur.lastrowid or 0), rule, now, origin=origin))
+                    record = RuleRecord(
+                        int(cur.lastrowid or 0), line.rule, now, origin=origin, note=line.note
+                    )
+                    added.append(record)
         return FileSync(name, tuple(added), tuple(removed), kept)
 
     def file_names(self) -> set[str]:

@@ -195,6 +195,26 @@ async def test_rule_files_load_whole_keep_ids_and_cannot_be_changed_through_the_
     assert firewall.store.rules() == [] and len(firewall.rules) == 0
 
 
+async def test_rule_files_keep_their_notes_and_a_new_note_keeps_the_id(
+    firewall: Firewall, rules_dir: Path
+) -> None:
+    """A rules.d line's note was parsed and dropped; list-rules shows it now, and changing
+    only the note keeps the rule's id and counters, as an unchanged line does."""
+    _write(rules_dir / "a.rules", "allow port=80  # the proxy\nreject port=443\n")
+    firewall.load_rule_files_now()
+    first = {str(r.rule): (r.id, r.note) for r in firewall.store.rules()}
+    assert first == {
+        "allow port=80": (first["allow port=80"][0], "the proxy"),
+        "reject port=443": (first["reject port=443"][0], ""),
+    }
+    _write(rules_dir / "a.rules", "allow port=80  # the new proxy\nreject port=443  # no https\n")
+    await firewall.reload_rule_files()
+    assert {str(r.rule): (r.id, r.note) for r in firewall.store.rules()} == {
+        "allow port=80": (first["allow port=80"][0], "the new proxy"),
+        "reject port=443": (first["reject port=443"][0], "no https"),
+    }
+
+
 async def test_a_rules_file_others_can_write_is_refused(
     firewall: Firewall, rules_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
