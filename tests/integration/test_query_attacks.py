@@ -5,11 +5,10 @@ and each got through before its fix."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
-from conftest import PYTHON, Lab, netclient_who
+from conftest import PYTHON, Lab, netclient_who, run_with_lab_env
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -31,6 +30,13 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def _as_nobody(lab: Lab, script: str) -> str:
+    """What a Python `script` run as uid 65534 on the lab's bus printed."""
+    done = run_with_lab_env(lab, *NOBODY, PYTHON, "-c", script)
+    assert done.returncode == 0, done
+    return done.stdout
 
 
 def _tty_of(pid: int) -> int:
@@ -71,13 +77,9 @@ def test_an_argument_of_megabytes_is_refused_and_snitchd_keeps_its_bus(lab: Lab)
     while snitchctl and the agents could no longer reach it. Now the argument is refused at
     its length, and any error's text is bounded."""
     lab.start_daemon()
-    done = subprocess.run(
-        [*NOBODY, PYTHON, "-c", HUGE_EXPLAIN],
-        capture_output=True, text=True, env=lab.env, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done
-    name, length = done.stdout.split()
-    assert name == "RuleError" and int(length) < 200, done.stdout
+    said = _as_nobody(lab, HUGE_EXPLAIN)
+    name, length = said.split()
+    assert name == "RuleError" and int(length) < 200, said
     assert lab.ctl("status").returncode == 0
     lab.add_rule(f"allow {netclient_who()} to=192.0.2.2 port=80")
     assert lab.py("tcp", "192.0.2.2", 80) == "connected"
@@ -129,12 +131,7 @@ def test_one_user_s_live_monitors_are_bounded(lab: Lab) -> None:
     slowed every user's new connections. Now 8 of each kind a user; one that leaves makes
     room."""
     lab.start_daemon()
-    done = subprocess.run(
-        [*NOBODY, PYTHON, "-c", MANY_MONITORS],
-        capture_output=True, text=True, env=lab.env, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done
-    decisions, rates, again = done.stdout.splitlines()
+    decisions, rates, again = _as_nobody(lab, MANY_MONITORS).splitlines()
     assert decisions.split() == ["ok"] * 8 + ["Busy"]
     assert rates.split() == ["ok"] * 8 + ["Busy"]
     assert again == "ok"
