@@ -28,6 +28,7 @@ from pathlib import Path
 
 from netfilterqueue import Packet
 
+from snitch_common.errors import PacketError
 from snitch_common.modes import Mode, ModeState
 from snitch_common.recent import Recent
 from snitch_common.records import Attribution, Flow, Process
@@ -82,6 +83,9 @@ class _Kept:
     proc: Process
     host: str | None
     at: float
+
+
+UNREADABLE_SAID_EVERY = 60.0  # seconds between warnings of unreadable packets dropped
 
 
 @dataclass(slots=True)
@@ -150,6 +154,8 @@ class Firewall(Rulebook):
         self._changed_seen: set[tuple[str, str | None]] = set()
         self._doubted: Recent[tuple[str, str], None] = Recent(REMEMBERED_FLOWS)  # (exe, kind)
         self._ifnames: dict[int, str] = {}
+        self._unreadable_said = -UNREADABLE_SAID_EVERY  # when `_unreadable` last said so
+        self._unreadable_since = 0  # unreadable packets dropped since it said so
         self._changing = asyncio.Lock()  # one rule change (or outside reload) at a time
         self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
         self._tasks: set[asyncio.Task[object]] = set()
@@ -209,6 +215,13 @@ class Firewall(Rulebook):
         self.counters.seen += 1
         try:
             flow = decode(pkt.get_payload(), self._ifname(pkt.outdev))
+        except PacketError as exc:
+            self._unreadable(pkt, exc)
+            return
+        except Exception:
+            self._fail(pkt)
+            return
+        try:
             if pkt.hook == _NF_INET_FORWARD:  # a container's or guest's flow (issue 16)
                 self.counters.forwarded += 1
                 found = self.attributor.begin_forwarded(
@@ -236,6 +249,28 @@ class Firewall(Rulebook):
             self._decide(pkt, flow, lookup.future.result(), lookup)
         except Exception:
             self._fail(pkt)
+
+    def _unreadable(self, pkt: Packet, why: PacketError) -> None:
+        """A packet whose headers cannot be read is dropped, whatever the fail mode: the fail
+        mode is for snitchd failing, and a packet can be built to be unreadable (a user may
+        put an IPv6 routing header of 2 KiB before the ports; given the fail mode's accept,
+        a connection denied by a rule went out unseen). Said at most once a minute: one
+        line per packet would let a user flood the journal."""
+        self.counters.errors += 1
+        self.counters.dropped += 1
+        self._unreadable_since += 1
+        try:
+            pkt.drop()
+        except Exception:
+            log.exception("cannot drop an unreadable packet")
+        now = time.monotonic()
+        if now - self._unreadable_said >= UNREADABLE_SAID_EVERY:
+            log.warning(
+                "dropped %d outbound packet(s) snitchd cannot read, the last: %s",
+                self._unreadable_since,
+                why.message,
+            )
+            self._unreadable_said, self._unreadable_since = now, 0
 
     def _fail(self, pkt: Packet) -> None:
         self.counters.errors += 1

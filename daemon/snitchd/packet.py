@@ -42,7 +42,10 @@ def decode(data: bytes, iface: str = "") -> Flow:
         if ip.later_fragment:
             raise PacketError(f"{proto.value} fragment without its header")
         if len(data) < off + 4:
-            raise PacketError(f"truncated {proto.value} header: {len(data) - off} bytes")
+            raise PacketError(
+                f"truncated {proto.value} header: the packet holds {len(data)} bytes, its ports "
+                f"start at byte {off}"
+            )
         sport, dport = _PORTS.unpack_from(data, off)
     elif proto is Proto.ICMP:
         if len(data) < off + 8:

@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 # The columns of /proc/net/netfilter/nfnetlink_queue that `kernel_stats` reports.
 _KERNEL_FIELDS = (("held", 2), ("queue_dropped", 5), ("user_dropped", 6), ("queued_total", 7))
 
-# Headers only: IPv6 with a few extension headers plus TCP fits; the payload is never needed
-# for a verdict, and copying less makes each packet cheaper.
-COPY_RANGE = 256
+# Headers only, the payload is never needed for a verdict, but every header an unprivileged
+# program can put before the ports: IPv6 (40) with a routing header (IPV6_RTHDR, up to 2048)
+# and a fragment header (8), then TCP (up to 60). A packet cut before its ports is dropped
+# (`Firewall._unreadable`), so a shorter copy would deny such a program's flows. The copy
+# is the packet's own length when shorter: a SYN costs the same.
+COPY_RANGE = 2304
 
 
 class QueueReader:
