@@ -48,6 +48,7 @@ from snitch_common.records import IPAddress, Proto
 from snitchd.ipwire import read_ip
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "DnsMessage",
     "DnsPacket",
     "Question",
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 _DNS_PORT = 53
+# The largest answer whose records are read (`_worth_reading`): a UDP answer is at most 4096
+# bytes with the usual EDNS size (1232 is common), enough for ~250 addresses.
+MAX_ANSWER_BYTES = 4096
+_ADDRESS_TYPES = frozenset((int(dns.rdatatype.A), int(dns.rdatatype.AAAA)))
 _UDP, _TCP = 17, 6
 _HEADER = struct.Struct("!HH")
 _UDP_HEADER = struct.Struct("!HHH")
@@ -112,7 +117,7 @@ class DnsPacket:
     messages: tuple[DnsMessage, ...]
 
 
-def read_dns_packet(packet: bytes, *, answer: bool = True) -> DnsPacket:
+def read_dns_packet(packet: bytes, *, answer: bool = True, addresses: bool = True) -> DnsPacket:
     """A whole IP packet (IPv4 or IPv6, UDP or TCP, as the queue hands it) → `DnsPacket`.
 
     `answer`: read an answer (from port 53, QR set) or a query (to port 53, QR clear). Raises
@@ -121,6 +126,11 @@ def read_dns_packet(packet: bytes, *, answer: bool = True) -> DnsPacket:
     never any other exception. A well-formed answer that resolves nothing has messages without
     resolutions: NXDOMAIN, SERVFAIL and any other rcode but NOERROR, an empty (NODATA) answer, a
     CNAME loop or a chain longer than 16 CNAMEs.
+
+    The records are read only where they can name an address (`_worth_reading`), and not at all
+    when `addresses` is False (an answer nobody asked, or from a server the machine does not
+    use): this runs on the packet loop, and dnspython spends ~230 ms on 64 KiB of hostile
+    records that a host on the network may send 50 times a second.
     """
     ip = read_ip(packet)
     if ip.length < ip.offset or ip.length > len(packet):
@@ -134,7 +144,7 @@ def read_dns_packet(packet: bytes, *, answer: bool = True) -> DnsPacket:
             raise PacketError(f"not a DNS answer: source port {sport}")
         raise PacketError(f"not a DNS query: destination port {dport}")
     wires = [payload] if ipproto == _UDP else _tcp_messages(payload)
-    messages = tuple(_read_message(wire, answer) for wire in wires)
+    messages = tuple(_read_message(wire, answer, addresses) for wire in wires)
     proto = Proto.UDP if ipproto == _UDP else Proto.TCP
     return DnsPacket(answer, proto, ip.src, sport, ip.dst, dport, messages)
 
@@ -145,14 +155,23 @@ def parse_dns_packet(packet: bytes) -> list[Resolution]:
     return [r for message in found.messages for r in message.resolutions]
 
 
-def _read_message(wire: bytes, answer: bool) -> DnsMessage:
-    message = _message(wire, answer)
+def _read_message(wire: bytes, answer: bool, addresses: bool) -> DnsMessage:
+    head = _message(wire, answer, question_only=True)
     question = None
-    if message.question:
-        first = message.question[0]
+    if head.question:
+        first = head.question[0]
         question = Question(_text(first.name), int(first.rdtype))
-    resolutions = tuple(_resolutions(message)) if answer else ()
-    return DnsMessage(message.id, question, resolutions)
+    resolutions: tuple[Resolution, ...] = ()
+    if answer and addresses and question is not None and _worth_reading(wire, question):
+        resolutions = tuple(_resolutions(_message(wire, answer)))
+    return DnsMessage(head.id, question, resolutions)
+
+
+def _worth_reading(wire: bytes, question: Question) -> bool:
+    """Whether an answer's records are read: only for a question of addresses (A, AAAA: what
+    names flows; a CNAME chain ends in them), of at most MAX_ANSWER_BYTES. A bigger one names
+    no address here: its flows go unnamed (host rules do not match them), never named wrongly."""
+    return question.rdtype in _ADDRESS_TYPES and len(wire) <= MAX_ANSWER_BYTES
 
 
 def _transport(data: bytes, off: int, end: int, ipproto: int) -> tuple[int, int, int, bytes]:
@@ -196,7 +215,7 @@ def _tcp_messages(payload: bytes) -> list[bytes]:
     return messages
 
 
-def _message(wire: bytes, answer: bool) -> dns.message.Message:
+def _message(wire: bytes, answer: bool, question_only: bool = False) -> dns.message.Message:
     if len(wire) < 12:
         raise PacketError(f"truncated DNS header: {len(wire)} bytes")
     flags = _LENGTH.unpack_from(wire, 2)[0]
@@ -210,7 +229,7 @@ def _message(wire: bytes, answer: bool) -> dns.message.Message:
     try:
         # keyring=False: a TSIG-signed answer is read, not verified (we hold no keys). A query
         # is read up to its question only: that is all a query is matched by.
-        return dns.message.from_wire(wire, keyring=False, question_only=not answer)
+        return dns.message.from_wire(wire, keyring=False, question_only=question_only or not answer)
     except Exception as exc:
         # dnspython raises DNSException subclasses and wraps whatever its rdata parsers raise
         # in FormError (dns.exception.ExceptionWrapper): 500,000 fuzzed answers over every

@@ -35,6 +35,7 @@ from snitchd.config import Config
 from snitchd.dnsasked import Asked, QueryKey, QueryLog
 from snitchd.dnssnoop import DnsMessage, DnsPacket, read_dns_packet
 from snitchd.events import Alert
+from snitchd.ipwire import read_ip
 from snitchd.names import SHARED, NameCache, Owner
 from snitchd.netfilter import MARK_MASK, UNASKED_MARK
 from snitchd.procs import Attributor, Limits, Lookup
@@ -132,7 +133,12 @@ class DnsWatch:
                 self._query(read_dns_packet(pkt.get_payload(), answer=False))
             else:
                 unasked = (pkt.get_mark() & MARK_MASK) == UNASKED_MARK
-                held = self._answer(pkt, read_dns_packet(pkt.get_payload()), unasked)
+                payload = pkt.get_payload()
+                # Records are read only where they may be learnt: an answer the kernel saw no
+                # query for, or from a server the machine does not use, is judged by its
+                # question alone (reading hostile records held the loop ~230 ms a packet).
+                worth = not unasked and self.resolvers.trusts(read_ip(payload).src)
+                held = self._answer(pkt, read_dns_packet(payload, addresses=worth), unasked)
         except PacketError as exc:
             self.counters.skipped += 1
             if log.isEnabledFor(logging.DEBUG):

@@ -17,7 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snitch_common.errors import PacketError
-from snitchd.dnssnoop import Resolution, parse_dns_packet
+from snitchd.dnssnoop import (
+    MAX_ANSWER_BYTES,
+    Resolution,
+    parse_dns_packet,
+    read_dns_packet,
+)
 from snitchd.names import NameCache
 from tests.support import packets
 from tests.support.packets import framed
@@ -94,6 +99,29 @@ def test_ipv4_udp_a_answer() -> None:
 def test_ipv6_udp_aaaa_answer() -> None:
     wire = answer(records=[("api.example.org.", 120, "AAAA", str(ADDR6))], rdtype="AAAA")
     assert parse_dns_packet(ipv6(UDP, udp(wire))) == [Resolution(("api.example.org",), ADDR6, 120)]
+
+
+def test_only_answers_that_can_name_an_address_are_read_whole() -> None:
+    """Their records are read on the packet loop: dnspython spent ~230 ms on 64 KiB of
+    hostile records. Only a question of addresses, of at most MAX_ANSWER_BYTES, is read past
+    its question; and nothing past it where the caller says
+    the answer cannot be learnt (unasked, from a server the machine does not use)."""
+    many = [("api.example.org.", 300, "A", f"203.0.113.{i % 250 + 1}") for i in range(300)]
+    texts = [("api.example.org.", 300, "TXT", " ".join(['""'] * 200))]
+    for wire in (
+        answer(records=many),  # 300 addresses: 4.8 KiB
+        answer(records=texts * 6, rdtype="A"),  # over MAX_ANSWER_BYTES
+        answer(records=[("api.example.org.", 300, "A", str(ADDR))], rdtype="TXT"),
+    ):
+        assert len(wire) > MAX_ANSWER_BYTES or wire[7] > 0  # too big, or not about addresses
+        (message,) = read_dns_packet(ipv4(UDP, udp(wire))).messages
+        assert message.question is not None and message.question.name == "api.example.org"
+        assert message.resolutions == ()
+    fits = answer(records=many[:200])
+    assert len(read_dns_packet(ipv4(UDP, udp(fits))).messages[0].resolutions) == 200
+    unlearnt = read_dns_packet(ipv4(UDP, udp(answer())), addresses=False)
+    assert unlearnt.messages[0].resolutions == ()
+    assert unlearnt.messages[0].question is not None
 
 
 def test_ipv4_tcp_answer_behind_its_length_prefix() -> None:
