@@ -24,6 +24,7 @@ from snitch_common.errors import ListError
 __all__ = [
     "LIST_NAME_RE",
     "MAX_ENTRIES",
+    "MIN_PREFIX",
     "ListFormat",
     "ListSpec",
     "ListStatus",
@@ -127,11 +128,18 @@ class ListStatus:
     source: str = ""
 
 
+# The widest network an entry may name: a list is downloaded, perhaps over http, and one
+# line of `0.0.0.0/0` or `::/0` among a thousand (under the 1 % of bad lines a list may have)
+# made `allow app=X to=list:NAME` hold everywhere, or a deny list block everything.
+MIN_PREFIX = {4: 8, 6: 16}
+
+
 def _domain(word: str) -> str | None:
+    """A domain entry; none of one label (`com` would cover every .com name)."""
     word = word.strip().lower().rstrip(".")
     if word.startswith("*."):
         word = word[2:]
-    if not word or len(word) > 253 or not _DOMAIN_RE.fullmatch(word):
+    if not word or len(word) > 253 or not _DOMAIN_RE.fullmatch(word) or "." not in word:
         return None
     if word.replace(".", "").isdigit():  # an IPv4 address is not a name
         return None
@@ -140,9 +148,10 @@ def _domain(word: str) -> str | None:
 
 def _network(word: str) -> str | None:
     try:
-        return str(ip_network(word.strip(), strict=False))
+        net = ip_network(word.strip(), strict=False)
     except ValueError:
         return None
+    return str(net) if net.prefixlen >= MIN_PREFIX[net.version] else None
 
 
 def parse_source(text: str, fmt: ListFormat, *, what: str = "list") -> ParsedList:
@@ -220,7 +229,7 @@ def iter_parsed(path: Path) -> Iterator[tuple[bool, str]]:
                 if number > MAX_ENTRIES + 1:
                     raise ListError(f"cannot read list {path}: more than {MAX_ENTRIES} entries")
                 entry = line.rstrip("\n")
-                if _DOMAIN_RE.fullmatch(entry) and not entry.replace(".", "").isdigit():
+                if _domain(entry) == entry:  # as `parse_source` took it
                     yield True, entry
                 elif (net := _network(entry)) is not None:
                     yield False, net

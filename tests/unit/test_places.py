@@ -77,6 +77,21 @@ def test_a_few_odd_lines_in_a_large_list_are_skipped() -> None:
     assert len(parsed) == 200 and parsed.skipped == 1
 
 
+def test_an_entry_that_would_widen_a_list_to_everything_is_skipped(tmp_path: Path) -> None:
+    """One line among hundreds (under the 1 % of bad lines a list may have), from a list
+    downloaded over http or a compromised server: `0.0.0.0/0` made `allow app=X
+    to=list:mirrors` hold everywhere, and `com` covered every .com name."""
+    good = [f"10.{i // 256}.{i % 256}.0/24" for i in range(400)]
+    ips = parse_source("\n".join([*good, "0.0.0.0/0", "::/0", "1.0.0.0/7"]), ListFormat.IPS)
+    assert ips.networks == tuple(good) and ips.skipped == 3
+    names = [f"h{i}.example.org" for i in range(200)]
+    domains = parse_source("\n".join([*names, "com"]), ListFormat.DOMAINS)
+    assert domains.domains == tuple(names) and domains.skipped == 1
+    hosts = parse_source("\n".join(f"0.0.0.0 {n}" for n in [*names, "org"]), ListFormat.HOSTS)
+    assert "org" not in hosts.domains and hosts.skipped == 1
+    assert parse_source("10.0.0.0/8\n2001:db8::/16", ListFormat.IPS).skipped == 0  # the widest
+
+
 def test_parsed_form_round_trips_and_is_checked_again(tmp_path: Path) -> None:
     parsed = ParsedList(("a.example.org", "example.net"), ("203.0.113.0/24",))
     path = tmp_path / "x.list"
