@@ -5,7 +5,8 @@ A thread, not the packet loop: it waits on a netlink socket subscribed to addres
 case a burst overflowed the socket) dumps the addresses with pyroute2 and, if the subnets
 changed, hands them to the loop, which swaps them into `Places` with one assignment. Loopback and
 host routes (/32, /128) are not subnets: a flow to the machine's own address is `localhost`'s
-business only when it is a loopback address.
+business only when it is a loopback address; nor is a subnet wider than /8 (/32 for IPv6),
+which a hostile DHCP server or router could hand out to make `to=lan` cover the internet.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 from snitchd.places import Places
 from snitchd.stopper import Stopper
 
-__all__ = ["SubnetWatch", "subnets_of"]
+__all__ = ["WIDEST_SUBNET", "SubnetWatch", "subnets_of"]
 
 log = logging.getLogger(__name__)
 
+WIDEST_SUBNET = {4: 8, 6: 32}  # prefix lengths: a connected subnet wider is left out
 _RESCAN = 30.0  # seconds: a dump even without an event (an overflowed socket loses events)
 
 Subnets = tuple[tuple[str, ...], tuple[IPv4Address | IPv6Address, ...]]
@@ -39,6 +41,12 @@ def subnets_of(addresses: Iterable[tuple[str, int, str | None]]) -> Subnets:
     for addr, prefix, broadcast in addresses:
         iface = ip_interface(f"{addr}/{prefix}")
         if iface.ip.is_loopback or prefix == iface.max_prefixlen:
+            continue
+        if prefix < WIDEST_SUBNET[iface.version]:
+            # A DHCP server's mask of 0.0.0.0 (or a router's short on-link prefix) would make
+            # `allow to=lan` hold for the whole internet: such a subnet is not the LAN's.
+            log.warning("connected subnet %s left out of to=lan: wider than /%d",
+                        iface.network, WIDEST_SUBNET[iface.version])  # fmt: skip
             continue
         nets.add(str(iface.network))
         if broadcast:

@@ -229,6 +229,22 @@ def test_connected_subnets_leave_out_loopback_and_host_addresses() -> None:
     assert [str(b) for b in broadcasts] == ["192.0.2.255", "198.51.100.255"]
 
 
+def test_a_subnet_handed_out_wide_is_not_the_lan() -> None:
+    """A hostile DHCP server's mask of 0.0.0.0 (or a router's short on-link prefix) made
+    `allow to=lan` cover the internet."""
+    nets, _ = subnets_of(
+        [
+            ("192.168.1.5", 0, None),
+            ("172.16.0.9", 4, None),
+            ("2001:db8::5", 0, None),
+            ("2001:db8::6", 16, None),
+            ("10.1.2.3", 8, None),
+            ("2001:db8:1::1", 32, None),
+        ]
+    )
+    assert nets == ("10.0.0.0/8", "2001:db8::/32")
+
+
 # -- decide ---------------------------------------------------------------------------------
 
 
