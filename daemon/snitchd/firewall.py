@@ -41,6 +41,7 @@ from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
 from snitchd.flowcut import FlowCutter
 from snitchd.journal import Event, journal_fields
+from snitchd.knownapps import KnownApps
 from snitchd.lists import Lists
 from snitchd.modes import Modes
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK, verdict_mark
@@ -147,7 +148,7 @@ class Firewall(Rulebook):
         )
         self.lists.on_loaded = self._list_loaded
         self.dns = DnsWatch(config, attributor, self.alert, clock, self._lookup_limits)
-        self.known_apps: dict[str, str | None] = store.known_apps()
+        self.known_apps = KnownApps(store.known_apps())
         self._pinned: dict[str, frozenset[str]] = {}
         self._pins: dict[str, dict[str, int]] = {}  # exe -> sha256 -> rules pinning it
         self._expirable: dict[int, RuleRecord] = {}
@@ -454,7 +455,8 @@ class Firewall(Rulebook):
 
     def _new_app(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
         assert proc.exe is not None
-        self.known_apps[proc.exe] = proc.sha256
+        if not self.known_apps.add(proc.exe, proc.uid):
+            return
         self.events.note_app(proc.exe, now, proc.sha256)
         where = f"{host} ({flow.dst})" if host else str(flow.dst)
         self.alert(

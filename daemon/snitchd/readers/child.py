@@ -34,6 +34,7 @@ from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert
 from snitchd.firewall import REMEMBERED_FLOWS, Counters, Firewall
 from snitchd.journal import setup_logging
+from snitchd.knownapps import KnownApps
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, start_attributor
 from snitchd.queue import QueueReader
@@ -86,7 +87,7 @@ class ReaderPath(Firewall):
         self._limits = (None, Limits())
         self.dns = DnsWatch(config, attributor, self.alert, self.clock, self._lookup_limits)
         self.dns.names = start.names
-        self.known_apps = dict.fromkeys(start.known_apps)
+        self.known_apps = KnownApps(start.known_apps)
         self._pinned = {}
         self._pins = {}
         self._expirable = {}
@@ -150,8 +151,8 @@ class ReaderPath(Firewall):
 
     def _new_app(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
         assert proc.exe is not None
-        self.known_apps[proc.exe] = proc.sha256
-        self._post(NewApp(proc, flow, host, now))
+        if self.known_apps.add(proc.exe, proc.uid):
+            self._post(NewApp(proc, flow, host, now))
 
     def _uncovered(
         self,
