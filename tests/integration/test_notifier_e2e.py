@@ -83,7 +83,7 @@ def test_allow_forever_this_host_in_the_popup_makes_the_rule(
     )
     window._duration.setCurrentIndex(window._duration.findData("forever"))
     window._scope.setCurrentIndex(window._scope.findData("host"))
-    assert window._scope.currentText() == "192.0.2.2, any port"
+    assert window._scope.currentText() == "192.0.2.2, any port or protocol"
     assert window.grab().save(str(tmp_path / "e2e-popup.png"))
     with qtbot.waitSignal(bridge.answered, timeout=10_000) as answered:
         qtbot.mouseClick(window._allow, Qt.MouseButton.LeftButton)
