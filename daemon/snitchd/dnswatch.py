@@ -300,14 +300,15 @@ def _owner(asked: Asked) -> Owner | _Nobody | None:
 
 
 def _claims(message: DnsMessage) -> str:
-    """What an answer says, briefly: "evil.example.org → 203.0.113.66" (three at most)."""
+    """What an answer says, briefly: "evil.example.org → 203.0.113.66" (three at most), or
+    what it answers when its records were not read (an answer the kernel saw no query for, or
+    from a server the machine does not use: `read_dns_packet`), "an answer for evil.example.org"."""
     said = [f"{r.names[0]} → {r.address}" for r in message.resolutions[:3]]
     if len(message.resolutions) > 3:
         said.append(f"and {len(message.resolutions) - 3} more")
     if said:
         return ", ".join(said)
-    asked = message.question.name if message.question else "(no question)"
-    return f"{asked} (no address)"
+    return f"an answer for {message.question.name}" if message.question else "an answer"
 
 
 def _let_through(pkt: Packet) -> None:
