@@ -58,7 +58,14 @@ from snitchd.store import (
     Store,
 )
 
-__all__ = ["REMEMBERED_FLOWS", "Counters", "Firewall", "local_time", "quotas_of"]
+__all__ = [
+    "REMEMBERED_FLOWS",
+    "UNREADABLE_SAID_EVERY",
+    "Counters",
+    "Firewall",
+    "local_time",
+    "quotas_of",
+]
 
 log = logging.getLogger(__name__)
 

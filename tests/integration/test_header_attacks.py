@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conftest import PYTHON, Lab
+from tests.integration.readerparams import READERS
+from tests.support.lab import wait_for
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -50,3 +54,33 @@ def test_a_routing_header_before_the_ports_does_not_carry_a_flow_past_a_deny(lab
     assert [(r["action"], r["dst"], r["uid"], r["retries"]) for r in rows] == [
         ("deny", "2001:db8:1::2", 65534, 1)
     ], rows
+
+
+# Root's raw socket: an IPv6 UDP datagram behind nine destination-options headers, more than
+# snitch reads through (8); conntrack walks them and queues the flow as new.
+UNREADABLE = """
+import socket, struct
+options = b"".join(struct.pack("!BB6s", 60 if i < 8 else 17, 0, b"\\x01\\x04" + bytes(4))
+                   for i in range(9))
+datagram = struct.pack("!HHHH", 40000, 9999, 13, 0) + b"hello"
+raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 60)
+raw.sendto(options + datagram, ("2001:db8:1::2", 0))
+print("sent")
+"""
+
+
+@pytest.mark.parametrize("readers", READERS)
+def test_a_packet_snitch_cannot_read_is_dropped_whatever_the_fail_mode(
+    lab: Lab, readers: int
+) -> None:
+    """Before, it got the fail mode's verdict (accept by default), past every rule and with no
+    row; now it is dropped and said (once a minute), by snitchd or by a queue reader."""
+    lab.expect_log(r"WARNING snitchd\.\S+: dropped 1 outbound packet\(s\) snitchd cannot read")
+    lab.start_daemon(queue_readers=readers)
+    lab.ns(lab.server, "ip6tables", "-t", "raw", "-I", "PREROUTING", "-p", "udp", "--dport", "9999")
+    assert lab.client_run(PYTHON, "-c", UNREADABLE).strip() == "sent"
+    time.sleep(0.5)
+    assert _arrived(lab) == 0
+    assert "too many IPv6 extension headers" in lab.log_text()
+    # A reader's counters reach snitchd's status with its next tally (about a second).
+    wait_for(lambda: lab.ctl_json("status")["errors"] >= 1, 10, "the error counted in status")

@@ -32,7 +32,7 @@ from snitchd.containers import container_names
 from snitchd.decide import RuleSet, StricterRules, Verdict
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert
-from snitchd.firewall import REMEMBERED_FLOWS, Counters, Firewall
+from snitchd.firewall import REMEMBERED_FLOWS, UNREADABLE_SAID_EVERY, Counters, Firewall
 from snitchd.journal import setup_logging
 from snitchd.knownapps import KnownApps
 from snitchd.places import Places
@@ -94,6 +94,8 @@ class ReaderPath(Firewall):
         self._changed_seen = set()
         self._doubted = Recent(REMEMBERED_FLOWS)
         self._ifnames = {}
+        self._unreadable_said = -UNREADABLE_SAID_EVERY
+        self._unreadable_since = 0
         self._replay = None
         self.rules_error = ""
         self.disabled = {}
