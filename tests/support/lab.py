@@ -15,6 +15,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -122,7 +123,17 @@ class Bus:
                 stderr=err,
             )
         os.chmod(self.dir, 0o755)
-        wait_for(self.socket.exists, 10, "the private bus socket")
+        wait_for(self._listening, 10, "the private bus listening")
+
+    def _listening(self) -> bool:
+        """Whether the bus takes a connection: its socket file exists from bind(), a moment
+        before listen(), and a client that came in between was refused (seen under load)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
 
     def stop(self) -> None:
         stop_process(self.proc, 5)
