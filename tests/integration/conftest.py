@@ -570,13 +570,14 @@ JOIN_GROUPS = (
 )
 
 FORGED_APP = "/forged/by-nobody"
+# A program run as uid 65534, the unprivileged attacker of the threat model.
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 
 def forge(lab: Lab) -> None:
     """forger.py as uid 65534: lies to every connection on the lab's bus (a decision and rates
     naming FORGED_APP, a mode change, snitchd leaving, NetworkManager's and logind's changes)."""
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    done = run_with_lab_env(lab, *nobody, PYTHON, str(HERE / "forger.py"), FORGED_APP)
+    done = run_with_lab_env(lab, *AS_NOBODY, PYTHON, str(HERE / "forger.py"), FORGED_APP)
     assert done.returncode == 0 and int(done.stdout) >= 2, done
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import (
+    AS_NOBODY,
     HERE,
     PYTHON,
     VENV_BIN,
@@ -33,7 +34,6 @@ from tests.integration.scriptagent import ScriptedAgent
 
 pytestmark = pytest.mark.usefixtures("end_clients")
 
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 FAKE_AGENT = """
 import asyncio

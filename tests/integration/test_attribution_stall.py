@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PYTHON, Lab, python_exe
+from tests.integration.conftest import AS_NOBODY, PYTHON, Lab, python_exe
 from tests.support.lab import ROOT, end_child
 
 pytestmark = pytest.mark.root
 
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 # Connects to 192.0.2.2:80 with a new socket every 20 ms, one line per completed attempt, until
 # it has made `count` attempts or its stdin closes.

@@ -21,14 +21,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe, rows_like, run_in
+from tests.integration.conftest import (
+    AS_NOBODY,
+    PYTHON,
+    Lab,
+    curl_exe,
+    python_exe,
+    rows_like,
+    run_in,
+)
 from tests.support.lab import stop_process, wait_for
 
 pytestmark = pytest.mark.root
 
 SERVER = "192.0.2.2"
 SERVER6 = "2001:db8:1::2"
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.fixture

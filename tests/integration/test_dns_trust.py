@@ -16,10 +16,9 @@ from typing import Any
 import dns.message
 import dns.rrset
 
-from conftest import HERE, PYTHON, Lab
+from conftest import AS_NOBODY, HERE, PYTHON, Lab
 
 DNS_RULE = "allow port=53 proto=udp"
-NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 
 def as_user(uid: int) -> tuple[str, ...]:
@@ -61,7 +60,7 @@ def test_an_unsolicited_answer_is_not_learnt_and_raises_an_alert(running: Lab) -
     # A real query and its answer come through the same queue after the forged ones: once it is
     # answered, the forged answers have been read.
     assert running.py("resolve", "api.example.org", 80) == "connected"
-    assert running.client_run(*NOBODY, PYTHON, str(HERE / "netclient.py"), "tcp",
+    assert running.client_run(*AS_NOBODY, PYTHON, str(HERE / "netclient.py"), "tcp",
                               "203.0.113.8", "80", "--timeout", "1") == "timeout"  # fmt: skip
     rows = [r for r in running.log_rows() if r["dport"] == 80]
     assert rows[-1]["dst"] == "203.0.113.8" and rows[-1]["action"] == "deny"
@@ -80,7 +79,7 @@ def test_a_rogue_resolvers_answer_does_not_make_a_domain_rule_match(running: Lab
     cover the connection; asked of the system's resolver, the same name does."""
     running.add_rule(DNS_RULE)
     running.add_rule("allow to=*.example.org port=80")
-    client = (*NOBODY, PYTHON, str(HERE / "netclient.py"), "resolve", "api.example.org", "80")
+    client = (*AS_NOBODY, PYTHON, str(HERE / "netclient.py"), "resolve", "api.example.org", "80")
     rogue = running.client_run(*client, "--server", "198.51.100.2", "--timeout", "1")
     assert rogue == "timeout", "the answer arrived, the connection was not allowed"
     assert status(running)["dns_untrusted"] >= 1
@@ -128,7 +127,7 @@ def test_resolv_conf_is_followed_as_it_changes(running: Lab) -> None:
     """DHCP or a VPN rewrites resolv.conf: a server it now names is believed, without a reload."""
     running.add_rule(DNS_RULE)
     running.add_rule("allow to=*.example.org port=80")
-    client = (*NOBODY, PYTHON, str(HERE / "netclient.py"), "resolve", "api.example.org", "80")
+    client = (*AS_NOBODY, PYTHON, str(HERE / "netclient.py"), "resolve", "api.example.org", "80")
     assert running.client_run(*client, "--server", "198.51.100.2", "--timeout", "1") == "timeout"
     before = status(running)["dns_resolvers"]
     running.resolv_conf.write_text("# rewritten by a VPN\nnameserver 198.51.100.2\n")

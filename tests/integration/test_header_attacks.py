@@ -7,11 +7,9 @@ import time
 
 import pytest
 
-from conftest import PYTHON, Lab
+from conftest import AS_NOBODY, PYTHON, Lab
 from tests.integration.readerparams import READERS
 from tests.support.lab import wait_for
-
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 # One UDP datagram to the server with an IPv6 segment routing header (type 4) of `n` segments
 # that all name the server (IPV6_RTHDR needs no privilege), then one without it.
@@ -45,7 +43,7 @@ def test_a_routing_header_before_the_ports_does_not_carry_a_flow_past_a_deny(lab
     lab.start_daemon()
     lab.add_rule("deny to=2001:db8:1::2")
     lab.ns(lab.server, "ip6tables", "-t", "raw", "-I", "PREROUTING", "-p", "udp", "--dport", "9999")
-    sent = lab.client_run(*NOBODY, PYTHON, "-c", ROUTED_DATAGRAMS, "40")
+    sent = lab.client_run(*AS_NOBODY, PYTHON, "-c", ROUTED_DATAGRAMS, "40")
     assert sent.strip() == "sent 648", sent  # 40 segments: the ports at byte 688
     time.sleep(0.5)
     assert _arrived(lab) == 0

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, Lab, python_exe, run_with_lab_env
+from conftest import AS_NOBODY, HERE, PYTHON, Lab, python_exe, run_with_lab_env
 from tests.support.lab import Lines, end_child
 
 pytestmark = [
@@ -30,7 +30,6 @@ pytestmark = [
 ]
 
 SIZES = {"big": 1_000_000, "mid": 200_000, "small": 10_000}
-SETPRIV = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # After sending, the app waits until the server has acknowledged every byte, then says what
 # TCP put on the wire: payload bytes with retransmissions (tcp_info's bytes_sent, offset 200)
 # and segments (segs_out, offset 136). A loaded machine drops and resends on the veth, so the
@@ -56,7 +55,7 @@ print("closed", flush=True)
 
 
 def monitor(lab: Lab, *args: str, nobody: bool = False) -> Any:
-    user = SETPRIV if nobody else []
+    user = AS_NOBODY if nobody else ()
     done = run_with_lab_env(lab, *user, PYTHON, str(HERE / "monitorclient.py"), *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

@@ -8,9 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from conftest import PYTHON, Lab, netclient_who, run_with_lab_env
-
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+from conftest import AS_NOBODY, PYTHON, Lab, netclient_who, run_with_lab_env
 
 # Explain with a destination of 17 MiB, through the project's own client: snitchd's error
 # quoted it whole, a reply over the system bus's 32 MiB limit, and dbus-daemon dropped
@@ -34,7 +32,7 @@ asyncio.run(main())
 
 def _as_nobody(lab: Lab, script: str) -> str:
     """What a Python `script` run as uid 65534 on the lab's bus printed."""
-    done = run_with_lab_env(lab, *NOBODY, PYTHON, "-c", script)
+    done = run_with_lab_env(lab, *AS_NOBODY, PYTHON, "-c", script)
     assert done.returncode == 0, done
     return done.stdout
 
