@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ from snitchd.config import Config
 from snitchd.dnsasked import Asked, QueryKey, QueryLog
 from snitchd.dnssnoop import DnsMessage, DnsPacket, read_dns_packet
 from snitchd.events import Alert
+from snitchd.every import Every
 from snitchd.ipwire import read_ip
 from snitchd.names import SHARED, NameCache, Owner
 from snitchd.netfilter import MARK_MASK, UNASKED_MARK
@@ -71,22 +71,6 @@ class DnsCounters:
     queries: int = 0  # queries seen leaving
 
 
-class _Every:
-    """At most one event per `seconds`; counts the ones it let pass silently."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.last = -math.inf
-        self.quiet = 0
-
-    def due(self, now: float) -> bool:
-        if now - self.last >= self.seconds or now < self.last:
-            self.last = now
-            return True
-        self.quiet += 1
-        return False
-
-
 class DnsWatch:
     def __init__(
         self,
@@ -105,8 +89,8 @@ class DnsWatch:
         self._clock = clock
         self._limits = limits
         self._held: dict[int, int] = {}
-        self._alerts = _Every(_ALERT_EVERY)
-        self._claims = _Every(_CLAIM_EVERY)
+        self._alerts = Every(_ALERT_EVERY)
+        self._claims = Every(_CLAIM_EVERY)
 
     def reconfigure(self, config: Config) -> None:
         self.names.configure(config.dns_grace, config.dns_cache_bytes)

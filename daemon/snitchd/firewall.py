@@ -39,6 +39,7 @@ from snitchd.connmark import ConnMarks
 from snitchd.decide import Ask, RuleSet, StricterRules, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
+from snitchd.every import Every
 from snitchd.flowcut import FlowCutter
 from snitchd.journal import Event, journal_fields
 from snitchd.knownapps import KnownApps
@@ -162,8 +163,7 @@ class Firewall(Rulebook):
         self._changed_seen: set[tuple[str, str | None]] = set()
         self._doubted: Recent[tuple[str, str], None] = Recent(REMEMBERED_FLOWS)  # (exe, kind)
         self._ifnames: dict[int, str] = {}
-        self._unreadable_said = -UNREADABLE_SAID_EVERY  # when `_unreadable` last said so
-        self._unreadable_since = 0  # unreadable packets dropped since it said so
+        self._unreadable_said = Every(UNREADABLE_SAID_EVERY)  # when `_unreadable` says so
         self._changing = asyncio.Lock()  # one rule change (or outside reload) at a time
         self._replay: list[RuleRecord | int] | None = None  # own changes during a reload
         self._tasks: set[asyncio.Task[object]] = set()
@@ -266,19 +266,18 @@ class Firewall(Rulebook):
         line per packet would let a user flood the journal."""
         self.counters.errors += 1
         self.counters.dropped += 1
-        self._unreadable_since += 1
         try:
             pkt.drop()
         except Exception:
             log.exception("cannot drop an unreadable packet")
-        now = time.monotonic()
-        if now - self._unreadable_said >= UNREADABLE_SAID_EVERY:
+        said = self._unreadable_said
+        if said.due(time.monotonic()):
+            quiet, said.quiet = said.quiet, 0
             log.warning(
                 "dropped %d outbound packet(s) snitchd cannot read, the last: %s",
-                self._unreadable_since,
+                quiet + 1,
                 why.message,
             )
-            self._unreadable_said, self._unreadable_since = now, 0
 
     def _fail(self, pkt: Packet) -> None:
         self.counters.errors += 1

@@ -32,6 +32,7 @@ from snitchd.containers import container_names
 from snitchd.decide import RuleSet, StricterRules, Verdict
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert
+from snitchd.every import Every
 from snitchd.firewall import REMEMBERED_FLOWS, UNREADABLE_SAID_EVERY, Counters, Firewall
 from snitchd.journal import setup_logging
 from snitchd.knownapps import KnownApps
@@ -94,8 +95,7 @@ class ReaderPath(Firewall):
         self._changed_seen = set()
         self._doubted = Recent(REMEMBERED_FLOWS)
         self._ifnames = {}
-        self._unreadable_said = -UNREADABLE_SAID_EVERY
-        self._unreadable_since = 0
+        self._unreadable_said = Every(UNREADABLE_SAID_EVERY)
         self._replay = None
         self.rules_error = ""
         self.disabled = {}
