@@ -77,9 +77,8 @@ class NotificationPrompter:
                 "AddMatch", f"type='signal',interface='{NOTIFICATIONS}',member='{member}'"
             )
 
-    def on_prompt(self, prompt: PromptView, refused: str = "") -> None:
-        """`refused`: why snitchd did not take the answer to it (then it asks again)."""
-        self._spawn(self._notify(prompt, refused), f"notify-{prompt.id}")
+    def on_prompt(self, prompt: PromptView) -> None:
+        self._spawn(self._notify(prompt), f"notify-{prompt.id}")
 
     def on_cancel(self, prompt_id: int, reason: str) -> None:
         """snitchd ended the prompt: its notification goes; one that got the default leaves a
@@ -116,6 +115,7 @@ class NotificationPrompter:
             log.warning("notification %s failed: %s", task.get_name(), task.exception())
 
     async def _notify(self, prompt: PromptView, refused: str = "") -> None:
+        """`refused`: why snitchd did not take the last answer to it (it asks again)."""
         app = self._identify(prompt.exe)
         left = max(1, round(prompt.deadline - self._clock()))
         if _duration(prompt) == "once":  # no lasting rule can name what it runs
