@@ -15,6 +15,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=""
 START=1 UNINSTALL=0 PURGE=0 DEPS_ONLY=0 APT=1
 PREFIX=/opt/snitch
+AGENT_GROUP=snitch-agent
 
 APT_PACKAGES="python3 python3-venv python3-dev gcc libnetfilter-queue-dev iptables nftables
 conntrack dbus iproute2 curl ca-certificates procps bash-completion man-db
@@ -89,6 +90,9 @@ uninstall() {
         journalctl --update-catalog 2>/dev/null || true
     fi
     rm -rf "$ROOT$PREFIX"
+    if [ -z "$ROOT" ] && getent group "$AGENT_GROUP" >/dev/null; then
+        groupdel "$AGENT_GROUP" || true
+    fi
     if [ "$PURGE" = 1 ]; then
         rm -rf "$ROOT/etc/snitch" "$ROOT/var/lib/snitch"
     fi
@@ -110,9 +114,10 @@ install_files() {
     python3 -m venv "$ROOT$PREFIX/venv"
     "$ROOT$PREFIX/venv/bin/pip" install -q --upgrade pip
     "$ROOT$PREFIX/venv/bin/pip" install -q "$HERE[gui]"
-    # snitchd accepts an agent only from a root-owned venv nobody else can write (agent_programs).
+    # snitchd accepts an agent only from a root-owned venv nobody else can write.
     chown -R root:root "$ROOT$PREFIX"
     chmod -R go-w "$ROOT$PREFIX"
+    install_launcher
     install -D -m 0644 "$HERE/systemd/org.snitch.Firewall1.conf" \
         "$ROOT/usr/share/dbus-1/system.d/org.snitch.Firewall1.conf"
     # The polkit action snitchd asks for when answers_need_auth = true (auth_admin_keep).
@@ -158,6 +163,23 @@ install_files() {
         say "BPF recorder not built: snitchd will attribute flows with sock_diag and /proc"
     fi
     say "installed: snitchd, snitchctl and snitch-notifier in /usr/local/bin"
+}
+
+# The agent launcher (snitch_common/agentlauncher.c): agents run through it, and snitchd takes
+# as an agent only a process the kernel started from it set-group-id (agent_launcher), which
+# no program of the user can fake. Compiled here against the venv's Python.
+install_launcher() {
+    launcher="$PREFIX/venv/libexec/snitch-agent"
+    if [ -n "$ROOT" ]; then
+        "$ROOT$PREFIX/venv/bin/python" -m snitch_common.launcher build "$ROOT$launcher" \
+            --python "$PREFIX/venv/bin/python3"
+        say "staging: make $launcher group $AGENT_GROUP, mode 2755, where it is installed"
+        return
+    fi
+    getent group "$AGENT_GROUP" >/dev/null || groupadd --system "$AGENT_GROUP"
+    "$PREFIX/venv/bin/python" -m snitch_common.launcher build "$launcher" \
+        --python "$PREFIX/venv/bin/python3" --group "$AGENT_GROUP"
+    say "agent launcher built: $launcher (set-group-id $AGENT_GROUP)"
 }
 
 # Man pages and shell completion, made here from the installed programs' own parsers (so they

@@ -5,9 +5,11 @@ snitchd then calls `Prompt(a{sv})` for each flow that waits for this user, and `
 when a prompt ends without this agent (timeout, another agent, shutdown). Answers go back with
 `Firewall1.AnswerPrompt`. Nothing here decides: it carries prompts to a person and back.
 
-snitchd accepts an agent only from an installed agent program that the user's other processes
-cannot reach into (snitchd/agents.py): each agent program calls `make_undumpable` first thing,
-and answers snitchd's `Prove(nonce)` while it registers by naming its thread after the nonce,
+snitchd accepts an agent only from a process the kernel started from the set-group-id agent
+launcher, which the user's other processes cannot reach into (snitchd/agents.py): each agent
+program starts through it first thing (`snitch_common.launcher.start_agent`, which then calls
+`make_undumpable`), and answers snitchd's `Prove(nonce)` while it registers by naming its thread
+after the nonce,
 which ties the bus connection to this very process. Only root may call Agent1 methods (the bus
 policy), so no other process can make this one prove anything for it.
 """

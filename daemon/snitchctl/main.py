@@ -19,9 +19,9 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from snitch_common.agent import make_undumpable
 from snitch_common.client import Client
 from snitch_common.errors import DaemonUnreachable, SnitchError
+from snitch_common.launcher import start_agent
 from snitchctl.completion import enable_completion
 from snitchctl.examples import EXIT_CODES, add_examples
 from snitchctl.health import (
@@ -151,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     enable_completion(parser)  # only when the shell asks (_ARGCOMPLETE set): then it exits
     args = parser.parse_args(argv)
     if args.command == "agent":
-        # First thing: from here on no process of this user can trace it or change its memory,
-        # which snitchd checks before it accepts this agent (snitchd/agents.py).
-        make_undumpable()
+        # First thing: run as the set-group-id launcher started it, which no process of this
+        # user can trace or change; snitchd checks that before it accepts an agent
+        # (snitchd/agents.py).
+        start_agent("terminal", ["--take-over"] if args.take_over else [])
     if args.command == "doctor":
         return run_doctor(args)
     try:

@@ -1,43 +1,41 @@
-"""Which processes snitchd accepts as agents: the installed agent programs, run as installed.
+"""Which processes snitchd accepts as agents: those the kernel started from the agent launcher.
 
 An agent answers prompts, and an answer can make a rule: malware of the desktop user that could
-register as that user's agent would answer `allow … forever` for itself (issue 13). So an agent
-is accepted only when the process behind its bus connection runs one of `agent_programs` (the
-notifier, `snitchctl agent`), as the kernel started it from a root-owned file, with nothing of
-the user's in it. Both are Python console scripts, so `/proc/PID/exe` is the interpreter and the
-program is the script the kernel handed it (`argv[1]`). `inspect_agent` checks, for the pid the
-bus reports for the connection:
+register as that user's agent would answer `allow … forever` for itself (issue 13). The agent
+programs are Python, so the interpreter's argv, which lives in the process's own writable
+memory, was all that named them: a `python3 evil.py` could write the agent's argv over its own,
+and a library preloaded into the real agent could wipe itself from its environment. So every
+agent runs through `agent_launcher` (snitch_common/agentlauncher.c: compiled, root-owned,
+set-group-id, embedding Python and running one of a fixed set of programs), and
+`inspect_agent` checks, for the pid the bus reports for the connection, what only the kernel
+says:
 
-- argv is exactly what the kernel makes of the script's `#!` line: `[interpreter, script, ...]`,
-  the script one of `agent_programs`; `-c`, `-m`, `-i` or any other interpreter option would put
-  something else in argv[1]. argv[0] must be the `#!` interpreter itself: Python finds its venv
-  (and so whether the user's site-packages count) from argv[0], not from /proc/PID/exe.
-- every file and directory on the way to the script and the interpreter, symlinks followed, is
-  owned by root and writable by no one else (the script's venv must be too: install.sh puts
-  it under /opt/snitch, root-owned);
-- `/proc/PID/exe` is that interpreter; the files are checked as the process sees them
-  (through /proc/PID/root: its mount namespace, its root directory), and it must be in
-  snitchd's user namespace (inside one of its own, a user can mount anything anywhere);
-- its environment holds no variable that loads code: LD_*, PYTHON* beyond a short list of
-  harmless ones, Qt/GTK/GIO/glibc module paths (`INJECTING`, `SAFE_PYTHON_VARIABLES`);
-- it is not traced (`TracerPid: 0`) and not dumpable: the agents call `prctl(PR_SET_DUMPABLE,
-  0)` first thing (`snitch_common.agent.make_undumpable`), after which a process of the same
-  user can neither ptrace it nor read or write its memory; the kernel then shows its /proc
-  files as root's, which is how snitchd tells.
+- `/proc/PID/exe` is the launcher's inode, and every file and directory on the way to it,
+  symlinks followed, is owned by root and writable by no one else, as the process sees them
+  (through /proc/PID/root: its mount namespace, its root directory); the launcher is
+  set-group-id, and the process is in snitchd's user namespace (inside one of its own, a user
+  can mount anything anywhere);
+- AT_SECURE is 1 in `/proc/PID/auxv` (the kernel's copy of the auxiliary vector, which the
+  process cannot change): the kernel applied the set-group-id bit at this exec, so the dynamic
+  loader ignored LD_PRELOAD and its kin, the process was non-dumpable from its first
+  instruction, and no tracer was attached then (a traced exec does not change ids). The
+  launcher clears the variables that make Qt, GTK or Mesa load code and runs Python isolated;
+- it is not traced now (`TracerPid: 0`) and not dumpable (the kernel then shows its /proc
+  files as root's, which is how snitchd tells).
 
 The pid is tied to the connection by a proof (`snitchd.api`): snitchd calls the agent's
 `Prove(nonce)` on that very connection and the process at the pid must then carry the nonce as
 a thread name, which only code inside that process can set. A connection made by malware that
 then exec'd the real agent, or kept the socket in a child, fails it.
 
-What this does not stop: a user who can write the agent's files (the venv, the interpreter, a
-directory above them) makes them theirs; root and the kernel are trusted (a kernel exploit, or
-root malware, is out of scope); a process traced from its exec until before its prctl, then
-released, carries whatever its tracer left in it (Yama's ptrace_scope=1, the default on most
-distributions, allows that only to its parent); and a genuine agent that the user drives (a
-person typing into `snitchctl agent`, or malware synthesising key presses into the desktop
-session) answers as the user tells it: `answers_need_auth` (polkit) covers the answers that
-matter most. Root's own agents are not checked: root can change every file named here.
+What this does not stop: a user who can write the launcher or the venv (install.sh makes
+/opt/snitch root's); root and the kernel (a kernel exploit, or root malware, is out of scope);
+a process whose real and effective ids already differed when it exec'd the launcher (the
+kernel then starts it in secure mode under a tracer too: only a set-id program that runs the
+user's code without giving its ids back makes one); and a genuine agent that the user
+drives (a person typing into `snitchctl agent`, or malware synthesising key presses into the
+desktop session): `answers_need_auth` (polkit) covers the answers that matter most. Root's own
+agents are not checked: root can change every file named here.
 """
 
 from __future__ import annotations
@@ -45,13 +43,12 @@ from __future__ import annotations
 import os
 import re
 import stat
+import struct
 from dataclasses import dataclass
 
 from snitch_common.errors import NotAuthorized
 
 __all__ = [
-    "INJECTING",
-    "SAFE_PYTHON_VARIABLES",
     "AgentProcess",
     "inspect_agent",
     "session_active",
@@ -60,45 +57,12 @@ __all__ = [
     "trusted_path",
 ]
 
-# Environment variables that make a program load code of the caller's choosing.
-INJECTING = frozenset(
-    {
-        "GCONV_PATH",
-        "GIO_EXTRA_MODULES",
-        "GIO_MODULE_DIR",
-        "GST_PLUGIN_PATH",
-        "GTK_MODULES",
-        "GTK3_MODULES",
-        "GTK_PATH",
-        "LIBGL_DRIVERS_PATH",
-        "QML2_IMPORT_PATH",
-        "QML_IMPORT_PATH",
-        "QT_PLUGIN_PATH",
-        "QT_QPA_PLATFORM_PLUGIN_PATH",
-        "VK_ICD_FILENAMES",
-        "VK_LAYER_PATH",
-        "__EGL_VENDOR_LIBRARY_DIRS",
-        "__EGL_VENDOR_LIBRARY_FILENAMES",
-    }
-)
-# Every other PYTHON* variable is refused: PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, PYTHONINSPECT,
-# PYTHONUSERBASE, PYTHONWARNINGS (imports the category's module), PYTHONPYCACHEPREFIX (reads
-# bytecode from there), PYTHONBREAKPOINT, and whatever a later Python adds.
-SAFE_PYTHON_VARIABLES = frozenset(
-    {
-        "PYTHONCOERCECLOCALE",
-        "PYTHONDONTWRITEBYTECODE",
-        "PYTHONFAULTHANDLER",
-        "PYTHONHASHSEED",
-        "PYTHONIOENCODING",
-        "PYTHONNOUSERSITE",
-        "PYTHONSAFEPATH",
-        "PYTHONUNBUFFERED",
-        "PYTHONUTF8",
-    }
-)
 _MAX_HOPS = 40  # symlinks followed at most (the kernel's own limit)
-_MAX_PROC_FILE = 1 << 20  # cmdline and environ are read up to this much
+_MAX_PROC_FILE = 1 << 20  # /proc files are read up to this much
+_AT_SECURE = 23  # <elf.h>
+_AUXV_ENTRY = struct.calcsize("@LL")
+# What the launcher runs (snitch_common/agentlauncher.c) → the program it stands for.
+_PROGRAMS = {"notifier": "snitch-notifier", "terminal": "snitchctl"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +71,15 @@ class AgentProcess:
 
     pid: int
     uid: int
-    program: str  # the script, as in agent_programs
+    program: str  # snitch-notifier or snitchctl
     start: int  # /proc/PID/stat starttime: a pid reused later is another process
 
 
 def _refuse(pid: int, why: str) -> NotAuthorized:
     return NotAuthorized(
         f"cannot register as an agent: pid {pid} {why} (only an installed agent program may "
-        "answer prompts: snitch-notifier or snitchctl agent, see agent_programs in "
-        "/etc/snitch/snitchd.toml)"
+        "answer prompts: snitch-notifier or snitchctl agent, started through agent_launcher, "
+        "see /etc/snitch/snitchd.toml)"
     )
 
 
@@ -172,18 +136,6 @@ def _check_inode(where: str, st: os.stat_result) -> None:
         raise ValueError(f"{where} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
 
 
-def _shebang(script: str) -> list[str]:
-    """The interpreter (and its one optional argument) of a `#!` script."""
-    with open(script, "rb") as f:
-        first = f.readline(256)
-    if not first.startswith(b"#!"):
-        raise ValueError(f"{script} has no #! line")
-    words = first[2:].decode("utf-8", "replace").strip().split(None, 1)
-    if not words:
-        raise ValueError(f"{script} has an empty #! line")
-    return words
-
-
 def _status(pid: int) -> dict[str, str]:
     out = {}
     for line in _read(f"/proc/{pid}/status").decode("utf-8", "replace").splitlines():
@@ -212,73 +164,60 @@ def thread_names(pid: int) -> set[str]:
     return names
 
 
-def inspect_agent(pid: int, uid: int, programs: tuple[str, ...]) -> AgentProcess:
-    """What `pid` runs, if it is one of `programs` run as installed (see the module's
-    docstring); raises NotAuthorized saying why not. Reads a few small /proc files: for a
-    worker thread."""
+def inspect_agent(pid: int, uid: int, launcher: str) -> AgentProcess:
+    """What `pid` runs, if the kernel started it from `launcher` as installed (see the
+    module's docstring); raises NotAuthorized saying why not. Reads a few small /proc files:
+    for a worker thread."""
     try:
-        return _inspect(pid, uid, programs)
+        return _inspect(pid, uid, launcher)
     except FileNotFoundError:
         raise _refuse(pid, "is gone") from None
     except (OSError, ValueError) as exc:
         raise _refuse(pid, f"cannot be checked: {exc}") from None
 
 
-def _inspect(pid: int, uid: int, programs: tuple[str, ...]) -> AgentProcess:
+def _inspect(pid: int, uid: int, launcher: str) -> AgentProcess:
     start = _start(pid)
     status = _status(pid)
     real_uid = int(status.get("Uid", "-1").split()[0])
     if real_uid != uid:
         raise _refuse(pid, f"runs as uid {real_uid}, not as the connection's uid {uid}")
-    argv = [
-        a.decode("utf-8", "surrogateescape") for a in _read(f"/proc/{pid}/cmdline").split(b"\0")
-    ]
-    argv = argv[:-1] if argv and argv[-1] == "" else argv
-    shown = " ".join(argv)[:200]
-    script = next((a for a in argv[1:3] if a in programs), None)
-    if script is None:
-        raise _refuse(pid, f"runs {shown!r}, not an agent program")
     # In a user namespace of its own, a user may mount anything anywhere (and seem root).
     if os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino:
         raise _refuse(pid, "runs in a user namespace of its own")
     seen = f"/proc/{pid}/root"  # its files as it sees them: its mounts, its root directory
     try:
-        real = trusted_path(script, seen)
-        expected = [*_shebang(seen + real), script]
+        real = trusted_path(launcher, seen)
+        installed = os.stat(seen + real)
     except (OSError, ValueError) as exc:
-        raise _refuse(pid, f"runs {script}, which is not installed safely: {exc}") from None
-    if argv[: len(expected)] != expected:
+        raise _refuse(pid, f"cannot run the agent launcher safely: {exc}") from None
+    if not stat.S_ISREG(installed.st_mode) or not installed.st_mode & stat.S_ISGID:
         raise _refuse(
-            pid, f"runs {shown!r}, not {script} as its #! line starts it ({' '.join(expected)})"
+            pid, f"cannot be an agent: {launcher} is not set-group-id (install.sh makes it so)"
         )
-    try:
-        interpreter = trusted_path(expected[0], seen)
-    except (OSError, ValueError) as exc:
-        raise _refuse(pid, f"runs an interpreter that is not installed safely: {exc}") from None
-    exe = os.readlink(f"/proc/{pid}/exe")
-    if exe != interpreter:
-        raise _refuse(pid, f"runs {exe}, not {interpreter} (the #! interpreter of {script})")
-    bad = sorted(_injecting(_read(f"/proc/{pid}/environ")))
-    if bad:
-        raise _refuse(pid, f"has {', '.join(bad)} in its environment (they load other code)")
+    running = os.stat(f"/proc/{pid}/exe")
+    if (running.st_dev, running.st_ino) != (installed.st_dev, installed.st_ino):
+        shown = os.readlink(f"/proc/{pid}/exe")
+        raise _refuse(pid, f"runs {shown}, not the agent launcher {launcher}")
+    if not _secure(pid):
+        raise _refuse(pid, f"did not start {launcher} set-group-id (traced, or no_new_privs)")
     if status.get("TracerPid", "0") != "0":
         raise _refuse(pid, f"is traced by pid {status['TracerPid']}")
     if uid != 0 and os.stat(f"/proc/{pid}/status").st_uid != 0:
         raise _refuse(pid, "is dumpable: the user's other processes could change it")
+    # The launcher's own code chose this and nothing ran before it, so argv is as it was made.
+    argv = _read(f"/proc/{pid}/cmdline").split(b"\0")
+    program = _PROGRAMS.get(argv[1].decode("ascii", "replace") if len(argv) > 1 else "", "?")
     if _start(pid) != start:
         raise _refuse(pid, "changed while it was checked")
-    return AgentProcess(pid, uid, script, start)
+    return AgentProcess(pid, uid, program, start)
 
 
-def _injecting(environ: bytes) -> set[str]:
-    names = {entry.partition(b"=")[0].decode("utf-8", "replace") for entry in environ.split(b"\0")}
-    return {
-        n
-        for n in names
-        if n in INJECTING
-        or n.startswith("LD_")
-        or (n.startswith("PYTHON") and n not in SAFE_PYTHON_VARIABLES)
-    }
+def _secure(pid: int) -> bool:
+    """AT_SECURE in the kernel's copy of the process's auxiliary vector."""
+    data = _read(f"/proc/{pid}/auxv")
+    words = struct.iter_unpack("@LL", data[: len(data) // _AUXV_ENTRY * _AUXV_ENTRY])
+    return any(key == _AT_SECURE and value == 1 for key, value in words)
 
 
 # Only logind places a process here: a user's own (delegated) cgroups sit below user@UID.service.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import grp
+import logging
 import os
 import re
 import tomllib
@@ -21,7 +22,7 @@ from snitch_common.errors import ConfigError
 from snitch_common.rules import DEFAULT_INTERPRETERS, Action
 
 __all__ = [
-    "DEFAULT_AGENT_PROGRAMS",
+    "DEFAULT_AGENT_LAUNCHER",
     "DEFAULT_PATH",
     "AttributionPath",
     "Config",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 DEFAULT_PATH = Path("/etc/snitch/snitchd.toml")
+log = logging.getLogger(__name__)
 
 
 class FailMode(enum.Enum):
@@ -64,14 +66,14 @@ class LogLevel(enum.Enum):
     ERROR = "error"
 
 
-# What install.sh installs, and the links in /usr/local/bin through which a shell runs them (a
-# script's path reaches the interpreter as it was typed: snitchd.agents checks that path).
-DEFAULT_AGENT_PROGRAMS = (
-    "/opt/snitch/venv/bin/snitch-notifier",
-    "/opt/snitch/venv/bin/snitchctl",
-    "/usr/local/bin/snitch-notifier",
-    "/usr/local/bin/snitchctl",
-)
+# What install.sh builds (snitch_common.launcher): the set-group-id program every agent runs.
+DEFAULT_AGENT_LAUNCHER = "/opt/snitch/venv/libexec/snitch-agent"
+# Keys earlier versions read, and why they are gone: a config that still has one starts, with a
+# warning, so that an upgrade never stops the firewall over a line it no longer needs.
+OBSOLETE = {
+    "agent_programs": "agents are now known by agent_launcher, the set-group-id program they "
+    "run (README, Trust)",
+}
 
 
 # Input interfaces of the container and guest networks the runtimes make (issue 16), as
@@ -118,7 +120,8 @@ class Config:
     `max_prompts_total` for everyone, so one user whose agent never answers cannot push
     another's flows to the default; a prompt holds at most `max_prompt_packets` packets (the
     rest of the flow's packets are dropped while it waits) so held packets never fill the
-    kernel queue. `agent_programs` are the only programs accepted as agents (snitchd.agents);
+    kernel queue. Only processes the kernel started from `agent_launcher` are accepted as agents
+    (snitchd.agents);
     with `answers_need_auth`, an answer that makes a permanent allow rule needs polkit.
     `prompt_hold_max`: how long after it was asked a prompt the person put aside (deferred)
     keeps its flow held before the default applies.
@@ -157,7 +160,7 @@ class Config:
     hash_wait: float = 1.0
     interpreters: tuple[str, ...] = DEFAULT_INTERPRETERS
     pin_answers: PinAnswers = PinAnswers.ALWAYS
-    agent_programs: tuple[str, ...] = DEFAULT_AGENT_PROGRAMS
+    agent_launcher: str = DEFAULT_AGENT_LAUNCHER
     answers_need_auth: bool = False
 
     attribution: AttributionPath = AttributionPath.BPF
@@ -219,6 +222,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     known = {f.name: f for f in fields(Config)}
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key in OBSOLETE:
+            log.warning("%s: %s is no longer read: %s; remove it", source, key, OBSOLETE[key])
+            continue
         if key not in known:
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
         values[key] = _check(key, value, source)
@@ -260,7 +266,7 @@ _PATH_KEYS = frozenset(
         "podman_socket",
         "bpf_cgroup",
         "metrics_file",
-        "agent_programs",
+        "agent_launcher",
     }
 )
 
@@ -281,8 +287,8 @@ def _check(key: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{source}: {key} = {value!r}: use {use}") from None
     if key == "dns_resolvers":
         return _check_resolvers(key, value, source)
-    if key == "agent_programs":
-        return _paths(key, value, source)
+    if key == "agent_launcher":
+        return _launcher(key, value, source)
     if key == "forward_interfaces":
         if not isinstance(value, list) or not all(
             isinstance(v, str) and _IFACE_PATTERN.fullmatch(v) for v in value
@@ -369,14 +375,11 @@ def _check_resolvers(key: str, value: Any, source: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _paths(key: str, value: Any, source: str) -> tuple[str, ...]:
-    """A list of absolute paths (agent_programs): compared as typed, so no `..` either."""
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{source}: {key} = {value!r}: expected a non-empty list of paths")
-    for item in value:
-        if not isinstance(item, str) or not item.startswith("/") or "/../" in item + "/":
-            raise ConfigError(f"{source}: {key}: {item!r} is not an absolute path")
-    return tuple(value)
+def _launcher(key: str, value: Any, source: str) -> str:
+    """An absolute path with no `..` (agent_launcher): the file an agent's /proc/PID/exe is."""
+    if not isinstance(value, str) or not value.startswith("/") or "/../" in value + "/":
+        raise ConfigError(f"{source}: {key} = {value!r}: expected an absolute path")
+    return value
 
 
 def load_config(path: Path | None) -> Config:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
-from snitch_common.agent import make_undumpable
+from snitch_common.launcher import start_agent
 from snitch_notifier.fallback import run_notifications
 
 __all__ = ["main", "qt_unavailable"]
@@ -79,10 +79,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # First thing: no process of this user may trace this one or change its memory; snitchd
-    # accepts the notifier as an agent only when it is so (snitchd/agents.py).
-    make_undumpable()
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    # First thing: run as the set-group-id launcher started it, which no process of this user
+    # can trace or change; snitchd accepts the notifier as an agent only so (snitchd/agents.py).
+    start_agent("notifier", words)
+    args = _parser().parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ import pytest
 from snitchd.procs.bpf import cgroup2_root
 from tests.integration.scriptagent import ScriptedAgent
 from tests.support.lab import Bus, add_veth, run, wait_for
+from tests.support.launcher import built_launcher
 
 VENV_BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -52,6 +54,7 @@ _LEVEL = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
 
 if os.geteuid() != 0:
     pytest.skip("integration tests need root (network namespaces)", allow_module_level=True)
+AGENT_LAUNCHER = built_launcher()
 
 
 class Terminal:
@@ -174,9 +177,9 @@ class Lab:
             "queue_readers": 1,
             "prompt_timeout": 5,
             "resolv_conf": str(self.resolv_conf),
-            # This venv's console scripts are the agent programs here (root-owned, like
-            # /opt/snitch/venv; snitchd.agents checks that).
-            "agent_programs": [str(VENV_BIN / "snitchctl"), str(VENV_BIN / "snitch-notifier")],
+            # This venv's launcher starts the agents here (root-owned, set-group-id, like
+            # /opt/snitch/venv's; snitchd.agents checks that).
+            "agent_launcher": str(AGENT_LAUNCHER),
             # Never hook the machine's own cgroup root from a test: the BPF path runs where a
             # test asks for it, on a cgroup of its own (test_connect_time.py).
             "attribution": "proc",
@@ -401,6 +404,18 @@ class Lab:
                 self.bus.stop()
             for ns in (self.client, self.server):
                 run("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory uid 65534 can read and run files from (pytest's tmp dirs are root's alone),
+    removed however the test ends."""
+    path = Path(tempfile.mkdtemp(prefix="snitch-shared-", dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,15 +9,18 @@ real programs (`snitchctl agent` on a pseudo-terminal) or the real agent code in
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import (
+    AGENT_LAUNCHER,
     AS_NOBODY,
     HERE,
     PYTHON,
@@ -31,6 +34,7 @@ from conftest import (
 from snitch_common.errors import PromptError
 from tests.integration import polkitfake
 from tests.integration.scriptagent import ScriptedAgent
+from tests.support.lab import wait_for
 
 pytestmark = pytest.mark.usefixtures("end_clients")
 
@@ -60,12 +64,14 @@ def _nobody_agent(lab: Lab) -> Terminal:
 
 
 def test_a_script_registering_as_agent_is_refused_and_the_real_agent_is_told(
-    running: Lab,
+    running: Lab, shared_dir: Path
 ) -> None:
     """Before: any process of the user registered, and the newest agent got the prompts. Now
     `snitchctl agent` is accepted; `python -c` using the agent library is refused with a clear
-    NotAuthorized, so is the real script with PYTHONPATH set; the user's agent hears of each,
-    and of a second genuine agent; prompts stay with the oldest agent."""
+    NotAuthorized, and so is code that PYTHONPATH slips into the real `snitchctl` (it runs
+    before the launcher, which ignores PYTHONPATH: before the launcher, snitchd refused the
+    real script only because it read PYTHONPATH in its environment); the user's agent hears of
+    each, and of a second genuine agent; prompts stay with the oldest agent."""
     running.expect_log(r"alert agent-refused: ", r"alert agent-registered: ")
     first = _nobody_agent(running)
     second: Terminal | None = None
@@ -75,17 +81,19 @@ def test_a_script_registering_as_agent_is_refused_and_the_real_agent_is_told(
             capture_output=True, text=True, env=running.env, timeout=30, check=False,
         )  # fmt: skip
         assert fake.stdout.startswith("NotAuthorized cannot register as an agent: pid "), fake
-        assert "not an agent program" in fake.stdout and "-c" in fake.stdout, fake.stdout
+        assert "not the agent launcher" in fake.stdout, fake.stdout
         first.read_until(b"agent-refused")
 
+        # Code of the user's that Python runs at start, found through PYTHONPATH.
+        evil = shared_dir
+        (evil / "sitecustomize.py").write_text(FAKE_AGENT + "raise SystemExit(0)\n")
         injected = subprocess.run(
             [*AS_NOBODY, str(VENV_BIN / "snitchctl"), "agent"],
-            capture_output=True, text=True, env=running.env | {"PYTHONPATH": "/tmp"},
-            timeout=30, check=False,
-            stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, env=running.env | {"PYTHONPATH": str(evil)},
+            timeout=30, check=False, stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        assert injected.returncode == 4, injected
-        assert "has PYTHONPATH in its environment" in injected.stderr, injected.stderr
+        assert "NotAuthorized cannot register as an agent" in injected.stdout, injected
+        assert "not the agent launcher" in injected.stdout, injected.stdout
 
         second = _nobody_agent(running)
         first.read_until(b"agent-registered")
@@ -112,6 +120,90 @@ def test_a_script_registering_as_agent_is_refused_and_the_real_agent_is_told(
         first.close()
         if second is not None:
             second.close()
+
+
+# Malware of uid 65534 posing as `snitchctl agent`: it writes the agent's argv over its own
+# (/proc/self/mem, while it may still write its own memory), makes itself non-dumpable, and
+# registers with the real agent library, which answers snitchd's Prove. Its argv is then
+# exactly what the kernel makes of snitchctl's #! line.
+IMPOSTOR = (
+    """
+import asyncio, sys
+fake = b"\\0".join(a.encode() for a in sys.argv[1:]) + b"\\0"
+with open("/proc/self/stat", "rb") as f:
+    fields = f.read().rsplit(b")", 1)[1].split()
+start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end
+assert len(fake) <= end - start, (len(fake), end - start)
+with open("/proc/self/mem", "r+b", buffering=0) as mem:
+    mem.seek(start)
+    mem.write(fake.ljust(end - start, b"\\0"))
+from snitch_common.agent import AgentService, make_undumpable
+make_undumpable()
+"""
+    + FAKE_AGENT
+)
+
+
+def test_a_program_that_writes_the_agent_s_argv_over_its_own_is_refused(running: Lab) -> None:
+    """Before: snitchd named an agent by its argv, and this impostor was taken as
+    `snitchctl agent` (registered, and would have been asked, and answered, its own prompts).
+    Now the process must be the launcher's exec, which its memory cannot change."""
+    running.expect_log(r"alert agent-refused: ")
+    script = str(VENV_BIN / "snitchctl")
+    with open(script, "rb") as f:
+        interpreter = f.readline()[2:].decode().strip()
+    done = subprocess.run(
+        [*AS_NOBODY, PYTHON, "-c", IMPOSTOR, interpreter, script, "agent"],
+        capture_output=True, text=True, env=running.env, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.stdout.startswith("NotAuthorized cannot register as an agent: pid "), done
+    assert "not the agent launcher" in done.stdout, done.stdout
+    assert running.ctl_json("status")["agents"] == 0
+
+
+# A library preloaded into the real agent that takes its own name out of the environment: the
+# kernel shows /proc/PID/environ from the process's memory.
+HIDDEN_PRELOAD_C = r"""
+#include <string.h>
+#include <unistd.h>
+extern char **environ;
+__attribute__((constructor)) static void hide(void) {
+    if (getuid() == 0)  /* setpriv, before it becomes 65534 */
+        return;
+    for (char **e = environ; *e != 0; e++)
+        if (strncmp(*e, "LD_PRELOAD=", 11) == 0)
+            (*e)[0] = 'X';
+}
+"""
+
+
+def test_a_library_preloaded_into_the_real_agent_does_not_reach_the_registered_agent(
+    running: Lab, shared_dir: Path
+) -> None:
+    """Before: LD_PRELOAD loaded the user's library into the real `snitchctl agent`, which
+    renamed the variable in its environment, and snitchd took the agent with the library in
+    it. Now the agent that registers is the launcher's exec, in which the kernel's secure mode
+    made the loader ignore LD_PRELOAD: the library is not mapped in it."""
+    running.expect_log(r"alert agent-registered: ")
+    source = shared_dir / "hide.c"
+    source.write_text(HIDDEN_PRELOAD_C)
+    library = shared_dir / "hide.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    # The real agent with the library; and the launcher itself, given it directly.
+    for argv, env in (
+        ([str(VENV_BIN / "snitchctl"), "agent"], {"LD_PRELOAD": str(library)}),
+        (["env", f"LD_PRELOAD={library}", str(AGENT_LAUNCHER), "terminal"], {}),
+    ):
+        terminal = Terminal([*AS_NOBODY, *argv], running.env | env)
+        try:
+            terminal.read_until(b"waiting for prompts")
+            pid = terminal.proc.pid
+            assert os.readlink(f"/proc/{pid}/exe") == str(AGENT_LAUNCHER)
+            assert str(library) not in Path(f"/proc/{pid}/maps").read_text()
+            assert running.ctl_json("status")["agents"] == 1
+        finally:
+            terminal.close()
+        wait_for(lambda: running.ctl_json("status")["agents"] == 0, 10, "the agent to leave")
 
 
 @pytest.fixture

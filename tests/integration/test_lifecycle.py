@@ -239,6 +239,7 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path: Path) -> None:
         "etc/systemd/system/snitchd.service",
         "etc/snitch/snitchd.toml",
         "opt/snitch/venv/bin/snitchd",
+        "opt/snitch/venv/libexec/snitch-agent",  # the agent launcher, compiled
         # made from the parsers and docs at install time (issue 20)
         "usr/local/share/man/man1/snitchctl.1",
         "usr/local/share/man/man1/snitch-notifier.1",

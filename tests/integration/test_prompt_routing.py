@@ -42,7 +42,7 @@ async def sessions(running: Lab) -> AsyncIterator[tuple[FakeSession, FakeSession
         cmdline = _cmdline(pid)
         if b"deskagent" in cmdline:
             return desktop
-        if b"snitchctl" in cmdline:
+        if b"snitchctl" in cmdline or b"snitch-agent\0terminal" in cmdline:
             return ssh
         return None
 

@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from snitch_common.errors import NotAuthorized
+from snitch_common.launcher import build
 from snitchd.agents import inspect_agent, session_active, session_of, thread_names, trusted_path
+from tests.support.launcher import built_launcher
+
+VENV_BIN = Path(sys.executable).parent
 
 
 def test_a_system_file_is_trusted_through_its_symlinks() -> None:
@@ -51,22 +55,61 @@ def test_a_file_in_a_users_directory_is_not(tmp_path: Path) -> None:
         trusted_path(str(tmp_path / "x"))
 
 
-def test_python_c_is_not_an_agent_program() -> None:
-    """What malware would run: the interpreter with -c and the agent library."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+def test_python_is_not_the_agent_launcher() -> None:
+    """What malware would run: the interpreter and the agent library, whatever its argv says
+    (a process may write any argv over its own: it names nothing)."""
+    launcher = built_launcher()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", str(VENV_BIN / "snitchctl")]
+    )
     try:
-        with pytest.raises(NotAuthorized, match=r"runs .* -c .*not an agent program"):
-            inspect_agent(child.pid, os.getuid(), ("/opt/snitch/venv/bin/snitchctl",))
+        with pytest.raises(NotAuthorized, match=r"runs /\S*python\S*, not the agent launcher"):
+            inspect_agent(child.pid, os.getuid(), str(launcher))
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_launcher_that_is_not_set_group_id_is_refused(tmp_path: Path) -> None:
+    """Without the set-group-id bit the kernel starts it like any program: LD_PRELOAD and a
+    tracer reach its code, so it proves nothing."""
+    plain = tmp_path / "snitch-agent"
+    build(plain, str(VENV_BIN / "python3"), None)
+    with pytest.raises(NotAuthorized, match="is not set-group-id"):
+        inspect_agent(os.getpid(), os.getuid(), str(plain))
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(["--no-new-privs"], id="no_new_privs"),
+        pytest.param([], id="not-set-group-id"),
+    ],
+)
+def test_the_launcher_runs_nothing_unless_the_kernel_started_it_set_group_id(
+    tmp_path: Path, how: list[str]
+) -> None:
+    """Under no_new_privs (or a tracer, or a nosuid mount) the set-group-id bit is not applied:
+    the launcher then says so and runs nothing, instead of an agent snitchd would refuse."""
+    launcher = built_launcher()
+    if not how:
+        launcher = tmp_path / "snitch-agent"
+        build(launcher, str(VENV_BIN / "python3"), None)
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *how,
+         str(launcher), "terminal", "--help"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done
+    assert "snitch-agent: not started set-group-id" in done.stderr, done.stderr
+    assert done.stdout == ""
 
 
 def test_a_gone_process_is_refused() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     with pytest.raises(NotAuthorized, match="is gone"):
-        inspect_agent(child.pid, os.getuid(), ())
+        inspect_agent(child.pid, os.getuid(), "/opt/snitch/venv/libexec/snitch-agent")
 
 
 def test_thread_names_are_read_per_thread() -> None:

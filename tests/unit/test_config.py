@@ -49,7 +49,7 @@ def test_every_key_can_be_set() -> None:
         "max_prompts": 10000,
         "max_prompts_total": 10000,
         "max_prompt_packets": 1,
-        "agent_programs": ("/usr/lib/snitch/agent",),
+        "agent_launcher": "/usr/lib/snitch/snitch-agent",
         "answers_need_auth": True,
         "intercept_loopback": True,
         "stay_closed_when_stopped": True,
@@ -84,14 +84,21 @@ def test_every_key_can_be_set() -> None:
         "queue_readers": 3,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
-    lists = {
-        k: list(data[k])
-        for k in ("dns_resolvers", "interpreters", "agent_programs", "forward_interfaces")
-    }
+    lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "forward_interfaces")}
     config = parse_config(data | lists)
     assert config.default_action is Action.DENY
     got = {k: getattr(config, k) for k in data}
     assert {k: v.value if isinstance(v, enum.Enum) else v for k, v in got.items()} == data
+
+
+def test_a_key_an_upgrade_left_behind_is_said_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    """Earlier configs list agent_programs (the scripts agents ran): agents are now known by
+    their launcher. Refusing the key would stop the firewall at the first start after an
+    upgrade; it is skipped with a warning that says what replaced it."""
+    config = parse_config({"agent_programs": ["/opt/snitch/venv/bin/snitchctl"]}, "snitchd.toml")
+    assert config.agent_launcher == "/opt/snitch/venv/libexec/snitch-agent"
+    said = "snitchd.toml: agent_programs is no longer read: agents are now known by agent_launcher"
+    assert said in caplog.text
 
 
 def test_a_user_s_prompt_share_cannot_exceed_everyone_s() -> None:
@@ -130,10 +137,10 @@ BAD_VALUES = [
     ("max_prompts", 2.0),
     ("max_prompts_total", 0),
     ("max_prompt_packets", 0),
-    ("agent_programs", []),
-    ("agent_programs", "/opt/snitch/venv/bin/snitchctl"),
-    ("agent_programs", ["bin/snitchctl"]),
-    ("agent_programs", ["/opt/../tmp/x"]),
+    ("agent_launcher", ["/opt/snitch/venv/libexec/snitch-agent"]),
+    ("agent_launcher", "libexec/snitch-agent"),
+    ("agent_launcher", "/opt/../tmp/x"),
+    ("agent_launcher", "/opt/snitch\0"),
     ("answers_need_auth", "yes"),
     ("intercept_loopback", "yes"),
     ("intercept_loopback", 1),

@@ -229,8 +229,8 @@ class PromptsRoom(ServiceBase):
         if reply.message_type is not MessageType.METHOD_RETURN:
             raise NotAuthorized(f"cannot register as an agent: the bus knows no pid for {who.name}")
         pid = int(reply.body[0])
-        programs = self.firewall.config.agent_programs
-        found = await asyncio.to_thread(inspect_agent, pid, who.uid, programs)
+        launcher = self.firewall.config.agent_launcher
+        found = await asyncio.to_thread(inspect_agent, pid, who.uid, launcher)
         nonce = "snt" + secrets.token_hex(6)
         proof = Message(
             destination=who.name,
@@ -254,7 +254,7 @@ class PromptsRoom(ServiceBase):
                 f"cannot register as an agent: the process behind {who.name} is not pid {pid}, "
                 "the agent program the bus names (its connection was handed on)"
             )
-        again = await asyncio.to_thread(inspect_agent, pid, who.uid, programs)
+        again = await asyncio.to_thread(inspect_agent, pid, who.uid, launcher)
         if again.start != found.start:
             raise NotAuthorized(f"cannot register as an agent: pid {pid} changed")
         return found
