@@ -5,8 +5,10 @@ tests/integration/test_agent_trust.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,35 @@ def test_the_launcher_runs_nothing_unless_the_kernel_started_it_set_group_id(
     assert done.returncode == 1, done
     assert "snitch-agent: not started set-group-id" in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def test_the_launcher_runs_its_program_isolated_from_the_caller_s_python_variables(
+    tmp_path: Path,
+) -> None:
+    """PYTHONPATH, PYTHONSTARTUP and a user site would run the user's code inside the agent:
+    the launcher's Python reads none of them (a `sitecustomize` on PYTHONPATH is what the
+    interpreter itself would import at start)."""
+    launcher = built_launcher()
+    evil = Path(tempfile.mkdtemp(prefix="snitch-evil-", dir="/tmp"))
+    try:
+        evil.chmod(0o755)
+        (evil / "sitecustomize.py").write_text("print('EVIL sitecustomize')\n")
+        (evil / "startup.py").write_text("print('EVIL startup')\n")
+        env = os.environ | {
+            "PYTHONPATH": str(evil), "PYTHONSTARTUP": str(evil / "startup.py"),
+            "PYTHONINSPECT": "1", "PYTHONUSERBASE": str(evil),
+        }  # fmt: skip
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             str(launcher), "terminal", "--help"],
+            capture_output=True, text=True, timeout=30, check=False, env=env,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(evil, ignore_errors=True)
+    assert done.returncode == 0, done
+    assert done.stdout.startswith("usage: snitchctl agent"), done.stdout
+    assert "EVIL" not in done.stdout + done.stderr
 
 
 def test_a_gone_process_is_refused() -> None:
