@@ -136,6 +136,23 @@ def test_the_launcher_runs_its_program_isolated_from_the_caller_s_python_variabl
     assert "EVIL" not in done.stdout + done.stderr
 
 
+# Settings that set no_new_privs for a user unit (systemd.exec(5): seccomp needs it there).
+_NO_NEW_PRIVILEGES = (
+    "NoNewPrivileges", "SystemCallFilter", "SystemCallArchitectures", "SystemCallLog",
+    "LockPersonality", "RestrictRealtime", "RestrictNamespaces", "RestrictAddressFamilies",
+    "RestrictSUIDSGID", "MemoryDenyWriteExecute", "ProtectKernelModules", "ProtectKernelTunables",
+    "ProtectKernelLogs", "ProtectClock", "ProtectHostname", "PrivateDevices",
+)  # fmt: skip
+
+
+def test_the_notifier_s_user_unit_lets_the_kernel_apply_the_launcher_s_group() -> None:
+    """The unit had NoNewPrivileges=yes (and seccomp settings implying it): with the launcher,
+    the notifier it starts would never be taken as an agent."""
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "snitch-notifier.service"
+    keys = {line.partition("=")[0].strip() for line in unit.read_text().splitlines()}
+    assert not keys & set(_NO_NEW_PRIVILEGES)
+
+
 def test_a_gone_process_is_refused() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
