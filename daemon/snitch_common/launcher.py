@@ -12,6 +12,7 @@ interpreter of the venv it serves compiled in.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import grp
 import os
 import shlex
@@ -26,10 +27,14 @@ from pathlib import Path
 
 from snitch_common.agent import make_undumpable
 
-__all__ = ["GROUP", "build", "launcher_path", "main", "start_agent"]
+__all__ = ["AT_SECURE", "GROUP", "build", "launcher_path", "main", "start_agent"]
 
 GROUP = "snitch-agent"
 _SOURCE = "agentlauncher.c"
+AT_SECURE = 23  # <elf.h>
+_getauxval = ctypes.CDLL(None).getauxval
+_getauxval.restype = ctypes.c_ulong
+_getauxval.argtypes = [ctypes.c_ulong]
 
 
 def launcher_path(prefix: str = sys.prefix) -> Path:
@@ -39,13 +44,20 @@ def launcher_path(prefix: str = sys.prefix) -> Path:
 
 def start_agent(program: str, args: Sequence[str]) -> None:
     """Become the agent `program` ("notifier" or "terminal") as snitchd takes it: exec the
-    launcher unless this process already runs it, then make this process non-dumpable. Where
-    no launcher was built (a development checkout) the program runs as it is: snitchd then
-    takes it only as root's agent."""
+    launcher unless a launcher started this process, then make this process non-dumpable.
+    Where no launcher was built (a development checkout) the program runs as it is: snitchd
+    then takes it only as root's agent."""
     launcher = launcher_path()
-    if launcher.exists() and os.path.realpath("/proc/self/exe") != os.path.realpath(launcher):
+    if launcher.exists() and not _secure_exec():
         os.execv(launcher, [str(launcher), program, *args])
     make_undumpable()
+
+
+def _secure_exec() -> bool:
+    """Whether the kernel started this process's program in secure mode (AT_SECURE): set-id,
+    and neither traced nor under no_new_privs then. The Python interpreter never is; only
+    the launcher. (Its /proc/self/auxv is root's then, as the process is not dumpable.)"""
+    return bool(_getauxval(AT_SECURE))
 
 
 def build(target: Path, python: str, group: str | None) -> None:

@@ -47,6 +47,7 @@ import struct
 from dataclasses import dataclass
 
 from snitch_common.errors import NotAuthorized
+from snitch_common.launcher import AT_SECURE
 
 __all__ = [
     "AgentProcess",
@@ -59,7 +60,6 @@ __all__ = [
 
 _MAX_HOPS = 40  # symlinks followed at most (the kernel's own limit)
 _MAX_PROC_FILE = 1 << 20  # /proc files are read up to this much
-_AT_SECURE = 23  # <elf.h>
 _AUXV_ENTRY = struct.calcsize("@LL")
 # What the launcher runs (snitch_common/agentlauncher.c) → the program it stands for.
 _PROGRAMS = {"notifier": "snitch-notifier", "terminal": "snitchctl"}
@@ -136,6 +136,13 @@ def _check_inode(where: str, st: os.stat_result) -> None:
         raise ValueError(f"{where} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
 
 
+def _secure(pid: int) -> bool:
+    """AT_SECURE in the kernel's copy of the process's auxiliary vector."""
+    data = _read(f"/proc/{pid}/auxv")
+    words = struct.iter_unpack("@LL", data[: len(data) // _AUXV_ENTRY * _AUXV_ENTRY])
+    return any(key == AT_SECURE and value == 1 for key, value in words)
+
+
 def _status(pid: int) -> dict[str, str]:
     out = {}
     for line in _read(f"/proc/{pid}/status").decode("utf-8", "replace").splitlines():
@@ -198,6 +205,8 @@ def _inspect(pid: int, uid: int, launcher: str) -> AgentProcess:
     running = os.stat(f"/proc/{pid}/exe")
     if (running.st_dev, running.st_ino) != (installed.st_dev, installed.st_ino):
         shown = os.readlink(f"/proc/{pid}/exe")
+        if shown == f"{real} (deleted)":  # install.sh built a new one since: a new inode
+            raise _refuse(pid, f"runs a {launcher} replaced since it started: start it again")
         raise _refuse(pid, f"runs {shown}, not the agent launcher {launcher}")
     if not _secure(pid):
         raise _refuse(pid, f"did not start {launcher} set-group-id (traced, or no_new_privs)")
@@ -211,13 +220,6 @@ def _inspect(pid: int, uid: int, launcher: str) -> AgentProcess:
     if _start(pid) != start:
         raise _refuse(pid, "changed while it was checked")
     return AgentProcess(pid, uid, program, start)
-
-
-def _secure(pid: int) -> bool:
-    """AT_SECURE in the kernel's copy of the process's auxiliary vector."""
-    data = _read(f"/proc/{pid}/auxv")
-    words = struct.iter_unpack("@LL", data[: len(data) // _AUXV_ENTRY * _AUXV_ENTRY])
-    return any(key == _AT_SECURE and value == 1 for key, value in words)
 
 
 # Only logind places a process here: a user's own (delegated) cgroups sit below user@UID.service.

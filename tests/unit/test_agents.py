@@ -4,17 +4,20 @@ tests/integration/test_agent_trust.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from snitch_common.errors import NotAuthorized
-from snitch_common.launcher import build
+from snitch_common.launcher import GROUP, build
 from snitchd.agents import inspect_agent, session_active, session_of, thread_names, trusted_path
 from tests.support.launcher import built_launcher
 
@@ -105,6 +108,39 @@ def test_the_launcher_runs_nothing_unless_the_kernel_started_it_set_group_id(
     assert done.returncode == 1, done
     assert "snitch-agent: not started set-group-id" in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def test_a_process_the_launcher_started_is_an_agent_until_the_launcher_is_replaced() -> None:
+    """The accepted case, seen from /proc alone: the launcher's exec as uid 65534 (stopped
+    there). Once install.sh has built a new launcher, the running one is a deleted inode:
+    refused, with what to do."""
+    where = Path(tempfile.mkdtemp(prefix="snitch-launcher-", dir="/tmp"))
+    child = None
+    try:
+        where.chmod(0o755)
+        launcher = where / "snitch-agent"
+        build(launcher, str(VENV_BIN / "python3"), GROUP)
+        child = subprocess.Popen(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             str(launcher), "terminal", "--help"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(400):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{child.pid}/exe") == str(launcher):
+                    os.kill(child.pid, signal.SIGSTOP)
+                    break
+            time.sleep(0.005)
+        found = inspect_agent(child.pid, 65534, str(launcher))
+        assert (found.pid, found.uid, found.program) == (child.pid, 65534, "snitchctl")
+        build(launcher, str(VENV_BIN / "python3"), GROUP)
+        with pytest.raises(NotAuthorized, match="replaced since it started: start it again"):
+            inspect_agent(child.pid, 65534, str(launcher))
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait()
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def test_the_launcher_runs_its_program_isolated_from_the_caller_s_python_variables(
