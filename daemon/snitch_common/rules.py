@@ -69,6 +69,9 @@ _DIGITS = re.compile(r"[0-9]+")
 _DURATION_RE = re.compile(r"([0-9]{1,7})m")
 _PORT_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 _MAX_UID = 2**32 - 2  # uid_t; 2**32-1 is (uid_t)-1, "no uid"
+# The kernel gives pids below pid_max (kernel/pid.c: idr_alloc_cyclic's end is exclusive), and
+# pid_max is at most PID_MAX_LIMIT, 4194304 on 64-bit: a larger pid names no process, ever.
+_MAX_PID = 4194303
 # What shlex.split treats specially besides its whitespace, " \t\r\n" (comments are off).
 _SHLEX_SPECIAL = re.compile(r"['\"\\]")
 _SHLEX_WORD = re.compile(r"[^ \t\r\n]+")
@@ -579,6 +582,11 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
     elif key == "pid":
         if not _DIGITS.fullmatch(value):
             raise RuleError(f"invalid pid {value!r}: not a process id")
+        if len(value) > 7 or int(value) > _MAX_PID:
+            raise RuleError(
+                f"invalid pid {value!r}: a process id is at most {_MAX_PID} (the kernel's "
+                "largest pid_max is 4194304)"
+            )
         fields["pid"] = int(value)
     else:
         _apply_when_word(fields, key, value)

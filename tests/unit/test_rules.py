@@ -197,7 +197,7 @@ def rules(draw: st.DrawFn) -> Rule:
         minutes = draw(st.integers(1, 525600))
         until = draw(st.none() | _FLOATS)
     elif lifetime is Lifetime.PROCESS:
-        pid = draw(st.none() | st.integers(0, 2**22))
+        pid = draw(st.none() | st.integers(0, 2**22 - 1))
         start = draw(st.none() | _FLOATS)
     action = draw(st.sampled_from(Action))
     return Rule(
@@ -404,6 +404,20 @@ def test_non_ascii_digits_are_refused_not_crashed_on(text: str) -> None:
     (InvalidRule over D-Bus), not leak a ValueError."""
     with pytest.raises(RuleError, match="²"):
         parse_rule(text)
+
+
+@pytest.mark.parametrize("value", ["4194304", "4294967296", "9" * 5000])
+def test_pid_above_the_kernels_largest_is_refused(value: str) -> None:
+    """A pid is below the kernel's pid_max, which is at most PID_MAX_LIMIT (4194304 on 64-bit):
+    `pid=4294967296` was taken and named a process that can never exist, and 5000 digits
+    leaked int()'s ValueError instead of saying what is wrong."""
+    with pytest.raises(RuleError, match=r"invalid pid '[0-9]+': a process id is at most 4194303"):
+        parse_rule(f"allow app=/bin/x for=process pid={value}")
+
+
+def test_the_largest_pid_the_kernel_gives_is_taken() -> None:
+    rule = parse_rule("allow app=/bin/x for=process pid=4194303 start=1.0")
+    assert rule.pid == 4194303
 
 
 def test_user_name_with_nul_is_refused_not_crashed_on() -> None:
