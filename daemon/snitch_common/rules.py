@@ -68,6 +68,9 @@ _DIGITS = re.compile(r"[0-9]+")
 # other scripts' digits (Arabic-Indic ones), which \d matches too; none is the printed form.
 _DURATION_RE = re.compile(r"([0-9]{1,7})m")
 _PORT_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
+# `until=` and `start=` as Rule.__str__ writes them (repr of a float: 1700000900.5, 1e+16) or as
+# whole seconds. float() also took "1_000", " 12 ", "nan", "infinity" and other scripts' digits.
+_SECONDS_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:e[+-][0-9]+)?")
 _MAX_UID = 2**32 - 2  # uid_t; 2**32-1 is (uid_t)-1, "no uid"
 # The kernel gives pids below pid_max (kernel/pid.c: idr_alloc_cyclic's end is exclusive), and
 # pid_max is at most PID_MAX_LIMIT, 4194304 on 64-bit: a larger pid names no process, ever.
@@ -482,13 +485,16 @@ def _parse_place(value: str) -> str | None:
     return None
 
 
-def _parse_float(key: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise RuleError(f"invalid {key} {value!r}: not a number") from None
-    if not math.isfinite(number):
-        raise RuleError(f"invalid {key} {value!r}: not a finite time")
+def _parse_seconds(key: str, value: str) -> float:
+    """A point in time, in the form snitch writes it: a typo must not become a time."""
+    usage = "use seconds since the epoch, as list-rules --json prints them (e.g. 1795701900.5)"
+    if key == "until":
+        usage += ", or in snitchctl local YYYY-MM-DDTHH:MM"
+    if not _SECONDS_RE.fullmatch(value):
+        raise RuleError(f"invalid {key} {value!r}: {usage}")
+    number = float(value)
+    if not math.isfinite(number):  # 1e999 overflows to inf
+        raise RuleError(f"invalid {key} {value!r}: not a finite time; {usage}")
     return number
 
 
@@ -576,7 +582,7 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
     elif key == "for":
         fields["lifetime"], fields["minutes"] = parse_duration(value)
     elif key in ("until", "start"):
-        fields[key] = _parse_float(key, value)
+        fields[key] = _parse_seconds(key, value)
     elif key in ("container", "runtime"):
         _apply_container_word(fields, key, value)
     elif key == "pid":

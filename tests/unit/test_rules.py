@@ -441,6 +441,36 @@ def test_until_must_be_a_finite_time(value: str) -> None:
         parse_rule(f"allow app=/bin/x for=5m until={value}")
 
 
+@pytest.mark.parametrize("key", ["until", "start"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("1e999", "-1e999", "NaN", "infinity", "1_000", " 12 ", "12\n", "\u0661\u0662", "+5"),
+        *(".5", "5.", "1E+16", "1e16", "0x10", "1,5", "5.0.0"),
+    ],
+)
+def test_until_and_start_take_only_the_numbers_snitch_writes(key: str, value: str) -> None:
+    """They were read with float(), which also takes "1_000", " 12 ", Arabic-Indic digits and
+    more that snitch never prints (and `1e999`, infinity): a typo became a time. The message
+    names the word and shows the form to use."""
+    head = "allow app=/bin/x " + ("for=5m" if key == "until" else "for=process pid=1")
+    with pytest.raises(RuleError, match=rf"invalid {key} .*seconds since the epoch") as info:
+        parse_rule(f"{head} {shlex.quote(f'{key}={value}')}")
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.0, -0.0, 0.5, 1700000000.0, 1795701900.25, 1e16, 1.5e-05, 5e-324, 1.7976931348623157e308],
+)
+def test_every_time_snitch_writes_reads_back(value: float) -> None:
+    """What `str(rule)` writes (repr of the float: fixed or with an exponent) parses, and whole
+    seconds as a person types them."""
+    rule = parse_rule(f"allow app=/bin/x for=5m until={value!r}")
+    assert rule.until == value and parse_rule(str(rule)) == rule
+    assert parse_rule("allow app=/bin/x for=process pid=1 start=1700000000").start == 1.7e9
+
+
 # ---------------------------------------------------------------------------------------------
 # Durations and stamping.
 
