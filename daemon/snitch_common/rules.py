@@ -71,6 +71,11 @@ _PORT_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 # `until=` and `start=` as Rule.__str__ writes them (repr of a float: 1700000900.5, 1e+16) or as
 # whole seconds. float() also took "1_000", " 12 ", "nan", "infinity" and other scripts' digits.
 _SECONDS_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:e[+-][0-9]+)?")
+# What the kernel's dev_valid_name (net/core/dev.c) refuses in an interface name: "/", ":" and
+# its isspace() bytes, which are \t \n \v \f \r, space and 0xa0 (lib/ctype.c): UTF-8 "à" is
+# c3 a0. A name has at most IFNAMSIZ - 1 = 15 bytes, and is not "." or "..".
+_IFACE_REFUSED = frozenset(b"/: \t\n\v\f\r\xa0")
+_MAX_IFACE_BYTES = 15
 _MAX_UID = 2**32 - 2  # uid_t; 2**32-1 is (uid_t)-1, "no uid"
 # The kernel gives pids below pid_max (kernel/pid.c: idr_alloc_cyclic's end is exclusive), and
 # pid_max is at most PID_MAX_LIMIT, 4194304 on 64-bit: a larger pid names no process, ever.
@@ -576,9 +581,7 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         except ValueError:
             raise RuleError(f"invalid proto {value!r}: use tcp, udp, icmp or other") from None
     elif key == "iface":
-        if len(value) > 15 or "/" in value or not value.isprintable():
-            raise RuleError(f"invalid iface {value!r}: an interface name has at most 15 characters")
-        fields["iface"] = sys.intern(value)
+        fields["iface"] = sys.intern(_parse_iface(value))
     elif key == "for":
         fields["lifetime"], fields["minutes"] = parse_duration(value)
     elif key in ("until", "start"):
@@ -596,6 +599,29 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         fields["pid"] = int(value)
     else:
         _apply_when_word(fields, key, value)
+
+
+def _parse_iface(value: str) -> str:
+    """An interface name Linux would take: a rule naming one it refuses matches nothing, ever
+    (`eth0:1` is an address label of eth0, not an interface)."""
+    usage = "write the name as ip link shows it"
+    if not value.isprintable():  # also keeps surrogates out: the name encodes below
+        raise RuleError(f"invalid iface {value!r}: printable characters only; {usage}")
+    if value in (".", ".."):
+        raise RuleError(f"invalid iface {value!r}: an interface is not '.' or '..'; {usage}")
+    raw = value.encode()
+    if len(raw) > _MAX_IFACE_BYTES:
+        raise RuleError(
+            f"invalid iface {value!r}: an interface name has at most {_MAX_IFACE_BYTES} bytes "
+            f"(this one {len(raw)} in UTF-8); {usage}"
+        )
+    bad = next((c for c in value if not _IFACE_REFUSED.isdisjoint(c.encode())), None)
+    if bad is not None:
+        raise RuleError(
+            f"invalid iface {value!r}: Linux refuses {bad!r} in an interface name (no /, : or "
+            f"blank); {usage}"
+        )
+    return value
 
 
 def _is_canonical(path: str) -> bool:

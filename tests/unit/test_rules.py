@@ -55,7 +55,7 @@ ROUND_TRIP = [
     "reject app=/usr/bin/curl user=0 to=10.1.0.0/16 port=443 proto=tcp iface=eth0 for=525600m",
     "allow app='/opt/My App/bin/my app'",
     "allow app='/opt/it'\"'\"'s/bin'",
-    "allow iface='we ird'",
+    "allow iface='we\"ird'",
     "allow app=/usr/bin/python3 script=/home/u/ok.py",
     f"allow app=/usr/bin/python3 sha256={HASH} script=/home/u/ok.py parent1=/usr/bin/bash",
     "deny parent=/usr/bin/evolution",
@@ -166,6 +166,17 @@ _COMPONENT = st.text(_PRINTABLE, min_size=1, max_size=6).filter(
 _PATHS = st.lists(_COMPONENT, max_size=3).map(lambda parts: "/" + "/".join(parts))
 
 _FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+# Interface names Linux takes: up to 15 bytes of UTF-8 (cut at a character), not "." or "..",
+# no "/", ":" or byte the kernel's isspace() is true for (0xa0 among them).
+_IFACES = (
+    st.text(
+        _PRINTABLE.filter(lambda c: c not in ": " and 0xA0 not in c.encode()),
+        min_size=1,
+        max_size=15,
+    )
+    .map(lambda name: name.encode()[:15].decode(errors="ignore"))
+    .filter(lambda name: name not in ("", ".", ".."))
+)
 
 
 @st.composite
@@ -185,7 +196,7 @@ def rules(draw: st.DrawFn) -> Rule:
     if proto not in (Proto.ICMP, Proto.OTHER) and draw(st.booleans()):
         lo = draw(st.integers(1, 65535))
         ports = (lo, draw(st.integers(lo, 65535)))
-    iface = draw(st.none() | st.text(_PRINTABLE, min_size=1, max_size=15))
+    iface = draw(st.none() | _IFACES)
     paths = _PATHS
     script = draw(st.none() | paths) if exe is not None else None
     lifetimes = [Lifetime.ONCE, Lifetime.MINUTES, Lifetime.RESTART, Lifetime.FOREVER]
@@ -418,6 +429,34 @@ def test_pid_above_the_kernels_largest_is_refused(value: str) -> None:
 def test_the_largest_pid_the_kernel_gives_is_taken() -> None:
     rule = parse_rule("allow app=/bin/x for=process pid=4194303 start=1.0")
     assert rule.pid == 4194303
+
+
+@pytest.mark.parametrize(
+    ("name", "named"),
+    [
+        ("eth0:1", "':'"),
+        ("we ird", "' '"),
+        (".", "not '.' or '..'"),
+        ("..", "not '.' or '..'"),
+        ("wlpäöüßéèê", "at most 15 bytes"),  # 10 characters, 17 bytes
+        ("tunà", "'à'"),  # UTF-8 c3 a0: a0 is a blank to the kernel's isspace()
+    ],
+)
+def test_iface_names_linux_refuses_are_refused(name: str, named: str) -> None:
+    """The kernel's dev_valid_name takes 1-15 bytes, not "." or "..", without "/", ":" or an
+    isspace() byte: `iface=eth0:1` (an address label, not an interface) was taken and matched
+    nothing, ever. The message names the word, what is wrong and what to write."""
+    with pytest.raises(RuleError, match="invalid iface") as info:
+        parse_rule(f"allow {shlex.quote('iface=' + name)}")
+    message = str(info.value)
+    assert repr(name) in message and named in message and "ip link" in message
+
+
+@pytest.mark.parametrize(
+    "name", ["lo", "eth0", "wlp0s20f3", "veth1234567890a", "br-0.1_x@y", "wlpäöüß"]
+)
+def test_iface_names_linux_takes_are_taken(name: str) -> None:
+    assert parse_rule(f"allow iface={name}").iface == name
 
 
 def test_user_name_with_nul_is_refused_not_crashed_on() -> None:
