@@ -450,6 +450,7 @@ class Rulebook:
                 self._release(record.id)
             for record in sync.added:
                 self._hold(record)
+            self.news.changed(*sync.renoted)
 
     async def reload_rule_files(self) -> None:
         """On reload (SIGHUP): read the files and update the store in a worker thread, then
@@ -464,6 +465,7 @@ class Rulebook:
                         self._release(record.id)
                     for record in sync.added:
                         self._hold(record)
+                    self.news.changed(*sync.renoted)
                     added += sync.added
             self._cut_soon(added, "rules files")
 
@@ -491,13 +493,14 @@ class Rulebook:
         for gone in sorted(self.store.file_names() - present):
             synced.append(self.store.sync_file(gone, [], now))
         for sync in synced:
-            if sync.added or sync.removed:
+            if sync.added or sync.removed or sync.renoted:
                 log.info(
-                    "rules file loaded name=%s added=%d removed=%d kept=%d",
+                    "rules file loaded name=%s added=%d removed=%d kept=%d renoted=%d",
                     sync.name,
                     len(sync.added),
                     len(sync.removed),
                     sync.kept,
+                    len(sync.renoted),
                 )
         if not exists:
             log.debug("no rules folder %s", folder)

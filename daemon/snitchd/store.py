@@ -132,12 +132,14 @@ class RuleFromFile(RuleError):
 
 @dataclass(frozen=True, slots=True)
 class FileSync:
-    """What loading one rules.d file changed in the store."""
+    """What loading one rules.d file changed in the store. `renoted`: ids of rules kept whose
+    note changed, news to whoever shows notes although the rule set is the same."""
 
     name: str
     added: tuple[RuleRecord, ...]
     removed: tuple[RuleRecord, ...]
     kept: int
+    renoted: tuple[int, ...] = ()
 
 
 class UnparsableRule(StoreError):
@@ -626,6 +628,7 @@ class Store:
             wanted.setdefault(str(line.rule), []).append(line)
         removed: list[RuleRecord] = []
         added: list[RuleRecord] = []
+        renoted: list[int] = []
         kept = 0
         with self._rule_write() as conn:
             rows = conn.execute(
@@ -637,6 +640,7 @@ class Store:
                     note = same.pop(0).note
                     if note != (row[6] or ""):
                         conn.execute("UPDATE rules SET note = ? WHERE id = ?", [note, row[0]])
+                        renoted.append(row[0])
                     kept += 1
                     continue
                 conn.execute("DELETE FROM rules WHERE id = ?", [row[0]])
@@ -655,7 +659,7 @@ class Store:
                         int(cur.lastrowid or 0), line.rule, now, origin=origin, note=line.note
                     )
                     added.append(record)
-        return FileSync(name, tuple(added), tuple(removed), kept)
+        return FileSync(name, tuple(added), tuple(removed), kept, tuple(renoted))
 
     def file_names(self) -> set[str]:
         """The rules.d files that have rules in the store."""

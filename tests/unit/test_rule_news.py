@@ -171,6 +171,24 @@ async def test_rules_files_are_told_rule_by_rule(firewall: Firewall, rules_dir: 
     assert (await heard.next()).removed == ids
 
 
+async def test_a_rules_file_line_whose_note_alone_changed_is_told(
+    firewall: Firewall, rules_dir: Path
+) -> None:
+    """The store took the new note of a rules.d line whose rule was unchanged, but no signal
+    said so: the notifier's rule list showed the old note until something else changed."""
+    heard = Heard(firewall.news)
+    path = rules_dir / "office.rules"
+    path.write_text("allow port=80  # the proxy\nallow port=8080\n")
+    path.chmod(0o644)
+    await firewall.reload_rule_files()
+    await heard.next()
+    ids = {str(r.rule): r.id for r in firewall.store.rules()}
+    path.write_text("allow port=80  # the new proxy\nallow port=8080\n")
+    await firewall.reload_rule_files()
+    assert (await heard.next()).changed == (ids["allow port=80"],)
+    assert {r.id: r.note for r in firewall.store.rules()}[ids["allow port=80"]] == "the new proxy"
+
+
 async def test_an_outside_edit_and_a_profile_switch_say_read_everything(
     firewall: Firewall, tmp_path: Path
 ) -> None:
