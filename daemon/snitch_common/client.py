@@ -199,7 +199,8 @@ class Client:
         return dict(plain(await self.call(member, "t", [rule_id])))
 
     async def import_rules(self, text: str, *, dry_run: bool) -> dict[str, Any]:
-        """The plan: `added`, `duplicates`, `invalid` (line, text, reason), `applied`."""
+        """The plan: `added`, `duplicates` (id, text, note kept, dropped_note), `invalid`
+        (line, text, reason), `applied`."""
         options = {"dry_run": Variant("b", dry_run)}
         plan: dict[str, Any] = json.loads(await self.call("ImportRules", "sa{sv}", [text, options]))
         return plan

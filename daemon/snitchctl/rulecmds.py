@@ -34,6 +34,7 @@ __all__ = [
     "edit_rule",
     "explain_flow",
     "export_rules",
+    "import_plan_text",
     "import_rules",
     "link_warnings",
     "list_rules",
@@ -148,7 +149,8 @@ def add_rule_edit_parsers(sub: Any) -> None:
         help="add the rules of a file, all or nothing; print the plan",
         description="Add every rule of a rules file that is not there yet, in one step: "
         "nothing is added if a line is invalid. Prints what is added, what is already there "
-        "and what is invalid.",
+        "(a rule there keeps its note; another note in the file is named, not taken) and what "
+        "is invalid.",
     )
     imp.add_argument("file", help="a rules file (- for stdin)")
     imp.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
@@ -349,26 +351,34 @@ async def export_rules(client: Client, args: argparse.Namespace) -> int:
 
 async def import_rules(client: Client, args: argparse.Namespace, text: str) -> int:
     plan = await client.import_rules(text, dry_run=args.dry_run)
-
-    def shown() -> str:
-        out = []
-        for r in plan["added"]:
-            ident = f"{r['id']}: " if r["id"] else ""
-            out.append(f"add {ident}{r['text']}")
-        for r in plan["duplicates"]:
-            out.append(f"duplicate of {r['id']}: {r['text']}" if r["id"] else
-                       f"duplicate in the file: {r['text']}")  # fmt: skip
-        for b in plan["invalid"]:
-            out.append(f"invalid line {b['line']}: {b['reason']}")
-        state = "applied" if plan["applied"] else "nothing changed"
-        out.append(
-            f"{len(plan['added'])} to add, {len(plan['duplicates'])} duplicates, "
-            f"{len(plan['invalid'])} invalid: {state}"
-        )
-        return "\n".join(out)
-
-    out(args, plan, shown)
+    out(args, plan, lambda: import_plan_text(plan))
     return 1 if plan["invalid"] else 0
+
+
+def import_plan_text(plan: dict[str, Any]) -> str:
+    """An import's plan as a person reads it; a line whose rule is there already and whose
+    note is not taken says so, with the note kept (import adds rules, it changes none)."""
+    lines = []
+    for r in plan["added"]:
+        ident = f"{r['id']}: " if r["id"] else ""
+        lines.append(f"add {ident}{r['text']}")
+    for r in plan["duplicates"]:
+        where = f"duplicate of {r['id']}" if r["id"] else "duplicate in the file"
+        line = f"{where}: {r['text']}"
+        if r.get("dropped_note"):
+            kept = repr(r["note"]) if r["note"] else "none"
+            line += f"; note kept: {kept}, not imported: {r['dropped_note']!r}"
+            if r["id"]:
+                line += f" (to change it: snitchctl edit-rule {r['id']} --note TEXT)"
+        lines.append(line)
+    for b in plan["invalid"]:
+        lines.append(f"invalid line {b['line']}: {b['reason']}")
+    state = "applied" if plan["applied"] else "nothing changed"
+    lines.append(
+        f"{len(plan['added'])} to add, {len(plan['duplicates'])} duplicates, "
+        f"{len(plan['invalid'])} invalid: {state}"
+    )
+    return "\n".join(lines)
 
 
 async def delete_rule(client: Client, args: argparse.Namespace) -> int:

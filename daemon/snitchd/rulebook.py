@@ -45,6 +45,7 @@ from snitchd.store import (
     FileSync,
     RuleLoad,
     Store,
+    Twin,
     UnparsableRule,
     keep_unexpired,
 )
@@ -420,12 +421,12 @@ class Rulebook:
 
     async def import_rules(
         self, lines: list[RuleLine], origin: str, *, dry_run: bool
-    ) -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
+    ) -> tuple[list[RuleRecord], list[Twin]]:
         """Add every rule not there yet, with its note, in one store transaction (all or
         nothing), then hold them; `dry_run` only says what would be added. Returns (added,
-        (twin rule, its id))."""
+        the lines whose rule was there already)."""
 
-        async def change() -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
+        async def change() -> tuple[list[RuleRecord], list[Twin]]:
             async with self._changing:
                 added, twins = await asyncio.to_thread(
                     self.store.import_rules, lines, self.clock(), origin, dry_run=dry_run

@@ -53,6 +53,7 @@ __all__ = [
     "RuleLoad",
     "Store",
     "TrafficMinute",
+    "Twin",
     "UnparsableRule",
     "check_store",
     "decision_row",
@@ -140,6 +141,18 @@ class FileSync:
     removed: tuple[RuleRecord, ...]
     kept: int
     renoted: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Twin:
+    """A line of an import whose rule is there already, so it adds nothing: the rule's `id`
+    (0: a line earlier in the same import), the `note` that rule keeps, and this line's own
+    note when it differs and is not taken (`dropped_note`), which the plan must say."""
+
+    rule: Rule
+    id: int
+    note: str
+    dropped_note: str
 
 
 class UnparsableRule(StoreError):
@@ -671,28 +684,34 @@ class Store:
 
     def import_rules(
         self, lines: list[RuleLine], now: float, origin: str, *, dry_run: bool
-    ) -> tuple[list[RuleRecord], list[tuple[Rule, int]]]:
+    ) -> tuple[list[RuleRecord], list[Twin]]:
         """Add every rule whose twin is not stored yet, with its note, all in one transaction
-        (nothing with `dry_run`). Returns the rules added and the (rule, id of its twin) left
-        out; a twin earlier in the same import has id 0 (a twin's note is not taken)."""
+        (nothing with `dry_run`). Returns the rules added and the lines left out because their
+        rule is there already (`Twin`: that rule keeps its note; the line's other note is named,
+        not taken)."""
         for line in lines:
             if not line.rule.is_stored:
                 raise RuleError(f"cannot import {line.rule}: only lasting rules are imported")
             check_note(line.note)
         added: list[RuleRecord] = []
-        twins: list[tuple[Rule, int]] = []
-        seen: set[str] = set()
+        twins: list[Twin] = []
+        seen: dict[str, tuple[int, str]] = {}  # text: (stored id or 0, the note it keeps)
         with self._rule_write() as conn:
             for line in lines:
                 rule = line.rule.stamped(now)
                 text = str(rule)
-                found = conn.execute(
-                    "SELECT id FROM rules WHERE text = ? ORDER BY id LIMIT 1", [text]
-                ).fetchone()
-                if found is not None or text in seen:
-                    twins.append((rule, int(found[0]) if found is not None else 0))
+                kept = seen.get(text)
+                if kept is None:
+                    found = conn.execute(
+                        "SELECT id, note FROM rules WHERE text = ? ORDER BY id LIMIT 1", [text]
+                    ).fetchone()
+                    if found is not None:
+                        kept = seen[text] = (int(found[0]), found[1] or "")
+                if kept is not None:
+                    dropped = line.note if line.note != kept[1] else ""
+                    twins.append(Twin(rule, kept[0], kept[1], dropped))
                     continue
-                seen.add(text)
+                seen[text] = (0, line.note)
                 if dry_run:
                     added.append(RuleRecord(0, rule, now, origin=origin, note=line.note))
                     continue

@@ -10,7 +10,7 @@ import pytest
 from snitch_common.errors import RuleError
 from snitchctl.dates import localise_rule_text
 from snitchctl.main import _build_parser, main
-from snitchctl.rulecmds import rule_text_for_edit, rule_text_from_flags
+from snitchctl.rulecmds import import_plan_text, rule_text_for_edit, rule_text_from_flags
 from snitchctl.traffic import since
 
 
@@ -107,3 +107,24 @@ def test_log_limit_out_of_range_is_a_usage_error(
     assert info.value.code == 2
     assert f"invalid count {value!r}" in capsys.readouterr().err
     assert _build_parser().parse_args(["log", "--limit", str(2**63 - 1)]).limit == 2**63 - 1
+
+
+def test_import_says_when_a_rule_there_keeps_its_note_over_the_files() -> None:
+    """`snitchctl import` printed "duplicate of 7" and dropped the file's note silently."""
+    plan = {
+        "added": [],
+        "duplicates": [
+            {"id": 7, "text": "allow port=80", "note": "web, for Sam", "dropped_note": "web"},
+            {"id": 0, "text": "deny port=22", "note": "", "dropped_note": "ssh"},
+            {"id": 7, "text": "allow port=80", "note": "web, for Sam", "dropped_note": ""},
+        ],
+        "invalid": [],
+        "applied": True,
+    }
+    assert import_plan_text(plan).splitlines() == [
+        "duplicate of 7: allow port=80; note kept: 'web, for Sam', not imported: 'web' "
+        "(to change it: snitchctl edit-rule 7 --note TEXT)",
+        "duplicate in the file: deny port=22; note kept: none, not imported: 'ssh'",
+        "duplicate of 7: allow port=80",
+        "0 to add, 3 duplicates, 0 invalid: applied",
+    ]

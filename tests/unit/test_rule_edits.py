@@ -125,7 +125,7 @@ async def test_import_is_all_or_nothing_and_skips_twins(firewall: Firewall) -> N
     rules = [RuleLine(0, parse_rule(t)) for t in ("allow port=80", "deny port=22", "deny port=22")]
     planned, twins = await firewall.import_rules(rules, "import", dry_run=True)
     assert [str(r.rule) for r in planned] == ["deny port=22"]
-    assert [(str(r), i) for r, i in twins] == [("allow port=80", 1), ("deny port=22", 0)]
+    assert [(str(t.rule), t.id) for t in twins] == [("allow port=80", 1), ("deny port=22", 0)]
     assert [str(r.rule) for r in firewall.store.rules()] == ["allow port=80"]
     added, _ = await firewall.import_rules(rules, "import", dry_run=False)
     assert [str(r.rule) for r in firewall.store.rules()] == ["allow port=80", "deny port=22"]
@@ -151,6 +151,33 @@ async def test_export_then_import_keeps_the_notes(firewall: Firewall) -> None:
         ("allow app=/usr/bin/curl port=443", ""),
         ("reject port=25", "spam"),
     ]
+
+
+async def test_import_says_which_note_a_rule_already_there_keeps(firewall: Firewall) -> None:
+    """A line whose rule was there already kept the stored rule's note and dropped its own
+    without a word; the plan now says, for each twin, the note kept and the one not taken."""
+    stored, _ = await firewall.add_new_rule(parse_rule("allow port=80"), "t", "web, for Sam")
+    lines, bad = read_rules(
+        "allow port=80  # web\n"  # a stored twin with another note: dropped, said
+        "allow port=80\n"  # no note of its own: nothing dropped
+        "deny port=22  # ssh, first\n"
+        "deny port=22  # ssh, second\n"  # a twin earlier in the file: its note is kept
+        "deny port=22  # ssh, first\n",  # the same note: nothing dropped
+        lasting_only=False,
+    )
+    assert bad == []
+    for dry_run in (True, False):
+        _, twins = await firewall.import_rules(lines, "import", dry_run=dry_run)
+        assert [(str(t.rule), t.id, t.note, t.dropped_note) for t in twins] == [
+            ("allow port=80", stored.id, "web, for Sam", "web"),
+            ("allow port=80", stored.id, "web, for Sam", ""),
+            ("deny port=22", 0, "ssh, first", "ssh, second"),
+            ("deny port=22", 0, "ssh, first", ""),
+        ]
+    assert {str(r.rule): r.note for r in firewall.store.rules()} == {
+        "allow port=80": "web, for Sam",
+        "deny port=22": "ssh, first",
+    }
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:

@@ -130,7 +130,8 @@ class RulesRoom(ServiceBase):
     async def ImportRules(self, text: DBusStr, options: VarDict) -> DBusStr:
         """Rules as a rules file's text, applied all or nothing: the plan as JSON (`added`,
         `duplicates`, `invalid`, `applied`). With an invalid line, or `dry_run`, nothing
-        changes."""
+        changes. A duplicate names the rule there (`id`, 0: an earlier line), the `note` it
+        keeps, and its line's own note when that is not taken (`dropped_note`, else "")."""
         dry_run = bool(arg(options, "dry_run", bool))
         lines, bad = read_rules(text, lasting_only=False)
         plan: dict[str, Any] = {
@@ -142,7 +143,10 @@ class RulesRoom(ServiceBase):
         origin = f"import by uid {current_caller().uid}"
         added, twins = await self.firewall.import_rules(lines, origin, dry_run=dry_run or bool(bad))
         plan["added"] = [{"id": r.id, "text": str(r.rule)} for r in added]
-        plan["duplicates"] = [{"id": i, "text": str(r)} for r, i in twins]
+        plan["duplicates"] = [
+            {"id": t.id, "text": str(t.rule), "note": t.note, "dropped_note": t.dropped_note}
+            for t in twins
+        ]
         plan["applied"] = not (dry_run or bad)
         return json.dumps(plan)
 
