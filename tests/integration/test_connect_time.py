@@ -26,7 +26,7 @@ import pytest
 
 from snitchd.procs.bpf import HOOKS as HOOK_NAMES
 from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe, rows_like, run_in
-from tests.support.lab import children_running, wait_for
+from tests.support.lab import children_running, kill_and_see_replaced, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -257,12 +257,8 @@ def test_exec_watcher_is_a_child_process_and_comes_back(lab: Lab) -> None:
     lab.start_daemon(attribution="proc")
     assert lab.daemon is not None
     daemon = lab.daemon.pid
-    wait_for(lambda: len(exec_watchers(daemon)) == 1, 10, "one exec watcher child")
-    (first,) = exec_watchers(daemon)
     lab.expect_log(r"exec watcher exited")
-    os.kill(first, signal.SIGKILL)  # ours: snitchd, which we started, started it
-    wait_for(lambda: exec_watchers(daemon) not in ([], [first]), 20, "a new exec watcher")
-    (second,) = exec_watchers(daemon)
+    _, second = kill_and_see_replaced(lambda: exec_watchers(daemon), "exec watcher child")
     wait_for(lambda: "exec watcher started again" in lab.log_text(), 10, "the restart logged")
     lab.stop_daemon()
     wait_for(lambda: not Path(f"/proc/{second}").exists(), 10, "the watcher to end with snitchd")

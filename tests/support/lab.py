@@ -95,6 +95,17 @@ def children_running(pid: int, script: str) -> list[int]:
     return found
 
 
+def kill_and_see_replaced(children: Callable[[], list[int]], what: str) -> tuple[int, int]:
+    """Kill the one helper child `children()` lists (ours: snitchd, which the test started,
+    started it) and wait for snitchd to start another; (the killed pid, the new one)."""
+    wait_for(lambda: len(children()) == 1, 10, f"one {what}")
+    (first,) = children()
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: children() not in ([], [first]), 20, f"a new {what}")
+    (second,) = children()
+    return first, second
+
+
 class Bus:
     """A private "system" bus: the distro's system.conf, listening on a temp socket, with only
     the project's own policy file included (not whatever the machine has installed)."""
