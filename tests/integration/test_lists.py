@@ -1,9 +1,10 @@
 """Block lists and destination classes on the real kernel (issue 18).
 
-A plain HTTP server in the server namespace serves a hosts file and a CIDR list; `snitch-lists`
-(the updater) runs in the client namespace as an unprivileged user, as its systemd unit would,
-downloads through snitchd's own filter, and leaves the parsed copies for snitchd. Clients then
-resolve names with the lab's DNS server and connect.
+An https server in the server namespace (listserver.py, with a certificate made for the test)
+serves a hosts file and a CIDR list; `snitch-lists` (the updater) runs in the client namespace
+as an unprivileged user, as its systemd unit would, trusting that certificate alone
+(SSL_CERT_FILE), downloads through snitchd's own filter, and leaves the parsed copies for
+snitchd. Clients then resolve names with the lab's DNS server and connect.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import PYTHON, VENV_BIN, Lab
-from tests.support.lab import wait_for
+from conftest import HERE, PYTHON, VENV_BIN, Lab
+from tests.support.lab import run, wait_for
 
 NOBODY = 65534
-HTTP_PORT = 8081
+HTTPS_PORT = 8443
+BASE = f"https://192.0.2.2:{HTTPS_PORT}"
 HOSTS_V1 = "# test list\n127.0.0.1 localhost\n0.0.0.0 api.example.org\n"
 HOSTS_V2 = HOSTS_V1 + "0.0.0.0 cdn.example.net\n"
 NETS = "# firehol style\n203.0.113.9/32\n"
@@ -42,37 +45,59 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Web:
+    """The list host: the files it serves, and its certificate (readable by the updater)."""
+
+    root: Path
+    cert: Path
+
+
 @pytest.fixture
-def web(lab: Lab, tmp_path: Path) -> Iterator[Path]:
-    """An HTTP server on 192.0.2.2:8081 in the server namespace, serving `root`."""
+def web(lab: Lab, tmp_path: Path, shared_dir: Path) -> Iterator[Web]:
+    """An https server on 192.0.2.2:8443 in the server namespace, serving `root`, with a
+    self-signed certificate for 192.0.2.2 made now (no CA: it is its own trust anchor)."""
     root = tmp_path / "www"
     root.mkdir()
     (root / "hosts.txt").write_text(HOSTS_V1)
     (root / "nets.txt").write_text(NETS)
+    key, cert = tmp_path / "server.key", shared_dir / "server.pem"
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-days", "1", "-subj", "/CN=192.0.2.2", "-addext", "subjectAltName=IP:192.0.2.2",
+        "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    cert.chmod(0o644)
     server = subprocess.Popen(
-        ["ip", "netns", "exec", lab.server, PYTHON, "-m", "http.server", str(HTTP_PORT),
-         "--bind", "192.0.2.2", "--directory", str(root)],
-        stdout=subprocess.DEVNULL,
+        ["ip", "netns", "exec", lab.server, PYTHON, str(HERE / "listserver.py"),
+         "--bind", "192.0.2.2", "--port", str(HTTPS_PORT), "--directory", str(root),
+         "--cert", str(cert), "--key", str(key)],
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )  # fmt: skip
     try:
-        probe = ["ip", "netns", "exec", lab.server, "curl", "-s", "-o", "/dev/null",
-                 f"http://192.0.2.2:{HTTP_PORT}/nets.txt"]  # fmt: skip
-        wait_for(lambda: subprocess.run(probe, check=False).returncode == 0, 10, "http server")
-        yield root
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.strip() == "ready", f"the list server did not start: {line!r}"
+        yield Web(root, cert)
     finally:
         server.kill()
         server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
 
 
-def update(lab: Lab, lists_dir: Path, *names: str) -> subprocess.CompletedProcess[str]:
-    """The updater, as its unit runs it: unprivileged, with network access (the client's)."""
+def update(
+    lab: Lab, lists_dir: Path, *names: str, cert: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The updater, as its unit runs it: unprivileged, with network access (the client's);
+    trusting `cert` alone, the test's list host, where one is given."""
+    env = lab.env if cert is None else lab.env | {"SSL_CERT_FILE": str(cert)}
     return subprocess.run(
         ["ip", "netns", "exec", lab.client, "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
          "--clear-groups", str(VENV_BIN / "snitch-lists"), "--dir", str(lists_dir), *names],
         capture_output=True,
         text=True,
-        env=lab.env,
+        env=env,
         timeout=120,
         check=False,
     )  # fmt: skip
@@ -99,14 +124,13 @@ def resolve(lab: Lab, name: str) -> str:
 
 
 def test_list_blocks_listed_names_and_networks_and_follows_updates(
-    lab: Lab, web: Path, shared_dir: Path
+    lab: Lab, web: Web, shared_dir: Path
 ) -> None:
     lab.start_daemon(lists_dir=str(shared_dir))
-    for rule in ("allow port=53 proto=udp", f"allow port={HTTP_PORT} proto=tcp", "allow port=80"):
+    for rule in ("allow port=53 proto=udp", f"allow port={HTTPS_PORT} proto=tcp", "allow port=80"):
         lab.add_rule(rule)
-    base = f"http://192.0.2.2:{HTTP_PORT}"
-    assert lab.ctl("lists", "add", "ads", f"{base}/hosts.txt").returncode == 0
-    nets = lab.ctl("lists", "add", "bad-nets", f"{base}/nets.txt", "--format", "ips")
+    assert lab.ctl("lists", "add", "ads", f"{BASE}/hosts.txt").returncode == 0
+    nets = lab.ctl("lists", "add", "bad-nets", f"{BASE}/nets.txt", "--format", "ips")
     assert nets.returncode == 0
     lab.add_rule("deny to=list:ads")
     lab.add_rule("deny to=list:bad-nets")
@@ -114,7 +138,7 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     assert shown(lab, "ads")["format"] == "hosts" and "domains" not in shown(lab, "ads")
     assert resolve(lab, "api.example.org") == "connected"
 
-    done = update(lab, shared_dir)
+    done = update(lab, shared_dir, cert=web.cert)
     assert done.returncode == 0, done.stderr
     wait_loaded(lab, "ads", 1)
     wait_loaded(lab, "bad-nets", 0, 1)
@@ -131,8 +155,8 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     held = lab.spawn_client("resolve", "www.example.org", "80", "--hold", "8", "--timeout", "1")
     try:
         assert held.stdout is not None and held.stdout.readline().strip() == "connected"
-        (web / "hosts.txt").write_text(HOSTS_V2)
-        done = update(lab, shared_dir, "ads")
+        (web.root / "hosts.txt").write_text(HOSTS_V2)
+        done = update(lab, shared_dir, "ads", cert=web.cert)
         assert done.returncode == 0, done.stderr
         wait_loaded(lab, "ads", 2)
         outcome = held.stdout.readline().strip()  # its socket reset: ECONNABORTED
@@ -148,9 +172,9 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     assert shown(lab, "ads")["ok"] is True
 
     # A broken update (an error page where the list was) keeps the last good copy, and alerts.
-    lab.expect_log(r"alert list-failed: list ads: cannot use http://192\.0\.2\.2:8081/hosts\.txt")
-    (web / "hosts.txt").write_text("<html>\n<body>\nportal\n</body>\n</html>\n")
-    done = update(lab, shared_dir, "ads")
+    lab.expect_log(r"alert list-failed: list ads: cannot use https://192\.0\.2\.2:8443/hosts\.txt")
+    (web.root / "hosts.txt").write_text("<html>\n<body>\nportal\n</body>\n</html>\n")
+    done = update(lab, shared_dir, "ads", cert=web.cert)
     assert done.returncode == 1 and "no entry in it" in done.stderr
     wait_for(lambda: "alert list-failed" in lab.log_text(), 10, "the list-failed alert")
     row = shown(lab, "ads")
@@ -166,14 +190,14 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     assert resolve(lab, "api.example.org") == "connected"
 
 
-def test_unchanged_list_is_not_downloaded_again(lab: Lab, web: Path, shared_dir: Path) -> None:
+def test_unchanged_list_is_not_downloaded_again(lab: Lab, web: Web, shared_dir: Path) -> None:
     """The second run sends If-None-Match / If-Modified-Since; http.server answers 304."""
     lab.start_daemon(lists_dir=str(shared_dir))
-    lab.add_rule(f"allow port={HTTP_PORT} proto=tcp")
-    lab.ctl("lists", "add", "bad-nets", f"http://192.0.2.2:{HTTP_PORT}/nets.txt", "--format", "ips")
-    assert update(lab, shared_dir).returncode == 0
+    lab.add_rule(f"allow port={HTTPS_PORT} proto=tcp")
+    lab.ctl("lists", "add", "bad-nets", f"{BASE}/nets.txt", "--format", "ips")
+    assert update(lab, shared_dir, cert=web.cert).returncode == 0
     first = (shared_dir / "bad-nets.list").stat().st_mtime_ns
-    done = update(lab, shared_dir)
+    done = update(lab, shared_dir, cert=web.cert)
     assert done.returncode == 0 and "not modified" in done.stderr
     assert (shared_dir / "bad-nets.list").stat().st_mtime_ns == first
 
