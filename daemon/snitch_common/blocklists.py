@@ -30,6 +30,7 @@ __all__ = [
     "ListStatus",
     "ParsedList",
     "check_list_name",
+    "check_list_source",
     "iter_parsed",
     "parse_source",
     "read_parsed",
@@ -86,12 +87,26 @@ def check_list_name(name: str) -> str:
     return name
 
 
+def check_list_source(source: str) -> str:
+    """A list comes from an https:// URL or a local file (an absolute path). Over plain http,
+    anyone on the path can rewrite a list in flight: drop the entries that block their own
+    names, or add ones that block what the user needs. snitchd refuses such a source when a
+    list is added; snitch-lists refuses it too, for a list an earlier version took."""
+    if not source.startswith(("https://", "/")):
+        raise ListError(
+            f"cannot use list source {source!r}: not an https:// URL or an absolute path "
+            "(over plain http anyone on the path can rewrite a list): use https:// or the "
+            "absolute path of a local file"
+        )
+    return source
+
+
 @dataclass(frozen=True, slots=True)
 class ListSpec:
     """A list as snitchd registers it: its name, where it comes from, how to read it."""
 
     name: str
-    source: str  # an http(s) URL or an absolute path
+    source: str  # an https:// URL or an absolute path (see `check_list_source`)
     format: ListFormat
     added: float = 0.0
 
@@ -128,7 +143,7 @@ class ListStatus:
     source: str = ""
 
 
-# The widest network an entry may name: a list is downloaded, perhaps over http, and one
+# The widest network an entry may name: a list server may be compromised, and one
 # line of `0.0.0.0/0` or `::/0` among a thousand (under the 1 % of bad lines a list may have)
 # made `allow app=X to=list:NAME` hold everywhere, or a deny list block everything.
 MIN_PREFIX = {4: 8, 6: 16}

@@ -1,13 +1,15 @@
 """`snitch-lists [NAME...]`: download, check and parse block lists; hand them to snitchd.
 
 Run by `snitch-lists.service` (DynamicUser, its timer: daily) or by hand as an unprivileged
-user. For each list snitchd registers (`Lists` over D-Bus) it fetches the source (an http(s)
+user. For each list snitchd registers (`Lists` over D-Bus) it fetches the source (an https://
 URL, conditionally: If-None-Match / If-Modified-Since from the last good copy; or a local file,
 by its modification time), parses it (`snitch_common.blocklists.parse_source`, which refuses an
 error page or the wrong format whole), and writes `NAME.list` (the parsed copy, replaced
 atomically and only by a good one) and `NAME.status` (what happened, read by snitchd and
 `snitchctl lists show`) to its directory; then it pokes snitchd (`ListsChanged`). A list that
-fails keeps its last good copy; its status says why, and snitchd raises an alert.
+fails keeps its last good copy; its status says why, and snitchd raises an alert. Plain http
+fails too: anyone on the path could rewrite the list, so an http:// source (which an earlier
+version took) is refused before anything is asked of it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from snitch_common.blocklists import (
     ListSpec,
     ListStatus,
     check_list_name,
+    check_list_source,
     parse_source,
     read_status,
     write_parsed,
@@ -53,7 +56,9 @@ class _NotModified(Exception):
 
 def fetch(spec: ListSpec, last: ListStatus | None) -> tuple[bytes, str, str]:
     """The source's bytes, and the ETag and Last-Modified to send next time; raises
-    _NotModified when the server (or the file's mtime) says the last copy is current."""
+    _NotModified when the server (or the file's mtime) says the last copy is current. A source
+    other than https:// or a local file is refused before anything is asked of it."""
+    check_list_source(spec.source)
     same = last is not None and last.source == spec.source
     if spec.source.startswith("/"):
         try:

@@ -28,7 +28,11 @@ def add_lists_parser(sub: Any) -> None:
     verbs = lists.add_subparsers(dest="lists_verb", metavar="VERB")
     add = verbs.add_parser("add", help="register a list (then: snitchctl lists update NAME)")
     add.add_argument("name", help="lowercase letters, digits, - and _ (as in to=list:NAME)")
-    add.add_argument("source", help="an http(s) URL or an absolute path")
+    add.add_argument(
+        "source",
+        help="an https:// URL or the absolute path of a local file (plain http:// is refused: "
+        "anyone on the path could rewrite the list)",
+    )
     add.add_argument(
         "--format",
         choices=("hosts", "domains", "ips"),

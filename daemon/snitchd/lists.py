@@ -32,6 +32,7 @@ from snitch_common.blocklists import (
     ListSpec,
     ListStatus,
     check_list_name,
+    check_list_source,
     iter_parsed,
     read_status,
     specs_from_json,
@@ -98,12 +99,12 @@ class Lists:
         os.replace(tmp, self.registry)
 
     async def add(self, name: str, source: str, fmt: ListFormat) -> ListSpec:
+        """Register a list, or give the one of that name a new source or format. Only an
+        https:// URL or a local file is taken (`check_list_source`). A registry an earlier
+        version wrote may still name an http:// source: that list stays registered (and
+        shown), snitch-lists fails its updates saying why, and adding it again fixes it."""
         check_list_name(name)
-        if not (source.startswith(("http://", "https://")) or source.startswith("/")):
-            raise ListError(
-                f"cannot add list {name}: source {source!r} is neither an http(s) URL nor an "
-                "absolute path"
-            )
+        check_list_source(source)
         if any(c.isspace() for c in source):
             raise ListError(f"cannot add list {name}: source {source!r} has spaces")
         if name not in self.specs and len(self.specs) >= _MAX_LISTS:

@@ -26,6 +26,7 @@ from tests.support.lab import run, wait_for
 
 NOBODY = 65534
 HTTPS_PORT = 8443
+HTTP_PORT = 8081  # plain http, only where a test shows it refused
 BASE = f"https://192.0.2.2:{HTTPS_PORT}"
 HOSTS_V1 = "# test list\n127.0.0.1 localhost\n0.0.0.0 api.example.org\n"
 HOSTS_V2 = HOSTS_V1 + "0.0.0.0 cdn.example.net\n"
@@ -212,6 +213,17 @@ def test_lists_need_an_admin_and_snitchd_names_no_updater_without_systemd(runnin
     if not os.path.isdir("/run/systemd/system"):
         assert done.returncode == 1 and "systemd is not running here" in done.stderr
     assert running.ctl("lists", "update", "nope").returncode == 1
+
+
+def test_a_plain_http_list_is_refused_when_added(running: Lab) -> None:
+    """Over plain http anyone on the path can rewrite a list: drop the entries that block their
+    own names, or add ones that block what the user needs. `lists add` refuses such a source and
+    says what to use instead."""
+    url = f"http://192.0.2.2:{HTTP_PORT}/hosts.txt"
+    done = running.ctl("lists", "add", "ads", url)
+    assert done.returncode == 1
+    assert url in done.stderr and "https://" in done.stderr and "local file" in done.stderr
+    assert running.ctl_json("lists") == []
 
 
 @pytest.mark.slow

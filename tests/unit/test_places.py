@@ -16,6 +16,7 @@ from snitch_common.blocklists import (
     ListStatus,
     ParsedList,
     check_list_name,
+    check_list_source,
     parse_source,
     read_parsed,
     read_status,
@@ -119,6 +120,24 @@ def test_status_and_registry_round_trip(tmp_path: Path) -> None:
 def test_list_names_are_file_names_we_choose(name: str) -> None:
     with pytest.raises(ListError):
         check_list_name(name)
+
+
+@pytest.mark.parametrize(
+    "source", ["http://example.org/h", "ftp://example.org/h", "example.org/h", "hosts.txt", ""]
+)
+def test_a_list_comes_from_https_or_a_local_file_only(source: str) -> None:
+    """Over plain http (or ftp) anyone on the path can rewrite a list in flight."""
+    with pytest.raises(ListError, match="use https:// or the absolute path of a local file"):
+        check_list_source(source)
+    for good in ("https://example.org/h", "/etc/snitch/mirrors.txt"):
+        assert check_list_source(good) == good
+
+
+def test_a_registry_an_earlier_version_wrote_still_loads_its_http_lists() -> None:
+    """snitchd still starts on it and shows the list; snitch-lists fails its updates, saying
+    why (test_list_updater.py), until it is added again with https:// or a file."""
+    text = '[{"name": "ads", "source": "http://example.org/h", "format": "hosts"}]'
+    assert specs_from_json(text) == [ListSpec("ads", "http://example.org/h", ListFormat.HOSTS)]
 
 
 # -- the rule language ----------------------------------------------------------------------
