@@ -17,14 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.utils
+import http.client
 import json
 import logging
 import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from snitch_common import __version__
 from snitch_common.blocklists import (
@@ -54,6 +57,30 @@ class _NotModified(Exception):
     pass
 
 
+class _HttpsRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to another https:// URL. urllib's own handler follows one to
+    plain http too: a list host that moved, was misconfigured or lost its name would hand the
+    list to anyone on the path again, the very thing an http:// source is refused for."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        # `newurl` is absolute here: urllib joined a relative Location to the request's URL.
+        if urllib.parse.urlsplit(newurl).scheme != "https":
+            fp.close()
+            raise ListError(
+                f"cannot download {req.full_url}: refused its redirect to {newurl}: not "
+                "https:// (over plain http anyone on the path can rewrite a list)"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def fetch(spec: ListSpec, last: ListStatus | None) -> tuple[bytes, str, str]:
     """The source's bytes, and the ETag and Last-Modified to send next time; raises
     _NotModified when the server (or the file's mtime) says the last copy is current. A source
@@ -79,8 +106,9 @@ def fetch(spec: ListSpec, last: ListStatus | None) -> tuple[bytes, str, str]:
             request.add_header("If-None-Match", last.etag)
         if last.last_modified:
             request.add_header("If-Modified-Since", last.last_modified)
+    opener = urllib.request.build_opener(_HttpsRedirectsOnly())
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as reply:
+        with opener.open(request, timeout=TIMEOUT) as reply:
             data = reply.read(MAX_BYTES + 1)
             etag = reply.headers.get("ETag", "")
             modified = reply.headers.get("Last-Modified", "")

@@ -57,7 +57,8 @@ class Web:
 @pytest.fixture
 def web(lab: Lab, tmp_path: Path, shared_dir: Path) -> Iterator[Web]:
     """An https server on 192.0.2.2:8443 in the server namespace, serving `root`, with a
-    self-signed certificate for 192.0.2.2 made now (no CA: it is its own trust anchor)."""
+    self-signed certificate for 192.0.2.2 made now (no CA: it is its own trust anchor).
+    `/moved.txt` redirects to /hosts.txt over plain http, `/elsewhere.txt` over https."""
     root = tmp_path / "www"
     root.mkdir()
     (root / "hosts.txt").write_text(HOSTS_V1)
@@ -70,7 +71,9 @@ def web(lab: Lab, tmp_path: Path, shared_dir: Path) -> Iterator[Web]:
     server = subprocess.Popen(
         ["ip", "netns", "exec", lab.server, PYTHON, str(HERE / "listserver.py"),
          "--bind", "192.0.2.2", "--port", str(HTTPS_PORT), "--directory", str(root),
-         "--cert", str(cert), "--key", str(key)],
+         "--cert", str(cert), "--key", str(key),
+         "--redirect", f"/moved.txt=http://192.0.2.2:{HTTP_PORT}/hosts.txt",
+         "--redirect", f"/elsewhere.txt={BASE}/hosts.txt"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -224,6 +227,47 @@ def test_a_plain_http_list_is_refused_when_added(running: Lab) -> None:
     assert done.returncode == 1
     assert url in done.stderr and "https://" in done.stderr and "local file" in done.stderr
     assert running.ctl_json("lists") == []
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused(
+    lab: Lab, web: Web, shared_dir: Path, tmp_path: Path
+) -> None:
+    """A list host that redirects to http:// (moved, misconfigured, or its name taken over)
+    would hand the list to anyone on the path again: the updater does not follow it, says why,
+    and snitchd alerts. A redirect that stays on https is followed, as before."""
+    plain_log = tmp_path / "plain.log"
+    with open(plain_log, "w") as log:
+        plain = subprocess.Popen(
+            ["ip", "netns", "exec", lab.server, PYTHON, "-m", "http.server", str(HTTP_PORT),
+             "--bind", "192.0.2.2", "--directory", str(web.root)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )  # fmt: skip
+    try:
+        probe = ["ip", "netns", "exec", lab.server, "curl", "-s", "-o", "/dev/null",
+                 f"http://192.0.2.2:{HTTP_PORT}/"]  # fmt: skip
+        wait_for(lambda: run(*probe, check=False).returncode == 0, 10, "the plain http server")
+        lab.start_daemon(lists_dir=str(shared_dir))
+        # The redirect's target is reachable: only the updater stands in the way.
+        lab.add_rule(f"allow port={HTTPS_PORT} proto=tcp")
+        lab.add_rule(f"allow port={HTTP_PORT} proto=tcp")
+        assert lab.ctl("lists", "add", "moved", f"{BASE}/moved.txt").returncode == 0
+        assert lab.ctl("lists", "add", "elsewhere", f"{BASE}/elsewhere.txt").returncode == 0
+        lab.expect_log(r"alert list-failed: list moved: .*redirect to http://192\.0\.2\.2:8081/")
+
+        done = update(lab, shared_dir, cert=web.cert)
+        assert done.returncode == 1, done.stderr
+        target = f"http://192.0.2.2:{HTTP_PORT}/hosts.txt"
+        assert f"redirect to {target}" in done.stderr and "https://" in done.stderr
+        wait_loaded(lab, "elsewhere", 1)
+        wait_for(lambda: "alert list-failed: list moved" in lab.log_text(), 10, "the alert")
+        row = shown(lab, "moved")
+        assert row["ok"] is False and f"redirect to {target}" in row["error"]
+        assert "domains" not in row
+        assert "GET /hosts.txt" not in plain_log.read_text()  # not even asked
+    finally:
+        plain.kill()
+        plain.wait()
 
 
 @pytest.mark.slow
