@@ -419,6 +419,13 @@ def shared_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
+def nobody_dir(shared_dir: Path) -> Path:
+    """`shared_dir`, owned by uid 65534: for a test whose unprivileged program writes there."""
+    os.chown(shared_dir, 65534, 65534)
+    return shared_dir
+
+
+@pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     lab = Lab(tmp_path)
     try:

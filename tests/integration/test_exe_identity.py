@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,18 +54,6 @@ int main(void) {
     return 0;
 }
 """
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory uid 65534 can reach and write (pytest's tmp dirs are root's alone)."""
-    path = Path(f"/tmp/snitch-i14-{os.getpid()}")
-    path.mkdir(mode=0o755)
-    os.chown(path, 65534, 65534)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def compile_client(source_dir: Path, name: str, variant: str) -> Path:
@@ -113,15 +100,15 @@ def test_bind_mounted_impostor_is_unverified_and_not_allowed_by_the_curl_rule(
 
 
 def test_in_place_edit_of_a_pinned_user_owned_executable_breaks_the_pin(
-    lab: Lab, shared_dir: Path
+    lab: Lab, nobody_dir: Path
 ) -> None:
     """uid 65534 owns a client pinned by its sha256, rewrites it in place with other code of the
     same size and puts its mtime back: the digest cache must not answer with the old digest
     (it is keyed by ctime too, which nobody can set back), so the pin no longer matches."""
     lab.start_daemon()
     lab.expect_log(r"alert exe-changed: ")
-    good = compile_client(shared_dir, "client", "good")
-    evil = compile_client(shared_dir, "evil", "evil").read_bytes()
+    good = compile_client(nobody_dir, "client", "good")
+    evil = compile_client(nobody_dir, "evil", "evil").read_bytes()
     assert len(evil) == good.stat().st_size
     os.chown(good, 65534, 65534)
     digest = hashlib.sha256(good.read_bytes()).hexdigest()
@@ -133,9 +120,9 @@ def test_in_place_edit_of_a_pinned_user_owned_executable_breaks_the_pin(
         "f = open(p, 'r+b'); f.write(open(sys.argv[2], 'rb').read()); f.close(); "
         "os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))"
     )
-    os.chmod(shared_dir / "evil", 0o644)
+    os.chmod(nobody_dir / "evil", 0o644)
     subprocess.run(
-        [*AS_NOBODY, "/usr/bin/python3", "-c", rewrite, str(good), str(shared_dir / "evil")],
+        [*AS_NOBODY, "/usr/bin/python3", "-c", rewrite, str(good), str(nobody_dir / "evil")],
         check=True,
         timeout=30,
     )
@@ -144,19 +131,19 @@ def test_in_place_edit_of_a_pinned_user_owned_executable_breaks_the_pin(
     assert [r["action"] for r in rows_of(lab, str(good))] == ["allow", "deny"]
 
 
-def test_script_rule_allows_its_script_and_not_inline_code(lab: Lab, shared_dir: Path) -> None:
+def test_script_rule_allows_its_script_and_not_inline_code(lab: Lab, nobody_dir: Path) -> None:
     """`allow app=python3 script=ok.py` lets ok.py through — run by its relative path, resolved
     against the process's cwd — and not `python3 -c` with the very same code, nor another
     script, nor ok.py with PYTHONPATH set (other code may load first)."""
     lab.start_daemon()
-    ok = shared_dir / "ok.py"
+    ok = nobody_dir / "ok.py"
     ok.write_text(CONNECT_PY)
-    (shared_dir / "other.py").write_text(CONNECT_PY)
+    (nobody_dir / "other.py").write_text(CONNECT_PY)
     lab.add_rule(f"allow app={SYSTEM_PYTHON} script={ok} to=192.0.2.2 port=80")
 
     def run_in_dir(*argv: str, env: str = "") -> str:
         line = " ".join(argv)
-        return lab.client_run("sh", "-c", f"cd {shared_dir} && {env} exec {line}")
+        return lab.client_run("sh", "-c", f"cd {nobody_dir} && {env} exec {line}")
 
     assert run_in_dir("/usr/bin/python3", "ok.py") == "connected"
     assert lab.client_run("/usr/bin/python3", str(ok)) == "connected"
@@ -170,13 +157,13 @@ def test_script_rule_allows_its_script_and_not_inline_code(lab: Lab, shared_dir:
 
 
 def test_parent_rules_name_an_ancestor_and_parent1_the_direct_parent(
-    lab: Lab, shared_dir: Path
+    lab: Lab, nobody_dir: Path
 ) -> None:
     """`allow app=curl parent=LAUNCHER` lets curl through when LAUNCHER started it, directly or
     not; `parent1=` only when it is the direct parent; curl started otherwise is not."""
     lab.start_daemon()
     curl = curl_exe()
-    launcher = shared_dir / "launcher"
+    launcher = nobody_dir / "launcher"
     shutil.copy(
         "/usr/bin/dash", launcher
     )  # root-owned, in a verified place: a parent rule names it
@@ -197,7 +184,7 @@ def test_parent_rules_name_an_ancestor_and_parent1_the_direct_parent(
 
 @pytest.mark.parametrize("how", ["ld_preload", "ptrace"])
 def test_code_injected_into_an_allowed_binary_is_flagged_and_not_allowed(
-    lab: Lab, shared_dir: Path, how: str
+    lab: Lab, nobody_dir: Path, how: str
 ) -> None:
     """curl is allowed; curl with a library preloaded by uid 65534, or traced by it (strace
     stands for a debugger injecting code), is not curl: flagged in the log, alerted, and not
@@ -209,9 +196,9 @@ def test_code_injected_into_an_allowed_binary_is_flagged_and_not_allowed(
     get = ["curl", "-s", "-o", "/dev/null", "--connect-timeout", "2", "-w", "%{http_code}", URL]
     assert lab.client_run(*AS_NOBODY, *get) == "200"
     if how == "ld_preload":
-        src = shared_dir / "inject.c"
+        src = nobody_dir / "inject.c"
         src.write_text("__attribute__((constructor)) static void hello(void) {}\n")
-        lib = shared_dir / "inject.so"
+        lib = nobody_dir / "inject.so"
         subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
         argv = ["env", f"LD_PRELOAD={lib}", *get]
         note = f"preloaded {lib}"
@@ -224,14 +211,14 @@ def test_code_injected_into_an_allowed_binary_is_flagged_and_not_allowed(
     assert "alert injected-code" in lab.log_text()
 
 
-def test_an_exec_of_a_same_named_program_is_judged_as_itself(lab: Lab, shared_dir: Path) -> None:
+def test_an_exec_of_a_same_named_program_is_judged_as_itself(lab: Lab, nobody_dir: Path) -> None:
     """uid 65534 runs a program the rules allow; it connects (snitchd keeps its identity by pid,
     start time and name), waits past the exec window, then execs its own program of the same
     name from another folder, which connects: that flow is the second program's, denied. Before,
     the kept identity still named the first and the second was allowed (proc path: sock_diag,
     /proc and the exec watch)."""
     source = Path(__file__).resolve().parent / "csrc" / "connlater.c"
-    good, evil = shared_dir / "good" / "connlater", shared_dir / "evil" / "connlater"
+    good, evil = nobody_dir / "good" / "connlater", nobody_dir / "evil" / "connlater"
     for exe in (good, evil):
         exe.parent.mkdir(mode=0o755)
         subprocess.run(["cc", "-O2", "-o", str(exe), str(source)], check=True, timeout=60)

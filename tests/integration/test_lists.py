@@ -10,9 +10,7 @@ snitchd. Clients then resolve names with the lab's DNS server and connect.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,19 +31,6 @@ HOSTS_V2 = HOSTS_V1 + "0.0.0.0 cdn.example.net\n"
 NETS = "# firehol style\n203.0.113.9/32\n"
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory nobody (the updater's user) can write and root can read: pytest's tmp_path
-    is private to root."""
-    path = Path(tempfile.mkdtemp(prefix="snitch-lists-"))
-    try:
-        path.chmod(0o755)
-        os.chown(path, NOBODY, NOBODY)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @dataclass(frozen=True, slots=True)
 class Web:
     """The list host: the files it serves, and its certificate (readable by the updater)."""
@@ -55,7 +40,7 @@ class Web:
 
 
 @pytest.fixture
-def web(lab: Lab, tmp_path: Path, shared_dir: Path) -> Iterator[Web]:
+def web(lab: Lab, tmp_path: Path, nobody_dir: Path) -> Iterator[Web]:
     """An https server on 192.0.2.2:8443 in the server namespace, serving `root`, with a
     self-signed certificate for 192.0.2.2 made now (no CA: it is its own trust anchor).
     `/moved.txt` redirects to /hosts.txt over plain http, `/elsewhere.txt` over https."""
@@ -63,7 +48,7 @@ def web(lab: Lab, tmp_path: Path, shared_dir: Path) -> Iterator[Web]:
     root.mkdir()
     (root / "hosts.txt").write_text(HOSTS_V1)
     (root / "nets.txt").write_text(NETS)
-    key, cert = tmp_path / "server.key", shared_dir / "server.pem"
+    key, cert = tmp_path / "server.key", nobody_dir / "server.pem"
     run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
         "-nodes", "-days", "1", "-subj", "/CN=192.0.2.2", "-addext", "subjectAltName=IP:192.0.2.2",
         "-keyout", str(key), "-out", str(cert))  # fmt: skip
@@ -128,9 +113,9 @@ def resolve(lab: Lab, name: str) -> str:
 
 
 def test_list_blocks_listed_names_and_networks_and_follows_updates(
-    lab: Lab, web: Web, shared_dir: Path
+    lab: Lab, web: Web, nobody_dir: Path
 ) -> None:
-    lab.start_daemon(lists_dir=str(shared_dir))
+    lab.start_daemon(lists_dir=str(nobody_dir))
     for rule in ("allow port=53 proto=udp", f"allow port={HTTPS_PORT} proto=tcp", "allow port=80"):
         lab.add_rule(rule)
     assert lab.ctl("lists", "add", "ads", f"{BASE}/hosts.txt").returncode == 0
@@ -142,7 +127,7 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     assert shown(lab, "ads")["format"] == "hosts" and "domains" not in shown(lab, "ads")
     assert resolve(lab, "api.example.org") == "connected"
 
-    done = update(lab, shared_dir, cert=web.cert)
+    done = update(lab, nobody_dir, cert=web.cert)
     assert done.returncode == 0, done.stderr
     wait_loaded(lab, "ads", 1)
     wait_loaded(lab, "bad-nets", 0, 1)
@@ -160,7 +145,7 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     try:
         assert held.stdout is not None and held.stdout.readline().strip() == "connected"
         (web.root / "hosts.txt").write_text(HOSTS_V2)
-        done = update(lab, shared_dir, "ads", cert=web.cert)
+        done = update(lab, nobody_dir, "ads", cert=web.cert)
         assert done.returncode == 0, done.stderr
         wait_loaded(lab, "ads", 2)
         outcome = held.stdout.readline().strip()  # its socket reset: ECONNABORTED
@@ -178,7 +163,7 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     # A broken update (an error page where the list was) keeps the last good copy, and alerts.
     lab.expect_log(r"alert list-failed: list ads: cannot use https://192\.0\.2\.2:8443/hosts\.txt")
     (web.root / "hosts.txt").write_text("<html>\n<body>\nportal\n</body>\n</html>\n")
-    done = update(lab, shared_dir, "ads", cert=web.cert)
+    done = update(lab, nobody_dir, "ads", cert=web.cert)
     assert done.returncode == 1 and "no entry in it" in done.stderr
     wait_for(lambda: "alert list-failed" in lab.log_text(), 10, "the list-failed alert")
     row = shown(lab, "ads")
@@ -194,16 +179,16 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     assert resolve(lab, "api.example.org") == "connected"
 
 
-def test_unchanged_list_is_not_downloaded_again(lab: Lab, web: Web, shared_dir: Path) -> None:
+def test_unchanged_list_is_not_downloaded_again(lab: Lab, web: Web, nobody_dir: Path) -> None:
     """The second run sends If-None-Match / If-Modified-Since; http.server answers 304."""
-    lab.start_daemon(lists_dir=str(shared_dir))
+    lab.start_daemon(lists_dir=str(nobody_dir))
     lab.add_rule(f"allow port={HTTPS_PORT} proto=tcp")
     lab.ctl("lists", "add", "bad-nets", f"{BASE}/nets.txt", "--format", "ips")
-    assert update(lab, shared_dir, cert=web.cert).returncode == 0
-    first = (shared_dir / "bad-nets.list").stat().st_mtime_ns
-    done = update(lab, shared_dir, cert=web.cert)
+    assert update(lab, nobody_dir, cert=web.cert).returncode == 0
+    first = (nobody_dir / "bad-nets.list").stat().st_mtime_ns
+    done = update(lab, nobody_dir, cert=web.cert)
     assert done.returncode == 0 and "not modified" in done.stderr
-    assert (shared_dir / "bad-nets.list").stat().st_mtime_ns == first
+    assert (nobody_dir / "bad-nets.list").stat().st_mtime_ns == first
 
 
 def test_lists_need_an_admin_and_snitchd_names_no_updater_without_systemd(running: Lab) -> None:
@@ -230,7 +215,7 @@ def test_a_plain_http_list_is_refused_when_added(running: Lab) -> None:
 
 
 def test_a_redirect_from_https_to_plain_http_is_refused(
-    lab: Lab, web: Web, shared_dir: Path, tmp_path: Path
+    lab: Lab, web: Web, nobody_dir: Path, tmp_path: Path
 ) -> None:
     """A list host that redirects to http:// (moved, misconfigured, or its name taken over)
     would hand the list to anyone on the path again: the updater does not follow it, says why,
@@ -247,7 +232,7 @@ def test_a_redirect_from_https_to_plain_http_is_refused(
         probe = ["ip", "netns", "exec", lab.server, "curl", "-s", "-o", "/dev/null",
                  f"http://192.0.2.2:{HTTP_PORT}/"]  # fmt: skip
         wait_for(lambda: run(*probe, check=False).returncode == 0, 10, "the plain http server")
-        lab.start_daemon(lists_dir=str(shared_dir))
+        lab.start_daemon(lists_dir=str(nobody_dir))
         # The redirect's target is reachable: only the updater stands in the way.
         lab.add_rule(f"allow port={HTTPS_PORT} proto=tcp")
         lab.add_rule(f"allow port={HTTP_PORT} proto=tcp")
@@ -255,7 +240,7 @@ def test_a_redirect_from_https_to_plain_http_is_refused(
         assert lab.ctl("lists", "add", "elsewhere", f"{BASE}/elsewhere.txt").returncode == 0
         lab.expect_log(r"alert list-failed: list moved: .*redirect to http://192\.0\.2\.2:8081/")
 
-        done = update(lab, shared_dir, cert=web.cert)
+        done = update(lab, nobody_dir, cert=web.cert)
         assert done.returncode == 1, done.stderr
         target = f"http://192.0.2.2:{HTTP_PORT}/hosts.txt"
         assert f"redirect to {target}" in done.stderr and "https://" in done.stderr
@@ -271,19 +256,19 @@ def test_a_redirect_from_https_to_plain_http_is_refused(
 
 
 @pytest.mark.slow
-def test_a_million_domains_load(lab: Lab, shared_dir: Path) -> None:
+def test_a_million_domains_load(lab: Lab, nobody_dir: Path) -> None:
     """1M names from a local file: parsed by the updater, loaded by snitchd off the packet
     loop. The time it took is printed (bench/bench_lists.py has the lookup figures)."""
-    big = shared_dir / "big.txt"
+    big = nobody_dir / "big.txt"
     with open(big, "w") as f:
         for i in range(1_000_000):
             f.write(f"host{i}.d{i % 5000}.example.org\n")
     big.chmod(0o644)
-    lab.start_daemon(lists_dir=str(shared_dir))
+    lab.start_daemon(lists_dir=str(nobody_dir))
     lab.add_rule("deny to=list:big")
     lab.ctl("lists", "add", "big", str(big), "--format", "domains")
     start = time.monotonic()
-    done = update(lab, shared_dir)
+    done = update(lab, nobody_dir)
     assert done.returncode == 0, done.stderr
     parsed = time.monotonic()
     wait_loaded(lab, "big", 1_000_000, timeout=120)
