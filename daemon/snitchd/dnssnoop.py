@@ -9,8 +9,10 @@ is believed is decided elsewhere (`dnswatch`: from one of the system's resolvers
 query this machine sent); the names it gives are kept by `names.NameCache`.
 
 The IP header is read by `ipwire` as in `packet`, UDP and TCP with `struct`, the DNS message
-itself by dnspython. Nothing here does I/O or reads the clock, and `read_dns_packet` raises
-nothing but `PacketError`, whatever the bytes: the answers come from the network.
+by dnspython up to its question, and an answer's records, where they are read, by `_Answer`
+(dnspython was ten times slower there: see `_resolutions`). Nothing here does I/O or reads the
+clock, and `read_dns_packet` raises nothing but `PacketError`, whatever the bytes: the answers
+come from the network.
 
 What cannot be seen, and what snitch then shows: names resolved over DNS over HTTPS or TLS
 (browsers' built-in DoH, port 443/853), inside a VPN or tunnel whose answers never cross this
@@ -39,9 +41,6 @@ import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.CNAME
-import dns.rdtypes.IN.A
-import dns.rdtypes.IN.AAAA
 
 from snitch_common.errors import PacketError
 from snitch_common.records import IPAddress, Proto
@@ -61,13 +60,21 @@ _DNS_PORT = 53
 # The largest answer whose records are read (`_worth_reading`): a UDP answer is at most 4096
 # bytes with the usual EDNS size (1232 is common), enough for ~250 addresses.
 MAX_ANSWER_BYTES = 4096
-_ADDRESS_TYPES = frozenset((int(dns.rdatatype.A), int(dns.rdatatype.AAAA)))
 _UDP, _TCP = 17, 6
 _HEADER = struct.Struct("!HH")
 _UDP_HEADER = struct.Struct("!HHH")
 _LENGTH = struct.Struct("!H")
 _MAX_HOPS = 16  # CNAMEs followed from one question; dnspython's resolver allows as many
-_A, _AAAA = dns.rdtypes.IN.A.A, dns.rdtypes.IN.AAAA.AAAA
+_HEADER_BYTES = 12
+_COUNTS = struct.Struct("!HH")  # QDCOUNT, ANCOUNT
+_RR = struct.Struct("!HHIH")  # TYPE, CLASS, TTL, RDLENGTH after a record's name
+_TYPE_A, _TYPE_AAAA = int(dns.rdatatype.A), int(dns.rdatatype.AAAA)
+_TYPE_CNAME = int(dns.rdatatype.CNAME)
+_ADDRESS_TYPES = frozenset((_TYPE_A, _TYPE_AAAA))
+_CLASS_IN = int(dns.rdataclass.IN)
+_MAX_NAME_BYTES = 255  # RFC 1035 §2.3.4, in wire form
+_MAX_POINTERS = 32  # per name: real names take one or two; hostile chains cost no more
+_Labels = tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +170,7 @@ def _read_message(wire: bytes, answer: bool, addresses: bool) -> DnsMessage:
         question = Question(_text(first.name), int(first.rdtype))
     resolutions: tuple[Resolution, ...] = ()
     if answer and addresses and question is not None and _worth_reading(wire, question):
-        resolutions = tuple(_resolutions(_message(wire, answer)))
+        resolutions = tuple(_resolutions(wire))
     return DnsMessage(head.id, question, resolutions)
 
 
@@ -242,47 +249,163 @@ def _text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower()
 
 
-def _resolutions(message: dns.message.Message) -> list[Resolution]:
-    """Follow each question through the answer's CNAMEs to its A/AAAA records."""
-    if message.rcode() != dns.rcode.NOERROR:
+def _resolutions(wire: bytes) -> list[Resolution]:
+    """Follow each question through the answer's CNAMEs to its A/AAAA records.
+
+    The question and answer sections are read here with `struct` (`_Answer`), not by
+    dnspython, which took 16-22 ms for a 4 KiB answer of 252 addresses, on the packet loop,
+    for an answer any user can have their own domain's server send through the system's
+    resolver as often as they look it up; this takes 1.5 ms (bench/bench_dns.py). Only what
+    names an address is read: the rest of the message is not looked at (`_message` has read
+    its header and question)."""
+    if wire[3] & 0x0F != dns.rcode.NOERROR:
         return []
-    cnames: dict[dns.name.Name, tuple[dns.name.Name, int]] = {}
-    addresses: dict[dns.name.Name, list[tuple[IPv4Address | IPv6Address, int]]] = {}
-    for rrset in message.answer:
-        if rrset.rdclass != dns.rdataclass.IN or not rrset:
-            continue
-        found: list[tuple[IPv4Address | IPv6Address, int]]
-        if rrset.rdtype == dns.rdatatype.A:
-            found = [(IPv4Address(r.address), rrset.ttl) for r in rrset if isinstance(r, _A)]
-        elif rrset.rdtype == dns.rdatatype.AAAA:
-            found = [(IPv6Address(r.address), rrset.ttl) for r in rrset if isinstance(r, _AAAA)]
-        elif rrset.rdtype == dns.rdatatype.CNAME:
-            # A name has one CNAME (RFC 2181 §10.1); keep the first if a server sent more.
-            target = next(iter(rrset))
-            if isinstance(target, dns.rdtypes.ANY.CNAME.CNAME):
-                cnames.setdefault(rrset.name, (target.target, rrset.ttl))
-            continue
-        else:
-            continue
-        addresses.setdefault(rrset.name, []).extend(found)
-    if not addresses:
+    found = _Answer(wire)
+    if not found.addresses:
         return []
     result: list[Resolution] = []
-    for question in message.question:
-        if question.rdclass != dns.rdataclass.IN:
+    for question, qclass in found.questions:
+        if qclass != _CLASS_IN:
             continue
-        name = question.name
-        chain, seen, ttl = [_text(name)], {name}, math.inf
+        name = question
+        chain, seen, ttl = [found.names.text(name)], {name}, math.inf
         for hop in range(_MAX_HOPS + 1):
-            hits = addresses.get(name)
-            if hits:
+            rrsets = found.addresses.get(name)
+            if rrsets:
                 names = tuple(chain)
-                result.extend(Resolution(names, a, int(min(ttl, t))) for a, t in hits)
+                for rdtype, addresses in rrsets.items():
+                    least = int(min(ttl, found.ttls[(name, rdtype)]))
+                    result.extend(Resolution(names, address, least) for address in addresses)
                 break
-            link = cnames.get(name)
-            if link is None or hop == _MAX_HOPS or link[0] in seen:
+            target = found.cnames.get(name)
+            if target is None or hop == _MAX_HOPS or target in seen:
                 break  # no answer, chain too long, or a CNAME loop: this question names nothing
-            name, ttl = link[0], min(ttl, link[1])
+            ttl = min(ttl, found.ttls[(name, _TYPE_CNAME)])
+            name = target
             seen.add(name)
-            chain.append(_text(name))
+            chain.append(found.names.text(name))
     return result
+
+
+class _Answer:
+    """What an answer's question and answer sections say, read from its wire form: the
+    questions (name, class), each name's CNAME target and addresses (class IN), and each
+    RRset's TTL (its records' smallest). A name has one CNAME (RFC 2181 §10.1): of several,
+    the last counts, as when dnspython read answers. A record of another type or class, or an
+    A or AAAA of the wrong length, is skipped."""
+
+    def __init__(self, wire: bytes) -> None:
+        self.names = _Names(wire)
+        self.questions: list[tuple[_Labels, int]] = []
+        self.cnames: dict[_Labels, _Labels] = {}
+        # a name → its A and AAAA RRsets, in the order each first came (as dnspython gave them)
+        self.addresses: dict[_Labels, dict[int, dict[IPv4Address | IPv6Address, None]]] = {}
+        self.ttls: dict[tuple[_Labels, int], int] = {}
+        qdcount, ancount = _COUNTS.unpack_from(wire, 4)
+        off = _HEADER_BYTES
+        for _ in range(qdcount):
+            name, off = self.names.read(off)
+            if off + 4 > len(wire):
+                raise PacketError("truncated DNS question")
+            self.questions.append((name, _LENGTH.unpack_from(wire, off + 2)[0]))
+            off += 4
+        for _ in range(ancount):
+            off = self._record(wire, off)
+
+    def _record(self, wire: bytes, off: int) -> int:
+        owner, off = self.names.read(off)
+        if off + _RR.size > len(wire):
+            raise PacketError("truncated DNS record")
+        rdtype, rdclass, ttl, rdlength = _RR.unpack_from(wire, off)
+        off += _RR.size
+        end: int = off + rdlength
+        if end > len(wire):
+            raise PacketError(f"truncated DNS record data: {rdlength} bytes")
+        if rdclass != _CLASS_IN:
+            return end
+        if rdtype == _TYPE_A and rdlength == 4:
+            rrset = self.addresses.setdefault(owner, {}).setdefault(rdtype, {})
+            rrset[IPv4Address(wire[off:end])] = None
+        elif rdtype == _TYPE_AAAA and rdlength == 16:
+            rrset = self.addresses.setdefault(owner, {}).setdefault(rdtype, {})
+            rrset[IPv6Address(wire[off:end])] = None
+        elif rdtype == _TYPE_CNAME:
+            target, after = self.names.read(off)
+            if after != end:
+                raise PacketError("malformed CNAME record: its name is not its whole data")
+            self.cnames[owner] = target
+        else:
+            return end
+        key = (owner, rdtype)
+        self.ttls[key] = min(self.ttls.get(key, ttl), ttl)
+        return end
+
+
+class _Names:
+    """The domain names of one DNS message, read from its wire form (RFC 1035 §4.1.4): a name
+    is labels, then a zero byte or a pointer to a name earlier in the message. Pointers must
+    point backwards, so no name loops; each is read once (the records of an answer point at
+    the same few names). Names compare as DNS does, ignoring ASCII case."""
+
+    def __init__(self, wire: bytes) -> None:
+        self._wire = wire
+        # where a name starts → its labels (lowercase) and its size in wire form
+        self._at: dict[int, tuple[_Labels, int]] = {}
+        self._after: dict[int, int] = {}  # where a whole name read from there ends
+        self._spelt: dict[_Labels, str] = {}
+
+    def read(self, off: int) -> tuple[_Labels, int]:
+        """The name at `off`, and where what follows it starts."""
+        wire, size = self._wire, 1  # its size in wire form, without pointers
+        labels: list[bytes] = []
+        starts = [(off, 0, 0)]  # where each part began: offset, first label's index, size then
+        after = -1
+        while True:
+            known = self._at.get(off)
+            if known is not None:
+                labels.extend(known[0])
+                size += known[1] - 1
+                if after < 0:  # a whole name read before, from this very offset
+                    after = self._after[off]
+                break
+            if off >= len(wire):
+                raise PacketError("truncated DNS name")
+            length = wire[off]
+            if length & 0xC0 == 0xC0:
+                if off + 1 >= len(wire):
+                    raise PacketError("truncated DNS name pointer")
+                pointer = (length & 0x3F) << 8 | wire[off + 1]
+                if pointer >= starts[-1][0] or len(starts) > _MAX_POINTERS:
+                    raise PacketError("DNS name pointer that does not point backwards")
+                if after < 0:
+                    after = off + 2
+                off = pointer
+                starts.append((off, len(labels), size - 1))
+                continue
+            if length & 0xC0:
+                raise PacketError(f"unknown DNS label type {length >> 6}")
+            if length == 0:
+                if after < 0:
+                    after = off + 1
+                break
+            label = wire[off + 1 : off + 1 + length]
+            if len(label) < length:
+                raise PacketError("truncated DNS label")
+            size += 1 + length
+            if size > _MAX_NAME_BYTES:
+                raise PacketError("DNS name longer than 255 bytes")
+            labels.append(label.lower())
+            off += 1 + length
+        if size > _MAX_NAME_BYTES:
+            raise PacketError("DNS name longer than 255 bytes")
+        for start, first, before in starts:
+            self._at.setdefault(start, (tuple(labels[first:]), size - before))
+        self._after.setdefault(starts[0][0], after)
+        return self._at[starts[0][0]][0], after
+
+    def text(self, name: _Labels) -> str:
+        """As `Resolution.names` spells names (dnspython's text form)."""
+        spelt = self._spelt.get(name)
+        if spelt is None:
+            spelt = self._spelt[name] = _text(dns.name.Name((*name, b"")))
+        return spelt
