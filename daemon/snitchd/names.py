@@ -10,8 +10,9 @@ one program resolved does not label another program's flows, in prompts, the log
 Memory is bounded by bytes, not only by entries (a name is up to ~1 KB as text, and 100,000
 addresses of 32 long names each came to ~1.2 GB): `max_bytes` bounds an estimate of what the
 cache holds (`COST_*`, checked against tracemalloc by tests/unit/test_names.py), the least
-recently learnt addresses going first; one user's names may take at most a quarter of it, so a
-user resolving millions of names pushes out their own, not everybody's. Nothing here does I/O
+recently learnt addresses going first; one user's names may take at most a quarter of it, and
+so may the shared ones, so a user resolving millions of names pushes out their own, not
+everybody's (through a caching resolver, the shared ones: not any user's own). Nothing here does I/O
 or reads the clock (`now` is passed in); lookups are a few dict gets.
 """
 
@@ -177,10 +178,9 @@ class NameCache:
             entry.add(resolution.names, now + resolution.ttl + self._grace)
             slot.entries[key] = entry
             self._charge(key[0], entry.cost - before)
-            if key[0] != _ANY:
-                mine = self._by_uid.setdefault(key[0], {})
-                mine.pop((address, key), None)
-                mine[(address, key)] = None
+            mine = self._by_uid.setdefault(key[0], {})
+            mine.pop((address, key), None)
+            mine[(address, key)] = None
             while len(slot.entries) > _MAX_OWNERS:
                 self._drop_entry(address, slot, next(iter(slot.entries)))
             slot.refresh()
@@ -271,19 +271,17 @@ class NameCache:
 
     def _charge(self, uid: int, delta: int) -> None:
         self.bytes += delta
-        if uid != _ANY:
-            self._uid_bytes[uid] = self._uid_bytes.get(uid, 0) + delta
+        self._uid_bytes[uid] = self._uid_bytes.get(uid, 0) + delta
 
     def _drop_entry(self, address: IPAddress, slot: _Slot, key: _Key) -> None:
         entry = slot.entries.pop(key)
         self._charge(key[0], -entry.cost)
-        if key[0] != _ANY:
-            mine = self._by_uid.get(key[0])
-            if mine is not None:
-                mine.pop((address, key), None)
-                if not mine:
-                    del self._by_uid[key[0]]
-                    self._uid_bytes.pop(key[0], None)
+        mine = self._by_uid.get(key[0])
+        if mine is not None:
+            mine.pop((address, key), None)
+            if not mine:
+                del self._by_uid[key[0]]
+                self._uid_bytes.pop(key[0], None)
 
     def _drop_slot(self, address: IPAddress) -> None:
         slot = self._slots.pop(address)
@@ -297,12 +295,14 @@ class NameCache:
             if oldest is None or oldest[1].last > now:
                 break
             self._drop_slot(oldest[0])
-        if uid != _ANY:
+        # A user's names, and the shared ones, take at most a quarter each: a user who resolves
+        # name after name, directly or through the system's resolver (whose own queries' names
+        # are the shared ones), pushes out their own or the shared names, not everybody's.
+        mine = self._by_uid.get(uid)
+        while mine and self._uid_bytes.get(uid, 0) > self._max_bytes // 4:
+            address, key = next(iter(mine))
+            self._drop_from(address, key)
             mine = self._by_uid.get(uid)
-            while mine and self._uid_bytes.get(uid, 0) > self._max_bytes // 4:
-                address, key = next(iter(mine))
-                self._drop_from(address, key)
-                mine = self._by_uid.get(uid)
         while slots and (len(slots) > self._max_addresses or self.bytes > self._max_bytes):
             self._drop_slot(next(iter(slots)))
 

@@ -102,6 +102,19 @@ def test_one_user_cannot_push_out_everybody_elses_names() -> None:
     assert cache.bytes <= (1 << 20) // 4 + 2 * (COST_ENTRY + 300)
 
 
+def test_a_flood_through_the_system_s_resolver_pushes_out_shared_names_only() -> None:
+    """A user who looks up name after name through a caching resolver (systemd-resolved):
+    the resolver's own queries make shared names, which took the whole cache and pushed out
+    every user's own names. Now the shared ones take at most a quarter, like one user's."""
+    cache = NameCache(max_bytes=1 << 20)
+    cache.learn(api(), 0.0, Owner(1000, 100))
+    for i in range(20_000):
+        address = IPv4Address(0xC6336400 + i % 200)  # 198.51.100.0/24
+        cache.learn([Resolution((f"{i}.flood.example",), address, 300)], 1.0, SHARED)
+    assert cache.names(ADDR, 2.0, CURL) == {"api.example.org"}
+    assert cache.bytes <= (1 << 20) // 4 + 2 * (COST_ENTRY + 300)
+
+
 @pytest.mark.parametrize(("length", "per_address"), [(20, 1), (250, 32), (60, 4)])
 def test_the_byte_estimate_is_what_python_allocates(length: int, per_address: int) -> None:
     """`bytes` is an estimate: within 25 % of tracemalloc's count of what learning allocated
