@@ -120,9 +120,9 @@ class Config:
     `max_prompts_total` for everyone, so one user whose agent never answers cannot push
     another's flows to the default; a prompt holds at most `max_prompt_packets` packets (the
     rest of the flow's packets are dropped while it waits) so held packets never fill the
-    kernel queue. Only processes the kernel started from `agent_launcher` are accepted as agents
-    (snitchd.agents);
-    with `answers_need_auth`, an answer that makes a permanent allow rule needs polkit.
+    kernel queue. Only processes the kernel started from `agent_launcher` are accepted as
+    agents (snitchd.agents); with `answers_need_auth`, an answer that makes a permanent allow
+    rule needs polkit.
     `prompt_hold_max`: how long after it was asked a prompt the person put aside (deferred)
     keeps its flow held before the default applies.
 
