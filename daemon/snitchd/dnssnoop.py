@@ -8,11 +8,13 @@ message its id, its question and, for an answer, the `Resolution`s it gives. Whe
 is believed is decided elsewhere (`dnswatch`: from one of the system's resolvers, replying to a
 query this machine sent); the names it gives are kept by `names.NameCache`.
 
-The IP header is read by `ipwire` as in `packet`, UDP and TCP with `struct`, the DNS message
-by dnspython up to its question, and an answer's records, where they are read, by `_Answer`
-(dnspython was ten times slower there: see `_resolutions`). Nothing here does I/O or reads the
-clock, and `read_dns_packet` raises nothing but `PacketError`, whatever the bytes: the answers
-come from the network.
+The IP header is read by `ipwire` as in `packet`, UDP and TCP with `struct`, and so is the DNS
+message: its header and questions (`_head`) and, where they are read, an answer's records
+(`_Answer`). dnspython read them until it was measured on the packet loop, two to ten times
+slower (`_resolutions`, bench/bench_dns.py); it still spells names (`_text`) and names the
+constants, and tests check the readers against it. Nothing here does I/O or reads the clock,
+and `read_dns_packet` raises nothing but `PacketError`, whatever the bytes: the answers come
+from the network.
 
 What cannot be seen, and what snitch then shows: names resolved over DNS over HTTPS or TLS
 (browsers' built-in DoH, port 443/853), inside a VPN or tunnel whose answers never cross this
@@ -35,7 +37,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 import dns.flags
-import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
@@ -66,7 +67,8 @@ _UDP_HEADER = struct.Struct("!HHH")
 _LENGTH = struct.Struct("!H")
 _MAX_HOPS = 16  # CNAMEs followed from one question; dnspython's resolver allows as many
 _HEADER_BYTES = 12
-_COUNTS = struct.Struct("!HH")  # QDCOUNT, ANCOUNT
+_ID_FLAGS_COUNT = struct.Struct("!HHH")  # ID, flags, QDCOUNT
+_COUNTS = struct.Struct("!HH")  # a question's TYPE and CLASS
 _RR = struct.Struct("!HHIH")  # TYPE, CLASS, TTL, RDLENGTH after a record's name
 _TYPE_A, _TYPE_AAAA = int(dns.rdatatype.A), int(dns.rdatatype.AAAA)
 _TYPE_CNAME = int(dns.rdatatype.CNAME)
@@ -75,6 +77,7 @@ _CLASS_IN = int(dns.rdataclass.IN)
 _MAX_NAME_BYTES = 255  # RFC 1035 §2.3.4, in wire form
 _MAX_POINTERS = 32  # per name: real names take one or two; hostile chains cost no more
 _Labels = tuple[bytes, ...]
+_Question = tuple[_Labels, int, int]  # name, TYPE, CLASS
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +166,16 @@ def parse_dns_packet(packet: bytes) -> list[Resolution]:
 
 
 def _read_message(wire: bytes, answer: bool, addresses: bool) -> DnsMessage:
-    head = _message(wire, answer, question_only=True)
+    names = _Names(wire)
+    ident, questions, off = _head(wire, answer, names)
     question = None
-    if head.question:
-        first = head.question[0]
-        question = Question(_text(first.name), int(first.rdtype))
+    if questions:
+        first, qtype, _ = questions[0]
+        question = Question(names.text(first), qtype)
     resolutions: tuple[Resolution, ...] = ()
     if answer and addresses and question is not None and _worth_reading(wire, question):
-        resolutions = tuple(_resolutions(wire))
-    return DnsMessage(head.id, question, resolutions)
+        resolutions = tuple(_resolutions(wire, names, questions, off))
+    return DnsMessage(ident, question, resolutions)
 
 
 def _worth_reading(wire: bytes, question: Question) -> bool:
@@ -222,10 +226,14 @@ def _tcp_messages(payload: bytes) -> list[bytes]:
     return messages
 
 
-def _message(wire: bytes, answer: bool, question_only: bool = False) -> dns.message.Message:
-    if len(wire) < 12:
+def _head(wire: bytes, answer: bool, names: _Names) -> tuple[int, list[_Question], int]:
+    """The message's id and questions (name, type, class), and where its answer section starts;
+    raises PacketError unless it is a standard query (`answer` False) or its response. Read
+    with `struct`, as the answer's records are (`_resolutions`): dnspython took ~70 µs for
+    this alone, for every DNS packet either way, on the packet loop."""
+    if len(wire) < _HEADER_BYTES:
         raise PacketError(f"truncated DNS header: {len(wire)} bytes")
-    flags = _LENGTH.unpack_from(wire, 2)[0]
+    ident, flags, qdcount = _ID_FLAGS_COUNT.unpack_from(wire)
     if answer and not flags & dns.flags.QR:
         raise PacketError("not a DNS response: QR bit clear (a query)")
     if not answer and flags & dns.flags.QR:
@@ -233,49 +241,50 @@ def _message(wire: bytes, answer: bool, question_only: bool = False) -> dns.mess
     opcode = dns.opcode.from_flags(flags)
     if opcode != dns.opcode.QUERY:
         raise PacketError(f"not a DNS query or its response: opcode {dns.opcode.to_text(opcode)}")
-    try:
-        # keyring=False: a TSIG-signed answer is read, not verified (we hold no keys). A query
-        # is read up to its question only: that is all a query is matched by.
-        return dns.message.from_wire(wire, keyring=False, question_only=question_only or not answer)
-    except Exception as exc:
-        # dnspython raises DNSException subclasses and wraps whatever its rdata parsers raise
-        # in FormError (dns.exception.ExceptionWrapper): 500,000 fuzzed answers over every
-        # rdata type raised nothing else (dnspython 2.9). Anything else is caught all the same:
-        # a dnspython bug met on hostile bytes must cost one packet, not the queue reader.
-        raise PacketError(f"malformed DNS answer: {exc.__class__.__name__}: {exc}") from exc
+    questions: list[_Question] = []
+    off = _HEADER_BYTES
+    for _ in range(qdcount):
+        name, off = names.read(off)
+        if off + 4 > len(wire):
+            raise PacketError("truncated DNS question")
+        qtype, qclass = _COUNTS.unpack_from(wire, off)
+        questions.append((name, qtype, qclass))
+        off += 4
+    return ident, questions, off
 
 
 def _text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower()
 
 
-def _resolutions(wire: bytes) -> list[Resolution]:
+def _resolutions(
+    wire: bytes, names: _Names, questions: list[_Question], off: int
+) -> list[Resolution]:
     """Follow each question through the answer's CNAMEs to its A/AAAA records.
 
-    The question and answer sections are read here with `struct` (`_Answer`), not by
-    dnspython, which took 16-22 ms for a 4 KiB answer of 252 addresses, on the packet loop,
-    for an answer any user can have their own domain's server send through the system's
-    resolver as often as they look it up; this takes 1.5 ms (bench/bench_dns.py). Only what
-    names an address is read: the rest of the message is not looked at (`_message` has read
-    its header and question)."""
+    The answer section is read here with `struct` (`_Answer`), not by dnspython, which took
+    16-22 ms for a 4 KiB answer of 252 addresses, on the packet loop, for an answer any user
+    can have their own domain's server send through the system's resolver as often as they
+    look it up; this takes 1.5 ms (bench/bench_dns.py). Only what names an address is read:
+    the rest of the message is not looked at (`_head` has read its header and questions)."""
     if wire[3] & 0x0F != dns.rcode.NOERROR:
         return []
-    found = _Answer(wire)
+    found = _Answer(wire, names, off)
     if not found.addresses:
         return []
     result: list[Resolution] = []
-    for question, qclass in found.questions:
+    for question, _, qclass in questions:
         if qclass != _CLASS_IN:
             continue
         name = question
-        chain, seen, ttl = [found.names.text(name)], {name}, math.inf
+        chain, seen, ttl = [names.text(name)], {name}, math.inf
         for hop in range(_MAX_HOPS + 1):
             rrsets = found.addresses.get(name)
             if rrsets:
-                names = tuple(chain)
+                spelt = tuple(chain)
                 for rdtype, addresses in rrsets.items():
                     least = int(min(ttl, found.ttls[(name, rdtype)]))
-                    result.extend(Resolution(names, address, least) for address in addresses)
+                    result.extend(Resolution(spelt, address, least) for address in addresses)
                 break
             target = found.cnames.get(name)
             if target is None or hop == _MAX_HOPS or target in seen:
@@ -283,33 +292,23 @@ def _resolutions(wire: bytes) -> list[Resolution]:
             ttl = min(ttl, found.ttls[(name, _TYPE_CNAME)])
             name = target
             seen.add(name)
-            chain.append(found.names.text(name))
+            chain.append(names.text(name))
     return result
 
 
 class _Answer:
-    """What an answer's question and answer sections say, read from its wire form: the
-    questions (name, class), each name's CNAME target and addresses (class IN), and each
-    RRset's TTL (its records' smallest). A name has one CNAME (RFC 2181 §10.1): of several,
-    the last counts, as when dnspython read answers. A record of another type or class, or an
-    A or AAAA of the wrong length, is skipped."""
+    """What an answer section says, read from its wire form from `off`: each name's CNAME
+    target and addresses (class IN), and each RRset's TTL (its records' smallest). A name has
+    one CNAME (RFC 2181 §10.1): of several, the last counts, as when dnspython read answers. A
+    record of another type or class, or an A or AAAA of the wrong length, is skipped."""
 
-    def __init__(self, wire: bytes) -> None:
-        self.names = _Names(wire)
-        self.questions: list[tuple[_Labels, int]] = []
+    def __init__(self, wire: bytes, names: _Names, off: int) -> None:
+        self.names = names
         self.cnames: dict[_Labels, _Labels] = {}
         # a name → its A and AAAA RRsets, in the order each first came (as dnspython gave them)
         self.addresses: dict[_Labels, dict[int, dict[IPv4Address | IPv6Address, None]]] = {}
         self.ttls: dict[tuple[_Labels, int], int] = {}
-        qdcount, ancount = _COUNTS.unpack_from(wire, 4)
-        off = _HEADER_BYTES
-        for _ in range(qdcount):
-            name, off = self.names.read(off)
-            if off + 4 > len(wire):
-                raise PacketError("truncated DNS question")
-            self.questions.append((name, _LENGTH.unpack_from(wire, off + 2)[0]))
-            off += 4
-        for _ in range(ancount):
+        for _ in range(_LENGTH.unpack_from(wire, 6)[0]):  # ANCOUNT
             off = self._record(wire, off)
 
     def _record(self, wire: bytes, off: int) -> int:

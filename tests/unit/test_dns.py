@@ -9,6 +9,7 @@ import itertools
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
+import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from snitch_common.errors import PacketError
 from snitchd.dnssnoop import (
     MAX_ANSWER_BYTES,
+    Question,
     Resolution,
     parse_dns_packet,
     read_dns_packet,
@@ -459,6 +461,42 @@ def test_the_answer_reader_names_what_dnspython_names(
         response.answer.append(dns.rrset.from_text(owner, ttl, "IN", kind, value))
     wire = response.to_wire()
     assert parse_dns_packet(ipv4(UDP, udp(wire))) == dnspython_resolutions(wire)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(0, 0xFFFF),
+    st.lists(
+        st.tuples(_NAMES, st.sampled_from(["A", "AAAA", "MX", "TXT", "ANY", "TYPE65280"])),
+        min_size=0,
+        max_size=3,
+    ),
+    st.booleans(),
+)
+def test_the_header_reader_reads_what_dnspython_reads(
+    ident: int, questions: list[tuple[str, str]], response: bool
+) -> None:
+    """A query or a response with any id and 0 to 3 questions: the same id and first question
+    (name as dnspython spells it, lowercase; type) as dnspython's question-only read."""
+    message = dns.message.Message(ident)
+    for name, kind in questions:
+        message.question.append(
+            dns.rrset.RRset(dns.name.from_text(name), 1, dns.rdatatype.from_text(kind))
+        )
+    if response:
+        message.flags |= dns.flags.QR
+    wire = message.to_wire()
+    packet = ipv4(UDP, udp(wire) if response else udp(wire, sport=41000, dport=53))
+    (got,) = read_dns_packet(packet, answer=response).messages
+    reference = dns.message.from_wire(wire, question_only=True)
+    assert got.id == reference.id
+    first = reference.question[0] if reference.question else None
+    expected = (
+        None
+        if first is None
+        else Question(first.name.to_text(omit_final_dot=True).lower(), int(first.rdtype))
+    )
+    assert got.question == expected
 
 
 def test_a_name_pointer_that_does_not_point_backwards_is_refused() -> None:
