@@ -76,6 +76,10 @@ _ADDRESS_TYPES = frozenset((_TYPE_A, _TYPE_AAAA))
 _CLASS_IN = int(dns.rdataclass.IN)
 _MAX_NAME_BYTES = 255  # RFC 1035 §2.3.4, in wire form
 _MAX_POINTERS = 32  # per name: real names take one or two; hostile chains cost no more
+_MAX_QUESTIONS = 4  # per message: one in practice
+# Messages read from one TCP segment (RFC 7766 lets a client send several at once); a user's
+# program may fill a segment with empty ones, each a parse on the packet loop.
+_MAX_TCP_MESSAGES = 16
 _Labels = tuple[bytes, ...]
 _Question = tuple[_Labels, int, int]  # name, TYPE, CLASS
 
@@ -210,10 +214,11 @@ def _transport(data: bytes, off: int, end: int, ipproto: int) -> tuple[int, int,
 
 def _tcp_messages(payload: bytes) -> list[bytes]:
     """DNS over TCP prefixes each message with its 2-byte length (RFC 1035 §4.2.2); a segment
-    may hold several (RFC 7766 §6.2.1.1). Segments are not reassembled here."""
+    may hold several (RFC 7766 §6.2.1.1): the first `_MAX_TCP_MESSAGES` are read, the rest of
+    the segment is not. Segments are not reassembled here."""
     messages: list[bytes] = []
     off = 0
-    while off < len(payload):
+    while off < len(payload) and len(messages) < _MAX_TCP_MESSAGES:
         if off + 2 > len(payload):
             raise PacketError("partial TCP DNS message: length prefix split")
         size = _LENGTH.unpack_from(payload, off)[0]
@@ -241,6 +246,9 @@ def _head(wire: bytes, answer: bool, names: _Names) -> tuple[int, list[_Question
     opcode = dns.opcode.from_flags(flags)
     if opcode != dns.opcode.QUERY:
         raise PacketError(f"not a DNS query or its response: opcode {dns.opcode.to_text(opcode)}")
+    if qdcount > _MAX_QUESTIONS:
+        # Servers refuse more than one (RFC 9619); reading thousands costs the loop.
+        raise PacketError(f"{qdcount} questions in one DNS message: at most {_MAX_QUESTIONS}")
     questions: list[_Question] = []
     off = _HEADER_BYTES
     for _ in range(qdcount):

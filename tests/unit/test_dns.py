@@ -150,6 +150,26 @@ def test_two_tcp_messages_in_one_segment_are_both_read() -> None:
     ]
 
 
+def test_a_segment_of_many_messages_is_read_up_to_sixteen() -> None:
+    """A program may fill a TCP segment with tiny DNS messages, each a parse on the packet
+    loop: the first 16 are read, the rest of the segment is not."""
+    query = dns.message.make_query("api.example.org", "A").to_wire()
+    packet = ipv4(TCP, tcp(framed(query) * 40, sport=41000, dport=53))
+    assert len(read_dns_packet(packet, answer=False).messages) == 16
+
+
+def test_a_message_of_more_than_four_questions_is_not_read() -> None:
+    """A message asks one question in practice; thousands would each be read on the loop."""
+    message = dns.message.make_query("api.example.org", "A")
+    for i in range(5):
+        message.question.append(
+            dns.rrset.RRset(dns.name.from_text(f"q{i}.example.org"), 1, dns.rdatatype.A)
+        )
+    packet = ipv4(UDP, udp(message.to_wire(), sport=41000, dport=53))
+    with pytest.raises(PacketError, match="6 questions in one DNS message: at most 4"):
+        read_dns_packet(packet, answer=False)
+
+
 def test_tcp_message_split_over_segments_is_partial() -> None:
     """Segments are not reassembled: the first half of a message says so, not "malformed"."""
     message = framed(typical())
