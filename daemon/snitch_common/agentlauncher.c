@@ -67,7 +67,7 @@ static int fail(const char *what) {
     return 1;
 }
 
-static void clear_environment(void) {
+static int clear_environment(void) {
     for (size_t i = 0; i < sizeof INJECTING / sizeof *INJECTING; i++)
         unsetenv(INJECTING[i]);
     /* PYTHON* would reach the programs the agents start; LD_* is gone already. */
@@ -75,18 +75,17 @@ static void clear_environment(void) {
         again = 0;
         for (char **e = environ; e != NULL && *e != NULL; e++) {
             if (strncmp(*e, "PYTHON", 6) == 0 || strncmp(*e, "LD_", 3) == 0) {
-                char name[256];
-                size_t n = strcspn(*e, "=");
-                if (n >= sizeof name)
-                    n = sizeof name - 1;
-                memcpy(name, *e, n);
-                name[n] = '\0';
+                char *name = strndup(*e, strcspn(*e, "="));
+                if (name == NULL)
+                    return -1;
                 unsetenv(name);
+                free(name);
                 again = 1;
                 break;
             }
         }
     }
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -109,7 +108,8 @@ int main(int argc, char **argv) {
             program = &PROGRAMS[i];
     if (program == NULL)
         return fail("unknown program: use notifier or terminal");
-    clear_environment();
+    if (clear_environment() != 0)
+        return fail("out of memory");
 
     /* Isolated, but with the user's locale, and UTF-8 text whatever it is (as `python3 -X
      * utf8`): the agents show names and arrows to a terminal or a desktop. */

@@ -158,6 +158,7 @@ def test_the_launcher_runs_its_program_isolated_from_the_caller_s_python_variabl
         env = os.environ | {
             "PYTHONPATH": str(evil), "PYTHONSTARTUP": str(evil / "startup.py"),
             "PYTHONINSPECT": "1", "PYTHONUSERBASE": str(evil),
+            "PYTHON" + "X" * 300: "a name longer than the launcher once copied",
         }  # fmt: skip
         done = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
