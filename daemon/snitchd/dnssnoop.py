@@ -351,14 +351,13 @@ class _Answer:
 class _Names:
     """The domain names of one DNS message, read from its wire form (RFC 1035 §4.1.4): a name
     is labels, then a zero byte or a pointer to a name earlier in the message. Pointers must
-    point backwards, so no name loops; each is read once (the records of an answer point at
-    the same few names). Names compare as DNS does, ignoring ASCII case."""
+    point backwards, so no name loops; what a pointer leads to is read once (the records of an
+    answer point at the same few names). Names compare as DNS does, ignoring ASCII case."""
 
     def __init__(self, wire: bytes) -> None:
         self._wire = wire
-        # where a name starts → its labels (lowercase) and its size in wire form
+        # where a pointer led → the name's labels from there (lowercase), and their size
         self._at: dict[int, tuple[_Labels, int]] = {}
-        self._after: dict[int, int] = {}  # where a whole name read from there ends
         self._spelt: dict[_Labels, str] = {}
 
     def read(self, off: int) -> tuple[_Labels, int]:
@@ -368,13 +367,6 @@ class _Names:
         starts = [(off, 0, 0)]  # where each part began: offset, first label's index, size then
         after = -1
         while True:
-            known = self._at.get(off)
-            if known is not None:
-                labels.extend(known[0])
-                size += known[1] - 1
-                if after < 0:  # a whole name read before, from this very offset
-                    after = self._after[off]
-                break
             if off >= len(wire):
                 raise PacketError("truncated DNS name")
             length = wire[off]
@@ -387,6 +379,11 @@ class _Names:
                 if after < 0:
                     after = off + 2
                 off = pointer
+                known = self._at.get(off)
+                if known is not None:
+                    labels.extend(known[0])
+                    size += known[1] - 1
+                    break
                 starts.append((off, len(labels), size - 1))
                 continue
             if length & 0xC0:
@@ -405,10 +402,9 @@ class _Names:
             off += 1 + length
         if size > _MAX_NAME_BYTES:
             raise PacketError("DNS name longer than 255 bytes")
-        for start, first, before in starts:
-            self._at.setdefault(start, (tuple(labels[first:]), size - before))
-        self._after.setdefault(starts[0][0], after)
-        return self._at[starts[0][0]][0], after
+        for start, first, before in starts[1:]:
+            self._at[start] = (tuple(labels[first:]), size - before)
+        return tuple(labels), after
 
     def text(self, name: _Labels) -> str:
         """As `Resolution.names` spells names (dnspython's text form)."""
