@@ -39,7 +39,7 @@ import pytest
 
 from snitchd.procs.bpf import cgroup2_root
 from tests.integration.scriptagent import ScriptedAgent
-from tests.support.lab import Bus, add_veth, run, wait_for
+from tests.support.lab import AS_NOBODY, Bus, add_veth, run, wait_for
 from tests.support.launcher import built_launcher
 
 VENV_BIN = Path(sys.executable).parent
@@ -593,7 +593,6 @@ JOIN_GROUPS = (
 
 FORGED_APP = "/forged/by-nobody"
 # A program run as uid 65534, the unprivileged attacker of the threat model.
-AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 
 def forge(lab: Lab) -> None:

@@ -29,6 +29,10 @@ __all__ = ["ROOT", "Bus", "Lines", "add_veth", "end_child", "run", "stop_process
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The prefix that runs a command as uid 65534 with no groups: the unprivileged attacker.
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
 def run(
     *argv: str, check: bool = True, timeout: float = 60, **kw: Any
 ) -> subprocess.CompletedProcess[str]:

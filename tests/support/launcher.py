@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import snitch_common
 from snitch_common.launcher import GROUP, build, launcher_path
 
 __all__ = ["built_launcher"]
@@ -20,7 +21,7 @@ __all__ = ["built_launcher"]
 def built_launcher() -> Path:
     """This venv's launcher, (re)built unless it is newer than its C source."""
     target = launcher_path()
-    source = Path(__file__).resolve().parents[2] / "daemon" / "snitch_common" / "agentlauncher.c"
+    source = Path(snitch_common.__file__).parent / "agentlauncher.c"
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
     try:

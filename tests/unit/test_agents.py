@@ -19,6 +19,7 @@ import pytest
 from snitch_common.errors import NotAuthorized
 from snitch_common.launcher import GROUP, build
 from snitchd.agents import inspect_agent, session_active, session_of, thread_names, trusted_path
+from tests.support.lab import AS_NOBODY
 from tests.support.launcher import built_launcher
 
 VENV_BIN = Path(sys.executable).parent
@@ -101,8 +102,7 @@ def test_the_launcher_runs_nothing_unless_the_kernel_started_it_set_group_id(
         launcher = tmp_path / "snitch-agent"
         build(launcher, str(VENV_BIN / "python3"), None)
     done = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *how,
-         str(launcher), "terminal", "--help"],
+        [*AS_NOBODY, *how, str(launcher), "terminal", "--help"],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done
@@ -121,8 +121,7 @@ def test_a_process_the_launcher_started_is_an_agent_until_the_launcher_is_replac
         launcher = where / "snitch-agent"
         build(launcher, str(VENV_BIN / "python3"), GROUP)
         child = subprocess.Popen(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             str(launcher), "terminal", "--help"],
+            [*AS_NOBODY, str(launcher), "terminal", "--help"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         for _ in range(400):
@@ -161,8 +160,7 @@ def test_the_launcher_runs_its_program_isolated_from_the_caller_s_python_variabl
             "PYTHON" + "X" * 300: "a name longer than the launcher once copied",
         }  # fmt: skip
         done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             str(launcher), "terminal", "--help"],
+            [*AS_NOBODY, str(launcher), "terminal", "--help"],
             capture_output=True, text=True, timeout=30, check=False, env=env,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
