@@ -257,3 +257,71 @@ def test_a_late_lookup_is_never_more_lenient_than_the_apps_rule(lab: Lab):
     late = [r for r in rows if "owner not found" in r.get("reason", "")]
     assert late, rows
     assert all(r.get("exe") is None for r in late)
+
+
+# Run as uid 65534: DNS queries for flood.example.org to the lab's resolver (192.0.2.2:53), from
+# one socket, as fast as one process sends them, until stdin closes (at most 120 s). Prints
+# "ready" once it has sent its first thousand, then how many it sent in all.
+DNS_FLOOD = """
+import select, socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+question = b"\\5flood\\7example\\3org\\0\\0\\1\\0\\1"
+sent, end = 0, time.monotonic() + 120
+while time.monotonic() < end:
+    if sent % 200 == 0 and select.select([sys.stdin], [], [], 0)[0]:
+        break
+    try:
+        s.sendto(struct.pack("!6H", sent & 0xFFFF, 0x0100, 1, 0, 0, 0) + question,
+                 ("192.0.2.2", 53))
+        sent += 1
+    except BlockingIOError:
+        select.select([], [s], [], 0.01)
+    try:
+        while True:
+            s.recv(512)
+    except BlockingIOError:
+        pass
+    if sent == 1000:
+        print("ready", flush=True)
+print(sent, flush=True)
+"""
+
+
+def test_a_user_s_dns_flood_does_not_delay_roots_flows(lab: Lab):
+    """Uid 65534 sends DNS queries as fast as it can (thousands a second, each held in the DNS
+    queue until snitchd has recorded it, and answered); meanwhile a root client makes 50
+    connections, which its rule allows. They must all be decided while the flood goes on: before
+    the fix the packet loop drained the DNS queue until it was empty, which it never was during
+    the flood, so not one root connection was decided until the flood ended. The flood reached
+    snitchd (its queries are counted), and root's flows are recorded as its own program's."""
+    lab.start_daemon(default_action="deny")
+    lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=80")
+    lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=53 proto=udp")
+    with started(
+        ["ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, "-c", textwrap.dedent(DNS_FLOOD)]
+    ) as flood:
+        assert read_line(flood, 30) == "ready"
+        client = steady(lab, 50)
+        try:
+            assert client.stdout is not None
+            words: list[str] = []
+            end = time.monotonic() + 60
+            while len(words) < 50 and time.monotonic() < end and flood.poll() is None:
+                if select.select([client.stdout], [], [], 1)[0]:
+                    line = client.stdout.readline()
+                    if not line:
+                        break
+                    words.append(line.strip())
+        finally:
+            end_child(client, 30)
+        assert flood.poll() is None, "the flood ended before root's connections were decided"
+        assert flood.stdin is not None
+        flood.stdin.close()
+        sent = int(read_line(flood, 30))
+    assert len(words) == 50, f"only {len(words)} of 50 root connections were decided"
+    assert set(words) == {"connected"}
+    queries = lab.ctl_json("status")["dns_queries"]
+    assert queries >= 1000, (queries, sent)
+    root = [r for r in lab.log_rows() if r.get("uid") == 0 and r.get("dport") == 80]
+    assert len(root) >= 50 and all(r.get("exe") == python_exe() for r in root)
