@@ -21,6 +21,8 @@ and runs with default deny on a private bus. Windows, one after the other:
   8  10,000 UDP datagrams of one flow (uid 65534), spread over the window
   9  a fork storm (uid 65534): short-lived processes forked as fast as one process can, for the
      window (the proc path's exec watcher, a child of snitchd, sees every fork)
+ 10  a DNS flood (uid 65534): queries from one socket to the server's port 53 as fast as one
+     process sends them, for the window (each is held in snitchd's DNS queue until recorded)
   0  undisturbed again (after)
 
 Each connect is put in the window in which it started; what starts between windows (setting up,
@@ -62,6 +64,7 @@ RATE = 50  # steady connects per second
 HOLD_PROCS, HOLD_FDS = 50, 6000
 BIG_EXE = 1 << 30
 FLOOD_PORT, FLOOD_SPORT, FLOOD_COUNT = 9999, 45000, 10_000  # no listener on 9999: one-way
+NUISANCE_SAYS = ("sent ", "forks ", "queries ")  # the first words of nuisance.c's last line
 TARGET_P99_RATIO, TARGET_MAX_MS = 2.0, 20.0
 TARGETS = (
     f"targets (issue 12, printed, never asserted): p99 within {TARGET_P99_RATIO:g}x of "
@@ -321,17 +324,15 @@ def _locked_store(lab: Lab) -> Iterator[Step]:
         db.close()
 
 
-@contextlib.contextmanager
-def _udp_flood(lab: Lab) -> Iterator[Step]:
-    argv = [str(lab.nuisance), "flood", SERVER_ADDR, str(FLOOD_PORT), str(FLOOD_SPORT)]
-    argv += [str(FLOOD_COUNT), f"{lab.seconds * 0.9:.2f}"]
-    yield lambda stop: call(lab, argv, stop, True, lab.seconds + 30)
+def _nuisance(*args: str) -> Callable[[Lab], contextlib.AbstractContextManager[Step]]:
+    """`nuisance ARGS... SECONDS` as uid 65534, SECONDS most of the window."""
 
+    @contextlib.contextmanager
+    def prepare(lab: Lab) -> Iterator[Step]:
+        argv = [str(lab.nuisance), *args, f"{lab.seconds * 0.9:.2f}"]
+        yield lambda stop: call(lab, argv, stop, True, lab.seconds + 30)
 
-@contextlib.contextmanager
-def _fork_storm(lab: Lab) -> Iterator[Step]:
-    argv = [str(lab.nuisance), "forks", f"{lab.seconds * 0.9:.2f}"]
-    yield lambda stop: call(lab, argv, stop, True, lab.seconds + 30)
+    return prepare
 
 
 DISTURBANCES = (
@@ -346,8 +347,14 @@ DISTURBANCES = (
     Disturbance("5", f"{HOLD_PROCS} procs x {HOLD_FDS} fds, new procs connect", _fd_holders),
     Disturbance("6", "1 GiB sparse exe connects, new copies", _big_executables),
     Disturbance("7", "store locked while root adds a rule", _locked_store),
-    Disturbance("8", f"UDP flood: {FLOOD_COUNT} datagrams, one flow", _udp_flood, max_steps=1),
-    Disturbance("9", "fork storm (uid 65534)", _fork_storm, max_steps=1),
+    Disturbance(
+        "8",
+        f"UDP flood: {FLOOD_COUNT} datagrams, one flow",
+        _nuisance("flood", SERVER_ADDR, str(FLOOD_PORT), str(FLOOD_SPORT), str(FLOOD_COUNT)),
+        max_steps=1,
+    ),
+    Disturbance("9", "fork storm (uid 65534)", _nuisance("forks"), max_steps=1),
+    Disturbance("10", "DNS query flood (uid 65534)", _nuisance("dns", SERVER_ADDR), max_steps=1),
 )
 
 
@@ -381,12 +388,9 @@ def drive(step: Step, stop: threading.Event, max_steps: int) -> dict[str, object
     own = [o.connect for o in outcomes if o.connect is not None]
     if own:
         achieved["their_connect"] = asdict(stats(own))
-    sent = [o.output for o in outcomes if o.output.startswith("sent ")]
-    if sent:
-        achieved["flood"] = sent[0]
-    forked = [o.output for o in outcomes if o.output.startswith("forks ")]
-    if forked:
-        achieved["forks"] = forked[0].split()[1]
+    said = [o.output for o in outcomes if o.output.startswith(NUISANCE_SAYS)]
+    if said:
+        achieved["nuisance"] = said[0]  # what nuisance.c did: "sent N errors E", "forks N"…
     return achieved
 
 
@@ -621,10 +625,8 @@ def achieved_text(achieved: dict[str, object]) -> str:
             f"; their connects: {own['connects']}, lost {own['lost']}, "
             f"p50 {_ms(own['p50_ms'])} ms, max {_ms(own['max_ms'])} ms"
         )
-    if "flood" in achieved:
-        text += f"; {achieved['flood']}"
-    if "forks" in achieved:
-        text += f"; {achieved['forks']} forks"
+    if "nuisance" in achieved:
+        text += f"; {achieved['nuisance']}"
     if "first_error" in achieved:
         text += f"; first error: {achieved['first_error']}"
     return text

@@ -9,6 +9,10 @@
  *   nuisance flood ADDR PORT SPORT COUNT SECONDS
  *       COUNT UDP datagrams of one 5-tuple (bound to SPORT), spread evenly over SECONDS: one flow
  *       for conntrack as long as its gaps stay below the UDP timeout. Prints "sent N errors E".
+ *   nuisance dns ADDR SECONDS
+ *       DNS queries (A flood.example.org, ids counting up) from one UDP socket to ADDR port 53,
+ *       as fast as the socket takes them, for SECONDS; answers are read and thrown away. Each
+ *       query passes snitchd's DNS queue. Prints "queries N".
  *   nuisance forks SECONDS
  *       forks short-lived children (each exits at once and is reaped) as fast as it can for
  *       SECONDS: the proc connector reports each fork to snitchd's exec watcher. Prints
@@ -18,6 +22,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -129,15 +134,48 @@ static int flood(const char *addr, int port, int sport, long count, double secon
     return 0;
 }
 
+static double since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) + (now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static int dns(const char *addr, double seconds)
+{
+    static const unsigned char question[] = "\5flood\7example\3org\0\0\1\0\1";
+    unsigned char query[12 + sizeof question] = {0, 0, 1, 0, 0, 1}; /* RD, one question */
+    memcpy(query + 12, question, sizeof question);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(53)};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || inet_pton(AF_INET, addr, &to.sin_addr) != 1)
+        return 2;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long sent = 0;
+    char answer[512];
+    while (since(&t0) < seconds) {
+        query[0] = (unsigned char)(sent >> 8);
+        query[1] = (unsigned char)sent;
+        if (sendto(fd, query, sizeof query, 0, (struct sockaddr *)&to, sizeof to) > 0) {
+            sent++;
+        } else {
+            struct pollfd out = {.fd = fd, .events = POLLOUT};
+            poll(&out, 1, 10);
+        }
+        while (recv(fd, answer, sizeof answer, 0) > 0)
+            ;
+    }
+    printf("queries %ld\n", sent);
+    return 0;
+}
+
 static int forks(double seconds)
 {
-    struct timespec t0, now;
+    struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     long made = 0;
-    for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((double)(now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9 >= seconds)
-            break;
+    while (since(&t0) < seconds) {
         pid_t pid = fork();
         if (pid == 0)
             _exit(0);
@@ -171,6 +209,12 @@ int main(int argc, char **argv)
             return 2;
         return flood(argv[2], atoi(argv[3]), atoi(argv[4]), count, seconds);
     }
+    if (argc == 4 && strcmp(argv[1], "dns") == 0) {
+        double seconds = atof(argv[3]);
+        if (seconds <= 0 || seconds > 3600)
+            return 2;
+        return dns(argv[2], seconds);
+    }
     if (argc == 3 && strcmp(argv[1], "forks") == 0) {
         double seconds = atof(argv[2]);
         if (seconds <= 0 || seconds > 3600)
@@ -179,6 +223,7 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "usage: nuisance hold PROCS FDS SECONDS\n"
                     "       nuisance flood ADDR PORT SPORT COUNT SECONDS\n"
+                    "       nuisance dns ADDR SECONDS\n"
                     "       nuisance forks SECONDS\n");
     return 2;
 }
