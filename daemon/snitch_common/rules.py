@@ -596,6 +596,8 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
                 f"invalid pid {value!r}: a process id is at most {_MAX_PID} (the kernel's "
                 "largest pid_max is 4194304)"
             )
+        if int(value) == 0:
+            raise RuleError(f"invalid pid {value!r}: a process id is 1 or more (0 is no process)")
         fields["pid"] = int(value)
     else:
         _apply_when_word(fields, key, value)

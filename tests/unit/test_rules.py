@@ -208,7 +208,7 @@ def rules(draw: st.DrawFn) -> Rule:
         minutes = draw(st.integers(1, 525600))
         until = draw(st.none() | _FLOATS)
     elif lifetime is Lifetime.PROCESS:
-        pid = draw(st.none() | st.integers(0, 2**22 - 1))
+        pid = draw(st.none() | st.integers(1, 2**22 - 1))
         start = draw(st.none() | _FLOATS)
     action = draw(st.sampled_from(Action))
     return Rule(
@@ -423,6 +423,14 @@ def test_pid_above_the_kernels_largest_is_refused(value: str) -> None:
     `pid=4294967296` was taken and named a process that can never exist, and 5000 digits
     leaked int()'s ValueError instead of saying what is wrong."""
     with pytest.raises(RuleError, match=r"invalid pid '[0-9]+': a process id is at most 4194303"):
+        parse_rule(f"allow app=/bin/x for=process pid={value}")
+
+
+@pytest.mark.parametrize("value", ["0", "00", "0000000"])
+def test_pid_0_is_refused(value: str) -> None:
+    """No process has pid 0 (the kernel gives 1 and up): such a rule was taken and matched
+    nothing, so the person who wrote it believed something was allowed or denied that was not."""
+    with pytest.raises(RuleError, match=r"invalid pid '0+': a process id is 1 or more"):
         parse_rule(f"allow app=/bin/x for=process pid={value}")
 
 
