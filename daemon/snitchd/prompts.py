@@ -44,6 +44,7 @@ from snitch_common.records import Flow, Process
 from snitch_common.rules import Lifetime, Rule, RuleRecord
 from snitchd.decide import Verdict
 from snitchd.events import Alert
+from snitchd.every import Every
 from snitchd.journal import Event, journal_fields
 
 __all__ = ["SYSTEM_UID_MAX", "Agent", "Applier", "Broker", "Prompt", "Quotas", "Transport"]
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 SYSTEM_UID_MAX = 999
 _EXPIRED_KEPT = 256  # timed-out prompts an agent can still turn into a rule (all users)
+_REFUSED_EVERY = 60.0  # seconds between two agent-refused alerts of one user
+_REFUSED_UIDS = 256  # users whose last agent-refused alert is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,7 @@ class Broker:
         self.packets_dropped = 0  # packets that joined a prompt past its share
         self._ids = itertools.count(1)
         self._answering: set[int] = set()  # prompts whose answer's rule is being written
+        self._refusals: dict[int, Every] = {}  # per uid: when its last refusal was told
         self._firewall: Applier | None = None
         self.transport: Transport | None = None
         self.agents: dict[str, Agent] = {}
@@ -238,9 +242,25 @@ class Broker:
 
     def refused(self, uid: int, message: str) -> None:
         """An agent of `uid` was refused: that user's agents hear of it (it is malware, or a
-        notifier started in a way snitchd cannot trust)."""
+        notifier started in a way snitchd cannot trust). Once a minute per user at most, with
+        how many were kept quiet: a user calling RegisterAgent in a loop made a journal line
+        and an alert per call (10k in 8 s), and journald's rate limit then drops all of
+        snitchd's lines, every other user's alerts too."""
+        now = self._clock()
+        every = self._refusals.get(uid)
+        if every is None:
+            if len(self._refusals) >= _REFUSED_UIDS:
+                self._refusals = {
+                    u: e for u, e in self._refusals.items() if now - e.last < _REFUSED_EVERY
+                }
+            every = self._refusals[uid] = Every(_REFUSED_EVERY)
+        if not every.due(now):
+            return
+        quiet, every.quiet = every.quiet, 0
+        if quiet:
+            message += f" ({quiet} more refused since the last alert)"
         agents = [a for a in self.agents.values() if a.uid == uid]
-        self._tell(agents, Alert("agent-refused", message, self._clock(), uid))
+        self._tell(agents, Alert("agent-refused", message, now, uid))
 
     def _tell(self, agents: list[Agent], alert: Alert) -> None:
         log.warning(

@@ -56,6 +56,29 @@ asyncio.run(main())
 """
 
 
+# Registers as an agent again and again (each refused: it is not the launcher); prints how
+# many of argv[1] attempts were refused.
+REGISTER_LOOP = """
+import asyncio, sys
+from snitch_common.agent import AgentService
+from snitch_common.bus import AGENT_PATH
+from snitch_common.client import Client
+
+async def main():
+    c = await Client.connect()
+    c.bus.export(AGENT_PATH, AgentService(print, print))
+    refused = 0
+    for _ in range(int(sys.argv[1])):
+        try:
+            await c.call("RegisterAgent", "o", [AGENT_PATH])
+        except Exception as e:
+            refused += type(e).__name__ == "NotAuthorized"
+    print(refused)
+
+asyncio.run(main())
+"""
+
+
 def _nobody_agent(lab: Lab) -> Terminal:
     """The real `snitchctl agent` of uid 65534, on a pseudo-terminal."""
     terminal = Terminal([*AS_NOBODY, str(VENV_BIN / "snitchctl"), "agent"], lab.env)
@@ -71,7 +94,8 @@ def test_a_script_registering_as_agent_is_refused_and_the_real_agent_is_told(
     NotAuthorized, and so is code that PYTHONPATH slips into the real `snitchctl` (it runs
     before the launcher, which ignores PYTHONPATH: before the launcher, snitchd refused the
     real script only because it read PYTHONPATH in its environment); the user's agent hears of
-    each, and of a second genuine agent; prompts stay with the oldest agent."""
+    the first refusal (then once a minute), and of a second genuine agent; prompts stay with
+    the oldest agent."""
     running.expect_log(r"alert agent-refused: ", r"alert agent-registered: ")
     first = _nobody_agent(running)
     second: Terminal | None = None
@@ -142,6 +166,22 @@ make_undumpable()
 """
     + FAKE_AGENT
 )
+
+
+def test_a_user_registering_in_a_loop_gets_one_journal_line_a_minute(running: Lab) -> None:
+    """Each refused RegisterAgent made a journal line and an alert to the user's agents: a
+    user looping over it wrote ~1,200 lines a second, and journald's rate limit (10,000 per 30
+    s by default) then drops every line of snitchd's, the alerts about every other user too.
+    Now 300 refusals make one line; the status still counts them all."""
+    running.expect_log(r"alert agent-refused: ")
+    looped = subprocess.run(
+        [*AS_NOBODY, PYTHON, "-c", REGISTER_LOOP, "300"],
+        capture_output=True, text=True, env=running.env, timeout=120, check=False,
+    )  # fmt: skip
+    assert looped.stdout.strip() == "300", looped
+    lines = [line for line in running.log_text().splitlines() if "alert agent-refused" in line]
+    assert len(lines) == 1, lines[:3]
+    assert running.ctl_json("status")["agents_refused"] == 300
 
 
 def test_a_program_that_writes_the_agent_s_argv_over_its_own_is_refused(running: Lab) -> None:

@@ -7,6 +7,7 @@ packets are plain objects the fake applier records, as the kernel would receive 
 from __future__ import annotations
 
 import asyncio
+import logging
 from ipaddress import ip_address
 
 import pytest
@@ -214,6 +215,37 @@ async def test_a_second_agent_is_told_to_the_first() -> None:
         (":1.5", "agent-refused"),
         (":1.6", "agent-refused"),
     ]
+
+
+async def test_refused_agents_are_told_once_a_minute_per_user(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A user calling RegisterAgent in a loop made a journal line and an alert per refusal
+    (10k in 8 s), enough for journald's rate limit to drop every line of snitchd's. Now the
+    first refusal of a user is told, then one a minute with how many were kept quiet; another
+    user's first refusal is told at once."""
+    now = [100.0]
+    broker = Broker(lambda: now[0], 30, 8, is_admin=lambda uid: uid == 0)
+    transport = FakeTransport()
+    broker.attach(FakeFirewall())
+    broker.transport = transport
+    broker.register(":1.5", "/a", ALICE, pid=10)
+    with caplog.at_level(logging.WARNING, logger="snitchd.prompts"):
+        for _ in range(1000):
+            broker.refused(ALICE, "an agent of uid 1000 was refused: impostor")
+        broker.refused(BOB, "an agent of uid 1001 was refused: impostor")
+        now[0] += 59.0
+        broker.refused(ALICE, "an agent of uid 1000 was refused: impostor")
+        now[0] += 1.0
+        broker.refused(ALICE, "an agent of uid 1000 was refused: impostor")
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "alert agent-refused: an agent of uid 1000 was refused: impostor",
+        "alert agent-refused: an agent of uid 1001 was refused: impostor",
+        "alert agent-refused: an agent of uid 1000 was refused: impostor (1000 more refused "
+        "since the last alert)",
+    ]
+    assert transport.alerts == [(":1.5", "agent-refused")] * 2
 
 
 async def test_a_user_s_full_quota_leaves_others_their_prompts() -> None:
