@@ -31,7 +31,7 @@ from netfilterqueue import Packet
 from snitch_common.errors import PacketError
 from snitch_common.modes import Mode, ModeState
 from snitch_common.recent import Recent
-from snitch_common.records import Attribution, Flow, Process
+from snitch_common.records import Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Rule, RuleRecord
 from snitchd.attempts import Attempts, RowRef, attempt_key
 from snitchd.config import Config, FailMode, PinAnswers
@@ -81,6 +81,10 @@ REMEMBERED_FLOWS = 4096  # flows remembered for that; the oldest go first
 # 10 s after a reset (nf_conntrack_tcp_timeout_close), and a new connection on the same ports
 # is a new flow to decide.
 _IN_FLIGHT_SECONDS = 5.0
+# A TCP SYN comes to the queue whatever its conntrack entry says (`netfilter._decided_lines`),
+# so a connect's retransmitted SYNs (1, 3, 7 … 63 s after the first with tcp_syn_retries 6)
+# come back: the same process's keep the first one's verdict this long, without a prompt.
+_SYN_RETRY_SECONDS = 130.0
 _NF_INET_FORWARD = 2  # the netfilter hook a forwarded packet was queued in
 
 
@@ -633,17 +637,20 @@ class Firewall(Rulebook):
     def _in_flight(self, flow: Flow, proc: Process, now: float) -> _Kept | None:
         """The kept verdict of `flow` if this packet was queued before the kernel took the flow
         over (see `_IN_FLIGHT_SECONDS`) and nobody else sent it: the same process, or a socket
-        that is gone (no socket: the sender exited; its uid only: its process is gone). Another
-        process on the same ports is decided afresh: it never borrows someone's verdict."""
+        that is gone (no socket: the sender exited; its uid only: its process is gone), or a
+        retransmitted SYN of the same process (`_SYN_RETRY_SECONDS`). Another process on the
+        same ports is decided afresh: it never borrows someone's verdict."""
         kept = self._kept.get(flow)
-        if kept is None or not 0 <= now - kept.at < _IN_FLIGHT_SECONDS:
+        if kept is None or now < kept.at:
             return None
-        if (
+        if now - kept.at < _IN_FLIGHT_SECONDS and (
             proc == kept.proc
             or proc.attribution is Attribution.KERNEL
             or (proc.attribution is Attribution.UID_ONLY and proc.uid == kept.proc.uid)
         ):
             return kept
+        if flow.proto is Proto.TCP and now - kept.at < _SYN_RETRY_SECONDS and proc == kept.proc:
+            return kept  # its connect's retransmitted SYN
         return None
 
     def _repeat(self, key: tuple[object, ...], now: float) -> bool:

@@ -293,7 +293,7 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     if not spec.intercept_loopback:
         queue.append(f"-A {QUEUE_CHAIN} -o lo -j RETURN")
     queue += [
-        *_decided_lines(QUEUE_CHAIN),
+        *_decided_lines(QUEUE_CHAIN, [f"-j NFQUEUE {target}{bypass}"]),
         f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW -j NFQUEUE {target}{bypass}",
         f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {QUEUE_CHAIN}",
     ]
@@ -307,7 +307,8 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     if spec.dns_queue is not None:
         queue += _dns_lines(spec.dns_queue)
     if spec.forward_from:
-        queue += [f":{FORWARD_CHAIN} - [0:0]", *_decided_lines(FORWARD_CHAIN)]
+        again = [f"-i {name} -j NFQUEUE {target}{bypass}" for name in spec.forward_from]
+        queue += [f":{FORWARD_CHAIN} - [0:0]", *_decided_lines(FORWARD_CHAIN, again)]
         queue += [
             f"-A {FORWARD_CHAIN} -i {name} -m conntrack --ctstate NEW --ctdir ORIGINAL "
             f"-j NFQUEUE {target}{bypass}"
@@ -318,19 +319,30 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     return Chains(tuple(queue), tuple(reject))
 
 
-def _decided_lines(chain: str) -> list[str]:
+def _decided_lines(chain: str, queues: list[str]) -> list[str]:
     """The rules before a queue rule. An allow verdict is a repeat of this hook with
-    `ALLOW_MARK` on the packet (`firewall`): the first two rules keep it on the conntrack
-    entry and take it off the packet again, so routing and the admin's rules never see it
-    (the mangle hook routes the packet again with its own mark), in the kernel, in the same
-    step as the verdict. Then decided flows, whatever their conntrack state: a one-way UDP
-    flow stays NEW."""
+    `ALLOW_MARK` on the packet (`firewall`): the first rule keeps it on the conntrack entry and
+    the third takes it off the packet again, so routing and the admin's rules never see it (the
+    mangle hook routes the packet again with its own mark), in the kernel, in the same step as
+    the verdict. Then decided flows, whatever their conntrack state: a one-way UDP flow stays
+    NEW.
+
+    Except a TCP SYN, which is queued (`queues`: the matches and target of the queue rule)
+    whatever its entry says, unless it is the allowed packet coming back: a conntrack entry is
+    a tuple, not a socket, and a SYN on the ports of a flow decided before (a closed socket's,
+    its entry alive for 120 s) is taken by conntrack as that flow's retransmission. So any user
+    could deny everyone's connects to a place by trying it from each local port (root's
+    connects then waited out their timeout: bench.disturb window 11), and a program could take
+    another's allow by connecting from the ports of its unanswered SYNs. snitchd gives a
+    connect's own retransmissions the verdict of its first SYN (`firewall._in_flight`)."""
     allowed_now = _has("mark", ALLOW_MARK)
     ct_allowed, ct_denied, ct_rejected = (
         _has("connmark", mark) for mark in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
     )
+    syn = f"-p tcp --syn -m mark ! --mark {ALLOW_MARK:#x}/{MARK_MASK:#x}"
     return [
         f"-A {chain} {allowed_now} -j CONNMARK --set-xmark {ALLOW_MARK:#x}/{MARK_MASK:#x}",
+        *(f"-A {chain} {syn} {queue}" for queue in queues),
         f"-A {chain} {allowed_now} -j MARK --set-xmark 0/{MARK_MASK:#x}",
         f"-A {chain} {ct_allowed} -j RETURN",
         f"-A {chain} {ct_denied} -j DROP",

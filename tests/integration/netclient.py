@@ -7,10 +7,11 @@
                                                 (--server ADDR: another server; --pause: print
                                                 "resolved", wait for a line on stdin, connect)
 
-With --time the word is followed by the seconds the attempt took (connect or exchange only,
-not the program's start-up). With --hold the TCP connection is kept open and an ECHO is
-exchanged every 0.2 s; it prints "held" if every exchange worked, so a test can check an open
-connection is not cut.
+With --sport the socket is bound to that local port first (SO_REUSEADDR), as a program may
+pick the ports another program's flow used. With --time the word is followed by the seconds the
+attempt took (connect or exchange only, not the program's start-up). With --hold the TCP
+connection is kept open and an ECHO is exchanged every 0.2 s; it prints "held" if every exchange
+worked, so a test can check an open connection is not cut.
 """
 
 import argparse
@@ -33,6 +34,7 @@ def main() -> int:
     parser.add_argument("--send", type=int, default=0, help="tcp: send N bytes, then close")
     parser.add_argument("--server", default="192.0.2.2", help="resolve: the DNS server to ask")
     parser.add_argument("--pause", action="store_true", help="resolve: wait for stdin first")
+    parser.add_argument("--sport", type=int, default=0, help="bind to this local port first")
     args = parser.parse_args()
     start = time.monotonic()
     word = attempt(args)
@@ -60,6 +62,9 @@ def attempt(args: argparse.Namespace) -> str:
     kind = socket.SOCK_STREAM if args.mode == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(family, kind)
     sock.settimeout(args.timeout)
+    if args.sport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", args.sport))
     try:
         if args.mode == "tcp":
             sock.connect((args.host, args.port))

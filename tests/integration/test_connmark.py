@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, Lab, python_exe
+from conftest import HERE, PYTHON, Lab, python_exe
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK
 from tests.support.lab import wait_for
 
@@ -110,13 +110,56 @@ def test_denied_udp_flood_is_one_row_and_never_reaches_the_server(running: Lab, 
 
 def test_denied_tcp_connect_with_retransmitted_syns_is_one_row(running: Lab) -> None:
     """A dropped SYN is sent again after 1 s and 3 s (Linux's initial RTO): one row, not three,
-    the retransmissions never reach snitchd (the kernel drops them), and the connect still
-    times out."""
+    and the connect still times out. The retransmissions come back to snitchd (a SYN is always
+    queued: a SYN on a decided flow's ports may be another socket's, see the two tests below),
+    which gives them the first one's verdict."""
     seen = _settled(running)["seen"]
     assert running.py("tcp", "192.0.2.2", 9000, "--timeout", "3.5") == "timeout"
-    assert _settled(running)["seen"] == seen + 1
+    assert _settled(running)["seen"] >= seen + 3
     rows = [r for r in running.log_rows() if r["dport"] == 9000 and r["proto"] == "tcp"]
     assert [r["action"] for r in rows] == ["deny"]
+
+
+def test_a_denied_connect_does_not_block_another_user_s_from_the_same_port(running: Lab) -> None:
+    """A conntrack entry is a tuple, not a socket: uid 65534's denied SYN left a DENY entry for
+    120 s, and root's connect from the same local port to the same place was taken for its
+    retransmission and dropped in the kernel, never asked about (trying every local port, one
+    user blocked everyone's connects to a place: bench.disturb window 11). Now root's SYN is
+    decided, by root's own rule."""
+    running.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=80")
+    sport = 47001
+    assert running.client_run(
+        *NOBODY, PYTHON, str(HERE / "netclient.py"), "tcp", "192.0.2.2", "80",
+        "--sport", str(sport), "--timeout", "1",
+    ) == "timeout"  # fmt: skip
+    assert running.py("tcp", "192.0.2.2", 80, "--sport", str(sport), "--timeout", "5") == (
+        "connected"
+    )
+    rows = [r for r in running.log_rows() if r["sport"] == sport]
+    assert sorted((r["uid"], r["action"]) for r in rows) == [(0, "allow"), (65534, "deny")]
+
+
+def test_a_program_cannot_take_another_s_allow_by_its_ports(running: Lab) -> None:
+    """Root's allowed SYN that nobody answered left an ALLOW entry in SYN_SENT; uid 65534,
+    denied, connected from the same local port to the same place, and conntrack took its SYN
+    for root's retransmission: it passed on root's verdict, undecided, and connected once the
+    server answered. Now its SYN is decided by its own (missing) rule: denied."""
+    running.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=80")
+    sport = 47002
+    drop = ["-p", "tcp", "--dport", "80", "--sport", str(sport), "-j", "DROP"]
+    running.ns(running.server, "iptables", "-I", "INPUT", *drop)
+    try:
+        assert running.py("tcp", "192.0.2.2", 80, "--sport", str(sport), "--timeout", "1") == (
+            "timeout"
+        )
+    finally:
+        running.ns(running.server, "iptables", "-D", "INPUT", *drop)
+    assert running.client_run(
+        *NOBODY, PYTHON, str(HERE / "netclient.py"), "tcp", "192.0.2.2", "80",
+        "--sport", str(sport), "--timeout", "3",
+    ) == "timeout"  # fmt: skip
+    rows = [r for r in running.log_rows() if r["sport"] == sport]
+    assert sorted((r["uid"], r["action"]) for r in rows) == [(0, "allow"), (65534, "deny")]
 
 
 def test_denied_ping_is_one_row(running: Lab) -> None:

@@ -57,6 +57,30 @@ def test_decided_flows_are_matched_before_the_queue_rule(tool: str, loopback: bo
 
 
 @pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("forward", [(), ("veth9",)])
+def test_a_tcp_syn_is_queued_before_any_kept_verdict_but_the_allowed_one_passes(
+    tool: str, forward: tuple[str, ...]
+) -> None:
+    """A SYN on a decided flow's ports may be another socket's (conntrack keys on the tuple):
+    it is queued before the connmark rules could pass or drop it. The allowed SYN coming back
+    (NF_REPEAT with the allow mark) is not queued again, and its mark is on the entry first."""
+    spec = NetSpec(4242, fail_open=False, forward_from=forward)
+    mangle = install_lines(tool, spec).mangle
+    allow = f"{ALLOW_MARK:#x}/{MARK_MASK:#x}"
+    for chain in ("SNITCH_QUEUE", "SNITCH_FORWARD") if forward else ("SNITCH_QUEUE",):
+        lines = [ln for ln in mangle if ln.startswith(f"-A {chain} ")]
+        syn = [i for i, ln in enumerate(lines) if "--syn" in ln]
+        kept = [i for i, ln in enumerate(lines) if "-m connmark" in ln]
+        assert len(syn) == 1 and syn[0] < min(kept), lines
+        line = lines[syn[0]]
+        assert f"-p tcp --syn -m mark ! --mark {allow}" in line
+        assert line.endswith("-j NFQUEUE --queue-num 4242")
+        assert ("-i veth9" in line) is (chain == "SNITCH_FORWARD")
+        keep = lines.index(f"-A {chain} -m mark --mark {allow} -j CONNMARK --set-xmark {allow}")
+        assert keep < syn[0]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
 def test_rejected_flows_are_rejected_by_packet_mark_and_by_connmark(tool: str) -> None:
     """The decided packet carries the reject mark; its flow's later packets carry it on their
     conntrack entry. Both get a TCP reset or an ICMP port unreachable of the right family."""
