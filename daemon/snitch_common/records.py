@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 __all__ = [
+    "SYSTEM_UID_MAX",
     "Attribution",
     "Container",
     "Flow",
@@ -22,6 +23,9 @@ __all__ = [
 ]
 
 IPAddress = IPv4Address | IPv6Address
+# The system's uids (root, daemons, resolvers) go up to this one, as Debian's adduser gives them
+# (FIRST_UID 1000): their names are everyone's, their flows are not rationed per person.
+SYSTEM_UID_MAX = 999
 
 
 class Proto(enum.Enum):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from netfilterqueue import Packet
 
 from snitch_common.errors import PacketError
-from snitch_common.records import Attribution, Flow, IPAddress, Process
+from snitch_common.records import SYSTEM_UID_MAX, Attribution, Flow, IPAddress, Process
 from snitchd.config import Config
 from snitchd.dnsasked import Asked, QueryKey, QueryLog
 from snitchd.dnssnoop import DnsMessage, DnsPacket, read_dns_packet
@@ -39,7 +39,6 @@ from snitchd.ipwire import read_ip
 from snitchd.names import SHARED, NameCache, Owner
 from snitchd.netfilter import MARK_MASK, UNASKED_MARK
 from snitchd.procs import Attributor, Limits, Lookup
-from snitchd.prompts import SYSTEM_UID_MAX
 from snitchd.resolvers import Resolvers
 
 __all__ = ["DnsCounters", "DnsWatch"]

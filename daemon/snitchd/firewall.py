@@ -31,7 +31,7 @@ from netfilterqueue import Packet
 from snitch_common.errors import PacketError
 from snitch_common.modes import Mode, ModeState
 from snitch_common.recent import Recent
-from snitch_common.records import Attribution, Flow, Process, Proto
+from snitch_common.records import SYSTEM_UID_MAX, Attribution, Flow, Process, Proto
 from snitch_common.rules import Action, Rule, RuleRecord
 from snitchd.attempts import Attempts, RowRef, attempt_key
 from snitchd.config import Config, FailMode, PinAnswers
@@ -49,7 +49,7 @@ from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK, verdict_mark
 from snitchd.packet import decode
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup
-from snitchd.prompts import SYSTEM_UID_MAX, Broker, Quotas
+from snitchd.prompts import Broker, Quotas
 from snitchd.proposals import ProposalBook
 from snitchd.readers.handed import Handed
 from snitchd.rulebook import Rulebook, RuleMirror

@@ -40,18 +40,17 @@ from netfilterqueue import Packet
 
 from snitch_common.answers import Answer, rule_for_answer
 from snitch_common.errors import NotAuthorized, RuleError
-from snitch_common.records import Flow, Process
+from snitch_common.records import SYSTEM_UID_MAX, Flow, Process
 from snitch_common.rules import Lifetime, Rule, RuleRecord
 from snitchd.decide import Verdict
 from snitchd.events import Alert
 from snitchd.every import Every
 from snitchd.journal import Event, journal_fields
 
-__all__ = ["SYSTEM_UID_MAX", "Agent", "Applier", "Broker", "Prompt", "Quotas", "Transport"]
+__all__ = ["Agent", "Applier", "Broker", "Prompt", "Quotas", "Transport"]
 
 log = logging.getLogger(__name__)
 
-SYSTEM_UID_MAX = 999
 _EXPIRED_KEPT = 256  # timed-out prompts an agent can still turn into a rule (all users)
 _REFUSED_EVERY = 60.0  # seconds between two agent-refused alerts of one user
 _REFUSED_UIDS = 256  # users whose last agent-refused alert is remembered
