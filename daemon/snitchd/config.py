@@ -189,6 +189,10 @@ class Config:
     forward_interfaces: tuple[str, ...] = DEFAULT_FORWARD_INTERFACES
     docker_socket: str = "/var/run/docker.sock"
     podman_socket: str = "/run/podman/podman.sock"
+    # New flows a second that one user above the system uids (SYSTEM_UID_MAX) may start; the
+    # rest are dropped in the kernel before the queue, so one user cannot fill the queue every
+    # user's flows wait in (0: no limit). An nft table of its own (`netfilter.limit_script`).
+    new_flows_per_user: int = 1000
     # Queue reader processes, one per queue (issue 21): 0 is one per core; 1 (the default until
     # several readers are measured faster on a quiet machine and checked with BPF attribution)
     # reads the one queue in snitchd itself.
@@ -215,6 +219,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_proposals": (4, 100_000),
     "metrics_interval": (1, 3600),
     "queue_readers": (0, 64),
+    "new_flows_per_user": (0, 1_000_000),
 }
 
 

@@ -97,6 +97,7 @@ class _Daemon:
             dns_queue,
             config.forward_interfaces,
             reader_count(config),
+            config.new_flows_per_user,
         )
 
     async def run(self) -> None:

@@ -215,14 +215,21 @@ def test_forward_rules_queue_new_flows_from_the_listed_interfaces_only() -> None
     spec = NetSpec(4242, fail_open=False, forward_from=("docker0", "br-+"))
     chains = install_lines("iptables", spec)
     forward = [ln for ln in chains.mangle if ln.startswith("-A SNITCH_FORWARD ")]
-    queued = [ln for ln in forward if "NFQUEUE" in ln]
+    queued = [ln for ln in forward if "NFQUEUE" in ln and "--syn" not in ln]
     assert [ln.split()[3] for ln in queued] == ["docker0", "br-+"]
     assert all("--ctstate NEW --ctdir ORIGINAL" in ln and "--queue-num 4242" in ln for ln in queued)
     # Decided flows (and the allow verdict's repeat) are handled before anything is queued,
-    # by the same rules as on OUTPUT.
-    output = [ln for ln in chains.mangle if ln.startswith("-A SNITCH_QUEUE ") and "mark" in ln]
+    # by the same rules as on OUTPUT; a SYN is queued before them, from the same interfaces.
+    output = [
+        ln
+        for ln in chains.mangle
+        if ln.startswith("-A SNITCH_QUEUE ") and "mark" in ln and "--syn" not in ln
+    ]
     decided = [ln.replace("SNITCH_QUEUE", "SNITCH_FORWARD") for ln in output]
-    assert forward[: forward.index(queued[0])] == decided and len(decided) == 5
+    before = forward[: forward.index(queued[0])]
+    assert [ln for ln in before if "--syn" not in ln] == decided and len(decided) == 5
+    syns = [ln for ln in before if "--syn" in ln]
+    assert [ln.split(" -i ")[1].split()[0] for ln in syns] == ["docker0", "br-+"]
     assert "-I FORWARD 1 -m comment --comment snitch -j SNITCH_FORWARD" in chains.mangle
     assert "-I FORWARD 1 -m comment --comment snitch -j SNITCH_REJECT" in chains.filter
     none = install_lines("iptables", NetSpec(4242, fail_open=False))

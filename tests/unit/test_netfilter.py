@@ -18,6 +18,7 @@ from snitchd.netfilter import (
     UNASKED_MARK,
     NetSpec,
     install_lines,
+    limit_script,
     verdict_mark,
 )
 
@@ -159,3 +160,17 @@ def test_several_readers_share_new_flows_by_cpu_and_keep_the_fail_mode(fail_open
 def test_one_reader_keeps_one_queue() -> None:
     rule = _queue_chain("iptables", NetSpec(7, fail_open=True))[-1]
     assert rule.endswith("-j NFQUEUE --queue-num 7 --queue-bypass")
+
+
+def test_the_per_user_limit_spares_the_system_s_uids_and_goes_with_0() -> None:
+    """The nft script first empties an earlier run's table (`table` then `delete` works
+    whether it exists or not); with a rate, one rule drops a user's new flows past it, keyed
+    by the socket's uid, for uids above the system's; 0 leaves no table."""
+    empty = ["table inet snitch_limit", "delete table inet snitch_limit"]
+    assert limit_script(0).splitlines() == empty
+    script = limit_script(500)
+    assert script.splitlines()[:2] == empty
+    (rule,) = [ln.strip() for ln in script.splitlines() if " drop" in ln]
+    assert rule.startswith("ct state new meta skuid > 999 update @users { meta skuid limit ")
+    assert "rate over 500/second burst 500 packets" in rule
+    assert "type filter hook output priority mangle - 10;" in script
