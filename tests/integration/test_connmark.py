@@ -162,6 +162,36 @@ def test_a_program_cannot_take_another_s_allow_by_its_ports(running: Lab) -> Non
     assert sorted((r["uid"], r["action"]) for r in rows) == [(0, "allow"), (65534, "deny")]
 
 
+def test_the_per_user_limit_counts_a_udp_stream_as_one_flow(lab: Lab) -> None:
+    """The limit of new flows a user starts (`new_flows_per_user`, 50 here) counts flows with no
+    verdict yet: a one-way UDP flow stays conntrack NEW, and counting its datagrams cut uid
+    65534's allowed stream at the burst, the rest refused (EPERM). Once its first datagram is
+    decided, all the thousand arrive."""
+    lab.start_daemon(new_flows_per_user=50)
+    lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port={SINK} proto=udp")
+    before = _no_ports(lab, False)
+    argv = ["ip", "netns", "exec", lab.client, *NOBODY, PYTHON, "-c", _FLOOD]
+    with subprocess.Popen(
+        [*argv, "192.0.2.2", str(SINK), str(DATAGRAMS), "wait"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as flood:
+        assert flood.stdin is not None and flood.stdout is not None
+        try:
+            sport = int(flood.stdout.readline())
+            wait_for(lambda: _rows(lab, sport), 10, "the first datagram's row")
+            flood.stdin.write("go\n")
+            flood.stdin.flush()
+            _, sent, refused = map(int, flood.stdout.readline().split())
+        finally:
+            flood.kill()
+    assert (sent, refused) == (DATAGRAMS, 0)
+    _settled(lab)
+    assert _no_ports(lab, False) - before == DATAGRAMS
+    assert len(_rows(lab, sport)) == 1
+
+
 def test_denied_ping_is_one_row(running: Lab) -> None:
     """Echo requests of one ping share a conntrack entry (its identifier): the first is decided,
     the kernel drops the rest."""
