@@ -412,10 +412,13 @@ def limit_script(per_user: int) -> str:
     rule is, so what one user starts past its rate is dropped before it can fill the queue that
     every user's new flows wait in: a user making 135k connects a second had the kernel drop
     1.3M packets for want of room, root's among them (bench.disturb window 11). System uids
-    (resolvers, daemons, root) are not limited. Only flows with no verdict yet count: a one-way
-    UDP flow stays conntrack NEW, and its datagrams after the first carry their verdict on the
-    entry (a stream of 10k datagrams a second is one flow). The first lines empty the table of
-    an earlier run, whatever its state."""
+    (resolvers, daemons, root) are not limited. What counts is what our rules queue: a TCP SYN
+    (always queued, even on the ports of a decided flow: a flooder's connects reuse its own
+    ports within a few seconds), and any other packet of a flow with no verdict yet (a one-way
+    UDP flow stays conntrack NEW, but its datagrams after the first carry their verdict on the
+    entry: a stream of 10k datagrams a second is one flow). A packet with no socket has no uid
+    and is not counted. The first lines empty the table of an earlier run, whatever its
+    state."""
     lines = [f"table inet {LIMIT_TABLE}", f"delete table inet {LIMIT_TABLE}"]
     if per_user > 0:
         lines += [
@@ -423,9 +426,15 @@ def limit_script(per_user: int) -> str:
             "  set users { type uid; size 65536; flags dynamic,timeout; timeout 60s; }",
             "  chain output {",
             "    type filter hook output priority mangle - 10; policy accept;",
-            f"    ct state new ct mark and {MARK_MASK:#x} == 0 meta skuid > {SYSTEM_UID_MAX} "
-            f"update @users {{ meta skuid limit rate over {per_user}/second burst {per_user} "
-            "packets } counter drop",
+            f"    meta skuid <= {SYSTEM_UID_MAX} return",
+            "    ct state != new return",
+            "    tcp flags & (fin | syn | rst | ack) == syn jump count",
+            f"    ct mark and {MARK_MASK:#x} != 0 return",
+            "    jump count",
+            "  }",
+            "  chain count {",
+            f"    update @users {{ meta skuid limit rate over {per_user}/second burst "
+            f"{per_user} packets }} counter drop",
             "  }",
             "}",
         ]

@@ -164,17 +164,23 @@ def test_one_reader_keeps_one_queue() -> None:
 
 def test_the_per_user_limit_spares_the_system_s_uids_and_goes_with_0() -> None:
     """The nft script first empties an earlier run's table (`table` then `delete` works
-    whether it exists or not); with a rate, one rule drops a user's new flows past it, keyed
-    by the socket's uid, for uids above the system's, and only flows not decided yet (a
-    one-way UDP flow stays NEW: its later datagrams carry their verdict); 0 leaves no table."""
+    whether it exists or not); with a rate, it counts per socket uid above the system's what
+    our rules queue: a SYN, whatever its entry says, and other packets of flows not decided yet
+    (a one-way UDP flow stays NEW: its later datagrams carry their verdict); 0 leaves no table."""
     empty = ["table inet snitch_limit", "delete table inet snitch_limit"]
     assert limit_script(0).splitlines() == empty
     script = limit_script(500)
     assert script.splitlines()[:2] == empty
-    (rule,) = [ln.strip() for ln in script.splitlines() if " drop" in ln]
-    assert rule.startswith(
-        f"ct state new ct mark and {MARK_MASK:#x} == 0 meta skuid > 999 update @users "
-        "{ meta skuid limit "
+    output = script.split("chain output {")[1].split("}")[0].strip().splitlines()
+    assert [ln.strip() for ln in output] == [
+        "type filter hook output priority mangle - 10; policy accept;",
+        "meta skuid <= 999 return",
+        "ct state != new return",
+        "tcp flags & (fin | syn | rst | ack) == syn jump count",
+        f"ct mark and {MARK_MASK:#x} != 0 return",
+        "jump count",
+    ]
+    (count,) = [ln.strip() for ln in script.splitlines() if " drop" in ln]
+    assert count == (
+        "update @users { meta skuid limit rate over 500/second burst 500 packets } counter drop"
     )
-    assert "rate over 500/second burst 500 packets" in rule
-    assert "type filter hook output priority mangle - 10;" in script
