@@ -23,6 +23,8 @@ and runs with default deny on a private bus. Windows, one after the other:
      window (the proc path's exec watcher, a child of snitchd, sees every fork)
  10  a DNS flood (uid 65534): queries from one socket to the server's port 53 as fast as one
      process sends them, for the window (each is held in snitchd's DNS queue until recorded)
+ 11  new flows (uid 65534): non-blocking connects to the load server, each socket closed at
+     once, as fast as one process makes them, for the window (each SYN a flow to decide)
   0  undisturbed again (after)
 
 Each connect is put in the window in which it started; what starts between windows (setting up,
@@ -64,7 +66,8 @@ RATE = 50  # steady connects per second
 HOLD_PROCS, HOLD_FDS = 50, 6000
 BIG_EXE = 1 << 30
 FLOOD_PORT, FLOOD_SPORT, FLOOD_COUNT = 9999, 45000, 10_000  # no listener on 9999: one-way
-NUISANCE_SAYS = ("sent ", "forks ", "queries ")  # the first words of nuisance.c's last line
+# The first words of nuisance.c's last line, in each of its modes.
+NUISANCE_SAYS = ("sent ", "forks ", "queries ", "connects ")
 TARGET_P99_RATIO, TARGET_MAX_MS = 2.0, 20.0
 TARGETS = (
     f"targets (issue 12, printed, never asserted): p99 within {TARGET_P99_RATIO:g}x of "
@@ -355,6 +358,12 @@ DISTURBANCES = (
     ),
     Disturbance("9", "fork storm (uid 65534)", _nuisance("forks"), max_steps=1),
     Disturbance("10", "DNS query flood (uid 65534)", _nuisance("dns", SERVER_ADDR), max_steps=1),
+    Disturbance(
+        "11",
+        "new flows: connects as fast as one process makes them",
+        _nuisance("connects", SERVER_ADDR, str(PORT)),
+        max_steps=1,
+    ),
 )
 
 

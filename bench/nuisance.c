@@ -13,6 +13,10 @@
  *       DNS queries (A flood.example.org, ids counting up) from one UDP socket to ADDR port 53,
  *       as fast as the socket takes them, for SECONDS; answers are read and thrown away. Each
  *       query passes snitchd's DNS queue. Prints "queries N".
+ *   nuisance connects ADDR PORT SECONDS
+ *       non-blocking TCP connects to ADDR PORT, each socket closed at once, as fast as one
+ *       process makes them, for SECONDS: every one a new flow (a new source port) whose SYN
+ *       snitchd must decide. Prints "connects N".
  *   nuisance forks SECONDS
  *       forks short-lived children (each exits at once and is reaped) as fast as it can for
  *       SECONDS: the proc connector reports each fork to snitchd's exec watcher. Prints
@@ -170,6 +174,28 @@ static int dns(const char *addr, double seconds)
     return 0;
 }
 
+static int connects(const char *addr, int port, double seconds)
+{
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, addr, &to.sin_addr) != 1)
+        return 2;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long made = 0;
+    while (since(&t0) < seconds) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) {
+            perror("nuisance: connects: socket");
+            return 1;
+        }
+        if (connect(fd, (struct sockaddr *)&to, sizeof to) == 0 || errno == EINPROGRESS)
+            made++;
+        close(fd);
+    }
+    printf("connects %ld\n", made);
+    return 0;
+}
+
 static int forks(double seconds)
 {
     struct timespec t0;
@@ -215,6 +241,12 @@ int main(int argc, char **argv)
             return 2;
         return dns(argv[2], seconds);
     }
+    if (argc == 5 && strcmp(argv[1], "connects") == 0) {
+        double seconds = atof(argv[4]);
+        if (seconds <= 0 || seconds > 3600)
+            return 2;
+        return connects(argv[2], atoi(argv[3]), seconds);
+    }
     if (argc == 3 && strcmp(argv[1], "forks") == 0) {
         double seconds = atof(argv[2]);
         if (seconds <= 0 || seconds > 3600)
@@ -224,6 +256,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "usage: nuisance hold PROCS FDS SECONDS\n"
                     "       nuisance flood ADDR PORT SPORT COUNT SECONDS\n"
                     "       nuisance dns ADDR SECONDS\n"
+                    "       nuisance connects ADDR PORT SECONDS\n"
                     "       nuisance forks SECONDS\n");
     return 2;
 }
