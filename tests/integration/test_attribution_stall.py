@@ -105,19 +105,42 @@ def steady(lab: Lab, count: int) -> subprocess.Popen[str]:
     )
 
 
+def compiled(source: str, exe: Path) -> Path:
+    """`source` (C) built into `exe` by the system's compiler; the test is skipped without one."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe.with_suffix(".c").write_text(source)
+    subprocess.run([cc, "-O1", "-o", str(exe), str(exe.with_suffix(".c"))], check=True, timeout=60)
+    return exe
+
+
+def steady_words(lab: Lab, count: int, seconds: float, beside: subprocess.Popen[str]) -> list[str]:
+    """A root client's `count` connects (`steady`), made while `beside` (the disturber) runs:
+    what each ended with, read until all are in, `seconds` pass, or `beside` ends."""
+    client = steady(lab, count)
+    try:
+        assert client.stdout is not None
+        words: list[str] = []
+        end = time.monotonic() + seconds
+        while len(words) < count and time.monotonic() < end and beside.poll() is None:
+            if select.select([client.stdout], [], [], 1)[0]:
+                line = client.stdout.readline()
+                if not line:
+                    break
+                words.append(line.strip())
+    finally:
+        end_child(client, 30)
+    return words
+
+
 def test_a_huge_executable_is_hashed_while_other_flows_are_decided(lab: Lab, tmp_path: Path):
     """A 1 GiB sparse executable (a small C program and a hole) connects once while a root
     client connects steadily. Its hash takes the worker ~1 s or more; meanwhile the root client's
     connections are decided (before the fix the loop hashed it: not one was, until it ended). Its
     own flow is decided by the pin: the rule pins another digest, so it does not match."""
     lab.expect_log(r"alert exe-changed: ")
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    source = tmp_path / "connect.c"
-    source.write_text(CONNECT_C)
-    big = tmp_path / "bigconnect"
-    subprocess.run([cc, "-O1", "-o", str(big), str(source)], check=True, timeout=60)
+    big = compiled(CONNECT_C, tmp_path / "bigconnect")
     os.truncate(big, 1 << 30)  # ELF loaders ignore what follows the segments: still runs
     lab.start_daemon(default_action="reject")
     lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=80")
@@ -211,19 +234,7 @@ def test_a_user_holding_many_fds_does_not_delay_roots_flows(lab: Lab):
     ) as attacker:
         assert read_line(attacker, 60) == "ready"
         time.sleep(1)  # let its connections start piling up
-        client = steady(lab, 100)
-        try:
-            assert client.stdout is not None
-            words: list[str] = []
-            end = time.monotonic() + 60
-            while len(words) < 100 and time.monotonic() < end:
-                if select.select([client.stdout], [], [], 1)[0]:
-                    line = client.stdout.readline()
-                    if not line:
-                        break
-                    words.append(line.strip())
-        finally:
-            end_child(client, 30)
+        words = steady_words(lab, 100, 60, attacker)
         assert attacker.poll() is None, "the attacker stopped early"
     assert len(words) == 100, f"only {len(words)} of 100 root connections were decided in 60 s"
     assert set(words) == {"connected"}
@@ -302,19 +313,7 @@ def test_a_user_s_dns_flood_does_not_delay_roots_flows(lab: Lab):
         ["ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, "-c", textwrap.dedent(DNS_FLOOD)]
     ) as flood:
         assert read_line(flood, 30) == "ready"
-        client = steady(lab, 50)
-        try:
-            assert client.stdout is not None
-            words: list[str] = []
-            end = time.monotonic() + 60
-            while len(words) < 50 and time.monotonic() < end and flood.poll() is None:
-                if select.select([client.stdout], [], [], 1)[0]:
-                    line = client.stdout.readline()
-                    if not line:
-                        break
-                    words.append(line.strip())
-        finally:
-            end_child(client, 30)
+        words = steady_words(lab, 50, 60, flood)
         assert flood.poll() is None, "the flood ended before root's connections were decided"
         assert flood.stdin is not None
         flood.stdin.close()
@@ -364,13 +363,7 @@ def test_a_user_s_connect_flood_leaves_the_queue_room_for_everyone(lab: Lab, tmp
     s for their retransmission). Now what uid 65534 starts past `new_flows_per_user` is dropped
     before the queue: the queue drops nothing, and root's 50 connects are all decided, by
     root's rule, while the flood goes on."""
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    source = tmp_path / "connectflood.c"
-    source.write_text(CONNECT_FLOOD_C)
-    exe = tmp_path / "connectflood"
-    subprocess.run([cc, "-O1", "-o", str(exe), str(source)], check=True, timeout=60)
+    exe = compiled(CONNECT_FLOOD_C, tmp_path / "connectflood")
     exe.chmod(0o755)
     tmp_path.chmod(0o755)
     lab.start_daemon(default_action="deny", new_flows_per_user=500)
@@ -378,19 +371,7 @@ def test_a_user_s_connect_flood_leaves_the_queue_room_for_everyone(lab: Lab, tmp
     with started(["ip", "netns", "exec", lab.client, *AS_NOBODY, str(exe), "30"]) as flood:
         assert read_line(flood, 30) == "ready"
         time.sleep(1)  # the queue would be full by now
-        client = steady(lab, 50)
-        try:
-            assert client.stdout is not None
-            words: list[str] = []
-            end = time.monotonic() + 25
-            while len(words) < 50 and time.monotonic() < end and flood.poll() is None:
-                if select.select([client.stdout], [], [], 1)[0]:
-                    line = client.stdout.readline()
-                    if not line:
-                        break
-                    words.append(line.strip())
-        finally:
-            end_child(client, 30)
+        words = steady_words(lab, 50, 25, flood)
         assert flood.poll() is None, "the flood ended before root's connections were decided"
         status = lab.ctl_json("status")
     assert status["kernel_queue_dropped"] == 0, status

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +24,7 @@ from snitchd.netfilter import ALLOW_MARK, MARK_MASK
 from tests.support.lab import wait_for
 
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+T = TypeVar("T")
 SINK = 9999  # nothing listens here in the server namespace: the flow stays one-way
 DATAGRAMS = 1000
 
@@ -77,6 +79,32 @@ def _flood(lab: Lab, host: str, *, user: tuple[str, ...] = ()) -> int:
 
 def _rows(lab: Lab, sport: int) -> list[dict[str, object]]:
     return [r for r in lab.log_rows() if r["sport"] == sport and r["dport"] == SINK]
+
+
+def _decided_then_flood(
+    lab: Lab, host: str, user: tuple[str, ...], between: Callable[[], T]
+) -> tuple[int, int, int, T]:
+    """One flow's first datagram, and once its row is there (it is decided) `between()`, then
+    the rest of the thousand at once: its source port, the datagrams sent and refused (EPERM),
+    and what `between` returned."""
+    argv = ["ip", "netns", "exec", lab.client, *user, PYTHON, "-c", _FLOOD]
+    with subprocess.Popen(
+        [*argv, host, str(SINK), str(DATAGRAMS), "wait"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as flood:
+        assert flood.stdin is not None and flood.stdout is not None
+        try:
+            sport = int(flood.stdout.readline())
+            wait_for(lambda: _rows(lab, sport), 10, "the first datagram's row")
+            got = between()
+            flood.stdin.write("go\n")
+            flood.stdin.flush()
+            _, sent, refused = map(int, flood.stdout.readline().split())
+        finally:
+            flood.kill()
+    return sport, sent, refused, got
 
 
 @pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
@@ -170,22 +198,7 @@ def test_the_per_user_limit_counts_a_udp_stream_as_one_flow(lab: Lab) -> None:
     lab.start_daemon(new_flows_per_user=50)
     lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port={SINK} proto=udp")
     before = _no_ports(lab, False)
-    argv = ["ip", "netns", "exec", lab.client, *NOBODY, PYTHON, "-c", _FLOOD]
-    with subprocess.Popen(
-        [*argv, "192.0.2.2", str(SINK), str(DATAGRAMS), "wait"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as flood:
-        assert flood.stdin is not None and flood.stdout is not None
-        try:
-            sport = int(flood.stdout.readline())
-            wait_for(lambda: _rows(lab, sport), 10, "the first datagram's row")
-            flood.stdin.write("go\n")
-            flood.stdin.flush()
-            _, sent, refused = map(int, flood.stdout.readline().split())
-        finally:
-            flood.kill()
+    sport, sent, refused, _ = _decided_then_flood(lab, "192.0.2.2", NOBODY, lambda: None)
     assert (sent, refused) == (DATAGRAMS, 0)
     _settled(lab)
     assert _no_ports(lab, False) - before == DATAGRAMS
@@ -263,24 +276,9 @@ def test_decided_flow_skips_the_queue_in_the_kernel(
         assert saved.count(f"-A SNITCH_QUEUE -m connmark --mark {rule}") == 2, saved  # v4, v6
     lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port={SINK} proto=udp")
     before = _no_ports(lab, False)
-    argv = ["ip", "netns", "exec", lab.client, *user, PYTHON, "-c", _FLOOD]
-    with subprocess.Popen(
-        [*argv, host, str(SINK), str(DATAGRAMS), "wait"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as flood:
-        assert flood.stdin is not None and flood.stdout is not None
-        try:
-            sport = int(flood.stdout.readline())
-            wait_for(lambda: _rows(lab, sport), 10, "the first datagram's row")
-            seen = _settled(lab)["seen"]
-            skipped = _kernel_skips(lab).get(target, 0)
-            flood.stdin.write("go\n")
-            flood.stdin.flush()
-            _, sent, refused = map(int, flood.stdout.readline().split())
-        finally:
-            flood.kill()
+    sport, sent, refused, (seen, skipped) = _decided_then_flood(
+        lab, host, user, lambda: (_settled(lab)["seen"], _kernel_skips(lab).get(target, 0))
+    )
     assert _settled(lab)["seen"] == seen
     assert _kernel_skips(lab).get(target, 0) - skipped == DATAGRAMS - 1
     assert len(_rows(lab, sport)) == 1
