@@ -90,6 +90,10 @@ UNASKED_LIMIT = "--limit 50/second --limit-burst 100"
 _VERDICT_MARKS = {Action.ALLOW: ALLOW_MARK, Action.DENY: DENY_MARK, Action.REJECT: REJECT_MARK}
 COMMENT = "snitch"
 LIMIT_TABLE = "snitch_limit"  # nft, inet family: the per-user limit of new flows
+_NO_LIMIT = (
+    "the per-user limit of new flows (nft table snitch_limit) could not be set, so one user can "
+    "fill the queue; nft needs the kernel's nf_tables (modprobe nf_tables)"
+)
 QUEUE_CHAIN = "SNITCH_QUEUE"
 REJECT_CHAIN = "SNITCH_REJECT"
 DNS_CHAIN = "SNITCH_DNS"
@@ -143,8 +147,12 @@ class Chains:
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """A command and its input. One with `without` set is not needed to filter: when it fails
+    snitchd goes on, with a warning that says what is missing (`without`)."""
+
     argv: tuple[str, ...]
     stdin: str
+    without: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +279,7 @@ class IptablesBackend:
                     "install the nftables package (apt-get install nftables)"
                 )
             else:
-                steps.append(Step(("nft", "-f", "-"), limit_script(spec.per_user)))
+                steps.append(Step(("nft", "-f", "-"), limit_script(spec.per_user), _NO_LIMIT))
         return Plan(tuple(steps))
 
     def _limit_table(self) -> bool:
@@ -293,7 +301,7 @@ class IptablesBackend:
                     Step((tool + "-restore", "--noflush", "-w", "5"), _restore_text(lines))
                 )
         if self._limit_table():
-            steps.append(Step(("nft", "-f", "-"), limit_script(0)))
+            steps.append(Step(("nft", "-f", "-"), limit_script(0), _NO_LIMIT))
         return Plan(tuple(steps))
 
     def apply(self, plan: Plan) -> None:
@@ -301,6 +309,9 @@ class IptablesBackend:
             try:
                 _run(step.argv, step.stdin)
             except BackendFailed as exc:
+                if step.without:
+                    log.warning("%s: %s", step.without, exc)
+                    continue
                 raise BackendFailed(_explain_kernel_error(str(exc))) from None
 
 

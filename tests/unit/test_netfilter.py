@@ -7,8 +7,11 @@ masked, and the three verdicts cannot be mistaken for each other.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from snitch_common.errors import BackendFailed
 from snitch_common.rules import Action
 from snitchd.netfilter import (
     ALLOW_MARK,
@@ -16,7 +19,10 @@ from snitchd.netfilter import (
     MARK_MASK,
     REJECT_MARK,
     UNASKED_MARK,
+    IptablesBackend,
     NetSpec,
+    Plan,
+    Step,
     install_lines,
     limit_script,
     verdict_mark,
@@ -184,3 +190,17 @@ def test_the_per_user_limit_spares_the_system_s_uids_and_goes_with_0() -> None:
     assert count == (
         "update @users { meta skuid limit rate over 500/second burst 500 packets } counter drop"
     )
+
+
+def test_a_failed_limit_step_warns_and_the_firewall_still_starts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A kernel without nf_tables (iptables-legacy machines) cannot take the nft table: the
+    limit is not needed to filter, so its failure is a warning; a failed iptables step still
+    stops the start."""
+    backend = IptablesBackend(("iptables",))
+    with caplog.at_level(logging.WARNING, logger="snitchd.netfilter"):
+        backend.apply(Plan((Step(("false",), "", "the limit is off"),)))
+    assert [r.getMessage() for r in caplog.records] == ["the limit is off: false failed: 1"]
+    with pytest.raises(BackendFailed, match="false failed"):
+        backend.apply(Plan((Step(("false",), ""),)))
