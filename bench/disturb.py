@@ -360,7 +360,7 @@ DISTURBANCES = (
     Disturbance("10", "DNS query flood (uid 65534)", _nuisance("dns", SERVER_ADDR), max_steps=1),
     Disturbance(
         "11",
-        "new flows: connects as fast as one process makes them",
+        "new-flow flood: connects (uid 65534)",
         _nuisance("connects", SERVER_ADDR, str(PORT)),
         max_steps=1,
     ),
