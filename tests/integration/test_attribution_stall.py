@@ -106,12 +106,14 @@ def steady(lab: Lab, count: int) -> subprocess.Popen[str]:
 
 
 def compiled(source: str, exe: Path) -> Path:
-    """`source` (C) built into `exe` by the system's compiler; the test is skipped without one."""
+    """`source` (C) built into `exe` (mode 0755) by the system's compiler; the test is skipped
+    without one."""
     cc = shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler")
     exe.with_suffix(".c").write_text(source)
     subprocess.run([cc, "-O1", "-o", str(exe), str(exe.with_suffix(".c"))], check=True, timeout=60)
+    exe.chmod(0o755)
     return exe
 
 
@@ -364,7 +366,6 @@ def test_a_user_s_connect_flood_leaves_the_queue_room_for_everyone(lab: Lab, tmp
     before the queue: the queue drops nothing, and root's 50 connects are all decided, by
     root's rule, while the flood goes on."""
     exe = compiled(CONNECT_FLOOD_C, tmp_path / "connectflood")
-    exe.chmod(0o755)
     tmp_path.chmod(0o755)
     lab.start_daemon(default_action="deny", new_flows_per_user=500)
     lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=80")

@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Lab, python_exe
-from tests.integration.test_attribution_stall import AS_NOBODY, CONNECT_C, read_line, steady
+from tests.integration.test_attribution_stall import (
+    AS_NOBODY,
+    CONNECT_C,
+    compiled,
+    read_line,
+    steady,
+)
 from tests.support.lab import children_running, end_child, kill_and_see_replaced, wait_for
 
 pytestmark = pytest.mark.root
@@ -35,18 +41,6 @@ def bytes_read(pid: int) -> int:
         if line.startswith("rchar:"):
             return int(line.split()[1])
     raise AssertionError(f"no rchar in /proc/{pid}/io")
-
-
-def compile_connect(where: Path, name: str) -> Path:
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    source = where / "connect.c"
-    source.write_text(CONNECT_C)
-    exe = where / name
-    subprocess.run([cc, "-O1", "-o", str(exe), str(source)], check=True, timeout=60)
-    exe.chmod(0o755)
-    return exe
 
 
 def connect_once(lab: Lab, exe: Path, as_nobody: bool = False) -> str:
@@ -66,7 +60,7 @@ def test_the_hasher_is_a_child_process_and_comes_back(lab: Lab, shared_dir: Path
     """The digest a pinned rule needs is computed by a child of snitchd; killed, the child is
     started again, and the next new executable is still hashed (its pinned rule matches)."""
     where = shared_dir
-    first_exe = compile_connect(where, "first")
+    first_exe = compiled(CONNECT_C, where / "first")
     second_exe = where / "second"
     shutil.copy(first_exe, second_exe)  # another inode: hashed afresh
     digest = hashlib.sha256(first_exe.read_bytes()).hexdigest()
@@ -113,7 +107,7 @@ def test_a_users_huge_executable_is_hashed_by_the_hasher_not_by_snitchd(
     under the loop's GIL, and there was no child)."""
     lab.expect_log(r"alert exe-changed: ")
     where = shared_dir
-    big = compile_connect(where, "bigconnect")
+    big = compiled(CONNECT_C, where / "bigconnect")
     digest = sparse_digest(big, 1 << 30)
     os.truncate(big, 1 << 30)  # ELF loaders ignore what follows the segments: still runs
     lab.start_daemon(default_action="reject")
