@@ -121,7 +121,7 @@ class DnsWatch:
                 # query for, or from a server the machine does not use, is judged by its
                 # question alone (reading hostile records held the loop ~230 ms a packet).
                 worth = not unasked and self.resolvers.trusts(read_ip(payload).src)
-                held = self._answer(pkt, read_dns_packet(payload, addresses=worth), unasked)
+                held = self._answer(pkt, read_dns_packet(payload, addresses=worth), unasked, worth)
         except PacketError as exc:
             self.counters.skipped += 1
             if log.isEnabledFor(logging.DEBUG):
@@ -155,10 +155,11 @@ class DnsWatch:
             self.asked.record(key, Asked(message.question, owner, uid, now))
             self.counters.queries += 1
 
-    def _answer(self, pkt: Packet, packet: DnsPacket, unasked: bool) -> bool:
-        """Judge each message; True if the packet is held for an attribution under way."""
+    def _answer(self, pkt: Packet, packet: DnsPacket, unasked: bool, trusted: bool) -> bool:
+        """Judge each message; True if the packet is held for an attribution under way.
+        `trusted`: asked by the kernel and from a resolver (`on_packet` looked; an unasked
+        answer's messages are all judged unasked, whoever sent it)."""
         now = self._clock()
-        trusted = self.resolvers.trusts(packet.src)
         believed: list[tuple[DnsMessage, Asked]] = []
         for message in packet.messages:
             asked = None
