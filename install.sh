@@ -155,12 +155,14 @@ install_files() {
     fi
     mkdir -p -m 0700 "$ROOT/var/lib/snitch"
     install_docs
-    # The connect-time recorder (cgroup BPF, issue 14), compiled once here by clang; snitchd
-    # builds it at start if it is missing, and falls back to sock_diag + /proc if it cannot.
+    # The connect-time recorder (cgroup BPF, issue 14) and the socket match, compiled once here
+    # by clang; snitchd builds them at start if they are missing. Without the recorder it
+    # attributes flows with sock_diag and /proc; without the match it keeps datagram verdicts
+    # per conntrack tuple (it says so in the journal and `snitchctl status`).
     if "$ROOT$PREFIX/venv/bin/python" -m snitchd.procs.bpf build "$ROOT/var/lib/snitch" >/dev/null; then
-        say "BPF recorder built in $ROOT/var/lib/snitch/bpf"
+        say "BPF programs built in $ROOT/var/lib/snitch/bpf"
     else
-        say "BPF recorder not built: snitchd will attribute flows with sock_diag and /proc"
+        say "BPF programs not built: snitchd will attribute flows with sock_diag and /proc"
     fi
     say "installed: snitchd, snitchctl and snitch-notifier in /usr/local/bin"
 }

@@ -152,6 +152,8 @@ def summary(s: dict[str, Any], paint: Painter) -> str:
     ]
     if s.get("attribution"):
         lines.append(f"attribution: {s['attribution']}")
+    if s.get("sockets"):
+        lines.append(f"datagram verdicts: {s['sockets']}")
     alerts = [
         f"rules: {s['rules_error']}" if s.get("rules_error") else "",
         f"log: {s['log_error']}" if s.get("log_error") else "",

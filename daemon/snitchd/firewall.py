@@ -45,7 +45,7 @@ from snitchd.journal import Event, journal_fields
 from snitchd.knownapps import KnownApps
 from snitchd.lists import Lists
 from snitchd.modes import Modes
-from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK, verdict_mark
+from snitchd.netfilter import MARK_MASK, verdict_mark
 from snitchd.packet import decode
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, Lookup
@@ -141,6 +141,8 @@ class Firewall(Rulebook):
         self.config = config
         self.store = store
         self.attributor = attributor
+        # How a datagram's verdict is kept: "per socket (…)" or "per tuple: why" (`socketmatch`).
+        self.sockets = ""
         self.events = events
         self.broker = broker
         self.clock = clock
@@ -550,18 +552,17 @@ class Firewall(Rulebook):
 
     def _give(self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process) -> None:
         action = verdict.action
+        # Through our hook again with the verdict's mark, where our rules act on it
+        # (`netfilter`): an allow is kept on the conntrack entry there (no ctnetlink update per
+        # flow), a deny dropped, a reject sent on to the reject rule; and the socket match
+        # learns that this packet's socket was decided (`socketmatch`).
+        pkt.set_mark((pkt.get_mark() & ~MARK_MASK) | verdict_mark(action))
+        pkt.repeat()
         if action is Action.ALLOW:
-            # Through our hook again, where our rules keep the verdict on the conntrack entry
-            # and take the mark off the packet (`netfilter`): no ctnetlink update per flow.
-            pkt.set_mark((pkt.get_mark() & ~MARK_MASK) | ALLOW_MARK)
-            pkt.repeat()
             self.counters.accepted += 1
         elif action is Action.DENY:
-            pkt.drop()
             self.counters.dropped += 1
         else:
-            pkt.set_mark((pkt.get_mark() & ~MARK_MASK) | REJECT_MARK)
-            pkt.accept()
             self.counters.rejected += 1
         if verdict.rule_id is None:
             self.counters.by_default += 1

@@ -25,7 +25,7 @@ from dbus_fast.aio import MessageBus
 
 from snitch_common import __version__
 from snitch_common.bus import broadcast, call_bus_daemon, disconnected
-from snitch_common.errors import ConfigError, SnitchError
+from snitch_common.errors import BackendUnavailable, ConfigError, SnitchError
 from snitchd.access import is_admin
 from snitchd.agents import session_active
 from snitchd.api import serve
@@ -38,12 +38,13 @@ from snitchd.firewall import Firewall, local_time, quotas_of
 from snitchd.journal import Event, journal_fields, setup_logging
 from snitchd.logwriter.parent import Recorder
 from snitchd.metricsfile import run_metrics_file
-from snitchd.netfilter import Backend, NetSpec, select_backend
+from snitchd.netfilter import NO_SOCKETS, Backend, NetSpec, select_backend
 from snitchd.netwatch import NetWatch, wifi_ssid
 from snitchd.procs import Attributor, start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.readers.parent import Readers
+from snitchd.socketmatch import SocketMatch
 from snitchd.status import status_of
 from snitchd.store import Store
 from snitchd.subnets import SubnetWatch
@@ -86,6 +87,7 @@ class _Daemon:
         self.switcher: Switcher
         self.reloads = 0
         self.readers: Readers | None = None
+        self.sockets: SocketMatch | None = None
         self._file_tasks: set[asyncio.Task[None]] = set()
 
     def _spec(self, config: Config) -> NetSpec:
@@ -98,6 +100,7 @@ class _Daemon:
             config.forward_interfaces,
             reader_count(config),
             config.new_flows_per_user,
+            str(self.sockets.pins) if self.sockets is not None else "",
         )
 
     async def run(self) -> None:
@@ -128,7 +131,7 @@ class _Daemon:
             if config.snoop_dns:
                 dns_reader.start(loop)
             installed = True
-            self.backend.apply(self.backend.plan_install(self._spec(config)))
+            self._install(firewall)
             log.info(
                 "kernel rules installed backend=%s queue=%d fail_mode=%s",
                 self.backend.name,
@@ -248,7 +251,32 @@ class _Daemon:
         broker.attach(firewall)
         return firewall, broker, attributor
 
+    def _install(self, firewall: Firewall) -> None:
+        """The socket match first (our rules name where it is pinned), then our rules. Without
+        it (a kernel or unit without BPF, or without xt_bpf) snitchd keeps datagram verdicts
+        per conntrack tuple, as before it, and says so (the journal, `status`)."""
+        lost: tuple[str, ...] = ()
+        try:
+            state_dir = Path(self.config.database).parent
+            self.sockets = SocketMatch(state_dir, self.config.new_flows_per_user)
+        except BackendUnavailable as exc:
+            lost = (f"{NO_SOCKETS}: {exc}",)
+            log.warning("%s", lost[0])
+        lost += self.backend.apply(self.backend.plan_install(self._spec(self.config)))
+        why = next((text for text in lost if text.startswith(NO_SOCKETS)), "")
+        if why or self.sockets is None:
+            firewall.sockets = f"per tuple: {why.removeprefix(NO_SOCKETS + ': ')}"
+        else:
+            firewall.sockets = f"per socket ({self.sockets.pins})"
+
     def _remove_rules(self, installed: bool) -> None:
+        try:
+            self._remove(installed)
+        finally:
+            if self.sockets is not None:  # rules left in place keep the program
+                self.sockets.close()
+
+    def _remove(self, installed: bool) -> None:
         if not installed:
             return
         if self.config.fail_mode is FailMode.CLOSED and self.config.stay_closed_when_stopped:
@@ -286,6 +314,8 @@ class _Daemon:
                 raise ConfigError(f"{', '.join(fixed)} cannot change on reload: restart snitchd")
             if self._spec(new) != self._spec(self.config):
                 self.backend.apply(self.backend.plan_install(self._spec(new)))
+            if self.sockets is not None:
+                self.sockets.limit(new.new_flows_per_user)
         except SnitchError as exc:
             log.error("reload refused, the running config stays: %s", exc)
         else:

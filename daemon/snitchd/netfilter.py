@@ -51,7 +51,7 @@ import logging
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -63,8 +63,11 @@ __all__ = [
     "ALLOW_MARK",
     "DENY_MARK",
     "MARK_MASK",
+    "NO_SOCKETS",
+    "OVER_LIMIT_PIN",
     "REJECT_MARK",
     "UNASKED_MARK",
+    "UNDECIDED_PIN",
     "Backend",
     "Chains",
     "IptablesBackend",
@@ -74,6 +77,7 @@ __all__ = [
     "install_lines",
     "limit_script",
     "select_backend",
+    "socket_lines",
     "verdict_mark",
 ]
 
@@ -99,6 +103,13 @@ REJECT_CHAIN = "SNITCH_REJECT"
 DNS_CHAIN = "SNITCH_DNS"
 DNS_QUERY_CHAIN = "SNITCH_DNSQ"
 FORWARD_CHAIN = "SNITCH_FORWARD"
+SOCKET_CHAIN = "SNITCH_SOCKETS"  # jumped to from QUEUE_CHAIN only
+UNDECIDED_PIN, OVER_LIMIT_PIN = "undecided", "over-limit"  # its programs, in `NetSpec.sockets`
+NO_SOCKETS = (
+    "the socket match (SNITCH_SOCKETS) is off, so a datagram's verdict is kept per conntrack "
+    "tuple, not per socket"
+)
+_NO_XT_BPF = f"{NO_SOCKETS}: the kernel needs the bpf match (modprobe xt_bpf)"
 _OWN = (
     ("mangle", "OUTPUT", QUEUE_CHAIN),
     ("filter", "OUTPUT", REJECT_CHAIN),
@@ -106,6 +117,7 @@ _OWN = (
     ("filter", "FORWARD", REJECT_CHAIN),
     ("mangle", "INPUT", DNS_CHAIN),
     ("mangle", "POSTROUTING", DNS_QUERY_CHAIN),
+    ("mangle", QUEUE_CHAIN, SOCKET_CHAIN),  # after QUEUE_CHAIN, the chain that jumps to it
 )
 
 
@@ -135,6 +147,9 @@ class NetSpec:
     queues: int = 1
     # New flows a second one user (uid above `SYSTEM_UID_MAX`) may start; 0: no limit.
     per_user: int = 0
+    # Where the socket match's programs are pinned (`socketmatch`); "": none, verdicts per
+    # tuple only.
+    sockets: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +172,10 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """Steps to run in order, and what is lost before any runs (this machine cannot have it)."""
+
     steps: tuple[Step, ...]
+    lost: tuple[str, ...] = ()
 
 
 class Backend(Protocol):
@@ -166,7 +184,7 @@ class Backend(Protocol):
     def probe(self) -> None: ...
     def plan_install(self, spec: NetSpec) -> Plan: ...
     def plan_remove(self) -> Plan: ...
-    def apply(self, plan: Plan) -> None: ...
+    def apply(self, plan: Plan) -> tuple[str, ...]: ...
 
 
 def _run(argv: tuple[str, ...], stdin: str = "") -> str:
@@ -210,6 +228,7 @@ class IptablesBackend:
             v6 = Path("/proc/net/if_inet6").exists()
             families = ("iptables", "ip6tables") if v6 else ("iptables",)
         self.families = families
+        self.legacy = False  # iptables-legacy rather than iptables-nft (`probe`)
 
     def probe(self) -> None:
         for tool in self.families:
@@ -227,6 +246,7 @@ class IptablesBackend:
                     "kernel have iptable_mangle / nft_compat?"
                 ) from None
         version = _run((self.families[0], "--version")).strip()
+        self.legacy = "legacy" in version
         log.info("backend probed name=%s version=%r", self.name, version)
 
     def _own_jumps(
@@ -259,28 +279,37 @@ class IptablesBackend:
         return lines
 
     def plan_install(self, spec: NetSpec) -> Plan:
-        steps = []
+        steps, lost = [], []
+        if spec.sockets and self.legacy:
+            # iptables-legacy rewrites a whole table on every change, and the kernel checks
+            # each match again then: the bpf match's program (an fd of the process that added
+            # it) no longer opens, so every later change of mangle, ours or the admin's, fails.
+            lost.append(f"{NO_SOCKETS}: not with iptables-legacy (use iptables-nft)")
+            spec = replace(spec, sockets="")
         for tool in self.families:
             redeclared = {QUEUE_CHAIN, REJECT_CHAIN} | (
                 {DNS_CHAIN, DNS_QUERY_CHAIN} if spec.dns_queue is not None else set()
             )
             if spec.forward_from:
                 redeclared.add(FORWARD_CHAIN)
+            if spec.sockets:
+                redeclared.add(SOCKET_CHAIN)
             old = self._remove_lines(tool, frozenset(redeclared))
             new = install_lines(tool, spec)
             text = _restore_text(
                 {"mangle": old["mangle"] + [*new.mangle], "filter": old["filter"] + [*new.filter]}
             )
-            steps.append(Step((tool + "-restore", "--noflush", "-w", "5"), text))
+            restore = (tool + "-restore", "--noflush", "-w", "5")
+            steps.append(Step(restore, text))
+            if spec.sockets:
+                sockets = _restore_text({"mangle": socket_lines(spec)})
+                steps.append(Step(restore, sockets, _NO_XT_BPF))
         if spec.per_user > 0 or self._limit_table():
             if shutil.which("nft") is None:
-                log.warning(
-                    "nft not found: new flows are not limited per user (new_flows_per_user); "
-                    "install the nftables package (apt-get install nftables)"
-                )
+                lost.append(f"{_NO_LIMIT}; nft not found (apt-get install nftables)")
             else:
                 steps.append(Step(("nft", "-f", "-"), limit_script(spec.per_user), _NO_LIMIT))
-        return Plan(tuple(steps))
+        return Plan(tuple(steps), tuple(lost))
 
     def _limit_table(self) -> bool:
         """Whether our nft table is there (from this run or an earlier one)."""
@@ -304,33 +333,38 @@ class IptablesBackend:
             steps.append(Step(("nft", "-f", "-"), limit_script(0), _NO_LIMIT))
         return Plan(tuple(steps))
 
-    def apply(self, plan: Plan) -> None:
+    def apply(self, plan: Plan) -> tuple[str, ...]:
+        """Run the plan's steps in order; returns what is lost (the plan's own, and the
+        `without` of each optional step that failed), each said in a warning too."""
+        lost = list(plan.lost)
+        for text in lost:
+            log.warning("%s", text)
         for step in plan.steps:
             try:
                 _run(step.argv, step.stdin)
             except BackendFailed as exc:
                 if step.without:
                     log.warning("%s: %s", step.without, exc)
+                    lost.append(step.without)
                     continue
                 raise BackendFailed(_explain_kernel_error(str(exc))) from None
+        return tuple(lost)
 
 
 def install_lines(tool: str, spec: NetSpec) -> Chains:
     """Our chains and jumps for `tool` ("iptables" or "ip6tables"): pure, so unit tests read the
     rules without a kernel."""
     unreach = "icmp6-port-unreachable" if tool == "ip6tables" else "icmp-port-unreachable"
-    bypass = " --queue-bypass" if spec.fail_open else ""
-    if spec.queues > 1:
-        target = f"--queue-balance {spec.queue}:{spec.queue + spec.queues - 1} --queue-cpu-fanout"
-    else:
-        target = f"--queue-num {spec.queue}"
+    target = _target(spec)
     marked, ct_rejected = _has("mark", REJECT_MARK), _has("connmark", REJECT_MARK)
-    queue = [f":{QUEUE_CHAIN} - [0:0]"]
+    # The socket chain, empty until its own step fills it, declared first: our chain jumps to it.
+    queue = [f":{SOCKET_CHAIN} - [0:0]"] if spec.sockets else []
+    queue.append(f":{QUEUE_CHAIN} - [0:0]")
     if not spec.intercept_loopback:
         queue.append(f"-A {QUEUE_CHAIN} -o lo -j RETURN")
     queue += [
-        *_decided_lines(QUEUE_CHAIN, [f"-j NFQUEUE {target}{bypass}"]),
-        f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW -j NFQUEUE {target}{bypass}",
+        *_decided_lines(QUEUE_CHAIN, [f"-j NFQUEUE {target}"], bool(spec.sockets)),
+        f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW -j NFQUEUE {target}",
         f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {QUEUE_CHAIN}",
     ]
     reject = [f":{REJECT_CHAIN} - [0:0]"]
@@ -343,11 +377,11 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     if spec.dns_queue is not None:
         queue += _dns_lines(spec.dns_queue)
     if spec.forward_from:
-        again = [f"-i {name} -j NFQUEUE {target}{bypass}" for name in spec.forward_from]
+        again = [f"-i {name} -j NFQUEUE {target}" for name in spec.forward_from]
         queue += [f":{FORWARD_CHAIN} - [0:0]", *_decided_lines(FORWARD_CHAIN, again)]
         queue += [
             f"-A {FORWARD_CHAIN} -i {name} -m conntrack --ctstate NEW --ctdir ORIGINAL "
-            f"-j NFQUEUE {target}{bypass}"
+            f"-j NFQUEUE {target}"
             for name in spec.forward_from
         ]
         queue.append(f"-I FORWARD 1 -m comment --comment {COMMENT} -j {FORWARD_CHAIN}")
@@ -355,35 +389,75 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     return Chains(tuple(queue), tuple(reject))
 
 
-def _decided_lines(chain: str, queues: list[str]) -> list[str]:
-    """The rules before a queue rule. An allow verdict is a repeat of this hook with
-    `ALLOW_MARK` on the packet (`firewall`): the first rule keeps it on the conntrack entry and
-    the third takes it off the packet again, so routing and the admin's rules never see it (the
-    mangle hook routes the packet again with its own mark), in the kernel, in the same step as
-    the verdict. Then decided flows, whatever their conntrack state: a one-way UDP flow stays
+def _decided_lines(chain: str, queues: list[str], sockets: bool = False) -> list[str]:
+    """The rules before a queue rule. Every verdict is a repeat of this hook with its mark on
+    the packet (`firewall`). An allowed packet's first rule keeps the allow on the conntrack
+    entry and a later one takes it off the packet again, so routing and the admin's rules
+    never see it (the mangle hook routes the packet again with its own mark), in the kernel, in
+    the same step as the verdict; a denied one is dropped, a rejected one goes on to the reject
+    rule (filter). Then decided flows, whatever their conntrack state: a one-way UDP flow stays
     NEW.
 
     Except a TCP SYN, which is queued (`queues`: the matches and target of the queue rule)
-    whatever its entry says, unless it is the allowed packet coming back: a conntrack entry is
+    whatever its entry says, unless it is a decided packet coming back: a conntrack entry is
     a tuple, not a socket, and a SYN on the ports of a flow decided before (a closed socket's,
     its entry alive for 120 s) is taken by conntrack as that flow's retransmission. So any user
     could deny everyone's connects to a place by trying it from each local port (root's
     connects then waited out their timeout: bench.disturb window 11), and a program could take
     another's allow by connecting from the ports of its unanswered SYNs. snitchd gives a
-    connect's own retransmissions the verdict of its first SYN (`firewall._in_flight`)."""
-    allowed_now = _has("mark", ALLOW_MARK)
-    ct_allowed, ct_denied, ct_rejected = (
-        _has("connmark", mark) for mark in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
-    )
-    syn = f"-p tcp --syn -m mark ! --mark {ALLOW_MARK:#x}/{MARK_MASK:#x}"
+    connect's own retransmissions the verdict of its first SYN (`firewall._in_flight`).
+
+    `sockets`: other packets of a decided flow, and decided packets coming back, go through
+    `SOCKET_CHAIN` first, where the ones of a socket snitchd did not decide are queued
+    (`socketmatch`): datagrams have no SYN."""
+    verdicts = (ALLOW_MARK, DENY_MARK, REJECT_MARK)
+    allowed_now, denied_now, rejected_now = (_has("mark", mark) for mark in verdicts)
+    ct_allowed, ct_denied, ct_rejected = (_has("connmark", mark) for mark in verdicts)
+    undecided = " ".join(f"-m mark ! --mark {mark:#x}/{MARK_MASK:#x}" for mark in verdicts)
     return [
         f"-A {chain} {allowed_now} -j CONNMARK --set-xmark {ALLOW_MARK:#x}/{MARK_MASK:#x}",
-        *(f"-A {chain} {syn} {queue}" for queue in queues),
+        *(f"-A {chain} -p tcp --syn {undecided} {queue}" for queue in queues),
+        *([f"-A {chain} ! -p tcp -j {SOCKET_CHAIN}"] if sockets else []),
         f"-A {chain} {allowed_now} -j MARK --set-xmark 0/{MARK_MASK:#x}",
+        f"-A {chain} {denied_now} -j DROP",
+        f"-A {chain} {rejected_now} -j RETURN",
         f"-A {chain} {ct_allowed} -j RETURN",
         f"-A {chain} {ct_denied} -j DROP",
         f"-A {chain} {ct_rejected} -j RETURN",
     ]
+
+
+def socket_lines(spec: NetSpec) -> list[str]:
+    """`SOCKET_CHAIN`'s rules (mangle), a step of their own so that a kernel or iptables
+    without the bpf match leaves the chain empty, and snitchd filtering by tuple (`without`).
+    The programs (`socketmatch`, pinned in `spec.sockets`) learn from a packet carrying a
+    verdict (they never match one), and answer for a packet of a flow with a verdict on its
+    entry: dropped if its user is past the limit, else queued if its socket is undecided. Any
+    other packet is undecided, and the rules after take it as before: a flow without our mark
+    is queued whole when new, and a packet conntrack does not track has no entry to inherit a
+    verdict from."""
+    undecided, over = (
+        f"-m bpf --object-pinned {spec.sockets}/{name}" for name in (UNDECIDED_PIN, OVER_LIMIT_PIN)
+    )
+    none = f"0/{MARK_MASK:#x}"
+    decided = f"-m mark --mark {none} -m connmark ! --mark {none}"
+    return [
+        f":{SOCKET_CHAIN} - [0:0]",
+        f"-A {SOCKET_CHAIN} -m mark ! --mark {none} {undecided} -j RETURN",
+        f"-A {SOCKET_CHAIN} {decided} {over} -j DROP",
+        f"-A {SOCKET_CHAIN} {decided} {undecided} -j NFQUEUE {_target(spec)}",
+    ]
+
+
+def _target(spec: NetSpec) -> str:
+    """The queue rule's target options: one queue, or the readers' queues, and the bypass."""
+    bypass = " --queue-bypass" if spec.fail_open else ""
+    if spec.queues > 1:
+        return (
+            f"--queue-balance {spec.queue}:{spec.queue + spec.queues - 1} --queue-cpu-fanout"
+            + bypass
+        )
+    return f"--queue-num {spec.queue}{bypass}"
 
 
 def _has(kind: str, mark: int) -> str:

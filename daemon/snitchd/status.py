@@ -73,6 +73,7 @@ class Status:
     kernel: tuple[tuple[str, int], ...] = ()
     running: bool = True
     attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
+    sockets: str = ""  # a datagram's verdict kept "per socket (pin)" or "per tuple: why"
     rules_files_error: str = ""  # why a rules.d file was refused at the last load (issue 18)
     flows_cut: int = 0  # open flows cut because a rule added or enabled later denies them
     retries: int = 0  # new flows counted as retries of a blocked attempt (attempts)
@@ -145,6 +146,7 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         log_writer_starts=fw.events.writer_starts,
         log_error=fw.events.last_error,
         attribution=fw.attributor.path,
+        sockets=fw.sockets,
         attributed_bpf=c.attributed.get("bpf", 0),
         attributed_sock_diag=c.attributed.get("sock_diag", 0),
         attributed_uid_only=c.attributed.get("uid-only", 0),

@@ -6,7 +6,9 @@ Each test asserts what the client saw (connected, refused, timed out) and what s
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -190,9 +192,17 @@ def test_explain_names_the_winner(running: Lab) -> None:
 
 
 def test_kernel_rules_only_new_flows_and_removed_on_stop(running: Lab) -> None:
+    """Our rules go at stop. The socket match's programs are pinned for them per network
+    namespace (here in the BPF file system snitchd mounted in its own mount namespace, which
+    `ip netns exec` made)."""
     saved = running.iptables_save()
     assert "--ctstate NEW -j NFQUEUE --queue-num 4242 --queue-bypass" in saved
     assert saved.count("-A OUTPUT -m comment --comment snitch") == 4  # mangle+filter, v4+v6
+    pins = Path("/sys/fs/bpf/snitch") / str(os.stat(f"/run/netns/{running.client}").st_ino)
+    assert f"--object-pinned {pins}/undecided" in saved
+    assert running.daemon is not None
+    seen = Path(f"/proc/{running.daemon.pid}/root") / pins.relative_to("/")
+    assert sorted(p.name for p in seen.iterdir()) == ["over-limit", "undecided"]
     assert running.stop_daemon() == 0
     assert "snitch" not in running.iptables_save().lower()
 

@@ -6,11 +6,12 @@ keeps what the firewall logs), and `Packet` stands for a queued packet and keeps
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from snitchd.attempts import RowRef
 from snitchd.config import Config
 from snitchd.firewall import Firewall
-from snitchd.netfilter import ALLOW_MARK, MARK_MASK, REJECT_MARK
+from snitchd.netfilter import ALLOW_MARK, DENY_MARK, MARK_MASK, REJECT_MARK
 from snitchd.prompts import Broker
 from snitchd.store import Decision, Store
 
@@ -43,20 +44,24 @@ def make_firewall(
 
 
 class Packet:
-    """A queued packet: its verdict ("accept", "drop", "reject": an accept after the reject
-    mark) as the firewall gave it. An allow is a repeat after the allow mark (our rules then
-    keep it on the conntrack entry): "accept" too."""
+    """A queued packet: its verdict ("accept", "drop", "reject") as the firewall gave it. A
+    verdict is a repeat with its mark on the packet (our rules then act on it); a plain accept
+    or drop is a fail mode's, or an unreadable packet's."""
+
+    _BY_MARK: ClassVar[dict[int, str]] = {
+        ALLOW_MARK: "accept", DENY_MARK: "drop", REJECT_MARK: "reject",
+    }  # fmt: skip
 
     def __init__(self) -> None:
         self.verdict = ""
         self.mark = 0
 
     def accept(self) -> None:
-        self.verdict = "reject" if self.mark & MARK_MASK == REJECT_MARK else "accept"
+        self.verdict = "accept"
 
     def repeat(self) -> None:
-        assert self.mark & MARK_MASK == ALLOW_MARK, "a repeat without the allow mark"
-        self.verdict = "accept"
+        assert self.mark & MARK_MASK in self._BY_MARK, "a repeat without a verdict's mark"
+        self.verdict = self._BY_MARK[self.mark & MARK_MASK]
 
     def drop(self) -> None:
         self.verdict = "drop"

@@ -218,8 +218,8 @@ def test_forward_rules_queue_new_flows_from_the_listed_interfaces_only() -> None
     queued = [ln for ln in forward if "NFQUEUE" in ln and "--syn" not in ln]
     assert [ln.split()[3] for ln in queued] == ["docker0", "br-+"]
     assert all("--ctstate NEW --ctdir ORIGINAL" in ln and "--queue-num 4242" in ln for ln in queued)
-    # Decided flows (and the allow verdict's repeat) are handled before anything is queued,
-    # by the same rules as on OUTPUT; a SYN is queued before them, from the same interfaces.
+    # Decided flows (and every verdict's repeat) are handled before anything is queued, by the
+    # same rules as on OUTPUT; a SYN is queued before them, from the same interfaces.
     output = [
         ln
         for ln in chains.mangle
@@ -227,7 +227,7 @@ def test_forward_rules_queue_new_flows_from_the_listed_interfaces_only() -> None
     ]
     decided = [ln.replace("SNITCH_QUEUE", "SNITCH_FORWARD") for ln in output]
     before = forward[: forward.index(queued[0])]
-    assert [ln for ln in before if "--syn" not in ln] == decided and len(decided) == 5
+    assert [ln for ln in before if "--syn" not in ln] == decided and len(decided) == 7
     syns = [ln for ln in before if "--syn" in ln]
     assert [ln.split(" -i ")[1].split()[0] for ln in syns] == ["docker0", "br-+"]
     assert "-I FORWARD 1 -m comment --comment snitch -j SNITCH_FORWARD" in chains.mangle

@@ -8,10 +8,13 @@ masked, and the three verdicts cannot be mistaken for each other.
 from __future__ import annotations
 
 import logging
+import re
+from importlib import resources
 
 import pytest
 
 from snitch_common.errors import BackendFailed
+from snitch_common.records import SYSTEM_UID_MAX
 from snitch_common.rules import Action
 from snitchd.netfilter import (
     ALLOW_MARK,
@@ -25,6 +28,7 @@ from snitchd.netfilter import (
     Step,
     install_lines,
     limit_script,
+    socket_lines,
     verdict_mark,
 )
 
@@ -204,3 +208,89 @@ def test_a_failed_limit_step_warns_and_the_firewall_still_starts(
     assert [r.getMessage() for r in caplog.records] == ["the limit is off: false failed: 1"]
     with pytest.raises(BackendFailed, match="false failed"):
         backend.apply(Plan((Step(("false",), ""),)))
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("forward", [(), ("veth9",)])
+def test_every_verdict_coming_back_is_acted_on_before_anything_queues_it(
+    tool: str, forward: tuple[str, ...]
+) -> None:
+    """Every verdict is a repeat with its mark (`firewall._give`), so the repeated packet must
+    be kept, dropped or passed on by its mark before a queue rule could take it again: a SYN
+    carrying any verdict is not queued, and the deny and reject marks are acted on first."""
+    mangle = install_lines(tool, NetSpec(4242, fail_open=False, forward_from=forward)).mangle
+    for chain in ("SNITCH_QUEUE", "SNITCH_FORWARD") if forward else ("SNITCH_QUEUE",):
+        lines = [ln for ln in mangle if ln.startswith(f"-A {chain} ")]
+        syn = next(ln for ln in lines if "--syn" in ln)
+        for mark in (ALLOW_MARK, DENY_MARK, REJECT_MARK):
+            assert f"-m mark ! --mark {mark:#x}/{MARK_MASK:#x}" in syn
+        denied = lines.index(f"-A {chain} -m mark --mark {DENY_MARK:#x}/{MARK_MASK:#x} -j DROP")
+        rejected = lines.index(
+            f"-A {chain} -m mark --mark {REJECT_MARK:#x}/{MARK_MASK:#x} -j RETURN"
+        )
+        later = [i for i, ln in enumerate(lines) if "NFQUEUE" in ln and "--syn" not in ln]
+        assert max(denied, rejected) < min(later), lines
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_datagrams_of_decided_flows_meet_the_socket_match_while_the_allow_mark_is_on(
+    tool: str,
+) -> None:
+    """The socket match learns a decided socket from its packet coming back with the verdict's
+    mark: the jump to it comes before the allow mark is taken off, and before the connmark
+    rules that would pass the packet of an undecided socket. Only from OUTPUT: a forwarded
+    packet has no socket here. Its chain is declared before the chain jumping to it."""
+    spec = NetSpec(4242, fail_open=True, forward_from=("veth9",), sockets="/sys/fs/bpf/x")
+    mangle = install_lines(tool, spec).mangle
+    jump = "-A SNITCH_QUEUE ! -p tcp -j SNITCH_SOCKETS"
+    lines = [ln for ln in mangle if ln.startswith("-A SNITCH_QUEUE ")]
+    unmark = next(i for i, ln in enumerate(lines) if "-j MARK --set-xmark 0/" in ln)
+    kept = min(i for i, ln in enumerate(lines) if "-m connmark" in ln)
+    assert lines.index(jump) < min(unmark, kept)
+    assert not any("SNITCH_SOCKETS" in ln for ln in mangle if ln.startswith("-A SNITCH_FORWARD"))
+    assert mangle.index(":SNITCH_SOCKETS - [0:0]") < mangle.index(":SNITCH_QUEUE - [0:0]")
+    assert not any("SNITCH_SOCKETS" in ln for ln in install_lines(tool, NetSpec(1, True)).mangle)
+    none, pinned = f"0/{MARK_MASK:#x}", "-m bpf --object-pinned /sys/fs/bpf/x"
+    decided = f"-m mark --mark {none} -m connmark ! --mark {none}"
+    assert socket_lines(spec) == [
+        ":SNITCH_SOCKETS - [0:0]",
+        f"-A SNITCH_SOCKETS -m mark ! --mark {none} {pinned}/undecided -j RETURN",
+        f"-A SNITCH_SOCKETS {decided} {pinned}/over-limit -j DROP",
+        f"-A SNITCH_SOCKETS {decided} {pinned}/undecided "
+        "-j NFQUEUE --queue-num 4242 --queue-bypass",
+    ]
+
+
+def test_the_socket_match_is_a_step_snitchd_can_run_without(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel without xt_bpf refuses the bpf rule: its chain is filled by a step of its own,
+    whose failure warns and leaves the chain empty, and the firewall filters by tuple. With
+    iptables-legacy the match is not set at all."""
+    backend = IptablesBackend(("iptables",))
+    monkeypatch.setattr(backend, "_remove_lines", lambda tool, keep: {"mangle": [], "filter": []})
+    monkeypatch.setattr(backend, "_limit_table", lambda: False)
+    plan = backend.plan_install(NetSpec(7, fail_open=False, sockets="/p"))
+    assert [s.without != "" for s in plan.steps] == [False, True] and plan.lost == ()
+    assert "--object-pinned /p" in plan.steps[1].stdin and "xt_bpf" in plan.steps[1].without
+    assert "bpf" not in plan.steps[0].stdin and "-j SNITCH_SOCKETS" in plan.steps[0].stdin
+    # iptables-legacy would fail every later change of mangle: no match, and said so.
+    backend.legacy = True
+    plan = backend.plan_install(NetSpec(7, fail_open=False, sockets="/p"))
+    assert len(plan.steps) == 1 and "SNITCH_SOCKETS" not in plan.steps[0].stdin
+    assert [text.split(": ")[-1] for text in plan.lost] == [
+        "not with iptables-legacy (use iptables-nft)"
+    ]
+
+
+def test_the_socket_program_reads_the_marks_and_users_of_the_python_side() -> None:
+    """sockets.bpf.c spells the mark layout and the first user's uid out in C: they must be
+    these."""
+    source = resources.files("snitchd").joinpath("bpf", "sockets.bpf.c").read_text()
+    defined = dict(
+        re.findall(r"#define (\w+_MA(?:RK|SK)|SYSTEM_UID_MAX) (0x[0-9A-F]+u|\d+)", source)
+    )
+    assert {name: int(value.rstrip("u"), 0) for name, value in defined.items()} == {
+        "MARK_MASK": MARK_MASK, "ALLOW_MARK": ALLOW_MARK,
+        "DENY_MARK": DENY_MARK, "REJECT_MARK": REJECT_MARK, "SYSTEM_UID_MAX": SYSTEM_UID_MAX,
+    }  # fmt: skip

@@ -59,11 +59,15 @@ from snitch_common.records import Flow, Proto
 
 __all__ = [
     "HOOKS",
+    "SOCKETS_SOURCE",
+    "SOURCES",
+    "LibBpf",
     "Owner",
     "Recorder",
     "RecorderMaps",
     "build_object",
     "cgroup2_root",
+    "mount_points",
     "object_path",
 ]
 
@@ -79,6 +83,8 @@ HOOKS = (
 )
 _HOOK_NAMES = {1: "sock_create", 2: "connect", 3: "sendmsg"}
 _SOURCE = "attrib.bpf.c"
+SOCKETS_SOURCE = "sockets.bpf.c"  # `socketmatch`
+SOURCES = (_SOURCE, SOCKETS_SOURCE)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # struct flow_key / struct owner / struct exe_key / struct exe_path of attrib.bpf.c.
@@ -125,42 +131,50 @@ def _owner(raw: bytes) -> Owner:
 def cgroup2_root() -> str | None:
     """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on a hybrid
     layout), from /proc/self/mountinfo; None without one."""
+    mounted = mount_points("cgroup2")
+    return mounted[0] if mounted else None
+
+
+def mount_points(fstype: str) -> list[str]:
+    """Where file systems of `fstype` are mounted, from /proc/self/mountinfo."""
+    found = []
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
                 before, _, after = line.partition(" - ")
-                if after.split(" ", 1)[0] == "cgroup2":
-                    return before.split()[4].replace("\\040", " ")
+                if after.split(" ", 1)[0] == fstype:
+                    found.append(before.split()[4].replace("\\040", " "))
     except OSError:
-        return None
-    return None
+        return []
+    return found
 
 
-def _source_text() -> bytes:
-    return resources.files("snitchd").joinpath("bpf", _SOURCE).read_bytes()
+def _source_text(source: str) -> bytes:
+    return resources.files("snitchd").joinpath("bpf", source).read_bytes()
 
 
-def object_path(state_dir: Path) -> Path:
+def object_path(state_dir: Path, source: str = _SOURCE) -> Path:
     """The object for this version of the source (a new source builds a new object)."""
-    digest = hashlib.sha256(_source_text()).hexdigest()[:16]
-    return state_dir / "bpf" / f"attrib-{digest}.o"
+    digest = hashlib.sha256(_source_text(source)).hexdigest()[:16]
+    return state_dir / "bpf" / f"{source.split('.', maxsplit=1)[0]}-{digest}.o"
 
 
-def build_object(state_dir: Path) -> Path:
-    """Compile the recorder with clang unless this source's object exists; returns its path.
-    Raises BackendUnavailable naming what is missing."""
-    target = object_path(state_dir)
+def build_object(state_dir: Path, source: str = _SOURCE) -> Path:
+    """Compile `source` (of snitchd/bpf: the recorder unless told) with clang unless this
+    version's object exists; returns its path. Raises BackendUnavailable naming what is
+    missing."""
+    target = object_path(state_dir, source)
     if target.exists():
         return target
     clang = shutil.which("clang") or shutil.which("clang-14")
     if clang is None:
         raise BackendUnavailable(
-            f"cannot build the BPF recorder {target}: clang not found "
+            f"cannot build the BPF object {target}: clang not found "
             "(install the Debian packages clang and libbpf-dev: ./install.sh --deps-only)"
         )
     if not Path("/usr/include/bpf/bpf_helpers.h").exists():
         raise BackendUnavailable(
-            f"cannot build the BPF recorder {target}: libbpf headers not found "
+            f"cannot build the BPF object {target}: libbpf headers not found "
             "(install the Debian package libbpf-dev)"
         )
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -171,24 +185,24 @@ def build_object(state_dir: Path) -> Path:
         or f"{os.uname().machine}-linux-gnu"
     )
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / _SOURCE
-        src.write_bytes(_source_text())
-        out = Path(tmp) / "attrib.o"
+        src = Path(tmp) / source
+        src.write_bytes(_source_text(source))
+        out = Path(tmp) / "built.o"
         argv = [clang, "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}", "-c", str(src)]
         done = subprocess.run(
             [*argv, "-o", str(out)], capture_output=True, text=True, timeout=120, check=False
         )
         if done.returncode != 0:
             raise BackendUnavailable(
-                f"cannot build the BPF recorder {target}: clang failed: "
+                f"cannot build the BPF object {target}: clang failed: "
                 f"{done.stderr.strip()[-500:]} (is libbpf-dev installed?)"
             )
         os.replace(out, target)
-    log.info("BPF recorder built path=%s", target)
+    log.info("BPF object built path=%s", target)
     return target
 
 
-class _LibBpf:
+class LibBpf:
     """The few libbpf calls we make, typed once."""
 
     def __init__(self) -> None:
@@ -207,7 +221,10 @@ class _LibBpf:
         self.attach_cgroup = _typed(lib.bpf_program__attach_cgroup, vp, vp, ci)
         self.link_destroy = _typed(lib.bpf_link__destroy, ci, vp)
         self.map_fd = _typed(lib.bpf_object__find_map_fd_by_name, ci, vp, cp)
+        self.program_fd = _typed(lib.bpf_program__fd, ci, vp)
+        self.pin = _typed(lib.bpf_obj_pin, ci, ci, cp)
         self.lookup = _typed(lib.bpf_map_lookup_elem, ci, ci, vp, vp)
+        self.update = _typed(lib.bpf_map_update_elem, ci, ci, vp, vp, ctypes.c_uint64)
         self.set_print = _typed(lib.libbpf_set_print, vp, vp)
 
 
@@ -281,7 +298,7 @@ class Recorder:
         cause (no CAP_BPF, no BTF, no cgroup, a verifier refusal), with nothing left attached.
         Given maps, only reads them."""
         self.cgroup = cgroup
-        self._lib = _LibBpf()
+        self._lib = LibBpf()
         self._links: list[int] = []
         self._obj: int | None = None
         self._cgroup_fd = -1
@@ -471,7 +488,9 @@ if __name__ == "__main__":  # install.sh: python -m snitchd.procs.bpf build [STA
 
     if len(sys.argv) < 2 or sys.argv[1] != "build":
         sys.exit("usage: python -m snitchd.procs.bpf build [STATE_DIR]")
+    state = Path(sys.argv[2] if len(sys.argv) > 2 else "/var/lib/snitch")
     try:
-        print(build_object(Path(sys.argv[2] if len(sys.argv) > 2 else "/var/lib/snitch")))
+        for source in SOURCES:
+            print(build_object(state, source))
     except BackendUnavailable as exc:
         sys.exit(f"snitch: {exc}")

@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: GPL-2.0
+// sockets.bpf.c: is this packet's socket one that snitch decided for? (a socket filter run by
+// iptables' bpf match, `netfilter.SOCKET_CHAIN`).
+//
+// snitch keeps a verdict on the flow's conntrack entry, and a conntrack entry is a tuple, not a
+// socket. A TCP SYN is always decided again (netfilter._decided_lines), but a datagram has no
+// first packet to tell a new socket by: a socket bound to the local port of a UDP flow still in
+// conntrack, sending to the same place, would pass (or fail) on that flow's verdict. So every
+// non-TCP packet of a decided flow comes here, and the program answers 1 ("queue it: snitchd
+// decides this socket") unless its socket is one snitchd gave a verdict for, to that
+// destination.
+//
+// What was decided is learnt from the verdict itself: snitchd gives every verdict as NF_REPEAT
+// with its mark on the packet (ALLOW, DENY or REJECT), so the decided packet comes through here
+// again, carrying it, and its socket's cookie is recorded with the destination. No user can put
+// those marks on a packet (SO_MARK needs CAP_NET_ADMIN). A socket cookie is never reused, so a
+// record cannot outlive its socket into another's. The map is an LRU: a record evicted (past
+// 65,536 decided sockets and destinations) costs one more decision of that socket, by the same
+// rules.
+//
+// The key is the socket and where the packet goes (address, and the port for UDP and UDP-Lite;
+// the local port is the socket's own). A packet carrying a verdict answers 0 whatever happens
+// (it must never go back to the queue). A packet without a socket (forwarded, or sent by the
+// kernel without one) answers 0: there is nothing to tell apart, its flow's verdict stands. A
+// packet whose headers cannot be read here (an IPv6 chain of more than EXT_MAX extension
+// headers: a user can add one, a routing header) answers 1: snitchd reads it, and drops what it
+// cannot read.
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+// netfilter.py's mark layout (tests/unit/test_netfilter.py checks they agree).
+#define MARK_MASK 0xFFFF0000u
+#define ALLOW_MARK 0x5A1A0000u
+#define DENY_MARK 0x5A1D0000u
+#define REJECT_MARK 0x5A1E0000u
+
+// snitch_common.records.SYSTEM_UID_MAX: uids above it are users, limited.
+#define SYSTEM_UID_MAX 999
+
+#define PROTO_HOPOPTS 0
+#define PROTO_UDP 17
+#define PROTO_ROUTING 43
+#define PROTO_DSTOPTS 60
+#define PROTO_UDPLITE 136
+#define EXT_MAX 4
+
+struct socket_key {
+	__u64 cookie;
+	__u8 daddr[16]; // IPv4 in the first 4 bytes
+	__u16 dport;    // network byte order; 0 but for UDP and UDP-Lite
+	__u8 proto;
+	__u8 pad[5];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct socket_key);
+	__type(value, __u8);
+} decided SEC(".maps");
+
+// The per-user limit of datagrams sent to the queue (`new_flows_per_user`), as snitchd set it:
+// one every interval_ns, up to burst_ns ahead (GCRA). interval_ns 0: no limit.
+struct limit {
+	__u64 interval_ns;
+	__u64 burst_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct limit);
+} limits SEC(".maps");
+
+// Per uid, when its next datagram is due (the GCRA's theoretical arrival time).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} users SEC(".maps");
+
+static __always_inline int is_extension(__u8 next)
+{
+	return next == PROTO_HOPOPTS || next == PROTO_ROUTING || next == PROTO_DSTOPTS;
+}
+
+// The destination and protocol of the packet (its data starts at the IP header); nonzero when
+// they cannot be read.
+static __always_inline int read_key(struct __sk_buff *skb, struct socket_key *key)
+{
+	__u8 first, next;
+	__u32 off;
+
+	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+		return -1;
+	if (first >> 4 == 4) {
+		if (bpf_skb_load_bytes(skb, 9, &next, 1) || bpf_skb_load_bytes(skb, 16, key->daddr, 4))
+			return -1;
+		off = (first & 0xF) * 4;
+	} else if (first >> 4 == 6) {
+		if (bpf_skb_load_bytes(skb, 6, &next, 1) || bpf_skb_load_bytes(skb, 24, key->daddr, 16))
+			return -1;
+		off = 40;
+#pragma unroll
+		for (int i = 0; i < EXT_MAX; i++) {
+			__u8 ext[2];
+
+			if (!is_extension(next))
+				break;
+			if (bpf_skb_load_bytes(skb, off, ext, 2))
+				return -1;
+			next = ext[0];
+			off += (ext[1] + 1) * 8;
+		}
+		if (is_extension(next))
+			return -1;
+	} else {
+		return -1;
+	}
+	key->proto = next;
+	if ((next == PROTO_UDP || next == PROTO_UDPLITE) &&
+	    bpf_skb_load_bytes(skb, off + 2, &key->dport, 2))
+		return -1;
+	return 0;
+}
+
+static __always_inline int is_verdict(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark & MARK_MASK;
+
+	return mark == ALLOW_MARK || mark == DENY_MARK || mark == REJECT_MARK;
+}
+
+// 1: the packet's socket was never decided for where the packet goes (or that cannot be read).
+static __always_inline int undecided(struct __sk_buff *skb, struct socket_key *key)
+{
+	if (read_key(skb, key))
+		return 1;
+	return bpf_map_lookup_elem(&decided, key) ? 0 : 1;
+}
+
+// The match of the queue rule: 1 to queue the packet.
+SEC("socket")
+int snitch_undecided_socket(struct __sk_buff *skb)
+{
+	struct socket_key key = {};
+	__u8 seen = 1;
+
+	key.cookie = bpf_get_socket_cookie(skb);
+	if (is_verdict(skb)) {
+		// A verdict coming back: never queued again, whatever can be read of it.
+		if (key.cookie && !read_key(skb, &key))
+			bpf_map_update_elem(&decided, &key, &seen, BPF_ANY);
+		return 0;
+	}
+	if (!key.cookie)
+		return 0;
+	return undecided(skb, &key);
+}
+
+// The match of the drop rule before it: 1 for a packet that would be queued but its user (a
+// uid above SYSTEM_UID_MAX) is past the limit. Without it, a user binding the port of a decided
+// flow, sending one datagram and closing, in a loop, had every datagram queued: the per-user
+// limit of new flows (nft, netfilter.limit_script) does not count a decided flow's packets.
+SEC("socket")
+int snitch_over_limit(struct __sk_buff *skb)
+{
+	struct socket_key key = {};
+	__u32 zero = 0, uid;
+	struct limit *limit;
+	__u64 now, due, *next;
+
+	key.cookie = bpf_get_socket_cookie(skb);
+	if (is_verdict(skb) || !key.cookie)
+		return 0;
+	uid = bpf_get_socket_uid(skb);
+	limit = bpf_map_lookup_elem(&limits, &zero);
+	if (uid <= SYSTEM_UID_MAX || !limit || !limit->interval_ns || !undecided(skb, &key))
+		return 0;
+	now = bpf_ktime_get_ns();
+	next = bpf_map_lookup_elem(&users, &uid);
+	due = next && *next > now ? *next : now;
+	if (due - now + limit->interval_ns > limit->burst_ns)
+		return 1;
+	due += limit->interval_ns;
+	bpf_map_update_elem(&users, &uid, &due, BPF_ANY);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
