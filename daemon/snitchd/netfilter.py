@@ -95,9 +95,10 @@ _VERDICT_MARKS = {Action.ALLOW: ALLOW_MARK, Action.DENY: DENY_MARK, Action.REJEC
 COMMENT = "snitch"
 LIMIT_TABLE = "snitch_limit"  # nft, inet family: the per-user limit of new flows
 _NO_LIMIT = (
-    "the per-user limit of new flows (nft table snitch_limit) could not be set, so one user can "
-    "fill the queue; nft needs the kernel's nf_tables (modprobe nf_tables)"
+    "the per-user limit of new flows (nft table snitch_limit) is off, so one user can fill the "
+    "queue"
 )
+_NO_NF_TABLES = f"{_NO_LIMIT}: nft needs the kernel's nf_tables (modprobe nf_tables)"
 QUEUE_CHAIN = "SNITCH_QUEUE"
 REJECT_CHAIN = "SNITCH_REJECT"
 DNS_CHAIN = "SNITCH_DNS"
@@ -306,9 +307,9 @@ class IptablesBackend:
                 steps.append(Step(restore, sockets, _NO_XT_BPF))
         if spec.per_user > 0 or self._limit_table():
             if shutil.which("nft") is None:
-                lost.append(f"{_NO_LIMIT}; nft not found (apt-get install nftables)")
+                lost.append(f"{_NO_LIMIT}: nft not found (apt-get install nftables)")
             else:
-                steps.append(Step(("nft", "-f", "-"), limit_script(spec.per_user), _NO_LIMIT))
+                steps.append(Step(("nft", "-f", "-"), limit_script(spec.per_user), _NO_NF_TABLES))
         return Plan(tuple(steps), tuple(lost))
 
     def _limit_table(self) -> bool:
@@ -330,7 +331,7 @@ class IptablesBackend:
                     Step((tool + "-restore", "--noflush", "-w", "5"), _restore_text(lines))
                 )
         if self._limit_table():
-            steps.append(Step(("nft", "-f", "-"), limit_script(0), _NO_LIMIT))
+            steps.append(Step(("nft", "-f", "-"), limit_script(0), _NO_NF_TABLES))
         return Plan(tuple(steps))
 
     def apply(self, plan: Plan) -> tuple[str, ...]:
