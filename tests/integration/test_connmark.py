@@ -190,10 +190,10 @@ def test_a_program_cannot_take_another_s_allow_by_its_ports(running: Lab) -> Non
     assert sorted((r["uid"], r["action"]) for r in rows) == [(0, "allow"), (65534, "deny")]
 
 
-def _udp_from(lab: Lab, sport: int, *user: str) -> str:
+def _udp_from(lab: Lab, sport: int, *user: str, host: str = "192.0.2.2") -> str:
     """A connected UDP socket bound to `sport` asks the server's echo (the client's word)."""
     return lab.client_run(
-        *user, PYTHON, str(HERE / "netclient.py"), "udp", "192.0.2.2", "9000",
+        *user, PYTHON, str(HERE / "netclient.py"), "udp", host, "9000",
         "--sport", str(sport), "--timeout", "1",
     )  # fmt: skip
 
@@ -202,15 +202,16 @@ def _who_was_decided(lab: Lab, sport: int) -> list[tuple[object, object]]:
     return sorted((r["uid"], r["action"]) for r in lab.log_rows() if r["sport"] == sport)
 
 
-def test_a_program_cannot_take_another_s_udp_allow_by_its_port(running: Lab) -> None:
+@pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
+def test_a_program_cannot_take_another_s_udp_allow_by_its_port(running: Lab, host: str) -> None:
     """Root's allowed UDP flow stays in conntrack (with its allow) for 30 s after root's socket
     closed. uid 65534, denied, bound the same local port and sent to the same place: its
     datagrams passed on root's verdict, undecided (a datagram has no SYN to decide afresh).
     Now the socket match sends them to the queue: its socket was never decided."""
-    running.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=9000")
+    running.add_rule(f"allow app={python_exe()} user=root to={host} port=9000")
     sport = 47003
-    assert _udp_from(running, sport) == "reply"
-    assert _udp_from(running, sport, *NOBODY) == "timeout"
+    assert _udp_from(running, sport, host=host) == "reply"
+    assert _udp_from(running, sport, *NOBODY, host=host) == "timeout"
     assert _who_was_decided(running, sport) == [(0, "allow"), (65534, "deny")]
 
 
