@@ -16,6 +16,7 @@ namespace. The daemon log is checked for tracebacks at the end of each test.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import json
@@ -37,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from snitchd.procs.bpf import cgroup2_root
+from snitchd.procs.bpf import SOURCES, build_object, cgroup2_root
 from tests.integration.scriptagent import ScriptedAgent
 from tests.support.lab import AS_NOBODY, Bus, add_veth, run, wait_for
 from tests.support.launcher import built_launcher
@@ -55,6 +56,20 @@ _LEVEL = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
 if os.geteuid() != 0:
     pytest.skip("integration tests need root (network namespaces)", allow_module_level=True)
 AGENT_LAUNCHER = built_launcher()
+
+
+def _built_bpf() -> Path:
+    """snitchd's BPF objects, built once for the session into a directory every lab's state
+    directory links to: snitchd builds what is missing there at each start (clang, ~0.3 s an
+    object, a minute over the suite). test_socket_match.py builds its own, as snitchd does."""
+    where = Path(tempfile.mkdtemp(prefix="snitch-bpf-"))
+    atexit.register(shutil.rmtree, where, True)
+    for source in SOURCES:
+        build_object(where, source)
+    return where / "bpf"
+
+
+BPF_OBJECTS = _built_bpf()
 
 
 class Terminal:
@@ -107,6 +122,7 @@ class Lab:
         self.server_proc: subprocess.Popen[str] | None = None
         self.dns_proc: subprocess.Popen[str] | None = None
         self.db = tmp / "snitch.db"
+        (tmp / "bpf").symlink_to(BPF_OBJECTS)
         self.config_path = tmp / "snitchd.toml"
         # The client's resolv.conf, as snitchd reads it (`resolv_conf`): the lab's DNS server.
         self.resolv_conf = tmp / "resolv.conf"
