@@ -111,6 +111,7 @@ NO_SOCKETS = (
     "tuple, not per socket"
 )
 _NO_XT_BPF = f"{NO_SOCKETS}: the kernel needs the bpf match (modprobe xt_bpf)"
+_TABLES = ("mangle", "filter")
 _OWN = (
     ("mangle", "OUTPUT", QUEUE_CHAIN),
     ("filter", "OUTPUT", REJECT_CHAIN),
@@ -250,28 +251,20 @@ class IptablesBackend:
         self.legacy = "legacy" in version
         log.info("backend probed name=%s version=%r", self.name, version)
 
-    def _own_jumps(
-        self, tool: str, table: str, chain: str, hook: str = "OUTPUT"
-    ) -> tuple[list[str], bool]:
-        """Our jump rules as `-D` lines, and whether our chain exists (from a previous run)."""
-        saved = _run((tool + "-save", "-t", table))
-        jumps = [
-            "-D" + line[2:]
-            for line in saved.splitlines()
-            if line.startswith(f"-A {hook} ") and line.endswith(f"-j {chain}")
-        ]
-        exists = any(line.startswith(f":{chain} ") for line in saved.splitlines())
-        return jumps, exists
-
     def _remove_lines(self, tool: str, keep: frozenset[str] = frozenset()) -> dict[str, list[str]]:
         """Lines that undo a previous run; chains in `keep` stay because they are about to be
-        redeclared (a `:CHAIN` line of iptables-restore empties an existing chain)."""
-        lines: dict[str, list[str]] = {"mangle": [], "filter": []}
+        redeclared (a `:CHAIN` line of iptables-restore empties an existing chain). Each table
+        is read once: an iptables-save run costs tens of ms, at every start, reload and stop."""
+        saved = {table: _run((tool + "-save", "-t", table)).splitlines() for table in _TABLES}
+        lines: dict[str, list[str]] = {table: [] for table in _TABLES}
         drop: dict[tuple[str, str], None] = {}
         for table, hook, chain in _OWN:
-            jumps, exists = self._own_jumps(tool, table, chain, hook)
-            lines[table] += jumps
-            if exists and chain not in keep:
+            lines[table] += [  # our jumps, as `-D` lines
+                "-D" + line[2:]
+                for line in saved[table]
+                if line.startswith(f"-A {hook} ") and line.endswith(f"-j {chain}")
+            ]
+            if chain not in keep and any(line.startswith(f":{chain} ") for line in saved[table]):
                 drop[(table, chain)] = None
         # Every jump first: a chain jumped to from two hooks (the reject chain, from OUTPUT
         # and FORWARD) can only be deleted once neither jump is left.
