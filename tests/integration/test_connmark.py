@@ -258,7 +258,6 @@ def test_a_user_s_new_sockets_on_a_decided_flow_are_limited(lab: Lab) -> None:
     per_second, seconds, sport = 100, 3, 47005
     lab.start_daemon(new_flows_per_user=per_second)
     rebind = (*NOBODY, PYTHON, "-c", _REBIND, str(sport), str(SINK))
-    assert lab.client_run(*rebind, "0").split() == ["0", "0"]
     lab.client_run(*NOBODY, PYTHON, str(HERE / "netclient.py"), "sendto", "192.0.2.2",
                    str(SINK), "--sport", str(sport), "--timeout", "0.5")  # fmt: skip
     seen = _settled(lab)["seen"]
