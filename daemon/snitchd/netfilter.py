@@ -18,8 +18,11 @@ here, in the kernel: the verdict is NF_REPEAT with `ALLOW_MARK` on the packet, s
 runs through mangle again, where the first rules copy that mark to its conntrack entry and take
 it off the packet (routing and the admin's rules never see it). This spares a ctnetlink update
 per allowed flow (two system calls on the packet loop) and leaves no moment when the flow is
-allowed but not yet marked. A refused packet goes no further, so `connmark.ConnMarks` creates
-its entry over ctnetlink.
+allowed but not yet marked. A denied or rejected verdict is a repeat too, with its own mark,
+which our rules act on (drop; on to the reject rule); a refused packet goes no further, so
+`connmark.ConnMarks` creates its entry over ctnetlink. Every verdict passing our rules again
+is also how the socket match learns which sockets were decided (`socketmatch`): a conntrack
+entry is a tuple, and a datagram of another socket on it is decided afresh.
 
 Mark layout, the same in the packet mark and the connmark: snitch owns the bits of `MARK_MASK`
 (the high 16) and leaves the low 16 to others; every match and write is masked. Our bits hold
