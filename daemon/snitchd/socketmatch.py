@@ -36,7 +36,13 @@ from pathlib import Path
 
 from snitch_common.errors import BackendUnavailable
 from snitchd.netfilter import OVER_LIMIT_PIN, UNDECIDED_PIN
-from snitchd.procs.bpf import SOCKETS_SOURCE, LibBpf, build_object, mount_points
+from snitchd.procs.bpf import (
+    SOCKETS_SOURCE,
+    LibBpf,
+    build_object,
+    libbpf_failed,
+    mount_points,
+)
 
 __all__ = ["PIN_ROOT", "PROGRAMS", "SocketMatch"]
 
@@ -122,9 +128,4 @@ def _mount_bpffs(root: Path) -> None:
 
 
 def _failed(what: str) -> BackendUnavailable:
-    code = ctypes.get_errno()
-    hint = {
-        errno.EPERM: "needs root with CAP_BPF",
-        errno.EACCES: "the verifier refused it (snitchd --debug logs its reasons)",
-    }.get(code, "see the libbpf lines in the log")
-    return BackendUnavailable(f"cannot {what}: {os.strerror(code) if code else 'failed'} ({hint})")
+    return libbpf_failed(what, {errno.EPERM: "needs root with CAP_BPF"})

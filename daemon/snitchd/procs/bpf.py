@@ -67,6 +67,7 @@ __all__ = [
     "RecorderMaps",
     "build_object",
     "cgroup2_root",
+    "libbpf_failed",
     "mount_points",
     "object_path",
 ]
@@ -289,6 +290,17 @@ class RecorderMaps:
     conns: int
 
 
+def libbpf_failed(what: str, hints: dict[int, str], after: str = "") -> BackendUnavailable:
+    """The error for a libbpf call that failed just now: its errno, and what that errno means
+    for this caller (`hints`; a verifier refusal is the same for all), then `after`."""
+    code = ctypes.get_errno()
+    hint = {errno.EACCES: "the verifier refused it (snitchd --debug logs its reasons)", **hints}
+    return BackendUnavailable(
+        f"cannot {what}: {os.strerror(code) if code else 'failed'} "
+        f"({hint.get(code, 'see the libbpf lines in the log')}){after}"
+    )
+
+
 class Recorder:
     """The loaded recorder, attached to one cgroup (and so to every cgroup below it), or the
     maps of one that another process loaded (`RecorderMaps`)."""
@@ -378,15 +390,13 @@ class Recorder:
 
     @staticmethod
     def _failed(what: str) -> BackendUnavailable:
-        code = ctypes.get_errno()
-        hint = {
-            errno.EPERM: "needs root with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
-            errno.EACCES: "the verifier refused it (snitchd --debug logs its reasons)",
-            errno.EINVAL: "the kernel lacks cgroup BPF (CONFIG_CGROUP_BPF), a hook or a helper",
-        }.get(code, "see the libbpf lines in the log")
-        return BackendUnavailable(
-            f"cannot {what}: {os.strerror(code) if code else 'failed'} ({hint}); "
-            "attribution stays with sock_diag and /proc"
+        return libbpf_failed(
+            what,
+            {
+                errno.EPERM: "needs root with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+                errno.EINVAL: "the kernel lacks cgroup BPF (CONFIG_CGROUP_BPF), a hook or a helper",
+            },
+            "; attribution stays with sock_diag and /proc",
         )
 
     def close(self) -> None:
