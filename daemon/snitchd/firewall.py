@@ -54,6 +54,7 @@ from snitchd.proposals import ProposalBook
 from snitchd.readers.handed import Handed
 from snitchd.rulebook import Rulebook, RuleMirror
 from snitchd.rulenews import RuleNews
+from snitchd.socketmatch import NamedSockets
 from snitchd.store import (
     Decision,
     Store,
@@ -141,8 +142,11 @@ class Firewall(Rulebook):
         self.config = config
         self.store = store
         self.attributor = attributor
-        # How a datagram's verdict is kept: "per socket (…)" or "per tuple: why" (`socketmatch`).
+        # How a datagram's verdict is kept: "per socket (…)" or "per tuple: why" (`socketmatch`),
+        # and where each verdict's socket is named for it (None: per tuple).
         self.sockets = ""
+        self.named: NamedSockets | None = None
+        self._named_failed = Every(UNREADABLE_SAID_EVERY)
         self.events = events
         self.broker = broker
         self.clock = clock
@@ -552,6 +556,16 @@ class Firewall(Rulebook):
 
     def _give(self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process) -> None:
         action = verdict.action
+        if self.named is not None:
+            try:
+                self.named.name(flow, proc.uid)
+            except OSError as exc:
+                # The repeat could meet what was written for another socket on this tuple:
+                # this one datagram is dropped rather than passed on another's verdict.
+                if self._named_failed.due(time.monotonic()):
+                    log.warning("datagram dropped, its socket not named: %s", exc)
+                pkt.drop()
+                return
         # Through our hook again with the verdict's mark, where our rules act on it
         # (`netfilter`): an allow is kept on the conntrack entry there (no ctnetlink update per
         # flow), a deny dropped, a reject sent on to the reject rule; and the socket match

@@ -44,7 +44,7 @@ from snitchd.procs import Attributor, start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.readers.parent import Readers
-from snitchd.socketmatch import SocketMatch
+from snitchd.socketmatch import NAMED_PIN, SocketMatch, open_named
 from snitchd.status import status_of
 from snitchd.store import Store
 from snitchd.subnets import SubnetWatch
@@ -127,17 +127,12 @@ class _Daemon:
         subnets = SubnetWatch(firewall.places)  # to=lan: the connected subnets, followed
         try:
             await subnets.start()
+            off = self._load_socket_match(firewall)
             await _start_reading(loop, reader, readers)
             if config.snoop_dns:
                 dns_reader.start(loop)
             installed = True
-            self._install(firewall)
-            log.info(
-                "kernel rules installed backend=%s queue=%d fail_mode=%s",
-                self.backend.name,
-                config.queue,
-                config.fail_mode.value,
-            )
+            self._install(firewall, off)
             bus = await serve(firewall, self.backend.name, switcher)
             netwatch = await _follow_network(bus, loop, switcher)
             self._stop_on(loop, bus)
@@ -251,23 +246,35 @@ class _Daemon:
         broker.attach(firewall)
         return firewall, broker, attributor
 
-    def _install(self, firewall: Firewall) -> None:
-        """The socket match first (our rules name where it is pinned), then our rules. Without
-        it (a kernel or unit without BPF, or without xt_bpf) snitchd keeps datagram verdicts
-        per conntrack tuple, as before it, and says so (the journal, `status`)."""
-        lost: tuple[str, ...] = ()
+    def _load_socket_match(self, firewall: Firewall) -> tuple[str, ...]:
+        """The socket match, before the queue readers start (each names the socket of every
+        datagram verdict it gives, in the match's map) and before our rules (they name where
+        it is pinned); what is lost without it."""
         try:
             state_dir = Path(self.config.database).parent
             self.sockets = SocketMatch(state_dir, self.config.new_flows_per_user)
         except BackendUnavailable as exc:
-            lost = (f"{NO_SOCKETS}: {exc}",)
-            log.warning("%s", lost[0])
+            log.warning("%s: %s", NO_SOCKETS, exc)
+            return (f"{NO_SOCKETS}: {exc}",)
+        firewall.named = open_named(self.sockets.pins / NAMED_PIN)
+        return ()
+
+    def _install(self, firewall: Firewall, lost: tuple[str, ...]) -> None:
+        """Our rules, after the socket match (`lost`: what is off already). Without it (a
+        kernel or unit without BPF, or without xt_bpf) snitchd keeps datagram verdicts per
+        conntrack tuple, as before it, and says so (the journal, `status`)."""
         lost += self.backend.apply(self.backend.plan_install(self._spec(self.config)))
         why = next((text for text in lost if text.startswith(NO_SOCKETS)), "")
         if why or self.sockets is None:
             firewall.sockets = f"per tuple: {why.removeprefix(NO_SOCKETS + ': ')}"
         else:
             firewall.sockets = f"per socket ({self.sockets.pins})"
+        log.info(
+            "kernel rules installed backend=%s queue=%d fail_mode=%s",
+            self.backend.name,
+            self.config.queue,
+            self.config.fail_mode.value,
+        )
 
     def _remove_rules(self, installed: bool) -> None:
         try:

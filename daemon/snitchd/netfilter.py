@@ -67,10 +67,12 @@ __all__ = [
     "DENY_MARK",
     "MARK_MASK",
     "NO_SOCKETS",
+    "OTHER_SOCKET_PIN",
     "OVER_LIMIT_PIN",
     "REJECT_MARK",
     "UNASKED_MARK",
     "UNDECIDED_PIN",
+    "VERDICT_PINS",
     "Backend",
     "Chains",
     "IptablesBackend",
@@ -109,6 +111,9 @@ DNS_QUERY_CHAIN = "SNITCH_DNSQ"
 FORWARD_CHAIN = "SNITCH_FORWARD"
 SOCKET_CHAIN = "SNITCH_SOCKETS"  # jumped to from QUEUE_CHAIN only
 UNDECIDED_PIN, OVER_LIMIT_PIN = "undecided", "over-limit"  # its programs, in `NetSpec.sockets`
+OTHER_SOCKET_PIN = "other-socket"  # a verdict's repeat sent by a socket snitchd did not name
+# and one per verdict: the packet's socket was given this one
+VERDICT_PINS = {ALLOW_MARK: "allowed", DENY_MARK: "denied", REJECT_MARK: "rejected"}
 NO_SOCKETS = (
     "the socket match (SNITCH_SOCKETS) is off, so a datagram's verdict is kept per conntrack "
     "tuple, not per socket"
@@ -406,15 +411,16 @@ def _decided_lines(chain: str, queues: list[str], sockets: bool = False) -> list
 
     `sockets`: other packets of a decided flow, and decided packets coming back, go through
     `SOCKET_CHAIN` first, where the ones of a socket snitchd did not decide are queued
-    (`socketmatch`): datagrams have no SYN."""
+    (`socketmatch`): datagrams have no SYN. First of all: a verdict for another socket must
+    not be kept on the entry."""
     verdicts = (ALLOW_MARK, DENY_MARK, REJECT_MARK)
     allowed_now, denied_now, rejected_now = (_has("mark", mark) for mark in verdicts)
     ct_allowed, ct_denied, ct_rejected = (_has("connmark", mark) for mark in verdicts)
     undecided = " ".join(f"-m mark ! --mark {mark:#x}/{MARK_MASK:#x}" for mark in verdicts)
     return [
+        *([f"-A {chain} ! -p tcp -j {SOCKET_CHAIN}"] if sockets else []),
         f"-A {chain} {allowed_now} -j CONNMARK --set-xmark {ALLOW_MARK:#x}/{MARK_MASK:#x}",
         *(f"-A {chain} -p tcp --syn {undecided} {queue}" for queue in queues),
-        *([f"-A {chain} ! -p tcp -j {SOCKET_CHAIN}"] if sockets else []),
         f"-A {chain} {allowed_now} -j MARK --set-xmark 0/{MARK_MASK:#x}",
         f"-A {chain} {denied_now} -j DROP",
         f"-A {chain} {rejected_now} -j RETURN",
@@ -427,22 +433,38 @@ def _decided_lines(chain: str, queues: list[str], sockets: bool = False) -> list
 def socket_lines(spec: NetSpec) -> list[str]:
     """`SOCKET_CHAIN`'s rules (mangle), a step of their own so that a kernel or iptables
     without the bpf match leaves the chain empty, and snitchd filtering by tuple (`without`).
-    The programs (`socketmatch`, pinned in `spec.sockets`) learn from a packet carrying a
-    verdict (they never match one), and answer for a packet of a flow with a verdict on its
-    entry: dropped if its user is past the limit, else queued if its socket is undecided. Any
-    other packet is undecided, and the rules after take it as before: a flow without our mark
-    is queued whole when new, and a packet conntrack does not track has no entry to inherit a
-    verdict from."""
-    undecided, over = (
-        f"-m bpf --object-pinned {spec.sockets}/{name}" for name in (UNDECIDED_PIN, OVER_LIMIT_PIN)
-    )
+    The programs (`socketmatch`, pinned in `spec.sockets`) drop a packet carrying a verdict
+    for another uid's socket than the one that sent it (snitchd names the sender by its tuple,
+    which a shared port makes ambiguous), learn from the others (they never match one), and
+    answer for a packet of a flow with a verdict on its entry: passed on if its socket was
+    given that verdict (one lookup, the common case); dropped if its user is past the limit,
+    else queued, if its socket is undecided; else its socket was given another verdict (two
+    live sockets share the flow's port), and the entry is set to it, for the connmark rules
+    after. Any other packet is undecided, and the rules after take it as before: a flow
+    without our mark is queued whole when new, and a packet conntrack does not track has no
+    entry to inherit a verdict from."""
+
+    def pinned(name: str) -> str:
+        return f"-m bpf --object-pinned {spec.sockets}/{name}"
+
     none = f"0/{MARK_MASK:#x}"
     decided = f"-m mark --mark {none} -m connmark ! --mark {none}"
     return [
         f":{SOCKET_CHAIN} - [0:0]",
-        f"-A {SOCKET_CHAIN} -m mark ! --mark {none} {undecided} -j RETURN",
-        f"-A {SOCKET_CHAIN} {decided} {over} -j DROP",
-        f"-A {SOCKET_CHAIN} {decided} {undecided} -j NFQUEUE {_target(spec)}",
+        f"-A {SOCKET_CHAIN} -m mark ! --mark {none} {pinned(OTHER_SOCKET_PIN)} -j DROP",
+        f"-A {SOCKET_CHAIN} -m mark ! --mark {none} {pinned(UNDECIDED_PIN)} -j RETURN",
+        *(
+            f"-A {SOCKET_CHAIN} -m mark --mark {none} {_has('connmark', mark)} {pinned(name)} "
+            "-j RETURN"
+            for mark, name in VERDICT_PINS.items()
+        ),
+        f"-A {SOCKET_CHAIN} {decided} {pinned(OVER_LIMIT_PIN)} -j DROP",
+        f"-A {SOCKET_CHAIN} {decided} {pinned(UNDECIDED_PIN)} -j NFQUEUE {_target(spec)}",
+        *(
+            f"-A {SOCKET_CHAIN} {decided} {pinned(name)} "
+            f"-j CONNMARK --set-xmark {mark:#x}/{MARK_MASK:#x}"
+            for mark, name in VERDICT_PINS.items()
+        ),
     ]
 
 

@@ -9,7 +9,17 @@ many ports to one place, say the DNS server, made those ports fail for everyone)
 non-TCP packet of a decided flow goes through `bpf/sockets.bpf.c`, a socket filter iptables runs
 (the `bpf` match, `netfilter.SOCKET_CHAIN`), which sends it to the queue unless snitchd gave its
 socket a verdict for that destination. It learns the verdicts from the packets themselves:
-`firewall` gives each one as a repeat with its mark on the packet.
+`firewall` gives each one as a repeat with its mark on the packet. It records which verdict, and
+three more programs answer "this socket was given this verdict": two live sockets can share one
+flow (SO_REUSEADDR on both), and each datagram is then judged by its own socket's verdict, not
+by the entry's last one (a user's denied socket joining a service's port stopped the service's
+datagrams there).
+
+snitchd names a datagram's sender by its tuple, and a shared port makes that ambiguous: the
+kernel's lookup answers with the better match (a connected socket), so a user's unconnected
+socket on a service's port was named as the service. So `NamedSockets` writes, just before each
+verdict for a datagram, the uid of the socket snitchd named under the flow's tuple, and the
+verdict's repeat is dropped when the socket that sent it has another uid.
 
 A second program, before it, drops what a user (uid above 999) would send to the queue past
 `new_flows_per_user` a second: the nft limit of new flows counts no packet of a decided flow,
@@ -30,12 +40,14 @@ import ctypes
 import errno
 import logging
 import os
+import socket
 import struct
 import subprocess
 from pathlib import Path
 
 from snitch_common.errors import BackendUnavailable
-from snitchd.netfilter import OVER_LIMIT_PIN, UNDECIDED_PIN
+from snitch_common.records import Flow, Proto
+from snitchd.netfilter import OTHER_SOCKET_PIN, OVER_LIMIT_PIN, UNDECIDED_PIN, VERDICT_PINS
 from snitchd.procs.bpf import (
     SOCKETS_SOURCE,
     LibBpf,
@@ -43,16 +55,33 @@ from snitchd.procs.bpf import (
     libbpf_failed,
     mount_points,
 )
+from snitchd.procs.sockdiag import IPPROTO_UDPLITE
 
-__all__ = ["PIN_ROOT", "PROGRAMS", "SocketMatch"]
+__all__ = [
+    "NAMED_PIN",
+    "NO_UID",
+    "PIN_ROOT",
+    "PROGRAMS",
+    "NamedSockets",
+    "SocketMatch",
+    "open_named",
+]
 
 log = logging.getLogger(__name__)
 
 PIN_ROOT = Path("/sys/fs/bpf")
-# The programs (sockets.bpf.c), pinned by these names: the queue rule's match, and the drop
-# rule's before it (a user past its limit).
-PROGRAMS = {UNDECIDED_PIN: b"snitch_undecided_socket", OVER_LIMIT_PIN: b"snitch_over_limit"}
+# The programs (sockets.bpf.c), pinned by these names: the queue rule's match, the drop rule's
+# before it (a user past its limit), and the socket's verdict is this one.
+PROGRAMS = {
+    OTHER_SOCKET_PIN: b"snitch_other_socket",
+    UNDECIDED_PIN: b"snitch_undecided_socket",
+    OVER_LIMIT_PIN: b"snitch_over_limit",
+    **{name: f"snitch_socket_{name}".encode() for name in VERDICT_PINS.values()},
+}
+NAMED_PIN = "named"  # the map of the uid snitchd named per datagram flow, for the readers too
 _LIMIT = struct.Struct("=QQ")  # struct limit
+_FLOW = struct.Struct("=16s16s2s2sB3x")  # struct flow_key: ports in network order
+NO_UID = 0xFFFFFFFF  # `NamedSockets`: no socket named (the kernel's packet), no check
 
 
 class SocketMatch:
@@ -77,18 +106,25 @@ class SocketMatch:
                 raise BackendUnavailable(f"{obj_path} has no map limits")
             self.limit(per_user)
             self.pins.mkdir(mode=0o700, parents=True, exist_ok=True)
+            named = self._lib.map_fd(obj, NAMED_PIN.encode())
+            if named < 0:
+                raise BackendUnavailable(f"{obj_path} has no map {NAMED_PIN}")
+            self._pin(named, NAMED_PIN)
             for name, program in PROGRAMS.items():
                 prog = self._lib.find_program(obj, program)
                 if not prog:
                     raise BackendUnavailable(f"{obj_path} has no program {program.decode()}")
-                pin = self.pins / name
-                pin.unlink(missing_ok=True)  # an earlier run's, left by a crash
-                if self._lib.pin(self._lib.program_fd(prog), str(pin).encode()) != 0:
-                    raise _failed(f"pin {program.decode()} at {pin}")
+                self._pin(self._lib.program_fd(prog), name)
         except BaseException:
             self.close()
             raise
         log.info("socket match loaded pins=%s", self.pins)
+
+    def _pin(self, fd: int, name: str) -> None:
+        pin = self.pins / name
+        pin.unlink(missing_ok=True)  # an earlier run's, left by a crash
+        if self._lib.pin(fd, str(pin).encode()) != 0:
+            raise _failed(f"pin {name} at {pin}")
 
     def limit(self, per_user: int) -> None:
         """Datagrams of undecided sockets one user may send to the queue a second (burst as
@@ -104,13 +140,53 @@ class SocketMatch:
         go."""
         if self._obj is None:
             return
-        for name in PROGRAMS:
+        for name in (*PROGRAMS, NAMED_PIN):
             (self.pins / name).unlink(missing_ok=True)
         for empty in (self.pins, self.pins.parent):  # another namespace's snitchd may pin there
             with contextlib.suppress(OSError):
                 empty.rmdir()
         self._lib.close(self._obj)
         self._obj = None
+
+
+class NamedSockets:
+    """The writer of the `named` map (pinned at `pin`), one per process that gives verdicts."""
+
+    def __init__(self, pin: Path) -> None:
+        self.pin = pin
+        self._lib = LibBpf()
+        self._fd = self._lib.obj_get(str(pin).encode())
+        if self._fd < 0:
+            raise _failed(f"open {pin}")
+        self._key = ctypes.create_string_buffer(_FLOW.size)
+        self._uid = ctypes.c_uint32()
+
+    def name(self, flow: Flow, uid: int | None) -> None:
+        """Say that the verdict about to be given for `flow` is for a socket of `uid` (None:
+        no socket, the kernel's). Only UDP and UDP-Lite: a shared port is theirs. Raises
+        OSError if the map refused it (the verdict's repeat may then meet an older entry)."""
+        udplite = flow.ipproto == IPPROTO_UDPLITE
+        if flow.proto is not Proto.UDP and not udplite:
+            return
+        _FLOW.pack_into(
+            self._key, 0, flow.src.packed, flow.dst.packed,
+            flow.sport.to_bytes(2, "big"), flow.dport.to_bytes(2, "big"),
+            IPPROTO_UDPLITE if udplite else socket.IPPROTO_UDP,
+        )  # fmt: skip
+        self._uid.value = NO_UID if uid is None else uid
+        if self._lib.update(self._fd, self._key, ctypes.byref(self._uid), 0) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"cannot write {self.pin}: {os.strerror(code)}")
+
+
+def open_named(pin: Path) -> NamedSockets | None:
+    """The writer for a process that gives verdicts, or None (said in the log): verdicts then
+    go unchecked, as without the socket match."""
+    try:
+        return NamedSockets(pin)
+    except BackendUnavailable as exc:
+        log.warning("a datagram's verdict may pass to another socket on its port: %s", exc)
+        return None
 
 
 def _mount_bpffs(root: Path) -> None:

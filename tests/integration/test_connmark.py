@@ -10,17 +10,20 @@ kernel is read with `iptables-save -c` in the client namespace, once per iptable
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import Popen
 from typing import TypeVar
 
 import pytest
 
 from conftest import HERE, PYTHON, Lab, python_exe
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK
+from tests.integration.readerparams import READERS
 from tests.support.lab import wait_for
 
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
@@ -229,38 +232,113 @@ def test_a_denied_datagram_does_not_block_another_user_s_from_the_same_port(
     assert _who_was_decided(running, sport) == [(0, "allow"), (65534, "deny")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two live sockets on one port share the conntrack entry, and so its last verdict "
-    "(README, What snitch cannot see): the map records that a socket was decided, not how",
-)
 def test_a_denied_socket_sharing_a_live_port_does_not_stop_its_owner(running: Lab) -> None:
     """A service's socket that binds with SO_REUSEADDR (mDNS on 5353) lets a user's socket
     bind the same port and send to the same place: one conntrack entry for both. uid 65534's
-    socket is decided (denied); the entry's verdict becomes that deny, and root's socket, still
-    open and recorded as decided, passes no more datagrams there."""
+    socket is decided (denied) and the entry's verdict became that deny: root's socket, still
+    open and recorded as decided, passed no more datagrams there. Now each socket's datagrams
+    go by its own verdict."""
     running.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=9000")
-    script = (
-        "import socket, sys\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        "s.bind(('0.0.0.0', 47006)); s.connect(('192.0.2.2', 9000)); s.settimeout(1)\n"
-        "for _ in range(2):\n"
-        "    try: s.send(b'x'); s.recv(64); print('reply', flush=True)\n"
-        "    except OSError: print('lost', flush=True)\n"  # EPERM: dropped here; or a timeout
-        "    sys.stdin.readline()\n"
-    )
-    argv = ["ip", "netns", "exec", running.client, PYTHON, "-c", script]
-    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as owner:
-        assert owner.stdin is not None and owner.stdout is not None
+    sport = 47006
+    with _sharer(running, sport, 2, "owner") as owner:
+        assert _turn(owner) == "owner"
+        assert _udp_from(running, sport, *NOBODY) == "timeout"
+        assert _turn(owner) == "owner"
+    assert _who_was_decided(running, sport) == [(0, "allow"), (65534, "deny")]
+
+
+@pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
+@pytest.mark.parametrize("readers", READERS)
+def test_a_datagram_is_not_decided_as_another_socket_s_on_its_port(
+    lab: Lab, readers: int, host: str
+) -> None:
+    """snitchd names a queued datagram's sender by its tuple, and two sockets on a shared port
+    (SO_REUSEADDR) have the same one: the kernel's lookup answers with the better match, a
+    connected socket. So uid 65534's unconnected socket on the port of root's connected one,
+    sending to the same place, was named as root, and its datagrams passed on root's allow.
+    Now the verdict's repeat is dropped in the kernel: its socket is not the uid snitchd named.
+    Root's socket gets every echo of the port: one of uid 65534's would come first. With
+    several queue readers, each names the sockets of the verdicts it gives."""
+    lab.start_daemon(queue_readers=readers)
+    running = lab
+    running.add_rule(f"allow app={python_exe()} user=root to={host} port=9000")
+    sport, turns = 47007, 2
+    with (
+        _sharer(running, sport, turns + 1, "owner", host=host) as owner,
+        _sharer(running, sport, turns, "joiner", *NOBODY, host=host) as joiner,
+    ):
+        seen = [_turn(owner)]
+        for _ in range(turns):
+            seen += [_turn(joiner), _turn(owner)]
+    assert seen == ["owner", *["sent", "owner"] * turns]
+    assert _socket_rule_drops(running, "other-socket", v6=":" in host) == turns
+
+
+# A UDP socket on a shared port (SO_REUSEADDR), sending its word to the server's echo each time
+# a line comes in. The owner's is connected, so the kernel gives it every reply to the port
+# (the better match), and it prints all it reads until 0.3 s pass without one ("lost" if none:
+# dropped here, EPERM, or a timeout). Any other's prints "sent", or "refused" (EPERM: dropped
+# on the spot).
+_SHARER = """
+import socket, sys
+port, turns, word, host = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+server = (host, 9000)
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::" if ":" in host else "0.0.0.0", port)); s.settimeout(1)
+if word == "owner": s.connect(server)
+print("bound", flush=True)
+for _ in range(turns):
+    sys.stdin.readline()
+    try:
+        s.sendto(word.encode(), server)
+        if word != "owner":
+            print("sent", flush=True)
+            continue
+        heard = [s.recv(64).decode()]
+        s.settimeout(0.3)
         try:
-            assert owner.stdout.readline().strip() == "reply"
-            assert _udp_from(running, 47006, *NOBODY) == "timeout"
-            owner.stdin.write("\n")
-            owner.stdin.flush()
-            assert owner.stdout.readline().strip() == "reply"
+            while True: heard.append(s.recv(64).decode())
+        except TimeoutError: pass
+        s.settimeout(1)
+        print(",".join(heard), flush=True)
+    except PermissionError: print("refused", flush=True)
+    except OSError: print("lost", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def _sharer(
+    lab: Lab, sport: int, turns: int, word: str, *user: str, host: str = "192.0.2.2"
+) -> Iterator[Popen[str]]:
+    argv = ["ip", "netns", "exec", lab.client, *user, PYTHON, "-c", _SHARER]
+    with subprocess.Popen(
+        [*argv, str(sport), str(turns), word, host],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as sharer:  # fmt: skip
+        try:
+            assert sharer.stdout is not None and sharer.stdout.readline().strip() == "bound"
+            yield sharer
         finally:
-            owner.kill()
+            sharer.kill()
+
+
+def _turn(sharer: Popen[str]) -> str:
+    assert sharer.stdin is not None and sharer.stdout is not None
+    sharer.stdin.write("\n")
+    sharer.stdin.flush()
+    return sharer.stdout.readline().strip()
+
+
+def _socket_rule_drops(lab: Lab, pin: str, *, v6: bool = False) -> int:
+    """Packets dropped by SNITCH_SOCKETS's rule on the program pinned as `pin`."""
+    tool = "ip6tables" if v6 else "iptables"
+    listed = subprocess.run(
+        ["ip", "netns", "exec", lab.client, tool, "-t", "mangle", "-L", "SNITCH_SOCKETS",
+         "-v", "-x", "-n"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    return sum(int(ln.split()[0]) for ln in listed.splitlines() if ln.endswith(f"/{pin}"))
 
 
 # A new socket on one local port each time, sending one datagram to the sink and closing, for

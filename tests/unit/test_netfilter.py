@@ -31,6 +31,7 @@ from snitchd.netfilter import (
     socket_lines,
     verdict_mark,
 )
+from snitchd.socketmatch import NO_UID
 
 TOOLS = ("iptables", "ip6tables")
 
@@ -239,25 +240,40 @@ def test_datagrams_of_decided_flows_meet_the_socket_match_while_the_allow_mark_i
     """The socket match learns a decided socket from its packet coming back with the verdict's
     mark: the jump to it comes before the allow mark is taken off, and before the connmark
     rules that would pass the packet of an undecided socket. Only from OUTPUT: a forwarded
-    packet has no socket here. Its chain is declared before the chain jumping to it."""
+    packet has no socket here. Its chain is declared before the chain jumping to it. A packet
+    whose socket was given the entry's verdict returns at once; one whose socket was given
+    another sets the entry to it, after the queue rule (so only a decided socket's can)."""
     spec = NetSpec(4242, fail_open=True, forward_from=("veth9",), sockets="/sys/fs/bpf/x")
     mangle = install_lines(tool, spec).mangle
     jump = "-A SNITCH_QUEUE ! -p tcp -j SNITCH_SOCKETS"
     lines = [ln for ln in mangle if ln.startswith("-A SNITCH_QUEUE ")]
     unmark = next(i for i, ln in enumerate(lines) if "-j MARK --set-xmark 0/" in ln)
     kept = min(i for i, ln in enumerate(lines) if "-m connmark" in ln)
-    assert lines.index(jump) < min(unmark, kept)
+    first_mark = next(i for i, ln in enumerate(lines) if "-j CONNMARK" in ln)
+    assert lines.index(jump) < min(unmark, kept, first_mark)
     assert not any("SNITCH_SOCKETS" in ln for ln in mangle if ln.startswith("-A SNITCH_FORWARD"))
     assert mangle.index(":SNITCH_SOCKETS - [0:0]") < mangle.index(":SNITCH_QUEUE - [0:0]")
     assert not any("SNITCH_SOCKETS" in ln for ln in install_lines(tool, NetSpec(1, True)).mangle)
     none, pinned = f"0/{MARK_MASK:#x}", "-m bpf --object-pinned /sys/fs/bpf/x"
     decided = f"-m mark --mark {none} -m connmark ! --mark {none}"
+    verdicts = [(ALLOW_MARK, "allowed"), (DENY_MARK, "denied"), (REJECT_MARK, "rejected")]
     assert socket_lines(spec) == [
         ":SNITCH_SOCKETS - [0:0]",
+        f"-A SNITCH_SOCKETS -m mark ! --mark {none} {pinned}/other-socket -j DROP",
         f"-A SNITCH_SOCKETS -m mark ! --mark {none} {pinned}/undecided -j RETURN",
+        *(
+            f"-A SNITCH_SOCKETS -m mark --mark {none} -m connmark --mark {mark:#x}/{MARK_MASK:#x}"
+            f" {pinned}/{name} -j RETURN"
+            for mark, name in verdicts
+        ),
         f"-A SNITCH_SOCKETS {decided} {pinned}/over-limit -j DROP",
         f"-A SNITCH_SOCKETS {decided} {pinned}/undecided "
         "-j NFQUEUE --queue-num 4242 --queue-bypass",
+        *(
+            f"-A SNITCH_SOCKETS {decided} {pinned}/{name} "
+            f"-j CONNMARK --set-xmark {mark:#x}/{MARK_MASK:#x}"
+            for mark, name in verdicts
+        ),
     ]
 
 
@@ -284,13 +300,14 @@ def test_the_socket_match_is_a_step_snitchd_can_run_without(
 
 
 def test_the_socket_program_reads_the_marks_and_users_of_the_python_side() -> None:
-    """sockets.bpf.c spells the mark layout and the first user's uid out in C: they must be
-    these."""
+    """sockets.bpf.c spells the mark layout, the first user's uid and "no uid named" out in C:
+    they must be these."""
     source = resources.files("snitchd").joinpath("bpf", "sockets.bpf.c").read_text()
     defined = dict(
-        re.findall(r"#define (\w+_MA(?:RK|SK)|SYSTEM_UID_MAX) (0x[0-9A-F]+u|\d+)", source)
+        re.findall(r"#define (\w+_MA(?:RK|SK)|SYSTEM_UID_MAX|NO_UID) (0x[0-9A-F]+u|\d+)", source)
     )
     assert {name: int(value.rstrip("u"), 0) for name, value in defined.items()} == {
         "MARK_MASK": MARK_MASK, "ALLOW_MARK": ALLOW_MARK,
         "DENY_MARK": DENY_MARK, "REJECT_MARK": REJECT_MARK, "SYSTEM_UID_MAX": SYSTEM_UID_MAX,
+        "NO_UID": NO_UID,
     }  # fmt: skip

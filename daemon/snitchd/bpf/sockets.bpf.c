@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-// sockets.bpf.c: is this packet's socket one that snitch decided for? (a socket filter run by
+// sockets.bpf.c: what did snitch decide for this packet's socket? (socket filters run by
 // iptables' bpf match, `netfilter.SOCKET_CHAIN`).
 //
 // snitch keeps a verdict on the flow's conntrack entry, and a conntrack entry is a tuple, not a
@@ -12,11 +12,30 @@
 //
 // What was decided is learnt from the verdict itself: snitchd gives every verdict as NF_REPEAT
 // with its mark on the packet (ALLOW, DENY or REJECT), so the decided packet comes through here
-// again, carrying it, and its socket's cookie is recorded with the destination. No user can put
+// again, carrying it, and its socket's cookie is recorded with the destination and the verdict.
+// No user can put
 // those marks on a packet (SO_MARK needs CAP_NET_ADMIN). A socket cookie is never reused, so a
 // record cannot outlive its socket into another's. The map is an LRU: a record evicted (past
 // 65,536 decided sockets and destinations) costs one more decision of that socket, by the same
 // rules.
+//
+// Two live sockets can share a flow (both bind the port with SO_REUSEADDR, as mDNS does, and
+// send to the same place): one conntrack entry, two sockets, each decided. The entry holds the
+// last verdict given, so a user's denied socket joining a service's port made the service's
+// datagrams fail there. So one program per verdict answers whether the socket's recorded
+// verdict is that one: the rules pass a packet whose socket's verdict is the entry's, and set
+// the entry to the socket's own verdict where they differ. Every datagram is judged by its own
+// socket's verdict.
+//
+// And a verdict must be for the socket that sent the packet. snitchd names a queued datagram's
+// sender by its tuple (sock_diag), and two sockets sharing a port match the same tuple: the
+// kernel answers with the better match (a connected socket), so a user's unconnected socket on
+// a service's shared port was named as the service, and its datagram passed on the service's
+// allow. So just before each verdict for a datagram, snitchd writes the uid of the socket it
+// named under the flow's tuple (map `named`, pinned for the readers); the verdict's repeat is
+// dropped when the socket that sent it has another uid (`snitch_other_socket`), and nothing is
+// recorded for it. The kernel acts on a verdict in the very call that gives it, so the entry
+// read is the one written for it.
 //
 // The key is the socket and where the packet goes (address, and the port for UDP and UDP-Lite;
 // the local port is the socket's own). A packet carrying a verdict answers 0 whatever happens
@@ -44,6 +63,7 @@
 #define PROTO_DSTOPTS 60
 #define PROTO_UDPLITE 136
 #define EXT_MAX 4
+#define NO_UID 0xFFFFFFFFu // `named`: snitchd named no socket (the kernel's packet): no check
 
 struct socket_key {
 	__u64 cookie;
@@ -53,11 +73,29 @@ struct socket_key {
 	__u8 pad[5];
 };
 
+// A datagram's flow, as snitchd's `socketmatch.NamedSockets` packs it.
+struct flow_key {
+	__u8 saddr[16]; // IPv4 in the first 4 bytes
+	__u8 daddr[16];
+	__u16 sport; // network byte order
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+// Whose socket snitchd named for the verdict it gives now: the socket's uid, or NO_UID.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} named SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct socket_key);
-	__type(value, __u8);
+	__type(value, __u32); // the verdict's mark
 } decided SEC(".maps");
 
 // The per-user limit of datagrams sent to the queue (`new_flows_per_user`), as snitchd set it:
@@ -87,9 +125,11 @@ static __always_inline int is_extension(__u8 next)
 	return next == PROTO_HOPOPTS || next == PROTO_ROUTING || next == PROTO_DSTOPTS;
 }
 
-// The destination and protocol of the packet (its data starts at the IP header); nonzero when
-// they cannot be read.
-static __always_inline int read_key(struct __sk_buff *skb, struct socket_key *key)
+// The destination and protocol of the packet (its data starts at the IP header), and with
+// `flow` the whole flow of a UDP or UDP-Lite one (flow->proto stays 0 for others); nonzero
+// when they cannot be read.
+static __always_inline int read_headers(struct __sk_buff *skb, struct socket_key *key,
+					struct flow_key *flow)
 {
 	__u8 first, next;
 	__u32 off;
@@ -99,9 +139,13 @@ static __always_inline int read_key(struct __sk_buff *skb, struct socket_key *ke
 	if (first >> 4 == 4) {
 		if (bpf_skb_load_bytes(skb, 9, &next, 1) || bpf_skb_load_bytes(skb, 16, key->daddr, 4))
 			return -1;
+		if (flow && bpf_skb_load_bytes(skb, 12, flow->saddr, 4))
+			return -1;
 		off = (first & 0xF) * 4;
 	} else if (first >> 4 == 6) {
 		if (bpf_skb_load_bytes(skb, 6, &next, 1) || bpf_skb_load_bytes(skb, 24, key->daddr, 16))
+			return -1;
+		if (flow && bpf_skb_load_bytes(skb, 8, flow->saddr, 16))
 			return -1;
 		off = 40;
 #pragma unroll
@@ -121,10 +165,23 @@ static __always_inline int read_key(struct __sk_buff *skb, struct socket_key *ke
 		return -1;
 	}
 	key->proto = next;
-	if ((next == PROTO_UDP || next == PROTO_UDPLITE) &&
-	    bpf_skb_load_bytes(skb, off + 2, &key->dport, 2))
+	if (next != PROTO_UDP && next != PROTO_UDPLITE)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off + 2, &key->dport, 2))
 		return -1;
+	if (flow) {
+		if (bpf_skb_load_bytes(skb, off, &flow->sport, 2))
+			return -1;
+		__builtin_memcpy(flow->daddr, key->daddr, 16);
+		flow->dport = key->dport;
+		flow->proto = next;
+	}
 	return 0;
+}
+
+static __always_inline int read_key(struct __sk_buff *skb, struct socket_key *key)
+{
+	return read_headers(skb, key, 0);
 }
 
 static __always_inline int is_verdict(struct __sk_buff *skb)
@@ -147,13 +204,13 @@ SEC("socket")
 int snitch_undecided_socket(struct __sk_buff *skb)
 {
 	struct socket_key key = {};
-	__u8 seen = 1;
+	__u32 verdict = skb->mark & MARK_MASK;
 
 	key.cookie = bpf_get_socket_cookie(skb);
 	if (is_verdict(skb)) {
 		// A verdict coming back: never queued again, whatever can be read of it.
 		if (key.cookie && !read_key(skb, &key))
-			bpf_map_update_elem(&decided, &key, &seen, BPF_ANY);
+			bpf_map_update_elem(&decided, &key, &verdict, BPF_ANY);
 		return 0;
 	}
 	if (!key.cookie)
@@ -188,6 +245,55 @@ int snitch_over_limit(struct __sk_buff *skb)
 	due += limit->interval_ns;
 	bpf_map_update_elem(&users, &uid, &due, BPF_ANY);
 	return 0;
+}
+
+// The match of the drop rule first in the chain: 1 for a verdict's repeat of a datagram whose
+// socket is not the one snitchd named (another uid's, on the same tuple).
+SEC("socket")
+int snitch_other_socket(struct __sk_buff *skb)
+{
+	struct socket_key key = {};
+	struct flow_key flow = {};
+	__u32 *uid;
+
+	if (!is_verdict(skb) || !bpf_get_socket_cookie(skb) || read_headers(skb, &key, &flow) ||
+	    !flow.proto)
+		return 0;
+	uid = bpf_map_lookup_elem(&named, &flow);
+	return uid && *uid != NO_UID && *uid != bpf_get_socket_uid(skb);
+}
+
+// 1: the packet's socket was given `verdict` (a mark) for where the packet goes. A packet
+// carrying a verdict, one without a socket, and one whose headers cannot be read answer 0.
+static __always_inline int socket_was(struct __sk_buff *skb, __u32 verdict)
+{
+	struct socket_key key = {};
+	__u32 *recorded;
+
+	key.cookie = bpf_get_socket_cookie(skb);
+	if (is_verdict(skb) || !key.cookie || read_key(skb, &key))
+		return 0;
+	recorded = bpf_map_lookup_elem(&decided, &key);
+	return recorded && *recorded == verdict;
+}
+
+// The matches of the rules that keep the entry at the verdict of the socket sending.
+SEC("socket")
+int snitch_socket_allowed(struct __sk_buff *skb)
+{
+	return socket_was(skb, ALLOW_MARK);
+}
+
+SEC("socket")
+int snitch_socket_denied(struct __sk_buff *skb)
+{
+	return socket_was(skb, DENY_MARK);
+}
+
+SEC("socket")
+int snitch_socket_rejected(struct __sk_buff *skb)
+{
+	return socket_was(skb, REJECT_MARK);
 }
 
 char LICENSE[] SEC("license") = "GPL";

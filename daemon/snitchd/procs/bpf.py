@@ -224,6 +224,7 @@ class LibBpf:
         self.map_fd = _typed(lib.bpf_object__find_map_fd_by_name, ci, vp, cp)
         self.program_fd = _typed(lib.bpf_program__fd, ci, vp)
         self.pin = _typed(lib.bpf_obj_pin, ci, ci, cp)
+        self.obj_get = _typed(lib.bpf_obj_get, ci, cp)
         self.lookup = _typed(lib.bpf_map_lookup_elem, ci, ci, vp, vp)
         self.update = _typed(lib.bpf_map_update_elem, ci, ci, vp, vp, ctypes.c_uint64)
         self.set_print = _typed(lib.libbpf_set_print, vp, vp)

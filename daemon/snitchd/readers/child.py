@@ -59,6 +59,7 @@ from snitchd.readers.protocol import (
     Whole,
 )
 from snitchd.rulenews import RuleNews
+from snitchd.socketmatch import open_named
 
 __all__ = ["ReaderPath", "main"]
 
@@ -96,6 +97,8 @@ class ReaderPath(Firewall):
         self._doubted = Recent(REMEMBERED_FLOWS)
         self._ifnames = {}
         self._unreadable_said = Every(UNREADABLE_SAID_EVERY)
+        self.named = open_named(Path(start.named)) if start.named else None
+        self._named_failed = Every(UNREADABLE_SAID_EVERY)
         self._replay = None
         self.rules_error = ""
         self.disabled = {}

@@ -210,6 +210,7 @@ class Readers:
             tuple(fw.known_apps),
             self.log_level,
             maps,
+            str(fw.named.pin) if fw.named is not None else "",
         )
 
     async def _send_start(self, reader: _Reader, start: bytes) -> None:

@@ -64,6 +64,7 @@ class Start:
     known_apps: tuple[str, ...]
     log_level: int
     recorder: RecorderMaps | None  # snitchd's BPF recorder's maps (their fds passed along)
+    named: str  # the socket match's map of named sockets, pinned ("": none, `socketmatch`)
 
 
 @dataclass(frozen=True, slots=True)
