@@ -161,6 +161,13 @@ def summary(s: dict[str, Any], paint: Painter) -> str:
         f"{s['kernel_queue_dropped']} packets dropped by a full queue"
         if s.get("kernel_queue_dropped")
         else "",
+        f"{s['datagrams_other_socket']} datagrams dropped: sent by another user's socket than "
+        "the one snitchd named for their verdict (a port shared with SO_REUSEADDR)"
+        if s.get("datagrams_other_socket")
+        else "",
+        f"{s['datagrams_over_limit']} datagrams dropped: their user was past new_flows_per_user"
+        if s.get("datagrams_over_limit")
+        else "",
     ]
     for alert in filter(None, alerts):
         lines.append(f"{paint('alert', Colour.WARN)}: {alert}")

@@ -54,7 +54,7 @@ from snitchd.proposals import ProposalBook
 from snitchd.readers.handed import Handed
 from snitchd.rulebook import Rulebook, RuleMirror
 from snitchd.rulenews import RuleNews
-from snitchd.socketmatch import NamedSockets
+from snitchd.socketmatch import NamedSockets, SocketMatch
 from snitchd.store import (
     Decision,
     Store,
@@ -146,6 +146,7 @@ class Firewall(Rulebook):
         # and where each verdict's socket is named for it (None: per tuple).
         self.sockets = ""
         self.named: NamedSockets | None = None
+        self.socket_match: SocketMatch | None = None  # the main process's, for its counters
         self._named_failed = Every(UNREADABLE_SAID_EVERY)
         self.events = events
         self.broker = broker

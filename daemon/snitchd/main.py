@@ -256,6 +256,7 @@ class _Daemon:
         except BackendUnavailable as exc:
             log.warning("%s: %s", NO_SOCKETS, exc)
             return (f"{NO_SOCKETS}: {exc}",)
+        firewall.socket_match = self.sockets
         firewall.named = open_named(self.sockets.pins / NAMED_PIN)
         return ()
 

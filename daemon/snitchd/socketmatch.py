@@ -43,6 +43,7 @@ import os
 import socket
 import struct
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from snitch_common.errors import BackendUnavailable
@@ -63,6 +64,7 @@ __all__ = [
     "PIN_ROOT",
     "PROGRAMS",
     "NamedSockets",
+    "SocketDrops",
     "SocketMatch",
     "open_named",
 ]
@@ -84,6 +86,14 @@ _FLOW = struct.Struct("=16s16s2s2sB3x")  # struct flow_key: ports in network ord
 NO_UID = 0xFFFFFFFF  # `NamedSockets`: no socket named (the kernel's packet), no check
 
 
+@dataclass(frozen=True, slots=True)
+class SocketDrops:
+    """Datagrams the match's rules dropped (sockets.bpf.c's map `dropped`, in its order)."""
+
+    over_limit: int  # of users past `new_flows_per_user`, on their way to the queue
+    other_socket: int  # verdicts given for another uid's socket than the one that sent them
+
+
 class SocketMatch:
     """The loaded programs, pinned in `pins` (a directory) for iptables; `close` unpins them."""
 
@@ -101,14 +111,11 @@ class SocketMatch:
         try:
             if self._lib.load(obj) != 0:
                 raise _failed(f"load {obj_path}")
-            self._limits = self._lib.map_fd(obj, b"limits")
-            if self._limits < 0:
-                raise BackendUnavailable(f"{obj_path} has no map limits")
+            self._limits, self._dropped, named = (
+                self._map(obj, obj_path, name) for name in ("limits", "dropped", NAMED_PIN)
+            )
             self.limit(per_user)
             self.pins.mkdir(mode=0o700, parents=True, exist_ok=True)
-            named = self._lib.map_fd(obj, NAMED_PIN.encode())
-            if named < 0:
-                raise BackendUnavailable(f"{obj_path} has no map {NAMED_PIN}")
             self._pin(named, NAMED_PIN)
             for name, program in PROGRAMS.items():
                 prog = self._lib.find_program(obj, program)
@@ -119,6 +126,12 @@ class SocketMatch:
             self.close()
             raise
         log.info("socket match loaded pins=%s", self.pins)
+
+    def _map(self, obj: int, obj_path: Path, name: str) -> int:
+        fd = self._lib.map_fd(obj, name.encode())
+        if fd < 0:
+            raise BackendUnavailable(f"{obj_path} has no map {name}")
+        return int(fd)
 
     def _pin(self, fd: int, name: str) -> None:
         pin = self.pins / name
@@ -134,6 +147,15 @@ class SocketMatch:
         key = ctypes.c_uint32(0)
         if self._lib.update(self._limits, ctypes.byref(key), value, 0) != 0:
             raise _failed("set the per-user limit of the socket match")
+
+    def dropped(self) -> SocketDrops:
+        """What the match's drop rules dropped since it loaded (zeros once closed)."""
+        counts = [0, 0]
+        for why in range(len(counts)) if self._obj is not None else ():
+            key, value = ctypes.c_uint32(why), ctypes.c_uint64()
+            if self._lib.lookup(self._dropped, ctypes.byref(key), ctypes.byref(value)) == 0:
+                counts[why] = value.value
+        return SocketDrops(*counts)
 
     def close(self) -> None:
         """Unpin and free (idempotent): the rules that use them keep the programs until they

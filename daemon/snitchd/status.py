@@ -14,6 +14,7 @@ from snitch_common.modes import Mode
 from snitchd.config import reader_count
 from snitchd.firewall import Firewall
 from snitchd.queue import kernel_stats
+from snitchd.socketmatch import SocketDrops
 
 __all__ = ["Status", "status_of"]
 
@@ -74,6 +75,10 @@ class Status:
     running: bool = True
     attribution: str = ""  # which path finds owners: "bpf (cgroup …)" or "proc (why …)"
     sockets: str = ""  # a datagram's verdict kept "per socket (pin)" or "per tuple: why"
+    # Datagrams the socket match dropped in the kernel: of users past their limit on the way
+    # to the queue, and verdicts given for another uid's socket (a shared port).
+    datagrams_over_limit: int = 0
+    datagrams_other_socket: int = 0
     rules_files_error: str = ""  # why a rules.d file was refused at the last load (issue 18)
     flows_cut: int = 0  # open flows cut because a rule added or enabled later denies them
     retries: int = 0  # new flows counted as retries of a blocked attempt (attempts)
@@ -103,6 +108,7 @@ class Status:
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
     fw, c, d = firewall, firewall.counters, firewall.dns.counters
+    drops = fw.socket_match.dropped() if fw.socket_match is not None else SocketDrops(0, 0)
     return Status(
         version=__version__,
         backend=backend,
@@ -147,6 +153,8 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         log_error=fw.events.last_error,
         attribution=fw.attributor.path,
         sockets=fw.sockets,
+        datagrams_over_limit=drops.over_limit,
+        datagrams_other_socket=drops.other_socket,
         attributed_bpf=c.attributed.get("bpf", 0),
         attributed_sock_diag=c.attributed.get("sock_diag", 0),
         attributed_uid_only=c.attributed.get("uid-only", 0),

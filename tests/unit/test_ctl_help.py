@@ -96,3 +96,5 @@ def test_running_summary_is_short_and_names_alerts() -> None:
     assert "if snitchd stops: new connections would be held and dropped" in text
     assert "alert: log: disk full" in text
     assert len(text.splitlines()) <= 8
+    shared = summary(status | {"datagrams_other_socket": 2}, painter_for(io.StringIO(), {}))
+    assert "alert: 2 datagrams dropped: sent by another user's socket" in shared

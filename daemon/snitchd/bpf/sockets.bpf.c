@@ -120,6 +120,27 @@ struct {
 	__type(value, __u64);
 } users SEC(".maps");
 
+// What the drop rules dropped, for `snitchctl status` (`socketmatch.SocketMatch.dropped`).
+#define DROPPED_OVER_LIMIT 0
+#define DROPPED_OTHER_SOCKET 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} dropped SEC(".maps");
+
+// 1, counted under `why`: the rule this program matches for drops the packet.
+static __always_inline int drop(__u32 why)
+{
+	__u64 *count = bpf_map_lookup_elem(&dropped, &why);
+
+	if (count)
+		__sync_fetch_and_add(count, 1);
+	return 1;
+}
+
 static __always_inline int is_extension(__u8 next)
 {
 	return next == PROTO_HOPOPTS || next == PROTO_ROUTING || next == PROTO_DSTOPTS;
@@ -241,7 +262,7 @@ int snitch_over_limit(struct __sk_buff *skb)
 	next = bpf_map_lookup_elem(&users, &uid);
 	due = next && *next > now ? *next : now;
 	if (due - now + limit->interval_ns > limit->burst_ns)
-		return 1;
+		return drop(DROPPED_OVER_LIMIT);
 	due += limit->interval_ns;
 	bpf_map_update_elem(&users, &uid, &due, BPF_ANY);
 	return 0;
@@ -260,7 +281,9 @@ int snitch_other_socket(struct __sk_buff *skb)
 	    !flow.proto)
 		return 0;
 	uid = bpf_map_lookup_elem(&named, &flow);
-	return uid && *uid != NO_UID && *uid != bpf_get_socket_uid(skb);
+	if (uid && *uid != NO_UID && *uid != bpf_get_socket_uid(skb))
+		return drop(DROPPED_OTHER_SOCKET);
+	return 0;
 }
 
 // 1: the packet's socket was given `verdict` (a mark) for where the packet goes. A packet
