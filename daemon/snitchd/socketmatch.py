@@ -21,10 +21,10 @@ socket on a service's port was named as the service. So `NamedSockets` writes, j
 verdict for a datagram, the uid of the socket snitchd named under the flow's tuple, and the
 verdict's repeat is dropped when the socket that sent it has another uid.
 
-A second program, before it, drops what a user (uid above 999) would send to the queue past
-`new_flows_per_user` a second: the nft limit of new flows counts no packet of a decided flow,
-so a loop binding a decided flow's port, sending one datagram and closing would otherwise fill
-the queue everyone's new flows wait in.
+Another program, before the queue rule, drops what a user (uid above 999) would send to the
+queue past `new_flows_per_user` a second: the nft limit of new flows counts no packet of a
+decided flow, so a loop binding a decided flow's port, sending one datagram and closing would
+otherwise fill the queue everyone's new flows wait in. Both drops are counted (`dropped`).
 
 iptables takes a program by a path on a BPF file system (`--object-pinned`), so they are pinned
 in /sys/fs/bpf/snitch/<network namespace inode>/ (one snitchd per namespace), mounting the BPF

@@ -13,9 +13,8 @@
 // What was decided is learnt from the verdict itself: snitchd gives every verdict as NF_REPEAT
 // with its mark on the packet (ALLOW, DENY or REJECT), so the decided packet comes through here
 // again, carrying it, and its socket's cookie is recorded with the destination and the verdict.
-// No user can put
-// those marks on a packet (SO_MARK needs CAP_NET_ADMIN). A socket cookie is never reused, so a
-// record cannot outlive its socket into another's. The map is an LRU: a record evicted (past
+// No user can put those marks on a packet (SO_MARK needs CAP_NET_ADMIN). A socket cookie is
+// never reused, so a record cannot outlive its socket into another's. The map is an LRU: a record evicted (past
 // 65,536 decided sockets and destinations) costs one more decision of that socket, by the same
 // rules.
 //
