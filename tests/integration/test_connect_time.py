@@ -37,7 +37,9 @@ BPF_ONLY = "the proc path reads /proc when the packet is read"
 
 
 def _fallback_cannot(reason: str) -> Any:
-    return pytest.mark.xfail(strict=True, reason=f"{BPF_ONLY}: {reason}")
+    """What the proc path cannot do: an expected failure, run as a slow extra (.ci/run runs it
+    after the suite; every other integration test runs on the proc path)."""
+    return (pytest.mark.xfail(strict=True, reason=f"{BPF_ONLY}: {reason}"), pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")

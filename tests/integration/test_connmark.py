@@ -27,6 +27,9 @@ from tests.integration.readerparams import READERS
 from tests.support.lab import wait_for
 
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+# IPv4, and IPv6 as a slow extra where the socket match's own IPv6 path is not what is tested
+# (.ci/run runs it after the suite).
+HOSTS = ["192.0.2.2", pytest.param("2001:db8:1::2", marks=pytest.mark.slow)]
 T = TypeVar("T")
 SINK = 9999  # nothing listens here in the server namespace: the flow stays one-way
 DATAGRAMS = 1000
@@ -110,7 +113,7 @@ def _decided_then_flood(
     return sport, sent, refused, got
 
 
-@pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize(("action", "delivered"), [("allow", DATAGRAMS), ("reject", 0)])
 def test_udp_flood_of_one_flow_is_one_row(
     running: Lab, host: str, action: str, delivered: int
@@ -127,7 +130,7 @@ def test_udp_flood_of_one_flow_is_one_row(
     assert _no_ports(running, v6) - before == delivered
 
 
-@pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
+@pytest.mark.parametrize("host", HOSTS)
 def test_denied_udp_flood_is_one_row_and_never_reaches_the_server(running: Lab, host: str) -> None:
     """An unprivileged sender's flow, denied by default: one row, and not one of its thousand
     datagrams reaches the server, before or after its verdict is kept by the kernel."""
@@ -495,7 +498,7 @@ def test_blocked_flow_row_never_shows_bytes(running: Lab) -> None:
     assert row["action"] == "deny" and "bytes_out" not in row, row
 
 
-@pytest.mark.parametrize("host", ["192.0.2.2", "2001:db8:1::2"])
+@pytest.mark.parametrize("host", HOSTS)
 def test_an_allowed_flow_keeps_its_mark_in_the_kernel_and_routing_never_sees_it(
     flavoured: Lab, host: str
 ) -> None:
