@@ -261,21 +261,19 @@ def test_a_datagram_is_not_decided_as_another_socket_s_on_its_port(
     sending to the same place, was named as root, and its datagrams passed on root's allow.
     Now the verdict's repeat is dropped in the kernel: its socket is not the uid snitchd named
     (counted in the status). Root's socket gets every echo of the port: one of uid 65534's
-    would come first. With
-    several queue readers, each names the sockets of the verdicts it gives."""
+    would come first. With several queue readers, each names the sockets of its verdicts."""
     lab.start_daemon(queue_readers=readers)
-    running = lab
-    running.add_rule(f"allow app={python_exe()} user=root to={host} port=9000")
+    lab.add_rule(f"allow app={python_exe()} user=root to={host} port=9000")
     sport, turns = 47007, 2
     with (
-        _sharer(running, sport, turns + 1, "owner", host=host) as owner,
-        _sharer(running, sport, turns, "joiner", *NOBODY, host=host) as joiner,
+        _sharer(lab, sport, turns + 1, "owner", host=host) as owner,
+        _sharer(lab, sport, turns, "joiner", *NOBODY, host=host) as joiner,
     ):
         seen = [_turn(owner)]
         for _ in range(turns):
             seen += [_turn(joiner), _turn(owner)]
     assert seen == ["owner", *["sent", "owner"] * turns]
-    assert _settled(running)["datagrams_other_socket"] == turns
+    assert _settled(lab)["datagrams_other_socket"] == turns
 
 
 # A UDP socket on a shared port (SO_REUSEADDR), sending its word to the server's echo each time
