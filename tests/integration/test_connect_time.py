@@ -161,13 +161,12 @@ for pid in pids:
 """
 
 
-@pytest.mark.parametrize(
-    "mode",
-    ["bpf", pytest.param("proc", marks=_fallback_cannot("sock_diag picks a reuseport member"))],
-)
+@pytest.mark.parametrize("mode", ["bpf"])
 def test_reuseport_sibling_that_sent_is_named(lab_on: Lab, cgroup: Path) -> None:
     """Two siblings bound to one port with SO_REUSEPORT, one sends: the sender is named, in
-    each of five rounds on five ports (sock_diag named the idle one in 4 of 5 runs)."""
+    each of five rounds on five ports. BPF only: on the proc path sock_diag names the member
+    the tuple's hash picks, the sender or not by chance (a strict expected failure here passed
+    once in CI), as the README says."""
     for round_ in range(5):
         port = 41000 + round_
         out = json.loads(run_in(lab_on, cgroup, PYTHON, "-c", REUSEPORT, SERVER, str(port)))
