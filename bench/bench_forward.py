@@ -37,7 +37,7 @@ from bench.netlab import PORT, SERVER_ADDR, NetLab
 from snitch_common.records import Flow, Proto
 from snitchd.procs.netns import enter_and_open
 from snitchd.procs.sockdiag import SockDiag, find_in_tables
-from tests.support.containers import GuestNet
+from tests.support.containers import BRIDGE, GuestNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,11 +178,11 @@ def cold_resolve(lab, guest_addr):
     """A whole resolve with nothing held: /proc scan + entering every namespace + addresses.
     Run inside the client namespace (where snitchd runs), as snitchd would."""
     code = (
-        "import time, asyncio; from ipaddress import ip_address;"
+        "import socket, time; from ipaddress import ip_address;"
         "from snitchd.procs.netns import NetnsTable;"
         "from snitchd.procs import _run;"
-        "t = NetnsTable(); b = time.perf_counter();"
-        f"ns = _run(t.resolve(1, ip_address('{guest_addr}'), lambda: False));"
+        f"t = NetnsTable(); i = socket.if_nametoindex('{BRIDGE}'); b = time.perf_counter();"
+        f"ns = _run(t.resolve(i, ip_address('{guest_addr}'), lambda: False));"
         "e = time.perf_counter() - b; import os;"
         "print(e * 1e6, len(t.pids), ns is not None)"
     )

@@ -9,11 +9,11 @@ reached the queue: it was forwarded, not sent, and went through under `default_a
 from __future__ import annotations
 
 import asyncio
-import errno
+import contextlib
+import json
 import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,9 @@ import pytest
 
 from conftest import HERE, PYTHON, Lab, lab_agent, python_exe
 from snitch_common.answers import parse_answer
-from snitch_common.records import Flow, Proto
-from snitchd.procs import _run as run_job
-from snitchd.procs.netns import NetnsTable, Opened
 from tests.integration.scriptagent import ScriptedAgent
-from tests.support.containers import PUBLISHED, DockerApi, GuestNet
-from tests.support.lab import end_child, run, wait_for
+from tests.support.containers import BRIDGE, PUBLISHED, DockerApi, GuestNet
+from tests.support.lab import AS_NOBODY, end_child, run, wait_for
 
 NAME = "web-1"
 NETCLIENT = str(HERE / "netclient.py")
@@ -220,10 +217,33 @@ async def test_prompt_names_the_container_and_this_container_becomes_a_rule(
     assert rules[rule_id] == f"allow container={NAME} runtime=docker"
 
 
+# Run in the client namespace, where snitchd runs and the guests are cabled: both ways of
+# reading a namespace resolve the guest's address (through the bridge) and find its socket.
+RESOLVE_BOTH_WAYS = """
+import errno, json, socket, sys
+from ipaddress import ip_address
+from snitch_common.records import Flow, Proto
+from snitchd.procs import _run
+from snitchd.procs.netns import NetnsTable
+addr, sport, bridge = ip_address(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+flow = Flow(Proto.TCP, addr, sport, ip_address("203.0.113.7"), 9000)
+def refuse(path):
+    raise PermissionError(errno.EPERM, "Operation not permitted")
+found = {}
+for label, table in (("setns", NetnsTable()), ("proc", NetnsTable(refuse))):
+    for ifindex in (socket.if_nametoindex("lo"), socket.if_nametoindex(bridge)):
+        ns = _run(table.resolve(ifindex, addr, lambda: False))
+        found.setdefault(label, []).append(ns and [ns.on_loop, list(ns.find(flow) or [])[:2]])
+    table.close()
+print(json.dumps(found))
+"""
+
+
 def test_without_setns_the_socket_is_read_from_proc(lab: Lab, guests: GuestNet) -> None:
     """Under its service unit snitchd may not enter namespaces (no CAP_SYS_ADMIN,
     RestrictNamespaces): a container's namespace is then read through a process in it
-    (/proc/PID/net). Both ways find the same socket of a live connection, and the address."""
+    (/proc/PID/net). Both ways find the same socket of a live connection, and the address;
+    neither finds the namespace from an interface it is not cabled to (lo)."""
     guest = guests.add()
     proc = subprocess.Popen(
         guest.argv(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "9000", "--hold", "3"),
@@ -233,23 +253,43 @@ def test_without_setns_the_socket_is_read_from_proc(lab: Lab, guests: GuestNet) 
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
         ss = lab.ns(guest.ns, "ss", "-tnH", "state", "established").stdout.split()
-        sport = int(ss[2].rpartition(":")[2])
-        flow = Flow(Proto.TCP, ip_address(guest.addr), sport, ip_address("203.0.113.7"), 9000)
-
-        def refuse(path: str) -> Opened:
-            raise PermissionError(errno.EPERM, "Operation not permitted")
-
-        found = {}
-        for label, table in (("setns", NetnsTable()), ("proc", NetnsTable(refuse))):
-            try:
-                ns = run_job(table.resolve(0, ip_address(guest.addr), lambda: False))
-                assert ns is not None and ns.on_loop == (label == "setns")
-                found[label] = ns.find(flow)
-            finally:
-                table.close()
-        assert found["setns"] is not None and found["setns"][:2] == found["proc"][:2]  # type: ignore[index]
+        sport = ss[2].rpartition(":")[2]
+        found = json.loads(
+            lab.ns(lab.client, PYTHON, "-c", RESOLVE_BOTH_WAYS, guest.addr, sport, BRIDGE).stdout
+        )
+        assert found["setns"][0] is None and found["proc"][0] is None, found
+        assert found["setns"][1][0] is True and found["proc"][1][0] is False, found
+        assert found["setns"][1][1] and found["setns"][1][1] == found["proc"][1][1], found
     finally:
         end_child(proc)
+
+
+def test_a_user_s_namespaces_holding_a_container_s_address_do_not_take_its_flows(
+    lab: Lab, guests: GuestNet, api: DockerApi
+) -> None:
+    """Any user can make network namespaces (`unshare -rn`) and give them any address. Uid
+    65534 makes four holding the addresses of two containers. Before, the first namespace found
+    holding the address was taken: the container's flow was looked for in the user's namespace,
+    named nobody, and denied (5 runs of 5 failed). Now only a namespace cabled to the bridge
+    the flow came in on counts: both containers connect, named, under their rule."""
+    first, second = guests.add(), guests.add()
+    api.names[first.id] = api.names[second.id] = NAME
+    start(lab, api)
+    lab.add_rule(f"allow container={NAME}")
+    holds = " && ".join(f"ip addr add {g.addr}/32 dev lo" for g in (first, second))
+    with contextlib.ExitStack() as stack:
+        for _ in range(4):
+            squatter = subprocess.Popen(
+                [*AS_NOBODY, "unshare", "-rn", "sh", "-c", f"{holds} && echo ready && read x"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            stack.callback(end_child, squatter)
+            assert squatter.stdout is not None and squatter.stdout.readline().strip() == "ready"
+        for guest in (first, second):
+            assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80") == "connected"
+            rows = rows_from(lab, guest.addr)
+            assert [r["action"] for r in rows] == ["allow"], rows
+            assert f"[container {NAME} (docker)" in rows[0]["reason"], rows
 
 
 def test_a_daemon_that_may_not_enter_namespaces_still_names_the_container(

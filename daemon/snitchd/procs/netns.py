@@ -9,11 +9,22 @@ never goes back to work in the wrong namespace: it is gone). From then on the pa
 that namespace's sock_diag like its own (~4 µs), and nothing on the loop enters a namespace.
 
 Finding the namespace (`resolve`, a worker job): the namespaces of all processes
-(/proc/PID/ns/net, one stat each) and those named in /run/netns and /run/docker/netns; for
-each one not yet opened, the thread above; then its addresses (one RTM_GETADDR dump on its
-rtnetlink socket): the one holding the source address is the flow's. A held namespace keeps its
-sockets open (which keeps a dead namespace's memory until we drop it): at most `_HELD_MAX`, the
-least recently used go first, and any no process or name holds any more at the next resolve.
+(/proc/PID/ns/net, one stat each) and those named in /run/netns and /run/docker/netns; of those,
+only the ones cabled to the interface the flow came in on (`linked_nsids`); for each one not yet
+opened, the thread above; then its addresses (one RTM_GETADDR dump on its rtnetlink socket): the
+one holding the source address is the flow's.
+
+Why cabled: any user can make a network namespace (`unshare -rn`) and give it any address, a
+container's included. Taken by address alone, the first namespace found holding it was the
+flow's: a user's namespace could take a container's flows (named as the user's process, or as
+nobody, and so denied). A namespace counts only if a veth whose peer is in it is the input
+interface itself or a port of that bridge: only root in our namespace can cable one there. The
+kernel numbers the peer's namespace for us (IFLA_LINK_NETNSID in a link dump), and a candidate's
+number is asked through its file (RTM_GETNSID of /proc/PID/ns/net, or of a name's).
+
+A held namespace keeps its sockets open (which keeps a dead namespace's memory until we drop
+it): at most `_HELD_MAX`, the least recently used go first, and any no process or name holds
+any more at the next resolve.
 Measured (bench/bench_forward.py): entering a namespace ~100-130 µs (once per namespace); a
 lookup in it as in ours (~16-21 µs here under load, the same for both); a cold resolve of a new
 source ~11-17 ms with 6-8 namespaces on the machine, in the worker.
@@ -30,7 +41,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Generator, Set
+from collections.abc import Callable, Generator, Iterator, Set
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -43,23 +54,32 @@ __all__ = [
     "NetnsTable",
     "Opened",
     "enter_and_open",
+    "linked_nsids",
     "named_namespaces",
+    "nsid_of",
     "scan_namespaces",
 ]
 
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
-RTM_GETADDR = 22
-RTM_NEWADDR = 20
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWNSID, RTM_GETNSID = 88, 90
 NLMSG_DONE = 3
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFLA_LINK, IFLA_MASTER, IFLA_LINK_NETNSID = 5, 10, 37
+NETNSA_NSID, NETNSA_FD = 1, 3
 _HDR = struct.Struct("=IHHII")
 _IFADDR = struct.Struct("=BBBBI")
+_IFINFO = struct.Struct("=BxHiII")
+_RTGEN = struct.Struct("=Bxxx")  # rtgenmsg, padded to the attributes' alignment
 _RTA = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
+_S32 = struct.Struct("=i")
 _HELD_MAX = 256  # namespaces held open (each: two sockets)
 _SOURCES_MAX = 16 * _HELD_MAX  # (interface, source address) → namespace entries kept
 _ADDRS_TTL = 1.0  # seconds a namespace's address list is trusted before a resolve re-reads it
@@ -113,32 +133,88 @@ def enter_and_open(ns_path: str) -> Opened:
     return inode, made[0], made[1]
 
 
-def _addresses(rtnl: socket.socket) -> frozenset[bytes]:
-    """Every address of the namespace `rtnl` lives in (packed), from one RTM_GETADDR dump."""
-    req = _HDR.pack(_HDR.size + _IFADDR.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-    rtnl.send(req + _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
-    found: set[bytes] = set()
+def _replies(
+    rtnl: socket.socket, kind: int, flags: int, body: bytes
+) -> Iterator[tuple[int, bytes]]:
+    """Each reply to one rtnetlink request, as (message type, payload), until the dump's end
+    or an error (which ends the replies: the caller finds nothing)."""
     rtnl.settimeout(1.0)
+    rtnl.send(_HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body)
     while True:
         data = rtnl.recv(65536)
         off = 0
         while off + _HDR.size <= len(data):
-            length, kind, _, _, _ = _HDR.unpack_from(data, off)
-            if length < _HDR.size:
-                return frozenset(found)
-            if kind in (NLMSG_DONE, NLMSG_ERROR):
-                return frozenset(found)
-            if kind == RTM_NEWADDR:
-                attr = off + _HDR.size + _IFADDR.size
-                end = off + length
-                while attr + _RTA.size <= end:
-                    size, atype = _RTA.unpack_from(data, attr)
-                    if size < _RTA.size:
-                        break
-                    if atype in (IFA_ADDRESS, IFA_LOCAL):
-                        found.add(data[attr + _RTA.size : attr + size])
-                    attr += (size + 3) & ~3
+            length, got, _, _, _ = _HDR.unpack_from(data, off)
+            if length < _HDR.size or got in (NLMSG_DONE, NLMSG_ERROR):
+                return
+            yield got, data[off + _HDR.size : off + length]
+            if not flags & NLM_F_DUMP:
+                return
             off += (length + 3) & ~3
+
+
+def _attributes(payload: bytes, start: int) -> Iterator[tuple[int, bytes]]:
+    """(type, value) of each attribute in `payload` from `start`."""
+    at = start
+    while at + _RTA.size <= len(payload):
+        size, kind = _RTA.unpack_from(payload, at)
+        if size < _RTA.size:
+            return
+        yield kind, payload[at + _RTA.size : at + size]
+        at += (size + 3) & ~3
+
+
+def _addresses(rtnl: socket.socket) -> frozenset[bytes]:
+    """Every address of the namespace `rtnl` lives in (packed), from one RTM_GETADDR dump."""
+    request = _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    return frozenset(
+        value
+        for kind, payload in _replies(rtnl, RTM_GETADDR, NLM_F_DUMP, request)
+        if kind == RTM_NEWADDR
+        for atype, value in _attributes(payload, _IFADDR.size)
+        if atype in (IFA_ADDRESS, IFA_LOCAL)
+    )
+
+
+def linked_nsids(rtnl: socket.socket, ifindex: int) -> frozenset[int]:
+    """The numbers (as the namespace of `rtnl` numbers them) of the namespaces cabled to
+    interface `ifindex`: the peer's of a veth that is that interface or a port of it (a
+    bridge's), from one RTM_GETLINK dump."""
+    found: set[int] = set()
+    request = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    for kind, payload in _replies(rtnl, RTM_GETLINK, NLM_F_DUMP, request):
+        if kind != RTM_NEWLINK or len(payload) < _IFINFO.size:
+            continue
+        index = _IFINFO.unpack_from(payload)[2]
+        attrs = dict(_attributes(payload, _IFINFO.size))
+        master = attrs.get(IFLA_MASTER, b"")
+        nsid = attrs.get(IFLA_LINK_NETNSID, b"")
+        ours = index == ifindex or (len(master) == 4 and _U32.unpack(master)[0] == ifindex)
+        if ours and len(nsid) == 4 and IFLA_LINK in attrs:
+            found.add(_S32.unpack(nsid)[0])
+    return frozenset(found)
+
+
+def nsid_of(rtnl: socket.socket, path: str, inode: int) -> int | None:
+    """The number the namespace of `rtnl` gives network namespace `inode`, asked through the
+    file at `path` (/proc/PID/ns/net, or a name's); None when it has none (nothing is cabled to
+    it), or `path` is gone or is now another namespace's (a pid reused)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_ino != inode:
+            return None
+        body = _RTGEN.pack(socket.AF_UNSPEC) + _RTA.pack(_RTA.size + 4, NETNSA_FD) + _U32.pack(fd)
+        for kind, payload in _replies(rtnl, RTM_GETNSID, 0, body):
+            for atype, value in _attributes(payload, _RTGEN.size):
+                if kind == RTM_NEWNSID and atype == NETNSA_NSID and len(value) == 4:
+                    nsid = _S32.unpack(value)[0]
+                    return nsid if nsid >= 0 else None
+    finally:
+        os.close(fd)
+    return None
 
 
 @dataclass(slots=True, eq=False)
@@ -285,6 +361,7 @@ class NetnsTable:
         self.pids: dict[int, list[int]] = {}  # the last scan's namespace → pids
         self.opened = 0  # namespaces entered since start (status, bench)
         self.refused = 0  # namespaces we were not allowed to enter (read through /proc)
+        self._rtnl: socket.socket | None = None  # ours, for the worker's link questions
 
     def close(self) -> None:
         with self._lock:
@@ -292,6 +369,9 @@ class NetnsTable:
             self._by_src.clear()
         for ns in held.values():
             ns.close()
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
 
     # -- on the loop ----------------------------------------------------------------------------
     def cached(self, ifindex: int, src: IPAddress) -> Netns | None:
@@ -317,12 +397,21 @@ class NetnsTable:
         self.pids = spaces
         named = {k: v for k, v in named_namespaces().items() if k != self.home}
         self._drop_gone(spaces.keys() | named.keys())
+        if self._rtnl is None:
+            self._rtnl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+        try:
+            cabled = linked_nsids(self._rtnl, ifindex)
+        except OSError as exc:
+            log.warning("cannot read our interfaces (%s): a forwarded flow is nobody's", exc)
+            return None
         now = time.monotonic()
         for n, inode in enumerate(spaces.keys() | named.keys()):
             if given_up():
                 return None
             if n % _SLICE == 0:
                 yield
+            if not cabled or not self._cabled(inode, spaces, named, cabled):
+                continue
             ns = self._held.get(inode)
             if ns is not None and not ns.on_loop and spaces.get(inode):
                 ns.pid = spaces[inode][0]  # read through a process that is still there
@@ -349,6 +438,26 @@ class NetnsTable:
         with self._lock:
             self._by_src.pop(key, None)  # held by nobody now: not the namespace it was in
         return None
+
+    def _cabled(
+        self,
+        inode: int,
+        spaces: dict[int, list[int]],
+        named: dict[int, str],
+        cabled: frozenset[int],
+    ) -> bool:
+        """Whether namespace `inode` is one of `cabled`, asked through a process in it, or
+        else its name."""
+        assert self._rtnl is not None
+        paths = [f"/proc/{pid}/ns/net" for pid in spaces.get(inode, [])[:3]]
+        try:
+            for path in [*paths, *([named[inode]] if inode in named else [])]:
+                nsid = nsid_of(self._rtnl, path, inode)
+                if nsid is not None:
+                    return nsid in cabled
+        except OSError as exc:
+            log.debug("namespace number unreadable inode=%d: %s", inode, exc)
+        return False
 
     def _enter(self, inode: int, paths: list[str]) -> Netns | None:
         for path in paths:  # the first whose process has not exited meanwhile
