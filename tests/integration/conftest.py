@@ -72,6 +72,31 @@ def _built_bpf() -> Path:
 BPF_OBJECTS = _built_bpf()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shard",
+        default="",
+        metavar="K/N",
+        help="run the K-th of N shares of the tests (K from 0): test.sh runs two pytest "
+        "processes side by side, each lab being namespaces, a bus and pins of its own",
+    )
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected: the shares are of what runs
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deal the tests out in turn, so each share gets some of every file: neighbours are alike
+    (variants of one test), and the shares end at nearly the same time."""
+    shard = str(config.getoption("--shard"))
+    if not shard:
+        return
+    k, _, n = shard.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise pytest.UsageError(f"--shard wants K/N with 0 <= K < N, not {shard!r}")
+    kept = [item for i, item in enumerate(items) if i % int(n) == int(k)]
+    config.hook.pytest_deselected(items=[i for j, i in enumerate(items) if j % int(n) != int(k)])
+    items[:] = kept
+
+
 class Terminal:
     """A program on a pseudo-terminal, read the way a person reads the screen."""
 
