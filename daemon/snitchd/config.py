@@ -193,6 +193,10 @@ class Config:
     # rest are dropped in the kernel before the queue, so one user cannot fill the queue every
     # user's flows wait in (0: no limit). An nft table of its own (`netfilter.limit_script`).
     new_flows_per_user: int = 1000
+    # DNS queries a second that one such user may send (UDP or TCP to port 53): each is held in
+    # the DNS queue every user's queries wait in, until snitchd has read its name; the rest are
+    # dropped in the kernel (the sender sees EPERM). 0: no limit. The same nft table.
+    dns_queries_per_user: int = 200
     # Queue reader processes, one per queue (issue 21): 0 is one per core; 1 (the default until
     # several readers are measured faster on a quiet machine and checked with BPF attribution)
     # reads the one queue in snitchd itself.
@@ -220,6 +224,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "metrics_interval": (1, 3600),
     "queue_readers": (0, 64),
     "new_flows_per_user": (0, 1_000_000),
+    "dns_queries_per_user": (0, 1_000_000),
 }
 
 

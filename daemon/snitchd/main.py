@@ -101,6 +101,7 @@ class _Daemon:
             reader_count(config),
             config.new_flows_per_user,
             str(self.sockets.pins) if self.sockets is not None else "",
+            config.dns_queries_per_user if dns_queue is not None else 0,
         )
 
     async def run(self) -> None:

@@ -160,6 +160,8 @@ class NetSpec:
     # Where the socket match's programs are pinned (`socketmatch`); "": none, verdicts per
     # tuple only.
     sockets: str = ""
+    # DNS queries a second one such user may send to the DNS queue; 0: no limit.
+    dns_per_user: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +308,12 @@ class IptablesBackend:
             if spec.sockets:
                 sockets = _restore_text({"mangle": socket_lines(spec)})
                 steps.append(Step(restore, sockets, _NO_XT_BPF))
-        if spec.per_user > 0 or self._limit_table():
+        if spec.per_user > 0 or spec.dns_per_user > 0 or self._limit_table():
             if shutil.which("nft") is None:
                 lost.append(f"{_NO_LIMIT}: nft not found (apt-get install nftables)")
             else:
-                steps.append(Step(("nft", "-f", "-"), limit_script(spec.per_user), _NO_NF_TABLES))
+                script = limit_script(spec.per_user, spec.dns_per_user)
+                steps.append(Step(("nft", "-f", "-"), script, _NO_NF_TABLES))
         return Plan(tuple(steps), tuple(lost))
 
     def _limit_table(self) -> bool:
@@ -508,8 +511,9 @@ def _dns_lines(number: int) -> list[str]:
     ]
 
 
-def limit_script(per_user: int) -> str:
-    """The nft script that sets the per-user limit of new flows (none when `per_user` is 0).
+def limit_script(per_user: int, queries_per_user: int = 0) -> str:
+    """The nft script that sets the per-user limits of new flows and DNS queries (none when
+    both are 0).
 
     iptables cannot count per uid (hashlimit keys on addresses and ports only); nft keys a
     dynamic set on the socket's uid. The table hooks OUTPUT just before mangle, where our queue
@@ -522,26 +526,47 @@ def limit_script(per_user: int) -> str:
     UDP flow stays conntrack NEW, but its datagrams after the first carry their verdict on the
     entry: a stream of 10k datagrams a second is one flow). A packet with no socket has no uid
     and is not counted. The first lines empty the table of an earlier run, whatever its
-    state."""
+    state.
+
+    DNS queries are counted apart, every packet to port 53 (what `_dns_lines` copies to the
+    DNS queue, one for every user): a user's flood of queries on one decided flow is no new
+    flow, and it filled that queue, so other users' queries waited or were lost."""
     lines = [f"table inet {LIMIT_TABLE}", f"delete table inet {LIMIT_TABLE}"]
+    if per_user <= 0 and queries_per_user <= 0:
+        return "\n".join(lines) + "\n"
+    users = "type uid; size 65536; flags dynamic,timeout; timeout 60s;"
+    lines.append(f"table inet {LIMIT_TABLE} {{")
+    if per_user > 0:
+        lines.append(f"  set users {{ {users} }}")
+    if queries_per_user > 0:
+        lines.append(f"  set queriers {{ {users} }}")
+    lines += [
+        "  chain output {",
+        "    type filter hook output priority mangle - 10; policy accept;",
+        f"    meta skuid <= {SYSTEM_UID_MAX} return",
+    ]
+    if queries_per_user > 0:
+        lines.append("    meta l4proto { tcp, udp } th dport 53 jump query")
     if per_user > 0:
         lines += [
-            f"table inet {LIMIT_TABLE} {{",
-            "  set users { type uid; size 65536; flags dynamic,timeout; timeout 60s; }",
-            "  chain output {",
-            "    type filter hook output priority mangle - 10; policy accept;",
-            f"    meta skuid <= {SYSTEM_UID_MAX} return",
             "    ct state != new return",
             "    tcp flags & (fin | syn | rst | ack) == syn jump count",
             f"    ct mark and {MARK_MASK:#x} != 0 return",
             "    jump count",
-            "  }",
-            "  chain count {",
-            f"    update @users {{ meta skuid limit rate over {per_user}/second burst "
-            f"{per_user} packets }} counter drop",
-            "  }",
-            "}",
         ]
+    lines.append("  }")
+    for chain, users_set, rate in (
+        ("query", "queriers", queries_per_user),
+        ("count", "users", per_user),
+    ):
+        if rate > 0:
+            lines += [
+                f"  chain {chain} {{",
+                f"    update @{users_set} {{ meta skuid limit rate over {rate}/second burst "
+                f"{rate} packets }} counter drop",
+                "  }",
+            ]
+    lines.append("}")
     return "\n".join(lines) + "\n"
 
 

@@ -280,7 +280,7 @@ import select, socket, struct, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setblocking(False)
 question = b"\\5flood\\7example\\3org\\0\\0\\1\\0\\1"
-sent, end = 0, time.monotonic() + 120
+sent, refused, end = 0, 0, time.monotonic() + 120
 while time.monotonic() < end:
     if sent % 200 == 0 and select.select([sys.stdin], [], [], 0)[0]:
         break
@@ -292,12 +292,14 @@ while time.monotonic() < end:
             print("ready", flush=True)
     except BlockingIOError:
         select.select([], [s], [], 0.01)
+    except PermissionError:  # past dns_queries_per_user: dropped by the kernel
+        refused += 1
     try:
         while True:
             s.recv(512)
     except BlockingIOError:
         pass
-print(sent, flush=True)
+print(sent, refused, flush=True)
 """
 
 
@@ -307,8 +309,9 @@ def test_a_user_s_dns_flood_does_not_delay_roots_flows(lab: Lab):
     connections, which its rule allows. They must all be decided while the flood goes on: before
     the fix the packet loop drained the DNS queue until it was empty, which it never was during
     the flood, so not one root connection was decided until the flood ended. The flood reached
-    snitchd (its queries are counted), and root's flows are recorded as its own program's."""
-    lab.start_daemon(default_action="deny")
+    snitchd (its queries are counted), and root's flows are recorded as its own program's.
+    Without the kernel's limit of a user's queries, which would hide what this tests."""
+    lab.start_daemon(default_action="deny", dns_queries_per_user=0)
     lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=80")
     lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=53 proto=udp")
     with started(
@@ -319,13 +322,58 @@ def test_a_user_s_dns_flood_does_not_delay_roots_flows(lab: Lab):
         assert flood.poll() is None, "the flood ended before root's connections were decided"
         assert flood.stdin is not None
         flood.stdin.close()
-        sent = int(read_line(flood, 30))
+        sent, _ = map(int, read_line(flood, 30).split())
     assert len(words) == 50, f"only {len(words)} of 50 root connections were decided"
     assert set(words) == {"connected"}
     queries = lab.ctl_json("status")["dns_queries"]
     assert queries >= 1000, (queries, sent)
     root = [r for r in lab.log_rows() if r.get("uid") == 0 and r.get("dport") == 80]
     assert len(root) >= 50 and all(r.get("exe") == python_exe() for r in root)
+
+
+# Root's twenty DNS queries, one socket each, a second at most for each answer: prints how many
+# were answered.
+ROOT_QUERIES = """
+import socket, struct
+question = b"\\3api\\7example\\3org\\0\\0\\1\\0\\1"
+answered = 0
+for i in range(20):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        s.sendto(struct.pack("!6H", i, 0x0100, 1, 0, 0, 0) + question, ("192.0.2.2", 53))
+        try:
+            answered += s.recv(512)[:2] == struct.pack("!H", i)
+        except TimeoutError:
+            pass
+print(answered, flush=True)
+"""
+
+
+def test_a_user_s_dns_flood_leaves_others_queries_answered(lab: Lab):
+    """Every DNS query waits in one DNS queue until snitchd has read its name. Uid 65534
+    sends queries as fast as it can; meanwhile root asks twenty times. Without a limit,
+    root's queries were lost in that full queue; now the kernel drops what the flooder sends
+    past `dns_queries_per_user` (it sees EPERM), and root's are all answered."""
+    rate = 200
+    lab.start_daemon(default_action="deny", dns_queries_per_user=rate)
+    lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=53 proto=udp")
+    began = time.monotonic()
+    with started(
+        ["ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, "-c", textwrap.dedent(DNS_FLOOD)]
+    ) as flood:
+        assert read_line(flood, 30) == "ready"
+        answered = lab.client_run(PYTHON, "-c", ROOT_QUERIES, timeout=60)
+        assert flood.poll() is None, "the flood ended before root's queries were asked"
+        assert flood.stdin is not None
+        flood.stdin.close()
+        sent, refused = map(int, read_line(flood, 30).split())
+    lasted = time.monotonic() - began
+    assert answered == "20", f"{answered} of root's 20 queries answered"
+    assert refused > 0, f"the kernel refused none of the flood's {sent} queries"
+    # The flooder's share of the DNS queue: its burst and rate (and root's 20). Without the
+    # limit, ~12,000 queries in ~10 s here.
+    queries = lab.ctl_json("status")["dns_queries"]
+    assert queries <= rate + rate * lasted + 20, (queries, sent, refused, lasted)
 
 
 # Non-blocking connects to 192.0.2.2:80, each socket closed at once (every one a new flow), as

@@ -197,6 +197,27 @@ def test_the_per_user_limit_spares_the_system_s_uids_and_goes_with_0() -> None:
     )
 
 
+def test_dns_queries_are_limited_per_user_apart_and_before_the_new_flow_rules() -> None:
+    """Every query goes to the DNS queue, a decided flow's too: a user's are counted in a set
+    of their own, before the new-flow rules would return for a decided flow (a query that
+    starts a flow counts in both); the system's uids are spared."""
+    queries = limit_script(0, 200)
+    output = queries.split("chain output {")[1].split("\n  }")[0].strip().splitlines()
+    assert [ln.strip() for ln in output][1:] == [
+        "meta skuid <= 999 return",
+        "meta l4proto { tcp, udp } th dport 53 jump query",
+    ]
+    (drop,) = [ln.strip() for ln in queries.splitlines() if " drop" in ln]
+    assert drop == (
+        "update @queriers { meta skuid limit rate over 200/second burst 200 packets } counter drop"
+    )
+    both = [ln.strip() for ln in limit_script(500, 200).splitlines()]
+    assert both.index("meta l4proto { tcp, udp } th dport 53 jump query") == (
+        both.index("ct state != new return") - 1
+    )
+    assert len([ln for ln in both if ln.endswith(" drop")]) == 2
+
+
 def test_a_failed_limit_step_warns_and_the_firewall_still_starts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
