@@ -109,6 +109,9 @@ REJECT_CHAIN = "SNITCH_REJECT"
 DNS_CHAIN = "SNITCH_DNS"
 DNS_QUERY_CHAIN = "SNITCH_DNSQ"
 FORWARD_CHAIN = "SNITCH_FORWARD"
+FORWARD_QUEUE_CHAIN = "SNITCH_FWDQ"  # jumped to from FORWARD_CHAIN only: its limits, the queue
+FORWARD_LIMIT = "snitch-fwd"  # its hashlimit's table (/proc/net/ipt_hashlimit/)
+AGGREGATE_MAX = 10000  # the limit match's fastest rate (a packet a jiffy's tenth: XT_LIMIT_SCALE)
 SOCKET_CHAIN = "SNITCH_SOCKETS"  # jumped to from QUEUE_CHAIN only
 UNDECIDED_PIN, OVER_LIMIT_PIN = "undecided", "over-limit"  # its programs, in `NetSpec.sockets`
 OTHER_SOCKET_PIN = "other-socket"  # a verdict's repeat sent by a socket snitchd did not name
@@ -128,6 +131,7 @@ _OWN = (
     ("mangle", "INPUT", DNS_CHAIN),
     ("mangle", "POSTROUTING", DNS_QUERY_CHAIN),
     ("mangle", QUEUE_CHAIN, SOCKET_CHAIN),  # after QUEUE_CHAIN, the chain that jumps to it
+    ("mangle", FORWARD_CHAIN, FORWARD_QUEUE_CHAIN),  # likewise
 )
 
 
@@ -296,6 +300,8 @@ class IptablesBackend:
             )
             if spec.forward_from:
                 redeclared.add(FORWARD_CHAIN)
+                if spec.per_user > 0:
+                    redeclared.add(FORWARD_QUEUE_CHAIN)
             if spec.sockets:
                 redeclared.add(SOCKET_CHAIN)
             old = self._remove_lines(tool, frozenset(redeclared))
@@ -382,16 +388,39 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     if spec.dns_queue is not None:
         queue += _dns_lines(spec.dns_queue)
     if spec.forward_from:
-        again = [f"-i {name} -j NFQUEUE {target}" for name in spec.forward_from]
+        to_queue = f"-j {FORWARD_QUEUE_CHAIN}" if spec.per_user > 0 else f"-j NFQUEUE {target}"
+        again = [f"-i {name} {to_queue}" for name in spec.forward_from]
+        if spec.per_user > 0:
+            queue += _forward_queue_lines(spec.per_user, target)
         queue += [f":{FORWARD_CHAIN} - [0:0]", *_decided_lines(FORWARD_CHAIN, again)]
         queue += [
-            f"-A {FORWARD_CHAIN} -i {name} -m conntrack --ctstate NEW --ctdir ORIGINAL "
-            f"-j NFQUEUE {target}"
+            f"-A {FORWARD_CHAIN} -i {name} -m conntrack --ctstate NEW --ctdir ORIGINAL {to_queue}"
             for name in spec.forward_from
         ]
         queue.append(f"-I FORWARD 1 -m comment --comment {COMMENT} -j {FORWARD_CHAIN}")
         reject.append(f"-I FORWARD 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}")
     return Chains(tuple(queue), tuple(reject))
+
+
+def _forward_queue_lines(per_source: int, target: str) -> list[str]:
+    """The way from the forward chain to the queue, past two limits. A container has no uid on
+    this machine (the nft limit counts sockets' uids, and a forwarded packet has no socket
+    here), so each source address may start `per_source` new flows a second, as a user may
+    (hashlimit); without it, a user in the docker group ran a connect flood in a container
+    and filled the queue every flow waits in. A container with NET_RAW (Docker's default) can
+    forge a new source for every packet, so all sources together may start four times as
+    many (the limit match, at most `AGGREGATE_MAX`): such a container can crowd out the other
+    containers, never the host's own flows. The rest are dropped."""
+    together = min(4 * per_source, AGGREGATE_MAX)
+    return [
+        f":{FORWARD_QUEUE_CHAIN} - [0:0]",
+        f"-A {FORWARD_QUEUE_CHAIN} -m hashlimit --hashlimit-above {per_source}/sec "
+        f"--hashlimit-burst {per_source} --hashlimit-mode srcip --hashlimit-name {FORWARD_LIMIT} "
+        "-j DROP",
+        f"-A {FORWARD_QUEUE_CHAIN} -m limit --limit {together}/sec --limit-burst {together} "
+        f"-j NFQUEUE {target}",
+        f"-A {FORWARD_QUEUE_CHAIN} -j DROP",
+    ]
 
 
 def _decided_lines(chain: str, queues: list[str], sockets: bool = False) -> list[str]:

@@ -404,9 +404,14 @@ class Lab:
         return int(self.ctl_json("add-rule", text)["id"])
 
     def forward_queued(self) -> int:
-        """Packets the FORWARD queue rule sent to snitchd (the kernel's own counter)."""
-        text = self.ns(self.client, "iptables", "-t", "mangle", "-nvxL", "SNITCH_FORWARD").stdout
-        return sum(int(line.split()[0]) for line in text.splitlines() if "NFQUEUE" in line)
+        """Packets the FORWARD queue rules sent to snitchd (the kernel's own counters): in
+        the forward chain, or past the limits in the chain it jumps to."""
+        text = self.ns(self.client, "iptables-save", "-c", "-t", "mangle").stdout
+        return sum(
+            int(line.split(":")[0].lstrip("["))
+            for line in text.splitlines()
+            if "NFQUEUE" in line and re.search(r"\] -A SNITCH_(FORWARD|FWDQ) ", line)
+        )
 
     def log_rows(self, **query: str) -> list[dict[str, Any]]:
         args = ["log", "--limit", "1000"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import AS_NOBODY, PYTHON, Lab, python_exe
+from tests.support.containers import GuestNet
 from tests.support.lab import ROOT, end_child
 
 pytestmark = pytest.mark.root
@@ -429,3 +430,33 @@ def test_a_user_s_connect_flood_leaves_the_queue_room_for_everyone(lab: Lab, tmp
     assert len(allowed) >= 45 and {r.get("uid") for r in allowed} == {0}
     denied = lab.log_rows(verdict="deny")  # its sockets are gone: found by uid, or not at all
     assert denied and all(r.get("uid") in (65534, None) for r in denied)
+
+
+def test_a_container_s_connect_flood_leaves_the_queue_room_for_the_host(lab: Lab, tmp_path: Path):
+    """The same flood from a network namespace routed through the client (as a container): it
+    has no uid here, so the per-user limit cannot count it. Before, the kernel queue was full
+    and dropped what did not fit, root's SYNs among them; now what one source address starts
+    past `new_flows_per_user` is dropped before the queue (the hashlimit rule's counter), the
+    queue drops nothing, and root's 50 connects are all decided while the flood goes on."""
+    exe = compiled(CONNECT_FLOOD_C, tmp_path / "connectflood")
+    guests = GuestNet(lab.client)
+    try:
+        guests.build()
+        guest = guests.add(docker=False)
+        lab.start_daemon(default_action="deny", new_flows_per_user=500)
+        lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=80")
+        with started(guest.argv(str(exe), "30")) as flood:
+            assert read_line(flood, 30) == "ready"
+            time.sleep(1)  # the queue would be full by now
+            words = steady_words(lab, 50, 25, flood)
+            assert flood.poll() is None, "the flood ended before root's connections were decided"
+            status = lab.ctl_json("status")
+            rules = lab.ns(lab.client, "iptables-save", "-c", "-t", "mangle").stdout
+    finally:
+        guests.destroy()
+    assert status["kernel_queue_dropped"] == 0, status
+    assert words == ["connected"] * 50
+    (limited,) = [ln for ln in rules.splitlines() if "--hashlimit-above 500/sec" in ln]
+    assert int(limited.split(":")[0].lstrip("[")) > 1000, limited  # the flood's, dropped
+    allowed = lab.log_rows(verdict="allow")
+    assert len(allowed) >= 45 and {r.get("uid") for r in allowed} == {0}

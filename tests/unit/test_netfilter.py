@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from importlib import resources
 
 import pytest
@@ -216,6 +217,29 @@ def test_dns_queries_are_limited_per_user_apart_and_before_the_new_flow_rules() 
         both.index("ct state != new return") - 1
     )
     assert len([ln for ln in both if ln.endswith(" drop")]) == 2
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_forwarded_new_flows_are_limited_per_source_and_together_before_the_queue(
+    tool: str,
+) -> None:
+    """A forwarded packet has no socket here, so no uid for the nft limit: both queue rules of
+    the forward chain go through a chain that drops what one source address starts past the
+    per-user rate, then what all start past four times it (a forged source each packet), and
+    queues the rest. Without a per-user rate, they queue as before."""
+    spec = NetSpec(5, fail_open=False, forward_from=("veth9",), per_user=3000)
+    mangle = install_lines(tool, spec).mangle
+    forward = [ln for ln in mangle if ln.startswith("-A SNITCH_FORWARD ") and "-i veth9" in ln]
+    assert len(forward) == 2 and all(ln.endswith("-j SNITCH_FWDQ") for ln in forward)
+    assert mangle.index(":SNITCH_FWDQ - [0:0]") < mangle.index(":SNITCH_FORWARD - [0:0]")
+    assert [ln for ln in mangle if ln.startswith("-A SNITCH_FWDQ ")] == [
+        "-A SNITCH_FWDQ -m hashlimit --hashlimit-above 3000/sec --hashlimit-burst 3000 "
+        "--hashlimit-mode srcip --hashlimit-name snitch-fwd -j DROP",
+        "-A SNITCH_FWDQ -m limit --limit 10000/sec --limit-burst 10000 -j NFQUEUE --queue-num 5",
+        "-A SNITCH_FWDQ -j DROP",
+    ]
+    unlimited = install_lines(tool, replace(spec, per_user=0)).mangle
+    assert not any("SNITCH_FWDQ" in ln for ln in unlimited)
 
 
 def test_a_failed_limit_step_warns_and_the_firewall_still_starts(
