@@ -304,9 +304,12 @@ def test_a_daemon_that_may_not_enter_namespaces_still_names_the_container(
     # No BPF file system in the lab's mount namespace, and no right to mount one (systemd
     # mounts it at boot): datagram verdicts per tuple, said at start.
     lab.expect_log(r"WARNING snitchd: the socket match \(SNITCH_SOCKETS\) is off")
-    start(lab, api, prefix=("setpriv", "--bounding-set=-sys_admin", "--"))
+    # /proc/PID/net/tcp walks the kernel's whole TCP table, every namespace's: slow while
+    # other tests run beside this one (it timed out once, at 2 s): 10 s to find the sender.
+    start(lab, api, prefix=("setpriv", "--bounding-set=-sys_admin", "--"), attribution_timeout=10)
     lab.add_rule(f"allow container={NAME} port=80")
-    assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80") == "connected"
+    got = guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80", "--timeout", "12")
+    assert got == "connected"
     assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "443") == "timeout"
     rows = rows_from(lab, guest.addr)
     assert {r["action"] for r in rows} == {"allow", "deny"}
