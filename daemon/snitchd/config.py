@@ -192,6 +192,8 @@ class Config:
     # New flows a second that one user above the system uids (SYSTEM_UID_MAX) may start; the
     # rest are dropped in the kernel before the queue, so one user cannot fill the queue every
     # user's flows wait in (0: no limit). An nft table of its own (`netfilter.limit_script`).
+    # Forwarded flows have no uid here: each source address gets this rate, all four times it
+    # (`netfilter._forward_queue_lines`).
     new_flows_per_user: int = 1000
     # DNS queries a second that one such user may send (UDP or TCP to port 53): each is held in
     # the DNS queue every user's queries wait in, until snitchd has read its name; the rest are
