@@ -197,7 +197,8 @@ class Config:
     new_flows_per_user: int = 1000
     # DNS queries a second that one such user may send (UDP or TCP to port 53): each is held in
     # the DNS queue every user's queries wait in, until snitchd has read its name; the rest are
-    # dropped in the kernel (the sender sees EPERM). 0: no limit. The same nft table.
+    # dropped in the kernel (the sender sees EPERM). 0: no limit. The same nft table; a
+    # container's (forwarded) queries per source address, by iptables (`_dns_lines`).
     dns_queries_per_user: int = 200
     # Queue reader processes, one per queue (issue 21): 0 is one per core; 1 (the default until
     # several readers are measured faster on a quiet machine and checked with BPF attribution)

@@ -111,6 +111,8 @@ DNS_QUERY_CHAIN = "SNITCH_DNSQ"
 FORWARD_CHAIN = "SNITCH_FORWARD"
 FORWARD_QUEUE_CHAIN = "SNITCH_FWDQ"  # jumped to from FORWARD_CHAIN only: its limits, the queue
 FORWARD_LIMIT = "snitch-fwd"  # its hashlimit's table (/proc/net/ipt_hashlimit/)
+DNS_FORWARD_CHAIN = "SNITCH_DNSFQ"  # jumped to from DNS_QUERY_CHAIN: a forwarded query's limits
+DNS_FORWARD_LIMIT = "snitch-dnsq"
 AGGREGATE_MAX = 10000  # the limit match's fastest rate (a packet a jiffy's tenth: XT_LIMIT_SCALE)
 SOCKET_CHAIN = "SNITCH_SOCKETS"  # jumped to from QUEUE_CHAIN only
 UNDECIDED_PIN, OVER_LIMIT_PIN = "undecided", "over-limit"  # its programs, in `NetSpec.sockets`
@@ -132,6 +134,7 @@ _OWN = (
     ("mangle", "POSTROUTING", DNS_QUERY_CHAIN),
     ("mangle", QUEUE_CHAIN, SOCKET_CHAIN),  # after QUEUE_CHAIN, the chain that jumps to it
     ("mangle", FORWARD_CHAIN, FORWARD_QUEUE_CHAIN),  # likewise
+    ("mangle", DNS_QUERY_CHAIN, DNS_FORWARD_CHAIN),  # likewise
 )
 
 
@@ -298,6 +301,8 @@ class IptablesBackend:
             redeclared = {QUEUE_CHAIN, REJECT_CHAIN} | (
                 {DNS_CHAIN, DNS_QUERY_CHAIN} if spec.dns_queue is not None else set()
             )
+            if spec.dns_queue is not None and spec.dns_per_user > 0:
+                redeclared.add(DNS_FORWARD_CHAIN)
             if spec.forward_from:
                 redeclared.add(FORWARD_CHAIN)
                 if spec.per_user > 0:
@@ -386,12 +391,14 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
         ]
     reject.append(f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {REJECT_CHAIN}")
     if spec.dns_queue is not None:
-        queue += _dns_lines(spec.dns_queue)
+        queue += _dns_lines(spec.dns_queue, spec.dns_per_user)
     if spec.forward_from:
         to_queue = f"-j {FORWARD_QUEUE_CHAIN}" if spec.per_user > 0 else f"-j NFQUEUE {target}"
         again = [f"-i {name} {to_queue}" for name in spec.forward_from]
         if spec.per_user > 0:
-            queue += _forward_queue_lines(spec.per_user, target)
+            queue += _limited_queue_lines(
+                FORWARD_QUEUE_CHAIN, FORWARD_LIMIT, spec.per_user, f"NFQUEUE {target}"
+            )
         queue += [f":{FORWARD_CHAIN} - [0:0]", *_decided_lines(FORWARD_CHAIN, again)]
         queue += [
             f"-A {FORWARD_CHAIN} -i {name} -m conntrack --ctstate NEW --ctdir ORIGINAL {to_queue}"
@@ -402,24 +409,22 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     return Chains(tuple(queue), tuple(reject))
 
 
-def _forward_queue_lines(per_source: int, target: str) -> list[str]:
-    """The way from the forward chain to the queue, past two limits. A container has no uid on
-    this machine (the nft limit counts sockets' uids, and a forwarded packet has no socket
-    here), so each source address may start `per_source` new flows a second, as a user may
-    (hashlimit); without it, a user in the docker group ran a connect flood in a container
-    and filled the queue every flow waits in. A container with NET_RAW (Docker's default) can
-    forge a new source for every packet, so all sources together may start four times as
-    many (the limit match, at most `AGGREGATE_MAX`): such a container can crowd out the other
-    containers, never the host's own flows. The rest are dropped."""
+def _limited_queue_lines(chain: str, table: str, per_source: int, target: str) -> list[str]:
+    """`chain`: the way to a queue (`target`) for packets with no socket here, past two limits.
+    A forwarded packet has no uid on this machine (the nft limits count sockets' uids), so each
+    source address may send `per_source` a second, as a user may (hashlimit, its table named
+    `table`); without it, a user in the docker group ran a connect flood in a container and
+    filled the queue every flow waits in. A container with NET_RAW (Docker's default) can
+    forge a new source for every packet, so all sources together may send four times as many
+    (the limit match, at most `AGGREGATE_MAX`): such a container can crowd out the other
+    containers, never the host's own packets. The rest are dropped."""
     together = min(4 * per_source, AGGREGATE_MAX)
     return [
-        f":{FORWARD_QUEUE_CHAIN} - [0:0]",
-        f"-A {FORWARD_QUEUE_CHAIN} -m hashlimit --hashlimit-above {per_source}/sec "
-        f"--hashlimit-burst {per_source} --hashlimit-mode srcip --hashlimit-name {FORWARD_LIMIT} "
-        "-j DROP",
-        f"-A {FORWARD_QUEUE_CHAIN} -m limit --limit {together}/sec --limit-burst {together} "
-        f"-j NFQUEUE {target}",
-        f"-A {FORWARD_QUEUE_CHAIN} -j DROP",
+        f":{chain} - [0:0]",
+        f"-A {chain} -m hashlimit --hashlimit-above {per_source}/sec "
+        f"--hashlimit-burst {per_source} --hashlimit-mode srcip --hashlimit-name {table} -j DROP",
+        f"-A {chain} -m limit --limit {together}/sec --limit-burst {together} -j {target}",
+        f"-A {chain} -j DROP",
     ]
 
 
@@ -516,26 +521,34 @@ def _has(kind: str, mark: int) -> str:
     return f"-m {kind} --mark {mark:#x}/{MARK_MASK:#x}"
 
 
-def _dns_lines(number: int) -> list[str]:
+def _dns_lines(number: int, per_source: int = 0) -> list[str]:
     """The DNS chains (see `NetSpec`). Answers: a reply of a flow conntrack saw leave (our
     query) is queued as asked; any other UDP answer is marked unasked, rate-limited, and queued
     for counting only (a forged TCP answer cannot get past the handshake). Queries: in
     POSTROUTING, because a queued packet we accept leaves its table at once (NF_ACCEPT), so a
     recorder in mangle OUTPUT would skip the decision rules after it; appended, so the admin's
-    own mangle POSTROUTING rules run first."""
-    dns = f"-j NFQUEUE --queue-num {number} --queue-bypass"
+    own mangle POSTROUTING rules run first. A forwarded query (a container's: no socket here,
+    so not counted by the nft limit of a user's queries) goes past `per_source` a second per
+    source address first (`_limited_queue_lines`; 0: no limit)."""
+    dns = f"NFQUEUE --queue-num {number} --queue-bypass"
     reply = "-m conntrack --ctstate ESTABLISHED --ctdir REPLY"
     unasked = f"{UNASKED_MARK:#x}/{MARK_MASK:#x}"
+    queries = ["-p udp --dport 53", "-p tcp --dport 53 -m conntrack --ctstate ESTABLISHED"]
+    limited = []
+    if per_source > 0:
+        limited = _limited_queue_lines(DNS_FORWARD_CHAIN, DNS_FORWARD_LIMIT, per_source, dns)
+        forwarded = f"-m owner ! --socket-exists -j {DNS_FORWARD_CHAIN}"
+        limited += [f"-A {DNS_QUERY_CHAIN} {match} {forwarded}" for match in queries]
     return [
         f":{DNS_CHAIN} - [0:0]",
-        f"-A {DNS_CHAIN} -p udp --sport 53 {reply} {dns}",
-        f"-A {DNS_CHAIN} -p tcp --sport 53 {reply} {dns}",
+        f"-A {DNS_CHAIN} -p udp --sport 53 {reply} -j {dns}",
+        f"-A {DNS_CHAIN} -p tcp --sport 53 {reply} -j {dns}",
         f"-A {DNS_CHAIN} -p udp --sport 53 -m limit {UNASKED_LIMIT} -j MARK --set-xmark {unasked}",
-        f"-A {DNS_CHAIN} -p udp --sport 53 -m mark --mark {unasked} {dns}",
+        f"-A {DNS_CHAIN} -p udp --sport 53 -m mark --mark {unasked} -j {dns}",
         f"-I INPUT 1 -m comment --comment {COMMENT} -j {DNS_CHAIN}",
         f":{DNS_QUERY_CHAIN} - [0:0]",
-        f"-A {DNS_QUERY_CHAIN} -p udp --dport 53 {dns}",
-        f"-A {DNS_QUERY_CHAIN} -p tcp --dport 53 -m conntrack --ctstate ESTABLISHED {dns}",
+        *limited,
+        *(f"-A {DNS_QUERY_CHAIN} {match} -j {dns}" for match in queries),
         f"-A POSTROUTING -m comment --comment {COMMENT} -j {DNS_QUERY_CHAIN}",
     ]
 

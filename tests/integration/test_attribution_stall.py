@@ -460,3 +460,33 @@ def test_a_container_s_connect_flood_leaves_the_queue_room_for_the_host(lab: Lab
     assert int(limited.split(":")[0].lstrip("[")) > 1000, limited  # the flood's, dropped
     allowed = lab.log_rows(verdict="allow")
     assert len(allowed) >= 45 and {r.get("uid") for r in allowed} == {0}
+
+
+def test_a_container_s_dns_flood_leaves_the_host_s_queries_answered(lab: Lab):
+    """The DNS flood from a network namespace routed through the client (as a container): its
+    queries have no socket here, so the nft limit of a user's queries cannot count them. Now
+    what one source address sends past `dns_queries_per_user` is dropped before the DNS queue
+    (the hashlimit rule's counter), and root's twenty queries are all answered."""
+    rate = 200
+    guests = GuestNet(lab.client)
+    try:
+        guests.build()
+        guest = guests.add(docker=False)
+        lab.start_daemon(default_action="allow", dns_queries_per_user=rate)
+        began = time.monotonic()
+        with started(guest.argv(PYTHON, "-c", textwrap.dedent(DNS_FLOOD))) as flood:
+            assert read_line(flood, 30) == "ready"
+            answered = lab.client_run(PYTHON, "-c", ROOT_QUERIES, timeout=60)
+            assert flood.poll() is None, "the flood ended before root's queries were asked"
+            assert flood.stdin is not None
+            flood.stdin.close()
+            sent, _ = map(int, read_line(flood, 30).split())
+        lasted = time.monotonic() - began
+        rules = lab.ns(lab.client, "iptables-save", "-c", "-t", "mangle").stdout
+    finally:
+        guests.destroy()
+    assert answered == "20", f"{answered} of root's 20 queries answered"
+    (limited,) = [ln for ln in rules.splitlines() if "--hashlimit-name snitch-dnsq" in ln]
+    assert int(limited.split(":")[0].lstrip("[")) > 0, (limited, sent)
+    queries = lab.ctl_json("status")["dns_queries"]
+    assert queries <= rate + rate * lasted + 20, (queries, sent, lasted)

@@ -159,6 +159,32 @@ def test_dns_queries_are_recorded_after_every_filter(tool: str) -> None:
     assert not any("DNS" in ln for ln in install_lines(tool, NetSpec(1, fail_open=True)).mangle)
 
 
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_forwarded_dns_query_is_limited_per_source_before_the_dns_queue(tool: str) -> None:
+    """A container's query has no socket here, so the nft limit of a user's queries does not
+    count it: queries without a socket go through a chain of their own first, limited per
+    source address and all together, and only then to the DNS queue."""
+    spec = NetSpec(1, fail_open=True, dns_queue=2, dns_per_user=200)
+    mangle = install_lines(tool, spec).mangle
+    queue = "-j NFQUEUE --queue-num 2 --queue-bypass"
+    assert [ln for ln in mangle if ln.startswith("-A SNITCH_DNSQ ")] == [
+        "-A SNITCH_DNSQ -p udp --dport 53 -m owner ! --socket-exists -j SNITCH_DNSFQ",
+        "-A SNITCH_DNSQ -p tcp --dport 53 -m conntrack --ctstate ESTABLISHED "
+        "-m owner ! --socket-exists -j SNITCH_DNSFQ",
+        f"-A SNITCH_DNSQ -p udp --dport 53 {queue}",
+        f"-A SNITCH_DNSQ -p tcp --dport 53 -m conntrack --ctstate ESTABLISHED {queue}",
+    ]
+    assert mangle.index(":SNITCH_DNSFQ - [0:0]") < mangle.index(
+        "-A SNITCH_DNSQ -p udp --dport 53 -m owner ! --socket-exists -j SNITCH_DNSFQ"
+    )
+    assert [ln for ln in mangle if ln.startswith("-A SNITCH_DNSFQ ")] == [
+        "-A SNITCH_DNSFQ -m hashlimit --hashlimit-above 200/sec --hashlimit-burst 200 "
+        "--hashlimit-mode srcip --hashlimit-name snitch-dnsq -j DROP",
+        f"-A SNITCH_DNSFQ -m limit --limit 800/sec --limit-burst 800 {queue}",
+        "-A SNITCH_DNSFQ -j DROP",
+    ]
+
+
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_several_readers_share_new_flows_by_cpu_and_keep_the_fail_mode(fail_open: bool) -> None:
     """Queue readers (issue 21): the queue rule spans queue … queue + readers - 1, chosen by
