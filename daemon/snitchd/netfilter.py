@@ -110,10 +110,12 @@ DNS_CHAIN = "SNITCH_DNS"
 DNS_QUERY_CHAIN = "SNITCH_DNSQ"
 FORWARD_CHAIN = "SNITCH_FORWARD"
 FORWARD_QUEUE_CHAIN = "SNITCH_FWDQ"  # jumped to from FORWARD_CHAIN only: its limits, the queue
-FORWARD_LIMIT = "snitch-fwd"  # its hashlimit's table (/proc/net/ipt_hashlimit/)
 DNS_FORWARD_CHAIN = "SNITCH_DNSFQ"  # jumped to from DNS_QUERY_CHAIN: a forwarded query's limits
-DNS_FORWARD_LIMIT = "snitch-dnsq"
-AGGREGATE_MAX = 10000  # the limit match's fastest rate (a packet a jiffy's tenth: XT_LIMIT_SCALE)
+# Their hashlimit tables (/proc/net/ipt_hashlimit/), named these and the rate: the kernel gives
+# a new rule the live table of its name, with that table's rate, so a reload that changed the
+# rate under one name would keep the old one.
+FORWARD_LIMIT, DNS_FORWARD_LIMIT = "snfwd", "sndnsq"
+AGGREGATE_MAX = 10000  # the limit match's fastest rate, a second (XT_LIMIT_SCALE)
 SOCKET_CHAIN = "SNITCH_SOCKETS"  # jumped to from QUEUE_CHAIN only
 UNDECIDED_PIN, OVER_LIMIT_PIN = "undecided", "over-limit"  # its programs, in `NetSpec.sockets`
 OTHER_SOCKET_PIN = "other-socket"  # a verdict's repeat sent by a socket snitchd did not name
@@ -413,16 +415,17 @@ def _limited_queue_lines(chain: str, table: str, per_source: int, target: str) -
     """`chain`: the way to a queue (`target`) for packets with no socket here, past two limits.
     A forwarded packet has no uid on this machine (the nft limits count sockets' uids), so each
     source address may send `per_source` a second, as a user may (hashlimit, its table named
-    `table`); without it, a user in the docker group ran a connect flood in a container and
-    filled the queue every flow waits in. A container with NET_RAW (Docker's default) can
-    forge a new source for every packet, so all sources together may send four times as many
-    (the limit match, at most `AGGREGATE_MAX`): such a container can crowd out the other
-    containers, never the host's own packets. The rest are dropped."""
+    `table` and the rate); without it, a user in the docker group ran a connect flood in a
+    container and filled the queue every flow waits in. A container with NET_RAW (Docker's
+    default) can forge a new source for every packet, so all sources together may send four
+    times as many (the limit match, at most `AGGREGATE_MAX`): such a container can crowd out
+    the other containers, never the host's own packets. The rest are dropped."""
     together = min(4 * per_source, AGGREGATE_MAX)
+    each = f"{per_source}/sec --hashlimit-burst {per_source} --hashlimit-mode srcip"
     return [
         f":{chain} - [0:0]",
-        f"-A {chain} -m hashlimit --hashlimit-above {per_source}/sec "
-        f"--hashlimit-burst {per_source} --hashlimit-mode srcip --hashlimit-name {table} -j DROP",
+        f"-A {chain} -m hashlimit --hashlimit-above {each} --hashlimit-name {table}{per_source} "
+        "-j DROP",
         f"-A {chain} -m limit --limit {together}/sec --limit-burst {together} -j {target}",
         f"-A {chain} -j DROP",
     ]

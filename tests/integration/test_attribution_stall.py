@@ -486,7 +486,7 @@ def test_a_container_s_dns_flood_leaves_the_host_s_queries_answered(lab: Lab):
     finally:
         guests.destroy()
     assert answered == "20", f"{answered} of root's 20 queries answered"
-    (limited,) = [ln for ln in rules.splitlines() if "--hashlimit-name snitch-dnsq" in ln]
+    (limited,) = [ln for ln in rules.splitlines() if "--hashlimit-name sndnsq" in ln]
     assert int(limited.split(":")[0].lstrip("[")) > 0, (limited, sent)
     queries = lab.ctl_json("status")["dns_queries"]
     assert queries <= rate + rate * lasted + 20, (queries, sent, lasted)

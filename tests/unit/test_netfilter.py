@@ -179,7 +179,7 @@ def test_a_forwarded_dns_query_is_limited_per_source_before_the_dns_queue(tool: 
     )
     assert [ln for ln in mangle if ln.startswith("-A SNITCH_DNSFQ ")] == [
         "-A SNITCH_DNSFQ -m hashlimit --hashlimit-above 200/sec --hashlimit-burst 200 "
-        "--hashlimit-mode srcip --hashlimit-name snitch-dnsq -j DROP",
+        "--hashlimit-mode srcip --hashlimit-name sndnsq200 -j DROP",
         f"-A SNITCH_DNSFQ -m limit --limit 800/sec --limit-burst 800 {queue}",
         "-A SNITCH_DNSFQ -j DROP",
     ]
@@ -260,7 +260,7 @@ def test_forwarded_new_flows_are_limited_per_source_and_together_before_the_queu
     assert mangle.index(":SNITCH_FWDQ - [0:0]") < mangle.index(":SNITCH_FORWARD - [0:0]")
     assert [ln for ln in mangle if ln.startswith("-A SNITCH_FWDQ ")] == [
         "-A SNITCH_FWDQ -m hashlimit --hashlimit-above 3000/sec --hashlimit-burst 3000 "
-        "--hashlimit-mode srcip --hashlimit-name snitch-fwd -j DROP",
+        "--hashlimit-mode srcip --hashlimit-name snfwd3000 -j DROP",
         "-A SNITCH_FWDQ -m limit --limit 10000/sec --limit-burst 10000 -j NFQUEUE --queue-num 5",
         "-A SNITCH_FWDQ -j DROP",
     ]
