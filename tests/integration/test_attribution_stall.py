@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import AS_NOBODY, PYTHON, Lab, python_exe
-from tests.support.containers import GuestNet
+from tests.support.containers import Guest, GuestNet
 from tests.support.lab import ROOT, end_child
 
 pytestmark = pytest.mark.root
@@ -350,6 +350,31 @@ print(answered, flush=True)
 """
 
 
+def root_asks_during(lab: Lab, flood_argv: list[str]) -> tuple[str, int, int, float]:
+    """Root's twenty queries (`ROOT_QUERIES`) asked while `flood_argv` (`DNS_FLOOD`) runs: how
+    many were answered, what the flood sent and had refused, and how long it all lasted."""
+    began = time.monotonic()
+    with started(flood_argv) as flood:
+        assert read_line(flood, 30) == "ready"
+        answered = lab.client_run(PYTHON, "-c", ROOT_QUERIES, timeout=60)
+        assert flood.poll() is None, "the flood ended before root's queries were asked"
+        assert flood.stdin is not None
+        flood.stdin.close()
+        sent, refused = map(int, read_line(flood, 30).split())
+    return answered, sent, refused, time.monotonic() - began
+
+
+@contextmanager
+def routed_guest(lab: Lab) -> Iterator[Guest]:
+    """A network namespace routed through the client namespace (a container, no runtime)."""
+    guests = GuestNet(lab.client)
+    try:
+        guests.build()
+        yield guests.add(docker=False)
+    finally:
+        guests.destroy()
+
+
 def test_a_user_s_dns_flood_leaves_others_queries_answered(lab: Lab):
     """Every DNS query waits in one DNS queue until snitchd has read its name. Uid 65534
     sends queries as fast as it can; meanwhile root asks twenty times. Without a limit,
@@ -358,17 +383,9 @@ def test_a_user_s_dns_flood_leaves_others_queries_answered(lab: Lab):
     rate = 200
     lab.start_daemon(default_action="deny", dns_queries_per_user=rate)
     lab.add_rule(f"allow app={python_exe()} to=192.0.2.2 port=53 proto=udp")
-    began = time.monotonic()
-    with started(
-        ["ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, "-c", textwrap.dedent(DNS_FLOOD)]
-    ) as flood:
-        assert read_line(flood, 30) == "ready"
-        answered = lab.client_run(PYTHON, "-c", ROOT_QUERIES, timeout=60)
-        assert flood.poll() is None, "the flood ended before root's queries were asked"
-        assert flood.stdin is not None
-        flood.stdin.close()
-        sent, refused = map(int, read_line(flood, 30).split())
-    lasted = time.monotonic() - began
+    flood = textwrap.dedent(DNS_FLOOD)
+    argv = ["ip", "netns", "exec", lab.client, *AS_NOBODY, PYTHON, "-c", flood]
+    answered, sent, refused, lasted = root_asks_during(lab, argv)
     assert answered == "20", f"{answered} of root's 20 queries answered"
     assert refused > 0, f"the kernel refused none of the flood's {sent} queries"
     # The flooder's share of the DNS queue: its burst and rate (and root's 20). Without the
@@ -439,10 +456,7 @@ def test_a_container_s_connect_flood_leaves_the_queue_room_for_the_host(lab: Lab
     past `new_flows_per_user` is dropped before the queue (the hashlimit rule's counter), the
     queue drops nothing, and root's 50 connects are all decided while the flood goes on."""
     exe = compiled(CONNECT_FLOOD_C, tmp_path / "connectflood")
-    guests = GuestNet(lab.client)
-    try:
-        guests.build()
-        guest = guests.add(docker=False)
+    with routed_guest(lab) as guest:
         lab.start_daemon(default_action="deny", new_flows_per_user=500)
         lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=80")
         with started(guest.argv(str(exe), "30")) as flood:
@@ -452,8 +466,6 @@ def test_a_container_s_connect_flood_leaves_the_queue_room_for_the_host(lab: Lab
             assert flood.poll() is None, "the flood ended before root's connections were decided"
             status = lab.ctl_json("status")
             rules = lab.ns(lab.client, "iptables-save", "-c", "-t", "mangle").stdout
-    finally:
-        guests.destroy()
     assert status["kernel_queue_dropped"] == 0, status
     assert words == ["connected"] * 50
     (limited,) = [ln for ln in rules.splitlines() if "--hashlimit-above 500/sec" in ln]
@@ -468,23 +480,11 @@ def test_a_container_s_dns_flood_leaves_the_host_s_queries_answered(lab: Lab):
     what one source address sends past `dns_queries_per_user` is dropped before the DNS queue
     (the hashlimit rule's counter), and root's twenty queries are all answered."""
     rate = 200
-    guests = GuestNet(lab.client)
-    try:
-        guests.build()
-        guest = guests.add(docker=False)
+    with routed_guest(lab) as guest:
         lab.start_daemon(default_action="allow", dns_queries_per_user=rate)
-        began = time.monotonic()
-        with started(guest.argv(PYTHON, "-c", textwrap.dedent(DNS_FLOOD))) as flood:
-            assert read_line(flood, 30) == "ready"
-            answered = lab.client_run(PYTHON, "-c", ROOT_QUERIES, timeout=60)
-            assert flood.poll() is None, "the flood ended before root's queries were asked"
-            assert flood.stdin is not None
-            flood.stdin.close()
-            sent, _ = map(int, read_line(flood, 30).split())
-        lasted = time.monotonic() - began
+        flood = guest.argv(PYTHON, "-c", textwrap.dedent(DNS_FLOOD))
+        answered, sent, _, lasted = root_asks_during(lab, flood)
         rules = lab.ns(lab.client, "iptables-save", "-c", "-t", "mangle").stdout
-    finally:
-        guests.destroy()
     assert answered == "20", f"{answered} of root's 20 queries answered"
     (limited,) = [ln for ln in rules.splitlines() if "--hashlimit-name sndnsq" in ln]
     assert int(limited.split(":")[0].lstrip("[")) > 0, (limited, sent)
