@@ -168,6 +168,14 @@ def summary(s: dict[str, Any], paint: Painter) -> str:
         f"{s['datagrams_over_limit']} datagrams dropped: their user was past new_flows_per_user"
         if s.get("datagrams_over_limit")
         else "",
+        f"{s['flows_over_limit']} new flows dropped: their user (or container address) was "
+        "past new_flows_per_user"
+        if s.get("flows_over_limit")
+        else "",
+        f"{s['dns_queries_over_limit']} DNS queries dropped: their user (or container address) "
+        "was past dns_queries_per_user"
+        if s.get("dns_queries_over_limit")
+        else "",
     ]
     for alert in filter(None, alerts):
         lines.append(f"{paint('alert', Colour.WARN)}: {alert}")

@@ -43,6 +43,7 @@ from snitchd.every import Every
 from snitchd.flowcut import FlowCutter
 from snitchd.journal import Event, journal_fields
 from snitchd.knownapps import KnownApps
+from snitchd.limitdrops import DropWatch
 from snitchd.lists import Lists
 from snitchd.modes import Modes
 from snitchd.netfilter import MARK_MASK, verdict_mark
@@ -147,6 +148,7 @@ class Firewall(Rulebook):
         self.sockets = ""
         self.named: NamedSockets | None = None
         self.socket_match: SocketMatch | None = None  # the main process's, for its counters
+        self.limit_drops: DropWatch | None = None  # the kernel's rate limits' counters (main's)
         self._named_failed = Every(UNREADABLE_SAID_EVERY)
         self.events = events
         self.broker = broker

@@ -36,6 +36,7 @@ from snitchd.decide import set_local_time
 from snitchd.events import EventLog
 from snitchd.firewall import Firewall, local_time, quotas_of
 from snitchd.journal import Event, journal_fields, setup_logging
+from snitchd.limitdrops import DropWatch
 from snitchd.logwriter.parent import Recorder
 from snitchd.metricsfile import run_metrics_file
 from snitchd.netfilter import NO_SOCKETS, Backend, NetSpec, select_backend
@@ -45,7 +46,7 @@ from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.readers.parent import Readers
 from snitchd.socketmatch import NAMED_PIN, SocketMatch, open_named
-from snitchd.status import status_of
+from snitchd.status import Status, status_of
 from snitchd.store import Store
 from snitchd.subnets import SubnetWatch
 from snitchd.switching import Switcher
@@ -210,11 +211,13 @@ class _Daemon:
         ]
         if config.metrics_file:
             backend_name = self.backend.name
-            metrics = run_metrics_file(
-                config.metrics_file,
-                config.metrics_interval,
-                lambda: status_of(firewall, backend_name),
-            )
+
+            async def status() -> Status:
+                if firewall.limit_drops is not None:
+                    await firewall.limit_drops.refresh()
+                return status_of(firewall, backend_name)
+
+            metrics = run_metrics_file(config.metrics_file, config.metrics_interval, status)
             background.append(tasks.create_task(metrics, name="metrics-file"))
         return background
 
@@ -243,6 +246,7 @@ class _Daemon:
         )
         set_local_time(local_time)  # time windows in the machine's zone (TZ, /etc/localtime)
         firewall = self.firewall = Firewall(config, store, attributor, events, broker, marks=marks)
+        firewall.limit_drops = DropWatch(self.backend.families)
         firewall.load_rule_files_now()  # rules.d, before any packet is decided
         broker.attach(firewall)
         return firewall, broker, attributor

@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from snitch_common.metrics import render_metrics
@@ -49,13 +49,15 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def run_metrics_file(path: str, interval: float, status: Callable[[], Status]) -> None:
+async def run_metrics_file(
+    path: str, interval: float, status: Callable[[], Awaitable[Status]]
+) -> None:
     """Until cancelled: render and write every `interval` seconds; remove the file at the end.
     A failed write is said once (then once more when it works again), never raised."""
     failing = False
     try:
         while True:
-            text = render_metrics(status_fields(status()))
+            text = render_metrics(status_fields(await status()))
             try:
                 await asyncio.to_thread(write_atomic, path, text)
             except OSError as exc:

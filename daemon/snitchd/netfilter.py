@@ -201,6 +201,7 @@ class Plan:
 
 class Backend(Protocol):
     name: str
+    families: tuple[str, ...]  # the tools, one per address family ("iptables", "ip6tables")
 
     def probe(self) -> None: ...
     def plan_install(self, spec: NetSpec) -> Plan: ...

@@ -13,6 +13,7 @@ from snitch_common import __version__
 from snitch_common.modes import Mode
 from snitchd.config import reader_count
 from snitchd.firewall import Firewall
+from snitchd.limitdrops import LimitDrops
 from snitchd.queue import kernel_stats
 from snitchd.socketmatch import SocketDrops
 
@@ -78,6 +79,10 @@ class Status:
     # Datagrams the socket match dropped in the kernel: of users past their limit on the way
     # to the queue, and verdicts given for another uid's socket (a shared port).
     datagrams_over_limit: int = 0
+    # Dropped by the kernel's rate limits before the queues (`limitdrops`, read at most once a
+    # second): new flows past new_flows_per_user, DNS queries past dns_queries_per_user.
+    flows_over_limit: int = 0
+    dns_queries_over_limit: int = 0
     datagrams_other_socket: int = 0
     rules_files_error: str = ""  # why a rules.d file was refused at the last load (issue 18)
     flows_cut: int = 0  # open flows cut because a rule added or enabled later denies them
@@ -109,6 +114,7 @@ class Status:
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
     fw, c, d = firewall, firewall.counters, firewall.dns.counters
     drops = fw.socket_match.dropped() if fw.socket_match is not None else SocketDrops(0, 0)
+    limited = fw.limit_drops.last if fw.limit_drops is not None else LimitDrops()
     return Status(
         version=__version__,
         backend=backend,
@@ -154,6 +160,8 @@ def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Stat
         attribution=fw.attributor.path,
         sockets=fw.sockets,
         datagrams_over_limit=drops.over_limit,
+        flows_over_limit=limited.flows,
+        dns_queries_over_limit=limited.queries,
         datagrams_other_socket=drops.other_socket,
         attributed_bpf=c.attributed.get("bpf", 0),
         attributed_sock_diag=c.attributed.get("sock_diag", 0),

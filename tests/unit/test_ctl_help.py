@@ -98,3 +98,9 @@ def test_running_summary_is_short_and_names_alerts() -> None:
     assert len(text.splitlines()) <= 8
     shared = summary(status | {"datagrams_other_socket": 2}, painter_for(io.StringIO(), {}))
     assert "alert: 2 datagrams dropped: sent by another user's socket" in shared
+    limited = summary(
+        status | {"flows_over_limit": 9, "dns_queries_over_limit": 4},
+        painter_for(io.StringIO(), {}),
+    )
+    assert "alert: 9 new flows dropped: their user (or container address) was past" in limited
+    assert "alert: 4 DNS queries dropped: their user (or container address) was past" in limited

@@ -19,6 +19,7 @@ def _status() -> dict[str, object]:
         "prompt_packets_held": 2, "kernel_queue_dropped": 7, "kernel_user_dropped": 0,
         "dns_answers": 5, "rules": 12, "agents": 1, "log_rows_written": 9, "log_backlog": 1,
         "rules_error": "", "log_error": "database is locked", "datagrams_other_socket": 3,
+        "flows_over_limit": 11, "dns_queries_over_limit": 13,
     }  # fmt: skip
 
 
@@ -38,6 +39,8 @@ def test_metrics_parse_and_match_the_status_record() -> None:
     assert got[("snitch_attributions_total", (("path", "sock_diag"),))] == 9
     assert got[("snitch_queue_dropped_total", (("by", "kernel"),))] == 7
     assert got[("snitch_datagrams_dropped_total", (("why", "other-socket"),))] == 3
+    assert got[("snitch_limited_total", (("what", "new-flows"),))] == 11
+    assert got[("snitch_limited_total", (("what", "dns-queries"),))] == 13
     assert got[("snitch_prompts_total", ())] == 4
     assert got[("snitch_rules", ())] == 12
     assert got[("snitch_log_backlog", ())] == 1

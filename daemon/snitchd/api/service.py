@@ -36,6 +36,8 @@ class FirewallService(RulesRoom, PromptsRoom, MonitorRoom, ListsRoom, ModesRoom)
     @dbus_method()
     @handled()
     async def Status(self) -> VarDict:
+        if self.firewall.limit_drops is not None:
+            await self.firewall.limit_drops.refresh()
         status = status_of(self.firewall, self.backend, self.agents_refused)
         shown = _status_dict(dataclasses.replace(status, routing=self._routing()))
         if self._switcher is not None:  # the network profiles follow (issue 17)
