@@ -98,10 +98,10 @@ UNASKED_MARK = 0x5A150000  # an incoming DNS answer of no conntrack reply flow (
 UNASKED_LIMIT = "--limit 50/second --limit-burst 100"
 _VERDICT_MARKS = {Action.ALLOW: ALLOW_MARK, Action.DENY: DENY_MARK, Action.REJECT: REJECT_MARK}
 COMMENT = "snitch"
-LIMIT_TABLE = "snitch_limit"  # nft, inet family: the per-user limit of new flows
+LIMIT_TABLE = "snitch_limit"  # nft, inet family: the per-user limits of new flows, DNS queries
 _NO_LIMIT = (
-    "the per-user limit of new flows (nft table snitch_limit) is off, so one user can fill the "
-    "queue"
+    "the per-user limits of new flows and DNS queries (nft table snitch_limit) are off, so one "
+    "user can fill the queues"
 )
 _NO_NF_TABLES = f"{_NO_LIMIT}: nft needs the kernel's nf_tables (modprobe nf_tables)"
 QUEUE_CHAIN = "SNITCH_QUEUE"
