@@ -46,7 +46,7 @@ from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.readers.parent import Readers
 from snitchd.socketmatch import NAMED_PIN, SocketMatch, open_named
-from snitchd.status import Status, status_of
+from snitchd.status import current_status
 from snitchd.store import Store
 from snitchd.subnets import SubnetWatch
 from snitchd.switching import Switcher
@@ -211,13 +211,11 @@ class _Daemon:
         ]
         if config.metrics_file:
             backend_name = self.backend.name
-
-            async def status() -> Status:
-                if firewall.limit_drops is not None:
-                    await firewall.limit_drops.refresh()
-                return status_of(firewall, backend_name)
-
-            metrics = run_metrics_file(config.metrics_file, config.metrics_interval, status)
+            metrics = run_metrics_file(
+                config.metrics_file,
+                config.metrics_interval,
+                lambda: current_status(firewall, backend_name),
+            )
             background.append(tasks.create_task(metrics, name="metrics-file"))
         return background
 

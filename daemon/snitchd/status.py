@@ -17,7 +17,7 @@ from snitchd.limitdrops import LimitDrops
 from snitchd.queue import kernel_stats
 from snitchd.socketmatch import SocketDrops
 
-__all__ = ["Status", "status_of"]
+__all__ = ["Status", "current_status", "status_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +79,11 @@ class Status:
     # Datagrams the socket match dropped in the kernel: of users past their limit on the way
     # to the queue, and verdicts given for another uid's socket (a shared port).
     datagrams_over_limit: int = 0
+    datagrams_other_socket: int = 0
     # Dropped by the kernel's rate limits before the queues (`limitdrops`, read at most once a
     # second): new flows past new_flows_per_user, DNS queries past dns_queries_per_user.
     flows_over_limit: int = 0
     dns_queries_over_limit: int = 0
-    datagrams_other_socket: int = 0
     rules_files_error: str = ""  # why a rules.d file was refused at the last load (issue 18)
     flows_cut: int = 0  # open flows cut because a rule added or enabled later denies them
     retries: int = 0  # new flows counted as retries of a blocked attempt (attempts)
@@ -109,6 +109,14 @@ class Status:
     attributed_kernel: int = 0
     log_backlog: int = 0
     forwarded: int = 0  # packets of containers' and guests' flows, of `seen` (issue 16)
+
+
+async def current_status(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
+    """`status_of`, with the kernel's rate-limit counters read anew when the last reading is
+    over a second old (in a thread: they take tool runs)."""
+    if firewall.limit_drops is not None:
+        await firewall.limit_drops.refresh()
+    return status_of(firewall, backend, agents_refused)
 
 
 def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:

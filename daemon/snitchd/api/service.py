@@ -21,7 +21,7 @@ from snitchd.caller import CallerAwareBus, handled
 from snitchd.firewall import Firewall
 from snitchd.logind import Logind
 from snitchd.queries import Reader
-from snitchd.status import Status, status_of
+from snitchd.status import Status, current_status
 from snitchd.switching import Switcher
 
 __all__ = ["FirewallService", "serve"]
@@ -36,9 +36,7 @@ class FirewallService(RulesRoom, PromptsRoom, MonitorRoom, ListsRoom, ModesRoom)
     @dbus_method()
     @handled()
     async def Status(self) -> VarDict:
-        if self.firewall.limit_drops is not None:
-            await self.firewall.limit_drops.refresh()
-        status = status_of(self.firewall, self.backend, self.agents_refused)
+        status = await current_status(self.firewall, self.backend, self.agents_refused)
         shown = _status_dict(dataclasses.replace(status, routing=self._routing()))
         if self._switcher is not None:  # the network profiles follow (issue 17)
             shown["network"] = Variant("s", self._switcher.network.describe())
