@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -430,6 +431,17 @@ int main(int argc, char **argv) {
 """
 
 
+def root_connects_during(lab: Lab, flood_argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Root's 50 connects (`steady_words`) made while `flood_argv` (`CONNECT_FLOOD_C`) runs,
+    from a second after it started: what each ended with, and the status just after."""
+    with started(flood_argv) as flood:
+        assert read_line(flood, 30) == "ready"
+        time.sleep(1)  # the queue would be full by now
+        words = steady_words(lab, 50, 25, flood)
+        assert flood.poll() is None, "the flood ended before root's connections were decided"
+        return words, lab.ctl_json("status")
+
+
 def test_a_user_s_connect_flood_leaves_the_queue_room_for_everyone(lab: Lab, tmp_path: Path):
     """Uid 65534 starts connects as fast as one process can (~135k a second on this machine),
     each a new flow. Before the per-user limit the kernel queue was full all along and dropped
@@ -441,12 +453,8 @@ def test_a_user_s_connect_flood_leaves_the_queue_room_for_everyone(lab: Lab, tmp
     tmp_path.chmod(0o755)
     lab.start_daemon(default_action="deny", new_flows_per_user=500)
     lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=80")
-    with started(["ip", "netns", "exec", lab.client, *AS_NOBODY, str(exe), "30"]) as flood:
-        assert read_line(flood, 30) == "ready"
-        time.sleep(1)  # the queue would be full by now
-        words = steady_words(lab, 50, 25, flood)
-        assert flood.poll() is None, "the flood ended before root's connections were decided"
-        status = lab.ctl_json("status")
+    argv = ["ip", "netns", "exec", lab.client, *AS_NOBODY, str(exe), "30"]
+    words, status = root_connects_during(lab, argv)
     assert status["kernel_queue_dropped"] == 0, status
     assert status["flows_over_limit"] > 1000, status  # the flood's, dropped by the nft limit
     assert words == ["connected"] * 50
@@ -466,12 +474,7 @@ def test_a_container_s_connect_flood_leaves_the_queue_room_for_the_host(lab: Lab
     with routed_guest(lab) as guest:
         lab.start_daemon(default_action="deny", new_flows_per_user=500)
         lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=80")
-        with started(guest.argv(str(exe), "30")) as flood:
-            assert read_line(flood, 30) == "ready"
-            time.sleep(1)  # the queue would be full by now
-            words = steady_words(lab, 50, 25, flood)
-            assert flood.poll() is None, "the flood ended before root's connections were decided"
-            status = lab.ctl_json("status")
+        words, status = root_connects_during(lab, guest.argv(str(exe), "30"))
     assert status["kernel_queue_dropped"] == 0, status
     assert words == ["connected"] * 50
     assert status["flows_over_limit"] > 1000, status  # the flood's, dropped
