@@ -11,21 +11,22 @@ one at a time however many callers ask meanwhile. A reading that fails keeps the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-import subprocess
+import shutil
 import time
 from dataclasses import dataclass
 
-from snitchd.netfilter import DNS_FORWARD_CHAIN, FORWARD_QUEUE_CHAIN, LIMIT_TABLE
+from snitch_common.errors import BackendFailed
+from snitchd.netfilter import DNS_FORWARD_CHAIN, FORWARD_QUEUE_CHAIN, LIMIT_TABLE, run_tool
 
 __all__ = ["FRESH", "DropWatch", "LimitDrops", "nft_drops", "read_drops", "xt_drops"]
 
 log = logging.getLogger(__name__)
 
 FRESH = 1.0  # seconds a reading is shown before a status call makes a new one
-_TIMEOUT = 5.0
 _SAVED = re.compile(r"^\[(\d+):\d+\] -A (\S+) .*-j DROP$")
 
 
@@ -63,22 +64,16 @@ def xt_drops(text: str) -> LimitDrops:
     return LimitDrops(found[FORWARD_QUEUE_CHAIN], found[DNS_FORWARD_CHAIN])
 
 
-def _output(argv: list[str]) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=True).stdout
-
-
 def read_drops(families: tuple[str, ...]) -> LimitDrops:
     """One reading of every counter (a thread's job). A table or chain that is not there
-    counts 0; raises OSError or subprocess.SubprocessError when a tool cannot be run."""
+    counts 0 (no nft, or no table: no limit set, said at start); raises BackendFailed when
+    iptables-save fails."""
     total = LimitDrops()
-    try:
-        total += nft_drops(_output(["nft", "-j", "list", "table", "inet", LIMIT_TABLE]))
-    except subprocess.CalledProcessError:
-        pass  # no table: no limit set (or no nf_tables), nothing dropped
-    except FileNotFoundError:
-        pass  # no nft: no limit (said at start)
+    if shutil.which("nft") is not None:
+        with contextlib.suppress(BackendFailed):
+            total += nft_drops(run_tool(("nft", "-j", "list", "table", "inet", LIMIT_TABLE)))
     for tool in families:
-        total += xt_drops(_output([f"{tool}-save", "-c", "-t", "mangle"]))
+        total += xt_drops(run_tool((f"{tool}-save", "-c", "-t", "mangle")))
     return total
 
 

@@ -81,6 +81,7 @@ __all__ = [
     "Step",
     "install_lines",
     "limit_script",
+    "run_tool",
     "select_backend",
     "socket_lines",
     "verdict_mark",
@@ -209,7 +210,9 @@ class Backend(Protocol):
     def apply(self, plan: Plan) -> tuple[str, ...]: ...
 
 
-def _run(argv: tuple[str, ...], stdin: str = "") -> str:
+def run_tool(argv: tuple[str, ...], stdin: str = "") -> str:
+    """A netfilter tool's output (in the C locale); raises BackendFailed, saying why, when it
+    cannot run, takes over 30 s or fails."""
     env = {**os.environ, "LANG": "C", "LC_ALL": "C"}
     try:
         done = subprocess.run(
@@ -261,13 +264,13 @@ class IptablesBackend:
                         "(apt-get install iptables)"
                     )
             try:
-                _run((tool + "-save", "-t", "mangle"))
+                run_tool((tool + "-save", "-t", "mangle"))
             except BackendFailed as exc:
                 raise BackendUnavailable(
                     f"{tool} cannot read the mangle table ({exc}); is snitchd root, and does the "
                     "kernel have iptable_mangle / nft_compat?"
                 ) from None
-        version = _run((self.families[0], "--version")).strip()
+        version = run_tool((self.families[0], "--version")).strip()
         self.legacy = "legacy" in version
         log.info("backend probed name=%s version=%r", self.name, version)
 
@@ -275,7 +278,7 @@ class IptablesBackend:
         """Lines that undo a previous run; chains in `keep` stay because they are about to be
         redeclared (a `:CHAIN` line of iptables-restore empties an existing chain). Each table
         is read once: an iptables-save run costs tens of ms, at every start, reload and stop."""
-        saved = {table: _run((tool + "-save", "-t", table)).splitlines() for table in _TABLES}
+        saved = {table: run_tool((tool + "-save", "-t", table)).splitlines() for table in _TABLES}
         lines: dict[str, list[str]] = {table: [] for table in _TABLES}
         drop: dict[tuple[str, str], None] = {}
         for table, hook, chain in _OWN:
@@ -335,7 +338,7 @@ class IptablesBackend:
         if shutil.which("nft") is None:
             return False
         try:
-            _run(("nft", "list", "table", "inet", LIMIT_TABLE))
+            run_tool(("nft", "list", "table", "inet", LIMIT_TABLE))
         except BackendFailed:
             return False
         return True
@@ -360,7 +363,7 @@ class IptablesBackend:
             log.warning("%s", text)
         for step in plan.steps:
             try:
-                _run(step.argv, step.stdin)
+                run_tool(step.argv, step.stdin)
             except BackendFailed as exc:
                 if step.without:
                     log.warning("%s: %s", step.without, exc)
