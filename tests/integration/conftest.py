@@ -413,8 +413,9 @@ class Lab:
             if "NFQUEUE" in line and re.search(r"\] -A SNITCH_(FORWARD|FWDQ) ", line)
         )
 
-    def log_rows(self, **query: str) -> list[dict[str, Any]]:
-        args = ["log", "--limit", "1000"]
+    def log_rows(self, limit: int = 1000, **query: str) -> list[dict[str, Any]]:
+        """The newest `limit` rows of `snitchctl log`: a flood's rows can push older ones out."""
+        args = ["log", "--limit", str(limit)]
         for key, value in query.items():
             args += [f"--{key}", value]
         rows: list[dict[str, Any]] = self.ctl_json(*args)
