@@ -45,7 +45,7 @@ from snitchd.procs import Attributor, start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.readers.parent import Readers
-from snitchd.socketmatch import NAMED_PIN, SocketMatch, open_named
+from snitchd.socketmatch import NAMED_PIN, QUEUED_PIN, SocketMatch, open_named, open_senders
 from snitchd.status import current_status
 from snitchd.store import Store
 from snitchd.subnets import SubnetWatch
@@ -261,6 +261,7 @@ class _Daemon:
             return (f"{NO_SOCKETS}: {exc}",)
         firewall.socket_match = self.sockets
         firewall.named = open_named(self.sockets.pins / NAMED_PIN)
+        firewall.attributor.senders = open_senders(self.sockets.pins / QUEUED_PIN)
         return ()
 
     def _install(self, firewall: Firewall, lost: tuple[str, ...]) -> None:

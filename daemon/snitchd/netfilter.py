@@ -66,6 +66,7 @@ __all__ = [
     "ALLOW_MARK",
     "DENY_MARK",
     "MARK_MASK",
+    "NOTE_SENDER_PIN",
     "NO_SOCKETS",
     "OTHER_SOCKET_PIN",
     "OVER_LIMIT_PIN",
@@ -120,6 +121,7 @@ AGGREGATE_MAX = 10000  # the limit match's fastest rate, a second (XT_LIMIT_SCAL
 SOCKET_CHAIN = "SNITCH_SOCKETS"  # jumped to from QUEUE_CHAIN only
 UNDECIDED_PIN, OVER_LIMIT_PIN = "undecided", "over-limit"  # its programs, in `NetSpec.sockets`
 OTHER_SOCKET_PIN = "other-socket"  # a verdict's repeat sent by a socket snitchd did not name
+NOTE_SENDER_PIN = "note-sender"  # notes the socket of a flow's datagram queued whole
 # and one per verdict: the packet's socket was given this one
 VERDICT_PINS = {ALLOW_MARK: "allowed", DENY_MARK: "denied", REJECT_MARK: "rejected"}
 NO_SOCKETS = (
@@ -486,7 +488,9 @@ def socket_lines(spec: NetSpec) -> list[str]:
     live sockets share the flow's port), and the entry is set to it, for the connmark rules
     after. Any other packet is undecided, and the rules after take it as before: a flow
     without our mark is queued whole when new, and a packet conntrack does not track has no
-    entry to inherit a verdict from."""
+    entry to inherit a verdict from. A datagram's socket is noted whenever it is queued,
+    by the queue rule's program, or by the last rule's for a new flow's (its program never
+    matches), so that snitchd names the socket that sent it."""
 
     def pinned(name: str) -> str:
         return f"-m bpf --object-pinned {spec.sockets}/{name}"
@@ -509,6 +513,8 @@ def socket_lines(spec: NetSpec) -> list[str]:
             f"-j CONNMARK --set-xmark {mark:#x}/{MARK_MASK:#x}"
             for mark, name in VERDICT_PINS.items()
         ),
+        f"-A {SOCKET_CHAIN} -m mark --mark {none} -m connmark --mark {none} "
+        f"-m conntrack --ctstate NEW {pinned(NOTE_SENDER_PIN)} -j RETURN",
     ]
 
 

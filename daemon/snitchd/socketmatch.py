@@ -19,7 +19,11 @@ snitchd names a datagram's sender by its tuple, and a shared port makes that amb
 kernel's lookup answers with the better match (a connected socket), so a user's unconnected
 socket on a service's port was named as the service. So `NamedSockets` writes, just before each
 verdict for a datagram, the uid of the socket snitchd named under the flow's tuple, and the
-verdict's repeat is dropped when the socket that sent it has another uid.
+verdict's repeat is dropped when the socket that sent it has another uid. Alone, that made a
+user's socket connected to where a service's unconnected one sends (mDNS) the name of every
+datagram of the service's, each then dropped. So the programs note the socket (cookie, uid)
+of each datagram they let into the queue under its flow, and `QueuedSenders` reads it back
+for the attributor, which names that socket (`procs.Attributor`).
 
 Another program, before the queue rule, drops what a user (uid above 999) would send to the
 queue past `new_flows_per_user` a second: the nft limit of new flows counts no packet of a
@@ -48,7 +52,13 @@ from pathlib import Path
 
 from snitch_common.errors import BackendUnavailable
 from snitch_common.records import Flow, Proto
-from snitchd.netfilter import OTHER_SOCKET_PIN, OVER_LIMIT_PIN, UNDECIDED_PIN, VERDICT_PINS
+from snitchd.netfilter import (
+    NOTE_SENDER_PIN,
+    OTHER_SOCKET_PIN,
+    OVER_LIMIT_PIN,
+    UNDECIDED_PIN,
+    VERDICT_PINS,
+)
 from snitchd.procs.bpf import (
     SOCKETS_SOURCE,
     LibBpf,
@@ -63,10 +73,14 @@ __all__ = [
     "NO_UID",
     "PIN_ROOT",
     "PROGRAMS",
+    "QUEUED_PIN",
     "NamedSockets",
+    "QueuedSender",
+    "QueuedSenders",
     "SocketDrops",
     "SocketMatch",
     "open_named",
+    "open_senders",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,11 +92,14 @@ PROGRAMS = {
     OTHER_SOCKET_PIN: b"snitch_other_socket",
     UNDECIDED_PIN: b"snitch_undecided_socket",
     OVER_LIMIT_PIN: b"snitch_over_limit",
+    NOTE_SENDER_PIN: b"snitch_note_sender",
     **{name: f"snitch_socket_{name}".encode() for name in VERDICT_PINS.values()},
 }
 NAMED_PIN = "named"  # the map of the uid snitchd named per datagram flow, for the readers too
+QUEUED_PIN = "queued"  # the map of the socket that sent a datagram flow's last queued packet
 _LIMIT = struct.Struct("=QQ")  # struct limit
 _FLOW = struct.Struct("=16s16s2s2sB3x")  # struct flow_key: ports in network order
+_SENDER = struct.Struct("=QI4x")  # struct sender
 NO_UID = 0xFFFFFFFF  # `NamedSockets`: no socket named (the kernel's packet), no check
 
 
@@ -111,12 +128,14 @@ class SocketMatch:
         try:
             if self._lib.load(obj) != 0:
                 raise _failed(f"load {obj_path}")
-            self._limits, self._dropped, named = (
-                self._map(obj, obj_path, name) for name in ("limits", "dropped", NAMED_PIN)
+            self._limits, self._dropped, named, queued = (
+                self._map(obj, obj_path, name)
+                for name in ("limits", "dropped", NAMED_PIN, QUEUED_PIN)
             )
             self.limit(per_user)
             self.pins.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._pin(named, NAMED_PIN)
+            self._pin(queued, QUEUED_PIN)
             for name, program in PROGRAMS.items():
                 prog = self._lib.find_program(obj, program)
                 if not prog:
@@ -162,7 +181,7 @@ class SocketMatch:
         go."""
         if self._obj is None:
             return
-        for name in (*PROGRAMS, NAMED_PIN):
+        for name in (*PROGRAMS, NAMED_PIN, QUEUED_PIN):
             (self.pins / name).unlink(missing_ok=True)
         for empty in (self.pins, self.pins.parent):  # another namespace's snitchd may pin there
             with contextlib.suppress(OSError):
@@ -171,8 +190,8 @@ class SocketMatch:
         self._obj = None
 
 
-class NamedSockets:
-    """The writer of the `named` map (pinned at `pin`), one per process that gives verdicts."""
+class _FlowMap:
+    """A pinned map keyed by a datagram's flow (`struct flow_key`), opened in this process."""
 
     def __init__(self, pin: Path) -> None:
         self.pin = pin
@@ -181,24 +200,61 @@ class NamedSockets:
         if self._fd < 0:
             raise _failed(f"open {pin}")
         self._key = ctypes.create_string_buffer(_FLOW.size)
+
+    def _key_of(self, flow: Flow) -> bool:
+        """Pack `flow` into the key; False for a flow of neither UDP nor UDP-Lite: only
+        datagrams share a tuple."""
+        udplite = flow.ipproto == IPPROTO_UDPLITE
+        if flow.proto is not Proto.UDP and not udplite:
+            return False
+        _FLOW.pack_into(
+            self._key, 0, flow.src.packed, flow.dst.packed,
+            flow.sport.to_bytes(2, "big"), flow.dport.to_bytes(2, "big"),
+            IPPROTO_UDPLITE if udplite else socket.IPPROTO_UDP,
+        )  # fmt: skip
+        return True
+
+
+class NamedSockets(_FlowMap):
+    """The writer of the `named` map (pinned at `pin`), one per process that gives verdicts."""
+
+    def __init__(self, pin: Path) -> None:
+        super().__init__(pin)
         self._uid = ctypes.c_uint32()
 
     def name(self, flow: Flow, uid: int | None) -> None:
         """Say that the verdict about to be given for `flow` is for a socket of `uid` (None:
         no socket, the kernel's). Only UDP and UDP-Lite: a shared port is theirs. Raises
         OSError if the map refused it (the verdict's repeat may then meet an older entry)."""
-        udplite = flow.ipproto == IPPROTO_UDPLITE
-        if flow.proto is not Proto.UDP and not udplite:
+        if not self._key_of(flow):
             return
-        _FLOW.pack_into(
-            self._key, 0, flow.src.packed, flow.dst.packed,
-            flow.sport.to_bytes(2, "big"), flow.dport.to_bytes(2, "big"),
-            IPPROTO_UDPLITE if udplite else socket.IPPROTO_UDP,
-        )  # fmt: skip
         self._uid.value = NO_UID if uid is None else uid
         if self._lib.update(self._fd, self._key, ctypes.byref(self._uid), 0) != 0:
             code = ctypes.get_errno()
             raise OSError(code, f"cannot write {self.pin}: {os.strerror(code)}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedSender:
+    """The socket of the last datagram the kernel queued on a flow (`struct sender`)."""
+
+    cookie: int
+    uid: int
+
+
+class QueuedSenders(_FlowMap):
+    """The reader of the `queued` map (pinned at `pin`), one per process that attributes."""
+
+    def __init__(self, pin: Path) -> None:
+        super().__init__(pin)
+        self._value = ctypes.create_string_buffer(_SENDER.size)
+
+    def find(self, flow: Flow) -> QueuedSender | None:
+        """The socket noted for `flow` (None: none, or not a datagram's flow)."""
+        if not self._key_of(flow) or self._lib.lookup(self._fd, self._key, self._value) != 0:
+            return None
+        cookie, uid = _SENDER.unpack(self._value.raw)
+        return QueuedSender(cookie, uid)
 
 
 def open_named(pin: Path) -> NamedSockets | None:
@@ -208,6 +264,16 @@ def open_named(pin: Path) -> NamedSockets | None:
         return NamedSockets(pin)
     except BackendUnavailable as exc:
         log.warning("a datagram's verdict may pass to another socket on its port: %s", exc)
+        return None
+
+
+def open_senders(pin: Path) -> QueuedSenders | None:
+    """The reader for a process that attributes, or None (said in the log): a datagram is then
+    named by its tuple alone."""
+    try:
+        return QueuedSenders(pin)
+    except BackendUnavailable as exc:
+        log.warning("a datagram on a shared port may be named for another socket: %s", exc)
         return None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -259,12 +260,13 @@ def test_a_datagram_is_not_decided_as_another_socket_s_on_its_port(
     (SO_REUSEADDR) have the same one: the kernel's lookup answers with the better match, a
     connected socket. So uid 65534's unconnected socket on the port of root's connected one,
     sending to the same place, was named as root, and its datagrams passed on root's allow.
-    Now the verdict's repeat is dropped in the kernel: its socket is not the uid snitchd named
-    (counted in the status). Root's socket gets every echo of the port: one of uid 65534's
-    would come first. With several queue readers, each names the sockets of its verdicts."""
+    Now the socket match notes which socket each queued datagram came from, and snitchd
+    names that one: uid 65534's first is decided as its own (denied), and its next is
+    refused on the spot. Root's socket gets every echo of the port: one of uid 65534's would
+    come first. With several queue readers, each reads the notes."""
     lab.start_daemon(queue_readers=readers)
     lab.add_rule(f"allow app={python_exe()} user=root to={host} port=9000")
-    sport, turns = 47007, 2
+    sport, turns = 47007, 2  # `seen` below is for two turns
     with (
         _sharer(lab, sport, turns + 1, "owner", host=host) as owner,
         _sharer(lab, sport, turns, "joiner", *NOBODY, host=host) as joiner,
@@ -272,15 +274,77 @@ def test_a_datagram_is_not_decided_as_another_socket_s_on_its_port(
         seen = [_turn(owner)]
         for _ in range(turns):
             seen += [_turn(joiner), _turn(owner)]
-    assert seen == ["owner", *["sent", "owner"] * turns]
-    assert _settled(lab)["datagrams_other_socket"] == turns
+    assert seen == ["owner", "sent", "owner", "refused", "owner"]
+    assert _settled(lab)["datagrams_other_socket"] == 0
+    assert _who_was_decided(lab, sport) == [(0, "allow"), (65534, "deny")]
+
+
+def test_a_user_s_socket_on_a_service_s_port_does_not_take_its_datagrams(lab: Lab) -> None:
+    """The other way round: root's socket is the unconnected one (a service binding its port
+    with SO_REUSEADDR, as mDNS does), and uid 65534 binds the same port and connects its
+    socket to where the service sends, sending nothing. sock_diag named uid 65534's socket,
+    the better match, for each of root's datagrams: each was decided as uid 65534's and
+    dropped (its repeat came from another uid's socket), for as long as uid 65534 held the
+    port. Now root's datagrams are named as root's, allowed, and echoed: the echoes go to uid
+    65534's socket (the better match for the replies), which tells that they got through."""
+    lab.start_daemon()
+    lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=9000")
+    sport, turns = 47009, 2
+    with (
+        _sharer(lab, sport, turns, "squatter", *NOBODY) as squatter,
+        _sharer(lab, sport, turns, "service") as service,
+    ):
+        seen = []
+        for _ in range(turns):
+            seen += [_turn(service), _turn(squatter)]
+    assert seen == ["sent", "service"] * turns
+    assert _settled(lab)["datagrams_other_socket"] == 0
+    assert _who_was_decided(lab, sport) == [(0, "allow")]
+
+
+def test_a_note_of_another_socket_never_passes_a_datagram_on_its_verdict(lab: Lab) -> None:
+    """The note is of the last datagram queued on the flow, maybe not the one snitchd reads:
+    with snitchd stopped, uid 65534's unconnected socket and then root's connected one send on
+    the shared port, so uid 65534's datagram is read under root's note, and named as root's
+    (so does sock_diag: root's is the better match). Its repeat is dropped in the kernel
+    (counted in the status): a wrong note may lose a datagram, never pass it on another's
+    allow; passed, it would be echoed to root's socket. uid 65534's next datagram is decided
+    as its own."""
+    lab.start_daemon()
+    lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=9000")
+    assert lab.daemon is not None
+    sport = 47010
+    with (
+        _sharer(lab, sport, 2, "owner") as owner,
+        _sharer(lab, sport, 2, "joiner", *NOBODY) as joiner,
+    ):
+        assert owner.stdin is not None and owner.stdout is not None
+        os.kill(lab.daemon.pid, signal.SIGSTOP)
+        try:
+            assert _turn(joiner) == "sent"
+            wait_for(lambda: _held_in_queue(lab) == 1, 10, "uid 65534's datagram in the queue")
+            owner.stdin.write("\n")
+            owner.stdin.flush()
+            wait_for(lambda: _held_in_queue(lab) == 2, 10, "root's datagram in the queue")
+        finally:
+            os.kill(lab.daemon.pid, signal.SIGCONT)
+        seen = [owner.stdout.readline().strip(), _turn(joiner), _turn(owner)]
+    assert seen == ["owner", "sent", "owner"]
+    assert _settled(lab)["datagrams_other_socket"] == 1
+    assert (65534, "deny") in _who_was_decided(lab, sport)
+
+
+def _held_in_queue(lab: Lab) -> int:
+    """Packets the kernel holds in the client namespace's queues for a reader to take."""
+    text = lab.ns(lab.client, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+    return sum(int(line.split()[2]) for line in text.splitlines())
 
 
 # A UDP socket on a shared port (SO_REUSEADDR), sending its word to the server's echo each time
 # a line comes in. The owner's is connected, so the kernel gives it every reply to the port
 # (the better match), and it prints all it reads until 0.3 s pass without one ("lost" if none:
-# dropped here, EPERM, or a timeout). Any other's prints "sent", or "refused" (EPERM: dropped
-# on the spot).
+# dropped here, EPERM, or a timeout). A squatter's is connected too, and only reads. Any
+# other's prints "sent", or "refused" (EPERM: dropped on the spot).
 _SHARER = """
 import socket, sys
 port, turns, word, host = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -288,13 +352,13 @@ server = (host, 9000)
 s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("::" if ":" in host else "0.0.0.0", port)); s.settimeout(1)
-if word == "owner": s.connect(server)
+if word in ("owner", "squatter"): s.connect(server)
 print("bound", flush=True)
 for _ in range(turns):
     sys.stdin.readline()
     try:
-        s.sendto(word.encode(), server)
-        if word != "owner":
+        if word != "squatter": s.sendto(word.encode(), server)
+        if word not in ("owner", "squatter"):
             print("sent", flush=True)
             continue
         heard = [s.recv(64).decode()]

@@ -10,9 +10,10 @@ import subprocess
 from pathlib import Path
 
 from conftest import PYTHON
-from snitchd.socketmatch import NAMED_PIN, PROGRAMS
+from snitchd.socketmatch import NAMED_PIN, PROGRAMS, QUEUED_PIN
 
-PINNED = (*PROGRAMS, NAMED_PIN)  # the programs, and the map of named sockets for the readers
+# the programs, and the maps of named sockets and queued datagrams' sockets, for the readers
+PINNED = (*PROGRAMS, NAMED_PIN, QUEUED_PIN)
 
 # Two loads in one namespace (the second is a restart after a crash that left the first's pins),
 # then both closed.

@@ -345,6 +345,8 @@ def test_datagrams_of_decided_flows_meet_the_socket_match_while_the_allow_mark_i
             f"-j CONNMARK --set-xmark {mark:#x}/{MARK_MASK:#x}"
             for mark, name in verdicts
         ),
+        f"-A SNITCH_SOCKETS -m mark --mark {none} -m connmark --mark {none} "
+        f"-m conntrack --ctstate NEW {pinned}/note-sender -j RETURN",
     ]
 
 

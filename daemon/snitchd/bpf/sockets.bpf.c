@@ -36,6 +36,16 @@
 // recorded for it. The kernel acts on a verdict in the very call that gives it, so the entry
 // read is the one written for it.
 //
+// That check alone made the better match a denial of service: a user's socket connected to
+// where a service's unconnected one sends (mDNS) was named for each of the service's datagrams,
+// and each was dropped, for as long as the user held the port. So the socket of each datagram
+// sent to the queue is noted under its flow (map `queued`: its cookie and uid), and snitchd
+// names that socket when sock_diag's answer is another. It is the last datagram queued on the
+// flow, maybe not the one snitchd reads: a datagram of another socket on the flow queued in
+// between takes its place. snitchd then names that other socket, and the check above drops the
+// datagram, as before; a note can make a datagram fail, never pass on another's verdict. Notes
+// are taken after every limit: what a user sends past one never reaches them.
+//
 // The key is the socket and where the packet goes (address, and the port for UDP and UDP-Lite;
 // the local port is the socket's own). A packet carrying a verdict answers 0 whatever happens
 // (it must never go back to the queue). A packet without a socket (forwarded, or sent by the
@@ -81,6 +91,20 @@ struct flow_key {
 	__u8 proto;
 	__u8 pad[3];
 };
+
+// The socket of the last datagram sent to the queue on each flow (`socketmatch.QueuedSenders`).
+struct sender {
+	__u64 cookie;
+	__u32 uid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct flow_key);
+	__type(value, struct sender);
+} queued SEC(".maps");
 
 // Whose socket snitchd named for the verdict it gives now: the socket's uid, or NO_UID.
 struct {
@@ -204,6 +228,19 @@ static __always_inline int read_key(struct __sk_buff *skb, struct socket_key *ke
 	return read_headers(skb, key, 0);
 }
 
+// Note `cookie`'s socket (the packet's) as the sender of a datagram of `flow` on its way to the
+// queue; nothing for other protocols (flow->proto 0): only datagrams share a tuple.
+static __always_inline void note_sender(struct __sk_buff *skb, struct flow_key *flow,
+					__u64 cookie)
+{
+	struct sender sender = {.cookie = cookie};
+
+	if (!flow->proto)
+		return;
+	sender.uid = bpf_get_socket_uid(skb);
+	bpf_map_update_elem(&queued, flow, &sender, BPF_ANY);
+}
+
 static __always_inline int is_verdict(struct __sk_buff *skb)
 {
 	__u32 mark = skb->mark & MARK_MASK;
@@ -219,11 +256,12 @@ static __always_inline int undecided(struct __sk_buff *skb, struct socket_key *k
 	return bpf_map_lookup_elem(&decided, key) ? 0 : 1;
 }
 
-// The match of the queue rule: 1 to queue the packet.
+// The match of the queue rule: 1 to queue the packet (its sender noted).
 SEC("socket")
 int snitch_undecided_socket(struct __sk_buff *skb)
 {
 	struct socket_key key = {};
+	struct flow_key flow = {};
 	__u32 verdict = skb->mark & MARK_MASK;
 
 	key.cookie = bpf_get_socket_cookie(skb);
@@ -235,7 +273,26 @@ int snitch_undecided_socket(struct __sk_buff *skb)
 	}
 	if (!key.cookie)
 		return 0;
-	return undecided(skb, &key);
+	if (read_headers(skb, &key, &flow))
+		return 1;
+	if (bpf_map_lookup_elem(&decided, &key))
+		return 0;
+	note_sender(skb, &flow, key.cookie);
+	return 1;
+}
+
+// The match of the chain's last rule, for a packet of a flow without a verdict, which the
+// rules after queue whole: it notes the packet's sender, and never matches.
+SEC("socket")
+int snitch_note_sender(struct __sk_buff *skb)
+{
+	struct socket_key key = {};
+	struct flow_key flow = {};
+	__u64 cookie = bpf_get_socket_cookie(skb);
+
+	if (cookie && !read_headers(skb, &key, &flow))
+		note_sender(skb, &flow, cookie);
+	return 0;
 }
 
 // The match of the drop rule before it: 1 for a packet that would be queued but its user (a

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snitch_common.errors import BackendUnavailable
 from snitch_common.recent import Recent
@@ -63,8 +63,11 @@ from snitchd.procs.guests import Taps, bridge_port, holds_tap
 from snitchd.procs.hashes import Hashes, Hashing
 from snitchd.procs.netns import Netns, NetnsTable
 from snitchd.procs.owners import NEED_SCAN, Owners
-from snitchd.procs.sockdiag import SockDiag
+from snitchd.procs.sockdiag import Found, SockDiag
 from snitchd.procs.worker import Job, Worker
+
+if TYPE_CHECKING:
+    from snitchd.socketmatch import QueuedSenders
 
 __all__ = ["Attributor", "Limits", "Lookup", "process_alive", "start_attributor"]
 
@@ -159,6 +162,9 @@ class Attributor:
         if recorder is not None:
             self.path = f"bpf (cgroup {recorder.cgroup})"
         self._diag = SockDiag()
+        # The socket match's notes of which socket each queued datagram came from (None:
+        # without the match, a datagram is named by its tuple alone).
+        self.senders: QueuedSenders | None = None
         self._owners = Owners()
         self._details = Details(interpreters)
         self._kept = ProcFds()  # the loop's own: begin and begin_forwarded only
@@ -209,6 +215,9 @@ class Attributor:
             if connected is not None:
                 return self._begin_recorded(*connected, limits)
         found = self._diag.find(flow)
+        senders = self.senders
+        if found is not None and senders is not None and flow.proto is not Proto.TCP:
+            found = self._sender(senders, flow, found)
         if found is None:
             if self.recorder is not None and flow.proto is not Proto.TCP:
                 gone = self.recorder.find_released(flow)
@@ -245,6 +254,23 @@ class Attributor:
         lookup = self._hand_off(uid, inode, None if pid == NEED_SCAN else pid, stat, limits)
         lookup.read_ns = read_ns
         return lookup
+
+    def _sender(self, senders: QueuedSenders, flow: Flow, found: Found) -> Found:
+        """The socket that sent a queued datagram, where `found` (sock_diag's, by the flow's
+        tuple) may be another: two sockets can share a port (SO_REUSEADDR), and the lookup
+        answers with the better match, a connected socket. A user's socket connected to where
+        a service's unconnected one sends (mDNS) was named for each of the service's datagrams,
+        and each was dropped (its repeat came from another uid's socket, `socketmatch`). The
+        socket match notes the socket of the last datagram queued on the flow: when sock_diag
+        named another, the sender is the flow's unconnected socket if it is the one noted, else
+        it is known by its uid alone (the BPF recorder may still know it by its cookie)."""
+        sender = senders.find(flow)
+        if sender is None or sender.cookie == found[2]:
+            return found
+        unconnected = self._diag.find_unconnected(flow)
+        if unconnected is not None and unconnected[2] == sender.cookie:
+            return unconnected
+        return sender.uid, 0, sender.cookie
 
     def begin_forwarded(
         self, flow: Flow, ifindex: int, limits: Limits, mac: bytes = b""

@@ -198,6 +198,20 @@ class SockDiag:
             return None  # a listener never opens a flow; a TIME_WAIT ack comes from the kernel
         return uid, inode, cookie
 
+    def find_unconnected(self, flow: Flow) -> Found | None:
+        """(uid, inode, cookie) of the unconnected UDP socket `find` would find for `flow`
+        without a connected one on its tuple: the lookup's peer is the wildcard, which no
+        connected socket matches. Another socket on the port (SO_REUSEADDR) may be named in
+        the sender's place: `find` answers with the better match, a connected socket."""
+        udplite = flow.ipproto == IPPROTO_UDPLITE
+        if flow.proto is not Proto.UDP and not udplite:
+            return None
+        family = _AF_INET if isinstance(flow.dst, IPv4Address) else _AF_INET6
+        protocol = IPPROTO_UDPLITE if udplite else _UDP
+        anywhere = bytes(len(flow.dst.packed))
+        found = self.query(family, protocol, anywhere, 0, flow.src.packed, flow.sport)
+        return None if found is None else found[1:]
+
     def _probe_udp(self) -> None:
         """A kernel without udp_diag answers ENOENT like a missing socket: say so once, loudly,
         rather than call every UDP flow kernel-generated in silence."""

@@ -59,7 +59,7 @@ from snitchd.readers.protocol import (
     Whole,
 )
 from snitchd.rulenews import RuleNews
-from snitchd.socketmatch import open_named
+from snitchd.socketmatch import open_named, open_senders
 
 __all__ = ["ReaderPath", "main"]
 
@@ -98,6 +98,7 @@ class ReaderPath(Firewall):
         self._ifnames = {}
         self._unreadable_said = Every(UNREADABLE_SAID_EVERY)
         self.named = open_named(Path(start.named)) if start.named else None
+        attributor.senders = open_senders(Path(start.senders)) if start.senders else None
         self._named_failed = Every(UNREADABLE_SAID_EVERY)
         self._replay = None
         self.rules_error = ""

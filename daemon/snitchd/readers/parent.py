@@ -211,6 +211,7 @@ class Readers:
             self.log_level,
             maps,
             str(fw.named.pin) if fw.named is not None else "",
+            str(senders.pin) if (senders := fw.attributor.senders) is not None else "",
         )
 
     async def _send_start(self, reader: _Reader, start: bytes) -> None:

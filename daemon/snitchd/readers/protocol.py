@@ -65,6 +65,7 @@ class Start:
     log_level: int
     recorder: RecorderMaps | None  # snitchd's BPF recorder's maps (their fds passed along)
     named: str  # the socket match's map of named sockets, pinned ("": none, `socketmatch`)
+    senders: str  # its map of queued datagrams' sockets, pinned ("": none)
 
 
 @dataclass(frozen=True, slots=True)
