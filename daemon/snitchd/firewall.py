@@ -559,7 +559,8 @@ class Firewall(Rulebook):
 
     def _give(self, pkt: Packet, verdict: Verdict, flow: Flow, proc: Process) -> None:
         action = verdict.action
-        if self.named is not None:
+        # A forwarded packet has no socket here: the socket match never checks its repeat.
+        if self.named is not None and pkt.hook != _NF_INET_FORWARD:
             try:
                 self.named.name(flow, proc.uid)
             except OSError as exc:
