@@ -44,6 +44,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -66,8 +67,9 @@ RATE = 50  # steady connects per second
 HOLD_PROCS, HOLD_FDS = 50, 6000
 BIG_EXE = 1 << 30
 FLOOD_PORT, FLOOD_SPORT, FLOOD_COUNT = 9999, 45000, 10_000  # no listener on 9999: one-way
-# The first words of nuisance.c's last line, in each of its modes.
-NUISANCE_SAYS = ("sent ", "forks ", "queries ", "connects ")
+# The first words of nuisance.c's last line, in each of its modes, and of dbusflood.py's.
+NUISANCE_SAYS = ("sent ", "forks ", "queries ", "connects ", "calls ")
+BUS_CONNECTIONS, CALLS_IN_FLIGHT = 4, 8  # dbusflood.py's: 32 Status calls outstanding
 TARGET_P99_RATIO, TARGET_MAX_MS = 2.0, 20.0
 TARGETS = (
     f"targets (issue 12, printed, never asserted): p99 within {TARGET_P99_RATIO:g}x of "
@@ -338,6 +340,14 @@ def _nuisance(*args: str) -> Callable[[Lab], contextlib.AbstractContextManager[S
     return prepare
 
 
+@contextlib.contextmanager
+def _status_flood(lab: Lab) -> Iterator[Step]:
+    """dbusflood.py as uid 65534, most of the window: Status calls as fast as the bus answers."""
+    argv = [sys.executable, str(HERE / "dbusflood.py"), str(BUS_CONNECTIONS), str(CALLS_IN_FLIGHT)]
+    seconds = f"{lab.seconds * 0.9:.2f}"
+    yield lambda stop: call(lab, [*argv, seconds], stop, True, lab.seconds + 30)
+
+
 DISTURBANCES = (
     Disturbance(
         "1",
@@ -364,6 +374,7 @@ DISTURBANCES = (
         _nuisance("connects", SERVER_ADDR, str(PORT)),
         max_steps=1,
     ),
+    Disturbance("12", "Status call flood over D-Bus (uid 65534)", _status_flood, max_steps=1),
 )
 
 
