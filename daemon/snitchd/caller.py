@@ -18,6 +18,7 @@ from dbus_fast import DBusError, Message
 from dbus_fast.aio import MessageBus
 
 from snitch_common.errors import DBUS_ERROR_PREFIX, NotAuthorized, SnitchError
+from snitchd.callpace import CallPace
 from snitchd.queries import QueryGate
 
 __all__ = ["Caller", "CallerAwareBus", "current_caller", "handled", "sender"]
@@ -93,9 +94,13 @@ def current_caller() -> Caller:
 
 class _Service(Protocol):
     gate: QueryGate
+    pace: CallPace
 
     @property
     def admin_group(self) -> str: ...
+
+    @property
+    def calls_per_user(self) -> int: ...
 
     async def identify(self) -> Caller: ...
 
@@ -114,8 +119,9 @@ def _bounded(message: str) -> str:
 
 
 def handled(*, admin: str | None = None, query: bool = False) -> Callable[[M], M]:
-    """The one shape of every D-Bus method: identify the caller; refuse one who is not an admin
-    where `admin` names what needs it; hold the caller's one query slot where `query`; turn a
+    """The one shape of every D-Bus method: identify the caller; pace a user's calls
+    (`callpace`); refuse one who is not an admin where `admin` names what needs it; hold the
+    caller's one query slot where `query`; turn a
     `SnitchError` into its named D-Bus error, and anything else into a traceback in the journal
     and a generic error for the caller (a traceback tells a stranger too much).
 
@@ -127,6 +133,7 @@ def handled(*, admin: str | None = None, query: bool = False) -> Callable[[M], M
         async def method(self: _Service, *args: Any) -> Any:
             try:
                 who = await self.identify()
+                await self.pace.take(who.uid, self.calls_per_user)
                 if admin is not None and not who.admin:
                     raise NotAuthorized(
                         f"not authorized to {admin}: uid {who.uid} is neither root nor in group "

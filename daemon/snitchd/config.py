@@ -200,6 +200,10 @@ class Config:
     # dropped in the kernel (the sender sees EPERM). 0: no limit. The same nft table; a
     # container's (forwarded) queries per source address, by iptables (`_dns_lines`).
     dns_queries_per_user: int = 200
+    # D-Bus calls a second that one such user may make (a burst of as many): each is parsed
+    # and answered on the loop that reads the queue; the next waits its turn, and past
+    # `callpace.WAITING_MAX` waiting is refused. 0: no limit.
+    dbus_calls_per_user: int = 50
     # Queue reader processes, one per queue (issue 21): 0 is one per core; 1 (the default until
     # several readers are measured faster on a quiet machine and checked with BPF attribution)
     # reads the one queue in snitchd itself.
@@ -228,6 +232,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "queue_readers": (0, 64),
     "new_flows_per_user": (0, 1_000_000),
     "dns_queries_per_user": (0, 1_000_000),
+    "dbus_calls_per_user": (0, 1_000_000),
 }
 
 

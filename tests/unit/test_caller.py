@@ -22,15 +22,19 @@ from dbus_fast.service import ServiceInterface, dbus_method
 
 from snitch_common.errors import DBUS_ERROR_PREFIX, RuleNotFound
 from snitchd.caller import Caller, CallerAwareBus, current_caller, handled, sender
+from snitchd.callpace import CallPace
 from snitchd.queries import QueryGate
 
 
 class Service:
-    """The three things `handled` needs of a service; the caller is whoever the test says
-    (the bus, which tells the real service, sits below this line)."""
+    """The things `handled` needs of a service; the caller is whoever the test says (the bus,
+    which tells the real service, sits below this line)."""
+
+    calls_per_user = 1000
 
     def __init__(self, caller: Caller) -> None:
         self.gate = QueryGate()
+        self.pace = CallPace()
         self.caller = caller
         self.ran: list[str] = []
         self.release = asyncio.Event()

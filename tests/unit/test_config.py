@@ -83,6 +83,7 @@ def test_every_key_can_be_set() -> None:
         "podman_socket": "/run/user/1000/podman/podman.sock",
         "new_flows_per_user": 0,
         "dns_queries_per_user": 50,
+        "dbus_calls_per_user": 10,
         "queue_readers": 3,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"

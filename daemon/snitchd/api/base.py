@@ -13,6 +13,7 @@ from snitch_common.bus import INTERFACE, OBJECT_PATH, call_bus_daemon
 from snitch_common.errors import NotAuthorized, SnitchError
 from snitchd.access import is_admin
 from snitchd.caller import Caller, sender
+from snitchd.callpace import CallPace
 from snitchd.firewall import Firewall
 from snitchd.logind import Logind
 from snitchd.queries import QueryGate, Reader
@@ -39,6 +40,7 @@ class ServiceBase(ServiceInterface):
         self.bus = bus
         self.backend = backend
         self.gate = QueryGate()
+        self.pace = CallPace()
         self._reader = reader
         self._uids: dict[str, int] = {}
         self._monitors: dict[str, int | None] = {}
@@ -50,6 +52,10 @@ class ServiceBase(ServiceInterface):
     @property
     def admin_group(self) -> str:
         return self.firewall.config.admin_group
+
+    @property
+    def calls_per_user(self) -> int:
+        return self.firewall.config.dbus_calls_per_user
 
     @property
     def reader(self) -> Reader:
