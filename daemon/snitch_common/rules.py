@@ -36,6 +36,7 @@ __all__ = [
     "interpreter_name",
     "list_place",
     "parse_duration",
+    "parse_iface",
     "parse_rule",
 ]
 
@@ -581,7 +582,7 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         except ValueError:
             raise RuleError(f"invalid proto {value!r}: use tcp, udp, icmp or other") from None
     elif key == "iface":
-        fields["iface"] = sys.intern(_parse_iface(value))
+        fields["iface"] = sys.intern(parse_iface(value))
     elif key == "for":
         fields["lifetime"], fields["minutes"] = parse_duration(value)
     elif key in ("until", "start"):
@@ -603,7 +604,7 @@ def _apply_word(fields: dict[str, object], key: str, value: str) -> None:
         _apply_when_word(fields, key, value)
 
 
-def _parse_iface(value: str) -> str:
+def parse_iface(value: str) -> str:
     """An interface name Linux would take: a rule naming one it refuses matches nothing, ever
     (`eth0:1` is an address label of eth0, not an interface)."""
     usage = "write the name as ip link shows it"

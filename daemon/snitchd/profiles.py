@@ -16,9 +16,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from snitch_common.errors import ProfileError
+from snitch_common.errors import ProfileError, RuleError
 from snitch_common.modes import Mode, parse_mode
-from snitch_common.rules import PROFILE_NAME_RE
+from snitch_common.rules import PROFILE_NAME_RE, parse_iface
 
 __all__ = [
     "MatchKind",
@@ -107,8 +107,11 @@ def parse_match(text: str) -> NetMatch:
         value = value.lower().replace("-", ":")
         if not _MAC_RE.fullmatch(value):
             raise ProfileError(f"invalid network {text!r}: a MAC address is aa:bb:cc:dd:ee:ff")
-    elif kind is MatchKind.IFACE and (len(value) > 15 or "/" in value or " " in value):
-        raise ProfileError(f"invalid network {text!r}: an interface name has at most 15 chars")
+    elif kind is MatchKind.IFACE:
+        try:
+            parse_iface(value)  # the same names as a rule's iface=: what Linux would take
+        except RuleError as exc:
+            raise ProfileError(f"invalid network {text!r}: {exc.message}") from None
     elif kind is MatchKind.SSID and len(value.encode()) > 32:
         raise ProfileError(f"invalid network {text!r}: an SSID has at most 32 bytes")
     return NetMatch(kind, value)

@@ -42,7 +42,9 @@ def test_networks_parse_and_a_mac_is_normalised() -> None:
 @pytest.mark.parametrize(
     ("text", "why"),
     [("gateway=192.168.1.1", "a MAC address"), ("bssid=x", "use gateway=MAC"),
-     ("ssid=", "needs a value"), ("iface=" + "x" * 16, "at most 15")],
+     ("ssid=", "needs a value"), ("iface=" + "x" * 16, "at most 15"),
+     ("iface=eth0:1", "Linux refuses ':'"), ("iface=wlà", "Linux refuses 'à'"),
+     ("iface=..", "not '.' or '..'"), ("iface=a\tb", "printable")],
 )  # fmt: skip
 def test_bad_networks_are_refused(text: str, why: str) -> None:
     with pytest.raises(ProfileError, match=why):
