@@ -249,7 +249,7 @@ class Firewall(Rulebook):
                     flow, pkt.indev, self._lookup_limits(), pkt.get_hw() or b""
                 )
             else:
-                found = self.attributor.begin(flow, self._lookup_limits())
+                found = self.attributor.begin(flow, self._lookup_limits(), noted=True)
             if isinstance(found, Lookup):
                 found.future.add_done_callback(lambda _: self._resume(pkt, flow, found))
             else:

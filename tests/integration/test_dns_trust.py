@@ -17,6 +17,7 @@ import dns.message
 import dns.rrset
 
 from conftest import AS_NOBODY, HERE, PYTHON, Lab
+from tests.support.lab import wait_for
 
 DNS_RULE = "allow port=53 proto=udp"
 
@@ -121,6 +122,71 @@ def test_two_programs_of_two_users_each_get_their_own_names(running: Lab) -> Non
     assert rows[1002]["host"] == "other.example.net"
     assert "host" not in rows[1003]
     assert all(r["dst"] == "203.0.113.7" for r in rows.values())
+
+
+# A DNS client on a shared port (SO_REUSEADDR). "asker": a connected socket asks the lab's
+# server for www.example.org, prints "asked", waits for a line, asks for api.example.org (its
+# socket decided by now: the query passes in the kernel), then connects to the answer's address
+# on port 80 and prints "connected ADDRESS". "joiner": one query from an unconnected socket.
+SHARED_PORT_DNS = """
+import socket, sys
+import dns.message
+port, role = int(sys.argv[1]), sys.argv[2]
+server = ("192.0.2.2", 53)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.settimeout(5)
+if role == "joiner":
+    s.sendto(dns.message.make_query("www.example.org", "A", id=77).to_wire(), server)
+    print("sent", flush=True)
+    sys.exit()
+s.connect(server)
+def ask(qid, name):
+    s.send(dns.message.make_query(name, "A", id=qid).to_wire())
+    while True:  # the joiner's answer comes here too: ours is the better match
+        answer = dns.message.from_wire(s.recv(512))
+        if answer.id == qid:
+            return next(r.address for rrset in answer.answer for r in rrset if r.rdtype == 1)
+ask(1, "www.example.org")
+print("asked", flush=True)
+sys.stdin.readline()
+address = ask(2, "api.example.org")
+with socket.create_connection((address, 80), timeout=5):
+    print("connected", address, flush=True)
+"""
+
+
+def test_a_user_s_query_on_a_resolver_s_port_does_not_take_its_names(running: Lab) -> None:
+    """A query copied to the DNS queue is named by its tuple, as a queued flow is, but the
+    socket match's note of the flow's last queued datagram (which names a flow-queue packet's
+    socket) is not for it: root's decided socket sends its queries without the flow queue.
+    Read anyway, uid 65534's one query on root's port took root's next query as its own, and
+    root's connect to the name it resolved went out without the name."""
+    running.add_rule(DNS_RULE)
+    running.add_rule("allow port=80")
+    port = 47011
+    argv = ["ip", "netns", "exec", running.client, PYTHON, "-c", SHARED_PORT_DNS, str(port)]
+    with subprocess.Popen(
+        [*argv, "asker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as asker:
+        try:
+            assert asker.stdout is not None and asker.stdin is not None
+            assert asker.stdout.readline().strip() == "asked"
+            joined = running.client_run(*AS_NOBODY, *argv[4:], "joiner")
+            assert joined == "sent"
+            wait_for(
+                lambda: any(r["uid"] == 65534 for r in running.log_rows() if r["dport"] == 53),
+                10,
+                "the joiner's query decided",
+            )
+            asker.stdin.write("\n")
+            asker.stdin.flush()
+            assert asker.stdout.readline().split() == ["connected", "203.0.113.7"]
+        finally:
+            asker.kill()
+    rows = [r for r in running.log_rows() if r["dport"] == 80]
+    assert [(r["uid"], r.get("host")) for r in rows] == [(0, "api.example.org")]
 
 
 def test_resolv_conf_is_followed_as_it_changes(running: Lab) -> None:

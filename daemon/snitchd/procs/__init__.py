@@ -204,10 +204,13 @@ class Attributor:
             self._procs.clear()
 
     # -- on the loop ----------------------------------------------------------------------------
-    def begin(self, flow: Flow, limits: Limits) -> Process | Lookup:
+    def begin(self, flow: Flow, limits: Limits, *, noted: bool = False) -> Process | Lookup:
         """Who sent `flow`, if the loop can tell at once; else the `Lookup` to wait for. Raises
         OSError only when sock_diag itself fails (the packet loop then applies the fail mode):
-        a missing socket is an answer, not an error."""
+        a missing socket is an answer, not an error. `noted`: the packet came from the flow
+        queue, whose rules noted its socket just before (`_sender`); elsewhere (the DNS
+        queue's copy of a query, an open flow cut) the flow's note may be another socket's,
+        from long before, on the same ports."""
         read_ns = time.monotonic_ns()
         if self.recorder is not None and flow.proto is Proto.TCP:
             # A connecting socket's record under the flow itself: no sock_diag request.
@@ -216,7 +219,7 @@ class Attributor:
                 return self._begin_recorded(*connected, limits)
         found = self._diag.find(flow)
         senders = self.senders
-        if found is not None and senders is not None and flow.proto is not Proto.TCP:
+        if noted and found is not None and senders is not None and flow.proto is not Proto.TCP:
             found = self._sender(senders, flow, found)
         if found is None:
             if self.recorder is not None and flow.proto is not Proto.TCP:
