@@ -121,9 +121,9 @@ def _bounded(message: str) -> str:
 def handled(*, admin: str | None = None, query: bool = False) -> Callable[[M], M]:
     """The one shape of every D-Bus method: identify the caller; pace a user's calls
     (`callpace`); refuse one who is not an admin where `admin` names what needs it; hold the
-    caller's one query slot where `query`; turn a
-    `SnitchError` into its named D-Bus error, and anything else into a traceback in the journal
-    and a generic error for the caller (a traceback tells a stranger too much).
+    caller's one query slot where `query`; turn a `SnitchError` into its named D-Bus error, and
+    anything else into a traceback in the journal and a generic error for the caller (a
+    traceback tells a stranger too much).
 
     Goes under `@dbus_method()`, which reads the signature through `functools.wraps`.
     """

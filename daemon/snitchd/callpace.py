@@ -7,7 +7,7 @@ p50 0.79 / p99 3.3 ms to 6.1 / 28 ms (max 37 ms). Now a user (uid 1000 and up) m
 `dbus_calls_per_user` calls a second (a burst of as many) before the next waits its turn; a
 client waiting for its replies is then slowed to that rate, and one that does not wait has at
 most `WAITING_MAX` calls held, the next refused at once (`Busy`). Root and the system's uids
-(the notifier's agent runs as the desktop user, and never comes near the rate) are not paced.
+are not paced; the desktop user's notifier is, and never comes near the rate.
 """
 
 from __future__ import annotations
