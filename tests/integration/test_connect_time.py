@@ -26,7 +26,7 @@ import pytest
 
 from snitchd.procs.bpf import HOOKS as HOOK_NAMES
 from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe, rows_like, run_in
-from tests.support.lab import children_running, kill_and_see_replaced, wait_for
+from tests.support.lab import AS_NOBODY, children_running, kill_and_see_replaced, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -291,3 +291,55 @@ def test_bpf_attribution_works_in_every_queue_reader(lab: Lab, cgroup: Path) -> 
     queues = lab.client_run("cat", "/proc/net/netfilter/nfnetlink_queue").splitlines()
     by_queue = {int(line.split()[0]): int(line.split()[7]) for line in queues}
     assert by_queue.get(4242, 0) > 0 and by_queue.get(4243, 0) > 0, by_queue  # both readers
+
+
+# A socket on a shared port (SO_REUSEADDR). "squat": connected to the server's echo, it sends
+# nothing and prints the first echo it is given (the better match for the replies). "send": an
+# unconnected one sends "service" there once.
+_SHARED_PORT = """
+import socket, sys
+role, port, server = sys.argv[1], int(sys.argv[2]), (sys.argv[3], 9000)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+if role == "send":
+    s.sendto(b"service", server)
+    print("sent", flush=True)
+    sys.exit()
+s.connect(server)
+s.settimeout(5)
+print("bound", flush=True)
+try:
+    print(s.recv(64).decode(), flush=True)
+except OSError:
+    print("lost", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["bpf"])  # the proc path: test_connmark.py
+def test_a_datagram_on_a_shared_port_is_named_for_its_own_socket(
+    lab_on: Lab, mode: str, cgroup: Path
+) -> None:
+    """uid 65534's connected socket on root's port, the better match of the tuple, was named
+    for root's datagram, which the kernel then dropped (another uid's socket sent it). The
+    socket match's note names root's socket, and the recorder knows it by that cookie."""
+    lab_on.add_rule(f"allow app={python_exe()} user=root to={SERVER} port=9000")
+    port = "47012"
+    squat = ["ip", "netns", "exec", lab_on.client, *AS_NOBODY, PYTHON, "-c", _SHARED_PORT]
+    with subprocess.Popen(
+        [*squat, "squat", port, SERVER], stdout=subprocess.PIPE, text=True
+    ) as squatter:
+        try:
+            assert squatter.stdout is not None
+            assert squatter.stdout.readline().strip() == "bound"
+            assert (
+                run_in(lab_on, cgroup, PYTHON, "-c", _SHARED_PORT, "send", port, SERVER) == "sent"
+            )
+            heard = squatter.stdout.readline().strip()
+        finally:
+            squatter.kill()
+    assert heard == "service"
+    rows = rows_like(lab_on, 1, sport=int(port))
+    assert [(r["uid"], r["action"], r["exe"], r["source"]) for r in rows] == [
+        (0, "allow", python_exe(), "bpf")
+    ]
