@@ -44,14 +44,13 @@ import ctypes
 import errno
 import logging
 import os
-import socket
 import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from snitch_common.errors import BackendUnavailable
-from snitch_common.records import Flow, Proto
+from snitch_common.records import Flow
 from snitchd.netfilter import (
     NOTE_SENDER_PIN,
     OTHER_SOCKET_PIN,
@@ -66,7 +65,7 @@ from snitchd.procs.bpf import (
     libbpf_failed,
     mount_points,
 )
-from snitchd.procs.sockdiag import IPPROTO_UDPLITE
+from snitchd.procs.sockdiag import datagram_protocol
 
 __all__ = [
     "NAMED_PIN",
@@ -204,13 +203,12 @@ class _FlowMap:
     def _key_of(self, flow: Flow) -> bool:
         """Pack `flow` into the key; False for a flow of neither UDP nor UDP-Lite: only
         datagrams share a tuple."""
-        udplite = flow.ipproto == IPPROTO_UDPLITE
-        if flow.proto is not Proto.UDP and not udplite:
+        protocol = datagram_protocol(flow)
+        if protocol is None:
             return False
         _FLOW.pack_into(
             self._key, 0, flow.src.packed, flow.dst.packed,
-            flow.sport.to_bytes(2, "big"), flow.dport.to_bytes(2, "big"),
-            IPPROTO_UDPLITE if udplite else socket.IPPROTO_UDP,
+            flow.sport.to_bytes(2, "big"), flow.dport.to_bytes(2, "big"), protocol,
         )  # fmt: skip
         return True
 

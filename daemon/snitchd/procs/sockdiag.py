@@ -27,6 +27,7 @@ __all__ = [
     "NETLINK_SOCK_DIAG",
     "Found",
     "SockDiag",
+    "datagram_protocol",
     "find_in_tables",
     "find_raw",
 ]
@@ -99,6 +100,14 @@ def _decode_reply(data: bytes) -> tuple[int, int, int, int] | None:
             return None
         raise OSError(code, f"sock_diag exact lookup failed: {os.strerror(code)}")
     raise OSError(errno.EPROTO, f"sock_diag sent message type {kind}, {len(data)} bytes")
+
+
+def datagram_protocol(flow: Flow) -> int | None:
+    """IPPROTO_UDP or IPPROTO_UDPLITE for a datagram flow; None for any other: the flows
+    whose sockets can share a tuple (SO_REUSEADDR)."""
+    if flow.ipproto == IPPROTO_UDPLITE:
+        return IPPROTO_UDPLITE
+    return _UDP if flow.proto is Proto.UDP else None
 
 
 def _parse_proc_net(text: bytes) -> list[_Row]:
@@ -203,11 +212,10 @@ class SockDiag:
         without a connected one on its tuple: the lookup's peer is the wildcard, which no
         connected socket matches. Another socket on the port (SO_REUSEADDR) may be named in
         the sender's place: `find` answers with the better match, a connected socket."""
-        udplite = flow.ipproto == IPPROTO_UDPLITE
-        if flow.proto is not Proto.UDP and not udplite:
+        protocol = datagram_protocol(flow)
+        if protocol is None:
             return None
         family = _AF_INET if isinstance(flow.dst, IPv4Address) else _AF_INET6
-        protocol = IPPROTO_UDPLITE if udplite else _UDP
         anywhere = bytes(len(flow.dst.packed))
         found = self.query(family, protocol, anywhere, 0, flow.src.packed, flow.sport)
         return None if found is None else found[1:]
