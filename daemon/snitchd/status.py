@@ -17,7 +17,7 @@ from snitchd.limitdrops import LimitDrops
 from snitchd.queue import kernel_stats
 from snitchd.socketmatch import SocketDrops
 
-__all__ = ["Status", "current_status", "status_of"]
+__all__ = ["Status", "current_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +112,14 @@ class Status:
 
 
 async def current_status(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
-    """`status_of`, with the kernel's rate-limit counters read anew when the last reading is
-    over a second old (in a thread: they take tool runs)."""
+    """The daemon's status, with the kernel's rate-limit counters read anew when the last
+    reading is over a second old (in a thread: they take tool runs)."""
     if firewall.limit_drops is not None:
         await firewall.limit_drops.refresh()
-    return status_of(firewall, backend, agents_refused)
+    return _status_of(firewall, backend, agents_refused)
 
 
-def status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
+def _status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
     fw, c, d = firewall, firewall.counters, firewall.dns.counters
     drops = fw.socket_match.dropped() if fw.socket_match is not None else SocketDrops(0, 0)
     limited = fw.limit_drops.last if fw.limit_drops is not None else LimitDrops()
