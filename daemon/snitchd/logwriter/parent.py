@@ -48,7 +48,10 @@ class RecorderGone(StoreError):
 
 class Recorder:
     """snitchd's side: starts the child, hands it a batch and waits for its answer. Blocking,
-    so the event log calls it from a worker thread."""
+    so the event log calls it from a worker thread; one batch at a time. A hand-over whose
+    awaiting task was cancelled (snitchd stopping) goes on in its thread, and the last
+    hand-over's thread must not wait on the same connection meanwhile: one would take the
+    other's answer, and the other wait out its timeout."""
 
     def __init__(self, database: str) -> None:
         self.database = database
@@ -58,6 +61,7 @@ class Recorder:
         self._status: int | None = None  # a forked writer's exit status, once reaped
         self._conn: Connection | None = None
         self._retry_at = 0.0
+        self._one_at_a_time = threading.Lock()
 
     def start(self) -> None:
         """Start the child and wait until it reads conntrack events, so that every flow let out
@@ -93,6 +97,10 @@ class Recorder:
     def write(self, batch: Batch, timeout: float) -> Done:
         """Send `batch` and wait for its answer. A child that died or hangs is ended and
         RecorderGone raised; the next call starts a new one."""
+        with self._one_at_a_time:
+            return self._write(batch, timeout)
+
+    def _write(self, batch: Batch, timeout: float) -> Done:
         if self._conn is None:
             if time.monotonic() < self._retry_at:
                 raise RecorderGone("connection log writer could not start; trying again soon")
