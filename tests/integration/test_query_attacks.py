@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import AS_NOBODY, PYTHON, Lab, netclient_who, run_with_lab_env
 
 # Explain with a destination of 17 MiB, through the project's own client: snitchd's error
@@ -143,7 +145,10 @@ def test_snitchd_stops_with_a_failure_when_the_bus_drops_it(lab: Lab) -> None:
     lab.start_daemon()
     assert lab.bus is not None and lab.daemon is not None
     lab.bus.stop()
-    assert lab.daemon.wait(15) == 1
+    try:
+        assert lab.daemon.wait(15) == 1
+    except subprocess.TimeoutExpired:
+        pytest.fail("snitchd still runs 15 s after the bus stopped:\n" + lab.log_text()[-4000:])
     assert "lost its connection to the system bus" in lab.log_text()
 
 
