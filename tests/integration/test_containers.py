@@ -22,7 +22,8 @@ import pytest
 from conftest import HERE, PYTHON, Lab, lab_agent, python_exe
 from snitch_common.answers import parse_answer
 from tests.integration.scriptagent import ScriptedAgent
-from tests.support.containers import BRIDGE, PUBLISHED, DockerApi, GuestNet
+from tests.support.containers import BRIDGE, PUBLISHED, GuestNet
+from tests.support.dockerapi import DockerApi
 from tests.support.lab import AS_NOBODY, end_child, run, wait_for
 
 NAME = "web-1"
@@ -60,7 +61,7 @@ def test_container_flow_is_held_and_denied_by_default(lab: Lab, guests: GuestNet
     """A container's new flow goes to the queue (it failed before: "connected", 0 queued) and
     gets the default; the log names the container, its runtime and the process inside."""
     guest = guests.add()
-    api.names[guest.id] = NAME
+    api.name(guest.id, NAME)
     start(lab, api)
     # In a pid namespace of its own, as in a container: pid 1 there.
     got = guest.run("unshare", "--pid", "--fork", PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80")
@@ -83,7 +84,7 @@ def test_container_rule_allows_by_name_and_others_are_denied(
     """`container=` (a glob) and `runtime=` rules match the container's flows; a rule for
     another container does not, and neither does a rule naming the app it runs."""
     guest = guests.add()
-    api.names[guest.id] = NAME
+    api.name(guest.id, NAME)
     start(lab, api)
     lab.add_rule("allow container=db-* runtime=docker")
     lab.add_rule(f"allow app={python_exe()}")
@@ -102,7 +103,7 @@ def test_replies_are_never_queued_and_a_published_port_answers(
     held connection of many exchanges), and a connection *into* the container through a
     published port (DNAT from the server's side) answers without being queued."""
     guest = guests.add()
-    api.names[guest.id] = NAME
+    api.name(guest.id, NAME)
     guests.serve(guest, 8080)
     start(lab, api)
     lab.add_rule(f"allow container={NAME}")
@@ -138,7 +139,7 @@ def test_a_source_no_namespace_holds_is_nobody(lab: Lab, guests: GuestNet, api: 
     raw socket, or its namespace gone) is attributed to nobody: nothing is guessed, and the
     container's own rule does not let it through."""
     guest = guests.add()
-    api.names[guest.id] = NAME
+    api.name(guest.id, NAME)
     start(lab, api)
     lab.add_rule(f"allow container={NAME}")
     assert guest.run(PYTHON, "-c", _SPOOFED_SYN) == "sent"
@@ -185,7 +186,7 @@ async def test_prompt_names_the_container_and_this_container_becomes_a_rule(
     "container web-1 (docker), process python3 (pid in container N)", and "this container"
     makes `allow container=web-1 runtime=docker`, which lets the held connection through."""
     guest = guests.add()
-    api.names[guest.id] = NAME
+    api.name(guest.id, NAME)
     start(lab, api, prompt_timeout=20)
     await agent.start()
     proc = await asyncio.create_subprocess_exec(
@@ -298,7 +299,7 @@ def test_a_daemon_that_may_not_enter_namespaces_still_names_the_container(
     """snitchd without CAP_SYS_ADMIN (as its service unit runs it): the container's flow is
     still held, found through /proc/PID/net in the worker, named, and ruled by name."""
     guest = guests.add()
-    api.names[guest.id] = NAME
+    api.name(guest.id, NAME)
     # The proc connector (procs/execs.py) also needs setns, into the first namespace.
     lab.expect_log(r"WARNING snitchd.procs: cannot listen to the proc connector: setns")
     # No BPF file system in the lab's mount namespace, and no right to mount one (systemd
@@ -407,7 +408,7 @@ def test_the_log_has_a_container_column_and_explain_judges_the_container(
     """`snitchctl log --json` names the container and its runtime in columns of their own (the
     reason's text was the only place); `explain --container` gives the verdict the log shows."""
     guest = guests.add()
-    api.names[guest.id] = NAME
+    api.name(guest.id, NAME)
     start(lab, api)
     rule = lab.add_rule("allow container=web-? runtime=docker port=80")
     assert guest.run(PYTHON, NETCLIENT, "tcp", "203.0.113.7", "80") == "connected"

@@ -11,75 +11,27 @@ Topology (documentation addresses only; nothing leaves the machine)::
 The /25 on the bridge is more specific than the lab's 203.0.113.0/24 route to the server, so
 the server's hosts (203.0.113.7-9) stay where they were. A process is put "in the container"
 by its cgroup: a directory named like a Docker scope (`docker-<64 hex>.scope`) under the cgroup
-v2 root, created here and removed at the end. A fake Docker API (HTTP on a unix socket, answering
-`GET /containers/ID/json`) gives the container its name. No real Docker is needed.
+v2 root, created here and removed at the end. A fake Docker API (`dockerapi`: HTTP on a unix
+socket, answering `GET /containers/ID/json`) gives the container its name. No real Docker is
+needed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import secrets
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from snitchd.procs.bpf import cgroup2_root
 from tests.support.lab import run, wait_for
 
-__all__ = ["BRIDGE", "DockerApi", "Guest", "GuestNet"]
+__all__ = ["BRIDGE", "Guest", "GuestNet"]
 
 BRIDGE = "br-snt"
 GATEWAY = "203.0.113.129"
 GATEWAY6 = "2001:db8:c::1"
 PUBLISHED = 8081  # on the client's veth0 (192.0.2.1), DNAT'd to the first guest's port 8080
-
-
-class DockerApi:
-    """A stand-in for dockerd's API socket: names containers by id, as `docker inspect` does."""
-
-    def __init__(self, path: Path, names: dict[str, str]) -> None:
-        self.path = path
-        self.names = names
-        self.asked = 0
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(str(path))
-        self._sock.listen(8)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2)
-                request = b""
-                with contextlib.suppress(OSError):
-                    while b"\r\n\r\n" not in request and len(request) < 8192:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        request += chunk
-                self.asked += 1
-                path = request.split(b" ", 2)[1].decode() if request.count(b" ") >= 2 else ""
-                ident = path.removeprefix("/containers/").removesuffix("/json")
-                if ident in self.names:
-                    body = json.dumps({"Id": ident, "Name": "/" + self.names[ident]}).encode()
-                    head = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                else:
-                    body = b'{"message":"No such container"}'
-                    head = b"HTTP/1.0 404 Not Found\r\n"
-                with contextlib.suppress(OSError):
-                    conn.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-
-    def close(self) -> None:
-        self._sock.close()
-        self.path.unlink(missing_ok=True)
 
 
 class Guest:

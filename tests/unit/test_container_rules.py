@@ -22,7 +22,7 @@ from snitchctl.rulecmds import check_rules
 from snitchd.containers import Names, conmon_args, container_from, parse_cgroup, pid_inside
 from snitchd.decide import RuleSet, _key, decide, specificity
 from snitchd.netfilter import NetSpec, install_lines
-from tests.support.containers import DockerApi
+from tests.support.dockerapi import DockerApi
 
 DOCKER_ID = "3f" * 32
 PODMAN_ID = "a1" * 32
