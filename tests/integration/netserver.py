@@ -1,4 +1,5 @@
-"""A tiny server for the server namespace: HTTP-ish replies on TCP ports, echo on UDP ports.
+"""A tiny server for the server namespace: HTTP-ish replies on TCP ports, echo on UDP ports
+(UDP and UDP-Lite, IP protocol 136: the socket match reads both).
 
 Prints "ready" once every socket listens, then serves until killed. Binds the wildcard
 addresses, so every documentation address given to the namespace answers.
@@ -8,6 +9,8 @@ import argparse
 import contextlib
 import selectors
 import socket
+
+UDPLITE = 136  # IPPROTO_UDPLITE (not in Python's socket module)
 
 
 def main() -> None:
@@ -27,8 +30,13 @@ def main() -> None:
             s.setblocking(False)
             sel.register(s, selectors.EVENT_READ, "tcp")
     for port in filter(None, args.udp.split(",")):
-        for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-            s = socket.socket(family, socket.SOCK_DGRAM)
+        for family, addr, proto in (
+            (socket.AF_INET, "0.0.0.0", 0),
+            (socket.AF_INET6, "::", 0),
+            (socket.AF_INET, "0.0.0.0", UDPLITE),
+            (socket.AF_INET6, "::", UDPLITE),
+        ):
+            s = socket.socket(family, socket.SOCK_DGRAM, proto)
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.bind((addr, int(port)))

@@ -279,20 +279,25 @@ def test_a_datagram_is_not_decided_as_another_socket_s_on_its_port(
     assert _who_was_decided(lab, sport) == [(0, "allow"), (65534, "deny")]
 
 
-def test_a_user_s_socket_on_a_service_s_port_does_not_take_its_datagrams(lab: Lab) -> None:
+@pytest.mark.parametrize("proto", [0, 136], ids=["udp", "udplite"])
+def test_a_user_s_socket_on_a_service_s_port_does_not_take_its_datagrams(
+    lab: Lab, proto: int
+) -> None:
     """The other way round: root's socket is the unconnected one (a service binding its port
     with SO_REUSEADDR, as mDNS does), and uid 65534 binds the same port and connects its
     socket to where the service sends, sending nothing. sock_diag named uid 65534's socket,
     the better match, for each of root's datagrams: each was decided as uid 65534's and
     dropped (its repeat came from another uid's socket), for as long as uid 65534 held the
     port. Now root's datagrams are named as root's, allowed, and echoed: the echoes go to uid
-    65534's socket (the better match for the replies), which tells that they got through."""
+    65534's socket (the better match for the replies), which tells that they got through.
+    UDP-Lite (136) too: the match keys its flows by protocol number, as it does UDP's (and
+    rules know it as proto=other, without ports: the rule names no port)."""
     lab.start_daemon()
-    lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2 port=9000")
+    lab.add_rule(f"allow app={python_exe()} user=root to=192.0.2.2")
     sport, turns = 47009, 2
     with (
-        _sharer(lab, sport, turns, "squatter", *NOBODY) as squatter,
-        _sharer(lab, sport, turns, "service") as service,
+        _sharer(lab, sport, turns, "squatter", *NOBODY, proto=proto) as squatter,
+        _sharer(lab, sport, turns, "service", proto=proto) as service,
     ):
         seen = []
         for _ in range(turns):
@@ -348,8 +353,8 @@ def _held_in_queue(lab: Lab) -> int:
 _SHARER = """
 import socket, sys
 port, turns, word, host = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-server = (host, 9000)
-s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+server, proto = (host, 9000), int(sys.argv[5])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM, proto)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("::" if ":" in host else "0.0.0.0", port)); s.settimeout(1)
 if word in ("owner", "squatter"): s.connect(server)
@@ -375,11 +380,17 @@ for _ in range(turns):
 
 @contextlib.contextmanager
 def _sharer(
-    lab: Lab, sport: int, turns: int, word: str, *user: str, host: str = "192.0.2.2"
+    lab: Lab,
+    sport: int,
+    turns: int,
+    word: str,
+    *user: str,
+    host: str = "192.0.2.2",
+    proto: int = 0,
 ) -> Iterator[Popen[str]]:
     argv = ["ip", "netns", "exec", lab.client, *user, PYTHON, "-c", _SHARER]
     with subprocess.Popen(
-        [*argv, str(sport), str(turns), word, host],
+        [*argv, str(sport), str(turns), word, host, str(proto)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     ) as sharer:  # fmt: skip
         try:
