@@ -304,19 +304,26 @@ class Lab:
         )
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
-        """Stop snitchd with `sig` (SIGKILL stands for a crash) and wait for it."""
+        """Stop snitchd with `sig` (SIGKILL stands for a crash) and wait for it. One that does
+        not stop within 15 s is killed, and the test fails: systemd would have waited for it
+        before starting it again (a log hand-over cut midway once held snitchd 60 s)."""
         if self.daemon is None:
             return None
         self.daemon.send_signal(sig)
+        stuck = False
         try:
             rc = self.daemon.wait(15)
         except subprocess.TimeoutExpired:
+            stuck = True
             self.daemon.kill()
             rc = self.daemon.wait()
         self.daemon = None
         if self.notify is not None:
             self.notify.close()
             self.notify = None
+        if stuck:
+            name = signal.Signals(sig).name
+            pytest.fail(f"snitchd did not stop within 15 s of {name}:\n{self.log_text()[-4000:]}")
         return rc
 
     def log_text(self) -> str:
