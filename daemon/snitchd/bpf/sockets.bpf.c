@@ -248,10 +248,12 @@ static __always_inline int is_verdict(struct __sk_buff *skb)
 	return mark == ALLOW_MARK || mark == DENY_MARK || mark == REJECT_MARK;
 }
 
-// 1: the packet's socket was never decided for where the packet goes (or that cannot be read).
-static __always_inline int undecided(struct __sk_buff *skb, struct socket_key *key)
+// 1: the packet's socket was never decided for where the packet goes (or that cannot be read);
+// with `flow`, the packet's flow as `read_headers` reads it.
+static __always_inline int undecided(struct __sk_buff *skb, struct socket_key *key,
+				     struct flow_key *flow)
 {
-	if (read_key(skb, key))
+	if (read_headers(skb, key, flow))
 		return 1;
 	return bpf_map_lookup_elem(&decided, key) ? 0 : 1;
 }
@@ -271,13 +273,9 @@ int snitch_undecided_socket(struct __sk_buff *skb)
 			bpf_map_update_elem(&decided, &key, &verdict, BPF_ANY);
 		return 0;
 	}
-	if (!key.cookie)
+	if (!key.cookie || !undecided(skb, &key, &flow))
 		return 0;
-	if (read_headers(skb, &key, &flow))
-		return 1;
-	if (bpf_map_lookup_elem(&decided, &key))
-		return 0;
-	note_sender(skb, &flow, key.cookie);
+	note_sender(skb, &flow, key.cookie); // nothing when the headers could not be read
 	return 1;
 }
 
@@ -312,7 +310,7 @@ int snitch_over_limit(struct __sk_buff *skb)
 		return 0;
 	uid = bpf_get_socket_uid(skb);
 	limit = bpf_map_lookup_elem(&limits, &zero);
-	if (uid <= SYSTEM_UID_MAX || !limit || !limit->interval_ns || !undecided(skb, &key))
+	if (uid <= SYSTEM_UID_MAX || !limit || !limit->interval_ns || !undecided(skb, &key, 0))
 		return 0;
 	now = bpf_ktime_get_ns();
 	next = bpf_map_lookup_elem(&users, &uid);
