@@ -24,6 +24,7 @@ import pytest
 
 from conftest import HERE, PYTHON, Lab, python_exe
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK
+from snitchd.queue import kernel_stats
 from tests.integration.readerparams import READERS
 from tests.support.lab import wait_for
 
@@ -340,9 +341,11 @@ def test_a_note_of_another_socket_never_passes_a_datagram_on_its_verdict(lab: La
 
 
 def _held_in_queue(lab: Lab) -> int:
-    """Packets the kernel holds in the client namespace's queues for a reader to take."""
-    text = lab.ns(lab.client, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
-    return sum(int(line.split()[2]) for line in text.splitlines())
+    """Packets the kernel holds in the lab's flow queue (4242) for snitchd to take, read as
+    its status reads them, in its namespace: stopped, snitchd cannot answer."""
+    assert lab.daemon is not None
+    queues = f"/proc/{lab.daemon.pid}/net/netfilter/nfnetlink_queue"
+    return kernel_stats(4242, path=queues).get("held", 0)
 
 
 # A UDP socket on a shared port (SO_REUSEADDR), sending its word to the server's echo each time
