@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import faulthandler
 import gc
 import logging
 import os
@@ -469,9 +468,6 @@ SWITCH_INTERVAL = 0.0005
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     setup_logging(logging.INFO)  # the journal's native protocol under systemd (journal.py)
-    # systemd's watchdog ends a stuck snitchd with SIGABRT: its stderr (the journal) then shows
-    # where each thread stood, the one thing that tells why it was stuck.
-    faulthandler.enable(all_threads=True)
     try:
         if os.geteuid() != 0 and not args.check_config:
             raise SnitchError(
