@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 100_000
 ANSWER_TIMEOUT = 60.0  # a locked database makes each write wait up to 5 s; 60 s means stuck
+# The last hand-over, at stop: two 5 s waits on a locked database, and not the minute above.
+STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,36 +128,85 @@ class EventLog:
             apps, self._apps = self._apps, {}
             retries, self._retries = self._retries, {}
             self._store.record_memory_hits(hits)
+            work = asyncio.ensure_future(
+                asyncio.to_thread(self._write, batch, hits, apps, retries, prune)
+            )
             try:
-                done = await asyncio.to_thread(self._write, batch, hits, apps, retries, prune)
-            except StoreError as exc:
-                log.log(
-                    logging.DEBUG if self._failing else logging.ERROR,
-                    "connection log write failed, rows kept for the next try rows=%d: %s",
-                    len(batch),
-                    exc,
-                )
-                self._failing = True
-                self.last_error = str(exc)
-                self._pending[:0] = batch
-                self._apps.update(apps)
-                for row, count in retries.items():
-                    self._retries[row] = self._retries.get(row, 0) + count
-                overflow = len(self._pending) - MAX_PENDING
-                if overflow > 0:
-                    del self._pending[:overflow]
-                    self.dropped += overflow
-                return
-            if self._failing:
-                self._failing = False
-                self.last_error = ""
-                log.info("connection log written again rows=%d", done.written)
-            self.written += done.written
-            self.pruned += done.pruned
-            if done.rates_seq != self._rates_seq:
-                self._rates_seq = done.rates_seq
-                for on_rates in self.rate_listeners:
-                    on_rates(done.rates)
+                await asyncio.wait((work,))  # never cancels `work`, never raises its error
+            except asyncio.CancelledError:
+                # snitchd stopping: the thread goes on (a thread cannot be cancelled), and its
+                # outcome is still taken, so a batch it fails to write is kept like any other
+                # (and `last_flush` counts it), not dropped unsaid.
+                work.add_done_callback(lambda _: self._outcome(work, batch, apps, retries))
+                raise
+            self._outcome(work, batch, apps, retries)
+
+    def _outcome(
+        self,
+        work: asyncio.Future[Done],
+        batch: list[tuple[object, ...]],
+        apps: dict[str, tuple[float, str | None]],
+        retries: dict[RowRef, int],
+    ) -> None:
+        exc = work.exception()
+        if isinstance(exc, StoreError):
+            self._kept(exc, batch, apps, retries)
+            return
+        if exc is not None:  # a bug: said with its traceback, the rows lost with it
+            log.error("connection log hand-over failed rows=%d", len(batch), exc_info=exc)
+            return
+        done = work.result()
+        if self._failing:
+            self._failing = False
+            self.last_error = ""
+            log.info("connection log written again rows=%d", done.written)
+        self.written += done.written
+        self.pruned += done.pruned
+        if done.rates_seq != self._rates_seq:
+            self._rates_seq = done.rates_seq
+            for on_rates in self.rate_listeners:
+                on_rates(done.rates)
+
+    def _kept(
+        self,
+        exc: StoreError,
+        batch: list[tuple[object, ...]],
+        apps: dict[str, tuple[float, str | None]],
+        retries: dict[RowRef, int],
+    ) -> None:
+        """A batch the writer did not take: its rows wait for the next hand-over."""
+        log.log(
+            # At stop no try comes again: `last_flush` says what is lost.
+            logging.DEBUG if self._failing or self._recorder.stopping else logging.ERROR,
+            "connection log write failed, rows kept for the next try rows=%d: %s",
+            len(batch),
+            exc,
+        )
+        self._failing = True
+        self.last_error = str(exc)
+        self._pending[:0] = batch
+        self._apps.update(apps)
+        for row, count in retries.items():
+            self._retries[row] = self._retries.get(row, 0) + count
+        overflow = len(self._pending) - MAX_PENDING
+        if overflow > 0:
+            del self._pending[:overflow]
+            self.dropped += overflow
+
+    async def last_flush(self, timeout: float = STOP_TIMEOUT) -> None:
+        """The hand-over when snitchd stops, bounded by `timeout`: snitchd's rules are gone
+        (or hold every new flow, fail-closed) until it has exited and systemd has started it
+        again, and a writer stuck on a database locked for good made that wait a minute, or
+        longer behind a hand-over cancelled midway. What the writer has not taken by then is
+        lost, and said."""
+        self._recorder.stop_by(time.monotonic() + timeout)
+        await self.flush()
+        if self._pending:
+            log.error(
+                "connection log: %d row(s) lost, snitchd stopped without writing them: %s",
+                len(self._pending),
+                self.last_error,
+            )
 
     def _write(
         self,

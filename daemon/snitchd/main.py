@@ -164,7 +164,7 @@ class _Daemon:
             subnets.close()
             if bus is not None:
                 bus.disconnect()
-            await events.flush()  # the last rows; main() then ends the writer
+            await events.last_flush()  # main() then ends the writer
             attributor.close()
             marks.close()
             store.close()

@@ -4,6 +4,8 @@ of one."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -57,3 +59,41 @@ async def test_a_hand_over_cancelled_midway_keeps_the_writer_to_itself(
         store.close()
     assert events.last_error == "" and recorder.starts == 1
     assert sorted(r["sport"] for r in rows) == [40000, 40001]
+
+
+async def test_the_last_hand_over_ends_a_stuck_writer_within_its_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """snitchd's rules are gone (or hold every flow) until it exits, and it waited for the
+    last hand-over: from a writer that did not answer (stuck on its disk; here stopped), a
+    minute (`ANSWER_TIMEOUT`), and as long again behind a hand-over cancelled midway, whose
+    thread `asyncio.run` waits for. Now both give up by the stop's deadline, the writer is
+    ended, and both batches' rows are said lost (the cancelled one's were dropped unsaid)."""
+    store = Store(tmp_path / "snitch.db")
+    recorder = Recorder(str(tmp_path / "snitch.db"))
+    events = EventLog(store, recorder)
+    loop = asyncio.get_running_loop()
+    try:
+        await events.flush()  # the writer is up
+        assert recorder.pid is not None
+        os.kill(recorder.pid, signal.SIGSTOP)  # ours: killed by recorder.close() if need be
+        events.record(decision(40000))
+        cancelled = asyncio.create_task(events.flush())
+        await asyncio.sleep(0.5)
+        cancelled.cancel()
+        events.record(decision(40001))
+        began = loop.time()
+        await asyncio.wait_for(events.last_flush(2.0), 90)
+        # What asyncio.run does on snitchd's way out: wait for the cancelled one's thread.
+        await asyncio.wait_for(loop.shutdown_default_executor(), 90)
+        took = loop.time() - began
+    finally:
+        recorder.close()
+        store.close()
+    assert took < 6, f"the last hand-over took {took:.1f} s"
+    assert recorder.starts == 1 and recorder.pid is None  # ended, and none started again
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert lost == [
+        "connection log: 2 row(s) lost, snitchd stopped without writing them: "
+        "connection log writer not asked: snitchd stopped waiting for it"
+    ], lost

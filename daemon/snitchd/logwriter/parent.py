@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _CHILD = "import sys; from snitchd.logwriter.child import main; sys.exit(main())"
 READY_TIMEOUT = 30.0  # the child imports sqlite-utils and opens the store: ~0.3 s, measured
 RETRY_DELAY = 5.0  # after a writer that could not start (a corrupt database), not twice a second
+POLL_SLICE = 0.25  # an answer is awaited in slices, so a stop's deadline set meanwhile is seen
 
 
 class RecorderGone(StoreError):
@@ -62,6 +63,18 @@ class Recorder:
         self._conn: Connection | None = None
         self._retry_at = 0.0
         self._one_at_a_time = threading.Lock()
+        self._stop_at = float("inf")
+
+    def stop_by(self, deadline: float) -> None:
+        """snitchd is stopping: no answer is awaited past `deadline` (`time.monotonic()`), by
+        the last hand-over or by one still running in the thread of a cancelled task, and no
+        writer is started after it. A writer that has not answered by then is ended (its
+        database locked for good, say): its batch is lost, and snitchd may exit."""
+        self._stop_at = deadline
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_at != float("inf")
 
     def start(self) -> None:
         """Start the child and wait until it reads conntrack events, so that every flow let out
@@ -101,6 +114,8 @@ class Recorder:
             return self._write(batch, timeout)
 
     def _write(self, batch: Batch, timeout: float) -> Done:
+        if time.monotonic() >= self._stop_at:
+            raise RecorderGone("connection log writer not asked: snitchd stopped waiting for it")
         if self._conn is None:
             if time.monotonic() < self._retry_at:
                 raise RecorderGone("connection log writer could not start; trying again soon")
@@ -118,9 +133,14 @@ class Recorder:
 
     def _answer(self, seq: int, timeout: float) -> Done:
         assert self._conn is not None
+        give_up = time.monotonic() + timeout
         try:
-            if not self._conn.poll(timeout):
-                self._lost(f"no answer in {timeout:.0f} s")
+            while not self._conn.poll(POLL_SLICE):
+                now = time.monotonic()
+                if now >= self._stop_at:
+                    self._lost("no answer before snitchd stopped waiting for it")
+                if now >= give_up:
+                    self._lost(f"no answer in {timeout:.0f} s")
             done: object = self._conn.recv()
         except (EOFError, OSError) as exc:
             self._lost(f"it exited ({exc or 'end of file'})")
