@@ -357,6 +357,13 @@ class Lab:
         )
         return done.stdout.strip() or done.stderr.strip()
 
+    def queued(self) -> dict[int, int]:
+        """Packets each queue of the client namespace got since it was bound, by number: the
+        kernel's own count (column 8 of /proc/net/netfilter/nfnetlink_queue), which says
+        which queue reader a flow reached."""
+        text = self.client_run("cat", "/proc/net/netfilter/nfnetlink_queue")
+        return {int(f[0]): int(f[7]) for f in (line.split() for line in text.splitlines()) if f}
+
     def py(self, mode: str, host: str, port: int, *extra: str) -> str:
         return self.client_run(PYTHON, str(HERE / "netclient.py"), mode, host, str(port), *extra)
 

@@ -288,8 +288,7 @@ def test_bpf_attribution_works_in_every_queue_reader(lab: Lab, cgroup: Path) -> 
     assert [(r["exe"], r["source"], r["action"]) for r in rows] == [
         (curl_exe(), "bpf", "allow")
     ] * len(cpus), rows
-    queues = lab.client_run("cat", "/proc/net/netfilter/nfnetlink_queue").splitlines()
-    by_queue = {int(line.split()[0]): int(line.split()[7]) for line in queues}
+    by_queue = lab.queued()
     assert by_queue.get(4242, 0) > 0 and by_queue.get(4243, 0) > 0, by_queue  # both readers
 
 

@@ -30,16 +30,6 @@ def pinned(lab: Lab, cpu: int, port: int, *extra: str) -> str:
     return lab.client_run(*argv, str(port), *extra)
 
 
-def queued(lab: Lab) -> dict[int, int]:
-    """Packets each queue got since it was made (the client namespace's nfnetlink_queue)."""
-    text = lab.client_run("cat", "/proc/net/netfilter/nfnetlink_queue")
-    counts = {}
-    for line in text.splitlines():
-        fields = line.split()
-        counts[int(fields[0])] = int(fields[7])
-    return counts
-
-
 def reader_pids(lab: Lab) -> list[int]:
     """snitchd's queue reader children, by their command line."""
     assert lab.daemon is not None
@@ -78,7 +68,7 @@ def test_a_rule_change_reaches_every_reader_on_the_next_flow(lab: Lab, readers: 
     lab.ctl("delete-rule", str(rule))
     for cpu in CPUS:
         assert pinned(lab, cpu, 80, "--timeout", "1") == "timeout", f"cpu {cpu}: rule still held"
-    counts = queued(lab)
+    counts = lab.queued()
     for n in range(readers):
         assert counts.get(QUEUE + n, 0) > 0, f"queue {QUEUE + n} got nothing: {counts}"
     rows = [r for r in lab.log_rows() if r["dport"] == 80]
@@ -91,7 +81,7 @@ def test_a_rule_change_reaches_every_reader_on_the_next_flow(lab: Lab, readers: 
         assert time.monotonic() < deadline, f"status seen={seen}: readers' counters not summed"
         time.sleep(0.2)
     # The kernel's counters in status are every packet queue's, not the first one's only.
-    packet_queues = sum(n for q, n in queued(lab).items() if QUEUE <= q < QUEUE + readers)
+    packet_queues = sum(n for q, n in lab.queued().items() if QUEUE <= q < QUEUE + readers)
     assert lab.ctl_json("status")["kernel_queued_total"] == packet_queues
 
 
@@ -113,11 +103,11 @@ def test_a_killed_reader_is_replaced_and_decides_again(lab: Lab, mode: str) -> N
     assert len(then) == 2 and first[0] not in then and first[1] in then
     what = "bypassed (fail_mode open)" if mode == "open" else "closed (fail_mode closed)"
     assert f"is {what} until it is replaced" in lab.log_text()
-    before = queued(lab)
+    before = lab.queued()
     for cpu in CPUS:
         assert pinned(lab, cpu, 80) == "connected"
         assert pinned(lab, cpu, 9000, "--timeout", "1") == "timeout", "not decided: bypassed"
-    after = queued(lab)
+    after = lab.queued()
     for n in range(2):
         assert after[QUEUE + n] > before[QUEUE + n], f"queue {QUEUE + n} not read again"
     rows = [(r["dport"], r["action"]) for r in lab.log_rows()]
@@ -162,7 +152,7 @@ def test_a_name_learnt_from_dns_decides_in_every_reader(lab: Lab, readers: int) 
     rows = [r for r in lab.log_rows() if r["dport"] == 80]
     assert len(rows) == len(CPUS)
     assert all(r["host"] == "api.example.org" and r["action"] == "allow" for r in rows)
-    counts = queued(lab)
+    counts = lab.queued()
     for n in range(readers):
         assert counts.get(QUEUE + n, 0) > 0, f"queue {QUEUE + n} got nothing: {counts}"
 
