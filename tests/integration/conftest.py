@@ -156,6 +156,8 @@ class Lab:
         # fails the test, as firewalld's testsuite fails on ERROR or WARNING in its log.
         self.expected_log: list[re.Pattern[str]] = list(AMBIENT_WARNINGS)
         self.notify: socket.socket | None = None
+        # Queue reader processes unless a test asks (`queue_readers`), see `lab` below.
+        self.readers = 1
 
     # -- set-up -------------------------------------------------------------------------------
     def build(self) -> None:
@@ -213,9 +215,9 @@ class Lab:
             "database": str(self.db),
             "default_action": "deny",
             "queue": 4242,
-            # One queue read by snitchd itself unless a test asks for reader processes
-            # (issue 21; `readers` parametrises the packet-path tests that ask).
-            "queue_readers": 1,
+            # One queue read by snitchd itself unless a test or its module asks for reader
+            # processes (issue 21; `readerparams.READERS`).
+            "queue_readers": self.readers,
             "prompt_timeout": 5,
             "resolv_conf": str(self.resolv_conf),
             # This venv's launcher starts the agents here (root-owned, set-group-id, like
@@ -487,8 +489,11 @@ def nobody_dir(shared_dir: Path) -> Path:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A module runs each of its tests with one queue reader and with several (issue 21) by
+    `pytestmark = pytest.mark.parametrize("lab", READERS, indirect=True)`."""
     lab = Lab(tmp_path)
+    lab.readers = getattr(request, "param", 1)
     try:
         lab.build()
         yield lab

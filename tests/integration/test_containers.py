@@ -21,10 +21,14 @@ import pytest
 
 from conftest import HERE, PYTHON, Lab, lab_agent, python_exe
 from snitch_common.answers import parse_answer
+from tests.integration.readerparams import READERS
 from tests.integration.scriptagent import ScriptedAgent
 from tests.support.containers import BRIDGE, PUBLISHED, GuestNet
 from tests.support.dockerapi import DockerApi
 from tests.support.lab import AS_NOBODY, end_child, run, wait_for
+
+# Each test with one queue reader and with two (issue 21).
+pytestmark = pytest.mark.parametrize("lab", READERS, indirect=True)
 
 NAME = "web-1"
 NETCLIENT = str(HERE / "netclient.py")

@@ -15,9 +15,14 @@ from typing import Any
 
 import dns.message
 import dns.rrset
+import pytest
 
 from conftest import AS_NOBODY, HERE, PYTHON, Lab
+from tests.integration.readerparams import READERS
 from tests.support.lab import wait_for
+
+# Each test with one queue reader and with two (issue 21).
+pytestmark = pytest.mark.parametrize("lab", READERS, indirect=True)
 
 DNS_RULE = "allow port=53 proto=udp"
 

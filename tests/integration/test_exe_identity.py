@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Lab, curl_exe
+from tests.integration.readerparams import READERS
 
-pytestmark = pytest.mark.root
+# Each test with one queue reader and with two (issue 21).
+pytestmark = [pytest.mark.root, pytest.mark.parametrize("lab", READERS, indirect=True)]
 
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 URL = "http://192.0.2.2/"

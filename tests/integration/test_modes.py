@@ -29,9 +29,14 @@ from conftest import (
     run_netclient,
     spawn_netclient,
 )
+from tests.integration.readerparams import READERS
 from tests.integration.scriptagent import ScriptedAgent
 
-pytestmark = pytest.mark.usefixtures("end_clients")
+# Each test with one queue reader and with two (issue 21).
+pytestmark = [
+    pytest.mark.usefixtures("end_clients"),
+    pytest.mark.parametrize("lab", READERS, indirect=True),
+]
 
 NOBODY = 65534
 

@@ -16,10 +16,15 @@ import pytest
 
 from conftest import PYTHON, Lab, curl_exe, start_agent
 from snitch_common.bus import PromptView
+from tests.integration.readerparams import READERS
 
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # Four connects (one and three retries), one second apart, each timing out after one second.
 CURL = ["--connect-timeout", "1", "--retry", "3", "--retry-delay", "1", "--retry-max-time", "30"]
+
+
+# Each test with one queue reader and with two (issue 21).
+pytestmark = pytest.mark.parametrize("lab", READERS, indirect=True)
 
 
 @contextlib.asynccontextmanager
