@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_network
 
@@ -163,25 +163,35 @@ class LoadedList:
 
 class Places:
     """The classes and lists, as the packet loop reads them. Each attribute is replaced whole,
-    by one assignment on the loop, never changed in place."""
+    by one assignment on the loop, never changed in place; `on_change` runs after each change
+    (the queue readers' copies are sent then, `readers.parent`: a list loaded applies to the
+    next flow in every reader, as a rule change does)."""
 
-    __slots__ = ("broadcast", "lan", "lists")
+    __slots__ = ("broadcast", "lan", "lists", "on_change")
 
     def __init__(self) -> None:
         self.lists: dict[str, LoadedList] = {}
         self.lan = NetworkSet(LAN_NETWORKS)
         self.broadcast: frozenset[IPAddress] = frozenset({IPv4Address("255.255.255.255")})
+        self.on_change: Callable[[], None] | None = None
 
     def set_connected(self, subnets: Iterable[str], broadcasts: Iterable[IPAddress] = ()) -> None:
         """The machine's connected subnets and their broadcast addresses, as netlink says now."""
         self.lan = NetworkSet((*LAN_NETWORKS, *subnets))
         self.broadcast = frozenset({IPv4Address("255.255.255.255"), *broadcasts})
+        self._changed()
 
     def put_list(self, loaded: LoadedList) -> None:
         self.lists = {**self.lists, loaded.name: loaded}
+        self._changed()
 
     def drop_list(self, name: str) -> None:
         self.lists = {k: v for k, v in self.lists.items() if k != name}
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def contains(self, place: str, addr: IPAddress, names: frozenset[str]) -> bool:
         """Whether the flow to `addr`, resolved from `names`, goes to `place`. A list snitchd

@@ -64,10 +64,10 @@ _CHILD = "import sys; from snitchd.readers.child import main; sys.exit(main())"
 READY_TIMEOUT = 30.0  # a reader imports the daemon's modules and binds its queue: ~0.5 s
 _RESTART_DELAYS = (0.2, 1.0, 5.0)  # after the 1st, 2nd, 3rd+ quick death in a row
 _QUICK = 10.0  # a reader that lived less than this died "quickly"
-_PLACES_EVERY = 0.25  # how often the places (lists, subnets) are compared for a change
 # A ready reader sends its counters every second; one silent this long is stuck (its loop
 # blocked): it is killed and replaced, as systemd's watchdog would do to snitchd.
 STUCK_AFTER = 10.0
+_WATCH_EVERY = 0.25  # how often the readers are checked for that
 # Messages to a reader are written without blocking; what its socket does not take waits here
 # (the loop must never wait on a reader: it serves every prompt and every other reader). A
 # reader that leaves this much unread is taken for stuck before `STUCK_AFTER` (a reload of
@@ -126,13 +126,13 @@ class Readers:
         self._quick_deaths = [0] * count
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._places: tuple[object, object, object] = (None, None, None)
         self.log_level = logging.getLogger().getEffectiveLevel()
         config = firewall.config
         names = _CopiedNames(grace=config.dns_grace, max_bytes=config.dns_cache_bytes)
         names.readers = self
         firewall.dns.names = names
         firewall.mirror = self
+        firewall.places.on_change = lambda: self.send_all(self._places_now())
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -141,7 +141,7 @@ class Readers:
         divert anything to them). Raises BackendUnavailable if one cannot."""
         for index in range(self.count):
             self._spawn(index, 0)
-        self._keep(self._follow_places(), "reader-places")
+        self._keep(self._watch(), "reader-watch")
         for reader in list(self._readers):
             assert reader is not None
             try:
@@ -354,18 +354,12 @@ class Readers:
 
     def _places_now(self) -> PlacesNow:
         places = self._fw.places
-        self._places = (places.lan, places.broadcast, places.lists)
         return PlacesNow(places.lan, places.broadcast, tuple(places.lists.values()))
 
-    async def _follow_places(self) -> None:
-        """Lists and connected subnets are replaced whole (`Places`): a new object is news,
-        copied within `_PLACES_EVERY`. Also the readers' watchdog (`STUCK_AFTER`)."""
-        places = self._fw.places
+    async def _watch(self) -> None:
+        """The readers' watchdog (`STUCK_AFTER`)."""
         while True:
-            await asyncio.sleep(_PLACES_EVERY)
-            now = (places.lan, places.broadcast, places.lists)
-            if any(a is not b for a, b in zip(now, self._places, strict=True)):
-                self.send_all(self._places_now())
+            await asyncio.sleep(_WATCH_EVERY)
             late = time.monotonic() - STUCK_AFTER
             for reader in self._readers:
                 if reader is not None and reader.alive and reader.ready.done() \
