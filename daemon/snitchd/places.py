@@ -8,15 +8,20 @@ assignment, so a lookup sees the old place or the new one, never half of either.
 
 How a million names fit (bench/bench_lists.py measured it; the figures are in bench/README.md):
 a set of the names as str costs ~100 B a name (the str object and its slot); here a name is
-kept as its 64-bit `hash()`, in one sorted `array('q')` with a small index of where each run of
+kept as a 64-bit hash, in one sorted `array('q')` with a small index of where each run of
 leading bits starts: 8 bytes a name plus the index, and a lookup is one hash and a search of one
-or two entries per suffix of the name. Python's str hash is SipHash keyed by a secret drawn when
-the process starts, so nobody can compute a name that collides with a listed one (which, on an
+or two entries per suffix of the name. The hash is BLAKE2b keyed by a secret drawn for each set
+when it is built, so nobody can compute a name that collides with a listed one (which, on an
 allow list, would be a way in): a chance collision is n / 2**64 per lookup (5e-14 at 1M names).
+The key goes with the set to the queue readers (issue 21). It was Python's `hash()`, keyed by
+a secret of each process: in a reader no listed name ever matched, and a list rule passed
+every name it should have blocked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -52,12 +57,14 @@ _SIGN = 1 << 63
 class DomainSet:
     """Names, each also covering its subdomains (`example.org` matches `a.example.org`)."""
 
-    __slots__ = ("_hashes", "_index", "_shift")
+    __slots__ = ("_hashes", "_index", "_key", "_keyed", "_shift")
 
     def __init__(self, names: Iterable[str]) -> None:
         """Hashes the names as they come: the names themselves are never all held at once
         (1M str objects took ~75 MB more at the peak of a load, which the allocator kept)."""
-        unsorted = array("q", map(hash, names))
+        self._key = os.urandom(16)
+        self._keyed = hashlib.blake2b(digest_size=8, key=self._key)
+        unsorted = array("q", map(self._hash, names))
         hashes = array("q")
         previous = None
         for h in sorted(unsorted):  # one transient list of ints (~40 MB at 1M), then freed
@@ -81,12 +88,25 @@ class DomainSet:
         self._hashes = hashes
         self._index = index
 
+    def __getstate__(self) -> tuple[array[int], array[int], bytes, int]:
+        """Pickled for the queue readers without the hash object (which does not pickle)."""
+        return self._hashes, self._index, self._key, self._shift
+
+    def __setstate__(self, state: tuple[array[int], array[int], bytes, int]) -> None:
+        self._hashes, self._index, self._key, self._shift = state
+        self._keyed = hashlib.blake2b(digest_size=8, key=self._key)
+
+    def _hash(self, name: str) -> int:
+        keyed = self._keyed.copy()  # the key's block is hashed once, not once per name
+        keyed.update(name.encode("utf-8", "surrogateescape"))
+        return int.from_bytes(keyed.digest(), "little", signed=True)
+
     def __len__(self) -> int:
         return len(self._hashes)
 
     def has(self, name: str) -> bool:
         """Whether `name` itself is listed (not its parents)."""
-        h = hash(name)
+        h = self._hash(name)
         b = (h + _SIGN) >> self._shift
         lo, hi = self._index[b], self._index[b + 1]
         i = bisect_left(self._hashes, h, lo, hi)

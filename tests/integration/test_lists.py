@@ -20,7 +20,12 @@ from typing import Any
 import pytest
 
 from conftest import HERE, PYTHON, VENV_BIN, Lab
+from tests.integration.readerparams import READERS
 from tests.support.lab import run, wait_for
+
+# Each test with one queue reader and with two (issue 21): a list loaded applies to the next
+# flow in every reader, as a rule change does.
+pytestmark = pytest.mark.parametrize("lab", READERS, indirect=True)
 
 NOBODY = 65534
 HTTPS_PORT = 8443

@@ -3,6 +3,10 @@ lookup structures, and where `to=lan` / `to=list:NAME` stand in the precedence s
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
@@ -184,6 +188,37 @@ def test_domain_set_covers_subdomains_not_siblings() -> None:
     assert domains.covers("ads.example.net") and domains.covers("x.ads.example.net")
     assert not domains.covers("example.net") and not domains.covers("badexample.org")
     assert not domains.covers("org") and not DomainSet([]).covers("example.org")
+
+
+def test_a_domain_set_sent_to_a_queue_reader_matches_there() -> None:
+    """Queue readers are processes of their own (issue 21), and each keys Python's str hash
+    with a secret of its own: a set of `hash()` values matched no name in a reader, so a list
+    rule there passed every flow it should have blocked. The child here checks that its str
+    hash differs from this process's, so the test cannot pass on a shared secret."""
+    domains = DomainSet(["ads.example.org"])
+    child = (
+        "import pickle, sys\n"
+        "d = pickle.load(sys.stdin.buffer)\n"
+        "print(d.covers('a.ads.example.org'), d.covers('example.org'), hash('ads.example.org'))"
+    )
+    seed = "1" if hash("ads.example.org") != _hash_with_seed("1") else "2"
+    done = subprocess.run(
+        [sys.executable, "-c", child],
+        input=pickle.dumps(domains),
+        capture_output=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    covered, parent, their_hash = done.stdout.decode().split()
+    assert int(their_hash) != hash("ads.example.org")
+    assert (covered, parent) == ("True", "False")
+
+
+def _hash_with_seed(seed: str) -> int:
+    code = "print(hash('ads.example.org'))"
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, env=env,
+                              check=True).stdout)  # fmt: skip
 
 
 @settings(max_examples=50, deadline=None)
