@@ -260,7 +260,7 @@ def _load(name: str, path: Path, updated: float, clock: Callable[[], float]) -> 
             else:
                 networks_text.append(entry)
 
-    domains = DomainSet(names())
+    domains = DomainSet(names(), os.urandom(16))
     networks = NetworkSet(networks_text)
     info = ListInfo(len(domains), len(networks), clock(), updated, domains.bytes_used())
     return LoadedList(name, domains, networks, info)

@@ -21,7 +21,6 @@ every name it should have blocked.
 from __future__ import annotations
 
 import hashlib
-import os
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -60,10 +59,12 @@ class DomainSet:
 
     __slots__ = ("_fewest", "_hashes", "_index", "_key", "_keyed", "_most", "_shift")
 
-    def __init__(self, names: Iterable[str]) -> None:
+    def __init__(self, names: Iterable[str], key: bytes) -> None:
         """Hashes the names as they come: the names themselves are never all held at once
-        (1M str objects took ~75 MB more at the peak of a load, which the allocator kept)."""
-        self._key = os.urandom(16)
+        (1M str objects took ~75 MB more at the peak of a load, which the allocator kept).
+        `key`: a secret of this set (16 random bytes; the caller draws it, this module does
+        no I/O)."""
+        self._key = key
         self._keyed = hashlib.blake2s(digest_size=8, key=self._key)
         self._fewest, self._most = _NO_LABELS, 0
         unsorted = array("q", map(self._hash_counted, names))

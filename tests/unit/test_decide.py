@@ -935,6 +935,7 @@ PURE_IMPORTS = {
         "bisect",
         "collections.abc",
         "dataclasses",
+        "hashlib",  # keyed BLAKE2s of a list's names: computation only
         "ipaddress",
     },
     snitch_common.records: {"__future__", "enum", "dataclasses", "ipaddress"},

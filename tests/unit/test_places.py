@@ -36,6 +36,8 @@ from snitchd.decide import RuleSet, Verdict, decide, specificity
 from snitchd.places import DomainSet, ListInfo, LoadedList, NetworkSet, Places
 from snitchd.subnets import subnets_of
 
+KEY = bytes(range(16))  # a list's secret (snitchd draws one for each list)
+
 HOSTS = """\
 # StevenBlack style
 127.0.0.1 localhost
@@ -183,11 +185,11 @@ def test_a_list_prefix_in_any_case_is_stored_as_list_and_matches() -> None:
 
 
 def test_domain_set_covers_subdomains_not_siblings() -> None:
-    domains = DomainSet(["example.org", "ads.example.net"])
+    domains = DomainSet(["example.org", "ads.example.net"], KEY)
     assert domains.covers("example.org") and domains.covers("a.b.example.org")
     assert domains.covers("ads.example.net") and domains.covers("x.ads.example.net")
     assert not domains.covers("example.net") and not domains.covers("badexample.org")
-    assert not domains.covers("org") and not DomainSet([]).covers("example.org")
+    assert not domains.covers("org") and not DomainSet([], KEY).covers("example.org")
 
 
 def test_a_domain_set_sent_to_a_queue_reader_matches_there() -> None:
@@ -195,7 +197,7 @@ def test_a_domain_set_sent_to_a_queue_reader_matches_there() -> None:
     with a secret of its own: a set of `hash()` values matched no name in a reader, so a list
     rule there passed every flow it should have blocked. The child here checks that its str
     hash differs from this process's, so the test cannot pass on a shared secret."""
-    domains = DomainSet(["ads.example.org"])
+    domains = DomainSet(["ads.example.org"], KEY)
     child = (
         "import pickle, sys\n"
         "d = pickle.load(sys.stdin.buffer)\n"
@@ -227,7 +229,7 @@ def _hash_with_seed(seed: str) -> int:
     st.lists(st.from_regex(r"[a-z]{1,6}(\.[a-z]{1,6}){0,3}", fullmatch=True), max_size=30),
 )
 def test_domain_set_agrees_with_a_plain_set(listed: set[str], asked: list[str]) -> None:
-    domains = DomainSet(listed)
+    domains = DomainSet(listed, KEY)
     for name in [*asked, *listed]:
         labels = name.split(".")
         expected = any(".".join(labels[i:]) in listed for i in range(len(labels)))
@@ -314,7 +316,7 @@ def _places() -> Places:
     places = Places()
     info = ListInfo(1, 1, 0.0, 0.0, 0)
     places.put_list(
-        LoadedList("ads", DomainSet(["ads.example.org"]), NetworkSet(["203.0.113.0/24"]), info)
+        LoadedList("ads", DomainSet(["ads.example.org"], KEY), NetworkSet(["203.0.113.0/24"]), info)
     )
     return places
 
@@ -367,7 +369,7 @@ def test_a_list_swapped_in_takes_effect_on_the_next_flow() -> None:
     places = Places()
     rules = RuleSet(((1, parse_rule("allow")), (2, parse_rule("deny to=list:ads"))), places=places)
     assert _winner(rules, "203.0.113.7") == 1
-    places.put_list(LoadedList("ads", DomainSet([]), NetworkSet(["203.0.113.7/32"]),
+    places.put_list(LoadedList("ads", DomainSet([], KEY), NetworkSet(["203.0.113.7/32"]),
                                ListInfo(0, 1, 0.0, 0.0, 0)))  # fmt: skip
     assert _winner(rules, "203.0.113.7") == 2
     places.drop_list("ads")
