@@ -19,6 +19,7 @@ import pytest
 
 from conftest import HERE, PYTHON, Lab, python_exe
 from tests.integration.readerparams import READERS
+from tests.support.lab import children_running
 
 CPUS = sorted(os.sched_getaffinity(0))
 QUEUE = 4242  # the lab's `queue`
@@ -155,6 +156,28 @@ def test_a_name_learnt_from_dns_decides_in_every_reader(lab: Lab, readers: int) 
     counts = lab.queued()
     for n in range(readers):
         assert counts.get(QUEUE + n, 0) > 0, f"queue {QUEUE + n} got nothing: {counts}"
+
+
+def test_an_executable_hashed_by_one_reader_is_not_hashed_by_another(lab: Lab) -> None:
+    """Each reader hashed every executable for itself: a program's first flow on each reader
+    waited for its digest again, and the machine hashed each file once per reader. A reader
+    now passes each digest it computes to the others, through snitchd. The same program, from
+    one CPU and then the other: one reader hashes, the other starts no hasher at all."""
+    if len(CPUS) < 2:
+        pytest.skip("one CPU: every flow would reach one reader")
+    lab.start_daemon(queue_readers=2)
+    lab.add_rule(f"allow app={python_exe()} port=80 proto=tcp")
+    readers = reader_pids(lab)
+    assert pinned(lab, CPUS[0], 80) == "connected"
+    hashing = [pid for pid in readers if children_running(pid, "/procs/hasher.py")]
+    assert len(hashing) == 1, hashing
+    assert pinned(lab, CPUS[1], 80) == "connected"
+    assert [pid for pid in readers if children_running(pid, "/procs/hasher.py")] == hashing
+    counts = lab.queued()
+    assert counts.get(QUEUE, 0) > 0 and counts.get(QUEUE + 1, 0) > 0, counts  # both readers
+    rows = [r for r in lab.log_rows() if r["dport"] == 80]
+    assert [(r["exe"], r["action"]) for r in rows] == [(python_exe(), "allow")] * 2, rows
+    assert not [r["reason"] for r in rows if "unverified" in r["reason"]], rows  # digests known
 
 
 @pytest.mark.slow

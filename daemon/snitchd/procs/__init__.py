@@ -168,7 +168,7 @@ class Attributor:
         self._owners = Owners()
         self._details = Details(interpreters)
         self._kept = ProcFds()  # the loop's own: begin and begin_forwarded only
-        self._hashes = Hashes()
+        self.hashes = Hashes()  # public for the queue readers, which share their digests
         self._worker = Worker(threads)
         self._lock = threading.Lock()
         self._procs: Recent[_ProcKey, _Known] = Recent(_PROCS_MAX)
@@ -186,7 +186,7 @@ class Attributor:
 
     def close(self) -> None:
         self._worker.close()
-        self._hashes.close()
+        self.hashes.close()
         self._diag.close()
         self._kept.close()
         if self._netns is not None:
@@ -199,7 +199,7 @@ class Attributor:
     def forget(self) -> None:
         """Drop every cache (the benchmark's cold runs)."""
         self._owners.clear()
-        self._hashes.clear()
+        self.hashes.clear()
         with self._lock:
             self._procs.clear()
 
@@ -640,7 +640,7 @@ class Attributor:
         if not self._hash_exe:
             self._remember(key, proc, lookup.exe)
             return proc, None
-        got = self._hashes.start(pid, lookup.uid, self._submit)
+        got = self.hashes.start(pid, lookup.uid, self._submit)
         if isinstance(got, Hashing):
             return proc, got
         proc = dataclasses.replace(proc, sha256=got)
@@ -681,7 +681,7 @@ class Attributor:
         if not self._hash_exe or proc.attribution is not Attribution.PROCESS:
             self._remember(lookup.key, proc, None)
             return proc, None
-        got = self._hashes.start(pid, uid, self._submit, want, path)
+        got = self.hashes.start(pid, uid, self._submit, want, path)
         if isinstance(got, Hashing):
             return proc, got
         proc = dataclasses.replace(proc, sha256=got)
@@ -744,7 +744,7 @@ class Attributor:
         if proc is None:
             return Process.uid_only(uid)
         if self._hash_exe:
-            proc = dataclasses.replace(proc, sha256=self._hashes.digest_now(pid))
+            proc = dataclasses.replace(proc, sha256=self.hashes.digest_now(pid))
         self._remember(key, proc, exe)
         return proc
 

@@ -74,6 +74,9 @@ class Hashes:
         self._queued: dict[int, int] = {}  # uid -> hashes queued or running for it
         self._hasher = Hasher()
         self._threads_only = False  # the child cannot be started: hash in the worker
+        # Told each new digest, in the thread that finished it: a queue reader passes it on to
+        # the others through snitchd, so a file is hashed by one reader, not by each (issue 21).
+        self.on_hashed: Callable[[FileKey, str], None] | None = None
 
     @property
     def hasher_pid(self) -> int | None:
@@ -86,6 +89,17 @@ class Hashes:
     def clear(self) -> None:
         with self._lock:
             self._done.clear()
+
+    def learn(self, key: FileKey, digest: str) -> None:
+        """A digest another queue reader computed (the key is the kernel's, the same in every
+        process): its file is not hashed here again."""
+        with self._lock:
+            self._keep(key, digest)
+
+    def _keep(self, key: FileKey, digest: str) -> None:
+        self._done[key] = digest
+        for old in list(itertools.islice(self._done, max(0, len(self._done) - self._max))):
+            del self._done[old]
 
     def start(
         self,
@@ -197,10 +211,10 @@ class Hashes:
             else:
                 self._queued.pop(uid, None)
             if digest is not None:
-                self._done[hashing.key] = digest
-                for old in list(itertools.islice(self._done, max(0, len(self._done) - self._max))):
-                    del self._done[old]
+                self._keep(hashing.key, digest)
         hashing.future.set_result(digest)
+        if digest is not None and self.on_hashed is not None:
+            self.on_hashed(hashing.key, digest)
 
 
 def _generation(fd: int) -> int:

@@ -38,6 +38,7 @@ from snitchd.journal import setup_logging
 from snitchd.knownapps import KnownApps
 from snitchd.places import Places
 from snitchd.procs import Attributor, Limits, start_attributor
+from snitchd.procs.hashes import FileKey
 from snitchd.queue import QueueReader
 from snitchd.readers.protocol import (
     AlertRaised,
@@ -46,6 +47,7 @@ from snitchd.readers.protocol import (
     Configure,
     Forget,
     HandOver,
+    Hashed,
     Hold,
     Learn,
     Logged,
@@ -155,6 +157,9 @@ class ReaderPath(Firewall):
     def alert(self, alert: Alert) -> None:
         self._post(AlertRaised(alert))
 
+    def hashed(self, key: FileKey, digest: str) -> None:
+        self._post(Hashed(key, digest))
+
     def _new_app(self, proc: Process, flow: Flow, host: str | None, now: float) -> None:
         assert proc.exe is not None
         if self.known_apps.add(proc.exe, proc.uid):
@@ -239,6 +244,8 @@ class _Control:
                     path.answered(msg)
                 elif isinstance(msg, Learn):
                     path.dns.names.learn(msg.resolutions, msg.now, msg.owner)
+                elif isinstance(msg, Hashed):
+                    path.attributor.hashes.learn(msg.key, msg.digest)
                 elif isinstance(msg, Whole):
                     path.adopt(msg.profile, msg.rules)
                 elif isinstance(msg, PlacesNow):
@@ -267,6 +274,12 @@ async def _serve(conn: Connection, start: Start) -> None:
     )
     marks = ConnMarks()
     path = ReaderPath(start, attributor, marks, conn)
+
+    def hashed(key: FileKey, digest: str) -> None:  # in the thread that finished the hash
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the reader is stopping
+            loop.call_soon_threadsafe(path.hashed, key, digest)
+
+    attributor.hashes.on_hashed = hashed
     gc.freeze()  # the rules are long-lived, as in the main process
     control = _Control(conn, path, stop)
     reader = QueueReader(start.queue, path.on_packet, config.queue_max_len, before=control.read)

@@ -44,6 +44,7 @@ from snitchd.readers.protocol import (
     Configure,
     Forget,
     HandOver,
+    Hashed,
     Hold,
     Learn,
     Logged,
@@ -399,6 +400,10 @@ class Readers:
                 fw.app_seen(msg.proc, msg.flow, msg.host, msg.now)
             elif isinstance(msg, AlertRaised):
                 fw.alert(msg.alert)
+            elif isinstance(msg, Hashed):
+                for other in self._readers:
+                    if other is not None and other is not reader:
+                        self._send(other, msg)
             elif isinstance(msg, Ready):
                 if not reader.ready.done():
                     reader.ready.set_result(None)

@@ -17,6 +17,7 @@ from snitchd.events import Alert
 from snitchd.names import NameCache, Owner
 from snitchd.places import LoadedList, NetworkSet
 from snitchd.procs.bpf import RecorderMaps
+from snitchd.procs.hashes import FileKey
 
 __all__ = [
     "AlertRaised",
@@ -25,6 +26,7 @@ __all__ = [
     "Configure",
     "Forget",
     "HandOver",
+    "Hashed",
     "Hold",
     "Learn",
     "Logged",
@@ -116,6 +118,15 @@ class Answer:
     given: tuple[Verdict, Flow, Process, str | None] | None
 
 
+@dataclass(frozen=True, slots=True)
+class Hashed:
+    """An executable's digest, by its file's identity (`procs.hashes`): a reader that hashed a
+    file tells snitchd, which tells the other readers, so each file is hashed once."""
+
+    key: FileKey
+    digest: str
+
+
 # -- reader → main -----------------------------------------------------------------------------
 
 
@@ -178,7 +189,7 @@ class Tally:
     cpu_seconds: float
 
 
-Message = HandOver | Logged | NewApp | AlertRaised
+Message = HandOver | Logged | NewApp | AlertRaised | Hashed
 
 
 @dataclass(frozen=True, slots=True)
