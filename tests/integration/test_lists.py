@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HERE, PYTHON, VENV_BIN, Lab
+from conftest import AS_NOBODY, HERE, PYTHON, VENV_BIN, Lab
 from tests.integration.readerparams import READERS
 from tests.support.lab import run, wait_for
 
@@ -143,6 +143,9 @@ def test_list_blocks_listed_names_and_networks_and_follows_updates(
     assert rows[-3]["host"] == "api.example.org" and rows[-3]["action"] == "deny"  # by name
     assert rows[-2]["dst"] == "203.0.113.9" and rows[-2]["action"] == "deny"
     assert rows[-1]["action"] == "allow"
+    # And for an ordinary user's program (with two queue readers, no name matched a list).
+    as_nobody = (*AS_NOBODY, PYTHON, str(HERE / "netclient.py"), "resolve", "api.example.org")
+    assert lab.client_run(*as_nobody, "80", "--timeout", "1") == "timeout"
 
     # An update that adds a name starts blocking it, and cuts its open connection (a held
     # connection to www.example.org, i.e. cdn.example.net, exchanging an echo every 0.2 s).
