@@ -49,6 +49,7 @@ __all__ = [
     "set_local_time",
     "specificity",
     "utc_time",
+    "varies",
 ]
 
 LocalTime = Callable[[float], tuple[int, int]]  # Unix time -> (weekday, 0 = Monday; minute of day)
@@ -417,6 +418,20 @@ def _domains_of(name: str) -> Iterator[str]:
 _Bucket = _Walked | _Indexed
 
 
+def varies(rule: Rule) -> bool:
+    """Whether the rule may match one process's flows to one address and port at one moment and
+    not at another: it names a host or a domain (the names an address has change with DNS), a
+    class or list (their contents change), an interface (routes change), a time window or an
+    end. While any such rule is held, no verdict is kept in the kernel (`snitchd.fastpath`)."""
+    return (
+        rule.host is not None
+        or rule.place is not None
+        or rule.iface is not None
+        or rule.timed
+        or rule.until is not None
+    )
+
+
 class RuleSet:
     """An indexed set of rules, updated one rule at a time.
 
@@ -432,7 +447,7 @@ class RuleSet:
     sets, which fail with readable examples, reach the index too.
     """
 
-    __slots__ = ("_any_app", "_by_exe", "_ids", "_index_above", "places", "version")
+    __slots__ = ("_any_app", "_by_exe", "_ids", "_index_above", "places", "varying", "version")
 
     def __init__(
         self,
@@ -446,10 +461,12 @@ class RuleSet:
         self.places = Places() if places is None else places
         self._index_above = index_above
         self.version = 0  # grows with every add and remove: what caches of this set key on
+        self.varying = 0  # rules held whose match varies for one app and destination
         self._ids: dict[int, tuple[int, Rule]] = {}
         for entry in rules:
             if entry[1].lifetime is not Lifetime.ONCE:
                 self._ids[entry[0]] = entry
+                self.varying += varies(entry[1])
         any_app: list[tuple[int, Rule]] = []
         by_exe: dict[str, list[tuple[int, Rule]]] = {}
         for entry in self._ids.values():
@@ -486,6 +503,7 @@ class RuleSet:
         if rule.lifetime is Lifetime.ONCE:
             return
         self._ids[rule_id] = entry
+        self.varying += varies(rule)
         if rule.exe is None:
             bucket = self._any_app
         elif (found := self._by_exe.get(rule.exe)) is not None:
@@ -506,6 +524,7 @@ class RuleSet:
         bucket = self._any_app if exe is None else self._by_exe[exe]
         bucket.remove(entry)
         del self._ids[rule_id]
+        self.varying -= varies(entry[1])
         self.version += 1
         if exe is not None and not len(bucket):
             del self._by_exe[exe]

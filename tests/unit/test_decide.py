@@ -979,3 +979,32 @@ def test_pure_modules_import_nothing_that_does_io(module: ModuleType) -> None:
     assert imported, "found no imports at all: is this the right file?"
     assert imported <= PURE_IMPORTS[module]
     assert all(hasattr(builtins, name) for name in IO_BUILTINS)
+
+
+@pytest.mark.parametrize(
+    ("text", "varying"),
+    [
+        (f"allow app={CURL} port=443 to=192.0.2.0/24 proto=tcp user=1000", False),
+        (f"deny app={CURL} sha256={HASH_A} parent=/usr/bin/bash", False),
+        ("deny to=www.example.org", True),
+        ("deny to=*.example.org", True),
+        ("allow to=lan", True),
+        ("allow iface=wg0", True),
+        ("allow port=443 during=09:00-17:00", True),
+        ("allow port=443 days=mon-fri", True),
+    ],
+)
+def test_a_rule_set_counts_the_rules_whose_match_varies_for_one_flow(
+    text: str, varying: bool
+) -> None:
+    """What the fast path may keep (`snitchd.fastpath`): nothing while a held rule's match
+    may change for one process, address and port (names, lists, routes, time); the count
+    follows every add, replace and remove, and a rule held for a few minutes varies too."""
+    rules = RuleSet([(1, parse_rule(text))])
+    assert rules.varying == int(varying)
+    rules.add((2, parse_rule("allow port=443 for=5m").stamped(NOW)))
+    assert rules.varying == int(varying) + 1
+    rules.add((1, parse_rule("allow port=80")))
+    assert rules.varying == 1
+    rules.remove(2)
+    assert rules.varying == 0
