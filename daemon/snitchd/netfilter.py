@@ -67,6 +67,7 @@ __all__ = [
     "DENY_MARK",
     "MARK_MASK",
     "NOTE_SENDER_PIN",
+    "NO_FAST",
     "NO_SOCKETS",
     "OTHER_SOCKET_PIN",
     "OVER_LIMIT_PIN",
@@ -80,6 +81,7 @@ __all__ = [
     "NetSpec",
     "Plan",
     "Step",
+    "fast_lines",
     "install_lines",
     "limit_script",
     "run_tool",
@@ -119,6 +121,7 @@ DNS_FORWARD_CHAIN = "SNITCH_DNSFQ"  # jumped to from DNS_QUERY_CHAIN: a forwarde
 FORWARD_LIMIT, DNS_FORWARD_LIMIT = "snfwd", "sndnsq"
 AGGREGATE_MAX = 10000  # the limit match's fastest rate, a second (XT_LIMIT_SCALE)
 SOCKET_CHAIN = "SNITCH_SOCKETS"  # jumped to from QUEUE_CHAIN only
+FAST_CHAIN = "SNITCH_FAST"  # likewise, for TCP SYNs: the fast path's match (`fast_lines`)
 UNDECIDED_PIN, OVER_LIMIT_PIN = "undecided", "over-limit"  # its programs, in `NetSpec.sockets`
 OTHER_SOCKET_PIN = "other-socket"  # a verdict's repeat sent by a socket snitchd did not name
 NOTE_SENDER_PIN = "note-sender"  # notes the socket of a flow's datagram queued whole
@@ -129,6 +132,8 @@ NO_SOCKETS = (
     "tuple, not per socket"
 )
 _NO_XT_BPF = f"{NO_SOCKETS}: the kernel needs the bpf match (modprobe xt_bpf)"
+NO_FAST = "the fast path (SNITCH_FAST) is off, so every new flow is queued"
+_NO_FAST_XT_BPF = f"{NO_FAST}: the kernel needs the bpf match (modprobe xt_bpf)"
 _TABLES = ("mangle", "filter")
 _OWN = (
     ("mangle", "OUTPUT", QUEUE_CHAIN),
@@ -138,6 +143,7 @@ _OWN = (
     ("mangle", "INPUT", DNS_CHAIN),
     ("mangle", "POSTROUTING", DNS_QUERY_CHAIN),
     ("mangle", QUEUE_CHAIN, SOCKET_CHAIN),  # after QUEUE_CHAIN, the chain that jumps to it
+    ("mangle", QUEUE_CHAIN, FAST_CHAIN),  # likewise
     ("mangle", FORWARD_CHAIN, FORWARD_QUEUE_CHAIN),  # likewise
     ("mangle", DNS_QUERY_CHAIN, DNS_FORWARD_CHAIN),  # likewise
 )
@@ -174,6 +180,8 @@ class NetSpec:
     sockets: str = ""
     # DNS queries a second one such user may send to the DNS queue; 0: no limit.
     dns_per_user: int = 0
+    # Where the fast path's socket filter is pinned (`fastpath`); "": no fast path.
+    fast: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +313,9 @@ class IptablesBackend:
             # it) no longer opens, so every later change of mangle, ours or the admin's, fails.
             lost.append(f"{NO_SOCKETS}: not with iptables-legacy (use iptables-nft)")
             spec = replace(spec, sockets="")
+        if spec.fast and self.legacy:  # the same reason
+            lost.append(f"{NO_FAST}: not with iptables-legacy (use iptables-nft)")
+            spec = replace(spec, fast="")
         for tool in self.families:
             redeclared = {QUEUE_CHAIN, REJECT_CHAIN} | (
                 {DNS_CHAIN, DNS_QUERY_CHAIN} if spec.dns_queue is not None else set()
@@ -317,6 +328,8 @@ class IptablesBackend:
                     redeclared.add(FORWARD_QUEUE_CHAIN)
             if spec.sockets:
                 redeclared.add(SOCKET_CHAIN)
+            if spec.fast:
+                redeclared.add(FAST_CHAIN)
             old = self._remove_lines(tool, frozenset(redeclared))
             new = install_lines(tool, spec)
             text = _restore_text(
@@ -327,6 +340,9 @@ class IptablesBackend:
             if spec.sockets:
                 sockets = _restore_text({"mangle": socket_lines(spec)})
                 steps.append(Step(restore, sockets, _NO_XT_BPF))
+            if spec.fast:
+                fast = _restore_text({"mangle": fast_lines(spec)})
+                steps.append(Step(restore, fast, _NO_FAST_XT_BPF))
         if spec.per_user > 0 or spec.dns_per_user > 0 or self._limit_table():
             if shutil.which("nft") is None:
                 lost.append(f"{_NO_LIMIT}: nft not found (apt-get install nftables)")
@@ -383,11 +399,12 @@ def install_lines(tool: str, spec: NetSpec) -> Chains:
     marked, ct_rejected = _has("mark", REJECT_MARK), _has("connmark", REJECT_MARK)
     # The socket chain, empty until its own step fills it, declared first: our chain jumps to it.
     queue = [f":{SOCKET_CHAIN} - [0:0]"] if spec.sockets else []
+    queue += [f":{FAST_CHAIN} - [0:0]"] if spec.fast else []
     queue.append(f":{QUEUE_CHAIN} - [0:0]")
     if not spec.intercept_loopback:
         queue.append(f"-A {QUEUE_CHAIN} -o lo -j RETURN")
     queue += [
-        *_decided_lines(QUEUE_CHAIN, [f"-j NFQUEUE {target}"], bool(spec.sockets)),
+        *_decided_lines(QUEUE_CHAIN, [f"-j NFQUEUE {target}"], bool(spec.sockets), bool(spec.fast)),
         f"-A {QUEUE_CHAIN} -m conntrack --ctstate NEW -j NFQUEUE {target}",
         f"-I OUTPUT 1 -m comment --comment {COMMENT} -j {QUEUE_CHAIN}",
     ]
@@ -437,7 +454,9 @@ def _limited_queue_lines(chain: str, table: str, per_source: int, target: str) -
     ]
 
 
-def _decided_lines(chain: str, queues: list[str], sockets: bool = False) -> list[str]:
+def _decided_lines(
+    chain: str, queues: list[str], sockets: bool = False, fast: bool = False
+) -> list[str]:
     """The rules before a queue rule. Every verdict is a repeat of this hook with its mark on
     the packet (`firewall`). An allowed packet's first rule keeps the allow on the conntrack
     entry and a later one takes it off the packet again, so routing and the admin's rules
@@ -458,13 +477,17 @@ def _decided_lines(chain: str, queues: list[str], sockets: bool = False) -> list
     `sockets`: other packets of a decided flow, and decided packets coming back, go through
     `SOCKET_CHAIN` first, where the ones of a socket snitchd did not decide are queued
     (`socketmatch`): datagrams have no SYN. First of all: a verdict for another socket must
-    not be kept on the entry."""
+    not be kept on the entry.
+
+    `fast`: a SYN goes through `FAST_CHAIN` first, where the fast path (`fastpath`) may give it
+    the allow mark, as a verdict would, for the rules after."""
     verdicts = (ALLOW_MARK, DENY_MARK, REJECT_MARK)
     allowed_now, denied_now, rejected_now = (_has("mark", mark) for mark in verdicts)
     ct_allowed, ct_denied, ct_rejected = (_has("connmark", mark) for mark in verdicts)
     undecided = " ".join(f"-m mark ! --mark {mark:#x}/{MARK_MASK:#x}" for mark in verdicts)
     return [
         *([f"-A {chain} ! -p tcp -j {SOCKET_CHAIN}"] if sockets else []),
+        *([f"-A {chain} -p tcp --syn {undecided} -j {FAST_CHAIN}"] if fast else []),
         f"-A {chain} {allowed_now} -j CONNMARK --set-xmark {ALLOW_MARK:#x}/{MARK_MASK:#x}",
         *(f"-A {chain} -p tcp --syn {undecided} {queue}" for queue in queues),
         f"-A {chain} {allowed_now} -j MARK --set-xmark 0/{MARK_MASK:#x}",
@@ -473,6 +496,17 @@ def _decided_lines(chain: str, queues: list[str], sockets: bool = False) -> list
         f"-A {chain} {ct_allowed} -j RETURN",
         f"-A {chain} {ct_denied} -j DROP",
         f"-A {chain} {ct_rejected} -j RETURN",
+    ]
+
+
+def fast_lines(spec: NetSpec) -> list[str]:
+    """`FAST_CHAIN`'s rule (mangle), a step of its own as `socket_lines`: the fast path's socket
+    filter (`fastpath`, pinned at `spec.fast`) matches the SYN of a connect the kernel may pass
+    by a rule's earlier allow, and the allow mark goes on it, as on a verdict's repeat."""
+    return [
+        f":{FAST_CHAIN} - [0:0]",
+        f"-A {FAST_CHAIN} -m bpf --object-pinned {spec.fast} "
+        f"-j MARK --set-xmark {ALLOW_MARK:#x}/{MARK_MASK:#x}",
     ]
 
 

@@ -21,12 +21,14 @@ from snitchd.netfilter import (
     ALLOW_MARK,
     DENY_MARK,
     MARK_MASK,
+    NO_FAST,
     REJECT_MARK,
     UNASKED_MARK,
     IptablesBackend,
     NetSpec,
     Plan,
     Step,
+    fast_lines,
     install_lines,
     limit_script,
     socket_lines,
@@ -384,3 +386,48 @@ def test_the_socket_program_reads_the_marks_and_users_of_the_python_side() -> No
         "DENY_MARK": DENY_MARK, "REJECT_MARK": REJECT_MARK, "SYSTEM_UID_MAX": SYSTEM_UID_MAX,
         "NO_UID": NO_UID,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_syn_meets_the_fast_path_before_the_allow_mark_is_kept_and_the_queue_rule(
+    tool: str,
+) -> None:
+    """The fast path's chain may put the allow mark on a SYN: its jump comes before the rule
+    that keeps that mark on the conntrack entry and before the SYN's queue rule, and only for a
+    SYN carrying no verdict yet (a verdict's repeat is never re-marked). Its one rule is a step
+    of its own, as the socket match's."""
+    spec = NetSpec(4242, fail_open=True, sockets="/sys/fs/bpf/x", fast="/sys/fs/bpf/x/fast")
+    mangle = install_lines(tool, spec).mangle
+    lines = [ln for ln in mangle if ln.startswith("-A SNITCH_QUEUE ")]
+    jump = next(i for i, ln in enumerate(lines) if ln.endswith("-j SNITCH_FAST"))
+    undecided = " ".join(
+        f"-m mark ! --mark {m:#x}/{MARK_MASK:#x}" for m in (ALLOW_MARK, DENY_MARK, REJECT_MARK)
+    )
+    assert lines[jump] == f"-A SNITCH_QUEUE -p tcp --syn {undecided} -j SNITCH_FAST"
+    keep = next(i for i, ln in enumerate(lines) if "-j CONNMARK --set-xmark" in ln)
+    queue = next(i for i, ln in enumerate(lines) if "--syn" in ln and "NFQUEUE" in ln)
+    assert jump < min(keep, queue)
+    assert mangle.index(":SNITCH_FAST - [0:0]") < mangle.index(":SNITCH_QUEUE - [0:0]")
+    assert fast_lines(spec) == [
+        ":SNITCH_FAST - [0:0]",
+        "-A SNITCH_FAST -m bpf --object-pinned /sys/fs/bpf/x/fast "
+        f"-j MARK --set-xmark {ALLOW_MARK:#x}/{MARK_MASK:#x}",
+    ]
+    assert not any("SNITCH_FAST" in ln for ln in install_lines(tool, NetSpec(1, True)).mangle)
+
+
+def test_the_fast_path_is_a_step_snitchd_can_run_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without xt_bpf the fast path's step fails alone (every flow is then queued, as before);
+    with iptables-legacy it is not set at all."""
+    backend = IptablesBackend(("iptables",))
+    monkeypatch.setattr(backend, "_remove_lines", lambda tool, keep: {"mangle": [], "filter": []})
+    monkeypatch.setattr(backend, "_limit_table", lambda: False)
+    plan = backend.plan_install(NetSpec(7, fail_open=False, sockets="/p", fast="/p/fast"))
+    assert [s.without != "" for s in plan.steps] == [False, True, True]
+    assert "--object-pinned /p/fast" in plan.steps[2].stdin
+    assert plan.steps[2].without.startswith(NO_FAST) and "xt_bpf" in plan.steps[2].without
+    assert "bpf" not in plan.steps[0].stdin and "-j SNITCH_FAST" in plan.steps[0].stdin
+    backend.legacy = True
+    plan = backend.plan_install(NetSpec(7, fail_open=False, sockets="/p", fast="/p/fast"))
+    assert len(plan.steps) == 1 and "SNITCH_FAST" not in plan.steps[0].stdin
+    assert any(text.startswith(NO_FAST) for text in plan.lost)
