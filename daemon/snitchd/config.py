@@ -208,6 +208,10 @@ class Config:
     # several readers are measured faster on a quiet machine and checked with BPF attribution)
     # reads the one queue in snitchd itself.
     queue_readers: int = 1
+    # The kernel passes a process's connect to where a rule allowed it to connect before, with
+    # nothing else deciding (`fastpath`); needs the BPF recorder and the socket match, and one
+    # queue reader.
+    fast_path: bool = True
 
 
 _RANGES: dict[str, tuple[float, float]] = {

@@ -31,7 +31,7 @@ from netfilterqueue import Packet
 from snitch_common.errors import PacketError
 from snitch_common.modes import Mode, ModeState
 from snitch_common.recent import Recent
-from snitch_common.records import SYSTEM_UID_MAX, Attribution, Flow, Process, Proto
+from snitch_common.records import SYSTEM_UID_MAX, Attribution, Flow, Process, Proto, Source
 from snitch_common.rules import Action, Rule, RuleRecord
 from snitchd.attempts import Attempts, RowRef, attempt_key
 from snitchd.config import Config, FailMode, PinAnswers
@@ -40,6 +40,7 @@ from snitchd.decide import Ask, RuleSet, StricterRules, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
 from snitchd.every import Every
+from snitchd.fastpath import FastPath, Kept
 from snitchd.flowcut import FlowCutter
 from snitchd.journal import Event, journal_fields
 from snitchd.knownapps import KnownApps
@@ -120,6 +121,7 @@ class Counters:
     # Decided flows by how their owner was found (Source values), for the metrics (issue 20).
     attributed: dict[str, int] = field(default_factory=dict)
     forwarded: int = 0  # packets of containers' and guests' flows (FORWARD hook, issue 16)
+    fast: int = 0  # connects the kernel passed by a rule's earlier allow (`fastpath`)
     started: float = field(default_factory=time.time)
 
 
@@ -202,6 +204,10 @@ class Firewall(Rulebook):
         # Where rule changes are copied (the queue reader processes, `snitchd.readers`); None
         # when this process reads the queue itself.
         self.mirror: RuleMirror | None = None
+        # The kernel's own verdicts for connects a rule allowed before (`fastpath`); None when
+        # the recorder is not loaded here, or `fast_path` is off.
+        self.fast: FastPath | None = None
+        self.fast_path = "off: the socket match is off"  # for status: "on", or "off: why"
         self.news = RuleNews()  # every change of the held rules, told as RulesChanged
         self.reload_rules()
 
@@ -219,6 +225,8 @@ class Firewall(Rulebook):
         self.attempts.clear()  # the default action may have changed: retries are decided afresh
         self.modes.pin_root = config.pin_answers is PinAnswers.ALWAYS
         self.modes.book.max_total = config.max_proposals
+        if self.fast is not None:  # how processes are described may have changed
+            self.fast.bump()
 
     def _ifname(self, index: int) -> str:
         name = self._ifnames.get(index)
@@ -329,10 +337,55 @@ class Firewall(Rulebook):
         if lookup is not None and lookup.note is not None:
             outcome = self._by_both(outcome, flow, lookup, names, now)
         if isinstance(outcome, Verdict):
+            if (
+                self.fast is not None
+                and outcome.action is Action.ALLOW
+                and outcome.rule_id is not None
+                and (lookup is None or not (lookup.late or lookup.hash_late or lookup.note))
+                and pkt.hook != _NF_INET_FORWARD
+            ):
+                # Before the verdict: the connect may be over, and its record gone, after it.
+                self._keep_fast(self.fast, flow, proc, outcome)
             self.apply(pkt, outcome, flow, proc, now, host)
         else:
             named = self.dns.own_name(flow.dst, proc, now) if host is not None else None
             self.handed_over(pkt, flow, proc, now, host, named)
+
+    def _keep_fast(self, fast: FastPath, flow: Flow, proc: Process, verdict: Verdict) -> None:
+        """Let the kernel pass this process's next connects to this destination by the same
+        rule, when nothing but the process and the destination decided it (`fastpath`)."""
+        recorder = self.attributor.recorder
+        if (
+            recorder is None
+            or flow.proto is not Proto.TCP
+            or proc.source is not Source.BPF
+            or not proc.verified
+            or proc.tampered
+            or proc.container is not None
+            or self.rules.varying
+        ):
+            return
+        pinned = self._pinned.get(proc.exe) if proc.exe is not None else None
+        if pinned and proc.sha256 not in pinned:
+            return
+        found = recorder.connected_key(flow)
+        if found is None or found[0] != proc.pid:
+            return
+        if not fast.keep(found[1], Kept(proc, verdict)):
+            self.counters.errors += 1
+
+    def on_fast(self) -> None:
+        """Log the connects the kernel passed (`fastpath`): each as a decision of its rule."""
+        fast = self.fast
+        if fast is None:
+            return
+        now = self.clock()
+        for kept, flow in fast.drain():
+            self.counters.seen += 1
+            self.counters.accepted += 1
+            self.counters.fast += 1
+            _names, host = self.dns.names_for(flow.dst, kept.proc, now)
+            self._log(kept.verdict, flow, kept.proc, now, host)
 
     def handed_over(
         self,

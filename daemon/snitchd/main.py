@@ -34,18 +34,26 @@ from snitchd.connmark import ConnMarks
 from snitchd.containers import container_names
 from snitchd.decide import set_local_time
 from snitchd.events import EventLog
+from snitchd.fastpath import FastPath
 from snitchd.firewall import Firewall, local_time, quotas_of
 from snitchd.journal import Event, journal_fields, setup_logging
 from snitchd.limitdrops import DropWatch
 from snitchd.logwriter.parent import Recorder
 from snitchd.metricsfile import run_metrics_file
-from snitchd.netfilter import NO_SOCKETS, Backend, NetSpec, select_backend
+from snitchd.netfilter import NO_FAST, NO_SOCKETS, Backend, NetSpec, select_backend
 from snitchd.netwatch import NetWatch, wifi_ssid
 from snitchd.procs import Attributor, start_attributor
 from snitchd.prompts import Broker
 from snitchd.queue import QueueReader
 from snitchd.readers.parent import Readers
-from snitchd.socketmatch import NAMED_PIN, QUEUED_PIN, SocketMatch, open_named, open_senders
+from snitchd.socketmatch import (
+    FAST_PIN,
+    NAMED_PIN,
+    QUEUED_PIN,
+    SocketMatch,
+    open_named,
+    open_senders,
+)
 from snitchd.status import current_status
 from snitchd.store import Store
 from snitchd.subnets import SubnetWatch
@@ -89,6 +97,7 @@ class _Daemon:
         self.reloads = 0
         self.readers: Readers | None = None
         self.sockets: SocketMatch | None = None
+        self.fast: FastPath | None = None
         self._file_tasks: set[asyncio.Task[None]] = set()
 
     def _spec(self, config: Config) -> NetSpec:
@@ -103,6 +112,7 @@ class _Daemon:
             config.new_flows_per_user,
             str(self.sockets.pins) if self.sockets is not None else "",
             config.dns_queries_per_user if dns_queue is not None else 0,
+            str(self.sockets.pins / FAST_PIN) if self.fast is not None and self.sockets else "",
         )
 
     async def run(self) -> None:
@@ -262,7 +272,34 @@ class _Daemon:
         firewall.socket_match = self.sockets
         firewall.named = open_named(self.sockets.pins / NAMED_PIN)
         firewall.attributor.senders = open_senders(self.sockets.pins / QUEUED_PIN)
+        self._load_fast_path(firewall, self.sockets)
         return ()
+
+    def _load_fast_path(self, firewall: Firewall, sockets: SocketMatch) -> None:
+        """The fast path (`fastpath`), with the recorder's maps, pinned beside the socket
+        match; off with several queue readers (each decides on its own copy of the rules)."""
+        recorder = firewall.attributor.recorder
+        fds = recorder.fast_fds() if recorder is not None else None
+        if not self.config.fast_path:
+            firewall.fast_path = "off: fast_path = false"
+            return
+        if fds is None:
+            firewall.fast_path = "off: it needs the BPF recorder (attribution bpf)"
+            return
+        if reader_count(self.config) > 1:
+            firewall.fast_path = "off: not with several queue readers"
+            return
+        rules_fd, gen_fd, ring_fd, prog_fd = fds
+        try:
+            sockets.pin(prog_fd, FAST_PIN)
+            fast = FastPath(rules_fd, gen_fd, ring_fd)
+        except (OSError, BackendUnavailable) as exc:
+            log.warning("%s: %s", NO_FAST, exc)
+            firewall.fast_path = f"off: {exc}"
+            return
+        self.fast = firewall.fast = fast
+        firewall.fast_path = "on"
+        asyncio.get_running_loop().add_reader(ring_fd, firewall.on_fast)
 
     def _install(self, firewall: Firewall, lost: tuple[str, ...]) -> None:
         """Our rules, after the socket match (`lost`: what is off already). Without it (a
@@ -274,6 +311,9 @@ class _Daemon:
             firewall.sockets = f"per tuple: {why.removeprefix(NO_SOCKETS + ': ')}"
         else:
             firewall.sockets = f"per socket ({self.sockets.pins})"
+        if why := next((text for text in lost if text.startswith(NO_FAST)), ""):
+            firewall.fast = None  # what it keeps would pass nothing: no rule matches by it
+            firewall.fast_path = f"off: {why.removeprefix(NO_FAST + ': ')}"
         log.info(
             "kernel rules installed backend=%s queue=%d fail_mode=%s",
             self.backend.name,
@@ -287,6 +327,9 @@ class _Daemon:
         finally:
             if self.sockets is not None:  # rules left in place keep the program
                 self.sockets.close()
+            if self.fast is not None:
+                asyncio.get_running_loop().remove_reader(self.fast.ring_fd)
+                self.fast.close()
 
     def _remove(self, installed: bool) -> None:
         if not installed:
@@ -319,6 +362,7 @@ class _Daemon:
                     "metrics_file",
                     "metrics_interval",
                     "queue_readers",
+                    "fast_path",
                 )
                 if getattr(new, k) != getattr(self.config, k)
             ]

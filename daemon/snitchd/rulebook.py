@@ -33,6 +33,7 @@ from snitchd.connmark import ConnMarks
 from snitchd.decide import RuleSet, StricterRules, Verdict, decide
 from snitchd.dnswatch import DnsWatch
 from snitchd.events import Alert, EventLog
+from snitchd.fastpath import FastPath
 from snitchd.flowcut import CutResult, FlowCutter
 from snitchd.journal import Event, journal_fields
 from snitchd.netfilter import ALLOW_MARK, MARK_MASK
@@ -111,6 +112,7 @@ class Rulebook:
     files_error: str
     disabled: dict[int, RuleRecord]
     mirror: RuleMirror | None
+    fast: FastPath | None
     news: RuleNews
     _stricter: StricterRules
     _pinned: dict[str, frozenset[str]]
@@ -194,6 +196,8 @@ class Rulebook:
         self._dormant, self._dormant_version = dormant, self._dormant_version + 1
         if self.mirror is not None:
             self.mirror.whole(self.profile, self.held_rules())
+        if self.fast is not None:
+            self.fast.bump()
         self.news.everything()
         return load, added, removed
 
@@ -243,6 +247,8 @@ class Rulebook:
         self.store.adopt_version(load.version)
         if self.mirror is not None:
             self.mirror.whole(self.profile, self.held_rules())
+        if self.fast is not None:
+            self.fast.bump()
         log.debug("rules loaded count=%d", len(self.rules))
 
     def _hold(self, record: RuleRecord) -> None:
@@ -250,6 +256,8 @@ class Rulebook:
         only listed, a rule of a profile not active is kept aside."""
         if self.mirror is not None:
             self.mirror.hold(record)
+        if self.fast is not None:
+            self.fast.bump()
         self._unhold(record.id)
         self.news.changed(record.id)
         if not record.enabled:
@@ -282,6 +290,8 @@ class Rulebook:
         """Take one rule out of the held set (on the loop, between packets)."""
         if self.mirror is not None:
             self.mirror.release(rule_id)
+        if self.fast is not None:
+            self.fast.bump()
         self.news.removed(rule_id)
         self._unhold(rule_id)
 

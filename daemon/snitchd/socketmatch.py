@@ -96,6 +96,7 @@ PROGRAMS = {
 }
 NAMED_PIN = "named"  # the map of the uid snitchd named per datagram flow, for the readers too
 QUEUED_PIN = "queued"  # the map of the socket that sent a datagram flow's last queued packet
+FAST_PIN = "fast"  # the fast path's socket filter (the recorder's, `fastpath`), pinned here too
 _LIMIT = struct.Struct("=QQ")  # struct limit
 _FLOW = struct.Struct("=16s16s2s2sB3x")  # struct flow_key: ports in network order
 _SENDER = struct.Struct("=QI4x")  # struct sender
@@ -133,13 +134,13 @@ class SocketMatch:
             )
             self.limit(per_user)
             self.pins.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._pin(named, NAMED_PIN)
-            self._pin(queued, QUEUED_PIN)
+            self.pin(named, NAMED_PIN)
+            self.pin(queued, QUEUED_PIN)
             for name, program in PROGRAMS.items():
                 prog = self._lib.find_program(obj, program)
                 if not prog:
                     raise BackendUnavailable(f"{obj_path} has no program {program.decode()}")
-                self._pin(self._lib.program_fd(prog), name)
+                self.pin(self._lib.program_fd(prog), name)
         except BaseException:
             self.close()
             raise
@@ -151,7 +152,7 @@ class SocketMatch:
             raise BackendUnavailable(f"{obj_path} has no map {name}")
         return int(fd)
 
-    def _pin(self, fd: int, name: str) -> None:
+    def pin(self, fd: int, name: str) -> None:
         pin = self.pins / name
         pin.unlink(missing_ok=True)  # an earlier run's, left by a crash
         if self._lib.pin(fd, str(pin).encode()) != 0:
@@ -180,7 +181,7 @@ class SocketMatch:
         go."""
         if self._obj is None:
             return
-        for name in (*PROGRAMS, NAMED_PIN, QUEUED_PIN):
+        for name in (*PROGRAMS, NAMED_PIN, QUEUED_PIN, FAST_PIN):
             (self.pins / name).unlink(missing_ok=True)
         for empty in (self.pins, self.pins.parent):  # another namespace's snitchd may pin there
             with contextlib.suppress(OSError):

@@ -109,6 +109,8 @@ class Status:
     attributed_kernel: int = 0
     log_backlog: int = 0
     forwarded: int = 0  # packets of containers' and guests' flows, of `seen` (issue 16)
+    fast: int = 0  # connects the kernel passed by a rule's earlier allow, of `seen` (`fastpath`)
+    fast_path: str = ""  # "on", or "off: why"
 
 
 async def current_status(firewall: Firewall, backend: str, agents_refused: int = 0) -> Status:
@@ -144,6 +146,8 @@ def _status_of(firewall: Firewall, backend: str, agents_refused: int = 0) -> Sta
         rules_error=fw.rules_error,
         seen=c.seen,
         forwarded=c.forwarded,
+        fast=c.fast,
+        fast_path=fw.fast_path,
         accepted=c.accepted,
         dropped=c.dropped,
         rejected=c.rejected,

@@ -85,6 +85,7 @@ def test_every_key_can_be_set() -> None:
         "dns_queries_per_user": 50,
         "dbus_calls_per_user": 10,
         "queue_readers": 3,
+        "fast_path": False,
     }
     assert set(data) == {f.name for f in fields(Config)}, "a key was added: extend this test"
     lists = {k: list(data[k]) for k in ("dns_resolvers", "interpreters", "forward_interfaces")}

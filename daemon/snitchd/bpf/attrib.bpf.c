@@ -212,6 +212,84 @@ struct {
 	__type(value, struct exe_path);
 } scratch SEC(".maps");
 
+// -- the fast path: a kernel verdict for a TCP connect a rule already allowed (issue 21) --------
+// snitchd writes, after it allowed a flow by a rule whose outcome depends on nothing but the
+// process and the destination, the process's identity (tgid, start time, executable, socket
+// uid) and the destination under the current generation. The sock_ops program, in
+// tcp_connect(), finds a connect of that very process to that very destination and marks its
+// socket (`fast_socks`); the queue chain's socket filter (`snitch_fast`) passes that socket's
+// SYN as allowed, and sends snitchd one event for its log. snitchd bumps the generation on every
+// change a decision depends on (rules, lists, subnets, mode, profile, configuration): every
+// entry then reads as stale, and the next connect is queued and decided again.
+struct fast_key {
+	__u64 start_ns;
+	__u64 ino;
+	__u32 tgid;
+	__u32 dev; // kernel encoding, as struct owner
+	__u32 uid; // the socket's (sk_uid)
+	__u16 dport; // host byte order
+	__u16 family;
+	__u32 dst[4];
+};
+
+struct fast_rule {
+	__u64 gen;
+	__u64 slot; // snitchd's: which decision the event logs
+};
+
+struct fast_sock {
+	__u32 dst[4];
+	__u16 dport; // host byte order
+	__u16 family;
+	__u32 pad;
+	__u64 gen;
+	__u64 slot;
+};
+
+// The event for the log: one per SYN passed (a retransmission too; snitchd folds repeats).
+struct fast_event {
+	__u64 slot;
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport; // host byte order
+	__u16 dport;
+	__u16 family;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fast_key);
+	__type(value, struct fast_rule);
+} fast_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} fast_gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // the socket's cookie
+	__type(value, struct fast_sock);
+} fast_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} fast_log SEC(".maps");
+
+static __always_inline int fast_current(__u64 gen)
+{
+	__u32 zero = 0;
+	__u64 *now = bpf_map_lookup_elem(&fast_gen, &zero);
+	return now && *now == gen && gen != 0;
+}
+
 // -- helpers -----------------------------------------------------------------------------------
 struct walk {
 	struct dentry *dentry;
@@ -476,6 +554,23 @@ static __always_inline void record_conn(struct bpf_sock_ops *ctx)
 		c.inode = BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
 	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY))
 		bpf_map_delete_elem(&conns, &key); // (no entry is the safe failure)
+	struct fast_key fk2 = {
+		.start_ns = o->start_ns,
+		.ino = o->ino,
+		.tgid = o->tgid,
+		.dev = o->dev,
+		.uid = c.uid,
+		.dport = key.dport,
+		.family = key.family,
+	};
+	__builtin_memcpy(fk2.dst, key.dst, sizeof(fk2.dst));
+	struct fast_rule *rule = bpf_map_lookup_elem(&fast_rules, &fk2);
+	if (!rule || !fast_current(rule->gen))
+		return;
+	struct fast_sock fs = {.dport = key.dport, .family = key.family, .gen = rule->gen,
+			       .slot = rule->slot};
+	__builtin_memcpy(fs.dst, key.dst, sizeof(fs.dst));
+	bpf_map_update_elem(&fast_socks, &fk.cookie, &fs, BPF_ANY);
 }
 
 static __always_inline void forget_conn(struct bpf_sock_ops *ctx)
@@ -491,10 +586,61 @@ static __always_inline void forget_conn(struct bpf_sock_ops *ctx)
 SEC("sockops")
 int snitch_sockops(struct bpf_sock_ops *ctx)
 {
-	if (ctx->op == BPF_SOCK_OPS_TCP_CONNECT_CB)
+	if (ctx->op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+		// Whatever this socket's earlier connect was allowed, this one is judged afresh.
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		bpf_map_delete_elem(&fast_socks, &cookie);
 		record_conn(ctx);
-	else if (ctx->op == BPF_SOCK_OPS_STATE_CB && ctx->args[0] == BPF_TCP_SYN_SENT)
+	} else if (ctx->op == BPF_SOCK_OPS_STATE_CB && ctx->args[0] == BPF_TCP_SYN_SENT) {
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		bpf_map_delete_elem(&fast_socks, &cookie);
 		forget_conn(ctx); // established, refused or closed: its SYN has been decided
+	}
+	return 1;
+}
+
+// The fast path's match (mangle, before the queue rule, TCP SYNs only): 1 for the SYN of a
+// socket sock_ops marked, to the destination it was marked for, in the generation it was
+// marked in, once its event is in the log's ring; 0 otherwise (the SYN is queued).
+SEC("socket")
+int snitch_fast(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	if (!cookie)
+		return 0;
+	struct fast_sock *fs = bpf_map_lookup_elem(&fast_socks, &cookie);
+	if (!fs || !fast_current(fs->gen))
+		return 0;
+	struct fast_event ev = {.slot = fs->slot};
+	__u8 first, next;
+	__u32 off;
+	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+		return 0;
+	if (first >> 4 == 4) {
+		if (bpf_skb_load_bytes(skb, 9, &next, 1) || bpf_skb_load_bytes(skb, 12, ev.src, 4) ||
+		    bpf_skb_load_bytes(skb, 16, ev.dst, 4))
+			return 0;
+		ev.family = AF_INET;
+		off = (first & 0xF) * 4;
+	} else if (first >> 4 == 6) {
+		if (bpf_skb_load_bytes(skb, 6, &next, 1) || bpf_skb_load_bytes(skb, 8, ev.src, 16) ||
+		    bpf_skb_load_bytes(skb, 24, ev.dst, 16))
+			return 0;
+		ev.family = AF_INET6;
+		off = 40; // an extension header: not TCP next, queued
+	} else {
+		return 0;
+	}
+	__u16 ports[2];
+	if (next != 6 || bpf_skb_load_bytes(skb, off, ports, 4))
+		return 0;
+	ev.sport = bpf_ntohs(ports[0]);
+	ev.dport = bpf_ntohs(ports[1]);
+	if (ev.family != fs->family || ev.dport != fs->dport || ev.dst[0] != fs->dst[0] ||
+	    ev.dst[1] != fs->dst[1] || ev.dst[2] != fs->dst[2] || ev.dst[3] != fs->dst[3])
+		return 0;
+	if (bpf_ringbuf_output(&fast_log, &ev, sizeof(ev), 0))
+		return 0; // the log's ring is full: queued, decided and logged as any other
 	return 1;
 }
 

@@ -99,6 +99,8 @@ _CONN_KEY = struct.Struct("=Q16s16sHHHH")
 _CONN = struct.Struct(f"={_OWNER.size}xQQQI4x")  # (the owner,) cookie, inode, when, uid
 _CONN_MAX_AGE_NS = 2_000_000_000  # a record older than this is checked by sock_diag instead
 _EXE_KEY = struct.Struct("=QII")
+# struct fast_key: start_ns, ino, tgid, dev (kernel), socket uid, dport, family, destination.
+_FAST_KEY = struct.Struct("=QQIIIHH16s")
 _PATH_BYTES = 512
 _EXE_PATH = struct.Struct(f"=II{_PATH_BYTES}s")
 
@@ -459,6 +461,34 @@ class Recorder:
         if time.monotonic_ns() - when_ns > _CONN_MAX_AGE_NS:
             return None
         return uid, inode, _owner(self._conn.raw[: _OWNER.size])
+
+    def connected_key(self, flow: Flow) -> tuple[int, bytes] | None:
+        """(tgid, the fast path's key) of the TCP socket connecting `flow` now, as
+        `find_connected` finds it: who connected it (tgid, start time, executable) as the
+        kernel recorded it, the socket's uid, and the destination (`fastpath`)."""
+        if self.find_connected(flow) is None:
+            return None
+        owner = self._conn.raw[: _OWNER.size]
+        tgid, _tid, _uid, _gid, start_ns, ino, kdev, _hook, _when, _comm = _OWNER.unpack(owner)
+        _cookie, _inode, _when_ns, uid = _CONN.unpack_from(self._conn)
+        family = 2 if isinstance(flow.dst, IPv4Address) else 10
+        key = _FAST_KEY.pack(start_ns, ino, tgid, kdev, uid, flow.dport, family, flow.dst.packed)
+        return tgid, key
+
+    def fast_fds(self) -> tuple[int, int, int, int] | None:
+        """The fast path's maps (rules, generation, log ring) and its socket filter, when this
+        process loaded the recorder; None for a queue reader's copy."""
+        if self._obj is None:
+            return None
+        lib, obj = self._lib, self._obj
+        prog = lib.find_program(obj, b"snitch_fast")
+        fds = (
+            lib.map_fd(obj, b"fast_rules"),
+            lib.map_fd(obj, b"fast_gen"),
+            lib.map_fd(obj, b"fast_log"),
+            lib.program_fd(prog) if prog else -1,
+        )
+        return fds if min(fds) >= 0 else None
 
     def find_released(self, flow: Flow) -> Owner | None:
         """Who sent UDP (or UDP-Lite) from `flow`'s source port to its destination in the last

@@ -109,6 +109,7 @@ class ReaderPath(Firewall):
         self._dormant = {}
         self._dormant_version = 0
         self.mirror = None
+        self.fast = None  # the kernel keeps nothing for a reader's verdicts (`fastpath`)
         self.news = RuleNews()  # no listener here: RulesChanged is the main process's
         self._conn = conn
         self._out: list[Message] = []
