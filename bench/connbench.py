@@ -68,10 +68,14 @@ SETUPS = {
     "m": ("c with two Network Monitor windows open (24h, live)", "snitch-monitored", "deny"),
     "g": ("c with 2 queue readers", "snitch", "deny"),
     "h": ("c with 4 queue readers", "snitch", "deny"),
+    "q": ("c with every flow queued (fast_path off)", "snitch", "deny"),
 }
 # Queue reader processes per configuration (issue 21; config `queue_readers`): the others read
 # their one queue in snitchd itself, as before readers existed. g and h decide c's flows.
 READERS = {"g": 2, "h": 4}
+# Configurations that decide every flow in Python (config `fast_path`): q is c without the
+# kernel keeping a rule's allow for the client (`snitchd.fastpath`).
+QUEUED_ALL = ("q",)
 READER_CHILD = b"snitchd.readers.child"
 # Configuration m's monitors (bench/monitorload.py): one on 24 h (Apps and Traffic 24h every
 # 3 s), one live (Apps 1h every 3 s, like top --live); both take the Rates signal each second.
@@ -289,7 +293,7 @@ def start(lab, key, stores, round_dir, env, srcs=(None, None), attribution="bpf"
             raise RuntimeError(f"accept_only.py did not start: {line!r}")
         return Running(key, proc, time.monotonic() - began)
     db = round_dir / f"snitch-{key}.db"
-    shutil.copy(stores["c" if key.lower() in "mgh" else key.lower()], db)
+    shutil.copy(stores["c" if key.lower() in "mghq" else key.lower()], db)
     conf = round_dir / f"snitchd-{key}.toml"
     conf.write_text(
         f'database = "{db}"\ndefault_action = "{action}"\nqueue = {QUEUE}\n'
@@ -298,6 +302,7 @@ def start(lab, key, stores, round_dir, env, srcs=(None, None), attribution="bpf"
         f'attribution = "{attribution}"\nbpf_cgroup = "{lab.bpf_cgroup_path}"\n'
         # Only where it differs from the default: --alt-src trees older than it still start.
         + (f"queue_readers = {READERS[key.lower()]}\n" if key.lower() in READERS else "")
+        + ("fast_path = false\n" if key.lower() in QUEUED_ALL else "")
     )
     notify_path = round_dir / f"notify-{key}.sock"
     notify_path.unlink(missing_ok=True)

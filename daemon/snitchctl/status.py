@@ -154,6 +154,9 @@ def summary(s: dict[str, Any], paint: Painter) -> str:
         lines.append(f"attribution: {s['attribution']}")
     if s.get("sockets"):
         lines.append(f"datagram verdicts: {s['sockets']}")
+    if s.get("fast_path"):
+        passed = f" ({s.get('fast', 0)} connects passed by the kernel)" if s.get("fast") else ""
+        lines.append(f"fast path: {s['fast_path']}{passed}")
     alerts = [
         f"rules: {s['rules_error']}" if s.get("rules_error") else "",
         f"log: {s['log_error']}" if s.get("log_error") else "",

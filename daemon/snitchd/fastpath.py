@@ -32,7 +32,9 @@ on the same identity, and so decides no differently than the packet loop would.
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
+import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,7 +44,9 @@ from snitch_common.records import Flow, Process, Proto
 from snitchd.decide import Verdict
 from snitchd.procs.bpf import LibBpf
 
-__all__ = ["FastPath", "Kept"]
+__all__ = ["DRAIN_MAX", "RING_EVENTS_MAX", "FastPath", "Kept"]
+
+log = logging.getLogger(__name__)
 
 _RULE = struct.Struct("=QQ")  # struct fast_rule: generation, slot
 _GEN = struct.Struct("=Q")
@@ -50,6 +54,7 @@ _EVENT = struct.Struct("=Q16s16sHHHH")  # struct fast_event
 _HEADER = struct.Struct("=II")  # a ring record's length (busy and discard bits) and page offset
 _BUSY, _DISCARD = 1 << 31, 1 << 30
 _RING_BYTES = 1 << 20  # fast_log's max_entries
+RING_EVENTS_MAX = _RING_BYTES // (_HEADER.size + _EVENT.size)  # events the ring holds at most
 _SLOTS_MAX = 65536  # fast_rules' max_entries: a slot older than that has no entry left
 # Events logged per wake-up of the loop: the ring holds ~18k, and logging one costs ~15 µs; the
 # rest wait for the next turn (the ring's fd stays readable), so packets are read in between.
@@ -73,6 +78,7 @@ class FastPath:
         self._zero = ctypes.create_string_buffer(4)
         self._value = ctypes.create_string_buffer(_RULE.size)
         self.generation = 0
+        self.broken = False  # the generation could not be written: nothing is kept any more
         self._kept: OrderedDict[int, Kept] = OrderedDict()
         self._next_slot = 1
         page = mmap.PAGESIZE
@@ -84,16 +90,25 @@ class FastPath:
         self.bump()
 
     def bump(self) -> None:
-        """Something a decision depends on changed: every entry kept so far reads as stale."""
+        """Something a decision depends on changed: every entry kept so far reads as stale.
+        Never raises: it runs inside rule changes, which must complete. Should the write fail
+        (an array map's one slot, by snitchd's own fd: no known cause), nothing more is kept,
+        and the journal says the kernel may still pass what it kept."""
         self.generation += 1
         gen = ctypes.create_string_buffer(_GEN.pack(self.generation), _GEN.size)
-        if self._lib.update(self._gen_fd, self._zero, gen, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, "cannot write the fast path's generation")
+        if self._lib.update(self._gen_fd, self._zero, gen, 0) != 0 and not self.broken:
+            self.broken = True
+            log.error(
+                "fast path: cannot write its generation (%s): nothing more is kept; restart "
+                "snitchd to end what the kernel kept",
+                os.strerror(ctypes.get_errno()),
+            )
 
     def keep(self, key: bytes, kept: Kept) -> bool:
         """Let the kernel pass the connects `key` names (`Recorder.connected_key`), logged as
         `kept`, until the generation changes. False when the map refused it."""
+        if self.broken:
+            return False
         slot = self._next_slot
         self._next_slot += 1
         self._kept[slot] = kept

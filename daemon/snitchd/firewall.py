@@ -371,21 +371,24 @@ class Firewall(Rulebook):
         found = recorder.connected_key(flow)
         if found is None or found[0] != proc.pid:
             return
-        if not fast.keep(found[1], Kept(proc, verdict)):
+        if not fast.keep(found[1], Kept(proc, verdict)) and not fast.broken:
             self.counters.errors += 1
 
-    def on_fast(self) -> None:
-        """Log the connects the kernel passed (`fastpath`): each as a decision of its rule."""
+    def on_fast(self) -> int:
+        """Log the connects the kernel passed (`fastpath`), each as a decision of its rule;
+        how many (`fastpath.DRAIN_MAX` at most: the loop reads packets in between)."""
         fast = self.fast
         if fast is None:
-            return
+            return 0
         now = self.clock()
-        for kept, flow in fast.drain():
+        passed = fast.drain()
+        for kept, flow in passed:
             self.counters.seen += 1
             self.counters.accepted += 1
             self.counters.fast += 1
             _names, host = self.dns.names_for(flow.dst, kept.proc, now)
             self._log(kept.verdict, flow, kept.proc, now, host)
+        return len(passed)
 
     def handed_over(
         self,

@@ -34,7 +34,7 @@ from snitchd.connmark import ConnMarks
 from snitchd.containers import container_names
 from snitchd.decide import set_local_time
 from snitchd.events import EventLog
-from snitchd.fastpath import FastPath
+from snitchd.fastpath import DRAIN_MAX, RING_EVENTS_MAX, FastPath
 from snitchd.firewall import Firewall, local_time, quotas_of
 from snitchd.journal import Event, journal_fields, setup_logging
 from snitchd.limitdrops import DropWatch
@@ -329,6 +329,11 @@ class _Daemon:
                 self.sockets.close()
             if self.fast is not None:
                 asyncio.get_running_loop().remove_reader(self.fast.ring_fd)
+                # The last connects passed: their rows too. Bounded: the ring holds fewer
+                # events than this, and a fail-closed stop leaves the rule passing more.
+                for _ in range(RING_EVENTS_MAX // DRAIN_MAX + 1):
+                    if self.firewall is None or self.firewall.on_fast() < DRAIN_MAX:
+                        break
                 self.fast.close()
 
     def _remove(self, installed: bool) -> None:

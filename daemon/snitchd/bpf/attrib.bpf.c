@@ -13,7 +13,11 @@
 // connecting TCP socket's record under the flow's own 4-tuple (map `conns`), so snitchd names the
 // queued SYN's sender with one map lookup and no sock_diag request (issue 21).
 //
-// Every program returns 1 (allow): they record only, and never decide. A failed map update loses
+// The fast path (below, `fastpath.py`) is the one exception to "record only": sock_ops marks a
+// connect snitchd kept a rule's allow for, and the socket filter `snitch_fast` (not a cgroup
+// hook: iptables runs it on the SYN) passes that SYN. The cgroup hooks still only record.
+//
+// Every cgroup program returns 1 (allow): they record only, and never decide. A failed map update loses
 // a record (snitchd then falls back to sock_diag + /proc); it never refuses a connection.
 //
 // Built with clang -target bpf against libbpf's headers. The kernel structures below are

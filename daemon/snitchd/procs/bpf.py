@@ -16,6 +16,10 @@ sendmsg hook runs before the kernel picks the source address (no flow key can be
 a datagram socket has no end the hooks see per destination, so a per-port record may be stale
 or another address's (`find_released` trusts one only for a socket sock_diag no longer finds).
 
+The same object carries the fast path's maps and socket filter (`fastpath`): `fast_fds` hands
+them to snitchd, `connected_key` names a connecting process the way the sock_ops program looks
+it up.
+
 Loading: libbpf itself (Debian's libbpf1, security-supported with the distribution) through
 ctypes, eight functions. Compared: BCC (python3-bpfcc) compiles C with its own LLVM at every
 start and needs kernel headers; pylibbpf (PyPI 0.0.6, pre-1.0) ships its own libbpf in a wheel
