@@ -14,15 +14,15 @@ snitchd), and puts an event in a ring buffer (`fast_log`). snitchd reads the rin
 flow as decided by the rule, one row per flow as before. A full ring passes nothing: the SYN
 is queued and decided as any other.
 
-What is never kept (the flow is queued, as before): a verdict not given by a rule (the default,
-a mode, a person: an answer "once" is no rule), anything but an allow, a process whose owner was
-not recorded by the hooks (sock_diag and /proc: `Source.BPF` only), whose executable is not
-verified or whose code is tampered with, a container's, a connect whose lookup ran late or saw an
-exec around it, and any verdict at all while a rule is held whose match varies for one process
-and one destination (`decide.varies`: host names, lists and classes, interfaces, time windows,
-ends). Every change of what is held (a rule added, changed, removed, turned off, expired; a
-profile switched; the rules reloaded) bumps the generation before the change is answered, and
-the kernel takes an entry of an older generation for none.
+What is never kept (the flow is queued, as before): a verdict not given by a rule (the default, a
+mode, a person: an answer "once" is no rule), anything but an allow, a process whose owner was not
+recorded by the hooks (sock_diag and /proc: `Source.BPF` only), whose executable is not verified or
+whose code is tampered with, a container's, an interpreter's (its script is not in the key), a
+connect whose lookup ran late or saw an exec around it, and any verdict at all while a rule is held
+whose match varies for one process and one destination (`decide.varies`: host names, lists and
+classes, interfaces, time windows, ends). Every change of what is held (a rule added, changed,
+removed, turned off, expired; a profile switched; the rules reloaded) bumps the generation before
+the change is answered, and the kernel takes an entry of an older generation for none.
 
 snitchd's own view of a process (verified, tampered, parents, script) is kept per (tgid, start,
 executable, uid) in the attributor and not read again for its later flows: the fast path keys
