@@ -95,6 +95,7 @@ struct task_struct {
 	struct mm_struct *mm;
 	struct task_struct *group_leader;
 	unsigned long long start_boottime;
+	unsigned long long self_exec_id;
 } __attribute__((preserve_access_index));
 
 typedef struct {
@@ -147,6 +148,7 @@ struct owner {
 	__u32 hook;     // HOOK_*
 	__u64 when_ns;  // bpf_ktime_get_ns() at the hook
 	char comm[16];
+	__u64 exec_id; // the task's execs so far (self_exec_id): an exec of the same file is another
 };
 
 struct exe_key {
@@ -227,6 +229,7 @@ struct {
 // entry then reads as stale, and the next connect is queued and decided again.
 struct fast_key {
 	__u64 start_ns;
+	__u64 exec_id;
 	__u64 ino;
 	__u32 tgid;
 	__u32 dev; // kernel encoding, as struct owner
@@ -372,6 +375,8 @@ static __always_inline void record(struct flow_key *key, __u32 hook)
 
 	struct task_struct *task = bpf_get_current_task_btf();
 	o.start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	// Every thread of a process was made after its last exec, and copied the count then.
+	o.exec_id = BPF_CORE_READ(task, self_exec_id);
 	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
 	if (exe) {
 		struct exe_key ek = {};
@@ -560,6 +565,7 @@ static __always_inline void record_conn(struct bpf_sock_ops *ctx)
 		bpf_map_delete_elem(&conns, &key); // (no entry is the safe failure)
 	struct fast_key fk2 = {
 		.start_ns = o->start_ns,
+		.exec_id = o->exec_id,
 		.ino = o->ino,
 		.tgid = o->tgid,
 		.dev = o->dev,

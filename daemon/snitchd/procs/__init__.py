@@ -81,7 +81,8 @@ _PENDING_PER_UID = 256  # lookups one user may have waiting; beyond, answered la
 _EXEC_WINDOW_NS = 250_000_000
 _AROUND_MAX = 256
 
-_ProcKey = tuple[object, ...]  # pid, start ticks, comm, uid; or "bpf", pid, start, dev, ino, uid
+# pid, start ticks, comm, uid; or "bpf", pid, start, exec count, dev, ino, uid
+_ProcKey = tuple[object, ...]
 # a process, its name at read, its other names; what `_exec_checked` made of them
 _Around = tuple[Process, str | None, tuple[str, ...], Process, tuple[Process, ...], str]
 
@@ -138,6 +139,7 @@ class _Known:
 
     proc: Process
     exe: ExeId | None
+    at_ns: int  # when it was kept (CLOCK_MONOTONIC): an exec seen since makes it stale
 
 
 class Attributor:
@@ -456,10 +458,10 @@ class Attributor:
     ) -> Process | Lookup:
         """The recorder saw who connected: the process is that pid, start time and executable,
         whatever it runs now. Known ones answer from memory, with no /proc read at all."""
-        key = ("bpf", owner.tgid, owner.start_ticks, owner.dev, owner.ino, uid)
+        key = ("bpf", owner.tgid, owner.start_ticks, owner.exec_id, owner.dev, owner.ino, uid)
         with self._lock:
             known = self._procs.get(key)
-        if known is not None:  # the executable is in the key: an exec makes another key
+        if known is not None:  # the exec count is in the key: an exec makes another key
             return known.proc
         pending = self._pending.get((uid, inode)) if inode else None
         if pending is not None:
@@ -695,7 +697,7 @@ class Attributor:
     def _remember(self, key: _ProcKey, proc: Process, exe: ExeId | None) -> None:
         """Keep `proc` under `key`; `exe` None for a BPF key (its executable is in it)."""
         with self._lock:
-            self._procs.put(key, _Known(proc, exe))
+            self._procs.put(key, _Known(proc, exe, time.monotonic_ns()))
 
     def _known(
         self, key: _ProcKey, pid: int, exe_now: Callable[[int], ExeId | None]
@@ -704,14 +706,22 @@ class Attributor:
         stat of its executable (`exe_now`: the loop's kept directory, or the path in a worker)
         says it is the same file. Otherwise the entry is dropped and the process described
         afresh: one that exec'd a program of the same name before connecting was named by its
-        old image (issue 21's test_an_exec_of_a_same_named_program_is_judged_as_itself). Not
-        the exec watch: its event can reach us after the packet (a loaded machine), and an exec
-        before connect() has always replaced the executable by the time the packet is read."""
+        old image (issue 21's test_an_exec_of_a_same_named_program_is_judged_as_itself). The
+        same file exec'd again is told by the exec watch, whose event can reach us after the
+        packet (a loaded machine: the old description then serves that flow); an exec of
+        another file has always replaced the executable by the time the packet is read."""
         with self._lock:
             known = self._procs.get(key)
         if known is None:
             return None
-        if known.exe is not None and exe_now(pid) == known.exe:
+        # The same file exec'd again (an interpreter with another script, or other variables)
+        # keeps the pid, the start time and the executable: the exec watch tells it.
+        execs = self.execs
+        if (
+            known.exe is not None
+            and exe_now(pid) == known.exe
+            and (execs is None or not execs.since(pid, known.at_ns))
+        ):
             return known.proc
         with self._lock:
             self._procs.pop(key, None)

@@ -97,14 +97,15 @@ _KEY = struct.Struct("=Q16sHHHH")
 _KEY_SOCKET, _KEY_PORT = 0, 1
 _SO_NETNS_COOKIE = 71
 _GONE_MAX_AGE_NS = 30_000_000_000  # a gone socket's record, for a datagram still queued
-_OWNER = struct.Struct("=IIIIQQIIQ16s")
+_OWNER = struct.Struct("=IIIIQQIIQ16sQ")
 # struct conn_key / struct conn: a connecting TCP socket's record under its own flow.
 _CONN_KEY = struct.Struct("=Q16s16sHHHH")
 _CONN = struct.Struct(f"={_OWNER.size}xQQQI4x")  # (the owner,) cookie, inode, when, uid
 _CONN_MAX_AGE_NS = 2_000_000_000  # a record older than this is checked by sock_diag instead
 _EXE_KEY = struct.Struct("=QII")
-# struct fast_key: start_ns, ino, tgid, dev (kernel), socket uid, dport, family, destination.
-_FAST_KEY = struct.Struct("=QQIIIHH16s")
+# struct fast_key: start_ns, exec_id, ino, tgid, dev (kernel), socket uid, dport, family,
+# destination.
+_FAST_KEY = struct.Struct("=QQQIIIHH16s")
 _PATH_BYTES = 512
 _EXE_PATH = struct.Struct(f"=II{_PATH_BYTES}s")
 
@@ -123,16 +124,17 @@ class Owner:
     hook: str
     comm: bytes
     when_ns: int
+    exec_id: int  # the task's execs so far: the same file exec'd again is another image
 
 
 def _owner(raw: bytes) -> Owner:
-    tgid, tid, uid, _gid, start_ns, ino, kdev, hook, when, comm = _OWNER.unpack(raw)
+    tgid, tid, uid, _gid, start_ns, ino, kdev, hook, when, comm, exec_id = _OWNER.unpack(raw)
     # Kernel dev_t is major << 20 | minor; stat's is glibc's encoding: os.makedev builds it.
     dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
     # /proc/<pid>/stat prints nsec_to_clock_t(start_boottime): whole ticks, rounded down.
     ticks = start_ns // (1_000_000_000 // _CLK_TCK)
     name = _HOOK_NAMES.get(hook, "?")
-    return Owner(tgid, tid, uid, ticks, dev, ino, name, comm.split(b"\0")[0], when)
+    return Owner(tgid, tid, uid, ticks, dev, ino, name, comm.split(b"\0")[0], when, exec_id)
 
 
 def cgroup2_root() -> str | None:
@@ -473,10 +475,14 @@ class Recorder:
         if self.find_connected(flow) is None:
             return None
         owner = self._conn.raw[: _OWNER.size]
-        tgid, _tid, _uid, _gid, start_ns, ino, kdev, _hook, _when, _comm = _OWNER.unpack(owner)
+        tgid, _tid, _uid, _gid, start_ns, ino, kdev, _hook, _when, _comm, exec_id = _OWNER.unpack(
+            owner
+        )
         _cookie, _inode, _when_ns, uid = _CONN.unpack_from(self._conn)
         family = 2 if isinstance(flow.dst, IPv4Address) else 10
-        key = _FAST_KEY.pack(start_ns, ino, tgid, kdev, uid, flow.dport, family, flow.dst.packed)
+        key = _FAST_KEY.pack(
+            start_ns, exec_id, ino, tgid, kdev, uid, flow.dport, family, flow.dst.packed
+        )
         return tgid, key
 
     def fast_fds(self) -> tuple[int, int, int, int] | None:
