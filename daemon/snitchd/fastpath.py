@@ -1,31 +1,31 @@
 """The fast path (issue 21): a TCP connect that a rule already allowed, passed by the kernel.
 
-Each new flow through the queue costs snitchd ~100 µs of CPU (the queue's receive and verdict
-~40, Python ~60), and a connect waits for it. But a program connecting again to where a rule
-let it connect a moment ago is decided the same way every time, by the same rule, as long as
-nothing a decision depends on changed. So after such an allow, snitchd writes, in the cgroup
-recorder's map `fast_rules`, the process's identity as the kernel recorded it at connect()
-(tgid, start time, executable's device and inode: an exec or another process is another key),
-the socket's uid and the destination, under the current *generation*. In tcp_connect() the
-recorder's sock_ops program finds a connect matching such an entry and marks its socket; the
-socket filter `snitch_fast`, first rule of the queue chain, passes that socket's SYN with the
-allow mark (the rules after it keep the allow on the conntrack entry, as for a verdict of
-snitchd), and puts an event in a ring buffer (`fast_log`). snitchd reads the ring and logs the
-flow as decided by the rule, one row per flow as before. A full ring passes nothing: the SYN
-is queued and decided as any other.
+Each new flow through the queue costs snitchd ~100 µs of CPU (the queue's receive and verdict ~40,
+Python ~60), and a connect waits for it. But a program connecting again to where a rule let it
+connect a moment ago is decided the same way every time, by the same rule, as long as nothing a
+decision depends on changed. So after such an allow, snitchd writes, in the cgroup recorder's map
+`fast_rules`, the process's identity as the kernel recorded it at connect() (tgid, start time, exec
+count, executable's device and inode: an exec, even of the same file, or another process is another
+key), the socket's uid and the destination, under the current *generation*. In tcp_connect() the
+recorder's sock_ops program finds a connect matching such an entry and marks its socket; the socket
+filter `snitch_fast`, first rule of the queue chain, passes that socket's SYN with the allow mark
+(the rules after it keep the allow on the conntrack entry, as for a verdict of snitchd), and puts an
+event in a ring buffer (`fast_log`). snitchd reads the ring and logs the flow as decided by the
+rule, one row per flow as before. A full ring passes nothing: the SYN is queued and decided as any
+other.
 
 What is never kept (the flow is queued, as before): a verdict not given by a rule (the default, a
 mode, a person: an answer "once" is no rule), anything but an allow, a process whose owner was not
 recorded by the hooks (sock_diag and /proc: `Source.BPF` only), whose executable is not verified or
-whose code is tampered with, a container's, an interpreter's (its script is not in the key), a
-connect whose lookup ran late or saw an exec around it, and any verdict at all while a rule is held
-whose match varies for one process and one destination (`decide.varies`: host names, lists and
-classes, interfaces, time windows, ends). Every change of what is held (a rule added, changed,
-removed, turned off, expired; a profile switched; the rules reloaded) bumps the generation before
-the change is answered, and the kernel takes an entry of an older generation for none.
+whose code is tampered with, a container's, a connect whose lookup ran late or saw an exec around
+it, and any verdict at all while a rule is held whose match varies for one process and one
+destination (`decide.varies`: host names, lists and classes, interfaces, time windows, ends). Every
+change of what is held (a rule added, changed, removed, turned off, expired; a profile switched; the
+rules reloaded) bumps the generation before the change is answered, and the kernel takes an entry of
+an older generation for none.
 
-snitchd's own view of a process (verified, tampered, parents, script) is kept per (tgid, start,
-executable, uid) in the attributor and not read again for its later flows: the fast path keys
+snitchd's own view of a process (verified, tampered, parents, script) is kept per (tgid, start, exec
+count, executable, uid) in the attributor and not read again for its later flows: the fast path keys
 on the same identity, and so decides no differently than the packet loop would.
 """
 

@@ -361,7 +361,6 @@ class Firewall(Rulebook):
             or proc.source is not Source.BPF
             or not proc.verified
             or proc.tampered
-            or proc.interpreted  # its script is not in the kernel's key (an exec keeps the rest)
             or proc.container is not None
             or self.rules.varying
         ):

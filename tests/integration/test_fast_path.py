@@ -23,10 +23,8 @@ import pytest
 from tests.integration.conftest import (
     AS_NOBODY,
     HERE,
-    PYTHON,
     Lab,
     curl_exe,
-    python_exe,
     rows_like,
 )
 from tests.support.lab import stop_process, wait_for
@@ -188,25 +186,48 @@ def test_several_queue_readers_keep_nothing_in_the_kernel(
     assert sum(lab.queued().values()) == 3
 
 
-SCRIPT_CLIENT = """
+GOOD_SCRIPT = """
+import os, socket, sys
+for _ in range(3):
+    with socket.create_connection((sys.argv[1], 80), timeout=2):
+        print("good connected", flush=True)
+os.execv(sys.executable, [sys.executable, sys.argv[2], sys.argv[1]])
+"""
+EVIL_SCRIPT = """
 import socket, sys
-for line in sys.stdin:
-    _, host, port = line.split()
-    with socket.create_connection((host, int(port)), timeout=2):
-        print("connected", flush=True)
+try:
+    with socket.create_connection((sys.argv[1], 80), timeout=2):
+        print("evil connected", flush=True)
+except ConnectionRefusedError:
+    print("evil refused", flush=True)
 """
 
 
-def test_an_interpreter_is_never_kept(lab_fast: Lab, cgroup: Path, tmp_path: Path) -> None:
-    """A script is part of who an interpreter's process is, and the kernel's key has no script:
-    an interpreter that exec'd itself with another script would pass on the first one's allow.
-    So its connects are all queued."""
+def test_an_interpreter_execing_another_script_is_not_passed_as_the_first(
+    lab_fast: Lab, cgroup: Path
+) -> None:
+    """A script is part of who an interpreter's process is, and the kernel's key holds the
+    task's exec count: good.py, kept by its `script=` rule, execs the same python with evil.py
+    (same pid, start time and executable); evil.py's connect is queued and refused (uid 65534)."""
     lab = lab_fast
-    script = tmp_path / "client.py"
-    script.write_text(SCRIPT_CLIENT)
-    lab.add_rule(f"allow app={python_exe()} port=80 proto=tcp")
-    before = queued(lab)
-    with client(lab, cgroup, PYTHON, str(script)) as c:
-        assert [c.tcp(80) for _ in range(4)] == ["connected"] * 4
-    assert queued(lab) - before == 4
-    assert lab.ctl_json("status")["fast"] == 0
+    where = Path(tempfile.mkdtemp(prefix="snitch-scripts-"))
+    try:
+        where.chmod(0o755)
+        good, evil = where / "good.py", where / "evil.py"
+        good.write_text(GOOD_SCRIPT)
+        evil.write_text(EVIL_SCRIPT)
+        # The system's python: the lab's may live under /root, where uid 65534 cannot exec.
+        system = os.path.realpath("/usr/bin/python3")
+        lab.add_rule(f"allow app={system} script={good} port=80 proto=tcp")
+        before = queued(lab)
+        argv = (*AS_NOBODY, system, str(good), SERVER, str(evil))
+        join = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
+        done = subprocess.run(
+            ["sh", "-c", join, "sh", "ip", "netns", "exec", lab.client, *argv],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(where)
+    assert done.stdout.split("\n")[:4] == ["good connected"] * 3 + ["evil refused"], done
+    assert queued(lab) - before == 2, "good.py's first connect, and evil.py's"
+    assert lab.ctl_json("status")["fast"] == 2
