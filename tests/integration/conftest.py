@@ -692,6 +692,54 @@ def cgroup() -> Iterator[Path]:
             path.rmdir()
 
 
+@pytest.fixture
+def lab_bpf(lab: Lab, cgroup: Path) -> Lab:
+    """The lab's snitchd on the BPF path, attached to the module's cgroup; rejects by default,
+    so a client whose flow is not allowed learns it at once."""
+    # (`ip netns exec` hides the cgroup mount: it is reached through kthreadd's root.)
+    lab.start_daemon(
+        attribution="bpf", bpf_cgroup=f"/proc/2/root{cgroup}", default_action="reject",
+        retry_window=0,
+    )  # fmt: skip
+    assert str(lab.ctl_json("status")["attribution"]).startswith("bpf")
+    return lab
+
+
+# -- an interpreter that execs itself with another script (same pid, start time, executable) --
+GOOD_SCRIPT = """
+import os, socket, sys
+server, evil, python, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for _ in range(count):
+    with socket.create_connection((server, 80), timeout=2):
+        print("good connected", flush=True)
+os.execv(python, [python, evil, server])
+"""
+EVIL_SCRIPT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], 80), timeout=2):
+        print("evil connected", flush=True)
+except ConnectionRefusedError:
+    print("evil refused", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def good_then_evil() -> Iterator[tuple[str, str, str]]:
+    """(python, good.py, evil.py): run as `python good.py SERVER evil.py python N`, good.py
+    connects to port 80 N times, then execs the same python with evil.py, which connects once.
+    The system's python: the lab's may live under /root, where uid 65534 cannot exec."""
+    where = Path(tempfile.mkdtemp(prefix="snitch-scripts-"))
+    try:
+        where.chmod(0o755)
+        good, evil = where / "good.py", where / "evil.py"
+        good.write_text(GOOD_SCRIPT)
+        evil.write_text(EVIL_SCRIPT)
+        yield os.path.realpath("/usr/bin/python3"), str(good), str(evil)
+    finally:
+        shutil.rmtree(where)
+
+
 def run_in(lab: Lab, cgroup: Path | None, *argv: str, timeout: float = 30) -> str:
     """`argv` in the client namespace, inside `cgroup` from its first instruction (it joins
     before `ip netns exec`, which hides the cgroup mount, and stays in it); outside any of

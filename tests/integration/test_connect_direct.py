@@ -38,17 +38,6 @@ SERVER = "192.0.2.2"
 SERVER6 = "2001:db8:1::2"
 
 
-@pytest.fixture
-def lab_bpf(lab: Lab, cgroup: Path) -> Lab:
-    # (`ip netns exec` hides the cgroup mount: it is reached through kthreadd's root.)
-    lab.start_daemon(
-        attribution="bpf", bpf_cgroup=f"/proc/2/root{cgroup}", default_action="reject",
-        retry_window=0,
-    )  # fmt: skip
-    assert str(lab.ctl_json("status")["attribution"]).startswith("bpf")
-    return lab
-
-
 SEND_UDP = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

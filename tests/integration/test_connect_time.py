@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snitchd.procs.bpf import HOOKS as HOOK_NAMES
-from tests.integration.conftest import PYTHON, Lab, curl_exe, python_exe, rows_like, run_in
+from tests.integration.conftest import (
+    PYTHON,
+    Lab,
+    curl_exe,
+    good_then_evil,
+    python_exe,
+    rows_like,
+    run_in,
+)
 from tests.support.lab import AS_NOBODY, children_running, kill_and_see_replaced, wait_for
 
 pytestmark = pytest.mark.root
@@ -346,24 +352,6 @@ def test_a_datagram_on_a_shared_port_is_named_for_its_own_socket(
     ]
 
 
-GOOD_SCRIPT = """
-import os, socket, sys
-with socket.create_connection((sys.argv[1], 80), timeout=2):
-    print("good connected", flush=True)
-os.execv(sys.argv[3], [sys.argv[3], sys.argv[2], sys.argv[1]])
-"""
-EVIL_SCRIPT = """
-import socket, sys
-try:
-    with socket.create_connection((sys.argv[1], 80), timeout=2):
-        print("evil connected", flush=True)
-except ConnectionRefusedError:
-    print("evil refused", flush=True)
-except OSError as exc:
-    print(f"evil {exc}", flush=True)
-"""
-
-
 @pytest.mark.parametrize("mode", ["bpf", pytest.param("proc", marks=_EXEC_EVENT_RACES)])
 def test_an_interpreter_that_execs_another_script_is_that_script(
     lab_on: Lab, mode: str, cgroup: Path
@@ -373,20 +361,9 @@ def test_an_interpreter_that_execs_another_script_is_that_script(
     own, and no rule allows it (uid 65534, the attacker). Before: both paths kept the process
     described under (pid, start, executable) and judged evil.py as good.py ("evil connected");
     now the recorder's key holds the task's exec count, and the proc path asks the exec watch."""
-    where = Path(tempfile.mkdtemp(prefix="snitch-scripts-"))
-    try:
-        where.chmod(0o755)
-        good, evil = where / "good.py", where / "evil.py"
-        good.write_text(GOOD_SCRIPT)
-        evil.write_text(EVIL_SCRIPT)
-        for script in (good, evil):
-            script.chmod(0o644)
-        # The system's python: the lab's may live under /root, where uid 65534 cannot exec.
-        system = os.path.realpath("/usr/bin/python3")
-        lab_on.add_rule(f"allow app={system} script={good} port=80 proto=tcp")
-        out = run_in(lab_on, cgroup, *AS_NOBODY, system, str(good), SERVER, str(evil), system)
-    finally:
-        shutil.rmtree(where)
+    with good_then_evil() as (python, good, evil):
+        lab_on.add_rule(f"allow app={python} script={good} port=80 proto=tcp")
+        out = run_in(lab_on, cgroup, *AS_NOBODY, python, good, SERVER, evil, python, "1")
     assert out.splitlines() == ["good connected", "evil refused"], out
     rows = rows_like(lab_on, 2, dport=80)
     assert [r["action"] for r in rows] == ["allow", "reject"], rows

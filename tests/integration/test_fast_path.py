@@ -25,7 +25,9 @@ from tests.integration.conftest import (
     HERE,
     Lab,
     curl_exe,
+    good_then_evil,
     rows_like,
+    run_in,
 )
 from tests.support.lab import stop_process, wait_for
 
@@ -83,27 +85,17 @@ def client(lab: Lab, cgroup: Path, *argv: str) -> Iterator[Client]:
                 pipe.close()
 
 
-@pytest.fixture
-def lab_fast(lab: Lab, cgroup: Path) -> Lab:
-    lab.start_daemon(
-        attribution="bpf", bpf_cgroup=f"/proc/2/root{cgroup}", default_action="reject",
-        retry_window=0,
-    )  # fmt: skip
-    assert str(lab.ctl_json("status")["attribution"]).startswith("bpf")
-    return lab
-
-
 def queued(lab: Lab) -> int:
     return lab.queued().get(QUEUE, 0)
 
 
 @pytest.mark.parametrize("server", [SERVER, SERVER6], ids=["ipv4", "ipv6"])
 def test_a_connect_a_rule_allowed_before_is_passed_by_the_kernel_and_logged(
-    lab_fast: Lab, cgroup: Path, fastclient: str, server: str
+    lab_bpf: Lab, cgroup: Path, fastclient: str, server: str
 ) -> None:
     """Ten connects of one process (an ordinary user's) by one rule: the first is queued, the
     others pass in the kernel; each has its row, naming the rule and the program."""
-    lab = lab_fast
+    lab = lab_bpf
     assert lab.ctl_json("status")["fast_path"] == "on"
     rule = lab.add_rule(f"allow app={fastclient} port=80 proto=tcp")
     before = queued(lab)
@@ -121,11 +113,11 @@ def test_a_connect_a_rule_allowed_before_is_passed_by_the_kernel_and_logged(
 
 
 def test_a_rule_change_ends_what_the_kernel_kept(
-    lab_fast: Lab, cgroup: Path, fastclient: str
+    lab_bpf: Lab, cgroup: Path, fastclient: str
 ) -> None:
     """Kept by one rule, then the rule deleted: the very next connect is queued and refused
     (the default, reject); a rule added again keeps it again."""
-    lab = lab_fast
+    lab = lab_bpf
     rule = lab.add_rule(f"allow app={fastclient} port=80 proto=tcp")
     with client(lab, cgroup, fastclient) as c:
         assert [c.tcp(80) for _ in range(3)] == ["connected"] * 3
@@ -139,11 +131,11 @@ def test_a_rule_change_ends_what_the_kernel_kept(
 
 
 def test_an_exec_after_kept_connects_is_decided_afresh(
-    lab_fast: Lab, cgroup: Path, fastclient: str
+    lab_bpf: Lab, cgroup: Path, fastclient: str
 ) -> None:
     """The exec-after-connect attack, the other way round: a process kept by its program's rule
     execs curl (same pid, same start time); curl's connect is curl's, and no rule allows it."""
-    lab = lab_fast
+    lab = lab_bpf
     lab.add_rule(f"allow app={fastclient} port=80 proto=tcp")
     with client(lab, cgroup, *AS_NOBODY, fastclient) as c:
         assert [c.tcp(80) for _ in range(3)] == ["connected"] * 3
@@ -159,11 +151,11 @@ def test_an_exec_after_kept_connects_is_decided_afresh(
 
 
 def test_nothing_is_kept_while_a_rule_names_a_host(
-    lab_fast: Lab, cgroup: Path, fastclient: str
+    lab_bpf: Lab, cgroup: Path, fastclient: str
 ) -> None:
     """A host's addresses change with DNS: while a rule naming one is held, every connect is
     queued and decided (a deny of a name learnt later must hold at once)."""
-    lab = lab_fast
+    lab = lab_bpf
     lab.add_rule(f"allow app={fastclient} port=80 proto=tcp")
     lab.add_rule("deny to=www.example.org")
     before = queued(lab)
@@ -186,48 +178,17 @@ def test_several_queue_readers_keep_nothing_in_the_kernel(
     assert sum(lab.queued().values()) == 3
 
 
-GOOD_SCRIPT = """
-import os, socket, sys
-for _ in range(3):
-    with socket.create_connection((sys.argv[1], 80), timeout=2):
-        print("good connected", flush=True)
-os.execv(sys.executable, [sys.executable, sys.argv[2], sys.argv[1]])
-"""
-EVIL_SCRIPT = """
-import socket, sys
-try:
-    with socket.create_connection((sys.argv[1], 80), timeout=2):
-        print("evil connected", flush=True)
-except ConnectionRefusedError:
-    print("evil refused", flush=True)
-"""
-
-
 def test_an_interpreter_execing_another_script_is_not_passed_as_the_first(
-    lab_fast: Lab, cgroup: Path
+    lab_bpf: Lab, cgroup: Path
 ) -> None:
     """A script is part of who an interpreter's process is, and the kernel's key holds the
     task's exec count: good.py, kept by its `script=` rule, execs the same python with evil.py
     (same pid, start time and executable); evil.py's connect is queued and refused (uid 65534)."""
-    lab = lab_fast
-    where = Path(tempfile.mkdtemp(prefix="snitch-scripts-"))
-    try:
-        where.chmod(0o755)
-        good, evil = where / "good.py", where / "evil.py"
-        good.write_text(GOOD_SCRIPT)
-        evil.write_text(EVIL_SCRIPT)
-        # The system's python: the lab's may live under /root, where uid 65534 cannot exec.
-        system = os.path.realpath("/usr/bin/python3")
-        lab.add_rule(f"allow app={system} script={good} port=80 proto=tcp")
+    lab = lab_bpf
+    with good_then_evil() as (python, good, evil):
+        lab.add_rule(f"allow app={python} script={good} port=80 proto=tcp")
         before = queued(lab)
-        argv = (*AS_NOBODY, system, str(good), SERVER, str(evil))
-        join = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
-        done = subprocess.run(
-            ["sh", "-c", join, "sh", "ip", "netns", "exec", lab.client, *argv],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(where)
-    assert done.stdout.split("\n")[:4] == ["good connected"] * 3 + ["evil refused"], done
+        out = run_in(lab, cgroup, *AS_NOBODY, python, good, SERVER, evil, python, "3")
+    assert out.splitlines() == ["good connected"] * 3 + ["evil refused"], out
     assert queued(lab) - before == 2, "good.py's first connect, and evil.py's"
     assert lab.ctl_json("status")["fast"] == 2
