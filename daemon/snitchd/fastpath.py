@@ -49,7 +49,7 @@ __all__ = ["DRAIN_MAX", "RING_EVENTS_MAX", "FastPath", "Kept"]
 log = logging.getLogger(__name__)
 
 _RULE = struct.Struct("=QQ")  # struct fast_rule: generation, slot
-_GEN = struct.Struct("=Q")
+_U64 = struct.Struct("=Q")  # the generation; the ring's consumer and producer positions
 _EVENT = struct.Struct("=Q16s16sHHHH")  # struct fast_event
 _HEADER = struct.Struct("=II")  # a ring record's length (busy and discard bits) and page offset
 _BUSY, _DISCARD = 1 << 31, 1 << 30
@@ -95,7 +95,7 @@ class FastPath:
         (an array map's one slot, by snitchd's own fd: no known cause), nothing more is kept,
         and the journal says the kernel may still pass what it kept."""
         self.generation += 1
-        gen = ctypes.create_string_buffer(_GEN.pack(self.generation), _GEN.size)
+        gen = ctypes.create_string_buffer(_U64.pack(self.generation), _U64.size)
         if self._lib.update(self._gen_fd, self._zero, gen, 0) != 0 and not self.broken:
             self.broken = True
             log.error(
@@ -122,8 +122,8 @@ class FastPath:
         """The flows the kernel passed since the last call, oldest first, `DRAIN_MAX` at most
         (events whose slot was forgotten, past `_SLOTS_MAX` newer ones, are skipped)."""
         out: list[tuple[Kept, Flow]] = []
-        consumer = _GEN.unpack_from(self._consumer, 0)[0]
-        producer = _GEN.unpack_from(self._producer, 0)[0]
+        consumer = _U64.unpack_from(self._consumer, 0)[0]
+        producer = _U64.unpack_from(self._producer, 0)[0]
         data, mask = self._page, _RING_BYTES - 1
         while consumer < producer and len(out) < DRAIN_MAX:
             at = data + (consumer & mask)
@@ -140,7 +140,7 @@ class FastPath:
                     out.append((kept, Flow(Proto.TCP, _addr(src, family), sport,
                                            _addr(dst, family), dport)))  # fmt: skip
             consumer += (size + _HEADER.size + 7) & ~7
-        _GEN.pack_into(self._consumer, 0, consumer)
+        _U64.pack_into(self._consumer, 0, consumer)
         return out
 
     def close(self) -> None:

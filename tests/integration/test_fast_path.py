@@ -3,9 +3,9 @@ to connect before is passed by the kernel and logged by snitchd, one row per flo
 through the queue; and nothing else ever is: another program, the same process after an exec,
 any flow once the rules changed, any flow while a rule naming a host is held.
 
-Each test drives one long-lived client (`csrc/fastclient.c`, compiled now: an interpreter's
-process is never kept) in the BPF recorder's cgroup, and reads the kernel's own queue counter: a
-flow the fast path passed never reached the queue.
+Each test drives one long-lived client (`csrc/fastclient.c`, compiled now) in the BPF recorder's
+cgroup, and reads the kernel's own queue counter: a flow the fast path passed never reached the
+queue.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ QUEUE = 4242  # the lab's
 
 
 class Client:
-    """fastclient (or a script speaking its protocol), one process, told what to do line by line."""
+    """fastclient, one process, told what to do line by line."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
@@ -69,8 +69,8 @@ def fastclient() -> Iterator[str]:
 
 @contextmanager
 def client(lab: Lab, cgroup: Path, *argv: str) -> Iterator[Client]:
-    """`argv` (fastclient, or another program speaking its protocol, maybe through setpriv)
-    in the client namespace and the recorder's cgroup."""
+    """`argv` (fastclient, maybe through setpriv) in the client namespace and the recorder's
+    cgroup."""
     join = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
     argv = ("ip", "netns", "exec", lab.client, *argv)
     proc = subprocess.Popen(

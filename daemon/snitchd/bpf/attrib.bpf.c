@@ -17,8 +17,8 @@
 // connect snitchd kept a rule's allow for, and the socket filter `snitch_fast` (not a cgroup
 // hook: iptables runs it on the SYN) passes that SYN. The cgroup hooks still only record.
 //
-// Every cgroup program returns 1 (allow): they record only, and never decide. A failed map update loses
-// a record (snitchd then falls back to sock_diag + /proc); it never refuses a connection.
+// Every cgroup program returns 1 (allow): they record only, and never decide. A failed map update
+// loses a record (snitchd then falls back to sock_diag + /proc); it never refuses a connection.
 //
 // Built with clang -target bpf against libbpf's headers. The kernel structures below are
 // declared locally with preserve_access_index (CO-RE): libbpf relocates their field offsets
@@ -220,13 +220,14 @@ struct {
 
 // -- the fast path: a kernel verdict for a TCP connect a rule already allowed (issue 21) --------
 // snitchd writes, after it allowed a flow by a rule whose outcome depends on nothing but the
-// process and the destination, the process's identity (tgid, start time, executable, socket
-// uid) and the destination under the current generation. The sock_ops program, in
-// tcp_connect(), finds a connect of that very process to that very destination and marks its
-// socket (`fast_socks`); the queue chain's socket filter (`snitch_fast`) passes that socket's
-// SYN as allowed, and sends snitchd one event for its log. snitchd bumps the generation on every
-// change a decision depends on (rules, lists, subnets, mode, profile, configuration): every
-// entry then reads as stale, and the next connect is queued and decided again.
+// process and the destination, the process's identity (tgid, start time, exec count,
+// executable, socket uid) and the destination under the current generation. The sock_ops
+// program, in tcp_connect(), finds a connect of that very process to that very destination and
+// marks its socket (`fast_socks`); the queue chain's socket filter (`snitch_fast`) passes that
+// socket's SYN as allowed, and sends snitchd one event for its log. snitchd bumps the generation
+// on every change of the held rules (a profile switch too) and on a reload: every entry then
+// reads as stale, and the next connect is queued and decided again. While a rule is held whose
+// match can change by itself (host names, lists, classes, interfaces, time), nothing is kept.
 struct fast_key {
 	__u64 start_ns;
 	__u64 exec_id;

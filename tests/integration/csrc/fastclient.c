@@ -4,8 +4,8 @@
  *   exec PROGRAM ARG…  execv() PROGRAM: the same process (pid, start time), another executable
  *
  * The fast path (snitchd.fastpath) keys on the process, so its tests need one process making
- * many connects, and one that becomes another program. Compiled, not a script: an interpreter's
- * process is never kept (its script is not in the kernel's key).
+ * many connects, and one that becomes another program (test_fast_path.py; an interpreter's
+ * process, whose script is part of who it is, has a test of its own there).
  */
 #include <arpa/inet.h>
 #include <errno.h>
