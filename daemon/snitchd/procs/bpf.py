@@ -470,8 +470,8 @@ class Recorder:
 
     def connected_key(self, flow: Flow) -> tuple[int, bytes] | None:
         """(tgid, the fast path's key) of the TCP socket connecting `flow` now, as
-        `find_connected` finds it: who connected it (tgid, start time, executable) as the
-        kernel recorded it, the socket's uid, and the destination (`fastpath`)."""
+        `find_connected` finds it: who connected it (tgid, start time, exec count, executable)
+        as the kernel recorded it, the socket's uid, and the destination (`fastpath`)."""
         if self.find_connected(flow) is None:
             return None
         owner = self._conn.raw[: _OWNER.size]
