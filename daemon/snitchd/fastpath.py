@@ -119,13 +119,15 @@ class FastPath:
         return bool(self._lib.update(self._rules_fd, raw, self._value, 0) == 0)
 
     def drain(self) -> list[tuple[Kept, Flow]]:
-        """The flows the kernel passed since the last call, oldest first, `DRAIN_MAX` at most
-        (events whose slot was forgotten, past `_SLOTS_MAX` newer ones, are skipped)."""
+        """The flows the kernel passed since the last call, oldest first, of `DRAIN_MAX` events
+        at most (events whose slot was forgotten, past `_SLOTS_MAX` newer ones, are skipped)."""
         out: list[tuple[Kept, Flow]] = []
         consumer = _U64.unpack_from(self._consumer, 0)[0]
         producer = _U64.unpack_from(self._producer, 0)[0]
         data, mask = self._page, _RING_BYTES - 1
-        while consumer < producer and len(out) < DRAIN_MAX:
+        for _ in range(DRAIN_MAX):
+            if consumer >= producer:
+                break
             at = data + (consumer & mask)
             length, _pgoff = _HEADER.unpack_from(self._producer, at)
             if length & _BUSY:
@@ -142,6 +144,12 @@ class FastPath:
             consumer += (size + _HEADER.size + 7) & ~7
         _U64.pack_into(self._consumer, 0, consumer)
         return out
+
+    @property
+    def pending(self) -> bool:
+        """Whether the ring holds events not drained yet."""
+        consumer = _U64.unpack_from(self._consumer, 0)[0]
+        return bool(consumer < _U64.unpack_from(self._producer, 0)[0])
 
     def close(self) -> None:
         self._consumer.close()

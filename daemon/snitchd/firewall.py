@@ -225,8 +225,7 @@ class Firewall(Rulebook):
         self.attempts.clear()  # the default action may have changed: retries are decided afresh
         self.modes.pin_root = config.pin_answers is PinAnswers.ALWAYS
         self.modes.book.max_total = config.max_proposals
-        if self.fast is not None:  # how processes are described may have changed
-            self.fast.bump()
+        self._end_kept()  # how processes are described may have changed
 
     def _ifname(self, index: int) -> str:
         name = self._ifnames.get(index)
@@ -337,26 +336,32 @@ class Firewall(Rulebook):
         if lookup is not None and lookup.note is not None:
             outcome = self._by_both(outcome, flow, lookup, names, now)
         if isinstance(outcome, Verdict):
-            if (
-                self.fast is not None
-                and outcome.action is Action.ALLOW
-                and outcome.rule_id is not None
-                and (lookup is None or not (lookup.late or lookup.hash_late or lookup.note))
-                and pkt.hook != _NF_INET_FORWARD
-            ):
+            if self.fast is not None:
                 # Before the verdict: the connect may be over, and its record gone, after it.
-                self._keep_fast(self.fast, flow, proc, outcome)
+                self._keep_fast(self.fast, pkt, flow, proc, outcome, lookup)
             self.apply(pkt, outcome, flow, proc, now, host)
         else:
             named = self.dns.own_name(flow.dst, proc, now) if host is not None else None
             self.handed_over(pkt, flow, proc, now, host, named)
 
-    def _keep_fast(self, fast: FastPath, flow: Flow, proc: Process, verdict: Verdict) -> None:
+    def _keep_fast(
+        self,
+        fast: FastPath,
+        pkt: Packet,
+        flow: Flow,
+        proc: Process,
+        verdict: Verdict,
+        lookup: Lookup | None,
+    ) -> None:
         """Let the kernel pass this process's next connects to this destination by the same
         rule, when nothing but the process and the destination decided it (`fastpath`)."""
         recorder = self.attributor.recorder
         if (
             recorder is None
+            or verdict.action is not Action.ALLOW
+            or verdict.rule_id is None
+            or (lookup is not None and (lookup.late or lookup.hash_late or lookup.note))
+            or pkt.hook == _NF_INET_FORWARD
             or flow.proto is not Proto.TCP
             or proc.source is not Source.BPF
             or not proc.verified
@@ -374,21 +379,19 @@ class Firewall(Rulebook):
         if not fast.keep(found[1], Kept(proc, verdict)) and not fast.broken:
             self.counters.errors += 1
 
-    def on_fast(self) -> int:
-        """Log the connects the kernel passed (`fastpath`), each as a decision of its rule;
-        how many (`fastpath.DRAIN_MAX` at most: the loop reads packets in between)."""
+    def on_fast(self) -> None:
+        """Log the connects the kernel passed (`fastpath`), each as a decision of its rule
+        (`fastpath.DRAIN_MAX` events a call at most: the loop reads packets in between)."""
         fast = self.fast
         if fast is None:
-            return 0
+            return
         now = self.clock()
-        passed = fast.drain()
-        for kept, flow in passed:
+        for kept, flow in fast.drain():
             self.counters.seen += 1
             self.counters.accepted += 1
             self.counters.fast += 1
             _names, host = self.dns.names_for(flow.dst, kept.proc, now)
             self._log(kept.verdict, flow, kept.proc, now, host)
-        return len(passed)
 
     def handed_over(
         self,

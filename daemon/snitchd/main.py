@@ -332,8 +332,9 @@ class _Daemon:
                 # The last connects passed: their rows too. Bounded: the ring holds fewer
                 # events than this, and a fail-closed stop leaves the rule passing more.
                 for _ in range(RING_EVENTS_MAX // DRAIN_MAX + 1):
-                    if self.firewall is None or self.firewall.on_fast() < DRAIN_MAX:
+                    if self.firewall is None or not self.fast.pending:
                         break
+                    self.firewall.on_fast()
                 self.fast.close()
 
     def _remove(self, installed: bool) -> None:

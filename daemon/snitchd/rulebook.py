@@ -129,6 +129,12 @@ class Rulebook:
     def alert(self, alert: Alert) -> None:
         raise NotImplementedError  # the firewall's: to the journal and the agents
 
+    def _end_kept(self) -> None:
+        """The held rules (or how processes are described) changed: what the kernel kept by
+        the old ones passes nothing more (`fastpath`), before the change is answered."""
+        if self.fast is not None:
+            self.fast.bump()
+
     def _lookup_limits(self) -> Limits:
         raise NotImplementedError  # the firewall's, from its config
 
@@ -196,8 +202,7 @@ class Rulebook:
         self._dormant, self._dormant_version = dormant, self._dormant_version + 1
         if self.mirror is not None:
             self.mirror.whole(self.profile, self.held_rules())
-        if self.fast is not None:
-            self.fast.bump()
+        self._end_kept()
         self.news.everything()
         return load, added, removed
 
@@ -247,8 +252,7 @@ class Rulebook:
         self.store.adopt_version(load.version)
         if self.mirror is not None:
             self.mirror.whole(self.profile, self.held_rules())
-        if self.fast is not None:
-            self.fast.bump()
+        self._end_kept()
         log.debug("rules loaded count=%d", len(self.rules))
 
     def _hold(self, record: RuleRecord) -> None:
@@ -256,8 +260,7 @@ class Rulebook:
         only listed, a rule of a profile not active is kept aside."""
         if self.mirror is not None:
             self.mirror.hold(record)
-        if self.fast is not None:
-            self.fast.bump()
+        self._end_kept()
         self._unhold(record.id)
         self.news.changed(record.id)
         if not record.enabled:
@@ -290,8 +293,7 @@ class Rulebook:
         """Take one rule out of the held set (on the loop, between packets)."""
         if self.mirror is not None:
             self.mirror.release(rule_id)
-        if self.fast is not None:
-            self.fast.bump()
+        self._end_kept()
         self.news.removed(rule_id)
         self._unhold(rule_id)
 
